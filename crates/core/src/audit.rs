@@ -1,0 +1,697 @@
+//! The audit: a verdict for every workload and target, and findings (each with a
+//! severity and the objects involved) about what lets pods reach metadata endpoints.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::cluster::{Cluster, Workload};
+use crate::model::{Labels, NetworkPolicy, Peer, PortSpec, Source};
+use crate::netpol::{Decision, decide, explain};
+use crate::target::{Protocol, Target};
+
+/// How serious a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Worth a look.
+    Low,
+    /// Weakens the protection or breaks workloads.
+    Medium,
+    /// A pod can reach a metadata endpoint.
+    High,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+        })
+    }
+}
+
+/// The kinds of findings, with stable ids (used as SARIF rule ids).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FindingKind {
+    /// A workload can reach a target.
+    WorkloadReachesTarget,
+    /// A workload runs with hostNetwork: NetworkPolicy does not apply on a real node.
+    HostNetwork,
+    /// The audit assumes the cluster enforces no NetworkPolicy.
+    NoPolicyEngine,
+    /// An allow rule re-opens a target that another selecting policy denies.
+    AllowReopensTarget,
+    /// A namespace leaves new (unlabelled) pods free to reach a target.
+    NamespaceUnrestricted,
+    /// A policy lists egress rules but its policyTypes lack Egress, so they are ignored.
+    EgressRulesIgnored,
+    /// An egress isolation leaves no DNS (port 53) open.
+    NoDnsEgress,
+    /// An `except` that cuts node-local DNS (169.254.20.10, 169.254.10.0/24).
+    NodeLocalDnsCut,
+    /// A policy selects no workload in the input.
+    PolicySelectsNothing,
+}
+
+impl FindingKind {
+    /// Every kind, in report order.
+    pub const ALL: [FindingKind; 9] = [
+        FindingKind::WorkloadReachesTarget,
+        FindingKind::HostNetwork,
+        FindingKind::NoPolicyEngine,
+        FindingKind::AllowReopensTarget,
+        FindingKind::NamespaceUnrestricted,
+        FindingKind::EgressRulesIgnored,
+        FindingKind::NoDnsEgress,
+        FindingKind::NodeLocalDnsCut,
+        FindingKind::PolicySelectsNothing,
+    ];
+
+    /// The stable id, e.g. `workload-reaches-target`.
+    pub fn id(self) -> &'static str {
+        match self {
+            FindingKind::WorkloadReachesTarget => "workload-reaches-target",
+            FindingKind::HostNetwork => "host-network",
+            FindingKind::NoPolicyEngine => "no-policy-engine",
+            FindingKind::AllowReopensTarget => "allow-reopens-target",
+            FindingKind::NamespaceUnrestricted => "namespace-unrestricted",
+            FindingKind::EgressRulesIgnored => "egress-rules-ignored",
+            FindingKind::NoDnsEgress => "no-dns-egress",
+            FindingKind::NodeLocalDnsCut => "node-local-dns-cut",
+            FindingKind::PolicySelectsNothing => "policy-selects-nothing",
+        }
+    }
+
+    /// Severity of findings of this kind.
+    pub fn severity(self) -> Severity {
+        match self {
+            FindingKind::WorkloadReachesTarget
+            | FindingKind::HostNetwork
+            | FindingKind::NoPolicyEngine
+            | FindingKind::AllowReopensTarget => Severity::High,
+            FindingKind::NamespaceUnrestricted
+            | FindingKind::EgressRulesIgnored
+            | FindingKind::NoDnsEgress
+            | FindingKind::NodeLocalDnsCut => Severity::Medium,
+            FindingKind::PolicySelectsNothing => Severity::Low,
+        }
+    }
+
+    /// What it means and what to do, for help texts and SARIF rule descriptions.
+    pub fn help(self) -> &'static str {
+        match self {
+            FindingKind::WorkloadReachesTarget => {
+                "A workload can reach a metadata endpoint: from there it can read the instance document and ask for managed-identity tokens. Add an egress NetworkPolicy that denies the endpoint (ipBlock except) for its pods, and allow it only for the system pods that need it."
+            }
+            FindingKind::HostNetwork => {
+                "The workload uses the node's network (hostNetwork: true). NetworkPolicy does not apply to it on a real node, whatever the policies say. Run it on the pod network, or block the endpoint on the node (imdsguard agent)."
+            }
+            FindingKind::NoPolicyEngine => {
+                "The cluster enforces no NetworkPolicy (e.g. AKS created with --network-plugin azure and no --network-policy): every policy is ignored. Enable a policy engine (Azure NPM, Calico, Cilium) or block on the node."
+            }
+            FindingKind::AllowReopensTarget => {
+                "Policies add up: an allow rule of one policy re-opens a target that another policy selecting the same pods denies. Narrow the allow rule (add an except for the endpoint) or its podSelector."
+            }
+            FindingKind::NamespaceUnrestricted => {
+                "A new pod in this namespace (without labels) would reach the target: no egress policy with an empty podSelector denies it. Add a namespace-wide deny for the endpoint."
+            }
+            FindingKind::EgressRulesIgnored => {
+                "The policy lists egress rules, but its policyTypes lack Egress, so the rules are ignored. Add Egress to policyTypes."
+            }
+            FindingKind::NoDnsEgress => {
+                "The pods are egress-isolated and no rule allows port 53: name resolution breaks. Allow UDP and TCP 53 to kube-dns (and to 168.63.129.16 when pods use Azure DNS)."
+            }
+            FindingKind::NodeLocalDnsCut => {
+                "An except range also covers node-local DNS (169.254.20.10, AKS LocalDNS 169.254.10.0/24): deny exactly 169.254.169.254/32 instead of 169.254.0.0/16."
+            }
+            FindingKind::PolicySelectsNothing => {
+                "The policy's podSelector matches no workload in the input: a typo in a label leaves the pods it was meant for unprotected."
+            }
+        }
+    }
+}
+
+/// An object a finding or verdict points at.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct ObjectRef {
+    /// Kubernetes kind.
+    pub kind: String,
+    /// Namespace (empty for a Namespace).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Where it was read, when it was.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
+}
+
+impl ObjectRef {
+    fn workload(w: &Workload) -> Self {
+        ObjectRef {
+            kind: w.kind.clone(),
+            namespace: w.namespace.clone(),
+            name: w.name.clone(),
+            source: Some(w.source.clone()),
+        }
+    }
+    fn policy(p: &NetworkPolicy) -> Self {
+        ObjectRef {
+            kind: "NetworkPolicy".into(),
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            source: Some(p.source.clone()),
+        }
+    }
+}
+
+/// One finding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// Stable id of the kind.
+    pub id: &'static str,
+    /// The kind.
+    #[serde(skip)]
+    pub kind: FindingKind,
+    /// Severity.
+    pub severity: Severity,
+    /// What was found, with the objects named.
+    pub message: String,
+    /// The target concerned, when one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
+    /// The objects involved; the first is where to look.
+    pub objects: Vec<ObjectRef>,
+}
+
+impl Finding {
+    fn new(kind: FindingKind, message: String, target: Option<Target>, objects: Vec<ObjectRef>) -> Self {
+        Finding {
+            id: kind.id(),
+            kind,
+            severity: kind.severity(),
+            message,
+            target,
+            objects,
+        }
+    }
+}
+
+/// The verdict for one workload and target.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    /// The target.
+    pub target: Target,
+    /// What NetworkPolicy semantics alone say.
+    pub policy_allowed: bool,
+    /// Whether the workload can actually reach it (also counting hostNetwork and a missing
+    /// policy engine).
+    pub reachable: bool,
+    /// Why.
+    pub reason: String,
+    /// The deciding policies, `namespace/name`.
+    pub policies: Vec<String>,
+    /// The deciding rules, `namespace/name#egress[i]`.
+    pub rules: Vec<String>,
+}
+
+/// A workload and its verdicts.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadReport {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Kind of the top-level owner (`Pod` for a bare pod).
+    pub kind: String,
+    /// Whether any of its pods uses hostNetwork.
+    pub host_network: bool,
+    /// Number of Pod objects read for it (0 when known only from a controller).
+    pub pods: usize,
+    /// Where its object was read.
+    #[serde(flatten)]
+    pub source: Source,
+    /// One verdict per target, in target order.
+    pub verdicts: Vec<Verdict>,
+}
+
+/// Totals.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    /// Namespaces (declared and implicit).
+    pub namespaces: usize,
+    /// Workloads.
+    pub workloads: usize,
+    /// Pod objects read.
+    pub pods: usize,
+    /// NetworkPolicies read.
+    pub network_policies: usize,
+    /// Per target: how many workloads reach it.
+    pub reachable: BTreeMap<String, usize>,
+    /// Findings by severity.
+    pub findings: BTreeMap<String, usize>,
+}
+
+/// Audit settings.
+#[derive(Debug, Clone)]
+pub struct AuditOptions {
+    /// What to evaluate.
+    pub targets: Vec<Target>,
+    /// Assume the cluster enforces no NetworkPolicy at all.
+    pub no_policy_engine: bool,
+}
+
+/// The audit's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The targets, as `IP:PORT/PROTO`.
+    pub targets: Vec<Target>,
+    /// Workloads sorted by namespace, name, kind.
+    pub workloads: Vec<WorkloadReport>,
+    /// Findings, most severe first.
+    pub findings: Vec<Finding>,
+    /// Totals.
+    pub summary: Summary,
+}
+
+const NODE_LOCAL_DNS: [&str; 2] = ["169.254.20.10", "169.254.10.10"];
+
+/// Runs the audit over a cluster.
+pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
+    let targets = &opts.targets;
+    // Evaluate every workload (in parallel: each is independent).
+    let evaluated: Vec<(WorkloadReport, Vec<Finding>, Vec<usize>)> = cluster
+        .workloads
+        .par_iter()
+        .map(|w| evaluate_workload(cluster, w, opts))
+        .collect();
+
+    let mut used = vec![false; cluster.policies.len()];
+    let mut workloads = Vec::with_capacity(evaluated.len());
+    let mut findings = Vec::new();
+    for (report, fs, selecting) in evaluated {
+        for i in selecting {
+            used[i] = true;
+        }
+        workloads.push(report);
+        findings.extend(fs);
+    }
+
+    if opts.no_policy_engine {
+        findings.push(Finding::new(
+            FindingKind::NoPolicyEngine,
+            "the cluster is assumed to enforce no NetworkPolicy: every workload reaches every target".into(),
+            None,
+            vec![],
+        ));
+    }
+
+    // Namespaces: would a new, unlabelled pod reach the target?
+    let empty = Labels::new();
+    for ns in cluster.namespaces.values() {
+        let selecting = cluster.selecting(&ns.name, &empty);
+        for t in targets {
+            let d = decide(cluster, &selecting, t);
+            if d.allowed() {
+                let e = explain(cluster, &d, t);
+                findings.push(Finding::new(
+                    FindingKind::NamespaceUnrestricted,
+                    format!(
+                        "namespace {}: a new pod without labels would reach {t} ({})",
+                        ns.name, e.reason
+                    ),
+                    Some(*t),
+                    vec![ObjectRef {
+                        kind: "Namespace".into(),
+                        namespace: String::new(),
+                        name: ns.name.clone(),
+                        source: ns.source.clone(),
+                    }],
+                ));
+            }
+        }
+    }
+
+    for (i, p) in cluster.policies.iter().enumerate() {
+        if !p.egress_type && !p.egress.is_empty() {
+            findings.push(Finding::new(
+                FindingKind::EgressRulesIgnored,
+                format!(
+                    "NetworkPolicy {} lists {} egress rule(s) but its policyTypes are [{}]: the egress rules are ignored",
+                    p.id(),
+                    p.egress.len(),
+                    if p.ingress_type { "Ingress" } else { "" }
+                ),
+                None,
+                vec![ObjectRef::policy(p)],
+            ));
+        }
+        if !used[i] {
+            findings.push(Finding::new(
+                FindingKind::PolicySelectsNothing,
+                format!(
+                    "NetworkPolicy {} selects no workload in namespace {}",
+                    p.id(),
+                    p.namespace
+                ),
+                None,
+                vec![ObjectRef::policy(p)],
+            ));
+        }
+        if let Some((cidr, dns)) = node_local_dns_cut(p) {
+            findings.push(Finding::new(
+                FindingKind::NodeLocalDnsCut,
+                format!(
+                    "NetworkPolicy {} excepts {cidr}, which also cuts node-local DNS {dns}: except 169.254.169.254/32 only",
+                    p.id()
+                ),
+                None,
+                vec![ObjectRef::policy(p)],
+            ));
+        }
+    }
+
+    findings.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then(a.kind.cmp(&b.kind))
+            .then_with(|| a.objects.cmp(&b.objects))
+            .then(a.target.cmp(&b.target))
+    });
+
+    let mut summary = Summary {
+        namespaces: cluster.namespaces.len(),
+        workloads: workloads.len(),
+        pods: cluster.workloads.iter().map(Workload::pod_count).sum(),
+        network_policies: cluster.policies.len(),
+        ..Summary::default()
+    };
+    for (i, t) in targets.iter().enumerate() {
+        let n = workloads.iter().filter(|w| w.verdicts[i].reachable).count();
+        summary.reachable.insert(t.to_string(), n);
+    }
+    for f in &findings {
+        *summary.findings.entry(f.severity.to_string()).or_default() += 1;
+    }
+    Report {
+        targets: targets.clone(),
+        workloads,
+        findings,
+        summary,
+    }
+}
+
+fn evaluate_workload(
+    cluster: &Cluster,
+    w: &Workload,
+    opts: &AuditOptions,
+) -> (WorkloadReport, Vec<Finding>, Vec<usize>) {
+    let host_network = w.host_network();
+    let mut findings = Vec::new();
+    let me = ObjectRef::workload(w);
+    // Selecting policies per shape, computed once for all targets.
+    let selections: Vec<Vec<usize>> = w
+        .shapes
+        .iter()
+        .map(|s| cluster.selecting(&w.namespace, &s.template.labels))
+        .collect();
+    let mut all_selecting: Vec<usize> = selections.iter().flatten().copied().collect();
+    all_selecting.sort_unstable();
+    all_selecting.dedup();
+
+    let mut verdicts = Vec::with_capacity(opts.targets.len());
+    for t in &opts.targets {
+        let decisions: Vec<Decision> = selections.iter().map(|s| decide(cluster, s, t)).collect();
+        // The workload is allowed when any of its pod shapes is.
+        let shown = decisions
+            .iter()
+            .find(|d| d.allowed())
+            .or(decisions.first())
+            .cloned()
+            .unwrap_or(Decision::NotIsolated {
+                ingress_only: vec![],
+            });
+        let policy_allowed = shown.allowed();
+        let e = explain(cluster, &shown, t);
+        let reachable = policy_allowed || host_network || opts.no_policy_engine;
+        let reason = if policy_allowed {
+            e.reason.clone()
+        } else if host_network {
+            format!(
+                "hostNetwork: its traffic is the node's and NetworkPolicy does not apply (policy alone: {})",
+                e.reason
+            )
+        } else if opts.no_policy_engine {
+            format!("no policy engine enforces NetworkPolicy (policy alone: {})", e.reason)
+        } else {
+            e.reason.clone()
+        };
+        if reachable {
+            findings.push(Finding::new(
+                FindingKind::WorkloadReachesTarget,
+                format!("{} reaches {t}: {reason}", w.id()),
+                Some(*t),
+                std::iter::once(me.clone())
+                    .chain(e.policies.iter().filter_map(|id| policy_ref(cluster, id)))
+                    .collect(),
+            ));
+        }
+        // An allow that re-opens what another selecting policy denies.
+        if let Decision::Allowed { isolating, by } = &shown {
+            let deniers: Vec<usize> = isolating
+                .iter()
+                .copied()
+                .filter(|&p| !by.iter().any(|r| r.policy == p))
+                .collect();
+            if !deniers.is_empty() {
+                let denier_ids: Vec<String> =
+                    deniers.iter().map(|&p| cluster.policies[p].id()).collect();
+                let mut objects = vec![me.clone()];
+                objects.extend(by.iter().map(|r| ObjectRef::policy(&cluster.policies[r.policy])));
+                objects.extend(deniers.iter().map(|&p| ObjectRef::policy(&cluster.policies[p])));
+                objects.dedup();
+                findings.push(Finding::new(
+                    FindingKind::AllowReopensTarget,
+                    format!(
+                        "{}: {} re-opens {t}, which {} would deny on its own",
+                        w.id(),
+                        e.rules.join(", "),
+                        denier_ids.join(", ")
+                    ),
+                    Some(*t),
+                    objects,
+                ));
+            }
+        }
+        verdicts.push(Verdict {
+            target: *t,
+            policy_allowed,
+            reachable,
+            reason,
+            policies: e.policies,
+            rules: e.rules,
+        });
+    }
+
+    if host_network {
+        findings.push(Finding::new(
+            FindingKind::HostNetwork,
+            format!(
+                "{} uses hostNetwork: NetworkPolicy does not apply to it on a real node",
+                w.id()
+            ),
+            None,
+            vec![me.clone()],
+        ));
+    }
+
+    // DNS: isolated pods need port 53 somewhere.
+    for sel in &selections {
+        let isolating: Vec<usize> = sel
+            .iter()
+            .copied()
+            .filter(|&i| cluster.policies[i].egress_type)
+            .collect();
+        if !isolating.is_empty()
+            && !isolating
+                .iter()
+                .any(|&i| allows_dns(&cluster.policies[i]))
+        {
+            let mut objects = vec![me.clone()];
+            objects.extend(isolating.iter().map(|&i| ObjectRef::policy(&cluster.policies[i])));
+            let ids: Vec<String> = isolating.iter().map(|&i| cluster.policies[i].id()).collect();
+            findings.push(Finding::new(
+                FindingKind::NoDnsEgress,
+                format!(
+                    "{} is egress-isolated by {} and no rule allows port 53: name resolution fails",
+                    w.id(),
+                    ids.join(", ")
+                ),
+                None,
+                objects,
+            ));
+            break;
+        }
+    }
+
+    let report = WorkloadReport {
+        namespace: w.namespace.clone(),
+        name: w.name.clone(),
+        kind: w.kind.clone(),
+        host_network,
+        pods: w.pod_count(),
+        source: w.source.clone(),
+        verdicts,
+    };
+    (report, findings, all_selecting)
+}
+
+fn policy_ref(cluster: &Cluster, id: &str) -> Option<ObjectRef> {
+    let (ns, name) = id.split_once('/')?;
+    cluster
+        .policies_in(ns)
+        .iter()
+        .map(|&i| &cluster.policies[i])
+        .find(|p| p.name == name)
+        .map(ObjectRef::policy)
+}
+
+/// Whether some rule of the policy lets DNS out (port 53 on UDP or TCP, or a named port,
+/// which may well be `dns`), to any peer.
+fn allows_dns(p: &NetworkPolicy) -> bool {
+    p.egress.iter().any(|r| {
+        r.ports.is_empty()
+            || r.ports.iter().any(|port| {
+                matches!(port.port, Some(PortSpec::Named(_)))
+                    || port.matches(Protocol::Udp, 53)
+                    || port.matches(Protocol::Tcp, 53)
+            })
+    })
+}
+
+/// An `except` of an egress-typed policy that covers a node-local DNS address.
+fn node_local_dns_cut(p: &NetworkPolicy) -> Option<(ipnet::IpNet, &'static str)> {
+    if !p.egress_type {
+        return None;
+    }
+    for r in &p.egress {
+        for peer in &r.to {
+            if let Peer::IpBlock { except, .. } = peer {
+                for e in except {
+                    for dns in NODE_LOCAL_DNS {
+                        let ip: IpAddr = dns.parse().expect("constant address");
+                        if e.contains(&ip) {
+                            return Some((*e, dns));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::parse;
+    use crate::target::Cloud;
+
+    fn run(text: &str, no_engine: bool) -> Report {
+        let l = parse("t.yaml", text);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        let c = Cluster::build(l.objects);
+        audit(
+            &c,
+            &AuditOptions {
+                targets: Cloud::Azure.targets(),
+                no_policy_engine: no_engine,
+            },
+        )
+    }
+
+    fn ids(r: &Report) -> Vec<&str> {
+        r.findings.iter().map(|f| f.id).collect()
+    }
+
+    const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: a, labels: {app: web}}\n";
+
+    #[test]
+    fn reachable_pod_without_policies() {
+        let r = run(POD, false);
+        assert_eq!(r.workloads.len(), 1);
+        assert!(r.workloads[0].verdicts.iter().all(|v| v.reachable && v.policy_allowed));
+        let f = ids(&r);
+        assert_eq!(f.iter().filter(|i| **i == "workload-reaches-target").count(), 3);
+        assert_eq!(f.iter().filter(|i| **i == "namespace-unrestricted").count(), 3);
+        assert_eq!(r.summary.reachable["169.254.169.254:80/TCP"], 1);
+    }
+
+    #[test]
+    fn host_network_is_reachable_despite_policy() {
+        let text = "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: d, namespace: a}\nspec:\n  template:\n    metadata: {labels: {app: d}}\n    spec: {hostNetwork: true}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: a}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n  egress: [{ports: [{port: 53, protocol: UDP}]}]\n";
+        let r = run(text, false);
+        let v = &r.workloads[0].verdicts[0];
+        assert!(!v.policy_allowed);
+        assert!(v.reachable);
+        assert!(v.reason.starts_with("hostNetwork"), "{}", v.reason);
+        assert_eq!(v.policies, ["a/deny"]);
+        assert!(ids(&r).contains(&"host-network"));
+        assert!(!ids(&r).contains(&"no-dns-egress"));
+        assert!(!ids(&r).contains(&"namespace-unrestricted"));
+    }
+
+    #[test]
+    fn no_engine_makes_everything_reachable() {
+        let text = format!(
+            "{POD}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: deny, namespace: a}}\nspec:\n  podSelector: {{}}\n  policyTypes: [Egress]\n"
+        );
+        assert!(!run(&text, false).workloads[0].verdicts[0].reachable);
+        let r = run(&text, true);
+        assert!(r.workloads[0].verdicts[0].reachable);
+        assert!(!r.workloads[0].verdicts[0].policy_allowed);
+        assert!(ids(&r).contains(&"no-policy-engine"));
+    }
+
+    #[test]
+    fn policy_findings() {
+        let text = format!(
+            "{POD}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: deny, namespace: a}}\nspec:\n  podSelector: {{}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{{ipBlock: {{cidr: 0.0.0.0/0, except: [169.254.0.0/16]}}}}]\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: open, namespace: a}}\nspec:\n  podSelector: {{matchLabels: {{app: web}}}}\n  egress: [{{}}]\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: ingress-only, namespace: a}}\nspec:\n  podSelector: {{matchLabels: {{app: typo}}}}\n  policyTypes: [Ingress]\n  egress: [{{}}]\n"
+        );
+        let r = run(&text, false);
+        let f = ids(&r);
+        assert!(f.contains(&"allow-reopens-target"), "{f:?}");
+        assert!(f.contains(&"egress-rules-ignored"));
+        assert!(f.contains(&"policy-selects-nothing"));
+        assert!(f.contains(&"node-local-dns-cut"));
+        assert!(!f.contains(&"no-dns-egress"), "0.0.0.0/0 on every port includes DNS");
+        let reopen = r.findings.iter().find(|f| f.id == "allow-reopens-target").unwrap();
+        assert!(reopen.message.contains("a/open#egress[0]"), "{}", reopen.message);
+        assert!(reopen.message.contains("a/deny"));
+        assert!(r.findings.windows(2).all(|w| w[0].severity >= w[1].severity));
+    }
+
+    #[test]
+    fn isolation_without_dns() {
+        let np = |ports: &str| {
+            format!(
+                "{POD}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: web, namespace: a}}\nspec:\n  podSelector: {{}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{{ipBlock: {{cidr: 10.0.0.0/8}}}}]\n    ports: [{ports}]\n"
+            )
+        };
+        assert!(ids(&run(&np("{port: 443}"), false)).contains(&"no-dns-egress"));
+        assert!(!ids(&run(&np("{port: 443}, {port: 53, protocol: UDP}"), false)).contains(&"no-dns-egress"));
+        assert!(!ids(&run(&np("{port: dns}"), false)).contains(&"no-dns-egress"));
+    }
+
+    #[test]
+    fn findings_are_sorted() {
+        let r = run(POD, false);
+        // sorted most severe first
+        assert!(r.findings.windows(2).all(|w| w[0].severity >= w[1].severity));
+    }
+}

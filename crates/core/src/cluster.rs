@@ -1,0 +1,268 @@
+//! The cluster built from loaded objects: namespaces (declared and implicit, each with its
+//! name label), workloads (pods grouped under their top-level owner) and NetworkPolicies
+//! indexed by namespace.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::model::{
+    Controller, ControllerKind, Labels, NAMESPACE_NAME_LABEL, NetworkPolicy, Object, OwnerRef,
+    PodTemplate, Source,
+};
+
+/// A namespace of the cluster.
+#[derive(Debug, Clone)]
+pub struct NamespaceInfo {
+    /// Name.
+    pub name: String,
+    /// Labels, including `kubernetes.io/metadata.name`.
+    pub labels: Labels,
+    /// Where it was declared; `None` when only referenced.
+    pub source: Option<Source>,
+}
+
+/// One distinct pod shape of a workload (pods with equal labels and hostNetwork).
+#[derive(Debug, Clone)]
+pub struct PodShape {
+    /// Labels and hostNetwork.
+    pub template: PodTemplate,
+    /// How many Pod objects have this shape (0 when it comes only from a template).
+    pub pods: usize,
+}
+
+/// A workload: the pods of one top-level owner (or a bare pod), named
+/// `namespace/name[Kind]`.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// Namespace.
+    pub namespace: String,
+    /// Owner name (or pod name for a bare pod).
+    pub name: String,
+    /// Owner kind (`Pod` for a bare pod).
+    pub kind: String,
+    /// Distinct pod shapes, from Pod objects and from controller templates.
+    pub shapes: Vec<PodShape>,
+    /// Where the workload's own object was read (the owner when present, else its first pod).
+    pub source: Source,
+}
+
+impl Workload {
+    /// `namespace/name[Kind]`.
+    pub fn id(&self) -> String {
+        format!("{}/{}[{}]", self.namespace, self.name, self.kind)
+    }
+
+    /// Whether any of its pods uses the node's network.
+    pub fn host_network(&self) -> bool {
+        self.shapes.iter().any(|s| s.template.host_network)
+    }
+
+    /// Number of Pod objects read for it.
+    pub fn pod_count(&self) -> usize {
+        self.shapes.iter().map(|s| s.pods).sum()
+    }
+}
+
+/// The cluster as the audit sees it.
+#[derive(Debug, Default)]
+pub struct Cluster {
+    /// Namespaces by name.
+    pub namespaces: BTreeMap<String, NamespaceInfo>,
+    /// Workloads, sorted by namespace, name, kind.
+    pub workloads: Vec<Workload>,
+    /// NetworkPolicies in input order.
+    pub policies: Vec<NetworkPolicy>,
+    /// Policy indexes by namespace.
+    policies_by_ns: HashMap<String, Vec<usize>>,
+}
+
+type Key = (String, String, String); // namespace, kind, name
+
+impl Cluster {
+    /// Builds the cluster from loaded objects.
+    pub fn build(objects: Vec<Object>) -> Cluster {
+        let mut namespaces: BTreeMap<String, NamespaceInfo> = BTreeMap::new();
+        let mut controllers: HashMap<Key, Controller> = HashMap::new();
+        let mut pods = Vec::new();
+        let mut policies = Vec::new();
+        for o in objects {
+            match o {
+                Object::Namespace(n) => {
+                    let mut labels = n.labels;
+                    labels.insert(NAMESPACE_NAME_LABEL.to_string(), n.name.clone());
+                    namespaces.insert(
+                        n.name.clone(),
+                        NamespaceInfo {
+                            name: n.name,
+                            labels,
+                            source: Some(n.source),
+                        },
+                    );
+                }
+                Object::Pod(p) => pods.push(p),
+                Object::Controller(c) => {
+                    let key = (c.namespace.clone(), c.kind.as_str().to_string(), c.name.clone());
+                    controllers.entry(key).or_insert(c);
+                }
+                Object::NetworkPolicy(p) => policies.push(p),
+            }
+        }
+
+        // The top-level owner of an object in `ns` whose direct owner is `owner`.
+        let top_owner = |ns: &str, owner: &OwnerRef| -> (String, String) {
+            let mut kind = if owner.kind.is_empty() {
+                "Pod".to_string()
+            } else {
+                owner.kind.clone()
+            };
+            let mut name = owner.name.clone();
+            for _ in 0..8 {
+                let key = (ns.to_string(), kind.clone(), name.clone());
+                match controllers.get(&key).and_then(|c| c.owner.as_ref()) {
+                    Some(next) if !next.kind.is_empty() => {
+                        kind = next.kind.clone();
+                        name = next.name.clone();
+                    }
+                    _ => break,
+                }
+            }
+            (kind, name)
+        };
+
+        let mut groups: BTreeMap<Key, Workload> = BTreeMap::new();
+        let mut add = |ns: &str,
+                       kind: String,
+                       name: String,
+                       template: PodTemplate,
+                       pods: usize,
+                       source: &Source| {
+            let key = (ns.to_string(), name.clone(), kind.clone());
+            let w = groups.entry(key).or_insert_with(|| Workload {
+                namespace: ns.to_string(),
+                name,
+                kind,
+                shapes: Vec::new(),
+                source: source.clone(),
+            });
+            match w.shapes.iter_mut().find(|s| s.template == template) {
+                Some(s) => s.pods += pods,
+                None => w.shapes.push(PodShape { template, pods }),
+            }
+        };
+
+        for c in controllers.values() {
+            let (kind, name) = match &c.owner {
+                Some(o) if !o.kind.is_empty() => top_owner(&c.namespace, o),
+                _ => (c.kind.as_str().to_string(), c.name.clone()),
+            };
+            // A CronJob's Jobs and a Deployment's ReplicaSets carry the same template as
+            // their owner; adding it again merges into the same shape.
+            add(&c.namespace, kind, name, c.template.clone(), 0, &c.source);
+        }
+        for p in pods {
+            let (kind, name) = match &p.owner {
+                Some(o) => top_owner(&p.namespace, o),
+                None => ("Pod".to_string(), p.name.clone()),
+            };
+            add(&p.namespace, kind, name, p.template, 1, &p.source);
+        }
+        // A workload's source is its owner object's when that was read.
+        for ((ns, name, kind), w) in groups.iter_mut() {
+            if let Some(ck) = ControllerKind::from_kind(kind)
+                && let Some(c) = controllers.get(&(ns.clone(), ck.as_str().to_string(), name.clone()))
+            {
+                w.source = c.source.clone();
+            }
+        }
+        let workloads: Vec<Workload> = groups.into_values().collect();
+
+        // Implicit namespaces: referenced by a workload or a policy.
+        for ns in workloads
+            .iter()
+            .map(|w| &w.namespace)
+            .chain(policies.iter().map(|p: &NetworkPolicy| &p.namespace))
+        {
+            if !namespaces.contains_key(ns) {
+                namespaces.insert(
+                    ns.clone(),
+                    NamespaceInfo {
+                        name: ns.clone(),
+                        labels: Labels::from([(NAMESPACE_NAME_LABEL.to_string(), ns.clone())]),
+                        source: None,
+                    },
+                );
+            }
+        }
+
+        let mut policies_by_ns: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, p) in policies.iter().enumerate() {
+            policies_by_ns.entry(p.namespace.clone()).or_default().push(i);
+        }
+        Cluster {
+            namespaces,
+            workloads,
+            policies,
+            policies_by_ns,
+        }
+    }
+
+    /// Indexes of the policies of a namespace.
+    pub fn policies_in(&self, namespace: &str) -> &[usize] {
+        self.policies_by_ns
+            .get(namespace)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// Indexes of the policies that select pods with these labels in this namespace.
+    pub fn selecting(&self, namespace: &str, labels: &Labels) -> Vec<usize> {
+        self.policies_in(namespace)
+            .iter()
+            .copied()
+            .filter(|&i| self.policies[i].pod_selector.matches(labels))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::parse;
+
+    fn build(text: &str) -> Cluster {
+        let l = parse("t.yaml", text);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        Cluster::build(l.objects)
+    }
+
+    #[test]
+    fn owners_resolve_to_top_level() {
+        let c = build(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\nspec:\n  template:\n    metadata: {labels: {app: web}}\n---\napiVersion: apps/v1\nkind: ReplicaSet\nmetadata:\n  name: web-abc\n  namespace: shop\n  ownerReferences: [{kind: Deployment, name: web, controller: true}]\nspec:\n  template:\n    metadata: {labels: {app: web}}\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: web-abc-1\n  namespace: shop\n  labels: {app: web}\n  ownerReferences: [{kind: ReplicaSet, name: web-abc, controller: true}]\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: orphan-x\n  namespace: shop\n  labels: {app: o}\n  ownerReferences: [{kind: ReplicaSet, name: orphan, controller: true}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: bare}\n",
+        );
+        let ids: Vec<String> = c.workloads.iter().map(Workload::id).collect();
+        assert_eq!(
+            ids,
+            ["default/bare[Pod]", "shop/orphan[ReplicaSet]", "shop/web[Deployment]"]
+        );
+        let web = &c.workloads[2];
+        assert_eq!(web.shapes.len(), 1);
+        assert_eq!(web.pod_count(), 1);
+        assert_eq!(web.source.line, 1);
+        // implicit namespaces get the name label
+        assert_eq!(
+            c.namespaces["shop"].labels.get(NAMESPACE_NAME_LABEL).map(String::as_str),
+            Some("shop")
+        );
+        assert!(c.namespaces["default"].source.is_none());
+    }
+
+    #[test]
+    fn cronjob_template_and_owner_without_kind() {
+        let c = build(
+            "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: nightly, namespace: b}\nspec:\n  jobTemplate:\n    spec:\n      template:\n        metadata: {labels: {job: n}}\n        spec: {hostNetwork: true}\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: p1\n  ownerReferences: [{name: sec, controller: true}]\n",
+        );
+        let ids: Vec<String> = c.workloads.iter().map(Workload::id).collect();
+        assert_eq!(ids, ["b/nightly[CronJob]", "default/sec[Pod]"]);
+        assert!(c.workloads[0].host_network());
+    }
+}

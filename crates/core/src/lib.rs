@@ -1,0 +1,16 @@
+//! imdsguard-core: the sans-IO semantics shared by every imdsguard component.
+//!
+//! - [`manifest`] reads Kubernetes manifests (YAML, JSON, lists) from text;
+//! - [`cluster`] groups pods into workloads and indexes policies by namespace;
+//! - [`netpol`] decides NetworkPolicy egress toward external targets and explains why;
+//! - [`target`] parses targets and holds the built-in metadata endpoint sets;
+//! - [`audit`] turns all of it into verdicts and findings.
+//!
+//! Nothing here does IO: callers read files and print reports.
+
+pub mod audit;
+pub mod cluster;
+pub mod manifest;
+pub mod model;
+pub mod netpol;
+pub mod target;

@@ -1,0 +1,1089 @@
+//! Reading Kubernetes manifests from text: multi-document YAML (anchors included), JSON
+//! (one object, a `List`, or a stream of objects), and `*List` wrappers, into
+//! [`Object`]s with their file and line. Pure: the caller reads the bytes.
+//!
+//! Documents are parsed in parallel, each into typed structs that hold only the fields
+//! the audit needs (serde skips the rest). A broken document or list item becomes a
+//! [`LoadError`] naming file, line and reason; the others are still read.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use rayon::prelude::*;
+use serde::de;
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+use crate::model::{
+    Controller, ControllerKind, EgressRule, LabelSelector, Labels, Namespace, NetworkPolicy,
+    Object, Operator, OwnerRef, Peer, Pod, PodTemplate, PortRule, PortSpec, Requirement, Source,
+};
+use crate::target::Protocol;
+
+/// What went wrong with one document or object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadErrorKind {
+    /// The text is not valid YAML or JSON.
+    Syntax,
+    /// A field has the wrong type or shape for its kind.
+    Shape,
+    /// The object is well-formed but invalid (bad CIDR, operator, protocol, port).
+    Invalid,
+}
+
+/// A document or object that could not be read. The rest of the input is still audited.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct LoadError {
+    /// File as named by the user.
+    pub file: Arc<str>,
+    /// 1-based line of the error (or of the object when the parser gives no line).
+    pub line: usize,
+    /// `Kind namespace/name` of the object, when known.
+    pub object: Option<String>,
+    /// What kind of error.
+    pub kind: LoadErrorKind,
+    /// What was wrong.
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: ", self.file, self.line)?;
+        if let Some(o) = &self.object {
+            write!(f, "{o}: ")?;
+        }
+        let hint = match self.kind {
+            LoadErrorKind::Syntax => "fix the syntax (e.g. `kubectl apply --dry-run=client -f`)",
+            LoadErrorKind::Shape => "fix the field (see `kubectl explain`)",
+            LoadErrorKind::Invalid => "fix the value; the API server would reject it",
+        };
+        write!(
+            f,
+            "{}; {hint}; this object was left out of the audit",
+            self.message
+        )
+    }
+}
+
+/// Everything read from one input.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Objects of the kinds the audit understands, in input order.
+    pub objects: Vec<Object>,
+    /// Documents and objects that could not be read.
+    pub errors: Vec<LoadError>,
+    /// Objects of other kinds, counted by `Kind` (`Kind.group` outside the core groups).
+    pub skipped: BTreeMap<String, usize>,
+}
+
+impl Loaded {
+    /// Appends another input's results.
+    pub fn extend(&mut self, other: Loaded) {
+        self.objects.extend(other.objects);
+        self.errors.extend(other.errors);
+        for (k, n) in other.skipped {
+            *self.skipped.entry(k).or_default() += n;
+        }
+    }
+}
+
+/// Reads one input. `file` names it in sources and errors; the format is told from the
+/// content (JSON starts with `{` or `[`; anything else is YAML).
+pub fn parse(file: &str, text: &str) -> Loaded {
+    let file: Arc<str> = Arc::from(file);
+    let trimmed = text.trim_start_matches(['\u{feff}', ' ', '\t', '\r', '\n']);
+    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        parse_json(&file, text)
+    } else {
+        parse_yaml(&file, text)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw, typed shapes of what the audit reads. Unknown fields are skipped by serde.
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RawObject {
+    #[serde(default)]
+    api_version: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    metadata: Option<RawMeta>,
+    #[serde(default)]
+    spec: Option<RawSpec>,
+    #[serde(default)]
+    items: Option<Vec<RawObject>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RawHead {
+    #[serde(default)]
+    api_version: Option<LenientString>,
+    #[serde(default)]
+    kind: Option<LenientString>,
+    #[serde(default)]
+    metadata: Option<RawHeadMeta>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawHeadMeta {
+    #[serde(default)]
+    name: Option<LenientString>,
+    #[serde(default)]
+    namespace: Option<LenientString>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RawMeta {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    generate_name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default, deserialize_with = "lenient_map")]
+    labels: Labels,
+    #[serde(default)]
+    owner_references: Option<Vec<RawOwnerRef>>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawOwnerRef {
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    controller: Option<bool>,
+}
+
+/// The union of the `spec` fields the audit reads across kinds (they do not clash).
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RawSpec {
+    // Pod
+    #[serde(default)]
+    host_network: Option<bool>,
+    // Deployment, ReplicaSet, StatefulSet, DaemonSet, Job, ReplicationController
+    #[serde(default)]
+    template: Option<RawTemplate>,
+    // CronJob
+    #[serde(default)]
+    job_template: Option<RawJobTemplate>,
+    // NetworkPolicy
+    #[serde(default)]
+    pod_selector: Option<RawSelector>,
+    #[serde(default)]
+    policy_types: Option<Vec<String>>,
+    #[serde(default)]
+    egress: Option<Vec<Option<RawEgressRule>>>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawTemplate {
+    #[serde(default)]
+    metadata: Option<RawTemplateMeta>,
+    #[serde(default)]
+    spec: Option<RawPodSpec>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawTemplateMeta {
+    #[serde(default, deserialize_with = "lenient_map")]
+    labels: Labels,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RawPodSpec {
+    #[serde(default)]
+    host_network: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawJobTemplate {
+    #[serde(default)]
+    spec: Option<RawJobSpec>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawJobSpec {
+    #[serde(default)]
+    template: Option<RawTemplate>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RawSelector {
+    #[serde(default, deserialize_with = "lenient_map")]
+    match_labels: Labels,
+    #[serde(default)]
+    match_expressions: Option<Vec<RawRequirement>>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawRequirement {
+    #[serde(default)]
+    key: String,
+    #[serde(default)]
+    operator: String,
+    #[serde(default)]
+    values: Option<Vec<LenientString>>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawEgressRule {
+    #[serde(default)]
+    to: Option<Vec<RawPeer>>,
+    #[serde(default)]
+    ports: Option<Vec<RawPort>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RawPeer {
+    #[serde(default)]
+    ip_block: Option<RawIpBlock>,
+    #[serde(default)]
+    pod_selector: Option<RawSelector>,
+    #[serde(default)]
+    namespace_selector: Option<RawSelector>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawIpBlock {
+    #[serde(default)]
+    cidr: String,
+    #[serde(default)]
+    except: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RawPort {
+    #[serde(default)]
+    protocol: Option<String>,
+    #[serde(default)]
+    port: Option<IntOrString>,
+    #[serde(default)]
+    end_port: Option<i64>,
+}
+
+/// `intstr.IntOrString`.
+enum IntOrString {
+    Int(i64),
+    Str(String),
+}
+
+impl<'de> Deserialize<'de> for IntOrString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = IntOrString;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a port number or name")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(IntOrString::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(IntOrString::Int(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(IntOrString::Str(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A string that also accepts a YAML scalar written as a number or boolean
+/// (`version: 1`), which kubectl would reject but people write.
+struct LenientString(String);
+
+impl<'de> Deserialize<'de> for LenientString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = LenientString;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(LenientString(v.to_string()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(LenientString(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(LenientString(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(LenientString(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(LenientString(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(LenientString(v.to_string()))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(LenientString(String::new()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn lenient_map<'de, D: Deserializer<'de>>(d: D) -> Result<Labels, D::Error> {
+    let m: Option<BTreeMap<String, LenientString>> = Option::deserialize(d)?;
+    Ok(m.unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect())
+}
+
+// ---------------------------------------------------------------------------------------
+// YAML
+
+/// Splits a YAML stream into documents at `---` and `...` markers (which YAML forbids
+/// inside any scalar at column 0), keeping each document's 1-based first line.
+fn split_yaml(text: &str) -> Vec<(usize, &str)> {
+    let mut docs = Vec::new();
+    let mut start = 0usize; // byte offset of current document
+    let mut start_line = 1usize;
+    let mut offset = 0usize;
+    let mut line_no = 1usize;
+    for line in text.split_inclusive('\n') {
+        let is_marker = |m: &str| {
+            line.strip_prefix(m)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']))
+        };
+        if is_marker("---") {
+            if offset > start {
+                docs.push((start_line, &text[start..offset]));
+            }
+            start = offset;
+            start_line = line_no;
+        } else if is_marker("...") {
+            docs.push((start_line, &text[start..offset]));
+            start = offset + line.len();
+            start_line = line_no + 1;
+        }
+        offset += line.len();
+        line_no += 1;
+    }
+    if start < text.len() {
+        docs.push((start_line, &text[start..]));
+    }
+    docs.into_iter()
+        .filter(|(_, d)| !is_blank_yaml(d))
+        .map(|(line, d)| skip_leading_noise(line, d))
+        .collect()
+}
+
+/// Drops a bare `---` line and leading blank or comment lines, so that a document's line
+/// is where its content starts.
+fn skip_leading_noise(mut line: usize, mut doc: &str) -> (usize, &str) {
+    loop {
+        let (first, rest) = match doc.split_once('\n') {
+            Some((f, r)) => (f, r),
+            None => return (line, doc),
+        };
+        let t = first.trim();
+        if t.is_empty() || t.starts_with('#') || t == "---" {
+            doc = rest;
+            line += 1;
+        } else {
+            return (line, doc);
+        }
+    }
+}
+
+fn is_blank_yaml(doc: &str) -> bool {
+    doc.lines().all(|l| {
+        let l = l.trim();
+        l.is_empty() || l.starts_with('#') || l == "---" || l.starts_with("%")
+    })
+}
+
+fn parse_yaml(file: &Arc<str>, text: &str) -> Loaded {
+    let docs = split_yaml(text);
+    let parts: Vec<Loaded> = docs
+        .par_iter()
+        .with_min_len(16)
+        .map(|&(line, doc)| parse_yaml_doc(file, line, doc))
+        .collect();
+    let mut out = Loaded::default();
+    for p in parts {
+        out.extend(p);
+    }
+    out
+}
+
+fn yaml_error_line(e: &serde_norway::Error, doc_line: usize) -> usize {
+    e.location()
+        .map(|l| doc_line + l.line().saturating_sub(1))
+        .unwrap_or(doc_line)
+}
+
+fn parse_yaml_doc(file: &Arc<str>, line: usize, doc: &str) -> Loaded {
+    let mut out = Loaded::default();
+    match serde_norway::from_str::<Option<RawObject>>(doc) {
+        Ok(Some(raw)) => convert(file, line, raw, &mut out),
+        Ok(None) => {}
+        Err(err) => {
+            // Find out what failed: syntax, an unknown kind we need not read, or one list item.
+            let value = match serde_norway::from_str::<serde_norway::Value>(doc) {
+                Ok(v) => v,
+                Err(e) => {
+                    out.errors.push(LoadError {
+                        file: file.clone(),
+                        line: yaml_error_line(&e, line),
+                        object: None,
+                        kind: LoadErrorKind::Syntax,
+                        message: format!("not valid YAML: {e}"),
+                    });
+                    return out;
+                }
+            };
+            let head: RawHead = serde_norway::from_value(value.clone()).unwrap_or_default();
+            let kind = head.kind.as_ref().map(|k| k.0.as_str()).unwrap_or("");
+            let items = value.get("items").and_then(|v| v.as_sequence());
+            if is_list_kind(kind)
+                && let Some(items) = items
+            {
+                for (i, item) in items.iter().enumerate() {
+                    match serde_norway::from_value::<RawObject>(item.clone()) {
+                        Ok(raw) => convert(file, line, raw, &mut out),
+                        Err(e) => shape_error_or_skip(
+                            file,
+                            line,
+                            &serde_norway::from_value::<RawHead>(item.clone()).unwrap_or_default(),
+                            format!("{kind} item {i}: {e}"),
+                            &mut out,
+                        ),
+                    }
+                }
+            } else {
+                let at = yaml_error_line(&err, line);
+                shape_error_or_skip(file, at, &head, err.to_string(), &mut out);
+            }
+        }
+    }
+    out
+}
+
+fn is_list_kind(kind: &str) -> bool {
+    kind.ends_with("List")
+}
+
+/// A typed read failed: an object of a kind the audit does not read is only counted.
+fn shape_error_or_skip(file: &Arc<str>, line: usize, head: &RawHead, msg: String, out: &mut Loaded) {
+    let kind = head.kind.as_ref().map(|k| k.0.clone()).unwrap_or_default();
+    let api = head
+        .api_version
+        .as_ref()
+        .map(|k| k.0.clone())
+        .unwrap_or_default();
+    if !kind.is_empty() && !is_list_kind(&kind) && classify(&kind, &api).is_none() {
+        *out.skipped.entry(skip_key(&kind, &api)).or_default() += 1;
+        return;
+    }
+    let object = (!kind.is_empty()).then(|| {
+        let meta = head.metadata.as_ref();
+        let name = meta.and_then(|m| m.name.as_ref()).map(|n| n.0.as_str());
+        let ns = meta.and_then(|m| m.namespace.as_ref()).map(|n| n.0.as_str());
+        match (ns, name) {
+            (Some(ns), Some(n)) => format!("{kind} {ns}/{n}"),
+            (None, Some(n)) => format!("{kind} {n}"),
+            _ => kind.clone(),
+        }
+    });
+    out.errors.push(LoadError {
+        file: file.clone(),
+        line,
+        object,
+        kind: LoadErrorKind::Shape,
+        message: msg,
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// JSON
+
+#[derive(Deserialize)]
+struct JsonHead<'a> {
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default, borrow)]
+    items: Option<Vec<&'a RawValue>>,
+}
+
+fn parse_json(file: &Arc<str>, text: &str) -> Loaded {
+    let mut out = Loaded::default();
+    // Top-level values: one object, a List, an array, or a stream of them.
+    let mut values: Vec<&RawValue> = Vec::new();
+    let stream = serde_json::Deserializer::from_str(text).into_iter::<&RawValue>();
+    for v in stream {
+        match v {
+            Ok(v) => values.push(v),
+            Err(e) => {
+                out.errors.push(LoadError {
+                    file: file.clone(),
+                    line: e.line().max(1),
+                    object: None,
+                    kind: LoadErrorKind::Syntax,
+                    message: format!("not valid JSON: {e}"),
+                });
+                break;
+            }
+        }
+    }
+    // Expand lists into items, keeping each item's byte offset for its line.
+    let mut items: Vec<&RawValue> = Vec::new();
+    for v in values {
+        let s = v.get();
+        if s.starts_with('[') {
+            match serde_json::from_str::<Vec<&RawValue>>(s) {
+                Ok(list) => items.extend(list),
+                Err(e) => out.errors.push(json_error(file, text, s, &e, None)),
+            }
+            continue;
+        }
+        match serde_json::from_str::<JsonHead>(s) {
+            Ok(JsonHead {
+                kind: Some(kind),
+                items: Some(list),
+            }) if is_list_kind(&kind) => items.extend(list),
+            _ => items.push(v),
+        }
+    }
+    let lines = LineIndex::new(text);
+    let parts: Vec<Loaded> = items
+        .par_iter()
+        .with_min_len(64)
+        .map(|item| {
+            let s = item.get();
+            let line = lines.line_of(offset_in(text, s));
+            let mut part = Loaded::default();
+            match serde_json::from_str::<RawObject>(s) {
+                Ok(raw) => convert(file, line, raw, &mut part),
+                Err(e) => {
+                    let head = serde_json::from_str::<RawHead>(s).unwrap_or_default();
+                    let at = line + e.line().saturating_sub(1);
+                    shape_error_or_skip(file, at, &head, e.to_string(), &mut part);
+                }
+            }
+            part
+        })
+        .collect();
+    for p in parts {
+        out.extend(p);
+    }
+    out
+}
+
+fn offset_in(text: &str, part: &str) -> usize {
+    (part.as_ptr() as usize).saturating_sub(text.as_ptr() as usize)
+}
+
+fn json_error(
+    file: &Arc<str>,
+    text: &str,
+    part: &str,
+    e: &serde_json::Error,
+    object: Option<String>,
+) -> LoadError {
+    let base = LineIndex::new(text).line_of(offset_in(text, part));
+    LoadError {
+        file: file.clone(),
+        line: base + e.line().saturating_sub(1),
+        object,
+        kind: LoadErrorKind::Shape,
+        message: e.to_string(),
+    }
+}
+
+/// Byte offset → 1-based line.
+struct LineIndex {
+    newlines: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(text: &str) -> Self {
+        LineIndex {
+            newlines: text
+                .bytes()
+                .enumerate()
+                .filter(|&(_, b)| b == b'\n')
+                .map(|(i, _)| i)
+                .collect(),
+        }
+    }
+    fn line_of(&self, offset: usize) -> usize {
+        self.newlines.partition_point(|&nl| nl < offset) + 1
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Conversion to the model
+
+enum Class {
+    Namespace,
+    Pod,
+    Controller(ControllerKind),
+    NetworkPolicy,
+}
+
+fn api_group(api_version: &str) -> &str {
+    api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("")
+}
+
+fn classify(kind: &str, api_version: &str) -> Option<Class> {
+    let group = api_group(api_version);
+    match (kind, group) {
+        ("Namespace", "") => Some(Class::Namespace),
+        ("Pod", "") => Some(Class::Pod),
+        ("ReplicationController", "") => Some(Class::Controller(ControllerKind::ReplicationController)),
+        ("Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet", "apps" | "extensions") => {
+            ControllerKind::from_kind(kind).map(Class::Controller)
+        }
+        ("Job" | "CronJob", "batch") => ControllerKind::from_kind(kind).map(Class::Controller),
+        ("NetworkPolicy", "networking.k8s.io" | "extensions") => Some(Class::NetworkPolicy),
+        _ => None,
+    }
+}
+
+fn skip_key(kind: &str, api_version: &str) -> String {
+    match api_group(api_version) {
+        "" | "apps" | "batch" | "networking.k8s.io" | "extensions" => kind.to_string(),
+        g => format!("{kind}.{g}"),
+    }
+}
+
+fn owner_of(meta: &RawMeta) -> Option<OwnerRef> {
+    let refs = meta.owner_references.as_ref()?;
+    let r = refs
+        .iter()
+        .find(|r| r.controller == Some(true))
+        .or_else(|| refs.first())?;
+    Some(OwnerRef {
+        kind: r.kind.clone().unwrap_or_default(),
+        name: r.name.clone().unwrap_or_default(),
+    })
+}
+
+fn template_of(t: Option<RawTemplate>) -> PodTemplate {
+    let t = t.unwrap_or_default();
+    PodTemplate {
+        labels: t.metadata.map(|m| m.labels).unwrap_or_default(),
+        host_network: t.spec.and_then(|s| s.host_network).unwrap_or(false),
+    }
+}
+
+fn convert(file: &Arc<str>, line: usize, raw: RawObject, out: &mut Loaded) {
+    let kind = raw.kind.clone().unwrap_or_default();
+    let api = raw.api_version.clone().unwrap_or_default();
+    if let Some(items) = raw.items
+        && (is_list_kind(&kind) || kind.is_empty())
+    {
+        for item in items {
+            convert(file, line, item, out);
+        }
+        return;
+    }
+    if kind.is_empty() {
+        out.errors.push(LoadError {
+            file: file.clone(),
+            line,
+            object: None,
+            kind: LoadErrorKind::Shape,
+            message: "the document has no `kind`".into(),
+        });
+        return;
+    }
+    let Some(class) = classify(&kind, &api) else {
+        *out.skipped.entry(skip_key(&kind, &api)).or_default() += 1;
+        return;
+    };
+    let source = Source {
+        file: file.clone(),
+        line,
+    };
+    let meta = raw.metadata.unwrap_or_default();
+    let namespace = meta
+        .namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "default".to_string());
+    let name = meta
+        .name
+        .clone()
+        .or_else(|| meta.generate_name.clone())
+        .unwrap_or_default();
+    let spec = raw.spec.unwrap_or_default();
+    if name.is_empty() {
+        out.errors.push(LoadError {
+            file: file.clone(),
+            line,
+            object: Some(kind.clone()),
+            kind: LoadErrorKind::Invalid,
+            message: "metadata.name is missing".into(),
+        });
+        return;
+    }
+    let obj = match class {
+        Class::Namespace => Object::Namespace(Namespace {
+            name,
+            labels: meta.labels,
+            source,
+        }),
+        Class::Pod => Object::Pod(Pod {
+            owner: owner_of(&meta),
+            namespace,
+            name,
+            template: PodTemplate {
+                labels: meta.labels,
+                host_network: spec.host_network.unwrap_or(false),
+            },
+            source,
+        }),
+        Class::Controller(ck) => {
+            let template = if ck == ControllerKind::CronJob {
+                template_of(spec.job_template.and_then(|j| j.spec).and_then(|s| s.template))
+            } else {
+                template_of(spec.template)
+            };
+            Object::Controller(Controller {
+                kind: ck,
+                owner: owner_of(&meta),
+                namespace,
+                name,
+                template,
+                source,
+            })
+        }
+        Class::NetworkPolicy => match convert_policy(namespace.clone(), name.clone(), spec, source) {
+            Ok(p) => Object::NetworkPolicy(p),
+            Err(message) => {
+                out.errors.push(LoadError {
+                    file: file.clone(),
+                    line,
+                    object: Some(format!("NetworkPolicy {namespace}/{name}")),
+                    kind: LoadErrorKind::Invalid,
+                    message,
+                });
+                return;
+            }
+        },
+    };
+    out.objects.push(obj);
+}
+
+fn convert_selector(s: RawSelector, at: &str) -> Result<LabelSelector, String> {
+    let mut match_expressions = Vec::new();
+    for (i, r) in s.match_expressions.unwrap_or_default().into_iter().enumerate() {
+        let operator = match r.operator.as_str() {
+            "In" => Operator::In,
+            "NotIn" => Operator::NotIn,
+            "Exists" => Operator::Exists,
+            "DoesNotExist" => Operator::DoesNotExist,
+            other => {
+                return Err(format!(
+                    "{at}.matchExpressions[{i}].operator `{other}` is not In, NotIn, Exists or DoesNotExist"
+                ));
+            }
+        };
+        let values: Vec<String> = r.values.unwrap_or_default().into_iter().map(|v| v.0).collect();
+        match operator {
+            Operator::In | Operator::NotIn if values.is_empty() => {
+                return Err(format!(
+                    "{at}.matchExpressions[{i}]: `{}` needs at least one value",
+                    r.operator
+                ));
+            }
+            Operator::Exists | Operator::DoesNotExist if !values.is_empty() => {
+                return Err(format!(
+                    "{at}.matchExpressions[{i}]: `{}` takes no values",
+                    r.operator
+                ));
+            }
+            _ => {}
+        }
+        match_expressions.push(Requirement {
+            key: r.key,
+            operator,
+            values,
+        });
+    }
+    Ok(LabelSelector {
+        match_labels: s.match_labels,
+        match_expressions,
+    })
+}
+
+fn parse_cidr(s: &str, at: &str) -> Result<IpNet, String> {
+    s.trim()
+        .parse::<IpNet>()
+        .map_err(|_| format!("{at} `{s}` is not a CIDR (write e.g. 169.254.169.254/32)"))
+}
+
+fn convert_policy(
+    namespace: String,
+    name: String,
+    spec: RawSpec,
+    source: Source,
+) -> Result<NetworkPolicy, String> {
+    let pod_selector = convert_selector(spec.pod_selector.unwrap_or_default(), "spec.podSelector")?;
+    let mut egress = Vec::new();
+    let has_egress_rules = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
+    for (ri, rule) in spec.egress.unwrap_or_default().into_iter().enumerate() {
+        let rule = rule.unwrap_or_default();
+        let mut to = Vec::new();
+        for (pi, peer) in rule.to.unwrap_or_default().into_iter().enumerate() {
+            let at = format!("spec.egress[{ri}].to[{pi}]");
+            if let Some(b) = peer.ip_block {
+                let cidr = parse_cidr(&b.cidr, &format!("{at}.ipBlock.cidr"))?;
+                let except = b
+                    .except
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|e| parse_cidr(e, &format!("{at}.ipBlock.except")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                to.push(Peer::IpBlock { cidr, except });
+            } else {
+                let namespace_selector = peer
+                    .namespace_selector
+                    .map(|s| convert_selector(s, &format!("{at}.namespaceSelector")))
+                    .transpose()?;
+                let pod_selector = peer
+                    .pod_selector
+                    .map(|s| convert_selector(s, &format!("{at}.podSelector")))
+                    .transpose()?;
+                to.push(Peer::Selector {
+                    namespace_selector,
+                    pod_selector,
+                });
+            }
+        }
+        let mut ports = Vec::new();
+        for (qi, p) in rule.ports.unwrap_or_default().into_iter().enumerate() {
+            let at = format!("spec.egress[{ri}].ports[{qi}]");
+            let protocol = match p.protocol.as_deref() {
+                None | Some("") => Protocol::Tcp,
+                Some(s) => match s {
+                    "TCP" => Protocol::Tcp,
+                    "UDP" => Protocol::Udp,
+                    "SCTP" => Protocol::Sctp,
+                    other => {
+                        return Err(format!(
+                            "{at}.protocol `{other}` is not TCP, UDP or SCTP (upper case)"
+                        ));
+                    }
+                },
+            };
+            let port = match p.port {
+                None => None,
+                Some(IntOrString::Int(n)) => Some(PortSpec::Number(port_number(n, &at)?)),
+                Some(IntOrString::Str(s)) => match s.parse::<i64>() {
+                    // A quoted number is how YAML writers often spell a port.
+                    Ok(n) => Some(PortSpec::Number(port_number(n, &at)?)),
+                    Err(_) => Some(PortSpec::Named(s)),
+                },
+            };
+            let end_port = match p.end_port {
+                None => None,
+                Some(e) => {
+                    let e = port_number(e, &format!("{at}.endPort"))?;
+                    match port {
+                        Some(PortSpec::Number(start)) if start <= e => Some(e),
+                        Some(PortSpec::Number(start)) => {
+                            return Err(format!(
+                                "{at}.endPort {e} is below port {start}"
+                            ));
+                        }
+                        _ => {
+                            return Err(format!(
+                                "{at}.endPort needs a numeric port"
+                            ));
+                        }
+                    }
+                }
+            };
+            ports.push(PortRule {
+                protocol,
+                port,
+                end_port,
+            });
+        }
+        egress.push(EgressRule { to, ports });
+    }
+    let written: Vec<String> = spec.policy_types.unwrap_or_default();
+    let policy_types_written = !written.is_empty();
+    let (ingress_type, egress_type) = if policy_types_written {
+        let mut ing = false;
+        let mut eg = false;
+        for t in &written {
+            match t.as_str() {
+                "Ingress" => ing = true,
+                "Egress" => eg = true,
+                other => {
+                    return Err(format!(
+                        "spec.policyTypes has `{other}`: only Ingress and Egress exist"
+                    ));
+                }
+            }
+        }
+        (ing, eg)
+    } else {
+        (true, has_egress_rules)
+    };
+    Ok(NetworkPolicy {
+        namespace,
+        name,
+        pod_selector,
+        ingress_type,
+        egress_type,
+        policy_types_written,
+        egress,
+        source,
+    })
+}
+
+fn port_number(n: i64, at: &str) -> Result<u16, String> {
+    u16::try_from(n)
+        .ok()
+        .filter(|&p| p > 0)
+        .ok_or_else(|| format!("{at}: port {n} is outside 1-65535"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(l: &Loaded) -> Vec<String> {
+        l.objects
+            .iter()
+            .map(|o| match o {
+                Object::Namespace(n) => format!("Namespace {}@{}", n.name, n.source.line),
+                Object::Pod(p) => format!("Pod {}/{}@{}", p.namespace, p.name, p.source.line),
+                Object::Controller(c) => {
+                    format!("{} {}/{}@{}", c.kind.as_str(), c.namespace, c.name, c.source.line)
+                }
+                Object::NetworkPolicy(p) => {
+                    format!("NetworkPolicy {}/{}@{}", p.namespace, p.name, p.source.line)
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn multi_document_yaml_with_lines_and_skips() {
+        let text = "# leading comment\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n---\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: x\nspec:\n  ports: [{port: 80}]\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  labels: {app: web, version: 1}\nspec:\n  hostNetwork: true\n";
+        let l = parse("a.yaml", text);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        assert_eq!(kinds(&l), ["Namespace shop@3", "Pod default/p@16"]);
+        assert_eq!(l.skipped.get("Service"), Some(&1));
+        let Object::Pod(p) = &l.objects[1] else {
+            panic!()
+        };
+        assert_eq!(p.template.labels.get("version").map(String::as_str), Some("1"));
+        assert!(p.template.host_network);
+    }
+
+    #[test]
+    fn anchors_and_lists() {
+        let text = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: a\n    namespace: x\n    labels: &l {app: web}\n- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: b\n    namespace: x\n    labels: *l\n";
+        let l = parse("list.yaml", text);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        assert_eq!(l.objects.len(), 2);
+        let Object::Pod(b) = &l.objects[1] else {
+            panic!()
+        };
+        assert_eq!(b.template.labels.get("app").map(String::as_str), Some("web"));
+    }
+
+    #[test]
+    fn broken_document_is_reported_and_others_kept() {
+        let text = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: ok1\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: [unclosed\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\nspec:\n  template: 7\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: ok2\n";
+        let l = parse("bad.yaml", text);
+        assert_eq!(kinds(&l), ["Pod default/ok1@1", "Pod default/ok2@18"]);
+        assert_eq!(l.errors.len(), 2, "{:?}", l.errors);
+        assert_eq!(l.errors[0].kind, LoadErrorKind::Syntax);
+        assert!((6..=10).contains(&l.errors[0].line), "{}", l.errors[0]);
+        assert_eq!(l.errors[1].kind, LoadErrorKind::Shape);
+        assert_eq!(l.errors[1].object.as_deref(), Some("Deployment d"));
+        assert!(l.errors[1].to_string().starts_with("bad.yaml:"));
+    }
+
+    #[test]
+    fn json_list_items_have_lines_and_errors_are_isolated() {
+        let text = r#"{
+  "apiVersion": "v1",
+  "kind": "List",
+  "items": [
+    {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "namespace": "n"}},
+    {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+     "metadata": {"name": "bad"}, "spec": {"podSelector": {}, "egress": [{"to": [{"ipBlock": {"cidr": "nope"}}]}]}},
+    {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "spec": {"template": 3}},
+    {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "ds", "namespace": "kube-system"},
+     "spec": {"template": {"metadata": {"labels": {"app": "x"}}, "spec": {"hostNetwork": true}}}}
+  ]
+}"#;
+        let l = parse("dump.json", text);
+        assert_eq!(
+            kinds(&l),
+            ["Pod n/a@5", "DaemonSet kube-system/ds@9"]
+        );
+        assert_eq!(l.skipped.get("ConfigMap"), Some(&1));
+        assert_eq!(l.errors.len(), 1);
+        assert_eq!(l.errors[0].line, 6);
+        assert!(l.errors[0].message.contains("spec.egress[0].to[0].ipBlock.cidr"));
+    }
+
+    #[test]
+    fn policy_defaulting() {
+        let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n  podSelector: {}\n  egress:\n  - ports: [{port: 80}, {protocol: UDP}]\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b}\nspec:\n  podSelector: {}\n  egress: []\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: c}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n";
+        let l = parse("p.yaml", text);
+        let ps: Vec<&NetworkPolicy> = l
+            .objects
+            .iter()
+            .filter_map(|o| match o {
+                Object::NetworkPolicy(p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ps.len(), 3);
+        assert!(ps[0].egress_type && ps[0].ingress_type);
+        assert_eq!(ps[0].egress[0].ports[0].protocol, Protocol::Tcp);
+        assert_eq!(ps[0].egress[0].ports[1].protocol, Protocol::Udp);
+        assert!(!ps[1].egress_type, "egress: [] alone does not add the Egress type");
+        assert!(ps[2].egress_type && !ps[2].ingress_type);
+    }
+
+    #[test]
+    fn owner_and_kind_groups() {
+        let text = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  ownerReferences:\n  - {kind: ReplicaSet, name: rs1, controller: false}\n  - {kind: ReplicaSet, name: rs2, controller: true}\n---\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: calico}\nspec:\n  selector: all()\n";
+        let l = parse("o.yaml", text);
+        let Object::Pod(p) = &l.objects[0] else {
+            panic!()
+        };
+        assert_eq!(p.owner.as_ref().unwrap().name, "rs2");
+        assert_eq!(l.skipped.get("NetworkPolicy.projectcalico.org"), Some(&1));
+    }
+
+    #[test]
+    fn split_keeps_markers_inside_indented_text() {
+        let docs = split_yaml("a: |\n  ---\n  x\n--- \nb: 1\n...\n---\nc: 2\n");
+        assert_eq!(docs.len(), 3);
+        assert_eq!(docs[1], (5, "b: 1\n"));
+        assert_eq!(docs[2], (8, "c: 2\n"));
+    }
+}

@@ -1,0 +1,375 @@
+//! The cluster objects the audit reasons about, cleaned of everything it does not need:
+//! namespaces, pods, pod controllers and `networking.k8s.io/v1` NetworkPolicies, each
+//! with the place in the input it came from.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::target::Protocol;
+
+/// Labels of an object.
+pub type Labels = BTreeMap<String, String>;
+
+/// The label every namespace carries with its own name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// Where an object was read: file (or `<stdin>`) and 1-based line of its document or item.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Source {
+    /// The file as the user named it.
+    pub file: Arc<str>,
+    /// 1-based line where the object starts.
+    pub line: usize,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)
+    }
+}
+
+/// A label selector requirement operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operator {
+    /// The label's value is one of the values.
+    In,
+    /// The label is missing or its value is none of the values.
+    NotIn,
+    /// The label is present.
+    Exists,
+    /// The label is missing.
+    DoesNotExist,
+}
+
+/// One `matchExpressions` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Requirement {
+    /// Label key.
+    pub key: String,
+    /// Operator.
+    pub operator: Operator,
+    /// Values for `In` / `NotIn`.
+    pub values: Vec<String>,
+}
+
+impl Requirement {
+    /// Whether the labels satisfy this requirement.
+    pub fn matches(&self, labels: &Labels) -> bool {
+        let value = labels.get(&self.key);
+        match self.operator {
+            Operator::In => value.is_some_and(|v| self.values.iter().any(|x| x == v)),
+            Operator::NotIn => value.is_none_or(|v| self.values.iter().all(|x| x != v)),
+            Operator::Exists => value.is_some(),
+            Operator::DoesNotExist => value.is_none(),
+        }
+    }
+}
+
+/// A Kubernetes label selector. The empty selector selects everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct LabelSelector {
+    /// `matchLabels`: every pair must be present.
+    pub match_labels: Labels,
+    /// `matchExpressions`: every requirement must hold.
+    pub match_expressions: Vec<Requirement>,
+}
+
+impl LabelSelector {
+    /// Whether the selector selects objects with these labels.
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| r.matches(labels))
+    }
+
+    /// Whether it is `{}`, selecting everything.
+    pub fn is_empty(&self) -> bool {
+        self.match_labels.is_empty() && self.match_expressions.is_empty()
+    }
+}
+
+/// The controller that owns an object, as its ownerReference names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OwnerRef {
+    /// Owner kind (may be empty in hand-written manifests).
+    pub kind: String,
+    /// Owner name.
+    pub name: String,
+}
+
+/// A Namespace object.
+#[derive(Debug, Clone)]
+pub struct Namespace {
+    /// Name.
+    pub name: String,
+    /// Labels as written (the name label is added when the cluster is built).
+    pub labels: Labels,
+    /// Where it was read.
+    pub source: Source,
+}
+
+/// The kinds of pod controllers the audit understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ControllerKind {
+    /// apps/v1 Deployment.
+    Deployment,
+    /// apps/v1 ReplicaSet.
+    ReplicaSet,
+    /// apps/v1 StatefulSet.
+    StatefulSet,
+    /// apps/v1 DaemonSet.
+    DaemonSet,
+    /// batch/v1 Job.
+    Job,
+    /// batch/v1 CronJob.
+    CronJob,
+    /// v1 ReplicationController.
+    ReplicationController,
+}
+
+impl ControllerKind {
+    /// The Kubernetes kind name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControllerKind::Deployment => "Deployment",
+            ControllerKind::ReplicaSet => "ReplicaSet",
+            ControllerKind::StatefulSet => "StatefulSet",
+            ControllerKind::DaemonSet => "DaemonSet",
+            ControllerKind::Job => "Job",
+            ControllerKind::CronJob => "CronJob",
+            ControllerKind::ReplicationController => "ReplicationController",
+        }
+    }
+
+    /// The kind for a Kubernetes kind name, if it is a controller kind.
+    pub fn from_kind(kind: &str) -> Option<Self> {
+        Some(match kind {
+            "Deployment" => ControllerKind::Deployment,
+            "ReplicaSet" => ControllerKind::ReplicaSet,
+            "StatefulSet" => ControllerKind::StatefulSet,
+            "DaemonSet" => ControllerKind::DaemonSet,
+            "Job" => ControllerKind::Job,
+            "CronJob" => ControllerKind::CronJob,
+            "ReplicationController" => ControllerKind::ReplicationController,
+            _ => return None,
+        })
+    }
+}
+
+/// What the audit needs of a Pod, or of a controller's pod template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodTemplate {
+    /// Pod labels.
+    pub labels: Labels,
+    /// `spec.hostNetwork`.
+    pub host_network: bool,
+}
+
+/// A Pod object.
+#[derive(Debug, Clone)]
+pub struct Pod {
+    /// Namespace (defaulted to `default`).
+    pub namespace: String,
+    /// Name (or `generateName` when the name is missing).
+    pub name: String,
+    /// The controlling owner, if any.
+    pub owner: Option<OwnerRef>,
+    /// Labels and hostNetwork.
+    pub template: PodTemplate,
+    /// Where it was read.
+    pub source: Source,
+}
+
+/// A pod controller (Deployment, ReplicaSet, ...).
+#[derive(Debug, Clone)]
+pub struct Controller {
+    /// Which controller.
+    pub kind: ControllerKind,
+    /// Namespace (defaulted to `default`).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The controlling owner, if any (a ReplicaSet's Deployment, a Job's CronJob).
+    pub owner: Option<OwnerRef>,
+    /// The pod template.
+    pub template: PodTemplate,
+    /// Where it was read.
+    pub source: Source,
+}
+
+/// A NetworkPolicy port entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortRule {
+    /// Protocol (defaulted to TCP).
+    pub protocol: Protocol,
+    /// The port; `None` means every port of the protocol.
+    pub port: Option<PortSpec>,
+    /// Inclusive end of a port range starting at a numeric `port`.
+    pub end_port: Option<u16>,
+}
+
+/// A port as a number or a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortSpec {
+    /// A port number.
+    Number(u16),
+    /// A named container port; it resolves on the destination pod, so it never matches
+    /// an address outside the cluster.
+    Named(String),
+}
+
+impl PortRule {
+    /// Whether this entry admits the protocol and port of an external destination.
+    pub fn matches(&self, protocol: Protocol, port: u16) -> bool {
+        if self.protocol != protocol {
+            return false;
+        }
+        match &self.port {
+            None => true,
+            Some(PortSpec::Named(_)) => false,
+            Some(PortSpec::Number(n)) => match self.end_port {
+                Some(end) => (*n..=end).contains(&port),
+                None => *n == port,
+            },
+        }
+    }
+}
+
+/// A NetworkPolicy peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// `ipBlock`: a CIDR less its exceptions.
+    IpBlock {
+        /// The block.
+        cidr: IpNet,
+        /// Ranges cut out of it.
+        except: Vec<IpNet>,
+    },
+    /// `podSelector` and/or `namespaceSelector`: pods only, never an external address.
+    Selector {
+        /// `namespaceSelector`, when given.
+        namespace_selector: Option<LabelSelector>,
+        /// `podSelector`, when given.
+        pod_selector: Option<LabelSelector>,
+    },
+}
+
+/// One egress rule. Empty `to` means every destination, empty `ports` every port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressRule {
+    /// Destinations.
+    pub to: Vec<Peer>,
+    /// Ports.
+    pub ports: Vec<PortRule>,
+}
+
+/// A networking.k8s.io/v1 NetworkPolicy after API defaulting.
+#[derive(Debug, Clone)]
+pub struct NetworkPolicy {
+    /// Namespace (defaulted to `default`).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Which pods of its namespace it selects.
+    pub pod_selector: LabelSelector,
+    /// Whether `Ingress` is among the (defaulted) policy types.
+    pub ingress_type: bool,
+    /// Whether `Egress` is among the (defaulted) policy types: only then it isolates egress.
+    pub egress_type: bool,
+    /// Whether `policyTypes` was written (false: the types were defaulted).
+    pub policy_types_written: bool,
+    /// Egress rules as written (ignored when `egress_type` is false).
+    pub egress: Vec<EgressRule>,
+    /// Where it was read.
+    pub source: Source,
+}
+
+impl NetworkPolicy {
+    /// `namespace/name`.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One object the audit understands.
+#[derive(Debug, Clone)]
+pub enum Object {
+    /// A Namespace.
+    Namespace(Namespace),
+    /// A Pod.
+    Pod(Pod),
+    /// A pod controller.
+    Controller(Controller),
+    /// A NetworkPolicy.
+    NetworkPolicy(NetworkPolicy),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn req(key: &str, operator: Operator, values: &[&str]) -> Requirement {
+        Requirement {
+            key: key.into(),
+            operator,
+            values: values.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn selector_semantics() {
+        let pod = labels(&[("app", "web"), ("tier", "front")]);
+        assert!(LabelSelector::default().matches(&pod));
+        let mut s = LabelSelector::default();
+        s.match_labels = labels(&[("app", "web")]);
+        assert!(s.matches(&pod));
+        s.match_labels = labels(&[("app", "web"), ("tier", "back")]);
+        assert!(!s.matches(&pod));
+
+        assert!(req("app", Operator::In, &["web", "db"]).matches(&pod));
+        assert!(!req("app", Operator::In, &["db"]).matches(&pod));
+        assert!(!req("missing", Operator::In, &["x"]).matches(&pod));
+        assert!(req("missing", Operator::NotIn, &["x"]).matches(&pod));
+        assert!(!req("app", Operator::NotIn, &["web"]).matches(&pod));
+        assert!(req("tier", Operator::Exists, &[]).matches(&pod));
+        assert!(!req("tier", Operator::DoesNotExist, &[]).matches(&pod));
+        assert!(req("missing", Operator::DoesNotExist, &[]).matches(&pod));
+    }
+
+    #[test]
+    fn port_rules() {
+        let any_udp = PortRule {
+            protocol: Protocol::Udp,
+            port: None,
+            end_port: None,
+        };
+        assert!(any_udp.matches(Protocol::Udp, 53));
+        assert!(!any_udp.matches(Protocol::Tcp, 53));
+        let range = PortRule {
+            protocol: Protocol::Tcp,
+            port: Some(PortSpec::Number(32000)),
+            end_port: Some(32768),
+        };
+        assert!(range.matches(Protocol::Tcp, 32000));
+        assert!(range.matches(Protocol::Tcp, 32768));
+        assert!(!range.matches(Protocol::Tcp, 32769));
+        let named = PortRule {
+            protocol: Protocol::Tcp,
+            port: Some(PortSpec::Named("http".into())),
+            end_port: None,
+        };
+        assert!(!named.matches(Protocol::Tcp, 80));
+    }
+}

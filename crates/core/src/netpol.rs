@@ -1,0 +1,301 @@
+//! Egress semantics of networking.k8s.io/v1 NetworkPolicy toward an address outside the
+//! cluster: which policies isolate a pod, and which rule (if any) allows a target.
+//!
+//! Policies add up: a pod is egress-isolated when at least one Egress-typed policy of
+//! its namespace selects it; then a target is allowed when any rule of any of those
+//! policies admits it. Selector peers never match an external address; named ports never
+//! match one either (they resolve on a destination pod).
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use crate::cluster::Cluster;
+use crate::model::{EgressRule, NetworkPolicy, Peer};
+use crate::target::Target;
+
+/// A policy and the index of one of its egress rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleRef {
+    /// Index into [`Cluster::policies`].
+    pub policy: usize,
+    /// Index into that policy's `spec.egress`.
+    pub rule: usize,
+}
+
+/// What NetworkPolicy says about one pod shape and one target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// No Egress-typed policy selects the pod: all egress is allowed. `ingress_only`
+    /// lists the policies that select it but do not restrict egress.
+    NotIsolated {
+        /// Selecting policies whose types lack Egress (their egress rules are ignored).
+        ingress_only: Vec<usize>,
+    },
+    /// Isolated, and these rules admit the target.
+    Allowed {
+        /// The policies that isolate the pod.
+        isolating: Vec<usize>,
+        /// Every rule that admits the target.
+        by: Vec<RuleRef>,
+    },
+    /// Isolated, and no rule of the isolating policies admits the target.
+    Denied {
+        /// The policies that isolate the pod.
+        isolating: Vec<usize>,
+    },
+}
+
+impl Decision {
+    /// Whether the target is allowed.
+    pub fn allowed(&self) -> bool {
+        !matches!(self, Decision::Denied { .. })
+    }
+}
+
+/// Whether an ipBlock peer contains the address.
+pub fn ip_block_contains(cidr: &ipnet::IpNet, except: &[ipnet::IpNet], ip: IpAddr) -> bool {
+    cidr.contains(&ip) && !except.iter().any(|e| e.contains(&ip))
+}
+
+/// Whether an egress rule admits an external target.
+pub fn rule_allows(rule: &EgressRule, target: &Target) -> bool {
+    let port_ok = rule.ports.is_empty()
+        || rule
+            .ports
+            .iter()
+            .any(|p| p.matches(target.protocol, target.port));
+    if !port_ok {
+        return false;
+    }
+    rule.to.is_empty()
+        || rule.to.iter().any(|peer| match peer {
+            Peer::IpBlock { cidr, except } => ip_block_contains(cidr, except, target.ip),
+            Peer::Selector { .. } => false,
+        })
+}
+
+/// The rules of a policy that admit the target.
+pub fn allowing_rules(policy: &NetworkPolicy, target: &Target) -> impl Iterator<Item = usize> {
+    policy
+        .egress
+        .iter()
+        .enumerate()
+        .filter(move |(_, r)| rule_allows(r, target))
+        .map(|(i, _)| i)
+}
+
+/// Decides a target for a pod selected by `selecting` (indexes of the policies of its
+/// namespace whose podSelector matches it, as [`Cluster::selecting`] gives them).
+pub fn decide(cluster: &Cluster, selecting: &[usize], target: &Target) -> Decision {
+    let isolating: Vec<usize> = selecting
+        .iter()
+        .copied()
+        .filter(|&i| cluster.policies[i].egress_type)
+        .collect();
+    if isolating.is_empty() {
+        return Decision::NotIsolated {
+            ingress_only: selecting.to_vec(),
+        };
+    }
+    let by: Vec<RuleRef> = isolating
+        .iter()
+        .flat_map(|&policy| {
+            allowing_rules(&cluster.policies[policy], target).map(move |rule| RuleRef { policy, rule })
+        })
+        .collect();
+    if by.is_empty() {
+        Decision::Denied { isolating }
+    } else {
+        Decision::Allowed { isolating, by }
+    }
+}
+
+/// Why, in words, with the policies that decided it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Explanation {
+    /// One sentence.
+    pub reason: String,
+    /// `namespace/name` of the deciding policies.
+    pub policies: Vec<String>,
+    /// The deciding rules, as `namespace/name#egress[i]`.
+    pub rules: Vec<String>,
+}
+
+/// Explains a decision.
+pub fn explain(cluster: &Cluster, decision: &Decision, target: &Target) -> Explanation {
+    let id = |i: usize| cluster.policies[i].id();
+    match decision {
+        Decision::NotIsolated { ingress_only } if ingress_only.is_empty() => Explanation {
+            reason: "no NetworkPolicy with an Egress type selects it: all egress is allowed".into(),
+            policies: vec![],
+            rules: vec![],
+        },
+        Decision::NotIsolated { ingress_only } => {
+            let names: Vec<String> = ingress_only.iter().map(|&i| id(i)).collect();
+            Explanation {
+                reason: format!(
+                    "selected only by policies without the Egress type ({}): egress is not restricted",
+                    names.join(", ")
+                ),
+                policies: names,
+                rules: vec![],
+            }
+        }
+        Decision::Allowed { by, isolating } => {
+            let mut policies: Vec<String> = by.iter().map(|r| id(r.policy)).collect();
+            policies.dedup();
+            let rules: Vec<String> = by
+                .iter()
+                .map(|r| format!("{}#egress[{}]", id(r.policy), r.rule))
+                .collect();
+            let others: Vec<String> = isolating
+                .iter()
+                .map(|&i| id(i))
+                .filter(|p| !policies.contains(p))
+                .collect();
+            let mut reason = format!("allowed by {}", rules.join(", "));
+            if !others.is_empty() {
+                reason.push_str(&format!(
+                    "; policies add up, so the isolation by {} does not block it",
+                    others.join(", ")
+                ));
+            }
+            Explanation {
+                reason,
+                policies,
+                rules,
+            }
+        }
+        Decision::Denied { isolating } => {
+            let names: Vec<String> = isolating.iter().map(|&i| id(i)).collect();
+            Explanation {
+                reason: format!(
+                    "egress-isolated by {} and no egress rule admits {target}",
+                    names.join(", ")
+                ),
+                policies: names,
+                rules: vec![],
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::parse;
+    use crate::model::Labels;
+
+    const IMDS: &str = "169.254.169.254:80/TCP";
+
+    fn cluster(policies: &str) -> Cluster {
+        let l = parse("p.yaml", policies);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        Cluster::build(l.objects)
+    }
+
+    fn allowed(c: &Cluster, labels: &[(&str, &str)], target: &str) -> bool {
+        let labels: Labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let sel = c.selecting("default", &labels);
+        decide(c, &sel, &target.parse().unwrap()).allowed()
+    }
+
+    fn np(name: &str, body: &str) -> String {
+        format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}}}\nspec:\n{body}"
+        )
+    }
+
+    #[test]
+    fn no_policy_allows_all() {
+        let c = cluster("apiVersion: v1\nkind: Namespace\nmetadata: {name: default}\n");
+        assert!(allowed(&c, &[], IMDS));
+    }
+
+    #[test]
+    fn ingress_only_does_not_restrict_egress() {
+        let c = cluster(&np(
+            "a",
+            "  podSelector: {}\n  policyTypes: [Ingress]\n  egress:\n  - to: [{ipBlock: {cidr: 10.0.0.0/8}}]\n",
+        ));
+        assert!(allowed(&c, &[], IMDS));
+        let c = cluster(&np("a", "  podSelector: {}\n"));
+        assert!(allowed(&c, &[], IMDS), "podSelector alone is ingress-only");
+    }
+
+    #[test]
+    fn deny_all_and_allow_all() {
+        let c = cluster(&np("a", "  podSelector: {}\n  policyTypes: [Egress]\n"));
+        assert!(!allowed(&c, &[], IMDS));
+        let c = cluster(&np("a", "  podSelector: {}\n  policyTypes: [Egress]\n  egress: []\n"));
+        assert!(!allowed(&c, &[], IMDS));
+        let c = cluster(&np("a", "  podSelector: {}\n  egress: [{}]\n"));
+        assert!(allowed(&c, &[], IMDS));
+    }
+
+    #[test]
+    fn except_and_additivity() {
+        let deny = np(
+            "deny",
+            "  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: 0.0.0.0/0, except: [169.254.169.254/32]}}]\n",
+        );
+        let c = cluster(&deny);
+        assert!(!allowed(&c, &[], IMDS));
+        assert!(allowed(&c, &[], "8.8.8.8:443/TCP"));
+        assert!(!allowed(&c, &[], "169.254.169.254:53/UDP"), "except covers every port");
+        assert!(allowed(&c, &[], "169.254.169.253:80/TCP"));
+        let reopen = np(
+            "linklocal",
+            "  podSelector: {matchLabels: {app: web}}\n  egress:\n  - to: [{ipBlock: {cidr: 169.254.0.0/16}}]\n    ports: [{port: 80}]\n",
+        );
+        let c = cluster(&format!("{deny}{reopen}"));
+        assert!(allowed(&c, &[("app", "web")], IMDS));
+        assert!(!allowed(&c, &[("app", "db")], IMDS));
+        assert!(!allowed(&c, &[("app", "web")], "169.254.169.254:81/TCP"));
+    }
+
+    #[test]
+    fn ports_protocols_ranges_named_and_selectors() {
+        let c = cluster(&np(
+            "p",
+            "  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - ports: [{port: 53, protocol: UDP}, {port: 32000, endPort: 32768}, {port: http}, {protocol: SCTP}]\n  - to: [{podSelector: {}}, {namespaceSelector: {}}]\n",
+        ));
+        assert!(allowed(&c, &[], "1.1.1.1:53/UDP"));
+        assert!(!allowed(&c, &[], "1.1.1.1:53/TCP"));
+        assert!(allowed(&c, &[], "168.63.129.16:32526/TCP"));
+        assert!(!allowed(&c, &[], IMDS), "named port and selector peers never match");
+        assert!(allowed(&c, &[], "1.1.1.1:9/SCTP"));
+    }
+
+    #[test]
+    fn ipv6_blocks_do_not_match_ipv4() {
+        let c = cluster(&np(
+            "v6",
+            "  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: '::/0', except: ['fd00:ec2::254/128']}}]\n",
+        ));
+        assert!(!allowed(&c, &[], IMDS));
+        assert!(!allowed(&c, &[], "[fd00:ec2::254]:80/TCP"));
+        assert!(allowed(&c, &[], "[fd00:ec2::1]:80/TCP"));
+    }
+
+    #[test]
+    fn explanation_names_rules_and_additivity() {
+        let text = format!(
+            "{}{}",
+            np("deny", "  podSelector: {}\n  policyTypes: [Egress]\n"),
+            np("open", "  podSelector: {}\n  egress: [{ports: [{port: 80}]}, {}]\n")
+        );
+        let c = cluster(&text);
+        let sel = c.selecting("default", &Labels::new());
+        let t: Target = IMDS.parse().unwrap();
+        let d = decide(&c, &sel, &t);
+        let e = explain(&c, &d, &t);
+        assert_eq!(e.policies, ["default/open"]);
+        assert_eq!(e.rules, ["default/open#egress[0]", "default/open#egress[1]"]);
+        assert!(e.reason.contains("default/deny"), "{}", e.reason);
+    }
+}
