@@ -190,7 +190,12 @@ pub struct Finding {
 }
 
 impl Finding {
-    fn new(kind: FindingKind, message: String, target: Option<Target>, objects: Vec<ObjectRef>) -> Self {
+    fn new(
+        kind: FindingKind,
+        message: String,
+        target: Option<Target>,
+        objects: Vec<ObjectRef>,
+    ) -> Self {
         Finding {
             id: kind.id(),
             kind,
@@ -447,7 +452,10 @@ fn evaluate_workload(
                 e.reason
             )
         } else if opts.no_policy_engine {
-            format!("no policy engine enforces NetworkPolicy (policy alone: {})", e.reason)
+            format!(
+                "no policy engine enforces NetworkPolicy (policy alone: {})",
+                e.reason
+            )
         } else {
             e.reason.clone()
         };
@@ -472,8 +480,15 @@ fn evaluate_workload(
                 let denier_ids: Vec<String> =
                     deniers.iter().map(|&p| cluster.policies[p].id()).collect();
                 let mut objects = vec![me.clone()];
-                objects.extend(by.iter().map(|r| ObjectRef::policy(&cluster.policies[r.policy])));
-                objects.extend(deniers.iter().map(|&p| ObjectRef::policy(&cluster.policies[p])));
+                objects.extend(
+                    by.iter()
+                        .map(|r| ObjectRef::policy(&cluster.policies[r.policy])),
+                );
+                objects.extend(
+                    deniers
+                        .iter()
+                        .map(|&p| ObjectRef::policy(&cluster.policies[p])),
+                );
                 objects.dedup();
                 findings.push(Finding::new(
                     FindingKind::AllowReopensTarget,
@@ -517,14 +532,17 @@ fn evaluate_workload(
             .copied()
             .filter(|&i| cluster.policies[i].egress_type)
             .collect();
-        if !isolating.is_empty()
-            && !isolating
-                .iter()
-                .any(|&i| allows_dns(&cluster.policies[i]))
-        {
+        if !isolating.is_empty() && !isolating.iter().any(|&i| allows_dns(&cluster.policies[i])) {
             let mut objects = vec![me.clone()];
-            objects.extend(isolating.iter().map(|&i| ObjectRef::policy(&cluster.policies[i])));
-            let ids: Vec<String> = isolating.iter().map(|&i| cluster.policies[i].id()).collect();
+            objects.extend(
+                isolating
+                    .iter()
+                    .map(|&i| ObjectRef::policy(&cluster.policies[i])),
+            );
+            let ids: Vec<String> = isolating
+                .iter()
+                .map(|&i| cluster.policies[i].id())
+                .collect();
             findings.push(Finding::new(
                 FindingKind::NoDnsEgress,
                 format!(
@@ -619,16 +637,30 @@ mod tests {
         r.findings.iter().map(|f| f.id).collect()
     }
 
-    const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: a, labels: {app: web}}\n";
+    const POD: &str =
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: a, labels: {app: web}}\n";
 
     #[test]
     fn reachable_pod_without_policies() {
         let r = run(POD, false);
         assert_eq!(r.workloads.len(), 1);
-        assert!(r.workloads[0].verdicts.iter().all(|v| v.reachable && v.policy_allowed));
+        assert!(
+            r.workloads[0]
+                .verdicts
+                .iter()
+                .all(|v| v.reachable && v.policy_allowed)
+        );
         let f = ids(&r);
-        assert_eq!(f.iter().filter(|i| **i == "workload-reaches-target").count(), 3);
-        assert_eq!(f.iter().filter(|i| **i == "namespace-unrestricted").count(), 3);
+        assert_eq!(
+            f.iter()
+                .filter(|i| **i == "workload-reaches-target")
+                .count(),
+            3
+        );
+        assert_eq!(
+            f.iter().filter(|i| **i == "namespace-unrestricted").count(),
+            3
+        );
         assert_eq!(r.summary.reachable["169.254.169.254:80/TCP"], 1);
     }
 
@@ -669,11 +701,26 @@ mod tests {
         assert!(f.contains(&"egress-rules-ignored"));
         assert!(f.contains(&"policy-selects-nothing"));
         assert!(f.contains(&"node-local-dns-cut"));
-        assert!(!f.contains(&"no-dns-egress"), "0.0.0.0/0 on every port includes DNS");
-        let reopen = r.findings.iter().find(|f| f.id == "allow-reopens-target").unwrap();
-        assert!(reopen.message.contains("a/open#egress[0]"), "{}", reopen.message);
+        assert!(
+            !f.contains(&"no-dns-egress"),
+            "0.0.0.0/0 on every port includes DNS"
+        );
+        let reopen = r
+            .findings
+            .iter()
+            .find(|f| f.id == "allow-reopens-target")
+            .unwrap();
+        assert!(
+            reopen.message.contains("a/open#egress[0]"),
+            "{}",
+            reopen.message
+        );
         assert!(reopen.message.contains("a/deny"));
-        assert!(r.findings.windows(2).all(|w| w[0].severity >= w[1].severity));
+        assert!(
+            r.findings
+                .windows(2)
+                .all(|w| w[0].severity >= w[1].severity)
+        );
     }
 
     #[test]
@@ -684,7 +731,10 @@ mod tests {
             )
         };
         assert!(ids(&run(&np("{port: 443}"), false)).contains(&"no-dns-egress"));
-        assert!(!ids(&run(&np("{port: 443}, {port: 53, protocol: UDP}"), false)).contains(&"no-dns-egress"));
+        assert!(
+            !ids(&run(&np("{port: 443}, {port: 53, protocol: UDP}"), false))
+                .contains(&"no-dns-egress")
+        );
         assert!(!ids(&run(&np("{port: dns}"), false)).contains(&"no-dns-egress"));
     }
 
@@ -692,6 +742,10 @@ mod tests {
     fn findings_are_sorted() {
         let r = run(POD, false);
         // sorted most severe first
-        assert!(r.findings.windows(2).all(|w| w[0].severity >= w[1].severity));
+        assert!(
+            r.findings
+                .windows(2)
+                .all(|w| w[0].severity >= w[1].severity)
+        );
     }
 }

@@ -100,7 +100,11 @@ impl Cluster {
                 }
                 Object::Pod(p) => pods.push(p),
                 Object::Controller(c) => {
-                    let key = (c.namespace.clone(), c.kind.as_str().to_string(), c.name.clone());
+                    let key = (
+                        c.namespace.clone(),
+                        c.kind.as_str().to_string(),
+                        c.name.clone(),
+                    );
                     controllers.entry(key).or_insert(c);
                 }
                 Object::NetworkPolicy(p) => policies.push(p),
@@ -160,15 +164,17 @@ impl Cluster {
         }
         for p in pods {
             let (kind, name) = match &p.owner {
-                Some(o) => top_owner(&p.namespace, o),
-                None => ("Pod".to_string(), p.name.clone()),
+                // Static pods are "owned" by their Node: they are workloads of their own.
+                Some(o) if o.kind != "Node" => top_owner(&p.namespace, o),
+                _ => ("Pod".to_string(), p.name.clone()),
             };
             add(&p.namespace, kind, name, p.template, 1, &p.source);
         }
         // A workload's source is its owner object's when that was read.
         for ((ns, name, kind), w) in groups.iter_mut() {
             if let Some(ck) = ControllerKind::from_kind(kind)
-                && let Some(c) = controllers.get(&(ns.clone(), ck.as_str().to_string(), name.clone()))
+                && let Some(c) =
+                    controllers.get(&(ns.clone(), ck.as_str().to_string(), name.clone()))
             {
                 w.source = c.source.clone();
             }
@@ -195,7 +201,10 @@ impl Cluster {
 
         let mut policies_by_ns: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, p) in policies.iter().enumerate() {
-            policies_by_ns.entry(p.namespace.clone()).or_default().push(i);
+            policies_by_ns
+                .entry(p.namespace.clone())
+                .or_default()
+                .push(i);
         }
         Cluster {
             namespaces,
@@ -242,7 +251,11 @@ mod tests {
         let ids: Vec<String> = c.workloads.iter().map(Workload::id).collect();
         assert_eq!(
             ids,
-            ["default/bare[Pod]", "shop/orphan[ReplicaSet]", "shop/web[Deployment]"]
+            [
+                "default/bare[Pod]",
+                "shop/orphan[ReplicaSet]",
+                "shop/web[Deployment]"
+            ]
         );
         let web = &c.workloads[2];
         assert_eq!(web.shapes.len(), 1);
@@ -250,7 +263,10 @@ mod tests {
         assert_eq!(web.source.line, 1);
         // implicit namespaces get the name label
         assert_eq!(
-            c.namespaces["shop"].labels.get(NAMESPACE_NAME_LABEL).map(String::as_str),
+            c.namespaces["shop"]
+                .labels
+                .get(NAMESPACE_NAME_LABEL)
+                .map(String::as_str),
             Some("shop")
         );
         assert!(c.namespaces["default"].source.is_none());
@@ -259,10 +275,17 @@ mod tests {
     #[test]
     fn cronjob_template_and_owner_without_kind() {
         let c = build(
-            "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: nightly, namespace: b}\nspec:\n  jobTemplate:\n    spec:\n      template:\n        metadata: {labels: {job: n}}\n        spec: {hostNetwork: true}\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: p1\n  ownerReferences: [{name: sec, controller: true}]\n",
+            "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: nightly, namespace: b}\nspec:\n  jobTemplate:\n    spec:\n      template:\n        metadata: {labels: {job: n}}\n        spec: {hostNetwork: true}\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: p1\n  ownerReferences: [{name: sec, controller: true}]\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: etcd-node1\n  ownerReferences: [{kind: Node, name: node1, controller: true}]\n",
         );
         let ids: Vec<String> = c.workloads.iter().map(Workload::id).collect();
-        assert_eq!(ids, ["b/nightly[CronJob]", "default/sec[Pod]"]);
+        assert_eq!(
+            ids,
+            [
+                "b/nightly[CronJob]",
+                "default/etcd-node1[Pod]",
+                "default/sec[Pod]"
+            ]
+        );
         assert!(c.workloads[0].host_network());
     }
 }

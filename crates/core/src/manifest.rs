@@ -436,7 +436,7 @@ fn yaml_error_line(e: &serde_norway::Error, doc_line: usize) -> usize {
 fn parse_yaml_doc(file: &Arc<str>, line: usize, doc: &str) -> Loaded {
     let mut out = Loaded::default();
     match serde_norway::from_str::<Option<RawObject>>(doc) {
-        Ok(Some(raw)) => convert(file, line, raw, &mut out),
+        Ok(Some(raw)) => convert(file, line, raw, &None, &mut out),
         Ok(None) => {}
         Err(err) => {
             // Find out what failed: syntax, an unknown kind we need not read, or one list item.
@@ -459,9 +459,15 @@ fn parse_yaml_doc(file: &Arc<str>, line: usize, doc: &str) -> Loaded {
             if is_list_kind(kind)
                 && let Some(items) = items
             {
+                let api = head
+                    .api_version
+                    .as_ref()
+                    .map(|a| a.0.as_str())
+                    .unwrap_or("");
+                let defaults = list_item_defaults(kind, api);
                 for (i, item) in items.iter().enumerate() {
                     match serde_norway::from_value::<RawObject>(item.clone()) {
-                        Ok(raw) => convert(file, line, raw, &mut out),
+                        Ok(raw) => convert(file, line, raw, &defaults, &mut out),
                         Err(e) => shape_error_or_skip(
                             file,
                             line,
@@ -485,7 +491,13 @@ fn is_list_kind(kind: &str) -> bool {
 }
 
 /// A typed read failed: an object of a kind the audit does not read is only counted.
-fn shape_error_or_skip(file: &Arc<str>, line: usize, head: &RawHead, msg: String, out: &mut Loaded) {
+fn shape_error_or_skip(
+    file: &Arc<str>,
+    line: usize,
+    head: &RawHead,
+    msg: String,
+    out: &mut Loaded,
+) {
     let kind = head.kind.as_ref().map(|k| k.0.clone()).unwrap_or_default();
     let api = head
         .api_version
@@ -499,7 +511,9 @@ fn shape_error_or_skip(file: &Arc<str>, line: usize, head: &RawHead, msg: String
     let object = (!kind.is_empty()).then(|| {
         let meta = head.metadata.as_ref();
         let name = meta.and_then(|m| m.name.as_ref()).map(|n| n.0.as_str());
-        let ns = meta.and_then(|m| m.namespace.as_ref()).map(|n| n.0.as_str());
+        let ns = meta
+            .and_then(|m| m.namespace.as_ref())
+            .map(|n| n.0.as_str());
         match (ns, name) {
             (Some(ns), Some(n)) => format!("{kind} {ns}/{n}"),
             (None, Some(n)) => format!("{kind} {n}"),
@@ -519,9 +533,12 @@ fn shape_error_or_skip(file: &Arc<str>, line: usize, head: &RawHead, msg: String
 // JSON
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct JsonHead<'a> {
     #[serde(default)]
     kind: Option<String>,
+    #[serde(default)]
+    api_version: Option<String>,
     #[serde(default, borrow)]
     items: Option<Vec<&'a RawValue>>,
 }
@@ -547,12 +564,12 @@ fn parse_json(file: &Arc<str>, text: &str) -> Loaded {
         }
     }
     // Expand lists into items, keeping each item's byte offset for its line.
-    let mut items: Vec<&RawValue> = Vec::new();
+    let mut items: Vec<(&RawValue, ItemDefaults)> = Vec::new();
     for v in values {
         let s = v.get();
         if s.starts_with('[') {
             match serde_json::from_str::<Vec<&RawValue>>(s) {
-                Ok(list) => items.extend(list),
+                Ok(list) => items.extend(list.into_iter().map(|i| (i, None))),
                 Err(e) => out.errors.push(json_error(file, text, s, &e, None)),
             }
             continue;
@@ -560,21 +577,25 @@ fn parse_json(file: &Arc<str>, text: &str) -> Loaded {
         match serde_json::from_str::<JsonHead>(s) {
             Ok(JsonHead {
                 kind: Some(kind),
+                api_version,
                 items: Some(list),
-            }) if is_list_kind(&kind) => items.extend(list),
-            _ => items.push(v),
+            }) if is_list_kind(&kind) => {
+                let defaults = list_item_defaults(&kind, api_version.as_deref().unwrap_or(""));
+                items.extend(list.into_iter().map(|i| (i, defaults.clone())));
+            }
+            _ => items.push((v, None)),
         }
     }
     let lines = LineIndex::new(text);
     let parts: Vec<Loaded> = items
         .par_iter()
         .with_min_len(64)
-        .map(|item| {
+        .map(|(item, defaults)| {
             let s = item.get();
             let line = lines.line_of(offset_in(text, s));
             let mut part = Loaded::default();
             match serde_json::from_str::<RawObject>(s) {
-                Ok(raw) => convert(file, line, raw, &mut part),
+                Ok(raw) => convert(file, line, raw, defaults, &mut part),
                 Err(e) => {
                     let head = serde_json::from_str::<RawHead>(s).unwrap_or_default();
                     let at = line + e.line().saturating_sub(1);
@@ -651,7 +672,9 @@ fn classify(kind: &str, api_version: &str) -> Option<Class> {
     match (kind, group) {
         ("Namespace", "") => Some(Class::Namespace),
         ("Pod", "") => Some(Class::Pod),
-        ("ReplicationController", "") => Some(Class::Controller(ControllerKind::ReplicationController)),
+        ("ReplicationController", "") => {
+            Some(Class::Controller(ControllerKind::ReplicationController))
+        }
         ("Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet", "apps" | "extensions") => {
             ControllerKind::from_kind(kind).map(Class::Controller)
         }
@@ -688,24 +711,57 @@ fn template_of(t: Option<RawTemplate>) -> PodTemplate {
     }
 }
 
-fn convert(file: &Arc<str>, line: usize, raw: RawObject, out: &mut Loaded) {
+/// The kind and apiVersion that items of a typed list (`PodList`, ...) get when they
+/// do not say their own.
+type ItemDefaults = Option<(String, String)>;
+
+fn list_item_defaults(kind: &str, api: &str) -> ItemDefaults {
+    kind.strip_suffix("List")
+        .filter(|k| !k.is_empty())
+        .map(|k| (k.to_string(), api.to_string()))
+}
+
+/// Name under which documents that are not Kubernetes objects are counted.
+pub const NOT_KUBERNETES: &str = "(not a Kubernetes object)";
+
+fn convert(
+    file: &Arc<str>,
+    line: usize,
+    mut raw: RawObject,
+    defaults: &ItemDefaults,
+    out: &mut Loaded,
+) {
+    if let Some((k, a)) = defaults {
+        if raw.kind.as_deref().is_none_or(str::is_empty) {
+            raw.kind = Some(k.clone());
+        }
+        if raw.api_version.as_deref().is_none_or(str::is_empty) {
+            raw.api_version = Some(a.clone());
+        }
+    }
     let kind = raw.kind.clone().unwrap_or_default();
     let api = raw.api_version.clone().unwrap_or_default();
     if let Some(items) = raw.items
         && (is_list_kind(&kind) || kind.is_empty())
     {
+        let defaults = list_item_defaults(&kind, &api);
         for item in items {
-            convert(file, line, item, out);
+            convert(file, line, item, &defaults, out);
         }
         return;
     }
     if kind.is_empty() {
+        if api.is_empty() {
+            // Neither apiVersion nor kind: some other YAML/JSON (Helm values, reports).
+            *out.skipped.entry(NOT_KUBERNETES.to_string()).or_default() += 1;
+            return;
+        }
         out.errors.push(LoadError {
             file: file.clone(),
             line,
             object: None,
             kind: LoadErrorKind::Shape,
-            message: "the document has no `kind`".into(),
+            message: format!("the document has apiVersion `{api}` but no `kind`"),
         });
         return;
     }
@@ -757,7 +813,11 @@ fn convert(file: &Arc<str>, line: usize, raw: RawObject, out: &mut Loaded) {
         }),
         Class::Controller(ck) => {
             let template = if ck == ControllerKind::CronJob {
-                template_of(spec.job_template.and_then(|j| j.spec).and_then(|s| s.template))
+                template_of(
+                    spec.job_template
+                        .and_then(|j| j.spec)
+                        .and_then(|s| s.template),
+                )
             } else {
                 template_of(spec.template)
             };
@@ -770,7 +830,8 @@ fn convert(file: &Arc<str>, line: usize, raw: RawObject, out: &mut Loaded) {
                 source,
             })
         }
-        Class::NetworkPolicy => match convert_policy(namespace.clone(), name.clone(), spec, source) {
+        Class::NetworkPolicy => match convert_policy(namespace.clone(), name.clone(), spec, source)
+        {
             Ok(p) => Object::NetworkPolicy(p),
             Err(message) => {
                 out.errors.push(LoadError {
@@ -789,7 +850,12 @@ fn convert(file: &Arc<str>, line: usize, raw: RawObject, out: &mut Loaded) {
 
 fn convert_selector(s: RawSelector, at: &str) -> Result<LabelSelector, String> {
     let mut match_expressions = Vec::new();
-    for (i, r) in s.match_expressions.unwrap_or_default().into_iter().enumerate() {
+    for (i, r) in s
+        .match_expressions
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
         let operator = match r.operator.as_str() {
             "In" => Operator::In,
             "NotIn" => Operator::NotIn,
@@ -801,7 +867,12 @@ fn convert_selector(s: RawSelector, at: &str) -> Result<LabelSelector, String> {
                 ));
             }
         };
-        let values: Vec<String> = r.values.unwrap_or_default().into_iter().map(|v| v.0).collect();
+        let values: Vec<String> = r
+            .values
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.0)
+            .collect();
         match operator {
             Operator::In | Operator::NotIn if values.is_empty() => {
                 return Err(format!(
@@ -905,14 +976,10 @@ fn convert_policy(
                     match port {
                         Some(PortSpec::Number(start)) if start <= e => Some(e),
                         Some(PortSpec::Number(start)) => {
-                            return Err(format!(
-                                "{at}.endPort {e} is below port {start}"
-                            ));
+                            return Err(format!("{at}.endPort {e} is below port {start}"));
                         }
                         _ => {
-                            return Err(format!(
-                                "{at}.endPort needs a numeric port"
-                            ));
+                            return Err(format!("{at}.endPort needs a numeric port"));
                         }
                     }
                 }
@@ -975,7 +1042,13 @@ mod tests {
                 Object::Namespace(n) => format!("Namespace {}@{}", n.name, n.source.line),
                 Object::Pod(p) => format!("Pod {}/{}@{}", p.namespace, p.name, p.source.line),
                 Object::Controller(c) => {
-                    format!("{} {}/{}@{}", c.kind.as_str(), c.namespace, c.name, c.source.line)
+                    format!(
+                        "{} {}/{}@{}",
+                        c.kind.as_str(),
+                        c.namespace,
+                        c.name,
+                        c.source.line
+                    )
                 }
                 Object::NetworkPolicy(p) => {
                     format!("NetworkPolicy {}/{}@{}", p.namespace, p.name, p.source.line)
@@ -994,7 +1067,10 @@ mod tests {
         let Object::Pod(p) = &l.objects[1] else {
             panic!()
         };
-        assert_eq!(p.template.labels.get("version").map(String::as_str), Some("1"));
+        assert_eq!(
+            p.template.labels.get("version").map(String::as_str),
+            Some("1")
+        );
         assert!(p.template.host_network);
     }
 
@@ -1007,7 +1083,10 @@ mod tests {
         let Object::Pod(b) = &l.objects[1] else {
             panic!()
         };
-        assert_eq!(b.template.labels.get("app").map(String::as_str), Some("web"));
+        assert_eq!(
+            b.template.labels.get("app").map(String::as_str),
+            Some("web")
+        );
     }
 
     #[test]
@@ -1038,14 +1117,15 @@ mod tests {
   ]
 }"#;
         let l = parse("dump.json", text);
-        assert_eq!(
-            kinds(&l),
-            ["Pod n/a@5", "DaemonSet kube-system/ds@9"]
-        );
+        assert_eq!(kinds(&l), ["Pod n/a@5", "DaemonSet kube-system/ds@9"]);
         assert_eq!(l.skipped.get("ConfigMap"), Some(&1));
         assert_eq!(l.errors.len(), 1);
         assert_eq!(l.errors[0].line, 6);
-        assert!(l.errors[0].message.contains("spec.egress[0].to[0].ipBlock.cidr"));
+        assert!(
+            l.errors[0]
+                .message
+                .contains("spec.egress[0].to[0].ipBlock.cidr")
+        );
     }
 
     #[test]
@@ -1064,7 +1144,10 @@ mod tests {
         assert!(ps[0].egress_type && ps[0].ingress_type);
         assert_eq!(ps[0].egress[0].ports[0].protocol, Protocol::Tcp);
         assert_eq!(ps[0].egress[0].ports[1].protocol, Protocol::Udp);
-        assert!(!ps[1].egress_type, "egress: [] alone does not add the Egress type");
+        assert!(
+            !ps[1].egress_type,
+            "egress: [] alone does not add the Egress type"
+        );
         assert!(ps[2].egress_type && !ps[2].ingress_type);
     }
 
@@ -1077,6 +1160,24 @@ mod tests {
         };
         assert_eq!(p.owner.as_ref().unwrap().name, "rs2");
         assert_eq!(l.skipped.get("NetworkPolicy.projectcalico.org"), Some(&1));
+    }
+
+    #[test]
+    fn typed_list_items_inherit_kind_and_other_documents_are_counted() {
+        let text = "kind: NamespaceList\napiVersion: v1\nitems:\n- metadata: {name: a}\n- metadata: {name: b}\n---\nreplicaCount: 3\n";
+        let l = parse("ns.yaml", text);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        assert_eq!(kinds(&l), ["Namespace a@1", "Namespace b@1"]);
+        assert_eq!(l.skipped.get(NOT_KUBERNETES), Some(&1));
+        let json = r#"{"kind": "PodList", "apiVersion": "v1", "items": [{"metadata": {"name": "p"}}]}
+[{"src": "a", "dst": "b"}]"#;
+        let l = parse("pods.json", json);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        assert_eq!(kinds(&l), ["Pod default/p@1"]);
+        assert_eq!(l.skipped.get(NOT_KUBERNETES), Some(&1));
+        let l = parse("x.yaml", "apiVersion: v1\nmetadata: {name: x}\n");
+        assert_eq!(l.errors.len(), 1);
+        assert!(l.errors[0].message.contains("no `kind`"));
     }
 
     #[test]

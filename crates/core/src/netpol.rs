@@ -101,7 +101,8 @@ pub fn decide(cluster: &Cluster, selecting: &[usize], target: &Target) -> Decisi
     let by: Vec<RuleRef> = isolating
         .iter()
         .flat_map(|&policy| {
-            allowing_rules(&cluster.policies[policy], target).map(move |rule| RuleRef { policy, rule })
+            allowing_rules(&cluster.policies[policy], target)
+                .map(move |rule| RuleRef { policy, rule })
         })
         .collect();
     if by.is_empty() {
@@ -231,7 +232,10 @@ mod tests {
     fn deny_all_and_allow_all() {
         let c = cluster(&np("a", "  podSelector: {}\n  policyTypes: [Egress]\n"));
         assert!(!allowed(&c, &[], IMDS));
-        let c = cluster(&np("a", "  podSelector: {}\n  policyTypes: [Egress]\n  egress: []\n"));
+        let c = cluster(&np(
+            "a",
+            "  podSelector: {}\n  policyTypes: [Egress]\n  egress: []\n",
+        ));
         assert!(!allowed(&c, &[], IMDS));
         let c = cluster(&np("a", "  podSelector: {}\n  egress: [{}]\n"));
         assert!(allowed(&c, &[], IMDS));
@@ -246,7 +250,10 @@ mod tests {
         let c = cluster(&deny);
         assert!(!allowed(&c, &[], IMDS));
         assert!(allowed(&c, &[], "8.8.8.8:443/TCP"));
-        assert!(!allowed(&c, &[], "169.254.169.254:53/UDP"), "except covers every port");
+        assert!(
+            !allowed(&c, &[], "169.254.169.254:53/UDP"),
+            "except covers every port"
+        );
         assert!(allowed(&c, &[], "169.254.169.253:80/TCP"));
         let reopen = np(
             "linklocal",
@@ -267,7 +274,10 @@ mod tests {
         assert!(allowed(&c, &[], "1.1.1.1:53/UDP"));
         assert!(!allowed(&c, &[], "1.1.1.1:53/TCP"));
         assert!(allowed(&c, &[], "168.63.129.16:32526/TCP"));
-        assert!(!allowed(&c, &[], IMDS), "named port and selector peers never match");
+        assert!(
+            !allowed(&c, &[], IMDS),
+            "named port and selector peers never match"
+        );
         assert!(allowed(&c, &[], "1.1.1.1:9/SCTP"));
     }
 
@@ -287,7 +297,10 @@ mod tests {
         let text = format!(
             "{}{}",
             np("deny", "  podSelector: {}\n  policyTypes: [Egress]\n"),
-            np("open", "  podSelector: {}\n  egress: [{ports: [{port: 80}]}, {}]\n")
+            np(
+                "open",
+                "  podSelector: {}\n  egress: [{ports: [{port: 80}]}, {}]\n"
+            )
         );
         let c = cluster(&text);
         let sel = c.selecting("default", &Labels::new());
@@ -295,7 +308,10 @@ mod tests {
         let d = decide(&c, &sel, &t);
         let e = explain(&c, &d, &t);
         assert_eq!(e.policies, ["default/open"]);
-        assert_eq!(e.rules, ["default/open#egress[0]", "default/open#egress[1]"]);
+        assert_eq!(
+            e.rules,
+            ["default/open#egress[0]", "default/open#egress[1]"]
+        );
         assert!(e.reason.contains("default/deny"), "{}", e.reason);
     }
 }

@@ -52,7 +52,9 @@ impl FromStr for Protocol {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
     /// The text is not `IP:PORT[/PROTO]` (IPv6 as `[addr]:port`).
-    #[error("`{0}` is not a target: write IP:PORT[/PROTO], e.g. 169.254.169.254:80/TCP or [fd00:ec2::254]:80")]
+    #[error(
+        "`{0}` is not a target: write IP:PORT[/PROTO], e.g. 169.254.169.254:80/TCP or [fd00:ec2::254]:80"
+    )]
     Syntax(String),
     /// The port is 0 or not a number.
     #[error("`{0}`: the port must be a number from 1 to 65535")]
@@ -252,7 +254,11 @@ mod tests {
 
     #[test]
     fn built_in_sets() {
-        let azure: Vec<String> = Cloud::Azure.targets().iter().map(|t| t.to_string()).collect();
+        let azure: Vec<String> = Cloud::Azure
+            .targets()
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
         assert_eq!(
             azure,
             [

@@ -1,0 +1,190 @@
+//! `imdsguard audit`: arguments, running the core audit, choosing the output.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use imdsguard_core::audit::{AuditOptions, FindingKind, Report, Severity, audit};
+use imdsguard_core::cluster::Cluster;
+use imdsguard_core::target::{Cloud, Target, parse_targets_file};
+
+use crate::inputs;
+use crate::output;
+
+/// Arguments of `imdsguard audit`.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Exit status: 0 when no finding reaches --fail-on, 1 when one does, \
+2 on usage or input errors (the report is still printed for what could be read)."
+)]
+pub struct AuditArgs {
+    /// Manifest files or folders (recursive: .yaml, .yml, .json); `-` reads standard input.
+    #[arg(value_name = "PATH")]
+    paths: Vec<PathBuf>,
+
+    /// Manifest file or folder, as with kubectl (repeatable).
+    #[arg(short = 'f', long = "filename", value_name = "PATH")]
+    files: Vec<PathBuf>,
+
+    /// A target IP:PORT[/PROTO] (repeatable); PROTO defaults to TCP, IPv6 as [addr]:port.
+    #[arg(long = "target", value_name = "IP:PORT[/PROTO]")]
+    targets: Vec<Target>,
+
+    /// A file with one target a line (`#` comments allowed).
+    #[arg(long, value_name = "FILE")]
+    targets_file: Option<PathBuf>,
+
+    /// Built-in target set; the default (azure) applies when no target is given.
+    #[arg(long, value_enum)]
+    cloud: Option<CloudArg>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+
+    /// Which findings make the exit status 1.
+    #[arg(long, value_enum, default_value_t = FailOn::Reachable)]
+    fail_on: FailOn,
+
+    /// Assume the cluster enforces no NetworkPolicy (e.g. AKS with --network-plugin azure
+    /// and no --network-policy): every workload reaches every target.
+    #[arg(long)]
+    no_policy_engine: bool,
+
+    /// Colour in the table: auto (only on a terminal, unless NO_COLOR is set), always, never.
+    #[arg(long, value_enum, default_value_t = ColorArg::Auto)]
+    color: ColorArg,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum CloudArg {
+    Azure,
+    Aws,
+    Gcp,
+}
+
+/// Output formats.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// A readable table grouped by namespace, then the findings.
+    Table,
+    /// The full report as JSON.
+    Json,
+    /// SARIF 2.1.0 for code scanning.
+    Sarif,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum FailOn {
+    /// A workload reaches a target.
+    Reachable,
+    /// Any finding of high severity.
+    High,
+    /// Any finding of medium severity or more.
+    Medium,
+    /// Any finding at all.
+    Low,
+    /// Never: exit 0 unless usage or input errors.
+    Never,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum ColorArg {
+    Auto,
+    Always,
+    Never,
+}
+
+fn fails(report: &Report, fail_on: FailOn) -> bool {
+    let at_least = |s: Severity| report.findings.iter().any(|f| f.severity >= s);
+    match fail_on {
+        FailOn::Reachable => report
+            .findings
+            .iter()
+            .any(|f| f.kind == FindingKind::WorkloadReachesTarget),
+        FailOn::High => at_least(Severity::High),
+        FailOn::Medium => at_least(Severity::Medium),
+        FailOn::Low => at_least(Severity::Low),
+        FailOn::Never => false,
+    }
+}
+
+fn targets(args: &AuditArgs) -> anyhow::Result<Vec<Target>> {
+    let mut targets = args.targets.clone();
+    if let Some(file) = &args.targets_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read --targets-file {}", file.display()))?;
+        let more = parse_targets_file(&text)
+            .map_err(|(line, e)| anyhow::anyhow!("{}:{line}: {e}", file.display()))?;
+        targets.extend(more);
+    }
+    let cloud = match args.cloud {
+        Some(CloudArg::Azure) => Some(Cloud::Azure),
+        Some(CloudArg::Aws) => Some(Cloud::Aws),
+        Some(CloudArg::Gcp) => Some(Cloud::Gcp),
+        None if targets.is_empty() => Some(Cloud::Azure),
+        None => None,
+    };
+    if let Some(c) = cloud {
+        targets.extend(c.targets());
+    }
+    let mut seen = std::collections::HashSet::new();
+    targets.retain(|t| seen.insert(*t));
+    Ok(targets)
+}
+
+/// Runs the audit and prints the report.
+pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
+    let mut paths = args.paths.clone();
+    paths.extend(args.files.iter().cloned());
+    if paths.is_empty() {
+        bail!(
+            "no input: name manifest files or folders (imdsguard audit examples/aks-imds), or `-f -` for standard input"
+        );
+    }
+    let targets = targets(&args)?;
+    let loaded = inputs::load(&paths);
+    let cluster = Cluster::build(loaded.objects);
+    let report = audit(
+        &cluster,
+        &AuditOptions {
+            targets,
+            no_policy_engine: args.no_policy_engine,
+        },
+    );
+
+    let stdout = std::io::stdout();
+    let color = match args.color {
+        ColorArg::Always => true,
+        ColorArg::Never => false,
+        ColorArg::Auto => stdout.is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match args.format {
+        Format::Table => {
+            output::table::write(&mut out, &report, &loaded.errors, &loaded.skipped, color)?
+        }
+        Format::Json => output::json::write(&mut out, &report, &loaded.errors, &loaded.skipped)?,
+        Format::Sarif => output::sarif::write(&mut out, &report, &loaded.errors)?,
+    }
+    out.flush()?;
+    drop(out);
+
+    if !loaded.errors.is_empty() {
+        for e in &loaded.errors {
+            eprintln!("imdsguard: input error: {e}");
+        }
+        eprintln!(
+            "imdsguard: {} input error(s); the report covers the objects that could be read",
+            loaded.errors.len()
+        );
+        return Ok(ExitCode::from(2));
+    }
+    Ok(if fails(&report, args.fail_on) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,41 @@
+//! `imdsguard`: find, prove, block and watch pod access to cloud metadata endpoints.
+//!
+//! This binary only parses arguments, reads inputs and prints reports; the semantics
+//! live in `imdsguard-core`.
+
+mod audit_cmd;
+mod inputs;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Find, prove, block and watch pod access to cloud metadata endpoints
+/// (Azure IMDS 169.254.169.254, WireServer 168.63.129.16).
+#[derive(Parser, Debug)]
+#[command(name = "imdsguard", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Which workloads can reach each metadata endpoint, and exactly why.
+    Audit(audit_cmd::AuditArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Audit(args) => audit_cmd::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("imdsguard: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! The readable report: one table per namespace (a column per target and the reason),
+//! then the findings, then what was skipped or could not be read.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::{Attribute, Cell, Color, ContentArrangement, Table};
+use imdsguard_core::audit::{Report, Severity, WorkloadReport};
+use imdsguard_core::manifest::LoadError;
+use imdsguard_core::target::{Endpoint, Target};
+
+/// More targets than this and the table shows counts instead of a column per target.
+const MAX_TARGET_COLUMNS: usize = 6;
+
+fn header(t: &Target) -> String {
+    match t.endpoint() {
+        Some(Endpoint::AzureImds) => "IMDS\n169.254.169.254:80".into(),
+        Some(Endpoint::AzureWireServer) => "WireServer\n168.63.129.16:80".into(),
+        Some(Endpoint::AzureHostGaPlugin) => "WireServer\n168.63.129.16:32526".into(),
+        Some(e) => format!("{}\n{t}", e.label()),
+        None => t.to_string(),
+    }
+}
+
+fn new_table(color: bool) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_width(terminal_width());
+    if color {
+        t.enforce_styling();
+    } else {
+        t.force_no_tty();
+    }
+    t
+}
+
+fn terminal_width() -> u16 {
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(140)
+}
+
+fn verdict_cell(reachable: bool, policy_allowed: bool, host_network: bool, color: bool) -> Cell {
+    let (text, c) = match (reachable, policy_allowed) {
+        (true, true) => ("REACHABLE", Color::Red),
+        (true, false) if host_network => ("REACHABLE\n(hostNetwork)", Color::Red),
+        (true, false) => ("REACHABLE\n(no engine)", Color::Red),
+        (false, _) => ("blocked", Color::Green),
+    };
+    let cell = Cell::new(text);
+    if color {
+        let cell = cell.fg(c);
+        if reachable {
+            cell.add_attribute(Attribute::Bold)
+        } else {
+            cell
+        }
+    } else {
+        cell
+    }
+}
+
+/// The reasons of a workload's verdicts, once each, labelled by target when they differ.
+fn reasons(w: &WorkloadReport) -> String {
+    let mut distinct: Vec<(&str, Vec<String>)> = Vec::new();
+    for v in &w.verdicts {
+        match distinct.iter_mut().find(|(r, _)| *r == v.reason) {
+            Some((_, ts)) => ts.push(v.target.to_string()),
+            None => distinct.push((&v.reason, vec![v.target.to_string()])),
+        }
+    }
+    if distinct.len() == 1 {
+        return distinct[0].0.to_string();
+    }
+    distinct
+        .iter()
+        .map(|(r, ts)| format!("{}: {r}", ts.join(", ")))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Writes the report for people.
+pub fn write(
+    out: &mut impl Write,
+    report: &Report,
+    errors: &[LoadError],
+    skipped: &BTreeMap<String, usize>,
+    color: bool,
+) -> std::io::Result<()> {
+    let s = &report.summary;
+    writeln!(
+        out,
+        "imdsguard audit: {} workloads ({} pods) in {} namespaces, {} NetworkPolicies",
+        s.workloads, s.pods, s.namespaces, s.network_policies
+    )?;
+    let per_target = report.targets.len() <= MAX_TARGET_COLUMNS;
+
+    let mut by_ns: BTreeMap<&str, Vec<&WorkloadReport>> = BTreeMap::new();
+    for w in &report.workloads {
+        by_ns.entry(&w.namespace).or_default().push(w);
+    }
+    for (ns, ws) in by_ns {
+        writeln!(out)?;
+        let title = format!("namespace {ns}");
+        if color {
+            writeln!(out, "\x1b[1m{title}\x1b[0m")?;
+        } else {
+            writeln!(out, "{title}")?;
+        }
+        let mut t = new_table(color);
+        let mut head = vec![Cell::new("Workload")];
+        if per_target {
+            head.extend(report.targets.iter().map(|t| Cell::new(header(t))));
+            head.push(Cell::new("Why"));
+        } else {
+            head.push(Cell::new(format!("Reaches (of {})", report.targets.len())));
+            head.push(Cell::new("hostNetwork"));
+        }
+        t.set_header(head);
+        for w in ws {
+            let mut name = format!("{}[{}]", w.name, w.kind);
+            if w.host_network {
+                name.push_str("\nhostNetwork");
+            }
+            let mut row = vec![Cell::new(name)];
+            if per_target {
+                row.extend(
+                    w.verdicts.iter().map(|v| {
+                        verdict_cell(v.reachable, v.policy_allowed, w.host_network, color)
+                    }),
+                );
+                row.push(Cell::new(reasons(w)));
+            } else {
+                let n = w.verdicts.iter().filter(|v| v.reachable).count();
+                row.push(Cell::new(n));
+                row.push(Cell::new(if w.host_network { "yes" } else { "no" }));
+            }
+            t.add_row(row);
+        }
+        writeln!(out, "{t}")?;
+    }
+
+    writeln!(out)?;
+    if report.findings.is_empty() {
+        writeln!(out, "No findings.")?;
+    } else {
+        writeln!(out, "Findings ({})", report.findings.len())?;
+        let mut t = new_table(color);
+        t.set_header(vec!["Severity", "Finding", "Where", "What"]);
+        for f in &report.findings {
+            let sev = Cell::new(f.severity.to_string());
+            let sev = if color {
+                sev.fg(match f.severity {
+                    Severity::High => Color::Red,
+                    Severity::Medium => Color::Yellow,
+                    Severity::Low => Color::Blue,
+                })
+            } else {
+                sev
+            };
+            let place = f
+                .objects
+                .first()
+                .and_then(|o| o.source.as_ref())
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            t.add_row(vec![
+                sev,
+                Cell::new(f.id),
+                Cell::new(place),
+                Cell::new(&f.message),
+            ]);
+        }
+        writeln!(out, "{t}")?;
+    }
+
+    writeln!(out)?;
+    for (target, n) in &s.reachable {
+        writeln!(out, "{n} of {} workloads reach {target}", s.workloads)?;
+    }
+    if !skipped.is_empty() {
+        let list: Vec<String> = skipped.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        writeln!(
+            out,
+            "Skipped (kinds the audit does not read): {}",
+            list.join(", ")
+        )?;
+    }
+    if !errors.is_empty() {
+        writeln!(
+            out,
+            "{} input error(s), listed on standard error; those objects were left out",
+            errors.len()
+        )?;
+    }
+    Ok(())
+}
