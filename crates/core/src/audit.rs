@@ -138,7 +138,7 @@ impl FindingKind {
 }
 
 /// An object a finding or verdict points at.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct ObjectRef {
     /// Kubernetes kind.
     pub kind: String,
@@ -182,9 +182,9 @@ pub struct Finding {
     pub severity: Severity,
     /// What was found, with the objects named.
     pub message: String,
-    /// The target concerned, when one is.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub target: Option<Target>,
+    /// The targets concerned (findings that differ only by target are merged).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<Target>,
     /// The objects involved; the first is where to look.
     pub objects: Vec<ObjectRef>,
 }
@@ -201,10 +201,37 @@ impl Finding {
             kind,
             severity: kind.severity(),
             message,
-            target,
+            targets: target.into_iter().collect(),
             objects,
         }
     }
+}
+
+/// Placeholder for the list of targets in a finding message, filled in by [`merge`].
+const TARGETS: &str = "{targets}";
+
+/// Merges findings that differ only by target into one listing all their targets.
+fn merge(findings: Vec<Finding>) -> Vec<Finding> {
+    let mut out: Vec<Finding> = Vec::with_capacity(findings.len());
+    let mut index: std::collections::HashMap<(FindingKind, String, Vec<ObjectRef>), usize> =
+        std::collections::HashMap::new();
+    for f in findings {
+        let key = (f.kind, f.message.clone(), f.objects.clone());
+        match index.get(&key) {
+            Some(&i) => out[i].targets.extend(f.targets),
+            None => {
+                index.insert(key, out.len());
+                out.push(f);
+            }
+        }
+    }
+    for f in &mut out {
+        if f.message.contains(TARGETS) {
+            let list: Vec<String> = f.targets.iter().map(Target::to_string).collect();
+            f.message = f.message.replace(TARGETS, &list.join(", "));
+        }
+    }
+    out
 }
 
 /// The verdict for one workload and target.
@@ -256,10 +283,19 @@ pub struct Summary {
     pub pods: usize,
     /// NetworkPolicies read.
     pub network_policies: usize,
-    /// Per target: how many workloads reach it.
-    pub reachable: BTreeMap<String, usize>,
+    /// Per target, in target order: how many workloads reach it.
+    pub reachable: Vec<TargetCount>,
     /// Findings by severity.
     pub findings: BTreeMap<String, usize>,
+}
+
+/// How many workloads reach a target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TargetCount {
+    /// The target.
+    pub target: Target,
+    /// Workloads that reach it.
+    pub workloads: usize,
 }
 
 /// Audit settings.
@@ -323,11 +359,11 @@ pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
         for t in targets {
             let d = decide(cluster, &selecting, t);
             if d.allowed() {
-                let e = explain(cluster, &d, t);
+                let e = explain(cluster, &d);
                 findings.push(Finding::new(
                     FindingKind::NamespaceUnrestricted,
                     format!(
-                        "namespace {}: a new pod without labels would reach {t} ({})",
+                        "namespace {}: a new pod without labels would reach {TARGETS} ({})",
                         ns.name, e.reason
                     ),
                     Some(*t),
@@ -381,12 +417,13 @@ pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
         }
     }
 
+    let mut findings = merge(findings);
     findings.sort_by(|a, b| {
         b.severity
             .cmp(&a.severity)
             .then(a.kind.cmp(&b.kind))
             .then_with(|| a.objects.cmp(&b.objects))
-            .then(a.target.cmp(&b.target))
+            .then_with(|| a.targets.cmp(&b.targets))
     });
 
     let mut summary = Summary {
@@ -398,7 +435,10 @@ pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
     };
     for (i, t) in targets.iter().enumerate() {
         let n = workloads.iter().filter(|w| w.verdicts[i].reachable).count();
-        summary.reachable.insert(t.to_string(), n);
+        summary.reachable.push(TargetCount {
+            target: *t,
+            workloads: n,
+        });
     }
     for f in &findings {
         *summary.findings.entry(f.severity.to_string()).or_default() += 1;
@@ -442,7 +482,7 @@ fn evaluate_workload(
                 ingress_only: vec![],
             });
         let policy_allowed = shown.allowed();
-        let e = explain(cluster, &shown, t);
+        let e = explain(cluster, &shown);
         let reachable = policy_allowed || host_network || opts.no_policy_engine;
         let reason = if policy_allowed {
             e.reason.clone()
@@ -462,7 +502,7 @@ fn evaluate_workload(
         if reachable {
             findings.push(Finding::new(
                 FindingKind::WorkloadReachesTarget,
-                format!("{} reaches {t}: {reason}", w.id()),
+                format!("{} reaches {TARGETS}: {reason}", w.id()),
                 Some(*t),
                 std::iter::once(me.clone())
                     .chain(e.policies.iter().filter_map(|id| policy_ref(cluster, id)))
@@ -493,7 +533,7 @@ fn evaluate_workload(
                 findings.push(Finding::new(
                     FindingKind::AllowReopensTarget,
                     format!(
-                        "{}: {} re-opens {t}, which {} would deny on its own",
+                        "{}: {} re-opens {TARGETS}, which {} would deny on its own",
                         w.id(),
                         e.rules.join(", "),
                         denier_ids.join(", ")
@@ -650,18 +690,33 @@ mod tests {
                 .iter()
                 .all(|v| v.reachable && v.policy_allowed)
         );
-        let f = ids(&r);
-        assert_eq!(
-            f.iter()
-                .filter(|i| **i == "workload-reaches-target")
-                .count(),
-            3
+        // One finding per workload and kind, listing every target it concerns.
+        let reach: Vec<&Finding> = r
+            .findings
+            .iter()
+            .filter(|f| f.kind == FindingKind::WorkloadReachesTarget)
+            .collect();
+        assert_eq!(reach.len(), 1);
+        assert_eq!(reach[0].targets, Cloud::Azure.targets());
+        assert!(
+            reach[0]
+                .message
+                .starts_with("a/p[Pod] reaches 169.254.169.254:80/TCP, 168.63.129.16:80/TCP, 168.63.129.16:32526/TCP:"),
+            "{}",
+            reach[0].message
         );
+        let ns: Vec<&Finding> = r
+            .findings
+            .iter()
+            .filter(|f| f.kind == FindingKind::NamespaceUnrestricted)
+            .collect();
+        assert_eq!(ns.len(), 1);
+        assert_eq!(ns[0].targets.len(), 3);
         assert_eq!(
-            f.iter().filter(|i| **i == "namespace-unrestricted").count(),
-            3
+            r.summary.reachable[0].target,
+            "169.254.169.254:80/TCP".parse().unwrap()
         );
-        assert_eq!(r.summary.reachable["169.254.169.254:80/TCP"], 1);
+        assert_eq!(r.summary.reachable[0].workloads, 1);
     }
 
     #[test]

@@ -124,7 +124,7 @@ pub struct Explanation {
 }
 
 /// Explains a decision.
-pub fn explain(cluster: &Cluster, decision: &Decision, target: &Target) -> Explanation {
+pub fn explain(cluster: &Cluster, decision: &Decision) -> Explanation {
     let id = |i: usize| cluster.policies[i].id();
     match decision {
         Decision::NotIsolated { ingress_only } if ingress_only.is_empty() => Explanation {
@@ -172,7 +172,7 @@ pub fn explain(cluster: &Cluster, decision: &Decision, target: &Target) -> Expla
             let names: Vec<String> = isolating.iter().map(|&i| id(i)).collect();
             Explanation {
                 reason: format!(
-                    "egress-isolated by {} and no egress rule admits {target}",
+                    "egress-isolated by {} and none of their egress rules admits it",
                     names.join(", ")
                 ),
                 policies: names,
@@ -306,7 +306,7 @@ mod tests {
         let sel = c.selecting("default", &Labels::new());
         let t: Target = IMDS.parse().unwrap();
         let d = decide(&c, &sel, &t);
-        let e = explain(&c, &d, &t);
+        let e = explain(&c, &d);
         assert_eq!(e.policies, ["default/open"]);
         assert_eq!(
             e.rules,

@@ -178,8 +178,12 @@ pub fn write(
     }
 
     writeln!(out)?;
-    for (target, n) in &s.reachable {
-        writeln!(out, "{n} of {} workloads reach {target}", s.workloads)?;
+    for c in &s.reachable {
+        writeln!(
+            out,
+            "{} of {} workloads reach {}",
+            c.workloads, s.workloads, c.target
+        )?;
     }
     if !skipped.is_empty() {
         let list: Vec<String> = skipped.iter().map(|(k, n)| format!("{k} {n}")).collect();
