@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: installs what the tests need, checks
+# formatting and lints, runs every test, then the external NetworkPolicy conformance
+# check against ../shared/corpus/netpol-analyzer.
+#
+# Tests that need the shared corpus skip outside CI when it is missing, and fail under
+# CI=true.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*"; }
+
+need_apt=()
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    log "installing ${need_apt[*]}"
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
+    else
+        echo "missing ${need_apt[*]}: install them (needs root)" >&2
+        exit 1
+    fi
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo is missing: install Rust stable (rustup)" >&2
+    exit 1
+fi
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "release build"
+cargo build --release --locked -p imdsguard
+
+corpus=../shared/corpus/netpol-analyzer/cases
+log "netpol-analyzer conformance (external oracle)"
+if [ -d "$corpus" ] && [ -f ../shared/tools/netpol_conformance.py ]; then
+    python3 ../shared/tools/netpol_conformance.py "$corpus" --bin target/release/imdsguard | tail -n 3
+elif [ "${CI:-}" = "true" ]; then
+    echo "CI=true but $corpus is missing" >&2
+    exit 1
+else
+    echo "skipped: $corpus not found (it sits beside the checkout in CI)"
+fi
+
+log "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo test --workspace --locked --doc --quiet
+    cargo nextest run --workspace --locked --no-fail-fast
+else
+    cargo test --workspace --locked --no-fail-fast
+fi
