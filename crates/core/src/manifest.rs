@@ -433,8 +433,86 @@ fn yaml_error_line(e: &serde_norway::Error, doc_line: usize) -> usize {
         .unwrap_or(doc_line)
 }
 
+/// Block-valued keys that lie on no path the audit reads (see the `Raw*` structs), so
+/// their subtrees can be cut from the text before parsing.
+const PRUNED_KEYS: [&str; 20] = [
+    "status",
+    "managedFields",
+    "annotations",
+    "containers",
+    "initContainers",
+    "ephemeralContainers",
+    "volumes",
+    "volumeClaimTemplates",
+    "tolerations",
+    "affinity",
+    "topologySpreadConstraints",
+    "securityContext",
+    "dnsConfig",
+    "strategy",
+    "updateStrategy",
+    "selector",
+    "ingress",
+    "data",
+    "binaryData",
+    "stringData",
+];
+
+/// Cuts the block-style subtrees of [`PRUNED_KEYS`] out of a YAML document: a line
+/// `KEY:` with nothing after the colon, and every following line that is more indented
+/// (or a `-` entry at the same indentation, as kubectl writes sequences), blank or a
+/// comment. Keys in flow style, with anchors, tags or block scalars are left alone.
+/// Returns `None` when nothing was cut. Only a speed-up: callers fall back to the
+/// original text when the pruned one does not parse.
+fn prune_yaml(doc: &str) -> Option<String> {
+    let mut out: Option<String> = None;
+    let mut kept_until = 0; // bytes of `doc` copied or decided so far
+    let mut skipping: Option<usize> = None; // indentation of the key being cut
+    let mut offset = 0;
+    for line in doc.split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        let content = line.trim_start_matches(' ');
+        let indent = line.len() - content.len();
+        let body = content.trim_end();
+        if let Some(n) = skipping {
+            let inside = body.is_empty()
+                || body.starts_with('#')
+                || indent > n
+                || (indent == n && (body == "-" || content.starts_with("- ")));
+            if inside {
+                kept_until = offset;
+                continue;
+            }
+            skipping = None;
+        }
+        let cut = PRUNED_KEYS.iter().any(|k| {
+            content
+                .strip_prefix(k)
+                .and_then(|r| r.strip_prefix(':'))
+                .is_some_and(|r| r.trim().is_empty())
+        });
+        if cut {
+            let o = out.get_or_insert_with(|| String::with_capacity(doc.len() / 2));
+            o.push_str(&doc[kept_until..start]);
+            kept_until = offset;
+            skipping = Some(indent);
+        }
+    }
+    out.map(|mut o| {
+        o.push_str(&doc[kept_until..]);
+        o
+    })
+}
+
 fn parse_yaml_doc(file: &Arc<str>, line: usize, doc: &str) -> Loaded {
     let mut out = Loaded::default();
+    if let Some(pruned) = prune_yaml(doc)
+        && let Ok(Some(raw)) = serde_norway::from_str::<Option<RawObject>>(&pruned)
+    {
+        convert(file, line, raw, &None, &mut out);
+        return out;
+    }
     match serde_norway::from_str::<Option<RawObject>>(doc) {
         Ok(Some(raw)) => convert(file, line, raw, &None, &mut out),
         Ok(None) => {}
@@ -545,12 +623,59 @@ struct JsonHead<'a> {
 
 fn parse_json(file: &Arc<str>, text: &str) -> Loaded {
     let mut out = Loaded::default();
-    // Top-level values: one object, a List, an array, or a stream of them.
-    let mut values: Vec<&RawValue> = Vec::new();
-    let stream = serde_json::Deserializer::from_str(text).into_iter::<&RawValue>();
-    for v in stream {
-        match v {
-            Ok(v) => values.push(v),
+    let mut items: Vec<(&RawValue, ItemDefaults)> = Vec::new();
+    // The common case, one object (a `List` or a single object), takes one pass over
+    // the text; arrays, streams of objects and syntax errors take the general path.
+    match serde_json::from_str::<JsonHead>(text) {
+        Ok(JsonHead {
+            kind: Some(kind),
+            api_version,
+            items: Some(list),
+        }) if is_list_kind(&kind) => {
+            let defaults = list_item_defaults(&kind, api_version.as_deref().unwrap_or(""));
+            items.extend(list.into_iter().map(|i| (i, defaults.clone())));
+        }
+        Ok(_) => match serde_json::from_str::<&RawValue>(text) {
+            Ok(v) => items.push((v, None)),
+            Err(e) => out.errors.push(json_error(file, text, text, &e, None)),
+        },
+        Err(_) => json_stream(file, text, &mut items, &mut out),
+    }
+    let lines = item_lines(text, &items);
+    let parts: Vec<Loaded> = items
+        .par_iter()
+        .zip(lines.par_iter())
+        .with_min_len(64)
+        .map(|((item, defaults), &line)| {
+            let s = item.get();
+            let mut part = Loaded::default();
+            match serde_json::from_str::<RawObject>(s) {
+                Ok(raw) => convert(file, line, raw, defaults, &mut part),
+                Err(e) => {
+                    let head = serde_json::from_str::<RawHead>(s).unwrap_or_default();
+                    let at = line + e.line().saturating_sub(1);
+                    shape_error_or_skip(file, at, &head, e.to_string(), &mut part);
+                }
+            }
+            part
+        })
+        .collect();
+    for p in parts {
+        out.extend(p);
+    }
+    out
+}
+
+/// Top-level values one after the other: objects, `List`s, arrays of objects.
+fn json_stream<'a>(
+    file: &Arc<str>,
+    text: &'a str,
+    items: &mut Vec<(&'a RawValue, ItemDefaults)>,
+    out: &mut Loaded,
+) {
+    for v in serde_json::Deserializer::from_str(text).into_iter::<&RawValue>() {
+        let v = match v {
+            Ok(v) => v,
             Err(e) => {
                 out.errors.push(LoadError {
                     file: file.clone(),
@@ -559,13 +684,9 @@ fn parse_json(file: &Arc<str>, text: &str) -> Loaded {
                     kind: LoadErrorKind::Syntax,
                     message: format!("not valid JSON: {e}"),
                 });
-                break;
+                return;
             }
-        }
-    }
-    // Expand lists into items, keeping each item's byte offset for its line.
-    let mut items: Vec<(&RawValue, ItemDefaults)> = Vec::new();
-    for v in values {
+        };
         let s = v.get();
         if s.starts_with('[') {
             match serde_json::from_str::<Vec<&RawValue>>(s) {
@@ -586,29 +707,32 @@ fn parse_json(file: &Arc<str>, text: &str) -> Loaded {
             _ => items.push((v, None)),
         }
     }
-    let lines = LineIndex::new(text);
-    let parts: Vec<Loaded> = items
-        .par_iter()
-        .with_min_len(64)
-        .map(|(item, defaults)| {
-            let s = item.get();
-            let line = lines.line_of(offset_in(text, s));
-            let mut part = Loaded::default();
-            match serde_json::from_str::<RawObject>(s) {
-                Ok(raw) => convert(file, line, raw, defaults, &mut part),
-                Err(e) => {
-                    let head = serde_json::from_str::<RawHead>(s).unwrap_or_default();
-                    let at = line + e.line().saturating_sub(1);
-                    shape_error_or_skip(file, at, &head, e.to_string(), &mut part);
-                }
-            }
-            part
+}
+
+/// The 1-based line of each item (items are in text order), counting newlines between
+/// consecutive items in parallel.
+fn item_lines(text: &str, items: &[(&RawValue, ItemDefaults)]) -> Vec<usize> {
+    let offsets: Vec<usize> = items
+        .iter()
+        .map(|(v, _)| offset_in(text, v.get()))
+        .collect();
+    let bytes = text.as_bytes();
+    let gaps: Vec<usize> = (0..offsets.len())
+        .into_par_iter()
+        .with_min_len(256)
+        .map(|i| {
+            let from = if i == 0 { 0 } else { offsets[i - 1] };
+            let to = offsets[i].max(from);
+            memchr::memchr_iter(b'\n', &bytes[from..to]).count()
         })
         .collect();
-    for p in parts {
-        out.extend(p);
-    }
-    out
+    let mut line = 1;
+    gaps.into_iter()
+        .map(|g| {
+            line += g;
+            line
+        })
+        .collect()
 }
 
 fn offset_in(text: &str, part: &str) -> usize {
@@ -1178,6 +1302,38 @@ mod tests {
         let l = parse("x.yaml", "apiVersion: v1\nmetadata: {name: x}\n");
         assert_eq!(l.errors.len(), 1);
         assert!(l.errors[0].message.contains("no `kind`"));
+    }
+
+    #[test]
+    fn pruning_cuts_only_unread_block_subtrees() {
+        let doc = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations:\n    a: |\n      x\n    # c\n  labels:\n    status: on\n    containers: x\nspec:\n  containers:\n  - name: c\n    ports:\n    - containerPort: 80\n  hostNetwork: true\n  volumes: [{name: v}]\nstatus:\n  phase: Running\n";
+        let pruned = prune_yaml(doc).unwrap();
+        assert_eq!(
+            pruned,
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  labels:\n    status: on\n    containers: x\nspec:\n  hostNetwork: true\n  volumes: [{name: v}]\n"
+        );
+        assert!(prune_yaml("a: 1\nb:\n  c: 2\n").is_none());
+        // Same objects either way.
+        let full = parse("f.yaml", doc);
+        let Object::Pod(p) = &full.objects[0] else {
+            panic!()
+        };
+        assert!(p.template.host_network);
+        assert_eq!(p.template.labels.len(), 2);
+    }
+
+    #[test]
+    fn pruned_anchor_falls_back_to_the_full_document() {
+        let doc = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations:\n    x: &l web\n  labels:\n    app: *l\n";
+        let l = parse("a.yaml", doc);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        let Object::Pod(p) = &l.objects[0] else {
+            panic!()
+        };
+        assert_eq!(
+            p.template.labels.get("app").map(String::as_str),
+            Some("web")
+        );
     }
 
     #[test]
