@@ -159,18 +159,25 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let color = match args.color {
         ColorArg::Always => true,
         ColorArg::Never => false,
-        ColorArg::Auto => stdout.is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        ColorArg::Auto => {
+            stdout.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        }
     };
     let mut out = std::io::BufWriter::new(stdout.lock());
-    match args.format {
+    let written = match args.format {
         Format::Table => {
-            output::table::write(&mut out, &report, &loaded.errors, &loaded.skipped, color)?
+            output::table::write(&mut out, &report, &loaded.errors, &loaded.skipped, color)
         }
-        Format::Json => output::json::write(&mut out, &report, &loaded.errors, &loaded.skipped)?,
-        Format::Sarif => output::sarif::write(&mut out, &report, &loaded.errors)?,
+        Format::Json => output::json::write(&mut out, &report, &loaded.errors, &loaded.skipped),
+        Format::Sarif => output::sarif::write(&mut out, &report, &loaded.errors),
     }
-    out.flush()?;
+    .and_then(|()| out.flush());
     drop(out);
+    // A reader that stops early (`| head`) is not an error of ours.
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other.context("cannot write the report")?,
+    }
 
     if !loaded.errors.is_empty() {
         for e in &loaded.errors {

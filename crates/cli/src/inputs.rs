@@ -1,5 +1,6 @@
 //! Reading manifest inputs: files, folders (recursive) and standard input.
 
+use std::collections::HashSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -18,23 +19,45 @@ enum Input {
 /// Expands the paths the user gave: folders are walked recursively for `.yaml`, `.yml`
 /// and `.json` files (sorted, for a stable order); files named directly are read whatever
 /// their extension; `-` is standard input. A path that cannot be read becomes an error.
+///
+/// Each file and folder is read once, however it is reached (named twice, named inside a
+/// folder also named, or through symbolic links, loops included).
 fn expand(paths: &[PathBuf], errors: &mut Vec<LoadError>) -> Vec<Input> {
     let mut out = Vec::new();
+    let mut seen = HashSet::new();
     for p in paths {
         if p.as_os_str() == "-" {
             out.push(Input::Stdin);
         } else if p.is_dir() {
-            walk(p, &mut out, errors);
+            walk(p, &mut out, &mut seen, errors);
         } else if p.exists() {
-            out.push(Input::File(p.clone()));
+            add_file(p, &mut out, &mut seen);
         } else {
-            errors.push(io_error(p, "no such file or folder"));
+            errors.push(io_error(p, "no such file or folder; check the path"));
         }
     }
     out
 }
 
-fn walk(dir: &Path, out: &mut Vec<Input>, errors: &mut Vec<LoadError>) {
+fn first_visit(p: &Path, seen: &mut HashSet<PathBuf>) -> bool {
+    seen.insert(std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()))
+}
+
+fn add_file(p: &Path, out: &mut Vec<Input>, seen: &mut HashSet<PathBuf>) {
+    if first_visit(p, seen) {
+        out.push(Input::File(p.to_path_buf()));
+    }
+}
+
+fn walk(
+    dir: &Path,
+    out: &mut Vec<Input>,
+    seen: &mut HashSet<PathBuf>,
+    errors: &mut Vec<LoadError>,
+) {
+    if !first_visit(dir, seen) {
+        return;
+    }
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
@@ -46,13 +69,13 @@ fn walk(dir: &Path, out: &mut Vec<Input>, errors: &mut Vec<LoadError>) {
     paths.sort();
     for p in paths {
         if p.is_dir() {
-            walk(&p, out, errors);
+            walk(&p, out, seen, errors);
         } else if p
             .extension()
             .and_then(|e| e.to_str())
             .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
         {
-            out.push(Input::File(p));
+            add_file(&p, out, seen);
         }
     }
 }
@@ -62,7 +85,7 @@ fn io_error(p: &Path, msg: &str) -> LoadError {
         file: p.display().to_string().into(),
         line: 0,
         object: None,
-        kind: LoadErrorKind::Syntax,
+        kind: LoadErrorKind::Io,
         message: format!("cannot read: {msg}"),
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::model::{
-    Controller, ControllerKind, Labels, NAMESPACE_NAME_LABEL, NetworkPolicy, Object, OwnerRef,
+    Controller, ControllerKind, Labels, NAMESPACE_NAME_LABEL, NetworkPolicy, Object, OwnerRef, Pod,
     PodTemplate, Source,
 };
 
@@ -82,8 +82,13 @@ impl Cluster {
     pub fn build(objects: Vec<Object>) -> Cluster {
         let mut namespaces: BTreeMap<String, NamespaceInfo> = BTreeMap::new();
         let mut controllers: HashMap<Key, Controller> = HashMap::new();
-        let mut pods = Vec::new();
-        let mut policies = Vec::new();
+        // The API server keeps one object per kind, namespace and name: an object read
+        // twice (the same file named twice, a copy in two folders) counts once, and the
+        // last copy wins, as with `kubectl apply`.
+        let mut pods: Vec<Pod> = Vec::new();
+        let mut pod_index: HashMap<(String, String), usize> = HashMap::new();
+        let mut policies: Vec<NetworkPolicy> = Vec::new();
+        let mut policy_index: HashMap<(String, String), usize> = HashMap::new();
         for o in objects {
             match o {
                 Object::Namespace(n) => {
@@ -98,16 +103,34 @@ impl Cluster {
                         },
                     );
                 }
-                Object::Pod(p) => pods.push(p),
+                Object::Pod(p) => {
+                    let key = (p.namespace.clone(), p.name.clone());
+                    match pod_index.get(&key) {
+                        Some(&i) => pods[i] = p,
+                        None => {
+                            pod_index.insert(key, pods.len());
+                            pods.push(p);
+                        }
+                    }
+                }
                 Object::Controller(c) => {
                     let key = (
                         c.namespace.clone(),
                         c.kind.as_str().to_string(),
                         c.name.clone(),
                     );
-                    controllers.entry(key).or_insert(c);
+                    controllers.insert(key, c);
                 }
-                Object::NetworkPolicy(p) => policies.push(p),
+                Object::NetworkPolicy(p) => {
+                    let key = (p.namespace.clone(), p.name.clone());
+                    match policy_index.get(&key) {
+                        Some(&i) => policies[i] = p,
+                        None => {
+                            policy_index.insert(key, policies.len());
+                            policies.push(p);
+                        }
+                    }
+                }
             }
         }
 
@@ -270,6 +293,28 @@ mod tests {
             Some("shop")
         );
         assert!(c.namespaces["default"].source.is_none());
+    }
+
+    #[test]
+    fn an_object_read_twice_counts_once_and_the_last_copy_wins() {
+        let pol = |cidr: &str| {
+            format!(
+                "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p}}\nspec:\n  podSelector: {{}}\n  egress: [{{to: [{{ipBlock: {{cidr: {cidr}}}}}]}}]\n"
+            )
+        };
+        let pod = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: x}\n";
+        let c = build(&format!(
+            "{}{pod}{}{pod}",
+            pol("10.0.0.0/8"),
+            pol("0.0.0.0/0")
+        ));
+        assert_eq!(c.policies.len(), 1);
+        assert_eq!(c.workloads.len(), 1);
+        assert_eq!(c.workloads[0].pod_count(), 1);
+        assert!(matches!(
+            &c.policies[0].egress[0].to[0],
+            crate::model::Peer::IpBlock { cidr, .. } if cidr.to_string() == "0.0.0.0/0"
+        ));
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub enum LoadErrorKind {
     Shape,
     /// The object is well-formed but invalid (bad CIDR, operator, protocol, port).
     Invalid,
+    /// The input could not be read at all (missing path, permissions, not UTF-8).
+    Io,
 }
 
 /// A document or object that could not be read. The rest of the input is still audited.
@@ -58,12 +60,14 @@ impl fmt::Display for LoadError {
             LoadErrorKind::Syntax => "fix the syntax (e.g. `kubectl apply --dry-run=client -f`)",
             LoadErrorKind::Shape => "fix the field (see `kubectl explain`)",
             LoadErrorKind::Invalid => "fix the value; the API server would reject it",
+            LoadErrorKind::Io => "check the path and its permissions",
         };
-        write!(
-            f,
-            "{}; {hint}; this object was left out of the audit",
-            self.message
-        )
+        let what = match self.kind {
+            LoadErrorKind::Io => "this input was",
+            LoadErrorKind::Syntax => "this document was",
+            _ => "this object was",
+        };
+        write!(f, "{}; {hint}; {what} left out of the audit", self.message)
     }
 }
 
@@ -93,6 +97,8 @@ impl Loaded {
 /// content (JSON starts with `{` or `[`; anything else is YAML).
 pub fn parse(file: &str, text: &str) -> Loaded {
     let file: Arc<str> = Arc::from(file);
+    // A byte-order mark (Windows editors) sits on line 1 and means nothing here.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let trimmed = text.trim_start_matches(['\u{feff}', ' ', '\t', '\r', '\n']);
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
         parse_json(&file, text)
@@ -359,8 +365,7 @@ fn split_yaml(text: &str) -> Vec<(usize, &str)> {
     let mut start = 0usize; // byte offset of current document
     let mut start_line = 1usize;
     let mut offset = 0usize;
-    let mut line_no = 1usize;
-    for line in text.split_inclusive('\n') {
+    for (line_no, line) in (1usize..).zip(text.split_inclusive('\n')) {
         let is_marker = |m: &str| {
             line.strip_prefix(m)
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']))
@@ -377,7 +382,6 @@ fn split_yaml(text: &str) -> Vec<(usize, &str)> {
             start_line = line_no + 1;
         }
         offset += line.len();
-        line_no += 1;
     }
     if start < text.len() {
         docs.push((start_line, &text[start..]));
@@ -425,6 +429,16 @@ fn parse_yaml(file: &Arc<str>, text: &str) -> Loaded {
         out.extend(p);
     }
     out
+}
+
+/// The parser's message without its document-relative "at line N column M": the error
+/// carries the file line instead.
+fn yaml_message(e: &serde_norway::Error) -> String {
+    let msg = e.to_string();
+    match (msg.rfind(" at line "), e.location()) {
+        (Some(i), Some(loc)) => format!("{} (column {})", &msg[..i], loc.column()),
+        _ => msg,
+    }
 }
 
 fn yaml_error_line(e: &serde_norway::Error, doc_line: usize) -> usize {
@@ -526,7 +540,7 @@ fn parse_yaml_doc(file: &Arc<str>, line: usize, doc: &str) -> Loaded {
                         line: yaml_error_line(&e, line),
                         object: None,
                         kind: LoadErrorKind::Syntax,
-                        message: format!("not valid YAML: {e}"),
+                        message: format!("not valid YAML: {}", yaml_message(&e)),
                     });
                     return out;
                 }
@@ -557,7 +571,7 @@ fn parse_yaml_doc(file: &Arc<str>, line: usize, doc: &str) -> Loaded {
                 }
             } else {
                 let at = yaml_error_line(&err, line);
-                shape_error_or_skip(file, at, &head, err.to_string(), &mut out);
+                shape_error_or_skip(file, at, &head, yaml_message(&err), &mut out);
             }
         }
     }

@@ -332,8 +332,10 @@ mod tests {
     fn selector_semantics() {
         let pod = labels(&[("app", "web"), ("tier", "front")]);
         assert!(LabelSelector::default().matches(&pod));
-        let mut s = LabelSelector::default();
-        s.match_labels = labels(&[("app", "web")]);
+        let mut s = LabelSelector {
+            match_labels: labels(&[("app", "web")]),
+            ..LabelSelector::default()
+        };
         assert!(s.matches(&pod));
         s.match_labels = labels(&[("app", "web"), ("tier", "back")]);
         assert!(!s.matches(&pod));

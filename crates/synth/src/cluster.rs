@@ -17,6 +17,23 @@ use std::io::{self, Write};
 use crate::emit::{Key, Obj, Sink, V, arr, write_json_compact};
 use crate::rng::Rng;
 
+/// How much realistic noise surrounds the fields the audit reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Noise {
+    /// Calibrated so that the default cluster (5,000 namespaces, 150,000
+    /// pods, 20,000 policies) is about 120 MB of YAML: objects keep uids,
+    /// resourceVersions, timestamps, owner references, one container with
+    /// image and ports, `status.phase` and `podIP`, and a few controller
+    /// fields; env lists, resources, conditions, `last-applied-configuration`
+    /// annotations, old ReplicaSet revisions, sidecars, Services and
+    /// ConfigMaps are rare or absent.
+    #[default]
+    Typical,
+    /// Heavier objects closer to a live `kubectl get -o yaml` dump (about
+    /// 2.2 times the size of `typical`).
+    Full,
+}
+
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -28,6 +45,8 @@ pub struct Config {
     pub policies: usize,
     /// PRNG seed.
     pub seed: u64,
+    /// Amount of noise around the audited fields.
+    pub noise: Noise,
 }
 
 /// Counts of what was written.
@@ -67,6 +86,8 @@ const TEAMS: &[&str] = &[
     "mobile",
 ];
 const ENVS: &[&str] = &["prod", "staging", "dev", "qa"];
+/// Deployment replica counts with `--noise typical`.
+const TYPICAL_REPLICAS: &[usize] = &[4, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 80, 100];
 
 /// A catalog entry: (base name, image, port, port name, tier).
 type App = (&'static str, &'static str, u16, &'static str, &'static str);
@@ -259,6 +280,8 @@ enum Kind {
 
 #[derive(Debug)]
 struct Container {
+    /// Whether the heavy fields (pull policy, resources, env) are written.
+    full: bool,
     name: String,
     image: &'static str,
     pull: &'static str,
@@ -279,6 +302,8 @@ struct Child {
 
 #[derive(Debug)]
 struct Workload {
+    /// `--noise full`.
+    full: bool,
     kind: Kind,
     name: String,
     uid: String,
@@ -401,11 +426,12 @@ fn plan(cfg: &Config) -> Vec<Ns> {
     let pods = split_exact(cfg.pods, &pod_w);
     let pols = split_exact(cfg.policies, &pol_w);
     (0..cfg.namespaces)
-        .map(|i| plan_ns(cfg.seed, i, pods[i], pols[i]))
+        .map(|i| plan_ns(cfg.seed, cfg.noise, i, pods[i], pols[i]))
         .collect()
 }
 
-fn plan_ns(seed: u64, idx: usize, pod_budget: usize, policies: usize) -> Ns {
+fn plan_ns(seed: u64, noise: Noise, idx: usize, pod_budget: usize, policies: usize) -> Ns {
+    let full = noise == Noise::Full;
     let mut rng = Rng::derive(seed, S_PLAN, idx as u64);
     let name = format!("ns-{:05}", idx + 1);
     let uid = rng.uuid();
@@ -430,7 +456,8 @@ fn plan_ns(seed: u64, idx: usize, pod_budget: usize, policies: usize) -> Ns {
             _ => Kind::Bare,
         };
         let pods = match kind {
-            Kind::Deployment => *rng.pick(&[1, 2, 2, 3, 3, 4, 4, 5, 6, 8, 10, 12, 16, 20]),
+            Kind::Deployment if full => *rng.pick(&[1, 2, 2, 3, 3, 4, 4, 5, 6, 8, 10, 12, 16, 20]),
+            Kind::Deployment => *rng.pick(TYPICAL_REPLICAS),
             Kind::StatefulSet => rng.range_usize(1, 3),
             Kind::DaemonSet => rng.range_usize(2, 6),
             Kind::CronJob => rng.range_usize(1, 3),
@@ -438,7 +465,7 @@ fn plan_ns(seed: u64, idx: usize, pod_budget: usize, policies: usize) -> Ns {
         }
         .min(remaining);
         workloads.push(plan_workload(
-            &mut rng, &mut names, kind, pods, created, team,
+            &mut rng, &mut names, full, kind, pods, created, team,
         ));
         remaining -= pods;
     }
@@ -447,13 +474,18 @@ fn plan_ns(seed: u64, idx: usize, pod_budget: usize, policies: usize) -> Ns {
         workloads.push(plan_workload(
             &mut rng,
             &mut names,
+            full,
             Kind::Deployment,
             0,
             created,
             team,
         ));
     }
-    let configmaps = *rng.pick(&[0, 0, 0, 1, 1, 2]);
+    let configmaps = if full {
+        *rng.pick(&[0, 0, 0, 1, 1, 2])
+    } else {
+        usize::from(rng.chance(0.1))
+    };
     Ns {
         idx,
         name,
@@ -468,17 +500,28 @@ fn plan_ns(seed: u64, idx: usize, pod_budget: usize, policies: usize) -> Ns {
     }
 }
 
-fn plan_container(rng: &mut Rng, name: String, app: &App) -> Container {
+fn plan_container(rng: &mut Rng, full: bool, name: String, app: &App) -> Container {
     let (_, image, port, port_name, _) = *app;
     let mut ports = Vec::new();
     if port != 0 {
         ports.push((port, port_name, "TCP"));
-        if rng.chance(0.15) && port != 9090 {
+        if rng.chance(if full { 0.15 } else { 0.05 }) && port != 9090 {
             ports.push((9090, "metrics", "TCP"));
         }
         if rng.chance(0.02) {
             ports.push((8125, "statsd", "UDP"));
         }
+    }
+    if !full {
+        return Container {
+            full,
+            name,
+            image,
+            pull: "IfNotPresent",
+            ports,
+            resources: None,
+            env: Vec::new(),
+        };
     }
     let resources = rng.chance(0.4).then(|| {
         *rng.pick(&[
@@ -508,6 +551,7 @@ fn plan_container(rng: &mut Rng, name: String, app: &App) -> Container {
     let mut env = env;
     env.dedup_by_key(|e| e.0);
     Container {
+        full,
         name,
         image,
         pull: if rng.chance(0.8) {
@@ -524,6 +568,7 @@ fn plan_container(rng: &mut Rng, name: String, app: &App) -> Container {
 fn plan_workload(
     rng: &mut Rng,
     names: &mut HashSet<String>,
+    full: bool,
     kind: Kind,
     pods: usize,
     ns_created: i64,
@@ -550,14 +595,14 @@ fn plan_workload(
         labels.push(("run".into(), name.clone()));
     } else {
         labels.push(("app".into(), name.clone()));
-        if rng.chance(0.7) {
+        if rng.chance(if full { 0.7 } else { 0.5 }) {
             labels.push(("tier".into(), app.4.to_string()));
         }
-        if rng.chance(0.5) {
+        if rng.chance(if full { 0.5 } else { 0.15 }) {
             let v = *rng.pick(&["v1", "v2", "v3", "1.0", "2.1"]);
             labels.push(("version".into(), v.to_string()));
         }
-        if rng.chance(0.2) {
+        if rng.chance(if full { 0.2 } else { 0.03 }) {
             labels.push(("app.kubernetes.io/name".into(), app.0.to_string()));
             if let Some(t) = team {
                 labels.push(("app.kubernetes.io/part-of".into(), t.to_string()));
@@ -570,10 +615,12 @@ fn plan_workload(
     }
     let selector = labels[..1].to_vec();
 
-    let mut containers = vec![plan_container(rng, app.0.to_string(), &app)];
-    if matches!(kind, Kind::Deployment | Kind::StatefulSet) && rng.chance(0.05) {
+    let mut containers = vec![plan_container(rng, full, app.0.to_string(), &app)];
+    let sidecar = if full { 0.05 } else { 0.01 };
+    if matches!(kind, Kind::Deployment | Kind::StatefulSet) && rng.chance(sidecar) {
         containers.push(plan_container(
             rng,
+            full,
             "istio-proxy".to_string(),
             &(
                 "istio-proxy",
@@ -585,16 +632,18 @@ fn plan_workload(
         ));
     }
     let host_network = match kind {
-        Kind::DaemonSet => rng.chance(0.1),
-        Kind::Deployment => rng.chance(0.012),
-        Kind::Bare => rng.chance(0.03),
+        // Typical noise has fewer, larger workloads: raise the odds so that
+        // hostNetwork workloads stay about as common.
+        Kind::DaemonSet => rng.chance(if full { 0.1 } else { 0.25 }),
+        Kind::Deployment => rng.chance(if full { 0.012 } else { 0.02 }),
+        Kind::Bare => rng.chance(if full { 0.03 } else { 0.05 }),
         _ => false,
     };
     let hash = rng.string(HEX, 10);
     let mut children = Vec::new();
     match kind {
         Kind::Deployment => {
-            if rng.chance(0.15) {
+            if rng.chance(if full { 0.15 } else { 0.03 }) {
                 children.push(Child {
                     name: String::new(),
                     uid: rng.uuid(),
@@ -632,12 +681,16 @@ fn plan_workload(
         _ => {}
     }
     let service = match kind {
-        Kind::Deployment if app.2 != 0 && rng.chance(0.35) => Some((app.2, app.3)),
+        Kind::Deployment if app.2 != 0 && rng.chance(if full { 0.35 } else { 0.05 }) => {
+            Some((app.2, app.3))
+        }
         Kind::StatefulSet => Some((app.2, app.3)),
         _ => None,
     };
-    let service_account = (kind != Kind::Bare && rng.chance(0.3)).then(|| name.clone());
+    let service_account =
+        (kind != Kind::Bare && rng.chance(if full { 0.3 } else { 0.1 })).then(|| name.clone());
     Workload {
+        full,
         kind,
         name,
         uid,
@@ -650,7 +703,7 @@ fn plan_workload(
         hash,
         children,
         service,
-        last_applied: rng.chance(0.04),
+        last_applied: full && rng.chance(0.04),
         service_account,
     }
 }
@@ -660,6 +713,8 @@ fn plan_workload(
 // ---------------------------------------------------------------------------
 
 struct Meta<'a> {
+    /// `--noise full`.
+    full: bool,
     name: String,
     namespace: Option<&'a str>,
     created: i64,
@@ -698,11 +753,11 @@ impl Meta<'_> {
                 "ownerReferences",
                 arr([Obj::new()
                     .with("apiVersion", api)
-                    .with("blockOwnerDeletion", true)
                     .with("controller", true)
                     .with("kind", kind)
                     .with("name", name.to_string())
-                    .with("uid", uid.to_string())]),
+                    .with("uid", uid.to_string())
+                    .with_opt("blockOwnerDeletion", self.full.then_some(true))]),
             );
         }
         m
@@ -717,25 +772,28 @@ fn object(api: &'static str, kind: &'static str, meta: Obj) -> Obj {
 }
 
 fn container_obj(c: &Container) -> V {
-    let resources = match c.resources {
-        Some((rc, rm, lc, lm)) => Obj::new()
-            .with("limits", Obj::new().with("cpu", lc).with("memory", lm))
-            .with("requests", Obj::new().with("cpu", rc).with("memory", rm)),
-        None => Obj::new(),
-    };
     let mut o = Obj::new()
         .with("image", c.image)
-        .with("imagePullPolicy", c.pull)
-        .with("name", c.name.clone())
-        .with("resources", resources);
+        .with("name", c.name.clone());
+    if c.full {
+        let resources = match c.resources {
+            Some((rc, rm, lc, lm)) => Obj::new()
+                .with("limits", Obj::new().with("cpu", lc).with("memory", lm))
+                .with("requests", Obj::new().with("cpu", rc).with("memory", rm)),
+            None => Obj::new(),
+        };
+        o.set("imagePullPolicy", c.pull);
+        o.set("resources", resources);
+    }
     if !c.ports.is_empty() {
         o.set(
             "ports",
             arr(c.ports.iter().map(|&(port, name, proto)| {
                 Obj::new()
                     .with("containerPort", port)
-                    .with("name", name)
-                    .with("protocol", proto)
+                    .with_opt("name", c.full.then_some(name))
+                    // Typical noise omits the defaulted `protocol: TCP`.
+                    .with_opt("protocol", (c.full || proto != "TCP").then_some(proto))
             })),
         );
     }
@@ -752,18 +810,24 @@ fn container_obj(c: &Container) -> V {
 }
 
 fn template_spec(wl: &Workload, restart: &'static str) -> Obj {
-    let mut s = Obj::new()
-        .with("containers", arr(wl.containers.iter().map(container_obj)))
-        .with(
+    let mut s = Obj::new().with("containers", arr(wl.containers.iter().map(container_obj)));
+    if wl.full {
+        s.set(
             "dnsPolicy",
             if wl.host_network {
                 "ClusterFirstWithHostNet"
             } else {
                 "ClusterFirst"
             },
-        )
-        .with("restartPolicy", restart);
+        );
+        s.set("restartPolicy", restart);
+    } else if restart != "Always" {
+        s.set("restartPolicy", restart);
+    }
     if wl.host_network {
+        if !wl.full {
+            s.set("dnsPolicy", "ClusterFirstWithHostNet");
+        }
         s.set("hostNetwork", true);
     }
     if let Some(sa) = &wl.service_account {
@@ -772,15 +836,12 @@ fn template_spec(wl: &Workload, restart: &'static str) -> Obj {
     s
 }
 
-fn pod_template(labels: &[(Key, String)], spec: Obj) -> Obj {
-    Obj::new()
-        .with(
-            "metadata",
-            Obj::new()
-                .with("creationTimestamp", V::Null)
-                .with("labels", labels_obj(labels)),
-        )
-        .with("spec", spec)
+fn pod_template(full: bool, labels: &[(Key, String)], spec: Obj) -> Obj {
+    let mut meta = Obj::new().with("labels", labels_obj(labels));
+    if full {
+        meta.set("creationTimestamp", V::Null);
+    }
+    Obj::new().with("metadata", meta).with("spec", spec)
 }
 
 fn restart_policy(kind: Kind) -> &'static str {
@@ -851,6 +912,7 @@ fn pod_obj(
         labels.set(k, v);
     }
     let meta = Meta {
+        full: wl.full,
         name,
         namespace: Some(&ns.name),
         created,
@@ -875,7 +937,16 @@ fn pod_obj(
     let mut spec = template_spec(wl, restart_policy(wl.kind));
     let start = created + rng.range(1, 30) as i64;
     let mut status = Obj::new().with("phase", phase);
-    if phase == "Pending" {
+    if !wl.full {
+        if phase != "Pending" {
+            let pod_ip = if wl.host_network {
+                node_ip(node)
+            } else {
+                ctx.pod_ip()
+            };
+            status.set("podIP", pod_ip);
+        }
+    } else if phase == "Pending" {
         status.set(
             "conditions",
             arr([condition("PodScheduled", "False", start)
@@ -995,6 +1066,7 @@ fn namespace_pass<W: Write>(cfg: &Config, ns: &Ns, out: &mut Out<W>) -> io::Resu
         labels.set(k, v);
     }
     let meta = Meta {
+        full: cfg.noise == Noise::Full,
         name: ns.name.clone(),
         namespace: None,
         created: ns.created,
@@ -1153,6 +1225,7 @@ fn service_pass<W: Write>(cfg: &Config, ns: &Ns, out: &mut Out<W>) -> io::Result
             port.into()
         };
         let meta = Meta {
+            full: cfg.noise == Noise::Full,
             name: wl.name.clone(),
             namespace: Some(&ns.name),
             created: wl.created,
@@ -1216,14 +1289,16 @@ fn workload_pass<W: Write>(cfg: &Config, ns: &Ns, kind: Kind, out: &mut Out<W>) 
     for wl in ns.workloads.iter().filter(|w| w.kind == kind) {
         let n = wl.pods;
         let generation = if wl.children.len() > 1 { 2 } else { 1 };
-        let template = pod_template(&wl.labels, template_spec(wl, restart_policy(kind)));
+        let template = pod_template(wl.full, &wl.labels, template_spec(wl, restart_policy(kind)));
         let selector = match_labels(&wl.selector);
         let (api, kind_name, spec, status) = match kind {
             Kind::Deployment => {
-                let spec = Obj::new()
+                let mut spec = Obj::new()
                     .with("replicas", n)
                     .with("selector", selector)
-                    .with(
+                    .with("template", template);
+                if wl.full {
+                    spec.set(
                         "strategy",
                         Obj::new()
                             .with(
@@ -1233,22 +1308,27 @@ fn workload_pass<W: Write>(cfg: &Config, ns: &Ns, kind: Kind, out: &mut Out<W>) 
                                     .with("maxUnavailable", "25%"),
                             )
                             .with("type", "RollingUpdate"),
-                    )
-                    .with("template", template);
-                let mut status = Obj::new().with("observedGeneration", generation);
+                    );
+                }
+                let mut status = Obj::new();
+                if wl.full {
+                    status.set("observedGeneration", generation);
+                }
                 if n > 0 {
                     status = status
                         .with("availableReplicas", n)
                         .with("readyReplicas", n)
-                        .with("replicas", n)
-                        .with("updatedReplicas", n)
-                        .with(
+                        .with("replicas", n);
+                    if wl.full {
+                        status.set("updatedReplicas", n);
+                        status.set(
                             "conditions",
                             arr([condition("Available", "True", wl.created + 120)
                                 .with("lastUpdateTime", timestamp(wl.created + 120))
                                 .with("message", "Deployment has minimum availability.")
                                 .with("reason", "MinimumReplicasAvailable")]),
                         );
+                    }
                 }
                 ("apps/v1", "Deployment", spec, status)
             }
@@ -1312,8 +1392,8 @@ fn workload_pass<W: Write>(cfg: &Config, ns: &Ns, kind: Kind, out: &mut Out<W>) 
                 let labels = job_labels(&wl.name, &wl.uid);
                 let mut tlabels = wl.labels.clone();
                 tlabels.extend(labels.iter().cloned());
-                let spec = job_spec(&tlabels, &wl.uid, template_spec(wl, "OnFailure"));
-                let status = job_status(&mut rng, wl.created);
+                let spec = job_spec(wl.full, &tlabels, &wl.uid, template_spec(wl, "OnFailure"));
+                let status = job_status(&mut rng, wl.full, wl.created);
                 ("batch/v1", "Job", spec, status)
             }
             Kind::CronJob => {
@@ -1363,6 +1443,7 @@ fn workload_pass<W: Write>(cfg: &Config, ns: &Ns, kind: Kind, out: &mut Out<W>) 
                 .with("spec", Obj::new().with("replicas", n)),
         );
         let meta = Meta {
+            full: cfg.noise == Noise::Full,
             name: wl.name.clone(),
             namespace: Some(&ns.name),
             created: wl.created,
@@ -1383,12 +1464,9 @@ fn workload_pass<W: Write>(cfg: &Config, ns: &Ns, kind: Kind, out: &mut Out<W>) 
     Ok(())
 }
 
-fn job_spec(labels: &[(Key, String)], uid: &str, spec: Obj) -> Obj {
-    Obj::new()
+fn job_spec(full: bool, labels: &[(Key, String)], uid: &str, spec: Obj) -> Obj {
+    let mut s = Obj::new()
         .with("backoffLimit", 6u32)
-        .with("completionMode", "NonIndexed")
-        .with("completions", 1u32)
-        .with("parallelism", 1u32)
         .with(
             "selector",
             Obj::new().with(
@@ -1396,22 +1474,31 @@ fn job_spec(labels: &[(Key, String)], uid: &str, spec: Obj) -> Obj {
                 Obj::new().with("batch.kubernetes.io/controller-uid", uid.to_string()),
             ),
         )
-        .with("suspend", false)
-        .with("template", pod_template(labels, spec))
+        .with("template", pod_template(full, labels, spec));
+    if full {
+        s.set("completionMode", "NonIndexed");
+        s.set("completions", 1u32);
+        s.set("parallelism", 1u32);
+        s.set("suspend", false);
+    }
+    s
 }
 
-fn job_status(rng: &mut Rng, created: i64) -> Obj {
+fn job_status(rng: &mut Rng, full: bool, created: i64) -> Obj {
     let start = created + 1;
     let done = start + rng.range(5, 600) as i64;
-    Obj::new()
+    let mut status = Obj::new()
         .with("completionTime", timestamp(done))
-        .with(
+        .with("startTime", timestamp(start))
+        .with("succeeded", 1u32);
+    if full {
+        status.set("ready", 0u32);
+        status.set(
             "conditions",
             arr([condition("Complete", "True", done).with("lastProbeTime", timestamp(done))]),
-        )
-        .with("ready", 0u32)
-        .with("startTime", timestamp(start))
-        .with("succeeded", 1u32)
+        );
+    }
+    status
 }
 
 fn replicaset_pass<W: Write>(cfg: &Config, ns: &Ns, out: &mut Out<W>) -> io::Result<()> {
@@ -1425,16 +1512,18 @@ fn replicaset_pass<W: Write>(cfg: &Config, ns: &Ns, out: &mut Out<W>) -> io::Res
             sel.push(hash.clone());
             let mut tlabels = wl.labels.clone();
             tlabels.push(hash);
-            let annotations =
-                Obj::new().with("deployment.kubernetes.io/revision", (rev + 1).to_string());
+            let annotations = wl.full.then(|| {
+                Obj::new().with("deployment.kubernetes.io/revision", (rev + 1).to_string())
+            });
             let meta = Meta {
+                full: cfg.noise == Noise::Full,
                 name: rs.name.clone(),
                 namespace: Some(&ns.name),
                 created: rs.created,
                 labels: Some(labels_obj(&sel)),
-                annotations: Some(annotations),
+                annotations,
                 owner: Some(("apps/v1", "Deployment", &wl.name, &wl.uid)),
-                generation: Some(if rev + 1 < revisions { 2 } else { 1 }),
+                generation: wl.full.then_some(if rev + 1 < revisions { 2 } else { 1 }),
                 generate_name: None,
                 uid: rs.uid.clone(),
             }
@@ -1444,16 +1533,17 @@ fn replicaset_pass<W: Write>(cfg: &Config, ns: &Ns, out: &mut Out<W>) -> io::Res
                 .with("selector", match_labels(&sel))
                 .with(
                     "template",
-                    pod_template(&tlabels, template_spec(wl, "Always")),
+                    pod_template(wl.full, &tlabels, template_spec(wl, "Always")),
                 );
-            let mut status = Obj::new()
-                .with("observedGeneration", 1u32)
-                .with("replicas", n);
+            let mut status = Obj::new().with("replicas", n);
+            if wl.full {
+                status.set("observedGeneration", 1u32);
+            }
             if n > 0 {
-                status = status
-                    .with("availableReplicas", n)
-                    .with("fullyLabeledReplicas", n)
-                    .with("readyReplicas", n);
+                status = status.with("availableReplicas", n).with("readyReplicas", n);
+                if wl.full {
+                    status.set("fullyLabeledReplicas", n);
+                }
             }
             let v: V = object("apps/v1", "ReplicaSet", meta)
                 .with("spec", spec)
@@ -1473,6 +1563,7 @@ fn cronjob_children_pass<W: Write>(cfg: &Config, ns: &Ns, out: &mut Out<W>) -> i
             let mut tlabels = wl.labels.clone();
             tlabels.extend(labels.iter().cloned());
             let meta = Meta {
+                full: cfg.noise == Noise::Full,
                 name: job.name.clone(),
                 namespace: Some(&ns.name),
                 created: job.created,
@@ -1487,9 +1578,9 @@ fn cronjob_children_pass<W: Write>(cfg: &Config, ns: &Ns, out: &mut Out<W>) -> i
             let v: V = object("batch/v1", "Job", meta)
                 .with(
                     "spec",
-                    job_spec(&tlabels, &job.uid, template_spec(wl, "OnFailure")),
+                    job_spec(wl.full, &tlabels, &job.uid, template_spec(wl, "OnFailure")),
                 )
-                .with("status", job_status(&mut rng, job.created))
+                .with("status", job_status(&mut rng, wl.full, job.created))
                 .into();
             out.emit("Job", &v)?;
         }
@@ -1515,6 +1606,7 @@ fn configmap_pass<W: Write>(cfg: &Config, ns: &Ns, out: &mut Out<W>) -> io::Resu
                 "server:\n  port: 8080\n  timeout: 30s\n# metadata endpoint must stay blocked\nmetadata: http://169.254.169.254/metadata\n",
             );
         let meta = Meta {
+            full: cfg.noise == Noise::Full,
             name,
             namespace: Some(&ns.name),
             created: ns.created + rng.range(60, 10 * DAY as u64) as i64,
@@ -1864,7 +1956,7 @@ fn policy_pass<W: Write>(cfg: &Config, ns: &Ns, out: &mut Out<W>) -> io::Result<
             }
         };
         let name = unique(&mut names, &base);
-        let last_applied = rng.chance(0.05);
+        let last_applied = cfg.noise == Noise::Full && rng.chance(0.05);
         let annotations = with_last_applied(
             Obj::new(),
             last_applied,
@@ -1880,6 +1972,7 @@ fn policy_pass<W: Write>(cfg: &Config, ns: &Ns, out: &mut Out<W>) -> io::Result<
                 .with("spec", spec.clone()),
         );
         let meta = Meta {
+            full: cfg.noise == Noise::Full,
             name,
             namespace: Some(&ns.name),
             created: ns.created + rng.range(60, 90 * DAY as u64) as i64,

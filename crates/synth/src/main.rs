@@ -4,6 +4,7 @@
 //! ```text
 //! imdsguard-synth [--namespaces 5000] [--pods 150000] [--policies 20000]
 //!                 [--format json|yaml] [--out FILE] [--seed 42]
+//!                 [--noise typical|full]
 //! ```
 //!
 //! * `--format json` (default) writes one `kind: List` object formatted like
@@ -15,14 +16,27 @@
 //!
 //! The numbers of Namespace, Pod and NetworkPolicy objects are exactly the
 //! requested ones. Around them the generator adds what a live cluster dump
-//! contains: Deployments with their ReplicaSets (including scaled-down old
+//! contains: Deployments with their ReplicaSets (a few with scaled-down old
 //! revisions), StatefulSets, DaemonSets (some with `hostNetwork: true`),
 //! CronJobs with their Jobs, plain Jobs, bare Pods, Services and ConfigMaps,
-//! all with realistic noise (uids, resourceVersions, timestamps, container
-//! specs, status blocks, `last-applied-configuration` annotations).
+//! all with some realistic noise the parser has to skip.
 //! NetworkPolicies mix default-deny, IMDS-blocking `ipBlock.except` rules,
 //! allow-web, ingress-only, `matchExpressions`, port ranges, UDP/SCTP, named
 //! ports, link-local allows and namespace+pod selector peers.
+//!
+//! * `--noise typical` (default) is calibrated so that the default cluster is
+//!   about 120 MB of YAML, the size the benchmark specification gives. Every
+//!   object keeps its uid, resourceVersion and creationTimestamp, owner
+//!   references their apiVersion, kind, name, uid and `controller: true`,
+//!   pods one container with image and ports, `status.phase` and `podIP`,
+//!   controllers a short status. Deployments are larger (median about 11
+//!   replicas) so that controllers do not outweigh their pods; sidecars, old
+//!   ReplicaSet revisions, Services and ConfigMaps are rare.
+//! * `--noise full` writes heavier objects closer to a live `kubectl get -o
+//!   yaml` dump (env lists, resources, conditions, `last-applied-configuration`
+//!   annotations, `blockOwnerDeletion`, pull and DNS policies, more sidecars,
+//!   old revisions, Services and ConfigMaps, smaller Deployments): about
+//!   270 MB of YAML for the defaults.
 //!
 //! The output is a pure function of the arguments: the same seed always gives
 //! byte-identical output. Objects are streamed through a buffered writer, one
@@ -46,7 +60,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Parser;
 
-use crate::cluster::{Config, Stats, generate};
+use crate::cluster::{Config, Noise, Stats, generate};
 use crate::emit::{Format, Sink};
 
 /// Command-line arguments.
@@ -75,6 +89,10 @@ struct Args {
     /// PRNG seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Amount of noise around the audited fields: `typical` (the defaults
+    /// give about 120 MB of YAML) or `full` (heavier, closer to a live dump).
+    #[arg(long, value_enum, default_value_t = Noise::Typical)]
+    noise: Noise,
 }
 
 /// Counts bytes written through it.
@@ -113,6 +131,7 @@ fn main() -> Result<()> {
         pods: args.pods,
         policies: args.policies,
         seed: args.seed,
+        noise: args.noise,
     };
     let started = Instant::now();
     let (stats, bytes) = match &args.out {
@@ -146,12 +165,15 @@ mod tests {
     use super::*;
     use std::collections::{HashMap, HashSet};
 
-    fn small() -> Config {
+    const NOISES: [Noise; 2] = [Noise::Typical, Noise::Full];
+
+    fn small(noise: Noise) -> Config {
         Config {
-            namespaces: 10,
-            pods: 200,
-            policies: 30,
+            namespaces: 20,
+            pods: 500,
+            policies: 40,
             seed: 42,
+            noise,
         }
     }
 
@@ -173,8 +195,13 @@ mod tests {
 
     #[test]
     fn json_has_exact_counts_and_consistent_owners() {
-        let cfg = small();
-        let (text, stats) = render(&cfg, Format::Json);
+        for noise in NOISES {
+            check_counts_and_owners(&small(noise));
+        }
+    }
+
+    fn check_counts_and_owners(cfg: &Config) {
+        let (text, stats) = render(cfg, Format::Json);
         let list: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(list["kind"], "List");
         assert_eq!(list["apiVersion"], "v1");
@@ -182,11 +209,11 @@ mod tests {
         assert!(text.starts_with("{\n    \"apiVersion\": \"v1\",\n    \"items\": [\n        {\n"));
         let items = list["items"].as_array().unwrap();
         let counts = kind_counts(items);
-        assert_eq!(counts["Pod"], 200);
-        assert_eq!(counts["Namespace"], 10);
-        assert_eq!(counts["NetworkPolicy"], 30);
+        assert_eq!(counts["Pod"], cfg.pods);
+        assert_eq!(counts["Namespace"], cfg.namespaces);
+        assert_eq!(counts["NetworkPolicy"], cfg.policies);
         assert_eq!(counts["Pod"], stats.kinds["Pod"]);
-        for kind in ["Deployment", "ReplicaSet", "Service"] {
+        for kind in ["Deployment", "ReplicaSet", "Service", "StatefulSet", "Job"] {
             assert!(counts.get(kind).copied().unwrap_or(0) > 0, "no {kind}");
         }
 
@@ -217,6 +244,10 @@ mod tests {
                     assert_eq!(m["namespace"], om["namespace"]);
                 }
             }
+            if let Some(owners) = m["ownerReferences"].as_array() {
+                assert_eq!(owners.len(), 1);
+                assert_eq!(owners[0]["controller"], true);
+            }
             if it["kind"] == "Pod" && it["metadata"]["ownerReferences"][0]["kind"] == "ReplicaSet" {
                 let rs = it["metadata"]["ownerReferences"][0]["name"]
                     .as_str()
@@ -234,15 +265,23 @@ mod tests {
 
     #[test]
     fn yaml_matches_json() {
-        let cfg = small();
-        let (yaml, _) = render(&cfg, Format::Yaml);
-        let (json, _) = render(&cfg, Format::Json);
+        for noise in NOISES {
+            check_yaml_matches_json(&small(noise));
+        }
+    }
+
+    fn check_yaml_matches_json(cfg: &Config) {
+        let (yaml, _) = render(cfg, Format::Yaml);
+        let (json, _) = render(cfg, Format::Json);
         let pods = yaml.lines().filter(|l| *l == "kind: Pod").count();
-        assert_eq!(pods, 200);
-        assert_eq!(yaml.lines().filter(|l| *l == "kind: Namespace").count(), 10);
+        assert_eq!(pods, cfg.pods);
+        assert_eq!(
+            yaml.lines().filter(|l| *l == "kind: Namespace").count(),
+            cfg.namespaces
+        );
         assert_eq!(
             yaml.lines().filter(|l| *l == "kind: NetworkPolicy").count(),
-            30
+            cfg.policies
         );
 
         // Parsing the YAML documents gives exactly the JSON items, so no
@@ -265,38 +304,56 @@ mod tests {
             pods: 40,
             policies: 12,
             seed: 7,
+            noise: Noise::Typical,
         };
         let (a, _) = render(&cfg, Format::Yaml);
         let (b, _) = render(&cfg, Format::Yaml);
         assert_eq!(a, b);
-        let (c, _) = render(&Config { seed: 8, ..cfg }, Format::Yaml);
+        let (c, _) = render(
+            &Config {
+                seed: 8,
+                ..cfg.clone()
+            },
+            Format::Yaml,
+        );
         assert_ne!(a, c);
+        let full = Config {
+            noise: Noise::Full,
+            ..cfg
+        };
+        let (d, _) = render(&full, Format::Yaml);
+        let (e, _) = render(&full, Format::Yaml);
+        assert_eq!(d, e);
+        assert_ne!(a, d);
     }
 
     #[test]
     fn policy_mix_covers_cases() {
-        let cfg = Config {
-            namespaces: 20,
-            pods: 400,
-            policies: 600,
-            seed: 1,
-        };
-        let (json, _) = render(&cfg, Format::Json);
-        for needle in [
-            "\"169.254.169.254/32\"",
-            "\"169.254.0.0/16\"",
-            "\"endPort\"",
-            "\"SCTP\"",
-            "\"UDP\"",
-            "\"DoesNotExist\"",
-            "\"NotIn\"",
-            "\"Exists\"",
-            "\"port\": \"http\"",
-            "\"kube-dns\"",
-            "\"hostNetwork\": true",
-            "\"ingress\"",
-        ] {
-            assert!(json.contains(needle), "missing {needle}");
+        for noise in NOISES {
+            let cfg = Config {
+                namespaces: 50,
+                pods: 1500,
+                policies: 600,
+                seed: 1,
+                noise,
+            };
+            let (json, _) = render(&cfg, Format::Json);
+            for needle in [
+                "\"169.254.169.254/32\"",
+                "\"169.254.0.0/16\"",
+                "\"endPort\"",
+                "\"SCTP\"",
+                "\"UDP\"",
+                "\"DoesNotExist\"",
+                "\"NotIn\"",
+                "\"Exists\"",
+                "\"port\": \"http\"",
+                "\"kube-dns\"",
+                "\"hostNetwork\": true",
+                "\"ingress\"",
+            ] {
+                assert!(json.contains(needle), "{noise:?}: missing {needle}");
+            }
         }
     }
 
@@ -307,6 +364,7 @@ mod tests {
             pods: 0,
             policies: 0,
             seed: 42,
+            noise: Noise::Typical,
         };
         let (json, stats) = render(&cfg, Format::Json);
         let list: serde_json::Value = serde_json::from_str(&json).unwrap();
@@ -314,5 +372,63 @@ mod tests {
         assert_eq!(stats.total(), 0);
         let (yaml, _) = render(&cfg, Format::Yaml);
         assert!(yaml.is_empty());
+    }
+
+    /// Pods keep the noise the parser has to skip; the heavy noise only comes
+    /// with `--noise full`.
+    #[test]
+    fn noise_levels() {
+        let (typical, _) = render(&small(Noise::Typical), Format::Json);
+        let (full, _) = render(&small(Noise::Full), Format::Json);
+        let list: serde_json::Value = serde_json::from_str(&typical).unwrap();
+        let items = list["items"].as_array().unwrap();
+        let mut running = 0;
+        for pod in items.iter().filter(|it| it["kind"] == "Pod") {
+            let m = &pod["metadata"];
+            for field in ["uid", "resourceVersion", "creationTimestamp"] {
+                assert!(m[field].is_string(), "pod without {field}");
+            }
+            let c = &pod["spec"]["containers"][0];
+            assert!(c["image"].is_string() && c["name"].is_string());
+            let phase = pod["status"]["phase"].as_str().unwrap();
+            if phase == "Running" {
+                running += 1;
+                assert!(pod["status"]["podIP"].is_string());
+            }
+        }
+        assert!(running > 300);
+        assert!(typical.contains("\"containerPort\""));
+        for heavy in [
+            "\"env\": [",
+            "\"resources\": {",
+            "\"conditions\": [",
+            "last-applied-configuration",
+        ] {
+            assert!(!typical.contains(heavy), "typical has {heavy}");
+            assert!(full.contains(heavy), "full lacks {heavy}");
+        }
+        assert!(full.len() > 2 * typical.len());
+    }
+
+    /// The default cluster (5,000 namespaces, 150,000 pods, 20,000 policies)
+    /// is about 120 MB of YAML with `--noise typical`; a 1/50 scale model
+    /// must be 1/50 of 110..130 MB.
+    #[test]
+    fn typical_yaml_size_is_calibrated() {
+        let cfg = Config {
+            namespaces: 100,
+            pods: 3000,
+            policies: 400,
+            seed: 42,
+            noise: Noise::Typical,
+        };
+        let mut sink = io::sink();
+        let (stats, bytes) = run(&cfg, Format::Yaml, &mut sink).unwrap();
+        assert_eq!(stats.kinds["Pod"], 3000);
+        let projected = bytes * 50;
+        assert!(
+            (110_000_000..=130_000_000).contains(&projected),
+            "{projected} bytes projected"
+        );
     }
 }
