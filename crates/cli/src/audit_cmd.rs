@@ -3,6 +3,7 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
@@ -52,6 +53,11 @@ pub struct AuditArgs {
     /// and no --network-policy): every workload reaches every target.
     #[arg(long)]
     no_policy_engine: bool,
+
+    /// Print how long each phase took (read, parse, build, evaluate, render) to standard
+    /// error.
+    #[arg(long)]
+    timings: bool,
 
     /// Colour in the table: auto (only on a terminal, unless NO_COLOR is set), always, never.
     #[arg(long, value_enum, default_value_t = ColorArg::Auto)]
@@ -145,8 +151,13 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let targets = targets(&args)?;
-    let loaded = inputs::load(&paths);
+    let t0 = Instant::now();
+    let (loaded, read_time) = inputs::load(&paths);
+    let t_load = t0.elapsed();
+    let t1 = Instant::now();
     let cluster = Cluster::build(loaded.objects);
+    let t_build = t1.elapsed();
+    let t2 = Instant::now();
     let report = audit(
         &cluster,
         &AuditOptions {
@@ -155,6 +166,8 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         },
     );
 
+    let t_eval = t2.elapsed();
+    let t3 = Instant::now();
     let stdout = std::io::stdout();
     let color = match args.color {
         ColorArg::Always => true,
@@ -173,11 +186,30 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     }
     .and_then(|()| out.flush());
     drop(out);
+    if args.timings {
+        let total = t0.elapsed();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        eprintln!(
+            "timings: read {:.0} ms, parse {:.0} ms, build {:.0} ms, evaluate {:.0} ms ({:.1} % of {:.0} ms), render {:.0} ms",
+            ms(read_time),
+            ms(t_load.saturating_sub(read_time)),
+            ms(t_build),
+            ms(t_eval),
+            100.0 * t_eval.as_secs_f64() / total.as_secs_f64(),
+            ms(total),
+            ms(t3.elapsed()),
+        );
+    }
     // A reader that stops early (`| head`) is not an error of ours.
     match written {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
         other => other.context("cannot write the report")?,
     }
+
+    // The process ends right after this: freeing the cluster and report piece by piece
+    // would only cost time.
+    let failed = fails(&report, args.fail_on);
+    std::mem::forget((report, cluster));
 
     if !loaded.errors.is_empty() {
         for e in &loaded.errors {
@@ -189,7 +221,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     }
-    Ok(if fails(&report, args.fail_on) {
+    Ok(if failed {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

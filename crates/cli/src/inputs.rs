@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use imdsguard_core::manifest::{LoadError, LoadErrorKind, Loaded, parse};
 use rayon::prelude::*;
@@ -91,31 +92,24 @@ fn io_error(p: &Path, msg: &str) -> LoadError {
 }
 
 /// Reads and parses every input, in parallel across files; results keep input order.
-pub fn load(paths: &[PathBuf]) -> Loaded {
+/// Also returns the time spent reading (summed over files).
+pub fn load(paths: &[PathBuf]) -> (Loaded, Duration) {
     let mut errors = Vec::new();
     let inputs = expand(paths, &mut errors);
-    let parts: Vec<Loaded> = inputs
+    let results: Vec<(Loaded, Duration)> = inputs
         .par_iter()
-        .map(|input| match input {
-            Input::Stdin => {
-                let mut text = String::new();
-                match std::io::stdin().read_to_string(&mut text) {
-                    Ok(_) => parse("<stdin>", &text),
-                    Err(e) => one_error(io_error(Path::new("<stdin>"), &e.to_string())),
-                }
-            }
-            Input::File(p) => match std::fs::read(p) {
-                Ok(bytes) => {
-                    let name = p.display().to_string();
-                    match String::from_utf8(bytes) {
-                        Ok(text) => parse(&name, &text),
-                        Err(_) => one_error(io_error(p, "not UTF-8 text")),
-                    }
-                }
-                Err(e) => one_error(io_error(p, &e.to_string())),
-            },
+        .map(|input| {
+            let start = Instant::now();
+            let (name, text) = match read(input) {
+                Ok(t) => t,
+                Err(e) => return (one_error(e), start.elapsed()),
+            };
+            let read_time = start.elapsed();
+            (parse(&name, &text), read_time)
         })
         .collect();
+    let read_time = results.iter().map(|(_, d)| *d).sum();
+    let parts = results.into_iter().map(|(l, _)| l);
     let mut loaded = Loaded {
         errors,
         ..Loaded::default()
@@ -123,7 +117,24 @@ pub fn load(paths: &[PathBuf]) -> Loaded {
     for part in parts {
         loaded.extend(part);
     }
-    loaded
+    (loaded, read_time)
+}
+
+fn read(input: &Input) -> Result<(String, String), LoadError> {
+    match input {
+        Input::Stdin => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| io_error(Path::new("<stdin>"), &e.to_string()))?;
+            Ok(("<stdin>".to_string(), text))
+        }
+        Input::File(p) => {
+            let bytes = std::fs::read(p).map_err(|e| io_error(p, &e.to_string()))?;
+            let text = String::from_utf8(bytes).map_err(|_| io_error(p, "not UTF-8 text"))?;
+            Ok((p.display().to_string(), text))
+        }
+    }
 }
 
 fn one_error(e: LoadError) -> Loaded {

@@ -4,9 +4,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use rustc_hash::FxHashMap;
+
 use crate::model::{
-    Controller, ControllerKind, Labels, NAMESPACE_NAME_LABEL, NetworkPolicy, Object, OwnerRef, Pod,
-    PodTemplate, Source,
+    Controller, Labels, NAMESPACE_NAME_LABEL, NetworkPolicy, Object, OwnerRef, Pod, PodTemplate,
+    Source,
 };
 
 /// A namespace of the cluster.
@@ -75,20 +77,90 @@ pub struct Cluster {
     policies_by_ns: HashMap<String, Vec<usize>>,
 }
 
-type Key = (String, String, String); // namespace, kind, name
+type ControllerIndex<'a> = FxHashMap<(&'a str, &'a str, &'a str), &'a Controller>;
+
+/// The pod shapes of one workload while the cluster is built, borrowing from the objects.
+struct Group<'a> {
+    shapes: Vec<(&'a PodTemplate, usize)>,
+    source: &'a Source,
+}
+
+/// The top-level owner (kind, name) of an object in `ns` whose direct owner is `owner`,
+/// following ownerReferences through the controllers that were read.
+fn top_owner<'a>(
+    by_key: &ControllerIndex<'a>,
+    ns: &'a str,
+    owner: &'a OwnerRef,
+) -> (&'a str, &'a str) {
+    let mut kind: &str = if owner.kind.is_empty() {
+        "Pod"
+    } else {
+        &owner.kind
+    };
+    let mut name: &str = &owner.name;
+    for _ in 0..8 {
+        match by_key.get(&(ns, kind, name)).and_then(|c| c.owner.as_ref()) {
+            Some(next) if !next.kind.is_empty() => {
+                kind = &next.kind;
+                name = &next.name;
+            }
+            _ => break,
+        }
+    }
+    (kind, name)
+}
+
+/// Adds a pod shape (or `pods` more pods of a known shape) to the workload `key`
+/// (namespace, name, kind).
+fn add_shape<'a>(
+    groups: &mut FxHashMap<(&'a str, &'a str, &'a str), Group<'a>>,
+    key: (&'a str, &'a str, &'a str),
+    template: &'a PodTemplate,
+    pods: usize,
+    source: &'a Source,
+) {
+    let g = groups.entry(key).or_insert_with(|| Group {
+        shapes: Vec::new(),
+        source,
+    });
+    match g.shapes.iter_mut().find(|(s, _)| *s == template) {
+        Some((_, n)) => *n += pods,
+        None => g.shapes.push((template, pods)),
+    }
+}
+
+/// Keeps the last of the objects that share a key, in input order.
+fn last_copies<T>(items: Vec<T>, key: impl Fn(&T) -> (&str, &str, &str)) -> Vec<T> {
+    let mut last: FxHashMap<(&str, &str, &str), usize> = FxHashMap::default();
+    for (i, item) in items.iter().enumerate() {
+        last.insert(key(item), i);
+    }
+    if last.len() == items.len() {
+        return items;
+    }
+    let mut keep = vec![false; items.len()];
+    for &i in last.values() {
+        keep[i] = true;
+    }
+    items
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(item, k)| k.then_some(item))
+        .collect()
+}
 
 impl Cluster {
     /// Builds the cluster from loaded objects.
+    ///
+    /// The API server keeps one object per kind, namespace and name: an object read twice
+    /// (the same file named twice, a copy in two folders) counts once, and the last copy
+    /// wins, as with `kubectl apply`. Lookups borrow the objects' strings; each workload
+    /// clones a pod template only once per distinct shape.
     pub fn build(objects: Vec<Object>) -> Cluster {
         let mut namespaces: BTreeMap<String, NamespaceInfo> = BTreeMap::new();
-        let mut controllers: HashMap<Key, Controller> = HashMap::new();
-        // The API server keeps one object per kind, namespace and name: an object read
-        // twice (the same file named twice, a copy in two folders) counts once, and the
-        // last copy wins, as with `kubectl apply`.
+        let mut controllers: Vec<Controller> = Vec::new();
         let mut pods: Vec<Pod> = Vec::new();
-        let mut pod_index: HashMap<(String, String), usize> = HashMap::new();
         let mut policies: Vec<NetworkPolicy> = Vec::new();
-        let mut policy_index: HashMap<(String, String), usize> = HashMap::new();
         for o in objects {
             match o {
                 Object::Namespace(n) => {
@@ -103,112 +175,85 @@ impl Cluster {
                         },
                     );
                 }
-                Object::Pod(p) => {
-                    let key = (p.namespace.clone(), p.name.clone());
-                    match pod_index.get(&key) {
-                        Some(&i) => pods[i] = p,
-                        None => {
-                            pod_index.insert(key, pods.len());
-                            pods.push(p);
-                        }
-                    }
-                }
-                Object::Controller(c) => {
-                    let key = (
-                        c.namespace.clone(),
-                        c.kind.as_str().to_string(),
-                        c.name.clone(),
-                    );
-                    controllers.insert(key, c);
-                }
-                Object::NetworkPolicy(p) => {
-                    let key = (p.namespace.clone(), p.name.clone());
-                    match policy_index.get(&key) {
-                        Some(&i) => policies[i] = p,
-                        None => {
-                            policy_index.insert(key, policies.len());
-                            policies.push(p);
-                        }
-                    }
-                }
+                Object::Pod(p) => pods.push(p),
+                Object::Controller(c) => controllers.push(c),
+                Object::NetworkPolicy(p) => policies.push(p),
             }
         }
+        let controllers = last_copies(controllers, |c| {
+            (c.namespace.as_str(), c.kind.as_str(), c.name.as_str())
+        });
+        let pods = last_copies(pods, |p| (p.namespace.as_str(), "", p.name.as_str()));
+        let policies = last_copies(policies, |p| (p.namespace.as_str(), "", p.name.as_str()));
 
-        // The top-level owner of an object in `ns` whose direct owner is `owner`.
-        let top_owner = |ns: &str, owner: &OwnerRef| -> (String, String) {
-            let mut kind = if owner.kind.is_empty() {
-                "Pod".to_string()
-            } else {
-                owner.kind.clone()
-            };
-            let mut name = owner.name.clone();
-            for _ in 0..8 {
-                let key = (ns.to_string(), kind.clone(), name.clone());
-                match controllers.get(&key).and_then(|c| c.owner.as_ref()) {
-                    Some(next) if !next.kind.is_empty() => {
-                        kind = next.kind.clone();
-                        name = next.name.clone();
-                    }
-                    _ => break,
-                }
-            }
-            (kind, name)
-        };
-
-        let mut groups: BTreeMap<Key, Workload> = BTreeMap::new();
-        let mut add = |ns: &str,
-                       kind: String,
-                       name: String,
-                       template: PodTemplate,
-                       pods: usize,
-                       source: &Source| {
-            let key = (ns.to_string(), name.clone(), kind.clone());
-            let w = groups.entry(key).or_insert_with(|| Workload {
-                namespace: ns.to_string(),
-                name,
-                kind,
-                shapes: Vec::new(),
-                source: source.clone(),
-            });
-            match w.shapes.iter_mut().find(|s| s.template == template) {
-                Some(s) => s.pods += pods,
-                None => w.shapes.push(PodShape { template, pods }),
-            }
-        };
-
-        for c in controllers.values() {
+        let by_key: ControllerIndex = controllers
+            .iter()
+            .map(|c| ((c.namespace.as_str(), c.kind.as_str(), c.name.as_str()), c))
+            .collect();
+        let mut groups: FxHashMap<(&str, &str, &str), Group> = FxHashMap::default();
+        for c in &controllers {
             let (kind, name) = match &c.owner {
-                Some(o) if !o.kind.is_empty() => top_owner(&c.namespace, o),
-                _ => (c.kind.as_str().to_string(), c.name.clone()),
+                Some(o) if !o.kind.is_empty() => top_owner(&by_key, &c.namespace, o),
+                _ => (c.kind.as_str(), c.name.as_str()),
             };
-            // A CronJob's Jobs and a Deployment's ReplicaSets carry the same template as
-            // their owner; adding it again merges into the same shape.
-            add(&c.namespace, kind, name, c.template.clone(), 0, &c.source);
+            // A CronJob's Jobs and a Deployment's ReplicaSets carry their owner's template;
+            // adding it again merges into the same shape.
+            add_shape(
+                &mut groups,
+                (&c.namespace, name, kind),
+                &c.template,
+                0,
+                &c.source,
+            );
         }
-        for p in pods {
+        for p in &pods {
             let (kind, name) = match &p.owner {
                 // Static pods are "owned" by their Node: they are workloads of their own.
-                Some(o) if o.kind != "Node" => top_owner(&p.namespace, o),
-                _ => ("Pod".to_string(), p.name.clone()),
+                Some(o) if o.kind != "Node" => top_owner(&by_key, &p.namespace, o),
+                _ => ("Pod", p.name.as_str()),
             };
-            add(&p.namespace, kind, name, p.template, 1, &p.source);
+            add_shape(
+                &mut groups,
+                (&p.namespace, name, kind),
+                &p.template,
+                1,
+                &p.source,
+            );
         }
-        // A workload's source is its owner object's when that was read.
-        for ((ns, name, kind), w) in groups.iter_mut() {
-            if let Some(ck) = ControllerKind::from_kind(kind)
-                && let Some(c) =
-                    controllers.get(&(ns.clone(), ck.as_str().to_string(), name.clone()))
-            {
-                w.source = c.source.clone();
-            }
-        }
-        let workloads: Vec<Workload> = groups.into_values().collect();
+        let mut workloads: Vec<Workload> = groups
+            .into_iter()
+            .map(|((ns, name, kind), g)| {
+                // A workload's source is its owner object's when that was read.
+                let source = by_key
+                    .get(&(ns, kind, name))
+                    .map(|c| &c.source)
+                    .unwrap_or(g.source)
+                    .clone();
+                Workload {
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                    kind: kind.to_string(),
+                    shapes: g
+                        .shapes
+                        .into_iter()
+                        .map(|(t, pods)| PodShape {
+                            template: t.clone(),
+                            pods,
+                        })
+                        .collect(),
+                    source,
+                }
+            })
+            .collect();
+        workloads.sort_unstable_by(|a, b| {
+            (&a.namespace, &a.name, &a.kind).cmp(&(&b.namespace, &b.name, &b.kind))
+        });
 
         // Implicit namespaces: referenced by a workload or a policy.
         for ns in workloads
             .iter()
             .map(|w| &w.namespace)
-            .chain(policies.iter().map(|p: &NetworkPolicy| &p.namespace))
+            .chain(policies.iter().map(|p| &p.namespace))
         {
             if !namespaces.contains_key(ns) {
                 namespaces.insert(

@@ -347,12 +347,32 @@ impl<'de> Deserialize<'de> for LenientString {
     }
 }
 
+/// A label map (`null` reads as empty), built in place: one allocation per key and value.
 fn lenient_map<'de, D: Deserializer<'de>>(d: D) -> Result<Labels, D::Error> {
-    let m: Option<BTreeMap<String, LenientString>> = Option::deserialize(d)?;
-    Ok(m.unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect())
+    struct MapVisitor;
+    impl<'de> de::Visitor<'de> for MapVisitor {
+        type Value = Labels;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map of labels")
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Labels, E> {
+            Ok(Labels::new())
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Labels, E> {
+            Ok(Labels::new())
+        }
+        fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Labels, D2::Error> {
+            d.deserialize_map(MapVisitor)
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Labels, A::Error> {
+            let mut out = Labels::new();
+            while let Some((k, v)) = map.next_entry::<String, LenientString>()? {
+                out.insert(k, v.0);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_option(MapVisitor)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -419,16 +439,19 @@ fn is_blank_yaml(doc: &str) -> bool {
 
 fn parse_yaml(file: &Arc<str>, text: &str) -> Loaded {
     let docs = split_yaml(text);
-    let parts: Vec<Loaded> = docs
-        .par_iter()
+    docs.par_iter()
         .with_min_len(16)
-        .map(|&(line, doc)| parse_yaml_doc(file, line, doc))
-        .collect();
-    let mut out = Loaded::default();
-    for p in parts {
-        out.extend(p);
-    }
-    out
+        .fold(Loaded::default, |mut acc, &(line, doc)| {
+            parse_yaml_doc(file, line, doc, &mut acc);
+            acc
+        })
+        .reduce(Loaded::default, concat)
+}
+
+/// Joins two results in order (rayon's `reduce` keeps the sequence order).
+fn concat(mut a: Loaded, b: Loaded) -> Loaded {
+    a.extend(b);
+    a
 }
 
 /// The parser's message without its document-relative "at line N column M": the error
@@ -519,16 +542,15 @@ fn prune_yaml(doc: &str) -> Option<String> {
     })
 }
 
-fn parse_yaml_doc(file: &Arc<str>, line: usize, doc: &str) -> Loaded {
-    let mut out = Loaded::default();
+fn parse_yaml_doc(file: &Arc<str>, line: usize, doc: &str, out: &mut Loaded) {
     if let Some(pruned) = prune_yaml(doc)
         && let Ok(Some(raw)) = serde_norway::from_str::<Option<RawObject>>(&pruned)
     {
-        convert(file, line, raw, &None, &mut out);
-        return out;
+        convert(file, line, raw, &None, out);
+        return;
     }
     match serde_norway::from_str::<Option<RawObject>>(doc) {
-        Ok(Some(raw)) => convert(file, line, raw, &None, &mut out),
+        Ok(Some(raw)) => convert(file, line, raw, &None, out),
         Ok(None) => {}
         Err(err) => {
             // Find out what failed: syntax, an unknown kind we need not read, or one list item.
@@ -542,7 +564,7 @@ fn parse_yaml_doc(file: &Arc<str>, line: usize, doc: &str) -> Loaded {
                         kind: LoadErrorKind::Syntax,
                         message: format!("not valid YAML: {}", yaml_message(&e)),
                     });
-                    return out;
+                    return;
                 }
             };
             let head: RawHead = serde_norway::from_value(value.clone()).unwrap_or_default();
@@ -559,23 +581,22 @@ fn parse_yaml_doc(file: &Arc<str>, line: usize, doc: &str) -> Loaded {
                 let defaults = list_item_defaults(kind, api);
                 for (i, item) in items.iter().enumerate() {
                     match serde_norway::from_value::<RawObject>(item.clone()) {
-                        Ok(raw) => convert(file, line, raw, &defaults, &mut out),
+                        Ok(raw) => convert(file, line, raw, &defaults, out),
                         Err(e) => shape_error_or_skip(
                             file,
                             line,
                             &serde_norway::from_value::<RawHead>(item.clone()).unwrap_or_default(),
                             format!("{kind} item {i}: {e}"),
-                            &mut out,
+                            out,
                         ),
                     }
                 }
             } else {
                 let at = yaml_error_line(&err, line);
-                shape_error_or_skip(file, at, &head, yaml_message(&err), &mut out);
+                shape_error_or_skip(file, at, &head, yaml_message(&err), out);
             }
         }
     }
-    out
 }
 
 fn is_list_kind(kind: &str) -> bool {
@@ -656,28 +677,24 @@ fn parse_json(file: &Arc<str>, text: &str) -> Loaded {
         Err(_) => json_stream(file, text, &mut items, &mut out),
     }
     let lines = item_lines(text, &items);
-    let parts: Vec<Loaded> = items
+    let parsed = items
         .par_iter()
         .zip(lines.par_iter())
         .with_min_len(64)
-        .map(|((item, defaults), &line)| {
+        .fold(Loaded::default, |mut acc, ((item, defaults), &line)| {
             let s = item.get();
-            let mut part = Loaded::default();
             match serde_json::from_str::<RawObject>(s) {
-                Ok(raw) => convert(file, line, raw, defaults, &mut part),
+                Ok(raw) => convert(file, line, raw, defaults, &mut acc),
                 Err(e) => {
                     let head = serde_json::from_str::<RawHead>(s).unwrap_or_default();
                     let at = line + e.line().saturating_sub(1);
-                    shape_error_or_skip(file, at, &head, e.to_string(), &mut part);
+                    shape_error_or_skip(file, at, &head, e.to_string(), &mut acc);
                 }
             }
-            part
+            acc
         })
-        .collect();
-    for p in parts {
-        out.extend(p);
-    }
-    out
+        .reduce(Loaded::default, concat);
+    concat(out, parsed)
 }
 
 /// Top-level values one after the other: objects, `List`s, arrays of objects.
