@@ -211,18 +211,17 @@ impl Finding {
 const TARGETS: &str = "{targets}";
 
 /// Merges findings that differ only by target into one listing all their targets.
+/// Findings about different subjects never merge, so callers merge per workload or
+/// namespace: small vectors, a linear scan.
 fn merge(findings: Vec<Finding>) -> Vec<Finding> {
     let mut out: Vec<Finding> = Vec::with_capacity(findings.len());
-    let mut index: std::collections::HashMap<(FindingKind, String, Vec<ObjectRef>), usize> =
-        std::collections::HashMap::new();
     for f in findings {
-        let key = (f.kind, f.message.clone(), f.objects.clone());
-        match index.get(&key) {
-            Some(&i) => out[i].targets.extend(f.targets),
-            None => {
-                index.insert(key, out.len());
-                out.push(f);
-            }
+        match out
+            .iter_mut()
+            .find(|o| o.kind == f.kind && o.message == f.message && o.objects == f.objects)
+        {
+            Some(o) => o.targets.extend(f.targets),
+            None => out.push(f),
         }
     }
     for f in &mut out {
@@ -356,11 +355,12 @@ pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
     let empty = Labels::new();
     for ns in cluster.namespaces.values() {
         let selecting = cluster.selecting(&ns.name, &empty);
+        let mut found = Vec::new();
         for t in targets {
             let d = decide(cluster, &selecting, t);
             if d.allowed() {
                 let e = explain(cluster, &d);
-                findings.push(Finding::new(
+                found.push(Finding::new(
                     FindingKind::NamespaceUnrestricted,
                     format!(
                         "namespace {}: a new pod without labels would reach {TARGETS} ({})",
@@ -376,6 +376,7 @@ pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
                 ));
             }
         }
+        findings.extend(merge(found));
     }
 
     for (i, p) in cluster.policies.iter().enumerate() {
@@ -417,14 +418,9 @@ pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
         }
     }
 
-    let mut findings = merge(findings);
-    findings.sort_by(|a, b| {
-        b.severity
-            .cmp(&a.severity)
-            .then(a.kind.cmp(&b.kind))
-            .then_with(|| a.objects.cmp(&b.objects))
-            .then_with(|| a.targets.cmp(&b.targets))
-    });
+    // Most severe first, then by kind; within a kind, in the order found (workloads
+    // sorted by namespace and name, then namespaces, then policies in input order).
+    findings.sort_by_key(|f| (std::cmp::Reverse(f.severity), f.kind));
 
     let mut summary = Summary {
         namespaces: cluster.namespaces.len(),
@@ -606,7 +602,7 @@ fn evaluate_workload(
         source: w.source.clone(),
         verdicts,
     };
-    (report, findings, all_selecting)
+    (report, merge(findings), all_selecting)
 }
 
 fn policy_ref(cluster: &Cluster, id: &str) -> Option<ObjectRef> {

@@ -73,6 +73,10 @@ pub struct Cluster {
     pub workloads: Vec<Workload>,
     /// NetworkPolicies in input order.
     pub policies: Vec<NetworkPolicy>,
+    /// Pods as read (one per namespace and name).
+    pub pods: Vec<Pod>,
+    /// Pod controllers as read (one per namespace, kind and name).
+    pub controllers: Vec<Controller>,
     /// Policy indexes by namespace.
     policies_by_ns: HashMap<String, Vec<usize>>,
 }
@@ -274,10 +278,13 @@ impl Cluster {
                 .or_default()
                 .push(i);
         }
+        drop(by_key);
         Cluster {
             namespaces,
             workloads,
             policies,
+            pods,
+            controllers,
             policies_by_ns,
         }
     }
