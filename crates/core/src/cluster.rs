@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
 use crate::model::{
@@ -134,8 +135,9 @@ fn add_shape<'a>(
 }
 
 /// Keeps the last of the objects that share a key, in input order.
-fn last_copies<T>(items: Vec<T>, key: impl Fn(&T) -> (&str, &str, &str)) -> Vec<T> {
-    let mut last: FxHashMap<(&str, &str, &str), usize> = FxHashMap::default();
+fn last_copies<T: Send>(items: Vec<T>, key: impl Fn(&T) -> (&str, &str, &str)) -> Vec<T> {
+    let mut last: FxHashMap<(&str, &str, &str), usize> =
+        FxHashMap::with_capacity_and_hasher(items.len(), Default::default());
     for (i, item) in items.iter().enumerate() {
         last.insert(key(item), i);
     }
@@ -184,17 +186,26 @@ impl Cluster {
                 Object::NetworkPolicy(p) => policies.push(p),
             }
         }
-        let controllers = last_copies(controllers, |c| {
-            (c.namespace.as_str(), c.kind.as_str(), c.name.as_str())
-        });
-        let pods = last_copies(pods, |p| (p.namespace.as_str(), "", p.name.as_str()));
-        let policies = last_copies(policies, |p| (p.namespace.as_str(), "", p.name.as_str()));
+        let (pods, (controllers, policies)) = rayon::join(
+            || last_copies(pods, |p| (p.namespace.as_str(), "", p.name.as_str())),
+            || {
+                (
+                    last_copies(controllers, |c| {
+                        (c.namespace.as_str(), c.kind.as_str(), c.name.as_str())
+                    }),
+                    last_copies(policies, |p| (p.namespace.as_str(), "", p.name.as_str())),
+                )
+            },
+        );
 
         let by_key: ControllerIndex = controllers
             .iter()
             .map(|c| ((c.namespace.as_str(), c.kind.as_str(), c.name.as_str()), c))
             .collect();
-        let mut groups: FxHashMap<(&str, &str, &str), Group> = FxHashMap::default();
+        let mut groups: FxHashMap<(&str, &str, &str), Group> = FxHashMap::with_capacity_and_hasher(
+            controllers.len() + pods.len() / 4,
+            Default::default(),
+        );
         for c in &controllers {
             let (kind, name) = match &c.owner {
                 Some(o) if !o.kind.is_empty() => top_owner(&by_key, &c.namespace, o),
@@ -210,12 +221,17 @@ impl Cluster {
                 &c.source,
             );
         }
-        for p in &pods {
-            let (kind, name) = match &p.owner {
+        // Owner resolution is independent per pod: done on every core.
+        let owners: Vec<(&str, &str)> = pods
+            .par_iter()
+            .with_min_len(1024)
+            .map(|p| match &p.owner {
                 // Static pods are "owned" by their Node: they are workloads of their own.
                 Some(o) if o.kind != "Node" => top_owner(&by_key, &p.namespace, o),
                 _ => ("Pod", p.name.as_str()),
-            };
+            })
+            .collect();
+        for (p, (kind, name)) in pods.iter().zip(owners) {
             add_shape(
                 &mut groups,
                 (&p.namespace, name, kind),
