@@ -10,7 +10,9 @@
 
 pub mod audit;
 pub mod cluster;
+pub mod imds;
 pub mod manifest;
 pub mod model;
 pub mod netpol;
 pub mod target;
+pub mod token;

@@ -1,0 +1,1 @@
+//! Azure IMDS protocol facts and request rules (work in progress).

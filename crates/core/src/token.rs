@@ -1,0 +1,1 @@
+//! Access-token inspection: claims and fingerprints, never the token (work in progress).

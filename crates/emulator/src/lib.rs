@@ -1,0 +1,1 @@
+//! imdsguard-emulator (work in progress).

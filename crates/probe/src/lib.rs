@@ -1,0 +1,1 @@
+//! imdsguard-probe (work in progress).
