@@ -25,6 +25,13 @@ for s in tenth full; do
     done
 done
 
+# The same objects as one `kind: List` document, as `kubectl get -A -o yaml` writes it.
+list="$data/cluster-full-list.yaml"
+[ -f "$list" ] || awk 'BEGIN{print "apiVersion: v1"; print "items:"; first=1}
+    /^---/{first=1; next}
+    { if (first) { print "- " $0; first=0 } else { print "  " $0 } }
+    END{print "kind: List"; print "metadata:"; print "  resourceVersion: \"\""}' "$data/cluster-full.yaml" > "$list"
+
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/{print $2}') GiB, kernel $(uname -r)"
 ls -l "$data"/cluster-*
 for s in tenth full; do
@@ -36,3 +43,6 @@ for s in tenth full; do
         for _ in 1 2 3; do $cmd --timings >/dev/null; done 2>&1 | sed 's/^/  /'
     done
 done
+cmd="$bin audit -f $list --format json --fail-on never"
+hyperfine --style basic --warmup 2 --runs "$runs" --export-json "$data/hyperfine-full-yaml-list.json" "$cmd >/dev/null" | grep -E 'Time|Range'
+/usr/bin/time -f "  peak RSS: %M KB" $cmd >/dev/null

@@ -439,6 +439,26 @@ fn is_blank_yaml(doc: &str) -> bool {
 
 fn parse_yaml(file: &Arc<str>, text: &str) -> Loaded {
     let docs = split_yaml(text);
+    let mut out = Loaded::default();
+    // Runs of plain documents are parsed in parallel; a `List` document (what
+    // `kubectl get -o yaml` writes) has its items parsed in parallel instead.
+    let mut run_start = 0;
+    for (i, &(line, doc)) in docs.iter().enumerate() {
+        if let Some(list) = split_list_items(line, doc) {
+            out = concat(out, parse_yaml_docs(file, &docs[run_start..i]));
+            run_start = i + 1;
+            match parse_list_items(file, &list) {
+                Some(items) => out.extend(items),
+                // An item that does not parse on its own (an alias to another item's
+                // anchor, a syntax error): read the whole document the general way.
+                None => parse_yaml_doc(file, line, doc, &mut out),
+            }
+        }
+    }
+    concat(out, parse_yaml_docs(file, &docs[run_start..]))
+}
+
+fn parse_yaml_docs(file: &Arc<str>, docs: &[(usize, &str)]) -> Loaded {
     docs.par_iter()
         .with_min_len(16)
         .fold(Loaded::default, |mut acc, &(line, doc)| {
@@ -446,6 +466,107 @@ fn parse_yaml(file: &Arc<str>, text: &str) -> Loaded {
             acc
         })
         .reduce(Loaded::default, concat)
+}
+
+/// A block-style `*List` document cut into its items.
+struct ListItems<'a> {
+    /// Kind and apiVersion for items that do not say their own.
+    defaults: ItemDefaults,
+    /// Each item's first line and text (a one-entry YAML sequence).
+    items: Vec<(usize, &'a str)>,
+}
+
+/// Cuts a block-style list document (`items:` at column 0 followed by `-` entries) into
+/// its entries, each with its own line. `None` when the document is not such a list.
+fn split_list_items(line: usize, doc: &str) -> Option<ListItems<'_>> {
+    if !(doc.starts_with("items:") || memchr::memmem::find(doc.as_bytes(), b"\nitems:").is_some()) {
+        return None;
+    }
+    let mut header = String::new();
+    let mut items: Vec<(usize, usize)> = Vec::new(); // (line, byte offset) of entries
+    let mut in_items = false;
+    let mut block_end = None;
+    let mut dash_indent: Option<usize> = None;
+    let mut offset = 0;
+    for (n, l) in (line..).zip(doc.split_inclusive('\n')) {
+        let start = offset;
+        offset += l.len();
+        let content = l.trim_start_matches(' ');
+        let indent = l.len() - content.len();
+        let body = content.trim_end();
+        if !in_items {
+            if indent == 0 && body == "items:" && items.is_empty() && block_end.is_none() {
+                in_items = true;
+            } else {
+                header.push_str(l);
+            }
+            continue;
+        }
+        if body.is_empty() || body.starts_with('#') {
+            continue;
+        }
+        let is_entry = body == "-" || content.starts_with("- ");
+        match dash_indent {
+            None if is_entry => {
+                dash_indent = Some(indent);
+                items.push((n, start));
+            }
+            Some(d) if indent == d && is_entry => items.push((n, start)),
+            Some(d) if indent > d => {}
+            _ if indent == 0 => {
+                // A top-level key after the items (kubectl writes `kind: List` there).
+                in_items = false;
+                block_end = Some(start);
+                header.push_str(l);
+            }
+            _ => return None,
+        }
+    }
+    if items.is_empty() {
+        return None;
+    }
+    let head: RawHead = serde_norway::from_str(&header).ok()?;
+    let kind = head.kind.map(|k| k.0).unwrap_or_default();
+    if !is_list_kind(&kind) {
+        return None;
+    }
+    let api = head.api_version.map(|a| a.0).unwrap_or_default();
+    let end = block_end.unwrap_or(doc.len());
+    let mut chunks = Vec::with_capacity(items.len());
+    for (i, &(n, start)) in items.iter().enumerate() {
+        let stop = items.get(i + 1).map_or(end, |&(_, s)| s);
+        chunks.push((n, &doc[start..stop]));
+    }
+    Some(ListItems {
+        defaults: list_item_defaults(&kind, &api),
+        items: chunks,
+    })
+}
+
+/// Parses list items in parallel; `None` if any item fails on its own.
+fn parse_list_items(file: &Arc<str>, list: &ListItems<'_>) -> Option<Loaded> {
+    let parts: Vec<Option<Loaded>> = list
+        .items
+        .par_iter()
+        .with_min_len(16)
+        .map(|&(line, chunk)| {
+            let pruned = prune_yaml(chunk);
+            let parsed = pruned
+                .as_deref()
+                .and_then(|p| serde_norway::from_str::<Vec<RawObject>>(p).ok())
+                .or_else(|| serde_norway::from_str::<Vec<RawObject>>(chunk).ok())?;
+            let mut part = Loaded::default();
+            for raw in parsed {
+                convert(file, line, raw, &list.defaults, &mut part);
+            }
+            Some(part)
+        })
+        .collect();
+    let mut out = Loaded::default();
+    for p in parts {
+        out.extend(p?);
+    }
+    Some(out)
 }
 
 /// Joins two results in order (rayon's `reduce` keeps the sequence order).
@@ -1322,7 +1443,7 @@ mod tests {
         let text = "kind: NamespaceList\napiVersion: v1\nitems:\n- metadata: {name: a}\n- metadata: {name: b}\n---\nreplicaCount: 3\n";
         let l = parse("ns.yaml", text);
         assert!(l.errors.is_empty(), "{:?}", l.errors);
-        assert_eq!(kinds(&l), ["Namespace a@1", "Namespace b@1"]);
+        assert_eq!(kinds(&l), ["Namespace a@4", "Namespace b@5"]);
         assert_eq!(l.skipped.get(NOT_KUBERNETES), Some(&1));
         let json = r#"{"kind": "PodList", "apiVersion": "v1", "items": [{"metadata": {"name": "p"}}]}
 [{"src": "a", "dst": "b"}]"#;
@@ -1365,6 +1486,32 @@ mod tests {
             p.template.labels.get("app").map(String::as_str),
             Some("web")
         );
+    }
+
+    #[test]
+    fn yaml_list_items_get_their_own_lines() {
+        // kubectl get -o yaml writes `kind: List` after the items.
+        let text = "apiVersion: v1\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: a\n    namespace: x\n  status:\n    phase: Running\n- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: b\n    namespace: x\nkind: List\nmetadata:\n  resourceVersion: \"\"\n";
+        let l = parse("dump.yaml", text);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        assert_eq!(kinds(&l), ["Pod x/a@3", "Pod x/b@10"]);
+        // Indented entries, a typed list whose items have no kind.
+        let text = "kind: PodList\napiVersion: v1\nitems:\n  - metadata: {name: a}\n  - metadata:\n      name: b\n";
+        let l = parse("pods.yaml", text);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        assert_eq!(kinds(&l), ["Pod default/a@4", "Pod default/b@5"]);
+    }
+
+    #[test]
+    fn yaml_list_with_cross_item_anchor_or_bad_item_falls_back() {
+        let text = "kind: List\napiVersion: v1\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: a\n    labels: &l {app: web}\n- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: b\n    labels: *l\n";
+        let l = parse("anchors.yaml", text);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        assert_eq!(l.objects.len(), 2);
+        let text = "kind: List\napiVersion: v1\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata: {name: ok}\n- apiVersion: apps/v1\n  kind: Deployment\n  metadata: {name: d}\n  spec: {template: 7}\n";
+        let l = parse("bad.yaml", text);
+        assert_eq!(l.objects.len(), 1);
+        assert_eq!(l.errors.len(), 1, "{:?}", l.errors);
     }
 
     #[test]
