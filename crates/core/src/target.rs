@@ -86,7 +86,7 @@ impl Endpoint {
         match self {
             Endpoint::AzureImds => "Azure IMDS",
             Endpoint::AzureWireServer => "Azure WireServer",
-            Endpoint::AzureHostGaPlugin => "Azure WireServer (HostGAPlugin)",
+            Endpoint::AzureHostGaPlugin => "Azure WireServer HostGAPlugin",
             Endpoint::AwsImds => "AWS IMDS",
             Endpoint::GcpMetadata => "GCP metadata",
         }

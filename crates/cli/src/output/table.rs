@@ -6,7 +6,7 @@ use std::io::Write;
 
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{Attribute, Cell, Color, ContentArrangement, Table};
-use imdsguard_core::audit::{Report, Severity, WorkloadReport};
+use imdsguard_core::audit::{Report, Severity, Verdict, WorkloadReport};
 use imdsguard_core::manifest::LoadError;
 use imdsguard_core::target::{Endpoint, Target};
 
@@ -15,11 +15,32 @@ const MAX_TARGET_COLUMNS: usize = 6;
 
 fn header(t: &Target) -> String {
     match t.endpoint() {
-        Some(Endpoint::AzureImds) => "IMDS\n169.254.169.254:80".into(),
-        Some(Endpoint::AzureWireServer) => "WireServer\n168.63.129.16:80".into(),
-        Some(Endpoint::AzureHostGaPlugin) => "WireServer\n168.63.129.16:32526".into(),
+        Some(Endpoint::AzureImds) => "IMDS\n:80".into(),
+        Some(Endpoint::AzureWireServer) => "WireServer\n:80".into(),
+        Some(Endpoint::AzureHostGaPlugin) => "WireServer\n:32526".into(),
         Some(e) => format!("{}\n{t}", e.label()),
         None => t.to_string(),
+    }
+}
+
+/// A short reason for the table, from the verdict's fields (the JSON has the full one).
+fn short_reason(v: &Verdict, host_network: bool) -> String {
+    let list = |xs: &[String]| xs.join(", ");
+    match (v.policy_allowed, v.reachable) {
+        (true, _) if !v.rules.is_empty() => format!("allowed by {}", list(&v.rules)),
+        (true, _) if v.policies.is_empty() => "no egress policy selects it".into(),
+        (true, _) => format!(
+            "only Ingress-type policies select it ({})",
+            list(&v.policies)
+        ),
+        (false, true) if host_network => {
+            format!(
+                "hostNetwork: policy does not apply (would deny: {})",
+                list(&v.policies)
+            )
+        }
+        (false, true) => format!("no policy engine (would deny: {})", list(&v.policies)),
+        (false, false) => format!("denied: isolated by {}", list(&v.policies)),
     }
 }
 
@@ -65,15 +86,16 @@ fn verdict_cell(reachable: bool, policy_allowed: bool, host_network: bool, color
 
 /// The reasons of a workload's verdicts, once each, labelled by target when they differ.
 fn reasons(w: &WorkloadReport) -> String {
-    let mut distinct: Vec<(&str, Vec<String>)> = Vec::new();
+    let mut distinct: Vec<(String, Vec<String>)> = Vec::new();
     for v in &w.verdicts {
-        match distinct.iter_mut().find(|(r, _)| *r == v.reason) {
+        let r = short_reason(v, w.host_network);
+        match distinct.iter_mut().find(|(x, _)| *x == r) {
             Some((_, ts)) => ts.push(v.target.to_string()),
-            None => distinct.push((&v.reason, vec![v.target.to_string()])),
+            None => distinct.push((r, vec![v.target.to_string()])),
         }
     }
     if distinct.len() == 1 {
-        return distinct[0].0.to_string();
+        return distinct.swap_remove(0).0;
     }
     distinct
         .iter()
@@ -93,9 +115,25 @@ pub fn write(
     let s = &report.summary;
     writeln!(
         out,
-        "imdsguard audit: {} workloads ({} pods) in {} namespaces, {} NetworkPolicies",
-        s.workloads, s.pods, s.namespaces, s.network_policies
+        "imdsguard audit: {} workloads in {} namespaces ({} Pod object(s) read), {} NetworkPolicies",
+        s.workloads, s.namespaces, s.pods, s.network_policies
     )?;
+    for c in &s.reachable {
+        let name = c
+            .target
+            .endpoint()
+            .map(|e| format!(" ({})", e.label()))
+            .unwrap_or_default();
+        let line = format!(
+            "{} of {} workloads reach {}{name}",
+            c.workloads, s.workloads, c.target
+        );
+        if color && c.workloads > 0 {
+            writeln!(out, "\x1b[1;31m{line}\x1b[0m")?;
+        } else {
+            writeln!(out, "{line}")?;
+        }
+    }
     let per_target = report.targets.len() <= MAX_TARGET_COLUMNS;
 
     let mut by_ns: BTreeMap<&str, Vec<&WorkloadReport>> = BTreeMap::new();
