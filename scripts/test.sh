@@ -10,8 +10,12 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n== %s\n' "$*"; }
 
+# python3: the conformance checker and the probe's fake IMDS; ip and unshare: the
+# network namespaces that tests running probe/emulator are confined to.
 need_apt=()
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
 if [ ${#need_apt[@]} -gt 0 ]; then
     log "installing ${need_apt[*]}"
     if [ "$(id -u)" = 0 ]; then

@@ -29,12 +29,24 @@ struct Cli {
 enum Command {
     /// Which workloads can reach each metadata endpoint, and exactly why.
     Audit(audit_cmd::AuditArgs),
+    /// Walk the attacker's path from here (run it in a pod): instance data, identities,
+    /// tokens, WireServer; never prints a token.
+    Probe(imdsguard_probe::ProbeArgs),
+    /// A faithful Azure IMDS (and WireServer) emulator for tests and demos; listens on
+    /// loopback by default.
+    Emulate(imdsguard_emulator::EmulateArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Audit(args) => audit_cmd::run(args),
+        Command::Emulate(args) => imdsguard_emulator::run(args)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(anyhow::Error::from),
+        Command::Probe(args) => imdsguard_probe::run(args)
+            .map(Into::into)
+            .map_err(anyhow::Error::from),
     };
     match result {
         Ok(code) => code,

@@ -4,7 +4,10 @@
 //! - [`cluster`] groups pods into workloads and indexes policies by namespace;
 //! - [`netpol`] decides NetworkPolicy egress toward external targets and explains why;
 //! - [`target`] parses targets and holds the built-in metadata endpoint sets;
-//! - [`audit`] turns all of it into verdicts and findings.
+//! - [`audit`] turns all of it into verdicts and findings;
+//! - [`imds`] holds Azure IMDS's protocol rules (endpoints, versions, request validation,
+//!   error bodies), shared by the emulator, the probe and the filtering proxy;
+//! - [`token`] inspects access tokens (claims, fingerprint) without ever keeping one.
 //!
 //! Nothing here does IO: callers read files and print reports.
 
