@@ -245,3 +245,38 @@ fn a_stopped_emulator_is_blocked_refused() {
     assert_eq!(classes(&r, "tcp-connect"), ["blocked-refused"]);
     assert_eq!(out.status.code(), Some(0));
 }
+
+#[test]
+fn an_emulator_slower_than_the_timeout_is_blocked_timeout() {
+    // --delay 3000 ms against the probe's 2 s request timeout.
+    let Some(run) = run("slow", "--delay 3000", "--endpoint http://127.0.0.1:8169") else {
+        return;
+    };
+    let r = run.json();
+    assert_eq!(
+        classes(&r, "instance"),
+        ["blocked-timeout"],
+        "{}",
+        run.stdout
+    );
+    assert_eq!(run.code, 0);
+}
+
+#[test]
+fn dropped_connections_are_blocked_refused() {
+    let Some(run) = run(
+        "dropped",
+        "--drop-rate 1.0",
+        "--endpoint http://127.0.0.1:8169",
+    ) else {
+        return;
+    };
+    let r = run.json();
+    assert_eq!(
+        classes(&r, "instance"),
+        ["blocked-refused"],
+        "{}",
+        run.stdout
+    );
+    assert_eq!(run.code, 0);
+}
