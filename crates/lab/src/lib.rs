@@ -1,0 +1,1 @@
+//! imdsguard-lab (work in progress).

@@ -1,0 +1,1 @@
+//! imdsguard-node (work in progress).

@@ -1,0 +1,1 @@
+//! imdsguard-proxy (work in progress).
