@@ -1,19 +1,37 @@
 //! Fake managed-identity access tokens: JWT-shaped (`header.claims.signature`, base64url)
 //! with the claims Entra ID puts in them, signed with random bytes.
 
+use std::fmt;
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use imdsguard_core::token::fingerprint;
 use serde_json::{Value, json};
 
 use crate::config::Identity;
 use crate::rng::Rng;
 
 /// What a minted token says.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Minted {
     pub(crate) token: String,
     pub(crate) not_before: u64,
     pub(crate) expires_on: u64,
+}
+
+/// Shows the token's fingerprint, never the token (fake as it is, it must not be
+/// printed: a log line with a token in it is a bad habit to test against).
+impl fmt::Debug for Minted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Minted")
+            .field(
+                "token",
+                &format_args!("<sha256:{}>", fingerprint(&self.token)),
+            )
+            .field("not_before", &self.not_before)
+            .field("expires_on", &self.expires_on)
+            .finish()
+    }
 }
 
 /// Mints a token for `identity`, audience `resource`, issued at `now` (epoch seconds).
@@ -98,5 +116,11 @@ mod tests {
         assert_eq!(claims["exp"], 1_003_600);
         assert_eq!(m.expires_on, 1_003_600);
         assert_eq!(URL_SAFE_NO_PAD.decode(parts[2]).unwrap().len(), 256);
+        let debug = format!("{m:?}");
+        assert!(
+            !debug.contains(&m.token) && !debug.contains(parts[2]),
+            "{debug}"
+        );
+        assert!(debug.contains(&fingerprint(&m.token)), "{debug}");
     }
 }

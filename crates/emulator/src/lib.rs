@@ -170,11 +170,15 @@ impl Options {
             ));
         }
         let t = &self.throttle;
+        // `!(r > 0.0)` also refuses NaN; an infinite rate would never throttle.
+        let bad_rate = |r: f64| !(r > 0.0 && r.is_finite());
         if t.enabled
-            && (t.general_per_sec <= 0.0 || t.identity_per_sec <= 0.0 || t.identity_concurrent == 0)
+            && (bad_rate(t.general_per_sec)
+                || bad_rate(t.identity_per_sec)
+                || t.identity_concurrent == 0)
         {
             return Err(EmulatorError::Option(
-                "throttle rates and concurrency must be positive".into(),
+                "throttle rates must be positive numbers and concurrency at least 1".into(),
             ));
         }
         let all = self
@@ -243,18 +247,14 @@ impl Emulator {
         });
         let wire_state = Arc::new(WireState { config });
 
+        let imds = imds_listeners.iter().map(local).collect();
+        let wireserver = wire_listener.as_ref().map(local);
+        let hostgaplugin = hostga_listener.as_ref().map(local);
         let (stop, stop_rx) = watch::channel(false);
         let grace = options.shutdown_grace;
         let mut tasks = JoinSet::new();
-        let mut emulator = Emulator {
-            imds: imds_listeners.iter().map(local).collect(),
-            wireserver: wire_listener.as_ref().map(local),
-            hostgaplugin: hostga_listener.as_ref().map(local),
-            stop,
-            tasks: JoinSet::new(),
-        };
         let mut spawn = |listener: TcpListener, role: Role| {
-            tracing::info!(addr = %local(&listener), listener = role_name(&role), "listening");
+            tracing::info!(addr = %local(&listener), listener = role.name(), "listening");
             tasks.spawn(server::serve(listener, role, stop_rx.clone(), grace));
         };
         for l in imds_listeners {
@@ -266,8 +266,13 @@ impl Emulator {
         if let Some(l) = hostga_listener {
             spawn(l, Role::HostGaPlugin(wire_state));
         }
-        emulator.tasks = tasks;
-        Ok(emulator)
+        Ok(Emulator {
+            imds,
+            wireserver,
+            hostgaplugin,
+            stop,
+            tasks,
+        })
     }
 
     /// The first IMDS listen address (with the real port when `:0` was asked for).
@@ -301,14 +306,6 @@ impl Emulator {
 impl Drop for Emulator {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
-    }
-}
-
-fn role_name(role: &Role) -> &'static str {
-    match role {
-        Role::Imds(_) => "imds",
-        Role::WireServer(_) => "wireserver",
-        Role::HostGaPlugin(_) => "hostgaplugin",
     }
 }
 
@@ -537,6 +534,19 @@ mod tests {
         assert_eq!(o.seed, Some(9));
         assert!(Cli::try_parse_from(["emulate", "--fail-rate", "1.5"]).is_err());
         assert!(Cli::try_parse_from(["emulate", "--fail-status", "42"]).is_err());
+        for rate in ["0", "-1", "NaN", "inf"] {
+            let flag = format!("--identity-rate={rate}");
+            let cli = Cli::try_parse_from(["emulate", flag.as_str()]).unwrap();
+            assert!(
+                matches!(cli.args.options().check(), Err(EmulatorError::Option(_))),
+                "{rate}"
+            );
+        }
+        let cli = Cli::try_parse_from(["emulate", "--no-throttle", "--instance-rate", "NaN"]);
+        assert!(
+            cli.unwrap().args.options().check().is_ok(),
+            "unused when off"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use imdsguard_core::imds::Endpoint;
+use imdsguard_core::token::redact_jwts;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -44,7 +45,8 @@ pub(crate) enum Role {
 }
 
 impl Role {
-    fn name(&self) -> &'static str {
+    /// The listener's name in logs.
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Role::Imds(_) => "imds",
             Role::WireServer(_) => "wireserver",
@@ -60,10 +62,13 @@ impl Role {
         let start = Instant::now();
         let method = req.method().clone();
         // The path only: the query may name identities, and bodies may hold tokens;
-        // neither is logged.
-        let path = req.uri().path().to_string();
+        // neither is logged. Whatever a client puts in the path, a JWT is not logged.
+        let path = redact_jwts(req.uri().path());
         let (endpoint, result) = match self {
-            Role::Imds(state) => (Endpoint::classify(&path).as_str(), state.handle(req).await),
+            Role::Imds(state) => (
+                Endpoint::classify(req.uri().path()).as_str(),
+                state.handle(req).await,
+            ),
             Role::WireServer(state) => ("wireserver", Ok(state.wireserver(&req))),
             Role::HostGaPlugin(state) => ("hostgaplugin", Ok(state.host_ga_plugin(&req))),
         };

@@ -411,3 +411,31 @@ fn one_log_line_per_request_without_tokens() {
     }
     assert!(!log.contains("client_id="), "queries are not logged");
 }
+
+#[test]
+fn a_jwt_in_the_path_is_not_logged() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // A client may put anything in the path, a bearer token too.
+    let jwt = "eyJhbGciOiJub25lIn0.eyJhcHBpZCI6ImEifQ.c2lnbmF0dXJlLWJ5dGVz";
+    rt.block_on(async {
+        let e = start_default().await;
+        let r = get(e.local_addr(), &format!("/metadata/{jwt}?{V}")).await;
+        assert_eq!(r.status, 404);
+        e.shutdown().await;
+    });
+    let log = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(log.contains("path=/metadata/<token sha256:"), "{log}");
+    for part in jwt.split('.') {
+        assert!(!log.contains(part), "{log}");
+    }
+}

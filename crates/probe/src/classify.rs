@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use imdsguard_core::token::{IMDSGUARD_DENY_ERROR, TokenSummary, redact_jwts};
+use imdsguard_core::token::{IMDSGUARD_DENY_ERROR, TokenSummary, fingerprint, redact_jwts};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -30,6 +30,10 @@ pub enum Class {
     TokenObtained,
     /// The token endpoint answered "Identity not found".
     IdentityNotFound,
+    /// The token endpoint answered that the VM has several user-assigned identities and
+    /// the request named none (HTTP 400 "Multiple user assigned identities exist"): the
+    /// endpoint is open, a token needs an identity selector. Not sensitive by itself.
+    IdentityRequired,
     /// HTTP 429: throttled.
     Throttled,
     /// Anything else: an unexpected status or a failure, with the status and reason.
@@ -52,6 +56,7 @@ impl Class {
             Class::Exposed => "exposed",
             Class::TokenObtained => "token-obtained",
             Class::IdentityNotFound => "identity-not-found",
+            Class::IdentityRequired => "identity-required",
             Class::Throttled => "throttled",
             Class::Error => "error",
             Class::NotChecked => "not-checked",
@@ -239,10 +244,21 @@ pub(crate) fn token(result: &Result<Response, Failure>) -> Outcome {
             // The body is not quoted: it may hold a token in some other shape.
             Err(e) => Outcome::new(Class::Error, format!("HTTP 200 but {e}")),
         },
-        400 if identity_not_found(&response.body) => Outcome::new(
+        400 if error_text_contains(&response.body, "identity not found") => Outcome::new(
             Class::IdentityNotFound,
             format!("no such identity on this VM ({})", summary(&response.body)),
         ),
+        400 if error_text_contains(&response.body, "multiple user assigned identities") => {
+            Outcome::new(
+                Class::IdentityRequired,
+                format!(
+                    "the token endpoint answers, but the VM has several user-assigned \
+                     identities and none was named: a token needs client_id, object_id or \
+                     msi_res_id ({})",
+                    summary(&response.body)
+                ),
+            )
+        }
         _ => unexpected(response),
     }
 }
@@ -345,11 +361,13 @@ pub(crate) fn denial(body: &[u8]) -> Option<Denial> {
     })
 }
 
-fn identity_not_found(body: &[u8]) -> bool {
+/// Whether an error body says `needle` (lower case): in `error_description` or `error`
+/// of IMDS-style JSON, else anywhere in the text.
+fn error_text_contains(body: &[u8], needle: &str) -> bool {
     let Ok(value) = serde_json::from_slice::<Value>(body) else {
         return String::from_utf8_lossy(body)
             .to_ascii_lowercase()
-            .contains("identity not found");
+            .contains(needle);
     };
     let text = |key: &str| {
         value
@@ -358,17 +376,17 @@ fn identity_not_found(body: &[u8]) -> bool {
             .unwrap_or("")
             .to_ascii_lowercase()
     };
-    text("error_description").contains("identity not found")
-        || text("error").contains("identity not found")
+    text("error_description").contains(needle) || text("error").contains(needle)
 }
 
 /// A short, safe rendering of an error body: `error: error_description` when the body
-/// is IMDS-style JSON, else its first characters; anything JWT-shaped is redacted.
+/// is IMDS-style JSON, else its first characters; anything JWT-shaped is redacted, and so
+/// is the value of any JSON field named `…token` (an opaque `access_token` is no JWT).
 pub(crate) fn summary(body: &[u8]) -> String {
     if body.is_empty() {
         return "empty body".to_owned();
     }
-    if let Ok(value) = serde_json::from_slice::<Value>(body) {
+    if let Ok(mut value) = serde_json::from_slice::<Value>(body) {
         let get = |key: &str| {
             value
                 .get(key)
@@ -380,10 +398,41 @@ pub(crate) fn summary(body: &[u8]) -> String {
             (Some(e), None) => return clip(&redact_jwts(e), 240),
             _ => {}
         }
+        if mask_token_fields(&mut value) {
+            return clip(&redact_jwts(&value.to_string()), 160);
+        }
     }
     let text = String::from_utf8_lossy(body);
     let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     clip(&redact_jwts(&flat), 160)
+}
+
+/// Replaces the string value of every field whose name ends in `token` (any case:
+/// `access_token`, `refresh_token`, `accessToken`) by its fingerprint; whether any was.
+fn mask_token_fields(value: &mut Value) -> bool {
+    let mut masked = false;
+    match value {
+        Value::Object(map) => {
+            for (key, field) in map.iter_mut() {
+                match field {
+                    Value::String(s)
+                        if !s.is_empty() && key.to_ascii_lowercase().ends_with("token") =>
+                    {
+                        *s = format!("<token sha256:{}>", fingerprint(s));
+                        masked = true;
+                    }
+                    other => masked |= mask_token_fields(other),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                masked |= mask_token_fields(item);
+            }
+        }
+        _ => {}
+    }
+    masked
 }
 
 fn clip(text: &str, max: usize) -> String {
@@ -579,6 +628,23 @@ mod tests {
         assert!(quoted.detail.contains("<token sha256:"));
         let raw = token(&answer(502, &format!("upstream said {token_text}")));
         assert!(!raw.detail.contains(&token_text));
+        // An opaque (not JWT-shaped) token in an unexpected answer is not quoted either.
+        let opaque = token(&answer(
+            201,
+            r#"{"access_token":"opaque-secret-value","token_type":"Bearer"}"#,
+        ));
+        assert_eq!(opaque.class, Some(Class::Error));
+        assert!(
+            !opaque.detail.contains("opaque-secret-value"),
+            "{}",
+            opaque.detail
+        );
+        assert!(
+            opaque.detail.contains("<token sha256:"),
+            "{}",
+            opaque.detail
+        );
+        assert!(opaque.detail.contains("Bearer"), "{}", opaque.detail);
     }
 
     #[test]
@@ -588,6 +654,29 @@ mod tests {
             token(&answer(400, body)).class,
             Some(Class::IdentityNotFound)
         );
+        // Several user-assigned identities and no selector: open, but needs an identity.
+        let body = r#"{"error":"invalid_request","error_description":"Multiple user assigned identities exist, please specify the clientId / resourceId of the identity in the token request"}"#;
+        let outcome = token(&answer(400, body));
+        assert_eq!(outcome.class, Some(Class::IdentityRequired));
+        assert!(!outcome.class.unwrap().is_sensitive());
+        assert!(
+            outcome.detail.contains("needs client_id"),
+            "{}",
+            outcome.detail
+        );
+        assert!(
+            outcome
+                .detail
+                .contains("invalid_request: Multiple user assigned identities exist"),
+            "{}",
+            outcome.detail
+        );
+        assert_eq!(
+            token(&answer(400, "Multiple user assigned identities exist")).class,
+            Some(Class::IdentityRequired)
+        );
+        // Only a 400 means that.
+        assert_eq!(token(&answer(500, body)).class, Some(Class::Error));
         let body = r#"{"error":"invalid_resource","error_description":"AADSTS500011: resource not found"}"#;
         let outcome = token(&answer(400, body));
         assert_eq!(outcome.class, Some(Class::Error));

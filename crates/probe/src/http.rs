@@ -7,6 +7,7 @@
 //! `X-Forwarded-For`.
 
 use std::error::Error as _;
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -41,10 +42,31 @@ pub(crate) enum Failure {
 }
 
 /// An HTTP answer.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Response {
     pub status: u16,
     pub body: Bytes,
+}
+
+/// The body of a token answer is the token: Debug shows its length and fingerprint only.
+impl fmt::Debug for Response {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Response")
+            .field("status", &self.status)
+            .field(
+                "body",
+                &format_args!(
+                    "<{} bytes, sha256:{}>",
+                    self.body.len(),
+                    fingerprint_bytes(&self.body)
+                ),
+            )
+            .finish()
+    }
+}
+
+fn fingerprint_bytes(body: &[u8]) -> String {
+    imdsguard_core::token::fingerprint(&String::from_utf8_lossy(body))
 }
 
 /// A request's outcome and how long it took.
@@ -148,6 +170,13 @@ async fn exchange(
 async fn connect(endpoint: &Endpoint, connect_timeout: Duration) -> Result<TcpStream, Failure> {
     let attempt = async {
         let addr = resolve(endpoint).await?;
+        // The crate's unit tests never leave loopback (the black-box tests run the
+        // binary, built without cfg(test), inside an isolated network namespace).
+        #[cfg(test)]
+        assert!(
+            addr.ip().is_loopback(),
+            "a unit test tried to connect to {addr}"
+        );
         TcpStream::connect(addr).await.map_err(|e| io_failure(&e))
     };
     match tokio::time::timeout(connect_timeout, attempt).await {
@@ -200,6 +229,36 @@ fn hyper_failure(e: hyper::Error) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[should_panic(expected = "a unit test tried to connect to 192.0.2.1:80")]
+    fn unit_tests_cannot_leave_loopback() {
+        // 192.0.2.1 is TEST-NET-1; the guard fires before any packet is sent.
+        let endpoint = Endpoint::parse("http://192.0.2.1").unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(connect(&endpoint, Duration::from_secs(1)))
+            .ok();
+    }
+
+    #[test]
+    fn debug_never_shows_a_body() {
+        let exchange = Exchange {
+            result: Ok(Response {
+                status: 200,
+                body: Bytes::from_static(br#"{"access_token":"secret-token-value"}"#),
+            }),
+            latency: Duration::from_millis(1),
+        };
+        let shown = format!("{exchange:?}");
+        assert!(!shown.contains("secret-token-value"), "{shown}");
+        assert!(
+            shown.contains("status: 200") && shown.contains("37 bytes"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn io_errors_are_told_apart() {

@@ -440,6 +440,7 @@ mod tests {
             (StepName::Instance, Class::BlockedByImdsguard),
             (StepName::Token, Class::Throttled),
             (StepName::Token, Class::IdentityNotFound),
+            (StepName::Token, Class::IdentityRequired),
             (StepName::Token, Class::Error),
             (StepName::WireserverGoalstate, Class::NotChecked),
         ]);
@@ -451,6 +452,8 @@ mod tests {
                 .contains("Not conclusive: 1 error, 1 throttled, 1 not-checked")
         );
         assert_eq!(clean.summary.counts["throttled"], 1);
+        // An answer asking for an identity selector is an answer, not an error.
+        assert_eq!(clean.summary.counts["identity-required"], 1);
 
         for (name, class) in [
             (StepName::Instance, Class::Exposed),

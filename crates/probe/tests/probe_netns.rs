@@ -3,10 +3,10 @@
 //! namespace of their own that holds only loopback, so that a slip in the probe cannot
 //! send anything to a real metadata address (or anywhere else).
 //!
-//! The namespace comes from `unshare --net --map-root-user` (rootless), or `unshare
-//! --net` as root. Each run's script first checks that it sees no interface but `lo`
-//! and refuses to go on otherwise. When no namespace can be made the tests skip (and
-//! say why), except under `CI=true`, where they fail.
+//! The namespace comes from [`imdsguard_testkit::Netns`], which checks that each run sees
+//! no interface but `lo` and is not in the test's namespace before starting anything.
+//! When no namespace can be made, or python3 (the fake IMDS) is missing, the tests skip
+//! (and say why), except under `CI=true`, where they fail.
 //!
 //! No test runs the probe against its default endpoint: every run names `--endpoint`.
 
@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use imdsguard_testkit::Netns;
 use serde_json::Value;
 
 const PROBE: &str = env!("CARGO_BIN_EXE_imdsguard-probe");
@@ -29,6 +30,7 @@ const HANGING: &str = "http://127.0.0.1:18082";
 const FULL_BACKLOG: &str = "http://127.0.0.1:18083";
 const CLOSED: &str = "http://127.0.0.1:18084";
 const RESETTING: &str = "http://127.0.0.1:18085";
+const SEVERAL_IDENTITIES: &str = "http://127.0.0.1:18086";
 const WIRESERVER: &str = "http://127.0.0.1:18090";
 const HOSTGAPLUGIN: &str = "http://127.0.0.1:18091";
 
@@ -37,65 +39,41 @@ const UNKNOWN: &str = "99999999-0000-4000-8000-000000000009";
 const MIRID: &str = "/subscriptions/00000000-1111-4222-8333-444444444444/resourcegroups/MC_rg-prod_aks-prod_westeurope/providers/Microsoft.ManagedIdentity/userAssignedIdentities/aks-prod-agentpool";
 
 // ---------------------------------------------------------------------------------------
-// The network namespace
+// What a run needs: an isolated namespace and python3
 
-/// The `unshare` arguments that give an isolated namespace here, or why there is none.
-fn namespace() -> &'static Result<Vec<&'static str>, String> {
-    static NAMESPACE: OnceLock<Result<Vec<&'static str>, String>> = OnceLock::new();
-    NAMESPACE.get_or_init(|| {
-        let check = r#"ip link set lo up || exit 3
-            [ "$(grep -c : /proc/net/dev)" -eq 1 ] || exit 4
-            [ "$(readlink /proc/self/ns/net)" != "$HOST_NETNS" ] || exit 4
-            command -v python3 >/dev/null || exit 5
-            echo netns-ok"#;
-        let mut reasons = Vec::new();
-        for args in [vec!["--net", "--map-root-user"], vec!["--net"]] {
-            match Command::new("unshare")
-                .args(&args)
-                .args(["sh", "-c", check])
-                .env("HOST_NETNS", host_netns())
-                .output()
-            {
-                Ok(out) if String::from_utf8_lossy(&out.stdout).contains("netns-ok") => {
-                    return Ok(args);
-                }
-                Ok(out) => reasons.push(format!(
-                    "`unshare {}`: {}{}",
-                    args.join(" "),
-                    match out.status.code() {
-                        Some(3) => "cannot bring lo up (is `ip` installed?) ".to_owned(),
-                        Some(4) => "the namespace is not isolated ".to_owned(),
-                        Some(5) => "python3 is missing ".to_owned(),
-                        _ => String::new(),
-                    },
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )),
-                Err(e) => reasons.push(format!("cannot run unshare: {e}")),
-            }
-        }
-        Err(reasons.join("; "))
+/// Why python3 cannot run the fake IMDS here, if it cannot.
+fn python3_missing() -> &'static Option<String> {
+    static MISSING: OnceLock<Option<String>> = OnceLock::new();
+    MISSING.get_or_init(|| match Command::new("python3").arg("--version").output() {
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(format!(
+            "`python3 --version` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Some(format!("cannot run python3: {e}")),
     })
 }
 
-/// This process's network namespace (`net:[INODE]`); a run must be in another one.
-fn host_netns() -> String {
-    std::fs::read_link("/proc/self/ns/net")
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "unknown".to_owned())
-}
-
-/// The namespace, or `None` after saying why the test is skipped (outside CI only).
-fn namespace_or_skip(test: &str) -> Option<&'static [&'static str]> {
-    match namespace() {
-        Ok(args) => Some(args),
-        Err(why) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{test}: no isolated network namespace under CI=true: {why}")
+/// The isolated namespace, or `None` after saying why the test is skipped: no namespace
+/// (see [`Netns::or_skip`]) or no python3 for the fake IMDS. Both fail under `CI=true`.
+fn namespace_or_skip(test: &str) -> Option<&'static Netns> {
+    let netns = Netns::or_skip(test)?;
+    match python3_missing() {
+        None => Some(netns),
+        Some(why) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("{test}: python3 (the fake IMDS) is missing under CI=true: {why}")
         }
-        Err(why) => {
-            eprintln!("{test}: skipped: no isolated network namespace: {why}");
+        Some(why) => {
+            eprintln!("{test}: skipped: python3 (the fake IMDS) is missing: {why}");
             None
         }
     }
+}
+
+/// `text` as one shell word.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -139,10 +117,10 @@ impl Drop for Scratch {
     }
 }
 
+/// Runs in the namespace (after [`Netns`]'s isolation check), with the probe's arguments
+/// as `$@`: starts the fake IMDS, waits until it listens, runs the probe.
 const SCRIPT: &str = r#"
-ip link set lo up 2>/dev/null || { echo "netns: cannot bring lo up" >&2; exit 97; }
-[ "$(grep -c : /proc/net/dev)" -eq 1 ] || { echo "netns: more than loopback here, refusing" >&2; exit 98; }
-[ "$(readlink /proc/self/ns/net)" != "$HOST_NETNS" ] || { echo "netns: still in the host namespace, refusing" >&2; exit 98; }
+unset http_proxy HTTP_PROXY no_proxy NO_PROXY
 python3 "$FAKE" "$SCRATCH" >"$SCRATCH/fake.log" 2>&1 &
 fake=$!
 i=0
@@ -168,22 +146,20 @@ fn probe(test: &str, token: &str, args: &[&str]) -> Option<Run> {
         args.contains(&"--endpoint"),
         "every test names --endpoint: the default one is never probed"
     );
-    let namespace = namespace_or_skip(test)?;
+    let netns = namespace_or_skip(test)?;
     let scratch = Scratch::new();
+    let quoted: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
+    let script = format!("set -- {}\n{SCRIPT}", quoted.join(" "));
     let start = Instant::now();
-    let out = Command::new("unshare")
-        .args(namespace)
-        .args(["sh", "-c", SCRIPT, "sh"])
-        .args(args)
-        .env("FAKE", FAKE)
-        .env("PROBE", PROBE)
-        .env("SCRATCH", &scratch.0)
-        .env("FAKE_IMDS_TOKEN", token)
-        .env("HOST_NETNS", host_netns())
-        .env_remove("http_proxy")
-        .env_remove("HTTP_PROXY")
-        .output()
-        .expect("unshare runs");
+    let out = netns.run(
+        &script,
+        &[
+            ("FAKE", FAKE),
+            ("PROBE", PROBE),
+            ("SCRATCH", &scratch.0.display().to_string()),
+            ("FAKE_IMDS_TOKEN", token),
+        ],
+    );
     let elapsed = start.elapsed();
     let run = Run {
         code: out.status.code().unwrap_or(-1),
@@ -194,7 +170,8 @@ fn probe(test: &str, token: &str, args: &[&str]) -> Option<Run> {
     };
     assert!(
         matches!(run.code, 0..=2),
-        "{test}: the run failed (status {}):\nstdout:\n{}\nstderr:\n{}",
+        "{test}: the run failed (status {}; 3 or 4: the namespace check refused, nothing \
+         was started; 96: the fake IMDS did not start; 124: the probe hung):\nstdout:\n{}\nstderr:\n{}",
         run.code,
         run.stdout,
         run.stderr
@@ -499,6 +476,39 @@ fn an_open_endpoint_reads_well_as_text() {
         );
     }
     assert!(run.stderr.is_empty(), "{}", run.stderr);
+}
+
+#[test]
+fn several_identities_without_selector_is_identity_required_not_an_error() {
+    let Some(run) = probe(
+        "identity_required",
+        &token(),
+        &["--endpoint", SEVERAL_IDENTITIES, "--format", "json"],
+    ) else {
+        return;
+    };
+    assert_eq!(run.code, 1, "the kubelet identity's token is reachable");
+    let report = run.json();
+    for resource in ["https://management.azure.com/", "https://vault.azure.net"] {
+        let default = token_step(&report, None, resource);
+        assert_eq!(default["class"], "identity-required", "{default}");
+        assert_eq!(default["http_status"], 400);
+        let detail = default["detail"].as_str().unwrap();
+        assert!(detail.contains("needs client_id"), "{detail}");
+        assert!(
+            detail.contains("invalid_request: Multiple user assigned identities exist"),
+            "{detail}"
+        );
+    }
+    let kubelet = token_step(&report, Some(KUBELET), "https://management.azure.com/");
+    assert_eq!(kubelet["class"], "token-obtained", "{kubelet}");
+    let counts = &report["summary"]["counts"];
+    assert_eq!(counts["identity-required"], 2);
+    assert!(counts.get("error").is_none(), "{counts}");
+    // The requests without selector went out as documented.
+    assert!(run.requests.iter().any(|r| r["port"] == 18086
+        && r["path"]
+            == "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F"));
 }
 
 #[test]

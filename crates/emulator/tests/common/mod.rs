@@ -38,11 +38,24 @@ pub async fn start_default() -> Emulator {
     start(Config::default_aks(), options()).await
 }
 
-#[derive(Debug)]
 pub struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+}
+
+/// A token answer's body holds a token: Debug shows the body with JWTs redacted.
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reply")
+            .field("status", &self.status)
+            .field("headers", &self.headers)
+            .field(
+                "body",
+                &imdsguard_core::token::redact_jwts(&String::from_utf8_lossy(&self.body)),
+            )
+            .finish()
+    }
 }
 
 impl Reply {

@@ -12,6 +12,9 @@ their own (only loopback), next to the probe. One port per behaviour:
   18083  a listener whose accept queue is full: connections time out
   18084  nothing listens: connections are refused
   18085  resets every connection once the request arrives
+  18086  an open IMDS on a VM with several user-assigned identities and no system-assigned
+         one: as 18080, but a token request without identity selector gets 400
+         "Multiple user assigned identities exist"
   18090  WireServer: goal state XML (needs `x-ms-version`)
   18091  HostGAPlugin: vmSettings JSON
 
@@ -34,6 +37,8 @@ DIR = sys.argv[1]
 TOKEN = os.environ.get("FAKE_IMDS_TOKEN", "opaque-token")
 KUBELET = "aaaaaaaa-0000-4000-8000-000000000001"
 LOG_LOCK = threading.Lock()
+MULTIPLE = ("Multiple user assigned identities exist, please specify the clientId / "
+            "resourceId of the identity in the token request")
 
 INSTANCE = {
     "compute": {
@@ -122,7 +127,7 @@ def handler_for(port):
                 return self.send(200, GOALSTATE, "text/xml")
             if port == 18091:
                 return self.send(200, VMSETTINGS)
-            # 18080: an open IMDS.
+            # 18080 and 18086: an open IMDS.
             if self.headers.get("Metadata") != "true":
                 return self.send(400, {"error": "Bad request. Required metadata header not specified"})
             if self.headers.get("X-Forwarded-For") is not None:
@@ -136,6 +141,9 @@ def handler_for(port):
                 client_id = query.get("client_id", [None])[0]
                 if not resource:
                     return self.send(400, {"error": "invalid_resource", "error_description": "no resource"})
+                selectors = ("client_id", "object_id", "msi_res_id", "mi_res_id")
+                if port == 18086 and not any(query.get(s, [""])[0] for s in selectors):
+                    return self.send(400, {"error": "invalid_request", "error_description": MULTIPLE})
                 if resource == "https://vault.azure.net":
                     return self.send(429, {"error": "too_many_requests", "error_description": "throttled"})
                 if resource == "https://error.invalid/":
@@ -217,7 +225,7 @@ def reset(port):
 
 
 def main():
-    for port in (18080, 18081, 18090, 18091):
+    for port in (18080, 18081, 18086, 18090, 18091):
         serve_http(port)
     hang(18082)
     keep = full_backlog(18083)
