@@ -296,15 +296,44 @@ pub fn redact_jwts(text: &str) -> String {
 
 /// Formats seconds since the Unix epoch as an RFC 3339 UTC time (`1970-01-01T00:00:00Z`).
 pub fn format_unix_utc(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
+    let t = UtcTime::from_unix(secs);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
     )
+}
+
+/// A UTC calendar time, from Unix seconds, for the formats IMDS, kubectl and reports use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UtcTime {
+    /// Proleptic Gregorian year.
+    pub year: i64,
+    /// 1-12.
+    pub month: u32,
+    /// 1-31.
+    pub day: u32,
+    /// 0-23.
+    pub hour: u32,
+    /// 0-59.
+    pub minute: u32,
+    /// 0-59.
+    pub second: u32,
+}
+
+impl UtcTime {
+    /// The calendar time of `secs` seconds since 1970-01-01T00:00:00Z.
+    pub fn from_unix(secs: i64) -> Self {
+        let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+        let rem = secs.rem_euclid(86_400) as u32;
+        UtcTime {
+            year,
+            month,
+            day,
+            hour: rem / 3600,
+            minute: rem % 3600 / 60,
+            second: rem % 60,
+        }
+    }
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian (year, month, day)

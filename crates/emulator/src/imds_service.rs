@@ -235,23 +235,15 @@ impl ImdsState {
 
 /// `MM/DD/YY HH:MM:SS -0000`, the attested document's time format.
 pub(crate) fn format_date(epoch: u64) -> String {
-    let (days, secs) = (epoch / 86400, epoch % 86400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let t = imdsguard_core::token::UtcTime::from_unix(i64::try_from(epoch).unwrap_or(i64::MAX));
     format!(
-        "{m:02}/{d:02}/{:02} {:02}:{:02}:{:02} -0000",
-        y % 100,
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
+        "{:02}/{:02}/{:02} {:02}:{:02}:{:02} -0000",
+        t.month,
+        t.day,
+        t.year.rem_euclid(100),
+        t.hour,
+        t.minute,
+        t.second
     )
 }
 

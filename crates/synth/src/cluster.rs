@@ -358,23 +358,7 @@ fn split_exact(total: usize, weights: &[u64]) -> Vec<usize> {
 
 /// Formats Unix seconds as RFC 3339 UTC (`2024-01-01T00:00:00Z`).
 pub fn timestamp(secs: i64) -> String {
-    let days = secs.div_euclid(DAY);
-    let sod = secs.rem_euclid(DAY);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
+    imdsguard_core::token::format_unix_utc(secs)
 }
 
 fn unique(names: &mut HashSet<String>, base: &str) -> String {
