@@ -35,6 +35,23 @@ enum Command {
     /// A faithful Azure IMDS (and WireServer) emulator for tests and demos; listens on
     /// loopback by default.
     Emulate(imdsguard_emulator::EmulateArgs),
+    /// The filtering metadata proxy: per pod, per path, per token audience and identity;
+    /// default deny.
+    Proxy(imdsguard_proxy::ProxyArgs),
+    /// Node enforcement (nftables table `inet imdsguard`).
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+    /// A node with pods in network namespaces on this machine: who reaches IMDS before and
+    /// after protection (block, observe, proxy). Needs root or user namespaces.
+    Lab(imdsguard_lab::LabArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum AgentCommand {
+    /// Remove imdsguard's nftables table from this node (pods reach the endpoints again).
+    Uninstall(imdsguard_node::UninstallArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +61,21 @@ fn main() -> ExitCode {
         Command::Emulate(args) => imdsguard_emulator::run(args)
             .map(|()| ExitCode::SUCCESS)
             .map_err(anyhow::Error::from),
+        Command::Proxy(args) => imdsguard_proxy::run(args)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(anyhow::Error::from),
+        Command::Agent {
+            command: AgentCommand::Uninstall(args),
+        } => imdsguard_node::uninstall(args)
+            .map(Into::into)
+            .map_err(anyhow::Error::from),
+        Command::Lab(args) => match imdsguard_lab::run(args) {
+            Ok(exit) => Ok(exit.into()),
+            Err(e) => {
+                eprintln!("imdsguard lab: {e}");
+                return ExitCode::from(e.exit_code());
+            }
+        },
         Command::Probe(args) => imdsguard_probe::run(args)
             .map(Into::into)
             .map_err(anyhow::Error::from),

@@ -11,11 +11,14 @@
 //!
 //! Nothing here does IO: callers read files and print reports.
 
+pub mod access;
 pub mod audit;
+pub mod canon;
 pub mod cluster;
 pub mod imds;
 pub mod manifest;
 pub mod model;
 pub mod netpol;
+pub mod nft;
 pub mod target;
 pub mod token;

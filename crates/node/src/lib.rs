@@ -1,1 +1,92 @@
-//! imdsguard-node (work in progress).
+//! imdsguard-node: enforcement on the node with nftables, and the network-namespace
+//! tooling the lab and the tests build a node from.
+//!
+//! - [`Enforcer`] keeps the `inet imdsguard` table (built as data by
+//!   [`imdsguard_core::nft`]) in place: [`Enforcer::install`] and [`Enforcer::replace`]
+//!   apply the whole table in one `nft -j -f -` transaction (delete-and-recreate of our
+//!   table only, no window) and flush conntrack toward the protected endpoints;
+//!   [`Enforcer::add_allowed`] / [`Enforcer::remove_allowed`] change allow-set elements
+//!   only; [`Enforcer::status`] says whether the table and its rules are in place;
+//!   [`Enforcer::uninstall`] removes the table on purpose. Nothing is removed when the
+//!   process exits: enforcement fails closed.
+//! - [`AgentNftArgs`] are the agent's options, [`UninstallArgs`] / [`uninstall`] are
+//!   `imdsguard agent uninstall`.
+//! - [`netns`] holds network namespaces with child processes (no `ip netns`, works in a
+//!   user namespace) and runs code inside them; [`sandbox`] builds a simulated node
+//!   (pods on veths and a bridge, a cloud namespace holding the metadata addresses).
+//!
+//! See `docs/node.md` for the ruleset and why its hooks are where they are.
+
+mod args;
+mod enforce;
+mod exec;
+pub mod netns;
+pub mod sandbox;
+
+pub use args::{
+    AgentNftArgs, CloudArg, ModeArg, UninstallArgs, UninstallOutcome, parse_allow, uninstall,
+};
+pub use enforce::{
+    ConntrackOutcome, Enforcer, InstallReport, Status, apply, flush_conntrack, read_counters,
+    read_table, status, uninstall_table,
+};
+pub use exec::{Exec, package_of, which};
+
+use imdsguard_core::nft::{NftConfigError, NftParseError};
+
+/// Why the node enforcement could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A tool is not installed.
+    #[error("`{tool}` is not installed (Debian/Ubuntu package {package})")]
+    MissingTool {
+        /// The program.
+        tool: String,
+        /// The package that ships it.
+        package: &'static str,
+    },
+    /// `nft` refused a batch or a listing (not root, no nf_tables, a bad rule).
+    #[error("`{command}` failed ({}): {stderr}", status.map_or("killed".into(), |s| format!("exit {s}")))]
+    Nft {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: Option<i32>,
+        /// What it said.
+        stderr: String,
+    },
+    /// Another command failed.
+    #[error("`{command}` failed ({}): {stderr}", status.map_or("killed".into(), |s| format!("exit {s}")))]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: Option<i32>,
+        /// What it said.
+        stderr: String,
+    },
+    /// The configuration cannot become a ruleset.
+    #[error(transparent)]
+    Config(#[from] NftConfigError),
+    /// `nft`'s answer could not be read.
+    #[error(transparent)]
+    Parse(#[from] NftParseError),
+    /// Bad command-line options.
+    #[error("{0}")]
+    Usage(String),
+    /// A network namespace could not be created or entered.
+    #[error("network namespace: {0}")]
+    Netns(String),
+    /// Refusing to build a sandbox in a namespace that is not isolated.
+    #[error("refusing to change this network namespace: {0}")]
+    NotIsolated(String),
+    /// An IO error.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,1 +1,596 @@
-//! imdsguard-proxy (work in progress).
+//! imdsguard-proxy: the filtering metadata proxy.
+//!
+//! It sits where pods reach Azure IMDS (the node agent redirects `169.254.169.254:80`
+//! to it) and answers each request in this order:
+//!
+//! 1. **canonicalise** the request target and check the headers
+//!    ([`imdsguard_core::canon`]): anything that could be read in two ways (`%2f`, `..`,
+//!    `//`, `\`, `;`, repeated parameters, non-ASCII, oversized) is denied (403);
+//! 2. **validate** it as IMDS would ([`imdsguard_core::imds::validate`]): a missing
+//!    `Metadata: true`, an `X-Forwarded-For`, an unknown path, a bad api-version... get
+//!    IMDS's own error (400/404/405) from the proxy, never from upstream;
+//! 3. **identify** the caller: its source address in the pod index ([`PodIndex`]);
+//!    unknown sources are denied;
+//! 4. **decide** with the access rules ([`AccessRules::evaluate`]): default deny, a 403
+//!    whose JSON body names imdsguard, the rule, the reason and how to get access;
+//! 5. **forward** the canonical request (never the original bytes) to the upstream
+//!    with only `Metadata`, `User-Agent`, `Accept` and `Content-Type`, and for the
+//!    instance document apply the rule's redaction.
+//!
+//! Every request ends in one structured log record (`imdsguard::decision`) and in the
+//! metrics ([`Metrics`]); no token, `Authorization` header or token body is logged.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), imdsguard_proxy::ProxyError> {
+//! use imdsguard_core::access::{AccessRules, PodIndex};
+//! use imdsguard_proxy::{Proxy, ProxyConfig, Upstream};
+//! let mut config = ProxyConfig::new(
+//!     "127.0.0.1:0".parse().unwrap(),
+//!     Upstream::parse("http://127.0.0.1:8169")?,
+//! );
+//! config.rules = Some(AccessRules::parse("rules: []").unwrap());
+//! config.pods = PodIndex::parse("[{ip: 127.0.0.2, namespace: a, name: b}]").unwrap();
+//! let proxy = Proxy::start(config).await?;
+//! println!("proxy at http://{}", proxy.local_addr());
+//! proxy.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod admin;
+mod cli;
+mod handler;
+mod metrics;
+mod server;
+mod upstream;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use imdsguard_core::access::{AccessError, AccessRules, PodIndex};
+use imdsguard_core::canon::{self, Canonicalizer};
+use imdsguard_core::imds::{IMDS_ADDRESS, is_metadata_address};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use cli::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, LogFormat, ProxyArgs, parse_duration, run};
+pub use metrics::Metrics;
+
+/// The upstream when none is given: Azure IMDS.
+pub const DEFAULT_UPSTREAM: &str = "http://169.254.169.254";
+
+/// Why the proxy could not start or reload.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// A listen address is a metadata address and the caller did not allow it.
+    #[error(
+        "refusing to listen on {0}: it is a cloud metadata address; pass --allow-metadata-address only where the proxy owns that address (a lab namespace, a node whose IMDS traffic is redirected)"
+    )]
+    MetadataAddress(SocketAddr),
+    /// Binding a listen address failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A rules or pods file is not valid.
+    #[error("{}: {source}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: AccessError,
+    },
+    /// The upstream URL is not `http://HOST[:PORT]`.
+    #[error("invalid upstream `{url}`: {reason}")]
+    Upstream {
+        /// The URL as given.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An option is out of range.
+    #[error("invalid option: {0}")]
+    Option(String),
+    /// The async runtime could not start.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// The metadata service the proxy forwards to: `http://HOST[:PORT]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    authority: http::uri::Authority,
+}
+
+impl Upstream {
+    /// Reads `http://HOST[:PORT]` (a trailing `/` is accepted; no path, query, user
+    /// information or https).
+    pub fn parse(url: &str) -> Result<Upstream, ProxyError> {
+        let bad = |reason: &str| ProxyError::Upstream {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let uri: http::Uri = url.parse().map_err(|_| bad("not a URL"))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(bad("only http:// is supported (IMDS speaks plain HTTP)"));
+        }
+        let authority = uri.authority().cloned().ok_or_else(|| bad("no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(bad("user information is not supported"));
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(bad("give the base URL only, without a path or query"));
+        }
+        Ok(Upstream { authority })
+    }
+
+    /// `host[:port]`.
+    pub fn authority(&self) -> &str {
+        self.authority.as_str()
+    }
+}
+
+impl Default for Upstream {
+    /// Azure IMDS, `http://169.254.169.254`.
+    fn default() -> Self {
+        Upstream::parse(DEFAULT_UPSTREAM).expect("the default upstream is valid")
+    }
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "http://{}", self.authority)
+    }
+}
+
+/// Every wait the proxy does is bounded by one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Time for a client to send a request's header block; also how long an idle
+    /// keep-alive connection is kept.
+    pub header_read: Duration,
+    /// Time for a client to send a request body (POST only).
+    pub request_body: Duration,
+    /// Time to open a connection to the upstream.
+    pub upstream_connect: Duration,
+    /// Time for the upstream's whole answer, connection included.
+    pub upstream_response: Duration,
+}
+
+impl Default for Timeouts {
+    /// 10 s header read, 5 s body, 2 s upstream connect, 20 s upstream answer (IMDS
+    /// token requests can take seconds when Entra ID is slow).
+    fn default() -> Self {
+        Timeouts {
+            header_read: Duration::from_secs(10),
+            request_body: Duration::from_secs(5),
+            upstream_connect: Duration::from_secs(2),
+            upstream_response: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Size limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Request target and header limits (see [`canon::Limits`]).
+    pub request: canon::Limits,
+    /// Largest request body (scheduled-event approvals are tiny).
+    pub max_request_body: usize,
+    /// Largest upstream answer body.
+    pub max_response_body: usize,
+    /// Most client connections open at once (further ones wait to be accepted).
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    /// [`canon::Limits::default`], 64 KiB request bodies, 4 MiB answers, 1024
+    /// connections.
+    fn default() -> Self {
+        Limits {
+            request: canon::Limits::default(),
+            max_request_body: 64 * 1024,
+            max_response_body: 4 * 1024 * 1024,
+            max_connections: 1024,
+        }
+    }
+}
+
+/// A readiness condition beyond the proxy's own (listening, rules loaded): `Ok` when
+/// ready, else why not. The agent plugs "nft rules are in place" here.
+pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// A value shared by the request path and its owner, replaced whole: readers take a
+/// cheap snapshot (`Arc` clone under a read lock held for nanoseconds), writers swap.
+pub struct Snapshot<T> {
+    cell: Arc<RwLock<Arc<T>>>,
+}
+
+impl<T> Clone for Snapshot<T> {
+    fn clone(&self) -> Self {
+        Snapshot {
+            cell: self.cell.clone(),
+        }
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Snapshot<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Snapshot").field(&self.load()).finish()
+    }
+}
+
+impl<T> Snapshot<T> {
+    /// A snapshot holding `value`.
+    pub fn new(value: T) -> Snapshot<T> {
+        Snapshot {
+            cell: Arc::new(RwLock::new(Arc::new(value))),
+        }
+    }
+
+    /// The current value.
+    pub fn load(&self) -> Arc<T> {
+        match self.cell.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the value; requests already holding the old one finish with it.
+    pub fn store(&self, value: T) {
+        let value = Arc::new(value);
+        match self.cell.write() {
+            Ok(mut g) => *g = value,
+            Err(poisoned) => *poisoned.into_inner() = value,
+        }
+    }
+}
+
+/// Everything the proxy needs to start.
+#[derive(Clone)]
+pub struct ProxyConfig {
+    /// Where pods' requests arrive.
+    pub listen: SocketAddr,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None`: nowhere.
+    pub admin_listen: Option<SocketAddr>,
+    /// Allow listening on a metadata address (169.254.169.254, 168.63.129.16).
+    pub allow_metadata_address: bool,
+    /// The metadata service.
+    pub upstream: Upstream,
+    /// Access rules; `None` until loaded: everything is denied ([`RULE_NO_RULES`](imdsguard_core::access::RULE_NO_RULES))
+    /// and `/readyz` says not ready.
+    pub rules: Option<AccessRules>,
+    /// Callers by source address.
+    pub pods: PodIndex,
+    /// Hosts accepted in absolute-form request targets (`http://HOST/...`).
+    pub absolute_form_hosts: Vec<String>,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Size limits.
+    pub limits: Limits,
+    /// An extra readiness condition.
+    pub ready_check: Option<ReadyCheck>,
+    /// Metrics to record into (share one with the agent); `None`: a new set.
+    pub metrics: Option<Metrics>,
+    /// How long shutdown waits for requests in flight.
+    pub shutdown_grace: Duration,
+}
+
+impl fmt::Debug for ProxyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxyConfig")
+            .field("listen", &self.listen)
+            .field("admin_listen", &self.admin_listen)
+            .field("upstream", &self.upstream)
+            .field("rules", &self.rules.as_ref().map(AccessRules::len))
+            .field("pods", &self.pods.len())
+            .field("timeouts", &self.timeouts)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProxyConfig {
+    /// A configuration with defaults: no admin listener, no rules (deny all), no pods,
+    /// absolute-form accepted for `169.254.169.254`, default timeouts and limits.
+    pub fn new(listen: SocketAddr, upstream: Upstream) -> ProxyConfig {
+        ProxyConfig {
+            listen,
+            admin_listen: None,
+            allow_metadata_address: false,
+            upstream,
+            rules: None,
+            pods: PodIndex::new(),
+            absolute_form_hosts: vec![IMDS_ADDRESS.to_string()],
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+            ready_check: None,
+            metrics: None,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+
+    fn check(&self) -> Result<(), ProxyError> {
+        for addr in std::iter::once(&self.listen).chain(&self.admin_listen) {
+            if is_metadata_address(addr.ip()) && !self.allow_metadata_address {
+                return Err(ProxyError::MetadataAddress(*addr));
+            }
+        }
+        let t = &self.timeouts;
+        for (name, d) in [
+            ("header read", t.header_read),
+            ("request body", t.request_body),
+            ("upstream connect", t.upstream_connect),
+            ("upstream response", t.upstream_response),
+        ] {
+            if d.is_zero() {
+                return Err(ProxyError::Option(format!(
+                    "the {name} timeout must be positive"
+                )));
+            }
+        }
+        if self.limits.max_connections == 0 {
+            return Err(ProxyError::Option(
+                "max connections must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The parts of a running proxy its owner may change: rules, pods, readiness. Cheap to
+/// clone; hand one to the task that watches Kubernetes.
+#[derive(Clone)]
+pub struct ProxyControl {
+    rules: Snapshot<Option<AccessRules>>,
+    pods: Snapshot<PodIndex>,
+    ready_check: Snapshot<Option<ReadyCheck>>,
+    metrics: Metrics,
+}
+
+impl ProxyControl {
+    /// A control not attached to a running proxy (tests).
+    #[cfg(test)]
+    pub(crate) fn detached() -> ProxyControl {
+        ProxyControl {
+            rules: Snapshot::new(None),
+            pods: Snapshot::new(PodIndex::new()),
+            ready_check: Snapshot::new(None),
+            metrics: Metrics::new(),
+        }
+    }
+
+    /// Replaces the access rules (requests in flight finish with the old ones).
+    pub fn set_rules(&self, rules: AccessRules) {
+        self.metrics.set_rules(rules.len());
+        self.rules.store(Some(rules));
+    }
+
+    /// Replaces the pod index.
+    pub fn set_pods(&self, pods: PodIndex) {
+        self.metrics.set_pods(pods.len());
+        self.pods.store(pods);
+    }
+
+    /// Replaces the extra readiness condition.
+    pub fn set_ready_check(&self, check: Option<ReadyCheck>) {
+        self.ready_check.store(check);
+    }
+
+    /// The current rules (`None` until loaded).
+    pub fn rules(&self) -> Arc<Option<AccessRules>> {
+        self.rules.load()
+    }
+
+    /// The current pod index.
+    pub fn pods(&self) -> Arc<PodIndex> {
+        self.pods.load()
+    }
+
+    /// The metrics (the agent counts NFLOG drops here).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Ready when rules are loaded and the extra condition holds; else why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        let mut why = Vec::new();
+        if self.rules.load().is_none() {
+            why.push("access rules not loaded".to_string());
+        }
+        if let Some(check) = &*self.ready_check.load()
+            && let Err(e) = check()
+        {
+            why.push(e);
+        }
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(why.join("; "))
+        }
+    }
+}
+
+/// A running proxy. Dropping it stops the listeners; [`Proxy::shutdown`] also waits
+/// for requests in flight.
+pub struct Proxy {
+    local: SocketAddr,
+    admin: Option<SocketAddr>,
+    control: ProxyControl,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Proxy {
+    /// Checks the configuration (a metadata listen address is refused unless allowed),
+    /// binds the listeners and serves until shutdown. Needs a tokio runtime with IO and
+    /// timers.
+    pub async fn start(config: ProxyConfig) -> Result<Proxy, ProxyError> {
+        config.check()?;
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ProxyError::Bind { addr, source })
+        };
+        let listener = bind(config.listen).await?;
+        let admin_listener = match config.admin_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let local = listener.local_addr().map_err(|source| ProxyError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let admin = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+        let metrics = config.metrics.clone().unwrap_or_default();
+        let control = ProxyControl {
+            rules: Snapshot::new(None),
+            pods: Snapshot::new(PodIndex::new()),
+            ready_check: Snapshot::new(config.ready_check.clone()),
+            metrics: metrics.clone(),
+        };
+        if let Some(rules) = config.rules.clone() {
+            control.set_rules(rules);
+        }
+        control.set_pods(config.pods.clone());
+
+        let state = Arc::new(handler::State {
+            canon: Canonicalizer::new(config.limits.request, &config.absolute_form_hosts),
+            control: control.clone(),
+            upstream: upstream::Client::new(&config.upstream, &config.timeouts, &config.limits),
+            metrics,
+            timeouts: config.timeouts,
+            limits: config.limits,
+        });
+
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        tracing::info!(addr = %local, upstream = %config.upstream, "proxy listening");
+        tasks.spawn(server::serve_proxy(
+            listener,
+            state,
+            stop_rx.clone(),
+            config.shutdown_grace,
+        ));
+        if let Some(l) = admin_listener {
+            tracing::info!(addr = ?admin, "admin listening");
+            tasks.spawn(admin::serve(l, control.clone(), stop_rx));
+        }
+        Ok(Proxy {
+            local,
+            admin,
+            control,
+            stop,
+            tasks,
+        })
+    }
+
+    /// The proxy's listen address (with the real port when `:0` was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The admin listen address, if any.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// A handle to change rules, pods and readiness while running.
+    pub fn control(&self) -> ProxyControl {
+        self.control.clone()
+    }
+
+    /// Replaces the access rules.
+    pub fn set_rules(&self, rules: AccessRules) {
+        self.control.set_rules(rules);
+    }
+
+    /// Replaces the pod index.
+    pub fn set_pods(&self, pods: PodIndex) {
+        self.control.set_pods(pods);
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        self.control.metrics()
+    }
+
+    /// Stops accepting, lets requests in flight finish (within the grace period), and
+    /// waits for the listeners to end.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_urls() {
+        let u = Upstream::parse("http://127.0.0.1:8169/").unwrap();
+        assert_eq!(u.authority(), "127.0.0.1:8169");
+        assert_eq!(u.to_string(), "http://127.0.0.1:8169");
+        assert_eq!(Upstream::default().to_string(), DEFAULT_UPSTREAM);
+        for bad in [
+            "https://169.254.169.254",
+            "169.254.169.254",
+            "http://a@127.0.0.1",
+            "http://127.0.0.1/metadata",
+            "http://127.0.0.1?x",
+            "nope nope",
+        ] {
+            assert!(
+                matches!(Upstream::parse(bad), Err(ProxyError::Upstream { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn metadata_listen_addresses_are_refused() {
+        let mut c = ProxyConfig::new("169.254.169.254:80".parse().unwrap(), Upstream::default());
+        assert!(matches!(c.check(), Err(ProxyError::MetadataAddress(_))));
+        c.allow_metadata_address = true;
+        assert!(c.check().is_ok());
+        let mut c = ProxyConfig::new("127.0.0.1:0".parse().unwrap(), Upstream::default());
+        c.admin_listen = Some("[::ffff:168.63.129.16]:9".parse().unwrap());
+        assert!(matches!(c.check(), Err(ProxyError::MetadataAddress(_))));
+        let mut c = ProxyConfig::new("127.0.0.1:0".parse().unwrap(), Upstream::default());
+        c.timeouts.upstream_connect = Duration::ZERO;
+        assert!(matches!(c.check(), Err(ProxyError::Option(_))));
+    }
+
+    #[test]
+    fn snapshots_swap_whole_values() {
+        let s = Snapshot::new(1);
+        let old = s.load();
+        s.clone().store(2);
+        assert_eq!((*old, *s.load()), (1, 2));
+    }
+}

@@ -1,0 +1,1098 @@
+//! Request canonicalisation for the filtering proxy: one spelling per request, or a
+//! rejection.
+//!
+//! A filter in front of IMDS decides on a path and a query; IMDS then answers what *it*
+//! reads from the bytes it gets. Every gap between the two readings is a bypass:
+//! aad-pod-identity's NMI let `/metadata/identity/oauth2/token/` (a trailing slash)
+//! through to IMDS unchecked, kube2iam's path matching was fooled by `//` and by case,
+//! and proxies that decode once in front of a server that decodes twice lose to `%252f`.
+//! The proxy therefore never forwards what it received. It reads the request target
+//! here, rejects anything that could be read in two ways, and forwards the canonical
+//! form it decided on.
+//!
+//! The rules, for the raw request target (origin-form `/path?query`, or absolute-form
+//! `http://host/path?query` naming an accepted host):
+//!
+//! | input | outcome |
+//! |---|---|
+//! | non-ASCII byte, control character (tab included), space | rejected |
+//! | `\`, `%5c` | rejected (some servers read a backslash as `/`) |
+//! | `%2f` | rejected (an encoded separator: a slash for some readers, not for others) |
+//! | `%2e`, `.` and `..` segments, any other `.` in the path | rejected |
+//! | `%25` anywhere (double encoding), an invalid escape (`%zz`, `%4`) | rejected |
+//! | `%00`–`%1f`, `%7f`, `%80`–`%ff`, other escapes of reserved characters | rejected |
+//! | `%74oken` (an escape of a letter, digit, `-` or `_`) | decoded: `token` |
+//! | `//` (an empty segment) | rejected |
+//! | one trailing `/` | dropped |
+//! | `;` (path parameters; in the query, a second separator for some parsers) | rejected |
+//! | `#` (a fragment) | rejected (hyper already drops it; upstream never sees one) |
+//! | case of the fixed endpoint names (`/Metadata/Identity/OAuth2/Token`) | lower-cased to the canonical path |
+//! | case of instance sub-path segments (`compute/vmId`) | kept; rules compare them ignoring case |
+//! | absolute-form for a host not in the accepted list (`http://evil/…`), `https://`, userinfo, `*`, authority-form | rejected |
+//! | a query parameter given twice, names compared ignoring case (`resource=a&Resource=b`) | rejected |
+//! | parameter names | lower-cased (`Resource` → `resource`); only `[A-Za-z0-9_.-]` |
+//! | parameter values | decoded once (`+` is a space); must be printable ASCII without space, `%` or `\`; re-encoded |
+//! | empty query pieces (`a=1&&b=2`) | dropped |
+//! | target, path, query, segment or parameter counts over [`Limits`] | rejected |
+//!
+//! Headers: at most [`Limits::max_headers`] fields and [`Limits::max_header_bytes`]
+//! bytes, names of token characters, values of printable ASCII (no tab, no control, no
+//! obs-text) — see [`Canonicalizer::check_headers`]. The `Metadata` and
+//! `X-Forwarded-For` rules are IMDS's own ([`crate::imds::validate`]).
+//!
+//! Nothing here does IO.
+
+use std::fmt;
+
+use crate::imds::{Endpoint, IMDS_ADDRESS};
+
+/// Size limits of a request, checked before anything else is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest request target (path and query), in bytes.
+    pub max_target: usize,
+    /// Longest path, in bytes.
+    pub max_path: usize,
+    /// Most path segments.
+    pub max_segments: usize,
+    /// Longest query, in bytes.
+    pub max_query: usize,
+    /// Most query parameters.
+    pub max_params: usize,
+    /// Most header fields.
+    pub max_headers: usize,
+    /// Most header bytes (names and values, plus 4 per field for `: ` and CRLF).
+    pub max_header_bytes: usize,
+}
+
+impl Default for Limits {
+    /// Generous for every IMDS client (the longest real request, a token request naming
+    /// an identity by ARM id, is under 400 bytes) and small enough to bound the work.
+    fn default() -> Self {
+        Limits {
+            max_target: 4096,
+            max_path: 512,
+            max_segments: 32,
+            max_query: 2048,
+            max_params: 16,
+            max_headers: 64,
+            max_header_bytes: 8192,
+        }
+    }
+}
+
+/// Why a request was rejected as ambiguous or oversized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectKind {
+    /// A byte outside ASCII, raw or percent-encoded.
+    NonAscii,
+    /// A control character (tab included), raw or percent-encoded.
+    ControlChar,
+    /// A backslash, raw or percent-encoded (`%5c`).
+    Backslash,
+    /// An encoded slash (`%2f`).
+    EncodedSlash,
+    /// An encoded dot (`%2e`).
+    EncodedDot,
+    /// An encoded percent sign (`%25`): double encoding.
+    DoubleEncoding,
+    /// A `%` not followed by two hex digits.
+    BadEscape,
+    /// An escape of a character that has no business in an IMDS path.
+    DisallowedEscape,
+    /// A `.` or `..` segment.
+    DotSegment,
+    /// An empty segment (`//`).
+    EmptySegment,
+    /// A `;` (path parameter, or second query separator).
+    Semicolon,
+    /// A `#` (fragment).
+    Fragment,
+    /// Another character not allowed in an IMDS path (space, `.`, `~`, `+`, ...).
+    DisallowedChar,
+    /// An absolute-form target for a host that is not the metadata service.
+    OtherHost,
+    /// A target that is neither origin-form nor an accepted absolute-form
+    /// (`https://`, userinfo, `*`, authority-form).
+    BadTargetForm,
+    /// Over a [`Limits`] bound.
+    TooLong,
+    /// A query parameter given twice (names compared ignoring case).
+    RepeatedParameter,
+    /// A query parameter name outside `[A-Za-z0-9_.-]`.
+    BadParameterName,
+    /// A query parameter value that decodes to a space, a control character, `%`, `\`
+    /// or a non-ASCII byte.
+    BadParameterValue,
+    /// A header field that is malformed, or too many or too large header fields.
+    BadHeader,
+}
+
+impl RejectKind {
+    /// A short stable name (`encoded-slash`), for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectKind::NonAscii => "non-ascii",
+            RejectKind::ControlChar => "control-char",
+            RejectKind::Backslash => "backslash",
+            RejectKind::EncodedSlash => "encoded-slash",
+            RejectKind::EncodedDot => "encoded-dot",
+            RejectKind::DoubleEncoding => "double-encoding",
+            RejectKind::BadEscape => "bad-escape",
+            RejectKind::DisallowedEscape => "disallowed-escape",
+            RejectKind::DotSegment => "dot-segment",
+            RejectKind::EmptySegment => "empty-segment",
+            RejectKind::Semicolon => "semicolon",
+            RejectKind::Fragment => "fragment",
+            RejectKind::DisallowedChar => "disallowed-char",
+            RejectKind::OtherHost => "other-host",
+            RejectKind::BadTargetForm => "bad-target-form",
+            RejectKind::TooLong => "too-long",
+            RejectKind::RepeatedParameter => "repeated-parameter",
+            RejectKind::BadParameterName => "bad-parameter-name",
+            RejectKind::BadParameterValue => "bad-parameter-value",
+            RejectKind::BadHeader => "bad-header",
+        }
+    }
+}
+
+impl fmt::Display for RejectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A rejected request: what kind of ambiguity, and a sentence saying where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct Rejection {
+    /// The kind.
+    pub kind: RejectKind,
+    /// What was found, for the denial's `reason` (never longer than a few dozen bytes
+    /// of the request).
+    pub detail: String,
+}
+
+fn reject<T>(kind: RejectKind, detail: impl Into<String>) -> Result<T, Rejection> {
+    Err(Rejection {
+        kind,
+        detail: detail.into(),
+    })
+}
+
+/// A request target in its one canonical spelling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanonicalTarget {
+    /// The canonical path: the endpoint's [`Endpoint::canonical_path`], followed for the
+    /// instance document by its sub-path segments (`/metadata/instance/compute/vmId`);
+    /// for an unknown endpoint, the path as received (already free of anything
+    /// ambiguous).
+    pub path: String,
+    /// The canonical query (names lower-cased, values re-encoded), without `?`; `None`
+    /// when there are no parameters.
+    pub query: Option<String>,
+    /// The endpoint.
+    pub endpoint: Endpoint,
+    /// For the instance document, the sub-path segments as sent (case kept).
+    pub instance_path: Vec<String>,
+}
+
+impl CanonicalTarget {
+    /// `path?query`, what the proxy sends upstream.
+    pub fn target(&self) -> String {
+        match &self.query {
+            Some(q) => format!("{}?{}", self.path, q),
+            None => self.path.clone(),
+        }
+    }
+}
+
+/// Reads request targets and headers into their canonical form, or rejects them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Canonicalizer {
+    limits: Limits,
+    /// Accepted hosts of absolute-form targets, lower-case, `:80` removed.
+    hosts: Vec<String>,
+}
+
+impl Default for Canonicalizer {
+    /// [`Limits::default`]; absolute-form accepted only for `169.254.169.254`.
+    fn default() -> Self {
+        Canonicalizer::new(Limits::default(), [IMDS_ADDRESS.to_string()])
+    }
+}
+
+impl Canonicalizer {
+    /// A canonicaliser with these limits, accepting absolute-form targets only for these
+    /// hosts (`169.254.169.254`, `metadata.internal:8080`; a `:80` port is implied).
+    pub fn new(limits: Limits, hosts: impl IntoIterator<Item = impl AsRef<str>>) -> Self {
+        let hosts = hosts
+            .into_iter()
+            .map(|h| normalize_host(h.as_ref()))
+            .collect();
+        Canonicalizer { limits, hosts }
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Canonicalises a raw request target (as on the request line).
+    pub fn canonicalize(&self, target: &str) -> Result<CanonicalTarget, Rejection> {
+        let l = &self.limits;
+        if target.len() > l.max_target {
+            return reject(
+                RejectKind::TooLong,
+                format!(
+                    "the request target is {} bytes (at most {})",
+                    target.len(),
+                    l.max_target
+                ),
+            );
+        }
+        check_bytes(target)?;
+        let origin = self.origin_form(target)?;
+        if origin.contains('#') {
+            return reject(
+                RejectKind::Fragment,
+                "the request target has a fragment (#)",
+            );
+        }
+        let (raw_path, raw_query) = match origin.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (origin, None),
+        };
+        if raw_path.len() > l.max_path {
+            return reject(
+                RejectKind::TooLong,
+                format!(
+                    "the path is {} bytes (at most {})",
+                    raw_path.len(),
+                    l.max_path
+                ),
+            );
+        }
+        let segments = self.path_segments(raw_path)?;
+        let query = match raw_query {
+            Some(q) => self.query(q)?,
+            None => None,
+        };
+
+        let lower: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
+        let l: Vec<&str> = lower.iter().map(String::as_str).collect();
+        let (endpoint, instance_path) = match l.as_slice() {
+            ["metadata", "instance", ..] => (Endpoint::Instance, segments[2..].to_vec()),
+            _ => {
+                let joined = format!("/{}", segments.join("/"));
+                (Endpoint::classify(&joined), Vec::new())
+            }
+        };
+        let path = match endpoint.canonical_path() {
+            Some(base) if endpoint == Endpoint::Instance => {
+                let mut p = String::with_capacity(raw_path.len());
+                p.push_str(base);
+                for s in &instance_path {
+                    p.push('/');
+                    p.push_str(s);
+                }
+                p
+            }
+            Some(base) => base.to_string(),
+            None => format!("/{}", segments.join("/")),
+        };
+        Ok(CanonicalTarget {
+            path,
+            query,
+            endpoint,
+            instance_path,
+        })
+    }
+
+    /// The origin-form part of `target`: itself, or the path and query of an accepted
+    /// absolute-form target.
+    fn origin_form<'t>(&self, target: &'t str) -> Result<&'t str, Rejection> {
+        if target.starts_with('/') {
+            return Ok(target);
+        }
+        let lower_start = target.get(..8).map(str::to_ascii_lowercase);
+        let rest = match lower_start.as_deref() {
+            Some(s) if s.starts_with("http://") => &target[7..],
+            Some("https://") => {
+                return reject(
+                    RejectKind::BadTargetForm,
+                    "an https:// target (IMDS speaks plain HTTP)",
+                );
+            }
+            _ => {
+                return reject(
+                    RejectKind::BadTargetForm,
+                    "the request target is neither a path nor an http:// URL",
+                );
+            }
+        };
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, origin) = rest.split_at(end);
+        if authority.contains('@') {
+            return reject(
+                RejectKind::BadTargetForm,
+                "an absolute-form target with user information (@)",
+            );
+        }
+        let host = normalize_host(authority);
+        if !self.hosts.contains(&host) {
+            return reject(
+                RejectKind::OtherHost,
+                format!(
+                    "an absolute-form target for another host ({})",
+                    shorten(authority, 64)
+                ),
+            );
+        }
+        if !origin.starts_with('/') {
+            return reject(
+                RejectKind::BadTargetForm,
+                "an absolute-form target without a path",
+            );
+        }
+        Ok(origin)
+    }
+
+    /// Decoded segments of a raw path (no empty, dot or otherwise ambiguous segment; one
+    /// trailing slash dropped).
+    fn path_segments(&self, raw: &str) -> Result<Vec<String>, Rejection> {
+        let Some(body) = raw.strip_prefix('/') else {
+            return reject(RejectKind::BadTargetForm, "the path does not start with /");
+        };
+        // One trailing slash is dropped (`/metadata/instance/`); a lone `/` is the root.
+        let body = body.strip_suffix('/').unwrap_or(body);
+        if body.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut segments = Vec::with_capacity(8);
+        for raw_seg in body.split('/') {
+            if segments.len() == self.limits.max_segments {
+                return reject(
+                    RejectKind::TooLong,
+                    format!(
+                        "the path has more than {} segments",
+                        self.limits.max_segments
+                    ),
+                );
+            }
+            segments.push(decode_segment(raw_seg)?);
+        }
+        Ok(segments)
+    }
+
+    /// The canonical query: pieces in order, names lower-cased, values re-encoded.
+    fn query(&self, raw: &str) -> Result<Option<String>, Rejection> {
+        if raw.len() > self.limits.max_query {
+            return reject(
+                RejectKind::TooLong,
+                format!(
+                    "the query is {} bytes (at most {})",
+                    raw.len(),
+                    self.limits.max_query
+                ),
+            );
+        }
+        if raw.contains(';') {
+            return reject(
+                RejectKind::Semicolon,
+                "the query has a `;` (a parameter separator for some parsers)",
+            );
+        }
+        let mut names: Vec<String> = Vec::new();
+        let mut out = String::with_capacity(raw.len() + 16);
+        for piece in raw.split('&').filter(|p| !p.is_empty()) {
+            if names.len() == self.limits.max_params {
+                return reject(
+                    RejectKind::TooLong,
+                    format!("more than {} query parameters", self.limits.max_params),
+                );
+            }
+            let (raw_name, raw_value) = piece.split_once('=').unwrap_or((piece, ""));
+            let name = decode_query_part(raw_name).ok_or_else(|| Rejection {
+                kind: RejectKind::BadParameterName,
+                detail: format!(
+                    "query parameter name `{}` is not plain ASCII",
+                    shorten(raw_name, 32)
+                ),
+            })?;
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+            {
+                return reject(
+                    RejectKind::BadParameterName,
+                    format!(
+                        "query parameter name `{}` is not made of letters, digits, `_`, `-` and `.`",
+                        shorten(&name, 32)
+                    ),
+                );
+            }
+            let name = name.to_ascii_lowercase();
+            if names.contains(&name) {
+                return reject(
+                    RejectKind::RepeatedParameter,
+                    format!("query parameter `{name}` is given more than once"),
+                );
+            }
+            let value = decode_query_part(raw_value).ok_or_else(|| Rejection {
+                kind: RejectKind::BadParameterValue,
+                detail: format!("query parameter `{name}` has an invalid escape"),
+            })?;
+            if let Some(b) = value
+                .bytes()
+                .find(|b| !(0x21..0x7f).contains(b) || matches!(b, b'%' | b'\\'))
+            {
+                let why = match b {
+                    b'%' => "`%` (double encoding)".to_string(),
+                    b'\\' => "a backslash".to_string(),
+                    b' ' => "a space".to_string(),
+                    b if b >= 0x80 => "a non-ASCII byte".to_string(),
+                    b => format!("control character 0x{b:02x}"),
+                };
+                return reject(
+                    RejectKind::BadParameterValue,
+                    format!("query parameter `{name}` decodes to {why}"),
+                );
+            }
+            if !out.is_empty() {
+                out.push('&');
+            }
+            out.push_str(&name);
+            out.push('=');
+            encode_value(&value, &mut out);
+            names.push(name);
+        }
+        Ok((!out.is_empty()).then_some(out))
+    }
+
+    /// Checks header fields: count, total size, names of token characters, values of
+    /// printable ASCII (space allowed inside, no tab, no control, no obs-text).
+    pub fn check_headers<K, V>(
+        &self,
+        headers: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<(), Rejection>
+    where
+        K: AsRef<str>,
+        V: AsRef<[u8]>,
+    {
+        let mut count = 0usize;
+        let mut bytes = 0usize;
+        for (name, value) in headers {
+            let (name, value) = (name.as_ref(), value.as_ref());
+            count += 1;
+            bytes += name.len() + value.len() + 4;
+            if count > self.limits.max_headers {
+                return reject(
+                    RejectKind::BadHeader,
+                    format!("more than {} header fields", self.limits.max_headers),
+                );
+            }
+            if bytes > self.limits.max_header_bytes {
+                return reject(
+                    RejectKind::BadHeader,
+                    format!("header fields over {} bytes", self.limits.max_header_bytes),
+                );
+            }
+            if name.is_empty() || !name.bytes().all(is_tchar) {
+                return reject(
+                    RejectKind::BadHeader,
+                    format!("header name `{}` is not a token", shorten(name, 32)),
+                );
+            }
+            if let Some(b) = value.iter().find(|b| !(0x20..0x7f).contains(*b)) {
+                let (kind, what) = if *b >= 0x80 {
+                    (RejectKind::NonAscii, "a non-ASCII byte".to_string())
+                } else {
+                    (
+                        RejectKind::ControlChar,
+                        format!("control character 0x{b:02x}"),
+                    )
+                };
+                return reject(kind, format!("header `{}` holds {what}", shorten(name, 32)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Lower-case, `:80` dropped.
+fn normalize_host(authority: &str) -> String {
+    let lower = authority.to_ascii_lowercase();
+    match lower.strip_suffix(":80") {
+        Some(h) => h.to_string(),
+        None => lower,
+    }
+}
+
+/// Rejects non-ASCII, control characters, space and backslash anywhere in the target.
+fn check_bytes(target: &str) -> Result<(), Rejection> {
+    for (i, b) in target.bytes().enumerate() {
+        match b {
+            0x80.. => {
+                return reject(
+                    RejectKind::NonAscii,
+                    format!("a non-ASCII byte at offset {i} of the request target"),
+                );
+            }
+            0x00..=0x1f | 0x7f => {
+                return reject(
+                    RejectKind::ControlChar,
+                    format!("control character 0x{b:02x} at offset {i} of the request target"),
+                );
+            }
+            b' ' => {
+                return reject(
+                    RejectKind::DisallowedChar,
+                    format!("a space at offset {i} of the request target"),
+                );
+            }
+            b'\\' => {
+                return reject(
+                    RejectKind::Backslash,
+                    format!("a backslash at offset {i} of the request target"),
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A path segment decoded: letters, digits, `-` and `_`, raw or as escapes; anything
+/// else is rejected with the reason.
+fn decode_segment(raw: &str) -> Result<String, Rejection> {
+    if raw.is_empty() {
+        return reject(RejectKind::EmptySegment, "an empty path segment (//)");
+    }
+    if raw == "." || raw == ".." {
+        return reject(RejectKind::DotSegment, format!("a `{raw}` path segment"));
+    }
+    let bytes = raw.as_bytes();
+    let mut out = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) else {
+                return reject(
+                    RejectKind::BadEscape,
+                    format!("an invalid escape in path segment `{}`", shorten(raw, 32)),
+                );
+            };
+            let d = h << 4 | l;
+            let kind = match d {
+                b'/' => RejectKind::EncodedSlash,
+                b'\\' => RejectKind::Backslash,
+                b'.' => RejectKind::EncodedDot,
+                b'%' => RejectKind::DoubleEncoding,
+                0x00..=0x1f | 0x7f => RejectKind::ControlChar,
+                0x80.. => RejectKind::NonAscii,
+                b';' => RejectKind::Semicolon,
+                b'#' => RejectKind::Fragment,
+                d if is_segment_byte(d) => {
+                    out.push(d as char);
+                    i += 3;
+                    continue;
+                }
+                _ => RejectKind::DisallowedEscape,
+            };
+            return reject(
+                kind,
+                format!(
+                    "escape %{}{} ({kind}) in path segment `{}`",
+                    bytes[i + 1] as char,
+                    bytes[i + 2] as char,
+                    shorten(raw, 32)
+                ),
+            );
+        }
+        if !is_segment_byte(b) {
+            let kind = match b {
+                b';' => RejectKind::Semicolon,
+                b'#' => RejectKind::Fragment,
+                _ => RejectKind::DisallowedChar,
+            };
+            return reject(
+                kind,
+                format!(
+                    "character `{}` in path segment `{}`",
+                    b as char,
+                    shorten(raw, 32)
+                ),
+            );
+        }
+        out.push(b as char);
+        i += 1;
+    }
+    Ok(out)
+}
+
+/// Letters, digits, `-`, `_`: every character of every IMDS path.
+fn is_segment_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+/// RFC 9110 token characters (header names).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Form-decodes a query name or value (`+` is a space); `None` for an invalid escape or
+/// a result that is not UTF-8.
+fn decode_query_part(raw: &str) -> Option<String> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let h = hex(*bytes.get(i + 1)?)?;
+                let l = hex(*bytes.get(i + 2)?)?;
+                out.push(h << 4 | l);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn encode_value(value: &str, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 15) as usize] as char);
+        }
+    }
+}
+
+/// At most `max` bytes of `s` (on a character boundary), with `…` when cut.
+fn shorten(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    const TOKEN: &str = "/metadata/identity/oauth2/token";
+    const Q: &str = "api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F";
+
+    fn canon(t: &str) -> Result<CanonicalTarget, Rejection> {
+        Canonicalizer::default().canonicalize(t)
+    }
+
+    /// What a bypass attempt must become: the clean form, or a rejection of this kind.
+    enum Want {
+        Same(&'static str),
+        Reject(RejectKind),
+    }
+
+    /// Attempts that defeated or were tried against aad-pod-identity's NMI, kube2iam,
+    /// kiam and similar filters, and the usual proxy parser differentials.
+    fn bypass_table() -> Vec<(String, Want)> {
+        use RejectKind as K;
+        use Want::*;
+        let tok = "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F";
+        let q = Q;
+        vec![
+            // Trailing slash: NMI matched the exact path and forwarded the rest unchecked.
+            (format!("{TOKEN}/?{q}"), Same(tok)),
+            (
+                format!("//metadata/identity/oauth2/token?{q}"),
+                Reject(K::EmptySegment),
+            ),
+            (
+                format!("/metadata//identity/oauth2/token?{q}"),
+                Reject(K::EmptySegment),
+            ),
+            (format!("{TOKEN}//?{q}"), Reject(K::EmptySegment)),
+            (
+                format!("/metadata/identity/./oauth2/token?{q}"),
+                Reject(K::DotSegment),
+            ),
+            (
+                format!("/metadata/instance/../identity/oauth2/token?{q}"),
+                Reject(K::DotSegment),
+            ),
+            (
+                format!("/metadata/identity/oauth2/token/..?{q}"),
+                Reject(K::DotSegment),
+            ),
+            // Case: IMDS compares paths ignoring case.
+            (format!("/Metadata/Identity/OAuth2/Token?{q}"), Same(tok)),
+            (format!("/METADATA/IDENTITY/OAUTH2/TOKEN?{q}"), Same(tok)),
+            // Encodings.
+            (
+                format!("/metadata/identity%2foauth2/token?{q}"),
+                Reject(K::EncodedSlash),
+            ),
+            (
+                format!("/metadata/identity%2Foauth2/token?{q}"),
+                Reject(K::EncodedSlash),
+            ),
+            (
+                format!("/metadata/identity/%2e/oauth2/token?{q}"),
+                Reject(K::EncodedDot),
+            ),
+            (
+                format!("/metadata/identity/%2E%2E/identity/oauth2/token?{q}"),
+                Reject(K::EncodedDot),
+            ),
+            (
+                format!("/metadata/identity%252foauth2/token?{q}"),
+                Reject(K::DoubleEncoding),
+            ),
+            (format!("/metadata/identity/oauth2/%74oken?{q}"), Same(tok)),
+            (
+                format!("/metadata/identity/oauth2/%2574oken?{q}"),
+                Reject(K::DoubleEncoding),
+            ),
+            (
+                format!("/metadata/identity%5coauth2%5ctoken?{q}"),
+                Reject(K::Backslash),
+            ),
+            (
+                format!("/metadata/identity/oauth2/token%00?{q}"),
+                Reject(K::ControlChar),
+            ),
+            (
+                format!("/metadata/identity/oauth2/token%09?{q}"),
+                Reject(K::ControlChar),
+            ),
+            (
+                format!("/metadata/identity/oauth2/token%20?{q}"),
+                Reject(K::DisallowedEscape),
+            ),
+            (
+                format!("/metadata/identity/oauth2/token%zz?{q}"),
+                Reject(K::BadEscape),
+            ),
+            (
+                format!("/metadata/identity/oauth2/token%?{q}"),
+                Reject(K::BadEscape),
+            ),
+            (
+                format!("/metadata/identity/oauth2/tok%c3%a9n?{q}"),
+                Reject(K::NonAscii),
+            ),
+            // Raw bytes.
+            (
+                format!("/metadata\\identity\\oauth2\\token?{q}"),
+                Reject(K::Backslash),
+            ),
+            (
+                format!("/metadata/identity/oauth2/token\t?{q}"),
+                Reject(K::ControlChar),
+            ),
+            (
+                format!("/metadata/identity/oauth2/token ?{q}"),
+                Reject(K::DisallowedChar),
+            ),
+            (
+                format!("/metadata/identity/oauth2/tokén?{q}"),
+                Reject(K::NonAscii),
+            ),
+            (
+                format!("/metadata/identity/oauth2/token.?{q}"),
+                Reject(K::DisallowedChar),
+            ),
+            (
+                format!("/metadata/identity/oauth2/token~?{q}"),
+                Reject(K::DisallowedChar),
+            ),
+            // Path parameters and fragments.
+            (
+                format!("/metadata/identity/oauth2/token;x=y?{q}"),
+                Reject(K::Semicolon),
+            ),
+            (
+                format!("/metadata/identity;/oauth2/token?{q}"),
+                Reject(K::Semicolon),
+            ),
+            (
+                format!("/metadata/identity/oauth2/token%3b?{q}"),
+                Reject(K::Semicolon),
+            ),
+            (
+                format!("/metadata/identity/oauth2/token#frag?{q}"),
+                Reject(K::Fragment),
+            ),
+            (
+                format!("/metadata/identity/oauth2/token?{q}#frag"),
+                Reject(K::Fragment),
+            ),
+            // Absolute-form.
+            (format!("http://169.254.169.254{TOKEN}?{q}"), Same(tok)),
+            (format!("HTTP://169.254.169.254:80{TOKEN}?{q}"), Same(tok)),
+            (format!("http://evil{TOKEN}?{q}"), Reject(K::OtherHost)),
+            (
+                format!("http://evil.example:80{TOKEN}?{q}"),
+                Reject(K::OtherHost),
+            ),
+            (
+                format!("http://169.254.169.254:8080{TOKEN}?{q}"),
+                Reject(K::OtherHost),
+            ),
+            (
+                format!("http://169.254.169.254@evil{TOKEN}?{q}"),
+                Reject(K::BadTargetForm),
+            ),
+            (
+                format!("https://169.254.169.254{TOKEN}?{q}"),
+                Reject(K::BadTargetForm),
+            ),
+            ("*".to_string(), Reject(K::BadTargetForm)),
+            ("169.254.169.254:80".to_string(), Reject(K::BadTargetForm)),
+            // Query differentials.
+            (
+                format!("{TOKEN}?api-version=2018-02-01&resource=https://a/&resource=https://b/"),
+                Reject(K::RepeatedParameter),
+            ),
+            (
+                format!("{TOKEN}?api-version=2018-02-01&resource=https://a/&Resource=https://b/"),
+                Reject(K::RepeatedParameter),
+            ),
+            (
+                format!("{TOKEN}?api-version=2018-02-01&resource=https://a/&%72esource=https://b/"),
+                Reject(K::RepeatedParameter),
+            ),
+            (
+                format!(
+                    "{TOKEN}?api-version=2018-02-01&Resource=https%3A%2F%2Fmanagement.azure.com%2F"
+                ),
+                Same(tok),
+            ),
+            (
+                format!("{TOKEN}?API-VERSION=2018-02-01&RESOURCE=https://management.azure.com/"),
+                Same(tok),
+            ),
+            (
+                format!("{TOKEN}?api-version=2018-02-01&&resource=https://management.azure.com/&"),
+                Same(tok),
+            ),
+            (
+                format!("{TOKEN}?api-version=2018-02-01;resource=https://management.azure.com/"),
+                Reject(K::Semicolon),
+            ),
+            (
+                format!("{TOKEN}?api-version=2018-02-01&resource=https%253A%252F%252Fa"),
+                Reject(K::BadParameterValue),
+            ),
+            (
+                format!("{TOKEN}?api-version=2018-02-01&resource=https://a/%00"),
+                Reject(K::BadParameterValue),
+            ),
+            (
+                format!("{TOKEN}?api-version=2018-02-01&resource=https://a/+x"),
+                Reject(K::BadParameterValue),
+            ),
+            (
+                format!("{TOKEN}?api-version=2018-02-01&resource=https://a/%5C"),
+                Reject(K::BadParameterValue),
+            ),
+            (
+                format!("{TOKEN}?api%20version=2018-02-01&resource=https://a/"),
+                Reject(K::BadParameterName),
+            ),
+            // Overlong.
+            (
+                format!(
+                    "/metadata/instance/{}?api-version=2021-02-01",
+                    "a/".repeat(40)
+                ),
+                Reject(K::TooLong),
+            ),
+            (
+                format!(
+                    "/metadata/instance/{}?api-version=2021-02-01",
+                    "a".repeat(600)
+                ),
+                Reject(K::TooLong),
+            ),
+            (
+                format!("{TOKEN}?{q}&pad={}", "x".repeat(5000)),
+                Reject(K::TooLong),
+            ),
+            (
+                format!("{TOKEN}?{q}&pad={}", "x".repeat(2100)),
+                Reject(K::TooLong),
+            ),
+        ]
+    }
+
+    #[test]
+    fn bypass_table_is_rejected_or_canonical() {
+        for (attempt, want) in bypass_table() {
+            let got = canon(&attempt);
+            match want {
+                Want::Same(clean) => {
+                    let clean_form = canon(clean).expect("the clean form is accepted");
+                    let got = got.unwrap_or_else(|e| panic!("{attempt:?} rejected: {e}"));
+                    assert_eq!(got, clean_form, "{attempt:?}");
+                    assert_eq!(got.target(), clean, "{attempt:?}");
+                }
+                Want::Reject(kind) => {
+                    let e = got.expect_err(&attempt);
+                    assert_eq!(e.kind, kind, "{attempt:?}: {e}");
+                    assert!(!e.detail.is_empty());
+                }
+            }
+        }
+    }
+
+    /// The table, exported for the access-rule tests (every attempt decided like the
+    /// clean form).
+    pub(crate) fn attempts() -> Vec<String> {
+        bypass_table().into_iter().map(|(a, _)| a).collect()
+    }
+
+    #[test]
+    fn canonical_forms() {
+        let c =
+            canon("/metadata/instance/compute/vmId/?format=text&api-version=2021-02-01").unwrap();
+        assert_eq!(c.endpoint, Endpoint::Instance);
+        assert_eq!(c.path, "/metadata/instance/compute/vmId");
+        assert_eq!(c.instance_path, vec!["compute", "vmId"]);
+        assert_eq!(
+            c.query.as_deref(),
+            Some("format=text&api-version=2021-02-01")
+        );
+
+        let c = canon("/METADATA/Instance/Compute").unwrap();
+        assert_eq!(c.path, "/metadata/instance/Compute");
+        assert_eq!(c.query, None);
+
+        let c = canon("/metadata/identity/GETPLATFORMMETADATA?api-version=2021-02-01").unwrap();
+        assert_eq!(c.endpoint, Endpoint::IdentityPlatformMetadata);
+        assert_eq!(c.path, "/metadata/identity/getPlatformMetadata");
+
+        let c = canon("/metadata/versions").unwrap();
+        assert_eq!(
+            (c.endpoint, c.path.as_str()),
+            (Endpoint::Versions, "/metadata/versions")
+        );
+
+        // Unknown paths keep their (harmless) spelling; validate answers 404.
+        let c = canon("/latest/meta-data").unwrap();
+        assert_eq!(
+            (c.endpoint, c.path.as_str()),
+            (Endpoint::Unknown, "/latest/meta-data")
+        );
+        let c = canon("/").unwrap();
+        assert_eq!((c.endpoint, c.path.as_str()), (Endpoint::Unknown, "/"));
+
+        // Values are decoded once and re-encoded; names lower-cased.
+        let c = canon(&format!(
+            "{TOKEN}?Api-Version=2018-02-01&resource=https://vault.azure.net&MI_RES_ID=/subscriptions/s/x"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.query.as_deref(),
+            Some(
+                "api-version=2018-02-01&resource=https%3A%2F%2Fvault.azure.net&mi_res_id=%2Fsubscriptions%2Fs%2Fx"
+            )
+        );
+        // A name without `=` has the empty value.
+        let c = canon("/metadata/attested/document?api-version=2021-02-01&nonce").unwrap();
+        assert_eq!(c.query.as_deref(), Some("api-version=2021-02-01&nonce="));
+    }
+
+    #[test]
+    fn absolute_form_hosts_are_configurable() {
+        let c = Canonicalizer::new(Limits::default(), ["Metadata.Internal:8080"]);
+        assert!(
+            c.canonicalize("http://metadata.internal:8080/metadata/versions")
+                .is_ok()
+        );
+        assert_eq!(
+            c.canonicalize("http://169.254.169.254/metadata/versions")
+                .unwrap_err()
+                .kind,
+            RejectKind::OtherHost
+        );
+        let none = Canonicalizer::new(Limits::default(), Vec::<String>::new());
+        assert_eq!(
+            none.canonicalize("http://169.254.169.254/metadata/versions")
+                .unwrap_err()
+                .kind,
+            RejectKind::OtherHost
+        );
+        assert_eq!(
+            Canonicalizer::default()
+                .canonicalize("http://169.254.169.254?x=1")
+                .unwrap_err()
+                .kind,
+            RejectKind::BadTargetForm
+        );
+    }
+
+    #[test]
+    fn header_checks() {
+        let c = Canonicalizer::default();
+        assert!(
+            c.check_headers([("Metadata", "true"), ("User-Agent", "a b/1")])
+                .is_ok()
+        );
+        let kind = |h: Vec<(&str, &[u8])>| c.check_headers(h).unwrap_err().kind;
+        assert_eq!(kind(vec![("Metadata", b"true\t")]), RejectKind::ControlChar);
+        assert_eq!(kind(vec![("X", b"caf\xc3\xa9")]), RejectKind::NonAscii);
+        assert_eq!(kind(vec![("Bad Name", b"x")]), RejectKind::BadHeader);
+        assert_eq!(kind(vec![("", b"x")]), RejectKind::BadHeader);
+        let many: Vec<(String, &str)> = (0..65).map(|i| (format!("x-{i}"), "v")).collect();
+        assert_eq!(
+            c.check_headers(many).unwrap_err().kind,
+            RejectKind::BadHeader
+        );
+        let big = "v".repeat(9000);
+        assert_eq!(
+            c.check_headers([("X-Big", big.as_str())]).unwrap_err().kind,
+            RejectKind::BadHeader
+        );
+    }
+
+    #[test]
+    fn details_are_short() {
+        let long = format!("/metadata/{}%2f", "a".repeat(300));
+        let e = canon(&long).unwrap_err();
+        assert!(e.detail.len() < 120, "{}", e.detail);
+        assert_eq!(shorten("éé", 3), "é…");
+    }
+}

@@ -1,0 +1,361 @@
+//! The lab's results: one row per pod (and the node) per phase, what was expected, and
+//! the text and JSON renderings.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use clap::ValueEnum;
+use comfy_table::presets::UTF8_FULL_CONDENSED;
+use comfy_table::{Cell, ContentArrangement, Table};
+use imdsguard_core::nft::CounterValue;
+use imdsguard_probe::{Class, Report, StepName};
+use serde::Serialize;
+
+use crate::bench::BenchResult;
+
+/// A phase of the lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// No protection: the attacker's path as it is on an unprotected node.
+    Before,
+    /// `block` mode: pod traffic to the endpoints dropped unless allowlisted.
+    Block,
+    /// `observe` mode: let through, counted and logged.
+    Observe,
+    /// `proxy` mode: IMDS traffic redirected to the filtering proxy, the rest dropped.
+    Proxy,
+}
+
+impl Phase {
+    /// The default phases.
+    pub const ALL: [Phase; 4] = [Phase::Before, Phase::Block, Phase::Observe, Phase::Proxy];
+
+    /// `before`, `block`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Before => "before",
+            Phase::Block => "block",
+            Phase::Observe => "observe",
+            Phase::Proxy => "proxy",
+        }
+    }
+}
+
+/// One pod of the lab.
+#[derive(Debug, Clone, Serialize)]
+pub struct PodInfo {
+    /// Its name (`node` for the node itself).
+    pub name: String,
+    /// Its address.
+    pub address: String,
+    /// The interface its traffic enters the node on.
+    pub interface: String,
+    /// What it stands for.
+    pub role: String,
+    /// Whether its (interface, address) pair is allowlisted.
+    pub allowlisted: bool,
+}
+
+/// What the probe (and the DNS checks) found from one pod in one phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// The pod (or `node`).
+    pub pod: String,
+    /// The instance document step (or the TCP step when it was blocked).
+    pub imds: Class,
+    /// The most telling token step.
+    pub token: Class,
+    /// WireServer's goal state (port 80).
+    pub wireserver: Class,
+    /// HostGAPlugin's vmSettings (port 32526).
+    pub hostgaplugin: Class,
+    /// Azure DNS (168.63.129.16:53/udp) echoed.
+    pub azure_dns: bool,
+    /// Node-local DNS (169.254.20.10:53/udp) echoed.
+    pub node_local_dns: bool,
+    /// The probe found something sensitive (instance data, a token, WireServer data).
+    pub sensitive: bool,
+    /// What it reached, in the probe's words.
+    pub reached: Vec<String>,
+    /// The rule that denied, when the proxy did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub denied_by: Option<String>,
+}
+
+/// How telling a class is when several steps are summed up (higher first).
+fn rank(c: Class) -> u8 {
+    match c {
+        Class::TokenObtained => 10,
+        Class::Exposed => 9,
+        Class::BlockedByImdsguard => 8,
+        Class::IdentityNotFound => 7,
+        Class::NeedsHeader => 6,
+        Class::Throttled => 5,
+        Class::Error => 4,
+        Class::BlockedRefused => 3,
+        Class::BlockedTimeout => 2,
+        Class::Reachable => 1,
+        _ => 0,
+    }
+}
+
+impl Row {
+    /// Sums up a probe report and the DNS checks.
+    pub fn new(pod: &str, report: &Report, azure_dns: bool, node_local_dns: bool) -> Row {
+        let class_of = |name: StepName| {
+            report
+                .steps
+                .iter()
+                .filter(|s| s.name == name)
+                .map(|s| s.class)
+                .max_by_key(|c| rank(*c))
+                .unwrap_or(Class::NotChecked)
+        };
+        let tcp = class_of(StepName::TcpConnect);
+        let blocked_tcp = |c: Class| if c == Class::NotChecked { tcp } else { c };
+        let denied_by = report
+            .steps
+            .iter()
+            .find_map(|s| s.denial.as_ref().and_then(|d| d.rule.clone()));
+        Row {
+            pod: pod.to_owned(),
+            imds: blocked_tcp(class_of(StepName::Instance)),
+            token: blocked_tcp(class_of(StepName::Token)),
+            wireserver: class_of(StepName::WireserverGoalstate),
+            hostgaplugin: class_of(StepName::HostgapluginVmsettings),
+            azure_dns,
+            node_local_dns,
+            sensitive: report.summary.sensitive,
+            reached: report.summary.reachable.clone(),
+            denied_by,
+        }
+    }
+}
+
+/// One phase's rows, counters and surprises.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseResult {
+    /// The phase.
+    pub phase: Phase,
+    /// What the node enforced, in words.
+    pub enforcement: String,
+    /// One row per pod, then the node.
+    pub rows: Vec<Row>,
+    /// The `inet imdsguard` counters after the phase (empty before protection).
+    pub counters: Vec<CounterValue>,
+    /// What did not come out as expected.
+    pub unexpected: Vec<String>,
+}
+
+/// Everything the lab found.
+#[derive(Debug, Clone, Serialize)]
+pub struct LabReport {
+    /// The pods (and the node).
+    pub pods: Vec<PodInfo>,
+    /// The phases, in the order run.
+    pub phases: Vec<PhaseResult>,
+    /// `--bench-allow`: allow-set change latencies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bench: Option<BenchResult>,
+    /// Everything came out as expected.
+    pub as_expected: bool,
+}
+
+/// What a phase should show for a pod; `None` when nothing is asserted.
+pub(crate) fn check(phase: Phase, info: &PodInfo, row: &Row) -> Vec<String> {
+    let mut out = Vec::new();
+    let who = &info.name;
+    if !row.azure_dns {
+        out.push(format!(
+            "{who}: Azure DNS (168.63.129.16:53/udp) did not answer"
+        ));
+    }
+    if !row.node_local_dns {
+        out.push(format!(
+            "{who}: node-local DNS (169.254.20.10:53/udp) did not answer"
+        ));
+    }
+    let open = matches!(phase, Phase::Before | Phase::Observe) || info.allowlisted || who == "node";
+    if open && !row.sensitive {
+        out.push(format!(
+            "{who}: expected to reach IMDS in phase {}, the probe found nothing sensitive",
+            phase.as_str()
+        ));
+    }
+    if !open {
+        if row.sensitive {
+            out.push(format!(
+                "{who}: reached {} in phase {}",
+                row.reached.join(", "),
+                phase.as_str()
+            ));
+        }
+        for (what, class) in [
+            ("WireServer", row.wireserver),
+            ("HostGAPlugin", row.hostgaplugin),
+        ] {
+            if class != Class::BlockedTimeout {
+                out.push(format!(
+                    "{who}: {what} ended {class} in phase {}, expected blocked-timeout",
+                    phase.as_str()
+                ));
+            }
+        }
+        let imds_expected = if phase == Phase::Proxy {
+            Class::BlockedByImdsguard
+        } else {
+            Class::BlockedTimeout
+        };
+        if row.imds != imds_expected {
+            out.push(format!(
+                "{who}: IMDS ended {} in phase {}, expected {imds_expected}",
+                row.imds,
+                phase.as_str()
+            ));
+        }
+    }
+    out
+}
+
+fn mark(ok: bool) -> &'static str {
+    if ok { "answers" } else { "NO ANSWER" }
+}
+
+impl LabReport {
+    /// The JSON document.
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self).expect("the report serializes");
+        s.push('\n');
+        s
+    }
+
+    /// Tables: one per phase, then the before/after summary.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "imdsguard lab: a node in network namespaces (nothing linked to this machine's network)"
+        );
+        let mut pods = Table::new();
+        pods.load_preset(UTF8_FULL_CONDENSED)
+            .set_content_arrangement(ContentArrangement::Dynamic)
+            .set_header(["pod", "address", "enters the node on", "role"]);
+        for p in &self.pods {
+            pods.add_row([
+                p.name.clone(),
+                p.address.clone(),
+                p.interface.clone(),
+                p.role.clone(),
+            ]);
+        }
+        let _ = writeln!(out, "{pods}");
+        for phase in &self.phases {
+            let _ = writeln!(
+                out,
+                "\nphase {}: {}",
+                phase.phase.as_str(),
+                phase.enforcement
+            );
+            let mut t = Table::new();
+            t.load_preset(UTF8_FULL_CONDENSED)
+                .set_content_arrangement(ContentArrangement::Dynamic)
+                .set_header([
+                    "from",
+                    "IMDS instance",
+                    "IMDS token",
+                    "WireServer :80",
+                    "HostGAPlugin :32526",
+                    "Azure DNS :53",
+                    "node-local DNS",
+                    "verdict",
+                ]);
+            for r in &phase.rows {
+                let imds = match &r.denied_by {
+                    Some(rule) if r.imds == Class::BlockedByImdsguard => {
+                        format!("{} ({rule})", r.imds)
+                    }
+                    _ => r.imds.to_string(),
+                };
+                t.add_row(vec![
+                    Cell::new(&r.pod),
+                    Cell::new(imds),
+                    Cell::new(r.token.to_string()),
+                    Cell::new(r.wireserver.to_string()),
+                    Cell::new(r.hostgaplugin.to_string()),
+                    Cell::new(mark(r.azure_dns)),
+                    Cell::new(mark(r.node_local_dns)),
+                    Cell::new(if r.sensitive {
+                        "SENSITIVE"
+                    } else {
+                        "protected"
+                    }),
+                ]);
+            }
+            let _ = writeln!(out, "{t}");
+            if !phase.counters.is_empty() {
+                let counters: Vec<String> = phase
+                    .counters
+                    .iter()
+                    .map(|c| format!("{} {}", c.name, c.packets))
+                    .collect();
+                let _ = writeln!(out, "nft counters (packets): {}", counters.join(", "));
+            }
+            for u in &phase.unexpected {
+                let _ = writeln!(out, "UNEXPECTED: {u}");
+            }
+        }
+
+        // The before/after matrix.
+        let mut t = Table::new();
+        let mut header = vec!["from".to_owned()];
+        header.extend(self.phases.iter().map(|p| p.phase.as_str().to_owned()));
+        t.load_preset(UTF8_FULL_CONDENSED)
+            .set_content_arrangement(ContentArrangement::Dynamic)
+            .set_header(header);
+        let mut by_pod: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        for (i, p) in self.pods.iter().enumerate() {
+            let mut cells = vec![p.name.clone()];
+            for phase in &self.phases {
+                let cell = phase
+                    .rows
+                    .iter()
+                    .find(|r| r.pod == p.name)
+                    .map(|r| {
+                        if r.token == Class::TokenObtained {
+                            "TOKEN".to_owned()
+                        } else if r.sensitive {
+                            "EXPOSED".to_owned()
+                        } else if r.imds == Class::BlockedByImdsguard {
+                            "denied by proxy".to_owned()
+                        } else {
+                            "blocked".to_owned()
+                        }
+                    })
+                    .unwrap_or_default();
+                cells.push(cell);
+            }
+            by_pod.insert(i, cells);
+        }
+        for cells in by_pod.into_values() {
+            t.add_row(cells);
+        }
+        let _ = writeln!(
+            out,
+            "\nbefore/after (TOKEN: an access token was obtained; EXPOSED: instance or WireServer data):\n{t}"
+        );
+        if let Some(b) = &self.bench {
+            let _ = writeln!(out, "\n{}", b.to_text());
+        }
+        let _ = writeln!(
+            out,
+            "\n{}",
+            if self.as_expected {
+                "Every phase came out as expected."
+            } else {
+                "Some results were not as expected (see UNEXPECTED above)."
+            }
+        );
+        out
+    }
+}

@@ -1,0 +1,413 @@
+//! The inner run: the sandbox node, the emulator in the cloud namespace, DNS echoes, the
+//! filtering proxy on the node, then the phases.
+
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use imdsguard_core::imds::{IMDS_ADDRESS, WIRESERVER_ADDRESS};
+use imdsguard_core::nft::{AllowedPair, Mode, RulesetConfig};
+use imdsguard_core::target::Cloud;
+use imdsguard_emulator::{Config as VmConfig, Emulator, Options, Throttle};
+use imdsguard_node::netns::{Isolated, NetNamespace};
+use imdsguard_node::sandbox::{
+    self, Attach, NODE_ADDR, NODE_LOCAL_DNS, Sandbox, Services, lab_pods, udp_echo_check,
+};
+use imdsguard_node::{Enforcer, Exec};
+use imdsguard_probe::{
+    DEFAULT_ENDPOINT, DEFAULT_HOSTGAPLUGIN, DEFAULT_WIRESERVER, Endpoint, ProbeConfig,
+};
+use tokio::sync::oneshot;
+
+use crate::report::{LabReport, Phase, PhaseResult, PodInfo, Row, check};
+use crate::{Format, LabArgs, LabError, LabExit};
+
+/// The pod whose (interface, address) pair is allowlisted.
+const ALLOWED_POD: &str = "allowed";
+/// Where the filtering proxy listens on the node (proxy mode redirects IMDS there).
+const PROXY_LISTEN: SocketAddrV4 = SocketAddrV4::new(NODE_ADDR, 8169);
+
+/// The proxy's access rules in the lab: the `shop` namespace may read its VM's location,
+/// nothing else; every other request is denied (default deny).
+const PROXY_RULES: &str = "rules:
+  - name: shop-location
+    description: the web shop may read the VM's location, and nothing else
+    subjects: [{namespace: shop}]
+    paths: [/metadata/instance/compute/location]
+";
+
+/// The pods the proxy knows (by source address). The allowlisted pod goes straight to
+/// IMDS and is not listed: a connection from its address that reaches the proxy came
+/// from elsewhere (the spoofer) and is an unknown source.
+const PROXY_PODS: &str = "- {ip: 10.244.0.11, namespace: shop, name: web}
+- {ip: 10.244.1.10, namespace: jobs, name: batch}
+";
+
+/// A Tokio runtime on a thread (inside a namespace or in the node's), holding a server
+/// until dropped.
+struct Background {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<Result<(), imdsguard_node::NodeError>>>,
+}
+
+impl Background {
+    /// Runs `serve` (which starts a server, reports readiness, then waits for `stop`).
+    fn start<F, Fut>(
+        ns: Option<&NetNamespace>,
+        what: &str,
+        serve: F,
+    ) -> Result<Background, LabError>
+    where
+        F: FnOnce(mpsc::Sender<Result<(), String>>, oneshot::Receiver<()>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let body = move || match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(serve(ready_tx, stop_rx)),
+            Err(e) => {
+                let _ = ready_tx.send(Err(format!("cannot start a runtime: {e}")));
+            }
+        };
+        let thread = match ns {
+            Some(ns) => ns.spawn(body),
+            None => std::thread::spawn(move || {
+                body();
+                Ok(())
+            }),
+        };
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => Ok(Background {
+                stop: Some(stop_tx),
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => Err(LabError::Lab(format!("{what}: {e}"))),
+            Err(_) => {
+                let why = match thread.join() {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "did not start".into(),
+                };
+                Err(LabError::Lab(format!("{what}: {why}")))
+            }
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The emulator, answering as IMDS, WireServer and HostGAPlugin on their real addresses
+/// inside the cloud namespace.
+fn start_emulator(cloud: &NetNamespace) -> Result<Background, LabError> {
+    let options = Options {
+        imds: vec![SocketAddr::new(IMDS_ADDRESS.into(), 80)],
+        wireserver: Some(SocketAddr::new(WIRESERVER_ADDRESS.into(), 80)),
+        hostgaplugin: Some(SocketAddr::new(WIRESERVER_ADDRESS.into(), 32526)),
+        // The cloud namespace owns these addresses; nothing links it to the machine.
+        allow_metadata_address: true,
+        throttle: Throttle::disabled(),
+        seed: Some(4),
+        shutdown_grace: Duration::from_millis(200),
+        ..Options::default()
+    };
+    Background::start(Some(cloud), "the emulator", move |ready, stop| async move {
+        match Emulator::start(VmConfig::default_aks(), options).await {
+            Ok(emulator) => {
+                let _ = ready.send(Ok(()));
+                let _ = stop.await;
+                emulator.shutdown().await;
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e.to_string()));
+            }
+        }
+    })
+}
+
+/// The filtering proxy on the node (its upstream is IMDS, reached through the node's
+/// link to the cloud namespace).
+fn start_proxy() -> Result<Background, LabError> {
+    use imdsguard_core::access::{AccessRules, PodIndex};
+    use imdsguard_proxy::{Proxy, ProxyConfig, Upstream};
+    let upstream = Upstream::parse(DEFAULT_ENDPOINT).map_err(|e| LabError::Lab(e.to_string()))?;
+    let mut config = ProxyConfig::new(SocketAddr::V4(PROXY_LISTEN), upstream);
+    config.rules = Some(AccessRules::parse(PROXY_RULES).map_err(|e| LabError::Lab(e.to_string()))?);
+    config.pods = PodIndex::parse(PROXY_PODS).map_err(|e| LabError::Lab(e.to_string()))?;
+    config.shutdown_grace = Duration::from_millis(200);
+    Background::start(None, "the filtering proxy", move |ready, stop| async move {
+        match Proxy::start(config).await {
+            Ok(proxy) => {
+                let _ = ready.send(Ok(()));
+                let _ = stop.await;
+                proxy.shutdown().await;
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e.to_string()));
+            }
+        }
+    })
+}
+
+fn probe_config(connect_timeout: Duration) -> ProbeConfig {
+    let endpoint = |url: &str| Endpoint::parse(url).expect("a built-in endpoint");
+    let mut config = ProbeConfig::new(endpoint(DEFAULT_ENDPOINT));
+    // Inside the lab's namespaces the real addresses are the lab's emulator.
+    config.wireserver = Some(endpoint(DEFAULT_WIRESERVER));
+    config.hostgaplugin = Some(endpoint(DEFAULT_HOSTGAPLUGIN));
+    config.connect_timeout = connect_timeout;
+    config.timeout = Duration::from_secs(3);
+    config
+}
+
+/// The probe and the DNS checks, from wherever the calling thread's namespace is.
+fn probe_here(pod: &str, config: &ProbeConfig) -> Row {
+    let report = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(imdsguard_probe::probe(config)),
+        Err(e) => panic!("cannot start a runtime: {e}"),
+    };
+    let wait = Duration::from_millis(500);
+    let azure_dns = udp_echo_check(SocketAddr::new(WIRESERVER_ADDRESS.into(), 53), wait);
+    let node_local_dns = udp_echo_check(SocketAddr::new(NODE_LOCAL_DNS.into(), 53), wait);
+    Row::new(pod, &report, azure_dns, node_local_dns)
+}
+
+/// Probes every pod and the node at once.
+fn probe_all(sandbox: &Sandbox, connect_timeout: Duration) -> Result<Vec<Row>, LabError> {
+    let mut handles = Vec::new();
+    for pod in sandbox.pods() {
+        let name = pod.name().to_owned();
+        let config = probe_config(connect_timeout);
+        handles.push(pod.netns().spawn(move || probe_here(&name, &config)));
+    }
+    let config = probe_config(connect_timeout);
+    // The node itself: hostNetwork pods, the kubelet. imdsguard leaves it alone.
+    let node = std::thread::spawn(move || Ok(probe_here("node", &config)));
+    handles.push(node);
+    let mut rows = Vec::new();
+    for h in handles {
+        rows.push(
+            h.join()
+                .map_err(|_| LabError::Lab("a probe thread panicked".into()))??,
+        );
+    }
+    Ok(rows)
+}
+
+fn pod_infos(sandbox: &Sandbox, allowed: &[AllowedPair]) -> Vec<PodInfo> {
+    let mut out: Vec<PodInfo> = sandbox
+        .pods()
+        .iter()
+        .map(|p| {
+            let s = p.spec();
+            let iface = s.ingress_iface();
+            let role = match (s.name.as_str(), s.attach) {
+                (ALLOWED_POD, _) => "allowlisted (interface, address) pair".to_owned(),
+                ("spoofer", _) => format!(
+                    "borrows {}'s address on its own interface (answers routed back to it)",
+                    ALLOWED_POD
+                ),
+                (_, Attach::Bridged) => format!("kubenet pod on bridge {}", sandbox::BRIDGE),
+                _ => "ordinary pod (Azure CNI)".to_owned(),
+            };
+            PodInfo {
+                name: s.name.clone(),
+                address: s.addr.to_string(),
+                allowlisted: allowed
+                    .iter()
+                    .any(|a| a.iface == iface && a.addr == IpAddr::V4(s.addr)),
+                interface: if s.attach == Attach::Bridged {
+                    format!("{iface} (port {})", s.host_iface())
+                } else {
+                    iface
+                },
+                role,
+            }
+        })
+        .collect();
+    out.push(PodInfo {
+        name: "node".into(),
+        address: NODE_ADDR.to_string(),
+        interface: "(the node itself)".into(),
+        role: "hostNetwork / kubelet: not filtered".into(),
+        allowlisted: false,
+    });
+    out
+}
+
+/// Builds the lab, runs the phases, prints, and says whether all came out as expected.
+pub(crate) fn run(isolated: &Isolated, args: &LabArgs) -> Result<LabExit, LabError> {
+    let phases: Vec<Phase> = if args.phases.is_empty() {
+        Phase::ALL.to_vec()
+    } else {
+        args.phases.clone()
+    };
+    let sandbox = Sandbox::build(isolated, &lab_pods())?;
+    let _emulator = start_emulator(sandbox.cloud())?;
+    let mut services = Services::new();
+    services.udp_echo(
+        Some(sandbox.cloud()),
+        SocketAddr::new(WIRESERVER_ADDRESS.into(), 53),
+    )?;
+    services.udp_echo(None, SocketAddr::new(NODE_LOCAL_DNS.into(), 53))?;
+    let _proxy = if phases.contains(&Phase::Proxy) {
+        Some(start_proxy()?)
+    } else {
+        None
+    };
+
+    let allowed_spec = sandbox
+        .pod(ALLOWED_POD)
+        .expect("the lab has an allowlisted pod")
+        .spec()
+        .clone();
+    let allowed = vec![
+        AllowedPair::new(&allowed_spec.ingress_iface(), IpAddr::V4(allowed_spec.addr))
+            .map_err(imdsguard_node::NodeError::from)?,
+    ];
+    let pods = pod_infos(&sandbox, &allowed);
+
+    let mut config = RulesetConfig::new(Mode::Block, &[Cloud::Azure]);
+    config.proxy_v4 = Some(PROXY_LISTEN);
+    let mut enforcer = Enforcer::new(config.clone(), Exec::here())?.with_allowed(allowed.clone());
+    let mut results = Vec::new();
+    for phase in &phases {
+        let enforcement = match phase {
+            Phase::Before => {
+                enforcer.uninstall()?;
+                "none (no inet imdsguard table)".to_owned()
+            }
+            Phase::Block | Phase::Observe | Phase::Proxy => {
+                let mode = match phase {
+                    Phase::Block => Mode::Block,
+                    Phase::Observe => Mode::Observe,
+                    _ => Mode::Proxy,
+                };
+                let mut c = config.clone();
+                c.mode = mode;
+                enforcer.replace(c)?;
+                match mode {
+                    Mode::Block => {
+                        "block: pod traffic to IMDS and WireServer dropped unless allowlisted"
+                            .to_owned()
+                    }
+                    Mode::Observe => "observe: let through, counted and logged (NFLOG)".to_owned(),
+                    Mode::Proxy => format!(
+                        "proxy: IMDS redirected to the filtering proxy at {PROXY_LISTEN}, WireServer dropped, allowlisted pair direct"
+                    ),
+                }
+            }
+        };
+        let rows = probe_all(&sandbox, args.connect_timeout)?;
+        let counters = if *phase == Phase::Before {
+            Vec::new()
+        } else {
+            enforcer.counters()?
+        };
+        let mut unexpected = Vec::new();
+        for info in &pods {
+            if let Some(row) = rows.iter().find(|r| r.pod == info.name) {
+                unexpected.extend(check(*phase, info, row));
+            }
+        }
+        if *phase != Phase::Before && !enforcer.status()?.enforcing {
+            unexpected.push("the nft table is not as installed".into());
+        }
+        results.push(PhaseResult {
+            phase: *phase,
+            enforcement,
+            rows,
+            counters,
+            unexpected,
+        });
+    }
+
+    let bench = if args.bench_allow > 0 {
+        let mut c = config.clone();
+        c.mode = Mode::Block;
+        enforcer.replace(c)?;
+        let web = sandbox.pod("web").expect("the lab has a web pod");
+        Some(crate::bench::allow_latency(
+            &mut enforcer,
+            web,
+            SocketAddr::new(IMDS_ADDRESS.into(), 80),
+            args.bench_allow,
+        )?)
+    } else {
+        None
+    };
+    // Not needed (the namespace goes away with this process), but tidy.
+    enforcer.uninstall()?;
+
+    let as_expected = results.iter().all(|p| p.unexpected.is_empty());
+    let report = LabReport {
+        pods,
+        phases: results,
+        bench,
+        as_expected,
+    };
+    let text = match args.format {
+        Format::Text => report.to_text(),
+        Format::Json => report.to_json(),
+    };
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(LabError::Io {
+                what: "writing the report".into(),
+                source: e,
+            });
+        }
+        _ => {}
+    }
+    Ok(if as_expected {
+        LabExit::Expected
+    } else {
+        LabExit::Unexpected
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_proxy_files_parse_and_leave_the_allowlisted_pod_out() {
+        use imdsguard_core::access::{AccessRules, PodIndex};
+        assert_eq!(AccessRules::parse(PROXY_RULES).unwrap().len(), 1);
+        let pods = PodIndex::parse(PROXY_PODS).unwrap();
+        assert_eq!(pods.len(), 2);
+        let allowed = lab_pods()
+            .into_iter()
+            .find(|p| p.name == ALLOWED_POD)
+            .unwrap();
+        assert!(!PROXY_PODS.contains(&allowed.addr.to_string()));
+    }
+
+    #[test]
+    fn the_probe_targets_the_default_endpoints() {
+        let c = probe_config(Duration::from_millis(300));
+        assert_eq!(c.endpoint.to_string(), DEFAULT_ENDPOINT);
+        assert_eq!(c.wireserver.unwrap().to_string(), DEFAULT_WIRESERVER);
+        assert_eq!(c.hostgaplugin.unwrap().to_string(), DEFAULT_HOSTGAPLUGIN);
+        assert_eq!(c.connect_timeout, Duration::from_millis(300));
+    }
+}

@@ -1,0 +1,167 @@
+//! `imdsguard-lab` end to end, inside a network namespace of its own
+//! (`imdsguard_testkit::Netns`); the lab then makes its own namespaces inside that one.
+
+use std::process::Command;
+
+use imdsguard_testkit::Netns;
+use serde_json::Value;
+
+const LAB: &str = env!("CARGO_BIN_EXE_imdsguard-lab");
+
+fn tools_or_skip(test: &str) -> bool {
+    let missing: Vec<&str> = ["nft", "ip", "nsenter", "unshare"]
+        .into_iter()
+        .filter(|t| !imdsguard_node::which(t))
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!("{test}: missing {}", missing.join(", "));
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{why}");
+    }
+    eprintln!("{why}: skipped");
+    false
+}
+
+fn row<'a>(phase: &'a Value, pod: &str) -> &'a Value {
+    phase["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["pod"] == pod)
+        .unwrap_or_else(|| panic!("no row for {pod}"))
+}
+
+fn check_matrix(out: &std::process::Output) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(report["as_expected"], true);
+    let phases = report["phases"].as_array().unwrap();
+    let names: Vec<&str> = phases
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["before", "block", "proxy"]);
+    let (before, block, proxy) = (&phases[0], &phases[1], &phases[2]);
+    for pod in ["allowed", "web", "spoofer", "batch", "node"] {
+        let r = row(before, pod);
+        assert_eq!(r["sensitive"], true, "{pod} before: {r}");
+        assert_eq!(r["token"], "token-obtained", "{pod} before");
+        for phase in phases {
+            let r = row(phase, pod);
+            assert_eq!(r["azure_dns"], true, "{pod} DNS in {}", phase["phase"]);
+            assert_eq!(
+                r["node_local_dns"], true,
+                "{pod} node-local DNS in {}",
+                phase["phase"]
+            );
+        }
+    }
+    for pod in ["allowed", "node"] {
+        assert_eq!(row(block, pod)["token"], "token-obtained", "{pod} block");
+        assert_eq!(row(proxy, pod)["token"], "token-obtained", "{pod} proxy");
+    }
+    for pod in ["web", "spoofer", "batch"] {
+        let r = row(block, pod);
+        assert_eq!(r["sensitive"], false, "{pod} block: {r}");
+        for step in ["imds", "wireserver", "hostgaplugin"] {
+            assert_eq!(r[step], "blocked-timeout", "{pod} block {step}");
+        }
+        let r = row(proxy, pod);
+        assert_eq!(r["sensitive"], false, "{pod} proxy: {r}");
+        assert_eq!(r["imds"], "blocked-by-imdsguard", "{pod} proxy imds");
+        assert_eq!(r["wireserver"], "blocked-timeout", "{pod} proxy wireserver");
+    }
+    assert_eq!(row(proxy, "spoofer")["denied_by"], "unknown-source");
+    let blocked = block["counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "blocked")
+        .unwrap();
+    assert!(blocked["packets"].as_u64().unwrap() > 0);
+    let bench = &report["bench"];
+    assert_eq!(bench["rounds"], 3);
+    assert!(bench["effective_median_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn the_lab_blocks_every_pod_but_the_allowlisted_one() {
+    let test = "the_lab_blocks_every_pod_but_the_allowlisted_one";
+    let Some(ns) = Netns::or_skip(test) else {
+        return;
+    };
+    if !tools_or_skip(test) {
+        return;
+    }
+    let out = ns.run(
+        r#"exec "$LAB" --format json --phase before --phase block --phase proxy --bench-allow 3"#,
+        &[("LAB", LAB)],
+    );
+    check_matrix(&out);
+}
+
+#[test]
+fn the_lab_runs_rootless_in_a_user_namespace() {
+    // Only root can drop to another user here; the lab then makes its namespaces with
+    // `unshare --net --map-root-user`, as it would for any user. It runs inside a
+    // namespace of its own (`unshare --net`) all the same.
+    let test = "the_lab_runs_rootless_in_a_user_namespace";
+    if !rustix::process::geteuid().is_root() || !imdsguard_node::which("setpriv") {
+        eprintln!("{test}: skipped: needs root and setpriv to run the lab as another user");
+        return;
+    }
+    if !tools_or_skip(test) {
+        return;
+    }
+    let out = Command::new("unshare")
+        .args([
+            "--net",
+            "--",
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ])
+        .args([
+            LAB,
+            "--format",
+            "json",
+            "--phase",
+            "before",
+            "--phase",
+            "block",
+            "--phase",
+            "proxy",
+            "--bench-allow",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("unprivileged user namespaces") || stderr.contains("Permission denied") {
+        // No user namespaces for ordinary users here: the lab says why and exits 2.
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        eprintln!("{test}: unprivileged user namespaces are off here: {stderr}");
+        return;
+    }
+    check_matrix(&out);
+}
+
+#[test]
+fn the_lab_says_what_is_missing() {
+    // With an empty PATH nothing is found: the lab names the tools and exits 2 before
+    // doing anything.
+    let out = Command::new(LAB)
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for tool in ["unshare", "nsenter", "ip", "nft"] {
+        assert!(stderr.contains(&format!("`{tool}`")), "{stderr}");
+    }
+}

@@ -1,0 +1,378 @@
+//! Applying and reading the `inet imdsguard` table with `nft`, flushing conntrack.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use imdsguard_core::nft::{
+    self, AllowedPair, CounterValue, Mode, RulesetConfig, TableState, conntrack_flush_args,
+    parse_conntrack_deleted, parse_counters,
+};
+use imdsguard_core::target::Target;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::NodeError;
+use crate::exec::Exec;
+
+/// Applies one JSON batch with `nft -j -f -`: one transaction, all or nothing.
+pub fn apply(exec: &Exec, batch: &Value) -> Result<(), NodeError> {
+    if batch["nftables"].as_array().is_some_and(Vec::is_empty) {
+        return Ok(());
+    }
+    exec.run("nft", ["-j", "-f", "-"], Some(batch.to_string().as_bytes()))
+        .map(drop)
+        .map_err(nft_error)
+}
+
+fn nft_error(e: NodeError) -> NodeError {
+    match e {
+        NodeError::Command {
+            command,
+            status,
+            stderr,
+        } => NodeError::Nft {
+            command,
+            status,
+            stderr,
+        },
+        other => other,
+    }
+}
+
+fn is_missing_table(e: &NodeError) -> bool {
+    matches!(e, NodeError::Nft { stderr, .. } if stderr.contains("No such file or directory"))
+}
+
+/// Reads `inet imdsguard` (`nft -j list table inet imdsguard`); `None` when it is absent.
+pub fn read_table(exec: &Exec) -> Result<Option<TableState>, NodeError> {
+    match exec
+        .run(
+            "nft",
+            ["-j", "list", "table", nft::FAMILY, nft::TABLE],
+            None,
+        )
+        .map_err(nft_error)
+    {
+        Ok(text) => Ok(TableState::parse(&text)?),
+        Err(e) if is_missing_table(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The named counters (`nft -j list counters table inet imdsguard`); empty when the
+/// table is absent.
+pub fn read_counters(exec: &Exec) -> Result<Vec<CounterValue>, NodeError> {
+    match exec
+        .run(
+            "nft",
+            ["-j", "list", "counters", "table", nft::FAMILY, nft::TABLE],
+            None,
+        )
+        .map_err(nft_error)
+    {
+        Ok(text) => Ok(parse_counters(&text)?),
+        Err(e) if is_missing_table(&e) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes `inet imdsguard` (one transaction, nothing else touched). `true` when it was
+/// there.
+pub fn uninstall_table(exec: &Exec) -> Result<bool, NodeError> {
+    let present = read_table(exec)?.is_some();
+    apply(exec, &nft::delete_table())?;
+    Ok(present)
+}
+
+/// What flushing conntrack did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ConntrackOutcome {
+    /// Flow entries deleted.
+    pub deleted: u64,
+    /// What could not be done (no `conntrack`, a failure); enforcement is in place anyway.
+    pub warnings: Vec<String>,
+}
+
+/// Deletes the tracked flows toward `targets` (from `source` only, when given), so that
+/// connections opened before the rules cannot go on. "0 flow entries" is not an error;
+/// a missing `conntrack` is a warning.
+pub fn flush_conntrack(
+    exec: &Exec,
+    targets: &[Target],
+    source: Option<IpAddr>,
+) -> ConntrackOutcome {
+    let mut outcome = ConntrackOutcome::default();
+    for args in conntrack_flush_args(targets, source) {
+        match exec.output("conntrack", &args, None) {
+            Ok(out) => {
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                match parse_conntrack_deleted(&text) {
+                    Some(n) => outcome.deleted += n,
+                    None if out.status.success() => {}
+                    None => outcome.warnings.push(format!(
+                        "conntrack {}: {}",
+                        args.join(" "),
+                        text.trim()
+                    )),
+                }
+            }
+            Err(NodeError::MissingTool { tool, package }) => {
+                outcome.warnings.push(format!(
+                    "{tool} is missing (package {package}): connections opened before enforcement were not cut"
+                ));
+                break;
+            }
+            Err(e) => outcome.warnings.push(e.to_string()),
+        }
+    }
+    outcome
+}
+
+/// What is in place, as `nft` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Status {
+    /// `inet imdsguard` exists.
+    pub installed: bool,
+    /// Its chains are hooked and its verdict rules are there (and, when the expected
+    /// configuration is known, it matches it).
+    pub enforcing: bool,
+    /// The mode its verdict rules name.
+    pub mode: Option<Mode>,
+    /// The allow sets' entries.
+    pub allowed: Vec<AllowedPair>,
+    /// The named counters.
+    pub counters: Vec<CounterValue>,
+    /// What is missing or different.
+    pub problems: Vec<String>,
+}
+
+impl Status {
+    fn from_table(table: Option<TableState>, expected: Option<&TableState>) -> Status {
+        match table {
+            None => Status {
+                installed: false,
+                enforcing: false,
+                mode: None,
+                allowed: Vec::new(),
+                counters: Vec::new(),
+                problems: vec![format!(
+                    "table {} {} is not installed",
+                    nft::FAMILY,
+                    nft::TABLE
+                )],
+            },
+            Some(t) => {
+                let mut problems = match expected {
+                    Some(e) => t.differences(e),
+                    None => Vec::new(),
+                };
+                if !t.is_enforcing() && problems.is_empty() {
+                    problems.push("chains or verdict rules are missing".into());
+                }
+                Status {
+                    installed: true,
+                    enforcing: problems.is_empty(),
+                    mode: t.mode,
+                    allowed: t.allowed,
+                    counters: t.counters,
+                    problems,
+                }
+            }
+        }
+    }
+}
+
+/// Whether our table and rules are in place, without knowing the configuration.
+pub fn status(exec: &Exec) -> Result<Status, NodeError> {
+    Ok(Status::from_table(read_table(exec)?, None))
+}
+
+/// What [`Enforcer::install`] and [`Enforcer::replace`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstallReport {
+    /// The mode now enforced.
+    pub mode: Mode,
+    /// Allowlisted (interface, address) pairs.
+    pub allowed: usize,
+    /// Whether a previous table was replaced (its counters carried over).
+    pub replaced: bool,
+    /// The conntrack flush.
+    pub conntrack: ConntrackOutcome,
+    /// Time to apply the batch.
+    #[serde(serialize_with = "millis")]
+    pub apply_time: Duration,
+}
+
+fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1000.0)
+}
+
+/// The node's enforcement: owns the configuration and the allowlist, and keeps
+/// `inet imdsguard` in step with them. It never removes the table by itself: when the
+/// process exits or crashes the rules stay (fail closed); [`Enforcer::uninstall`] is the
+/// only way out.
+///
+/// ```no_run
+/// # fn demo() -> Result<(), imdsguard_node::NodeError> {
+/// use imdsguard_core::nft::{Mode, RulesetConfig};
+/// use imdsguard_core::target::Cloud;
+/// use imdsguard_node::{Enforcer, Exec};
+/// let mut enforcer = Enforcer::new(RulesetConfig::new(Mode::Block, &[Cloud::Azure]), Exec::here())?;
+/// enforcer.install()?;                                   // atomic, conntrack flushed
+/// enforcer.add_allowed("azv1a2b3c4d5e6", "10.244.0.10".parse().unwrap())?; // set change
+/// assert!(enforcer.status()?.enforcing);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Enforcer {
+    exec: Exec,
+    config: RulesetConfig,
+    allowed: BTreeSet<AllowedPair>,
+}
+
+impl Enforcer {
+    /// An enforcer for `config` (checked now), with an empty allowlist; nothing is
+    /// applied until [`Enforcer::install`].
+    pub fn new(config: RulesetConfig, exec: Exec) -> Result<Enforcer, NodeError> {
+        config.validate()?;
+        Ok(Enforcer {
+            exec,
+            config,
+            allowed: BTreeSet::new(),
+        })
+    }
+
+    /// Starts with `pairs` allowlisted (the pods the agent knows at start); applied by
+    /// [`Enforcer::install`].
+    pub fn with_allowed(mut self, pairs: impl IntoIterator<Item = AllowedPair>) -> Enforcer {
+        self.allowed.extend(pairs);
+        self
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RulesetConfig {
+        &self.config
+    }
+
+    /// The NFLOG group drops and observations are logged to.
+    pub fn log_group(&self) -> u16 {
+        self.config.log.group
+    }
+
+    /// Where the commands run.
+    pub fn exec(&self) -> &Exec {
+        &self.exec
+    }
+
+    /// The allowlist as the enforcer holds it.
+    pub fn allowed(&self) -> impl Iterator<Item = &AllowedPair> {
+        self.allowed.iter()
+    }
+
+    /// Puts the table in place (replacing any previous one atomically, its counters
+    /// carried over) with the current allowlist, then flushes conntrack toward the
+    /// protected endpoints.
+    pub fn install(&mut self) -> Result<InstallReport, NodeError> {
+        let previous = read_table(&self.exec)?;
+        let counters = previous
+            .as_ref()
+            .map(|t| t.counters.clone())
+            .unwrap_or_default();
+        let allowed: Vec<AllowedPair> = self.allowed.iter().cloned().collect();
+        let batch = nft::ruleset(&self.config, &allowed, &counters)?;
+        let started = Instant::now();
+        apply(&self.exec, &batch)?;
+        let apply_time = started.elapsed();
+        let conntrack = flush_conntrack(&self.exec, &self.config.protected, None);
+        for w in &conntrack.warnings {
+            tracing::warn!(warning = %w, "conntrack");
+        }
+        tracing::info!(mode = %self.config.mode, allowed = allowed.len(), deleted_flows = conntrack.deleted, "inet imdsguard installed");
+        Ok(InstallReport {
+            mode: self.config.mode,
+            allowed: allowed.len(),
+            replaced: previous.is_some(),
+            conntrack,
+            apply_time,
+        })
+    }
+
+    /// Switches to `config` (another mode, interfaces, proxy address): the table is
+    /// rebuilt in one transaction, with the same allowlist.
+    pub fn replace(&mut self, config: RulesetConfig) -> Result<InstallReport, NodeError> {
+        config.validate()?;
+        let old = std::mem::replace(&mut self.config, config);
+        let report = self.install();
+        if report.is_err() {
+            self.config = old;
+        }
+        report
+    }
+
+    /// Allows `addr` entering on `iface` to reach the protected endpoints: one element
+    /// added to an allow set, no rebuild.
+    pub fn add_allowed(&mut self, iface: &str, addr: IpAddr) -> Result<AllowedPair, NodeError> {
+        let pair = AllowedPair::new(iface, addr)?;
+        apply(&self.exec, &nft::add_allowed(std::slice::from_ref(&pair)))?;
+        self.allowed.insert(pair.clone());
+        Ok(pair)
+    }
+
+    /// Takes (`iface`, `addr`) off the allowlist (absent is fine), then cuts its tracked
+    /// flows toward the protected endpoints.
+    pub fn remove_allowed(
+        &mut self,
+        iface: &str,
+        addr: IpAddr,
+    ) -> Result<ConntrackOutcome, NodeError> {
+        let pair = AllowedPair::new(iface, addr)?;
+        apply(
+            &self.exec,
+            &nft::remove_allowed(std::slice::from_ref(&pair)),
+        )?;
+        self.allowed.remove(&pair);
+        Ok(flush_conntrack(
+            &self.exec,
+            &self.config.protected,
+            Some(pair.addr),
+        ))
+    }
+
+    /// Makes the allowlist exactly `pairs`, in one transaction (sets flushed and refilled).
+    pub fn set_allowed(
+        &mut self,
+        pairs: impl IntoIterator<Item = AllowedPair>,
+    ) -> Result<(), NodeError> {
+        let pairs: BTreeSet<AllowedPair> = pairs.into_iter().collect();
+        let list: Vec<AllowedPair> = pairs.iter().cloned().collect();
+        apply(&self.exec, &nft::replace_allowed(&list))?;
+        self.allowed = pairs;
+        Ok(())
+    }
+
+    /// Removes the table on purpose (`imdsguard agent uninstall`). `true` when it was there.
+    pub fn uninstall(&self) -> Result<bool, NodeError> {
+        uninstall_table(&self.exec)
+    }
+
+    /// Whether the table is in place and as this enforcer built it (chains, rule counts,
+    /// sets, counters, mode).
+    pub fn status(&self) -> Result<Status, NodeError> {
+        let allowed: Vec<AllowedPair> = self.allowed.iter().cloned().collect();
+        let expected = TableState::from_batch(&nft::ruleset(&self.config, &allowed, &[])?);
+        Ok(Status::from_table(
+            read_table(&self.exec)?,
+            expected.as_ref(),
+        ))
+    }
+
+    /// The named counters.
+    pub fn counters(&self) -> Result<Vec<CounterValue>, NodeError> {
+        read_counters(&self.exec)
+    }
+}

@@ -1,0 +1,405 @@
+//! One request: canonicalise, validate, identify, decide, forward (or answer), then one
+//! log record and the metrics.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Incoming};
+use imdsguard_core::access::{Allow, Decision, Deny, PodInfo, RULE_CANONICAL_FORM};
+use imdsguard_core::canon::{CanonicalTarget, Canonicalizer, RejectKind, Rejection};
+use imdsguard_core::imds::{
+    self, CONTENT_TYPE_JSON, Endpoint, IdentitySelector, ImdsError, ImdsErrorKind, ImdsRequest,
+    Method,
+};
+use serde_json::{Value, json};
+
+use crate::server::{Handler, Reply};
+use crate::upstream::{self, UpstreamError};
+use crate::{Limits, Metrics, ProxyControl, Timeouts};
+
+/// What a request came to, for the log record and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Forwarded (the upstream answered, whatever its status).
+    Allow,
+    /// Denied by imdsguard (403).
+    Deny,
+    /// Refused as IMDS would refuse it (400/404/405), answered by the proxy.
+    Invalid,
+    /// Allowed, but the upstream gave no usable answer (502/504).
+    UpstreamError,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+            Outcome::Invalid => "invalid",
+            Outcome::UpstreamError => "upstream-error",
+        }
+    }
+}
+
+/// The facts of one decision. Holds no body and no header value: never a token.
+struct Record {
+    pod: Option<Arc<PodInfo>>,
+    path: String,
+    endpoint: Endpoint,
+    outcome: Outcome,
+    rule: String,
+    reason: Option<String>,
+    resource: Option<String>,
+    identity: Option<String>,
+    redacted: bool,
+    status: u16,
+}
+
+pub(crate) struct State {
+    pub(crate) canon: Canonicalizer,
+    pub(crate) control: ProxyControl,
+    pub(crate) upstream: upstream::Client,
+    pub(crate) metrics: Metrics,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) limits: Limits,
+}
+
+impl Handler for State {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Reply {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let (reply, mut rec) = self.decide(req, peer).await;
+        rec.status = reply.status().as_u16();
+        let latency = start.elapsed();
+        let namespace = rec.pod.as_ref().map_or("-", |p| p.namespace.as_str());
+        self.metrics.decision(
+            namespace,
+            rec.endpoint.as_str(),
+            rec.outcome.as_str(),
+            latency,
+        );
+        if rec.redacted {
+            self.metrics.redaction(namespace);
+        }
+        log(&rec, peer, &method, latency);
+        reply
+    }
+}
+
+impl State {
+    async fn decide(&self, req: Request<Incoming>, peer: SocketAddr) -> (Reply, Record) {
+        let pod = self.control.pods.load().get(peer.ip()).cloned();
+        let mut rec = Record {
+            pod,
+            path: String::new(),
+            endpoint: Endpoint::Unknown,
+            outcome: Outcome::Deny,
+            rule: String::new(),
+            reason: None,
+            resource: None,
+            identity: None,
+            redacted: false,
+            status: 0,
+        };
+
+        // 1. One spelling, or a rejection.
+        let uri = req.uri();
+        let owned;
+        let raw: &str = if uri.scheme().is_none() && uri.authority().is_none() {
+            uri.path_and_query().map_or("", |pq| pq.as_str())
+        } else {
+            owned = uri.to_string();
+            &owned
+        };
+        let canon: CanonicalTarget = match self.canon.canonicalize(raw) {
+            Ok(c) => c,
+            Err(rejection) => {
+                rec.path = shorten(raw.split('?').next().unwrap_or(raw), 200);
+                return (self.reject(&rejection, &mut rec), rec);
+            }
+        };
+        rec.path.clone_from(&canon.path);
+        rec.endpoint = canon.endpoint;
+        let headers = req.headers();
+        if let Err(rejection) = self
+            .canon
+            .check_headers(headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())))
+        {
+            return (self.reject(&rejection, &mut rec), rec);
+        }
+        if req.method() != http::Method::POST && !req.body().is_end_stream() {
+            let rejection = Rejection {
+                kind: RejectKind::BadTargetForm,
+                detail: format!("a {} request with a body", req.method()),
+            };
+            return (self.reject(&rejection, &mut rec), rec);
+        }
+
+        // 2. As IMDS would validate it (Metadata header, X-Forwarded-For, path, method,
+        //    parameters), answered here with IMDS's own error.
+        let valid = match imds::validate(
+            req.method().as_str(),
+            &canon.path,
+            canon.query.as_deref(),
+            headers.iter(),
+        ) {
+            Ok(v) => v,
+            Err(e) => {
+                rec.outcome = Outcome::Invalid;
+                rec.rule = "imds-validation".into();
+                rec.reason = Some(e.kind.to_string());
+                return (imds_error(&e), rec);
+            }
+        };
+        if let Some(t) = &valid.token {
+            rec.resource = Some(t.resource.clone());
+            rec.identity = Some(selector_text(t.selector.as_ref()));
+        }
+
+        // 3. Who is asking.
+        let Some(pod) = rec.pod.clone() else {
+            return (self.deny(Deny::unknown_source(peer.ip()), &mut rec), rec);
+        };
+
+        // 4. The rules.
+        let rules = self.control.rules.load();
+        let decision = match &*rules {
+            Some(rules) => rules.evaluate(&pod, &valid),
+            None => Decision::Deny(Deny::no_rules()),
+        };
+        let allow = match decision {
+            Decision::Deny(d) => return (self.deny(d, &mut rec), rec),
+            Decision::Allow(a) => a,
+        };
+        rec.outcome = Outcome::Allow;
+        rec.rule = allow.rule.to_string();
+
+        // 5. Forward the canonical request.
+        let (parts, body) = req.into_parts();
+        let body = if valid.method == Method::Post {
+            let read = tokio::time::timeout(
+                self.timeouts.request_body,
+                Limited::new(body, self.limits.max_request_body).collect(),
+            )
+            .await;
+            match read {
+                Ok(Ok(collected)) => collected.to_bytes(),
+                _ => {
+                    rec.outcome = Outcome::Invalid;
+                    rec.reason = Some("request body unreadable, too large or too slow".into());
+                    let e = ImdsError::new(
+                        valid.endpoint,
+                        ImdsErrorKind::InvalidBody("unreadable, too large or too slow".into()),
+                    );
+                    return (imds_error(&e), rec);
+                }
+            }
+        } else {
+            Bytes::new()
+        };
+        let result = if valid.endpoint == Endpoint::Instance && !allow.redaction.is_noop() {
+            rec.redacted = true;
+            self.forward_redacted(&valid, &allow, &parts.headers).await
+        } else {
+            self.forward(
+                parts.method,
+                &canon.target(),
+                &parts.headers,
+                body,
+                valid.endpoint,
+            )
+            .await
+        };
+        match result {
+            Ok(reply) => (reply, rec),
+            Err(e) => {
+                self.metrics.upstream_error(e.kind());
+                rec.outcome = Outcome::UpstreamError;
+                rec.redacted = false;
+                rec.reason = Some(e.to_string());
+                (self.upstream_error(&e), rec)
+            }
+        }
+    }
+
+    fn reject(&self, rejection: &Rejection, rec: &mut Record) -> Reply {
+        rec.outcome = Outcome::Deny;
+        rec.rule = RULE_CANONICAL_FORM.into();
+        rec.reason = Some(format!("{}: {}", rejection.kind, rejection.detail));
+        deny_reply(&Deny::canonical_form(rejection))
+    }
+
+    fn deny(&self, deny: Deny, rec: &mut Record) -> Reply {
+        rec.outcome = Outcome::Deny;
+        let reply = deny_reply(&deny);
+        rec.rule = deny.rule;
+        rec.reason = Some(deny.reason);
+        reply
+    }
+
+    async fn forward(
+        &self,
+        method: http::Method,
+        target: &str,
+        headers: &http::HeaderMap,
+        body: Bytes,
+        endpoint: Endpoint,
+    ) -> Result<Reply, UpstreamError> {
+        let start = Instant::now();
+        let answer = self.upstream.send(method, target, headers, body).await;
+        self.metrics.upstream(endpoint.as_str(), start.elapsed());
+        let answer = answer?;
+        let mut reply = Response::new(Full::new(answer.body));
+        *reply.status_mut() = answer.status;
+        *reply.headers_mut() = answer.headers;
+        Ok(reply)
+    }
+
+    /// The instance document with fields removed: the whole document is read as JSON,
+    /// redacted, and the asked element rendered here in the asked format (so a text
+    /// listing cannot name what JSON would hide).
+    async fn forward_redacted(
+        &self,
+        req: &ImdsRequest,
+        allow: &Allow,
+        headers: &http::HeaderMap,
+    ) -> Result<Reply, UpstreamError> {
+        // The api-version is one of imds::API_VERSIONS (validated): safe to embed.
+        let version = req.api_version.as_deref().unwrap_or(imds::API_VERSIONS[0]);
+        let target = format!("/metadata/instance?api-version={version}&format=json");
+        let start = Instant::now();
+        let answer = self
+            .upstream
+            .send(http::Method::GET, &target, headers, Bytes::new())
+            .await;
+        self.metrics
+            .upstream(Endpoint::Instance.as_str(), start.elapsed());
+        let answer = answer?;
+        if answer.status != StatusCode::OK {
+            // An IMDS error says nothing about the document: pass it on.
+            let mut reply = Response::new(Full::new(answer.body));
+            *reply.status_mut() = answer.status;
+            *reply.headers_mut() = answer.headers;
+            return Ok(reply);
+        }
+        let mut doc: Value = serde_json::from_slice(&answer.body)
+            .map_err(|e| UpstreamError::BadDocument(format!("not JSON ({e})")))?;
+        if !doc.is_object() {
+            return Err(UpstreamError::BadDocument("not a JSON object".into()));
+        }
+        allow.redaction.apply(&mut doc);
+        Ok(
+            match imds::render_instance(&doc, &req.instance_path, req.format) {
+                Ok(r) => respond(StatusCode::OK, r.content_type, r.body),
+                Err(e) => imds_error(&e),
+            },
+        )
+    }
+
+    fn upstream_error(&self, e: &UpstreamError) -> Reply {
+        let body = json!({
+            "error": "imdsguard_upstream_error",
+            "error_description": format!(
+                "imdsguard allowed the request but the metadata service at {} gave no usable answer: {e}",
+                self.upstream.base()
+            ),
+        });
+        respond(e.status(), CONTENT_TYPE_JSON, body.to_string())
+    }
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
+    let mut reply = Response::new(Full::new(body.into()));
+    *reply.status_mut() = status;
+    reply
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    reply
+}
+
+fn deny_reply(deny: &Deny) -> Reply {
+    respond(
+        StatusCode::FORBIDDEN,
+        CONTENT_TYPE_JSON,
+        deny.body().to_string(),
+    )
+}
+
+fn imds_error(e: &ImdsError) -> Reply {
+    respond(
+        StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
+        CONTENT_TYPE_JSON,
+        e.body_string(),
+    )
+}
+
+fn selector_text(s: Option<&IdentitySelector>) -> String {
+    match s {
+        None => "default".into(),
+        Some(IdentitySelector::ClientId(v)) => format!("client_id={v}"),
+        Some(IdentitySelector::ObjectId(v)) => format!("object_id={v}"),
+        Some(IdentitySelector::ResourceId { id, .. }) => format!("msi_res_id={id}"),
+    }
+}
+
+fn shorten(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// `namespace/name`, or `-`, without allocating.
+struct PodId<'a>(Option<&'a PodInfo>);
+
+impl fmt::Display for PodId<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(p) => write!(f, "{}/{}", p.namespace, p.name),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// The decision's one log record (target `imdsguard::decision`).
+fn log(rec: &Record, peer: SocketAddr, method: &http::Method, latency: std::time::Duration) {
+    let pod = rec.pod.as_deref();
+    macro_rules! record {
+        ($level:expr) => {
+            tracing::event!(
+                target: "imdsguard::decision",
+                $level,
+                peer = %peer.ip(),
+                pod = %PodId(pod),
+                namespace = pod.map_or("-", |p| p.namespace.as_str()),
+                service_account = pod.map_or("-", |p| p.service_account.as_str()),
+                method = %method,
+                path = %rec.path,
+                endpoint = rec.endpoint.as_str(),
+                decision = rec.outcome.as_str(),
+                rule = %rec.rule,
+                status = rec.status,
+                latency_us = latency.as_micros() as u64,
+                reason = rec.reason.as_deref(),
+                resource = rec.resource.as_deref(),
+                identity = rec.identity.as_deref(),
+                redacted = rec.redacted,
+                "decision"
+            )
+        };
+    }
+    if rec.outcome == Outcome::UpstreamError {
+        record!(tracing::Level::WARN);
+    } else {
+        record!(tracing::Level::INFO);
+    }
+}

@@ -1,0 +1,311 @@
+//! Prometheus metrics (prometheus-client, OpenMetrics text on the admin listener).
+//!
+//! | metric | labels | what |
+//! |---|---|---|
+//! | `imdsguard_proxy_decisions_total` | `namespace`, `endpoint`, `outcome` | one per request: `allow`, `deny`, `invalid` (IMDS's own 4xx, answered by the proxy), `upstream-error` |
+//! | `imdsguard_proxy_request_duration_seconds` | `outcome` | request latency inside the proxy, upstream included |
+//! | `imdsguard_proxy_upstream_duration_seconds` | `endpoint` | upstream exchange latency |
+//! | `imdsguard_proxy_upstream_errors_total` | `kind` | `connect`, `timeout`, `io`, `too-large`, `bad-document` |
+//! | `imdsguard_proxy_redactions_total` | `namespace` | instance answers with fields removed |
+//! | `imdsguard_proxy_rules` | | rules loaded |
+//! | `imdsguard_proxy_pods` | | addresses in the pod index |
+//! | `imdsguard_proxy_reloads_total` | `file`, `result` | rules / pods reloads, `ok` or `error` |
+//! | `imdsguard_proxy_open_connections` | | client connections open |
+//! | `imdsguard_nflog_drops_total` | `destination` | packets the node's nft rules dropped (counted by the agent) |
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    namespace: String,
+    endpoint: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NamespaceLabels {
+    namespace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    file: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationLabels {
+    destination: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// 50 µs to ~6.5 s, doubling.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+}
+
+struct Inner {
+    registry: Mutex<Registry>,
+    decisions: Family<DecisionLabels, Counter>,
+    latency: Histograms<OutcomeLabels>,
+    upstream_latency: Histograms<EndpointLabels>,
+    upstream_errors: Family<KindLabels, Counter>,
+    redactions: Family<NamespaceLabels, Counter>,
+    rules: Gauge,
+    pods: Gauge,
+    reloads: Family<ReloadLabels, Counter>,
+    connections: Gauge,
+    nflog_drops: Family<DestinationLabels, Counter>,
+}
+
+/// The proxy's metrics. Cheap to clone; every clone records into the same registry.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    /// A fresh registry (prefix `imdsguard`) holding every metric of the table above.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("imdsguard");
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        let latency: Histograms<OutcomeLabels> = Family::new_with_constructor(latency_histogram);
+        let upstream_latency: Histograms<EndpointLabels> =
+            Family::new_with_constructor(latency_histogram);
+        let upstream_errors = Family::<KindLabels, Counter>::default();
+        let redactions = Family::<NamespaceLabels, Counter>::default();
+        let rules = Gauge::default();
+        let pods = Gauge::default();
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        let connections = Gauge::default();
+        let nflog_drops = Family::<DestinationLabels, Counter>::default();
+        registry.register(
+            "proxy_decisions",
+            "Requests decided by the proxy, by caller namespace, IMDS endpoint and outcome (allow, deny, invalid, upstream-error)",
+            decisions.clone(),
+        );
+        registry.register(
+            "proxy_request_duration_seconds",
+            "Time from request to answer inside the proxy, upstream included",
+            latency.clone(),
+        );
+        registry.register(
+            "proxy_upstream_duration_seconds",
+            "Time of the exchange with the upstream metadata service",
+            upstream_latency.clone(),
+        );
+        registry.register(
+            "proxy_upstream_errors",
+            "Requests the upstream did not answer usably (connect, timeout, io, too-large, bad-document)",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "proxy_redactions",
+            "Instance-document answers with fields removed, by caller namespace",
+            redactions.clone(),
+        );
+        registry.register("proxy_rules", "Access rules loaded", rules.clone());
+        registry.register(
+            "proxy_pods",
+            "Source addresses in the pod index",
+            pods.clone(),
+        );
+        registry.register(
+            "proxy_reloads",
+            "Reloads of the rules and pods files, by result",
+            reloads.clone(),
+        );
+        registry.register(
+            "proxy_open_connections",
+            "Client connections open",
+            connections.clone(),
+        );
+        registry.register(
+            "nflog_drops",
+            "Packets to metadata endpoints dropped by imdsguard's nft rules, by destination",
+            nflog_drops.clone(),
+        );
+        Metrics {
+            inner: Arc::new(Inner {
+                registry: Mutex::new(registry),
+                decisions,
+                latency,
+                upstream_latency,
+                upstream_errors,
+                redactions,
+                rules,
+                pods,
+                reloads,
+                connections,
+                nflog_drops,
+            }),
+        }
+    }
+
+    /// The registry, to add metrics of one's own (the agent's); encoding takes the
+    /// same lock.
+    pub fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.inner
+            .registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts `n` packets to `destination` (`imds`, `wireserver`, ...) dropped by the
+    /// node's nft rules, as reported over NFLOG.
+    pub fn record_nflog_drops(&self, destination: &str, n: u64) {
+        self.inner
+            .nflog_drops
+            .get_or_create(&DestinationLabels {
+                destination: destination.to_string(),
+            })
+            .inc_by(n);
+    }
+
+    /// Counts a reload of `file` (`rules` or `pods`).
+    pub fn record_reload(&self, file: &'static str, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.inner
+            .reloads
+            .get_or_create(&ReloadLabels { file, result })
+            .inc();
+    }
+
+    /// The OpenMetrics text of every registered metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        let registry = self.registry();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+
+    pub(crate) fn decision(
+        &self,
+        namespace: &str,
+        endpoint: &'static str,
+        outcome: &'static str,
+        latency: Duration,
+    ) {
+        self.inner
+            .decisions
+            .get_or_create(&DecisionLabels {
+                namespace: namespace.to_string(),
+                endpoint,
+                outcome,
+            })
+            .inc();
+        self.inner
+            .latency
+            .get_or_create(&OutcomeLabels { outcome })
+            .observe(latency.as_secs_f64());
+    }
+
+    pub(crate) fn upstream(&self, endpoint: &'static str, latency: Duration) {
+        self.inner
+            .upstream_latency
+            .get_or_create(&EndpointLabels { endpoint })
+            .observe(latency.as_secs_f64());
+    }
+
+    pub(crate) fn upstream_error(&self, kind: &'static str) {
+        self.inner
+            .upstream_errors
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    pub(crate) fn redaction(&self, namespace: &str) {
+        self.inner
+            .redactions
+            .get_or_create(&NamespaceLabels {
+                namespace: namespace.to_string(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn set_rules(&self, n: usize) {
+        self.inner.rules.set(n as i64);
+    }
+
+    pub(crate) fn set_pods(&self, n: usize) {
+        self.inner.pods.set(n as i64);
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        self.inner.connections.inc();
+    }
+
+    pub(crate) fn connection_closed(&self) {
+        self.inner.connections.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_every_family() {
+        let m = Metrics::new();
+        m.decision(
+            "payments",
+            "identity-token",
+            "deny",
+            Duration::from_micros(80),
+        );
+        m.upstream("instance", Duration::from_millis(2));
+        m.upstream_error("connect");
+        m.record_nflog_drops("imds", 3);
+        m.record_reload("rules", true);
+        m.set_rules(4);
+        let text = m.encode();
+        for want in [
+            r#"imdsguard_proxy_decisions_total{namespace="payments",endpoint="identity-token",outcome="deny"} 1"#,
+            r#"imdsguard_proxy_request_duration_seconds_bucket{le="0.0001",outcome="deny"} 1"#,
+            r#"imdsguard_proxy_upstream_errors_total{kind="connect"} 1"#,
+            r#"imdsguard_nflog_drops_total{destination="imds"} 3"#,
+            r#"imdsguard_proxy_reloads_total{file="rules",result="ok"} 1"#,
+            "imdsguard_proxy_rules 4",
+            "# EOF",
+        ] {
+            assert!(text.contains(want), "{want} missing in\n{text}");
+        }
+    }
+}
