@@ -50,6 +50,9 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum AgentCommand {
+    /// Enforce on this node: install the nftables table (block, proxy or observe), keep it
+    /// in place and in sync with the pods file, serve /metrics, /healthz, /readyz.
+    Run(imdsguard_agent::RunArgs),
     /// Remove imdsguard's nftables table from this node (pods reach the endpoints again).
     Uninstall(imdsguard_node::UninstallArgs),
 }
@@ -62,6 +65,11 @@ fn main() -> ExitCode {
             .map(|()| ExitCode::SUCCESS)
             .map_err(anyhow::Error::from),
         Command::Proxy(args) => imdsguard_proxy::run(args)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(anyhow::Error::from),
+        Command::Agent {
+            command: AgentCommand::Run(args),
+        } => imdsguard_agent::run(args)
             .map(|()| ExitCode::SUCCESS)
             .map_err(anyhow::Error::from),
         Command::Agent {

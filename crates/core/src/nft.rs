@@ -13,18 +13,29 @@
 //!   set protected_v6 { type ipv6_addr . inet_proto . inet_service }   fd00:ec2::254 . tcp . 80 (AWS)
 //!   set allow_v4     { type ifname . ipv4_addr }                       "azvabc" . 10.244.0.10, …
 //!   set allow_v6     { type ifname . ipv6_addr }
+//!   set known_v4     { type ifname . ipv4_addr }                       every pod the node hosts
+//!   set known_v6     { type ifname . ipv6_addr }
 //!   chain forward  (filter, hook forward, priority filter - 10): iifname "azv*" jump pod_egress, …
 //!   chain input    (filter, hook input,   priority filter - 10): the same jumps
 //!   chain pod_egress: ip daddr . meta l4proto . th dport @protected_v4 jump guard_v4 (and v6)
 //!   chain guard_v4:   iifname . ip saddr @allow_v4 counter allowed accept
+//!                     proxy only:  iifname . ip saddr != @known_v4 limit … log group G (spoof)
+//!                                  iifname . ip saddr != @known_v4 counter spoofed drop
 //!                     block/proxy: limit … log group G;  counter blocked drop
 //!                     observe:     ct state new limit … log group G;  counter observed accept
 //!   proxy mode only:
 //!   chain prerouting (nat, hook prerouting, priority dstnat - 10): iifname "azv*" jump pod_redirect, …
 //!   set proxied_v4 { … }   the protected endpoints the proxy serves (IMDS), v6 likewise
 //!   chain pod_redirect: ip daddr . meta l4proto . th dport @proxied_v4 jump redirect_v4
-//!   chain redirect_v4:  iifname . ip saddr @allow_v4 return;  meta l4proto tcp counter proxied dnat ip to PROXY
+//!   chain redirect_v4:  iifname . ip saddr @allow_v4 return
+//!                       iifname . ip saddr @known_v4 meta l4proto tcp counter proxied dnat ip to PROXY
 //! ```
+//!
+//! In proxy mode the proxy identifies callers by source address, so only a *known*
+//! (interface, address) pair, a pod the node hosts on that interface, is redirected. A
+//! packet whose pair is unknown (a pod borrowing another pod's address from its own
+//! interface) is not redirected; the forward (or input) guard then drops it, counted as
+//! `spoofed` and logged with [`LOG_PREFIX_SPOOF`].
 //!
 //! Rules match only the protected (address, protocol, port) triples, so Azure DNS on
 //! 168.63.129.16:53 and node-local DNS (169.254.20.10, 169.254.10.0/24) are never
@@ -61,6 +72,9 @@ pub const FILTER_PRIORITY: i32 = -10;
 pub const DNAT_PRIORITY: i32 = -110;
 /// The prefix of the NFLOG messages for dropped packets.
 pub const LOG_PREFIX_DROP: &str = "imdsguard:drop ";
+/// The prefix of the NFLOG messages for packets dropped because their (interface,
+/// address) pair is not a known pod's (proxy mode).
+pub const LOG_PREFIX_SPOOF: &str = "imdsguard:spoof ";
 /// The prefix of the NFLOG messages for observed (allowed, `observe` mode) connections.
 pub const LOG_PREFIX_OBSERVE: &str = "imdsguard:observe ";
 /// The comment that marks the verdict rule of a mode: `imdsguard mode=block`.
@@ -98,6 +112,11 @@ pub mod set {
     pub const ALLOW_V4: &str = "allow_v4";
     /// Allowlisted IPv6 pods: `ifname . ipv6_addr`.
     pub const ALLOW_V6: &str = "allow_v6";
+    /// Known IPv4 pods (every pod the node hosts): `ifname . ipv4_addr`. Proxy mode
+    /// redirects only these pairs; other sources are dropped.
+    pub const KNOWN_V4: &str = "known_v4";
+    /// Known IPv6 pods: `ifname . ipv6_addr`.
+    pub const KNOWN_V6: &str = "known_v6";
     /// Proxy mode: the IPv4 endpoints redirected to the proxy.
     pub const PROXIED_V4: &str = "proxied_v4";
     /// Proxy mode: the IPv6 endpoints redirected to the proxy.
@@ -114,8 +133,13 @@ pub mod counter {
     pub const OBSERVED: &str = "observed";
     /// Connections redirected to the proxy (proxy mode; nat sees a connection's first packet).
     pub const PROXIED: &str = "proxied";
+    /// Packets dropped because their (interface, address) pair is not a known pod's
+    /// (proxy mode: a source the proxy would misidentify).
+    pub const SPOOFED: &str = "spoofed";
     /// Every counter, in the order they are created.
-    pub const ALL: &[&str] = &[ALLOWED, BLOCKED, OBSERVED, PROXIED];
+    pub const ALL: &[&str] = &[ALLOWED, BLOCKED, OBSERVED, PROXIED, SPOOFED];
+    /// The counters of dropped packets.
+    pub const DROPS: &[&str] = &[BLOCKED, SPOOFED];
 }
 
 /// What the node does with pod traffic to a protected endpoint.
@@ -340,6 +364,26 @@ pub struct AllowedPair {
     pub addr: IpAddr,
 }
 
+/// Which pair sets an entry belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PairSet {
+    /// `allow_v4` / `allow_v6`: may reach the protected endpoints directly.
+    Allow,
+    /// `known_v4` / `known_v6`: pods the node hosts; proxy mode redirects only these.
+    Known,
+}
+
+impl PairSet {
+    /// The set names, IPv4 then IPv6.
+    pub fn set_names(self) -> [&'static str; 2] {
+        match self {
+            PairSet::Allow => [set::ALLOW_V4, set::ALLOW_V6],
+            PairSet::Known => [set::KNOWN_V4, set::KNOWN_V6],
+        }
+    }
+}
+
 impl AllowedPair {
     /// Checks the interface name (one name, no wildcard) and the address.
     pub fn new(iface: &str, addr: IpAddr) -> Result<AllowedPair, NftConfigError> {
@@ -362,12 +406,9 @@ impl AllowedPair {
         })
     }
 
-    fn set_name(&self) -> &'static str {
-        if self.addr.is_ipv4() {
-            set::ALLOW_V4
-        } else {
-            set::ALLOW_V6
-        }
+    fn set_name(&self, kind: PairSet) -> &'static str {
+        let [v4, v6] = kind.set_names();
+        if self.addr.is_ipv4() { v4 } else { v6 }
     }
 
     fn element(&self) -> Value {
@@ -439,6 +480,7 @@ struct Family {
     proto: &'static str,
     protected: &'static str,
     allow: &'static str,
+    known: &'static str,
     guard: &'static str,
     redirect: &'static str,
     proxied: &'static str,
@@ -448,6 +490,7 @@ const V4: Family = Family {
     proto: "ip",
     protected: set::PROTECTED_V4,
     allow: set::ALLOW_V4,
+    known: set::KNOWN_V4,
     guard: chain::GUARD_V4,
     redirect: chain::REDIRECT_V4,
     proxied: set::PROXIED_V4,
@@ -456,6 +499,7 @@ const V6: Family = Family {
     proto: "ip6",
     protected: set::PROTECTED_V6,
     allow: set::ALLOW_V6,
+    known: set::KNOWN_V6,
     guard: chain::GUARD_V6,
     redirect: chain::REDIRECT_V6,
     proxied: set::PROXIED_V6,
@@ -502,6 +546,23 @@ impl Family {
             json!({"concat": [meta("iifname"), payload(self.proto, "saddr")]}),
             set_ref(self.allow),
         )
+    }
+
+    /// `iifname . ip saddr @known_vN`
+    fn known_match(self) -> Value {
+        eq(
+            json!({"concat": [meta("iifname"), payload(self.proto, "saddr")]}),
+            set_ref(self.known),
+        )
+    }
+
+    /// `iifname . ip saddr != @known_vN`
+    fn unknown_match(self) -> Value {
+        json!({"match": {
+            "op": "!=",
+            "left": {"concat": [meta("iifname"), payload(self.proto, "saddr")]},
+            "right": set_ref(self.known),
+        }})
     }
 }
 
@@ -553,12 +614,27 @@ fn proto_name(p: Protocol) -> &'static str {
 }
 
 /// The whole table as one batch: `add table`, `delete table`, then the table rebuilt
-/// with `allowed` in its allow sets and the counters starting from `counters` (so a
-/// restart does not lose them). `nft -j -f -` applies it as one transaction: packets
-/// see either the old table or the new one, never none, and no other table is touched.
+/// with `allowed` in its allow sets, empty known sets, and the counters starting from
+/// `counters` (so a restart does not lose them). `nft -j -f -` applies it as one
+/// transaction: packets see either the old table or the new one, never none, and no
+/// other table is touched. See [`ruleset_with_known`] for proxy mode's known pods.
 pub fn ruleset(
     config: &RulesetConfig,
     allowed: &[AllowedPair],
+    counters: &[CounterValue],
+) -> Result<Value, NftConfigError> {
+    ruleset_with_known(config, allowed, &[], counters)
+}
+
+/// [`ruleset`] with `known` in the known sets: every pod the node hosts, as (interface,
+/// address) pairs. In proxy mode only known pairs are redirected to the proxy, and
+/// packets to a protected endpoint from any other pair are dropped (`spoofed`); with
+/// no known pair, proxy mode sends nothing to the proxy. The other modes keep the sets
+/// (so that a mode switch keeps them) but do not use them.
+pub fn ruleset_with_known(
+    config: &RulesetConfig,
+    allowed: &[AllowedPair],
+    known: &[AllowedPair],
     counters: &[CounterValue],
 ) -> Result<Value, NftConfigError> {
     config.validate()?;
@@ -580,16 +656,21 @@ pub fn ruleset(
         b.push(fam.endpoint_set(fam.protected, &config.protected));
         let addr_type = fam.addr_type();
 
-        let elems: Vec<Value> = allowed
-            .iter()
-            .filter(|p| p.set_name() == fam.allow)
-            .map(AllowedPair::element)
-            .collect();
-        let mut fields = obj(json!({ "name": fam.allow, "type": ["ifname", addr_type] }));
-        if !elems.is_empty() {
-            fields.insert("elem".into(), elems.into());
+        for (kind, name, pairs) in [
+            (PairSet::Allow, fam.allow, allowed),
+            (PairSet::Known, fam.known, known),
+        ] {
+            let elems: Vec<Value> = pairs
+                .iter()
+                .filter(|p| p.set_name(kind) == name)
+                .map(AllowedPair::element)
+                .collect();
+            let mut fields = obj(json!({ "name": name, "type": ["ifname", addr_type] }));
+            if !elems.is_empty() {
+                fields.insert("elem".into(), elems.into());
+            }
+            b.push(cmd("add", "set", with_table(fields)));
         }
-        b.push(cmd("add", "set", with_table(fields)));
     }
 
     // Filter: forward (routed pod traffic) and input (an endpoint held by the node).
@@ -634,6 +715,28 @@ pub fn ruleset(
             "per": "second",
         }});
         let marker = Some(format!("{MODE_MARKER}{}", config.mode));
+        if config.mode == Mode::Proxy {
+            // The proxy knows callers by address: a pair that is not a known pod's was
+            // not redirected (see below) and must not reach the endpoint either.
+            b.rule(
+                fam.guard,
+                vec![
+                    fam.unknown_match(),
+                    limit.clone(),
+                    json!({"log": {"prefix": LOG_PREFIX_SPOOF, "group": config.log.group}}),
+                ],
+                None,
+            );
+            b.rule(
+                fam.guard,
+                vec![
+                    fam.unknown_match(),
+                    json!({"counter": counter::SPOOFED}),
+                    json!({"drop": null}),
+                ],
+                Some("imdsguard: unknown interface and address".into()),
+            );
+        }
         match config.mode {
             Mode::Block | Mode::Proxy => {
                 b.rule(
@@ -720,6 +823,7 @@ pub fn ruleset(
             b.rule(
                 fam.redirect,
                 vec![
+                    fam.known_match(),
                     eq(meta("l4proto"), "tcp".into()),
                     json!({"counter": counter::PROXIED}),
                     json!({"dnat": {"family": fam.proto, "addr": addr, "port": port}}),
@@ -748,13 +852,13 @@ fn element_cmd(verb: &str, set_name: &str, elems: Vec<Value>) -> Value {
     )
 }
 
-fn by_set(pairs: &[AllowedPair]) -> Vec<(&'static str, Vec<Value>)> {
-    [set::ALLOW_V4, set::ALLOW_V6]
+fn by_set(kind: PairSet, pairs: &[AllowedPair]) -> Vec<(&'static str, Vec<Value>)> {
+    kind.set_names()
         .into_iter()
         .map(|name| {
             let elems: Vec<Value> = pairs
                 .iter()
-                .filter(|p| p.set_name() == name)
+                .filter(|p| p.set_name(kind) == name)
                 .map(AllowedPair::element)
                 .collect();
             (name, elems)
@@ -765,38 +869,118 @@ fn by_set(pairs: &[AllowedPair]) -> Vec<(&'static str, Vec<Value>)> {
 
 /// Adds `pairs` to the allow sets: a set change, not a rebuild (adding twice is fine).
 pub fn add_allowed(pairs: &[AllowedPair]) -> Value {
-    let commands: Vec<Value> = by_set(pairs)
-        .into_iter()
-        .map(|(name, elems)| element_cmd("add", name, elems))
-        .collect();
-    json!({ "nftables": commands })
+    add_pairs(PairSet::Allow, pairs)
 }
 
 /// Removes `pairs` from the allow sets (each is added first in the same transaction, so
 /// removing an absent pair is not an error).
 pub fn remove_allowed(pairs: &[AllowedPair]) -> Value {
-    let mut commands = Vec::new();
-    for (name, elems) in by_set(pairs) {
-        commands.push(element_cmd("add", name, elems.clone()));
-        commands.push(element_cmd("delete", name, elems));
-    }
-    json!({ "nftables": commands })
+    remove_pairs(PairSet::Allow, pairs)
 }
 
 /// Makes the allow sets exactly `pairs`: both sets flushed and refilled in one
 /// transaction (no moment with an empty set is visible to packets).
 pub fn replace_allowed(pairs: &[AllowedPair]) -> Value {
-    let mut commands: Vec<Value> = [(set::ALLOW_V4, "ipv4_addr"), (set::ALLOW_V6, "ipv6_addr")]
+    replace_pairs(PairSet::Allow, pairs)
+}
+
+fn add_commands(kind: PairSet, pairs: &[AllowedPair]) -> Vec<Value> {
+    by_set(kind, pairs)
+        .into_iter()
+        .map(|(name, elems)| element_cmd("add", name, elems))
+        .collect()
+}
+
+fn remove_commands(kind: PairSet, pairs: &[AllowedPair]) -> Vec<Value> {
+    let mut commands = Vec::new();
+    for (name, elems) in by_set(kind, pairs) {
+        commands.push(element_cmd("add", name, elems.clone()));
+        commands.push(element_cmd("delete", name, elems));
+    }
+    commands
+}
+
+/// Adds `pairs` to the `kind` sets: a set change, not a rebuild (adding twice is fine).
+pub fn add_pairs(kind: PairSet, pairs: &[AllowedPair]) -> Value {
+    json!({ "nftables": add_commands(kind, pairs) })
+}
+
+/// Removes `pairs` from the `kind` sets (absent pairs are fine).
+pub fn remove_pairs(kind: PairSet, pairs: &[AllowedPair]) -> Value {
+    json!({ "nftables": remove_commands(kind, pairs) })
+}
+
+/// Makes the `kind` sets exactly `pairs`, flushed and refilled in one transaction.
+pub fn replace_pairs(kind: PairSet, pairs: &[AllowedPair]) -> Value {
+    let [v4, v6] = kind.set_names();
+    let mut commands: Vec<Value> = [(v4, "ipv4_addr"), (v6, "ipv6_addr")]
         .into_iter()
         .map(|(name, addr_type)| {
             let body = json!({ "name": name, "type": ["ifname", addr_type] });
             cmd("flush", "set", with_table(obj(body)))
         })
         .collect();
-    for (name, elems) in by_set(pairs) {
-        commands.push(element_cmd("add", name, elems));
-    }
+    commands.extend(add_commands(kind, pairs));
     json!({ "nftables": commands })
+}
+
+/// Element changes to the allow and known sets, applied as one transaction by
+/// [`PairChanges::batch`] (what the agent does when pods come and go).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PairChanges {
+    /// Pairs to add to the allow sets.
+    pub add_allowed: Vec<AllowedPair>,
+    /// Pairs to take off the allow sets.
+    pub remove_allowed: Vec<AllowedPair>,
+    /// Pairs to add to the known sets.
+    pub add_known: Vec<AllowedPair>,
+    /// Pairs to take off the known sets.
+    pub remove_known: Vec<AllowedPair>,
+}
+
+impl PairChanges {
+    /// The changes that turn (`allowed`, `known`) into (`new_allowed`, `new_known`).
+    pub fn between<'a>(
+        allowed: impl IntoIterator<Item = &'a AllowedPair>,
+        known: impl IntoIterator<Item = &'a AllowedPair>,
+        new_allowed: &[AllowedPair],
+        new_known: &[AllowedPair],
+    ) -> PairChanges {
+        use std::collections::BTreeSet;
+        let diff = |old: BTreeSet<&AllowedPair>, new: BTreeSet<&AllowedPair>| {
+            (
+                new.difference(&old).map(|p| (*p).clone()).collect(),
+                old.difference(&new).map(|p| (*p).clone()).collect(),
+            )
+        };
+        let (add_allowed, remove_allowed) =
+            diff(allowed.into_iter().collect(), new_allowed.iter().collect());
+        let (add_known, remove_known) =
+            diff(known.into_iter().collect(), new_known.iter().collect());
+        PairChanges {
+            add_allowed,
+            remove_allowed,
+            add_known,
+            remove_known,
+        }
+    }
+
+    /// Nothing to change.
+    pub fn is_empty(&self) -> bool {
+        self.add_allowed.is_empty()
+            && self.remove_allowed.is_empty()
+            && self.add_known.is_empty()
+            && self.remove_known.is_empty()
+    }
+
+    /// One batch of element commands (no rebuild): additions first, then removals.
+    pub fn batch(&self) -> Value {
+        let mut commands = add_commands(PairSet::Allow, &self.add_allowed);
+        commands.extend(add_commands(PairSet::Known, &self.add_known));
+        commands.extend(remove_commands(PairSet::Allow, &self.remove_allowed));
+        commands.extend(remove_commands(PairSet::Known, &self.remove_known));
+        json!({ "nftables": commands })
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -913,6 +1097,8 @@ pub struct TableState {
     pub sets: BTreeMap<String, usize>,
     /// The allow sets' entries.
     pub allowed: Vec<AllowedPair>,
+    /// The known sets' entries.
+    pub known: Vec<AllowedPair>,
     /// The named counters.
     pub counters: Vec<CounterValue>,
     /// The mode named by the verdict rules' comments (`imdsguard mode=…`).
@@ -994,6 +1180,9 @@ impl TableState {
                     if name == set::ALLOW_V4 || name == set::ALLOW_V6 {
                         s.allowed.extend(elems.iter().filter_map(parse_pair));
                     }
+                    if name == set::KNOWN_V4 || name == set::KNOWN_V6 {
+                        s.known.extend(elems.iter().filter_map(parse_pair));
+                    }
                 }
                 ("add", "counter") if ours(body, "table") => {
                     if let (Some(s), Some(c)) = (state.as_mut(), counter_value(body)) {
@@ -1012,6 +1201,7 @@ impl TableState {
                 _ => None,
             };
             s.allowed.sort();
+            s.known.sort();
         }
         Ok(state)
     }
@@ -1027,7 +1217,8 @@ impl TableState {
     }
 
     /// What differs from `expected` (chains, their number of rules, sets, mode); empty
-    /// when the table is as imdsguard built it. Allow-set entries are not compared.
+    /// when the table is as imdsguard built it. Allow- and known-set entries are not
+    /// compared.
     pub fn differences(&self, expected: &TableState) -> Vec<String> {
         let mut out = Vec::new();
         for want in &expected.chains {
@@ -1358,16 +1549,19 @@ mod tests {
         let redirect = rules_of(&batch, "redirect_v4");
         assert_eq!(redirect[0]["expr"][0]["match"]["right"], "@allow_v4");
         assert_eq!(redirect[0]["expr"][1], json!({"return": null}));
+        // Only known (interface, address) pairs are redirected.
+        assert_eq!(redirect[1]["expr"][0]["match"]["right"], "@known_v4");
+        assert_eq!(redirect[1]["expr"][0]["match"]["op"], "==");
+        assert_eq!(redirect[1]["expr"][1]["match"]["right"], "tcp");
         assert_eq!(
-            redirect[1]["expr"][2],
+            redirect[1]["expr"][3],
             json!({"dnat": {"family": "ip", "addr": "10.224.0.4", "port": 8169}})
         );
-        assert_eq!(redirect[1]["expr"][0]["match"]["right"], "tcp");
         // No IPv6 proxy: IPv6 is not redirected, so the forward guard drops it.
         assert!(rules_of(&batch, "redirect_v6").is_empty());
         assert_eq!(rules_of(&batch, "pod_redirect").len(), 1);
         assert_eq!(
-            rules_of(&batch, "guard_v6")[2]["expr"],
+            rules_of(&batch, "guard_v6")[4]["expr"],
             json!([{"counter": "blocked"}, {"drop": null}])
         );
         let state = TableState::from_batch(&batch).unwrap();
@@ -1586,6 +1780,86 @@ mod tests {
         assert_eq!(state.chain("forward").unwrap().rule_handles.len(), 6);
         assert_eq!(state.chain("guard_v4").unwrap().rule_handles.len(), 3);
         assert_eq!(state.sets["protected_v4"], 3);
-        assert_eq!(state.counters.len(), 4);
+        assert_eq!(state.counters.len(), 5);
+    }
+
+    #[test]
+    fn proxy_mode_drops_unknown_pairs_before_the_general_drop() {
+        let known = [pair("azvweb", "10.244.0.11"), pair("cbr0", "10.244.1.10")];
+        let allowed = [pair("azvallowed", "10.244.0.10")];
+        let batch = ruleset_with_known(&proxy_config(), &allowed, &known, &[]).unwrap();
+        let guard = rules_of(&batch, "guard_v4");
+        assert_eq!(guard.len(), 5);
+        assert_eq!(guard[0]["expr"][0]["match"]["right"], "@allow_v4");
+        let unknown = json!({"match": {"op": "!=",
+            "left": {"concat": [meta("iifname"), payload("ip", "saddr")]},
+            "right": "@known_v4"}});
+        assert_eq!(guard[1]["expr"][0], unknown);
+        assert_eq!(guard[1]["expr"][2]["log"]["prefix"], LOG_PREFIX_SPOOF);
+        assert_eq!(
+            guard[2]["expr"],
+            json!([unknown, {"counter": "spoofed"}, {"drop": null}])
+        );
+        assert_eq!(guard[4]["comment"], "imdsguard mode=proxy");
+        let sets = find(&batch, "add", "set");
+        let known4 = sets.iter().find(|s| s["name"] == "known_v4").unwrap();
+        assert_eq!(known4["type"], json!(["ifname", "ipv4_addr"]));
+        assert_eq!(known4["elem"].as_array().unwrap().len(), 2);
+        assert!(sets.iter().any(|s| s["name"] == "known_v6"));
+        let state = TableState::from_batch(&batch).unwrap();
+        assert_eq!(state.known, known);
+        assert_eq!(state.allowed, allowed);
+        assert!(state.is_enforcing());
+        // Block and observe keep the known sets but never consult them.
+        for mode in [Mode::Block, Mode::Observe] {
+            let mut c = proxy_config();
+            c.mode = mode;
+            let b = ruleset_with_known(&c, &allowed, &known, &[]).unwrap();
+            assert!(!b.to_string().contains("@known_v4"), "{mode}");
+            assert_eq!(TableState::from_batch(&b).unwrap().known, known);
+        }
+    }
+
+    #[test]
+    fn pair_changes_are_element_commands_in_one_batch() {
+        let (a, b, c) = (
+            pair("azva", "10.0.0.1"),
+            pair("azvb", "10.0.0.2"),
+            pair("azvc", "fd00::3"),
+        );
+        let changes = PairChanges::between(
+            [&a],
+            [&a, &b],
+            std::slice::from_ref(&a),
+            &[a.clone(), c.clone()],
+        );
+        assert_eq!(changes.add_known, std::slice::from_ref(&c));
+        assert_eq!(changes.remove_known, std::slice::from_ref(&b));
+        assert!(changes.add_allowed.is_empty() && changes.remove_allowed.is_empty());
+        let batch = changes.batch();
+        assert_eq!(
+            commands(&batch)[0],
+            json!({"add": {"element": {"family": "inet", "table": "imdsguard", "name": "known_v6",
+                "elem": [{"concat": ["azvc", "fd00::3"]}]}}})
+        );
+        let verbs: Vec<&str> = commands(&batch)
+            .iter()
+            .map(|c| c.as_object().unwrap().keys().next().unwrap().as_str())
+            .collect();
+        assert_eq!(verbs, ["add", "add", "delete"]);
+        assert!(find(&batch, "add", "rule").is_empty() && find(&batch, "add", "table").is_empty());
+        assert!(
+            PairChanges::between(
+                [&a],
+                [&b],
+                std::slice::from_ref(&a),
+                std::slice::from_ref(&b)
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            find(&replace_pairs(PairSet::Known, &[a]), "flush", "set")[0]["name"],
+            "known_v4"
+        );
     }
 }

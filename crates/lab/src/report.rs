@@ -55,6 +55,9 @@ pub struct PodInfo {
     pub role: String,
     /// Whether its (interface, address) pair is allowlisted.
     pub allowlisted: bool,
+    /// Whether its (interface, address) pair is known (a pod the node hosts): proxy
+    /// mode redirects only known pairs and drops the others.
+    pub known: bool,
 }
 
 /// What the probe (and the DNS checks) found from one pod in one phase.
@@ -202,7 +205,8 @@ pub(crate) fn check(phase: Phase, info: &PodInfo, row: &Row) -> Vec<String> {
                 ));
             }
         }
-        let imds_expected = if phase == Phase::Proxy {
+        // Proxy mode: known pods get the proxy's denial, unknown pairs are dropped.
+        let imds_expected = if phase == Phase::Proxy && info.known {
             Class::BlockedByImdsguard
         } else {
             Class::BlockedTimeout

@@ -29,20 +29,34 @@ const ALLOWED_POD: &str = "allowed";
 const PROXY_LISTEN: SocketAddrV4 = SocketAddrV4::new(NODE_ADDR, 8169);
 
 /// The proxy's access rules in the lab: the `shop` namespace may read its VM's location,
-/// nothing else; every other request is denied (default deny).
+/// nothing else; the `platform` namespace (the allowlisted pod) may read the instance
+/// document and get tokens; every other request is denied (default deny).
 const PROXY_RULES: &str = "rules:
   - name: shop-location
     description: the web shop may read the VM's location, and nothing else
     subjects: [{namespace: shop}]
     paths: [/metadata/instance/compute/location]
+  - name: platform-all
+    description: the platform pod may read the instance document and get any token
+    subjects: [{namespace: platform}]
+    paths: [/metadata/instance]
+    token:
+      resources: ['*']
+      identities: [{any: true}]
 ";
 
-/// The pods the proxy knows (by source address). The allowlisted pod goes straight to
-/// IMDS and is not listed: a connection from its address that reaches the proxy came
-/// from elsewhere (the spoofer) and is an unknown source.
-const PROXY_PODS: &str = "- {ip: 10.244.0.11, namespace: shop, name: web}
+/// The pods the proxy knows (by source address), the allowlisted pod included: its own
+/// traffic goes straight to IMDS, but a connection from its address that reached the
+/// proxy would be taken for it and allowed. The spoofer borrows that address; only the
+/// node's known (interface, address) set keeps it from the proxy.
+const PROXY_PODS: &str = "- {ip: 10.244.0.10, namespace: platform, name: allowed}
+- {ip: 10.244.0.11, namespace: shop, name: web}
 - {ip: 10.244.1.10, namespace: jobs, name: batch}
 ";
+
+/// The pod that borrows the allowlisted pod's address; not a pod the node hosts at that
+/// address, so its (interface, address) pair is not known.
+const SPOOFER_POD: &str = "spoofer";
 
 /// A Tokio runtime on a thread (inside a namespace or in the node's), holding a server
 /// until dropped.
@@ -208,7 +222,7 @@ fn probe_all(sandbox: &Sandbox, connect_timeout: Duration) -> Result<Vec<Row>, L
     Ok(rows)
 }
 
-fn pod_infos(sandbox: &Sandbox, allowed: &[AllowedPair]) -> Vec<PodInfo> {
+fn pod_infos(sandbox: &Sandbox, allowed: &[AllowedPair], known: &[AllowedPair]) -> Vec<PodInfo> {
     let mut out: Vec<PodInfo> = sandbox
         .pods()
         .iter()
@@ -217,9 +231,8 @@ fn pod_infos(sandbox: &Sandbox, allowed: &[AllowedPair]) -> Vec<PodInfo> {
             let iface = s.ingress_iface();
             let role = match (s.name.as_str(), s.attach) {
                 (ALLOWED_POD, _) => "allowlisted (interface, address) pair".to_owned(),
-                ("spoofer", _) => format!(
-                    "borrows {}'s address on its own interface (answers routed back to it)",
-                    ALLOWED_POD
+                (SPOOFER_POD, _) => format!(
+                    "borrows {ALLOWED_POD}'s address on its own interface (answers routed back to it); the proxy would take it for {ALLOWED_POD}"
                 ),
                 (_, Attach::Bridged) => format!("kubenet pod on bridge {}", sandbox::BRIDGE),
                 _ => "ordinary pod (Azure CNI)".to_owned(),
@@ -228,6 +241,9 @@ fn pod_infos(sandbox: &Sandbox, allowed: &[AllowedPair]) -> Vec<PodInfo> {
                 name: s.name.clone(),
                 address: s.addr.to_string(),
                 allowlisted: allowed
+                    .iter()
+                    .any(|a| a.iface == iface && a.addr == IpAddr::V4(s.addr)),
+                known: known
                     .iter()
                     .any(|a| a.iface == iface && a.addr == IpAddr::V4(s.addr)),
                 interface: if s.attach == Attach::Bridged {
@@ -245,6 +261,7 @@ fn pod_infos(sandbox: &Sandbox, allowed: &[AllowedPair]) -> Vec<PodInfo> {
         interface: "(the node itself)".into(),
         role: "hostNetwork / kubelet: not filtered".into(),
         allowlisted: false,
+        known: false,
     });
     out
 }
@@ -279,11 +296,22 @@ pub(crate) fn run(isolated: &Isolated, args: &LabArgs) -> Result<LabExit, LabErr
         AllowedPair::new(&allowed_spec.ingress_iface(), IpAddr::V4(allowed_spec.addr))
             .map_err(imdsguard_node::NodeError::from)?,
     ];
-    let pods = pod_infos(&sandbox, &allowed);
+    // Every pod the node hosts, with the interface its traffic enters on; the spoofer's
+    // borrowed address is not its own.
+    let known: Vec<AllowedPair> = sandbox
+        .pods()
+        .iter()
+        .filter(|p| p.name() != SPOOFER_POD)
+        .map(|p| AllowedPair::new(&p.spec().ingress_iface(), IpAddr::V4(p.spec().addr)))
+        .collect::<Result<_, _>>()
+        .map_err(imdsguard_node::NodeError::from)?;
+    let pods = pod_infos(&sandbox, &allowed, &known);
 
     let mut config = RulesetConfig::new(Mode::Block, &[Cloud::Azure]);
     config.proxy_v4 = Some(PROXY_LISTEN);
-    let mut enforcer = Enforcer::new(config.clone(), Exec::here())?.with_allowed(allowed.clone());
+    let mut enforcer = Enforcer::new(config.clone(), Exec::here())?
+        .with_allowed(allowed.clone())
+        .with_known(known);
     let mut results = Vec::new();
     for phase in &phases {
         let enforcement = match phase {
@@ -307,7 +335,7 @@ pub(crate) fn run(isolated: &Isolated, args: &LabArgs) -> Result<LabExit, LabErr
                     }
                     Mode::Observe => "observe: let through, counted and logged (NFLOG)".to_owned(),
                     Mode::Proxy => format!(
-                        "proxy: IMDS redirected to the filtering proxy at {PROXY_LISTEN}, WireServer dropped, allowlisted pair direct"
+                        "proxy: IMDS from known (interface, address) pairs redirected to the filtering proxy at {PROXY_LISTEN}, unknown pairs and WireServer dropped, allowlisted pair direct"
                     ),
                 }
             }
@@ -390,16 +418,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_proxy_files_parse_and_leave_the_allowlisted_pod_out() {
+    fn the_proxy_would_take_the_spoofer_for_a_pod_it_allows() {
         use imdsguard_core::access::{AccessRules, PodIndex};
-        assert_eq!(AccessRules::parse(PROXY_RULES).unwrap().len(), 1);
+        let rules = AccessRules::parse(PROXY_RULES).unwrap();
+        assert_eq!(rules.len(), 2);
         let pods = PodIndex::parse(PROXY_PODS).unwrap();
-        assert_eq!(pods.len(), 2);
-        let allowed = lab_pods()
+        assert_eq!(pods.len(), 3);
+        let spoofer = lab_pods()
             .into_iter()
-            .find(|p| p.name == ALLOWED_POD)
+            .find(|p| p.name == SPOOFER_POD)
             .unwrap();
-        assert!(!PROXY_PODS.contains(&allowed.addr.to_string()));
+        // By address alone the spoofer is the allowlisted pod, which a rule selects.
+        let as_seen = pods.get(IpAddr::V4(spoofer.addr)).unwrap();
+        assert_eq!(as_seen.name, ALLOWED_POD);
+        assert!(rules.rules().iter().any(|r| r.selects(as_seen)));
     }
 
     #[test]

@@ -72,10 +72,38 @@ fn check_matrix(out: &std::process::Output) {
         }
         let r = row(proxy, pod);
         assert_eq!(r["sensitive"], false, "{pod} proxy: {r}");
-        assert_eq!(r["imds"], "blocked-by-imdsguard", "{pod} proxy imds");
         assert_eq!(r["wireserver"], "blocked-timeout", "{pod} proxy wireserver");
+        assert_eq!(
+            r["hostgaplugin"], "blocked-timeout",
+            "{pod} proxy hostgaplugin"
+        );
     }
-    assert_eq!(row(proxy, "spoofer")["denied_by"], "unknown-source");
+    for pod in ["web", "batch"] {
+        let r = row(proxy, pod);
+        assert_eq!(r["imds"], "blocked-by-imdsguard", "{pod} proxy imds");
+        assert_eq!(r["denied_by"], "default-deny", "{pod} proxy");
+    }
+    // The spoofer borrows the allowlisted pod's address, which the proxy would allow
+    // (instance document and tokens): its (interface, address) pair is not known, so
+    // nft drops it before the proxy could take it for that pod.
+    let spoofer = row(proxy, "spoofer");
+    assert_eq!(spoofer["imds"], "blocked-timeout", "{spoofer}");
+    assert_eq!(spoofer["token"], "blocked-timeout", "{spoofer}");
+    assert!(spoofer.get("denied_by").is_none(), "{spoofer}");
+    let pods = report["pods"].as_array().unwrap();
+    let info = |name: &str| pods.iter().find(|p| p["name"] == name).unwrap();
+    assert_eq!(info("spoofer")["known"], false);
+    assert_eq!(info("spoofer")["address"], info("allowed")["address"]);
+    for pod in ["allowed", "web", "batch"] {
+        assert_eq!(info(pod)["known"], true, "{pod}");
+    }
+    let spoofed = proxy["counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "spoofed")
+        .unwrap();
+    assert!(spoofed["packets"].as_u64().unwrap() > 0, "{spoofed}");
     let blocked = block["counters"]
         .as_array()
         .unwrap()

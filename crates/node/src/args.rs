@@ -83,9 +83,10 @@ pub struct AgentNftArgs {
     #[arg(long, value_name = "[ADDR]:PORT")]
     pub proxy_address6: Option<SocketAddr>,
 
-    /// Allowlist a pod: its node-side interface and address (repeatable)
-    #[arg(long = "allow", value_name = "IFACE=ADDR", value_parser = parse_allow)]
-    pub allow: Vec<AllowedPair>,
+    /// Allowlist a pod (repeatable): its node-side interface and address, or (for the
+    /// agent, with a pods file) its NAMESPACE/NAME, NAMESPACE/* for a whole namespace
+    #[arg(long = "allow", value_name = "IFACE=ADDR|NAMESPACE/NAME", value_parser = parse_allow_spec)]
+    pub allow: Vec<AllowSpec>,
 
     /// NFLOG group for drops and observations
     #[arg(long, default_value_t = nft::DEFAULT_LOG_GROUP)]
@@ -94,6 +95,54 @@ pub struct AgentNftArgs {
     /// Packets logged per second, at most
     #[arg(long, default_value_t = nft::DEFAULT_LOG_RATE)]
     pub log_rate: u32,
+}
+
+/// One `--allow`: a pair given outright, or a pod named in the agent's pods file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowSpec {
+    /// `IFACE=ADDR`.
+    Pair(AllowedPair),
+    /// `NAMESPACE/NAME` (`NAMESPACE/*`: every pod of the namespace); resolved against
+    /// the pods the agent knows, with their interfaces.
+    Pod {
+        /// The namespace.
+        namespace: String,
+        /// The pod's name, or `*`.
+        name: String,
+    },
+}
+
+impl AllowSpec {
+    /// Whether this names the pod `namespace/name`.
+    pub fn names_pod(&self, namespace: &str, name: &str) -> bool {
+        match self {
+            AllowSpec::Pair(_) => false,
+            AllowSpec::Pod {
+                namespace: ns,
+                name: n,
+            } => ns == namespace && (n == "*" || n == name),
+        }
+    }
+}
+
+/// Parses `IFACE=ADDR` or `NAMESPACE/NAME`.
+pub fn parse_allow_spec(text: &str) -> Result<AllowSpec, String> {
+    if text.contains('=') {
+        return parse_allow(text).map(AllowSpec::Pair);
+    }
+    match text.split_once('/') {
+        Some((ns, name))
+            if !ns.is_empty() && !name.is_empty() && !name.contains('/') && !ns.contains('*') =>
+        {
+            Ok(AllowSpec::Pod {
+                namespace: ns.to_owned(),
+                name: name.to_owned(),
+            })
+        }
+        _ => Err(format!(
+            "`{text}`: expected IFACE=ADDR or NAMESPACE/NAME (NAMESPACE/* for a namespace)"
+        )),
+    }
 }
 
 /// Parses `IFACE=ADDR`.
@@ -108,6 +157,17 @@ pub fn parse_allow(text: &str) -> Result<AllowedPair, String> {
 }
 
 impl AgentNftArgs {
+    /// The `--allow IFACE=ADDR` pairs.
+    pub fn allowed_pairs(&self) -> Vec<AllowedPair> {
+        self.allow
+            .iter()
+            .filter_map(|a| match a {
+                AllowSpec::Pair(p) => Some(p.clone()),
+                AllowSpec::Pod { .. } => None,
+            })
+            .collect()
+    }
+
     /// The checked ruleset configuration.
     pub fn config(&self) -> Result<RulesetConfig, NodeError> {
         let clouds: Vec<Cloud> = if self.clouds.is_empty() {
@@ -284,6 +344,24 @@ mod tests {
                 .contains("53")
         );
         assert!(parse(&["--proxy-address", "[::1]:80", "--mode", "proxy"]).is_err());
+    }
+
+    #[test]
+    fn allow_specs_parse() {
+        assert!(matches!(
+            parse_allow_spec("azvabc=10.244.0.10"),
+            Ok(AllowSpec::Pair(_))
+        ));
+        let pod = parse_allow_spec("shop/web").unwrap();
+        assert!(pod.names_pod("shop", "web") && !pod.names_pod("shop", "api"));
+        assert!(parse_allow_spec("shop/*").unwrap().names_pod("shop", "api"));
+        for bad in ["shop", "/web", "shop/", "a/b/c", "*/x"] {
+            assert!(parse_allow_spec(bad).is_err(), "{bad}");
+        }
+        let cli =
+            Cli::try_parse_from(["x", "--allow", "azva=10.0.0.1", "--allow", "ns/p"]).unwrap();
+        assert_eq!(cli.args.allowed_pairs().len(), 1);
+        assert_eq!(cli.args.allow.len(), 2);
     }
 
     #[test]

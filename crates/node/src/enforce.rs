@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use imdsguard_core::nft::{
-    self, AllowedPair, CounterValue, Mode, RulesetConfig, TableState, conntrack_flush_args,
-    parse_conntrack_deleted, parse_counters,
+    self, AllowedPair, CounterValue, Mode, PairChanges, PairSet, RulesetConfig, TableState,
+    conntrack_flush_args, parse_conntrack_deleted, parse_counters,
 };
 use imdsguard_core::target::Target;
 use serde::Serialize;
@@ -145,6 +145,8 @@ pub struct Status {
     pub mode: Option<Mode>,
     /// The allow sets' entries.
     pub allowed: Vec<AllowedPair>,
+    /// The known sets' entries (proxy mode redirects only these pairs).
+    pub known: Vec<AllowedPair>,
     /// The named counters.
     pub counters: Vec<CounterValue>,
     /// What is missing or different.
@@ -159,6 +161,7 @@ impl Status {
                 enforcing: false,
                 mode: None,
                 allowed: Vec::new(),
+                known: Vec::new(),
                 counters: Vec::new(),
                 problems: vec![format!(
                     "table {} {} is not installed",
@@ -179,6 +182,7 @@ impl Status {
                     enforcing: problems.is_empty(),
                     mode: t.mode,
                     allowed: t.allowed,
+                    known: t.known,
                     counters: t.counters,
                     problems,
                 }
@@ -199,6 +203,8 @@ pub struct InstallReport {
     pub mode: Mode,
     /// Allowlisted (interface, address) pairs.
     pub allowed: usize,
+    /// Known (interface, address) pairs (the pods the node hosts).
+    pub known: usize,
     /// Whether a previous table was replaced (its counters carried over).
     pub replaced: bool,
     /// The conntrack flush.
@@ -233,6 +239,7 @@ pub struct Enforcer {
     exec: Exec,
     config: RulesetConfig,
     allowed: BTreeSet<AllowedPair>,
+    known: BTreeSet<AllowedPair>,
 }
 
 impl Enforcer {
@@ -244,6 +251,7 @@ impl Enforcer {
             exec,
             config,
             allowed: BTreeSet::new(),
+            known: BTreeSet::new(),
         })
     }
 
@@ -252,6 +260,20 @@ impl Enforcer {
     pub fn with_allowed(mut self, pairs: impl IntoIterator<Item = AllowedPair>) -> Enforcer {
         self.allowed.extend(pairs);
         self
+    }
+
+    /// Starts with `pairs` known: every pod the node hosts, as (interface, address).
+    /// Proxy mode redirects only these to the proxy and drops the rest (the proxy tells
+    /// callers apart by address, so an address from the wrong interface must not reach
+    /// it). Applied by [`Enforcer::install`].
+    pub fn with_known(mut self, pairs: impl IntoIterator<Item = AllowedPair>) -> Enforcer {
+        self.known.extend(pairs);
+        self
+    }
+
+    /// The known pairs as the enforcer holds them.
+    pub fn known(&self) -> impl Iterator<Item = &AllowedPair> {
+        self.known.iter()
     }
 
     /// The configuration.
@@ -284,7 +306,8 @@ impl Enforcer {
             .map(|t| t.counters.clone())
             .unwrap_or_default();
         let allowed: Vec<AllowedPair> = self.allowed.iter().cloned().collect();
-        let batch = nft::ruleset(&self.config, &allowed, &counters)?;
+        let known: Vec<AllowedPair> = self.known.iter().cloned().collect();
+        let batch = nft::ruleset_with_known(&self.config, &allowed, &known, &counters)?;
         let started = Instant::now();
         apply(&self.exec, &batch)?;
         let apply_time = started.elapsed();
@@ -292,10 +315,11 @@ impl Enforcer {
         for w in &conntrack.warnings {
             tracing::warn!(warning = %w, "conntrack");
         }
-        tracing::info!(mode = %self.config.mode, allowed = allowed.len(), deleted_flows = conntrack.deleted, "inet imdsguard installed");
+        tracing::info!(mode = %self.config.mode, allowed = allowed.len(), known = known.len(), deleted_flows = conntrack.deleted, "inet imdsguard installed");
         Ok(InstallReport {
             mode: self.config.mode,
             allowed: allowed.len(),
+            known: known.len(),
             replaced: previous.is_some(),
             conntrack,
             apply_time,
@@ -355,6 +379,68 @@ impl Enforcer {
         Ok(())
     }
 
+    /// Marks `addr` entering on `iface` as a pod the node hosts (known set): one element
+    /// added, no rebuild.
+    pub fn add_known(&mut self, iface: &str, addr: IpAddr) -> Result<AllowedPair, NodeError> {
+        let pair = AllowedPair::new(iface, addr)?;
+        apply(
+            &self.exec,
+            &nft::add_pairs(PairSet::Known, std::slice::from_ref(&pair)),
+        )?;
+        self.known.insert(pair.clone());
+        Ok(pair)
+    }
+
+    /// Takes (`iface`, `addr`) off the known set (absent is fine), then cuts its tracked
+    /// flows toward the protected endpoints (a redirected connection included).
+    pub fn remove_known(
+        &mut self,
+        iface: &str,
+        addr: IpAddr,
+    ) -> Result<ConntrackOutcome, NodeError> {
+        let pair = AllowedPair::new(iface, addr)?;
+        apply(
+            &self.exec,
+            &nft::remove_pairs(PairSet::Known, std::slice::from_ref(&pair)),
+        )?;
+        self.known.remove(&pair);
+        Ok(flush_conntrack(
+            &self.exec,
+            &self.config.protected,
+            Some(pair.addr),
+        ))
+    }
+
+    /// Makes the allow and known sets exactly `allowed` and `known`: only the elements
+    /// that differ are added or deleted, in one transaction (no rebuild: the table and
+    /// rule handles stay). Sources taken off either set have their tracked flows toward
+    /// the protected endpoints cut. Returns the changes applied.
+    pub fn sync_pairs(
+        &mut self,
+        allowed: impl IntoIterator<Item = AllowedPair>,
+        known: impl IntoIterator<Item = AllowedPair>,
+    ) -> Result<PairChanges, NodeError> {
+        let allowed: Vec<AllowedPair> = allowed.into_iter().collect();
+        let known: Vec<AllowedPair> = known.into_iter().collect();
+        let changes = PairChanges::between(&self.allowed, &self.known, &allowed, &known);
+        if changes.is_empty() {
+            return Ok(changes);
+        }
+        apply(&self.exec, &changes.batch())?;
+        self.allowed = allowed.into_iter().collect();
+        self.known = known.into_iter().collect();
+        let mut cut: BTreeSet<IpAddr> = BTreeSet::new();
+        for p in changes.remove_allowed.iter().chain(&changes.remove_known) {
+            cut.insert(p.addr);
+        }
+        for addr in cut {
+            for w in flush_conntrack(&self.exec, &self.config.protected, Some(addr)).warnings {
+                tracing::warn!(warning = %w, "conntrack");
+            }
+        }
+        Ok(changes)
+    }
+
     /// Removes the table on purpose (`imdsguard agent uninstall`). `true` when it was there.
     pub fn uninstall(&self) -> Result<bool, NodeError> {
         uninstall_table(&self.exec)
@@ -363,8 +449,7 @@ impl Enforcer {
     /// Whether the table is in place and as this enforcer built it (chains, rule counts,
     /// sets, counters, mode).
     pub fn status(&self) -> Result<Status, NodeError> {
-        let allowed: Vec<AllowedPair> = self.allowed.iter().cloned().collect();
-        let expected = TableState::from_batch(&nft::ruleset(&self.config, &allowed, &[])?);
+        let expected = TableState::from_batch(&nft::ruleset(&self.config, &[], &[])?);
         Ok(Status::from_table(
             read_table(&self.exec)?,
             expected.as_ref(),

@@ -6,7 +6,9 @@
 //!   apply the whole table in one `nft -j -f -` transaction (delete-and-recreate of our
 //!   table only, no window) and flush conntrack toward the protected endpoints;
 //!   [`Enforcer::add_allowed`] / [`Enforcer::remove_allowed`] change allow-set elements
-//!   only; [`Enforcer::status`] says whether the table and its rules are in place;
+//!   only, [`Enforcer::add_known`] / [`Enforcer::remove_known`] the known pods (proxy
+//!   mode redirects only known (interface, address) pairs), [`Enforcer::sync_pairs`]
+//!   both at once; [`Enforcer::status`] says whether the table and its rules are in place;
 //!   [`Enforcer::uninstall`] removes the table on purpose. Nothing is removed when the
 //!   process exits: enforcement fails closed.
 //! - [`AgentNftArgs`] are the agent's options, [`UninstallArgs`] / [`uninstall`] are
@@ -24,7 +26,8 @@ pub mod netns;
 pub mod sandbox;
 
 pub use args::{
-    AgentNftArgs, CloudArg, ModeArg, UninstallArgs, UninstallOutcome, parse_allow, uninstall,
+    AgentNftArgs, AllowSpec, CloudArg, ModeArg, UninstallArgs, UninstallOutcome, parse_allow,
+    parse_allow_spec, uninstall,
 };
 pub use enforce::{
     ConntrackOutcome, Enforcer, InstallReport, Status, apply, flush_conntrack, read_counters,

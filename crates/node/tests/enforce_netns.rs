@@ -128,6 +128,16 @@ fn allowed_addr() -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 244, 0, 10))
 }
 
+/// The pods the node hosts, as (interface, address): every lab pod but the spoofer
+/// (bridged pods enter on the bridge).
+fn known_pairs() -> Vec<nft::AllowedPair> {
+    lab_pods()
+        .iter()
+        .filter(|p| p.name != "spoofer")
+        .map(|p| nft::AllowedPair::new(&p.ingress_iface(), IpAddr::V4(p.addr)).unwrap())
+        .collect()
+}
+
 #[test]
 fn block_mode_blocks_pods_but_the_allowlisted_one_and_keeps_dns() {
     isolated(
@@ -439,7 +449,8 @@ fn proxy_mode_redirects_to_the_proxy_and_observe_mode_counts() {
         "proxy_mode_redirects_to_the_proxy_and_observe_mode_counts",
         || {
             let w = World::new();
-            let mut enforcer = w.enforcer(Mode::Proxy);
+            let node = Exec::here();
+            let mut enforcer = w.enforcer(Mode::Proxy).with_known(known_pairs());
             enforcer
                 .add_allowed("azvallowed", allowed_addr())
                 .unwrap_err(); // no table yet
@@ -458,8 +469,56 @@ fn proxy_mode_redirects_to_the_proxy_and_observe_mode_counts() {
             }
             // Allowlisted: straight to the endpoint.
             assert_eq!(w.reach("allowed", protected()[0]), cloud_answer());
-            // The spoofer never gets the cloud's answer.
-            assert_ne!(w.reach("spoofer", protected()[0]), cloud_answer());
+            // The spoofer borrows the allowed pod's address on its own interface: its
+            // pair is not known, so it is neither redirected (the proxy would take it
+            // for the allowed pod) nor let through. Dropped and counted.
+            for addr in protected() {
+                assert_eq!(w.reach("spoofer", addr), Reach::Timeout, "spoofer → {addr}");
+            }
+            let before = read_table(&node).unwrap().unwrap();
+            assert!(
+                before.counter(nft::counter::SPOOFED).unwrap().packets >= 3,
+                "{:?}",
+                before.counters
+            );
+            // Control: with the spoofer's pair known, the same connection reaches the
+            // proxy, which identifies callers by address only: the binding to the
+            // interface is what keeps it out.
+            enforcer.add_known("azvspoofer", allowed_addr()).unwrap();
+            assert_eq!(
+                w.reach("spoofer", protected()[0]),
+                Reach::Answered("proxy".into())
+            );
+            enforcer.remove_known("azvspoofer", allowed_addr()).unwrap();
+            assert_eq!(w.reach("spoofer", protected()[0]), Reach::Timeout);
+            // A pod that leaves the node (set elements only) is no longer redirected.
+            let without_web: Vec<_> = known_pairs()
+                .into_iter()
+                .filter(|p| p.iface != "azvweb")
+                .collect();
+            let changes = enforcer
+                .sync_pairs(enforcer.allowed().cloned().collect::<Vec<_>>(), without_web)
+                .unwrap();
+            assert_eq!(changes.remove_known.len(), 1);
+            assert_eq!(w.reach("web", protected()[0]), Reach::Timeout);
+            enforcer
+                .sync_pairs(
+                    enforcer.allowed().cloned().collect::<Vec<_>>(),
+                    known_pairs(),
+                )
+                .unwrap();
+            assert_eq!(
+                w.reach("web", protected()[0]),
+                Reach::Answered("proxy".into())
+            );
+            let after = read_table(&node).unwrap().unwrap();
+            assert_eq!(after.handle, before.handle, "same table");
+            assert_eq!(after.chains, before.chains, "same chains and rule handles");
+            assert_eq!(after.known, {
+                let mut k = known_pairs();
+                k.sort();
+                k
+            });
             let status = enforcer.status().unwrap();
             assert!(status.enforcing, "{status:?}");
             assert_eq!(status.mode, Some(Mode::Proxy));
@@ -499,7 +558,7 @@ fn the_core_batch_fits_the_nftables_crate_schema() {
     let allowed = [imdsguard_core::nft::AllowedPair::new("azva", allowed_addr()).unwrap()];
     for mode in [Mode::Block, Mode::Observe, Mode::Proxy] {
         config.mode = mode;
-        let batch = nft::ruleset(&config, &allowed, &[]).unwrap();
+        let batch = nft::ruleset_with_known(&config, &allowed, &allowed, &[]).unwrap();
         let parsed: Result<nftables::schema::Nftables, _> = serde_json::from_value(batch.clone());
         assert!(parsed.is_ok(), "{mode}: {:?}", parsed.err());
     }
@@ -508,6 +567,12 @@ fn the_core_batch_fits_the_nftables_crate_schema() {
         nft::add_allowed(&allowed),
         nft::remove_allowed(&allowed),
         nft::replace_allowed(&allowed),
+        nft::PairChanges {
+            add_known: allowed.to_vec(),
+            remove_known: allowed.to_vec(),
+            ..Default::default()
+        }
+        .batch(),
     ] {
         let parsed: Result<nftables::schema::Nftables, _> = serde_json::from_value(batch.clone());
         assert!(parsed.is_ok(), "{batch}: {:?}", parsed.err());

@@ -1,0 +1,761 @@
+//! imdsguard-agent: the standalone node agent, `imdsguard agent run` (no Kubernetes yet).
+//!
+//! It composes the node enforcement ([`imdsguard_node::Enforcer`]) and, in proxy mode,
+//! the filtering proxy ([`imdsguard_proxy::Proxy`]):
+//!
+//! - on start it installs (or atomically replaces) `inet imdsguard` and flushes
+//!   conntrack toward the protected endpoints; it never removes the table, on exit or
+//!   crash (fail closed: `imdsguard agent uninstall` is the only way out);
+//! - the pods file ([`pods`]) gives the known (interface, address) pairs (proxy mode
+//!   redirects only those; an address borrowed from another interface is dropped) and,
+//!   with `--allow NAMESPACE/NAME`, allowlisted pairs; the proxy gets its pod index;
+//! - every `--check-interval` (and on SIGHUP) it checks that the table is in place and
+//!   as built, restoring it if not; reloads the pods (set elements only, never a
+//!   rebuild) and rules files when they changed (always on SIGHUP); and feeds the
+//!   table's drop counters into the metrics (`imdsguard_nflog_drops_total`);
+//! - the admin listener serves `/metrics`, `/healthz` and `/readyz` in every mode;
+//!   `/readyz` fails while the table is missing, not enforcing or in another mode;
+//! - SIGTERM / SIGINT: stop serving, leave the rules.
+//!
+//! See `docs/agent.md`.
+
+mod admin;
+pub mod pods;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use clap::Args;
+use imdsguard_core::access::AccessRules;
+use imdsguard_core::nft::{self, Mode};
+use imdsguard_node::{AgentNftArgs, AllowSpec, Enforcer, Exec, NodeError};
+use imdsguard_proxy::{LogFormat, Metrics, Proxy, ProxyConfig, ProxyControl, ProxyError, Upstream};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use pods::{NodePod, NodePods};
+
+/// The admin listen address when none is given.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9170";
+
+/// `imdsguard agent run`: keep imdsguard's nftables table on this node, serve the
+/// filtering proxy in proxy mode, and the admin endpoints.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The node enforcement options (mode, interfaces, clouds, proxy address, allowlist).
+    #[command(flatten)]
+    pub nft: AgentNftArgs,
+
+    /// The pods this node hosts: the proxy's pod index format, each entry with the
+    /// `interface` its traffic enters the node on (see docs/agent.md); reloaded on change
+    /// and on SIGHUP
+    #[arg(long, value_name = "FILE")]
+    pub pods: Option<PathBuf>,
+
+    /// Proxy mode: the access rules (docs/proxy.md); reloaded on change and on SIGHUP
+    #[arg(long, value_name = "FILE")]
+    pub rules: Option<PathBuf>,
+
+    /// Proxy mode: where the proxy listens [default: the --proxy-address]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub proxy_listen: Option<SocketAddr>,
+
+    /// Proxy mode: the metadata service allowed requests are forwarded to
+    #[arg(long, value_name = "URL", default_value = imdsguard_proxy::DEFAULT_UPSTREAM)]
+    pub upstream: String,
+
+    /// The admin listener (/metrics, /healthz, /readyz)
+    #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: SocketAddr,
+
+    /// Do not start the admin listener
+    #[arg(long)]
+    pub no_admin: bool,
+
+    /// How often to check the table (restoring it), read the counters and look for
+    /// changed files
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = imdsguard_proxy::parse_duration)]
+    pub check_interval: Duration,
+
+    /// Log format (standard error)
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl RunArgs {
+    /// Arguments with every default and `nft` as given (for embedding and tests).
+    pub fn new(nft: AgentNftArgs) -> RunArgs {
+        RunArgs {
+            nft,
+            pods: None,
+            rules: None,
+            proxy_listen: None,
+            upstream: imdsguard_proxy::DEFAULT_UPSTREAM.to_owned(),
+            admin_listen: DEFAULT_ADMIN_LISTEN.parse().expect("a valid default"),
+            no_admin: false,
+            check_interval: Duration::from_secs(5),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The node enforcement failed (no `nft`, not permitted, a bad option).
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// The proxy could not start.
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    /// A file is missing or invalid.
+    #[error("{}: {message}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Options that do not go together.
+    #[error("{0}")]
+    Usage(String),
+    /// An IO error.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn read_file(path: &Path) -> Result<String, AgentError> {
+    std::fs::read_to_string(path).map_err(|e| AgentError::File {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Reads the pods file.
+pub fn read_pods(path: &Path) -> Result<NodePods, AgentError> {
+    NodePods::parse(&read_file(path)?).map_err(|message| AgentError::File {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+/// Reads the access rules.
+pub fn read_rules(path: &Path) -> Result<AccessRules, AgentError> {
+    AccessRules::parse(&read_file(path)?).map_err(|e| AgentError::File {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// What a file looked like when last read.
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    std::fs::metadata(path)
+        .ok()
+        .and_then(|m| Some((m.modified().ok()?, m.len())))
+}
+
+/// The agent's own metrics, registered in the proxy's registry.
+#[derive(Clone, Default)]
+struct AgentMetrics {
+    enforcing: Gauge,
+    restores: Counter,
+    known: Gauge,
+    allowed: Gauge,
+    nft_packets: Family<Vec<(String, String)>, Gauge>,
+}
+
+impl AgentMetrics {
+    fn register(metrics: &Metrics) -> AgentMetrics {
+        let m = AgentMetrics::default();
+        let mut r = metrics.registry();
+        r.register(
+            "agent_enforcing",
+            "1 when inet imdsguard is in place and as the agent built it",
+            m.enforcing.clone(),
+        );
+        r.register(
+            "agent_restores",
+            "Times the agent found the table missing or changed and put it back",
+            m.restores.clone(),
+        );
+        r.register(
+            "agent_known_pairs",
+            "Known (interface, address) pairs: the pods the node hosts",
+            m.known.clone(),
+        );
+        r.register(
+            "agent_allowed_pairs",
+            "Allowlisted (interface, address) pairs",
+            m.allowed.clone(),
+        );
+        r.register(
+            "agent_nft_packets",
+            "The inet imdsguard table's named counters (packets)",
+            m.nft_packets.clone(),
+        );
+        m
+    }
+}
+
+/// State shared by the periodic task, SIGHUP, and `/readyz`.
+struct Shared {
+    enforcer: Mutex<Enforcer>,
+    mode: Mode,
+    pods_path: Option<PathBuf>,
+    rules_path: Option<PathBuf>,
+    allow: Vec<AllowSpec>,
+    control: Mutex<Option<ProxyControl>>,
+    metrics: Metrics,
+    own: AgentMetrics,
+    files: Mutex<Files>,
+}
+
+#[derive(Default)]
+struct Files {
+    pods: Option<(SystemTime, u64)>,
+    rules: Option<(SystemTime, u64)>,
+    counters: BTreeMap<String, u64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The label of `imdsguard_nflog_drops_total` for a drop counter of the table (which
+/// counts per reason, not per endpoint).
+fn drop_destination(counter: &str) -> &'static str {
+    if counter == nft::counter::SPOOFED {
+        "protected-unknown-source"
+    } else {
+        "protected"
+    }
+}
+
+impl Shared {
+    /// Whether the table is in place, enforcing, and in the expected mode.
+    fn nft_ready(&self) -> Result<(), String> {
+        let status = lock(&self.enforcer).status().map_err(|e| e.to_string())?;
+        let ok = status.enforcing && status.mode == Some(self.mode);
+        self.own.enforcing.set(i64::from(ok));
+        if ok {
+            Ok(())
+        } else if status.problems.is_empty() {
+            Err(format!(
+                "inet imdsguard is in mode {}, expected {}",
+                status.mode.map_or("unknown".into(), |m| m.to_string()),
+                self.mode
+            ))
+        } else {
+            Err(format!("nft: {}", status.problems.join("; ")))
+        }
+    }
+
+    /// Puts the table back when it is not as built.
+    fn ensure_table(&self) {
+        if let Err(why) = self.nft_ready() {
+            tracing::warn!(reason = %why, "inet imdsguard is not in place: restoring it");
+            match lock(&self.enforcer).install() {
+                Ok(report) => {
+                    self.own.restores.inc();
+                    self.own.enforcing.set(1);
+                    tracing::info!(mode = %report.mode, allowed = report.allowed, known = report.known, "inet imdsguard restored");
+                }
+                Err(e) => tracing::error!(error = %e, "could not restore inet imdsguard"),
+            }
+        }
+    }
+
+    /// Reloads the pods file: set elements and the proxy's pod index.
+    fn reload_pods(&self, path: &Path) -> Result<(), AgentError> {
+        let pods = read_pods(path)?;
+        let allowed = pods.allowed_pairs(&self.allow);
+        let known = pods.known_pairs();
+        for p in pods.without_interface() {
+            tracing::warn!(pod = %p, "no interface in the pods file: not a known pod (proxy mode drops its traffic)");
+        }
+        let (n_allowed, n_known) = (allowed.len(), known.len());
+        let changes = lock(&self.enforcer).sync_pairs(allowed, known)?;
+        self.own.allowed.set(n_allowed as i64);
+        self.own.known.set(n_known as i64);
+        if !changes.is_empty() {
+            tracing::info!(
+                added_known = changes.add_known.len(),
+                removed_known = changes.remove_known.len(),
+                added_allowed = changes.add_allowed.len(),
+                removed_allowed = changes.remove_allowed.len(),
+                "pods reloaded: set elements changed"
+            );
+        }
+        if let Some(control) = &*lock(&self.control) {
+            control.set_pods(pods.index);
+        }
+        Ok(())
+    }
+
+    fn reload_files(&self, forced: bool) {
+        let mut files = lock(&self.files);
+        if let Some(path) = &self.pods_path {
+            let now = stamp(path);
+            if forced || now != files.pods {
+                files.pods = now;
+                let result = self.reload_pods(path);
+                self.metrics.record_reload("pods", result.is_ok());
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "pods not reloaded; keeping the previous ones");
+                }
+            }
+        }
+        let control = lock(&self.control).clone();
+        if let (Some(path), Some(control)) = (&self.rules_path, control) {
+            let now = stamp(path);
+            if forced || now != files.rules {
+                files.rules = now;
+                let result = read_rules(path);
+                self.metrics.record_reload("rules", result.is_ok());
+                match result {
+                    Ok(rules) => {
+                        tracing::info!(rules = rules.len(), "rules reloaded");
+                        control.set_rules(rules);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "rules not reloaded; keeping the previous ones")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the counters; drops since the last read go to `imdsguard_nflog_drops_total`.
+    fn read_counters(&self) {
+        let counters = match lock(&self.enforcer).counters() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the nft counters");
+                return;
+            }
+        };
+        let mut files = lock(&self.files);
+        for c in counters {
+            self.own
+                .nft_packets
+                .get_or_create(&vec![("counter".to_owned(), c.name.clone())])
+                .set(i64::try_from(c.packets).unwrap_or(i64::MAX));
+            let last = files.counters.insert(c.name.clone(), c.packets);
+            if nft::counter::DROPS.contains(&c.name.as_str()) {
+                // A table put back from scratch starts again from zero.
+                let delta = match last {
+                    Some(l) if c.packets >= l => c.packets - l,
+                    _ => c.packets,
+                };
+                if delta > 0 {
+                    self.metrics
+                        .record_nflog_drops(drop_destination(&c.name), delta);
+                }
+            }
+        }
+    }
+
+    /// One periodic round.
+    fn tick(&self, forced: bool) {
+        self.ensure_table();
+        self.reload_files(forced);
+        self.read_counters();
+    }
+}
+
+/// A running agent. Dropping it stops the tasks; the table stays either way.
+pub struct Agent {
+    shared: Arc<Shared>,
+    proxy: Option<Proxy>,
+    admin: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Installs the table (atomic replace, conntrack flushed), starts the proxy in
+    /// proxy mode, the admin listener and the periodic task. Needs a tokio runtime;
+    /// runs `nft` in this process's network namespace.
+    pub async fn start(args: RunArgs) -> Result<Agent, AgentError> {
+        let config = args.nft.config()?;
+        let mode = config.mode;
+        let rules = match (&args.rules, mode) {
+            (Some(path), Mode::Proxy) => Some(read_rules(path)?),
+            (None, Mode::Proxy) => {
+                return Err(AgentError::Usage(
+                    "proxy mode needs --rules FILE (the proxy's access rules)".into(),
+                ));
+            }
+            (Some(_), _) => {
+                tracing::warn!("--rules is only used in proxy mode");
+                None
+            }
+            (None, _) => None,
+        };
+        let node_pods = match &args.pods {
+            Some(path) => read_pods(path)?,
+            None => {
+                if args
+                    .nft
+                    .allow
+                    .iter()
+                    .any(|a| matches!(a, AllowSpec::Pod { .. }))
+                {
+                    return Err(AgentError::Usage(
+                        "--allow NAMESPACE/NAME needs --pods FILE (pods with their interfaces)"
+                            .into(),
+                    ));
+                }
+                if mode == Mode::Proxy {
+                    tracing::warn!(
+                        "no --pods file: no pod is known, proxy mode drops every pod's traffic to the endpoints"
+                    );
+                }
+                NodePods::default()
+            }
+        };
+        for p in node_pods.without_interface() {
+            tracing::warn!(pod = %p, "no interface in the pods file: not a known pod (proxy mode drops its traffic)");
+        }
+        let allowed = node_pods.allowed_pairs(&args.nft.allow);
+        let known = node_pods.known_pairs();
+        let metrics = Metrics::new();
+        let own = AgentMetrics::register(&metrics);
+        own.allowed.set(allowed.len() as i64);
+        own.known.set(known.len() as i64);
+
+        let mut enforcer = Enforcer::new(config.clone(), Exec::here())?
+            .with_allowed(allowed)
+            .with_known(known);
+        let report = enforcer.install()?;
+        for w in &report.conntrack.warnings {
+            tracing::warn!(warning = %w, "conntrack");
+        }
+        own.enforcing.set(1);
+
+        let shared = Arc::new(Shared {
+            enforcer: Mutex::new(enforcer),
+            mode,
+            pods_path: args.pods.clone(),
+            rules_path: args.rules.clone(),
+            allow: args.nft.allow.clone(),
+            control: Mutex::new(None),
+            metrics: metrics.clone(),
+            own,
+            files: Mutex::new(Files {
+                pods: args.pods.as_deref().and_then(stamp),
+                rules: args.rules.as_deref().and_then(stamp),
+                counters: BTreeMap::new(),
+            }),
+        });
+        let nft_ready: imdsguard_proxy::ReadyCheck = {
+            let shared = shared.clone();
+            Arc::new(move || shared.nft_ready())
+        };
+
+        let proxy = match rules {
+            Some(rules) => {
+                let listen = match (args.proxy_listen, config.proxy_v4, config.proxy_v6) {
+                    (Some(l), _, _) => l,
+                    (None, Some(a), _) => SocketAddr::V4(a),
+                    (None, None, Some(a)) => SocketAddr::V6(a),
+                    (None, None, None) => {
+                        return Err(AgentError::Usage(
+                            "proxy mode needs --proxy-address (or --proxy-listen)".into(),
+                        ));
+                    }
+                };
+                let mut pc = ProxyConfig::new(listen, upstream_with_port(&args.upstream)?);
+                pc.rules = Some(rules);
+                pc.pods = node_pods.index.clone();
+                pc.metrics = Some(metrics.clone());
+                pc.ready_check = Some(nft_ready.clone());
+                let proxy = Proxy::start(pc).await?;
+                *lock(&shared.control) = Some(proxy.control());
+                Some(proxy)
+            }
+            None => None,
+        };
+        let readiness: admin::Readiness = match &proxy {
+            Some(p) => {
+                let control = p.control();
+                Arc::new(move || control.readiness())
+            }
+            None => nft_ready.clone(),
+        };
+
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let admin = if args.no_admin {
+            None
+        } else {
+            let listener =
+                admin::bind(args.admin_listen)
+                    .await
+                    .map_err(|source| AgentError::Io {
+                        what: format!("cannot listen on {}", args.admin_listen),
+                        source,
+                    })?;
+            let addr = listener.local_addr().ok();
+            tasks.push(tokio::spawn(admin::serve(
+                listener,
+                metrics.clone(),
+                readiness,
+                stop_rx.clone(),
+            )));
+            addr
+        };
+        tasks.push(tokio::spawn(periodic(
+            shared.clone(),
+            args.check_interval,
+            stop_rx,
+        )));
+        tracing::info!(%mode, allowed = report.allowed, known = report.known, admin = ?admin, "agent running");
+        Ok(Agent {
+            shared,
+            proxy,
+            admin,
+            stop,
+            tasks,
+        })
+    }
+
+    /// The admin listener's address (with the real port when `:0` was asked for).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// The proxy's listen address (proxy mode).
+    pub fn proxy_addr(&self) -> Option<SocketAddr> {
+        self.proxy.as_ref().map(Proxy::local_addr)
+    }
+
+    /// The mode enforced.
+    pub fn mode(&self) -> Mode {
+        self.shared.mode
+    }
+
+    /// The metrics (the proxy's registry, with the agent's own metrics).
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Whether the table is in place and as built (what `/readyz` checks, besides the
+    /// proxy's rules in proxy mode).
+    pub fn nft_ready(&self) -> Result<(), String> {
+        self.shared.nft_ready()
+    }
+
+    /// Runs one periodic round now (`forced`: reload the files even if unchanged, as
+    /// SIGHUP does).
+    pub async fn check_now(&self, forced: bool) {
+        let shared = self.shared.clone();
+        let _ = tokio::task::spawn_blocking(move || shared.tick(forced)).await;
+    }
+
+    /// Stops serving (admin, proxy, periodic task). The table stays.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(p) = self.proxy.take() {
+            p.shutdown().await;
+        }
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+        tracing::info!("agent stopped; inet imdsguard left in place");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Every `interval`, and on SIGHUP (files reloaded even if unchanged): one round.
+async fn periodic(shared: Arc<Shared>, interval: Duration, mut stop: watch::Receiver<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let interval = if interval.is_zero() {
+        Duration::from_secs(5)
+    } else {
+        interval
+    };
+    loop {
+        let hup_recv = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let forced = tokio::select! {
+            _ = hup_recv => {
+                tracing::info!("SIGHUP: reloading");
+                true
+            }
+            _ = tokio::time::sleep(interval) => false,
+            _ = stop.changed() => return,
+        };
+        let s = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || s.tick(forced)).await;
+    }
+}
+
+/// The upstream with its port spelled out (`http://169.254.169.254` →
+/// `…:80`): the proxy's client connects to the authority as written.
+fn upstream_with_port(url: &str) -> Result<Upstream, ProxyError> {
+    let upstream = Upstream::parse(url)?;
+    match upstream.authority().parse::<http::uri::Authority>() {
+        Ok(a) if a.port().is_none() => Upstream::parse(&format!("http://{}:80", a.as_str())),
+        _ => Ok(upstream),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // Another subscriber (the CLI's) may already be installed: keep it.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// `imdsguard agent run`: starts the agent on a runtime of its own, prints one line per
+/// listener on standard output (`admin http://…`, `proxy http://…`) and `enforcing
+/// MODE`, and runs until SIGTERM or SIGINT; then stops serving and leaves the rules.
+pub fn run(args: RunArgs) -> Result<(), AgentError> {
+    init_logging(args.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|source| AgentError::Io {
+            what: "cannot start the async runtime".into(),
+            source,
+        })?;
+    runtime.block_on(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        // Before anything is installed: a signal from now on stops us cleanly.
+        let io = |source| AgentError::Io {
+            what: "cannot handle signals".into(),
+            source,
+        };
+        let mut term = signal(SignalKind::terminate()).map_err(io)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(io)?;
+        let agent = Agent::start(args).await?;
+        {
+            let mut out = std::io::stdout().lock();
+            if let Some(a) = agent.admin_addr() {
+                let _ = writeln!(out, "admin http://{a}");
+            }
+            if let Some(a) = agent.proxy_addr() {
+                let _ = writeln!(out, "proxy http://{a}");
+            }
+            let _ = writeln!(out, "enforcing {}", agent.mode());
+            let _ = out.flush();
+        }
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("stopping (the nft rules stay)");
+        agent.shutdown().await;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: RunArgs,
+    }
+
+    #[test]
+    fn flags_parse() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--mode",
+            "proxy",
+            "--proxy-address",
+            "10.224.0.4:8169",
+            "--rules",
+            "r.yaml",
+            "--pods",
+            "p.yaml",
+            "--allow",
+            "platform/allowed",
+            "--allow",
+            "azvx=10.0.0.1",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--check-interval",
+            "300ms",
+        ])
+        .unwrap();
+        let a = cli.args;
+        assert_eq!(a.nft.mode, imdsguard_node::ModeArg::Proxy);
+        assert_eq!(a.check_interval, Duration::from_millis(300));
+        assert_eq!(a.nft.allow.len(), 2);
+        assert_eq!(a.admin_listen.port(), 0);
+        let d = Cli::try_parse_from(["x"]).unwrap().args;
+        assert_eq!(d.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
+        assert_eq!(d.check_interval, Duration::from_secs(5));
+        assert!(d.pods.is_none() && d.rules.is_none());
+    }
+
+    #[test]
+    fn the_upstream_gets_a_port() {
+        assert_eq!(
+            upstream_with_port("http://169.254.169.254")
+                .unwrap()
+                .authority(),
+            "169.254.169.254:80"
+        );
+        assert_eq!(
+            upstream_with_port("http://127.0.0.1:8169/")
+                .unwrap()
+                .authority(),
+            "127.0.0.1:8169"
+        );
+        assert_eq!(
+            upstream_with_port("http://[fd00:ec2::254]")
+                .unwrap()
+                .authority(),
+            "[fd00:ec2::254]:80"
+        );
+        assert!(upstream_with_port("https://x").is_err());
+    }
+
+    #[test]
+    fn drop_labels() {
+        assert_eq!(
+            drop_destination(nft::counter::SPOOFED),
+            "protected-unknown-source"
+        );
+        assert_eq!(drop_destination(nft::counter::BLOCKED), "protected");
+    }
+}

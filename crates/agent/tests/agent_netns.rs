@@ -1,0 +1,514 @@
+//! The agent binary on a simulated node, inside a network namespace of its own.
+//!
+//! Each test re-runs itself (this test binary, `--exact NAME`) inside a fresh isolated
+//! namespace from `imdsguard_testkit::Netns` (only `lo`), builds the sandbox node there
+//! (`imdsguard_node::sandbox`: a cloud namespace holding 169.254.169.254 and
+//! 168.63.129.16 with the emulator on them, pods on routed veths and a bridge), and runs
+//! `imdsguard-agent` in that namespace. Nothing leaves these namespaces; they go away
+//! with the inner process, taking their interfaces and nft tables with them. The pods
+//! and rules files live in a temporary directory removed at the end.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use imdsguard_core::imds::IMDS_ADDRESS;
+use imdsguard_core::nft::{AllowedPair, Mode, TableState};
+use imdsguard_emulator::{Config as VmConfig, Emulator, Options, Throttle};
+use imdsguard_node::netns::{Isolated, NetNamespace};
+use imdsguard_node::sandbox::{self, Reach, Sandbox, lab_pods};
+use imdsguard_node::{Exec, read_table, which};
+use imdsguard_testkit::Netns;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_imdsguard-agent");
+const INNER: &str = "IMDSGUARD_AGENT_TEST_INNER";
+const WAIT: Duration = Duration::from_millis(300);
+
+/// Runs `body` inside a fresh isolated namespace: this binary again, `--exact test`.
+fn isolated(test: &str, body: impl FnOnce()) {
+    match std::env::var(INNER) {
+        Ok(t) if t == test => return body(),
+        Ok(_) => return,
+        Err(_) => {}
+    }
+    let Some(ns) = Netns::or_skip(test) else {
+        return;
+    };
+    let missing: Vec<&str> = ["nft", "ip", "nsenter", "unshare"]
+        .into_iter()
+        .filter(|t| !which(t))
+        .collect();
+    if !missing.is_empty() {
+        let why = format!("{test}: missing {}", missing.join(", "));
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{why}");
+        }
+        eprintln!("{why}: skipped");
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = ns.run(
+        r#"exec "$TEST_EXE" "$TEST_NAME" --exact --nocapture --test-threads=1"#,
+        &[
+            ("TEST_EXE", exe.to_str().unwrap()),
+            ("TEST_NAME", test),
+            (INNER, test),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert!(
+        out.status.success(),
+        "{test} failed inside its namespace:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "{test} did not run inside its namespace:\n{stdout}"
+    );
+}
+
+/// The emulator in the cloud namespace, on the real IMDS address.
+struct Cloud {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), imdsguard_node::NodeError>>>,
+}
+
+impl Cloud {
+    fn start(cloud: &NetNamespace) -> Cloud {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = cloud.spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let options = Options {
+                    imds: vec![SocketAddr::new(IMDS_ADDRESS.into(), 80)],
+                    allow_metadata_address: true,
+                    throttle: Throttle::disabled(),
+                    seed: Some(4),
+                    shutdown_grace: Duration::from_millis(100),
+                    ..Options::default()
+                };
+                let emulator = Emulator::start(VmConfig::default_aks(), options)
+                    .await
+                    .expect("the emulator starts");
+                ready_tx.send(()).unwrap();
+                let _ = stop_rx.await;
+                emulator.shutdown().await;
+            });
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the emulator is ready");
+        Cloud {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct World {
+    sandbox: Sandbox,
+    _cloud: Cloud,
+    dir: PathBuf,
+}
+
+impl World {
+    fn new(test: &str) -> World {
+        let isolated = Isolated::check(None).expect("an isolated namespace");
+        let sandbox = Sandbox::build(&isolated, &lab_pods()).expect("the sandbox node");
+        let cloud = Cloud::start(sandbox.cloud());
+        let dir =
+            std::env::temp_dir().join(format!("imdsguard-agent-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        World {
+            sandbox,
+            _cloud: cloud,
+            dir,
+        }
+    }
+
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        // Write then rename: the agent never reads half a file.
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        path
+    }
+
+    fn reach(&self, pod: &str) -> Reach {
+        self.sandbox
+            .pod(pod)
+            .unwrap()
+            .tcp(SocketAddr::new(IMDS_ADDRESS.into(), 80), WAIT)
+            .unwrap()
+    }
+
+    /// An IMDS request from `pod` (to the real address: the proxy or the emulator).
+    fn imds(&self, pod: &str, path: &str) -> Option<(u16, String)> {
+        let path = path.to_owned();
+        self.sandbox
+            .pod(pod)
+            .unwrap()
+            .netns()
+            .run(move || http_get(SocketAddr::new(IMDS_ADDRESS.into(), 80), &path, true))
+            .unwrap()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A plain HTTP/1.1 GET; `None` when no connection was made in time.
+fn http_get(addr: SocketAddr, path: &str, metadata: bool) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let header = if metadata { "Metadata: true\r\n" } else { "" };
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {}\r\n{header}Connection: close\r\n\r\n",
+        addr.ip()
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+/// The agent binary, running in this namespace.
+struct AgentProc {
+    child: Child,
+    admin: SocketAddr,
+}
+
+impl AgentProc {
+    fn start(args: &[&str]) -> AgentProc {
+        let mut child = Command::new(AGENT)
+            .args(args)
+            .args(["--admin-listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut admin = None;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(a) = line.strip_prefix("admin http://") {
+                admin = Some(a.parse().unwrap());
+            }
+            if line.starts_with("enforcing ") {
+                break;
+            }
+        }
+        AgentProc {
+            child,
+            admin: admin.expect("the agent printed its admin address"),
+        }
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin, path, false).expect("the admin listener answers")
+    }
+
+    fn ready(&self) -> bool {
+        self.get("/readyz").0 == 200
+    }
+
+    fn metric(&self, name_and_labels: &str) -> Option<f64> {
+        self.get("/metrics").1.lines().find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == name_and_labels).then(|| value.parse().ok())?
+        })
+    }
+
+    fn signal(&self, sig: rustix::process::Signal) {
+        rustix::process::kill_process(rustix::process::Pid::from_child(&self.child), sig).unwrap();
+    }
+
+    /// Waits for the agent to exit; its status.
+    fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the agent did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn table() -> TableState {
+    read_table(&Exec::here())
+        .unwrap()
+        .expect("inet imdsguard is installed")
+}
+
+fn pair(iface: &str, addr: [u8; 4]) -> AllowedPair {
+    AllowedPair::new(iface, IpAddr::V4(Ipv4Addr::from(addr))).unwrap()
+}
+
+/// Polls `check` every 50 ms for up to `within`.
+fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    check()
+}
+
+/// The pods the sandbox node hosts (the spoofer's address is not its own: not listed).
+const PODS: &str = "
+- {ip: 10.244.0.10, namespace: platform, name: allowed, interface: azvallowed}
+- {ip: 10.244.0.11, namespace: shop, name: web, interface: azvweb}
+- {ip: 10.244.1.10, namespace: jobs, name: batch, interface: cbr0}
+";
+
+const RULES: &str = "rules:
+  - name: shop-location
+    subjects: [{namespace: shop}]
+    paths: [/metadata/instance/compute/location]
+  - name: platform-all
+    subjects: [{namespace: platform}]
+    paths: [/metadata/instance]
+";
+
+#[test]
+fn the_agent_installs_restores_and_follows_the_pods_file() {
+    let test = "the_agent_installs_restores_and_follows_the_pods_file";
+    isolated(test, || {
+        let w = World::new(test);
+        let pods = w.file("pods.yaml", PODS);
+        let mut agent = AgentProc::start(&[
+            "--mode",
+            "block",
+            "--pods",
+            pods.to_str().unwrap(),
+            "--allow",
+            "platform/allowed",
+            "--check-interval",
+            "2s",
+        ]);
+        let t = table();
+        assert_eq!(t.mode, Some(Mode::Block));
+        assert_eq!(t.allowed, [pair("azvallowed", [10, 244, 0, 10])]);
+        assert_eq!(t.known.len(), 3, "{:?}", t.known);
+        assert!(agent.ready(), "{:?}", agent.get("/readyz"));
+        assert_eq!(agent.get("/healthz").0, 200);
+        assert_eq!(agent.metric("imdsguard_agent_enforcing"), Some(1.0));
+
+        assert_eq!(w.reach("web"), Reach::Timeout);
+        assert!(w.reach("allowed").connected());
+        // Drops reach the metrics on the next round.
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                agent
+                    .metric(r#"imdsguard_nflog_drops_total{destination="protected"}"#)
+                    .is_some_and(|v| v > 0.0)
+            }),
+            "{}",
+            agent.get("/metrics").1
+        );
+
+        // Deleted by hand: /readyz fails until the agent puts the table back.
+        Exec::here()
+            .run("nft", ["delete", "table", "inet", "imdsguard"], None)
+            .unwrap();
+        let (status, body) = agent.get("/readyz");
+        let raced = agent
+            .metric("imdsguard_agent_restores_total")
+            .is_some_and(|v| v > 0.0);
+        assert!(
+            status == 503 || raced,
+            "readyz without the table: {status} {body}"
+        );
+        if status == 503 {
+            assert!(body.contains("not installed"), "{body}");
+        }
+        assert!(eventually(Duration::from_secs(10), || agent.ready()));
+        let restored = table();
+        assert_eq!(restored.mode, Some(Mode::Block));
+        assert_eq!(restored.allowed, t.allowed);
+        assert_eq!(restored.known, t.known);
+        assert!(agent.metric("imdsguard_agent_restores_total").unwrap() >= 1.0);
+        assert_eq!(w.reach("web"), Reach::Timeout);
+
+        // A pod leaves, another comes: set elements change, the table and rules stay.
+        w.file(
+            "pods.yaml",
+            "
+- {ip: 10.244.0.10, namespace: platform, name: allowed, interface: azvallowed}
+- {ip: 10.244.0.12, namespace: shop, name: extra, interface: azvextra}
+- {ip: 10.244.1.10, namespace: jobs, name: batch, interface: cbr0}
+",
+        );
+        assert!(eventually(Duration::from_secs(10), || {
+            table().known.contains(&pair("azvextra", [10, 244, 0, 12]))
+        }));
+        let changed = table();
+        assert_eq!(changed.handle, restored.handle, "same table");
+        assert_eq!(
+            changed.chains, restored.chains,
+            "same chains and rule handles"
+        );
+        assert!(!changed.known.contains(&pair("azvweb", [10, 244, 0, 11])));
+        assert_eq!(changed.known.len(), 3);
+
+        // SIGTERM: the agent stops serving and leaves the rules.
+        agent.signal(rustix::process::Signal::TERM);
+        assert!(agent.wait(Duration::from_secs(10)).success());
+        let status = imdsguard_node::status(&Exec::here()).unwrap();
+        assert!(status.installed && status.enforcing, "{status:?}");
+        assert_eq!(w.reach("web"), Reach::Timeout);
+    });
+}
+
+#[test]
+fn sighup_reloads_and_killing_the_agent_leaves_the_table() {
+    let test = "sighup_reloads_and_killing_the_agent_leaves_the_table";
+    isolated(test, || {
+        let w = World::new(test);
+        // `web` is allowlisted by name but not in the file yet.
+        let pods = w.file(
+            "pods.yaml",
+            "- {ip: 10.244.0.10, namespace: platform, name: allowed, interface: azvallowed}\n",
+        );
+        let mut agent = AgentProc::start(&[
+            "--mode",
+            "block",
+            "--pods",
+            pods.to_str().unwrap(),
+            "--allow",
+            "shop/web",
+            "--check-interval",
+            "30m",
+        ]);
+        assert!(table().allowed.is_empty());
+        assert_eq!(w.reach("web"), Reach::Timeout);
+        let before = table();
+        w.file("pods.yaml", PODS);
+        agent.signal(rustix::process::Signal::HUP);
+        assert!(eventually(Duration::from_secs(10), || {
+            table().allowed == [pair("azvweb", [10, 244, 0, 11])]
+        }));
+        assert_eq!(table().chains, before.chains, "no rebuild");
+        assert!(w.reach("web").connected(), "web is allowlisted now");
+
+        // SIGKILL: no chance to clean up, and nothing to clean up: the rules stay.
+        agent.child.kill().unwrap();
+        let _ = agent.wait(Duration::from_secs(5));
+        let status = imdsguard_node::status(&Exec::here()).unwrap();
+        assert!(status.installed && status.enforcing, "{status:?}");
+        assert_eq!(status.mode, Some(Mode::Block));
+        assert_eq!(w.reach("batch"), Reach::Timeout);
+        assert_eq!(w.reach("allowed"), Reach::Timeout, "not allowlisted");
+        assert!(w.reach("web").connected());
+    });
+}
+
+#[test]
+fn proxy_mode_end_to_end_with_the_emulator() {
+    let test = "proxy_mode_end_to_end_with_the_emulator";
+    isolated(test, || {
+        let w = World::new(test);
+        let pods = w.file("pods.yaml", PODS);
+        let rules = w.file("rules.yaml", RULES);
+        let proxy = SocketAddr::new(IpAddr::V4(sandbox::NODE_ADDR), 8169).to_string();
+        let mut agent = AgentProc::start(&[
+            "--mode",
+            "proxy",
+            "--proxy-address",
+            &proxy,
+            "--pods",
+            pods.to_str().unwrap(),
+            "--rules",
+            rules.to_str().unwrap(),
+            "--allow",
+            "platform/allowed",
+            "--check-interval",
+            "500ms",
+        ]);
+        assert!(agent.ready(), "{:?}", agent.get("/readyz"));
+        assert_eq!(table().mode, Some(Mode::Proxy));
+
+        let location = "/metadata/instance/compute/location?api-version=2021-02-01&format=text";
+        let instance = "/metadata/instance?api-version=2021-02-01";
+        // web (shop): the location, through the proxy, from the emulator.
+        let (status, body) = w.imds("web", location).expect("web reaches the proxy");
+        assert_eq!(status, 200, "{body}");
+        assert!(!body.trim().is_empty());
+        // Anything else: the proxy's denial.
+        let (status, body) = w.imds("web", instance).unwrap();
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("imdsguard"), "{body}");
+        let (status, _) = w.imds("batch", location).unwrap();
+        assert_eq!(status, 403, "jobs has no rule");
+        // The allowlisted pod goes straight to the emulator.
+        let (status, body) = w.imds("allowed", instance).unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("compute"), "{body}");
+        // The spoofer borrows `allowed`'s address, which the proxy would serve: its
+        // (interface, address) pair is unknown, so nft drops it before the proxy.
+        assert_eq!(w.imds("spoofer", instance), None);
+        assert_eq!(w.reach("spoofer"), Reach::Timeout);
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                agent
+                    .metric(
+                        r#"imdsguard_nflog_drops_total{destination="protected-unknown-source"}"#,
+                    )
+                    .is_some_and(|v| v > 0.0)
+            }),
+            "{}",
+            agent.get("/metrics").1
+        );
+        let metrics = agent.get("/metrics").1;
+        assert!(
+            metrics.contains(r#"imdsguard_proxy_decisions_total{namespace="shop""#),
+            "{metrics}"
+        );
+
+        agent.signal(rustix::process::Signal::TERM);
+        assert!(agent.wait(Duration::from_secs(10)).success());
+        let status = imdsguard_node::status(&Exec::here()).unwrap();
+        assert!(
+            status.enforcing && status.mode == Some(Mode::Proxy),
+            "{status:?}"
+        );
+        // The proxy is gone, the rules are not: the spoofer and web stay out.
+        assert_eq!(w.reach("spoofer"), Reach::Timeout);
+        assert!(!matches!(w.imds("web", location), Some((200, _))));
+    });
+}
