@@ -478,7 +478,7 @@ impl Agent {
                         ));
                     }
                 };
-                let mut pc = ProxyConfig::new(listen, upstream_with_port(&args.upstream)?);
+                let mut pc = ProxyConfig::new(listen, Upstream::parse(&args.upstream)?);
                 pc.rules = Some(rules);
                 pc.pods = node_pods.index.clone();
                 pc.metrics = Some(metrics.clone());
@@ -616,16 +616,6 @@ async fn periodic(shared: Arc<Shared>, interval: Duration, mut stop: watch::Rece
     }
 }
 
-/// The upstream with its port spelled out (`http://169.254.169.254` →
-/// `…:80`): the proxy's client connects to the authority as written.
-fn upstream_with_port(url: &str) -> Result<Upstream, ProxyError> {
-    let upstream = Upstream::parse(url)?;
-    match upstream.authority().parse::<http::uri::Authority>() {
-        Ok(a) if a.port().is_none() => Upstream::parse(&format!("http://{}:80", a.as_str())),
-        _ => Ok(upstream),
-    }
-}
-
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -729,25 +719,11 @@ mod tests {
 
     #[test]
     fn the_upstream_gets_a_port() {
-        assert_eq!(
-            upstream_with_port("http://169.254.169.254")
-                .unwrap()
-                .authority(),
-            "169.254.169.254:80"
-        );
-        assert_eq!(
-            upstream_with_port("http://127.0.0.1:8169/")
-                .unwrap()
-                .authority(),
-            "127.0.0.1:8169"
-        );
-        assert_eq!(
-            upstream_with_port("http://[fd00:ec2::254]")
-                .unwrap()
-                .authority(),
-            "[fd00:ec2::254]:80"
-        );
-        assert!(upstream_with_port("https://x").is_err());
+        let connect = |u: &str| Upstream::parse(u).unwrap().connect_addr();
+        assert_eq!(connect("http://169.254.169.254"), "169.254.169.254:80");
+        assert_eq!(connect("http://127.0.0.1:8169/"), "127.0.0.1:8169");
+        assert_eq!(connect("http://[fd00:ec2::254]"), "[fd00:ec2::254]:80");
+        assert!(Upstream::parse("https://x").is_err());
     }
 
     #[test]

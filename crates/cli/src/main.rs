@@ -52,7 +52,7 @@ enum Command {
 enum AgentCommand {
     /// Enforce on this node: install the nftables table (block, proxy or observe), keep it
     /// in place and in sync with the pods file, serve /metrics, /healthz, /readyz.
-    Run(imdsguard_agent::RunArgs),
+    Run(Box<imdsguard_agent::RunArgs>),
     /// Remove imdsguard's nftables table from this node (pods reach the endpoints again).
     Uninstall(imdsguard_node::UninstallArgs),
 }
@@ -69,7 +69,7 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::from),
         Command::Agent {
             command: AgentCommand::Run(args),
-        } => imdsguard_agent::run(args)
+        } => imdsguard_agent::run(*args)
             .map(|()| ExitCode::SUCCESS)
             .map_err(anyhow::Error::from),
         Command::Agent {
@@ -91,8 +91,22 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("imdsguard: error: {e:#}");
+            eprintln!("imdsguard: error: {}", error_chain(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes, each cause only when its text does not already appear
+/// (library errors often quote their source in their own message).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    text
 }

@@ -141,9 +141,17 @@ impl Upstream {
         Ok(Upstream { authority })
     }
 
-    /// `host[:port]`.
+    /// `host[:port]` as written (the `Host` header sent upstream).
     pub fn authority(&self) -> &str {
         self.authority.as_str()
+    }
+
+    /// `host:port` to connect to: port 80 when the URL names none.
+    pub fn connect_addr(&self) -> String {
+        match self.authority.port_u16() {
+            Some(_) => self.authority.as_str().to_string(),
+            None => format!("{}:80", self.authority.host()),
+        }
     }
 }
 
@@ -555,6 +563,18 @@ mod tests {
     fn upstream_urls() {
         let u = Upstream::parse("http://127.0.0.1:8169/").unwrap();
         assert_eq!(u.authority(), "127.0.0.1:8169");
+        assert_eq!(u.connect_addr(), "127.0.0.1:8169");
+        let d = Upstream::default();
+        assert_eq!(d.authority(), "169.254.169.254");
+        assert_eq!(
+            d.connect_addr(),
+            "169.254.169.254:80",
+            "IMDS's port when none is written"
+        );
+        assert_eq!(
+            Upstream::parse("http://[::1]").unwrap().connect_addr(),
+            "[::1]:80"
+        );
         assert_eq!(u.to_string(), "http://127.0.0.1:8169");
         assert_eq!(Upstream::default().to_string(), DEFAULT_UPSTREAM);
         for bad in [

@@ -116,6 +116,7 @@ impl Conn {
 
 /// The upstream client: a small pool of keep-alive connections.
 pub(crate) struct Client {
+    /// `host:port` to connect to (port 80 when the URL names none).
     authority: String,
     host: HeaderValue,
     base: String,
@@ -129,7 +130,7 @@ pub(crate) struct Client {
 impl Client {
     pub(crate) fn new(upstream: &Upstream, timeouts: &Timeouts, limits: &Limits) -> Client {
         Client {
-            authority: upstream.authority().to_string(),
+            authority: upstream.connect_addr(),
             host: HeaderValue::from_str(upstream.authority())
                 .expect("a parsed authority is a valid header value"),
             base: upstream.to_string(),
