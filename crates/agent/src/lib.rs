@@ -13,6 +13,11 @@
 //!   as built, restoring it if not; reloads the pods (set elements only, never a
 //!   rebuild) and rules files when they changed (always on SIGHUP); and feeds the
 //!   table's drop counters into the metrics (`imdsguard_nflog_drops_total`);
+//! - in block and proxy modes every tick also reads which (interface, address) pairs
+//!   were dropped ([`drops`]: the table's `dropped_v4`/`dropped_v6` sets, no NFLOG
+//!   parsing), maps them to pods of the pods file, and hands one event per pod with new
+//!   drops to the [`EventSink`]s (a structured log record by default) and to
+//!   `imdsguard_agent_drops_total{namespace,pod}`;
 //! - the admin listener serves `/metrics`, `/healthz` and `/readyz` in every mode;
 //!   `/readyz` fails while the table is missing, not enforcing or in another mode;
 //! - SIGTERM / SIGINT: stop serving, leave the rules.
@@ -20,6 +25,7 @@
 //! See `docs/agent.md`.
 
 mod admin;
+pub mod drops;
 pub mod pods;
 
 use std::collections::BTreeMap;
@@ -40,6 +46,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use drops::{DropEvent, EventSink, LogSink};
 pub use pods::{NodePod, NodePods};
 
 /// The admin listen address when none is given.
@@ -175,6 +182,7 @@ struct AgentMetrics {
     known: Gauge,
     allowed: Gauge,
     nft_packets: Family<Vec<(String, String)>, Gauge>,
+    drops: Family<Vec<(String, String)>, Counter>,
 }
 
 impl AgentMetrics {
@@ -206,6 +214,11 @@ impl AgentMetrics {
             "The inet imdsguard table's named counters (packets)",
             m.nft_packets.clone(),
         );
+        r.register(
+            "agent_drops",
+            "Packets to a protected endpoint dropped, by pod of the pod index (pod=\"unknown\" for other sources)",
+            m.drops.clone(),
+        );
         m
     }
 }
@@ -221,6 +234,10 @@ struct Shared {
     metrics: Metrics,
     own: AgentMetrics,
     files: Mutex<Files>,
+    /// The pods as last loaded, to name the dropped sources.
+    pods: Mutex<Vec<NodePod>>,
+    drops: Mutex<drops::DropTracker>,
+    sinks: Vec<Arc<dyn EventSink>>,
 }
 
 #[derive(Default)]
@@ -299,6 +316,7 @@ impl Shared {
                 "pods reloaded: set elements changed"
             );
         }
+        *lock(&self.pods) = pods.pods;
         if let Some(control) = &*lock(&self.control) {
             control.set_pods(pods.index);
         }
@@ -368,11 +386,49 @@ impl Shared {
         }
     }
 
+    /// Reads the dropped sources; new drops become one event per pod (sinks, metric).
+    fn report_drops(&self) {
+        if self.mode == Mode::Observe {
+            return;
+        }
+        let sources = match lock(&self.enforcer).dropped_sources() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the dropped sources");
+                return;
+            }
+        };
+        let new = lock(&self.drops).update(&sources);
+        if new.is_empty() {
+            return;
+        }
+        let events = drops::events(&lock(&self.pods), &new);
+        for e in &events {
+            let labels = vec![
+                (
+                    "namespace".to_owned(),
+                    e.namespace.clone().unwrap_or_default(),
+                ),
+                (
+                    "pod".to_owned(),
+                    e.pod
+                        .clone()
+                        .unwrap_or_else(|| drops::UNKNOWN_POD.to_owned()),
+                ),
+            ];
+            self.own.drops.get_or_create(&labels).inc_by(e.packets());
+            for sink in &self.sinks {
+                sink.drops(e);
+            }
+        }
+    }
+
     /// One periodic round.
     fn tick(&self, forced: bool) {
         self.ensure_table();
         self.reload_files(forced);
         self.read_counters();
+        self.report_drops();
     }
 }
 
@@ -388,8 +444,17 @@ pub struct Agent {
 impl Agent {
     /// Installs the table (atomic replace, conntrack flushed), starts the proxy in
     /// proxy mode, the admin listener and the periodic task. Needs a tokio runtime;
-    /// runs `nft` in this process's network namespace.
+    /// runs `nft` in this process's network namespace. Drop events are logged
+    /// ([`LogSink`]).
     pub async fn start(args: RunArgs) -> Result<Agent, AgentError> {
+        Agent::start_with_sinks(args, vec![Arc::new(LogSink)]).await
+    }
+
+    /// [`Agent::start`], drop events going to `sinks` (none: only the metric).
+    pub async fn start_with_sinks(
+        args: RunArgs,
+        sinks: Vec<Arc<dyn EventSink>>,
+    ) -> Result<Agent, AgentError> {
         let config = args.nft.config()?;
         let mode = config.mode;
         let rules = match (&args.rules, mode) {
@@ -460,6 +525,9 @@ impl Agent {
                 rules: args.rules.as_deref().and_then(stamp),
                 counters: BTreeMap::new(),
             }),
+            pods: Mutex::new(node_pods.pods.clone()),
+            drops: Mutex::new(drops::DropTracker::default()),
+            sinks,
         });
         let nft_ready: imdsguard_proxy::ReadyCheck = {
             let shared = shared.clone();

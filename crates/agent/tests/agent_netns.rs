@@ -341,6 +341,20 @@ fn the_agent_installs_restores_and_follows_the_pods_file() {
             "{}",
             agent.get("/metrics").1
         );
+        // … named by pod (the dropped-source sets), the allowlisted pod never.
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                agent
+                    .metric(r#"imdsguard_agent_drops_total{namespace="shop",pod="web"}"#)
+                    .is_some_and(|v| v > 0.0)
+            }),
+            "{}",
+            agent.get("/metrics").1
+        );
+        assert_eq!(
+            agent.metric(r#"imdsguard_agent_drops_total{namespace="platform",pod="allowed"}"#),
+            None
+        );
 
         // Deleted by hand: /readyz fails until the agent puts the table back.
         Exec::here()

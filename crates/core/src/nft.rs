@@ -15,10 +15,13 @@
 //!   set allow_v6     { type ifname . ipv6_addr }
 //!   set known_v4     { type ifname . ipv4_addr }                       every pod the node hosts
 //!   set known_v6     { type ifname . ipv6_addr }
+//!   set dropped_v4   { type ifname . ipv4_addr; flags dynamic,timeout; timeout 10m; counter }
+//!   set dropped_v6   { type ifname . ipv6_addr; … }                   who was dropped, and how often
 //!   chain forward  (filter, hook forward, priority filter - 10): iifname "azv*" jump pod_egress, …
 //!   chain input    (filter, hook input,   priority filter - 10): the same jumps
 //!   chain pod_egress: ip daddr . meta l4proto . th dport @protected_v4 jump guard_v4 (and v6)
 //!   chain guard_v4:   iifname . ip saddr @allow_v4 counter allowed accept
+//!                     block/proxy: update @dropped_v4 { iifname . ip saddr }
 //!                     proxy only:  iifname . ip saddr != @known_v4 limit … log group G (spoof)
 //!                                  iifname . ip saddr != @known_v4 counter spoofed drop
 //!                     block/proxy: limit … log group G;  counter blocked drop
@@ -36,6 +39,14 @@
 //! packet whose pair is unknown (a pod borrowing another pod's address from its own
 //! interface) is not redirected; the forward (or input) guard then drops it, counted as
 //! `spoofed` and logged with [`LOG_PREFIX_SPOOF`].
+//!
+//! In block and proxy modes every packet that reaches the guard past the allow rule is
+//! dropped, so one rule there records its (interface, source address) pair in the
+//! dynamic set `dropped_v4` (`dropped_v6`), whose elements carry a packet counter and
+//! expire 10 minutes after their last packet: the agent reads them
+//! ([`parse_dropped`]) to say which pod was dropped, without parsing NFLOG. The record
+//! is a rule of its own, so a full set (the update fails and ends its rule) never skips
+//! the drop.
 //!
 //! Rules match only the protected (address, protocol, port) triples, so Azure DNS on
 //! 168.63.129.16:53 and node-local DNS (169.254.20.10, 169.254.10.0/24) are never
@@ -77,6 +88,12 @@ pub const LOG_PREFIX_DROP: &str = "imdsguard:drop ";
 pub const LOG_PREFIX_SPOOF: &str = "imdsguard:spoof ";
 /// The prefix of the NFLOG messages for observed (allowed, `observe` mode) connections.
 pub const LOG_PREFIX_OBSERVE: &str = "imdsguard:observe ";
+/// A dropped source's element leaves `dropped_v4` / `dropped_v6` this many seconds
+/// after its last dropped packet.
+pub const DROPPED_TIMEOUT_SECS: u64 = 600;
+/// At most this many dropped sources are recorded per family; past it, drops are still
+/// dropped and counted, only not recorded per source.
+pub const DROPPED_SET_SIZE: u32 = 16384;
 /// The comment that marks the verdict rule of a mode: `imdsguard mode=block`.
 pub const MODE_MARKER: &str = "imdsguard mode=";
 
@@ -117,6 +134,12 @@ pub mod set {
     pub const KNOWN_V4: &str = "known_v4";
     /// Known IPv6 pods: `ifname . ipv6_addr`.
     pub const KNOWN_V6: &str = "known_v6";
+    /// Dropped IPv4 sources (block and proxy modes): `ifname . ipv4_addr`, dynamic,
+    /// elements with a packet counter, expiring [`super::DROPPED_TIMEOUT_SECS`] after
+    /// their last drop.
+    pub const DROPPED_V4: &str = "dropped_v4";
+    /// Dropped IPv6 sources: `ifname . ipv6_addr`.
+    pub const DROPPED_V6: &str = "dropped_v6";
     /// Proxy mode: the IPv4 endpoints redirected to the proxy.
     pub const PROXIED_V4: &str = "proxied_v4";
     /// Proxy mode: the IPv6 endpoints redirected to the proxy.
@@ -481,6 +504,7 @@ struct Family {
     protected: &'static str,
     allow: &'static str,
     known: &'static str,
+    dropped: &'static str,
     guard: &'static str,
     redirect: &'static str,
     proxied: &'static str,
@@ -491,6 +515,7 @@ const V4: Family = Family {
     protected: set::PROTECTED_V4,
     allow: set::ALLOW_V4,
     known: set::KNOWN_V4,
+    dropped: set::DROPPED_V4,
     guard: chain::GUARD_V4,
     redirect: chain::REDIRECT_V4,
     proxied: set::PROXIED_V4,
@@ -500,6 +525,7 @@ const V6: Family = Family {
     protected: set::PROTECTED_V6,
     allow: set::ALLOW_V6,
     known: set::KNOWN_V6,
+    dropped: set::DROPPED_V6,
     guard: chain::GUARD_V6,
     redirect: chain::REDIRECT_V6,
     proxied: set::PROXIED_V6,
@@ -554,6 +580,33 @@ impl Family {
             json!({"concat": [meta("iifname"), payload(self.proto, "saddr")]}),
             set_ref(self.known),
         )
+    }
+
+    /// `add set dropped_vN { type ifname . ipvN_addr; flags dynamic,timeout; timeout 10m;
+    /// size …; counter; }` (nft 1.0.6's JSON has no `dynamic` flag: a set a rule updates
+    /// gets it anyway).
+    fn dropped_set(self) -> Value {
+        cmd(
+            "add",
+            "set",
+            with_table(obj(json!({
+                "name": self.dropped,
+                "type": ["ifname", self.addr_type()],
+                "flags": ["timeout"],
+                "timeout": DROPPED_TIMEOUT_SECS,
+                "size": DROPPED_SET_SIZE,
+                "stmt": [{"counter": null}],
+            }))),
+        )
+    }
+
+    /// `update @dropped_vN { iifname . ip saddr }`
+    fn record_dropped(self) -> Value {
+        json!({"set": {
+            "op": "update",
+            "elem": {"concat": [meta("iifname"), payload(self.proto, "saddr")]},
+            "set": set_ref(self.dropped),
+        }})
     }
 
     /// `iifname . ip saddr != @known_vN`
@@ -671,6 +724,7 @@ pub fn ruleset_with_known(
             }
             b.push(cmd("add", "set", with_table(fields)));
         }
+        b.push(fam.dropped_set());
     }
 
     // Filter: forward (routed pod traffic) and input (an endpoint held by the node).
@@ -715,6 +769,15 @@ pub fn ruleset_with_known(
             "per": "second",
         }});
         let marker = Some(format!("{MODE_MARKER}{}", config.mode));
+        if config.mode != Mode::Observe {
+            // Everything past the allow rule is dropped: record who. A rule of its own,
+            // so that a failed update (full set) cannot skip the drop.
+            b.rule(
+                fam.guard,
+                vec![fam.record_dropped()],
+                Some("imdsguard: record the dropped source".into()),
+            );
+        }
         if config.mode == Mode::Proxy {
             // The proxy knows callers by address: a pair that is not a known pod's was
             // not redirected (see below) and must not reach the endpoint either.
@@ -1073,6 +1136,71 @@ pub fn parse_counters(text: &str) -> Result<Vec<CounterValue>, NftParseError> {
         .filter(|c| ours(c, "table"))
         .filter_map(counter_value)
         .collect())
+}
+
+/// One element of `dropped_v4` / `dropped_v6`: a source dropped in the last
+/// [`DROPPED_TIMEOUT_SECS`], with what its element counted since it was added.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct DroppedSource {
+    /// The interface the packets entered the node on.
+    pub iface: String,
+    /// Their source address.
+    pub addr: IpAddr,
+    /// Packets dropped since the element was added (it restarts from zero when the
+    /// element expired or the table was rebuilt).
+    pub packets: u64,
+    /// Bytes likewise.
+    pub bytes: u64,
+}
+
+/// The elements of the dropped-source sets in the answer to
+/// `nft -j list set inet imdsguard dropped_v4` (and `dropped_v6`, or a listing of the
+/// whole table). Other sets and tables are ignored.
+pub fn parse_dropped(text: &str) -> Result<Vec<DroppedSource>, NftParseError> {
+    let mut out = Vec::new();
+    for o in objects(text)? {
+        let Some(body) = o.get("set") else { continue };
+        let name = body.get("name").and_then(Value::as_str);
+        if !ours(body, "table") || !matches!(name, Some(set::DROPPED_V4 | set::DROPPED_V6)) {
+            continue;
+        }
+        for elem in body
+            .get("elem")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            // `{"elem": {"val": {"concat": [...]}, "counter": {...}, "expires": …}}`
+            let inner = elem.get("elem").unwrap_or(elem);
+            let Some(concat) = inner
+                .get("val")
+                .unwrap_or(inner)
+                .get("concat")
+                .and_then(Value::as_array)
+            else {
+                continue;
+            };
+            let (Some(iface), Some(addr)) = (
+                concat.first().and_then(Value::as_str),
+                concat
+                    .get(1)
+                    .and_then(Value::as_str)
+                    .and_then(|a| a.parse::<IpAddr>().ok()),
+            ) else {
+                continue;
+            };
+            let counter = inner.get("counter");
+            let field = |k: &str| counter.and_then(|c| c.get(k)).and_then(Value::as_u64);
+            out.push(DroppedSource {
+                iface: iface.to_owned(),
+                addr,
+                packets: field("packets").unwrap_or(0),
+                bytes: field("bytes").unwrap_or(0),
+            });
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// One chain of the table as listed.
@@ -1460,7 +1588,19 @@ mod tests {
         assert_eq!(egress[1]["expr"][1]["jump"]["target"], "guard_v6");
 
         let guard = rules_of(&batch, "guard_v4");
-        assert_eq!(guard.len(), 3);
+        assert_eq!(guard.len(), 4);
+        // Past the allow rule everything is dropped: the source is recorded first, in a
+        // rule without a verdict.
+        assert_eq!(
+            guard[1]["expr"],
+            json!([{"set": {"op": "update",
+                "elem": {"concat": [meta("iifname"), payload("ip", "saddr")]},
+                "set": "@dropped_v4"}}])
+        );
+        assert_eq!(
+            rules_of(&batch, "guard_v6")[1]["expr"][0]["set"]["set"],
+            "@dropped_v6"
+        );
         assert_eq!(
             guard[0]["expr"][0]["match"]["left"]["concat"],
             json!([meta("iifname"), payload("ip", "saddr")])
@@ -1468,18 +1608,18 @@ mod tests {
         assert_eq!(guard[0]["expr"][0]["match"]["right"], "@allow_v4");
         assert_eq!(guard[0]["expr"][1], json!({"counter": "allowed"}));
         assert_eq!(guard[0]["expr"][2], json!({"accept": null}));
-        assert_eq!(guard[1]["expr"][0]["limit"]["rate"], 10);
-        assert_eq!(guard[1]["expr"][0]["limit"]["per"], "second");
-        assert_eq!(guard[1]["expr"][1]["log"]["group"], DEFAULT_LOG_GROUP);
+        assert_eq!(guard[2]["expr"][0]["limit"]["rate"], 10);
+        assert_eq!(guard[2]["expr"][0]["limit"]["per"], "second");
+        assert_eq!(guard[2]["expr"][1]["log"]["group"], DEFAULT_LOG_GROUP);
         assert!(
-            guard[1]["expr"].as_array().unwrap().len() == 2,
+            guard[2]["expr"].as_array().unwrap().len() == 2,
             "log rule has no verdict"
         );
         assert_eq!(
-            guard[2]["expr"],
+            guard[3]["expr"],
             json!([{"counter": "blocked"}, {"drop": null}])
         );
-        assert_eq!(guard[2]["comment"], "imdsguard mode=block");
+        assert_eq!(guard[3]["comment"], "imdsguard mode=block");
         assert_eq!(
             rules_of(&batch, "guard_v6")[0]["expr"][0]["match"]["right"],
             "@allow_v6"
@@ -1561,7 +1701,7 @@ mod tests {
         assert!(rules_of(&batch, "redirect_v6").is_empty());
         assert_eq!(rules_of(&batch, "pod_redirect").len(), 1);
         assert_eq!(
-            rules_of(&batch, "guard_v6")[4]["expr"],
+            rules_of(&batch, "guard_v6")[5]["expr"],
             json!([{"counter": "blocked"}, {"drop": null}])
         );
         let state = TableState::from_batch(&batch).unwrap();
@@ -1789,18 +1929,19 @@ mod tests {
         let allowed = [pair("azvallowed", "10.244.0.10")];
         let batch = ruleset_with_known(&proxy_config(), &allowed, &known, &[]).unwrap();
         let guard = rules_of(&batch, "guard_v4");
-        assert_eq!(guard.len(), 5);
+        assert_eq!(guard.len(), 6);
+        assert_eq!(guard[1]["expr"][0]["set"]["set"], "@dropped_v4");
         assert_eq!(guard[0]["expr"][0]["match"]["right"], "@allow_v4");
         let unknown = json!({"match": {"op": "!=",
             "left": {"concat": [meta("iifname"), payload("ip", "saddr")]},
             "right": "@known_v4"}});
-        assert_eq!(guard[1]["expr"][0], unknown);
-        assert_eq!(guard[1]["expr"][2]["log"]["prefix"], LOG_PREFIX_SPOOF);
+        assert_eq!(guard[2]["expr"][0], unknown);
+        assert_eq!(guard[2]["expr"][2]["log"]["prefix"], LOG_PREFIX_SPOOF);
         assert_eq!(
-            guard[2]["expr"],
+            guard[3]["expr"],
             json!([unknown, {"counter": "spoofed"}, {"drop": null}])
         );
-        assert_eq!(guard[4]["comment"], "imdsguard mode=proxy");
+        assert_eq!(guard[5]["comment"], "imdsguard mode=proxy");
         let sets = find(&batch, "add", "set");
         let known4 = sets.iter().find(|s| s["name"] == "known_v4").unwrap();
         assert_eq!(known4["type"], json!(["ifname", "ipv4_addr"]));
@@ -1861,5 +2002,60 @@ mod tests {
             find(&replace_pairs(PairSet::Known, &[a]), "flush", "set")[0]["name"],
             "known_v4"
         );
+    }
+
+    #[test]
+    fn dropped_sources_are_recorded_in_dynamic_sets_and_read_back() {
+        let batch = ruleset(&RulesetConfig::new(Mode::Block, &[Cloud::Aws]), &[], &[]).unwrap();
+        let sets = find(&batch, "add", "set");
+        let d4 = sets.iter().find(|s| s["name"] == "dropped_v4").unwrap();
+        assert_eq!(d4["type"], json!(["ifname", "ipv4_addr"]));
+        assert_eq!(d4["flags"], json!(["timeout"]));
+        assert_eq!(d4["timeout"], DROPPED_TIMEOUT_SECS);
+        assert_eq!(d4["stmt"], json!([{"counter": null}]));
+        assert!(d4.get("elem").is_none());
+        let d6 = sets.iter().find(|s| s["name"] == "dropped_v6").unwrap();
+        assert_eq!(d6["type"], json!(["ifname", "ipv6_addr"]));
+        // Observe mode drops nothing and records nothing (the sets stay, empty).
+        let observe = ruleset(&RulesetConfig::new(Mode::Observe, &[Cloud::Aws]), &[], &[]).unwrap();
+        assert!(!observe.to_string().contains("@dropped_v4"));
+        assert!(
+            find(&observe, "add", "set")
+                .iter()
+                .any(|s| s["name"] == "dropped_v4")
+        );
+        let state = TableState::from_batch(&batch).unwrap();
+        assert_eq!(state.sets["dropped_v4"], 0);
+
+        // What nft 1.0.6 answers to `nft -j list set inet imdsguard dropped_v4`.
+        let listing = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+          {"set": {"family": "inet", "name": "dropped_v4", "table": "imdsguard", "type": ["ifname", "ipv4_addr"],
+            "handle": 1, "size": 16384, "flags": ["timeout"], "timeout": 600,
+            "elem": [{"elem": {"val": {"concat": ["azvb", "10.244.0.11"]}, "expires": 599, "counter": {"packets": 3, "bytes": 180}}},
+                     {"elem": {"val": {"concat": ["azva", "10.244.0.10"]}, "expires": 12, "counter": {"packets": 1, "bytes": 60}}}],
+            "stmt": [{"counter": null}]}},
+          {"set": {"family": "inet", "name": "dropped_v6", "table": "imdsguard", "type": ["ifname", "ipv6_addr"],
+            "elem": [{"elem": {"val": {"concat": ["azvc", "fd00::3"]}, "counter": {"packets": 2, "bytes": 160}}}]}},
+          {"set": {"family": "inet", "name": "dropped_v4", "table": "other",
+            "elem": [{"elem": {"val": {"concat": ["x", "10.0.0.9"]}, "counter": {"packets": 9, "bytes": 9}}}]}},
+          {"set": {"family": "inet", "name": "allow_v4", "table": "imdsguard",
+            "elem": [{"concat": ["azvd", "10.0.0.4"]}]}}
+        ]}"#;
+        let dropped = parse_dropped(listing).unwrap();
+        let got: Vec<(&str, String, u64)> = dropped
+            .iter()
+            .map(|d| (d.iface.as_str(), d.addr.to_string(), d.packets))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("azva", "10.244.0.10".to_owned(), 1),
+                ("azvb", "10.244.0.11".to_owned(), 3),
+                ("azvc", "fd00::3".to_owned(), 2),
+            ]
+        );
+        assert_eq!(dropped[1].bytes, 180);
+        assert_eq!(parse_dropped(r#"{"nftables": []}"#), Ok(vec![]));
+        assert!(parse_dropped("nope").is_err());
     }
 }

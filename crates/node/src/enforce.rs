@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use imdsguard_core::nft::{
-    self, AllowedPair, CounterValue, Mode, PairChanges, PairSet, RulesetConfig, TableState,
-    conntrack_flush_args, parse_conntrack_deleted, parse_counters,
+    self, AllowedPair, CounterValue, DroppedSource, Mode, PairChanges, PairSet, RulesetConfig,
+    TableState, conntrack_flush_args, parse_conntrack_deleted, parse_counters, parse_dropped,
 };
 use imdsguard_core::target::Target;
 use serde::Serialize;
@@ -75,6 +75,29 @@ pub fn read_counters(exec: &Exec) -> Result<Vec<CounterValue>, NodeError> {
         Err(e) if is_missing_table(&e) => Ok(Vec::new()),
         Err(e) => Err(e),
     }
+}
+
+/// The sources dropped in the last 10 minutes, with their packet counts: the elements
+/// of `dropped_v4` and `dropped_v6` (`nft -j list set inet imdsguard dropped_v4`, then
+/// v6), sorted. Empty when the table or a set is absent (observe mode records nothing).
+pub fn dropped_sources(exec: &Exec) -> Result<Vec<DroppedSource>, NodeError> {
+    let mut out = Vec::new();
+    for name in [nft::set::DROPPED_V4, nft::set::DROPPED_V6] {
+        match exec
+            .run(
+                "nft",
+                ["-j", "list", "set", nft::FAMILY, nft::TABLE, name],
+                None,
+            )
+            .map_err(nft_error)
+        {
+            Ok(text) => out.extend(parse_dropped(&text)?),
+            Err(e) if is_missing_table(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Removes `inet imdsguard` (one transaction, nothing else touched). `true` when it was
@@ -459,5 +482,10 @@ impl Enforcer {
     /// The named counters.
     pub fn counters(&self) -> Result<Vec<CounterValue>, NodeError> {
         read_counters(&self.exec)
+    }
+
+    /// The sources dropped in the last 10 minutes: see [`dropped_sources`].
+    pub fn dropped_sources(&self) -> Result<Vec<DroppedSource>, NodeError> {
+        dropped_sources(&self.exec)
     }
 }

@@ -9,6 +9,8 @@
 //!   only, [`Enforcer::add_known`] / [`Enforcer::remove_known`] the known pods (proxy
 //!   mode redirects only known (interface, address) pairs), [`Enforcer::sync_pairs`]
 //!   both at once; [`Enforcer::status`] says whether the table and its rules are in place;
+//!   [`Enforcer::dropped_sources`] lists the (interface, address) pairs dropped in the
+//!   last 10 minutes with their packet counts (the `dropped_v4`/`dropped_v6` sets);
 //!   [`Enforcer::uninstall`] removes the table on purpose. Nothing is removed when the
 //!   process exits: enforcement fails closed.
 //! - [`AgentNftArgs`] are the agent's options, [`UninstallArgs`] / [`uninstall`] are
@@ -30,8 +32,8 @@ pub use args::{
     parse_allow_spec, uninstall,
 };
 pub use enforce::{
-    ConntrackOutcome, Enforcer, InstallReport, Status, apply, flush_conntrack, read_counters,
-    read_table, status, uninstall_table,
+    ConntrackOutcome, Enforcer, InstallReport, Status, apply, dropped_sources, flush_conntrack,
+    read_counters, read_table, status, uninstall_table,
 };
 pub use exec::{Exec, package_of, which};
 

@@ -205,6 +205,54 @@ fn block_mode_blocks_pods_but_the_allowlisted_one_and_keeps_dns() {
 }
 
 #[test]
+fn dropped_sources_name_the_blocked_pairs_with_their_packets() {
+    isolated(
+        "dropped_sources_name_the_blocked_pairs_with_their_packets",
+        || {
+            let w = World::new();
+            let allowed = nft::AllowedPair::new("azvallowed", allowed_addr()).unwrap();
+            let mut enforcer = w.enforcer(Mode::Block).with_allowed([allowed]);
+            enforcer.install().unwrap();
+            assert!(enforcer.dropped_sources().unwrap().is_empty());
+
+            // `web` tries twice, the spoofer (allowed's address, its own interface) once;
+            // `allowed` goes through and is not recorded.
+            for _ in 0..2 {
+                assert_eq!(w.reach("web", protected()[0]), Reach::Timeout);
+            }
+            assert_eq!(w.reach("spoofer", protected()[1]), Reach::Timeout);
+            assert_eq!(w.reach("allowed", protected()[0]), cloud_answer());
+
+            let dropped = enforcer.dropped_sources().unwrap();
+            let find = |iface: &str| dropped.iter().find(|d| d.iface == iface);
+            let web = find("azvweb").unwrap_or_else(|| panic!("web recorded: {dropped:?}"));
+            assert_eq!(web.addr, IpAddr::V4(Ipv4Addr::new(10, 244, 0, 11)));
+            // A timed-out connect retransmits its SYN: at least one packet per try.
+            assert!(web.packets >= 2, "{dropped:?}");
+            assert!(web.bytes > 0, "{dropped:?}");
+            let spoofer = find("azvspoofer").unwrap_or_else(|| panic!("{dropped:?}"));
+            assert_eq!(spoofer.addr, allowed_addr());
+            assert!(spoofer.packets >= 1);
+            assert!(find("azvallowed").is_none(), "{dropped:?}");
+            assert_eq!(dropped.len(), 2, "{dropped:?}");
+            let blocked = enforcer
+                .counters()
+                .unwrap()
+                .into_iter()
+                .find(|c| c.name == nft::counter::BLOCKED)
+                .unwrap();
+            assert_eq!(blocked.packets, web.packets + spoofer.packets);
+
+            // A rebuild starts the sets afresh; the drops go on being recorded.
+            enforcer.install().unwrap();
+            assert!(enforcer.dropped_sources().unwrap().is_empty());
+            assert_eq!(w.reach("web", protected()[2]), Reach::Timeout);
+            assert_eq!(enforcer.dropped_sources().unwrap().len(), 1);
+        },
+    );
+}
+
+#[test]
 fn killing_the_enforcing_process_leaves_the_block_in_place() {
     isolated(
         "killing_the_enforcing_process_leaves_the_block_in_place",
