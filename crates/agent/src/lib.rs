@@ -1,4 +1,4 @@
-//! imdsguard-agent: the standalone node agent, `imdsguard agent run` (no Kubernetes yet).
+//! imdsguard-agent: the node agent, `imdsguard agent run`.
 //!
 //! It composes the node enforcement ([`imdsguard_node::Enforcer`]) and, in proxy mode,
 //! the filtering proxy ([`imdsguard_proxy::Proxy`]):
@@ -9,6 +9,9 @@
 //! - the pods file ([`pods`]) gives the known (interface, address) pairs (proxy mode
 //!   redirects only those; an address borrowed from another interface is dropped) and,
 //!   with `--allow NAMESPACE/NAME`, allowlisted pairs; the proxy gets its pod index;
+//! - or, with `--kubernetes` ([`kube`]), a watch of the pods scheduled on `--node-name`
+//!   gives the same (interfaces from `ip route get`), applied on every change, and drop
+//!   events also become Kubernetes `Warning` Events on the pods;
 //! - every `--check-interval` (and on SIGHUP) it checks that the table is in place and
 //!   as built, restoring it if not; reloads the pods (set elements only, never a
 //!   rebuild) and rules files when they changed (always on SIGHUP); and feeds the
@@ -26,12 +29,14 @@
 
 mod admin;
 pub mod drops;
+pub mod kube;
 pub mod pods;
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -65,6 +70,16 @@ pub struct RunArgs {
     /// and on SIGHUP
     #[arg(long, value_name = "FILE")]
     pub pods: Option<PathBuf>,
+
+    /// Take the node's pods from the Kubernetes API instead of --pods: a watch of the
+    /// pods with spec.nodeName=--node-name (the in-cluster service account, else the
+    /// kubeconfig), interfaces from `ip route get`; drops also become Kubernetes Events
+    #[arg(long, conflicts_with = "pods", requires = "node_name")]
+    pub kubernetes: bool,
+
+    /// With --kubernetes: the name of this node
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
 
     /// Proxy mode: the access rules (docs/proxy.md); reloaded on change and on SIGHUP
     #[arg(long, value_name = "FILE")]
@@ -102,6 +117,8 @@ impl RunArgs {
         RunArgs {
             nft,
             pods: None,
+            kubernetes: false,
+            node_name: None,
             rules: None,
             proxy_listen: None,
             upstream: imdsguard_proxy::DEFAULT_UPSTREAM.to_owned(),
@@ -133,6 +150,9 @@ pub enum AgentError {
     /// Options that do not go together.
     #[error("{0}")]
     Usage(String),
+    /// No Kubernetes client (`--kubernetes`).
+    #[error(transparent)]
+    Kube(#[from] imdsguard_kube::KubeError),
     /// An IO error.
     #[error("{what}: {source}")]
     Io {
@@ -238,6 +258,10 @@ struct Shared {
     pods: Mutex<Vec<NodePod>>,
     drops: Mutex<drops::DropTracker>,
     sinks: Vec<Arc<dyn EventSink>>,
+    /// `--kubernetes`: the watch's snapshots.
+    kube_pods: Option<watch::Receiver<Option<Arc<imdsguard_kube::Snapshot>>>>,
+    /// `--kubernetes`: the last snapshot was not applied; the next round tries again.
+    kube_retry: AtomicBool,
 }
 
 #[derive(Default)]
@@ -297,11 +321,29 @@ impl Shared {
 
     /// Reloads the pods file: set elements and the proxy's pod index.
     fn reload_pods(&self, path: &Path) -> Result<(), AgentError> {
-        let pods = read_pods(path)?;
+        self.apply_pods(read_pods(path)?)
+    }
+
+    /// `--kubernetes`: applies the watch's latest snapshot.
+    fn apply_kube_pods(&self) {
+        let Some(rx) = &self.kube_pods else { return };
+        let Some(snapshot) = rx.borrow().clone() else {
+            return;
+        };
+        let result = self.apply_pods(kube::node_pods(&snapshot));
+        self.metrics.record_reload("pods", result.is_ok());
+        self.kube_retry.store(result.is_err(), Ordering::Relaxed);
+        if let Err(e) = result {
+            tracing::error!(error = %e, "the watched pods not applied; trying again at the next round");
+        }
+    }
+
+    /// The node's pods: set elements and the proxy's pod index.
+    fn apply_pods(&self, pods: NodePods) -> Result<(), AgentError> {
         let allowed = pods.allowed_pairs(&self.allow);
         let known = pods.known_pairs();
         for p in pods.without_interface() {
-            tracing::warn!(pod = %p, "no interface in the pods file: not a known pod (proxy mode drops its traffic)");
+            tracing::warn!(pod = %p, "no interface for this pod: not a known pod (proxy mode drops its traffic)");
         }
         let (n_allowed, n_known) = (allowed.len(), known.len());
         let changes = lock(&self.enforcer).sync_pairs(allowed, known)?;
@@ -313,7 +355,7 @@ impl Shared {
                 removed_known = changes.remove_known.len(),
                 added_allowed = changes.add_allowed.len(),
                 removed_allowed = changes.remove_allowed.len(),
-                "pods reloaded: set elements changed"
+                "pods changed: set elements changed"
             );
         }
         *lock(&self.pods) = pods.pods;
@@ -427,6 +469,9 @@ impl Shared {
     fn tick(&self, forced: bool) {
         self.ensure_table();
         self.reload_files(forced);
+        if forced || self.kube_retry.load(Ordering::Relaxed) {
+            self.apply_kube_pods();
+        }
         self.read_counters();
         self.report_drops();
     }
@@ -439,6 +484,8 @@ pub struct Agent {
     admin: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// `--kubernetes`: the watch (dropping it stops it).
+    pod_watch: Option<imdsguard_kube::PodWatch>,
 }
 
 impl Agent {
@@ -450,10 +497,40 @@ impl Agent {
         Agent::start_with_sinks(args, vec![Arc::new(LogSink)]).await
     }
 
-    /// [`Agent::start`], drop events going to `sinks` (none: only the metric).
+    /// [`Agent::start`], drop events going to `sinks` (none: only the metric). With
+    /// `--kubernetes` the client comes from the environment (in-cluster service
+    /// account, else kubeconfig) and the Events sink is added.
     pub async fn start_with_sinks(
         args: RunArgs,
         sinks: Vec<Arc<dyn EventSink>>,
+    ) -> Result<Agent, AgentError> {
+        if args.kubernetes && args.pods.is_some() {
+            return Err(AgentError::Usage(
+                "--kubernetes and --pods do not go together".into(),
+            ));
+        }
+        let client = if args.kubernetes {
+            Some(imdsguard_kube::default_client().await?)
+        } else {
+            None
+        };
+        Agent::start_inner(args, sinks, client).await
+    }
+
+    /// [`Agent::start_with_sinks`] with `--kubernetes` and this client (tests, embedding).
+    pub async fn start_with_client(
+        mut args: RunArgs,
+        sinks: Vec<Arc<dyn EventSink>>,
+        client: imdsguard_kube::Client,
+    ) -> Result<Agent, AgentError> {
+        args.kubernetes = true;
+        Agent::start_inner(args, sinks, Some(client)).await
+    }
+
+    async fn start_inner(
+        args: RunArgs,
+        mut sinks: Vec<Arc<dyn EventSink>>,
+        client: Option<imdsguard_kube::Client>,
     ) -> Result<Agent, AgentError> {
         let config = args.nft.config()?;
         let mode = config.mode;
@@ -470,9 +547,49 @@ impl Agent {
             }
             (None, _) => None,
         };
-        let node_pods = match &args.pods {
-            Some(path) => read_pods(path)?,
-            None => {
+        let mut pod_watch = None;
+        let node_pods = match (&args.pods, client) {
+            (Some(_), Some(_)) => {
+                return Err(AgentError::Usage(
+                    "--kubernetes and --pods do not go together".into(),
+                ));
+            }
+            (Some(path), None) => read_pods(path)?,
+            (None, Some(client)) => {
+                let node = args
+                    .node_name
+                    .clone()
+                    .filter(|n| !n.is_empty())
+                    .ok_or_else(|| {
+                        AgentError::Usage("--kubernetes needs --node-name (or NODE_NAME)".into())
+                    })?;
+                let mut w = imdsguard_kube::PodWatch::start(
+                    client.clone(),
+                    &node,
+                    imdsguard_kube::InterfaceResolver::ip_route(),
+                );
+                let first = tokio::time::timeout(KUBE_INITIAL_LIST_TIMEOUT, w.initial()).await;
+                let pods = match first {
+                    Ok(Some(snapshot)) => kube::node_pods(&snapshot),
+                    _ => {
+                        tracing::warn!(
+                            node = %node,
+                            "the node's pods are not listed yet: starting with none (applied when the list comes)"
+                        );
+                        NodePods::default()
+                    }
+                };
+                let reporter = imdsguard_kube::EventReporter::start(
+                    client,
+                    &node,
+                    &kube::endpoint_names(&config),
+                    imdsguard_kube::events::DEFAULT_PERIOD,
+                );
+                sinks.push(Arc::new(kube::KubeEventSink::new(reporter, w.subscribe())));
+                pod_watch = Some(w);
+                pods
+            }
+            (None, None) => {
                 if args
                     .nft
                     .allow
@@ -480,7 +597,7 @@ impl Agent {
                     .any(|a| matches!(a, AllowSpec::Pod { .. }))
                 {
                     return Err(AgentError::Usage(
-                        "--allow NAMESPACE/NAME needs --pods FILE (pods with their interfaces)"
+                        "--allow NAMESPACE/NAME needs --pods FILE or --kubernetes (pods with their interfaces)"
                             .into(),
                     ));
                 }
@@ -493,7 +610,7 @@ impl Agent {
             }
         };
         for p in node_pods.without_interface() {
-            tracing::warn!(pod = %p, "no interface in the pods file: not a known pod (proxy mode drops its traffic)");
+            tracing::warn!(pod = %p, "no interface for this pod: not a known pod (proxy mode drops its traffic)");
         }
         let allowed = node_pods.allowed_pairs(&args.nft.allow);
         let known = node_pods.known_pairs();
@@ -528,6 +645,8 @@ impl Agent {
             pods: Mutex::new(node_pods.pods.clone()),
             drops: Mutex::new(drops::DropTracker::default()),
             sinks,
+            kube_pods: pod_watch.as_ref().map(imdsguard_kube::PodWatch::subscribe),
+            kube_retry: AtomicBool::new(false),
         });
         let nft_ready: imdsguard_proxy::ReadyCheck = {
             let shared = shared.clone();
@@ -586,6 +705,13 @@ impl Agent {
             )));
             addr
         };
+        if let Some(rx) = shared.kube_pods.clone() {
+            tasks.push(tokio::spawn(follow_kube_pods(
+                shared.clone(),
+                rx,
+                stop_rx.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(periodic(
             shared.clone(),
             args.check_interval,
@@ -598,6 +724,7 @@ impl Agent {
             admin,
             stop,
             tasks,
+            pod_watch,
         })
     }
 
@@ -634,9 +761,18 @@ impl Agent {
         let _ = tokio::task::spawn_blocking(move || shared.tick(forced)).await;
     }
 
+    /// `--kubernetes`: the node's pods as last watched (`None` before the first list,
+    /// or without `--kubernetes`).
+    pub fn kube_pods(&self) -> Option<Arc<imdsguard_kube::Snapshot>> {
+        self.pod_watch
+            .as_ref()
+            .and_then(imdsguard_kube::PodWatch::current)
+    }
+
     /// Stops serving (admin, proxy, periodic task). The table stays.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
+        self.pod_watch.take();
         if let Some(p) = self.proxy.take() {
             p.shutdown().await;
         }
@@ -650,6 +786,31 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+    }
+}
+
+/// How long the agent waits at start for the first list of the node's pods.
+const KUBE_INITIAL_LIST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `--kubernetes`: applies each new snapshot of the watch as it comes.
+async fn follow_kube_pods(
+    shared: Arc<Shared>,
+    mut rx: watch::Receiver<Option<Arc<imdsguard_kube::Snapshot>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // A change between the first list and now is applied once more: harmless (the
+    // set elements that differ are none).
+    loop {
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = stop.changed() => return,
+        }
+        let s = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || s.apply_kube_pods()).await;
     }
 }
 
@@ -783,6 +944,30 @@ mod tests {
         assert_eq!(d.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
         assert_eq!(d.check_interval, Duration::from_secs(5));
         assert!(d.pods.is_none() && d.rules.is_none());
+    }
+
+    #[test]
+    fn kubernetes_flags() {
+        let k = Cli::try_parse_from(["x", "--kubernetes", "--node-name", "node-a"])
+            .unwrap()
+            .args;
+        assert!(k.kubernetes);
+        assert_eq!(k.node_name.as_deref(), Some("node-a"));
+        if std::env::var_os("NODE_NAME").is_none() {
+            assert!(Cli::try_parse_from(["x", "--kubernetes"]).is_err());
+        }
+        let both = Cli::try_parse_from(["x", "--kubernetes", "--node-name", "n", "--pods", "p"]);
+        assert!(both.is_err());
+        let names = kube::endpoint_names(
+            &Cli::try_parse_from(["x"])
+                .unwrap()
+                .args
+                .nft
+                .config()
+                .unwrap(),
+        );
+        assert!(names.contains("Azure IMDS"), "{names}");
+        assert!(names.contains("Azure WireServer"), "{names}");
     }
 
     #[test]

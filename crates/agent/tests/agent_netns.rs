@@ -205,8 +205,13 @@ struct AgentProc {
 
 impl AgentProc {
     fn start(args: &[&str]) -> AgentProc {
+        AgentProc::start_with_env(args, &[])
+    }
+
+    fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> AgentProc {
         let mut child = Command::new(AGENT)
             .args(args)
+            .envs(env.iter().copied())
             .args(["--admin-listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .spawn()
@@ -524,5 +529,224 @@ fn proxy_mode_end_to_end_with_the_emulator() {
         // The proxy is gone, the rules are not: the spoofer and web stay out.
         assert_eq!(w.reach("spoofer"), Reach::Timeout);
         assert!(!matches!(w.imds("web", location), Some((200, _))));
+    });
+}
+
+/// A fake Kubernetes API server on 127.0.0.1 of the test's namespace (plain HTTP, no
+/// credentials): lists `pods` for `spec.nodeName=node-a`, streams what is sent on the
+/// returned channel as the watch, and records the Events posted.
+mod fake_api {
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use http_body_util::combinators::BoxBody;
+    use http_body_util::{BodyExt, Full, StreamBody};
+    use hyper::body::{Frame, Incoming};
+    use hyper::{Request, Response};
+    use hyper_util::rt::TokioIo;
+    use serde_json::{Value, json};
+    use tokio::sync::mpsc;
+
+    type Body = BoxBody<Bytes, Infallible>;
+    type Watch = Arc<Mutex<Option<mpsc::UnboundedReceiver<Value>>>>;
+
+    pub struct FakeApi {
+        pub addr: SocketAddr,
+        /// The Events posted.
+        pub events: Arc<Mutex<Vec<Value>>>,
+        /// Watch events (`{"type": …, "object": …}`) to stream.
+        pub watch: mpsc::UnboundedSender<Value>,
+    }
+
+    pub fn pod(namespace: &str, name: &str, ip: &str) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "uid": format!("uid-{name}"),
+                         "resourceVersion": "1"},
+            "spec": {"containers": [], "nodeName": "node-a"},
+            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
+        })
+    }
+
+    fn full(v: &Value, status: u16) -> Response<Body> {
+        Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(v.to_string())).boxed())
+            .unwrap()
+    }
+
+    async fn handle(
+        req: Request<Incoming>,
+        pods: Arc<Vec<Value>>,
+        events: Arc<Mutex<Vec<Value>>>,
+        watch: Watch,
+    ) -> Result<Response<Body>, Infallible> {
+        let uri = req.uri().to_string();
+        let method = req.method().clone();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let path = uri.split('?').next().unwrap_or("").to_owned();
+        let on_node = uri.contains("fieldSelector=spec.nodeName%3Dnode-a");
+        Ok(match (method.as_str(), path.as_str()) {
+            ("GET", "/api/v1/pods") if on_node && uri.contains("watch=true") => {
+                let rx = watch.lock().unwrap().take();
+                let frames = futures::stream::unfold(rx, |rx| async move {
+                    let mut rx = rx?;
+                    let v = rx.recv().await?;
+                    let frame = Frame::data(Bytes::from(format!("{v}\n")));
+                    Some((Ok::<_, Infallible>(frame), Some(rx)))
+                });
+                let frames = futures::StreamExt::chain(frames, futures::stream::pending());
+                Response::builder()
+                    .header("content-type", "application/json")
+                    .body(BodyExt::boxed(StreamBody::new(frames)))
+                    .unwrap()
+            }
+            ("GET", "/api/v1/pods") if on_node => full(
+                &json!({"apiVersion": "v1", "kind": "PodList",
+                        "metadata": {"resourceVersion": "1"}, "items": *pods}),
+                200,
+            ),
+            ("POST", p) if p.starts_with("/api/v1/namespaces/") && p.ends_with("/events") => {
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                events.lock().unwrap().push(v.clone());
+                full(&v, 201)
+            }
+            _ => full(&json!({"kind": "Status", "code": 404}), 404),
+        })
+    }
+
+    /// Starts the server on a thread of its own (it lives as long as the test).
+    pub fn start(pods: Vec<Value>) -> FakeApi {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let watch: Watch = Arc::new(Mutex::new(Some(rx)));
+        let events: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let pods = Arc::new(pods);
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let ev = events.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let (pods, ev, watch) = (pods.clone(), ev.clone(), watch.clone());
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |req| {
+                            handle(req, pods.clone(), ev.clone(), watch.clone())
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+        });
+        FakeApi {
+            addr: addr_rx.recv().unwrap(),
+            events,
+            watch: tx,
+        }
+    }
+}
+
+#[test]
+fn kubernetes_mode_takes_the_pods_from_the_api_and_posts_events() {
+    let test = "kubernetes_mode_takes_the_pods_from_the_api_and_posts_events";
+    isolated(test, || {
+        let w = World::new(test);
+        // No interface given: the agent finds each pod's by `ip route get` (the veths,
+        // the bridge).
+        let api = fake_api::start(vec![
+            fake_api::pod("platform", "allowed", "10.244.0.10"),
+            fake_api::pod("shop", "web", "10.244.0.11"),
+            fake_api::pod("jobs", "batch", "10.244.1.10"),
+        ]);
+        let kubeconfig = w.file(
+            "kubeconfig",
+            &format!(
+                "apiVersion: v1
+kind: Config
+clusters: [{{name: fake, cluster: {{server: 'http://{}'}}}}]
+users: [{{name: fake, user: {{}}}}]
+contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]
+current-context: fake
+",
+                api.addr
+            ),
+        );
+        let mut agent = AgentProc::start_with_env(
+            &[
+                "--mode",
+                "block",
+                "--kubernetes",
+                "--node-name",
+                "node-a",
+                "--allow",
+                "platform/allowed",
+                "--check-interval",
+                "1s",
+            ],
+            &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+        );
+        let t = table();
+        assert_eq!(t.allowed, [pair("azvallowed", [10, 244, 0, 10])]);
+        let mut known = t.known.clone();
+        known.sort();
+        assert_eq!(
+            known,
+            [
+                pair("azvallowed", [10, 244, 0, 10]),
+                pair("azvweb", [10, 244, 0, 11]),
+                pair("cbr0", [10, 244, 1, 10]),
+            ]
+        );
+        assert!(agent.ready(), "{:?}", agent.get("/readyz"));
+
+        // web's drops become one Warning Event on web.
+        assert_eq!(w.reach("web"), Reach::Timeout);
+        assert!(w.reach("allowed").connected());
+        assert!(
+            eventually(Duration::from_secs(10), || !api
+                .events
+                .lock()
+                .unwrap()
+                .is_empty()),
+            "no Event posted"
+        );
+        let events = api.events.lock().unwrap().clone();
+        assert_eq!(events.len(), 1, "{events:?}");
+        let e = &events[0];
+        assert_eq!(e["type"], "Warning");
+        assert_eq!(e["reason"], "MetadataAccessBlocked");
+        assert_eq!(e["involvedObject"]["name"], "web");
+        assert_eq!(e["involvedObject"]["namespace"], "shop");
+        assert_eq!(e["involvedObject"]["uid"], "uid-web");
+        assert!(e["message"].as_str().unwrap().contains("Azure IMDS"), "{e}");
+
+        // The watch: web goes, the set elements follow.
+        api.watch
+            .send(serde_json::json!({"type": "DELETED", "object": fake_api::pod("shop", "web", "10.244.0.11")}))
+            .unwrap();
+        assert!(eventually(Duration::from_secs(10), || {
+            !table().known.contains(&pair("azvweb", [10, 244, 0, 11]))
+        }));
+        assert_eq!(table().known.len(), 2);
+
+        agent.signal(rustix::process::Signal::TERM);
+        assert!(agent.wait(Duration::from_secs(10)).success());
     });
 }
