@@ -19,8 +19,7 @@ use imdsguard_core::nft::{AllowedPair, Mode, TableState};
 use imdsguard_emulator::{Config as VmConfig, Emulator, Options, Throttle};
 use imdsguard_node::netns::{Isolated, NetNamespace};
 use imdsguard_node::sandbox::{self, Reach, Sandbox, lab_pods};
-use imdsguard_node::{Exec, read_table, which};
-use imdsguard_testkit::Netns;
+use imdsguard_node::{Exec, read_table};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_imdsguard-agent");
 const INNER: &str = "IMDSGUARD_AGENT_TEST_INNER";
@@ -28,46 +27,7 @@ const WAIT: Duration = Duration::from_millis(300);
 
 /// Runs `body` inside a fresh isolated namespace: this binary again, `--exact test`.
 fn isolated(test: &str, body: impl FnOnce()) {
-    match std::env::var(INNER) {
-        Ok(t) if t == test => return body(),
-        Ok(_) => return,
-        Err(_) => {}
-    }
-    let Some(ns) = Netns::or_skip(test) else {
-        return;
-    };
-    let missing: Vec<&str> = ["nft", "ip", "nsenter", "unshare"]
-        .into_iter()
-        .filter(|t| !which(t))
-        .collect();
-    if !missing.is_empty() {
-        let why = format!("{test}: missing {}", missing.join(", "));
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{why}");
-        }
-        eprintln!("{why}: skipped");
-        return;
-    }
-    let exe = std::env::current_exe().unwrap();
-    let out = ns.run(
-        r#"exec "$TEST_EXE" "$TEST_NAME" --exact --nocapture --test-threads=1"#,
-        &[
-            ("TEST_EXE", exe.to_str().unwrap()),
-            ("TEST_NAME", test),
-            (INNER, test),
-        ],
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stderr}");
-    assert!(
-        out.status.success(),
-        "{test} failed inside its namespace:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "{test} did not run inside its namespace:\n{stdout}"
-    );
+    imdsguard_testkit::isolated_test(test, INNER, &["nft", "ip", "nsenter", "unshare"], body);
 }
 
 /// The emulator in the cloud namespace, on the real IMDS address.

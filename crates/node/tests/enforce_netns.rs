@@ -21,7 +21,6 @@ use imdsguard_core::target::Cloud;
 use imdsguard_node::netns::Isolated;
 use imdsguard_node::sandbox::{self, Reach, Sandbox, Services, lab_pods};
 use imdsguard_node::{Enforcer, Exec, read_table, which};
-use imdsguard_testkit::Netns;
 
 const INNER: &str = "IMDSGUARD_NODE_TEST_INNER";
 const ROLE: &str = "IMDSGUARD_NODE_TEST_ROLE";
@@ -30,46 +29,7 @@ const PROXY: SocketAddr = SocketAddr::new(IpAddr::V4(sandbox::NODE_ADDR), 8169);
 
 /// Runs `body` inside a fresh isolated namespace: this binary again, `--exact test`.
 fn isolated(test: &str, body: impl FnOnce()) {
-    match std::env::var(INNER) {
-        Ok(t) if t == test => return body(),
-        Ok(_) => return,
-        Err(_) => {}
-    }
-    let Some(ns) = Netns::or_skip(test) else {
-        return;
-    };
-    let missing: Vec<&str> = ["nft", "ip", "nsenter", "unshare"]
-        .into_iter()
-        .filter(|t| !which(t))
-        .collect();
-    if !missing.is_empty() {
-        let why = format!("{test}: missing {}", missing.join(", "));
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{why}");
-        }
-        eprintln!("{why}: skipped");
-        return;
-    }
-    let exe = std::env::current_exe().unwrap();
-    let out = ns.run(
-        r#"exec "$TEST_EXE" "$TEST_NAME" --exact --nocapture --test-threads=1"#,
-        &[
-            ("TEST_EXE", exe.to_str().unwrap()),
-            ("TEST_NAME", test),
-            (INNER, test),
-        ],
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stderr}");
-    assert!(
-        out.status.success(),
-        "{test} failed inside its namespace:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "{test} did not run inside its namespace:\n{stdout}"
-    );
+    imdsguard_testkit::isolated_test(test, INNER, &["nft", "ip", "nsenter", "unshare"], body);
 }
 
 fn protected() -> [SocketAddr; 3] {

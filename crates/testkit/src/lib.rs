@@ -90,6 +90,56 @@ impl Netns {
     }
 }
 
+/// Runs the test `test` of the current test binary inside a fresh isolated namespace:
+/// outside, it runs this binary again there with `--exact test` (and `inner_var=test` in
+/// the environment) and checks that exactly that test passed; inside, it runs `body`.
+/// A test binary's other tests see `inner_var` set to another name and do nothing.
+/// `tools` must be on the PATH (else skip outside CI, fail under `CI=true`).
+pub fn isolated_test(test: &str, inner_var: &str, tools: &[&str], body: impl FnOnce()) {
+    match std::env::var(inner_var) {
+        Ok(t) if t == test => return body(),
+        Ok(_) => return,
+        Err(_) => {}
+    }
+    let Some(ns) = Netns::or_skip(test) else {
+        return;
+    };
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !on_path(t)).collect();
+    if !missing.is_empty() {
+        let why = format!("{test}: missing {}", missing.join(", "));
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{why}");
+        }
+        eprintln!("{why}: skipped");
+        return;
+    }
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = ns.run(
+        r#"exec "$TEST_EXE" "$TEST_NAME" --exact --nocapture --test-threads=1"#,
+        &[
+            ("TEST_EXE", exe.to_str().expect("a UTF-8 path")),
+            ("TEST_NAME", test),
+            (inner_var, test),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert!(
+        out.status.success(),
+        "{test} failed inside its namespace:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "{test} did not run inside its namespace:\n{stdout}"
+    );
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+}
+
 /// This process's network namespace (`net:[INODE]`); a script must run in another one.
 fn host_netns() -> String {
     std::fs::read_link("/proc/self/ns/net")
