@@ -101,6 +101,25 @@ pub(crate) fn outer() -> Result<LabExit, LabError> {
 
 /// Catches SIGINT/SIGTERM on a background thread and does nothing with them.
 fn ignore_interrupts() {
+    on_interrupts(|| {});
+}
+
+/// On SIGINT/SIGTERM: say so and exit 130. Exiting is the cleanup: every namespace the
+/// lab made is held by a child whose standard input is a pipe from this process, so
+/// they all end, taking their interfaces with them; this process's own namespace (the
+/// node, with its nft tables) ends with it.
+fn exit_on_interrupt() {
+    on_interrupts(|| {
+        eprintln!(
+            "imdsguard lab: interrupted; its namespaces, interfaces and nft tables go away with it"
+        );
+        std::process::exit(130);
+    });
+}
+
+/// Runs `on_signal` on a background thread for every SIGINT or SIGTERM, instead of the
+/// default action; returns once the handlers are installed.
+fn on_interrupts(on_signal: impl Fn() + Send + 'static) {
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
@@ -124,41 +143,8 @@ fn ignore_interrupts() {
                     _ = int.recv() => {}
                     _ = term.recv() => {}
                 }
+                on_signal();
             }
-        });
-    });
-    let _ = rx.recv();
-}
-
-/// On SIGINT/SIGTERM: say so and exit 130. Exiting is the cleanup: every namespace the
-/// lab made is held by a child whose standard input is a pipe from this process, so
-/// they all end, taking their interfaces with them; this process's own namespace (the
-/// node, with its nft tables) ends with it.
-fn exit_on_interrupt() {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-    else {
-        return;
-    };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        rt.block_on(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut int), Ok(mut term)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) else {
-                let _ = tx.send(());
-                return;
-            };
-            let _ = tx.send(());
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-            eprintln!("imdsguard lab: interrupted; its namespaces, interfaces and nft tables go away with it");
-            std::process::exit(130);
         });
     });
     let _ = rx.recv();
