@@ -94,6 +94,8 @@ impl Netns {
 /// outside, it runs this binary again there with `--exact test` (and `inner_var=test` in
 /// the environment) and checks that exactly that test passed; inside, it runs `body`.
 /// A test binary's other tests see `inner_var` set to another name and do nothing.
+/// The inner run includes ignored tests, so a test marked `#[ignore = "needs netns"]`
+/// runs there when the outer run was asked for it.
 /// `tools` must be on the PATH (else skip outside CI, fail under `CI=true`).
 pub fn isolated_test(test: &str, inner_var: &str, tools: &[&str], body: impl FnOnce()) {
     match std::env::var(inner_var) {
@@ -115,7 +117,7 @@ pub fn isolated_test(test: &str, inner_var: &str, tools: &[&str], body: impl FnO
     }
     let exe = std::env::current_exe().expect("the test binary");
     let out = ns.run(
-        r#"exec "$TEST_EXE" "$TEST_NAME" --exact --nocapture --test-threads=1"#,
+        r#"exec "$TEST_EXE" "$TEST_NAME" --exact --include-ignored --nocapture --test-threads=1"#,
         &[
             ("TEST_EXE", exe.to_str().expect("a UTF-8 path")),
             ("TEST_NAME", test),
