@@ -5,11 +5,78 @@
 //! that a test that starts `probe`, `proxy` or `lab` cannot send anything out of the
 //! machine by mistake. The namespace disappears with the script's last process.
 //!
-//! Outside CI a test without such a namespace is skipped with a message; under
-//! `CI=true` it fails.
+//! Tests that need more than `cargo test` can count on are `#[ignore]`d with the reason
+//! as the need (`"needs netns"`, `"needs root"`, `"needs ../shared"`, `"needs ip"`), and
+//! run with `--include-ignored` (nextest: `--run-ignored all`; `bash scripts/test.sh`
+//! does). Such a test never passes without testing: it calls [`require`],
+//! [`require_root`], [`require_path`] or [`Netns::require`] first, which panic with what
+//! is missing and how to get it.
 
+use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
+
+/// What gets every tool and permission the ignored tests need.
+const HOW: &str = "`bash scripts/test.sh` as root installs the tools and runs every test";
+
+/// Fails `test` (a panic naming what is missing and how to install it) unless every tool
+/// in `tools` is on the `PATH`.
+pub fn require(test: &str, tools: &[&str]) {
+    let missing: Vec<&str> = tools.iter().copied().filter(|t| !on_path(t)).collect();
+    if missing.is_empty() {
+        return;
+    }
+    panic!("{}", missing_tools(test, &missing));
+}
+
+/// Why `test` cannot run without the tools in `missing`, and how to get them.
+fn missing_tools(test: &str, missing: &[&str]) -> String {
+    let mut packages: Vec<&str> = Vec::new();
+    for p in missing.iter().map(|t| package_of(t)) {
+        if !packages.contains(&p) {
+            packages.push(p);
+        }
+    }
+    format!(
+        "{test} cannot run: {} not on the PATH; install {} (Debian/Ubuntu packages), or {HOW}",
+        missing.join(", "),
+        packages.join(" ")
+    )
+}
+
+/// Fails `test` unless it runs as root (uid 0).
+pub fn require_root(test: &str) {
+    if !is_root() {
+        panic!("{test} cannot run: it needs root (uid 0); run it as root, or {HOW}");
+    }
+}
+
+/// Fails `test` unless `path` exists; `what` says what it is and where it comes from.
+pub fn require_path(test: &str, path: &Path, what: &str) {
+    if !path.exists() {
+        panic!("{test} cannot run: {} not found ({what})", path.display());
+    }
+}
+
+/// The Debian/Ubuntu package that provides `tool`.
+fn package_of(tool: &str) -> &str {
+    match tool {
+        "ip" => "iproute2",
+        "nft" => "nftables",
+        "unshare" | "nsenter" | "setpriv" => "util-linux",
+        other => other,
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
 
 /// Checks that a script runs isolated: `lo` up, no other interface, another namespace.
 const CHECK: &str = r#"ip link set lo up || exit 3
@@ -60,19 +127,23 @@ impl Netns {
             .map_err(Clone::clone)
     }
 
-    /// The namespace, or `None` after printing why `test` is skipped; panics under
-    /// `CI=true`, where tests must fail rather than skip.
-    pub fn or_skip(test: &str) -> Option<&'static Netns> {
+    /// The namespace, or a panic failing `test` with why there is none and how to get one.
+    pub fn require(test: &str) -> &'static Netns {
         match Netns::get() {
-            Ok(n) => Some(n),
-            Err(why) if std::env::var("CI").as_deref() == Ok("true") => {
-                panic!("{test}: no isolated network namespace under CI=true: {why}")
-            }
-            Err(why) => {
-                eprintln!("{test}: skipped: no isolated network namespace: {why}");
-                None
-            }
+            Ok(n) => n,
+            Err(why) => panic!(
+                "{test} cannot run: no isolated network namespace here ({why}); it needs \
+                 `unshare` (util-linux) and `ip` (iproute2), and root or unprivileged user \
+                 namespaces; {HOW}"
+            ),
         }
+    }
+
+    /// Old name of [`Netns::require`], kept while callers move: never `None`, it panics
+    /// instead of skipping.
+    #[doc(hidden)]
+    pub fn or_skip(test: &str) -> Option<&'static Netns> {
+        Some(Netns::require(test))
     }
 
     /// Runs `script` with `sh` in a new isolated namespace (checked first: the script does
@@ -96,25 +167,16 @@ impl Netns {
 /// A test binary's other tests see `inner_var` set to another name and do nothing.
 /// The inner run includes ignored tests, so a test marked `#[ignore = "needs netns"]`
 /// runs there when the outer run was asked for it.
-/// `tools` must be on the PATH (else skip outside CI, fail under `CI=true`).
+/// `tools` must be on the PATH and a namespace must be possible, else the test fails
+/// (see [`require`], [`Netns::require`]): mark such a test `#[ignore = "needs netns"]`.
 pub fn isolated_test(test: &str, inner_var: &str, tools: &[&str], body: impl FnOnce()) {
     match std::env::var(inner_var) {
         Ok(t) if t == test => return body(),
         Ok(_) => return,
         Err(_) => {}
     }
-    let Some(ns) = Netns::or_skip(test) else {
-        return;
-    };
-    let missing: Vec<&str> = tools.iter().copied().filter(|t| !on_path(t)).collect();
-    if !missing.is_empty() {
-        let why = format!("{test}: missing {}", missing.join(", "));
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{why}");
-        }
-        eprintln!("{why}: skipped");
-        return;
-    }
+    require(test, tools);
+    let ns = Netns::require(test);
     let exe = std::env::current_exe().expect("the test binary");
     let out = ns.run(
         r#"exec "$TEST_EXE" "$TEST_NAME" --exact --include-ignored --nocapture --test-threads=1"#,
@@ -154,10 +216,9 @@ mod tests {
     use super::*;
 
     #[test]
+    #[ignore = "needs netns"]
     fn scripts_run_isolated_with_only_loopback() {
-        let Some(ns) = Netns::or_skip("scripts_run_isolated_with_only_loopback") else {
-            return;
-        };
+        let ns = Netns::require("scripts_run_isolated_with_only_loopback");
         let out = ns.run(
             "cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '",
             &[],
@@ -168,5 +229,33 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "lo");
+    }
+
+    #[test]
+    fn require_passes_when_the_tools_are_there() {
+        require("t", &["sh"]);
+        require_path("t", Path::new("/"), "the root directory");
+    }
+
+    #[test]
+    #[should_panic(expected = "t cannot run: imdsguard-no-such-tool not on the PATH")]
+    fn require_fails_naming_the_missing_tool() {
+        require("t", &["sh", "imdsguard-no-such-tool"]);
+    }
+
+    #[test]
+    fn the_reason_names_each_package_once() {
+        assert_eq!(
+            missing_tools("t", &["unshare", "nsenter", "nft", "ip"]),
+            "t cannot run: unshare, nsenter, nft, ip not on the PATH; install util-linux \
+             nftables iproute2 (Debian/Ubuntu packages), or `bash scripts/test.sh` as root \
+             installs the tools and runs every test"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "t cannot run: /imdsguard/no/such/dir not found (the corpus)")]
+    fn require_path_fails_naming_the_path() {
+        require_path("t", Path::new("/imdsguard/no/such/dir"), "the corpus");
     }
 }
