@@ -271,6 +271,7 @@ const RULES: &str = "rules:
 ";
 
 #[test]
+#[ignore = "needs netns"]
 fn the_agent_installs_restores_and_follows_the_pods_file() {
     let test = "the_agent_installs_restores_and_follows_the_pods_file";
     isolated(test, || {
@@ -375,6 +376,7 @@ fn the_agent_installs_restores_and_follows_the_pods_file() {
 }
 
 #[test]
+#[ignore = "needs netns"]
 fn sighup_reloads_and_killing_the_agent_leaves_the_table() {
     let test = "sighup_reloads_and_killing_the_agent_leaves_the_table";
     isolated(test, || {
@@ -418,6 +420,7 @@ fn sighup_reloads_and_killing_the_agent_leaves_the_table() {
 }
 
 #[test]
+#[ignore = "needs netns"]
 fn proxy_mode_end_to_end_with_the_emulator() {
     let test = "proxy_mode_end_to_end_with_the_emulator";
     isolated(test, || {
@@ -624,6 +627,7 @@ mod fake_api {
 }
 
 #[test]
+#[ignore = "needs netns"]
 fn kubernetes_mode_takes_the_pods_from_the_api_and_posts_events() {
     let test = "kubernetes_mode_takes_the_pods_from_the_api_and_posts_events";
     isolated(test, || {
