@@ -99,6 +99,7 @@ fn known_pairs() -> Vec<nft::AllowedPair> {
 }
 
 #[test]
+#[ignore = "needs netns"]
 fn block_mode_blocks_pods_but_the_allowlisted_one_and_keeps_dns() {
     isolated(
         "block_mode_blocks_pods_but_the_allowlisted_one_and_keeps_dns",
@@ -165,6 +166,7 @@ fn block_mode_blocks_pods_but_the_allowlisted_one_and_keeps_dns() {
 }
 
 #[test]
+#[ignore = "needs netns"]
 fn dropped_sources_name_the_blocked_pairs_with_their_packets() {
     isolated(
         "dropped_sources_name_the_blocked_pairs_with_their_packets",
@@ -213,6 +215,7 @@ fn dropped_sources_name_the_blocked_pairs_with_their_packets() {
 }
 
 #[test]
+#[ignore = "needs netns"]
 fn killing_the_enforcing_process_leaves_the_block_in_place() {
     isolated(
         "killing_the_enforcing_process_leaves_the_block_in_place",
@@ -316,6 +319,7 @@ impl Hammer {
 }
 
 #[test]
+#[ignore = "needs netns"]
 fn replacing_the_table_leaves_no_window() {
     isolated("replacing_the_table_leaves_no_window", || {
         let w = World::new();
@@ -350,6 +354,7 @@ fn replacing_the_table_leaves_no_window() {
 }
 
 #[test]
+#[ignore = "needs netns"]
 fn uninstall_removes_only_our_table() {
     isolated("uninstall_removes_only_our_table", || {
         let w = World::new();
@@ -398,6 +403,7 @@ fn uninstall_removes_only_our_table() {
 }
 
 #[test]
+#[ignore = "needs netns"]
 fn allow_set_changes_do_not_rebuild_the_table() {
     isolated("allow_set_changes_do_not_rebuild_the_table", || {
         let w = World::new();
@@ -452,6 +458,7 @@ fn allow_set_changes_do_not_rebuild_the_table() {
 }
 
 #[test]
+#[ignore = "needs netns"]
 fn proxy_mode_redirects_to_the_proxy_and_observe_mode_counts() {
     isolated(
         "proxy_mode_redirects_to_the_proxy_and_observe_mode_counts",
@@ -567,8 +574,7 @@ fn the_core_batch_fits_the_nftables_crate_schema() {
     for mode in [Mode::Block, Mode::Observe, Mode::Proxy] {
         config.mode = mode;
         let batch = nft::ruleset_with_known(&config, &allowed, &allowed, &[]).unwrap();
-        let parsed: Result<nftables::schema::Nftables, _> = serde_json::from_value(batch.clone());
-        assert!(parsed.is_ok(), "{mode}: {:?}", parsed.err());
+        assert_round_trip(&batch, &mode.to_string());
     }
     for batch in [
         nft::delete_table(),
@@ -582,7 +588,39 @@ fn the_core_batch_fits_the_nftables_crate_schema() {
         }
         .batch(),
     ] {
-        let parsed: Result<nftables::schema::Nftables, _> = serde_json::from_value(batch.clone());
-        assert!(parsed.is_ok(), "{batch}: {:?}", parsed.err());
+        assert_round_trip(&batch, "a set batch");
     }
+}
+
+/// `batch` reads as the `nftables` crate's schema and writes back unchanged: every field
+/// the core emits is one the schema knows, with the shape it expects. Two known gaps of
+/// nftables 0.6 are allowed, each exactly: it has no `stmt` on sets (the per-element
+/// counter of the dropped sets, which `nft` accepts), and it writes a named counter's
+/// unset `bytes` as `null`.
+fn assert_round_trip(batch: &serde_json::Value, what: &str) {
+    let parsed: nftables::schema::Nftables = serde_json::from_value(batch.clone())
+        .unwrap_or_else(|e| panic!("{what}: not the nftables schema: {e}\n{batch}"));
+    let mut again = serde_json::to_value(&parsed).expect("the schema types serialize");
+    let mut sent = batch.clone();
+    for (cmd, back) in commands(&mut sent).iter_mut().zip(commands(&mut again)) {
+        if let Some(set) = cmd.pointer_mut("/add/set").and_then(|s| s.as_object_mut())
+            && set.get("stmt") == Some(&serde_json::json!([{"counter": null}]))
+        {
+            set.remove("stmt");
+        }
+        if let Some(counter) = back
+            .pointer_mut("/add/counter")
+            .and_then(|c| c.as_object_mut())
+            && counter.get("bytes") == Some(&serde_json::Value::Null)
+        {
+            counter.remove("bytes");
+        }
+    }
+    assert_eq!(again, sent, "{what}: the schema reads it differently");
+}
+
+fn commands(batch: &mut serde_json::Value) -> &mut Vec<serde_json::Value> {
+    batch["nftables"]
+        .as_array_mut()
+        .expect("a batch is {\"nftables\": [...]}")
 }

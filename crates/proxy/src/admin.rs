@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics` (OpenMetrics text), `/healthz` (the process answers),
-//! `/readyz` (rules loaded and the owner's readiness condition holds).
+//! `/readyz` (rules loaded, at least one unless allowed, and the owner's readiness
+//! condition holds; the body says how many rules and pod addresses are loaded).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,14 +44,17 @@ impl Handler for Admin {
                 self.control.metrics().encode(),
             ),
             "/healthz" => text(StatusCode::OK, PLAIN, "ok\n"),
-            "/readyz" => match self.control.readiness() {
-                Ok(()) => text(StatusCode::OK, PLAIN, "ready\n"),
-                Err(why) => text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    PLAIN,
-                    format!("not ready: {why}\n"),
-                ),
-            },
+            "/readyz" => {
+                let loaded = self.control.summary();
+                match self.control.readiness() {
+                    Ok(()) => text(StatusCode::OK, PLAIN, format!("ready: {loaded}\n")),
+                    Err(why) => text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        PLAIN,
+                        format!("not ready: {why} ({loaded})\n"),
+                    ),
+                }
+            }
             _ => text(
                 StatusCode::NOT_FOUND,
                 PLAIN,

@@ -3,10 +3,11 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use imdsguard_core::access::{AccessRules, PodIndex};
 
+use crate::files::{self, FileStamp, WatchedFile};
 use crate::{Limits, Proxy, ProxyConfig, ProxyControl, ProxyError, Timeouts, Upstream};
 
 /// The proxy's listen address when none is given.
@@ -67,7 +68,17 @@ pub struct ProxyArgs {
     /// or a Kubernetes PodList). Without it every caller is unknown and denied.
     #[arg(long, value_name = "FILE")]
     pub pods: Option<PathBuf>,
-    /// How often to look for changed rules or pods files (0: only on SIGHUP).
+    /// Accept a rules file with no rules (every request denied) and be ready with it;
+    /// without this an empty or comment-only rules file is an error.
+    #[arg(long)]
+    pub allow_empty_rules: bool,
+    /// Accept a pods file with no pods (every caller unknown and denied); without this
+    /// an empty or comment-only pods file is an error.
+    #[arg(long)]
+    pub allow_empty_pods: bool,
+    /// How often to look for changed rules or pods files (0: only on SIGHUP). A file
+    /// counts as changed when the file its path leads to is another (a rename over it)
+    /// or its size or times changed.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub reload_interval: Duration,
     /// Host accepted in absolute-form request targets (http://HOST/...); repeatable.
@@ -112,12 +123,22 @@ pub struct ProxyArgs {
 impl ProxyArgs {
     /// The library configuration these arguments stand for (files read).
     pub fn config(&self) -> Result<ProxyConfig, ProxyError> {
+        self.load().map(|(config, _)| config)
+    }
+
+    /// The configuration and the stamps of the rules and pods files as read.
+    fn load(&self) -> Result<(ProxyConfig, Stamps), ProxyError> {
         let mut config = ProxyConfig::new(self.listen, Upstream::parse(&self.upstream)?);
         config.admin_listen = (!self.no_admin).then_some(self.admin_listen);
         config.allow_metadata_address = self.allow_metadata_address;
-        config.rules = Some(read_rules(&self.rules)?);
+        config.allow_empty_rules = self.allow_empty_rules;
+        let (rules, rules_stamp) = read_rules(&self.rules, self.allow_empty_rules)?;
+        config.rules = Some(rules);
+        let mut pods_stamp = None;
         if let Some(p) = &self.pods {
-            config.pods = read_pods(p)?;
+            let (pods, stamp) = read_pods(p, self.allow_empty_pods)?;
+            config.pods = pods;
+            pods_stamp = Some(stamp);
         }
         config.absolute_form_hosts = self.absolute_form_hosts.clone();
         config.timeouts = Timeouts {
@@ -133,31 +154,70 @@ impl ProxyArgs {
             ..Limits::default()
         };
         config.check()?;
-        Ok(config)
+        Ok((
+            config,
+            Stamps {
+                rules: rules_stamp,
+                pods: pods_stamp,
+            },
+        ))
     }
 }
 
-fn read(path: &Path) -> Result<String, ProxyError> {
-    std::fs::read_to_string(path).map_err(|source| ProxyError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+/// The rules and pods files as they were when read.
+struct Stamps {
+    rules: FileStamp,
+    pods: Option<FileStamp>,
 }
 
-/// Reads and checks a rules file.
-pub fn read_rules(path: &Path) -> Result<AccessRules, ProxyError> {
-    AccessRules::parse(&read(path)?).map_err(|source| ProxyError::File {
+/// Checks the text of the rules file `path`: no rules at all (an empty or comment-only
+/// file, `rules: []`) is an error unless `allow_empty`.
+pub fn parse_rules(path: &Path, text: &str, allow_empty: bool) -> Result<AccessRules, ProxyError> {
+    let file_error = |source| ProxyError::File {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let rules = if files::is_blank(text) {
+        AccessRules::new(Vec::new()).map_err(file_error)?
+    } else {
+        AccessRules::parse(text).map_err(file_error)?
+    };
+    files::check_entries(
+        path,
+        rules.len(),
+        "access rules",
+        "--allow-empty-rules",
+        allow_empty,
+    )?;
+    Ok(rules)
 }
 
-/// Reads and checks a pods file.
-pub fn read_pods(path: &Path) -> Result<PodIndex, ProxyError> {
-    PodIndex::parse(&read(path)?).map_err(|source| ProxyError::File {
-        path: path.to_path_buf(),
-        source,
-    })
+/// Checks the text of the pods file `path`: no pods at all is an error unless
+/// `allow_empty`.
+pub fn parse_pods(path: &Path, text: &str, allow_empty: bool) -> Result<PodIndex, ProxyError> {
+    let pods = if files::is_blank(text) {
+        PodIndex::new()
+    } else {
+        PodIndex::parse(text).map_err(|source| ProxyError::File {
+            path: path.to_path_buf(),
+            source,
+        })?
+    };
+    files::check_entries(path, pods.len(), "pods", "--allow-empty-pods", allow_empty)?;
+    Ok(pods)
+}
+
+/// Reads and checks a rules file (a regular file, never waiting on a FIFO; see
+/// [`files::read_regular`]).
+pub fn read_rules(path: &Path, allow_empty: bool) -> Result<(AccessRules, FileStamp), ProxyError> {
+    let (text, stamp) = files::read_regular(path)?;
+    Ok((parse_rules(path, &text, allow_empty)?, stamp))
+}
+
+/// Reads and checks a pods file (a regular file, never waiting on a FIFO).
+pub fn read_pods(path: &Path, allow_empty: bool) -> Result<(PodIndex, FileStamp), ProxyError> {
+    let (text, stamp) = files::read_regular(path)?;
+    Ok((parse_pods(path, &text, allow_empty)?, stamp))
 }
 
 fn init_logging(format: LogFormat) {
@@ -179,7 +239,7 @@ fn init_logging(format: LogFormat) {
 /// SIGINT or SIGTERM, letting requests in flight finish. With `--check`, only reads
 /// the files and prints a summary.
 pub fn run(args: ProxyArgs) -> Result<(), ProxyError> {
-    let config = args.config()?;
+    let (config, stamps) = args.load()?;
     if args.check {
         let rules = config.rules.as_ref().expect("read above");
         let names: Vec<&str> = rules.rules().iter().map(|r| &*r.name).collect();
@@ -215,12 +275,17 @@ pub fn run(args: ProxyArgs) -> Result<(), ProxyError> {
             }
             let _ = out.flush();
         }
-        let reloader = tokio::spawn(reload_loop(
-            proxy.control(),
-            args.rules.clone(),
-            args.pods.clone(),
-            args.reload_interval,
-        ));
+        let mut watched = vec![Watched::rules(
+            WatchedFile::new(&args.rules, Some(stamps.rules)),
+            args.allow_empty_rules,
+        )];
+        if let Some(p) = &args.pods {
+            watched.push(Watched::pods(
+                WatchedFile::new(p, stamps.pods),
+                args.allow_empty_pods,
+            ));
+        }
+        let reloader = tokio::spawn(reload_loop(proxy.control(), watched, args.reload_interval));
         wait_for_stop_signal().await;
         tracing::info!("stopping");
         reloader.abort();
@@ -229,44 +294,77 @@ pub fn run(args: ProxyArgs) -> Result<(), ProxyError> {
     })
 }
 
-fn mtime(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+/// A rules or pods file followed by the reload loop.
+struct Watched {
+    file: WatchedFile,
+    which: &'static str,
+    allow_empty: bool,
 }
 
-/// Reloads a file into the proxy; a bad file is logged and the old contents kept.
-fn reload_file(control: &ProxyControl, which: &'static str, path: &Path) {
-    let result = if which == "rules" {
-        read_rules(path).map(|r| {
-            let n = r.len();
-            control.set_rules(r);
-            n
-        })
-    } else {
-        read_pods(path).map(|p| {
-            let n = p.len();
-            control.set_pods(p);
-            n
-        })
-    };
-    control.metrics().record_reload(which, result.is_ok());
-    match result {
-        Ok(n) => tracing::info!(file = %path.display(), entries = n, "{which} reloaded"),
-        Err(e) => tracing::error!(error = %e, "{which} not reloaded; keeping the previous ones"),
+impl Watched {
+    fn rules(file: WatchedFile, allow_empty: bool) -> Watched {
+        Watched {
+            file,
+            which: "rules",
+            allow_empty,
+        }
+    }
+
+    fn pods(file: WatchedFile, allow_empty: bool) -> Watched {
+        Watched {
+            file,
+            which: "pods",
+            allow_empty,
+        }
+    }
+
+    /// Reads the file when it changed (always when `forced`) and hands it to the proxy.
+    /// The read and the parsing run off the runtime with a deadline; a file that cannot
+    /// be read or is refused is logged and counted, and the proxy keeps what it had.
+    async fn reload(&mut self, control: &ProxyControl, forced: bool) {
+        let allow_empty = self.allow_empty;
+        let which = self.which;
+        let result = if which == "rules" {
+            self.file
+                .poll(forced, move |path, text| {
+                    parse_rules(path, text, allow_empty)
+                })
+                .await
+                .map(|r| {
+                    r.map(|rules| {
+                        let n = rules.len();
+                        control.set_rules(rules);
+                        n
+                    })
+                })
+        } else {
+            self.file
+                .poll(forced, move |path, text| {
+                    parse_pods(path, text, allow_empty)
+                })
+                .await
+                .map(|r| {
+                    r.map(|pods| {
+                        let n = pods.len();
+                        control.set_pods(pods);
+                        n
+                    })
+                })
+        };
+        let Some(result) = result else { return };
+        control.metrics().record_reload(which, result.is_ok());
+        match result {
+            Ok(n) => {
+                tracing::info!(file = %self.file.path().display(), entries = n, "{which} reloaded")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "{which} not reloaded; keeping the previous ones")
+            }
+        }
     }
 }
 
-async fn reload_loop(
-    control: ProxyControl,
-    rules: PathBuf,
-    pods: Option<PathBuf>,
-    interval: Duration,
-) {
-    let mut files: Vec<(&'static str, PathBuf, Option<SystemTime>)> =
-        vec![("rules", rules.clone(), mtime(&rules))];
-    if let Some(p) = pods {
-        let m = mtime(&p);
-        files.push(("pods", p, m));
-    }
+async fn reload_loop(control: ProxyControl, mut files: Vec<Watched>, interval: Duration) {
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let poll = if interval.is_zero() {
@@ -295,12 +393,8 @@ async fn reload_loop(
             tokio::time::sleep(poll).await;
             false
         };
-        for (which, path, last) in files.iter_mut() {
-            let now = mtime(path);
-            if forced || now != *last {
-                *last = now;
-                reload_file(&control, which, path);
-            }
+        for file in files.iter_mut() {
+            file.reload(&control, forced).await;
         }
     }
 }
@@ -343,8 +437,15 @@ mod tests {
         }
     }
 
-    #[test]
-    fn reloads_replace_good_files_and_keep_the_old_on_errors() {
+    /// Writes `text` to `path` as a writer should: a new file renamed over the old.
+    fn replace(path: &Path, text: &str) {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    #[tokio::test]
+    async fn reloads_replace_good_files_and_keep_the_old_on_errors() {
         let dir =
             std::env::temp_dir().join(format!("imdsguard-proxy-reload-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -352,47 +453,90 @@ mod tests {
         let pods = dir.join("pods.json");
         let control = ProxyControl::detached();
         assert!(control.readiness().is_err());
+        let rule_name = |c: &ProxyControl| {
+            c.rules().as_ref().as_ref().unwrap().rules()[0]
+                .name
+                .to_string()
+        };
 
-        std::fs::write(
+        replace(
             &rules,
             "rules: [{name: a, subjects: [{namespace: x}], paths: [/metadata/versions]}]",
-        )
-        .unwrap();
-        reload_file(&control, "rules", &rules);
-        assert_eq!(
-            control.rules().as_ref().as_ref().unwrap().rules()[0]
-                .name
-                .as_ref(),
-            "a"
         );
+        let mut r = Watched::rules(WatchedFile::new(&rules, None), false);
+        r.reload(&control, false).await;
+        assert_eq!(rule_name(&control), "a");
         assert!(control.readiness().is_ok());
-        std::fs::write(&rules, "rules: [{name: b, subjects: [{namespace: x}]}]").unwrap();
-        reload_file(&control, "rules", &rules);
-        assert_eq!(
-            control.rules().as_ref().as_ref().unwrap().rules()[0]
-                .name
-                .as_ref(),
-            "a",
-            "kept"
-        );
+        assert_eq!(control.summary(), "1 access rules, 0 pod addresses");
+        replace(&rules, "rules: [{name: b, subjects: [{namespace: x}]}]");
+        r.reload(&control, false).await;
+        assert_eq!(rule_name(&control), "a", "kept");
 
-        std::fs::write(&pods, r#"[{"ip":"10.0.0.1","namespace":"n","name":"p"}]"#).unwrap();
-        reload_file(&control, "pods", &pods);
+        // Emptied, or cut down to its comments: refused, the old rules stay.
+        for empty in ["", "# rules: [{name: c}]\n", "rules: []"] {
+            replace(&rules, empty);
+            r.reload(&control, false).await;
+            assert_eq!(rule_name(&control), "a", "{empty:?} refused");
+        }
+        // A FIFO in its place: refused without blocking, the old rules stay.
+        std::fs::remove_file(&rules).unwrap();
+        let st = std::process::Command::new("mkfifo")
+            .arg(&rules)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        tokio::time::timeout(Duration::from_secs(5), r.reload(&control, true))
+            .await
+            .expect("a FIFO does not block the reload");
+        assert_eq!(rule_name(&control), "a");
+        std::fs::remove_file(&rules).unwrap();
+
+        // Empty rules when allowed: loaded, and ready with them.
+        let mut allowed = Watched::rules(WatchedFile::new(&rules, None), true);
+        replace(&rules, "# nothing yet\n");
+        allowed.reload(&control, false).await;
+        assert_eq!(control.rules().as_ref().as_ref().unwrap().len(), 0);
+
+        let mut p = Watched::pods(WatchedFile::new(&pods, None), false);
+        replace(&pods, r#"[{"ip":"10.0.0.1","namespace":"n","name":"p"}]"#);
+        p.reload(&control, false).await;
         assert_eq!(control.pods().len(), 1);
-        std::fs::write(&pods, "not: [pods").unwrap();
-        reload_file(&control, "pods", &pods);
+        replace(&pods, "not: [pods");
+        p.reload(&control, false).await;
+        assert_eq!(control.pods().len(), 1, "kept");
+        replace(&pods, "[]");
+        p.reload(&control, false).await;
         assert_eq!(control.pods().len(), 1, "kept");
 
         let text = control.metrics().encode();
         for want in [
-            r#"imdsguard_proxy_reloads_total{file="rules",result="ok"} 1"#,
-            r#"imdsguard_proxy_reloads_total{file="rules",result="error"} 1"#,
-            r#"imdsguard_proxy_reloads_total{file="pods",result="error"} 1"#,
+            r#"imdsguard_proxy_reloads_total{file="rules",result="ok"} 2"#,
+            r#"imdsguard_proxy_reloads_total{file="rules",result="error"} 5"#,
+            r#"imdsguard_proxy_reloads_total{file="pods",result="error"} 2"#,
             "imdsguard_proxy_pods 1",
         ] {
             assert!(text.contains(want), "{want} in {text}");
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn readiness_needs_rules_and_at_least_one_unless_allowed() {
+        let control = ProxyControl::detached();
+        let e = control.readiness().unwrap_err();
+        assert!(e.contains("not loaded"), "{e}");
+        control.set_rules(AccessRules::new(Vec::new()).unwrap());
+        let e = control.readiness().unwrap_err();
+        assert!(
+            e.contains("0 access rules") && e.contains("--allow-empty-rules"),
+            "{e}"
+        );
+        assert_eq!(control.summary(), "0 access rules, 0 pod addresses");
+        let allowed = ProxyControl {
+            allow_empty_rules: true,
+            ..control
+        };
+        assert!(allowed.readiness().is_ok());
     }
 
     #[test]
@@ -441,12 +585,23 @@ mod tests {
         let e = run(cli.args).unwrap_err().to_string();
         assert!(e.contains("rules.yaml") && e.contains("rule `v`"), "{e}");
         let cli = Cli::try_parse_from(["proxy", "--rules", "/nonexistent/r.yaml"]).unwrap();
-        assert!(matches!(run(cli.args), Err(ProxyError::Read { .. })));
+        assert!(matches!(
+            run(cli.args),
+            Err(ProxyError::Input(files::FileError::Open { .. }))
+        ));
+        // No rules: refused unless allowed.
         std::fs::write(&rules, "rules: []").unwrap();
+        let cli = Cli::try_parse_from(["proxy", "--rules", rules.to_str().unwrap()]).unwrap();
+        let e = run(cli.args).unwrap_err().to_string();
+        assert!(
+            e.contains("rules.yaml") && e.contains("--allow-empty-rules"),
+            "{e}"
+        );
         let cli = Cli::try_parse_from([
             "proxy",
             "--rules",
             rules.to_str().unwrap(),
+            "--allow-empty-rules",
             "--listen",
             "169.254.169.254:80",
         ])

@@ -38,6 +38,7 @@
 
 mod admin;
 mod cli;
+pub mod files;
 mod handler;
 mod metrics;
 mod server;
@@ -79,15 +80,10 @@ pub enum ProxyError {
         #[source]
         source: std::io::Error,
     },
-    /// A file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The failure.
-        #[source]
-        source: std::io::Error,
-    },
+    /// A rules or pods file could not be read, or was refused (not a regular file,
+    /// empty, changed while read).
+    #[error(transparent)]
+    Input(#[from] files::FileError),
     /// A rules or pods file is not valid.
     #[error("{}: {source}", path.display())]
     File {
@@ -285,6 +281,9 @@ pub struct ProxyConfig {
     /// Access rules; `None` until loaded: everything is denied ([`RULE_NO_RULES`](imdsguard_core::access::RULE_NO_RULES))
     /// and `/readyz` says not ready.
     pub rules: Option<AccessRules>,
+    /// `/readyz` is ready with zero access rules (everything denied) only when this is
+    /// set (`--allow-empty-rules`).
+    pub allow_empty_rules: bool,
     /// Callers by source address.
     pub pods: PodIndex,
     /// Hosts accepted in absolute-form request targets (`http://HOST/...`).
@@ -325,6 +324,7 @@ impl ProxyConfig {
             allow_metadata_address: false,
             upstream,
             rules: None,
+            allow_empty_rules: false,
             pods: PodIndex::new(),
             absolute_form_hosts: vec![IMDS_ADDRESS.to_string()],
             timeouts: Timeouts::default(),
@@ -370,6 +370,7 @@ pub struct ProxyControl {
     rules: Snapshot<Option<AccessRules>>,
     pods: Snapshot<PodIndex>,
     ready_check: Snapshot<Option<ReadyCheck>>,
+    allow_empty_rules: bool,
     metrics: Metrics,
 }
 
@@ -381,6 +382,7 @@ impl ProxyControl {
             rules: Snapshot::new(None),
             pods: Snapshot::new(PodIndex::new()),
             ready_check: Snapshot::new(None),
+            allow_empty_rules: false,
             metrics: Metrics::new(),
         }
     }
@@ -417,11 +419,17 @@ impl ProxyControl {
         &self.metrics
     }
 
-    /// Ready when rules are loaded and the extra condition holds; else why not.
+    /// Ready when rules are loaded (at least one, unless empty rules were allowed) and
+    /// the extra condition holds; else why not.
     pub fn readiness(&self) -> Result<(), String> {
         let mut why = Vec::new();
-        if self.rules.load().is_none() {
-            why.push("access rules not loaded".to_string());
+        match &*self.rules.load() {
+            None => why.push("access rules not loaded".to_string()),
+            Some(r) if r.is_empty() && !self.allow_empty_rules => why.push(
+                "0 access rules loaded (every request is denied; pass --allow-empty-rules if that is intended)"
+                    .to_string(),
+            ),
+            Some(_) => {}
         }
         if let Some(check) = &*self.ready_check.load()
             && let Err(e) = check()
@@ -432,6 +440,16 @@ impl ProxyControl {
             Ok(())
         } else {
             Err(why.join("; "))
+        }
+    }
+
+    /// What is loaded, for `/readyz`: `N access rules, M pod addresses` (`no access
+    /// rules loaded` before the first).
+    pub fn summary(&self) -> String {
+        let pods = self.pods.load().len();
+        match &*self.rules.load() {
+            Some(r) => format!("{} access rules, {pods} pod addresses", r.len()),
+            None => format!("no access rules loaded, {pods} pod addresses"),
         }
     }
 }
@@ -473,6 +491,7 @@ impl Proxy {
             rules: Snapshot::new(None),
             pods: Snapshot::new(PodIndex::new()),
             ready_check: Snapshot::new(config.ready_check.clone()),
+            allow_empty_rules: config.allow_empty_rules,
             metrics: metrics.clone(),
         };
         if let Some(rules) = config.rules.clone() {
