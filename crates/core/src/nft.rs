@@ -53,7 +53,7 @@
 //! touched; a port-53 target is refused outright. See `docs/node.md` for why the hooks
 //! are where they are.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddrV4, SocketAddrV6};
 use std::str::FromStr;
@@ -1009,7 +1009,6 @@ impl PairChanges {
         new_allowed: &[AllowedPair],
         new_known: &[AllowedPair],
     ) -> PairChanges {
-        use std::collections::BTreeSet;
         let diff = |old: BTreeSet<&AllowedPair>, new: BTreeSet<&AllowedPair>| {
             (
                 new.difference(&old).map(|p| (*p).clone()).collect(),
@@ -1203,6 +1202,65 @@ pub fn parse_dropped(text: &str) -> Result<Vec<DroppedSource>, NftParseError> {
     Ok(out)
 }
 
+/// One rule as data: its statements, read with the `nftables` crate's schema types, and
+/// its comment. Rules compare by content, never by handle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleState {
+    /// Its statements (match expressions and verdicts).
+    pub expr: RuleExpr,
+    /// Its comment (`imdsguard mode=block` names the mode).
+    pub comment: Option<String>,
+}
+
+/// A rule's statements.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum RuleExpr {
+    /// Statements the schema knows; anonymous counters' values are left out, so that
+    /// traffic never makes two rules differ.
+    Statements(Vec<nftables::stmt::Statement<'static>>),
+    /// Statements the schema does not know (not a rule imdsguard writes), as listed.
+    Unknown(Value),
+}
+
+impl RuleState {
+    fn from_body(body: &Value) -> RuleState {
+        let raw = body.get("expr").cloned().unwrap_or(Value::Null);
+        let expr =
+            match serde_json::from_value::<Vec<nftables::stmt::Statement<'static>>>(raw.clone()) {
+                Ok(mut stmts) => {
+                    for s in &mut stmts {
+                        if let nftables::stmt::Statement::Counter(
+                            nftables::stmt::Counter::Anonymous(c),
+                        ) = s
+                        {
+                            *c = None;
+                        }
+                    }
+                    RuleExpr::Statements(stmts)
+                }
+                Err(_) => RuleExpr::Unknown(raw),
+            };
+        RuleState {
+            expr,
+            comment: body
+                .get("comment")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        }
+    }
+}
+
+impl fmt::Display for RuleState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let expr = serde_json::to_string(&self.expr).unwrap_or_else(|_| "?".into());
+        match &self.comment {
+            Some(c) => write!(f, "{expr} comment {c:?}"),
+            None => f.write_str(&expr),
+        }
+    }
+}
+
 /// One chain of the table as listed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ChainState {
@@ -1210,8 +1268,81 @@ pub struct ChainState {
     pub name: String,
     /// The hook of a base chain (`forward`, `input`, `prerouting`).
     pub hook: Option<String>,
+    /// The type of a base chain (`filter`, `nat`).
+    pub kind: Option<String>,
+    /// The priority of a base chain.
+    pub prio: Option<i64>,
+    /// The policy of a base chain (`accept`).
+    pub policy: Option<String>,
     /// Its rules' handles, in order (a rebuild gives new handles).
     pub rule_handles: Vec<u64>,
+    /// Its rules, in order.
+    pub rules: Vec<RuleState>,
+}
+
+/// The sets whose elements the kernel adds (a rule updates them): never compared.
+const DYNAMIC_SETS: &[&str] = &[set::DROPPED_V4, set::DROPPED_V6];
+
+/// What a check found different from the table imdsguard builds, by kind (the agent
+/// counts repairs by kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DifferenceKind {
+    /// The table is not there.
+    Missing,
+    /// A chain is missing, extra, or hooked differently.
+    Chain,
+    /// A rule is missing, extra, moved, or has other statements or another comment.
+    Rule,
+    /// A set or a named counter is missing.
+    Object,
+    /// A set holds other elements than it should.
+    Elements,
+    /// The verdict rules name another mode.
+    Mode,
+}
+
+impl DifferenceKind {
+    /// `missing`, `chain`, `rule`, `object`, `elements`, `mode`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DifferenceKind::Missing => "missing",
+            DifferenceKind::Chain => "chain",
+            DifferenceKind::Rule => "rule",
+            DifferenceKind::Object => "object",
+            DifferenceKind::Elements => "elements",
+            DifferenceKind::Mode => "mode",
+        }
+    }
+}
+
+/// One difference between the listed table and the one imdsguard builds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Difference {
+    /// What kind of thing differs.
+    pub kind: DifferenceKind,
+    /// What differs, for the log (rules and elements as listed).
+    pub detail: String,
+}
+
+impl Difference {
+    fn new(kind: DifferenceKind, detail: String) -> Difference {
+        Difference { kind, detail }
+    }
+
+    /// The table is not installed.
+    pub fn missing() -> Difference {
+        Difference::new(
+            DifferenceKind::Missing,
+            format!("table {FAMILY} {TABLE} is not installed"),
+        )
+    }
+}
+
+impl fmt::Display for Difference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.detail)
+    }
 }
 
 /// The table as `nft -j list table inet imdsguard` (or a batch from [`ruleset`]) shows it.
@@ -1223,6 +1354,8 @@ pub struct TableState {
     pub chains: Vec<ChainState>,
     /// Sets and their element count.
     pub sets: BTreeMap<String, usize>,
+    /// Every set's elements, each written `a . b . c` (a concatenation's parts).
+    pub elements: BTreeMap<String, BTreeSet<String>>,
     /// The allow sets' entries.
     pub allowed: Vec<AllowedPair>,
     /// The known sets' entries.
@@ -1273,10 +1406,15 @@ impl TableState {
                     if let (Some(s), Some(name)) =
                         (state.as_mut(), body.get("name").and_then(Value::as_str))
                     {
+                        let text = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_owned);
                         s.chains.push(ChainState {
                             name: name.to_owned(),
-                            hook: body.get("hook").and_then(Value::as_str).map(str::to_owned),
+                            hook: text("hook"),
+                            kind: text("type"),
+                            prio: body.get("prio").and_then(Value::as_i64),
+                            policy: text("policy"),
                             rule_handles: Vec::new(),
+                            rules: Vec::new(),
                         });
                     }
                 }
@@ -1286,6 +1424,7 @@ impl TableState {
                     if let Some(c) = s.chains.iter_mut().find(|c| c.name == chain) {
                         c.rule_handles
                             .push(body.get("handle").and_then(Value::as_u64).unwrap_or(0));
+                        c.rules.push(RuleState::from_body(body));
                     }
                     if let Some(m) = body
                         .get("comment")
@@ -1305,6 +1444,8 @@ impl TableState {
                         .cloned()
                         .unwrap_or_default();
                     s.sets.insert(name.to_owned(), elems.len());
+                    s.elements
+                        .insert(name.to_owned(), elems.iter().map(element_text).collect());
                     if name == set::ALLOW_V4 || name == set::ALLOW_V6 {
                         s.allowed.extend(elems.iter().filter_map(parse_pair));
                     }
@@ -1344,49 +1485,90 @@ impl TableState {
         self.counters.iter().find(|c| c.name == name)
     }
 
-    /// What differs from `expected` (chains, their number of rules, sets, mode); empty
-    /// when the table is as imdsguard built it. Allow- and known-set entries are not
-    /// compared.
-    pub fn differences(&self, expected: &TableState) -> Vec<String> {
+    /// What differs from `expected` (the table [`ruleset_with_known`] builds, read with
+    /// [`TableState::from_batch`]); empty when the table is as imdsguard built it.
+    ///
+    /// Compared: the chains (hook, type, priority, policy), every rule of every chain in
+    /// order (statements, that is match expressions and verdicts, and comment), the sets
+    /// and their elements (the allow, known, protected and proxied sets; not the
+    /// dropped-source sets, which the kernel fills), the named counters' presence, the
+    /// mode. Not compared: handles, counter values, element counters and expiry times.
+    pub fn differences(&self, expected: &TableState) -> Vec<Difference> {
+        use DifferenceKind as K;
         let mut out = Vec::new();
         for want in &expected.chains {
-            match self.chain(&want.name) {
-                None => out.push(format!("chain {} is missing", want.name)),
-                Some(have) if have.hook != want.hook => out.push(format!(
-                    "chain {} is on hook {:?}, expected {:?}",
-                    want.name, have.hook, want.hook
-                )),
-                Some(have) if have.rule_handles.len() != want.rule_handles.len() => {
-                    out.push(format!(
-                        "chain {} has {} rule(s), expected {}",
+            let Some(have) = self.chain(&want.name) else {
+                out.push(Difference::new(
+                    K::Chain,
+                    format!("chain {} is missing", want.name),
+                ));
+                continue;
+            };
+            let base = |c: &ChainState| (c.hook.clone(), c.kind.clone(), c.prio, c.policy.clone());
+            if base(have) != base(want) {
+                out.push(Difference::new(
+                    K::Chain,
+                    format!(
+                        "chain {} is {}, expected {}",
                         want.name,
-                        have.rule_handles.len(),
-                        want.rule_handles.len()
-                    ))
-                }
-                Some(_) => {}
+                        describe_base(have),
+                        describe_base(want)
+                    ),
+                ));
             }
+            out.extend(rule_differences(&want.name, &have.rules, &want.rules));
         }
         for have in &self.chains {
             if expected.chain(&have.name).is_none() {
-                out.push(format!("unexpected chain {}", have.name));
+                out.push(Difference::new(
+                    K::Chain,
+                    format!("unexpected chain {}", have.name),
+                ));
             }
         }
-        for name in expected.sets.keys() {
-            if !self.sets.contains_key(name) {
-                out.push(format!("set {name} is missing"));
+        for (name, want) in &expected.elements {
+            let Some(have) = self.elements.get(name) else {
+                out.push(Difference::new(K::Object, format!("set {name} is missing")));
+                continue;
+            };
+            if DYNAMIC_SETS.contains(&name.as_str()) || have == want {
+                continue;
+            }
+            let extra: Vec<&str> = have.difference(want).map(String::as_str).collect();
+            let missing: Vec<&str> = want.difference(have).map(String::as_str).collect();
+            let mut parts = Vec::new();
+            if !extra.is_empty() {
+                parts.push(format!("holds {} it should not", extra.join(", ")));
+            }
+            if !missing.is_empty() {
+                parts.push(format!("lacks {}", missing.join(", ")));
+            }
+            out.push(Difference::new(
+                K::Elements,
+                format!("set {name} {}", parts.join(" and ")),
+            ));
+        }
+        for name in self.elements.keys() {
+            if !expected.elements.contains_key(name) {
+                out.push(Difference::new(K::Object, format!("unexpected set {name}")));
             }
         }
         for name in counter::ALL {
             if self.counter(name).is_none() {
-                out.push(format!("counter {name} is missing"));
+                out.push(Difference::new(
+                    K::Object,
+                    format!("counter {name} is missing"),
+                ));
             }
         }
         if self.mode != expected.mode {
-            out.push(format!(
-                "mode is {}, expected {}",
-                self.mode.map_or("unknown".into(), |m| m.to_string()),
-                expected.mode.map_or("unknown".into(), |m| m.to_string())
+            out.push(Difference::new(
+                K::Mode,
+                format!(
+                    "mode is {}, expected {}",
+                    self.mode.map_or("unknown".into(), |m| m.to_string()),
+                    expected.mode.map_or("unknown".into(), |m| m.to_string())
+                ),
             ));
         }
         out
@@ -1408,6 +1590,68 @@ impl TableState {
             && guards
             && nat
             && self.mode.is_some()
+    }
+}
+
+fn describe_base(c: &ChainState) -> String {
+    match (&c.kind, &c.hook) {
+        (None, None) => "a regular chain".into(),
+        _ => format!(
+            "type {} hook {} priority {} policy {}",
+            c.kind.as_deref().unwrap_or("?"),
+            c.hook.as_deref().unwrap_or("?"),
+            c.prio.map_or("?".into(), |p| p.to_string()),
+            c.policy.as_deref().unwrap_or("?"),
+        ),
+    }
+}
+
+/// The rules of `chain` that differ, position by position; with another number of
+/// rules, also the count.
+fn rule_differences(chain: &str, have: &[RuleState], want: &[RuleState]) -> Vec<Difference> {
+    let mut out = Vec::new();
+    if have.len() != want.len() {
+        out.push(Difference::new(
+            DifferenceKind::Rule,
+            format!(
+                "chain {chain} has {} rule(s), expected {}",
+                have.len(),
+                want.len()
+            ),
+        ));
+    }
+    for i in 0..have.len().max(want.len()) {
+        let detail = match (have.get(i), want.get(i)) {
+            (Some(h), Some(w)) if h == w => continue,
+            (Some(h), Some(w)) => format!("chain {chain} rule {} is {h}, expected {w}", i + 1),
+            (Some(h), None) => format!("chain {chain} rule {} is extra: {h}", i + 1),
+            (None, Some(w)) => format!("chain {chain} rule {} is missing: {w}", i + 1),
+            (None, None) => continue,
+        };
+        out.push(Difference::new(DifferenceKind::Rule, detail));
+    }
+    out
+}
+
+/// An element as text: a concatenation's parts joined with ` . ` (`azvweb . 10.244.0.11`,
+/// `169.254.169.254 . tcp . 80`), read with the `nftables` crate's expression type;
+/// an element's counter, expiry and comment are left out.
+fn element_text(elem: &Value) -> String {
+    use nftables::expr::{Expression, NamedExpression};
+    fn text(e: &Expression<'_>) -> String {
+        match e {
+            Expression::String(s) => s.to_string(),
+            Expression::Number(n) => n.to_string(),
+            Expression::Named(NamedExpression::Concat(parts)) => {
+                parts.iter().map(text).collect::<Vec<_>>().join(" . ")
+            }
+            Expression::Named(NamedExpression::Elem(e)) => text(&e.val),
+            other => serde_json::to_string(other).unwrap_or_default(),
+        }
+    }
+    match serde_json::from_value::<Expression<'static>>(elem.clone()) {
+        Ok(e) => text(&e),
+        Err(_) => elem.to_string(),
     }
 }
 
@@ -1888,7 +2132,11 @@ mod tests {
         )
         .unwrap();
         assert!(expected.is_enforcing());
-        let diffs = state.differences(&expected);
+        let diffs: Vec<String> = state
+            .differences(&expected)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert!(
             diffs.contains(&"chain input is missing".to_owned()),
             "{diffs:?}"
@@ -2057,5 +2305,273 @@ mod tests {
         assert_eq!(dropped[1].bytes, 180);
         assert_eq!(parse_dropped(r#"{"nftables": []}"#), Ok(vec![]));
         assert!(parse_dropped("nope").is_err());
+    }
+
+    // Drift checks against what nft 1.0.6 really lists (testdata/nft/*.json: these
+    // batches applied with `nft -j -f -`, then `nft -j list table inet imdsguard`; the
+    // block listing also holds a dropped source recorded by the kernel).
+
+    fn drift_config(mode: Mode) -> RulesetConfig {
+        let mut c = RulesetConfig::new(mode, &[Cloud::Azure, Cloud::Aws]);
+        c.proxy_v4 = Some("10.224.0.4:8169".parse().unwrap());
+        c
+    }
+
+    fn drift_expected(mode: Mode) -> TableState {
+        let allowed = [pair("azvallowed", "10.244.0.10")];
+        let known = [
+            pair("azvallowed", "10.244.0.10"),
+            pair("azvweb", "10.244.0.11"),
+            pair("cbr0", "fd00::5"),
+        ];
+        let batch = ruleset_with_known(&drift_config(mode), &allowed, &known, &[]).unwrap();
+        TableState::from_batch(&batch).unwrap()
+    }
+
+    fn listing(mode: Mode) -> Value {
+        let text = match mode {
+            Mode::Block => include_str!("../testdata/nft/block.json"),
+            Mode::Proxy => include_str!("../testdata/nft/proxy.json"),
+            Mode::Observe => include_str!("../testdata/nft/observe.json"),
+        };
+        serde_json::from_str(text).unwrap()
+    }
+
+    fn drift(mode: Mode, listing: &Value) -> Vec<Difference> {
+        TableState::parse(&listing.to_string())
+            .unwrap()
+            .unwrap()
+            .differences(&drift_expected(mode))
+    }
+
+    /// The listing's objects of `kind` (`rule`, `set`, …) that `pick` selects.
+    fn objects_mut<'a>(
+        listing: &'a mut Value,
+        kind: &str,
+        pick: impl Fn(&Value) -> bool,
+    ) -> Vec<&'a mut Value> {
+        listing["nftables"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .filter_map(|o| o.get_mut(kind))
+            .filter(|b| pick(b))
+            .collect()
+    }
+
+    fn position(listing: &Value, pick: impl Fn(&Value) -> bool) -> usize {
+        listing["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(pick)
+            .unwrap()
+    }
+
+    fn is_verdict_rule(o: &Value) -> bool {
+        o["rule"]["chain"] == "guard_v4" && o["rule"]["comment"] == "imdsguard mode=block"
+    }
+
+    fn kinds(d: &[Difference]) -> Vec<DifferenceKind> {
+        d.iter().map(|d| d.kind).collect()
+    }
+
+    #[test]
+    fn real_listings_match_the_table_they_were_built_from() {
+        for mode in [Mode::Block, Mode::Proxy, Mode::Observe] {
+            let l = listing(mode);
+            assert_eq!(drift(mode, &l), [], "{mode}");
+            let state = TableState::parse(&l.to_string()).unwrap().unwrap();
+            assert!(state.is_enforcing(), "{mode}");
+            // Listed in another order than the batch wrote them: elements are a set.
+            assert_eq!(
+                state.elements["protected_v4"],
+                [
+                    "168.63.129.16 . tcp . 32526",
+                    "168.63.129.16 . tcp . 80",
+                    "169.254.169.254 . tcp . 80"
+                ]
+                .map(String::from)
+                .into(),
+            );
+            // A listing of another mode is not this table.
+            let other = if mode == Mode::Block {
+                Mode::Observe
+            } else {
+                Mode::Block
+            };
+            assert!(!drift(other, &l).is_empty(), "{mode} as {other}");
+        }
+        let block = TableState::parse(&listing(Mode::Block).to_string())
+            .unwrap()
+            .unwrap();
+        assert_eq!(block.elements["dropped_v4"].len(), 1, "the dropped source");
+    }
+
+    #[test]
+    fn counters_and_dropped_sources_are_not_differences() {
+        let mut l = listing(Mode::Block);
+        for c in objects_mut(&mut l, "counter", |_| true) {
+            c["packets"] = 123_456.into();
+            c["bytes"] = 9_876_543.into();
+        }
+        for s in objects_mut(&mut l, "set", |s| s["name"] == "dropped_v4") {
+            s["elem"] = json!([
+                {"elem": {"val": {"concat": ["azvweb", "10.244.0.11"]}, "expires": 12,
+                          "counter": {"packets": 77, "bytes": 4620}}},
+                {"elem": {"val": {"concat": ["cbr0", "10.244.1.10"]}, "expires": 580,
+                          "counter": {"packets": 1, "bytes": 60}}}
+            ]);
+        }
+        // Handles change with every rebuild.
+        for r in objects_mut(&mut l, "rule", |_| true) {
+            r["handle"] = (r["handle"].as_u64().unwrap() + 1000).into();
+        }
+        assert_eq!(drift(Mode::Block, &l), []);
+        let state = TableState::parse(&l.to_string()).unwrap().unwrap();
+        assert_eq!(state.counter("blocked").unwrap().packets, 123_456);
+    }
+
+    #[test]
+    fn a_verdict_flipped_to_accept_is_a_difference_even_with_its_comment_kept() {
+        // `nft replace rule inet imdsguard guard_v4 handle H counter name blocked accept
+        // comment "imdsguard mode=block"`: same count of rules, same mode marker.
+        let mut l = listing(Mode::Block);
+        for r in objects_mut(&mut l, "rule", |r| {
+            r["chain"] == "guard_v4" && r["comment"] == "imdsguard mode=block"
+        }) {
+            let expr = r["expr"].as_array_mut().unwrap();
+            assert_eq!(expr.last().unwrap(), &json!({"drop": null}));
+            *expr.last_mut().unwrap() = json!({"accept": null});
+        }
+        let state = TableState::parse(&l.to_string()).unwrap().unwrap();
+        assert_eq!(state.mode, Some(Mode::Block), "the marker is kept");
+        assert!(state.is_enforcing(), "the shape is the same");
+        let d = drift(Mode::Block, &l);
+        assert_eq!(kinds(&d), [DifferenceKind::Rule], "{d:?}");
+        assert!(d[0].detail.starts_with("chain guard_v4 rule "), "{}", d[0]);
+        assert!(d[0].detail.contains("accept"), "{}", d[0]);
+        assert!(d[0].detail.contains("drop"), "{}", d[0]);
+
+        // A match changed (another set) is one too.
+        let mut l = listing(Mode::Block);
+        for r in objects_mut(&mut l, "rule", |r| {
+            r["chain"] == "guard_v4" && r["expr"][0]["match"]["right"] == "@allow_v4"
+        }) {
+            r["expr"][0]["match"]["right"] = "@known_v4".into();
+        }
+        assert_eq!(kinds(&drift(Mode::Block, &l)), [DifferenceKind::Rule]);
+        // And so is a comment changed.
+        let mut l = listing(Mode::Block);
+        for r in objects_mut(&mut l, "rule", |r| r["chain"] == "forward") {
+            r["comment"] = "mine now".into();
+        }
+        assert!(
+            kinds(&drift(Mode::Block, &l))
+                .iter()
+                .all(|k| *k == DifferenceKind::Rule)
+        );
+    }
+
+    #[test]
+    fn rules_added_removed_or_reordered_are_differences() {
+        // Added: an accept before the guard's rules (`nft insert rule … guard_v4 accept`).
+        let mut l = listing(Mode::Block);
+        let at = position(&l, |o| o["rule"]["chain"] == "guard_v4");
+        l["nftables"].as_array_mut().unwrap().insert(
+            at,
+            json!({"rule": {"family": "inet", "table": "imdsguard", "chain": "guard_v4",
+                            "handle": 999, "expr": [{"accept": null}]}}),
+        );
+        let d = drift(Mode::Block, &l);
+        assert!(
+            d.iter()
+                .any(|d| d.detail == "chain guard_v4 has 5 rule(s), expected 4"),
+            "{d:?}"
+        );
+        assert!(d.iter().any(|d| {
+            d.detail
+                .starts_with("chain guard_v4 rule 1 is [{\"accept\"")
+        }));
+        // Removed: the verdict rule (`nft delete rule … handle H`).
+        let mut l = listing(Mode::Block);
+        let at = position(&l, is_verdict_rule);
+        l["nftables"].as_array_mut().unwrap().remove(at);
+        let d = drift(Mode::Block, &l);
+        assert!(
+            d.iter()
+                .any(|d| d.detail.starts_with("chain guard_v4 rule 4 is missing")),
+            "{d:?}"
+        );
+        // Reordered: the verdict before the log rule (same rules, same count).
+        let mut l = listing(Mode::Block);
+        let at = position(&l, is_verdict_rule);
+        l["nftables"].as_array_mut().unwrap().swap(at - 1, at);
+        let d = drift(Mode::Block, &l);
+        assert_eq!(
+            kinds(&d),
+            [DifferenceKind::Rule, DifferenceKind::Rule],
+            "{d:?}"
+        );
+        // A base chain's policy changed.
+        let mut l = listing(Mode::Block);
+        for c in objects_mut(&mut l, "chain", |c| c["name"] == "forward") {
+            c["policy"] = "drop".into();
+        }
+        assert_eq!(kinds(&drift(Mode::Block, &l)), [DifferenceKind::Chain]);
+    }
+
+    #[test]
+    fn set_elements_added_or_removed_are_differences() {
+        // `nft add element inet imdsguard allow_v4 { "azvweb" . 10.244.0.11 }`
+        let mut l = listing(Mode::Block);
+        for s in objects_mut(&mut l, "set", |s| s["name"] == "allow_v4") {
+            s["elem"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"concat": ["azvweb", "10.244.0.11"]}));
+        }
+        let d = drift(Mode::Block, &l);
+        assert_eq!(kinds(&d), [DifferenceKind::Elements]);
+        assert_eq!(
+            d[0].detail,
+            "set allow_v4 holds azvweb . 10.244.0.11 it should not"
+        );
+        // `nft delete element inet imdsguard known_v6 { "cbr0" . fd00::5 }`: the set
+        // is listed without `elem` when empty.
+        let mut l = listing(Mode::Proxy);
+        for s in objects_mut(&mut l, "set", |s| s["name"] == "known_v6") {
+            s.as_object_mut().unwrap().remove("elem");
+        }
+        let d = drift(Mode::Proxy, &l);
+        assert_eq!(kinds(&d), [DifferenceKind::Elements]);
+        assert_eq!(d[0].detail, "set known_v6 lacks cbr0 . fd00::5");
+        // An endpoint taken off the protected set.
+        let mut l = listing(Mode::Block);
+        for s in objects_mut(&mut l, "set", |s| s["name"] == "protected_v4") {
+            s["elem"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|e| e != &json!({"concat": ["169.254.169.254", "tcp", 80]}));
+        }
+        let d = drift(Mode::Block, &l);
+        assert_eq!(
+            d.iter().map(|d| d.detail.as_str()).collect::<Vec<_>>(),
+            ["set protected_v4 lacks 169.254.169.254 . tcp . 80"]
+        );
+        // Elements with a comment or counter are the same elements.
+        let mut l = listing(Mode::Block);
+        for s in objects_mut(&mut l, "set", |s| s["name"] == "allow_v4") {
+            s["elem"] = json!([{"elem": {"val": {"concat": ["azvallowed", "10.244.0.10"]},
+                                          "comment": "x", "counter": {"packets": 5, "bytes": 300}}}]);
+        }
+        assert_eq!(drift(Mode::Block, &l), []);
+        // A set added by hand.
+        let mut l = listing(Mode::Block);
+        l["nftables"].as_array_mut().unwrap().push(
+            json!({"set": {"family": "inet", "table": "imdsguard", "name": "extra",
+                           "type": "ipv4_addr", "handle": 77}}),
+        );
+        assert_eq!(kinds(&drift(Mode::Block, &l)), [DifferenceKind::Object]);
     }
 }

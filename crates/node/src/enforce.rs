@@ -5,8 +5,9 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use imdsguard_core::nft::{
-    self, AllowedPair, CounterValue, DroppedSource, Mode, PairChanges, PairSet, RulesetConfig,
-    TableState, conntrack_flush_args, parse_conntrack_deleted, parse_counters, parse_dropped,
+    self, AllowedPair, CounterValue, Difference, DroppedSource, Mode, PairChanges, PairSet,
+    RulesetConfig, TableState, conntrack_flush_args, parse_conntrack_deleted, parse_counters,
+    parse_dropped,
 };
 use imdsguard_core::target::Target;
 use serde::Serialize;
@@ -174,6 +175,9 @@ pub struct Status {
     pub counters: Vec<CounterValue>,
     /// What is missing or different.
     pub problems: Vec<String>,
+    /// What differs from the table the enforcer builds (chains, rules, set elements,
+    /// mode), by kind; empty without an expected configuration.
+    pub differences: Vec<Difference>,
 }
 
 impl Status {
@@ -186,17 +190,16 @@ impl Status {
                 allowed: Vec::new(),
                 known: Vec::new(),
                 counters: Vec::new(),
-                problems: vec![format!(
-                    "table {} {} is not installed",
-                    nft::FAMILY,
-                    nft::TABLE
-                )],
+                problems: vec![Difference::missing().to_string()],
+                differences: vec![Difference::missing()],
             },
             Some(t) => {
-                let mut problems = match expected {
+                let differences = match expected {
                     Some(e) => t.differences(e),
                     None => Vec::new(),
                 };
+                let mut problems: Vec<String> =
+                    differences.iter().map(ToString::to_string).collect();
                 if !t.is_enforcing() && problems.is_empty() {
                     problems.push("chains or verdict rules are missing".into());
                 }
@@ -208,6 +211,7 @@ impl Status {
                     known: t.known,
                     counters: t.counters,
                     problems,
+                    differences,
                 }
             }
         }
@@ -469,10 +473,19 @@ impl Enforcer {
         uninstall_table(&self.exec)
     }
 
-    /// Whether the table is in place and as this enforcer built it (chains, rule counts,
-    /// sets, counters, mode).
+    /// Whether the table is in place and as this enforcer builds it, by content: chains,
+    /// every rule's statements and comment in order, the allow, known, protected and
+    /// proxied sets' elements (the allowlist and known pods as the enforcer holds them),
+    /// counters, mode. Counter values and the dropped-source sets are not compared.
     pub fn status(&self) -> Result<Status, NodeError> {
-        let expected = TableState::from_batch(&nft::ruleset(&self.config, &[], &[])?);
+        let allowed: Vec<AllowedPair> = self.allowed.iter().cloned().collect();
+        let known: Vec<AllowedPair> = self.known.iter().cloned().collect();
+        let expected = TableState::from_batch(&nft::ruleset_with_known(
+            &self.config,
+            &allowed,
+            &known,
+            &[],
+        )?);
         Ok(Status::from_table(
             read_table(&self.exec)?,
             expected.as_ref(),
