@@ -2,7 +2,8 @@
 //! with a packet counter (`dropped_v4` / `dropped_v6`, see [`imdsguard_core::nft`]); every
 //! tick the agent reads them ([`imdsguard_node::Enforcer::dropped_sources`]), keeps what
 //! is new since the last read ([`DropTracker`]), maps each pair to a pod of the pod
-//! index ([`attribute`]), and hands one [`DropEvent`] per pod to its [`EventSink`]s
+//! index ([`PodIndex::attribute`], the core's one answer to "which pod is this?"),
+//! and hands one [`DropEvent`] per pod to its [`EventSink`]s
 //! (the log, [`LogSink`]; Kubernetes Events can be another sink).
 //!
 //! No NFLOG parsing: the kernel keeps the per-source counts.
@@ -11,56 +12,11 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use imdsguard_core::nft::DroppedSource;
-
-use crate::pods::NodePod;
+pub use imdsguard_core::pods::Attribution;
+use imdsguard_core::pods::PodIndex;
 
 /// The `pod` label of drops from a source no pod of the index has.
 pub const UNKNOWN_POD: &str = "unknown";
-
-/// How a dropped source was matched to a pod.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Attribution {
-    /// The pod has this interface and this address.
-    Pair,
-    /// The pod has this interface, which no other pod shares, but not this address: it
-    /// sent with another address (spoofing).
-    Interface,
-    /// No pod of the index.
-    Unknown,
-}
-
-impl Attribution {
-    /// `pair`, `interface` or `unknown`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Attribution::Pair => "pair",
-            Attribution::Interface => "interface",
-            Attribution::Unknown => "unknown",
-        }
-    }
-}
-
-/// The pod that sent from `addr` on `iface`: the pod with that pair, else the only pod
-/// on that interface (a routed CNI's veth: that pod sent it, whatever the address), else
-/// none (a shared bridge, or no such pod).
-pub fn attribute<'a>(
-    pods: &'a [NodePod],
-    iface: &str,
-    addr: IpAddr,
-) -> (Option<&'a NodePod>, Attribution) {
-    let on_iface = || {
-        pods.iter()
-            .filter(move |p| p.interface.as_deref() == Some(iface))
-    };
-    if let Some(p) = on_iface().find(|p| p.addrs.contains(&addr)) {
-        return (Some(p), Attribution::Pair);
-    }
-    let mut candidates = on_iface();
-    match (candidates.next(), candidates.next()) {
-        (Some(p), None) => (Some(p), Attribution::Interface),
-        _ => (None, Attribution::Unknown),
-    }
-}
 
 /// One dropped source's new packets since the last read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,11 +138,11 @@ impl DropTracker {
 
 /// Groups new drops into events: one per pod (attributed sources of a pod together),
 /// one per unknown source. Ordered by pod, unknown sources last.
-pub fn events(pods: &[NodePod], new: &[(DroppedSource, u64)]) -> Vec<DropEvent> {
+pub fn events(pods: &PodIndex, new: &[(DroppedSource, u64)]) -> Vec<DropEvent> {
     let mut by_pod: BTreeMap<(String, String), Vec<SourceDrops>> = BTreeMap::new();
     let mut unknown = Vec::new();
     for (d, packets) in new {
-        let (pod, attribution) = attribute(pods, &d.iface, d.addr);
+        let (pod, attribution) = pods.attribute(&d.iface, d.addr);
         let source = SourceDrops {
             interface: d.iface.clone(),
             address: d.addr,
@@ -195,7 +151,7 @@ pub fn events(pods: &[NodePod], new: &[(DroppedSource, u64)]) -> Vec<DropEvent> 
         };
         match pod {
             Some(p) => by_pod
-                .entry((p.namespace.clone(), p.name.clone()))
+                .entry((p.info.namespace.clone(), p.info.name.clone()))
                 .or_default()
                 .push(source),
             None => unknown.push(DropEvent {
@@ -220,23 +176,18 @@ pub fn events(pods: &[NodePod], new: &[(DroppedSource, u64)]) -> Vec<DropEvent> 
 mod tests {
     use super::*;
 
-    fn pod(ns: &str, name: &str, iface: Option<&str>, addrs: &[&str]) -> NodePod {
-        NodePod {
-            namespace: ns.into(),
-            name: name.into(),
-            interface: iface.map(str::to_owned),
-            addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
-        }
-    }
-
-    fn lab() -> Vec<NodePod> {
-        vec![
-            pod("apps", "web", Some("azvweb"), &["10.244.0.11", "fd00::11"]),
-            pod("apps", "allowed", Some("azvallowed"), &["10.244.0.10"]),
-            pod("batch", "a", Some("cbr0"), &["10.244.1.10"]),
-            pod("batch", "b", Some("cbr0"), &["10.244.1.11"]),
-            pod("batch", "nowhere", None, &["10.244.2.1"]),
-        ]
+    /// The lab's pods; attribution itself is tested beside [`PodIndex::attribute`].
+    fn lab() -> PodIndex {
+        PodIndex::parse(
+            "
+- {ips: [10.244.0.11, 'fd00::11'], namespace: apps, name: web, interface: azvweb}
+- {ip: 10.244.0.10, namespace: apps, name: allowed, interface: azvallowed}
+- {ip: 10.244.1.10, namespace: batch, name: a, interface: cbr0}
+- {ip: 10.244.1.11, namespace: batch, name: b, interface: cbr0}
+- {ip: 10.244.2.1, namespace: batch, name: nowhere}
+",
+        )
+        .unwrap()
     }
 
     fn src(iface: &str, addr: &str, packets: u64) -> DroppedSource {
@@ -246,30 +197,6 @@ mod tests {
             packets,
             bytes: packets * 60,
         }
-    }
-
-    #[test]
-    fn sources_are_attributed_by_pair_then_by_interface() {
-        let pods = lab();
-        let name = |iface: &str, addr: &str| {
-            let (p, how) = attribute(&pods, iface, addr.parse().unwrap());
-            (p.map(|p| p.name.as_str()), how)
-        };
-        assert_eq!(
-            name("azvweb", "10.244.0.11"),
-            (Some("web"), Attribution::Pair)
-        );
-        assert_eq!(name("cbr0", "10.244.1.11"), (Some("b"), Attribution::Pair));
-        // allowed's address from web's interface: web sent it.
-        assert_eq!(
-            name("azvweb", "10.244.0.10"),
-            (Some("web"), Attribution::Interface)
-        );
-        // A shared bridge says nothing about who borrowed an address.
-        assert_eq!(name("cbr0", "10.244.0.10"), (None, Attribution::Unknown));
-        assert_eq!(name("azvgone", "10.244.0.99"), (None, Attribution::Unknown));
-        // A pod without an interface is never matched (not even by address).
-        assert_eq!(name("azvx", "10.244.2.1"), (None, Attribution::Unknown));
     }
 
     #[test]

@@ -31,6 +31,7 @@ mod admin;
 pub mod drops;
 pub mod kube;
 pub mod pods;
+pub mod reload;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -38,7 +39,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use clap::Args;
 use imdsguard_core::access::AccessRules;
@@ -52,7 +53,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use drops::{DropEvent, EventSink, LogSink};
-pub use pods::{NodePod, NodePods};
+pub use imdsguard_core::pods::{NodePod, PodIndex};
 
 /// The admin listen address when none is given.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9170";
@@ -101,8 +102,18 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_admin: bool,
 
+    /// Accept a rules file with no rules (every request denied) and be ready with it;
+    /// without this an empty or comment-only rules file is an error
+    #[arg(long)]
+    pub allow_empty_rules: bool,
+
+    /// Accept a pods file with no pods; without this an empty or comment-only pods file
+    /// is an error
+    #[arg(long)]
+    pub allow_empty_pods: bool,
+
     /// How often to check the table (restoring it), read the counters and look for
-    /// changed files
+    /// changed files (a rename over a file is a change)
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = imdsguard_proxy::parse_duration)]
     pub check_interval: Duration,
 
@@ -124,6 +135,8 @@ impl RunArgs {
             upstream: imdsguard_proxy::DEFAULT_UPSTREAM.to_owned(),
             admin_listen: DEFAULT_ADMIN_LISTEN.parse().expect("a valid default"),
             no_admin: false,
+            allow_empty_rules: false,
+            allow_empty_pods: false,
             check_interval: Duration::from_secs(5),
             log_format: LogFormat::Text,
         }
@@ -139,7 +152,11 @@ pub enum AgentError {
     /// The proxy could not start.
     #[error(transparent)]
     Proxy(#[from] ProxyError),
-    /// A file is missing or invalid.
+    /// A pods or rules file could not be read, or was refused (not a regular file,
+    /// empty, changed while read).
+    #[error(transparent)]
+    Input(#[from] imdsguard_proxy::files::FileError),
+    /// A file is invalid.
     #[error("{}: {message}", path.display())]
     File {
         /// The file.
@@ -164,41 +181,14 @@ pub enum AgentError {
     },
 }
 
-fn read_file(path: &Path) -> Result<String, AgentError> {
-    std::fs::read_to_string(path).map_err(|e| AgentError::File {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
-}
-
-/// Reads the pods file.
-pub fn read_pods(path: &Path) -> Result<NodePods, AgentError> {
-    NodePods::parse(&read_file(path)?).map_err(|message| AgentError::File {
-        path: path.to_path_buf(),
-        message,
-    })
-}
-
-/// Reads the access rules.
-pub fn read_rules(path: &Path) -> Result<AccessRules, AgentError> {
-    AccessRules::parse(&read_file(path)?).map_err(|e| AgentError::File {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
-}
-
-/// What a file looked like when last read.
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    std::fs::metadata(path)
-        .ok()
-        .and_then(|m| Some((m.modified().ok()?, m.len())))
-}
+pub use reload::{read_pods, read_rules};
 
 /// The agent's own metrics, registered in the proxy's registry.
 #[derive(Clone, Default)]
 struct AgentMetrics {
     enforcing: Gauge,
     restores: Counter,
+    repairs: Family<Vec<(String, String)>, Counter>,
     known: Gauge,
     allowed: Gauge,
     nft_packets: Family<Vec<(String, String)>, Gauge>,
@@ -218,6 +208,11 @@ impl AgentMetrics {
             "agent_restores",
             "Times the agent found the table missing or changed and put it back",
             m.restores.clone(),
+        );
+        r.register(
+            "agent_repairs",
+            "Differences the agent found between the listed table and the one it builds, by kind (missing, chain, rule, object, elements, mode); each repair re-applies the whole table in one transaction",
+            m.repairs.clone(),
         );
         r.register(
             "agent_known_pairs",
@@ -247,15 +242,15 @@ impl AgentMetrics {
 struct Shared {
     enforcer: Mutex<Enforcer>,
     mode: Mode,
-    pods_path: Option<PathBuf>,
-    rules_path: Option<PathBuf>,
     allow: Vec<AllowSpec>,
     control: Mutex<Option<ProxyControl>>,
     metrics: Metrics,
     own: AgentMetrics,
     files: Mutex<Files>,
+    /// The pods and rules files, followed by their own task ([`reload`]).
+    watched: tokio::sync::Mutex<reload::Watched>,
     /// The pods as last loaded, to name the dropped sources.
-    pods: Mutex<Vec<NodePod>>,
+    pods: Mutex<PodIndex>,
     drops: Mutex<drops::DropTracker>,
     sinks: Vec<Arc<dyn EventSink>>,
     /// `--kubernetes`: the watch's snapshots.
@@ -266,8 +261,6 @@ struct Shared {
 
 #[derive(Default)]
 struct Files {
-    pods: Option<(SystemTime, u64)>,
-    rules: Option<(SystemTime, u64)>,
     counters: BTreeMap<String, u64>,
 }
 
@@ -304,24 +297,57 @@ impl Shared {
         }
     }
 
-    /// Puts the table back when it is not as built.
+    /// Compares the listed table with the one the agent builds (rules by content, set
+    /// elements, mode: [`imdsguard_node::Enforcer::status`]) and, on any difference,
+    /// puts the whole table back in one transaction (counters carried over). The
+    /// enforcer stays locked from the listing to the repair, so no pods change slips in
+    /// between.
     fn ensure_table(&self) {
-        if let Err(why) = self.nft_ready() {
-            tracing::warn!(reason = %why, "inet imdsguard is not in place: restoring it");
-            match lock(&self.enforcer).install() {
-                Ok(report) => {
-                    self.own.restores.inc();
-                    self.own.enforcing.set(1);
-                    tracing::info!(mode = %report.mode, allowed = report.allowed, known = report.known, "inet imdsguard restored");
-                }
-                Err(e) => tracing::error!(error = %e, "could not restore inet imdsguard"),
+        let mut enforcer = lock(&self.enforcer);
+        let status = match enforcer.status() {
+            Ok(s) => s,
+            Err(e) => {
+                self.own.enforcing.set(0);
+                tracing::error!(error = %e, "cannot list inet imdsguard");
+                return;
             }
+        };
+        if status.enforcing && status.mode == Some(self.mode) {
+            self.own.enforcing.set(1);
+            return;
         }
-    }
-
-    /// Reloads the pods file: set elements and the proxy's pod index.
-    fn reload_pods(&self, path: &Path) -> Result<(), AgentError> {
-        self.apply_pods(read_pods(path)?)
+        self.own.enforcing.set(0);
+        let mut kinds: Vec<&'static str> =
+            status.differences.iter().map(|d| d.kind.as_str()).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        if kinds.is_empty() {
+            kinds.push(nft::DifferenceKind::Mode.as_str());
+        }
+        for kind in &kinds {
+            self.own
+                .repairs
+                .get_or_create(&vec![("difference".to_owned(), (*kind).to_owned())])
+                .inc();
+        }
+        const SHOWN: usize = 10;
+        let mut shown: Vec<String> = status.problems.iter().take(SHOWN).cloned().collect();
+        if status.problems.len() > SHOWN {
+            shown.push(format!("and {} more", status.problems.len() - SHOWN));
+        }
+        tracing::warn!(
+            differences = %shown.join("; "),
+            kinds = %kinds.join(","),
+            "inet imdsguard is not as the agent built it: putting it back"
+        );
+        match enforcer.install() {
+            Ok(report) => {
+                self.own.restores.inc();
+                self.own.enforcing.set(1);
+                tracing::info!(mode = %report.mode, allowed = report.allowed, known = report.known, "inet imdsguard restored");
+            }
+            Err(e) => tracing::error!(error = %e, "could not restore inet imdsguard"),
+        }
     }
 
     /// `--kubernetes`: applies the watch's latest snapshot.
@@ -339,12 +365,10 @@ impl Shared {
     }
 
     /// The node's pods: set elements and the proxy's pod index.
-    fn apply_pods(&self, pods: NodePods) -> Result<(), AgentError> {
-        let allowed = pods.allowed_pairs(&self.allow);
+    fn apply_pods(&self, pods: PodIndex) -> Result<(), AgentError> {
+        let allowed = pods::allowed_pairs(&pods, &self.allow);
         let known = pods.known_pairs();
-        for p in pods.without_interface() {
-            tracing::warn!(pod = %p, "no interface for this pod: not a known pod (proxy mode drops its traffic)");
-        }
+        pods::log_issues(&pods);
         let (n_allowed, n_known) = (allowed.len(), known.len());
         let changes = lock(&self.enforcer).sync_pairs(allowed, known)?;
         self.own.allowed.set(n_allowed as i64);
@@ -358,44 +382,11 @@ impl Shared {
                 "pods changed: set elements changed"
             );
         }
-        *lock(&self.pods) = pods.pods;
+        *lock(&self.pods) = pods.clone();
         if let Some(control) = &*lock(&self.control) {
-            control.set_pods(pods.index);
+            control.set_pods(pods);
         }
         Ok(())
-    }
-
-    fn reload_files(&self, forced: bool) {
-        let mut files = lock(&self.files);
-        if let Some(path) = &self.pods_path {
-            let now = stamp(path);
-            if forced || now != files.pods {
-                files.pods = now;
-                let result = self.reload_pods(path);
-                self.metrics.record_reload("pods", result.is_ok());
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "pods not reloaded; keeping the previous ones");
-                }
-            }
-        }
-        let control = lock(&self.control).clone();
-        if let (Some(path), Some(control)) = (&self.rules_path, control) {
-            let now = stamp(path);
-            if forced || now != files.rules {
-                files.rules = now;
-                let result = read_rules(path);
-                self.metrics.record_reload("rules", result.is_ok());
-                match result {
-                    Ok(rules) => {
-                        tracing::info!(rules = rules.len(), "rules reloaded");
-                        control.set_rules(rules);
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "rules not reloaded; keeping the previous ones")
-                    }
-                }
-            }
-        }
     }
 
     /// Reads the counters; drops since the last read go to `imdsguard_nflog_drops_total`.
@@ -465,10 +456,9 @@ impl Shared {
         }
     }
 
-    /// One periodic round.
+    /// One periodic round (never file IO: the files have a task of their own).
     fn tick(&self, forced: bool) {
         self.ensure_table();
-        self.reload_files(forced);
         if forced || self.kube_retry.load(Ordering::Relaxed) {
             self.apply_kube_pods();
         }
@@ -535,7 +525,7 @@ impl Agent {
         let config = args.nft.config()?;
         let mode = config.mode;
         let rules = match (&args.rules, mode) {
-            (Some(path), Mode::Proxy) => Some(read_rules(path)?),
+            (Some(path), Mode::Proxy) => Some(reload::read_rules(path, args.allow_empty_rules)?),
             (None, Mode::Proxy) => {
                 return Err(AgentError::Usage(
                     "proxy mode needs --rules FILE (the proxy's access rules)".into(),
@@ -548,13 +538,18 @@ impl Agent {
             (None, _) => None,
         };
         let mut pod_watch = None;
+        let mut pods_stamp = None;
         let node_pods = match (&args.pods, client) {
             (Some(_), Some(_)) => {
                 return Err(AgentError::Usage(
                     "--kubernetes and --pods do not go together".into(),
                 ));
             }
-            (Some(path), None) => read_pods(path)?,
+            (Some(path), None) => {
+                let (pods, stamp) = reload::read_pods(path, args.allow_empty_pods)?;
+                pods_stamp = Some(stamp);
+                pods
+            }
             (None, Some(client)) => {
                 let node = args
                     .node_name
@@ -576,7 +571,7 @@ impl Agent {
                             node = %node,
                             "the node's pods are not listed yet: starting with none (applied when the list comes)"
                         );
-                        NodePods::default()
+                        PodIndex::default()
                     }
                 };
                 let reporter = imdsguard_kube::EventReporter::start(
@@ -606,13 +601,11 @@ impl Agent {
                         "no --pods file: no pod is known, proxy mode drops every pod's traffic to the endpoints"
                     );
                 }
-                NodePods::default()
+                PodIndex::default()
             }
         };
-        for p in node_pods.without_interface() {
-            tracing::warn!(pod = %p, "no interface for this pod: not a known pod (proxy mode drops its traffic)");
-        }
-        let allowed = node_pods.allowed_pairs(&args.nft.allow);
+        pods::log_issues(&node_pods);
+        let allowed = pods::allowed_pairs(&node_pods, &args.nft.allow);
         let known = node_pods.known_pairs();
         let metrics = Metrics::new();
         let own = AgentMetrics::register(&metrics);
@@ -631,18 +624,28 @@ impl Agent {
         let shared = Arc::new(Shared {
             enforcer: Mutex::new(enforcer),
             mode,
-            pods_path: args.pods.clone(),
-            rules_path: args.rules.clone(),
             allow: args.nft.allow.clone(),
             control: Mutex::new(None),
             metrics: metrics.clone(),
             own,
             files: Mutex::new(Files {
-                pods: args.pods.as_deref().and_then(stamp),
-                rules: args.rules.as_deref().and_then(stamp),
                 counters: BTreeMap::new(),
             }),
-            pods: Mutex::new(node_pods.pods.clone()),
+            watched: tokio::sync::Mutex::new(reload::Watched {
+                pods: args
+                    .pods
+                    .as_ref()
+                    .map(|p| imdsguard_proxy::files::WatchedFile::new(p, pods_stamp)),
+                rules: match (&args.rules, &rules) {
+                    (Some(p), Some((_, stamp))) => {
+                        Some(imdsguard_proxy::files::WatchedFile::new(p, Some(*stamp)))
+                    }
+                    _ => None,
+                },
+                allow_empty_pods: args.allow_empty_pods,
+                allow_empty_rules: args.allow_empty_rules,
+            }),
+            pods: Mutex::new(node_pods.clone()),
             drops: Mutex::new(drops::DropTracker::default()),
             sinks,
             kube_pods: pod_watch.as_ref().map(imdsguard_kube::PodWatch::subscribe),
@@ -654,7 +657,7 @@ impl Agent {
         };
 
         let proxy = match rules {
-            Some(rules) => {
+            Some((rules, _)) => {
                 let listen = match (args.proxy_listen, config.proxy_v4, config.proxy_v6) {
                     (Some(l), _, _) => l,
                     (None, Some(a), _) => SocketAddr::V4(a),
@@ -667,7 +670,8 @@ impl Agent {
                 };
                 let mut pc = ProxyConfig::new(listen, Upstream::parse(&args.upstream)?);
                 pc.rules = Some(rules);
-                pc.pods = node_pods.index.clone();
+                pc.allow_empty_rules = args.allow_empty_rules;
+                pc.pods = node_pods.clone();
                 pc.metrics = Some(metrics.clone());
                 pc.ready_check = Some(nft_ready.clone());
                 let proxy = Proxy::start(pc).await?;
@@ -715,6 +719,11 @@ impl Agent {
         tasks.push(tokio::spawn(periodic(
             shared.clone(),
             args.check_interval,
+            stop_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(reload::follow_files(
+            shared.clone(),
+            args.check_interval,
             stop_rx,
         )));
         tracing::info!(%mode, allowed = report.allowed, known = report.known, admin = ?admin, "agent running");
@@ -759,6 +768,7 @@ impl Agent {
     pub async fn check_now(&self, forced: bool) {
         let shared = self.shared.clone();
         let _ = tokio::task::spawn_blocking(move || shared.tick(forced)).await;
+        reload::reload_files(&self.shared, forced).await;
     }
 
     /// `--kubernetes`: the node's pods as last watched (`None` before the first list,
@@ -814,7 +824,8 @@ async fn follow_kube_pods(
     }
 }
 
-/// Every `interval`, and on SIGHUP (files reloaded even if unchanged): one round.
+/// Every `interval`, and on SIGHUP: one round of the table check, counters and drops
+/// (the files are [`reload::follow_files`]'s, so a file never holds up the table check).
 async fn periodic(shared: Arc<Shared>, interval: Duration, mut stop: watch::Receiver<bool>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup()).ok();

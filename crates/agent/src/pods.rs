@@ -1,7 +1,6 @@
-//! The agent's pods file: the proxy's pod index ([`PodIndex`]) plus, per pod, the
-//! node-side interface its traffic enters on. The interface is kept here, next to the
-//! index, so that the proxy's format stays as it is: the agent strips `interface` before
-//! handing each entry to [`PodIndex::parse`].
+//! The agent's pods: the core's [`PodIndex`] (one answer to "which pod is this?", see
+//! [`imdsguard_core::pods`]), from the pods file or from Kubernetes. The pods file is
+//! the proxy's, each entry with the node-side interface its traffic enters on:
 //!
 //! ```yaml
 //! - {ip: 10.244.0.10, namespace: platform, name: allowed, interface: azvallowed}
@@ -10,225 +9,39 @@
 //! ```
 //!
 //! A Kubernetes `PodList` works too; there the interface comes from the annotation
-//! `imdsguard.io/interface`. A pod without an interface is known to the proxy but not to
-//! nft: in proxy mode its traffic is dropped (its address cannot be bound to an
-//! interface), which the agent logs.
+//! [`imdsguard_core::pods::INTERFACE_ANNOTATION`]. A pod without an interface is known
+//! to the proxy but not to nft: in proxy mode its traffic is dropped (its address cannot
+//! be bound to an interface), which the agent logs.
 
-use std::net::IpAddr;
-
-use imdsguard_core::access::PodIndex;
 use imdsguard_core::nft::AllowedPair;
+use imdsguard_core::pods::PodIndex;
 use imdsguard_node::AllowSpec;
-use serde_json::Value;
 
-/// The annotation naming a pod's node-side interface in a Kubernetes `PodList`.
-pub const INTERFACE_ANNOTATION: &str = "imdsguard.io/interface";
-
-/// One pod of the node, as the agent sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodePod {
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-    /// The interface its traffic enters the node on (`azv…`, or the bridge), if given.
-    pub interface: Option<String>,
-    /// Its addresses.
-    pub addrs: Vec<IpAddr>,
-}
-
-/// The pods the node hosts: the proxy's index and the (interface, address) pairs.
-#[derive(Debug, Clone, Default)]
-pub struct NodePods {
-    /// The pod index the proxy identifies callers with.
-    pub index: PodIndex,
-    /// Every pod, with its interface.
-    pub pods: Vec<NodePod>,
-}
-
-fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
-    v.get(key).and_then(Value::as_str)
-}
-
-fn addrs_of(entry: &Value) -> Vec<IpAddr> {
-    let mut out: Vec<IpAddr> = Vec::new();
-    if let Some(ip) = str_field(entry, "ip").and_then(|s| s.trim().parse().ok()) {
-        out.push(ip);
-    }
-    if let Some(ips) = entry.get("ips").and_then(Value::as_array) {
-        out.extend(
-            ips.iter()
-                .filter_map(Value::as_str)
-                .filter_map(|s| s.trim().parse::<IpAddr>().ok()),
-        );
-    }
+/// The allow set: the `IFACE=ADDR` entries, and the (interface, owned address) pairs of
+/// the pods named by `NAMESPACE/NAME` entries (pods without an interface cannot be
+/// allowlisted; a finished pod is no pod of the node).
+pub fn allowed_pairs(pods: &PodIndex, specs: &[AllowSpec]) -> Vec<AllowedPair> {
+    let mut out: Vec<AllowedPair> = specs
+        .iter()
+        .filter_map(|s| match s {
+            AllowSpec::Pair(p) => Some(p.clone()),
+            AllowSpec::Pod { .. } => None,
+        })
+        .collect();
+    out.extend(pods.pairs_of(|p| specs.iter().any(|s| s.names_pod(&p.namespace, &p.name))));
+    out.sort();
+    out.dedup();
     out
 }
 
-fn k8s_pod(item: &Value) -> Option<NodePod> {
-    if item
-        .get("kind")
-        .and_then(Value::as_str)
-        .is_some_and(|k| k != "Pod")
-        || item["spec"]["hostNetwork"].as_bool() == Some(true)
-    {
-        return None;
+/// Logs what the pod index left out (address conflicts, bad interfaces) and the pods
+/// without an interface.
+pub fn log_issues(pods: &PodIndex) {
+    for issue in pods.issues() {
+        tracing::warn!(issue = %issue, "pod index: left out");
     }
-    let meta = &item["metadata"];
-    let mut addrs: Vec<IpAddr> = item["status"]["podIPs"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| p["ip"].as_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    if addrs.is_empty()
-        && let Some(ip) = item["status"]["podIP"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-    {
-        addrs.push(ip);
-    }
-    Some(NodePod {
-        namespace: str_field(meta, "namespace").unwrap_or("default").to_owned(),
-        name: str_field(meta, "name")?.to_owned(),
-        interface: meta["annotations"][INTERFACE_ANNOTATION]
-            .as_str()
-            .map(str::to_owned),
-        addrs,
-    })
-}
-
-impl NodePods {
-    /// Reads a pods file (see the module documentation). Errors name the entry.
-    pub fn parse(text: &str) -> Result<NodePods, String> {
-        let value: Value =
-            serde_norway::from_str(text).map_err(|e| format!("not YAML or JSON: {e}"))?;
-        let mut pods = Vec::new();
-        let index_text = match &value {
-            Value::Object(map) if map.get("items").is_some_and(Value::is_array) => {
-                pods.extend(
-                    map["items"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(k8s_pod),
-                );
-                text.to_owned()
-            }
-            _ => {
-                let (mut entries, wrapped) = match value {
-                    Value::Array(items) => (items, false),
-                    Value::Null => (Vec::new(), false),
-                    Value::Object(mut map) => match map.remove("pods") {
-                        Some(Value::Array(items)) => (items, true),
-                        Some(Value::Null) => (Vec::new(), true),
-                        _ => {
-                            return Err(
-                                "expected a list of pods, `pods: [...]`, or a Kubernetes PodList"
-                                    .into(),
-                            );
-                        }
-                    },
-                    _ => {
-                        return Err(
-                            "expected a list of pods, `pods: [...]`, or a Kubernetes PodList"
-                                .into(),
-                        );
-                    }
-                };
-                for (i, entry) in entries.iter_mut().enumerate() {
-                    let interface = match entry.as_object_mut().and_then(|m| m.remove("interface"))
-                    {
-                        None | Some(Value::Null) => None,
-                        Some(Value::String(s)) => Some(s),
-                        Some(other) => {
-                            return Err(format!(
-                                "[{i}]: `interface` must be a string, not {other}"
-                            ));
-                        }
-                    };
-                    pods.push(NodePod {
-                        namespace: str_field(entry, "namespace").unwrap_or("").to_owned(),
-                        name: str_field(entry, "name").unwrap_or("").to_owned(),
-                        interface,
-                        addrs: addrs_of(entry),
-                    });
-                }
-                let stripped = if wrapped {
-                    serde_json::json!({ "pods": entries })
-                } else {
-                    Value::Array(entries)
-                };
-                stripped.to_string()
-            }
-        };
-        let index = PodIndex::parse(&index_text).map_err(|e| e.to_string())?;
-        for p in &pods {
-            if let Some(iface) = &p.interface {
-                for addr in &p.addrs {
-                    AllowedPair::new(iface, *addr)
-                        .map_err(|e| format!("pod {}/{}: {e}", p.namespace, p.name))?;
-                }
-            }
-        }
-        Ok(NodePods { index, pods })
-    }
-
-    /// Every (interface, address) pair of a pod with an interface: the known set.
-    pub fn known_pairs(&self) -> Vec<AllowedPair> {
-        let mut out: Vec<AllowedPair> = self
-            .pods
-            .iter()
-            .filter_map(|p| Some((p.interface.as_deref()?, &p.addrs)))
-            .flat_map(|(iface, addrs)| {
-                addrs
-                    .iter()
-                    .filter_map(move |a| AllowedPair::new(iface, *a).ok())
-            })
-            .collect();
-        out.sort();
-        out.dedup();
-        out
-    }
-
-    /// Pods without an interface (`namespace/name`): not in the known set.
-    pub fn without_interface(&self) -> Vec<String> {
-        self.pods
-            .iter()
-            .filter(|p| p.interface.is_none())
-            .map(|p| format!("{}/{}", p.namespace, p.name))
-            .collect()
-    }
-
-    /// The allow set: the `IFACE=ADDR` entries, and the pairs of the pods named by
-    /// `NAMESPACE/NAME` entries (pods without an interface cannot be allowlisted).
-    pub fn allowed_pairs(&self, specs: &[AllowSpec]) -> Vec<AllowedPair> {
-        let mut out: Vec<AllowedPair> = Vec::new();
-        for spec in specs {
-            match spec {
-                AllowSpec::Pair(p) => out.push(p.clone()),
-                AllowSpec::Pod { .. } => {
-                    for pod in self
-                        .pods
-                        .iter()
-                        .filter(|p| spec.names_pod(&p.namespace, &p.name))
-                    {
-                        if let Some(iface) = &pod.interface {
-                            out.extend(
-                                pod.addrs
-                                    .iter()
-                                    .filter_map(|a| AllowedPair::new(iface, *a).ok()),
-                            );
-                        }
-                    }
-                }
-            }
-        }
-        out.sort();
-        out.dedup();
-        out
+    for p in pods.without_interface() {
+        tracing::warn!(pod = %p, "no interface for this pod: not a known pod (proxy mode drops its traffic)");
     }
 }
 
@@ -249,11 +62,10 @@ mod tests {
 
     #[test]
     fn interfaces_give_the_known_pairs_and_the_index_stays_the_proxys() {
-        let pods = NodePods::parse(FILE).unwrap();
-        assert_eq!(pods.index.len(), 5);
+        let pods = PodIndex::parse(FILE).unwrap();
+        assert_eq!(pods.len(), 5);
         assert_eq!(
-            pods.index
-                .get("10.244.0.11".parse().unwrap())
+            pods.get("10.244.0.11".parse().unwrap())
                 .unwrap()
                 .labels
                 .get("app")
@@ -276,7 +88,7 @@ mod tests {
             imdsguard_node::parse_allow_spec("azvx=10.0.0.9").unwrap(),
         ];
         assert_eq!(
-            pods.allowed_pairs(&specs),
+            allowed_pairs(&pods, &specs),
             [
                 pair("azvallowed", "10.244.0.10"),
                 pair("azvweb", "10.244.0.11"),
@@ -284,7 +96,7 @@ mod tests {
             ]
         );
         let wrapped = format!("pods:\n{}", FILE.replace("\n-", "\n  -"));
-        assert_eq!(NodePods::parse(&wrapped).unwrap().known_pairs().len(), 4);
+        assert_eq!(PodIndex::parse(&wrapped).unwrap().known_pairs().len(), 4);
     }
 
     #[test]
@@ -296,22 +108,29 @@ mod tests {
             "- {ip: nope, namespace: a, name: b}",
             "42",
         ] {
-            assert!(NodePods::parse(bad).is_err(), "{bad}");
+            assert!(PodIndex::parse(bad).is_err(), "{bad}");
         }
-        assert!(NodePods::parse("").unwrap().pods.is_empty());
+        assert!(PodIndex::parse("").unwrap().pods().is_empty());
     }
 
+    /// A finished pod named by `--allow` gets no pair, and the pod that reuses its
+    /// address is the one known.
     #[test]
-    fn kubernetes_lists_take_the_interface_from_an_annotation() {
+    fn a_finished_pod_is_not_allowlisted_and_its_successor_is_known() {
         let list = r#"{"kind": "PodList", "items": [
+          {"metadata": {"name": "migrate", "namespace": "jobs",
+             "annotations": {"imdsguard.io/interface": "azvold"}},
+           "status": {"phase": "Succeeded", "podIP": "10.244.0.11"}},
           {"metadata": {"name": "web", "namespace": "shop",
              "annotations": {"imdsguard.io/interface": "azvweb"}},
-           "status": {"podIP": "10.244.0.11"}},
+           "status": {"phase": "Running", "podIP": "10.244.0.11"}},
           {"metadata": {"name": "ds", "namespace": "kube-system"}, "spec": {"hostNetwork": true},
            "status": {"podIP": "10.224.0.4"}}
         ]}"#;
-        let pods = NodePods::parse(list).unwrap();
+        let pods = PodIndex::parse(list).unwrap();
         assert_eq!(pods.known_pairs(), [pair("azvweb", "10.244.0.11")]);
-        assert_eq!(pods.index.len(), 1);
+        assert_eq!(pods.len(), 1);
+        let specs = [imdsguard_node::parse_allow_spec("jobs/migrate").unwrap()];
+        assert!(allowed_pairs(&pods, &specs).is_empty());
     }
 }

@@ -2,7 +2,7 @@
 //! function.
 //!
 //! A caller is a pod ([`PodInfo`]: namespace, name, labels, service account), found by
-//! its source address in a [`PodIndex`]. A request is what [`crate::imds::validate`]
+//! its source address in a [`PodIndex`] (see [`crate::pods`]: which pod owns an address). A request is what [`crate::imds::validate`]
 //! accepted, after [`crate::canon`] gave it its one spelling. [`AccessRules::evaluate`]
 //! then decides:
 //!
@@ -28,13 +28,12 @@ use std::fmt::{self, Write as _};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::canon::Rejection;
 use crate::imds::{Endpoint, IdentitySelector, ImdsRequest, Method, is_valid_resource, route};
-use crate::model::{LabelSelector, Labels, Operator, Requirement};
+use crate::model::{LabelSelector, Operator, Requirement};
 use crate::token::IMDSGUARD_DENY_ERROR;
 
 /// Rule name of a denial when no rule allows the request.
@@ -84,243 +83,10 @@ pub enum AccessError {
 }
 
 // ---------------------------------------------------------------------------------
-// Pods
+// Pods: who a caller is lives in `crate::pods`.
 // ---------------------------------------------------------------------------------
 
-/// A pod, as the proxy knows its callers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodInfo {
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-    /// Labels.
-    pub labels: Labels,
-    /// Service account (`default` when the pod names none).
-    pub service_account: String,
-}
-
-impl PodInfo {
-    /// `namespace/name`.
-    pub fn id(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-}
-
-/// Pods by address. Addresses compare in canonical form: an IPv4-mapped IPv6 peer
-/// (`::ffff:10.0.0.5`, as a dual-stack listener reports it) finds the IPv4 entry.
-#[derive(Debug, Clone, Default)]
-pub struct PodIndex {
-    by_ip: FxHashMap<IpAddr, Arc<PodInfo>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawPod {
-    #[serde(default)]
-    ip: Option<String>,
-    #[serde(default)]
-    ips: Vec<String>,
-    namespace: String,
-    name: String,
-    #[serde(default)]
-    labels: Labels,
-    #[serde(default, alias = "serviceAccountName")]
-    service_account: Option<String>,
-}
-
-impl PodIndex {
-    /// An empty index (every source is unknown).
-    pub fn new() -> PodIndex {
-        PodIndex::default()
-    }
-
-    /// An index of these pods; an address given twice is an error (two pods cannot be
-    /// told apart by it).
-    pub fn from_pods(
-        pods: impl IntoIterator<Item = (IpAddr, PodInfo)>,
-    ) -> Result<PodIndex, AccessError> {
-        let mut by_ip: FxHashMap<IpAddr, Arc<PodInfo>> = FxHashMap::default();
-        let mut shared: FxHashMap<(String, String), Arc<PodInfo>> = FxHashMap::default();
-        for (ip, pod) in pods {
-            let ip = ip.to_canonical();
-            let key = (pod.namespace.clone(), pod.name.clone());
-            let pod = shared
-                .entry(key)
-                .or_insert_with(|| Arc::new(pod.clone()))
-                .clone();
-            if let Some(other) = by_ip.get(&ip)
-                && other.id() != pod.id()
-            {
-                return Err(AccessError::Pod {
-                    pod: pod.id(),
-                    message: format!(
-                        "address {ip} is also {}'s: a source address must name one pod",
-                        other.id()
-                    ),
-                });
-            }
-            by_ip.insert(ip, pod);
-        }
-        Ok(PodIndex { by_ip })
-    }
-
-    /// Reads a pods file (YAML or JSON): a list of
-    /// `{ip, namespace, name, labels, serviceAccount}` (or `ips: [...]`), the same under
-    /// `pods:`, or a Kubernetes `PodList`/`List` (`kubectl get pods -A -o json`), whose
-    /// hostNetwork pods are skipped (they share the node's address).
-    pub fn parse(text: &str) -> Result<PodIndex, AccessError> {
-        let value: Value = serde_norway::from_str(text)
-            .map_err(|e| AccessError::Parse(format!("not YAML or JSON: {e}")))?;
-        let entries = match value {
-            Value::Array(items) => items,
-            Value::Null => Vec::new(),
-            Value::Object(mut map) => {
-                if let Some(Value::Array(items)) = map.remove("items") {
-                    return PodIndex::from_pods(kubernetes_pods(items)?);
-                }
-                match map.remove("pods") {
-                    Some(Value::Array(items)) => items,
-                    Some(Value::Null) => Vec::new(),
-                    _ => {
-                        return Err(AccessError::Parse(
-                            "expected a list of pods, `pods: [...]`, or a Kubernetes PodList"
-                                .into(),
-                        ));
-                    }
-                }
-            }
-            _ => {
-                return Err(AccessError::Parse(
-                    "expected a list of pods, `pods: [...]`, or a Kubernetes PodList".into(),
-                ));
-            }
-        };
-        let mut pods = Vec::with_capacity(entries.len());
-        for (i, entry) in entries.into_iter().enumerate() {
-            let raw: RawPod = serde_json::from_value(entry).map_err(|e| AccessError::Pod {
-                pod: format!("[{i}]"),
-                message: e.to_string(),
-            })?;
-            let id = format!("{}/{}", raw.namespace, raw.name);
-            if raw.namespace.is_empty() || raw.name.is_empty() {
-                return Err(AccessError::Pod {
-                    pod: format!("[{i}]"),
-                    message: "namespace and name must not be empty".into(),
-                });
-            }
-            let ips: Vec<&String> = raw.ip.iter().chain(&raw.ips).collect();
-            if ips.is_empty() {
-                return Err(AccessError::Pod {
-                    pod: id,
-                    message: "no `ip` (or `ips`)".into(),
-                });
-            }
-            let info = PodInfo {
-                namespace: raw.namespace.clone(),
-                name: raw.name.clone(),
-                labels: raw.labels.clone(),
-                service_account: raw
-                    .service_account
-                    .clone()
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or_else(|| "default".into()),
-            };
-            for ip in ips {
-                let addr: IpAddr = ip.trim().parse().map_err(|_| AccessError::Pod {
-                    pod: id.clone(),
-                    message: format!("`{ip}` is not an IP address"),
-                })?;
-                pods.push((addr, info.clone()));
-            }
-        }
-        PodIndex::from_pods(pods)
-    }
-
-    /// The pod with this source address.
-    pub fn get(&self, ip: IpAddr) -> Option<&Arc<PodInfo>> {
-        self.by_ip.get(&ip.to_canonical())
-    }
-
-    /// How many addresses are known.
-    pub fn len(&self) -> usize {
-        self.by_ip.len()
-    }
-
-    /// Whether no address is known.
-    pub fn is_empty(&self) -> bool {
-        self.by_ip.is_empty()
-    }
-
-    /// Every (address, pod), in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (IpAddr, &Arc<PodInfo>)> {
-        self.by_ip.iter().map(|(ip, pod)| (*ip, pod))
-    }
-}
-
-/// Pods of a Kubernetes list: `metadata.{namespace,name,labels}`,
-/// `spec.serviceAccountName`, `status.podIPs[].ip` (or `status.podIP`); hostNetwork
-/// pods and pods without an address are skipped.
-fn kubernetes_pods(items: Vec<Value>) -> Result<Vec<(IpAddr, PodInfo)>, AccessError> {
-    let mut out = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        if item
-            .get("kind")
-            .and_then(Value::as_str)
-            .is_some_and(|k| k != "Pod")
-        {
-            continue;
-        }
-        let meta = &item["metadata"];
-        let name = meta["name"].as_str().unwrap_or_default();
-        if name.is_empty() {
-            return Err(AccessError::Pod {
-                pod: format!("items[{i}]"),
-                message: "no metadata.name".into(),
-            });
-        }
-        let namespace = meta["namespace"].as_str().unwrap_or("default");
-        if item["spec"]["hostNetwork"].as_bool() == Some(true) {
-            continue;
-        }
-        let labels: Labels = meta["labels"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let service_account = item["spec"]["serviceAccountName"]
-            .as_str()
-            .filter(|s| !s.is_empty())
-            .unwrap_or("default");
-        let status = &item["status"];
-        let mut ips: Vec<&str> = status["podIPs"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|p| p["ip"].as_str()).collect())
-            .unwrap_or_default();
-        if ips.is_empty()
-            && let Some(ip) = status["podIP"].as_str()
-        {
-            ips.push(ip);
-        }
-        let info = PodInfo {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            labels,
-            service_account: service_account.to_string(),
-        };
-        for ip in ips.into_iter().filter(|s| !s.is_empty()) {
-            let addr: IpAddr = ip.parse().map_err(|_| AccessError::Pod {
-                pod: info.id(),
-                message: format!("`{ip}` is not an IP address"),
-            })?;
-            out.push((addr, info.clone()));
-        }
-    }
-    Ok(out)
-}
+pub use crate::pods::{PodIndex, PodInfo};
 
 // ---------------------------------------------------------------------------------
 // Rules
@@ -1734,66 +1500,6 @@ rules:
         // JSON works too.
         let r = AccessRules::parse(r#"{"rules":[{"name":"j","subjects":[{"namespace":"*"}],"paths":["/metadata/versions/"]}]}"#).unwrap();
         assert_eq!(r.rules()[0].paths[0].to_string(), "/metadata/versions");
-    }
-
-    #[test]
-    fn pod_index_formats() {
-        let yaml = r#"
-- ip: 10.244.1.5
-  namespace: payments
-  name: api-7d9
-  labels: {app: api}
-  serviceAccount: api
-- ips: [10.244.1.6, "fd00::6"]
-  namespace: shop
-  name: web
-"#;
-        let idx = PodIndex::parse(yaml).unwrap();
-        assert_eq!(idx.len(), 3);
-        let p = idx.get("10.244.1.5".parse().unwrap()).unwrap();
-        assert_eq!(
-            (p.id(), p.service_account.as_str()),
-            ("payments/api-7d9".into(), "api")
-        );
-        assert_eq!(p.labels.get("app").map(String::as_str), Some("api"));
-        let web = idx.get("::ffff:10.244.1.6".parse().unwrap()).unwrap();
-        assert_eq!(web.service_account, "default");
-        assert!(idx.get("fd00::6".parse().unwrap()).is_some());
-        assert!(idx.get("10.0.0.1".parse().unwrap()).is_none());
-
-        let json =
-            r#"{"pods":[{"ip":"127.0.0.2","namespace":"a","name":"b","serviceAccountName":"sa"}]}"#;
-        assert_eq!(PodIndex::parse(json).unwrap().len(), 1);
-        assert!(PodIndex::parse("").unwrap().is_empty());
-
-        let list = r#"{"kind":"PodList","items":[
-          {"metadata":{"name":"a","namespace":"n","labels":{"x":"y"}},"spec":{"serviceAccountName":"s"},
-           "status":{"podIP":"10.1.0.1","podIPs":[{"ip":"10.1.0.1"},{"ip":"fd00::1"}]}},
-          {"metadata":{"name":"h","namespace":"kube-system"},"spec":{"hostNetwork":true},"status":{"podIP":"10.224.0.4"}},
-          {"metadata":{"name":"pending","namespace":"n"},"spec":{},"status":{}}]}"#;
-        let idx = PodIndex::parse(list).unwrap();
-        assert_eq!(idx.len(), 2);
-        assert_eq!(
-            idx.get("fd00::1".parse().unwrap()).unwrap().service_account,
-            "s"
-        );
-
-        for (bad, want) in [
-            ("[{ip: x, namespace: a, name: b}]", "not an IP address"),
-            ("[{namespace: a, name: b}]", "no `ip`"),
-            (
-                "[{ip: 10.0.0.1, namespace: a, name: b, extra: 1}]",
-                "unknown field",
-            ),
-            (
-                "[{ip: 10.0.0.1, namespace: a, name: b}, {ip: 10.0.0.1, namespace: a, name: c}]",
-                "also a/b's",
-            ),
-            ("42", "expected a list"),
-        ] {
-            let e = PodIndex::parse(bad).expect_err(bad).to_string();
-            assert!(e.contains(want), "{bad}: {e}");
-        }
     }
 
     /// Every bypass attempt of the canonicalisation table is rejected, or decided by the

@@ -7,7 +7,10 @@
 //! - [`audit`] turns all of it into verdicts and findings;
 //! - [`imds`] holds Azure IMDS's protocol rules (endpoints, versions, request validation,
 //!   error bodies), shared by the emulator, the probe and the filtering proxy;
-//! - [`token`] inspects access tokens (claims, fingerprint) without ever keeping one.
+//! - [`token`] inspects access tokens (claims, fingerprint) without ever keeping one;
+//! - [`pods`] answers "which pod is this?" (an address, or an (interface, address)
+//!   pair) for the proxy and the agent, with one policy for finished, hostNetwork,
+//!   dual-stack and reused-address pods.
 //!
 //! Nothing here does IO: callers read files and print reports.
 
@@ -20,5 +23,6 @@ pub mod manifest;
 pub mod model;
 pub mod netpol;
 pub mod nft;
+pub mod pods;
 pub mod target;
 pub mod token;

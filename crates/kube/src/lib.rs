@@ -1,7 +1,10 @@
 //! imdsguard-kube: the Kubernetes glue of the node agent.
 //!
-//! - [`pod`]: a Kubernetes `Pod` as the agent needs it (pure: namespace, name, labels,
-//!   service account, addresses; hostNetwork, finished and address-less pods skipped);
+//! - [`pod`]: a Kubernetes `Pod` as the core's plain pod
+//!   ([`imdsguard_core::pods::NodePod`]: namespace, name, labels, service account,
+//!   addresses, phase, terminating, hostNetwork, the interface annotation), typed, no
+//!   text in between; which pod owns which address is the core's
+//!   [`imdsguard_core::pods::PodIndex`] to decide;
 //! - [`route`]: the node-side interface of a pod address (`ip -j route get ADDR`, a
 //!   pure parser and a cache);
 //! - [`watch`]: a watch of the pods scheduled on one node (`spec.nodeName=NODE`), kept as
@@ -18,9 +21,9 @@ pub mod watch;
 
 pub use events::{BlockedAccess, EventReporter, RateLimit};
 pub use kube::{Client, Config};
-pub use pod::{KubePod, pod_to_info};
+pub use pod::pod_to_node_pod;
 pub use route::{InterfaceResolver, parse_route_dev};
-pub use watch::{NodePodEntry, PodWatch, Snapshot};
+pub use watch::{PodWatch, Snapshot};
 
 /// Why the Kubernetes glue could not start.
 #[derive(Debug, thiserror::Error)]

@@ -1,81 +1,76 @@
-//! A Kubernetes `Pod` as the agent needs it (pure, no IO).
+//! A Kubernetes `Pod` as the core's plain pod ([`NodePod`]), straight from the typed
+//! object (pure, no IO, no text in between). Which pod owns which address is not
+//! decided here: [`imdsguard_core::pods::PodIndex::from_pods`] does, with the same
+//! policy as for a pods file.
 
 use std::net::IpAddr;
 
-use imdsguard_core::access::PodInfo;
+use imdsguard_core::pods::{
+    INTERFACE_ANNOTATION, NodePod, PodInfo, PodPhase, service_account_or_default,
+};
 use k8s_openapi::api::core::v1::Pod;
 
-/// The annotation naming a pod's node-side interface (as in the agent's pods file); when
-/// set it wins over the route lookup.
-pub const INTERFACE_ANNOTATION: &str = "imdsguard.io/interface";
-
-/// A pod of the node, as the agent's pod index and nft sets need it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KubePod {
-    /// Namespace, name, labels and service account (the proxy's view).
-    pub info: PodInfo,
-    /// The pod's UID (the Events' `involvedObject`), when the API gave one.
-    pub uid: Option<String>,
-    /// Its addresses (`status.podIPs`, else `status.podIP`), deduplicated, in order.
-    pub addrs: Vec<IpAddr>,
-    /// The `imdsguard.io/interface` annotation, if set.
-    pub interface_annotation: Option<String>,
-}
-
-/// The agent's view of `pod`, or `None` for a pod it has nothing to do with: a
-/// hostNetwork pod (it shares the node's address), a pod without an address yet, a
-/// finished pod (`Succeeded` / `Failed`: its address may already be another pod's), or
-/// a pod without a name.
-pub fn pod_to_info(pod: &Pod) -> Option<KubePod> {
+/// The core's view of `pod`: namespace (`default` when unset), name, labels, service
+/// account, UID, phase, whether it is terminating (`deletionTimestamp`), hostNetwork,
+/// its addresses (`status.podIPs`, then `status.podIP`; an unparsable one is logged and
+/// left out) and the [`INTERFACE_ANNOTATION`]. `None` only for a pod without a name.
+pub fn pod_to_node_pod(pod: &Pod) -> Option<NodePod> {
+    let meta = &pod.metadata;
+    let name = meta.name.as_deref().filter(|n| !n.is_empty())?;
+    let namespace = meta
+        .namespace
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .unwrap_or("default");
     let spec = pod.spec.as_ref();
-    if spec.and_then(|s| s.host_network) == Some(true) {
-        return None;
-    }
-    let status = pod.status.as_ref()?;
-    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
-        return None;
-    }
+    let status = pod.status.as_ref();
+    let info = PodInfo {
+        labels: meta.labels.clone().unwrap_or_default(),
+        service_account: service_account_or_default(
+            spec.and_then(|s| s.service_account_name.as_deref()),
+        ),
+        ..PodInfo::new(namespace, name)
+    };
+    let listed = status
+        .and_then(|s| s.pod_ips.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|p| p.ip.as_str());
+    let single = status.and_then(|s| s.pod_ip.as_deref());
     let mut addrs: Vec<IpAddr> = Vec::new();
-    let listed = status.pod_ips.iter().flatten().map(|p| p.ip.as_str());
-    for ip in listed.chain(status.pod_ip.as_deref()) {
-        if let Ok(a) = ip.trim().parse::<IpAddr>()
-            && !addrs.contains(&a)
-        {
-            addrs.push(a);
+    for ip in listed.chain(single).filter(|s| !s.is_empty()) {
+        match ip.trim().parse() {
+            Ok(a) => addrs.push(a),
+            Err(_) => {
+                tracing::warn!(pod = %info.id(), address = ip, "not an IP address: left out");
+            }
         }
     }
-    if addrs.is_empty() {
-        return None;
-    }
-    let meta = &pod.metadata;
-    let service_account = spec
-        .and_then(|s| s.service_account_name.clone())
+    let mut out = NodePod::new(info, addrs);
+    out.uid = meta.uid.clone();
+    out.phase = PodPhase::parse(status.and_then(|s| s.phase.as_deref()));
+    out.terminating = meta.deletion_timestamp.is_some();
+    out.host_network = spec.and_then(|s| s.host_network) == Some(true);
+    out.interface = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(INTERFACE_ANNOTATION))
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "default".to_owned());
-    Some(KubePod {
-        info: PodInfo {
-            namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
-            name: meta.name.clone()?,
-            labels: meta.labels.clone().unwrap_or_default(),
-            service_account,
-        },
-        uid: meta.uid.clone(),
-        addrs,
-        interface_annotation: meta
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(INTERFACE_ANNOTATION))
-            .filter(|s| !s.is_empty())
-            .cloned(),
-    })
+        .cloned();
+    Some(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use imdsguard_core::pods::PodIndex;
 
     fn pod(json: serde_json::Value) -> Pod {
         serde_json::from_value(json).unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
     }
 
     #[test]
@@ -88,19 +83,15 @@ mod tests {
             "status": {"phase": "Running", "podIP": "10.244.0.11",
                        "podIPs": [{"ip": "10.244.0.11"}, {"ip": "fd00::11"}]}
         }));
-        let k = pod_to_info(&p).unwrap();
-        assert_eq!(k.info.id(), "shop/web");
+        let k = pod_to_node_pod(&p).unwrap();
+        assert_eq!(k.id(), "shop/web");
         assert_eq!(k.info.service_account, "web-sa");
         assert_eq!(k.info.labels.get("app").map(String::as_str), Some("web"));
         assert_eq!(k.uid.as_deref(), Some("u-1"));
-        assert_eq!(
-            k.addrs,
-            [
-                "10.244.0.11".parse::<IpAddr>().unwrap(),
-                "fd00::11".parse().unwrap()
-            ]
-        );
-        assert_eq!(k.interface_annotation.as_deref(), Some("azvweb"));
+        assert_eq!(k.addrs, [ip("10.244.0.11"), ip("fd00::11")]);
+        assert_eq!(k.interface.as_deref(), Some("azvweb"));
+        assert_eq!(k.phase, PodPhase::Running);
+        assert!(k.claims_addresses() && !k.terminating && !k.host_network);
     }
 
     #[test]
@@ -110,48 +101,75 @@ mod tests {
             "spec": {"containers": []},
             "status": {"phase": "Pending", "podIP": "10.244.0.12"}
         }));
-        let k = pod_to_info(&p).unwrap();
-        assert_eq!(k.info.id(), "default/api");
+        let k = pod_to_node_pod(&p).unwrap();
+        assert_eq!(k.id(), "default/api");
         assert_eq!(k.info.service_account, "default");
-        assert!(k.info.labels.is_empty() && k.uid.is_none() && k.interface_annotation.is_none());
-        assert_eq!(k.addrs, ["10.244.0.12".parse::<IpAddr>().unwrap()]);
+        assert!(k.info.labels.is_empty() && k.uid.is_none() && k.interface.is_none());
+        assert_eq!(k.addrs, [ip("10.244.0.12")]);
+        assert!(pod_to_node_pod(&pod(serde_json::json!({"metadata": {}}))).is_none());
     }
 
     #[test]
-    fn skipped_pods() {
-        for (why, json) in [
+    fn the_policy_facts_are_carried_to_the_core() {
+        for (why, json, claims) in [
             (
                 "hostNetwork",
                 serde_json::json!({"metadata": {"name": "ds", "namespace": "kube-system"},
                     "spec": {"containers": [], "hostNetwork": true},
                     "status": {"phase": "Running", "podIP": "10.224.0.4"}}),
-            ),
-            (
-                "no address yet",
-                serde_json::json!({"metadata": {"name": "new", "namespace": "a"},
-                    "spec": {"containers": []}, "status": {"phase": "Pending"}}),
-            ),
-            (
-                "no status",
-                serde_json::json!({"metadata": {"name": "new", "namespace": "a"}}),
+                false,
             ),
             (
                 "succeeded",
                 serde_json::json!({"metadata": {"name": "job", "namespace": "a"},
                     "status": {"phase": "Succeeded", "podIP": "10.244.0.13"}}),
+                false,
             ),
             (
                 "failed",
                 serde_json::json!({"metadata": {"name": "job", "namespace": "a"},
                     "status": {"phase": "Failed", "podIP": "10.244.0.13"}}),
+                false,
             ),
             (
-                "unparsable address",
-                serde_json::json!({"metadata": {"name": "x", "namespace": "a"},
-                    "status": {"phase": "Running", "podIP": "nope"}}),
+                "terminating",
+                serde_json::json!({"metadata": {"name": "t", "namespace": "a",
+                        "deletionTimestamp": "2024-05-01T10:00:00Z"},
+                    "status": {"phase": "Running", "podIP": "10.244.0.14"}}),
+                true,
+            ),
+            (
+                "no status",
+                serde_json::json!({"metadata": {"name": "new", "namespace": "a"}}),
+                true,
             ),
         ] {
-            assert_eq!(pod_to_info(&pod(json)), None, "{why}");
+            let k = pod_to_node_pod(&pod(json)).unwrap();
+            assert_eq!(k.claims_addresses(), claims, "{why}");
         }
+        let bad = pod(
+            serde_json::json!({"metadata": {"name": "x", "namespace": "a"},
+            "status": {"phase": "Running", "podIP": "nope"}}),
+        );
+        assert!(pod_to_node_pod(&bad).unwrap().addrs.is_empty());
+    }
+
+    /// The typed path and the text path give the same answer for the reported case: a
+    /// completed Job pod and the running pod that reuses its address.
+    #[test]
+    fn a_completed_pod_and_its_successor_from_the_api() {
+        let job = pod(serde_json::json!({
+            "metadata": {"name": "migrate-28xk2", "namespace": "jobs"},
+            "spec": {"containers": [], "restartPolicy": "Never"},
+            "status": {"phase": "Succeeded", "podIP": "10.244.1.7", "podIPs": [{"ip": "10.244.1.7"}]}
+        }));
+        let api = pod(serde_json::json!({
+            "metadata": {"name": "api", "namespace": "payments"},
+            "spec": {"containers": [], "serviceAccountName": "api"},
+            "status": {"phase": "Running", "podIP": "10.244.1.7", "podIPs": [{"ip": "10.244.1.7"}]}
+        }));
+        let idx = PodIndex::from_pods([&job, &api].into_iter().filter_map(pod_to_node_pod));
+        assert_eq!(idx.get(ip("10.244.1.7")).unwrap().id(), "payments/api");
+        assert!(idx.issues().is_empty());
     }
 }

@@ -12,33 +12,30 @@ use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use imdsguard_core::pods::NodePod;
+
 use crate::Client;
-use crate::pod::{KubePod, pod_to_info};
+use crate::pod::pod_to_node_pod;
 use crate::route::InterfaceResolver;
 
-/// One pod of the node with its interface.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodePodEntry {
-    /// The pod.
-    pub pod: KubePod,
-    /// Its node-side interface: the `imdsguard.io/interface` annotation, else the route
-    /// to its first address that resolves; `None` when neither gives one.
-    pub interface: Option<String>,
-}
-
-/// The node's pods as last listed and watched, by namespace and name.
+/// The node's pods as last listed and watched, by namespace and name: every pod the API
+/// listed (finished and hostNetwork ones too: the core's
+/// [`imdsguard_core::pods::PodIndex::from_pods`] decides who owns which address), each
+/// with its node-side interface: the `imdsguard.io/interface` annotation, else the
+/// route to its first address that resolves (looked up only for pods that may own
+/// addresses); `None` when neither gives one.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// The pods, ordered by namespace and name.
-    pub pods: Vec<NodePodEntry>,
+    pub pods: Vec<NodePod>,
 }
 
 impl Snapshot {
     /// The pod `namespace/name`.
-    pub fn get(&self, namespace: &str, name: &str) -> Option<&NodePodEntry> {
+    pub fn get(&self, namespace: &str, name: &str) -> Option<&NodePod> {
         self.pods
             .iter()
-            .find(|p| p.pod.info.namespace == namespace && p.pod.info.name == name)
+            .find(|p| p.info.namespace == namespace && p.info.name == name)
     }
 }
 
@@ -89,12 +86,12 @@ impl PodWatch {
     }
 }
 
-fn upsert(map: &mut BTreeMap<Key, KubePod>, pod: &Pod) {
+fn upsert(map: &mut BTreeMap<Key, NodePod>, pod: &Pod) {
     let key = (
         pod.metadata.namespace.clone().unwrap_or_default(),
         pod.metadata.name.clone().unwrap_or_default(),
     );
-    match pod_to_info(pod) {
+    match pod_to_node_pod(pod) {
         Some(p) => {
             map.insert(key, p);
         }
@@ -104,7 +101,7 @@ fn upsert(map: &mut BTreeMap<Key, KubePod>, pod: &Pod) {
     }
 }
 
-fn remove(map: &mut BTreeMap<Key, KubePod>, pod: &Pod) {
+fn remove(map: &mut BTreeMap<Key, NodePod>, pod: &Pod) {
     map.remove(&(
         pod.metadata.namespace.clone().unwrap_or_default(),
         pod.metadata.name.clone().unwrap_or_default(),
@@ -112,21 +109,22 @@ fn remove(map: &mut BTreeMap<Key, KubePod>, pod: &Pod) {
 }
 
 /// Resolves the interfaces (blocking: `ip route get`) and builds the snapshot.
-fn snapshot(pods: &BTreeMap<Key, KubePod>, resolver: &mut InterfaceResolver) -> Snapshot {
+fn snapshot(pods: &BTreeMap<Key, NodePod>, resolver: &mut InterfaceResolver) -> Snapshot {
     let live: HashSet<_> = pods
         .values()
+        .filter(|p| p.claims_addresses())
         .flat_map(|p| p.addrs.iter().copied())
         .collect();
     resolver.retain(|a| live.contains(a));
     Snapshot {
         pods: pods
             .values()
-            .map(|p| NodePodEntry {
-                interface: p
-                    .interface_annotation
-                    .clone()
-                    .or_else(|| resolver.resolve(&p.addrs)),
-                pod: p.clone(),
+            .map(|p| {
+                let mut p = p.clone();
+                if p.interface.is_none() && p.claims_addresses() {
+                    p.interface = resolver.resolve(&p.addrs);
+                }
+                p
             })
             .collect(),
     }
@@ -140,8 +138,8 @@ async fn run(
     tx: watch::Sender<Option<Arc<Snapshot>>>,
 ) {
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
-    let mut pods: BTreeMap<Key, KubePod> = BTreeMap::new();
-    let mut init: Option<BTreeMap<Key, KubePod>> = None;
+    let mut pods: BTreeMap<Key, NodePod> = BTreeMap::new();
+    let mut init: Option<BTreeMap<Key, NodePod>> = None;
     let mut listed = false;
     while let Some(event) = stream.next().await {
         let changed = match event {
