@@ -5,20 +5,18 @@
 //!
 //! The namespace comes from [`imdsguard_testkit::Netns`], which checks that each run sees
 //! no interface but `lo` and is not in the test's namespace before starting anything.
-//! When no namespace can be made, or python3 (the fake IMDS) is missing, the tests skip
-//! (and say why), except under `CI=true`, where they fail.
+//! The tests that run the probe are `#[ignore = "needs netns"]`; when no namespace can
+//! be made, or python3 (the fake IMDS) is missing, they fail and say why.
 //!
 //! No test runs the probe against its default endpoint: every run names `--endpoint`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use imdsguard_testkit::Netns;
+use imdsguard_testkit::{Netns, require};
 use serde_json::Value;
 
 const PROBE: &str = env!("CARGO_BIN_EXE_imdsguard-probe");
@@ -41,34 +39,11 @@ const MIRID: &str = "/subscriptions/00000000-1111-4222-8333-444444444444/resourc
 // ---------------------------------------------------------------------------------------
 // What a run needs: an isolated namespace and python3
 
-/// Why python3 cannot run the fake IMDS here, if it cannot.
-fn python3_missing() -> &'static Option<String> {
-    static MISSING: OnceLock<Option<String>> = OnceLock::new();
-    MISSING.get_or_init(|| match Command::new("python3").arg("--version").output() {
-        Ok(out) if out.status.success() => None,
-        Ok(out) => Some(format!(
-            "`python3 --version` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Err(e) => Some(format!("cannot run python3: {e}")),
-    })
-}
-
-/// The isolated namespace, or `None` after saying why the test is skipped: no namespace
-/// (see [`Netns::or_skip`]) or no python3 for the fake IMDS. Both fail under `CI=true`.
-fn namespace_or_skip(test: &str) -> Option<&'static Netns> {
-    let netns = Netns::or_skip(test)?;
-    match python3_missing() {
-        None => Some(netns),
-        Some(why) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{test}: python3 (the fake IMDS) is missing under CI=true: {why}")
-        }
-        Some(why) => {
-            eprintln!("{test}: skipped: python3 (the fake IMDS) is missing: {why}");
-            None
-        }
-    }
+/// The isolated namespace, or a panic failing `test` when there is none or no python3
+/// (the fake IMDS) to run in it.
+fn namespace(test: &str) -> &'static Netns {
+    require(test, &["python3"]);
+    Netns::require(test)
 }
 
 /// `text` as one shell word.
@@ -140,13 +115,12 @@ exit "$rc"
 "#;
 
 /// Runs `imdsguard-probe ARGS` in a fresh loopback-only namespace beside the fake IMDS.
-/// `None` when the test is skipped.
-fn probe(test: &str, token: &str, args: &[&str]) -> Option<Run> {
+fn probe(test: &str, token: &str, args: &[&str]) -> Run {
     assert!(
         args.contains(&"--endpoint"),
         "every test names --endpoint: the default one is never probed"
     );
-    let netns = namespace_or_skip(test)?;
+    let netns = namespace(test);
     let scratch = Scratch::new();
     let quoted: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
     let script = format!("set -- {}\n{SCRIPT}", quoted.join(" "));
@@ -176,7 +150,7 @@ fn probe(test: &str, token: &str, args: &[&str]) -> Option<Run> {
         run.stdout,
         run.stderr
     );
-    Some(run)
+    run
 }
 
 fn read_requests(dir: &Path) -> Vec<Value> {
@@ -266,13 +240,12 @@ fn open_args() -> Vec<&'static str> {
 }
 
 #[test]
+#[ignore = "needs netns"]
 fn an_open_endpoint_is_walked_to_the_end_and_reported_in_json() {
     let token = token();
     let mut args = open_args();
     args.extend(["--format", "json"]);
-    let Some(run) = probe("open_json", &token, &args) else {
-        return;
-    };
+    let run = probe("open_json", &token, &args);
     assert_eq!(
         run.code, 1,
         "something sensitive is reachable\n{}",
@@ -440,11 +413,10 @@ fn an_open_endpoint_is_walked_to_the_end_and_reported_in_json() {
 }
 
 #[test]
+#[ignore = "needs netns"]
 fn an_open_endpoint_reads_well_as_text() {
     let token = token();
-    let Some(run) = probe("open_text", &token, &open_args()) else {
-        return;
-    };
+    let run = probe("open_text", &token, &open_args());
     assert_eq!(run.code, 1);
     assert_token_hidden(&run, &token);
     let text = &run.stdout;
@@ -479,14 +451,13 @@ fn an_open_endpoint_reads_well_as_text() {
 }
 
 #[test]
+#[ignore = "needs netns"]
 fn several_identities_without_selector_is_identity_required_not_an_error() {
-    let Some(run) = probe(
+    let run = probe(
         "identity_required",
         &token(),
         &["--endpoint", SEVERAL_IDENTITIES, "--format", "json"],
-    ) else {
-        return;
-    };
+    );
     assert_eq!(run.code, 1, "the kubelet identity's token is reachable");
     let report = run.json();
     for resource in ["https://management.azure.com/", "https://vault.azure.net"] {
@@ -512,14 +483,13 @@ fn several_identities_without_selector_is_identity_required_not_an_error() {
 }
 
 #[test]
+#[ignore = "needs netns"]
 fn an_explicit_endpoint_leaves_the_real_wireserver_alone() {
-    let Some(run) = probe(
+    let run = probe(
         "wireserver_not_checked",
         &token(),
         &["--endpoint", OPEN, "--format", "json"],
-    ) else {
-        return;
-    };
+    );
     let report = run.json();
     for name in ["wireserver-goalstate", "hostgaplugin-vmsettings"] {
         let step = step(&report, name);
@@ -532,14 +502,13 @@ fn an_explicit_endpoint_leaves_the_real_wireserver_alone() {
 }
 
 #[test]
+#[ignore = "needs netns"]
 fn an_imdsguard_denial_is_recognised() {
-    let Some(run) = probe(
+    let run = probe(
         "imdsguard_denial",
         &token(),
         &["--endpoint", DENYING, "--format", "json"],
-    ) else {
-        return;
-    };
+    );
     assert_eq!(run.code, 0, "nothing sensitive behind imdsguard");
     let report = run.json();
     assert_eq!(step(&report, "tcp-connect")["class"], "reachable");
@@ -562,14 +531,13 @@ fn an_imdsguard_denial_is_recognised() {
 }
 
 #[test]
+#[ignore = "needs netns"]
 fn a_refused_connection_is_blocked_refused() {
-    let Some(run) = probe(
+    let run = probe(
         "refused",
         &token(),
         &["--endpoint", CLOSED, "--format", "json"],
-    ) else {
-        return;
-    };
+    );
     assert_eq!(run.code, 0);
     let report = run.json();
     let tcp = step(&report, "tcp-connect");
@@ -583,8 +551,9 @@ fn a_refused_connection_is_blocked_refused() {
 }
 
 #[test]
+#[ignore = "needs netns"]
 fn a_dropped_connection_is_blocked_timeout() {
-    let Some(run) = probe(
+    let run = probe(
         "connect_timeout",
         &token(),
         &[
@@ -595,9 +564,7 @@ fn a_dropped_connection_is_blocked_timeout() {
             "--format",
             "json",
         ],
-    ) else {
-        return;
-    };
+    );
     assert_eq!(run.code, 0);
     let report = run.json();
     let tcp = step(&report, "tcp-connect");
@@ -613,8 +580,9 @@ fn a_dropped_connection_is_blocked_timeout() {
 }
 
 #[test]
+#[ignore = "needs netns"]
 fn an_endpoint_that_never_answers_is_blocked_timeout() {
-    let Some(run) = probe(
+    let run = probe(
         "answer_timeout",
         &token(),
         &[
@@ -625,9 +593,7 @@ fn an_endpoint_that_never_answers_is_blocked_timeout() {
             "--format",
             "json",
         ],
-    ) else {
-        return;
-    };
+    );
     assert_eq!(run.code, 0);
     let report = run.json();
     assert_eq!(step(&report, "tcp-connect")["class"], "reachable");
@@ -652,14 +618,13 @@ fn an_endpoint_that_never_answers_is_blocked_timeout() {
 }
 
 #[test]
+#[ignore = "needs netns"]
 fn a_reset_connection_is_blocked_refused() {
-    let Some(run) = probe(
+    let run = probe(
         "reset",
         &token(),
         &["--endpoint", RESETTING, "--format", "json"],
-    ) else {
-        return;
-    };
+    );
     assert_eq!(run.code, 0);
     let report = run.json();
     assert_eq!(step(&report, "tcp-connect")["class"], "reachable");
@@ -669,6 +634,7 @@ fn a_reset_connection_is_blocked_refused() {
 }
 
 #[test]
+#[ignore = "needs netns"]
 fn usage_errors_exit_2_without_probing() {
     for args in [
         &["--endpoint", "https://127.0.0.1:18080"][..],
@@ -677,9 +643,7 @@ fn usage_errors_exit_2_without_probing() {
         &["--endpoint", OPEN, "--format", "yaml"],
         &["--endpoint", OPEN, "--no-such-flag"],
     ] {
-        let Some(run) = probe("usage", &token(), args) else {
-            return;
-        };
+        let run = probe("usage", &token(), args);
         assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
         assert!(run.stdout.is_empty(), "{args:?}");
         assert!(!run.stderr.is_empty(), "{args:?}");
