@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-pub use report::{LabReport, Phase, PhaseResult, PodInfo, Row};
+pub use report::{LabPod, LabReport, Phase, PhaseResult, Row};
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]

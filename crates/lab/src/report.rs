@@ -44,7 +44,7 @@ impl Phase {
 
 /// One pod of the lab.
 #[derive(Debug, Clone, Serialize)]
-pub struct PodInfo {
+pub struct LabPod {
     /// Its name (`node` for the node itself).
     pub name: String,
     /// Its address.
@@ -155,7 +155,7 @@ pub struct PhaseResult {
 #[derive(Debug, Clone, Serialize)]
 pub struct LabReport {
     /// The pods (and the node).
-    pub pods: Vec<PodInfo>,
+    pub pods: Vec<LabPod>,
     /// The phases, in the order run.
     pub phases: Vec<PhaseResult>,
     /// `--bench-allow`: allow-set change latencies.
@@ -166,7 +166,7 @@ pub struct LabReport {
 }
 
 /// What a phase should show for a pod; `None` when nothing is asserted.
-pub(crate) fn check(phase: Phase, info: &PodInfo, row: &Row) -> Vec<String> {
+pub(crate) fn check(phase: Phase, info: &LabPod, row: &Row) -> Vec<String> {
     let mut out = Vec::new();
     let who = &info.name;
     if !row.azure_dns {

@@ -20,7 +20,7 @@ use imdsguard_probe::{
 };
 use tokio::sync::oneshot;
 
-use crate::report::{LabReport, Phase, PhaseResult, PodInfo, Row, check};
+use crate::report::{LabPod, LabReport, Phase, PhaseResult, Row, check};
 use crate::{Format, LabArgs, LabError, LabExit};
 
 /// The pod whose (interface, address) pair is allowlisted.
@@ -222,8 +222,8 @@ fn probe_all(sandbox: &Sandbox, connect_timeout: Duration) -> Result<Vec<Row>, L
     Ok(rows)
 }
 
-fn pod_infos(sandbox: &Sandbox, allowed: &[AllowedPair], known: &[AllowedPair]) -> Vec<PodInfo> {
-    let mut out: Vec<PodInfo> = sandbox
+fn pod_infos(sandbox: &Sandbox, allowed: &[AllowedPair], known: &[AllowedPair]) -> Vec<LabPod> {
+    let mut out: Vec<LabPod> = sandbox
         .pods()
         .iter()
         .map(|p| {
@@ -237,7 +237,7 @@ fn pod_infos(sandbox: &Sandbox, allowed: &[AllowedPair], known: &[AllowedPair]) 
                 (_, Attach::Bridged) => format!("kubenet pod on bridge {}", sandbox::BRIDGE),
                 _ => "ordinary pod (Azure CNI)".to_owned(),
             };
-            PodInfo {
+            LabPod {
                 name: s.name.clone(),
                 address: s.addr.to_string(),
                 allowlisted: allowed
@@ -255,7 +255,7 @@ fn pod_infos(sandbox: &Sandbox, allowed: &[AllowedPair], known: &[AllowedPair]) 
             }
         })
         .collect();
-    out.push(PodInfo {
+    out.push(LabPod {
         name: "node".into(),
         address: NODE_ADDR.to_string(),
         interface: "(the node itself)".into(),
