@@ -191,6 +191,9 @@ pub struct CanonicalTarget {
     /// The canonical query (names lower-cased, values re-encoded), without `?`; `None`
     /// when there are no parameters.
     pub query: Option<String>,
+    /// The same parameters decoded, in order: (lower-case name, value). What
+    /// [`crate::imds::validate_canonical`] reads, so that the query is decoded once.
+    pub params: Vec<(String, String)>,
     /// The endpoint.
     pub endpoint: Endpoint,
     /// For the instance document, the sub-path segments as sent (case kept).
@@ -274,9 +277,9 @@ impl Canonicalizer {
             );
         }
         let segments = self.path_segments(raw_path)?;
-        let query = match raw_query {
+        let (query, params) = match raw_query {
             Some(q) => self.query(q)?,
-            None => None,
+            None => (None, Vec::new()),
         };
 
         let lower: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
@@ -304,6 +307,7 @@ impl Canonicalizer {
         Ok(CanonicalTarget {
             path,
             query,
+            params,
             endpoint,
             instance_path,
         })
@@ -385,8 +389,10 @@ impl Canonicalizer {
         Ok(segments)
     }
 
-    /// The canonical query: pieces in order, names lower-cased, values re-encoded.
-    fn query(&self, raw: &str) -> Result<Option<String>, Rejection> {
+    /// The canonical query (pieces in order, names lower-cased, values re-encoded) and
+    /// the decoded pairs.
+    #[allow(clippy::type_complexity)]
+    fn query(&self, raw: &str) -> Result<(Option<String>, Vec<(String, String)>), Rejection> {
         if raw.len() > self.limits.max_query {
             return reject(
                 RejectKind::TooLong,
@@ -403,10 +409,10 @@ impl Canonicalizer {
                 "the query has a `;` (a parameter separator for some parsers)",
             );
         }
-        let mut names: Vec<String> = Vec::new();
+        let mut pairs: Vec<(String, String)> = Vec::new();
         let mut out = String::with_capacity(raw.len() + 16);
         for piece in raw.split('&').filter(|p| !p.is_empty()) {
-            if names.len() == self.limits.max_params {
+            if pairs.len() == self.limits.max_params {
                 return reject(
                     RejectKind::TooLong,
                     format!("more than {} query parameters", self.limits.max_params),
@@ -434,7 +440,7 @@ impl Canonicalizer {
                 );
             }
             let name = name.to_ascii_lowercase();
-            if names.contains(&name) {
+            if pairs.iter().any(|(n, _)| *n == name) {
                 return reject(
                     RejectKind::RepeatedParameter,
                     format!("query parameter `{name}` is given more than once"),
@@ -466,9 +472,9 @@ impl Canonicalizer {
             out.push_str(&name);
             out.push('=');
             encode_value(&value, &mut out);
-            names.push(name);
+            pairs.push((name, value));
         }
-        Ok((!out.is_empty()).then_some(out))
+        Ok(((!out.is_empty()).then_some(out), pairs))
     }
 
     /// Checks header fields: count, total size, names of token characters, values of
@@ -573,65 +579,59 @@ fn decode_segment(raw: &str) -> Result<String, Rejection> {
     if raw == "." || raw == ".." {
         return reject(RejectKind::DotSegment, format!("a `{raw}` path segment"));
     }
-    let bytes = raw.as_bytes();
     let mut out = String::with_capacity(raw.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b == b'%' {
-            let (Some(h), Some(l)) = (
-                bytes.get(i + 1).copied().and_then(hex),
-                bytes.get(i + 2).copied().and_then(hex),
-            ) else {
+    for piece in pieces(raw, false) {
+        match piece {
+            Piece::BadEscape(_) => {
                 return reject(
                     RejectKind::BadEscape,
                     format!("an invalid escape in path segment `{}`", shorten(raw, 32)),
                 );
-            };
-            let d = h << 4 | l;
-            let kind = match d {
-                b'/' => RejectKind::EncodedSlash,
-                b'\\' => RejectKind::Backslash,
-                b'.' => RejectKind::EncodedDot,
-                b'%' => RejectKind::DoubleEncoding,
-                0x00..=0x1f | 0x7f => RejectKind::ControlChar,
-                0x80.. => RejectKind::NonAscii,
-                b';' => RejectKind::Semicolon,
-                b'#' => RejectKind::Fragment,
-                d if is_segment_byte(d) => {
-                    out.push(d as char);
-                    i += 3;
-                    continue;
+            }
+            Piece::Escaped(d, at) => {
+                let kind = match d {
+                    b'/' => RejectKind::EncodedSlash,
+                    b'\\' => RejectKind::Backslash,
+                    b'.' => RejectKind::EncodedDot,
+                    b'%' => RejectKind::DoubleEncoding,
+                    0x00..=0x1f | 0x7f => RejectKind::ControlChar,
+                    0x80.. => RejectKind::NonAscii,
+                    b';' => RejectKind::Semicolon,
+                    b'#' => RejectKind::Fragment,
+                    d if is_segment_byte(d) => {
+                        out.push(d as char);
+                        continue;
+                    }
+                    _ => RejectKind::DisallowedEscape,
+                };
+                return reject(
+                    kind,
+                    format!(
+                        "escape {} ({kind}) in path segment `{}`",
+                        &raw[at..at + 3],
+                        shorten(raw, 32)
+                    ),
+                );
+            }
+            Piece::Raw(b) => {
+                if !is_segment_byte(b) {
+                    let kind = match b {
+                        b';' => RejectKind::Semicolon,
+                        b'#' => RejectKind::Fragment,
+                        _ => RejectKind::DisallowedChar,
+                    };
+                    return reject(
+                        kind,
+                        format!(
+                            "character `{}` in path segment `{}`",
+                            b as char,
+                            shorten(raw, 32)
+                        ),
+                    );
                 }
-                _ => RejectKind::DisallowedEscape,
-            };
-            return reject(
-                kind,
-                format!(
-                    "escape %{}{} ({kind}) in path segment `{}`",
-                    bytes[i + 1] as char,
-                    bytes[i + 2] as char,
-                    shorten(raw, 32)
-                ),
-            );
+                out.push(b as char);
+            }
         }
-        if !is_segment_byte(b) {
-            let kind = match b {
-                b';' => RejectKind::Semicolon,
-                b'#' => RejectKind::Fragment,
-                _ => RejectKind::DisallowedChar,
-            };
-            return reject(
-                kind,
-                format!(
-                    "character `{}` in path segment `{}`",
-                    b as char,
-                    shorten(raw, 32)
-                ),
-            );
-        }
-        out.push(b as char);
-        i += 1;
     }
     Ok(out)
 }
@@ -655,35 +655,58 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
+/// One piece of a percent-encoded string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Piece {
+    /// A byte as written (`+` already read as a space in form decoding).
+    Raw(u8),
+    /// The byte of a `%XX` escape, and the escape's offset.
+    Escaped(u8, usize),
+    /// A `%` not followed by two hex digits, at this offset.
+    BadEscape(usize),
+}
+
+/// The one percent-decoder of the crate: `raw` read as escapes and raw bytes (with
+/// `form`, `+` is a space, as in `application/x-www-form-urlencoded`). Callers decide
+/// what an invalid escape means: the proxy's canonicaliser rejects it, the emulator's
+/// lenient IMDS reading ([`crate::imds::Query::parse`]) keeps it as written.
+pub(crate) fn pieces(raw: &str, form: bool) -> impl Iterator<Item = Piece> + '_ {
+    let bytes = raw.as_bytes();
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let b = *bytes.get(i)?;
+        let at = i;
+        if b == b'%' {
+            if let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) {
+                i += 3;
+                return Some(Piece::Escaped(h << 4 | l, at));
+            }
+            i += 1;
+            return Some(Piece::BadEscape(at));
+        }
+        i += 1;
+        Some(Piece::Raw(if form && b == b'+' { b' ' } else { b }))
+    })
+}
+
 /// Form-decodes a query name or value (`+` is a space); `None` for an invalid escape or
 /// a result that is not UTF-8.
 fn decode_query_part(raw: &str) -> Option<String> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let h = hex(*bytes.get(i + 1)?)?;
-                let l = hex(*bytes.get(i + 2)?)?;
-                out.push(h << 4 | l);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
+    let mut out = Vec::with_capacity(raw.len());
+    for piece in pieces(raw, true) {
+        match piece {
+            Piece::Raw(b) | Piece::Escaped(b, _) => out.push(b),
+            Piece::BadEscape(_) => return None,
         }
     }
     String::from_utf8(out).ok()
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
-fn encode_value(value: &str, out: &mut String) {
+pub(crate) fn encode_value(value: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for b in value.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {

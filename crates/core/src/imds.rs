@@ -17,7 +17,7 @@
 //! - a query parameter given twice is rejected;
 //! - in the instance document a leaf needs `format=text`;
 //! - the token endpoint needs `resource` and takes at most one identity selector
-//!   (`client_id`, `object_id`, `msi_res_id` or `mi_res_id`).
+//!   (`client_id`, `object_id`, `msi_res_id` or `mi_res_id`), none of them empty.
 //!
 //! Paths are compared after percent-decoding each segment, dropping empty segments
 //! (`//`, a trailing `/`), resolving `.` and `..`, and ignoring ASCII case of the fixed
@@ -29,6 +29,8 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde_json::{Map, Value, json};
+
+use crate::canon::{self, CanonicalTarget};
 
 /// The address of Azure IMDS (and of AWS and GCP metadata services).
 pub const IMDS_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
@@ -354,37 +356,18 @@ pub fn route(path: &str) -> Route {
     }
 }
 
-/// Decodes `%XX` escapes (and `+` as a space when `plus_is_space`); invalid escapes are
-/// kept as written, invalid UTF-8 becomes U+FFFD.
+/// Decodes `%XX` escapes (and `+` as a space when `plus_is_space`) as IMDS is lenient:
+/// invalid escapes are kept as written, invalid UTF-8 becomes U+FFFD. The decoding
+/// itself is [`crate::canon`]'s, the crate's one percent-decoder.
 fn percent_decode(s: &str, plus_is_space: bool) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' if plus_is_space => out.push(b' '),
-            b => out.push(b),
+    let mut out = Vec::with_capacity(s.len());
+    for piece in canon::pieces(s, plus_is_space) {
+        match piece {
+            canon::Piece::Raw(b) | canon::Piece::Escaped(b, _) => out.push(b),
+            canon::Piece::BadEscape(_) => out.push(b'%'),
         }
-        i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 /// A decoded query string (`application/x-www-form-urlencoded`), in order, repeats kept.
@@ -406,6 +389,12 @@ impl Query {
                 (percent_decode(k, true), percent_decode(v, true))
             })
             .collect();
+        Query { pairs }
+    }
+
+    /// A query of already decoded pairs (the canonical form's
+    /// [`CanonicalTarget::params`]).
+    pub fn from_pairs(pairs: Vec<(String, String)>) -> Query {
         Query { pairs }
     }
 
@@ -552,6 +541,9 @@ pub enum ImdsErrorKind {
     /// The token request has no `resource` (400).
     #[error("the token request has no resource")]
     MissingResource,
+    /// An identity selector parameter is present with an empty value (400).
+    #[error("query parameter `{0}` is empty")]
+    EmptyParameter(String),
     /// The token request names its identity more than once (400).
     #[error("more than one identity selector: {}", .0.join(", "))]
     MultipleIdentitySelectors(Vec<String>),
@@ -678,6 +670,11 @@ impl ImdsError {
                 "Required audience parameter not specified".into(),
                 "Bad request. Required audience parameter not specified".into(),
             ),
+            K::EmptyParameter(name) => (
+                "invalid_request",
+                format!("Query parameter '{name}' has an empty value"),
+                format!("Bad request. Query parameter '{name}' has an empty value"),
+            ),
             K::MultipleIdentitySelectors(_) => (
                 "invalid_request",
                 "Only one of client_id, object_id, msi_res_id or mi_res_id may be specified".into(),
@@ -744,8 +741,8 @@ impl ImdsError {
 /// Checks, in order: `X-Forwarded-For` absent; exactly one `Metadata` header, valued
 /// `true`; a known path (else 404); the method (else 405); no repeated query parameter;
 /// `api-version` (except on `/metadata/versions`); `format` (`json` or `text`); for
-/// the token endpoint, `resource` present and a URI or application id, and at most one
-/// identity selector. Looking up the instance document (404, leaf without
+/// the token endpoint, `resource` present and a URI or application id, no empty
+/// identity selector and at most one. Looking up the instance document (404, leaf without
 /// `format=text`) is [`lookup`]'s and [`render_instance`]'s job.
 pub fn validate<K, V>(
     method: &str,
@@ -757,10 +754,44 @@ where
     K: AsRef<str>,
     V: AsRef<[u8]>,
 {
+    check(method, path, route(path), Query::parse(query), headers)
+}
+
+/// [`validate`] for a request target the proxy has canonicalised
+/// ([`crate::canon::Canonicalizer::canonicalize`]): its endpoint, instance path and
+/// decoded parameters are taken as they are, so nothing is decoded a second time.
+pub fn validate_canonical<K, V>(
+    method: &str,
+    target: &CanonicalTarget,
+    headers: impl IntoIterator<Item = (K, V)>,
+) -> Result<ImdsRequest, ImdsError>
+where
+    K: AsRef<str>,
+    V: AsRef<[u8]>,
+{
+    let route = Route {
+        endpoint: target.endpoint,
+        instance_path: target.instance_path.clone(),
+    };
+    let query = Query::from_pairs(target.params.clone());
+    check(method, &target.path, route, query, headers)
+}
+
+fn check<K, V>(
+    method: &str,
+    path: &str,
+    route: Route,
+    query: Query,
+    headers: impl IntoIterator<Item = (K, V)>,
+) -> Result<ImdsRequest, ImdsError>
+where
+    K: AsRef<str>,
+    V: AsRef<[u8]>,
+{
     let Route {
         endpoint,
         instance_path,
-    } = route(path);
+    } = route;
     let err = |kind| Err(ImdsError::new(endpoint, kind));
 
     let mut metadata_values = 0usize;
@@ -794,7 +825,6 @@ where
         });
     };
 
-    let query = Query::parse(query);
     if let Some(name) = query.repeated() {
         return err(ImdsErrorKind::RepeatedParameter(name.to_string()));
     }
@@ -824,6 +854,14 @@ where
         let Some(resource) = query.get_non_empty("resource") else {
             return err(ImdsErrorKind::MissingResource);
         };
+        // An empty selector (`client_id=K&mi_res_id=`) is refused rather than read as
+        // absent: a reader that took it for a selector would see two.
+        if let Some(p) = IDENTITY_SELECTOR_PARAMS
+            .iter()
+            .find(|p| query.get(p).is_some_and(str::is_empty))
+        {
+            return err(ImdsErrorKind::EmptyParameter(p.to_string()));
+        }
         let given: Vec<&str> = IDENTITY_SELECTOR_PARAMS
             .iter()
             .copied()
@@ -869,6 +907,156 @@ where
         query,
         token,
     })
+}
+
+impl ImdsRequest {
+    /// The request target to send upstream: the canonical path and only the parameters
+    /// the request was validated and decided on, in a fixed order, values encoded by
+    /// the canonicaliser's rules. Everything else the client sent (unknown parameters,
+    /// `format` where it means nothing, `api-version` on `/metadata/versions`) stays
+    /// behind.
+    ///
+    /// | endpoint | parameters |
+    /// |---|---|
+    /// | token | `resource`, `api-version`, the one identity selector (`client_id`, `object_id`, `msi_res_id` or `mi_res_id`, as sent) |
+    /// | instance | `api-version`, `format` (when given, lower-case) |
+    /// | attested document | `api-version`, `nonce` (when given) |
+    /// | versions | none |
+    /// | every other endpoint | `api-version` |
+    pub fn upstream_target(&self) -> String {
+        let mut t = String::with_capacity(128);
+        t.push_str(self.endpoint.canonical_path().unwrap_or("/"));
+        for seg in &self.instance_path {
+            t.push('/');
+            t.push_str(seg);
+        }
+        let mut first = true;
+        let mut param = |name: &str, value: &str| {
+            t.push(if first { '?' } else { '&' });
+            first = false;
+            t.push_str(name);
+            t.push('=');
+            canon::encode_value(value, &mut t);
+        };
+        let version = |p: &mut dyn FnMut(&str, &str)| {
+            if let Some(v) = &self.api_version {
+                p("api-version", v);
+            }
+        };
+        match self.endpoint {
+            Endpoint::Versions | Endpoint::Unknown => {}
+            Endpoint::IdentityToken => {
+                if let Some(tok) = &self.token {
+                    param("resource", &tok.resource);
+                    version(&mut param);
+                    match &tok.selector {
+                        None => {}
+                        Some(IdentitySelector::ClientId(v)) => param("client_id", v),
+                        Some(IdentitySelector::ObjectId(v)) => param("object_id", v),
+                        Some(IdentitySelector::ResourceId { id, param: which }) => param(
+                            match which {
+                                ResourceIdParam::MsiResId => "msi_res_id",
+                                ResourceIdParam::MiResId => "mi_res_id",
+                            },
+                            id,
+                        ),
+                    }
+                } else {
+                    version(&mut param);
+                }
+            }
+            Endpoint::Instance => {
+                version(&mut param);
+                if self.query.get("format").is_some() {
+                    param(
+                        "format",
+                        match self.format {
+                            Format::Json => "json",
+                            Format::Text => "text",
+                        },
+                    );
+                }
+            }
+            Endpoint::AttestedDocument => {
+                version(&mut param);
+                if let Some(nonce) = self.query.get("nonce") {
+                    param("nonce", nonce);
+                }
+            }
+            _ => version(&mut param),
+        }
+        t
+    }
+}
+
+/// The most an upstream error's `error` may hold (bytes).
+pub const MAX_ERROR_CODE: usize = 256;
+/// The most an upstream error's `error_description` may hold (bytes; Entra ID's
+/// descriptions with trace and correlation ids stay well under it).
+pub const MAX_ERROR_DESCRIPTION: usize = 2048;
+
+/// An upstream error answer in one of IMDS's documented shapes, re-written with only
+/// the documented fields; `None` when it is not one (the proxy then answers its own
+/// 502 instead of passing it on).
+///
+/// - the status is 4xx or 5xx;
+/// - the body is a JSON object;
+/// - identity endpoints ([`ErrorStyle::Identity`]): `error`, a code of letters, digits
+///   and `_` (at most [`MAX_ERROR_CODE`] bytes), and `error_description`, a string of
+///   at most [`MAX_ERROR_DESCRIPTION`] bytes: `{"error", "error_description"}`;
+/// - other endpoints ([`ErrorStyle::Metadata`]): `error`, a string of at most
+///   [`MAX_ERROR_DESCRIPTION`] bytes, and, when present, `newest-versions`, a list of
+///   at most 8 `YYYY-MM-DD` versions: `{"error"[, "newest-versions"]}`.
+///
+/// Other fields (Entra ID adds `error_codes`, `trace_id`, ...; anything an upstream
+/// could echo) are dropped; a string holding a control character fails the shape.
+pub fn upstream_error_body(endpoint: Endpoint, status: u16, body: &[u8]) -> Option<String> {
+    if !(400..=599).contains(&status) {
+        return None;
+    }
+    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) else {
+        return None;
+    };
+    let text = |key: &str, max: usize| {
+        map.get(key).and_then(Value::as_str).filter(|v| {
+            v.len() <= max && !v.chars().any(|c| c.is_control() && c != '\n' && c != '\r')
+        })
+    };
+    let shaped = match endpoint.error_style() {
+        ErrorStyle::Identity => {
+            let code = text("error", MAX_ERROR_CODE).filter(|c| {
+                !c.is_empty() && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            })?;
+            let description = text("error_description", MAX_ERROR_DESCRIPTION)?;
+            json!({ "error": code, "error_description": description })
+        }
+        ErrorStyle::Metadata => {
+            let message = text("error", MAX_ERROR_DESCRIPTION)?;
+            match map.get("newest-versions") {
+                None => json!({ "error": message }),
+                Some(Value::Array(versions))
+                    if versions.len() <= 8
+                        && versions
+                            .iter()
+                            .all(|v| v.as_str().is_some_and(is_version_shaped)) =>
+                {
+                    json!({ "error": message, "newest-versions": versions })
+                }
+                Some(_) => return None,
+            }
+        }
+    };
+    Some(shaped.to_string())
+}
+
+/// `YYYY-MM-DD` digits (an api-version IMDS may know before this list does).
+fn is_version_shaped(v: &str) -> bool {
+    let b = v.as_bytes();
+    b.len() == 10
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            _ => c.is_ascii_digit(),
+        })
 }
 
 /// Whether a token `resource` is acceptable: an absolute URI (`scheme:rest`, e.g.
@@ -1517,10 +1705,15 @@ mod tests {
                 param: ResourceIdParam::MiResId
             })
         );
-        // An empty selector counts as absent.
+        // An empty selector is refused (it used to count as absent, and went upstream
+        // next to the real one: `client_id=K&mi_res_id=`).
         assert_eq!(
-            sel("client_id=&object_id=O"),
-            Some(IdentitySelector::ObjectId("O".into()))
+            kind(check(
+                "GET",
+                "/metadata/identity/oauth2/token",
+                "api-version=2018-02-01&resource=api://x&client_id=&object_id=O"
+            )),
+            ImdsErrorKind::EmptyParameter("client_id".into())
         );
     }
 
@@ -1736,5 +1929,190 @@ mod tests {
         assert_eq!(percent_decode("a%4", false), "a%4");
         assert_eq!(percent_decode("%41%42", false), "AB");
         assert_eq!(percent_decode("a+b", false), "a+b");
+        assert_eq!(percent_decode("a+b%2", true), "a b%2");
+    }
+
+    const TOKEN: &str = "/metadata/identity/oauth2/token";
+    const ARM: &str = "resource=https%3A%2F%2Fmanagement.azure.com%2F&api-version=2018-02-01";
+
+    fn canonical(target: &str) -> Result<ImdsRequest, ImdsError> {
+        let c = canon::Canonicalizer::default()
+            .canonicalize(target)
+            .expect("canonical");
+        validate_canonical("GET", &c, ok_headers())
+    }
+
+    #[test]
+    fn empty_selectors_are_refused_not_read_as_absent() {
+        for (q, name) in [
+            (format!("{ARM}&client_id=K&mi_res_id="), "mi_res_id"),
+            (format!("{ARM}&client_id="), "client_id"),
+            (format!("{ARM}&object_id=&msi_res_id=/x"), "object_id"),
+            (format!("{ARM}&msi_res_id="), "msi_res_id"),
+        ] {
+            let e = check("GET", TOKEN, &q).expect_err(&q);
+            assert_eq!(e.kind, ImdsErrorKind::EmptyParameter(name.into()), "{q}");
+            assert_eq!(e.status(), 400);
+            let body = e.body();
+            assert_eq!(body["error"], "invalid_request", "{body}");
+            assert!(
+                body["error_description"].as_str().unwrap().contains(name),
+                "{body}"
+            );
+            assert_eq!(
+                body.as_object().unwrap().len(),
+                2,
+                "IMDS's identity error shape: {body}"
+            );
+            assert_eq!(
+                canonical(&format!("{TOKEN}?{q}")).unwrap_err().kind,
+                e.kind,
+                "the canonical path decides the same"
+            );
+        }
+        // An empty value of anything else is not a selector.
+        assert!(check("GET", TOKEN, &format!("{ARM}&principal_id=")).is_ok());
+    }
+
+    #[test]
+    fn the_canonical_form_validates_like_the_raw_one() {
+        for t in [
+            "/metadata/instance/compute/vmId?api-version=2021-02-01&format=text",
+            "/Metadata/Instance?API-Version=2021-02-01",
+            "/metadata/identity/oauth2/token?resource=https%3A%2F%2Fvault.azure.net&api-version=2018-02-01&mi_res_id=%2Fsubscriptions%2Fs%2Fx",
+            "/metadata/versions",
+            "/metadata/attested/document?api-version=2021-02-01&nonce=123",
+            "/metadata/identity/oauth2/token?api-version=2018-02-01",
+            "/metadata/nothing?api-version=2021-02-01",
+            "/metadata/instance?api-version=2001-01-01",
+        ] {
+            let c = canon::Canonicalizer::default().canonicalize(t).unwrap();
+            assert_eq!(
+                validate_canonical("GET", &c, ok_headers()),
+                validate("GET", &c.path, c.query.as_deref(), ok_headers()),
+                "{t}"
+            );
+        }
+    }
+
+    #[test]
+    fn upstream_targets_hold_only_what_was_decided() {
+        let cases: [(String, String); 8] = [
+            // Unknown parameters stay behind; the selector goes as sent (mi_res_id).
+            (
+                format!(
+                    "{TOKEN}?principal_id=X&{ARM}&mi_res_id=%2Fsubscriptions%2Fs%2Fid&bypass_cache=true"
+                ),
+                format!("{TOKEN}?{ARM}&mi_res_id=%2Fsubscriptions%2Fs%2Fid"),
+            ),
+            (
+                format!("{TOKEN}?api-version=2018-02-01&Client_ID=abc&resource=api%3A%2F%2Fx"),
+                format!("{TOKEN}?resource=api%3A%2F%2Fx&api-version=2018-02-01&client_id=abc"),
+            ),
+            (format!("{TOKEN}?{ARM}"), format!("{TOKEN}?{ARM}")),
+            (
+                "/metadata/instance/compute/vmId?format=TEXT&api-version=2021-02-01&extra=1".into(),
+                "/metadata/instance/compute/vmId?api-version=2021-02-01&format=text".into(),
+            ),
+            (
+                "/metadata/instance?api-version=2021-02-01".into(),
+                "/metadata/instance?api-version=2021-02-01".into(),
+            ),
+            (
+                "/metadata/versions?api-version=2021-02-01&x=y".into(),
+                "/metadata/versions".into(),
+            ),
+            (
+                "/metadata/attested/document?nonce=12%2B3&api-version=2021-02-01&format=json"
+                    .into(),
+                "/metadata/attested/document?api-version=2021-02-01&nonce=12%2B3".into(),
+            ),
+            (
+                "/metadata/scheduledevents?api-version=2020-07-01&format=json&z=1".into(),
+                "/metadata/scheduledevents?api-version=2020-07-01".into(),
+            ),
+        ];
+        for (sent, want) in cases {
+            let r = canonical(&sent).unwrap_or_else(|e| panic!("{sent}: {e}"));
+            assert_eq!(r.upstream_target(), want, "{sent}");
+            // What goes upstream validates to the same request (the api-version only
+            // where the endpoint reads one).
+            let again = canonical(&want).unwrap();
+            let version = |r: &ImdsRequest| {
+                r.endpoint
+                    .requires_api_version()
+                    .then(|| r.api_version.clone())
+            };
+            assert_eq!(
+                (
+                    &again.token,
+                    &again.instance_path,
+                    again.format,
+                    version(&again)
+                ),
+                (&r.token, &r.instance_path, r.format, version(&r)),
+                "{want}"
+            );
+        }
+    }
+
+    #[test]
+    fn upstream_errors_pass_only_in_imds_shapes() {
+        use Endpoint::{IdentityToken as Tok, Instance as Inst};
+        let ok = |e, status, body: &str| upstream_error_body(e, status, body.as_bytes());
+        // IMDS's own bodies pass unchanged.
+        for (e, kind) in [
+            (Tok, ImdsErrorKind::Throttled),
+            (Tok, ImdsErrorKind::IdentityNotFound),
+            (Tok, ImdsErrorKind::ServerError),
+            (Inst, ImdsErrorKind::NotFound),
+            (Inst, ImdsErrorKind::MissingApiVersion),
+            (Inst, ImdsErrorKind::Gone),
+        ] {
+            let err = ImdsError::new(e, kind);
+            let passed = ok(e, err.status(), &err.body_string()).expect("IMDS's own error");
+            assert_eq!(
+                serde_json::from_str::<Value>(&passed).unwrap(),
+                err.body(),
+                "{err}"
+            );
+        }
+        // Entra ID's extra fields are dropped, the documented ones kept.
+        let aad = r#"{"error":"invalid_resource","error_description":"AADSTS500011: not found\r\nTrace ID: t","error_codes":[500011],"trace_id":"t","correlation_id":"c"}"#;
+        assert_eq!(
+            ok(Tok, 400, aad).unwrap(),
+            r#"{"error":"invalid_resource","error_description":"AADSTS500011: not found\r\nTrace ID: t"}"#
+        );
+        assert_eq!(
+            ok(Inst, 404, r#"{"error":"Not found","access_token":"eyJ0"}"#).unwrap(),
+            r#"{"error":"Not found"}"#
+        );
+        // Anything else is not passed.
+        for (e, status, body) in [
+            (Tok, 500, "<html>stack trace: secret</html>"),
+            (Tok, 500, "plain text"),
+            (Tok, 400, r#"{"error":"bad code!","error_description":"x"}"#),
+            (Tok, 400, r#"{"error":"invalid_request"}"#),
+            (
+                Tok,
+                400,
+                r#"{"error":"invalid_request","error_description":7}"#,
+            ),
+            (Tok, 400, r#"["error"]"#),
+            (Inst, 400, r#"{"message":"no error field"}"#),
+            (Inst, 400, r#"{"error":{"nested":"object"}}"#),
+            (
+                Inst,
+                400,
+                r#"{"error":"x","newest-versions":["not a version"]}"#,
+            ),
+            (Inst, 400, r#"{"error":"bell\u0007"}"#),
+            (Inst, 200, r#"{"error":"a success is not an error"}"#),
+            (Inst, 302, r#"{"error":"redirect"}"#),
+        ] {
+            assert_eq!(ok(e, status, body), None, "{status} {body}");
+        }
+        let long = format!(r#"{{"error":"{}"}}"#, "x".repeat(MAX_ERROR_DESCRIPTION + 1));
+        assert_eq!(ok(Inst, 500, &long), None, "over the size bound");
     }
 }
