@@ -13,15 +13,15 @@
 //! to the proxy but not to nft: in proxy mode its traffic is dropped (its address cannot
 //! be bound to an interface), which the agent logs.
 
-use imdsguard_core::nft::AllowedPair;
+use imdsguard_core::nft::SourcePair;
 use imdsguard_core::pods::PodIndex;
 use imdsguard_node::AllowSpec;
 
 /// The allow set: the `IFACE=ADDR` entries, and the (interface, owned address) pairs of
 /// the pods named by `NAMESPACE/NAME` entries (pods without an interface cannot be
 /// allowlisted; a finished pod is no pod of the node).
-pub fn allowed_pairs(pods: &PodIndex, specs: &[AllowSpec]) -> Vec<AllowedPair> {
-    let mut out: Vec<AllowedPair> = specs
+pub fn allowed_pairs(pods: &PodIndex, specs: &[AllowSpec]) -> Vec<SourcePair> {
+    let mut out: Vec<SourcePair> = specs
         .iter()
         .filter_map(|s| match s {
             AllowSpec::Pair(p) => Some(p.clone()),
@@ -56,8 +56,8 @@ mod tests {
 - {ip: 10.244.0.12, namespace: shop, name: api}
 ";
 
-    fn pair(i: &str, a: &str) -> AllowedPair {
-        AllowedPair::new(i, a.parse().unwrap()).unwrap()
+    fn pair(i: &str, a: &str) -> SourcePair {
+        SourcePair::new(i, a.parse().unwrap()).unwrap()
     }
 
     #[test]

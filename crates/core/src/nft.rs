@@ -377,15 +377,21 @@ fn valid_interface_pattern(p: &str) -> bool {
     !stem.is_empty() && p.len() <= 15 && valid_name_chars(stem)
 }
 
-/// One allowlist entry: traffic from `addr` entering the node on `iface` may reach the
-/// protected endpoints. The same address from another interface may not.
+/// A packet source as the table matches it: the interface it enters the node on and
+/// its source address. An element of the allow sets (this pair may reach the protected
+/// endpoints; the same address from another interface may not) and of the known sets
+/// (a pod the node hosts), see [`PairSet`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct AllowedPair {
+pub struct SourcePair {
     /// The pod's node-side interface (`azv1a2b3c`, or the bridge `cbr0` on bridge CNIs).
     pub iface: String,
     /// The pod's address (IPv4-mapped IPv6 addresses are stored as IPv4).
     pub addr: IpAddr,
 }
+
+/// The former name of [`SourcePair`] (it types known pairs too); kept while callers
+/// move to the new name.
+pub type AllowedPair = SourcePair;
 
 /// Which pair sets an entry belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -407,9 +413,9 @@ impl PairSet {
     }
 }
 
-impl AllowedPair {
+impl SourcePair {
     /// Checks the interface name (one name, no wildcard) and the address.
-    pub fn new(iface: &str, addr: IpAddr) -> Result<AllowedPair, NftConfigError> {
+    pub fn new(iface: &str, addr: IpAddr) -> Result<SourcePair, NftConfigError> {
         if iface.is_empty() || iface.len() > 15 || !valid_name_chars(iface) {
             return Err(NftConfigError::InterfaceName(iface.to_owned()));
         }
@@ -423,7 +429,7 @@ impl AllowedPair {
         if addr.is_unspecified() || addr.is_multicast() {
             return Err(NftConfigError::Address(addr));
         }
-        Ok(AllowedPair {
+        Ok(SourcePair {
             iface: iface.to_owned(),
             addr,
         })
@@ -439,7 +445,7 @@ impl AllowedPair {
     }
 }
 
-impl fmt::Display for AllowedPair {
+impl fmt::Display for SourcePair {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} . {}", self.iface, self.addr)
     }
@@ -673,7 +679,7 @@ fn proto_name(p: Protocol) -> &'static str {
 /// other table is touched. See [`ruleset_with_known`] for proxy mode's known pods.
 pub fn ruleset(
     config: &RulesetConfig,
-    allowed: &[AllowedPair],
+    allowed: &[SourcePair],
     counters: &[CounterValue],
 ) -> Result<Value, NftConfigError> {
     ruleset_with_known(config, allowed, &[], counters)
@@ -686,8 +692,8 @@ pub fn ruleset(
 /// (so that a mode switch keeps them) but do not use them.
 pub fn ruleset_with_known(
     config: &RulesetConfig,
-    allowed: &[AllowedPair],
-    known: &[AllowedPair],
+    allowed: &[SourcePair],
+    known: &[SourcePair],
     counters: &[CounterValue],
 ) -> Result<Value, NftConfigError> {
     config.validate()?;
@@ -716,7 +722,7 @@ pub fn ruleset_with_known(
             let elems: Vec<Value> = pairs
                 .iter()
                 .filter(|p| p.set_name(kind) == name)
-                .map(AllowedPair::element)
+                .map(SourcePair::element)
                 .collect();
             let mut fields = obj(json!({ "name": name, "type": ["ifname", addr_type] }));
             if !elems.is_empty() {
@@ -915,14 +921,14 @@ fn element_cmd(verb: &str, set_name: &str, elems: Vec<Value>) -> Value {
     )
 }
 
-fn by_set(kind: PairSet, pairs: &[AllowedPair]) -> Vec<(&'static str, Vec<Value>)> {
+fn by_set(kind: PairSet, pairs: &[SourcePair]) -> Vec<(&'static str, Vec<Value>)> {
     kind.set_names()
         .into_iter()
         .map(|name| {
             let elems: Vec<Value> = pairs
                 .iter()
                 .filter(|p| p.set_name(kind) == name)
-                .map(AllowedPair::element)
+                .map(SourcePair::element)
                 .collect();
             (name, elems)
         })
@@ -931,30 +937,30 @@ fn by_set(kind: PairSet, pairs: &[AllowedPair]) -> Vec<(&'static str, Vec<Value>
 }
 
 /// Adds `pairs` to the allow sets: a set change, not a rebuild (adding twice is fine).
-pub fn add_allowed(pairs: &[AllowedPair]) -> Value {
+pub fn add_allowed(pairs: &[SourcePair]) -> Value {
     add_pairs(PairSet::Allow, pairs)
 }
 
 /// Removes `pairs` from the allow sets (each is added first in the same transaction, so
 /// removing an absent pair is not an error).
-pub fn remove_allowed(pairs: &[AllowedPair]) -> Value {
+pub fn remove_allowed(pairs: &[SourcePair]) -> Value {
     remove_pairs(PairSet::Allow, pairs)
 }
 
 /// Makes the allow sets exactly `pairs`: both sets flushed and refilled in one
 /// transaction (no moment with an empty set is visible to packets).
-pub fn replace_allowed(pairs: &[AllowedPair]) -> Value {
+pub fn replace_allowed(pairs: &[SourcePair]) -> Value {
     replace_pairs(PairSet::Allow, pairs)
 }
 
-fn add_commands(kind: PairSet, pairs: &[AllowedPair]) -> Vec<Value> {
+fn add_commands(kind: PairSet, pairs: &[SourcePair]) -> Vec<Value> {
     by_set(kind, pairs)
         .into_iter()
         .map(|(name, elems)| element_cmd("add", name, elems))
         .collect()
 }
 
-fn remove_commands(kind: PairSet, pairs: &[AllowedPair]) -> Vec<Value> {
+fn remove_commands(kind: PairSet, pairs: &[SourcePair]) -> Vec<Value> {
     let mut commands = Vec::new();
     for (name, elems) in by_set(kind, pairs) {
         commands.push(element_cmd("add", name, elems.clone()));
@@ -964,17 +970,17 @@ fn remove_commands(kind: PairSet, pairs: &[AllowedPair]) -> Vec<Value> {
 }
 
 /// Adds `pairs` to the `kind` sets: a set change, not a rebuild (adding twice is fine).
-pub fn add_pairs(kind: PairSet, pairs: &[AllowedPair]) -> Value {
+pub fn add_pairs(kind: PairSet, pairs: &[SourcePair]) -> Value {
     json!({ "nftables": add_commands(kind, pairs) })
 }
 
 /// Removes `pairs` from the `kind` sets (absent pairs are fine).
-pub fn remove_pairs(kind: PairSet, pairs: &[AllowedPair]) -> Value {
+pub fn remove_pairs(kind: PairSet, pairs: &[SourcePair]) -> Value {
     json!({ "nftables": remove_commands(kind, pairs) })
 }
 
 /// Makes the `kind` sets exactly `pairs`, flushed and refilled in one transaction.
-pub fn replace_pairs(kind: PairSet, pairs: &[AllowedPair]) -> Value {
+pub fn replace_pairs(kind: PairSet, pairs: &[SourcePair]) -> Value {
     let [v4, v6] = kind.set_names();
     let mut commands: Vec<Value> = [(v4, "ipv4_addr"), (v6, "ipv6_addr")]
         .into_iter()
@@ -992,24 +998,24 @@ pub fn replace_pairs(kind: PairSet, pairs: &[AllowedPair]) -> Value {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PairChanges {
     /// Pairs to add to the allow sets.
-    pub add_allowed: Vec<AllowedPair>,
+    pub add_allowed: Vec<SourcePair>,
     /// Pairs to take off the allow sets.
-    pub remove_allowed: Vec<AllowedPair>,
+    pub remove_allowed: Vec<SourcePair>,
     /// Pairs to add to the known sets.
-    pub add_known: Vec<AllowedPair>,
+    pub add_known: Vec<SourcePair>,
     /// Pairs to take off the known sets.
-    pub remove_known: Vec<AllowedPair>,
+    pub remove_known: Vec<SourcePair>,
 }
 
 impl PairChanges {
     /// The changes that turn (`allowed`, `known`) into (`new_allowed`, `new_known`).
     pub fn between<'a>(
-        allowed: impl IntoIterator<Item = &'a AllowedPair>,
-        known: impl IntoIterator<Item = &'a AllowedPair>,
-        new_allowed: &[AllowedPair],
-        new_known: &[AllowedPair],
+        allowed: impl IntoIterator<Item = &'a SourcePair>,
+        known: impl IntoIterator<Item = &'a SourcePair>,
+        new_allowed: &[SourcePair],
+        new_known: &[SourcePair],
     ) -> PairChanges {
-        let diff = |old: BTreeSet<&AllowedPair>, new: BTreeSet<&AllowedPair>| {
+        let diff = |old: BTreeSet<&SourcePair>, new: BTreeSet<&SourcePair>| {
             (
                 new.difference(&old).map(|p| (*p).clone()).collect(),
                 old.difference(&new).map(|p| (*p).clone()).collect(),
@@ -1357,9 +1363,9 @@ pub struct TableState {
     /// Every set's elements, each written `a . b . c` (a concatenation's parts).
     pub elements: BTreeMap<String, BTreeSet<String>>,
     /// The allow sets' entries.
-    pub allowed: Vec<AllowedPair>,
+    pub allowed: Vec<SourcePair>,
     /// The known sets' entries.
-    pub known: Vec<AllowedPair>,
+    pub known: Vec<SourcePair>,
     /// The named counters.
     pub counters: Vec<CounterValue>,
     /// The mode named by the verdict rules' comments (`imdsguard mode=…`).
@@ -1655,7 +1661,7 @@ fn element_text(elem: &Value) -> String {
     }
 }
 
-fn parse_pair(elem: &Value) -> Option<AllowedPair> {
+fn parse_pair(elem: &Value) -> Option<SourcePair> {
     // Plain `{"concat": [...]}`, or `{"elem": {"val": {"concat": [...]}, ...}}` when the
     // element carries a comment or counter.
     let concat = elem
@@ -1664,7 +1670,7 @@ fn parse_pair(elem: &Value) -> Option<AllowedPair> {
         .as_array()?;
     let iface = concat.first()?.as_str()?;
     let addr: IpAddr = concat.get(1)?.as_str()?.parse().ok()?;
-    AllowedPair::new(iface, addr).ok()
+    SourcePair::new(iface, addr).ok()
 }
 
 #[cfg(test)]
@@ -1691,8 +1697,8 @@ mod tests {
             .collect()
     }
 
-    fn pair(iface: &str, addr: &str) -> AllowedPair {
-        AllowedPair::new(iface, addr.parse().unwrap()).unwrap()
+    fn pair(iface: &str, addr: &str) -> SourcePair {
+        SourcePair::new(iface, addr.parse().unwrap()).unwrap()
     }
 
     fn proxy_config() -> RulesetConfig {
@@ -2021,16 +2027,16 @@ mod tests {
 
     #[test]
     fn allowed_pairs_are_checked_and_normalised() {
-        assert!(AllowedPair::new("azv*", Ipv4Addr::new(10, 0, 0, 1).into()).is_err());
-        assert!(AllowedPair::new("", Ipv4Addr::new(10, 0, 0, 1).into()).is_err());
+        assert!(SourcePair::new("azv*", Ipv4Addr::new(10, 0, 0, 1).into()).is_err());
+        assert!(SourcePair::new("", Ipv4Addr::new(10, 0, 0, 1).into()).is_err());
         assert!(
-            AllowedPair::new("a-very-long-interface", Ipv4Addr::new(10, 0, 0, 1).into()).is_err()
+            SourcePair::new("a-very-long-interface", Ipv4Addr::new(10, 0, 0, 1).into()).is_err()
         );
-        assert!(AllowedPair::new("eth0\"", Ipv4Addr::new(10, 0, 0, 1).into()).is_err());
-        assert!(AllowedPair::new("eth0", Ipv4Addr::UNSPECIFIED.into()).is_err());
+        assert!(SourcePair::new("eth0\"", Ipv4Addr::new(10, 0, 0, 1).into()).is_err());
+        assert!(SourcePair::new("eth0", Ipv4Addr::UNSPECIFIED.into()).is_err());
         let mapped: Ipv6Addr = "::ffff:10.0.0.1".parse().unwrap();
         assert_eq!(
-            AllowedPair::new("azva", mapped.into()).unwrap().addr,
+            SourcePair::new("azva", mapped.into()).unwrap().addr,
             IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))
         );
     }

@@ -42,7 +42,7 @@ use serde_json::Value;
 
 use crate::access::AccessError;
 use crate::model::Labels;
-use crate::nft::AllowedPair;
+use crate::nft::SourcePair;
 
 /// The annotation naming a pod's node-side interface (in a `PodList`, and on pods in
 /// Kubernetes); when set it wins over a route lookup.
@@ -389,8 +389,8 @@ impl PodIndex {
     }
 
     /// The (interface, address) pairs of the pods `select` picks that have an interface.
-    pub fn pairs_of(&self, select: impl Fn(&PodInfo) -> bool) -> Vec<AllowedPair> {
-        let mut out: Vec<AllowedPair> = self
+    pub fn pairs_of(&self, select: impl Fn(&PodInfo) -> bool) -> Vec<SourcePair> {
+        let mut out: Vec<SourcePair> = self
             .pods
             .iter()
             .filter(|p| select(&p.info))
@@ -398,7 +398,7 @@ impl PodIndex {
             .flat_map(|(iface, addrs)| {
                 addrs
                     .iter()
-                    .filter_map(move |a| AllowedPair::new(iface, *a).ok())
+                    .filter_map(move |a| SourcePair::new(iface, *a).ok())
             })
             .collect();
         out.sort();
@@ -407,7 +407,7 @@ impl PodIndex {
     }
 
     /// Every (interface, owned address) pair: the pods the node hosts (the known set).
-    pub fn known_pairs(&self) -> Vec<AllowedPair> {
+    pub fn known_pairs(&self) -> Vec<SourcePair> {
         self.pairs_of(|_| true)
     }
 
@@ -450,7 +450,7 @@ impl PodIndex {
 }
 
 fn valid_interface(iface: &str) -> bool {
-    AllowedPair::new(iface, IpAddr::from([10, 0, 0, 1])).is_ok()
+    SourcePair::new(iface, IpAddr::from([10, 0, 0, 1])).is_ok()
 }
 
 // ---------------------------------------------------------------------------------
@@ -631,8 +631,8 @@ mod tests {
         idx.get(ip(addr)).map(|p| p.id())
     }
 
-    fn pair(i: &str, a: &str) -> AllowedPair {
-        AllowedPair::new(i, ip(a)).unwrap()
+    fn pair(i: &str, a: &str) -> SourcePair {
+        SourcePair::new(i, ip(a)).unwrap()
     }
 
     /// The reported defect: `kubectl get pods -A -o json` with a completed Job pod and

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use imdsguard_core::imds::{IMDS_ADDRESS, WIRESERVER_ADDRESS};
-use imdsguard_core::nft::{AllowedPair, Mode, RulesetConfig};
+use imdsguard_core::nft::{Mode, RulesetConfig, SourcePair};
 use imdsguard_core::target::Cloud;
 use imdsguard_emulator::{Config as VmConfig, Emulator, Options, Throttle};
 use imdsguard_node::netns::{Isolated, NetNamespace};
@@ -222,7 +222,7 @@ fn probe_all(sandbox: &Sandbox, connect_timeout: Duration) -> Result<Vec<Row>, L
     Ok(rows)
 }
 
-fn pod_infos(sandbox: &Sandbox, allowed: &[AllowedPair], known: &[AllowedPair]) -> Vec<LabPod> {
+fn pod_infos(sandbox: &Sandbox, allowed: &[SourcePair], known: &[SourcePair]) -> Vec<LabPod> {
     let mut out: Vec<LabPod> = sandbox
         .pods()
         .iter()
@@ -293,16 +293,16 @@ pub(crate) fn run(isolated: &Isolated, args: &LabArgs) -> Result<LabExit, LabErr
         .spec()
         .clone();
     let allowed = vec![
-        AllowedPair::new(&allowed_spec.ingress_iface(), IpAddr::V4(allowed_spec.addr))
+        SourcePair::new(&allowed_spec.ingress_iface(), IpAddr::V4(allowed_spec.addr))
             .map_err(imdsguard_node::NodeError::from)?,
     ];
     // Every pod the node hosts, with the interface its traffic enters on; the spoofer's
     // borrowed address is not its own.
-    let known: Vec<AllowedPair> = sandbox
+    let known: Vec<SourcePair> = sandbox
         .pods()
         .iter()
         .filter(|p| p.name() != SPOOFER_POD)
-        .map(|p| AllowedPair::new(&p.spec().ingress_iface(), IpAddr::V4(p.spec().addr)))
+        .map(|p| SourcePair::new(&p.spec().ingress_iface(), IpAddr::V4(p.spec().addr)))
         .collect::<Result<_, _>>()
         .map_err(imdsguard_node::NodeError::from)?;
     let pods = pod_infos(&sandbox, &allowed, &known);

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 
 use clap::{Args, ValueEnum};
-use imdsguard_core::nft::{self, AllowedPair, LogConfig, Mode, RulesetConfig};
+use imdsguard_core::nft::{self, LogConfig, Mode, RulesetConfig, SourcePair};
 use imdsguard_core::target::{Cloud, Target};
 
 use crate::NodeError;
@@ -101,7 +101,7 @@ pub struct AgentNftArgs {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AllowSpec {
     /// `IFACE=ADDR`.
-    Pair(AllowedPair),
+    Pair(SourcePair),
     /// `NAMESPACE/NAME` (`NAMESPACE/*`: every pod of the namespace); resolved against
     /// the pods the agent knows, with their interfaces.
     Pod {
@@ -146,19 +146,19 @@ pub fn parse_allow_spec(text: &str) -> Result<AllowSpec, String> {
 }
 
 /// Parses `IFACE=ADDR`.
-pub fn parse_allow(text: &str) -> Result<AllowedPair, String> {
+pub fn parse_allow(text: &str) -> Result<SourcePair, String> {
     let (iface, addr) = text
         .split_once('=')
         .ok_or_else(|| format!("`{text}`: expected IFACE=ADDR"))?;
     let addr: IpAddr = addr
         .parse()
         .map_err(|_| format!("`{addr}` is not an IP address"))?;
-    AllowedPair::new(iface, addr).map_err(|e| e.to_string())
+    SourcePair::new(iface, addr).map_err(|e| e.to_string())
 }
 
 impl AgentNftArgs {
     /// The `--allow IFACE=ADDR` pairs.
-    pub fn allowed_pairs(&self) -> Vec<AllowedPair> {
+    pub fn allowed_pairs(&self) -> Vec<SourcePair> {
         self.allow
             .iter()
             .filter_map(|a| match a {

@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use imdsguard_core::nft::{
-    self, AllowedPair, CounterValue, Difference, DroppedSource, Mode, PairChanges, PairSet,
-    RulesetConfig, TableState, conntrack_flush_args, parse_conntrack_deleted, parse_counters,
+    self, CounterValue, Difference, DroppedSource, Mode, PairChanges, PairSet, RulesetConfig,
+    SourcePair, TableState, conntrack_flush_args, parse_conntrack_deleted, parse_counters,
     parse_dropped,
 };
 use imdsguard_core::target::Target;
@@ -168,9 +168,9 @@ pub struct Status {
     /// The mode its verdict rules name.
     pub mode: Option<Mode>,
     /// The allow sets' entries.
-    pub allowed: Vec<AllowedPair>,
+    pub allowed: Vec<SourcePair>,
     /// The known sets' entries (proxy mode redirects only these pairs).
-    pub known: Vec<AllowedPair>,
+    pub known: Vec<SourcePair>,
     /// The named counters.
     pub counters: Vec<CounterValue>,
     /// What is missing or different.
@@ -265,8 +265,8 @@ fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 pub struct Enforcer {
     exec: Exec,
     config: RulesetConfig,
-    allowed: BTreeSet<AllowedPair>,
-    known: BTreeSet<AllowedPair>,
+    allowed: BTreeSet<SourcePair>,
+    known: BTreeSet<SourcePair>,
 }
 
 impl Enforcer {
@@ -284,7 +284,7 @@ impl Enforcer {
 
     /// Starts with `pairs` allowlisted (the pods the agent knows at start); applied by
     /// [`Enforcer::install`].
-    pub fn with_allowed(mut self, pairs: impl IntoIterator<Item = AllowedPair>) -> Enforcer {
+    pub fn with_allowed(mut self, pairs: impl IntoIterator<Item = SourcePair>) -> Enforcer {
         self.allowed.extend(pairs);
         self
     }
@@ -293,13 +293,13 @@ impl Enforcer {
     /// Proxy mode redirects only these to the proxy and drops the rest (the proxy tells
     /// callers apart by address, so an address from the wrong interface must not reach
     /// it). Applied by [`Enforcer::install`].
-    pub fn with_known(mut self, pairs: impl IntoIterator<Item = AllowedPair>) -> Enforcer {
+    pub fn with_known(mut self, pairs: impl IntoIterator<Item = SourcePair>) -> Enforcer {
         self.known.extend(pairs);
         self
     }
 
     /// The known pairs as the enforcer holds them.
-    pub fn known(&self) -> impl Iterator<Item = &AllowedPair> {
+    pub fn known(&self) -> impl Iterator<Item = &SourcePair> {
         self.known.iter()
     }
 
@@ -319,7 +319,7 @@ impl Enforcer {
     }
 
     /// The allowlist as the enforcer holds it.
-    pub fn allowed(&self) -> impl Iterator<Item = &AllowedPair> {
+    pub fn allowed(&self) -> impl Iterator<Item = &SourcePair> {
         self.allowed.iter()
     }
 
@@ -332,8 +332,8 @@ impl Enforcer {
             .as_ref()
             .map(|t| t.counters.clone())
             .unwrap_or_default();
-        let allowed: Vec<AllowedPair> = self.allowed.iter().cloned().collect();
-        let known: Vec<AllowedPair> = self.known.iter().cloned().collect();
+        let allowed: Vec<SourcePair> = self.allowed.iter().cloned().collect();
+        let known: Vec<SourcePair> = self.known.iter().cloned().collect();
         let batch = nft::ruleset_with_known(&self.config, &allowed, &known, &counters)?;
         let started = Instant::now();
         apply(&self.exec, &batch)?;
@@ -367,8 +367,8 @@ impl Enforcer {
 
     /// Allows `addr` entering on `iface` to reach the protected endpoints: one element
     /// added to an allow set, no rebuild.
-    pub fn add_allowed(&mut self, iface: &str, addr: IpAddr) -> Result<AllowedPair, NodeError> {
-        let pair = AllowedPair::new(iface, addr)?;
+    pub fn add_allowed(&mut self, iface: &str, addr: IpAddr) -> Result<SourcePair, NodeError> {
+        let pair = SourcePair::new(iface, addr)?;
         apply(&self.exec, &nft::add_allowed(std::slice::from_ref(&pair)))?;
         self.allowed.insert(pair.clone());
         Ok(pair)
@@ -381,7 +381,7 @@ impl Enforcer {
         iface: &str,
         addr: IpAddr,
     ) -> Result<ConntrackOutcome, NodeError> {
-        let pair = AllowedPair::new(iface, addr)?;
+        let pair = SourcePair::new(iface, addr)?;
         apply(
             &self.exec,
             &nft::remove_allowed(std::slice::from_ref(&pair)),
@@ -397,10 +397,10 @@ impl Enforcer {
     /// Makes the allowlist exactly `pairs`, in one transaction (sets flushed and refilled).
     pub fn set_allowed(
         &mut self,
-        pairs: impl IntoIterator<Item = AllowedPair>,
+        pairs: impl IntoIterator<Item = SourcePair>,
     ) -> Result<(), NodeError> {
-        let pairs: BTreeSet<AllowedPair> = pairs.into_iter().collect();
-        let list: Vec<AllowedPair> = pairs.iter().cloned().collect();
+        let pairs: BTreeSet<SourcePair> = pairs.into_iter().collect();
+        let list: Vec<SourcePair> = pairs.iter().cloned().collect();
         apply(&self.exec, &nft::replace_allowed(&list))?;
         self.allowed = pairs;
         Ok(())
@@ -408,8 +408,8 @@ impl Enforcer {
 
     /// Marks `addr` entering on `iface` as a pod the node hosts (known set): one element
     /// added, no rebuild.
-    pub fn add_known(&mut self, iface: &str, addr: IpAddr) -> Result<AllowedPair, NodeError> {
-        let pair = AllowedPair::new(iface, addr)?;
+    pub fn add_known(&mut self, iface: &str, addr: IpAddr) -> Result<SourcePair, NodeError> {
+        let pair = SourcePair::new(iface, addr)?;
         apply(
             &self.exec,
             &nft::add_pairs(PairSet::Known, std::slice::from_ref(&pair)),
@@ -425,7 +425,7 @@ impl Enforcer {
         iface: &str,
         addr: IpAddr,
     ) -> Result<ConntrackOutcome, NodeError> {
-        let pair = AllowedPair::new(iface, addr)?;
+        let pair = SourcePair::new(iface, addr)?;
         apply(
             &self.exec,
             &nft::remove_pairs(PairSet::Known, std::slice::from_ref(&pair)),
@@ -444,11 +444,11 @@ impl Enforcer {
     /// the protected endpoints cut. Returns the changes applied.
     pub fn sync_pairs(
         &mut self,
-        allowed: impl IntoIterator<Item = AllowedPair>,
-        known: impl IntoIterator<Item = AllowedPair>,
+        allowed: impl IntoIterator<Item = SourcePair>,
+        known: impl IntoIterator<Item = SourcePair>,
     ) -> Result<PairChanges, NodeError> {
-        let allowed: Vec<AllowedPair> = allowed.into_iter().collect();
-        let known: Vec<AllowedPair> = known.into_iter().collect();
+        let allowed: Vec<SourcePair> = allowed.into_iter().collect();
+        let known: Vec<SourcePair> = known.into_iter().collect();
         let changes = PairChanges::between(&self.allowed, &self.known, &allowed, &known);
         if changes.is_empty() {
             return Ok(changes);
@@ -478,8 +478,8 @@ impl Enforcer {
     /// proxied sets' elements (the allowlist and known pods as the enforcer holds them),
     /// counters, mode. Counter values and the dropped-source sets are not compared.
     pub fn status(&self) -> Result<Status, NodeError> {
-        let allowed: Vec<AllowedPair> = self.allowed.iter().cloned().collect();
-        let known: Vec<AllowedPair> = self.known.iter().cloned().collect();
+        let allowed: Vec<SourcePair> = self.allowed.iter().cloned().collect();
+        let known: Vec<SourcePair> = self.known.iter().cloned().collect();
         let expected = TableState::from_batch(&nft::ruleset_with_known(
             &self.config,
             &allowed,

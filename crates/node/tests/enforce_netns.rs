@@ -90,11 +90,11 @@ fn allowed_addr() -> IpAddr {
 
 /// The pods the node hosts, as (interface, address): every lab pod but the spoofer
 /// (bridged pods enter on the bridge).
-fn known_pairs() -> Vec<nft::AllowedPair> {
+fn known_pairs() -> Vec<nft::SourcePair> {
     lab_pods()
         .iter()
         .filter(|p| p.name != "spoofer")
-        .map(|p| nft::AllowedPair::new(&p.ingress_iface(), IpAddr::V4(p.addr)).unwrap())
+        .map(|p| nft::SourcePair::new(&p.ingress_iface(), IpAddr::V4(p.addr)).unwrap())
         .collect()
 }
 
@@ -115,7 +115,7 @@ fn block_mode_blocks_pods_but_the_allowlisted_one_and_keeps_dns() {
 
             let mut enforcer =
                 w.enforcer(Mode::Block)
-                    .with_allowed([imdsguard_core::nft::AllowedPair::new(
+                    .with_allowed([imdsguard_core::nft::SourcePair::new(
                         "azvallowed",
                         allowed_addr(),
                     )
@@ -172,7 +172,7 @@ fn dropped_sources_name_the_blocked_pairs_with_their_packets() {
         "dropped_sources_name_the_blocked_pairs_with_their_packets",
         || {
             let w = World::new();
-            let allowed = nft::AllowedPair::new("azvallowed", allowed_addr()).unwrap();
+            let allowed = nft::SourcePair::new("azvallowed", allowed_addr()).unwrap();
             let mut enforcer = w.enforcer(Mode::Block).with_allowed([allowed]);
             enforcer.install().unwrap();
             assert!(enforcer.dropped_sources().unwrap().is_empty());
@@ -436,7 +436,7 @@ fn allow_set_changes_do_not_rebuild_the_table() {
         assert_eq!(w.reach("web", protected()[0]), Reach::Timeout);
         enforcer
             .set_allowed([
-                imdsguard_core::nft::AllowedPair::new("azvallowed", allowed_addr()).unwrap(),
+                imdsguard_core::nft::SourcePair::new("azvallowed", allowed_addr()).unwrap(),
             ])
             .unwrap();
         assert_eq!(w.reach("allowed", protected()[0]), cloud_answer());
@@ -570,7 +570,7 @@ fn the_core_batch_fits_the_nftables_crate_schema() {
     let mut config = RulesetConfig::new(Mode::Proxy, &[Cloud::Azure, Cloud::Aws]);
     config.proxy_v4 = Some("10.224.0.4:8169".parse().unwrap());
     config.proxy_v6 = Some("[fd00::4]:8169".parse().unwrap());
-    let allowed = [imdsguard_core::nft::AllowedPair::new("azva", allowed_addr()).unwrap()];
+    let allowed = [imdsguard_core::nft::SourcePair::new("azva", allowed_addr()).unwrap()];
     for mode in [Mode::Block, Mode::Observe, Mode::Proxy] {
         config.mode = mode;
         let batch = nft::ruleset_with_known(&config, &allowed, &allowed, &[]).unwrap();
