@@ -714,3 +714,135 @@ current-context: fake
         assert!(agent.wait(Duration::from_secs(10)).success());
     });
 }
+
+/// The handle of `chain`'s rule whose comment is `comment`, as listed now.
+fn rule_handle(chain: &str, comment: &str) -> u64 {
+    let t = table();
+    let c = t.chain(chain).expect("the chain");
+    let i = c
+        .rules
+        .iter()
+        .position(|r| r.comment.as_deref() == Some(comment))
+        .expect("the rule");
+    c.rule_handles[i]
+}
+
+fn nft(args: &[&str]) {
+    Exec::here()
+        .run("nft", args.iter().copied(), None)
+        .unwrap_or_else(|e| panic!("nft {}: {e}", args.join(" ")));
+}
+
+#[test]
+#[ignore = "needs netns"]
+fn the_agent_repairs_tampered_rules_and_set_elements() {
+    let test = "the_agent_repairs_tampered_rules_and_set_elements";
+    isolated(test, || {
+        let w = World::new(test);
+        let pods = w.file("pods.yaml", PODS);
+        let agent = AgentProc::start(&[
+            "--mode",
+            "block",
+            "--pods",
+            pods.to_str().unwrap(),
+            "--allow",
+            "platform/allowed",
+            "--check-interval",
+            "1s",
+        ]);
+        assert!(agent.ready(), "{:?}", agent.get("/readyz"));
+        let built = table();
+        assert_eq!(w.reach("web"), Reach::Timeout);
+        let repairs = |kind: &str| {
+            agent
+                .metric(&format!(
+                    r#"imdsguard_agent_repairs_total{{difference="{kind}"}}"#
+                ))
+                .unwrap_or(0.0)
+        };
+        // Not ready while tampered (unless the agent was quicker), repaired within a
+        // few check intervals, and counted.
+        let repaired = |kind: &str, before: f64, what: &str| {
+            let (status, body) = agent.get("/readyz");
+            assert!(
+                status == 503 || repairs(kind) > before,
+                "{what}: readyz {status} {body}"
+            );
+            assert!(
+                eventually(Duration::from_secs(10), || repairs(kind) > before
+                    && agent.ready()),
+                "{what}: not repaired\n{}",
+                agent.get("/metrics").1
+            );
+            assert_eq!(
+                agent.metric("imdsguard_agent_enforcing"),
+                Some(1.0),
+                "{what}"
+            );
+            let now = table();
+            assert_eq!(now.differences(&built), [], "{what}: the table as built");
+        };
+
+        // The verdict flipped from drop to accept, its comment (the mode marker) kept:
+        // same chains, same number of rules, same mode.
+        let handle = rule_handle("guard_v4", "imdsguard mode=block");
+        nft(&[
+            "replace",
+            "rule",
+            "inet",
+            "imdsguard",
+            "guard_v4",
+            "handle",
+            &handle.to_string(),
+            "counter",
+            "name",
+            "blocked",
+            "accept",
+            "comment",
+            "\"imdsguard mode=block\"",
+        ]);
+        repaired("rule", 0.0, "verdict flipped");
+        assert_eq!(w.reach("web"), Reach::Timeout, "dropped again");
+
+        // An element added to the allow set by hand.
+        let before = repairs("elements");
+        nft(&[
+            "add",
+            "element",
+            "inet",
+            "imdsguard",
+            "allow_v4",
+            "{ \"azvweb\" . 10.244.0.11 }",
+        ]);
+        repaired("elements", before, "allow element added");
+        assert_eq!(table().allowed, [pair("azvallowed", [10, 244, 0, 10])]);
+        assert_eq!(w.reach("web"), Reach::Timeout, "not allowlisted");
+
+        // The allowlisted pod's element deleted by hand: put back.
+        let before = repairs("elements");
+        nft(&[
+            "delete",
+            "element",
+            "inet",
+            "imdsguard",
+            "allow_v4",
+            "{ \"azvallowed\" . 10.244.0.10 }",
+        ]);
+        repaired("elements", before, "allow element deleted");
+        assert!(w.reach("allowed").connected(), "allowlisted again");
+
+        // A known pod's element deleted: put back too.
+        let before = repairs("elements");
+        nft(&[
+            "delete",
+            "element",
+            "inet",
+            "imdsguard",
+            "known_v4",
+            "{ \"azvweb\" . 10.244.0.11 }",
+        ]);
+        repaired("elements", before, "known element deleted");
+        assert!(table().known.contains(&pair("azvweb", [10, 244, 0, 11])));
+        assert!(agent.metric("imdsguard_agent_restores_total").unwrap() >= 4.0);
+    });
+}
