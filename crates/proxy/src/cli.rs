@@ -204,6 +204,9 @@ pub fn parse_pods(path: &Path, text: &str, allow_empty: bool) -> Result<PodIndex
         })?
     };
     files::check_entries(path, pods.len(), "pods", "--allow-empty-pods", allow_empty)?;
+    for issue in pods.issues() {
+        tracing::warn!(file = %path.display(), issue = %issue, "pods file: left out");
+    }
     Ok(pods)
 }
 
@@ -253,6 +256,9 @@ pub fn run(args: ProxyArgs) -> Result<(), ProxyError> {
         );
         if let Some(p) = &args.pods {
             let _ = writeln!(out, "{}: {} address(es)", p.display(), config.pods.len());
+            for issue in config.pods.issues() {
+                let _ = writeln!(out, "{}: left out: {issue}", p.display());
+            }
         }
         return Ok(());
     }

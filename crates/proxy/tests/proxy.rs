@@ -817,3 +817,35 @@ fn documented_examples_parse() {
         "api"
     );
 }
+
+/// Issue 7: `kubectl get pods -A -o json` with a completed pod and the running pod that
+/// reuses its address. The pods file used to be refused ("address ... is also ...'s"),
+/// so the proxy did not start; now the running pod is the caller, never the finished
+/// one (which here had a token grant), and two live pods on one address are denied as
+/// unknown.
+#[tokio::test]
+async fn a_completed_pod_and_its_addresses_new_owner() {
+    let list = r#"{"apiVersion": "v1", "kind": "List", "items": [
+      {"kind": "Pod", "metadata": {"name": "api-old", "namespace": "payments"},
+       "spec": {"serviceAccountName": "api"},
+       "status": {"phase": "Succeeded", "podIP": "127.0.0.3", "podIPs": [{"ip": "127.0.0.3"}]}},
+      {"kind": "Pod", "metadata": {"name": "web-1", "namespace": "shop"},
+       "spec": {"serviceAccountName": "web"},
+       "status": {"phase": "Running", "podIP": "127.0.0.3", "podIPs": [{"ip": "127.0.0.3"}]}},
+      {"kind": "Pod", "metadata": {"name": "a", "namespace": "monitoring"},
+       "status": {"phase": "Running", "podIP": "127.0.0.4"}},
+      {"kind": "Pod", "metadata": {"name": "b", "namespace": "monitoring"},
+       "status": {"phase": "Running", "podIP": "127.0.0.4"}}
+    ]}"#;
+    let pods = PodIndex::parse(list).expect("the proxy takes the PodList");
+    assert_eq!(pods.issues().len(), 1, "{:?}", pods.issues());
+    let env = start_with(Faults::default(), |c| c.pods = pods).await;
+    let kubelet = format!("&client_id={KUBELET_CLIENT_ID}");
+    let r = env.get(SHOP_WEB, &token_target(ARM, &kubelet)).await;
+    assert_eq!(r.denied_by(), RULE_DEFAULT_DENY);
+    assert!(r.text().contains("shop/web-1"), "{}", r.text());
+    assert_eq!(env.get(SHOP_WEB, "/metadata/versions").await.status, 200);
+    let r = env.get(MONITORING, "/metadata/versions").await;
+    assert_eq!(r.denied_by(), RULE_UNKNOWN_SOURCE);
+    env.shutdown().await;
+}
