@@ -21,8 +21,9 @@ use tokio::sync::watch;
 const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PLAIN: &str = "text/plain; charset=utf-8";
 
-/// Readiness: `Ok` when ready, else why not. May run `nft`: called off the runtime.
-pub(crate) type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+/// Readiness: `Ok` when ready (with what is loaded, if anything to say), else why not.
+/// May run `nft`: called off the runtime.
+pub(crate) type Readiness = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 
 fn text(
     status: StatusCode,
@@ -52,7 +53,8 @@ async fn handle(
                 .await
                 .unwrap_or_else(|_| Err("the readiness check panicked".into()));
             match verdict {
-                Ok(()) => text(StatusCode::OK, PLAIN, "ready\n"),
+                Ok(loaded) if loaded.is_empty() => text(StatusCode::OK, PLAIN, "ready\n"),
+                Ok(loaded) => text(StatusCode::OK, PLAIN, format!("ready: {loaded}\n")),
                 Err(why) => text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     PLAIN,

@@ -13,9 +13,13 @@
 //!   gives the same (interfaces from `ip route get`), applied on every change, and drop
 //!   events also become Kubernetes `Warning` Events on the pods;
 //! - every `--check-interval` (and on SIGHUP) it checks that the table is in place and
-//!   as built, restoring it if not; reloads the pods (set elements only, never a
-//!   rebuild) and rules files when they changed (always on SIGHUP); and feeds the
-//!   table's drop counters into the metrics (`imdsguard_nflog_drops_total`);
+//!   as built, restoring it if not, and feeds the table's drop counters into the
+//!   metrics (`imdsguard_nflog_drops_total`);
+//! - on the same interval, in a task of its own ([`reload`]: a FIFO or a hung file
+//!   system never holds up the table check or shutdown), it reloads the pods (set
+//!   elements only, never a rebuild) and rules files when they changed (always on
+//!   SIGHUP); a file that is not a regular file, is empty, or does not parse is logged
+//!   and counted, and the previous contents stay;
 //! - in block and proxy modes every tick also reads which (interface, address) pairs
 //!   were dropped ([`drops`]: the table's `dropped_v4`/`dropped_v6` sets, no NFLOG
 //!   parsing), maps them to pods of the pods file, and hands one event per pod with new
@@ -36,13 +40,12 @@ pub mod reload;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use clap::Args;
-use imdsguard_core::access::AccessRules;
 use imdsguard_core::nft::{self, Mode};
 use imdsguard_node::{AgentNftArgs, AllowSpec, Enforcer, Exec, NodeError};
 use imdsguard_proxy::{LogFormat, Metrics, Proxy, ProxyConfig, ProxyControl, ProxyError, Upstream};
@@ -681,11 +684,21 @@ impl Agent {
             None => None,
         };
         let readiness: admin::Readiness = match &proxy {
+            // Proxy mode: the rules too, and how many are loaded.
             Some(p) => {
                 let control = p.control();
-                Arc::new(move || control.readiness())
+                Arc::new(move || {
+                    let loaded = control.summary();
+                    match control.readiness() {
+                        Ok(()) => Ok(loaded),
+                        Err(why) => Err(format!("{why} ({loaded})")),
+                    }
+                })
             }
-            None => nft_ready.clone(),
+            None => {
+                let nft_ready = nft_ready.clone();
+                Arc::new(move || nft_ready().map(|()| String::new()))
+            }
         };
 
         let (stop, stop_rx) = watch::channel(false);

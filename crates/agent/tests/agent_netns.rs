@@ -846,3 +846,121 @@ fn the_agent_repairs_tampered_rules_and_set_elements() {
         assert!(agent.metric("imdsguard_agent_restores_total").unwrap() >= 4.0);
     });
 }
+
+/// Puts a FIFO where `path` was, the way a writer replaces a file (made beside it, then
+/// renamed over it).
+fn replace_with_fifo(path: &std::path::Path) {
+    let tmp = path.with_extension("fifo-tmp");
+    let status = Command::new("mkfifo")
+        .arg(&tmp)
+        .status()
+        .expect("mkfifo runs");
+    assert!(status.success());
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+#[ignore = "needs netns"]
+fn a_fifo_or_an_empty_file_never_stalls_the_table_check_or_loosens_anything() {
+    let test = "a_fifo_or_an_empty_file_never_stalls_the_table_check_or_loosens_anything";
+    isolated(test, || {
+        let w = World::new(test);
+        let pods = w.file("pods.yaml", PODS);
+        let rules = w.file("rules.yaml", RULES);
+        let proxy = SocketAddr::new(IpAddr::V4(sandbox::NODE_ADDR), 8169).to_string();
+        let mut agent = AgentProc::start(&[
+            "--mode",
+            "proxy",
+            "--proxy-address",
+            &proxy,
+            "--pods",
+            pods.to_str().unwrap(),
+            "--rules",
+            rules.to_str().unwrap(),
+            "--check-interval",
+            "500ms",
+        ]);
+        let (status, body) = agent.get("/readyz");
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("2 access rules"), "{body}");
+        let location = "/metadata/instance/compute/location?api-version=2021-02-01&format=text";
+        assert_eq!(w.imds("web", location).map(|r| r.0), Some(200));
+        let errors = |file: &str| {
+            agent
+                .metric(&format!(
+                    r#"imdsguard_proxy_reloads_total{{file="{file}",result="error"}}"#
+                ))
+                .unwrap_or(0.0)
+        };
+
+        // The pods file becomes a FIFO nobody writes to; SIGHUP forces a read of it.
+        replace_with_fifo(&pods);
+        agent.signal(rustix::process::Signal::HUP);
+        assert!(
+            eventually(Duration::from_secs(5), || errors("pods") >= 1.0),
+            "the FIFO is refused and counted: {}",
+            agent.get("/metrics").1
+        );
+        std::thread::sleep(Duration::from_millis(1200));
+        assert_eq!(agent.get("/healthz").0, 200);
+        // The table check goes on: a table deleted by hand comes back within a couple
+        // of check intervals while the pods path is still a FIFO.
+        Exec::here()
+            .run("nft", ["delete", "table", "inet", "imdsguard"], None)
+            .unwrap();
+        assert!(
+            eventually(Duration::from_secs(3), || {
+                imdsguard_node::status(&Exec::here())
+                    .is_ok_and(|s| s.installed && s.enforcing && s.mode == Some(Mode::Proxy))
+            }),
+            "the table was not put back while the pods file is a FIFO"
+        );
+        assert!(eventually(Duration::from_secs(3), || agent.ready()));
+        // The pods in force stay: web is still known, the spoofer still dropped.
+        assert!(table().known.contains(&pair("azvweb", [10, 244, 0, 11])));
+        assert_eq!(w.imds("web", location).map(|r| r.0), Some(200));
+        assert_eq!(w.reach("spoofer"), Reach::Timeout);
+
+        // The rules file emptied (comments only): refused, the rules stay.
+        let before = errors("rules");
+        w.file("rules.yaml", "# rules: moved elsewhere\n");
+        assert!(
+            eventually(Duration::from_secs(5), || errors("rules") > before),
+            "{}",
+            agent.get("/metrics").1
+        );
+        assert_eq!(w.imds("web", location).map(|r| r.0), Some(200));
+        let (status, body) = agent.get("/readyz");
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("2 access rules"), "{body}");
+
+        // A regular file renamed over the FIFO is picked up: web leaves.
+        w.file(
+            "pods.yaml",
+            "- {ip: 10.244.0.10, namespace: platform, name: allowed, interface: azvallowed}\n",
+        );
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                !table().known.contains(&pair("azvweb", [10, 244, 0, 11]))
+            }),
+            "{:?}",
+            table().known
+        );
+        // An emptied pods file is refused: `allowed` stays known.
+        w.file("pods.yaml", "");
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(
+            table()
+                .known
+                .contains(&pair("azvallowed", [10, 244, 0, 10]))
+        );
+
+        // SIGTERM is not held up by anything the files did.
+        replace_with_fifo(&pods);
+        replace_with_fifo(&rules);
+        agent.signal(rustix::process::Signal::HUP);
+        std::thread::sleep(Duration::from_millis(700));
+        agent.signal(rustix::process::Signal::TERM);
+        assert!(agent.wait(Duration::from_secs(10)).success());
+    });
+}

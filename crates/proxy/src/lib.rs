@@ -58,6 +58,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub use cli::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, LogFormat, ProxyArgs, parse_duration, run};
+pub use cli::{parse_pods, parse_rules, read_pods, read_rules};
 pub use metrics::Metrics;
 
 /// The upstream when none is given: Azure IMDS.
