@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use imdsguard_core::imds::IMDS_ADDRESS;
-use imdsguard_core::nft::{AllowedPair, Mode, TableState};
+use imdsguard_core::nft::{Mode, SourcePair, TableState};
 use imdsguard_emulator::{Config as VmConfig, Emulator, Options, Throttle};
 use imdsguard_node::netns::{Isolated, NetNamespace};
 use imdsguard_node::sandbox::{self, Reach, Sandbox, lab_pods};
@@ -238,8 +238,8 @@ fn table() -> TableState {
         .expect("inet imdsguard is installed")
 }
 
-fn pair(iface: &str, addr: [u8; 4]) -> AllowedPair {
-    AllowedPair::new(iface, IpAddr::V4(Ipv4Addr::from(addr))).unwrap()
+fn pair(iface: &str, addr: [u8; 4]) -> SourcePair {
+    SourcePair::new(iface, IpAddr::V4(Ipv4Addr::from(addr))).unwrap()
 }
 
 /// Polls `check` every 50 ms for up to `within`.

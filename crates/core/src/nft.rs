@@ -389,10 +389,6 @@ pub struct SourcePair {
     pub addr: IpAddr,
 }
 
-/// The former name of [`SourcePair`] (it types known pairs too); kept while callers
-/// move to the new name.
-pub type AllowedPair = SourcePair;
-
 /// Which pair sets an entry belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
