@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use imdsguard_core::access::{AccessRules, PodIndex};
 use imdsguard_emulator::{Config, Emulator, Options, Throttle};
-use imdsguard_proxy::{Proxy, ProxyConfig, Upstream, parse_duration};
+use imdsguard_proxy::{PodRate, Proxy, ProxyConfig, Upstream, parse_duration};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
@@ -605,6 +605,10 @@ fn in_process_servers(args: &BenchArgs) -> Result<Servers, String> {
         c.rules = Some(AccessRules::parse(&bench_rules()).map_err(|e| e.to_string())?);
         c.pods = PodIndex::parse(BENCH_PODS).map_err(|e| e.to_string())?;
         c.limits.max_connections = 4096;
+        // Throughput from one source address: no per-source or per-pod limits (the
+        // fairness benchmark, examples/bench-fairness.rs, measures those).
+        c.limits.max_connections_per_source = 4096;
+        c.pod_rate = PodRate::unlimited();
         let proxy = Proxy::start(c).await.map_err(|e| e.to_string())?;
         Ok::<_, String>((emulator, proxy))
     })?;
@@ -1000,6 +1004,12 @@ impl Stack {
                 pods,
                 "--max-connections".into(),
                 o.max_connections.to_string(),
+                "--max-connections-per-source".into(),
+                o.max_connections.to_string(),
+                "--pod-rate".into(),
+                "0".into(),
+                "--pod-identity-rate".into(),
+                "0".into(),
                 "--header-timeout".into(),
                 o.header_timeout.into(),
                 "--reload-interval".into(),

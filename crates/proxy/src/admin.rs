@@ -73,6 +73,7 @@ pub(crate) async fn serve(
         header_read: Duration::from_secs(10),
         max_header_size: 16 * 1024,
         max_connections: 64,
+        max_per_source: None,
         grace: Duration::from_secs(1),
         metrics: None,
     };

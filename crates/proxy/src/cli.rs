@@ -103,6 +103,21 @@ pub struct ProxyArgs {
     /// Most client connections at once.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_connections: usize,
+    /// Most client connections at once from one source address (more are closed on
+    /// accept); at most --max-connections.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_connections_per_source: usize,
+    /// Requests per second each pod (or unknown source address) may send to the
+    /// instance document, versions, scheduled events... (IMDS allows the VM 5); over it
+    /// the pod gets IMDS's 429 with Retry-After. 0: no limit.
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 2.0)]
+    pub pod_rate: f64,
+    /// The same for the managed-identity endpoints (IMDS allows the VM 20). 0: no limit.
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 5.0)]
+    pub pod_identity_rate: f64,
+    /// Requests a pod may send at once above its rates (per class).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub pod_burst: u32,
     /// Largest request body in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
     pub max_body: usize,
@@ -151,7 +166,13 @@ impl ProxyArgs {
             max_request_body: self.max_body,
             max_response_body: self.max_response,
             max_connections: self.max_connections,
+            max_connections_per_source: self.max_connections_per_source,
             ..Limits::default()
+        };
+        config.pod_rate = crate::PodRate {
+            general: self.pod_rate,
+            identity: self.pod_identity_rate,
+            burst: self.pod_burst,
         };
         config.check()?;
         Ok((

@@ -14,10 +14,11 @@ use imdsguard_core::access::{Allow, Decision, Deny, PodInfo, RULE_CANONICAL_FORM
 use imdsguard_core::canon::{CanonicalTarget, Canonicalizer, RejectKind, Rejection};
 use imdsguard_core::imds::{
     self, CONTENT_TYPE_JSON, Endpoint, IdentitySelector, ImdsError, ImdsErrorKind, ImdsRequest,
-    Method,
+    Method, RateClass,
 };
 use serde_json::{Value, json};
 
+use crate::fairness::{self, RateLimiter};
 use crate::server::{Handler, Reply};
 use crate::upstream::{self, UpstreamError};
 use crate::{Limits, Metrics, ProxyControl, Timeouts};
@@ -31,6 +32,8 @@ enum Outcome {
     Deny,
     /// Refused as IMDS would refuse it (400/404/405), answered by the proxy.
     Invalid,
+    /// Over the caller's request rate (429, IMDS's throttling answer).
+    Throttled,
     /// Allowed, but the upstream gave no usable answer (502/504).
     UpstreamError,
 }
@@ -41,6 +44,7 @@ impl Outcome {
             Outcome::Allow => "allow",
             Outcome::Deny => "deny",
             Outcome::Invalid => "invalid",
+            Outcome::Throttled => "throttled",
             Outcome::UpstreamError => "upstream-error",
         }
     }
@@ -67,6 +71,7 @@ pub(crate) struct State {
     pub(crate) metrics: Metrics,
     pub(crate) timeouts: Timeouts,
     pub(crate) limits: Limits,
+    pub(crate) rate: RateLimiter,
 }
 
 impl Handler for State {
@@ -140,14 +145,20 @@ impl State {
             return (self.reject(&rejection, &mut rec), rec);
         }
 
+        // The caller's rate (per pod, or per source address for unknown callers): from
+        // here on a request costs work, and for allowed ones IMDS's budget for the VM.
+        let class = canon.endpoint.rate_class();
+        let rated = self
+            .rate
+            .check(rec.pod.as_deref(), peer.ip(), class, Instant::now());
+        if let Err(wait) = rated {
+            return (self.throttled(canon.endpoint, class, wait, &mut rec), rec);
+        }
+
         // 2. As IMDS would validate it (Metadata header, X-Forwarded-For, path, method,
-        //    parameters), answered here with IMDS's own error.
-        let valid = match imds::validate(
-            req.method().as_str(),
-            &canon.path,
-            canon.query.as_deref(),
-            headers.iter(),
-        ) {
+        //    parameters), answered here with IMDS's own error. The query is the one
+        //    canon decoded: nothing is decoded twice.
+        let valid = match imds::validate_canonical(req.method().as_str(), &canon, headers.iter()) {
             Ok(v) => v,
             Err(e) => {
                 rec.outcome = Outcome::Invalid;
@@ -206,9 +217,10 @@ impl State {
             rec.redacted = true;
             self.forward_redacted(&valid, &allow, &parts.headers).await
         } else {
+            // Only what was validated and decided on goes upstream.
             self.forward(
                 parts.method,
-                &canon.target(),
+                &valid.upstream_target(),
                 &parts.headers,
                 body,
                 valid.endpoint,
@@ -234,6 +246,33 @@ impl State {
         deny_reply(&Deny::canonical_form(rejection))
     }
 
+    /// IMDS's own throttling answer (429, its body for the endpoint) with `Retry-After`.
+    fn throttled(
+        &self,
+        endpoint: Endpoint,
+        class: RateClass,
+        wait: std::time::Duration,
+        rec: &mut Record,
+    ) -> Reply {
+        let class = match class {
+            RateClass::General => "general",
+            RateClass::Identity => "identity",
+        };
+        self.metrics.throttled(class);
+        rec.outcome = Outcome::Throttled;
+        rec.rule = "pod-rate".into();
+        rec.reason = Some(format!(
+            "over the caller's {class} request rate; next request in {} ms",
+            wait.as_millis()
+        ));
+        let mut reply = imds_error(&ImdsError::new(endpoint, ImdsErrorKind::Throttled));
+        reply.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(fairness::retry_after_secs(wait)),
+        );
+        reply
+    }
+
     fn deny(&self, deny: Deny, rec: &mut Record) -> Reply {
         rec.outcome = Outcome::Deny;
         let reply = deny_reply(&deny);
@@ -254,6 +293,9 @@ impl State {
         let answer = self.upstream.send(method, target, headers, body).await;
         self.metrics.upstream(endpoint.as_str(), start.elapsed());
         let answer = answer?;
+        if !answer.status.is_success() {
+            return upstream_error_answer(endpoint, answer);
+        }
         let mut reply = Response::new(Full::new(answer.body));
         *reply.status_mut() = answer.status;
         *reply.headers_mut() = answer.headers;
@@ -281,11 +323,9 @@ impl State {
             .upstream(Endpoint::Instance.as_str(), start.elapsed());
         let answer = answer?;
         if answer.status != StatusCode::OK {
-            // An IMDS error says nothing about the document: pass it on.
-            let mut reply = Response::new(Full::new(answer.body));
-            *reply.status_mut() = answer.status;
-            *reply.headers_mut() = answer.headers;
-            return Ok(reply);
+            // An IMDS error says nothing about the document: passed on when it is in
+            // IMDS's shape.
+            return upstream_error_answer(Endpoint::Instance, answer);
         }
         let mut doc: Value = serde_json::from_slice(&answer.body)
             .map_err(|e| UpstreamError::BadDocument(format!("not JSON ({e})")))?;
@@ -311,6 +351,28 @@ impl State {
         });
         respond(e.status(), CONTENT_TYPE_JSON, body.to_string())
     }
+}
+
+/// An upstream answer that is not a success: passed on only in one of IMDS's documented
+/// error shapes (re-written with only the documented fields, `Retry-After` kept when it
+/// is a number of seconds), else an error that becomes the proxy's own 502.
+fn upstream_error_answer(
+    endpoint: Endpoint,
+    answer: upstream::Answer,
+) -> Result<Reply, UpstreamError> {
+    let Some(body) = imds::upstream_error_body(endpoint, answer.status.as_u16(), &answer.body)
+    else {
+        return Err(UpstreamError::NotImdsError(answer.status.as_u16()));
+    };
+    let mut reply = respond(answer.status, CONTENT_TYPE_JSON, body);
+    if let Some(v) = answer.headers.get(header::RETRY_AFTER)
+        && !v.is_empty()
+        && v.len() <= 6
+        && v.as_bytes().iter().all(u8::is_ascii_digit)
+    {
+        reply.headers_mut().insert(header::RETRY_AFTER, v.clone());
+    }
+    Ok(reply)
 }
 
 fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {

@@ -38,6 +38,7 @@
 
 mod admin;
 mod cli;
+mod fairness;
 pub mod files;
 mod handler;
 mod metrics;
@@ -59,6 +60,7 @@ use tokio::task::JoinSet;
 
 pub use cli::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, LogFormat, ProxyArgs, parse_duration, run};
 pub use cli::{parse_pods, parse_rules, read_pods, read_rules};
+pub use fairness::PodRate;
 pub use metrics::Metrics;
 
 /// The upstream when none is given: Azure IMDS.
@@ -203,17 +205,22 @@ pub struct Limits {
     pub max_response_body: usize,
     /// Most client connections open at once (further ones wait to be accepted).
     pub max_connections: usize,
+    /// Most client connections open at once from one source address (further ones are
+    /// closed as soon as they are accepted, so that one pod cannot hold the slots of
+    /// [`Self::max_connections`] others need).
+    pub max_connections_per_source: usize,
 }
 
 impl Default for Limits {
     /// [`canon::Limits::default`], 64 KiB request bodies, 4 MiB answers, 1024
-    /// connections.
+    /// connections, 64 from one source address.
     fn default() -> Self {
         Limits {
             request: canon::Limits::default(),
             max_request_body: 64 * 1024,
             max_response_body: 4 * 1024 * 1024,
             max_connections: 1024,
+            max_connections_per_source: 64,
         }
     }
 }
@@ -293,6 +300,8 @@ pub struct ProxyConfig {
     pub timeouts: Timeouts,
     /// Size limits.
     pub limits: Limits,
+    /// Requests per second each pod may send, per IMDS rate class ([`PodRate::unlimited`]: no limit).
+    pub pod_rate: PodRate,
     /// An extra readiness condition.
     pub ready_check: Option<ReadyCheck>,
     /// Metrics to record into (share one with the agent); `None`: a new set.
@@ -311,6 +320,7 @@ impl fmt::Debug for ProxyConfig {
             .field("pods", &self.pods.len())
             .field("timeouts", &self.timeouts)
             .field("limits", &self.limits)
+            .field("pod_rate", &self.pod_rate)
             .finish_non_exhaustive()
     }
 }
@@ -330,6 +340,7 @@ impl ProxyConfig {
             absolute_form_hosts: vec![IMDS_ADDRESS.to_string()],
             timeouts: Timeouts::default(),
             limits: Limits::default(),
+            pod_rate: PodRate::default(),
             ready_check: None,
             metrics: None,
             shutdown_grace: Duration::from_secs(5),
@@ -360,6 +371,15 @@ impl ProxyConfig {
                 "max connections must be positive".into(),
             ));
         }
+        if self.limits.max_connections_per_source == 0
+            || self.limits.max_connections_per_source > self.limits.max_connections
+        {
+            return Err(ProxyError::Option(format!(
+                "max connections per source must be between 1 and max connections ({}); to lift the per-source limit, make it max connections",
+                self.limits.max_connections
+            )));
+        }
+        self.pod_rate.check().map_err(ProxyError::Option)?;
         Ok(())
     }
 }
@@ -507,6 +527,7 @@ impl Proxy {
             metrics,
             timeouts: config.timeouts,
             limits: config.limits,
+            rate: fairness::RateLimiter::new(config.pod_rate),
         });
 
         let (stop, stop_rx) = watch::channel(false);

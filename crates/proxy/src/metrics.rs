@@ -2,15 +2,17 @@
 //!
 //! | metric | labels | what |
 //! |---|---|---|
-//! | `imdsguard_proxy_decisions_total` | `namespace`, `endpoint`, `outcome` | one per request: `allow`, `deny`, `invalid` (IMDS's own 4xx, answered by the proxy), `upstream-error` |
+//! | `imdsguard_proxy_decisions_total` | `namespace`, `endpoint`, `outcome` | one per request: `allow`, `deny`, `invalid` (IMDS's own 4xx, answered by the proxy), `throttled` (the pod's rate), `upstream-error` |
 //! | `imdsguard_proxy_request_duration_seconds` | `outcome` | request latency inside the proxy, upstream included |
 //! | `imdsguard_proxy_upstream_duration_seconds` | `endpoint` | upstream exchange latency |
-//! | `imdsguard_proxy_upstream_errors_total` | `kind` | `connect`, `timeout`, `io`, `too-large`, `bad-document` |
+//! | `imdsguard_proxy_upstream_errors_total` | `kind` | `connect`, `timeout`, `io`, `too-large`, `bad-document`, `bad-error` (an error answer not in IMDS's shapes) |
 //! | `imdsguard_proxy_redactions_total` | `namespace` | instance answers with fields removed |
 //! | `imdsguard_proxy_rules` | | rules loaded |
 //! | `imdsguard_proxy_pods` | | addresses in the pod index |
 //! | `imdsguard_proxy_reloads_total` | `file`, `result` | rules / pods reloads, `ok` or `error` |
 //! | `imdsguard_proxy_open_connections` | | client connections open |
+//! | `imdsguard_proxy_connections_refused_total` | `reason`: `per-source` | connections closed on accept |
+//! | `imdsguard_proxy_throttled_total` | `class`: `general`, `identity` | requests answered 429 for the caller's rate |
 //! | `imdsguard_nflog_drops_total` | `destination` | packets the node's nft rules dropped (counted by the agent) |
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -57,6 +59,16 @@ struct ReloadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabels {
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DestinationLabels {
     destination: String,
 }
@@ -79,6 +91,8 @@ struct Inner {
     pods: Gauge,
     reloads: Family<ReloadLabels, Counter>,
     connections: Gauge,
+    refused: Family<ReasonLabels, Counter>,
+    throttled: Family<ClassLabels, Counter>,
     nflog_drops: Family<DestinationLabels, Counter>,
 }
 
@@ -114,6 +128,8 @@ impl Metrics {
         let pods = Gauge::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
         let connections = Gauge::default();
+        let refused = Family::<ReasonLabels, Counter>::default();
+        let throttled = Family::<ClassLabels, Counter>::default();
         let nflog_drops = Family::<DestinationLabels, Counter>::default();
         registry.register(
             "proxy_decisions",
@@ -132,7 +148,7 @@ impl Metrics {
         );
         registry.register(
             "proxy_upstream_errors",
-            "Requests the upstream did not answer usably (connect, timeout, io, too-large, bad-document)",
+            "Requests the upstream did not answer usably (connect, timeout, io, too-large, bad-document, bad-error)",
             upstream_errors.clone(),
         );
         registry.register(
@@ -157,6 +173,16 @@ impl Metrics {
             connections.clone(),
         );
         registry.register(
+            "proxy_connections_refused",
+            "Client connections closed as soon as accepted, by reason (per-source: the source address held its maximum)",
+            refused.clone(),
+        );
+        registry.register(
+            "proxy_throttled",
+            "Requests answered 429 because the calling pod (or unknown source) exceeded its rate, by IMDS rate class",
+            throttled.clone(),
+        );
+        registry.register(
             "nflog_drops",
             "Packets to metadata endpoints dropped by imdsguard's nft rules, by destination",
             nflog_drops.clone(),
@@ -173,6 +199,8 @@ impl Metrics {
                 pods,
                 reloads,
                 connections,
+                refused,
+                throttled,
                 nflog_drops,
             }),
         }
@@ -275,6 +303,20 @@ impl Metrics {
     pub(crate) fn connection_closed(&self) {
         self.inner.connections.dec();
     }
+
+    pub(crate) fn connection_refused(&self, reason: &'static str) {
+        self.inner
+            .refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub(crate) fn throttled(&self, class: &'static str) {
+        self.inner
+            .throttled
+            .get_or_create(&ClassLabels { class })
+            .inc();
+    }
 }
 
 #[cfg(test)]
@@ -295,6 +337,8 @@ mod tests {
         m.record_nflog_drops("imds", 3);
         m.record_reload("rules", true);
         m.set_rules(4);
+        m.connection_refused("per-source");
+        m.throttled("identity");
         let text = m.encode();
         for want in [
             r#"imdsguard_proxy_decisions_total{namespace="payments",endpoint="identity-token",outcome="deny"} 1"#,
@@ -303,6 +347,8 @@ mod tests {
             r#"imdsguard_nflog_drops_total{destination="imds"} 3"#,
             r#"imdsguard_proxy_reloads_total{file="rules",result="ok"} 1"#,
             "imdsguard_proxy_rules 4",
+            r#"imdsguard_proxy_connections_refused_total{reason="per-source"} 1"#,
+            r#"imdsguard_proxy_throttled_total{class="identity"} 1"#,
             "# EOF",
         ] {
             assert!(text.contains(want), "{want} missing in\n{text}");

@@ -1,6 +1,6 @@
-//! Listeners: the accept loop (bounded number of connections), one HTTP/1.1 connection
-//! task per client with a header-read timeout and a header size limit, and graceful
-//! shutdown.
+//! Listeners: the accept loop (bounded number of connections, and of connections per
+//! source address), one HTTP/1.1 connection task per client with a header-read timeout
+//! and a header size limit, and graceful shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,6 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::Metrics;
+use crate::fairness::{SourceLimiter, SourceSlot};
 use crate::handler::State;
 
 /// An answer, read whole.
@@ -41,6 +42,8 @@ pub(crate) struct ServeOptions {
     pub(crate) header_read: Duration,
     pub(crate) max_header_size: usize,
     pub(crate) max_connections: usize,
+    /// Most connections from one source address; further ones are closed at once.
+    pub(crate) max_per_source: Option<usize>,
     pub(crate) grace: Duration,
     pub(crate) metrics: Option<Metrics>,
 }
@@ -59,6 +62,7 @@ pub(crate) async fn serve_proxy(
         // and answers with a denial hyper's bare 431 cannot give.
         max_header_size: l.max_target + 2 * l.max_header_bytes + 1024,
         max_connections: state.limits.max_connections,
+        max_per_source: Some(state.limits.max_connections_per_source),
         grace,
         metrics: Some(state.metrics.clone()),
     };
@@ -74,6 +78,7 @@ pub(crate) async fn serve<H: Handler>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(options.max_connections));
+    let per_source = options.max_per_source.map(SourceLimiter::new);
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -81,13 +86,29 @@ pub(crate) async fn serve<H: Handler>(
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = accept(&listener, &permits) => match accepted {
                 Ok((stream, peer, permit)) => {
+                    // A source at its maximum loses this connection (closed now, before
+                    // anything is read) and keeps the ones it has; nobody else waits.
+                    let slot = match &per_source {
+                        Some(limiter) => match limiter.try_acquire(peer.ip()) {
+                            Some(slot) => Some(slot),
+                            None => {
+                                if let Some(m) = &options.metrics {
+                                    m.connection_refused("per-source");
+                                }
+                                tracing::debug!(%peer, "connection closed: its source holds its maximum of connections");
+                                drop(stream);
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
                     conns.spawn(connection(
                         stream,
                         peer,
                         handler.clone(),
                         options.clone(),
                         shutdown.clone(),
-                        permit,
+                        (permit, slot),
                     ));
                 }
                 Err(e) => {
@@ -142,7 +163,7 @@ async fn connection<H: Handler>(
     handler: Arc<H>,
     options: ServeOptions,
     mut shutdown: watch::Receiver<bool>,
-    _permit: OwnedSemaphorePermit,
+    _slots: (OwnedSemaphorePermit, Option<SourceSlot>),
 ) {
     let _ = stream.set_nodelay(true);
     if let Some(m) = &options.metrics {

@@ -56,6 +56,9 @@ pub(crate) enum UpstreamError {
     TooLarge(usize),
     /// The instance document could not be read for redaction.
     BadDocument(String),
+    /// An error answer (this status) not in one of IMDS's documented error shapes:
+    /// not passed on, whatever it holds.
+    NotImdsError(u16),
 }
 
 impl UpstreamError {
@@ -67,6 +70,7 @@ impl UpstreamError {
             UpstreamError::Io(_) => "io",
             UpstreamError::TooLarge(_) => "too-large",
             UpstreamError::BadDocument(_) => "bad-document",
+            UpstreamError::NotImdsError(_) => "bad-error",
         }
     }
 
@@ -89,6 +93,10 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::BadDocument(e) => {
                 write!(f, "the instance document could not be read: {e}")
             }
+            UpstreamError::NotImdsError(status) => write!(
+                f,
+                "it answered HTTP {status} with a body that is not one of IMDS's error shapes (withheld)"
+            ),
         }
     }
 }

@@ -19,7 +19,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use imdsguard_core::access::{AccessRules, PodIndex};
 use imdsguard_emulator::{Config, Emulator, Faults, Options, Throttle};
-use imdsguard_proxy::{Proxy, ProxyConfig, Upstream};
+use imdsguard_proxy::{PodRate, Proxy, ProxyConfig, Upstream};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
@@ -97,6 +97,9 @@ pub fn config(upstream: SocketAddr) -> ProxyConfig {
     c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
     c.rules = Some(AccessRules::parse(RULES).unwrap());
     c.pods = PodIndex::parse(PODS).unwrap();
+    // The functional tests send more than a pod's default burst; the rate has tests of
+    // its own (tests/fairness.rs).
+    c.pod_rate = PodRate::unlimited();
     c
 }
 
