@@ -29,9 +29,9 @@ impl Run {
 
 /// Starts the emulator with `emulate_args` (IMDS on 127.0.0.1:8169, WireServer on
 /// :8080, HostGAPlugin on :32526) and runs the probe with `probe_args`, in a fresh
-/// namespace. `None` when the test is skipped.
-fn run(test: &str, emulate_args: &str, probe_args: &str) -> Option<Run> {
-    let ns = Netns::or_skip(test)?;
+/// namespace.
+fn run(test: &str, emulate_args: &str, probe_args: &str) -> Run {
+    let ns = Netns::require(test);
     let script = r#"
 out=$(mktemp)
 "$BIN" emulate --listen 127.0.0.1:8169 --wireserver 127.0.0.1:8080 --hostgaplugin 127.0.0.1:32526 --seed 7 $EMULATE_ARGS >"$out" 2>/dev/null &
@@ -57,7 +57,7 @@ exit $rc
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     };
     assert_ne!(run.code, 97, "{}", run.stderr);
-    Some(run)
+    run
 }
 
 const ALL_ENDPOINTS: &str = "--endpoint http://127.0.0.1:8169 --wireserver http://127.0.0.1:8080 --hostgaplugin http://127.0.0.1:32526";
@@ -98,10 +98,9 @@ fn the_token_detector_finds_an_emulator_shaped_token() {
 }
 
 #[test]
+#[ignore = "needs netns"]
 fn the_seed_attack_path_is_walked_end_to_end_and_no_token_is_printed() {
-    let Some(run) = run("seed_path", "", ALL_ENDPOINTS) else {
-        return;
-    };
+    let run = run("seed_path", "", ALL_ENDPOINTS);
     assert_eq!(
         run.code, 1,
         "sensitive data reachable means exit 1:\n{}\n{}",
@@ -148,10 +147,9 @@ fn the_seed_attack_path_is_walked_end_to_end_and_no_token_is_printed() {
 }
 
 #[test]
+#[ignore = "needs netns"]
 fn the_text_report_names_the_token_by_fingerprint_only() {
-    let Some(ns) = Netns::or_skip("text_report") else {
-        return;
-    };
+    let ns = Netns::require("text_report");
     let out = ns.run(
         r#"
 out=$(mktemp)
@@ -173,21 +171,19 @@ exit $rc
 }
 
 #[test]
+#[ignore = "needs netns"]
 fn without_wireserver_urls_the_wireserver_steps_are_not_checked() {
-    let Some(run) = run("no_wireserver", "", "--endpoint http://127.0.0.1:8169") else {
-        return;
-    };
+    let run = run("no_wireserver", "", "--endpoint http://127.0.0.1:8169");
     let r = run.json();
     assert_eq!(classes(&r, "wireserver-goalstate"), ["not-checked"]);
     assert_eq!(classes(&r, "hostgaplugin-vmsettings"), ["not-checked"]);
 }
 
 #[test]
+#[ignore = "needs netns"]
 fn an_unknown_identity_is_reported_as_not_found() {
     let args = format!("{ALL_ENDPOINTS} --client-id 99999999-0000-4000-8000-000000000009");
-    let Some(run) = run("unknown_identity", "", &args) else {
-        return;
-    };
+    let run = run("unknown_identity", "", &args);
     let r = run.json();
     assert!(
         classes(&r, "token")
@@ -199,11 +195,10 @@ fn an_unknown_identity_is_reported_as_not_found() {
 }
 
 #[test]
+#[ignore = "needs netns"]
 fn emulator_throttling_shows_as_throttled() {
     // One identity request a second: the probe's later token requests get 429.
-    let Some(run) = run("throttled", "--identity-rate 1", ALL_ENDPOINTS) else {
-        return;
-    };
+    let run = run("throttled", "--identity-rate 1", ALL_ENDPOINTS);
     let r = run.json();
     assert!(
         classes(&r, "token").iter().any(|c| c == "throttled"),
@@ -213,14 +208,13 @@ fn emulator_throttling_shows_as_throttled() {
 }
 
 #[test]
+#[ignore = "needs netns"]
 fn emulator_failures_show_as_errors_and_nothing_is_exposed() {
-    let Some(run) = run(
+    let run = run(
         "failing",
         "--fail-rate 1.0",
         "--endpoint http://127.0.0.1:8169",
-    ) else {
-        return;
-    };
+    );
     let r = run.json();
     assert_eq!(classes(&r, "instance"), ["error"], "{}", run.stdout);
     assert!(
@@ -232,11 +226,10 @@ fn emulator_failures_show_as_errors_and_nothing_is_exposed() {
 }
 
 #[test]
+#[ignore = "needs netns"]
 fn a_stopped_emulator_is_blocked_refused() {
     // Nothing listens on the port: the connection is refused.
-    let Some(ns) = Netns::or_skip("refused") else {
-        return;
-    };
+    let ns = Netns::require("refused");
     let out = ns.run(
         r#""$BIN" probe --endpoint http://127.0.0.1:8169 --format json --connect-timeout 500ms"#,
         &[("BIN", BIN)],
@@ -247,11 +240,10 @@ fn a_stopped_emulator_is_blocked_refused() {
 }
 
 #[test]
+#[ignore = "needs netns"]
 fn an_emulator_slower_than_the_timeout_is_blocked_timeout() {
     // --delay 3000 ms against the probe's 2 s request timeout.
-    let Some(run) = run("slow", "--delay 3000", "--endpoint http://127.0.0.1:8169") else {
-        return;
-    };
+    let run = run("slow", "--delay 3000", "--endpoint http://127.0.0.1:8169");
     let r = run.json();
     assert_eq!(
         classes(&r, "instance"),
@@ -263,14 +255,13 @@ fn an_emulator_slower_than_the_timeout_is_blocked_timeout() {
 }
 
 #[test]
+#[ignore = "needs netns"]
 fn dropped_connections_are_blocked_refused() {
-    let Some(run) = run(
+    let run = run(
         "dropped",
         "--drop-rate 1.0",
         "--endpoint http://127.0.0.1:8169",
-    ) else {
-        return;
-    };
+    );
     let r = run.json();
     assert_eq!(
         classes(&r, "instance"),
