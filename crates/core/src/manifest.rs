@@ -585,9 +585,13 @@ fn yaml_message(e: &serde_norway::Error) -> String {
     }
 }
 
-fn yaml_error_line(e: &serde_norway::Error, doc_line: usize) -> usize {
+/// The file line of a parser error in `doc` (which starts on `doc_line`). The parser
+/// reports an error at the end of the input (an unclosed `[`) on the line after the
+/// last one; that error belongs to the document's last line (found by fuzzing).
+fn yaml_error_line(e: &serde_norway::Error, doc_line: usize, doc: &str) -> usize {
+    let last = doc.lines().count().saturating_sub(1);
     e.location()
-        .map(|l| doc_line + l.line().saturating_sub(1))
+        .map(|l| doc_line + l.line().saturating_sub(1).min(last))
         .unwrap_or(doc_line)
 }
 
@@ -680,7 +684,7 @@ fn parse_yaml_doc(file: &Arc<str>, line: usize, doc: &str, out: &mut Loaded) {
                 Err(e) => {
                     out.errors.push(LoadError {
                         file: file.clone(),
-                        line: yaml_error_line(&e, line),
+                        line: yaml_error_line(&e, line, doc),
                         object: None,
                         kind: LoadErrorKind::Syntax,
                         message: format!("not valid YAML: {}", yaml_message(&e)),
@@ -713,7 +717,7 @@ fn parse_yaml_doc(file: &Arc<str>, line: usize, doc: &str, out: &mut Loaded) {
                     }
                 }
             } else {
-                let at = yaml_error_line(&err, line);
+                let at = yaml_error_line(&err, line, doc);
                 shape_error_or_skip(file, at, &head, yaml_message(&err), out);
             }
         }
@@ -1376,6 +1380,23 @@ mod tests {
         assert_eq!(l.errors[1].kind, LoadErrorKind::Shape);
         assert_eq!(l.errors[1].object.as_deref(), Some("Deployment d"));
         assert!(l.errors[1].to_string().starts_with("bad.yaml:"));
+    }
+
+    #[test]
+    fn syntax_error_at_the_end_of_the_input_names_its_last_line() {
+        // Found by fuzzing: the parser puts an error at the end of the input on the
+        // line after the last one, which the input does not have.
+        for (text, line) in [
+            ("x: [", 1),
+            ("a: 1\n---\nx: [", 3),
+            ("a:\n  b: [1,", 2),
+            ("a: 1\n---\n[{pgw\"", 3),
+        ] {
+            let l = parse("end.yaml", text);
+            assert_eq!(l.errors.len(), 1, "{text:?}: {:?}", l.errors);
+            assert_eq!(l.errors[0].kind, LoadErrorKind::Syntax, "{text:?}");
+            assert_eq!(l.errors[0].line, line, "{text:?}: {}", l.errors[0]);
+        }
     }
 
     #[test]
