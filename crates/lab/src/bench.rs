@@ -96,8 +96,16 @@ pub(crate) fn allow_latency(
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let watcher = pod.netns().spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(5);
+            // A busy machine can be slow to connect even once allowed: short attempts
+            // for a second (the measurement), longer ones after, for a while.
+            let start = Instant::now();
+            let deadline = start + Duration::from_secs(20);
             while !stop2.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let attempt = if start.elapsed() < Duration::from_secs(1) {
+                    attempt
+                } else {
+                    Duration::from_millis(100)
+                };
                 if std::net::TcpStream::connect_timeout(&target, attempt).is_ok() {
                     return Some(Instant::now());
                 }

@@ -14,9 +14,9 @@
 //! checks that it is isolated (another namespace than its parent's, nothing but `lo`)
 //! before it adds any interface. The probe's default endpoints (169.254.169.254,
 //! 168.63.129.16) are only ever contacted from inside those namespaces, where they are
-//! the lab's emulator. When the lab ends (normally, on error, on Ctrl-C, or killed),
-//! its namespaces end with it: each is held by a child process that exits when the lab's
-//! pipe to it closes.
+//! the lab's emulator. When the lab ends (normally, on error, on SIGINT or SIGTERM sent
+//! to the process the user started, or killed), its namespaces end with it: each is
+//! held by a child process that exits when the lab's pipe to it closes.
 
 mod bench;
 mod report;
@@ -47,7 +47,8 @@ pub enum Format {
 ///
 /// Exit status: 0 when every phase came out as expected (only the allowlisted pod and
 /// the node reach the endpoints under block and proxy mode, DNS always answers), 1 when
-/// one did not, 2 when the lab could not run.
+/// one did not, 2 when the lab could not run, 130 or 143 when stopped by SIGINT or
+/// SIGTERM (it cleans up first).
 #[derive(Debug, Clone, Args)]
 pub struct LabArgs {
     /// Phases to run, in order (repeatable) [default: before block observe proxy]

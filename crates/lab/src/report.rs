@@ -84,6 +84,9 @@ pub struct Row {
     /// The rule that denied, when the proxy did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub denied_by: Option<String>,
+    /// How many times the pod was probed in this phase: more than 1 when a timeout made
+    /// the row unexpected and it was probed again with a longer deadline.
+    pub attempts: u32,
 }
 
 /// How telling a class is when several steps are summed up (higher first).
@@ -132,6 +135,7 @@ impl Row {
             sensitive: report.summary.sensitive,
             reached: report.summary.reachable.clone(),
             denied_by,
+            attempts: 1,
         }
     }
 }

@@ -2,6 +2,10 @@
 //! `unshare --net`; the inner run (in that namespace) builds and probes the lab.
 
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use rustix::process::{Pid, Signal};
 
 use imdsguard_node::netns::{Isolated, current_netns};
 use imdsguard_node::{package_of, which};
@@ -12,6 +16,8 @@ use crate::{LabArgs, LabError, LabExit};
 const STAGE_ENV: &str = "IMDSGUARD_LAB_STAGE";
 /// The outer run's network namespace, which the inner run must not be in.
 const PARENT_ENV: &str = "IMDSGUARD_LAB_PARENT_NETNS";
+/// The outer run's process id: the inner run ends when that process is gone.
+const PARENT_PID_ENV: &str = "IMDSGUARD_LAB_PARENT_PID";
 
 pub(crate) fn is_inner() -> bool {
     std::env::var(STAGE_ENV).as_deref() == Ok("inner")
@@ -31,7 +37,9 @@ fn unshare_args() -> Vec<&'static str> {
 }
 
 /// Checks the tools, then runs this program again under `unshare --net` and passes its
-/// exit status on. Ctrl-C reaches both; this one waits for the inner run to clean up.
+/// exit status on. SIGINT and SIGTERM sent to this process (the one the user started)
+/// are passed on to the inner run, which stops and cleans up; this one waits for it and
+/// exits with its status (130 for SIGINT, 143 for SIGTERM).
 pub(crate) fn outer() -> Result<LabExit, LabError> {
     let missing: Vec<String> = ["unshare", "nsenter", "ip", "nft"]
         .into_iter()
@@ -72,6 +80,18 @@ pub(crate) fn outer() -> Result<LabExit, LabError> {
         source: e,
     })?;
     let parent = current_netns()?;
+    // From here on SIGINT and SIGTERM do not end this process before the inner run: they
+    // are passed on to it (the user's Ctrl-C reaches it too; twice is harmless). One
+    // that comes before the inner run exists is passed on as soon as it does.
+    let inner_pid = Arc::new(AtomicI32::new(0));
+    let pending = Arc::new(AtomicI32::new(0));
+    {
+        let (inner_pid, pending) = (inner_pid.clone(), pending.clone());
+        on_interrupts(move |sig| {
+            pending.store(sig.as_raw(), Ordering::SeqCst);
+            forward(inner_pid.load(Ordering::SeqCst), sig);
+        });
+    }
     let mut child = Command::new("unshare")
         .args(&args)
         .arg("--")
@@ -79,47 +99,79 @@ pub(crate) fn outer() -> Result<LabExit, LabError> {
         .args(std::env::args_os().skip(1))
         .env(STAGE_ENV, "inner")
         .env(PARENT_ENV, parent)
+        .env(PARENT_PID_ENV, std::process::id().to_string())
         .spawn()
         .map_err(|e| LabError::Io {
             what: "starting the lab under unshare".into(),
             source: e,
         })?;
-    // From here on Ctrl-C must not end this process before the inner run: a handler
-    // replaces the default action, and the inner run handles the signal itself.
-    ignore_interrupts();
+    // `unshare` without `--fork` becomes the inner run: this is its process id.
+    let pid = i32::try_from(child.id()).unwrap_or(0);
+    inner_pid.store(pid, Ordering::SeqCst);
+    if let Some(sig) = Signal::from_named_raw(pending.load(Ordering::SeqCst)) {
+        forward(pid, sig);
+    }
     let status = child.wait().map_err(|e| LabError::Io {
         what: "waiting for the lab".into(),
         source: e,
     })?;
-    Ok(match status.code() {
-        Some(0) => LabExit::Expected,
-        Some(1) => LabExit::Unexpected,
-        Some(c) => LabExit::Other(u8::try_from(c).unwrap_or(2)),
-        None => LabExit::Other(130),
+    use std::os::unix::process::ExitStatusExt;
+    Ok(match (status.code(), status.signal()) {
+        (Some(0), _) => LabExit::Expected,
+        (Some(1), _) => LabExit::Unexpected,
+        (Some(c), _) => LabExit::Other(u8::try_from(c).unwrap_or(2)),
+        // Killed by a signal before its handler ran: the shell's convention.
+        (None, Some(sig)) => LabExit::Other(u8::try_from(128 + sig).unwrap_or(2)),
+        (None, None) => LabExit::Other(2),
     })
 }
 
-/// Catches SIGINT/SIGTERM on a background thread and does nothing with them.
-fn ignore_interrupts() {
-    on_interrupts(|| {});
+/// Sends `sig` to the inner run, when there is one yet.
+fn forward(pid: i32, sig: Signal) {
+    if let Some(pid) = Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process(pid, sig);
+    }
 }
 
-/// On SIGINT/SIGTERM: say so and exit 130. Exiting is the cleanup: every namespace the
-/// lab made is held by a child whose standard input is a pipe from this process, so
-/// they all end, taking their interfaces with them; this process's own namespace (the
-/// node, with its nft tables) ends with it.
+/// The exit status for a run ended by `sig`: 128 + its number (130 for SIGINT, 143 for
+/// SIGTERM), as a shell reports it.
+pub(crate) fn interrupted_status(sig: Signal) -> i32 {
+    128 + sig.as_raw()
+}
+
+/// On SIGINT/SIGTERM: say so and exit 130 (SIGINT) or 143 (SIGTERM). Exiting is the
+/// cleanup: every namespace the lab made is held by a child whose standard input is a
+/// pipe from this process, so they all end, taking their interfaces with them; this
+/// process's own namespace (the node, with its nft tables) ends with it. The same
+/// happens when the outer run dies without passing a signal on (SIGKILL): the kernel
+/// sends this process SIGTERM then.
 fn exit_on_interrupt() {
-    on_interrupts(|| {
+    on_interrupts(|sig| {
         eprintln!(
-            "imdsguard lab: interrupted; its namespaces, interfaces and nft tables go away with it"
+            "imdsguard lab: stopped by {}; its namespaces, interfaces and nft tables go away with it",
+            if sig == Signal::INT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            }
         );
-        std::process::exit(130);
+        std::process::exit(interrupted_status(sig));
     });
+    let _ = rustix::process::set_parent_process_death_signal(Some(Signal::TERM));
+    // The outer run may have gone before the line above: then nobody is waiting.
+    let parent = std::env::var(PARENT_PID_ENV)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok());
+    let now = rustix::process::getppid().map(Pid::as_raw_nonzero);
+    if parent.is_some_and(|p| now.is_none_or(|n| n.get() != p)) {
+        eprintln!("imdsguard lab: the process that started the lab is gone; stopping");
+        std::process::exit(interrupted_status(Signal::TERM));
+    }
 }
 
 /// Runs `on_signal` on a background thread for every SIGINT or SIGTERM, instead of the
 /// default action; returns once the handlers are installed.
-fn on_interrupts(on_signal: impl Fn() + Send + 'static) {
+fn on_interrupts(on_signal: impl Fn(Signal) + Send + 'static) {
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
@@ -139,11 +191,11 @@ fn on_interrupts(on_signal: impl Fn() + Send + 'static) {
             };
             let _ = tx.send(());
             loop {
-                tokio::select! {
-                    _ = int.recv() => {}
-                    _ = term.recv() => {}
-                }
-                on_signal();
+                let sig = tokio::select! {
+                    _ = int.recv() => Signal::INT,
+                    _ = term.recv() => Signal::TERM,
+                };
+                on_signal(sig);
             }
         });
     });

@@ -16,7 +16,7 @@ use imdsguard_node::sandbox::{
 };
 use imdsguard_node::{Enforcer, Exec};
 use imdsguard_probe::{
-    DEFAULT_ENDPOINT, DEFAULT_HOSTGAPLUGIN, DEFAULT_WIRESERVER, Endpoint, ProbeConfig,
+    Class, DEFAULT_ENDPOINT, DEFAULT_HOSTGAPLUGIN, DEFAULT_WIRESERVER, Endpoint, ProbeConfig,
 };
 use tokio::sync::oneshot;
 
@@ -181,8 +181,58 @@ fn probe_config(connect_timeout: Duration) -> ProbeConfig {
     config.wireserver = Some(endpoint(DEFAULT_WIRESERVER));
     config.hostgaplugin = Some(endpoint(DEFAULT_HOSTGAPLUGIN));
     config.connect_timeout = connect_timeout;
-    config.timeout = Duration::from_secs(3);
+    config.timeout = Duration::from_secs(3).max(connect_timeout * 3);
     config
+}
+
+/// How many times a cell that timed out where it should not have is probed again
+/// before the lab calls it blocked, each time with twice the connect timeout: a busy
+/// machine can miss a deadline, a drop never answers.
+const RETRIES: u32 = 2;
+
+/// Whether something in `row` timed out or went unanswered (a TCP connect, a DNS echo).
+fn timed_out(row: &Row) -> bool {
+    [row.imds, row.token, row.wireserver, row.hostgaplugin].contains(&Class::BlockedTimeout)
+        || !row.azure_dns
+        || !row.node_local_dns
+}
+
+/// The pods whose rows are not as expected in `phase` because something timed out.
+fn to_retry(phase: Phase, pods: &[LabPod], rows: &[Row]) -> Vec<String> {
+    pods.iter()
+        .filter(|info| {
+            rows.iter()
+                .find(|r| r.pod == info.name)
+                .is_some_and(|row| timed_out(row) && !check(phase, info, row).is_empty())
+        })
+        .map(|info| info.name.clone())
+        .collect()
+}
+
+/// Probes every pod and the node; a row that is not as expected in `phase` because
+/// something timed out is probed again, up to [`RETRIES`] times with a longer deadline.
+fn probe_phase(
+    sandbox: &Sandbox,
+    pods: &[LabPod],
+    phase: Phase,
+    connect_timeout: Duration,
+) -> Result<Vec<Row>, LabError> {
+    let mut rows = probe_all(sandbox, None, connect_timeout)?;
+    let mut timeout = connect_timeout;
+    for _ in 0..RETRIES {
+        let again = to_retry(phase, pods, &rows);
+        if again.is_empty() {
+            break;
+        }
+        timeout *= 2;
+        for new in probe_all(sandbox, Some(&again), timeout)? {
+            if let Some(row) = rows.iter_mut().find(|r| r.pod == new.pod) {
+                let attempts = row.attempts + 1;
+                *row = Row { attempts, ..new };
+            }
+        }
+    }
+    Ok(rows)
 }
 
 /// The probe and the DNS checks, from wherever the calling thread's namespace is.
@@ -200,18 +250,25 @@ fn probe_here(pod: &str, config: &ProbeConfig) -> Row {
     Row::new(pod, &report, azure_dns, node_local_dns)
 }
 
-/// Probes every pod and the node at once.
-fn probe_all(sandbox: &Sandbox, connect_timeout: Duration) -> Result<Vec<Row>, LabError> {
+/// Probes every pod and the node at once (`only`: just these).
+fn probe_all(
+    sandbox: &Sandbox,
+    only: Option<&[String]>,
+    connect_timeout: Duration,
+) -> Result<Vec<Row>, LabError> {
+    let wanted = |name: &str| only.is_none_or(|o| o.iter().any(|n| n == name));
     let mut handles = Vec::new();
-    for pod in sandbox.pods() {
+    for pod in sandbox.pods().iter().filter(|p| wanted(p.name())) {
         let name = pod.name().to_owned();
         let config = probe_config(connect_timeout);
         handles.push(pod.netns().spawn(move || probe_here(&name, &config)));
     }
-    let config = probe_config(connect_timeout);
-    // The node itself: hostNetwork pods, the kubelet. imdsguard leaves it alone.
-    let node = std::thread::spawn(move || Ok(probe_here("node", &config)));
-    handles.push(node);
+    if wanted("node") {
+        let config = probe_config(connect_timeout);
+        // The node itself: hostNetwork pods, the kubelet. imdsguard leaves it alone.
+        let node = std::thread::spawn(move || Ok(probe_here("node", &config)));
+        handles.push(node);
+    }
     let mut rows = Vec::new();
     for h in handles {
         rows.push(
@@ -340,7 +397,7 @@ pub(crate) fn run(isolated: &Isolated, args: &LabArgs) -> Result<LabExit, LabErr
                 }
             }
         };
-        let rows = probe_all(&sandbox, args.connect_timeout)?;
+        let rows = probe_phase(&sandbox, &pods, *phase, args.connect_timeout)?;
         let counters = if *phase == Phase::Before {
             Vec::new()
         } else {
@@ -432,6 +489,57 @@ mod tests {
         let as_seen = pods.get(IpAddr::V4(spoofer.addr)).unwrap();
         assert_eq!(as_seen.name, ALLOWED_POD);
         assert!(rules.rules().iter().any(|r| r.selects(as_seen)));
+    }
+
+    #[test]
+    fn only_cells_that_timed_out_against_expectations_are_probed_again() {
+        let pod = |name: &str, allowlisted: bool| LabPod {
+            name: name.into(),
+            address: "10.244.0.1".into(),
+            interface: "azvx".into(),
+            role: String::new(),
+            allowlisted,
+            known: true,
+        };
+        let row = |name: &str, class: Class, sensitive: bool, dns: bool| Row {
+            pod: name.into(),
+            imds: class,
+            token: class,
+            wireserver: class,
+            hostgaplugin: class,
+            azure_dns: dns,
+            node_local_dns: true,
+            sensitive,
+            reached: Vec::new(),
+            denied_by: None,
+            attempts: 1,
+        };
+        let pods = [
+            pod("allowed", true),
+            pod("web", false),
+            pod("batch", false),
+            pod("slow-dns", false),
+        ];
+        let timeout = Class::BlockedTimeout;
+        let rows = [
+            // Should reach IMDS, timed out: a busy machine, or a real block. Again.
+            row("allowed", timeout, false, true),
+            // Dropped as it should be: a timeout is the expected answer.
+            row("web", timeout, false, true),
+            // Unexpected, but not a timeout (it got through): no second chance.
+            row("batch", Class::TokenObtained, true, true),
+            // DNS unanswered in time: again.
+            row("slow-dns", timeout, false, false),
+        ];
+        assert_eq!(
+            to_retry(Phase::Block, &pods, &rows),
+            ["allowed", "slow-dns"]
+        );
+        // Before protection everything should be reached: every timeout is retried.
+        assert_eq!(
+            to_retry(Phase::Before, &pods, &rows),
+            ["allowed", "web", "slow-dns"]
+        );
     }
 
     #[test]
