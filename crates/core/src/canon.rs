@@ -443,12 +443,18 @@ impl Canonicalizer {
             if pairs.iter().any(|(n, _)| *n == name) {
                 return reject(
                     RejectKind::RepeatedParameter,
-                    format!("query parameter `{name}` is given more than once"),
+                    format!(
+                        "query parameter `{}` is given more than once",
+                        shorten(&name, 32)
+                    ),
                 );
             }
             let value = decode_query_part(raw_value).ok_or_else(|| Rejection {
                 kind: RejectKind::BadParameterValue,
-                detail: format!("query parameter `{name}` has an invalid escape"),
+                detail: format!(
+                    "query parameter `{}` has an invalid escape",
+                    shorten(&name, 32)
+                ),
             })?;
             if let Some(b) = value
                 .bytes()
@@ -463,7 +469,7 @@ impl Canonicalizer {
                 };
                 return reject(
                     RejectKind::BadParameterValue,
-                    format!("query parameter `{name}` decodes to {why}"),
+                    format!("query parameter `{}` decodes to {why}", shorten(&name, 32)),
                 );
             }
             if !out.is_empty() {
@@ -1117,5 +1123,15 @@ pub(crate) mod tests {
         let e = canon(&long).unwrap_err();
         assert!(e.detail.len() < 120, "{}", e.detail);
         assert_eq!(shorten("éé", 3), "é…");
+        // Found by fuzzing: a long parameter name was quoted whole.
+        let name = "n".repeat(1000);
+        for query in [
+            format!("{name}=%1f"),
+            format!("{name}=%zz"),
+            format!("{name}=a&{name}=b"),
+        ] {
+            let e = canon(&format!("/metadata/versions?{query}")).unwrap_err();
+            assert!(e.detail.len() < 120, "{:?}: {}", e.kind, e.detail);
+        }
     }
 }
