@@ -12,9 +12,11 @@
 //! - or, with `--kubernetes` ([`kube`]), a watch of the pods scheduled on `--node-name`
 //!   gives the same (interfaces from `ip route get`), applied on every change, and drop
 //!   events also become Kubernetes `Warning` Events on the pods;
-//! - every `--check-interval` (and on SIGHUP) it checks that the table is in place and
-//!   as built, restoring it if not, and feeds the table's drop counters into the
-//!   metrics (`imdsguard_nflog_drops_total`);
+//! - every `--check-interval` (and on SIGHUP) it compares the listed table with the one
+//!   it builds by content (rules in order, set elements, mode), re-applying the whole
+//!   table in one transaction on any difference (logged, counted in
+//!   `imdsguard_agent_repairs_total{difference}`), and feeds the table's drop counters
+//!   into the metrics (`imdsguard_nflog_drops_total`);
 //! - on the same interval, in a task of its own ([`reload`]: a FIFO or a hung file
 //!   system never holds up the table check or shutdown), it reloads the pods (set
 //!   elements only, never a rebuild) and rules files when they changed (always on
