@@ -144,12 +144,10 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs ip"]
     fn ip_route_get_reads_the_dev_of_a_local_route() {
         // A route lookup of the loopback address: no packet leaves, `dev` is `lo`.
-        if std::process::Command::new("ip").arg("-V").output().is_err() {
-            eprintln!("skipped: no `ip`");
-            return;
-        }
+        imdsguard_testkit::require("ip_route_get_reads_the_dev_of_a_local_route", &["ip"]);
         assert_eq!(
             route_dev("127.0.0.1".parse().unwrap()).as_deref(),
             Some("lo")
