@@ -2,9 +2,6 @@
 //! example (`examples/aks-imds`, see its README for the planted failures) and on small
 //! manifests written to scratch folders, and its exit status, JSON, SARIF and table
 //! output are checked.
-//!
-//! Tests whose name starts with `bug_` are `#[ignore]`d: each shows a defect that is
-//! still open (run them with `cargo test -p imdsguard --test audit_cli -- --ignored`).
 
 use std::collections::BTreeSet;
 use std::io::Write;
