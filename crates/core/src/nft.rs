@@ -1642,7 +1642,11 @@ fn element_text(elem: &Value) -> String {
     use nftables::expr::{Expression, NamedExpression};
     fn text(e: &Expression<'_>) -> String {
         match e {
-            Expression::String(s) => s.to_string(),
+            // Addresses in one spelling (nft writes `::1.2.3.4` where Rust writes
+            // `::102:304`).
+            Expression::String(s) => s
+                .parse::<IpAddr>()
+                .map_or_else(|_| s.to_string(), |ip| ip.to_string()),
             Expression::Number(n) => n.to_string(),
             Expression::Named(NamedExpression::Concat(parts)) => {
                 parts.iter().map(text).collect::<Vec<_>>().join(" . ")
@@ -2561,6 +2565,12 @@ mod tests {
             d.iter().map(|d| d.detail.as_str()).collect::<Vec<_>>(),
             ["set protected_v4 lacks 169.254.169.254 . tcp . 80"]
         );
+        // An address written another way is the same element.
+        let mut l = listing(Mode::Proxy);
+        for s in objects_mut(&mut l, "set", |s| s["name"] == "known_v6") {
+            s["elem"] = json!([{"concat": ["cbr0", "fd00:0:0:0:0:0:0:5"]}]);
+        }
+        assert_eq!(drift(Mode::Proxy, &l), []);
         // Elements with a comment or counter are the same elements.
         let mut l = listing(Mode::Block);
         for s in objects_mut(&mut l, "set", |s| s["name"] == "allow_v4") {
