@@ -1067,10 +1067,11 @@ pub(crate) mod tests {
     #[test]
     fn absolute_form_hosts_are_configurable() {
         let c = Canonicalizer::new(Limits::default(), ["Metadata.Internal:8080"]);
-        assert!(
-            c.canonicalize("http://metadata.internal:8080/metadata/versions")
-                .is_ok()
-        );
+        let versions = c
+            .canonicalize("http://metadata.internal:8080/metadata/versions")
+            .unwrap();
+        assert_eq!(versions.path, "/metadata/versions");
+        assert_eq!(versions.query, None);
         assert_eq!(
             c.canonicalize("http://169.254.169.254/metadata/versions")
                 .unwrap_err()
@@ -1096,9 +1097,9 @@ pub(crate) mod tests {
     #[test]
     fn header_checks() {
         let c = Canonicalizer::default();
-        assert!(
-            c.check_headers([("Metadata", "true"), ("User-Agent", "a b/1")])
-                .is_ok()
+        assert_eq!(
+            c.check_headers([("Metadata", "true"), ("User-Agent", "a b/1")]),
+            Ok(())
         );
         let kind = |h: Vec<(&str, &[u8])>| c.check_headers(h).unwrap_err().kind;
         assert_eq!(kind(vec![("Metadata", b"true\t")]), RejectKind::ControlChar);

@@ -1416,10 +1416,9 @@ mod tests {
             validate("GET", path, q, twice).unwrap_err().kind,
             ImdsErrorKind::MissingMetadataHeader
         );
-        assert!(
-            validate("GET", path, q, [("metadata", "true")]).is_ok(),
-            "names ignore case"
-        );
+        let r = validate("GET", path, q, [("metadata", "true")]).expect("names ignore case");
+        assert_eq!((r.endpoint, r.method), (Endpoint::Instance, Method::Get));
+        assert_eq!(r.api_version.as_deref(), Some("2021-02-01"));
     }
 
     #[test]
@@ -1536,14 +1535,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.method, Method::Post);
-        assert!(check("GET", "/metadata/scheduledevents", "api-version=2020-07-01").is_ok());
-        assert!(
-            check(
-                "POST",
-                "/metadata/identity/issuecredential",
-                "api-version=2021-02-01"
-            )
-            .is_ok()
+        let r = check("GET", "/metadata/scheduledevents", "api-version=2020-07-01").unwrap();
+        assert_eq!(
+            (r.endpoint, r.method),
+            (Endpoint::ScheduledEvents, Method::Get)
+        );
+        let r = check(
+            "POST",
+            "/metadata/identity/issuecredential",
+            "api-version=2021-02-01",
+        )
+        .unwrap();
+        assert_eq!(
+            (r.endpoint, r.method),
+            (Endpoint::IdentityIssueCredential, Method::Post)
         );
         assert_eq!(
             check(
