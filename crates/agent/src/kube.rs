@@ -11,12 +11,12 @@ use tokio::sync::watch;
 
 use crate::drops::{DropEvent, EventSink};
 
-/// The node's pods of a watch snapshot, decided by the core's one policy
-/// ([`PodIndex::from_pods`]: finished and hostNetwork pods own nothing, a live pod wins
-/// over a terminating one, two live pods on one address name neither and are reported
-/// in [`PodIndex::issues`]).
+/// The node's pods of a watch snapshot: the index the watch built with the core's one
+/// policy ([`PodIndex::from_pods`]: finished and hostNetwork pods own nothing, a live
+/// pod wins over a terminating one, two live pods on one address name neither and are
+/// reported in [`PodIndex::issues`]).
 pub fn node_pods(snapshot: &Snapshot) -> PodIndex {
-    PodIndex::from_pods(snapshot.pods.iter().cloned())
+    snapshot.index().clone()
 }
 
 /// The protected endpoints by name (`Azure IMDS, Azure WireServer`), for the Events.
@@ -33,8 +33,9 @@ pub fn endpoint_names(config: &RulesetConfig) -> String {
     names.join(", ")
 }
 
-/// Drop events as Kubernetes `Warning` Events (`MetadataAccessBlocked`) on the pods,
-/// rate-limited per pod ([`EventReporter`]); sources no pod has are left to the log.
+/// Drop events as Kubernetes `Warning` Events (`MetadataAccessBlocked`) on the pods
+/// ([`EventReporter`]: kube-runtime's Recorder, at most one publish per pod per
+/// period); sources no pod has are left to the log.
 pub struct KubeEventSink {
     reporter: EventReporter,
     pods: watch::Receiver<Option<Arc<Snapshot>>>,
@@ -61,7 +62,6 @@ impl EventSink for KubeEventSink {
             namespace: namespace.clone(),
             pod: pod.clone(),
             uid,
-            packets: e.packets(),
         });
     }
 }
@@ -84,16 +84,14 @@ mod tests {
     fn a_snapshot_gives_the_index_and_the_pairs() {
         let mut done = entry("done", Some("azvdone"), &["10.244.0.14"]);
         done.phase = PodPhase::Succeeded;
-        let s = Snapshot {
-            pods: vec![
-                entry("web", Some("azvweb"), &["10.244.0.11", "fd00::11"]),
-                entry("api", None, &["10.244.0.12"]),
-                entry("old", Some("azvold"), &["10.244.0.13"]),
-                entry("new", Some("azvnew"), &["10.244.0.13"]),
-                done,
-                entry("next", Some("azvnext"), &["10.244.0.14"]),
-            ],
-        };
+        let s = Snapshot::new([
+            entry("web", Some("azvweb"), &["10.244.0.11", "fd00::11"]),
+            entry("api", None, &["10.244.0.12"]),
+            entry("old", Some("azvold"), &["10.244.0.13"]),
+            entry("new", Some("azvnew"), &["10.244.0.13"]),
+            done,
+            entry("next", Some("azvnext"), &["10.244.0.14"]),
+        ]);
         let pods = node_pods(&s);
         assert_eq!(pods.len(), 4);
         assert_eq!(

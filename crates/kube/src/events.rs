@@ -1,19 +1,22 @@
-//! Kubernetes Events for blocked metadata access: one `Warning` Event, reason
-//! `MetadataAccessBlocked`, on the pod whose packets to a protected endpoint were
-//! dropped, at most one per pod per [`RateLimit`] period (the packets dropped meanwhile
-//! are counted into the next one).
+//! Kubernetes Events for blocked metadata access: a `Warning` Event, reason
+//! `MetadataAccessBlocked`, regarding the pod whose packets to a protected endpoint were
+//! dropped, published with kube-runtime's [`Recorder`] (`events.k8s.io/v1`).
 //!
-//! The Events are core `v1` Events (`POST /api/v1/namespaces/NS/events`), posted from a
-//! task of their own: [`EventReporter::report`] never waits for the API.
+//! The Recorder de-duplicates by itself: a repeat for the same pod within its cache
+//! time (6 minutes) patches the first Event's `series` (`count`, `lastObservedTime`)
+//! instead of creating another. What is left here is the cap that keeps a pod whose
+//! drops never stop from writing to the API server at every agent tick: at most one
+//! publish per pod per [`RateLimit`] period (reports in between are dropped, not
+//! queued), its memory bounded (a pod's entry expires one period after its last
+//! publish). Publishing happens on a task of its own: [`EventReporter::report`] never
+//! waits for the API.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use k8s_openapi::jiff::Timestamp;
-use kube::Api;
-use kube::api::PostParams;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -21,12 +24,20 @@ use crate::Client;
 
 /// The Events' reason.
 pub const REASON: &str = "MetadataAccessBlocked";
-/// The Events' reporting component.
+/// The Events' action.
+pub const ACTION: &str = "Drop";
+/// The Events' reporting controller.
 pub const COMPONENT: &str = "imdsguard-agent";
-/// The default period: one Event per pod per 5 minutes.
-pub const DEFAULT_PERIOD: Duration = Duration::from_secs(300);
+/// The default period: at most one publish per pod per minute (well inside the
+/// Recorder's 6 minutes, so a pod that keeps trying stays on one Event whose series
+/// count goes up once a minute).
+pub const DEFAULT_PERIOD: Duration = Duration::from_secs(60);
+/// Publishes waiting for the API at most; reports beyond are dropped (and logged).
+pub const QUEUE: usize = 256;
+/// The API's limit on an Event's note, in bytes.
+const NOTE_LIMIT: usize = 1024;
 
-/// Packets of one pod dropped on their way to a protected endpoint.
+/// A pod whose packets to a protected endpoint were dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockedAccess {
     /// The pod's namespace.
@@ -35,97 +46,109 @@ pub struct BlockedAccess {
     pub pod: String,
     /// The pod's UID, when known.
     pub uid: Option<String>,
-    /// Packets dropped.
-    pub packets: u64,
 }
 
-/// One Event per pod per period; what is held back is added to the next one.
+/// At most one publish per pod per period. Entries expire one period after they were
+/// set, so the map holds only the pods admitted within the last period or two.
 #[derive(Debug, Clone)]
 pub struct RateLimit {
     period: Duration,
     last: HashMap<(String, String), Instant>,
-    held: HashMap<(String, String), u64>,
+    swept: Option<Instant>,
 }
 
 impl RateLimit {
-    /// At most one Event per pod per `period`.
+    /// At most one publish per pod per `period`.
     pub fn new(period: Duration) -> RateLimit {
         RateLimit {
             period,
             last: HashMap::new(),
-            held: HashMap::new(),
+            swept: None,
         }
     }
 
-    /// `Some(packets)` (with those held back since the last Event) when an Event for
-    /// this pod may go out at `now`; `None` when it is held back.
-    pub fn admit(&mut self, namespace: &str, pod: &str, packets: u64, now: Instant) -> Option<u64> {
-        let key = (namespace.to_owned(), pod.to_owned());
-        let held = self.held.entry(key.clone()).or_insert(0);
-        *held += packets;
-        if let Some(last) = self.last.get(&key)
-            && now.duration_since(*last) < self.period
-        {
-            return None;
-        }
-        let total = std::mem::take(held);
-        self.held.remove(&key);
-        self.last.insert(key, now);
-        // Pods not heard of for a period have nothing held back: forget them.
+    /// Whether an Event for this pod may go out at `now` (and if so, it counts as
+    /// gone out).
+    pub fn admit(&mut self, namespace: &str, pod: &str, now: Instant) -> bool {
         let period = self.period;
-        self.last.retain(|_, t| now.duration_since(*t) < period * 2);
-        let last = &self.last;
-        self.held.retain(|k, _| last.contains_key(k));
-        Some(total)
+        if self
+            .swept
+            .is_none_or(|at| now.saturating_duration_since(at) >= period)
+        {
+            self.last
+                .retain(|_, t| now.saturating_duration_since(*t) < period);
+            self.swept = Some(now);
+        }
+        let key = (namespace.to_owned(), pod.to_owned());
+        if let Some(last) = self.last.get(&key)
+            && now.saturating_duration_since(*last) < period
+        {
+            return false;
+        }
+        self.last.insert(key, now);
+        true
+    }
+
+    /// Pods remembered.
+    pub fn len(&self) -> usize {
+        self.last.len()
+    }
+
+    /// Whether no pod is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.last.is_empty()
     }
 }
 
-/// The Event for `access` (pure): `Warning`, reason [`REASON`], involvedObject the pod,
-/// the message naming the endpoints and the packet count. A classic core `v1` Event
-/// (`firstTimestamp`, `lastTimestamp`, `count`, `source`; no `eventTime`, which would
-/// put it under the `events.k8s.io` rules).
-pub fn blocked_event(access: &BlockedAccess, endpoints: &str, node: &str, now: Timestamp) -> Event {
-    let plural = if access.packets == 1 { "" } else { "s" };
+/// The pod an Event is about (`regarding`): `v1` `Pod`, namespace, name, UID.
+pub fn pod_reference(access: &BlockedAccess) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        namespace: Some(access.namespace.clone()),
+        name: Some(access.pod.clone()),
+        uid: access.uid.clone(),
+        ..ObjectReference::default()
+    }
+}
+
+/// The Event (pure): `Warning`, reason [`REASON`], action [`ACTION`], the note naming
+/// the protected endpoints and the node. The same for every repeat (the Recorder keys
+/// a series by type, reason, action and the pod), so no count in it: the series
+/// counts.
+pub fn blocked_event(endpoints: &str, node: &str) -> Event {
+    let mut note = format!(
+        "imdsguard dropped packets from this pod to the cloud metadata endpoints ({endpoints}) on node {node}"
+    );
+    if note.len() > NOTE_LIMIT {
+        let mut end = NOTE_LIMIT - 3;
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+        note.push_str("...");
+    }
     Event {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{}.", access.pod)),
-            namespace: Some(access.namespace.clone()),
-            ..ObjectMeta::default()
-        },
-        involved_object: ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Pod".into()),
-            namespace: Some(access.namespace.clone()),
-            name: Some(access.pod.clone()),
-            uid: access.uid.clone(),
-            ..ObjectReference::default()
-        },
-        type_: Some("Warning".into()),
-        reason: Some(REASON.into()),
-        action: Some("Drop".into()),
-        message: Some(format!(
-            "imdsguard dropped {} packet{plural} from this pod to the cloud metadata endpoints ({endpoints}) on node {node}",
-            access.packets
-        )),
-        count: Some(1),
-        first_timestamp: Some(Time(now)),
-        last_timestamp: Some(Time(now)),
-        source: Some(EventSource {
-            component: Some(COMPONENT.into()),
-            host: Some(node.into()),
-        }),
-        reporting_component: Some(COMPONENT.into()),
-        reporting_instance: Some(node.into()),
-        ..Event::default()
+        type_: EventType::Warning,
+        reason: REASON.into(),
+        note: Some(note),
+        action: ACTION.into(),
+        secondary: None,
     }
 }
 
-/// Posts [`blocked_event`]s from a task of its own, rate-limited per pod. Dropping it
-/// stops the task.
-#[derive(Debug)]
+/// Publishes [`blocked_event`]s through a [`Recorder`] from a task of its own, at most
+/// one per pod per period. Dropping it stops the task.
 pub struct EventReporter {
-    tx: mpsc::UnboundedSender<BlockedAccess>,
+    limit: Mutex<RateLimit>,
+    tx: mpsc::Sender<BlockedAccess>,
     task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for EventReporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventReporter").finish_non_exhaustive()
+    }
 }
 
 impl Drop for EventReporter {
@@ -136,43 +159,65 @@ impl Drop for EventReporter {
 
 impl EventReporter {
     /// Starts the task (needs a tokio runtime). `endpoints` names the protected
-    /// endpoints in the message (`Azure IMDS, Azure WireServer`); `node` is the node.
+    /// endpoints in the note (`Azure IMDS, Azure WireServer`); `node` is the node (the
+    /// Events' reporting instance); `period` the per-pod cap.
     pub fn start(client: Client, node: &str, endpoints: &str, period: Duration) -> EventReporter {
-        let (tx, mut rx) = mpsc::unbounded_channel::<BlockedAccess>();
+        let (tx, mut rx) = mpsc::channel::<BlockedAccess>(QUEUE);
+        let recorder = Recorder::new(
+            client,
+            Reporter {
+                controller: COMPONENT.into(),
+                instance: Some(node.to_owned()),
+            },
+        );
         let node = node.to_owned();
         let endpoints = endpoints.to_owned();
         let task = tokio::spawn(async move {
-            let mut limit = RateLimit::new(period);
-            while let Some(mut access) = rx.recv().await {
-                let Some(packets) = limit.admit(
-                    &access.namespace,
-                    &access.pod,
-                    access.packets,
-                    Instant::now(),
-                ) else {
-                    continue;
-                };
-                access.packets = packets;
-                let event = blocked_event(&access, &endpoints, &node, Timestamp::now());
-                let api: Api<Event> = Api::namespaced(client.clone(), &access.namespace);
-                match api.create(&PostParams::default(), &event).await {
-                    Ok(_) => tracing::debug!(
-                        pod = %access.pod, namespace = %access.namespace, packets,
-                        "MetadataAccessBlocked event posted"
+            while let Some(access) = rx.recv().await {
+                let event = blocked_event(&endpoints, &node);
+                match recorder.publish(&event, &pod_reference(&access)).await {
+                    Ok(()) => tracing::debug!(
+                        pod = %access.pod, namespace = %access.namespace,
+                        "MetadataAccessBlocked event published"
                     ),
                     Err(e) => tracing::warn!(
                         pod = %access.pod, namespace = %access.namespace, error = %e,
-                        "cannot post the MetadataAccessBlocked event"
+                        "cannot publish the MetadataAccessBlocked event"
                     ),
                 }
             }
         });
-        EventReporter { tx, task }
+        EventReporter {
+            limit: Mutex::new(RateLimit::new(period)),
+            tx,
+            task,
+        }
     }
 
-    /// Queues an Event (never blocks; may be held back by the rate limit).
-    pub fn report(&self, access: BlockedAccess) {
-        let _ = self.tx.send(access);
+    /// Queues an Event unless this pod had one within the period (never blocks). `true`
+    /// when queued.
+    pub fn report(&self, access: BlockedAccess) -> bool {
+        let admitted = self
+            .limit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .admit(&access.namespace, &access.pod, Instant::now());
+        if !admitted {
+            return false;
+        }
+        match self.tx.try_send(access) {
+            Ok(()) => true,
+            Err(e) => {
+                let access = match &e {
+                    mpsc::error::TrySendError::Full(a) | mpsc::error::TrySendError::Closed(a) => a,
+                };
+                tracing::warn!(
+                    pod = %access.pod, namespace = %access.namespace,
+                    "MetadataAccessBlocked event not published: {QUEUE} events already wait for the API"
+                );
+                false
+            }
+        }
     }
 }
 
@@ -181,43 +226,64 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_event_per_pod_per_period_with_the_held_packets() {
-        let mut l = RateLimit::new(Duration::from_secs(300));
+    fn one_publish_per_pod_per_period() {
+        let mut l = RateLimit::new(Duration::from_secs(60));
         let t0 = Instant::now();
         let s = Duration::from_secs;
-        assert_eq!(l.admit("a", "web", 3, t0), Some(3));
-        assert_eq!(l.admit("a", "web", 2, t0 + s(10)), None);
-        assert_eq!(l.admit("a", "api", 1, t0 + s(10)), Some(1));
-        assert_eq!(l.admit("a", "web", 4, t0 + s(299)), None);
-        assert_eq!(l.admit("a", "web", 1, t0 + s(300)), Some(7));
-        assert_eq!(l.admit("a", "web", 1, t0 + s(301)), None);
-        assert_eq!(l.admit("a", "web", 1, t0 + s(2000)), Some(2));
+        assert!(l.admit("a", "web", t0));
+        assert!(!l.admit("a", "web", t0 + s(10)));
+        assert!(
+            l.admit("a", "api", t0 + s(10)),
+            "another pod is not held back"
+        );
+        assert!(
+            l.admit("b", "web", t0 + s(10)),
+            "nor the same name elsewhere"
+        );
+        assert!(!l.admit("a", "web", t0 + s(59)));
+        assert!(l.admit("a", "web", t0 + s(60)));
+        assert!(!l.admit("a", "web", t0 + s(61)));
+        assert!(l.admit("a", "web", t0 + s(2000)));
     }
 
     #[test]
-    fn the_event_names_the_pod_the_endpoints_and_the_packets() {
-        let access = BlockedAccess {
+    fn entries_expire() {
+        let mut l = RateLimit::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        for i in 0..1000 {
+            assert!(l.admit("flood", &format!("pod-{i}"), t0));
+        }
+        assert_eq!(l.len(), 1000);
+        // A period later the next admit sweeps them all out.
+        assert!(l.admit("a", "web", t0 + Duration::from_secs(60)));
+        assert_eq!(l.len(), 1);
+        assert!(!l.is_empty());
+    }
+
+    #[test]
+    fn the_event_is_a_warning_naming_the_endpoints_and_the_node() {
+        let e = blocked_event("Azure IMDS, Azure WireServer", "node-a");
+        assert_eq!(e.type_, EventType::Warning);
+        assert_eq!(e.reason, REASON);
+        assert_eq!(e.action, ACTION);
+        assert!(e.secondary.is_none());
+        let note = e.note.unwrap();
+        assert!(
+            note.contains("(Azure IMDS, Azure WireServer)") && note.contains("node node-a"),
+            "{note}"
+        );
+        let long = blocked_event(&"é".repeat(2000), "n");
+        assert!(long.note.unwrap().len() <= NOTE_LIMIT);
+        let r = pod_reference(&BlockedAccess {
             namespace: "shop".into(),
             pod: "web".into(),
             uid: Some("u-1".into()),
-            packets: 12,
-        };
-        let e = blocked_event(
-            &access,
-            "Azure IMDS, Azure WireServer",
-            "node-a",
-            Timestamp::UNIX_EPOCH,
-        );
-        assert_eq!(e.type_.as_deref(), Some("Warning"));
-        assert_eq!(e.reason.as_deref(), Some(REASON));
-        assert_eq!(e.involved_object.kind.as_deref(), Some("Pod"));
-        assert_eq!(e.involved_object.name.as_deref(), Some("web"));
-        assert_eq!(e.involved_object.uid.as_deref(), Some("u-1"));
-        assert_eq!(e.metadata.namespace.as_deref(), Some("shop"));
-        let m = e.message.unwrap();
-        assert!(
-            m.contains("12 packets") && m.contains("Azure IMDS, Azure WireServer"),
-            "{m}"
+        });
+        assert_eq!(r.kind.as_deref(), Some("Pod"));
+        assert_eq!(r.api_version.as_deref(), Some("v1"));
+        assert_eq!(
+            (r.namespace.as_deref(), r.name.as_deref(), r.uid.as_deref()),
+            (Some("shop"), Some("web"), Some("u-1"))
         );
     }
 }

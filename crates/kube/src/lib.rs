@@ -7,10 +7,12 @@
 //!   [`imdsguard_core::pods::PodIndex`] to decide;
 //! - [`route`]: the node-side interface of a pod address (`ip -j route get ADDR`, a
 //!   pure parser and a cache);
-//! - [`watch`]: a watch of the pods scheduled on one node (`spec.nodeName=NODE`), kept as
-//!   a snapshot the agent is notified of on every change;
+//! - [`watch`]: a kube-runtime watcher and reflector store of the pods scheduled on one
+//!   node (`spec.nodeName=NODE`), turned into the core's pod index and published as a
+//!   snapshot the agent is notified of on every change;
 //! - [`events`]: Kubernetes `Warning` Events (`MetadataAccessBlocked`) on pods whose
-//!   metadata access was dropped, rate-limited per pod.
+//!   metadata access was dropped, through kube-runtime's `Recorder` (which aggregates
+//!   repeats into a series), capped per pod.
 //!
 //! The agent (`imdsguard agent run --kubernetes`) composes these; see `docs/agent.md`.
 
