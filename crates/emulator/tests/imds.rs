@@ -274,10 +274,13 @@ async fn instance_document_has_only_string_primitives() {
     );
     assert_eq!(doc["compute"]["customData"], "");
     let user_data = doc["compute"]["userData"].as_str().unwrap();
-    assert!(
-        base64::engine::general_purpose::STANDARD
-            .decode(user_data)
-            .is_ok()
+    let user_data = base64::engine::general_purpose::STANDARD
+        .decode(user_data)
+        .expect("userData is base64");
+    assert_eq!(
+        String::from_utf8(user_data).unwrap(),
+        "#cloud-config\n# imdsguard emulator: fake user data\nruncmd:\n  - echo hello\n",
+        "the default config's userData, decoded"
     );
     let compute = get(e.local_addr(), &format!("/metadata/instance/compute?{V}"))
         .await
