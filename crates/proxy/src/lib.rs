@@ -54,7 +54,6 @@ use std::time::Duration;
 use imdsguard_core::access::{AccessError, AccessRules, PodIndex};
 use imdsguard_core::canon::{self, Canonicalizer};
 use imdsguard_core::imds::{IMDS_ADDRESS, is_metadata_address};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -491,10 +490,20 @@ impl Proxy {
     /// timers.
     pub async fn start(config: ProxyConfig) -> Result<Proxy, ProxyError> {
         config.check()?;
+        // A deep accept queue (the kernel caps it at net.core.somaxconn): a burst of
+        // connections from one pod, closed at once by the per-source limit, must not
+        // overflow it and make another pod's SYN wait for a retransmission (1 s).
         let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ProxyError::Bind { addr, source })
+            let listen = || {
+                let socket = match addr {
+                    SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                    SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+                };
+                socket.set_reuseaddr(true)?;
+                socket.bind(addr)?;
+                socket.listen(4096)
+            };
+            listen().map_err(|source| ProxyError::Bind { addr, source })
         };
         let listener = bind(config.listen).await?;
         let admin_listener = match config.admin_listen {
