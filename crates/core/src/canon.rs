@@ -304,6 +304,28 @@ impl Canonicalizer {
             Some(base) => base.to_string(),
             None => format!("/{}", segments.join("/")),
         };
+        // Re-encoding can lengthen the query (`@` becomes `%40`): the limits hold for
+        // what goes upstream too, so that the canonical form is itself accepted.
+        let query_len = query.as_ref().map_or(0, String::len);
+        if query_len > self.limits.max_query {
+            return reject(
+                RejectKind::TooLong,
+                format!(
+                    "the query is {query_len} bytes once re-encoded (at most {})",
+                    self.limits.max_query
+                ),
+            );
+        }
+        let target_len = path.len() + query.as_ref().map_or(0, |q| q.len() + 1);
+        if target_len > self.limits.max_target {
+            return reject(
+                RejectKind::TooLong,
+                format!(
+                    "the request target is {target_len} bytes once re-encoded (at most {})",
+                    self.limits.max_target
+                ),
+            );
+        }
         Ok(CanonicalTarget {
             path,
             query,
@@ -1116,6 +1138,19 @@ pub(crate) mod tests {
             c.check_headers([("X-Big", big.as_str())]).unwrap_err().kind,
             RejectKind::BadHeader
         );
+    }
+
+    #[test]
+    fn canonical_forms_are_within_the_limits_and_idempotent() {
+        // Found by fuzzing: re-encoding tripled a query of `@`s past `max_query`, so the
+        // canonical form went upstream over the limit and was itself rejected.
+        let over = format!("/metadata/versions?x={}", "@".repeat(1000));
+        assert!(over.len() <= Limits::default().max_query);
+        let e = canon(&over).unwrap_err();
+        assert_eq!(e.kind, RejectKind::TooLong, "{e}");
+        let under = format!("/metadata/versions?x={}", "@".repeat(600));
+        let c = canon(&under).expect("within the limits once re-encoded");
+        assert_eq!(canon(&c.target()), Ok(c));
     }
 
     #[test]
