@@ -22,6 +22,8 @@ use crate::model::{
 };
 use crate::target::Protocol;
 
+mod depth;
+
 /// What went wrong with one document or object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoadErrorKind {
@@ -525,6 +527,9 @@ fn split_list_items(line: usize, doc: &str) -> Option<ListItems<'_>> {
     if items.is_empty() {
         return None;
     }
+    if depth::flow_too_deep(&header, depth::MAX_FLOW_DEPTH).is_some() {
+        return None;
+    }
     let head: RawHead = serde_norway::from_str(&header).ok()?;
     let kind = head.kind.map(|k| k.0).unwrap_or_default();
     if !is_list_kind(&kind) {
@@ -553,8 +558,8 @@ fn parse_list_items(file: &Arc<str>, list: &ListItems<'_>) -> Option<Loaded> {
             let pruned = prune_yaml(chunk);
             let parsed = pruned
                 .as_deref()
-                .and_then(|p| serde_norway::from_str::<Vec<RawObject>>(p).ok())
-                .or_else(|| serde_norway::from_str::<Vec<RawObject>>(chunk).ok())?;
+                .and_then(yaml_typed::<Vec<RawObject>>)
+                .or_else(|| yaml_typed::<Vec<RawObject>>(chunk))?;
             let mut part = Loaded::default();
             for raw in parsed {
                 convert(file, line, raw, &list.defaults, &mut part);
@@ -667,11 +672,35 @@ fn prune_yaml(doc: &str) -> Option<String> {
     })
 }
 
+/// A typed read of text that is not nested too deeply for the parser; `None` on any
+/// failure (callers fall back to a path that reports it).
+fn yaml_typed<T: de::DeserializeOwned>(text: &str) -> Option<T> {
+    if depth::flow_too_deep(text, depth::MAX_FLOW_DEPTH).is_some() {
+        return None;
+    }
+    serde_norway::from_str(text).ok()
+}
+
 fn parse_yaml_doc(file: &Arc<str>, line: usize, doc: &str, out: &mut Loaded) {
     if let Some(pruned) = prune_yaml(doc)
-        && let Ok(Some(raw)) = serde_norway::from_str::<Option<RawObject>>(&pruned)
+        && let Some(Some(raw)) = yaml_typed::<Option<RawObject>>(&pruned)
     {
         convert(file, line, raw, &None, out);
+        return;
+    }
+    // libyaml's time grows with the square of the flow depth: refuse before parsing.
+    if let Some(deep) = depth::flow_too_deep(doc, depth::MAX_FLOW_DEPTH) {
+        out.errors.push(LoadError {
+            file: file.clone(),
+            line: line + deep.line,
+            object: None,
+            kind: LoadErrorKind::Syntax,
+            message: format!(
+                "flow collections ([...], {{...}}) nested deeper than {} levels (column {}); refused before parsing",
+                depth::MAX_FLOW_DEPTH,
+                deep.column
+            ),
+        });
         return;
     }
     match serde_norway::from_str::<Option<RawObject>>(doc) {

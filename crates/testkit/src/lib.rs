@@ -139,13 +139,6 @@ impl Netns {
         }
     }
 
-    /// Old name of [`Netns::require`], kept while callers move: never `None`, it panics
-    /// instead of skipping.
-    #[doc(hidden)]
-    pub fn or_skip(test: &str) -> Option<&'static Netns> {
-        Some(Netns::require(test))
-    }
-
     /// Runs `script` with `sh` in a new isolated namespace (checked first: the script does
     /// not start unless `lo` is the only interface), with `env` set.
     pub fn run(&self, script: &str, env: &[(&str, &str)]) -> Output {
