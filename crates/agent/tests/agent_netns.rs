@@ -497,7 +497,8 @@ fn proxy_mode_end_to_end_with_the_emulator() {
 
 /// A fake Kubernetes API server on 127.0.0.1 of the test's namespace (plain HTTP, no
 /// credentials): lists `pods` for `spec.nodeName=node-a`, streams what is sent on the
-/// returned channel as the watch, and records the Events posted.
+/// returned channel as the watch, and records the Events written (`method`, `path`,
+/// `body`).
 mod fake_api {
     use std::convert::Infallible;
     use std::net::SocketAddr;
@@ -517,7 +518,7 @@ mod fake_api {
 
     pub struct FakeApi {
         pub addr: SocketAddr,
-        /// The Events posted.
+        /// The Events written: `{"method", "path", "body"}`.
         pub events: Arc<Mutex<Vec<Value>>>,
         /// Watch events (`{"type": …, "object": …}`) to stream.
         pub watch: mpsc::UnboundedSender<Value>,
@@ -577,10 +578,21 @@ mod fake_api {
                         "metadata": {"resourceVersion": "1"}, "items": *pods}),
                 200,
             ),
-            ("POST", p) if p.starts_with("/api/v1/namespaces/") && p.ends_with("/events") => {
+            // The Events (events.k8s.io/v1): created, then patched (their series).
+            ("POST" | "PATCH", p) if p.starts_with("/apis/events.k8s.io/v1/namespaces/") => {
                 let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                events.lock().unwrap().push(v.clone());
-                full(&v, 201)
+                events
+                    .lock()
+                    .unwrap()
+                    .push(json!({"method": method.as_str(), "path": p, "body": v}));
+                full(
+                    &v,
+                    if method == hyper::Method::POST {
+                        201
+                    } else {
+                        200
+                    },
+                )
             }
             _ => full(&json!({"kind": "Status", "code": 404}), 404),
         })
@@ -693,13 +705,26 @@ current-context: fake
         );
         let events = api.events.lock().unwrap().clone();
         assert_eq!(events.len(), 1, "{events:?}");
-        let e = &events[0];
+        assert_eq!(events[0]["method"], "POST");
+        assert_eq!(
+            events[0]["path"],
+            "/apis/events.k8s.io/v1/namespaces/shop/events"
+        );
+        let e = &events[0]["body"];
         assert_eq!(e["type"], "Warning");
         assert_eq!(e["reason"], "MetadataAccessBlocked");
-        assert_eq!(e["involvedObject"]["name"], "web");
-        assert_eq!(e["involvedObject"]["namespace"], "shop");
-        assert_eq!(e["involvedObject"]["uid"], "uid-web");
-        assert!(e["message"].as_str().unwrap().contains("Azure IMDS"), "{e}");
+        assert_eq!(e["regarding"]["kind"], "Pod");
+        assert_eq!(e["regarding"]["name"], "web");
+        assert_eq!(e["regarding"]["namespace"], "shop");
+        assert_eq!(e["regarding"]["uid"], "uid-web");
+        assert_eq!(e["reportingInstance"], "node-a");
+        assert!(e["note"].as_str().unwrap().contains("Azure IMDS"), "{e}");
+        // web tries again within the minute: dropped and logged, but no second write
+        // to the API (the per-pod cap).
+        assert_eq!(w.reach("web"), Reach::Timeout);
+        std::thread::sleep(Duration::from_secs(3));
+        let events = api.events.lock().unwrap().clone();
+        assert_eq!(events.len(), 1, "{events:?}");
 
         // The watch: web goes, the set elements follow.
         api.watch
