@@ -4,8 +4,12 @@
 //! live in `imdsguard-core`.
 
 mod audit_cmd;
+mod emulate_cmd;
 mod inputs;
+mod lab_cmd;
 mod output;
+mod probe_cmd;
+mod service;
 
 use std::process::ExitCode;
 
@@ -31,10 +35,10 @@ enum Command {
     Audit(audit_cmd::AuditArgs),
     /// Walk the attacker's path from here (run it in a pod): instance data, identities,
     /// tokens, WireServer; never prints a token.
-    Probe(imdsguard_probe::ProbeArgs),
+    Probe(probe_cmd::ProbeArgs),
     /// A faithful Azure IMDS (and WireServer) emulator for tests and demos; listens on
     /// loopback by default.
-    Emulate(imdsguard_emulator::EmulateArgs),
+    Emulate(emulate_cmd::EmulateArgs),
     /// The filtering metadata proxy: per pod, per path, per token audience and identity;
     /// default deny.
     Proxy(imdsguard_proxy::ProxyArgs),
@@ -45,7 +49,7 @@ enum Command {
     },
     /// A node with pods in network namespaces on this machine: who reaches IMDS before and
     /// after protection (block, observe, proxy). Needs root or user namespaces.
-    Lab(imdsguard_lab::LabArgs),
+    Lab(lab_cmd::LabArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -61,9 +65,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Audit(args) => audit_cmd::run(args),
-        Command::Emulate(args) => imdsguard_emulator::run(args)
-            .map(|()| ExitCode::SUCCESS)
-            .map_err(anyhow::Error::from),
+        Command::Emulate(args) => emulate_cmd::run(args).map(|()| ExitCode::SUCCESS),
         Command::Proxy(args) => imdsguard_proxy::run(args)
             .map(|()| ExitCode::SUCCESS)
             .map_err(anyhow::Error::from),
@@ -77,16 +79,14 @@ fn main() -> ExitCode {
         } => imdsguard_node::uninstall(args)
             .map(Into::into)
             .map_err(anyhow::Error::from),
-        Command::Lab(args) => match imdsguard_lab::run(args) {
+        Command::Lab(args) => match lab_cmd::run(args) {
             Ok(exit) => Ok(exit.into()),
             Err(e) => {
                 eprintln!("imdsguard lab: {e}");
                 return ExitCode::from(e.exit_code());
             }
         },
-        Command::Probe(args) => imdsguard_probe::run(args)
-            .map(Into::into)
-            .map_err(anyhow::Error::from),
+        Command::Probe(args) => probe_cmd::run(args).map(Into::into),
     };
     match result {
         Ok(code) => code,

@@ -1,4 +1,4 @@
-//! `imdsguard-lab` end to end, inside a network namespace of its own
+//! `imdsguard lab` end to end, inside a network namespace of its own
 //! (`imdsguard_testkit::Netns`); the lab then makes its own namespaces inside that one.
 
 use std::process::Command;
@@ -6,7 +6,7 @@ use std::process::Command;
 use imdsguard_testkit::{Netns, require, require_root};
 use serde_json::Value;
 
-const LAB: &str = env!("CARGO_BIN_EXE_imdsguard-lab");
+const BIN: &str = env!("CARGO_BIN_EXE_imdsguard");
 
 /// The tools the lab runs.
 const TOOLS: [&str; 4] = ["nft", "ip", "nsenter", "unshare"];
@@ -110,8 +110,8 @@ fn the_lab_blocks_every_pod_but_the_allowlisted_one() {
     require(test, &TOOLS);
     let ns = Netns::require(test);
     let out = ns.run(
-        r#"exec "$LAB" --format json --phase before --phase block --phase proxy --bench-allow 3"#,
-        &[("LAB", LAB)],
+        r#"exec "$BIN" lab --format json --phase before --phase block --phase proxy --bench-allow 3"#,
+        &[("BIN", BIN)],
     );
     check_matrix(&out);
 }
@@ -136,7 +136,8 @@ fn the_lab_runs_rootless_in_a_user_namespace() {
             "--clear-groups",
         ])
         .args([
-            LAB,
+            BIN,
+            "lab",
             "--format",
             "json",
             "--phase",
@@ -168,7 +169,8 @@ fn the_lab_runs_rootless_in_a_user_namespace() {
 fn the_lab_says_what_is_missing() {
     // With an empty PATH nothing is found: the lab names the tools and exits 2 before
     // doing anything.
-    let out = Command::new(LAB)
+    let out = Command::new(BIN)
+        .arg("lab")
         .env("PATH", "/nonexistent")
         .output()
         .unwrap();

@@ -1,4 +1,4 @@
-//! `imdsguard-lab` stopped by SIGTERM or SIGINT sent to the process the user started:
+//! `imdsguard lab` stopped by SIGTERM or SIGINT sent to the process the user started:
 //! it stops promptly, exits 143 or 130, and leaves no process, network namespace or nft
 //! table behind. Each test re-runs itself inside a fresh isolated namespace
 //! (`imdsguard_testkit::isolated_test`); the lab then makes its own namespaces inside
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
 
-const LAB: &str = env!("CARGO_BIN_EXE_imdsguard-lab");
+const BIN: &str = env!("CARGO_BIN_EXE_imdsguard");
 const INNER: &str = "IMDSGUARD_LAB_SIGNAL_TEST_INNER";
 /// Set in the lab's environment, which its processes inherit: how they are found.
 const MARK: &str = "IMDSGUARD_LAB_TEST_MARK";
@@ -90,8 +90,10 @@ fn wait_for(child: &mut Child, within: Duration) -> Option<std::process::ExitSta
 fn stop_the_lab_with(sig: Signal, name: &str, status: i32, when: When) {
     let here = netns_of("self").unwrap();
     let mark = format!("{}-{name}", std::process::id());
-    let mut lab = Command::new(LAB)
-        .args(["--format", "json", "--phase", "before", "--phase", "block"])
+    let mut lab = Command::new(BIN)
+        .args([
+            "lab", "--format", "json", "--phase", "before", "--phase", "block",
+        ])
         .env(MARK, &mark)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,4 +1,4 @@
-//! Black-box tests of the probe: the built `imdsguard-probe` binary runs against a fake
+//! Black-box tests of the probe: the built `imdsguard probe` command runs against a fake
 //! IMDS / WireServer (`tests/support/fake_imds.py`, on 127.0.0.1), both INSIDE a network
 //! namespace of their own that holds only loopback, so that a slip in the probe cannot
 //! send anything to a real metadata address (or anywhere else).
@@ -19,7 +19,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use imdsguard_testkit::{Netns, require};
 use serde_json::Value;
 
-const PROBE: &str = env!("CARGO_BIN_EXE_imdsguard-probe");
+const BIN: &str = env!("CARGO_BIN_EXE_imdsguard");
 const FAKE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/fake_imds.py");
 
 const OPEN: &str = "http://127.0.0.1:18080";
@@ -107,14 +107,14 @@ while [ ! -f "$SCRATCH/ready" ]; do
     fi
     sleep 0.05
 done
-timeout 60 "$PROBE" "$@"
+timeout 60 "$BIN" probe "$@"
 rc=$?
 kill "$fake" 2>/dev/null
 wait "$fake" 2>/dev/null
 exit "$rc"
 "#;
 
-/// Runs `imdsguard-probe ARGS` in a fresh loopback-only namespace beside the fake IMDS.
+/// Runs `imdsguard probe ARGS` in a fresh loopback-only namespace beside the fake IMDS.
 fn probe(test: &str, token: &str, args: &[&str]) -> Run {
     assert!(
         args.contains(&"--endpoint"),
@@ -129,7 +129,7 @@ fn probe(test: &str, token: &str, args: &[&str]) -> Run {
         &script,
         &[
             ("FAKE", FAKE),
-            ("PROBE", PROBE),
+            ("BIN", BIN),
             ("SCRATCH", &scratch.0.display().to_string()),
             ("FAKE_IMDS_TOKEN", token),
         ],

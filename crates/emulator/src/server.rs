@@ -1,5 +1,5 @@
-//! Listeners: the accept loop, one HTTP/1.1 connection task per client, the request
-//! log line, and graceful shutdown.
+//! Listeners: what each one serves and the request log line; the accept loop and
+//! graceful shutdown are `imdsguard-serve`'s.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,14 +9,11 @@ use bytes::Bytes;
 use http::Response;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use imdsguard_core::imds::Endpoint;
 use imdsguard_core::token::redact_jwts;
-use tokio::net::{TcpListener, TcpStream};
+use imdsguard_serve::{Handler, Open, ServeOptions};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 use crate::imds_service::ImdsState;
 use crate::wire::WireState;
@@ -25,16 +22,7 @@ use crate::wire::WireState;
 pub(crate) type Answer = Response<Full<Bytes>>;
 
 /// The request is answered by closing the connection (injected drop).
-#[derive(Debug)]
-pub(crate) struct Dropped;
-
-impl std::fmt::Display for Dropped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("connection dropped (injected fault)")
-    }
-}
-
-impl std::error::Error for Dropped {}
+pub(crate) use imdsguard_serve::CloseConnection as Dropped;
 
 /// What a listener serves.
 #[derive(Clone)]
@@ -54,7 +42,7 @@ impl Role {
         }
     }
 
-    async fn handle(
+    async fn answer(
         &self,
         req: http::Request<Incoming>,
         peer: SocketAddr,
@@ -99,69 +87,29 @@ impl Role {
     }
 }
 
+impl Handler for Role {
+    async fn handle(
+        self: Arc<Self>,
+        req: http::Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Answer, Dropped> {
+        self.answer(req, peer).await
+    }
+}
+
 /// Serves `listener` until `shutdown` turns true, then lets open connections finish
-/// their current request (at most `grace`).
+/// their current request (at most `grace`): the one serve loop of `imdsguard-serve`.
 pub(crate) async fn serve(
     listener: TcpListener,
     role: Role,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = stopped(&mut shutdown) => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    conns.spawn(connection(stream, peer, role.clone(), shutdown.clone()));
-                }
-                Err(e) => {
-                    tracing::warn!(listener = role.name(), error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
-    drop(listener);
-    let drained =
-        tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
-    if drained.is_err() {
-        conns.abort_all();
-    }
-}
-
-/// Resolves once shutdown is asked for (or the emulator is gone).
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
-}
-
-async fn connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    role: Role,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let _ = stream.set_nodelay(true);
-    let service = service_fn(move |req| {
-        let role = role.clone();
-        async move { role.handle(req, peer).await }
-    });
-    let conn = http1::Builder::new()
-        .keep_alive(true)
-        .header_read_timeout(Duration::from_secs(30))
-        .timer(hyper_util::rt::TokioTimer::new())
-        .serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        }
-        _ = stopped(&mut shutdown) => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
+    let options = ServeOptions {
+        header_read: Duration::from_secs(30),
+        max_header_size: None,
+        max_connections: usize::MAX,
+        grace,
+    };
+    imdsguard_serve::serve(listener, Arc::new(role), Open, options, shutdown).await;
 }

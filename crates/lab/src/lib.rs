@@ -8,11 +8,11 @@
 //! every pod and from the node, before protection and under each enforcement mode
 //! (block, observe, proxy with the filtering proxy), and prints the before/after matrix.
 //!
-//! **Safety.** The lab first re-executes itself under `unshare --net` (plus
-//! `--map-root-user` when not root): everything it creates lives in that namespace or in
-//! namespaces it creates from there, none linked to the machine's own. The inner run
-//! checks that it is isolated (another namespace than its parent's, nothing but `lo`)
-//! before it adds any interface. The probe's default endpoints (169.254.169.254,
+//! **Safety.** [`run`] takes an [`Isolated`]: proof that this process runs in a network
+//! namespace of its own (another than its parent's, nothing but `lo`), which
+//! `imdsguard lab` gets by re-executing itself under `unshare --net` (plus
+//! `--map-root-user` when not root). Everything the lab creates lives in that namespace
+//! or in namespaces it creates from there, none linked to the machine's own. The probe's default endpoints (169.254.169.254,
 //! 168.63.129.16) are only ever contacted from inside those namespaces, where they are
 //! the lab's emulator. When the lab ends (normally, on error, on SIGINT or SIGTERM sent
 //! to the process the user started, or killed), its namespaces end with it: each is
@@ -20,91 +20,33 @@
 
 mod bench;
 mod report;
-mod stage;
 mod world;
 
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
-
+pub use imdsguard_node::netns::Isolated;
 pub use report::{LabPod, LabReport, Phase, PhaseResult, Row};
 
-/// Output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum Format {
-    /// Tables.
-    #[default]
-    Text,
-    /// One JSON document.
-    Json,
-}
-
-/// Build a node from network namespaces (emulated IMDS and WireServer on their real
-/// addresses, pods on veths and a bridge) and show, pod by pod, what the attacker's path
-/// reaches before protection and under each imdsguard mode. Needs root or unprivileged
-/// user namespaces, and nft, ip, unshare and nsenter; touches nothing outside its own
-/// network namespaces.
-///
-/// Exit status: 0 when every phase came out as expected (only the allowlisted pod and
-/// the node reach the endpoints under block and proxy mode, DNS always answers), 1 when
-/// one did not, 2 when the lab could not run, 130 or 143 when stopped by SIGINT or
-/// SIGTERM (it cleans up first).
-#[derive(Debug, Clone, Args)]
-pub struct LabArgs {
-    /// Phases to run, in order (repeatable) [default: before block observe proxy]
-    #[arg(long = "phase", value_enum)]
+/// What a lab run does.
+#[derive(Debug, Clone)]
+pub struct LabConfig {
+    /// Phases to run, in order; empty is [`Phase::ALL`].
     pub phases: Vec<Phase>,
-
-    /// Output format
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
-
-    /// The probe's TCP connect timeout (a dropped connection costs this much)
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = imdsguard_probe::parse_duration)]
+    /// The probe's TCP connect timeout (a dropped connection costs this much).
     pub connect_timeout: Duration,
-
-    /// Also measure N times how long an allow-set change takes to be effective (time
-    /// from the change to the pod's first successful connection)
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    /// Also measure this many times how long an allow-set change takes to be effective
+    /// (time from the change to the pod's first successful connection).
     pub bench_allow: u32,
 }
 
-impl Default for LabArgs {
+impl Default for LabConfig {
+    /// Every phase, 1 s to connect, no benchmark.
     fn default() -> Self {
-        LabArgs {
+        LabConfig {
             phases: Vec::new(),
-            format: Format::Text,
             connect_timeout: Duration::from_secs(1),
             bench_allow: 0,
         }
-    }
-}
-
-/// How the lab ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LabExit {
-    /// 0: every phase came out as expected.
-    Expected,
-    /// 1: something did not (listed in the output).
-    Unexpected,
-    /// Another status, passed on from the inner run.
-    Other(u8),
-}
-
-impl LabExit {
-    /// The numeric status.
-    pub fn code(self) -> u8 {
-        match self {
-            LabExit::Expected => 0,
-            LabExit::Unexpected => 1,
-            LabExit::Other(c) => c,
-        }
-    }
-}
-
-impl From<LabExit> for std::process::ExitCode {
-    fn from(e: LabExit) -> Self {
-        std::process::ExitCode::from(e.code())
     }
 }
 
@@ -141,12 +83,10 @@ impl LabError {
     }
 }
 
-/// Runs the lab: re-executes itself in a network namespace of its own, builds the node
-/// there, probes every pod in each phase and prints the matrix to standard output.
-pub fn run(args: LabArgs) -> Result<LabExit, LabError> {
-    if stage::is_inner() {
-        stage::inner(args)
-    } else {
-        stage::outer()
-    }
+/// Builds the node in `isolated` (this process's own network namespace, checked to be
+/// another than its parent's and to hold nothing but `lo`), probes every pod in each
+/// phase and gives the matrix. Re-running the program in such a namespace, and stopping
+/// on signals, is the caller's (`imdsguard lab`).
+pub fn run(isolated: &Isolated, config: &LabConfig) -> Result<LabReport, LabError> {
+    world::run(isolated, config)
 }

@@ -21,7 +21,7 @@ use imdsguard_probe::{
 use tokio::sync::oneshot;
 
 use crate::report::{LabPod, LabReport, Phase, PhaseResult, Row, check};
-use crate::{Format, LabArgs, LabError, LabExit};
+use crate::{LabConfig, LabError};
 
 /// The pod whose (interface, address) pair is allowlisted.
 const ALLOWED_POD: &str = "allowed";
@@ -323,8 +323,9 @@ fn pod_infos(sandbox: &Sandbox, allowed: &[SourcePair], known: &[SourcePair]) ->
     out
 }
 
-/// Builds the lab, runs the phases, prints, and says whether all came out as expected.
-pub(crate) fn run(isolated: &Isolated, args: &LabArgs) -> Result<LabExit, LabError> {
+/// Builds the lab, runs the phases and gives the report (`as_expected` says whether all
+/// came out as expected).
+pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, LabError> {
     let phases: Vec<Phase> = if args.phases.is_empty() {
         Phase::ALL.to_vec()
     } else {
@@ -445,29 +446,7 @@ pub(crate) fn run(isolated: &Isolated, args: &LabArgs) -> Result<LabExit, LabErr
         bench,
         as_expected,
     };
-    let text = match args.format {
-        Format::Text => report.to_text(),
-        Format::Json => report.to_json(),
-    };
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            return Err(LabError::Io {
-                what: "writing the report".into(),
-                source: e,
-            });
-        }
-        _ => {}
-    }
-    Ok(if as_expected {
-        LabExit::Expected
-    } else {
-        LabExit::Unexpected
-    })
+    Ok(report)
 }
 
 #[cfg(test)]

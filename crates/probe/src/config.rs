@@ -1,10 +1,8 @@
-//! Command-line arguments ([`ProbeArgs`]) and the checked configuration they turn into
-//! ([`ProbeConfig`]).
+//! The probe's settings as given ([`ProbeSettings`]) and the checked configuration they
+//! turn into ([`ProbeConfig`]).
 
 use std::fmt;
 use std::time::Duration;
-
-use clap::{Args, ValueEnum};
 
 use crate::ProbeError;
 
@@ -23,86 +21,49 @@ pub const DEFAULT_API_VERSION: &str = "2021-02-01";
 /// The api-version used for the token endpoint (the one its documentation shows).
 pub const DEFAULT_TOKEN_API_VERSION: &str = "2018-02-01";
 
-/// How the report is printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum Format {
-    /// A readable report.
-    #[default]
-    Text,
-    /// One JSON document (see docs/probe.md).
-    Json,
-}
-
-/// Walk the attacker's path against Azure IMDS (and WireServer) from where this runs,
-/// and report each step: reachability, the instance document, identities, tokens.
-///
-/// Exit status: 0 when nothing sensitive is reachable, 1 when something is (instance
-/// data, a token, WireServer data), 2 on usage errors.
-#[derive(Debug, Clone, Args)]
-pub struct ProbeArgs {
-    /// IMDS base URL (plain HTTP). When given, WireServer and HostGAPlugin are only
-    /// checked if their URLs are given too.
-    #[arg(long, value_name = "URL")]
+/// What the user asked for, before it is checked: the probe's settings as plain data
+/// (the `imdsguard probe` flags map onto these one to one; [`Default`] is what the
+/// flags default to). [`ProbeConfig::from_settings`] checks them.
+#[derive(Debug, Clone)]
+pub struct ProbeSettings {
+    /// IMDS base URL (plain HTTP); `None` is [`DEFAULT_ENDPOINT`]. When given,
+    /// WireServer and HostGAPlugin are only checked if their URLs are given too.
     pub endpoint: Option<String>,
-
-    /// WireServer base URL [default: http://168.63.129.16 unless --endpoint is given]
-    #[arg(long, value_name = "URL")]
+    /// WireServer base URL; `None` is [`DEFAULT_WIRESERVER`] unless `endpoint` is given.
     pub wireserver: Option<String>,
-
-    /// HostGAPlugin base URL [default: http://168.63.129.16:32526 unless --endpoint is given]
-    #[arg(long, value_name = "URL")]
+    /// HostGAPlugin base URL; `None` is [`DEFAULT_HOSTGAPLUGIN`] unless `endpoint` is
+    /// given.
     pub hostgaplugin: Option<String>,
-
-    /// Time allowed for a TCP connection (e.g. 2s, 500ms)
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    /// Time allowed for a TCP connection (at most `timeout`).
     pub connect_timeout: Duration,
-
-    /// Time allowed for a whole request, connection included
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    /// Time allowed for a whole request, connection included.
     pub timeout: Duration,
-
-    /// Also try a token for this user-assigned identity (repeatable)
-    #[arg(long = "client-id", value_name = "ID")]
+    /// Also try a token for these user-assigned identities.
     pub client_ids: Vec<String>,
-
-    /// Also try a token for this resource, besides ARM and Key Vault (repeatable)
-    #[arg(long = "resource", value_name = "URI")]
+    /// Also try a token for these resources, besides ARM and Key Vault.
     pub resources: Vec<String>,
-
-    /// Output format
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
-
-    /// api-version for the instance document
-    #[arg(long, value_name = "VERSION", default_value = DEFAULT_API_VERSION)]
+    /// api-version for the instance document.
     pub api_version: String,
-
-    /// api-version for the token endpoint
-    #[arg(long, value_name = "VERSION", default_value = DEFAULT_TOKEN_API_VERSION)]
+    /// api-version for the token endpoint.
     pub token_api_version: String,
 }
 
-/// Parses a duration: `2`, `2s`, `1.5s`, `500ms` (a bare number is seconds).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let (number, scale) = if let Some(ms) = t.strip_suffix("ms") {
-        (ms, 0.001)
-    } else if let Some(s) = t.strip_suffix('s') {
-        (s, 1.0)
-    } else {
-        (t, 1.0)
-    };
-    let value: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (e.g. 2s, 500ms)"))?;
-    let secs = value * scale;
-    if !secs.is_finite() || secs <= 0.0 || secs > 3600.0 {
-        return Err(format!(
-            "`{text}`: expected a duration above 0 and at most 1h"
-        ));
+impl Default for ProbeSettings {
+    /// The Azure addresses, 2 s to connect, 5 s a request, ARM and Key Vault, the
+    /// default api-versions.
+    fn default() -> Self {
+        ProbeSettings {
+            endpoint: None,
+            wireserver: None,
+            hostgaplugin: None,
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(5),
+            client_ids: Vec::new(),
+            resources: Vec::new(),
+            api_version: DEFAULT_API_VERSION.to_owned(),
+            token_api_version: DEFAULT_TOKEN_API_VERSION.to_owned(),
+        }
     }
-    Ok(Duration::from_secs_f64(secs))
 }
 
 /// A plain-HTTP base URL: `http://host[:port][/]`.
@@ -224,10 +185,10 @@ impl ProbeConfig {
         }
     }
 
-    /// Checks the arguments and builds the configuration. When `--endpoint` is given,
+    /// Checks the settings and builds the configuration. When an endpoint is given,
     /// the WireServer URLs default to "not checked": a probe pointed at an emulator
     /// never sends anything to the real addresses.
-    pub fn from_args(args: &ProbeArgs) -> Result<ProbeConfig, ProbeError> {
+    pub fn from_settings(args: &ProbeSettings) -> Result<ProbeConfig, ProbeError> {
         let parse = |flag: &'static str, text: &str| {
             Endpoint::parse(text).map_err(|reason| ProbeError::Usage(format!("--{flag}: {reason}")))
         };
@@ -303,30 +264,26 @@ impl ProbeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
 
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: ProbeArgs,
-    }
-
-    fn args(argv: &[&str]) -> ProbeArgs {
-        Cli::try_parse_from(std::iter::once("probe").chain(argv.iter().copied()))
-            .unwrap()
-            .args
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert!(parse_duration("0").is_err());
-        assert!(parse_duration("-1s").is_err());
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("2h").is_err());
+    /// The settings the flags `argv` stand for (the flags themselves are the binary's).
+    fn args(argv: &[&str]) -> ProbeSettings {
+        let mut s = ProbeSettings::default();
+        for pair in argv.chunks(2) {
+            let value = pair[1].to_owned();
+            let secs = |v: &str| Duration::from_secs(v.trim_end_matches('s').parse().unwrap());
+            match pair[0] {
+                "--endpoint" => s.endpoint = Some(value),
+                "--wireserver" => s.wireserver = Some(value),
+                "--hostgaplugin" => s.hostgaplugin = Some(value),
+                "--client-id" => s.client_ids.push(value),
+                "--resource" => s.resources.push(value),
+                "--connect-timeout" => s.connect_timeout = secs(&value),
+                "--timeout" => s.timeout = secs(&value),
+                "--api-version" => s.api_version = value,
+                other => panic!("{other}"),
+            }
+        }
+        s
     }
 
     #[test]
@@ -359,7 +316,7 @@ mod tests {
 
     #[test]
     fn defaults_reach_azure_addresses() {
-        let config = ProbeConfig::from_args(&args(&[])).unwrap();
+        let config = ProbeConfig::from_settings(&args(&[])).unwrap();
         assert_eq!(config.endpoint.to_string(), DEFAULT_ENDPOINT);
         assert_eq!(config.wireserver.unwrap().to_string(), DEFAULT_WIRESERVER);
         assert_eq!(
@@ -375,9 +332,10 @@ mod tests {
 
     #[test]
     fn an_explicit_endpoint_leaves_wireserver_unchecked() {
-        let config = ProbeConfig::from_args(&args(&["--endpoint", "http://127.0.0.1:1"])).unwrap();
+        let config =
+            ProbeConfig::from_settings(&args(&["--endpoint", "http://127.0.0.1:1"])).unwrap();
         assert!(config.wireserver.is_none() && config.hostgaplugin.is_none());
-        let config = ProbeConfig::from_args(&args(&[
+        let config = ProbeConfig::from_settings(&args(&[
             "--endpoint",
             "http://127.0.0.1:1",
             "--wireserver",
@@ -390,7 +348,7 @@ mod tests {
 
     #[test]
     fn repeated_values_are_deduplicated_and_checked() {
-        let config = ProbeConfig::from_args(&args(&[
+        let config = ProbeConfig::from_settings(&args(&[
             "--endpoint",
             "http://127.0.0.1:1",
             "--client-id",
@@ -426,7 +384,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    ProbeConfig::from_args(&args(bad)),
+                    ProbeConfig::from_settings(&args(bad)),
                     Err(ProbeError::Usage(_))
                 ),
                 "{bad:?}"

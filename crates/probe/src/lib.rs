@@ -13,8 +13,9 @@
 //!    never as the token;
 //! 5. WireServer's goal state (port 80) and HostGAPlugin's vmSettings (port 32526).
 //!
-//! [`probe`] is the async library entry (it needs a Tokio runtime with IO and time
-//! enabled); [`run`] is the synchronous command entry behind `imdsguard probe`.
+//! [`probe`] is the library's entry (it needs a Tokio runtime with IO and time
+//! enabled): [`ProbeSettings`] checked into a [`ProbeConfig`] in, a [`Report`] out. The
+//! command behind `imdsguard probe` (flags, runtime, printing) is the binary's.
 //!
 //! Pointed at another endpoint (`--endpoint`, or [`ProbeConfig::new`]), the probe never
 //! sends anything to the real WireServer unless its URLs are given too.
@@ -25,14 +26,13 @@ mod http;
 mod instance;
 mod report;
 
-use std::io::{self, Write as _};
 use std::time::Duration;
 
 pub use classify::{Class, Denial};
 pub use config::{
     ARM_RESOURCE, DEFAULT_API_VERSION, DEFAULT_ENDPOINT, DEFAULT_HOSTGAPLUGIN,
-    DEFAULT_TOKEN_API_VERSION, DEFAULT_WIRESERVER, Endpoint, Format, KEY_VAULT_RESOURCE, ProbeArgs,
-    ProbeConfig, parse_duration,
+    DEFAULT_TOKEN_API_VERSION, DEFAULT_WIRESERVER, Endpoint, KEY_VAULT_RESOURCE, ProbeConfig,
+    ProbeSettings,
 };
 pub use instance::{
     IMDS_RESTRICTION_TAG, Identity, IdentitySelector, InstanceExposure, KUBELET_IDENTITY_TAG, Tag,
@@ -79,15 +79,9 @@ impl From<ExitStatusCode> for std::process::ExitCode {
 /// Why the probe could not run. Every variant means exit status 2.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    /// Bad arguments.
+    /// Bad settings (the flag named, what is wrong).
     #[error("{0}")]
     Usage(String),
-    /// The async runtime could not be started.
-    #[error("cannot start the runtime: {0}")]
-    Runtime(#[source] io::Error),
-    /// The report could not be written.
-    #[error("cannot write the report: {0}")]
-    Output(#[source] io::Error),
 }
 
 impl ProbeError {
@@ -95,34 +89,6 @@ impl ProbeError {
     pub fn exit_status(&self) -> ExitStatusCode {
         ExitStatusCode::UsageError
     }
-}
-
-/// Runs the probe as `imdsguard probe` does: checks the arguments, probes on a
-/// current-thread Tokio runtime, prints the report to standard output in the chosen
-/// format and returns the exit status (0 nothing sensitive reachable, 1 something is).
-/// Errors mean exit status 2.
-pub fn run(args: ProbeArgs) -> Result<ExitStatusCode, ProbeError> {
-    let config = ProbeConfig::from_args(&args)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(ProbeError::Runtime)?;
-    let report = runtime.block_on(probe(&config));
-    let text = match args.format {
-        Format::Text => report.to_text(),
-        Format::Json => report.to_json(),
-    };
-    let mut stdout = io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Ok(()) => {}
-        // A closed pipe (`imdsguard probe | head`) is not the probe's failure.
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
-        Err(e) => return Err(ProbeError::Output(e)),
-    }
-    Ok(report.exit_status())
 }
 
 /// Walks the attacker's path as `config` says and returns every step. Needs a Tokio

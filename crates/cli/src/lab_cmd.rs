@@ -1,0 +1,344 @@
+//! `imdsguard lab`: its flags, and the two stages of its process. The outer run checks
+//! the tools and re-executes this program (`imdsguard lab ...`, found with
+//! `current_exe`) under `unshare --net`, passing SIGINT and SIGTERM on; the inner run
+//! (in that namespace) exits on them and runs the lab ([`imdsguard_lab::run`]), then
+//! prints the report.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use rustix::process::{Pid, Signal};
+
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use imdsguard_lab::{LabConfig, LabError, Phase};
+use imdsguard_node::netns::{Isolated, current_netns};
+use imdsguard_node::{package_of, which};
+
+use crate::service::parse_positive_duration;
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub(crate) enum Format {
+    /// Tables.
+    #[default]
+    Text,
+    /// One JSON document.
+    Json,
+}
+
+/// A phase of the lab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum PhaseArg {
+    /// No protection: the attacker's path as it is on an unprotected node.
+    Before,
+    /// `block` mode: pod traffic to the endpoints dropped unless allowlisted.
+    Block,
+    /// `observe` mode: let through, counted and logged.
+    Observe,
+    /// `proxy` mode: IMDS traffic redirected to the filtering proxy, the rest dropped.
+    Proxy,
+}
+
+impl From<PhaseArg> for Phase {
+    fn from(p: PhaseArg) -> Phase {
+        match p {
+            PhaseArg::Before => Phase::Before,
+            PhaseArg::Block => Phase::Block,
+            PhaseArg::Observe => Phase::Observe,
+            PhaseArg::Proxy => Phase::Proxy,
+        }
+    }
+}
+
+/// Build a node from network namespaces (emulated IMDS and WireServer on their real
+/// addresses, pods on veths and a bridge) and show, pod by pod, what the attacker's path
+/// reaches before protection and under each imdsguard mode. Needs root or unprivileged
+/// user namespaces, and nft, ip, unshare and nsenter; touches nothing outside its own
+/// network namespaces.
+///
+/// Exit status: 0 when every phase came out as expected (only the allowlisted pod and
+/// the node reach the endpoints under block and proxy mode, DNS always answers), 1 when
+/// one did not, 2 when the lab could not run, 130 or 143 when stopped by SIGINT or
+/// SIGTERM (it cleans up first).
+#[derive(Debug, Clone, Args)]
+pub(crate) struct LabArgs {
+    /// Phases to run, in order (repeatable) [default: before block observe proxy]
+    #[arg(long = "phase", value_enum)]
+    pub phases: Vec<PhaseArg>,
+
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// The probe's TCP connect timeout (a dropped connection costs this much)
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_positive_duration)]
+    pub connect_timeout: Duration,
+
+    /// Also measure N times how long an allow-set change takes to be effective (time
+    /// from the change to the pod's first successful connection)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub bench_allow: u32,
+}
+
+impl LabArgs {
+    /// The lab's configuration these flags stand for.
+    pub(crate) fn config(&self) -> LabConfig {
+        LabConfig {
+            phases: self.phases.iter().map(|p| (*p).into()).collect(),
+            connect_timeout: self.connect_timeout,
+            bench_allow: self.bench_allow,
+        }
+    }
+}
+
+/// How the lab ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LabExit {
+    /// 0: every phase came out as expected.
+    Expected,
+    /// 1: something did not (listed in the output).
+    Unexpected,
+    /// Another status, passed on from the inner run.
+    Other(u8),
+}
+
+impl From<LabExit> for std::process::ExitCode {
+    fn from(e: LabExit) -> Self {
+        std::process::ExitCode::from(match e {
+            LabExit::Expected => 0,
+            LabExit::Unexpected => 1,
+            LabExit::Other(c) => c,
+        })
+    }
+}
+
+/// Runs `imdsguard lab`: re-executes itself in a network namespace of its own, builds
+/// the node there, probes every pod in each phase and prints the matrix to standard
+/// output.
+pub(crate) fn run(args: LabArgs) -> Result<LabExit, LabError> {
+    if is_inner() { inner(args) } else { outer() }
+}
+
+/// Set (to `inner`) in the environment of the re-executed lab.
+const STAGE_ENV: &str = "IMDSGUARD_LAB_STAGE";
+/// The outer run's network namespace, which the inner run must not be in.
+const PARENT_ENV: &str = "IMDSGUARD_LAB_PARENT_NETNS";
+/// The outer run's process id: the inner run ends when that process is gone.
+const PARENT_PID_ENV: &str = "IMDSGUARD_LAB_PARENT_PID";
+
+fn is_inner() -> bool {
+    std::env::var(STAGE_ENV).as_deref() == Ok("inner")
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// The `unshare` arguments that give this process a network namespace of its own.
+fn unshare_args() -> Vec<&'static str> {
+    if is_root() {
+        vec!["--net"]
+    } else {
+        vec!["--net", "--map-root-user"]
+    }
+}
+
+/// Checks the tools, then runs this program again under `unshare --net` and passes its
+/// exit status on. SIGINT and SIGTERM sent to this process (the one the user started)
+/// are passed on to the inner run, which stops and cleans up; this one waits for it and
+/// exits with its status (130 for SIGINT, 143 for SIGTERM).
+fn outer() -> Result<LabExit, LabError> {
+    let missing: Vec<String> = ["unshare", "nsenter", "ip", "nft"]
+        .into_iter()
+        .filter(|t| !which(t))
+        .map(|t| format!("`{t}` (package {})", package_of(t)))
+        .collect();
+    if !missing.is_empty() {
+        return Err(LabError::Missing(format!(
+            "{}: install {} (e.g. apt-get install nftables iproute2 util-linux)",
+            missing.join(", "),
+            if missing.len() == 1 { "it" } else { "them" }
+        )));
+    }
+    let args = unshare_args();
+    let probe = Command::new("unshare")
+        .args(&args)
+        .arg("true")
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| LabError::Io {
+            what: "running unshare".into(),
+            source: e,
+        })?;
+    if !probe.status.success() {
+        let why = String::from_utf8_lossy(&probe.stderr).trim().to_owned();
+        return Err(LabError::NoNamespace(if is_root() {
+            format!("`unshare --net` failed: {why}")
+        } else {
+            format!(
+                "not root, and `unshare --net --map-root-user` failed ({why}): run the lab as root, \
+                 or allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, \
+                 user.max_user_namespaces > 0; on Ubuntu also kernel.apparmor_restrict_unprivileged_userns=0)"
+            )
+        }));
+    }
+    let exe = std::env::current_exe().map_err(|e| LabError::Io {
+        what: "finding this program".into(),
+        source: e,
+    })?;
+    let parent = current_netns()?;
+    // From here on SIGINT and SIGTERM do not end this process before the inner run: they
+    // are passed on to it (the user's Ctrl-C reaches it too; twice is harmless). One
+    // that comes before the inner run exists is passed on as soon as it does.
+    let inner_pid = Arc::new(AtomicI32::new(0));
+    let pending = Arc::new(AtomicI32::new(0));
+    {
+        let (inner_pid, pending) = (inner_pid.clone(), pending.clone());
+        on_interrupts(move |sig| {
+            pending.store(sig.as_raw(), Ordering::SeqCst);
+            forward(inner_pid.load(Ordering::SeqCst), sig);
+        });
+    }
+    let mut child = Command::new("unshare")
+        .args(&args)
+        .arg("--")
+        .arg(&exe)
+        .args(std::env::args_os().skip(1))
+        .env(STAGE_ENV, "inner")
+        .env(PARENT_ENV, parent)
+        .env(PARENT_PID_ENV, std::process::id().to_string())
+        .spawn()
+        .map_err(|e| LabError::Io {
+            what: "starting the lab under unshare".into(),
+            source: e,
+        })?;
+    // `unshare` without `--fork` becomes the inner run: this is its process id.
+    let pid = i32::try_from(child.id()).unwrap_or(0);
+    inner_pid.store(pid, Ordering::SeqCst);
+    if let Some(sig) = Signal::from_named_raw(pending.load(Ordering::SeqCst)) {
+        forward(pid, sig);
+    }
+    let status = child.wait().map_err(|e| LabError::Io {
+        what: "waiting for the lab".into(),
+        source: e,
+    })?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(match (status.code(), status.signal()) {
+        (Some(0), _) => LabExit::Expected,
+        (Some(1), _) => LabExit::Unexpected,
+        (Some(c), _) => LabExit::Other(u8::try_from(c).unwrap_or(2)),
+        // Killed by a signal before its handler ran: the shell's convention.
+        (None, Some(sig)) => LabExit::Other(u8::try_from(128 + sig).unwrap_or(2)),
+        (None, None) => LabExit::Other(2),
+    })
+}
+
+/// Sends `sig` to the inner run, when there is one yet.
+fn forward(pid: i32, sig: Signal) {
+    if let Some(pid) = Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process(pid, sig);
+    }
+}
+
+/// The exit status for a run ended by `sig`: 128 + its number (130 for SIGINT, 143 for
+/// SIGTERM), as a shell reports it.
+fn interrupted_status(sig: Signal) -> i32 {
+    128 + sig.as_raw()
+}
+
+/// On SIGINT/SIGTERM: say so and exit 130 (SIGINT) or 143 (SIGTERM). Exiting is the
+/// cleanup: every namespace the lab made is held by a child whose standard input is a
+/// pipe from this process, so they all end, taking their interfaces with them; this
+/// process's own namespace (the node, with its nft tables) ends with it. The same
+/// happens when the outer run dies without passing a signal on (SIGKILL): the kernel
+/// sends this process SIGTERM then.
+fn exit_on_interrupt() {
+    on_interrupts(|sig| {
+        eprintln!(
+            "imdsguard lab: stopped by {}; its namespaces, interfaces and nft tables go away with it",
+            if sig == Signal::INT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            }
+        );
+        std::process::exit(interrupted_status(sig));
+    });
+    let _ = rustix::process::set_parent_process_death_signal(Some(Signal::TERM));
+    // The outer run may have gone before the line above: then nobody is waiting.
+    let parent = std::env::var(PARENT_PID_ENV)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok());
+    let now = rustix::process::getppid().map(Pid::as_raw_nonzero);
+    if parent.is_some_and(|p| now.is_none_or(|n| n.get() != p)) {
+        eprintln!("imdsguard lab: the process that started the lab is gone; stopping");
+        std::process::exit(interrupted_status(Signal::TERM));
+    }
+}
+
+/// Runs `on_signal` on a background thread for every SIGINT or SIGTERM, instead of the
+/// default action; returns once the handlers are installed.
+fn on_interrupts(on_signal: impl Fn(Signal) + Send + 'static) {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+    else {
+        return;
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        rt.block_on(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                let _ = tx.send(());
+                return;
+            };
+            let _ = tx.send(());
+            loop {
+                let sig = tokio::select! {
+                    _ = int.recv() => Signal::INT,
+                    _ = term.recv() => Signal::TERM,
+                };
+                on_signal(sig);
+            }
+        });
+    });
+    let _ = rx.recv();
+}
+
+/// The inner run: checks isolation, builds the lab, runs the phases, prints.
+fn inner(args: LabArgs) -> Result<LabExit, LabError> {
+    exit_on_interrupt();
+    let parent = std::env::var(PARENT_ENV).ok();
+    let isolated = Isolated::check(parent.as_deref())?;
+    let report = imdsguard_lab::run(&isolated, &args.config())?;
+    let text = match args.format {
+        Format::Text => report.to_text(),
+        Format::Json => report.to_json(),
+    };
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(LabError::Io {
+                what: "writing the report".into(),
+                source: e,
+            });
+        }
+        _ => {}
+    }
+    Ok(if report.as_expected {
+        LabExit::Expected
+    } else {
+        LabExit::Unexpected
+    })
+}

@@ -1,0 +1,143 @@
+//! What every long-running command (`emulate`, `proxy`, `agent run`) shares, and only
+//! the binary does: the log set-up, the async runtime, the stop signals, and the
+//! duration syntax of the flags.
+
+use std::time::Duration;
+
+/// Log line format (standard error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+/// Installs the process's one log subscriber: `RUST_LOG` (default `info`) to standard
+/// error, as text or JSON lines.
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// The runtime of a server command: two workers (the machines it runs on are small and
+/// the work is IO), IO and timers.
+pub fn server_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
+}
+
+/// Which stop signal arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGINT (Ctrl-C).
+    Interrupt,
+    /// SIGTERM.
+    Terminate,
+}
+
+/// SIGINT and SIGTERM, handled from the moment this is made (before a server starts,
+/// so that a signal during start-up stops it cleanly instead of killing it). Needs a
+/// runtime with IO.
+pub struct StopSignals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Installs the handlers.
+    pub fn install() -> anyhow::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let io = |e| anyhow::anyhow!("cannot handle signals: {e}");
+        Ok(StopSignals {
+            int: signal(SignalKind::interrupt()).map_err(io)?,
+            term: signal(SignalKind::terminate()).map_err(io)?,
+        })
+    }
+
+    /// Waits for the next SIGINT or SIGTERM.
+    pub async fn recv(&mut self) -> Stop {
+        tokio::select! {
+            _ = self.int.recv() => Stop::Interrupt,
+            _ = self.term.recv() => Stop::Terminate,
+        }
+    }
+}
+
+/// The one duration syntax of every flag: humantime's (`500ms`, `2s`, `1.5s`, `1m30s`,
+/// `1h`), or a bare number of seconds (`2`, `0.5`); at most one day.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let d = match t.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => {
+            Duration::try_from_secs_f64(secs).map_err(|_| format!("`{text}` is out of range"))?
+        }
+        Ok(_) => return Err(format!("`{text}` is not a duration above or at 0")),
+        Err(_) => humantime::parse_duration(t)
+            .map_err(|e| format!("`{text}` is not a duration ({e}; e.g. 500ms, 2s, 1.5s, 1m)"))?,
+    };
+    if d > Duration::from_secs(86_400) {
+        return Err(format!("`{text}` is out of range (at most 1 day)"));
+    }
+    Ok(d)
+}
+
+/// [`parse_duration`], above 0.
+pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err(format!("`{text}`: expected a duration above 0")),
+        d => Ok(d),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_have_one_syntax() {
+        for (text, want) in [
+            ("500ms", Duration::from_millis(500)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("2s", Duration::from_secs(2)),
+            ("2", Duration::from_secs(2)),
+            ("0.25", Duration::from_millis(250)),
+            ("1m", Duration::from_secs(60)),
+            ("1m30s", Duration::from_secs(90)),
+            (" 3s ", Duration::from_secs(3)),
+            ("0", Duration::ZERO),
+            ("1d", Duration::from_secs(86_400)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+        }
+        for bad in [
+            "",
+            "soon",
+            "-1",
+            "-1s",
+            "NaN",
+            "inf",
+            "2 parsecs",
+            "25h",
+            "1e300",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert!(parse_positive_duration("0").is_err());
+        assert!(parse_positive_duration("0s").is_err());
+        assert_eq!(
+            parse_positive_duration("250ms"),
+            Ok(Duration::from_millis(250))
+        );
+    }
+}
