@@ -10,7 +10,9 @@
 //! - [`token`] inspects access tokens (claims, fingerprint) without ever keeping one;
 //! - [`pods`] answers "which pod is this?" (an address, or an (interface, address)
 //!   pair) for the proxy and the agent, with one policy for finished, hostNetwork,
-//!   dual-stack and reused-address pods.
+//!   dual-stack and reused-address pods;
+//! - [`nft`] builds the node's nftables table (with the `nftables` crate's schema
+//!   types) and reads `nft -j` listings; [`conntrack`] the flow flushes that go with it.
 //!
 //! Nothing here does IO: callers read files and print reports.
 
@@ -18,6 +20,7 @@ pub mod access;
 pub mod audit;
 pub mod canon;
 pub mod cluster;
+pub mod conntrack;
 pub mod imds;
 pub mod manifest;
 pub mod model;

@@ -4,10 +4,10 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use imdsguard_core::conntrack::{conntrack_flush_args, parse_conntrack_deleted};
 use imdsguard_core::nft::{
     self, CounterValue, Difference, DroppedSource, Mode, PairChanges, PairSet, RulesetConfig,
-    SourcePair, TableState, conntrack_flush_args, parse_conntrack_deleted, parse_counters,
-    parse_dropped,
+    SourcePair, TableState, parse_counters, parse_dropped,
 };
 use imdsguard_core::target::Target;
 use serde::Serialize;
