@@ -1,16 +1,16 @@
-//! Applying and reading the `inet imdsguard` table with `nft`, flushing conntrack.
+//! Applying and reading the `inet imdsguard` table with `nft` (conntrack flushes: [`crate::conntrack`]).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use imdsguard_core::conntrack::{conntrack_flush_args, parse_conntrack_deleted};
 use imdsguard_core::nft::{
     self, CounterValue, Difference, DroppedSource, Mode, PairChanges, PairSet, RulesetConfig,
     SourcePair, TableState, parse_counters, parse_dropped,
 };
-use imdsguard_core::target::Target;
 use serde::Serialize;
+
+use crate::conntrack::{ConntrackOutcome, flush_conntrack};
 use serde_json::Value;
 
 use crate::NodeError;
@@ -107,54 +107,6 @@ pub fn uninstall_table(exec: &Exec) -> Result<bool, NodeError> {
     let present = read_table(exec)?.is_some();
     apply(exec, &nft::delete_table())?;
     Ok(present)
-}
-
-/// What flushing conntrack did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct ConntrackOutcome {
-    /// Flow entries deleted.
-    pub deleted: u64,
-    /// What could not be done (no `conntrack`, a failure); enforcement is in place anyway.
-    pub warnings: Vec<String>,
-}
-
-/// Deletes the tracked flows toward `targets` (from `source` only, when given), so that
-/// connections opened before the rules cannot go on. "0 flow entries" is not an error;
-/// a missing `conntrack` is a warning.
-pub fn flush_conntrack(
-    exec: &Exec,
-    targets: &[Target],
-    source: Option<IpAddr>,
-) -> ConntrackOutcome {
-    let mut outcome = ConntrackOutcome::default();
-    for args in conntrack_flush_args(targets, source) {
-        match exec.output("conntrack", &args, None) {
-            Ok(out) => {
-                let text = format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                match parse_conntrack_deleted(&text) {
-                    Some(n) => outcome.deleted += n,
-                    None if out.status.success() => {}
-                    None => outcome.warnings.push(format!(
-                        "conntrack {}: {}",
-                        args.join(" "),
-                        text.trim()
-                    )),
-                }
-            }
-            Err(NodeError::MissingTool { tool, package }) => {
-                outcome.warnings.push(format!(
-                    "{tool} is missing (package {package}): connections opened before enforcement were not cut"
-                ));
-                break;
-            }
-            Err(e) => outcome.warnings.push(e.to_string()),
-        }
-    }
-    outcome
 }
 
 /// What is in place, as `nft` shows it.
@@ -306,11 +258,6 @@ impl Enforcer {
     /// The configuration.
     pub fn config(&self) -> &RulesetConfig {
         &self.config
-    }
-
-    /// The NFLOG group drops and observations are logged to.
-    pub fn log_group(&self) -> u16 {
-        self.config.log.group
     }
 
     /// Where the commands run.

@@ -22,6 +22,7 @@
 //! See `docs/node.md` for the ruleset and why its hooks are where they are.
 
 mod args;
+pub mod conntrack;
 mod enforce;
 mod exec;
 pub mod netns;
@@ -31,9 +32,10 @@ pub use args::{
     AgentNftArgs, AllowSpec, CloudArg, ModeArg, UninstallArgs, UninstallOutcome, parse_allow,
     parse_allow_spec, uninstall,
 };
+pub use conntrack::{ConntrackOutcome, flush_conntrack};
 pub use enforce::{
-    ConntrackOutcome, Enforcer, InstallReport, Status, apply, dropped_sources, flush_conntrack,
-    read_counters, read_table, status, uninstall_table,
+    Enforcer, InstallReport, Status, apply, dropped_sources, read_counters, read_table, status,
+    uninstall_table,
 };
 pub use exec::{Exec, package_of, which};
 
