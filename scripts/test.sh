@@ -68,3 +68,8 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --workspace --locked --no-fail-fast -- --include-ignored
 fi
+
+# Fuzzing (docs/fuzzing.md): each cargo-fuzz target of fuzz/ for 20 s from the
+# committed seeds; installs cargo-fuzz when missing. Longer runs: scripts/fuzz.sh.
+log "fuzz targets (20 s each)"
+bash scripts/fuzz.sh 20
