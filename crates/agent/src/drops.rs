@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use imdsguard_core::nft::DroppedSource;
 pub use imdsguard_core::pods::Attribution;
@@ -17,6 +18,17 @@ use imdsguard_core::pods::PodIndex;
 
 /// The `pod` label of drops from a source no pod of the index has.
 pub const UNKNOWN_POD: &str = "unknown";
+
+/// The `pod` label of drops from a pod that found [`PodSeries`] full.
+pub const OTHER_PODS: &str = "other";
+
+/// At most this many (namespace, pod) label sets in `imdsguard_agent_drops_total`; past
+/// it, drops of further pods count under `namespace="",pod="other"`.
+pub const MAX_POD_SERIES: usize = 1000;
+
+/// A pod's label set leaves `imdsguard_agent_drops_total` this long after its last new
+/// drop (its count restarts from zero if it drops again: a counter reset to Prometheus).
+pub const POD_SERIES_TTL: Duration = Duration::from_secs(15 * 60);
 
 /// One dropped source's new packets since the last read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +184,73 @@ pub fn events(pods: &PodIndex, new: &[(DroppedSource, u64)]) -> Vec<DropEvent> {
         .collect()
 }
 
+/// The per-pod label sets of `imdsguard_agent_drops_total`, kept bounded as pods come
+/// and go: a label set expires [`POD_SERIES_TTL`] after its last new drop, and no more
+/// than a cap of them exist at once (further pods share `pod="other"`).
+#[derive(Debug, Clone)]
+pub struct PodSeries {
+    last: BTreeMap<(String, String), Instant>,
+    max: usize,
+    ttl: Duration,
+}
+
+impl Default for PodSeries {
+    fn default() -> Self {
+        PodSeries::new(MAX_POD_SERIES, POD_SERIES_TTL)
+    }
+}
+
+impl PodSeries {
+    /// At most `max` label sets (the two shared ones, `unknown` and `other`, aside),
+    /// each kept `ttl` after its last use.
+    pub fn new(max: usize, ttl: Duration) -> PodSeries {
+        PodSeries {
+            last: BTreeMap::new(),
+            max,
+            ttl,
+        }
+    }
+
+    /// The (namespace, pod) labels to count `event` under at `now`.
+    pub fn labels(&mut self, event: &DropEvent, now: Instant) -> (String, String) {
+        let (Some(namespace), Some(pod)) = (&event.namespace, &event.pod) else {
+            return (String::new(), UNKNOWN_POD.to_owned());
+        };
+        let key = (namespace.clone(), pod.clone());
+        if !self.last.contains_key(&key) && self.last.len() >= self.max {
+            return (String::new(), OTHER_PODS.to_owned());
+        }
+        self.last.insert(key.clone(), now);
+        key
+    }
+
+    /// The label sets whose last drop is `ttl` or more before `now`, forgotten here; the
+    /// caller removes them from the metric.
+    pub fn expire(&mut self, now: Instant) -> Vec<(String, String)> {
+        let ttl = self.ttl;
+        let old: Vec<(String, String)> = self
+            .last
+            .iter()
+            .filter(|(_, at)| now.saturating_duration_since(**at) >= ttl)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &old {
+            self.last.remove(k);
+        }
+        old
+    }
+
+    /// How many per-pod label sets exist.
+    pub fn len(&self) -> usize {
+        self.last.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.last.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,5 +320,53 @@ mod tests {
         assert_eq!(ev[0].interfaces(), "azvweb");
         assert_eq!(ev[0].addresses(), "10.244.0.11,fd00::11");
         assert!(events(&lab(), &[]).is_empty());
+    }
+
+    fn event(namespace: Option<&str>, pod: Option<&str>) -> DropEvent {
+        DropEvent {
+            namespace: namespace.map(str::to_owned),
+            pod: pod.map(str::to_owned),
+            sources: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn pod_series_are_capped_and_expire() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(60);
+        let mut series = PodSeries::new(2, ttl);
+        let pair = |n: &str, p: &str| (n.to_owned(), p.to_owned());
+        assert_eq!(
+            series.labels(&event(Some("a"), Some("one")), t0),
+            pair("a", "one")
+        );
+        assert_eq!(
+            series.labels(&event(Some("a"), Some("two")), t0),
+            pair("a", "two")
+        );
+        // Full: a third pod shares `other`, a known pod keeps its own labels.
+        assert_eq!(
+            series.labels(&event(Some("b"), Some("three")), t0),
+            pair("", OTHER_PODS)
+        );
+        assert_eq!(series.labels(&event(None, None), t0), pair("", UNKNOWN_POD));
+        let t1 = t0 + Duration::from_secs(30);
+        assert_eq!(
+            series.labels(&event(Some("a"), Some("two")), t1),
+            pair("a", "two")
+        );
+        assert_eq!(series.len(), 2);
+        // `one` has had no new drop for the ttl; `two` dropped again 30 s later.
+        assert_eq!(series.expire(t0 + ttl), [pair("a", "one")]);
+        assert_eq!(series.len(), 1);
+        // Room again: the third pod gets labels of its own.
+        let t2 = t0 + ttl;
+        assert_eq!(
+            series.labels(&event(Some("b"), Some("three")), t2),
+            pair("b", "three")
+        );
+        assert_eq!(series.expire(t1 + ttl), [pair("a", "two")]);
+        assert_eq!(series.expire(t2 + ttl), [pair("b", "three")]);
+        assert!(series.is_empty());
     }
 }

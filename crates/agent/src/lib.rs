@@ -16,7 +16,7 @@
 //!   it builds by content (rules in order, set elements, mode), re-applying the whole
 //!   table in one transaction on any difference (logged, counted in
 //!   `imdsguard_agent_repairs_total{difference}`), and feeds the table's drop counters
-//!   into the metrics (`imdsguard_nflog_drops_total`);
+//!   into the metrics (`imdsguard_blocked_packets_total`);
 //! - on the same interval, in a task of its own ([`reload`]: a FIFO or a hung file
 //!   system never holds up the table check or shutdown), it reloads the pods (set
 //!   elements only, never a rebuild) and rules files when they changed (always on
@@ -236,7 +236,7 @@ impl AgentMetrics {
         );
         r.register(
             "agent_drops",
-            "Packets to a protected endpoint dropped, by pod of the pod index (pod=\"unknown\" for other sources)",
+            "Packets to a protected endpoint dropped, by pod of the pod index (pod=\"unknown\" for other sources; a pod's labels leave 15 minutes after its last drop, and past 1000 pods further ones count as pod=\"other\")",
             m.drops.clone(),
         );
         m
@@ -257,6 +257,8 @@ struct Shared {
     /// The pods as last loaded, to name the dropped sources.
     pods: Mutex<PodIndex>,
     drops: Mutex<drops::DropTracker>,
+    /// The per-pod label sets of the drops metric, kept bounded.
+    drop_series: Mutex<drops::PodSeries>,
     sinks: Vec<Arc<dyn EventSink>>,
     /// `--kubernetes`: the watch's snapshots.
     kube_pods: Option<watch::Receiver<Option<Arc<imdsguard_kube::Snapshot>>>>,
@@ -273,7 +275,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The label of `imdsguard_nflog_drops_total` for a drop counter of the table (which
+/// The label of `imdsguard_blocked_packets_total` for a drop counter of the table (which
 /// counts per reason, not per endpoint).
 fn drop_destination(counter: &str) -> &'static str {
     if counter == nft::counter::SPOOFED {
@@ -394,7 +396,7 @@ impl Shared {
         Ok(())
     }
 
-    /// Reads the counters; drops since the last read go to `imdsguard_nflog_drops_total`.
+    /// Reads the counters; drops since the last read go to `imdsguard_blocked_packets_total`.
     fn read_counters(&self) {
         let counters = match lock(&self.enforcer).counters() {
             Ok(c) => c,
@@ -418,7 +420,7 @@ impl Shared {
                 };
                 if delta > 0 {
                     self.metrics
-                        .record_nflog_drops(drop_destination(&c.name), delta);
+                        .record_blocked_packets(drop_destination(&c.name), delta);
                 }
             }
         }
@@ -436,24 +438,21 @@ impl Shared {
                 return;
             }
         };
+        let now = std::time::Instant::now();
+        let label_set = |(namespace, pod): (String, String)| {
+            vec![("namespace".to_owned(), namespace), ("pod".to_owned(), pod)]
+        };
+        let mut series = lock(&self.drop_series);
+        for gone in series.expire(now) {
+            self.own.drops.remove(&label_set(gone));
+        }
         let new = lock(&self.drops).update(&sources);
         if new.is_empty() {
             return;
         }
         let events = drops::events(&lock(&self.pods), &new);
         for e in &events {
-            let labels = vec![
-                (
-                    "namespace".to_owned(),
-                    e.namespace.clone().unwrap_or_default(),
-                ),
-                (
-                    "pod".to_owned(),
-                    e.pod
-                        .clone()
-                        .unwrap_or_else(|| drops::UNKNOWN_POD.to_owned()),
-                ),
-            ];
+            let labels = label_set(series.labels(e, now));
             self.own.drops.get_or_create(&labels).inc_by(e.packets());
             for sink in &self.sinks {
                 sink.drops(e);
@@ -652,6 +651,7 @@ impl Agent {
             }),
             pods: Mutex::new(node_pods.clone()),
             drops: Mutex::new(drops::DropTracker::default()),
+            drop_series: Mutex::new(drops::PodSeries::default()),
             sinks,
             kube_pods: pod_watch.as_ref().map(imdsguard_kube::PodWatch::subscribe),
             kube_retry: AtomicBool::new(false),

@@ -301,7 +301,7 @@ fn the_agent_installs_restores_and_follows_the_pods_file() {
         assert!(
             eventually(Duration::from_secs(5), || {
                 agent
-                    .metric(r#"imdsguard_nflog_drops_total{destination="protected"}"#)
+                    .metric(r#"imdsguard_blocked_packets_total{destination="protected"}"#)
                     .is_some_and(|v| v > 0.0)
             }),
             "{}",
@@ -469,7 +469,7 @@ fn proxy_mode_end_to_end_with_the_emulator() {
             eventually(Duration::from_secs(5), || {
                 agent
                     .metric(
-                        r#"imdsguard_nflog_drops_total{destination="protected-unknown-source"}"#,
+                        r#"imdsguard_blocked_packets_total{destination="protected-unknown-source"}"#,
                     )
                     .is_some_and(|v| v > 0.0)
             }),

@@ -13,7 +13,7 @@
 //! | `imdsguard_proxy_open_connections` | | client connections open |
 //! | `imdsguard_proxy_connections_refused_total` | `reason`: `per-source` | connections closed on accept |
 //! | `imdsguard_proxy_throttled_total` | `class`: `general`, `identity` | requests answered 429 for the caller's rate |
-//! | `imdsguard_nflog_drops_total` | `destination` | packets the node's nft rules dropped (counted by the agent) |
+//! | `imdsguard_blocked_packets_total` | `destination` | packets the node's nft rules dropped (counted by the agent) |
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -93,7 +93,7 @@ struct Inner {
     connections: Gauge,
     refused: Family<ReasonLabels, Counter>,
     throttled: Family<ClassLabels, Counter>,
-    nflog_drops: Family<DestinationLabels, Counter>,
+    blocked_packets: Family<DestinationLabels, Counter>,
 }
 
 /// The proxy's metrics. Cheap to clone; every clone records into the same registry.
@@ -130,7 +130,7 @@ impl Metrics {
         let connections = Gauge::default();
         let refused = Family::<ReasonLabels, Counter>::default();
         let throttled = Family::<ClassLabels, Counter>::default();
-        let nflog_drops = Family::<DestinationLabels, Counter>::default();
+        let blocked_packets = Family::<DestinationLabels, Counter>::default();
         registry.register(
             "proxy_decisions",
             "Requests decided by the proxy, by caller namespace, IMDS endpoint and outcome (allow, deny, invalid, upstream-error)",
@@ -183,9 +183,9 @@ impl Metrics {
             throttled.clone(),
         );
         registry.register(
-            "nflog_drops",
-            "Packets to metadata endpoints dropped by imdsguard's nft rules, by destination",
-            nflog_drops.clone(),
+            "blocked_packets",
+            "Packets to metadata endpoints dropped by imdsguard's nft rules (the table's drop counters, read by the agent), by destination",
+            blocked_packets.clone(),
         );
         Metrics {
             inner: Arc::new(Inner {
@@ -201,7 +201,7 @@ impl Metrics {
                 connections,
                 refused,
                 throttled,
-                nflog_drops,
+                blocked_packets,
             }),
         }
     }
@@ -215,11 +215,11 @@ impl Metrics {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Counts `n` packets to `destination` (`imds`, `wireserver`, ...) dropped by the
-    /// node's nft rules, as reported over NFLOG.
-    pub fn record_nflog_drops(&self, destination: &str, n: u64) {
+    /// Counts `n` packets to `destination` dropped by the node's nft rules, read from
+    /// the table's drop counters (`blocked`, `spoofed`) by the agent.
+    pub fn record_blocked_packets(&self, destination: &str, n: u64) {
         self.inner
-            .nflog_drops
+            .blocked_packets
             .get_or_create(&DestinationLabels {
                 destination: destination.to_string(),
             })
@@ -334,7 +334,7 @@ mod tests {
         );
         m.upstream("instance", Duration::from_millis(2));
         m.upstream_error("connect");
-        m.record_nflog_drops("imds", 3);
+        m.record_blocked_packets("imds", 3);
         m.record_reload("rules", true);
         m.set_rules(4);
         m.connection_refused("per-source");
@@ -344,7 +344,7 @@ mod tests {
             r#"imdsguard_proxy_decisions_total{namespace="payments",endpoint="identity-token",outcome="deny"} 1"#,
             r#"imdsguard_proxy_request_duration_seconds_bucket{le="0.0001",outcome="deny"} 1"#,
             r#"imdsguard_proxy_upstream_errors_total{kind="connect"} 1"#,
-            r#"imdsguard_nflog_drops_total{destination="imds"} 3"#,
+            r#"imdsguard_blocked_packets_total{destination="imds"} 3"#,
             r#"imdsguard_proxy_reloads_total{file="rules",result="ok"} 1"#,
             "imdsguard_proxy_rules 4",
             r#"imdsguard_proxy_connections_refused_total{reason="per-source"} 1"#,

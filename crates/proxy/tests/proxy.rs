@@ -624,7 +624,7 @@ async fn metrics_after_some_requests() {
             .status,
         400
     );
-    env.proxy.metrics().record_nflog_drops("imds", 2);
+    env.proxy.metrics().record_blocked_packets("imds", 2);
 
     let r = admin_get(env.admin(), "/metrics").await;
     assert_eq!(r.status, 200);
@@ -643,7 +643,7 @@ async fn metrics_after_some_requests() {
         r#"imdsguard_proxy_redactions_total{namespace="monitoring"} 1"#,
         r#"imdsguard_proxy_request_duration_seconds_count{outcome="deny"} 3"#,
         r#"imdsguard_proxy_upstream_duration_seconds_count{endpoint="identity-token"} 1"#,
-        r#"imdsguard_nflog_drops_total{destination="imds"} 2"#,
+        r#"imdsguard_blocked_packets_total{destination="imds"} 2"#,
         "imdsguard_proxy_rules 4",
         "imdsguard_proxy_pods 4",
         "# EOF",
