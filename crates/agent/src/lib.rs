@@ -50,7 +50,7 @@ use std::time::Duration;
 use clap::Args;
 use imdsguard_core::nft::{self, Mode};
 use imdsguard_node::{AgentNftArgs, AllowSpec, Enforcer, Exec, NodeError};
-use imdsguard_proxy::{LogFormat, Metrics, Proxy, ProxyConfig, ProxyControl, ProxyError, Upstream};
+use imdsguard_proxy::{Metrics, Proxy, ProxyConfig, ProxyControl, ProxyError, Upstream};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -119,7 +119,7 @@ pub struct RunArgs {
 
     /// How often to check the table (restoring it), read the counters and look for
     /// changed files (a rename over a file is a change)
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = imdsguard_proxy::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub check_interval: Duration,
 
     /// Log format (standard error)
@@ -869,6 +869,15 @@ async fn periodic(shared: Arc<Shared>, interval: Duration, mut stop: watch::Rece
         let s = shared.clone();
         let _ = tokio::task::spawn_blocking(move || s.tick(forced)).await;
     }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 fn init_logging(format: LogFormat) {

@@ -9,6 +9,7 @@ mod inputs;
 mod lab_cmd;
 mod output;
 mod probe_cmd;
+mod proxy_cmd;
 mod service;
 
 use std::process::ExitCode;
@@ -41,7 +42,7 @@ enum Command {
     Emulate(emulate_cmd::EmulateArgs),
     /// The filtering metadata proxy: per pod, per path, per token audience and identity;
     /// default deny.
-    Proxy(imdsguard_proxy::ProxyArgs),
+    Proxy(proxy_cmd::ProxyArgs),
     /// Node enforcement (nftables table `inet imdsguard`).
     Agent {
         #[command(subcommand)]
@@ -66,9 +67,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Audit(args) => audit_cmd::run(args),
         Command::Emulate(args) => emulate_cmd::run(args).map(|()| ExitCode::SUCCESS),
-        Command::Proxy(args) => imdsguard_proxy::run(args)
-            .map(|()| ExitCode::SUCCESS)
-            .map_err(anyhow::Error::from),
+        Command::Proxy(args) => proxy_cmd::run(args).map(|()| ExitCode::SUCCESS),
         Command::Agent {
             command: AgentCommand::Run(args),
         } => imdsguard_agent::run(*args)

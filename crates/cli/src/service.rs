@@ -74,6 +74,23 @@ impl StopSignals {
     }
 }
 
+/// Sends a message on `reload_now` for every SIGHUP (a reload request), from a task of
+/// its own; does nothing when SIGHUP cannot be handled. Needs a runtime with IO.
+pub fn forward_hangups(reload_now: tokio::sync::mpsc::UnboundedSender<()>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("SIGHUP cannot be handled: files are reloaded when they change only");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            if reload_now.send(()).is_err() {
+                break;
+            }
+        }
+    });
+}
+
 /// The one duration syntax of every flag: humantime's (`500ms`, `2s`, `1.5s`, `1m30s`,
 /// `1h`), or a bare number of seconds (`2`, `0.5`); at most one day.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

@@ -36,9 +36,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use humantime::parse_duration;
 use imdsguard_core::access::{AccessRules, PodIndex};
 use imdsguard_emulator::{Config, Emulator, Options, Throttle};
-use imdsguard_proxy::{PodRate, Proxy, ProxyConfig, Upstream, parse_duration};
+use imdsguard_proxy::{PodRate, Proxy, ProxyConfig, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 

@@ -13,13 +13,13 @@ use hyper::body::{Body, Incoming};
 use imdsguard_core::access::{Allow, Decision, Deny, PodInfo, RULE_CANONICAL_FORM};
 use imdsguard_core::canon::{CanonicalTarget, Canonicalizer, RejectKind, Rejection};
 use imdsguard_core::imds::{
-    self, CONTENT_TYPE_JSON, Endpoint, IdentitySelector, ImdsError, ImdsErrorKind, ImdsRequest,
+    self, CONTENT_TYPE_JSON, ImdsApi, IdentitySelector, ImdsError, ImdsErrorKind, ImdsRequest,
     Method, RateClass,
 };
 use serde_json::{Value, json};
 
 use crate::fairness::{self, RateLimiter};
-use crate::server::{Handler, Reply};
+use crate::server::{CloseConnection, Handler, Reply};
 use crate::upstream::{self, UpstreamError};
 use crate::{Limits, Metrics, ProxyControl, Timeouts};
 
@@ -54,7 +54,7 @@ impl Outcome {
 struct Record {
     pod: Option<Arc<PodInfo>>,
     path: String,
-    endpoint: Endpoint,
+    endpoint: ImdsApi,
     outcome: Outcome,
     rule: String,
     reason: Option<String>,
@@ -75,7 +75,11 @@ pub(crate) struct State {
 }
 
 impl Handler for State {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Reply {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Reply, CloseConnection> {
         let start = Instant::now();
         let method = req.method().clone();
         let (reply, mut rec) = self.decide(req, peer).await;
@@ -92,7 +96,7 @@ impl Handler for State {
             self.metrics.redaction(namespace);
         }
         log(&rec, peer, &method, latency);
-        reply
+        Ok(reply)
     }
 }
 
@@ -102,7 +106,7 @@ impl State {
         let mut rec = Record {
             pod,
             path: String::new(),
-            endpoint: Endpoint::Unknown,
+            endpoint: ImdsApi::Unknown,
             outcome: Outcome::Deny,
             rule: String::new(),
             reason: None,
@@ -213,7 +217,7 @@ impl State {
         } else {
             Bytes::new()
         };
-        let result = if valid.endpoint == Endpoint::Instance && !allow.redaction.is_noop() {
+        let result = if valid.endpoint == ImdsApi::Instance && !allow.redaction.is_noop() {
             rec.redacted = true;
             self.forward_redacted(&valid, &allow, &parts.headers).await
         } else {
@@ -249,7 +253,7 @@ impl State {
     /// IMDS's own throttling answer (429, its body for the endpoint) with `Retry-After`.
     fn throttled(
         &self,
-        endpoint: Endpoint,
+        endpoint: ImdsApi,
         class: RateClass,
         wait: std::time::Duration,
         rec: &mut Record,
@@ -287,7 +291,7 @@ impl State {
         target: &str,
         headers: &http::HeaderMap,
         body: Bytes,
-        endpoint: Endpoint,
+        endpoint: ImdsApi,
     ) -> Result<Reply, UpstreamError> {
         let start = Instant::now();
         let answer = self.upstream.send(method, target, headers, body).await;
@@ -320,12 +324,12 @@ impl State {
             .send(http::Method::GET, &target, headers, Bytes::new())
             .await;
         self.metrics
-            .upstream(Endpoint::Instance.as_str(), start.elapsed());
+            .upstream(ImdsApi::Instance.as_str(), start.elapsed());
         let answer = answer?;
         if answer.status != StatusCode::OK {
             // An IMDS error says nothing about the document: passed on when it is in
             // IMDS's shape.
-            return upstream_error_answer(Endpoint::Instance, answer);
+            return upstream_error_answer(ImdsApi::Instance, answer);
         }
         let mut doc: Value = serde_json::from_slice(&answer.body)
             .map_err(|e| UpstreamError::BadDocument(format!("not JSON ({e})")))?;
@@ -357,7 +361,7 @@ impl State {
 /// error shapes (re-written with only the documented fields, `Retry-After` kept when it
 /// is a number of seconds), else an error that becomes the proxy's own 502.
 fn upstream_error_answer(
-    endpoint: Endpoint,
+    endpoint: ImdsApi,
     answer: upstream::Answer,
 ) -> Result<Reply, UpstreamError> {
     let Some(body) = imds::upstream_error_body(endpoint, answer.status.as_u16(), &answer.body)

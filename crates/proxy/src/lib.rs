@@ -37,11 +37,11 @@
 //! ```
 
 mod admin;
-mod cli;
 mod fairness;
 pub mod files;
 mod handler;
 mod metrics;
+mod reload;
 mod server;
 mod upstream;
 
@@ -57,8 +57,12 @@ use imdsguard_core::imds::{IMDS_ADDRESS, is_metadata_address};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-pub use cli::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, LogFormat, ProxyArgs, parse_duration, run};
-pub use cli::{parse_pods, parse_rules, read_pods, read_rules};
+pub use reload::{LoadedFiles, ProxyFiles, parse_pods, parse_rules, read_pods, read_rules};
+
+/// The proxy's listen address when none is given.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8170";
+/// The admin listen address when none is given.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9170";
 pub use fairness::PodRate;
 pub use metrics::Metrics;
 
@@ -106,9 +110,6 @@ pub enum ProxyError {
     /// An option is out of range.
     #[error("invalid option: {0}")]
     Option(String),
-    /// The async runtime could not start.
-    #[error("cannot start the async runtime: {0}")]
-    Runtime(#[source] std::io::Error),
 }
 
 /// The metadata service the proxy forwards to: `http://HOST[:PORT]`.
@@ -346,7 +347,9 @@ impl ProxyConfig {
         }
     }
 
-    fn check(&self) -> Result<(), ProxyError> {
+    /// Checks ranges and refuses metadata listen addresses unless allowed; [`Proxy::start`]
+    /// does it too.
+    pub fn check(&self) -> Result<(), ProxyError> {
         for addr in std::iter::once(&self.listen).chain(&self.admin_listen) {
             if is_metadata_address(addr.ip()) && !self.allow_metadata_address {
                 return Err(ProxyError::MetadataAddress(*addr));

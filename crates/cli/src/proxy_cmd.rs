@@ -1,0 +1,297 @@
+//! `imdsguard proxy`: the flags of the filtering metadata proxy and its process
+//! (logging, runtime, SIGINT/SIGTERM to stop, SIGHUP to reload); the proxy is
+//! `imdsguard-proxy`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use imdsguard_proxy::{
+    DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, Limits, PodRate, Proxy, ProxyConfig, ProxyFiles,
+    Timeouts, Upstream,
+};
+
+use crate::service::{self, LogFormat, StopSignals, parse_duration};
+
+/// `imdsguard proxy`: the filtering metadata proxy.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ProxyArgs {
+    /// Address to listen on for pods' IMDS requests.
+    #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Address of the admin listener (/metrics, /healthz, /readyz).
+    #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_ADMIN_LISTEN)]
+    pub admin_listen: SocketAddr,
+    /// Do not start the admin listener.
+    #[arg(long)]
+    pub no_admin: bool,
+    /// The metadata service to forward allowed requests to (http://HOST[:PORT]).
+    #[arg(long, value_name = "URL", default_value = imdsguard_proxy::DEFAULT_UPSTREAM)]
+    pub upstream: String,
+    /// Access rules (YAML or JSON; see docs/proxy.md).
+    #[arg(long, value_name = "FILE")]
+    pub rules: PathBuf,
+    /// Pods by address (YAML/JSON list of {ip, namespace, name, labels, serviceAccount},
+    /// or a Kubernetes PodList). Without it every caller is unknown and denied.
+    #[arg(long, value_name = "FILE")]
+    pub pods: Option<PathBuf>,
+    /// Accept a rules file with no rules (every request denied) and be ready with it;
+    /// without this an empty or comment-only rules file is an error.
+    #[arg(long)]
+    pub allow_empty_rules: bool,
+    /// Accept a pods file with no pods (every caller unknown and denied); without this
+    /// an empty or comment-only pods file is an error.
+    #[arg(long)]
+    pub allow_empty_pods: bool,
+    /// How often to look for changed rules or pods files (0: only on SIGHUP). A file
+    /// counts as changed when the file its path leads to is another (a rename over it)
+    /// or its size or times changed.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub reload_interval: Duration,
+    /// Host accepted in absolute-form request targets (http://HOST/...); repeatable.
+    #[arg(
+        long = "absolute-form-host",
+        value_name = "HOST[:PORT]",
+        default_value = "169.254.169.254"
+    )]
+    pub absolute_form_hosts: Vec<String>,
+    /// Time for a client to send its request headers (also the idle keep-alive time).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// Time for a client to send a request body (POST).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+    /// Time to connect to the upstream.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Time for the upstream's whole answer.
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
+    pub upstream_timeout: Duration,
+    /// Most client connections at once.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Most client connections at once from one source address (more are closed on
+    /// accept); at most --max-connections.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_connections_per_source: usize,
+    /// Requests per second each pod (or unknown source address) may send to the
+    /// instance document, versions, scheduled events... (IMDS allows the VM 5); over it
+    /// the pod gets IMDS's 429 with Retry-After. 0: no limit.
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 2.0)]
+    pub pod_rate: f64,
+    /// The same for the managed-identity endpoints (IMDS allows the VM 20). 0: no limit.
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 5.0)]
+    pub pod_identity_rate: f64,
+    /// Requests a pod may send at once above its rates (per class).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub pod_burst: u32,
+    /// Largest request body in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
+    pub max_body: usize,
+    /// Largest upstream answer in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_response: usize,
+    /// Allow listening on 169.254.169.254 or 168.63.129.16 (where the proxy owns the address).
+    #[arg(long)]
+    pub allow_metadata_address: bool,
+    /// Log format (standard error).
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Check the rules and pods files, print a summary and exit.
+    #[arg(long)]
+    pub check: bool,
+}
+
+impl ProxyArgs {
+    /// The rules and pods files these flags name.
+    pub(crate) fn files(&self) -> ProxyFiles {
+        ProxyFiles {
+            rules: self.rules.clone(),
+            pods: self.pods.clone(),
+            allow_empty_rules: self.allow_empty_rules,
+            allow_empty_pods: self.allow_empty_pods,
+        }
+    }
+
+    /// The library configuration these flags stand for, with the files as read.
+    pub(crate) fn config(
+        &self,
+        loaded: &imdsguard_proxy::LoadedFiles,
+    ) -> anyhow::Result<ProxyConfig> {
+        let mut config = ProxyConfig::new(self.listen, Upstream::parse(&self.upstream)?);
+        config.admin_listen = (!self.no_admin).then_some(self.admin_listen);
+        config.allow_metadata_address = self.allow_metadata_address;
+        config.allow_empty_rules = self.allow_empty_rules;
+        config.rules = Some(loaded.rules.clone());
+        config.pods = loaded.pods.clone();
+        config.absolute_form_hosts = self.absolute_form_hosts.clone();
+        config.timeouts = Timeouts {
+            header_read: self.header_timeout,
+            request_body: self.body_timeout,
+            upstream_connect: self.connect_timeout,
+            upstream_response: self.upstream_timeout,
+        };
+        config.limits = Limits {
+            max_request_body: self.max_body,
+            max_response_body: self.max_response,
+            max_connections: self.max_connections,
+            max_connections_per_source: self.max_connections_per_source,
+            ..Limits::default()
+        };
+        config.pod_rate = PodRate {
+            general: self.pod_rate,
+            identity: self.pod_identity_rate,
+            burst: self.pod_burst,
+        };
+        config.check()?;
+        Ok(config)
+    }
+}
+
+/// Runs `imdsguard proxy`: reads the files, starts the proxy on a tokio runtime of its
+/// own, prints one line per listener on standard output (`proxy http://…`,
+/// `admin http://…`), reloads the files on SIGHUP and when they change, and stops on
+/// SIGINT or SIGTERM, letting requests in flight finish. With `--check`, only reads
+/// the files and prints a summary.
+pub(crate) fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    let files = args.files();
+    let loaded = files.load()?;
+    let config = args.config(&loaded)?;
+    if args.check {
+        let rules = config.rules.as_ref().expect("read above");
+        let names: Vec<&str> = rules.rules().iter().map(|r| &*r.name).collect();
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "{}: {} rule(s): {}",
+            args.rules.display(),
+            rules.len(),
+            names.join(", ")
+        );
+        if let Some(p) = &args.pods {
+            let _ = writeln!(out, "{}: {} address(es)", p.display(), config.pods.len());
+            for issue in config.pods.issues() {
+                let _ = writeln!(out, "{}: left out: {issue}", p.display());
+            }
+        }
+        return Ok(());
+    }
+    service::init_logging(args.log_format);
+    if args.pods.is_none() {
+        tracing::warn!("no --pods file: every caller is an unknown source and is denied");
+    }
+    let runtime = service::server_runtime()?;
+    runtime.block_on(async move {
+        let mut signals = StopSignals::install()?;
+        let proxy = Proxy::start(config).await?;
+        {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "proxy http://{}", proxy.local_addr());
+            if let Some(a) = proxy.admin_addr() {
+                let _ = writeln!(out, "admin http://{a}");
+            }
+            let _ = out.flush();
+        }
+        let (reload_now, asked) = tokio::sync::mpsc::unbounded_channel();
+        service::forward_hangups(reload_now);
+        let reloader = files.follow(&loaded, proxy.control(), args.reload_interval, asked);
+        signals.recv().await;
+        tracing::info!("stopping");
+        reloader.abort();
+        proxy.shutdown().await;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use imdsguard_proxy::ProxyError;
+    use imdsguard_proxy::files::FileError;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ProxyArgs,
+    }
+
+    #[test]
+    fn arguments_map_to_the_configuration() {
+        let dir = std::env::temp_dir().join(format!("imdsguard-proxy-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rules = dir.join("rules.yaml");
+        let pods = dir.join("pods.yaml");
+        std::fs::write(
+            &rules,
+            "rules: [{name: v, subjects: [{namespace: '*'}], paths: [/metadata/versions]}]",
+        )
+        .unwrap();
+        std::fs::write(&pods, "[{ip: 127.0.0.2, namespace: a, name: b}]").unwrap();
+        let cli = Cli::try_parse_from([
+            "proxy",
+            "--rules",
+            rules.to_str().unwrap(),
+            "--pods",
+            pods.to_str().unwrap(),
+            "--upstream",
+            "http://127.0.0.1:8169",
+            "--connect-timeout",
+            "250ms",
+            "--no-admin",
+        ])
+        .unwrap();
+        let c = cli.args.config(&cli.args.files().load().unwrap()).unwrap();
+        assert_eq!(c.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(c.admin_listen, None);
+        assert_eq!(c.upstream.authority(), "127.0.0.1:8169");
+        assert_eq!(c.rules.as_ref().unwrap().len(), 1);
+        assert_eq!(c.pods.len(), 1);
+        assert_eq!(c.timeouts.upstream_connect, Duration::from_millis(250));
+        assert_eq!(c.absolute_form_hosts, vec!["169.254.169.254".to_string()]);
+
+        // Defaults: IMDS upstream, admin on loopback.
+        let cli = Cli::try_parse_from(["proxy", "--rules", rules.to_str().unwrap()]).unwrap();
+        let c = cli.args.config(&cli.args.files().load().unwrap()).unwrap();
+        assert_eq!(c.upstream, Upstream::default());
+        assert_eq!(c.admin_listen, Some(DEFAULT_ADMIN_LISTEN.parse().unwrap()));
+
+        // Errors name the file; the metadata address is refused before anything runs.
+        std::fs::write(&rules, "rules: [{name: v}]").unwrap();
+        let cli = Cli::try_parse_from(["proxy", "--rules", rules.to_str().unwrap()]).unwrap();
+        let e = run(cli.args).unwrap_err().to_string();
+        assert!(e.contains("rules.yaml") && e.contains("rule `v`"), "{e}");
+        let cli = Cli::try_parse_from(["proxy", "--rules", "/nonexistent/r.yaml"]).unwrap();
+        assert!(matches!(
+            run(cli.args).unwrap_err().downcast_ref::<ProxyError>(),
+            Some(ProxyError::Input(FileError::Open { .. }))
+        ));
+        // No rules: refused unless allowed.
+        std::fs::write(&rules, "rules: []").unwrap();
+        let cli = Cli::try_parse_from(["proxy", "--rules", rules.to_str().unwrap()]).unwrap();
+        let e = run(cli.args).unwrap_err().to_string();
+        assert!(
+            e.contains("rules.yaml") && e.contains("--allow-empty-rules"),
+            "{e}"
+        );
+        let cli = Cli::try_parse_from([
+            "proxy",
+            "--rules",
+            rules.to_str().unwrap(),
+            "--allow-empty-rules",
+            "--listen",
+            "169.254.169.254:80",
+        ])
+        .unwrap();
+        assert!(matches!(
+            run(cli.args).unwrap_err().downcast_ref::<ProxyError>(),
+            Some(ProxyError::MetadataAddress(_))
+        ));
+        assert!(
+            Cli::try_parse_from(["proxy"]).is_err(),
+            "--rules is required"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
