@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use imdsguard_core::audit::{AuditOptions, FindingKind, Report, Severity, audit};
+use imdsguard_core::audit::{
+    AuditOptions, DEFAULT_LIST_LIMIT, FindingKind, Report, Severity, audit,
+};
 use imdsguard_core::cluster::Cluster;
 use imdsguard_core::target::{Cloud, Target, parse_targets_file};
 
@@ -53,6 +55,12 @@ pub struct AuditArgs {
     /// and no --network-policy): every workload reaches every target.
     #[arg(long)]
     no_policy_engine: bool,
+
+    /// Name every deciding policy and rule in verdicts, reasons and findings (by default
+    /// the first 5 of each, with their counts: with hundreds of policies selecting the
+    /// same pods, full lists grow with workloads × policies).
+    #[arg(long)]
+    full: bool,
 
     /// Print how long each phase took (read, parse, build, evaluate, render) to standard
     /// error.
@@ -163,6 +171,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         &AuditOptions {
             targets,
             no_policy_engine: args.no_policy_engine,
+            list_limit: (!args.full).then_some(DEFAULT_LIST_LIMIT),
         },
     );
 

@@ -1588,3 +1588,134 @@ fn regression_symlink_loop_in_an_input_folder_is_read_once() {
     assert_eq!(workload_ids(&r), ["app/good[Pod]"]);
     assert_eq!(r["summary"]["pods"], 1, "the pod was read more than once");
 }
+
+/// Was a bug: libyaml's time grows with the square of the flow nesting depth, and serde's
+/// recursion limit applies only after the whole document was scanned. A Pod whose labels
+/// are 100,000 nested `[` took over 60 s (40,000: 10.7 s) before "recursion limit
+/// exceeded". Over-deep documents are now refused by a linear pre-scan, naming the line;
+/// the other documents of the file are still read.
+#[test]
+fn regression_deeply_nested_yaml_is_refused_in_linear_time() {
+    let dir = TempDir::new("deep");
+    for (name, open, close) in [("seq", "[", "]"), ("map", "{a: ", "}")] {
+        let d = 100_000;
+        let text = format!(
+            "{GOOD}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: x, labels: {}{}}}\n",
+            open.repeat(d),
+            close.repeat(d)
+        );
+        let file = dir.write(&format!("deep-{name}.yaml"), &text);
+        let started = std::time::Instant::now();
+        let out = run(&["audit", s(&file), "--format", "json"]);
+        let took = started.elapsed();
+        // The pre-scan takes milliseconds even in a debug build on a busy machine; the
+        // old code took minutes.
+        assert!(
+            took < std::time::Duration::from_secs(10),
+            "{name}: took {took:?}"
+        );
+        out.assert_code(2);
+        let r = out.json();
+        assert_eq!(workload_ids(&r), ["app/good[Pod]"], "{name}");
+        let e = error_at(&r, &format!("deep-{name}.yaml"));
+        assert_eq!(e["line"], 9, "{name}: {e}");
+        let msg = e["message"].as_str().unwrap();
+        assert!(msg.contains("nested deeper than 128 levels"), "{msg}");
+        assert!(
+            out.stderr.contains(&format!("deep-{name}.yaml:9:")),
+            "{}",
+            out.stderr
+        );
+    }
+}
+
+/// N pods and N egress policies whose `NotIn` selectors select every pod.
+fn pods_times_policies(n: usize) -> String {
+    let mut text = String::new();
+    for i in 0..n {
+        text.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: pod-{i}, namespace: ns, labels: {{app: a{i}}}}}\n"
+        ));
+    }
+    for i in 0..n {
+        text.push_str(&format!(
+            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: deny-{i}, namespace: ns}}\nspec:\n  podSelector:\n    matchExpressions: [{{key: tier, operator: NotIn, values: [x{i}]}}]\n  policyTypes: [Egress]\n"
+        ));
+    }
+    text
+}
+
+/// Was a bug: every verdict, reason and finding named every deciding policy, so the JSON
+/// grew with workloads × policies (800 pods and 800 `NotIn` egress policies, 360 KB of
+/// input: 349 MB of JSON, 437 MB of memory). It now names the first 5 with the counts
+/// (`policy_count`, `rule_count`); `--full` names them all.
+#[test]
+fn regression_report_size_is_linear_in_workloads_times_targets_plus_policies() {
+    let n = 300;
+    let dir = TempDir::new("pods-x-policies");
+    let file = dir.write("cluster.yaml", &pods_times_policies(n));
+    let out = run(&["audit", s(&file), "--format", "json", "--fail-on", "never"]);
+    out.assert_code(0);
+    let r = out.json();
+    assert_eq!(r["summary"]["workloads"], n);
+    // Before: 76 bytes per policy for each of the 300 × 3 verdicts alone (about 23 KB a
+    // unit); now under 1 KB.
+    let units = n * AZURE_TARGETS.len() + n;
+    assert!(
+        out.stdout.len() < 2_000 * units,
+        "{} bytes of JSON for {units} workload×target verdicts and policies",
+        out.stdout.len()
+    );
+    let w = workload(&r, "ns", "pod-7", "Pod");
+    let v = verdict(w, IMDS);
+    assert_eq!(v["policy_allowed"], false);
+    assert_eq!(v["policy_count"], n);
+    assert_eq!(
+        strings(&v["policies"]),
+        [
+            "ns/deny-0",
+            "ns/deny-1",
+            "ns/deny-2",
+            "ns/deny-3",
+            "ns/deny-4"
+        ]
+    );
+    let reason = v["reason"].as_str().unwrap();
+    assert!(reason.contains("ns/deny-4 and 295 more"), "{reason}");
+    for f in findings(&r, "no-dns-egress") {
+        assert_eq!(f["objects"].as_array().unwrap().len(), 6, "{f}");
+    }
+
+    // The table stays readable: one short line per workload.
+    let table = run(&["audit", s(&file), "--fail-on", "never"])
+        .assert_code(0)
+        .stdout
+        .clone();
+    assert!(
+        table.contains(
+            "denied: isolated by ns/deny-0, ns/deny-1, ns/deny-2, ns/deny-3, ns/deny-4 and 295 more"
+        ),
+        "{}",
+        &table[..table.len().min(3000)]
+    );
+    assert!(
+        table.len() < 2_000 * units,
+        "{} bytes of table",
+        table.len()
+    );
+
+    // --full names every policy.
+    let full = run(&[
+        "audit",
+        s(&file),
+        "--format",
+        "json",
+        "--fail-on",
+        "never",
+        "--full",
+    ])
+    .json();
+    let v = verdict(workload(&full, "ns", "pod-7", "Pod"), IMDS);
+    assert_eq!(v["policies"].as_array().unwrap().len(), n);
+    assert_eq!(v["policy_count"], n);
+}

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::cluster::{Cluster, Workload};
 use crate::model::{Labels, NetworkPolicy, Peer, PortSpec, Source};
-use crate::netpol::{Decision, decide, explain};
+use crate::netpol::{Decision, decide, explain, first_names, join_names};
 use crate::target::{Protocol, Target};
 
 /// How serious a finding is.
@@ -245,10 +245,15 @@ pub struct Verdict {
     pub reachable: bool,
     /// Why.
     pub reason: String,
-    /// The deciding policies, `namespace/name`.
+    /// The deciding policies, `namespace/name` (the first [`AuditOptions::list_limit`]).
     pub policies: Vec<String>,
-    /// The deciding rules, `namespace/name#egress[i]`.
+    /// How many policies decided it (`policies` may list fewer).
+    pub policy_count: usize,
+    /// The deciding rules, `namespace/name#egress[i]` (the first
+    /// [`AuditOptions::list_limit`]).
     pub rules: Vec<String>,
+    /// How many rules decided it (`rules` may list fewer).
+    pub rule_count: usize,
 }
 
 /// A workload and its verdicts.
@@ -304,7 +309,15 @@ pub struct AuditOptions {
     pub targets: Vec<Target>,
     /// Assume the cluster enforces no NetworkPolicy at all.
     pub no_policy_engine: bool,
+    /// At most this many policies (and rules) are named in each verdict, reason and
+    /// finding, with their counts; `None` names them all. With hundreds of policies
+    /// selecting the same pods, full lists make the report grow with workloads ×
+    /// policies.
+    pub list_limit: Option<usize>,
 }
+
+/// The default of [`AuditOptions::list_limit`].
+pub const DEFAULT_LIST_LIMIT: usize = 5;
 
 /// The audit's result.
 #[derive(Debug, Clone, Serialize)]
@@ -359,7 +372,7 @@ pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
         for t in targets {
             let d = decide(cluster, &selecting, t);
             if d.allowed() {
-                let e = explain(cluster, &d);
+                let e = explain(cluster, &d, opts.list_limit);
                 found.push(Finding::new(
                     FindingKind::NamespaceUnrestricted,
                     format!(
@@ -478,7 +491,7 @@ fn evaluate_workload(
                 ingress_only: vec![],
             });
         let policy_allowed = shown.allowed();
-        let e = explain(cluster, &shown);
+        let e = explain(cluster, &shown, opts.list_limit);
         let reachable = policy_allowed || host_network || opts.no_policy_engine;
         let reason = if policy_allowed {
             e.reason.clone()
@@ -507,32 +520,40 @@ fn evaluate_workload(
         }
         // An allow that re-opens what another selecting policy denies.
         if let Decision::Allowed { isolating, by } = &shown {
+            // `by` is grouped by policy.
+            let mut allowing: Vec<usize> = by.iter().map(|r| r.policy).collect();
+            allowing.dedup();
+            let mut sorted = allowing.clone();
+            sorted.sort_unstable();
             let deniers: Vec<usize> = isolating
                 .iter()
                 .copied()
-                .filter(|&p| !by.iter().any(|r| r.policy == p))
+                .filter(|p| sorted.binary_search(p).is_err())
                 .collect();
             if !deniers.is_empty() {
-                let denier_ids: Vec<String> =
-                    deniers.iter().map(|&p| cluster.policies[p].id()).collect();
+                let limit = opts.list_limit.unwrap_or(usize::MAX);
+                let denier_ids =
+                    first_names(&deniers, opts.list_limit, |&p| cluster.policies[p].id());
                 let mut objects = vec![me.clone()];
                 objects.extend(
-                    by.iter()
-                        .map(|r| ObjectRef::policy(&cluster.policies[r.policy])),
+                    allowing
+                        .iter()
+                        .take(limit)
+                        .map(|&p| ObjectRef::policy(&cluster.policies[p])),
                 );
                 objects.extend(
                     deniers
                         .iter()
+                        .take(limit)
                         .map(|&p| ObjectRef::policy(&cluster.policies[p])),
                 );
-                objects.dedup();
                 findings.push(Finding::new(
                     FindingKind::AllowReopensTarget,
                     format!(
                         "{}: {} re-opens {TARGETS}, which {} would deny on its own",
                         w.id(),
-                        e.rules.join(", "),
-                        denier_ids.join(", ")
+                        join_names(&e.rules, e.rule_count),
+                        join_names(&denier_ids, deniers.len())
                     ),
                     Some(*t),
                     objects,
@@ -545,7 +566,9 @@ fn evaluate_workload(
             reachable,
             reason,
             policies: e.policies,
+            policy_count: e.policy_count,
             rules: e.rules,
+            rule_count: e.rule_count,
         });
     }
 
@@ -573,18 +596,16 @@ fn evaluate_workload(
             objects.extend(
                 isolating
                     .iter()
+                    .take(opts.list_limit.unwrap_or(usize::MAX))
                     .map(|&i| ObjectRef::policy(&cluster.policies[i])),
             );
-            let ids: Vec<String> = isolating
-                .iter()
-                .map(|&i| cluster.policies[i].id())
-                .collect();
+            let ids = first_names(&isolating, opts.list_limit, |&i| cluster.policies[i].id());
             findings.push(Finding::new(
                 FindingKind::NoDnsEgress,
                 format!(
                     "{} is egress-isolated by {} and no rule allows port 53: name resolution fails",
                     w.id(),
-                    ids.join(", ")
+                    join_names(&ids, isolating.len())
                 ),
                 None,
                 objects,
@@ -665,6 +686,7 @@ mod tests {
             &AuditOptions {
                 targets: Cloud::Azure.targets(),
                 no_policy_engine: no_engine,
+                list_limit: Some(DEFAULT_LIST_LIMIT),
             },
         )
     }
@@ -787,6 +809,44 @@ mod tests {
                 .contains(&"no-dns-egress")
         );
         assert!(!ids(&run(&np("{port: dns}"), false)).contains(&"no-dns-egress"));
+    }
+
+    /// Was a bug: with P egress policies selecting every pod of W workloads, each verdict,
+    /// reason and finding named all P policies, so the report grew with W × P (800 × 800:
+    /// 349 MB of JSON). They now name at most `list_limit`, with the counts.
+    #[test]
+    fn policy_lists_are_capped_with_counts() {
+        let mut text = String::from(POD);
+        for i in 0..12 {
+            text.push_str(&format!(
+                "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: d{i:02}, namespace: a}}\nspec:\n  podSelector: {{matchExpressions: [{{key: tier, operator: NotIn, values: [x{i}]}}]}}\n  policyTypes: [Egress]\n  egress: [{{ports: [{{port: 443}}]}}]\n"
+            ));
+        }
+        let r = run(&text, false);
+        let v = &r.workloads[0].verdicts[0];
+        assert!(!v.reachable);
+        assert_eq!(v.policy_count, 12);
+        assert_eq!(v.policies, ["a/d00", "a/d01", "a/d02", "a/d03", "a/d04"]);
+        assert_eq!(
+            v.reason,
+            "egress-isolated by a/d00, a/d01, a/d02, a/d03, a/d04 and 7 more and none of their egress rules admits it"
+        );
+        let dns = r.findings.iter().find(|f| f.id == "no-dns-egress").unwrap();
+        assert_eq!(dns.objects.len(), 1 + DEFAULT_LIST_LIMIT);
+        assert!(dns.message.contains("a/d04 and 7 more"), "{}", dns.message);
+
+        let c = Cluster::build(parse("t.yaml", &text).objects);
+        let full = audit(
+            &c,
+            &AuditOptions {
+                targets: Cloud::Azure.targets(),
+                no_policy_engine: false,
+                list_limit: None,
+            },
+        );
+        let v = &full.workloads[0].verdicts[0];
+        assert_eq!((v.policies.len(), v.policy_count), (12, 12));
+        assert!(!v.reason.contains("more"), "{}", v.reason);
     }
 
     #[test]

@@ -115,68 +115,109 @@ pub fn decide(cluster: &Cluster, selecting: &[usize], target: &Target) -> Decisi
 /// Why, in words, with the policies that decided it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Explanation {
-    /// One sentence.
+    /// One sentence (naming at most the listing limit of policies and rules of each kind,
+    /// then "and N more").
     pub reason: String,
-    /// `namespace/name` of the deciding policies.
+    /// `namespace/name` of the deciding policies (the first ones, up to the limit).
     pub policies: Vec<String>,
-    /// The deciding rules, as `namespace/name#egress[i]`.
+    /// How many policies decided it (`policies` may list fewer).
+    pub policy_count: usize,
+    /// The deciding rules, as `namespace/name#egress[i]` (the first ones, up to the limit).
     pub rules: Vec<String>,
+    /// How many rules decided it (`rules` may list fewer).
+    pub rule_count: usize,
 }
 
-/// Explains a decision.
-pub fn explain(cluster: &Cluster, decision: &Decision) -> Explanation {
-    let id = |i: usize| cluster.policies[i].id();
+/// The first `limit` (all when `None`) of `items`, named.
+pub fn first_names<T>(
+    items: &[T],
+    limit: Option<usize>,
+    name: impl Fn(&T) -> String,
+) -> Vec<String> {
+    items
+        .iter()
+        .take(limit.unwrap_or(usize::MAX))
+        .map(name)
+        .collect()
+}
+
+/// `a, b, c` or, when `total` is more than listed, `a, b, c and 5 more`.
+pub fn join_names(shown: &[String], total: usize) -> String {
+    let list = shown.join(", ");
+    match total.saturating_sub(shown.len()) {
+        0 => list,
+        more => format!("{list} and {more} more"),
+    }
+}
+
+/// Explains a decision, naming at most `limit` policies and rules of each kind (all of
+/// them when `None`), so that the text stays bounded when hundreds of policies select
+/// the same pods.
+pub fn explain(cluster: &Cluster, decision: &Decision, limit: Option<usize>) -> Explanation {
+    let id = |&i: &usize| cluster.policies[i].id();
     match decision {
         Decision::NotIsolated { ingress_only } if ingress_only.is_empty() => Explanation {
             reason: "no NetworkPolicy with an Egress type selects it: all egress is allowed".into(),
             policies: vec![],
+            policy_count: 0,
             rules: vec![],
+            rule_count: 0,
         },
         Decision::NotIsolated { ingress_only } => {
-            let names: Vec<String> = ingress_only.iter().map(|&i| id(i)).collect();
+            let names = first_names(ingress_only, limit, id);
             Explanation {
                 reason: format!(
                     "selected only by policies without the Egress type ({}): egress is not restricted",
-                    names.join(", ")
+                    join_names(&names, ingress_only.len())
                 ),
                 policies: names,
+                policy_count: ingress_only.len(),
                 rules: vec![],
+                rule_count: 0,
             }
         }
         Decision::Allowed { by, isolating } => {
-            let mut policies: Vec<String> = by.iter().map(|r| id(r.policy)).collect();
-            policies.dedup();
-            let rules: Vec<String> = by
+            // `by` is grouped by policy, in the order of `isolating`.
+            let mut allowing: Vec<usize> = by.iter().map(|r| r.policy).collect();
+            allowing.dedup();
+            let policies = first_names(&allowing, limit, id);
+            let rules = first_names(by, limit, |r| {
+                format!("{}#egress[{}]", cluster.policies[r.policy].id(), r.rule)
+            });
+            let mut sorted = allowing.clone();
+            sorted.sort_unstable();
+            let others: Vec<usize> = isolating
                 .iter()
-                .map(|r| format!("{}#egress[{}]", id(r.policy), r.rule))
+                .copied()
+                .filter(|i| sorted.binary_search(i).is_err())
                 .collect();
-            let others: Vec<String> = isolating
-                .iter()
-                .map(|&i| id(i))
-                .filter(|p| !policies.contains(p))
-                .collect();
-            let mut reason = format!("allowed by {}", rules.join(", "));
+            let mut reason = format!("allowed by {}", join_names(&rules, by.len()));
             if !others.is_empty() {
+                let names = first_names(&others, limit, id);
                 reason.push_str(&format!(
                     "; policies add up, so the isolation by {} does not block it",
-                    others.join(", ")
+                    join_names(&names, others.len())
                 ));
             }
             Explanation {
                 reason,
+                policy_count: allowing.len(),
                 policies,
+                rule_count: by.len(),
                 rules,
             }
         }
         Decision::Denied { isolating } => {
-            let names: Vec<String> = isolating.iter().map(|&i| id(i)).collect();
+            let names = first_names(isolating, limit, id);
             Explanation {
                 reason: format!(
                     "egress-isolated by {} and none of their egress rules admits it",
-                    names.join(", ")
+                    join_names(&names, isolating.len())
                 ),
                 policies: names,
+                policy_count: isolating.len(),
                 rules: vec![],
+                rule_count: 0,
             }
         }
     }
@@ -306,12 +347,22 @@ mod tests {
         let sel = c.selecting("default", &Labels::new());
         let t: Target = IMDS.parse().unwrap();
         let d = decide(&c, &sel, &t);
-        let e = explain(&c, &d);
+        let e = explain(&c, &d, None);
+        assert_eq!((e.policy_count, e.rule_count), (1, 2));
         assert_eq!(e.policies, ["default/open"]);
         assert_eq!(
             e.rules,
             ["default/open#egress[0]", "default/open#egress[1]"]
         );
         assert!(e.reason.contains("default/deny"), "{}", e.reason);
+        let e = explain(&c, &d, Some(1));
+        assert_eq!(e.rules, ["default/open#egress[0]"]);
+        assert_eq!(e.rule_count, 2);
+        assert!(
+            e.reason
+                .starts_with("allowed by default/open#egress[0] and 1 more; policies add up"),
+            "{}",
+            e.reason
+        );
     }
 }

@@ -8,16 +8,17 @@ use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{Attribute, Cell, Color, ContentArrangement, Table};
 use imdsguard_core::audit::{Report, Severity, Verdict, WorkloadReport};
 use imdsguard_core::manifest::LoadError;
-use imdsguard_core::target::{Endpoint, Target};
+use imdsguard_core::netpol::join_names;
+use imdsguard_core::target::{MetadataService, Target};
 
 /// More targets than this and the table shows counts instead of a column per target.
 const MAX_TARGET_COLUMNS: usize = 6;
 
 fn header(t: &Target) -> String {
-    match t.endpoint() {
-        Some(Endpoint::AzureImds) => "IMDS\n:80".into(),
-        Some(Endpoint::AzureWireServer) => "WireServer\n:80".into(),
-        Some(Endpoint::AzureHostGaPlugin) => "WireServer\n:32526".into(),
+    match t.service() {
+        Some(MetadataService::AzureImds) => "IMDS\n:80".into(),
+        Some(MetadataService::AzureWireServer) => "WireServer\n:80".into(),
+        Some(MetadataService::AzureHostGaPlugin) => "WireServer\n:32526".into(),
         Some(e) => format!("{}\n{t}", e.label()),
         None => t.to_string(),
     }
@@ -25,22 +26,17 @@ fn header(t: &Target) -> String {
 
 /// A short reason for the table, from the verdict's fields (the JSON has the full one).
 fn short_reason(v: &Verdict, host_network: bool) -> String {
-    let list = |xs: &[String]| xs.join(", ");
+    let rules = join_names(&v.rules, v.rule_count);
+    let policies = join_names(&v.policies, v.policy_count);
     match (v.policy_allowed, v.reachable) {
-        (true, _) if !v.rules.is_empty() => format!("allowed by {}", list(&v.rules)),
-        (true, _) if v.policies.is_empty() => "no egress policy selects it".into(),
-        (true, _) => format!(
-            "only Ingress-type policies select it ({})",
-            list(&v.policies)
-        ),
+        (true, _) if v.rule_count > 0 => format!("allowed by {rules}"),
+        (true, _) if v.policy_count == 0 => "no egress policy selects it".into(),
+        (true, _) => format!("only Ingress-type policies select it ({policies})"),
         (false, true) if host_network => {
-            format!(
-                "hostNetwork: policy does not apply (would deny: {})",
-                list(&v.policies)
-            )
+            format!("hostNetwork: policy does not apply (would deny: {policies})")
         }
-        (false, true) => format!("no policy engine (would deny: {})", list(&v.policies)),
-        (false, false) => format!("denied: isolated by {}", list(&v.policies)),
+        (false, true) => format!("no policy engine (would deny: {policies})"),
+        (false, false) => format!("denied: isolated by {policies}"),
     }
 }
 
@@ -121,7 +117,7 @@ pub fn write(
     for c in &s.reachable {
         let name = c
             .target
-            .endpoint()
+            .service()
             .map(|e| format!(" ({})", e.label()))
             .unwrap_or_default();
         let line = format!(
