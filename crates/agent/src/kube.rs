@@ -24,7 +24,7 @@ pub fn endpoint_names(config: &RulesetConfig) -> String {
     let mut names: Vec<String> = Vec::new();
     for t in &config.protected {
         let name = t
-            .endpoint()
+            .service()
             .map_or_else(|| t.to_string(), |e| e.label().to_owned());
         if !names.contains(&name) {
             names.push(name);

@@ -32,7 +32,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::canon::Rejection;
-use crate::imds::{Endpoint, IdentitySelector, ImdsRequest, Method, is_valid_resource, route};
+use crate::imds::{IdentitySelector, ImdsApi, ImdsRequest, Method, is_valid_resource, route};
 use crate::model::{LabelSelector, Operator, Requirement};
 use crate::token::IMDSGUARD_DENY_ERROR;
 
@@ -123,16 +123,16 @@ impl Subject {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathGrant {
     /// The endpoint.
-    pub endpoint: Endpoint,
-    /// For [`Endpoint::Instance`], the sub-tree granted.
+    pub endpoint: ImdsApi,
+    /// For [`ImdsApi::Instance`], the sub-tree granted.
     pub instance_prefix: Vec<String>,
 }
 
 impl PathGrant {
     /// Whether the grant covers a request for `endpoint` at `instance_path`.
-    pub fn covers(&self, endpoint: Endpoint, instance_path: &[String]) -> bool {
+    pub fn covers(&self, endpoint: ImdsApi, instance_path: &[String]) -> bool {
         endpoint == self.endpoint
-            && (endpoint != Endpoint::Instance
+            && (endpoint != ImdsApi::Instance
                 || (instance_path.len() >= self.instance_prefix.len()
                     && self
                         .instance_prefix
@@ -338,7 +338,7 @@ impl Rule {
     }
 
     /// Whether the rule grants the method and path.
-    pub fn covers(&self, method: Method, endpoint: Endpoint, instance_path: &[String]) -> bool {
+    pub fn covers(&self, method: Method, endpoint: ImdsApi, instance_path: &[String]) -> bool {
         self.methods.contains(&method)
             && self.paths.iter().any(|g| g.covers(endpoint, instance_path))
     }
@@ -533,7 +533,7 @@ impl AccessRules {
             if first_allow.is_none() {
                 first_allow = Some(rule);
             }
-            if req.endpoint == Endpoint::Instance {
+            if req.endpoint == ImdsApi::Instance {
                 redact_sets.push(rule.redact.clone());
             }
         }
@@ -570,7 +570,7 @@ impl AccessRules {
             });
         };
         let redaction = Redaction { sets: redact_sets };
-        if req.endpoint == Endpoint::Instance && redaction.hides(&req.instance_path) {
+        if req.endpoint == ImdsApi::Instance && redaction.hides(&req.instance_path) {
             let field = req.instance_path.join("/");
             return Decision::Deny(Deny::new(
                 rule.name.to_string(),
@@ -689,7 +689,7 @@ fn convert_rule(raw: RawRule, i: usize) -> Result<Rule, AccessError> {
         None => None,
         Some(t) => Some(convert_token(t).map_err(&err)?),
     };
-    let token_path = paths.iter().any(|g| g.endpoint == Endpoint::IdentityToken);
+    let token_path = paths.iter().any(|g| g.endpoint == ImdsApi::IdentityToken);
     match (&token, token_path) {
         (None, true) => {
             return Err(err(
@@ -698,7 +698,7 @@ fn convert_rule(raw: RawRule, i: usize) -> Result<Rule, AccessError> {
             ));
         }
         (Some(_), false) => paths.push(PathGrant {
-            endpoint: Endpoint::IdentityToken,
+            endpoint: ImdsApi::IdentityToken,
             instance_prefix: Vec::new(),
         }),
         _ => {}
@@ -746,15 +746,15 @@ pub fn parse_path_grant(path: &str) -> Result<PathGrant, String> {
     }
     let r = route(&format!("/{body}"));
     match r.endpoint {
-        Endpoint::Instance if !segments[..2].contains(&"*") => Ok(PathGrant {
-            endpoint: Endpoint::Instance,
+        ImdsApi::Instance if !segments[..2].contains(&"*") => Ok(PathGrant {
+            endpoint: ImdsApi::Instance,
             instance_prefix: segments[2..]
                 .iter()
                 .map(|s| s.to_ascii_lowercase())
                 .collect(),
         }),
         _ if segments.contains(&"*") => bad("`*` is only allowed inside /metadata/instance"),
-        Endpoint::Unknown => bad("not an IMDS endpoint (see docs/proxy.md for the list)"),
+        ImdsApi::Unknown => bad("not an IMDS endpoint (see docs/proxy.md for the list)"),
         e => Ok(PathGrant {
             endpoint: e,
             instance_prefix: Vec::new(),
@@ -1529,7 +1529,7 @@ rules:
             canonicalised += 1;
             let r = validate("GET", &c.path, c.query.as_deref(), [("Metadata", "true")])
                 .unwrap_or_else(|e| panic!("{attempt}: {e}"));
-            assert_eq!(r.endpoint, Endpoint::IdentityToken, "{attempt}");
+            assert_eq!(r.endpoint, ImdsApi::IdentityToken, "{attempt}");
             for p in &pods {
                 assert_eq!(
                     rules.evaluate(p, &r),

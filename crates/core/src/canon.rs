@@ -44,7 +44,7 @@
 
 use std::fmt;
 
-use crate::imds::{Endpoint, IMDS_ADDRESS};
+use crate::imds::{IMDS_ADDRESS, ImdsApi};
 
 /// Size limits of a request, checked before anything else is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,7 +183,7 @@ fn reject<T>(kind: RejectKind, detail: impl Into<String>) -> Result<T, Rejection
 /// A request target in its one canonical spelling.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CanonicalTarget {
-    /// The canonical path: the endpoint's [`Endpoint::canonical_path`], followed for the
+    /// The canonical path: the endpoint's [`ImdsApi::canonical_path`], followed for the
     /// instance document by its sub-path segments (`/metadata/instance/compute/vmId`);
     /// for an unknown endpoint, the path as received (already free of anything
     /// ambiguous).
@@ -195,7 +195,7 @@ pub struct CanonicalTarget {
     /// [`crate::imds::validate_canonical`] reads, so that the query is decoded once.
     pub params: Vec<(String, String)>,
     /// The endpoint.
-    pub endpoint: Endpoint,
+    pub endpoint: ImdsApi,
     /// For the instance document, the sub-path segments as sent (case kept).
     pub instance_path: Vec<String>,
 }
@@ -285,14 +285,14 @@ impl Canonicalizer {
         let lower: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
         let l: Vec<&str> = lower.iter().map(String::as_str).collect();
         let (endpoint, instance_path) = match l.as_slice() {
-            ["metadata", "instance", ..] => (Endpoint::Instance, segments[2..].to_vec()),
+            ["metadata", "instance", ..] => (ImdsApi::Instance, segments[2..].to_vec()),
             _ => {
                 let joined = format!("/{}", segments.join("/"));
-                (Endpoint::classify(&joined), Vec::new())
+                (ImdsApi::classify(&joined), Vec::new())
             }
         };
         let path = match endpoint.canonical_path() {
-            Some(base) if endpoint == Endpoint::Instance => {
+            Some(base) if endpoint == ImdsApi::Instance => {
                 let mut p = String::with_capacity(raw_path.len());
                 p.push_str(base);
                 for s in &instance_path {
@@ -1039,7 +1039,7 @@ pub(crate) mod tests {
     fn canonical_forms() {
         let c =
             canon("/metadata/instance/compute/vmId/?format=text&api-version=2021-02-01").unwrap();
-        assert_eq!(c.endpoint, Endpoint::Instance);
+        assert_eq!(c.endpoint, ImdsApi::Instance);
         assert_eq!(c.path, "/metadata/instance/compute/vmId");
         assert_eq!(c.instance_path, vec!["compute", "vmId"]);
         assert_eq!(
@@ -1052,23 +1052,23 @@ pub(crate) mod tests {
         assert_eq!(c.query, None);
 
         let c = canon("/metadata/identity/GETPLATFORMMETADATA?api-version=2021-02-01").unwrap();
-        assert_eq!(c.endpoint, Endpoint::IdentityPlatformMetadata);
+        assert_eq!(c.endpoint, ImdsApi::IdentityPlatformMetadata);
         assert_eq!(c.path, "/metadata/identity/getPlatformMetadata");
 
         let c = canon("/metadata/versions").unwrap();
         assert_eq!(
             (c.endpoint, c.path.as_str()),
-            (Endpoint::Versions, "/metadata/versions")
+            (ImdsApi::Versions, "/metadata/versions")
         );
 
         // Unknown paths keep their (harmless) spelling; validate answers 404.
         let c = canon("/latest/meta-data").unwrap();
         assert_eq!(
             (c.endpoint, c.path.as_str()),
-            (Endpoint::Unknown, "/latest/meta-data")
+            (ImdsApi::Unknown, "/latest/meta-data")
         );
         let c = canon("/").unwrap();
-        assert_eq!((c.endpoint, c.path.as_str()), (Endpoint::Unknown, "/"));
+        assert_eq!((c.endpoint, c.path.as_str()), (ImdsApi::Unknown, "/"));
 
         // Values are decoded once and re-encoded; names lower-cased.
         let c = canon(&format!(

@@ -42,6 +42,18 @@ pub const AWS_IMDS_IPV6_ADDRESS: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0
 
 /// The port of the WireServer host GA plugin (`/vmSettings`).
 pub const HOST_GA_PLUGIN_PORT: u16 = 32526;
+/// The port of IMDS (plain HTTP).
+pub const IMDS_PORT: u16 = 80;
+/// The port of WireServer (plain HTTP).
+pub const WIRESERVER_PORT: u16 = 80;
+
+/// IMDS's base URL, `http://` [`IMDS_ADDRESS`] (the default of the probe's endpoint and
+/// the proxy's upstream; a string, for command-line defaults).
+pub const IMDS_URL: &str = "http://169.254.169.254";
+/// WireServer's base URL, `http://` [`WIRESERVER_ADDRESS`].
+pub const WIRESERVER_URL: &str = "http://168.63.129.16";
+/// The host GA plugin's base URL, `http://` [`WIRESERVER_ADDRESS`] `:` [`HOST_GA_PLUGIN_PORT`].
+pub const HOST_GA_PLUGIN_URL: &str = "http://168.63.129.16:32526";
 
 /// Whether `ip` is a cloud metadata address ([`IMDS_ADDRESS`], [`WIRESERVER_ADDRESS`],
 /// [`AWS_IMDS_IPV6_ADDRESS`]), also in its IPv4-mapped IPv6 form (`::ffff:169.254.169.254`).
@@ -114,9 +126,9 @@ pub fn is_known_api_version(version: &str) -> bool {
     API_VERSIONS.contains(&version)
 }
 
-/// An IMDS endpoint, as a path classifies.
+/// Which IMDS API a request path names (`/metadata/instance`, `/metadata/identity/oauth2/token`, …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Endpoint {
+pub enum ImdsApi {
     /// `/metadata/instance` and its sub-paths (the instance document).
     Instance,
     /// `/metadata/attested/document` (signed VM identity).
@@ -157,42 +169,42 @@ pub enum ErrorStyle {
     Identity,
 }
 
-impl Endpoint {
+impl ImdsApi {
     /// Classifies a request path (query excluded); see [`route`] for the rules.
-    pub fn classify(path: &str) -> Endpoint {
+    pub fn classify(path: &str) -> ImdsApi {
         route(path).endpoint
     }
 
     /// A short stable name (`instance`, `identity-token`, ...), for logs and reports.
     pub fn as_str(self) -> &'static str {
         match self {
-            Endpoint::Instance => "instance",
-            Endpoint::AttestedDocument => "attested-document",
-            Endpoint::IdentityToken => "identity-token",
-            Endpoint::IdentityInfo => "identity-info",
-            Endpoint::IdentityPlatformMetadata => "identity-platform-metadata",
-            Endpoint::IdentityIssueCredential => "identity-issue-credential",
-            Endpoint::Versions => "versions",
-            Endpoint::ScheduledEvents => "scheduled-events",
-            Endpoint::LoadBalancer => "loadbalancer",
-            Endpoint::Unknown => "unknown",
+            ImdsApi::Instance => "instance",
+            ImdsApi::AttestedDocument => "attested-document",
+            ImdsApi::IdentityToken => "identity-token",
+            ImdsApi::IdentityInfo => "identity-info",
+            ImdsApi::IdentityPlatformMetadata => "identity-platform-metadata",
+            ImdsApi::IdentityIssueCredential => "identity-issue-credential",
+            ImdsApi::Versions => "versions",
+            ImdsApi::ScheduledEvents => "scheduled-events",
+            ImdsApi::LoadBalancer => "loadbalancer",
+            ImdsApi::Unknown => "unknown",
         }
     }
 
     /// The endpoint's canonical path (`/metadata/identity/oauth2/token`); `None` for
-    /// [`Endpoint::Unknown`].
+    /// [`ImdsApi::Unknown`].
     pub fn canonical_path(self) -> Option<&'static str> {
         Some(match self {
-            Endpoint::Instance => "/metadata/instance",
-            Endpoint::AttestedDocument => "/metadata/attested/document",
-            Endpoint::IdentityToken => "/metadata/identity/oauth2/token",
-            Endpoint::IdentityInfo => "/metadata/identity/info",
-            Endpoint::IdentityPlatformMetadata => "/metadata/identity/getPlatformMetadata",
-            Endpoint::IdentityIssueCredential => "/metadata/identity/issuecredential",
-            Endpoint::Versions => "/metadata/versions",
-            Endpoint::ScheduledEvents => "/metadata/scheduledevents",
-            Endpoint::LoadBalancer => "/metadata/loadbalancer",
-            Endpoint::Unknown => return None,
+            ImdsApi::Instance => "/metadata/instance",
+            ImdsApi::AttestedDocument => "/metadata/attested/document",
+            ImdsApi::IdentityToken => "/metadata/identity/oauth2/token",
+            ImdsApi::IdentityInfo => "/metadata/identity/info",
+            ImdsApi::IdentityPlatformMetadata => "/metadata/identity/getPlatformMetadata",
+            ImdsApi::IdentityIssueCredential => "/metadata/identity/issuecredential",
+            ImdsApi::Versions => "/metadata/versions",
+            ImdsApi::ScheduledEvents => "/metadata/scheduledevents",
+            ImdsApi::LoadBalancer => "/metadata/loadbalancer",
+            ImdsApi::Unknown => return None,
         })
     }
 
@@ -200,10 +212,10 @@ impl Endpoint {
     pub fn is_identity(self) -> bool {
         matches!(
             self,
-            Endpoint::IdentityToken
-                | Endpoint::IdentityInfo
-                | Endpoint::IdentityPlatformMetadata
-                | Endpoint::IdentityIssueCredential
+            ImdsApi::IdentityToken
+                | ImdsApi::IdentityInfo
+                | ImdsApi::IdentityPlatformMetadata
+                | ImdsApi::IdentityIssueCredential
         )
     }
 
@@ -229,28 +241,28 @@ impl Endpoint {
     /// issuecredential).
     pub fn allows(self, method: Method) -> bool {
         match method {
-            Method::Get => self != Endpoint::IdentityIssueCredential,
+            Method::Get => self != ImdsApi::IdentityIssueCredential,
             Method::Post => {
                 matches!(
                     self,
-                    Endpoint::ScheduledEvents | Endpoint::IdentityIssueCredential
+                    ImdsApi::ScheduledEvents | ImdsApi::IdentityIssueCredential
                 )
             }
         }
     }
 
-    /// Whether a request needs `api-version` (all but [`Endpoint::Versions`]).
+    /// Whether a request needs `api-version` (all but [`ImdsApi::Versions`]).
     pub fn requires_api_version(self) -> bool {
-        self != Endpoint::Versions
+        self != ImdsApi::Versions
     }
 
     /// The oldest api-version the endpoint documents, if it came after the first one.
     pub fn min_api_version(self) -> Option<&'static str> {
         match self {
-            Endpoint::AttestedDocument => Some("2018-10-01"),
-            Endpoint::IdentityToken | Endpoint::IdentityInfo => Some("2018-02-01"),
-            Endpoint::ScheduledEvents => Some("2017-08-01"),
-            Endpoint::LoadBalancer => Some("2020-10-01"),
+            ImdsApi::AttestedDocument => Some("2018-10-01"),
+            ImdsApi::IdentityToken | ImdsApi::IdentityInfo => Some("2018-02-01"),
+            ImdsApi::ScheduledEvents => Some("2017-08-01"),
+            ImdsApi::LoadBalancer => Some("2020-10-01"),
             _ => None,
         }
     }
@@ -259,14 +271,14 @@ impl Endpoint {
     /// also know [`SCHEDULED_EVENTS_API_VERSIONS`]) no older than [`Self::min_api_version`].
     pub fn accepts_api_version(self, version: &str) -> bool {
         let known = is_known_api_version(version)
-            || (self == Endpoint::ScheduledEvents
+            || (self == ImdsApi::ScheduledEvents
                 && SCHEDULED_EVENTS_API_VERSIONS.contains(&version));
         // Versions are ISO dates, so string order is date order.
         known && self.min_api_version().is_none_or(|min| version >= min)
     }
 }
 
-impl fmt::Display for Endpoint {
+impl fmt::Display for ImdsApi {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -304,8 +316,8 @@ impl Method {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     /// The endpoint.
-    pub endpoint: Endpoint,
-    /// For [`Endpoint::Instance`], the segments after `/metadata/instance`
+    pub endpoint: ImdsApi,
+    /// For [`ImdsApi::Instance`], the segments after `/metadata/instance`
     /// (`["compute", "vmId"]`); empty otherwise.
     pub instance_path: Vec<String>,
 }
@@ -336,19 +348,19 @@ pub fn route(path: &str) -> Route {
     let endpoint = match l.as_slice() {
         ["metadata", "instance", ..] => {
             return Route {
-                endpoint: Endpoint::Instance,
+                endpoint: ImdsApi::Instance,
                 instance_path: segments[2..].to_vec(),
             };
         }
-        ["metadata", "attested", "document"] => Endpoint::AttestedDocument,
-        ["metadata", "identity", "oauth2", "token"] => Endpoint::IdentityToken,
-        ["metadata", "identity", "info"] => Endpoint::IdentityInfo,
-        ["metadata", "identity", "getplatformmetadata"] => Endpoint::IdentityPlatformMetadata,
-        ["metadata", "identity", "issuecredential"] => Endpoint::IdentityIssueCredential,
-        ["metadata", "versions"] => Endpoint::Versions,
-        ["metadata", "scheduledevents"] => Endpoint::ScheduledEvents,
-        ["metadata", "loadbalancer"] => Endpoint::LoadBalancer,
-        _ => Endpoint::Unknown,
+        ["metadata", "attested", "document"] => ImdsApi::AttestedDocument,
+        ["metadata", "identity", "oauth2", "token"] => ImdsApi::IdentityToken,
+        ["metadata", "identity", "info"] => ImdsApi::IdentityInfo,
+        ["metadata", "identity", "getplatformmetadata"] => ImdsApi::IdentityPlatformMetadata,
+        ["metadata", "identity", "issuecredential"] => ImdsApi::IdentityIssueCredential,
+        ["metadata", "versions"] => ImdsApi::Versions,
+        ["metadata", "scheduledevents"] => ImdsApi::ScheduledEvents,
+        ["metadata", "loadbalancer"] => ImdsApi::LoadBalancer,
+        _ => ImdsApi::Unknown,
     };
     Route {
         endpoint,
@@ -480,7 +492,7 @@ pub struct TokenRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImdsRequest {
     /// The endpoint.
-    pub endpoint: Endpoint,
+    pub endpoint: ImdsApi,
     /// The method (`GET`, or `POST` where allowed).
     pub method: Method,
     /// For the instance document, the path inside it.
@@ -580,7 +592,7 @@ pub enum ImdsErrorKind {
 #[error("{endpoint}: {kind}")]
 pub struct ImdsError {
     /// The endpoint the request was for.
-    pub endpoint: Endpoint,
+    pub endpoint: ImdsApi,
     /// What went wrong.
     pub kind: ImdsErrorKind,
 }
@@ -589,13 +601,13 @@ const API_VERSION_MESSAGE: &str = "Bad request. api-version is invalid or was no
 
 impl ImdsError {
     /// An error on `endpoint`.
-    pub fn new(endpoint: Endpoint, kind: ImdsErrorKind) -> ImdsError {
+    pub fn new(endpoint: ImdsApi, kind: ImdsErrorKind) -> ImdsError {
         ImdsError { endpoint, kind }
     }
 
     /// The error IMDS answers with `status` (410, 429, 500 or any other), for injected
     /// failures.
-    pub fn for_status(endpoint: Endpoint, status: u16) -> ImdsError {
+    pub fn for_status(endpoint: ImdsApi, status: u16) -> ImdsError {
         let kind = match status {
             410 => ImdsErrorKind::Gone,
             429 => ImdsErrorKind::Throttled,
@@ -812,7 +824,7 @@ where
     if metadata_values != 1 || !metadata_ok {
         return err(ImdsErrorKind::MissingMetadataHeader);
     }
-    if endpoint == Endpoint::Unknown {
+    if endpoint == ImdsApi::Unknown {
         return err(ImdsErrorKind::UnknownPath {
             path: path.to_string(),
             method: method.to_string(),
@@ -844,13 +856,13 @@ where
         None => Format::Json,
         Some(f) if f.eq_ignore_ascii_case("json") => Format::Json,
         Some(f) if f.eq_ignore_ascii_case("text") => Format::Text,
-        Some(f) if endpoint == Endpoint::Instance => {
+        Some(f) if endpoint == ImdsApi::Instance => {
             return err(ImdsErrorKind::InvalidFormat(f.to_string()));
         }
         Some(_) => Format::Json,
     };
 
-    let token = if endpoint == Endpoint::IdentityToken {
+    let token = if endpoint == ImdsApi::IdentityToken {
         let Some(resource) = query.get_non_empty("resource") else {
             return err(ImdsErrorKind::MissingResource);
         };
@@ -944,8 +956,8 @@ impl ImdsRequest {
             }
         };
         match self.endpoint {
-            Endpoint::Versions | Endpoint::Unknown => {}
-            Endpoint::IdentityToken => {
+            ImdsApi::Versions | ImdsApi::Unknown => {}
+            ImdsApi::IdentityToken => {
                 if let Some(tok) = &self.token {
                     param("resource", &tok.resource);
                     version(&mut param);
@@ -965,7 +977,7 @@ impl ImdsRequest {
                     version(&mut param);
                 }
             }
-            Endpoint::Instance => {
+            ImdsApi::Instance => {
                 version(&mut param);
                 if self.query.get("format").is_some() {
                     param(
@@ -977,7 +989,7 @@ impl ImdsRequest {
                     );
                 }
             }
-            Endpoint::AttestedDocument => {
+            ImdsApi::AttestedDocument => {
                 version(&mut param);
                 if let Some(nonce) = self.query.get("nonce") {
                     param("nonce", nonce);
@@ -1010,7 +1022,7 @@ pub const MAX_ERROR_DESCRIPTION: usize = 2048;
 ///
 /// Other fields (Entra ID adds `error_codes`, `trace_id`, ...; anything an upstream
 /// could echo) are dropped; a string holding a control character fails the shape.
-pub fn upstream_error_body(endpoint: Endpoint, status: u16, body: &[u8]) -> Option<String> {
+pub fn upstream_error_body(endpoint: ImdsApi, status: u16, body: &[u8]) -> Option<String> {
     if !(400..=599).contains(&status) {
         return None;
     }
@@ -1186,7 +1198,7 @@ pub fn render_instance(
     path: &[String],
     format: Format,
 ) -> Result<Rendered, ImdsError> {
-    let err = |kind| Err(ImdsError::new(Endpoint::Instance, kind));
+    let err = |kind| Err(ImdsError::new(ImdsApi::Instance, kind));
     let Some(node) = lookup(doc, path) else {
         return err(ImdsErrorKind::NotFound);
     };
@@ -1275,7 +1287,7 @@ pub fn stringify_primitives(value: Value) -> Value {
 /// into the event ids.
 pub fn parse_start_requests(body: &[u8]) -> Result<Vec<String>, ImdsError> {
     let bad =
-        |why: String| ImdsError::new(Endpoint::ScheduledEvents, ImdsErrorKind::InvalidBody(why));
+        |why: String| ImdsError::new(ImdsApi::ScheduledEvents, ImdsErrorKind::InvalidBody(why));
     let value: Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
     let requests = value
         .get("StartRequests")
@@ -1296,6 +1308,18 @@ pub fn parse_start_requests(body: &[u8]) -> Result<Vec<String>, ImdsError> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn base_urls_are_the_addresses() {
+        assert_eq!(IMDS_URL, format!("http://{IMDS_ADDRESS}"));
+        assert_eq!(IMDS_PORT, 80, "IMDS_URL names no port");
+        assert_eq!(WIRESERVER_URL, format!("http://{WIRESERVER_ADDRESS}"));
+        assert_eq!(WIRESERVER_PORT, 80, "WIRESERVER_URL names no port");
+        assert_eq!(
+            HOST_GA_PLUGIN_URL,
+            format!("http://{WIRESERVER_ADDRESS}:{HOST_GA_PLUGIN_PORT}")
+        );
+    }
+
     fn ok_headers() -> Vec<(&'static str, &'static str)> {
         vec![("Metadata", "true")]
     }
@@ -1311,30 +1335,30 @@ mod tests {
     #[test]
     fn classifies_every_endpoint() {
         let cases = [
-            ("/metadata/instance", Endpoint::Instance),
-            ("/metadata/instance/compute/vmId", Endpoint::Instance),
-            ("/metadata/attested/document", Endpoint::AttestedDocument),
-            ("/metadata/identity/oauth2/token", Endpoint::IdentityToken),
-            ("/metadata/identity/info", Endpoint::IdentityInfo),
+            ("/metadata/instance", ImdsApi::Instance),
+            ("/metadata/instance/compute/vmId", ImdsApi::Instance),
+            ("/metadata/attested/document", ImdsApi::AttestedDocument),
+            ("/metadata/identity/oauth2/token", ImdsApi::IdentityToken),
+            ("/metadata/identity/info", ImdsApi::IdentityInfo),
             (
                 "/metadata/identity/getPlatformMetadata",
-                Endpoint::IdentityPlatformMetadata,
+                ImdsApi::IdentityPlatformMetadata,
             ),
             (
                 "/metadata/identity/issuecredential",
-                Endpoint::IdentityIssueCredential,
+                ImdsApi::IdentityIssueCredential,
             ),
-            ("/metadata/versions", Endpoint::Versions),
-            ("/metadata/scheduledevents", Endpoint::ScheduledEvents),
-            ("/metadata/loadbalancer", Endpoint::LoadBalancer),
-            ("/metadata/foo", Endpoint::Unknown),
-            ("/", Endpoint::Unknown),
-            ("/latest/meta-data/", Endpoint::Unknown),
+            ("/metadata/versions", ImdsApi::Versions),
+            ("/metadata/scheduledevents", ImdsApi::ScheduledEvents),
+            ("/metadata/loadbalancer", ImdsApi::LoadBalancer),
+            ("/metadata/foo", ImdsApi::Unknown),
+            ("/", ImdsApi::Unknown),
+            ("/latest/meta-data/", ImdsApi::Unknown),
         ];
         for (path, want) in cases {
-            assert_eq!(Endpoint::classify(path), want, "{path}");
+            assert_eq!(ImdsApi::classify(path), want, "{path}");
             if let Some(c) = want.canonical_path() {
-                assert_eq!(Endpoint::classify(c), want);
+                assert_eq!(ImdsApi::classify(c), want);
             }
         }
     }
@@ -1348,12 +1372,12 @@ mod tests {
             "/metadata/identity/oauth2/%74oken",
             "/metadata/instance/../identity/./oauth2/token",
         ] {
-            assert_eq!(Endpoint::classify(path), Endpoint::IdentityToken, "{path}");
+            assert_eq!(ImdsApi::classify(path), ImdsApi::IdentityToken, "{path}");
         }
         // An encoded slash stays inside its segment.
         assert_eq!(
-            Endpoint::classify("/metadata/identity%2Foauth2/token"),
-            Endpoint::Unknown
+            ImdsApi::classify("/metadata/identity%2Foauth2/token"),
+            ImdsApi::Unknown
         );
         assert_eq!(
             route("/metadata/instance/compute/vmId/").instance_path,
@@ -1363,11 +1387,11 @@ mod tests {
 
     #[test]
     fn identity_endpoints_and_rate_classes() {
-        assert!(Endpoint::IdentityToken.is_identity());
-        assert!(Endpoint::IdentityIssueCredential.is_identity());
-        assert!(!Endpoint::Instance.is_identity());
-        assert_eq!(Endpoint::IdentityInfo.rate_class(), RateClass::Identity);
-        assert_eq!(Endpoint::Versions.rate_class(), RateClass::General);
+        assert!(ImdsApi::IdentityToken.is_identity());
+        assert!(ImdsApi::IdentityIssueCredential.is_identity());
+        assert!(!ImdsApi::Instance.is_identity());
+        assert_eq!(ImdsApi::IdentityInfo.rate_class(), RateClass::Identity);
+        assert_eq!(ImdsApi::Versions.rate_class(), RateClass::General);
     }
 
     #[test]
@@ -1390,12 +1414,12 @@ mod tests {
         );
         assert!(is_known_api_version("2018-02-01"));
         assert!(!is_known_api_version("2018-02-02"));
-        assert!(Endpoint::ScheduledEvents.accepts_api_version("2019-01-01"));
-        assert!(!Endpoint::Instance.accepts_api_version("2019-01-01"));
-        assert!(Endpoint::Instance.accepts_api_version("2017-03-01"));
-        assert!(!Endpoint::AttestedDocument.accepts_api_version("2018-04-02"));
-        assert!(!Endpoint::LoadBalancer.accepts_api_version("2020-09-01"));
-        assert!(Endpoint::LoadBalancer.accepts_api_version("2020-10-01"));
+        assert!(ImdsApi::ScheduledEvents.accepts_api_version("2019-01-01"));
+        assert!(!ImdsApi::Instance.accepts_api_version("2019-01-01"));
+        assert!(ImdsApi::Instance.accepts_api_version("2017-03-01"));
+        assert!(!ImdsApi::AttestedDocument.accepts_api_version("2018-04-02"));
+        assert!(!ImdsApi::LoadBalancer.accepts_api_version("2020-09-01"));
+        assert!(ImdsApi::LoadBalancer.accepts_api_version("2020-10-01"));
     }
 
     #[test]
@@ -1417,7 +1441,7 @@ mod tests {
             ImdsErrorKind::MissingMetadataHeader
         );
         let r = validate("GET", path, q, [("metadata", "true")]).expect("names ignore case");
-        assert_eq!((r.endpoint, r.method), (Endpoint::Instance, Method::Get));
+        assert_eq!((r.endpoint, r.method), (ImdsApi::Instance, Method::Get));
         assert_eq!(r.api_version.as_deref(), Some("2021-02-01"));
     }
 
@@ -1504,7 +1528,7 @@ mod tests {
     #[test]
     fn versions_needs_no_api_version() {
         let r = check("GET", "/metadata/versions", "").unwrap();
-        assert_eq!(r.endpoint, Endpoint::Versions);
+        assert_eq!(r.endpoint, ImdsApi::Versions);
         assert_eq!(r.api_version, None);
     }
 
@@ -1538,7 +1562,7 @@ mod tests {
         let r = check("GET", "/metadata/scheduledevents", "api-version=2020-07-01").unwrap();
         assert_eq!(
             (r.endpoint, r.method),
-            (Endpoint::ScheduledEvents, Method::Get)
+            (ImdsApi::ScheduledEvents, Method::Get)
         );
         let r = check(
             "POST",
@@ -1548,7 +1572,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             (r.endpoint, r.method),
-            (Endpoint::IdentityIssueCredential, Method::Post)
+            (ImdsApi::IdentityIssueCredential, Method::Post)
         );
         assert_eq!(
             check(
@@ -1804,7 +1828,7 @@ mod tests {
             select_identity(Some(&S::ClientId("zz".into())), Some(sys), &users),
             Err(ImdsErrorKind::IdentityNotFound)
         );
-        let e = ImdsError::new(Endpoint::IdentityToken, ImdsErrorKind::IdentityNotFound);
+        let e = ImdsError::new(ImdsApi::IdentityToken, ImdsErrorKind::IdentityNotFound);
         assert_eq!(e.status(), 400);
         assert_eq!(
             e.body(),
@@ -1919,13 +1943,13 @@ mod tests {
 
     #[test]
     fn injected_statuses() {
-        let e = ImdsError::for_status(Endpoint::IdentityToken, 500);
+        let e = ImdsError::for_status(ImdsApi::IdentityToken, 500);
         assert_eq!(e.status(), 500);
         assert_eq!(e.body()["error"], "unknown");
-        assert_eq!(ImdsError::for_status(Endpoint::Instance, 410).status(), 410);
-        let e = ImdsError::for_status(Endpoint::Instance, 429);
+        assert_eq!(ImdsError::for_status(ImdsApi::Instance, 410).status(), 410);
+        let e = ImdsError::for_status(ImdsApi::Instance, 429);
         assert_eq!(e.body(), json!({"error": "Too many requests"}));
-        assert_eq!(ImdsError::for_status(Endpoint::Instance, 503).status(), 503);
+        assert_eq!(ImdsError::for_status(ImdsApi::Instance, 503).status(), 503);
     }
 
     #[test]
@@ -2063,7 +2087,7 @@ mod tests {
 
     #[test]
     fn upstream_errors_pass_only_in_imds_shapes() {
-        use Endpoint::{IdentityToken as Tok, Instance as Inst};
+        use ImdsApi::{IdentityToken as Tok, Instance as Inst};
         let ok = |e, status, body: &str| upstream_error_body(e, status, body.as_bytes());
         // IMDS's own bodies pass unchanged.
         for (e, kind) in [

@@ -7,6 +7,11 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
+use crate::imds::{
+    AWS_IMDS_IPV6_ADDRESS, HOST_GA_PLUGIN_PORT, IMDS_ADDRESS, IMDS_PORT, WIRESERVER_ADDRESS,
+    WIRESERVER_PORT,
+};
+
 /// A transport protocol as NetworkPolicy names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -64,10 +69,29 @@ pub enum TargetError {
     Protocol(String),
 }
 
-/// What a target stands for, when it is a known metadata endpoint.
+/// Azure IMDS (and AWS's and GCP's metadata service on IPv4): 169.254.169.254:80/TCP,
+/// from [`crate::imds`]'s address and port, like every endpoint below.
+pub const IMDS: Target = Target::new(IpAddr::V4(IMDS_ADDRESS), IMDS_PORT, Protocol::Tcp);
+/// Azure WireServer: 168.63.129.16:80/TCP.
+pub const WIRESERVER: Target = Target::new(
+    IpAddr::V4(WIRESERVER_ADDRESS),
+    WIRESERVER_PORT,
+    Protocol::Tcp,
+);
+/// Azure WireServer's host GA plugin: 168.63.129.16:32526/TCP.
+pub const HOST_GA_PLUGIN: Target = Target::new(
+    IpAddr::V4(WIRESERVER_ADDRESS),
+    HOST_GA_PLUGIN_PORT,
+    Protocol::Tcp,
+);
+/// AWS instance metadata on IPv6: [fd00:ec2::254]:80/TCP.
+pub const AWS_IMDS_IPV6: Target =
+    Target::new(IpAddr::V6(AWS_IMDS_IPV6_ADDRESS), IMDS_PORT, Protocol::Tcp);
+
+/// The metadata service a target is, when it is a known one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Endpoint {
+pub enum MetadataService {
     /// Azure Instance Metadata Service.
     AzureImds,
     /// Azure WireServer (goal state, extensions).
@@ -80,15 +104,15 @@ pub enum Endpoint {
     GcpMetadata,
 }
 
-impl Endpoint {
+impl MetadataService {
     /// A short human name.
     pub fn label(self) -> &'static str {
         match self {
-            Endpoint::AzureImds => "Azure IMDS",
-            Endpoint::AzureWireServer => "Azure WireServer",
-            Endpoint::AzureHostGaPlugin => "Azure WireServer HostGAPlugin",
-            Endpoint::AwsImds => "AWS IMDS",
-            Endpoint::GcpMetadata => "GCP metadata",
+            MetadataService::AzureImds => "Azure IMDS",
+            MetadataService::AzureWireServer => "Azure WireServer",
+            MetadataService::AzureHostGaPlugin => "Azure WireServer HostGAPlugin",
+            MetadataService::AwsImds => "AWS IMDS",
+            MetadataService::GcpMetadata => "GCP metadata",
         }
     }
 }
@@ -110,16 +134,16 @@ impl Target {
         Target { ip, port, protocol }
     }
 
-    /// The metadata endpoint this target is, if it is one of the known ones.
-    pub fn endpoint(&self) -> Option<Endpoint> {
-        let ip = self.ip.to_string();
-        match (ip.as_str(), self.port, self.protocol) {
-            ("169.254.169.254", 80, Protocol::Tcp) => Some(Endpoint::AzureImds),
-            ("168.63.129.16", 80, Protocol::Tcp) => Some(Endpoint::AzureWireServer),
-            ("168.63.129.16", 32526, Protocol::Tcp) => Some(Endpoint::AzureHostGaPlugin),
-            ("fd00:ec2::254", 80, Protocol::Tcp) => Some(Endpoint::AwsImds),
-            _ => None,
-        }
+    /// The metadata service this target is, if it is one of the known ones.
+    pub fn service(&self) -> Option<MetadataService> {
+        [
+            (IMDS, MetadataService::AzureImds),
+            (WIRESERVER, MetadataService::AzureWireServer),
+            (HOST_GA_PLUGIN, MetadataService::AzureHostGaPlugin),
+            (AWS_IMDS_IPV6, MetadataService::AwsImds),
+        ]
+        .into_iter()
+        .find_map(|(t, s)| (t == *self).then_some(s))
     }
 }
 
@@ -184,15 +208,10 @@ pub enum Cloud {
 impl Cloud {
     /// The built-in targets of this cloud.
     pub fn targets(self) -> Vec<Target> {
-        let t = |s: &str| s.parse::<Target>().expect("built-in target");
         match self {
-            Cloud::Azure => vec![
-                t("169.254.169.254:80/TCP"),
-                t("168.63.129.16:80/TCP"),
-                t("168.63.129.16:32526/TCP"),
-            ],
-            Cloud::Aws => vec![t("169.254.169.254:80/TCP"), t("[fd00:ec2::254]:80/TCP")],
-            Cloud::Gcp => vec![t("169.254.169.254:80/TCP")],
+            Cloud::Azure => vec![IMDS, WIRESERVER, HOST_GA_PLUGIN],
+            Cloud::Aws => vec![IMDS, AWS_IMDS_IPV6],
+            Cloud::Gcp => vec![IMDS],
         }
     }
 }
@@ -271,7 +290,7 @@ mod tests {
             Cloud::Aws
                 .targets()
                 .iter()
-                .any(|t| t.endpoint() == Some(Endpoint::AwsImds) && t.ip.is_ipv6())
+                .any(|t| t.service() == Some(MetadataService::AwsImds) && t.ip.is_ipv6())
         );
     }
 

@@ -10,7 +10,7 @@ use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use imdsguard_core::imds::{
-    self, CONTENT_TYPE_JSON, Endpoint, IdentitySelector, ImdsError, ImdsErrorKind, ImdsRequest,
+    self, CONTENT_TYPE_JSON, IdentitySelector, ImdsApi, ImdsError, ImdsErrorKind, ImdsRequest,
     Method, SelectedIdentity,
 };
 use serde_json::{Value, json};
@@ -58,7 +58,7 @@ fn ok_json(v: &Value) -> Answer {
 impl ImdsState {
     /// Answers one request; `Err(Dropped)` closes the connection without an answer.
     pub(crate) async fn handle(&self, req: Request<Incoming>) -> Result<Answer, Dropped> {
-        let endpoint = Endpoint::classify(req.uri().path());
+        let endpoint = ImdsApi::classify(req.uri().path());
         if self.rng.chance(self.faults.drop_rate) {
             return Err(Dropped);
         }
@@ -105,28 +105,28 @@ impl ImdsState {
         let c = &self.config;
         let not_found = |endpoint| ImdsError::new(endpoint, ImdsErrorKind::NotFound);
         match req.endpoint {
-            Endpoint::Instance => {
+            ImdsApi::Instance => {
                 let r = imds::render_instance(&c.instance, &req.instance_path, req.format)?;
                 Ok(respond(200, r.content_type, r.body))
             }
-            Endpoint::Versions => {
+            ImdsApi::Versions => {
                 let oldest_first: Vec<&str> = imds::API_VERSIONS.iter().rev().copied().collect();
                 Ok(ok_json(&json!({ "apiVersions": oldest_first })))
             }
-            Endpoint::AttestedDocument => Ok(ok_json(&self.attested(req))),
-            Endpoint::IdentityToken => self.token(req),
-            Endpoint::IdentityInfo => Ok(ok_json(&json!({ "tenantId": c.tenant_id }))),
-            Endpoint::IdentityPlatformMetadata | Endpoint::IdentityIssueCredential => {
+            ImdsApi::AttestedDocument => Ok(ok_json(&self.attested(req))),
+            ImdsApi::IdentityToken => self.token(req),
+            ImdsApi::IdentityInfo => Ok(ok_json(&json!({ "tenantId": c.tenant_id }))),
+            ImdsApi::IdentityPlatformMetadata | ImdsApi::IdentityIssueCredential => {
                 Err(not_found(req.endpoint))
             }
-            Endpoint::ScheduledEvents => self.scheduled_events(req, body),
-            Endpoint::LoadBalancer if c.load_balancer.is_null() => Ok(respond(
+            ImdsApi::ScheduledEvents => self.scheduled_events(req, body),
+            ImdsApi::LoadBalancer if c.load_balancer.is_null() => Ok(respond(
                 404,
                 CONTENT_TYPE_JSON,
                 json!({ "error": "No load balancer metadata is found. Please check if your VM is using any non-basic SKU load balancer and retry later." }).to_string(),
             )),
-            Endpoint::LoadBalancer => Ok(ok_json(&c.load_balancer)),
-            Endpoint::Unknown => Err(not_found(Endpoint::Unknown)),
+            ImdsApi::LoadBalancer => Ok(ok_json(&c.load_balancer)),
+            ImdsApi::Unknown => Err(not_found(ImdsApi::Unknown)),
         }
     }
 
@@ -136,7 +136,7 @@ impl ImdsState {
         let system = c.identities.system_assigned.as_ref();
         let users: Vec<_> = c.identities.user_assigned.iter().map(|i| i.ids()).collect();
         let chosen = imds::select_identity(t.selector.as_ref(), system.map(|s| s.ids()), &users)
-            .map_err(|kind| ImdsError::new(Endpoint::IdentityToken, kind))?;
+            .map_err(|kind| ImdsError::new(ImdsApi::IdentityToken, kind))?;
         let identity = match chosen {
             SelectedIdentity::System => system.expect("selected system identity exists"),
             SelectedIdentity::User(i) => &c.identities.user_assigned[i],
@@ -219,7 +219,7 @@ impl ImdsState {
             else {
                 doc["Events"] = Value::Array(events);
                 let kind = ImdsErrorKind::InvalidBody(format!("no scheduled event `{id}`"));
-                return Err(ImdsError::new(Endpoint::ScheduledEvents, kind));
+                return Err(ImdsError::new(ImdsApi::ScheduledEvents, kind));
             };
             event["EventStatus"] = json!("Started");
         }

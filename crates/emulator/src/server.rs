@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::Response;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use imdsguard_core::imds::Endpoint;
+use imdsguard_core::imds::ImdsApi;
 use imdsguard_core::token::redact_jwts;
 use imdsguard_serve::{Handler, Open, ServeOptions};
 use tokio::net::TcpListener;
@@ -54,7 +54,7 @@ impl Role {
         let path = redact_jwts(req.uri().path());
         let (endpoint, result) = match self {
             Role::Imds(state) => (
-                Endpoint::classify(req.uri().path()).as_str(),
+                ImdsApi::classify(req.uri().path()).as_str(),
                 state.handle(req).await,
             ),
             Role::WireServer(state) => ("wireserver", Ok(state.wireserver(&req))),

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use http::{Method, Request, header};
-use imdsguard_core::imds::{CONTENT_TYPE_JSON, Query};
+use imdsguard_core::imds::{CONTENT_TYPE_JSON, Query, WIRESERVER_ADDRESS, WIRESERVER_PORT};
 use serde_json::{Value, json};
 
 use crate::config::Config;
@@ -81,7 +81,7 @@ impl WireState {
             escape(&w.container_id),
             escape(&w.role_instance_id),
         );
-        let base = "http://168.63.129.16:80/machine";
+        let base = format!("http://{WIRESERVER_ADDRESS}:{WIRESERVER_PORT}/machine");
         let body = format!(
             r#"{XML_HEAD}
 <GoalState xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:noNamespaceSchemaLocation="goalstate10.xsd">

@@ -6,7 +6,9 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use imdsguard_core::imds::{IMDS_ADDRESS, WIRESERVER_ADDRESS};
+use imdsguard_core::imds::{
+    HOST_GA_PLUGIN_PORT, IMDS_ADDRESS, IMDS_PORT, WIRESERVER_ADDRESS, WIRESERVER_PORT,
+};
 use imdsguard_core::nft::{Mode, RulesetConfig, SourcePair};
 use imdsguard_core::target::Cloud;
 use imdsguard_emulator::{Config as VmConfig, Emulator, Options, Throttle};
@@ -16,7 +18,7 @@ use imdsguard_node::sandbox::{
 };
 use imdsguard_node::{Enforcer, Exec};
 use imdsguard_probe::{
-    Class, DEFAULT_ENDPOINT, DEFAULT_HOSTGAPLUGIN, DEFAULT_WIRESERVER, Endpoint, ProbeConfig,
+    BaseUrl, Class, DEFAULT_ENDPOINT, DEFAULT_HOSTGAPLUGIN, DEFAULT_WIRESERVER, ProbeConfig,
 };
 use tokio::sync::oneshot;
 
@@ -126,9 +128,12 @@ impl Drop for Background {
 /// inside the cloud namespace.
 fn start_emulator(cloud: &NetNamespace) -> Result<Background, LabError> {
     let options = Options {
-        imds: vec![SocketAddr::new(IMDS_ADDRESS.into(), 80)],
-        wireserver: Some(SocketAddr::new(WIRESERVER_ADDRESS.into(), 80)),
-        hostgaplugin: Some(SocketAddr::new(WIRESERVER_ADDRESS.into(), 32526)),
+        imds: vec![SocketAddr::new(IMDS_ADDRESS.into(), IMDS_PORT)],
+        wireserver: Some(SocketAddr::new(WIRESERVER_ADDRESS.into(), WIRESERVER_PORT)),
+        hostgaplugin: Some(SocketAddr::new(
+            WIRESERVER_ADDRESS.into(),
+            HOST_GA_PLUGIN_PORT,
+        )),
         // The cloud namespace owns these addresses; nothing links it to the machine.
         allow_metadata_address: true,
         throttle: Throttle::disabled(),
@@ -175,7 +180,7 @@ fn start_proxy() -> Result<Background, LabError> {
 }
 
 fn probe_config(connect_timeout: Duration) -> ProbeConfig {
-    let endpoint = |url: &str| Endpoint::parse(url).expect("a built-in endpoint");
+    let endpoint = |url: &str| BaseUrl::parse(url).expect("a built-in endpoint");
     let mut config = ProbeConfig::new(endpoint(DEFAULT_ENDPOINT));
     // Inside the lab's namespaces the real addresses are the lab's emulator.
     config.wireserver = Some(endpoint(DEFAULT_WIRESERVER));

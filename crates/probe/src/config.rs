@@ -7,11 +7,11 @@ use std::time::Duration;
 use crate::ProbeError;
 
 /// The Azure IMDS address the probe walks toward by default.
-pub const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
+pub const DEFAULT_ENDPOINT: &str = imdsguard_core::imds::IMDS_URL;
 /// The WireServer (VM agent channel, port 80) checked by default.
-pub const DEFAULT_WIRESERVER: &str = "http://168.63.129.16";
+pub const DEFAULT_WIRESERVER: &str = imdsguard_core::imds::WIRESERVER_URL;
 /// The HostGAPlugin (port 32526) checked by default.
-pub const DEFAULT_HOSTGAPLUGIN: &str = "http://168.63.129.16:32526";
+pub const DEFAULT_HOSTGAPLUGIN: &str = imdsguard_core::imds::HOST_GA_PLUGIN_URL;
 /// The Azure Resource Manager audience: what an attacker wants a token for first.
 pub const ARM_RESOURCE: &str = "https://management.azure.com/";
 /// The Key Vault audience.
@@ -68,17 +68,17 @@ impl Default for ProbeSettings {
 
 /// A plain-HTTP base URL: `http://host[:port][/]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
+pub struct BaseUrl {
     /// Host as written in the URL (an IPv6 address keeps its brackets).
     pub host: String,
     /// TCP port (80 when the URL names none).
     pub port: u16,
 }
 
-impl Endpoint {
+impl BaseUrl {
     /// Parses `http://host[:port][/]`. Paths, queries, user info and other schemes are
     /// refused: IMDS and WireServer are plain HTTP at the root.
-    pub fn parse(text: &str) -> Result<Endpoint, String> {
+    pub fn parse(text: &str) -> Result<BaseUrl, String> {
         let uri: http::Uri = text
             .trim()
             .parse()
@@ -107,7 +107,7 @@ impl Endpoint {
         if host.is_empty() {
             return Err(format!("`{text}`: no host"));
         }
-        Ok(Endpoint {
+        Ok(BaseUrl {
             host: host.to_owned(),
             port: authority.port_u16().unwrap_or(80),
         })
@@ -132,7 +132,7 @@ impl Endpoint {
     }
 }
 
-impl fmt::Display for Endpoint {
+impl fmt::Display for BaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.port == 80 {
             write!(f, "http://{}", self.host)
@@ -149,11 +149,11 @@ impl fmt::Display for Endpoint {
 #[derive(Debug, Clone)]
 pub struct ProbeConfig {
     /// The IMDS endpoint.
-    pub endpoint: Endpoint,
+    pub endpoint: BaseUrl,
     /// The WireServer endpoint (goal state), or `None` to report it "not checked".
-    pub wireserver: Option<Endpoint>,
+    pub wireserver: Option<BaseUrl>,
     /// The HostGAPlugin endpoint (vmSettings), or `None` to report it "not checked".
-    pub hostgaplugin: Option<Endpoint>,
+    pub hostgaplugin: Option<BaseUrl>,
     /// Time allowed for a TCP connection.
     pub connect_timeout: Duration,
     /// Time allowed for a whole request.
@@ -171,7 +171,7 @@ pub struct ProbeConfig {
 impl ProbeConfig {
     /// A configuration for `endpoint` with the default timeouts, resources (ARM, Key
     /// Vault) and api-versions, and no WireServer checks.
-    pub fn new(endpoint: Endpoint) -> ProbeConfig {
+    pub fn new(endpoint: BaseUrl) -> ProbeConfig {
         ProbeConfig {
             endpoint,
             wireserver: None,
@@ -190,7 +190,7 @@ impl ProbeConfig {
     /// never sends anything to the real addresses.
     pub fn from_settings(args: &ProbeSettings) -> Result<ProbeConfig, ProbeError> {
         let parse = |flag: &'static str, text: &str| {
-            Endpoint::parse(text).map_err(|reason| ProbeError::Usage(format!("--{flag}: {reason}")))
+            BaseUrl::parse(text).map_err(|reason| ProbeError::Usage(format!("--{flag}: {reason}")))
         };
         let endpoint_given = args.endpoint.is_some();
         let endpoint = parse(
@@ -288,17 +288,17 @@ mod tests {
 
     #[test]
     fn endpoints() {
-        let e = Endpoint::parse("http://169.254.169.254").unwrap();
+        let e = BaseUrl::parse("http://169.254.169.254").unwrap();
         assert_eq!((e.host.as_str(), e.port), ("169.254.169.254", 80));
         assert_eq!(e.to_string(), "http://169.254.169.254");
         assert_eq!(
             e.url("/metadata/instance"),
             "http://169.254.169.254/metadata/instance"
         );
-        let e = Endpoint::parse("http://127.0.0.1:8080/").unwrap();
+        let e = BaseUrl::parse("http://127.0.0.1:8080/").unwrap();
         assert_eq!(e.authority(), "127.0.0.1:8080");
         assert_eq!(e.to_string(), "http://127.0.0.1:8080");
-        let e = Endpoint::parse("http://[::1]:8080").unwrap();
+        let e = BaseUrl::parse("http://[::1]:8080").unwrap();
         assert_eq!(e.bare_host(), "::1");
         assert_eq!(e.to_string(), "http://[::1]:8080");
         for bad in [
@@ -310,7 +310,7 @@ mod tests {
             "http://u@h",
             "not a url",
         ] {
-            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+            assert!(BaseUrl::parse(bad).is_err(), "{bad}");
         }
     }
 

@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::config::Endpoint;
+use crate::config::BaseUrl;
 
 /// The largest body the probe reads (instance documents are tens of KiB).
 pub(crate) const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -77,7 +77,7 @@ pub(crate) struct Exchange {
 }
 
 /// Opens a TCP connection to `endpoint` and closes it.
-pub(crate) async fn connect_only(endpoint: &Endpoint, connect_timeout: Duration) -> Exchange {
+pub(crate) async fn connect_only(endpoint: &BaseUrl, connect_timeout: Duration) -> Exchange {
     let start = Instant::now();
     let result = connect(endpoint, connect_timeout)
         .await
@@ -94,7 +94,7 @@ pub(crate) async fn connect_only(endpoint: &Endpoint, connect_timeout: Duration)
 /// `GET path_and_query` on `endpoint` with `headers`, within `timeout` in all (the
 /// connection within `connect_timeout`).
 pub(crate) async fn get(
-    endpoint: &Endpoint,
+    endpoint: &BaseUrl,
     path_and_query: &str,
     headers: &[(&str, &str)],
     connect_timeout: Duration,
@@ -122,7 +122,7 @@ pub(crate) async fn get(
 }
 
 async fn exchange(
-    endpoint: &Endpoint,
+    endpoint: &BaseUrl,
     path_and_query: &str,
     headers: &[(&str, &str)],
     connect_timeout: Duration,
@@ -167,7 +167,7 @@ async fn exchange(
     result
 }
 
-async fn connect(endpoint: &Endpoint, connect_timeout: Duration) -> Result<TcpStream, Failure> {
+async fn connect(endpoint: &BaseUrl, connect_timeout: Duration) -> Result<TcpStream, Failure> {
     let attempt = async {
         let addr = resolve(endpoint).await?;
         // The crate's unit tests never leave loopback (the black-box tests run the
@@ -185,7 +185,7 @@ async fn connect(endpoint: &Endpoint, connect_timeout: Duration) -> Result<TcpSt
     }
 }
 
-async fn resolve(endpoint: &Endpoint) -> Result<SocketAddr, Failure> {
+async fn resolve(endpoint: &BaseUrl) -> Result<SocketAddr, Failure> {
     if let Ok(ip) = endpoint.bare_host().parse() {
         return Ok(SocketAddr::new(ip, endpoint.port));
     }
@@ -234,7 +234,7 @@ mod tests {
     #[should_panic(expected = "a unit test tried to connect to 192.0.2.1:80")]
     fn unit_tests_cannot_leave_loopback() {
         // 192.0.2.1 is TEST-NET-1; the guard fires before any packet is sent.
-        let endpoint = Endpoint::parse("http://192.0.2.1").unwrap();
+        let endpoint = BaseUrl::parse("http://192.0.2.1").unwrap();
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -30,9 +30,8 @@ use std::time::Duration;
 
 pub use classify::{Class, Denial};
 pub use config::{
-    ARM_RESOURCE, DEFAULT_API_VERSION, DEFAULT_ENDPOINT, DEFAULT_HOSTGAPLUGIN,
-    DEFAULT_TOKEN_API_VERSION, DEFAULT_WIRESERVER, Endpoint, KEY_VAULT_RESOURCE, ProbeConfig,
-    ProbeSettings,
+    ARM_RESOURCE, BaseUrl, DEFAULT_API_VERSION, DEFAULT_ENDPOINT, DEFAULT_HOSTGAPLUGIN,
+    DEFAULT_TOKEN_API_VERSION, DEFAULT_WIRESERVER, KEY_VAULT_RESOURCE, ProbeConfig, ProbeSettings,
 };
 pub use instance::{
     IMDS_RESTRICTION_TAG, Identity, IdentitySelector, InstanceExposure, KUBELET_IDENTITY_TAG, Tag,
@@ -271,8 +270,8 @@ pub async fn probe(config: &ProbeConfig) -> Report {
 
     let mut report = Report {
         endpoint: endpoint.to_string(),
-        wireserver: config.wireserver.as_ref().map(Endpoint::to_string),
-        hostgaplugin: config.hostgaplugin.as_ref().map(Endpoint::to_string),
+        wireserver: config.wireserver.as_ref().map(BaseUrl::to_string),
+        hostgaplugin: config.hostgaplugin.as_ref().map(BaseUrl::to_string),
         api_version: config.api_version.clone(),
         token_api_version: config.token_api_version.clone(),
         identities,
@@ -290,7 +289,7 @@ pub async fn probe(config: &ProbeConfig) -> Report {
 
 async fn get(
     config: &ProbeConfig,
-    endpoint: &Endpoint,
+    endpoint: &BaseUrl,
     path: &str,
     headers: &[(&str, &str)],
 ) -> Exchange {

@@ -13,7 +13,7 @@ use hyper::body::{Body, Incoming};
 use imdsguard_core::access::{Allow, Decision, Deny, PodInfo, RULE_CANONICAL_FORM};
 use imdsguard_core::canon::{CanonicalTarget, Canonicalizer, RejectKind, Rejection};
 use imdsguard_core::imds::{
-    self, CONTENT_TYPE_JSON, ImdsApi, IdentitySelector, ImdsError, ImdsErrorKind, ImdsRequest,
+    self, CONTENT_TYPE_JSON, IdentitySelector, ImdsApi, ImdsError, ImdsErrorKind, ImdsRequest,
     Method, RateClass,
 };
 use serde_json::{Value, json};

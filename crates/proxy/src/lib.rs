@@ -67,7 +67,7 @@ pub use fairness::PodRate;
 pub use metrics::Metrics;
 
 /// The upstream when none is given: Azure IMDS.
-pub const DEFAULT_UPSTREAM: &str = "http://169.254.169.254";
+pub const DEFAULT_UPSTREAM: &str = imdsguard_core::imds::IMDS_URL;
 
 /// Why the proxy could not start or reload.
 #[derive(Debug, thiserror::Error)]
@@ -437,7 +437,7 @@ impl ProxyControl {
         self.pods.load()
     }
 
-    /// The metrics (the agent counts NFLOG drops here).
+    /// The metrics (the agent counts the table's dropped packets here).
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
