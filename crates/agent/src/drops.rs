@@ -60,14 +60,6 @@ impl DropEvent {
         self.sources.iter().map(|s| s.packets).sum()
     }
 
-    /// `namespace/name`, or `unknown`.
-    pub fn pod_id(&self) -> String {
-        match (&self.namespace, &self.pod) {
-            (Some(ns), Some(name)) => format!("{ns}/{name}"),
-            _ => UNKNOWN_POD.to_owned(),
-        }
-    }
-
     /// The interfaces, comma-separated.
     pub fn interfaces(&self) -> String {
         join(self.sources.iter().map(|s| s.interface.clone()))
@@ -307,7 +299,11 @@ mod tests {
             (src("cbr0", "10.244.0.10", 7), 7),
         ];
         let ev = events(&lab(), &new);
-        let summary: Vec<(String, u64)> = ev.iter().map(|e| (e.pod_id(), e.packets())).collect();
+        let pod_id = |e: &DropEvent| match (&e.namespace, &e.pod) {
+            (Some(ns), Some(name)) => format!("{ns}/{name}"),
+            _ => UNKNOWN_POD.to_owned(),
+        };
+        let summary: Vec<(String, u64)> = ev.iter().map(|e| (pod_id(e), e.packets())).collect();
         assert_eq!(
             summary,
             [

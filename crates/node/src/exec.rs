@@ -2,7 +2,7 @@
 
 use std::ffi::OsStr;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 use crate::NodeError;
@@ -25,11 +25,6 @@ impl Exec {
         Exec {
             netns: Some(path.into()),
         }
-    }
-
-    /// The namespace path, when not this process's.
-    pub fn netns_path(&self) -> Option<&Path> {
-        self.netns.as_deref()
     }
 
     /// A [`Command`] for `program` in this place.

@@ -68,14 +68,6 @@ impl Class {
     pub fn is_sensitive(self) -> bool {
         matches!(self, Class::Exposed | Class::TokenObtained)
     }
-
-    /// Whether the step was stopped by the network or by imdsguard.
-    pub fn is_blocked(self) -> bool {
-        matches!(
-            self,
-            Class::BlockedTimeout | Class::BlockedRefused | Class::BlockedByImdsguard
-        )
-    }
 }
 
 impl fmt::Display for Class {
