@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 
 use crate::canon::Rejection;
 use crate::imds::{IdentitySelector, ImdsApi, ImdsRequest, Method, is_valid_resource, route};
-use crate::model::{LabelSelector, Operator, Requirement};
+use crate::model::LabelSelector;
 use crate::token::IMDSGUARD_DENY_ERROR;
 
 /// Rule name of a denial when no rule allows the request.
@@ -816,41 +816,11 @@ fn convert_token(raw: RawToken) -> Result<TokenGrant, String> {
 }
 
 fn convert_selector(s: RawSelector, at: &str) -> Result<LabelSelector, String> {
-    let mut match_expressions = Vec::new();
-    for (i, r) in s.match_expressions.into_iter().enumerate() {
-        let operator = match r.operator.as_str() {
-            "In" => Operator::In,
-            "NotIn" => Operator::NotIn,
-            "Exists" => Operator::Exists,
-            "DoesNotExist" => Operator::DoesNotExist,
-            other => {
-                return Err(format!(
-                    "{at}.matchExpressions[{i}].operator `{other}` is not In, NotIn, Exists or DoesNotExist"
-                ));
-            }
-        };
-        let needs_values = matches!(operator, Operator::In | Operator::NotIn);
-        if needs_values == r.values.is_empty() {
-            return Err(format!(
-                "{at}.matchExpressions[{i}]: `{}` {}",
-                r.operator,
-                if needs_values {
-                    "needs at least one value"
-                } else {
-                    "takes no values"
-                }
-            ));
-        }
-        match_expressions.push(Requirement {
-            key: r.key,
-            operator,
-            values: r.values,
-        });
-    }
-    Ok(LabelSelector {
-        match_labels: s.match_labels,
-        match_expressions,
-    })
+    let expressions = s
+        .match_expressions
+        .into_iter()
+        .map(|r| (r.key, r.operator, r.values));
+    LabelSelector::from_api(s.match_labels, expressions, at)
 }
 
 // ---------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 
 use crate::model::{
     Controller, ControllerKind, EgressRule, LabelSelector, Labels, Namespace, NetworkPolicy,
-    Object, Operator, OwnerRef, Peer, Pod, PodTemplate, PortRule, PortSpec, Requirement, Source,
+    Object, OwnerRef, Peer, Pod, PodTemplate, PortRule, PortSpec, Source,
 };
 use crate::target::Protocol;
 
@@ -1158,55 +1158,20 @@ fn convert(
 }
 
 fn convert_selector(s: RawSelector, at: &str) -> Result<LabelSelector, String> {
-    let mut match_expressions = Vec::new();
-    for (i, r) in s
+    let expressions = s
         .match_expressions
         .unwrap_or_default()
         .into_iter()
-        .enumerate()
-    {
-        let operator = match r.operator.as_str() {
-            "In" => Operator::In,
-            "NotIn" => Operator::NotIn,
-            "Exists" => Operator::Exists,
-            "DoesNotExist" => Operator::DoesNotExist,
-            other => {
-                return Err(format!(
-                    "{at}.matchExpressions[{i}].operator `{other}` is not In, NotIn, Exists or DoesNotExist"
-                ));
-            }
-        };
-        let values: Vec<String> = r
-            .values
-            .unwrap_or_default()
-            .into_iter()
-            .map(|v| v.0)
-            .collect();
-        match operator {
-            Operator::In | Operator::NotIn if values.is_empty() => {
-                return Err(format!(
-                    "{at}.matchExpressions[{i}]: `{}` needs at least one value",
-                    r.operator
-                ));
-            }
-            Operator::Exists | Operator::DoesNotExist if !values.is_empty() => {
-                return Err(format!(
-                    "{at}.matchExpressions[{i}]: `{}` takes no values",
-                    r.operator
-                ));
-            }
-            _ => {}
-        }
-        match_expressions.push(Requirement {
-            key: r.key,
-            operator,
-            values,
+        .map(|r| {
+            let values = r
+                .values
+                .unwrap_or_default()
+                .into_iter()
+                .map(|v| v.0)
+                .collect();
+            (r.key, r.operator, values)
         });
-    }
-    Ok(LabelSelector {
-        match_labels: s.match_labels,
-        match_expressions,
-    })
+    LabelSelector::from_api(s.match_labels, expressions, at)
 }
 
 fn parse_cidr(s: &str, at: &str) -> Result<IpNet, String> {

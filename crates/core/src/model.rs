@@ -91,6 +91,54 @@ impl LabelSelector {
     pub fn is_empty(&self) -> bool {
         self.match_labels.is_empty() && self.match_expressions.is_empty()
     }
+
+    /// A selector from the API's fields: `matchLabels`, and each `matchExpressions` entry
+    /// as (key, operator, values). Checked as the API server checks it: the operator is
+    /// `In`, `NotIn`, `Exists` or `DoesNotExist`; `In` and `NotIn` need at least one
+    /// value, the others take none. Errors name the entry under `at`
+    /// (`spec.podSelector.matchExpressions[0].operator …`). The one conversion of
+    /// selectors: manifests ([`crate::manifest`]) and access rules ([`crate::access`])
+    /// both go through it.
+    pub fn from_api(
+        match_labels: Labels,
+        match_expressions: impl IntoIterator<Item = (String, String, Vec<String>)>,
+        at: &str,
+    ) -> Result<LabelSelector, String> {
+        let mut requirements = Vec::new();
+        for (i, (key, operator, values)) in match_expressions.into_iter().enumerate() {
+            let op = match operator.as_str() {
+                "In" => Operator::In,
+                "NotIn" => Operator::NotIn,
+                "Exists" => Operator::Exists,
+                "DoesNotExist" => Operator::DoesNotExist,
+                other => {
+                    return Err(format!(
+                        "{at}.matchExpressions[{i}].operator `{other}` is not In, NotIn, Exists or DoesNotExist"
+                    ));
+                }
+            };
+            let needs_values = matches!(op, Operator::In | Operator::NotIn);
+            if needs_values == values.is_empty() {
+                return Err(format!(
+                    "{at}.matchExpressions[{i}]: `{operator}` {}",
+                    if needs_values {
+                        "needs at least one value"
+                    } else {
+                        "takes no values"
+                    }
+                ));
+            }
+            requirements.push(Requirement {
+                key,
+                operator: op,
+                values,
+            });
+        }
+        Ok(LabelSelector {
+            match_labels,
+            match_expressions: requirements,
+        })
+    }
 }
 
 /// The controller that owns an object, as its ownerReference names it.
@@ -312,6 +360,50 @@ pub enum Object {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn selectors_from_the_api_are_checked_like_the_api_server() {
+        let expr = |k: &str, op: &str, v: &[&str]| {
+            (
+                k.to_owned(),
+                op.to_owned(),
+                v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(),
+            )
+        };
+        let s = LabelSelector::from_api(
+            labels(&[("app", "web")]),
+            [
+                expr("tier", "NotIn", &["batch"]),
+                expr("team", "Exists", &[]),
+            ],
+            "spec.podSelector",
+        )
+        .unwrap();
+        assert_eq!(
+            s.match_expressions,
+            [
+                req("tier", Operator::NotIn, &["batch"]),
+                req("team", Operator::Exists, &[])
+            ]
+        );
+        assert!(s.matches(&labels(&[("app", "web"), ("team", "a")])));
+        assert!(!s.matches(&labels(&[("app", "web"), ("team", "a"), ("tier", "batch")])));
+        let err = |e: Vec<(String, String, Vec<String>)>| {
+            LabelSelector::from_api(Labels::new(), e, "at").unwrap_err()
+        };
+        assert_eq!(
+            err(vec![expr("a", "in", &["x"])]),
+            "at.matchExpressions[0].operator `in` is not In, NotIn, Exists or DoesNotExist"
+        );
+        assert_eq!(
+            err(vec![expr("a", "Exists", &[]), expr("b", "In", &[])]),
+            "at.matchExpressions[1]: `In` needs at least one value"
+        );
+        assert_eq!(
+            err(vec![expr("a", "DoesNotExist", &["x"])]),
+            "at.matchExpressions[0]: `DoesNotExist` takes no values"
+        );
+    }
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs
