@@ -333,6 +333,43 @@ fn counters_are_named_and_carried_over() {
     assert!(allowed.get("packets").is_none());
 }
 
+/// Byte counts pass 4 GiB on a busy node: counters are 64-bit from the batch to the
+/// listing and back (nftables 0.6's `Counter` object is 32-bit, hence our own type).
+#[test]
+fn counters_past_32_bits_are_carried_over_and_read() {
+    let config = RulesetConfig::new(Mode::Block, &[Cloud::Azure]);
+    let big = CounterValue {
+        name: counter::BLOCKED.into(),
+        packets: 5_000_000_000,
+        bytes: 300_000_000_000,
+    };
+    let batch = ruleset(&config, &[], std::slice::from_ref(&big)).unwrap();
+    let blocked = find(&batch, "add", "counter")
+        .into_iter()
+        .find(|c| c["name"] == counter::BLOCKED)
+        .unwrap();
+    assert_eq!(blocked["packets"], 5_000_000_000u64);
+    assert_eq!(blocked["bytes"], 300_000_000_000u64);
+    let listed = json!({"nftables": [{"counter": {"family": "inet", "table": "imdsguard",
+        "name": "blocked", "handle": 2, "packets": 5_000_000_000u64, "bytes": 300_000_000_000u64}}]});
+    assert_eq!(parse_counters(&listed.to_string()).unwrap(), [big.clone()]);
+    let state = TableState::from_batch(&batch).unwrap();
+    assert_eq!(state.counter(counter::BLOCKED), Some(&big));
+}
+
+/// A set the schema cannot read (a type nft has but imdsguard never writes) is not
+/// skipped: it differs from the set imdsguard builds, so the check repairs it.
+#[test]
+fn an_unreadable_set_is_a_difference() {
+    let mut l = listing(Mode::Block);
+    for set in objects_mut(&mut l, "set", |s| s["name"] == "allow_v4") {
+        set["type"] = json!(["ifname", "ct_state"]);
+    }
+    let d = drift(Mode::Block, &l);
+    assert_eq!(kinds(&d), [DifferenceKind::Elements], "{d:?}");
+    assert!(d[0].detail.contains("unreadable set"), "{}", d[0].detail);
+}
+
 #[test]
 fn allow_set_changes_are_element_commands() {
     let pairs = [pair("azva", "10.0.0.1"), pair("azvb", "fd00::1")];
