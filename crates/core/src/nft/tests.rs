@@ -352,7 +352,10 @@ fn counters_past_32_bits_are_carried_over_and_read() {
     assert_eq!(blocked["bytes"], 300_000_000_000u64);
     let listed = json!({"nftables": [{"counter": {"family": "inet", "table": "imdsguard",
         "name": "blocked", "handle": 2, "packets": 5_000_000_000u64, "bytes": 300_000_000_000u64}}]});
-    assert_eq!(parse_counters(&listed.to_string()).unwrap(), [big.clone()]);
+    assert_eq!(
+        parse_counters(&listed.to_string()).unwrap(),
+        std::slice::from_ref(&big)
+    );
     let state = TableState::from_batch(&batch).unwrap();
     assert_eq!(state.counter(counter::BLOCKED), Some(&big));
 }
