@@ -57,7 +57,10 @@ use imdsguard_core::imds::{IMDS_ADDRESS, is_metadata_address};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-pub use reload::{LoadedFiles, ProxyFiles, parse_pods, parse_rules, read_pods, read_rules};
+pub use reload::{
+    ApplyError, FileFollower, LoadedFiles, ProxyFiles, ReloadTarget, parse_pods, parse_rules,
+    read_pods, read_rules,
+};
 
 /// The proxy's listen address when none is given.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8170";

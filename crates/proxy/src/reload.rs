@@ -1,9 +1,11 @@
-//! The rules and pods files of the proxy: reading and checking them
-//! ([`read_rules`], [`read_pods`], [`ProxyFiles::load`]) and following them
-//! ([`ProxyFiles::follow`]: re-read when they change, every interval, and whenever the
-//! owner asks, e.g. on SIGHUP; a file that cannot be read or is refused is logged and
-//! counted, and the proxy keeps what it had).
+//! The rules and pods files: reading and checking them ([`read_rules`], [`read_pods`],
+//! [`ProxyFiles::load`]) and following them: [`FileFollower`] is the one reloader of
+//! these files, the proxy's ([`ProxyFiles::follow`]) and the agent's. It re-reads a
+//! file when it changes (every interval) and both whenever the owner asks (e.g. on
+//! SIGHUP); a file that cannot be read or is refused is logged and counted, and the
+//! owner keeps what it had.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,7 +14,90 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::files::{self, FileStamp, WatchedFile};
-use crate::{ProxyControl, ProxyError};
+use crate::{Metrics, ProxyControl, ProxyError};
+
+/// Why a [`ReloadTarget`] could not take what was read (logged with the file).
+pub type ApplyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where files read again go: the proxy's [`ProxyControl`], or an owner that does more
+/// with them (the agent also changes nft set elements for new pods). Each call gets
+/// contents already read and checked.
+pub trait ReloadTarget: Send + Sync + 'static {
+    /// New access rules.
+    fn set_rules(&self, rules: AccessRules) -> impl Future<Output = Result<(), ApplyError>> + Send;
+    /// A new pod index.
+    fn set_pods(&self, pods: PodIndex) -> impl Future<Output = Result<(), ApplyError>> + Send;
+    /// Where reloads are counted (`imdsguard_proxy_reloads_total{file,result}`).
+    fn metrics(&self) -> &Metrics;
+}
+
+impl ReloadTarget for ProxyControl {
+    async fn set_rules(&self, rules: AccessRules) -> Result<(), ApplyError> {
+        ProxyControl::set_rules(self, rules);
+        Ok(())
+    }
+
+    async fn set_pods(&self, pods: PodIndex) -> Result<(), ApplyError> {
+        ProxyControl::set_pods(self, pods);
+        Ok(())
+    }
+
+    fn metrics(&self) -> &Metrics {
+        ProxyControl::metrics(self)
+    }
+}
+
+/// The rules and pods files followed for an owner: each read again when it changes
+/// and whenever asked, off the async runtime's workers with a deadline
+/// ([`WatchedFile::poll`]), good contents handed to a [`ReloadTarget`].
+#[derive(Debug, Default)]
+pub struct FileFollower {
+    files: Vec<Watched>,
+}
+
+impl FileFollower {
+    /// Nothing followed yet.
+    pub fn new() -> FileFollower {
+        FileFollower::default()
+    }
+
+    /// Follows the rules file `path`, whose contents in force were read when it looked
+    /// like `loaded`; no rules is an error unless `allow_empty`.
+    pub fn rules(
+        mut self,
+        path: impl Into<PathBuf>,
+        loaded: Option<FileStamp>,
+        allow_empty: bool,
+    ) -> FileFollower {
+        self.files
+            .push(Watched::rules(WatchedFile::new(path, loaded), allow_empty));
+        self
+    }
+
+    /// Follows the pods file `path` likewise.
+    pub fn pods(
+        mut self,
+        path: impl Into<PathBuf>,
+        loaded: Option<FileStamp>,
+        allow_empty: bool,
+    ) -> FileFollower {
+        self.files
+            .push(Watched::pods(WatchedFile::new(path, loaded), allow_empty));
+        self
+    }
+
+    /// Follows the files from now on: every `interval` (0: never) a file that changed
+    /// is read again, and every message on `reload_now` reads them all; good contents
+    /// go to `target`. Runs until the task is aborted.
+    pub fn spawn<T: ReloadTarget>(
+        self,
+        target: T,
+        interval: Duration,
+        reload_now: mpsc::UnboundedReceiver<()>,
+    ) -> JoinHandle<()> {
+        tokio::spawn(reload_loop(target, self.files, interval, reload_now))
+    }
+}
 
 /// The rules file, the optional pods file, and whether each may be empty.
 #[derive(Debug, Clone)]
@@ -68,17 +153,15 @@ impl ProxyFiles {
         interval: Duration,
         reload_now: mpsc::UnboundedReceiver<()>,
     ) -> JoinHandle<()> {
-        let mut watched = vec![Watched::rules(
-            WatchedFile::new(&self.rules, Some(loaded.stamps.rules)),
+        let mut follower = FileFollower::new().rules(
+            &self.rules,
+            Some(loaded.stamps.rules),
             self.allow_empty_rules,
-        )];
+        );
         if let Some(p) = &self.pods {
-            watched.push(Watched::pods(
-                WatchedFile::new(p, loaded.stamps.pods),
-                self.allow_empty_pods,
-            ));
+            follower = follower.pods(p, loaded.stamps.pods, self.allow_empty_pods);
         }
-        tokio::spawn(reload_loop(control, watched, interval, reload_now))
+        follower.spawn(control, interval, reload_now)
     }
 }
 
@@ -143,6 +226,7 @@ pub fn read_pods(path: &Path, allow_empty: bool) -> Result<(PodIndex, FileStamp)
 }
 
 /// A rules or pods file followed by the reload loop.
+#[derive(Debug)]
 struct Watched {
     file: WatchedFile,
     which: &'static str,
@@ -166,41 +250,46 @@ impl Watched {
         }
     }
 
-    /// Reads the file when it changed (always when `forced`) and hands it to the proxy.
+    /// Reads the file when it changed (always when `forced`) and hands it to `target`.
     /// The read and the parsing run off the runtime with a deadline; a file that cannot
-    /// be read or is refused is logged and counted, and the proxy keeps what it had.
-    async fn reload(&mut self, control: &ProxyControl, forced: bool) {
+    /// be read, is refused, or is not taken by `target` is logged and counted, and the
+    /// owner keeps what it had.
+    async fn reload<T: ReloadTarget>(&mut self, target: &T, forced: bool) {
         let allow_empty = self.allow_empty;
         let which = self.which;
-        let result = if which == "rules" {
-            self.file
+        let result: Option<Result<usize, ApplyError>> = if which == "rules" {
+            match self
+                .file
                 .poll(forced, move |path, text| {
                     parse_rules(path, text, allow_empty)
                 })
                 .await
-                .map(|r| {
-                    r.map(|rules| {
-                        let n = rules.len();
-                        control.set_rules(rules);
-                        n
-                    })
-                })
+            {
+                None => None,
+                Some(Err(e)) => Some(Err(e.into())),
+                Some(Ok(rules)) => {
+                    let n = rules.len();
+                    Some(target.set_rules(rules).await.map(|()| n))
+                }
+            }
         } else {
-            self.file
+            match self
+                .file
                 .poll(forced, move |path, text| {
                     parse_pods(path, text, allow_empty)
                 })
                 .await
-                .map(|r| {
-                    r.map(|pods| {
-                        let n = pods.len();
-                        control.set_pods(pods);
-                        n
-                    })
-                })
+            {
+                None => None,
+                Some(Err(e)) => Some(Err(e.into())),
+                Some(Ok(pods)) => {
+                    let n = pods.len();
+                    Some(target.set_pods(pods).await.map(|()| n))
+                }
+            }
         };
         let Some(result) = result else { return };
-        control.metrics().record_reload(which, result.is_ok());
+        target.metrics().record_reload(which, result.is_ok());
         match result {
             Ok(n) => {
                 tracing::info!(file = %self.file.path().display(), entries = n, "{which} reloaded")
@@ -212,8 +301,8 @@ impl Watched {
     }
 }
 
-async fn reload_loop(
-    control: ProxyControl,
+async fn reload_loop<T: ReloadTarget>(
+    target: T,
     mut files: Vec<Watched>,
     interval: Duration,
     mut reload_now: mpsc::UnboundedReceiver<()>,
@@ -237,7 +326,7 @@ async fn reload_loop(
             _ = tokio::time::sleep(poll) => false,
         };
         for file in files.iter_mut() {
-            file.reload(&control, forced).await;
+            file.reload(&target, forced).await;
         }
     }
 }
