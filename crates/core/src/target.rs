@@ -84,7 +84,7 @@ pub const HOST_GA_PLUGIN: Target = Target::new(
     HOST_GA_PLUGIN_PORT,
     Protocol::Tcp,
 );
-/// AWS instance metadata on IPv6: [fd00:ec2::254]:80/TCP.
+/// AWS instance metadata on IPv6: `[fd00:ec2::254]:80/TCP`.
 pub const AWS_IMDS_IPV6: Target =
     Target::new(IpAddr::V6(AWS_IMDS_IPV6_ADDRESS), IMDS_PORT, Protocol::Tcp);
 

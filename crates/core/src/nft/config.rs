@@ -123,7 +123,7 @@ pub struct RulesetConfig {
     /// The protected endpoints (address, port, protocol).
     pub protected: Vec<Target>,
     /// Proxy mode: the protected endpoints the proxy serves, redirected to it (by
-    /// default the IMDS ones, 169.254.169.254:80 and [fd00:ec2::254]:80: the filtering
+    /// default the IMDS ones, `169.254.169.254:80` and `[fd00:ec2::254]:80`: the filtering
     /// proxy speaks IMDS). The other protected endpoints (WireServer) are dropped.
     pub proxied: Vec<Target>,
     /// Proxy mode: where IPv4 traffic is redirected.

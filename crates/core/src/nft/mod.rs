@@ -59,7 +59,7 @@
 //!   patterns, NFLOG settings) and its checks;
 //! - [`pairs`]: (interface, address) pairs ([`SourcePair`]) and the allow/known set
 //!   changes;
-//! - [`ruleset`]: the batches, built with the `nftables` crate's schema types
+//! - [`ruleset`](mod@ruleset): the batches, built with the `nftables` crate's schema types
 //!   (`nftables::schema`, `nftables::expr`, `nftables::stmt`: plain data) and written as
 //!   the JSON `nft -j -f -` reads;
 //! - [`counters`]: the named counters and the dropped-source sets as listed;

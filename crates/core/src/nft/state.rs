@@ -170,7 +170,7 @@ impl fmt::Display for Difference {
     }
 }
 
-/// The table as `nft -j list table inet imdsguard` (or a batch from [`ruleset`]) shows it.
+/// The table as `nft -j list table inet imdsguard` (or a batch from [`ruleset`](super::ruleset())) shows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TableState {
     /// The table's handle (a rebuild gives a new one).
@@ -197,7 +197,7 @@ impl TableState {
         TableState::from_objects(objects(text)?, false)
     }
 
-    /// The table a batch from [`ruleset`] would create (handles are `None`/empty).
+    /// The table a batch from [`ruleset`](super::ruleset()) would create (handles are `None`/empty).
     pub fn from_batch(batch: &Value) -> Option<TableState> {
         let items = batch.get("nftables")?.as_array()?.clone();
         TableState::from_objects(items, true).ok().flatten()
@@ -336,7 +336,7 @@ impl TableState {
         self.counters.iter().find(|c| c.name == name)
     }
 
-    /// What differs from `expected` (the table [`ruleset_with_known`] builds, read with
+    /// What differs from `expected` (the table [`super::ruleset_with_known`] builds, read with
     /// [`TableState::from_batch`]); empty when the table is as imdsguard built it.
     ///
     /// Compared: the chains (hook, type, priority, policy), every rule of every chain in
