@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use imdsguard_core::nft::{
-    self, CounterValue, Difference, DroppedSource, Mode, PairChanges, PairSet, RulesetConfig,
-    SourcePair, TableState, parse_counters, parse_dropped,
+    self, CounterValue, Difference, DroppedSource, Mode, PairChanges, RulesetConfig, SourcePair,
+    TableState, parse_counters, parse_dropped,
 };
 use serde::Serialize;
 
@@ -334,50 +334,6 @@ impl Enforcer {
             &nft::remove_allowed(std::slice::from_ref(&pair)),
         )?;
         self.allowed.remove(&pair);
-        Ok(flush_conntrack(
-            &self.exec,
-            &self.config.protected,
-            Some(pair.addr),
-        ))
-    }
-
-    /// Makes the allowlist exactly `pairs`, in one transaction (sets flushed and refilled).
-    pub fn set_allowed(
-        &mut self,
-        pairs: impl IntoIterator<Item = SourcePair>,
-    ) -> Result<(), NodeError> {
-        let pairs: BTreeSet<SourcePair> = pairs.into_iter().collect();
-        let list: Vec<SourcePair> = pairs.iter().cloned().collect();
-        apply(&self.exec, &nft::replace_allowed(&list))?;
-        self.allowed = pairs;
-        Ok(())
-    }
-
-    /// Marks `addr` entering on `iface` as a pod the node hosts (known set): one element
-    /// added, no rebuild.
-    pub fn add_known(&mut self, iface: &str, addr: IpAddr) -> Result<SourcePair, NodeError> {
-        let pair = SourcePair::new(iface, addr)?;
-        apply(
-            &self.exec,
-            &nft::add_pairs(PairSet::Known, std::slice::from_ref(&pair)),
-        )?;
-        self.known.insert(pair.clone());
-        Ok(pair)
-    }
-
-    /// Takes (`iface`, `addr`) off the known set (absent is fine), then cuts its tracked
-    /// flows toward the protected endpoints (a redirected connection included).
-    pub fn remove_known(
-        &mut self,
-        iface: &str,
-        addr: IpAddr,
-    ) -> Result<ConntrackOutcome, NodeError> {
-        let pair = SourcePair::new(iface, addr)?;
-        apply(
-            &self.exec,
-            &nft::remove_pairs(PairSet::Known, std::slice::from_ref(&pair)),
-        )?;
-        self.known.remove(&pair);
         Ok(flush_conntrack(
             &self.exec,
             &self.config.protected,

@@ -434,10 +434,12 @@ fn allow_set_changes_do_not_rebuild_the_table() {
         enforcer.remove_allowed("azvweb", web).unwrap();
         enforcer.remove_allowed("azvweb", web).unwrap(); // absent: fine
         assert_eq!(w.reach("web", protected()[0]), Reach::Timeout);
+        let known: Vec<_> = enforcer.known().cloned().collect();
         enforcer
-            .set_allowed([
-                imdsguard_core::nft::SourcePair::new("azvallowed", allowed_addr()).unwrap(),
-            ])
+            .sync_pairs(
+                [imdsguard_core::nft::SourcePair::new("azvallowed", allowed_addr()).unwrap()],
+                known,
+            )
             .unwrap();
         assert_eq!(w.reach("allowed", protected()[0]), cloud_answer());
         let last = read_table(&node).unwrap().unwrap();
@@ -499,12 +501,15 @@ fn proxy_mode_redirects_to_the_proxy_and_observe_mode_counts() {
             // Control: with the spoofer's pair known, the same connection reaches the
             // proxy, which identifies callers by address only: the binding to the
             // interface is what keeps it out.
-            enforcer.add_known("azvspoofer", allowed_addr()).unwrap();
+            let allowed: Vec<_> = enforcer.allowed().cloned().collect();
+            let mut with_spoofer = known_pairs();
+            with_spoofer.push(nft::SourcePair::new("azvspoofer", allowed_addr()).unwrap());
+            enforcer.sync_pairs(allowed.clone(), with_spoofer).unwrap();
             assert_eq!(
                 w.reach("spoofer", protected()[0]),
                 Reach::Answered("proxy".into())
             );
-            enforcer.remove_known("azvspoofer", allowed_addr()).unwrap();
+            enforcer.sync_pairs(allowed, known_pairs()).unwrap();
             assert_eq!(w.reach("spoofer", protected()[0]), Reach::Timeout);
             // A pod that leaves the node (set elements only) is no longer redirected.
             let without_web: Vec<_> = known_pairs()
@@ -580,7 +585,6 @@ fn the_core_batch_fits_the_nftables_crate_schema() {
         nft::delete_table(),
         nft::add_allowed(&allowed),
         nft::remove_allowed(&allowed),
-        nft::replace_allowed(&allowed),
         nft::PairChanges {
             add_known: allowed.to_vec(),
             remove_known: allowed.to_vec(),

@@ -82,7 +82,6 @@ pub use config::{LogConfig, Mode, NftConfigError, RulesetConfig};
 pub use counters::{CounterValue, DroppedSource, parse_counters, parse_dropped};
 pub use pairs::{
     PairChanges, PairSet, SourcePair, add_allowed, add_pairs, remove_allowed, remove_pairs,
-    replace_allowed, replace_pairs,
 };
 pub use ruleset::{delete_table, ruleset, ruleset_with_known};
 pub use state::{

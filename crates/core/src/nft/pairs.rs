@@ -6,12 +6,12 @@ use std::fmt;
 use std::net::IpAddr;
 
 use nftables::expr::Expression;
-use nftables::schema::{FlushObject, NfCmd, NfListObject, SetType};
+use nftables::schema::{NfCmd, NfListObject};
 use serde::Serialize;
 use serde_json::Value;
 
 use super::config::{NftConfigError, valid_name_chars};
-use super::ruleset::{Batch, concat, element_set, pair_set};
+use super::ruleset::{Batch, concat, element_set};
 use super::set;
 
 /// A packet source as the table matches it: the interface it enters the node on and
@@ -115,12 +115,6 @@ pub fn remove_allowed(pairs: &[SourcePair]) -> Value {
     remove_pairs(PairSet::Allow, pairs)
 }
 
-/// Makes the allow sets exactly `pairs`: both sets flushed and refilled in one
-/// transaction (no moment with an empty set is visible to packets).
-pub fn replace_allowed(pairs: &[SourcePair]) -> Value {
-    replace_pairs(PairSet::Allow, pairs)
-}
-
 fn push_additions(b: &mut Batch, kind: PairSet, pairs: &[SourcePair]) {
     for (name, elems) in by_set(kind, pairs) {
         b.add(NfListObject::Element(element_set(name, elems)));
@@ -147,18 +141,6 @@ pub fn add_pairs(kind: PairSet, pairs: &[SourcePair]) -> Value {
 pub fn remove_pairs(kind: PairSet, pairs: &[SourcePair]) -> Value {
     let mut b = Batch::new();
     push_removals(&mut b, kind, pairs);
-    b.to_json()
-}
-
-/// Makes the `kind` sets exactly `pairs`, flushed and refilled in one transaction.
-pub fn replace_pairs(kind: PairSet, pairs: &[SourcePair]) -> Value {
-    let [v4, v6] = kind.set_names();
-    let mut b = Batch::new();
-    for (name, addr_type) in [(v4, SetType::Ipv4Addr), (v6, SetType::Ipv6Addr)] {
-        let set = pair_set(name, addr_type, Vec::new());
-        b.cmd(NfCmd::Flush(FlushObject::Set(Box::new(set))));
-    }
-    push_additions(&mut b, kind, pairs);
     b.to_json()
 }
 
