@@ -12,49 +12,56 @@
 //! - or, with `--kubernetes` ([`kube`]), a watch of the pods scheduled on `--node-name`
 //!   gives the same (interfaces from `ip route get`), applied on every change, and drop
 //!   events also become Kubernetes `Warning` Events on the pods;
-//! - every `--check-interval` (and on SIGHUP) it compares the listed table with the one
+//! - every check interval (and on each reload request, SIGHUP for `imdsguard agent run`) it compares the listed table with the one
 //!   it builds by content (rules in order, set elements, mode), re-applying the whole
 //!   table in one transaction on any difference (logged, counted in
 //!   `imdsguard_agent_repairs_total{difference}`), and feeds the table's drop counters
 //!   into the metrics (`imdsguard_blocked_packets_total`);
-//! - on the same interval, in a task of its own ([`reload`]: a FIFO or a hung file
-//!   system never holds up the table check or shutdown), it reloads the pods (set
-//!   elements only, never a rebuild) and rules files when they changed (always on
-//!   SIGHUP); a file that is not a regular file, is empty, or does not parse is logged
-//!   and counted, and the previous contents stay;
+//! - on the same interval, in a task of its own (the proxy's one reloader,
+//!   [`imdsguard_proxy::FileFollower`]: a FIFO or a hung file system never holds up
+//!   the table check or shutdown), it reloads the pods (set elements only, never a
+//!   rebuild) and rules files when they changed (always on a reload request); a file
+//!   that is not a regular file, is empty, or does not parse is logged and counted, and
+//!   the previous contents stay;
 //! - in block and proxy modes every tick also reads which (interface, address) pairs
 //!   were dropped ([`drops`]: the table's `dropped_v4`/`dropped_v6` sets, no NFLOG
 //!   parsing), maps them to pods of the pods file, and hands one event per pod with new
 //!   drops to the [`EventSink`]s (a structured log record by default) and to
 //!   `imdsguard_agent_drops_total{namespace,pod}`;
-//! - the admin listener serves `/metrics`, `/healthz` and `/readyz` in every mode;
-//!   `/readyz` fails while the table is missing, not enforcing or in another mode;
-//! - SIGTERM / SIGINT: stop serving, leave the rules.
+//! - the admin listener (`imdsguard-serve`'s admin endpoints) serves `/metrics`,
+//!   `/healthz` and `/readyz` in every mode; `/readyz` fails while the table is
+//!   missing, not enforcing or in another mode;
+//! - [`Agent::shutdown`]: stop serving, leave the rules.
+//!
+//! A library: [`Agent::start`] takes an [`AgentConfig`] (plain data) and gives a handle.
+//! The flags, the log set-up, the runtime and the signals are the `imdsguard` binary's
+//! (`imdsguard agent run`).
 //!
 //! See `docs/agent.md`.
 
-mod admin;
 pub mod drops;
 pub mod kube;
 pub mod pods;
-pub mod reload;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use clap::Args;
+use imdsguard_core::access::AccessRules;
 use imdsguard_core::nft::{self, Mode};
-use imdsguard_node::{AgentNftArgs, AllowSpec, Enforcer, Exec, NodeError};
-use imdsguard_proxy::{Metrics, Proxy, ProxyConfig, ProxyControl, ProxyError, Upstream};
+use imdsguard_node::{AllowSpec, Enforcer, Exec, NftSettings, NodeError};
+use imdsguard_proxy::{
+    ApplyError, FileFollower, Metrics, Proxy, ProxyConfig, ProxyControl, ProxyError, ReloadTarget,
+    Upstream,
+};
+use imdsguard_serve::admin::{AdminSource, Readiness};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use drops::{DropEvent, EventSink, LogSink};
@@ -63,90 +70,60 @@ pub use imdsguard_core::pods::{NodePod, PodIndex};
 /// The admin listen address when none is given.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9170";
 
-/// `imdsguard agent run`: keep imdsguard's nftables table on this node, serve the
-/// filtering proxy in proxy mode, and the admin endpoints.
-#[derive(Debug, Clone, Args)]
-pub struct RunArgs {
-    /// The node enforcement options (mode, interfaces, clouds, proxy address, allowlist).
-    #[command(flatten)]
-    pub nft: AgentNftArgs,
-
+/// Everything the agent needs to start (`imdsguard agent run`'s flags, as data).
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The node enforcement (mode, interfaces, clouds, proxy address, allowlist).
+    pub nft: NftSettings,
     /// The pods this node hosts: the proxy's pod index format, each entry with the
-    /// `interface` its traffic enters the node on (see docs/agent.md); reloaded on change
-    /// and on SIGHUP
-    #[arg(long, value_name = "FILE")]
+    /// `interface` its traffic enters the node on (see docs/agent.md); reloaded on
+    /// change and on request.
     pub pods: Option<PathBuf>,
-
-    /// Take the node's pods from the Kubernetes API instead of --pods: a watch of the
-    /// pods with spec.nodeName=--node-name (the in-cluster service account, else the
-    /// kubeconfig), interfaces from `ip route get`; drops also become Kubernetes Events
-    #[arg(long, conflicts_with = "pods", requires = "node_name")]
+    /// Take the node's pods from the Kubernetes API instead of `pods`: a watch of the
+    /// pods with `spec.nodeName` = `node_name` (the in-cluster service account, else
+    /// the kubeconfig), interfaces from `ip route get`; drops also become Events.
     pub kubernetes: bool,
-
-    /// With --kubernetes: the name of this node
-    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    /// With `kubernetes`: the name of this node.
     pub node_name: Option<String>,
-
-    /// Proxy mode: the access rules (docs/proxy.md); reloaded on change and on SIGHUP
-    #[arg(long, value_name = "FILE")]
+    /// Proxy mode: the access rules (docs/proxy.md); reloaded on change and on request.
     pub rules: Option<PathBuf>,
-
-    /// Proxy mode: where the proxy listens [default: the --proxy-address]
-    #[arg(long, value_name = "ADDR:PORT")]
+    /// Proxy mode: where the proxy listens (`None`: the proxy address of `nft`).
     pub proxy_listen: Option<SocketAddr>,
-
-    /// Proxy mode: the metadata service allowed requests are forwarded to
-    #[arg(long, value_name = "URL", default_value = imdsguard_proxy::DEFAULT_UPSTREAM)]
-    pub upstream: String,
-
-    /// The admin listener (/metrics, /healthz, /readyz)
-    #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_ADMIN_LISTEN)]
-    pub admin_listen: SocketAddr,
-
-    /// Do not start the admin listener
-    #[arg(long)]
-    pub no_admin: bool,
-
-    /// Accept a rules file with no rules (every request denied) and be ready with it;
-    /// without this an empty or comment-only rules file is an error
-    #[arg(long)]
+    /// Proxy mode: the metadata service allowed requests are forwarded to.
+    pub upstream: Upstream,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`); `None`: none.
+    pub admin_listen: Option<SocketAddr>,
+    /// Accept a rules file with no rules (every request denied) and be ready with it.
     pub allow_empty_rules: bool,
-
-    /// Accept a pods file with no pods; without this an empty or comment-only pods file
-    /// is an error
-    #[arg(long)]
+    /// Accept a pods file with no pods.
     pub allow_empty_pods: bool,
-
     /// How often to check the table (restoring it), read the counters and look for
-    /// changed files (a rename over a file is a change)
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    /// changed files (a rename over a file is a change); 0 means 5 s.
     pub check_interval: Duration,
-
-    /// Log format (standard error)
-    #[arg(long, value_enum, default_value = "text")]
-    pub log_format: LogFormat,
 }
 
-impl RunArgs {
-    /// Arguments with every default and `nft` as given (for embedding and tests).
-    pub fn new(nft: AgentNftArgs) -> RunArgs {
-        RunArgs {
+impl AgentConfig {
+    /// A configuration with every default (admin on [`DEFAULT_ADMIN_LISTEN`], IMDS
+    /// upstream, 5 s checks, no files) and `nft` as given.
+    pub fn new(nft: NftSettings) -> AgentConfig {
+        AgentConfig {
             nft,
             pods: None,
             kubernetes: false,
             node_name: None,
             rules: None,
             proxy_listen: None,
-            upstream: imdsguard_proxy::DEFAULT_UPSTREAM.to_owned(),
-            admin_listen: DEFAULT_ADMIN_LISTEN.parse().expect("a valid default"),
-            no_admin: false,
+            upstream: Upstream::default(),
+            admin_listen: Some(DEFAULT_ADMIN_LISTEN.parse().expect("a valid default")),
             allow_empty_rules: false,
             allow_empty_pods: false,
-            check_interval: Duration::from_secs(5),
-            log_format: LogFormat::Text,
+            check_interval: DEFAULT_CHECK_INTERVAL,
         }
     }
 }
+
+/// The check interval when none (or 0) is given.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -154,21 +131,10 @@ pub enum AgentError {
     /// The node enforcement failed (no `nft`, not permitted, a bad option).
     #[error(transparent)]
     Node(#[from] NodeError),
-    /// The proxy could not start.
+    /// The proxy could not start, or a pods or rules file could not be read, was
+    /// refused (not a regular file, empty, changed while read) or is invalid.
     #[error(transparent)]
     Proxy(#[from] ProxyError),
-    /// A pods or rules file could not be read, or was refused (not a regular file,
-    /// empty, changed while read).
-    #[error(transparent)]
-    Input(#[from] imdsguard_proxy::files::FileError),
-    /// A file is invalid.
-    #[error("{}: {message}", path.display())]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
     /// Options that do not go together.
     #[error("{0}")]
     Usage(String),
@@ -185,8 +151,6 @@ pub enum AgentError {
         source: std::io::Error,
     },
 }
-
-pub use reload::{read_pods, read_rules};
 
 /// The agent's own metrics, registered in the proxy's registry.
 #[derive(Clone, Default)]
@@ -252,8 +216,6 @@ struct Shared {
     metrics: Metrics,
     own: AgentMetrics,
     files: Mutex<Files>,
-    /// The pods and rules files, followed by their own task ([`reload`]).
-    watched: tokio::sync::Mutex<reload::Watched>,
     /// The pods as last loaded, to name the dropped sources.
     pods: Mutex<PodIndex>,
     drops: Mutex<drops::DropTracker>,
@@ -478,24 +440,28 @@ pub struct Agent {
     admin: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// The pods and rules files' reloader (runs until aborted).
+    follower: Option<JoinHandle<()>>,
+    /// Reload requests ([`Agent::reloader`]).
+    reload: mpsc::UnboundedSender<()>,
     /// `--kubernetes`: the watch (dropping it stops it).
     pod_watch: Option<imdsguard_kube::PodWatch>,
 }
 
 impl Agent {
     /// Installs the table (atomic replace, conntrack flushed), starts the proxy in
-    /// proxy mode, the admin listener and the periodic task. Needs a tokio runtime;
-    /// runs `nft` in this process's network namespace. Drop events are logged
-    /// ([`LogSink`]).
-    pub async fn start(args: RunArgs) -> Result<Agent, AgentError> {
-        Agent::start_with_sinks(args, vec![Arc::new(LogSink)]).await
+    /// proxy mode, the admin listener, the periodic task and the files' reloader. Needs
+    /// a tokio runtime; runs `nft` in this process's network namespace. Drop events are
+    /// logged ([`LogSink`]).
+    pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
+        Agent::start_with_sinks(config, vec![Arc::new(LogSink)]).await
     }
 
     /// [`Agent::start`], drop events going to `sinks` (none: only the metric). With
-    /// `--kubernetes` the client comes from the environment (in-cluster service
+    /// `kubernetes` the client comes from the environment (in-cluster service
     /// account, else kubeconfig) and the Events sink is added.
     pub async fn start_with_sinks(
-        args: RunArgs,
+        args: AgentConfig,
         sinks: Vec<Arc<dyn EventSink>>,
     ) -> Result<Agent, AgentError> {
         if args.kubernetes && args.pods.is_some() {
@@ -511,9 +477,9 @@ impl Agent {
         Agent::start_inner(args, sinks, client).await
     }
 
-    /// [`Agent::start_with_sinks`] with `--kubernetes` and this client (tests, embedding).
+    /// [`Agent::start_with_sinks`] with `kubernetes` and this client (tests, embedding).
     pub async fn start_with_client(
-        mut args: RunArgs,
+        mut args: AgentConfig,
         sinks: Vec<Arc<dyn EventSink>>,
         client: imdsguard_kube::Client,
     ) -> Result<Agent, AgentError> {
@@ -522,14 +488,16 @@ impl Agent {
     }
 
     async fn start_inner(
-        args: RunArgs,
+        args: AgentConfig,
         mut sinks: Vec<Arc<dyn EventSink>>,
         client: Option<imdsguard_kube::Client>,
     ) -> Result<Agent, AgentError> {
         let config = args.nft.config()?;
         let mode = config.mode;
         let rules = match (&args.rules, mode) {
-            (Some(path), Mode::Proxy) => Some(reload::read_rules(path, args.allow_empty_rules)?),
+            (Some(path), Mode::Proxy) => {
+                Some(imdsguard_proxy::read_rules(path, args.allow_empty_rules)?)
+            }
             (None, Mode::Proxy) => {
                 return Err(AgentError::Usage(
                     "proxy mode needs --rules FILE (the proxy's access rules)".into(),
@@ -550,7 +518,7 @@ impl Agent {
                 ));
             }
             (Some(path), None) => {
-                let (pods, stamp) = reload::read_pods(path, args.allow_empty_pods)?;
+                let (pods, stamp) = imdsguard_proxy::read_pods(path, args.allow_empty_pods)?;
                 pods_stamp = Some(stamp);
                 pods
             }
@@ -635,20 +603,6 @@ impl Agent {
             files: Mutex::new(Files {
                 counters: BTreeMap::new(),
             }),
-            watched: tokio::sync::Mutex::new(reload::Watched {
-                pods: args
-                    .pods
-                    .as_ref()
-                    .map(|p| imdsguard_proxy::files::WatchedFile::new(p, pods_stamp)),
-                rules: match (&args.rules, &rules) {
-                    (Some(p), Some((_, stamp))) => {
-                        Some(imdsguard_proxy::files::WatchedFile::new(p, Some(*stamp)))
-                    }
-                    _ => None,
-                },
-                allow_empty_pods: args.allow_empty_pods,
-                allow_empty_rules: args.allow_empty_rules,
-            }),
             pods: Mutex::new(node_pods.clone()),
             drops: Mutex::new(drops::DropTracker::default()),
             drop_series: Mutex::new(drops::PodSeries::default()),
@@ -660,6 +614,15 @@ impl Agent {
             let shared = shared.clone();
             Arc::new(move || shared.nft_ready())
         };
+
+        // The files followed: the pods file, and the rules file in proxy mode.
+        let mut follower = FileFollower::new();
+        if let Some(path) = &args.pods {
+            follower = follower.pods(path, pods_stamp, args.allow_empty_pods);
+        }
+        if let (Some(path), Some((_, stamp))) = (&args.rules, &rules) {
+            follower = follower.rules(path, Some(*stamp), args.allow_empty_rules);
+        }
 
         let proxy = match rules {
             Some((rules, _)) => {
@@ -673,7 +636,7 @@ impl Agent {
                         ));
                     }
                 };
-                let mut pc = ProxyConfig::new(listen, Upstream::parse(&args.upstream)?);
+                let mut pc = ProxyConfig::new(listen, args.upstream.clone());
                 pc.rules = Some(rules);
                 pc.allow_empty_rules = args.allow_empty_rules;
                 pc.pods = node_pods.clone();
@@ -685,44 +648,45 @@ impl Agent {
             }
             None => None,
         };
-        let readiness: admin::Readiness = match &proxy {
+        let readiness: Arc<dyn Fn() -> Readiness + Send + Sync> = match &proxy {
             // Proxy mode: the rules too, and how many are loaded.
             Some(p) => {
                 let control = p.control();
-                Arc::new(move || {
-                    let loaded = control.summary();
-                    match control.readiness() {
-                        Ok(()) => Ok(loaded),
-                        Err(why) => Err(format!("{why} ({loaded})")),
-                    }
+                Arc::new(move || Readiness {
+                    ready: control.readiness(),
+                    summary: control.summary(),
                 })
             }
             None => {
                 let nft_ready = nft_ready.clone();
-                Arc::new(move || nft_ready().map(|()| String::new()))
+                Arc::new(move || Readiness {
+                    ready: nft_ready(),
+                    summary: String::new(),
+                })
             }
         };
 
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
-        let admin = if args.no_admin {
-            None
-        } else {
-            let listener =
-                admin::bind(args.admin_listen)
+        let admin = match args.admin_listen {
+            None => None,
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .map_err(|source| AgentError::Io {
-                        what: format!("cannot listen on {}", args.admin_listen),
+                        what: format!("cannot listen on {addr}"),
                         source,
                     })?;
-            let addr = listener.local_addr().ok();
-            tasks.push(tokio::spawn(admin::serve(
-                listener,
-                metrics.clone(),
-                readiness,
-                stop_rx.clone(),
-            )));
-            addr
+                let local = listener.local_addr().ok();
+                let metrics = metrics.clone();
+                let source = AdminSource::new(move || metrics.encode(), move || readiness());
+                tasks.push(tokio::spawn(imdsguard_serve::admin::serve(
+                    listener,
+                    source,
+                    stop_rx.clone(),
+                )));
+                local
+            }
         };
         if let Some(rx) = shared.kube_pods.clone() {
             tasks.push(tokio::spawn(follow_kube_pods(
@@ -731,16 +695,47 @@ impl Agent {
                 stop_rx.clone(),
             )));
         }
+        let interval = if args.check_interval.is_zero() {
+            DEFAULT_CHECK_INTERVAL
+        } else {
+            args.check_interval
+        };
+        // A reload request goes to both the table check and the files' reloader, each
+        // on a task of its own, so that neither waits for the other.
+        let (reload, mut requests) = mpsc::unbounded_channel::<()>();
+        let (tick_now, tick_asked) = mpsc::unbounded_channel();
+        let (files_now, files_asked) = mpsc::unbounded_channel();
+        tasks.push(tokio::spawn({
+            let mut stop = stop_rx.clone();
+            async move {
+                loop {
+                    tokio::select! {
+                        r = requests.recv() => {
+                            if r.is_none() {
+                                return;
+                            }
+                        }
+                        _ = imdsguard_serve::stopped(&mut stop) => return,
+                    }
+                    tracing::info!("reload requested: checking the table, reading the files");
+                    let _ = tick_now.send(());
+                    let _ = files_now.send(());
+                }
+            }
+        }));
         tasks.push(tokio::spawn(periodic(
             shared.clone(),
-            args.check_interval,
-            stop_rx.clone(),
-        )));
-        tasks.push(tokio::spawn(reload::follow_files(
-            shared.clone(),
-            args.check_interval,
+            interval,
+            tick_asked,
             stop_rx,
         )));
+        let follower = follower.spawn(
+            AgentFiles {
+                shared: shared.clone(),
+            },
+            interval,
+            files_asked,
+        );
         tracing::info!(%mode, allowed = report.allowed, known = report.known, admin = ?admin, "agent running");
         Ok(Agent {
             shared,
@@ -748,8 +743,16 @@ impl Agent {
             admin,
             stop,
             tasks,
+            follower: Some(follower),
+            reload,
             pod_watch,
         })
+    }
+
+    /// Where to send reload requests (what SIGHUP does for `imdsguard agent run`): each
+    /// message runs a table check and reads the pods and rules files even if unchanged.
+    pub fn reloader(&self) -> mpsc::UnboundedSender<()> {
+        self.reload.clone()
     }
 
     /// The admin listener's address (with the real port when `:0` was asked for).
@@ -778,14 +781,6 @@ impl Agent {
         self.shared.nft_ready()
     }
 
-    /// Runs one periodic round now (`forced`: reload the files even if unchanged, as
-    /// SIGHUP does).
-    pub async fn check_now(&self, forced: bool) {
-        let shared = self.shared.clone();
-        let _ = tokio::task::spawn_blocking(move || shared.tick(forced)).await;
-        reload::reload_files(&self.shared, forced).await;
-    }
-
     /// `--kubernetes`: the node's pods as last watched (`None` before the first list,
     /// or without `--kubernetes`).
     pub fn kube_pods(&self) -> Option<Arc<imdsguard_kube::Snapshot>> {
@@ -794,9 +789,12 @@ impl Agent {
             .and_then(imdsguard_kube::PodWatch::current)
     }
 
-    /// Stops serving (admin, proxy, periodic task). The table stays.
+    /// Stops serving (admin, proxy, periodic task, reloader). The table stays.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
+        if let Some(f) = self.follower.take() {
+            f.abort();
+        }
         self.pod_watch.take();
         if let Some(p) = self.proxy.take() {
             p.shutdown().await;
@@ -811,6 +809,37 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+        if let Some(f) = self.follower.take() {
+            f.abort();
+        }
+    }
+}
+
+/// Where the files' reloader puts what it read: pods become set elements and the
+/// proxy's pod index, rules the proxy's.
+struct AgentFiles {
+    shared: Arc<Shared>,
+}
+
+impl ReloadTarget for AgentFiles {
+    async fn set_rules(&self, rules: AccessRules) -> Result<(), ApplyError> {
+        if let Some(control) = &*lock(&self.shared.control) {
+            control.set_rules(rules);
+        }
+        Ok(())
+    }
+
+    async fn set_pods(&self, pods: PodIndex) -> Result<(), ApplyError> {
+        // Set elements change by `nft`: off the runtime.
+        let shared = self.shared.clone();
+        match tokio::task::spawn_blocking(move || shared.apply_pods(pods)).await {
+            Ok(applied) => applied.map_err(Into::into),
+            Err(e) => Err(format!("applying the pods failed: {e}").into()),
+        }
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
     }
 }
 
@@ -839,168 +868,41 @@ async fn follow_kube_pods(
     }
 }
 
-/// Every `interval`, and on SIGHUP: one round of the table check, counters and drops
-/// (the files are [`reload::follow_files`]'s, so a file never holds up the table check).
-async fn periodic(shared: Arc<Shared>, interval: Duration, mut stop: watch::Receiver<bool>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup()).ok();
-    let interval = if interval.is_zero() {
-        Duration::from_secs(5)
-    } else {
-        interval
-    };
+/// Every `interval`, and on each reload request: one round of the table check,
+/// counters and drops (the files are the [`FileFollower`]'s, so a file never holds up
+/// the table check).
+async fn periodic(
+    shared: Arc<Shared>,
+    interval: Duration,
+    mut asked: mpsc::UnboundedReceiver<()>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
-        let hup_recv = async {
-            match hup.as_mut() {
-                Some(h) => {
-                    h.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
         let forced = tokio::select! {
-            _ = hup_recv => {
-                tracing::info!("SIGHUP: reloading");
-                true
-            }
+            r = asked.recv() => r.is_some(),
             _ = tokio::time::sleep(interval) => false,
-            _ = stop.changed() => return,
+            _ = imdsguard_serve::stopped(&mut stop) => return,
         };
         let s = shared.clone();
         let _ = tokio::task::spawn_blocking(move || s.tick(forced)).await;
     }
 }
 
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object a line.
-    Json,
-}
-
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // Another subscriber (the CLI's) may already be installed: keep it.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-}
-
-/// `imdsguard agent run`: starts the agent on a runtime of its own, prints one line per
-/// listener on standard output (`admin http://…`, `proxy http://…`) and `enforcing
-/// MODE`, and runs until SIGTERM or SIGINT; then stops serving and leaves the rules.
-pub fn run(args: RunArgs) -> Result<(), AgentError> {
-    init_logging(args.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|source| AgentError::Io {
-            what: "cannot start the async runtime".into(),
-            source,
-        })?;
-    runtime.block_on(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        // Before anything is installed: a signal from now on stops us cleanly.
-        let io = |source| AgentError::Io {
-            what: "cannot handle signals".into(),
-            source,
-        };
-        let mut term = signal(SignalKind::terminate()).map_err(io)?;
-        let mut int = signal(SignalKind::interrupt()).map_err(io)?;
-        let agent = Agent::start(args).await?;
-        {
-            let mut out = std::io::stdout().lock();
-            if let Some(a) = agent.admin_addr() {
-                let _ = writeln!(out, "admin http://{a}");
-            }
-            if let Some(a) = agent.proxy_addr() {
-                let _ = writeln!(out, "proxy http://{a}");
-            }
-            let _ = writeln!(out, "enforcing {}", agent.mode());
-            let _ = out.flush();
-        }
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::info!("stopping (the nft rules stay)");
-        agent.shutdown().await;
-        Ok(())
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: RunArgs,
-    }
 
     #[test]
-    fn flags_parse() {
-        let cli = Cli::try_parse_from([
-            "x",
-            "--mode",
-            "proxy",
-            "--proxy-address",
-            "10.224.0.4:8169",
-            "--rules",
-            "r.yaml",
-            "--pods",
-            "p.yaml",
-            "--allow",
-            "platform/allowed",
-            "--allow",
-            "azvx=10.0.0.1",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--check-interval",
-            "300ms",
-        ])
-        .unwrap();
-        let a = cli.args;
-        assert_eq!(a.nft.mode, imdsguard_node::ModeArg::Proxy);
-        assert_eq!(a.check_interval, Duration::from_millis(300));
-        assert_eq!(a.nft.allow.len(), 2);
-        assert_eq!(a.admin_listen.port(), 0);
-        let d = Cli::try_parse_from(["x"]).unwrap().args;
-        assert_eq!(d.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
-        assert_eq!(d.check_interval, Duration::from_secs(5));
-        assert!(d.pods.is_none() && d.rules.is_none());
-    }
-
-    #[test]
-    fn kubernetes_flags() {
-        let k = Cli::try_parse_from(["x", "--kubernetes", "--node-name", "node-a"])
-            .unwrap()
-            .args;
-        assert!(k.kubernetes);
-        assert_eq!(k.node_name.as_deref(), Some("node-a"));
-        if std::env::var_os("NODE_NAME").is_none() {
-            assert!(Cli::try_parse_from(["x", "--kubernetes"]).is_err());
-        }
-        let both = Cli::try_parse_from(["x", "--kubernetes", "--node-name", "n", "--pods", "p"]);
-        assert!(both.is_err());
-        let names = kube::endpoint_names(
-            &Cli::try_parse_from(["x"])
-                .unwrap()
-                .args
-                .nft
-                .config()
-                .unwrap(),
+    fn the_defaults() {
+        let c = AgentConfig::new(NftSettings::default());
+        assert_eq!(
+            c.admin_listen.map(|a| a.to_string()).as_deref(),
+            Some(DEFAULT_ADMIN_LISTEN)
         );
+        assert_eq!(c.check_interval, Duration::from_secs(5));
+        assert_eq!(c.upstream.to_string(), imdsguard_proxy::DEFAULT_UPSTREAM);
+        assert!(c.pods.is_none() && c.rules.is_none() && !c.kubernetes);
+        let names = kube::endpoint_names(&c.nft.config().unwrap());
         assert!(names.contains("Azure IMDS"), "{names}");
         assert!(names.contains("Azure WireServer"), "{names}");
     }

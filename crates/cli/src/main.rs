@@ -3,6 +3,7 @@
 //! This binary only parses arguments, reads inputs and prints reports; the semantics
 //! live in `imdsguard-core`.
 
+mod agent_cmd;
 mod audit_cmd;
 mod emulate_cmd;
 mod inputs;
@@ -57,9 +58,9 @@ enum Command {
 enum AgentCommand {
     /// Enforce on this node: install the nftables table (block, proxy or observe), keep it
     /// in place and in sync with the pods file, serve /metrics, /healthz, /readyz.
-    Run(Box<imdsguard_agent::RunArgs>),
+    Run(Box<agent_cmd::RunArgs>),
     /// Remove imdsguard's nftables table from this node (pods reach the endpoints again).
-    Uninstall(imdsguard_node::UninstallArgs),
+    Uninstall(agent_cmd::UninstallArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,14 +71,10 @@ fn main() -> ExitCode {
         Command::Proxy(args) => proxy_cmd::run(args).map(|()| ExitCode::SUCCESS),
         Command::Agent {
             command: AgentCommand::Run(args),
-        } => imdsguard_agent::run(*args)
-            .map(|()| ExitCode::SUCCESS)
-            .map_err(anyhow::Error::from),
+        } => agent_cmd::run(*args).map(|()| ExitCode::SUCCESS),
         Command::Agent {
             command: AgentCommand::Uninstall(args),
-        } => imdsguard_node::uninstall(args)
-            .map(Into::into)
-            .map_err(anyhow::Error::from),
+        } => agent_cmd::uninstall(args),
         Command::Lab(args) => match lab_cmd::run(args) {
             Ok(exit) => Ok(exit.into()),
             Err(e) => {

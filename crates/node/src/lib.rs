@@ -13,31 +13,30 @@
 //!   last 10 minutes with their packet counts (the `dropped_v4`/`dropped_v6` sets);
 //!   [`Enforcer::uninstall`] removes the table on purpose. Nothing is removed when the
 //!   process exits: enforcement fails closed.
-//! - [`AgentNftArgs`] are the agent's options, [`UninstallArgs`] / [`uninstall`] are
-//!   `imdsguard agent uninstall`.
+//! - [`NftSettings`] are the agent's enforcement settings (plain data; the `imdsguard`
+//!   binary turns `imdsguard agent run`'s flags into them), checked into a
+//!   [`imdsguard_core::nft::RulesetConfig`] by [`NftSettings::config`]; [`AllowSpec`] is
+//!   one allowlist entry. `imdsguard agent uninstall` is [`uninstall_table`].
 //! - [`netns`] holds network namespaces with child processes (no `ip netns`, works in a
 //!   user namespace) and runs code inside them; [`sandbox`] builds a simulated node
 //!   (pods on veths and a bridge, a cloud namespace holding the metadata addresses).
 //!
 //! See `docs/node.md` for the ruleset and why its hooks are where they are.
 
-mod args;
 pub mod conntrack;
 mod enforce;
 mod exec;
 pub mod netns;
 pub mod sandbox;
+mod settings;
 
-pub use args::{
-    AgentNftArgs, AllowSpec, CloudArg, ModeArg, UninstallArgs, UninstallOutcome, parse_allow,
-    parse_allow_spec, uninstall,
-};
 pub use conntrack::{ConntrackOutcome, flush_conntrack};
 pub use enforce::{
     Enforcer, InstallReport, Status, apply, dropped_sources, read_counters, read_table, status,
     uninstall_table,
 };
 pub use exec::{Exec, package_of, which};
+pub use settings::{AllowSpec, NftSettings, parse_allow, parse_allow_spec};
 
 use imdsguard_core::nft::{NftConfigError, NftParseError};
 
@@ -78,7 +77,7 @@ pub enum NodeError {
     /// `nft`'s answer could not be read.
     #[error(transparent)]
     Parse(#[from] NftParseError),
-    /// Bad command-line options.
+    /// Settings that cannot be enforced (a proxy address of the wrong family).
     #[error("{0}")]
     Usage(String),
     /// A network namespace could not be created or entered.

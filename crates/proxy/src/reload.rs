@@ -418,6 +418,36 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// The checks the proxy and the agent share (the agent reads its files with these).
+    #[test]
+    fn files_without_entries_are_refused_unless_allowed() {
+        use crate::files::FileError;
+        let p = Path::new("/etc/imdsguard/pods.yaml");
+        for empty in ["", "# no pods yet\n", "[]", "pods: []"] {
+            let e = parse_pods(p, empty, false).unwrap_err();
+            assert!(
+                matches!(e, ProxyError::Input(FileError::Empty { .. })),
+                "{empty:?}: {e:?}"
+            );
+            assert!(e.to_string().contains("--allow-empty-pods"), "{e}");
+            assert_eq!(parse_pods(p, empty, true).unwrap().len(), 0);
+        }
+        let pods = "- {ip: 10.244.0.11, namespace: shop, name: web, interface: azvweb}\n";
+        assert_eq!(parse_pods(p, pods, false).unwrap().len(), 1);
+        let e = parse_pods(p, "not: [pods", false).unwrap_err();
+        assert!(matches!(e, ProxyError::File { .. }), "{e:?}");
+        assert!(e.to_string().contains("pods.yaml"), "{e}");
+
+        let r = Path::new("/etc/imdsguard/rules.yaml");
+        for empty in ["", "# rules: []\n", "rules: []"] {
+            let e = parse_rules(r, empty, false).unwrap_err();
+            assert!(e.to_string().contains("--allow-empty-rules"), "{e}");
+            assert!(parse_rules(r, empty, true).unwrap().is_empty());
+        }
+        let e = parse_rules(r, "rules: [{name: v}]", false).unwrap_err();
+        assert!(e.to_string().contains("rules.yaml"), "{e}");
+    }
+
     #[test]
     fn readiness_needs_rules_and_at_least_one_unless_allowed() {
         let control = ProxyControl::detached();

@@ -1,10 +1,10 @@
-//! The agent binary on a simulated node, inside a network namespace of its own.
+//! `imdsguard agent run` on a simulated node, inside a network namespace of its own.
 //!
 //! Each test re-runs itself (this test binary, `--exact NAME`) inside a fresh isolated
 //! namespace from `imdsguard_testkit::Netns` (only `lo`), builds the sandbox node there
 //! (`imdsguard_node::sandbox`: a cloud namespace holding 169.254.169.254 and
 //! 168.63.129.16 with the emulator on them, pods on routed veths and a bridge), and runs
-//! `imdsguard-agent` in that namespace. Nothing leaves these namespaces; they go away
+//! `imdsguard agent run` in that namespace. Nothing leaves these namespaces; they go away
 //! with the inner process, taking their interfaces and nft tables with them. The pods
 //! and rules files live in a temporary directory removed at the end.
 
@@ -21,7 +21,7 @@ use imdsguard_node::netns::{Isolated, NetNamespace};
 use imdsguard_node::sandbox::{self, Reach, Sandbox, lab_pods};
 use imdsguard_node::{Exec, read_table};
 
-const AGENT: &str = env!("CARGO_BIN_EXE_imdsguard-agent");
+const IMDSGUARD: &str = env!("CARGO_BIN_EXE_imdsguard");
 const INNER: &str = "IMDSGUARD_AGENT_TEST_INNER";
 const WAIT: Duration = Duration::from_millis(300);
 
@@ -157,7 +157,7 @@ fn http_get(addr: SocketAddr, path: &str, metadata: bool) -> Option<(u16, String
     Some((status, body))
 }
 
-/// The agent binary, running in this namespace.
+/// `imdsguard agent run`, running in this namespace.
 struct AgentProc {
     child: Child,
     admin: SocketAddr,
@@ -169,7 +169,8 @@ impl AgentProc {
     }
 
     fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> AgentProc {
-        let mut child = Command::new(AGENT)
+        let mut child = Command::new(IMDSGUARD)
+            .args(["agent", "run"])
             .args(args)
             .envs(env.iter().copied())
             .args(["--admin-listen", "127.0.0.1:0"])
