@@ -8,9 +8,7 @@
 //! away with the inner process (the pod namespaces' holders end with it, even on a
 //! panic), taking their interfaces and nft tables with them.
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -23,7 +21,6 @@ use imdsguard_node::sandbox::{self, Reach, Sandbox, Services, lab_pods};
 use imdsguard_node::{Enforcer, Exec, read_table, which};
 
 const INNER: &str = "IMDSGUARD_NODE_TEST_INNER";
-const ROLE: &str = "IMDSGUARD_NODE_TEST_ROLE";
 const WAIT: Duration = Duration::from_millis(300);
 const PROXY: SocketAddr = SocketAddr::new(IpAddr::V4(sandbox::NODE_ADDR), 8169);
 
@@ -212,61 +209,6 @@ fn dropped_sources_name_the_blocked_pairs_with_their_packets() {
             assert_eq!(enforcer.dropped_sources().unwrap().len(), 1);
         },
     );
-}
-
-#[test]
-#[ignore = "needs netns"]
-fn killing_the_enforcing_process_leaves_the_block_in_place() {
-    isolated(
-        "killing_the_enforcing_process_leaves_the_block_in_place",
-        || {
-            let w = World::new();
-            let exe = std::env::current_exe().unwrap();
-            let mut child = Command::new(exe)
-                .args(["enforcer_helper_process", "--exact", "--nocapture"])
-                .env(ROLE, "enforce")
-                .env(INNER, "enforcer_helper_process")
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-            let installed = lines
-                .by_ref()
-                .map_while(Result::ok)
-                .any(|l| l == "installed");
-            assert!(installed, "the helper installed the table");
-            assert_eq!(w.reach("web", protected()[0]), Reach::Timeout);
-            child.kill().unwrap(); // SIGKILL: no chance to clean up
-            child.wait().unwrap();
-            let status = imdsguard_node::status(&Exec::here()).unwrap();
-            assert!(status.installed && status.enforcing, "{status:?}");
-            for addr in protected() {
-                assert_eq!(
-                    w.reach("web", addr),
-                    Reach::Timeout,
-                    "still blocked: {addr}"
-                );
-            }
-            assert_eq!(w.reach("allowed", protected()[0]), cloud_answer());
-        },
-    );
-}
-
-/// Not a test of its own: the process `killing_the_enforcing_process…` starts and kills.
-#[test]
-fn enforcer_helper_process() {
-    if std::env::var(ROLE).as_deref() != Ok("enforce") {
-        return;
-    }
-    let mut config = RulesetConfig::new(Mode::Block, &[Cloud::Azure]);
-    config.log.group = 7;
-    let mut enforcer = Enforcer::new(config, Exec::here()).unwrap();
-    enforcer.install().unwrap();
-    enforcer.add_allowed("azvallowed", allowed_addr()).unwrap();
-    println!("installed");
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
-    }
 }
 
 /// Connects from `pod` over and over (four threads) until stopped; counts the attempts
