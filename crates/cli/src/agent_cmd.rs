@@ -12,10 +12,11 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use imdsguard_agent::{Agent, AgentConfig, DEFAULT_ADMIN_LISTEN};
 use imdsguard_core::nft::{self, Mode};
-use imdsguard_core::target::{Cloud, Target};
+use imdsguard_core::target::Target;
 use imdsguard_node::{AllowSpec, Exec, NftSettings, parse_allow_spec};
 use imdsguard_proxy::Upstream;
 
+use crate::cloud_arg::CloudArg;
 use crate::service::{self, LogFormat, StopSignals, parse_duration};
 
 /// What happens to pod traffic to a protected endpoint.
@@ -35,27 +36,6 @@ impl From<ModeArg> for Mode {
             ModeArg::Block => Mode::Block,
             ModeArg::Proxy => Mode::Proxy,
             ModeArg::Observe => Mode::Observe,
-        }
-    }
-}
-
-/// A cloud whose metadata endpoints are protected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum CloudArg {
-    /// IMDS 169.254.169.254:80, WireServer 168.63.129.16:80 and :32526.
-    Azure,
-    /// 169.254.169.254:80 and [fd00:ec2::254]:80.
-    Aws,
-    /// 169.254.169.254:80.
-    Gcp,
-}
-
-impl From<CloudArg> for Cloud {
-    fn from(c: CloudArg) -> Cloud {
-        match c {
-            CloudArg::Azure => Cloud::Azure,
-            CloudArg::Aws => Cloud::Aws,
-            CloudArg::Gcp => Cloud::Gcp,
         }
     }
 }
@@ -286,6 +266,7 @@ pub(crate) fn uninstall(args: UninstallArgs) -> anyhow::Result<ExitCode> {
 mod tests {
     use super::*;
     use clap::Parser;
+    use imdsguard_core::target::Cloud;
 
     #[derive(Parser)]
     struct Cli {

@@ -13,6 +13,7 @@ use imdsguard_core::audit::{
 use imdsguard_core::cluster::Cluster;
 use imdsguard_core::target::{Cloud, Target, parse_targets_file};
 
+use crate::cloud_arg::CloudArg;
 use crate::inputs;
 use crate::output;
 
@@ -72,13 +73,6 @@ pub struct AuditArgs {
     color: ColorArg,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug)]
-enum CloudArg {
-    Azure,
-    Aws,
-    Gcp,
-}
-
 /// Output formats.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -135,9 +129,7 @@ fn targets(args: &AuditArgs) -> anyhow::Result<Vec<Target>> {
         targets.extend(more);
     }
     let cloud = match args.cloud {
-        Some(CloudArg::Azure) => Some(Cloud::Azure),
-        Some(CloudArg::Aws) => Some(Cloud::Aws),
-        Some(CloudArg::Gcp) => Some(Cloud::Gcp),
+        Some(c) => Some(Cloud::from(c)),
         None if targets.is_empty() => Some(Cloud::Azure),
         None => None,
     };

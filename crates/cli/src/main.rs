@@ -5,6 +5,7 @@
 
 mod agent_cmd;
 mod audit_cmd;
+mod cloud_arg;
 mod emulate_cmd;
 mod inputs;
 mod lab_cmd;
