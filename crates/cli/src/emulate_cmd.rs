@@ -117,7 +117,7 @@ pub(crate) fn run(args: EmulateArgs) -> anyhow::Result<()> {
     };
     service::init_logging(args.log_format);
     let runtime = service::server_runtime()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let mut signals = StopSignals::install()?;
         let emulator = Emulator::start(config, options).await?;
         let mut out = std::io::stdout().lock();
@@ -136,7 +136,9 @@ pub(crate) fn run(args: EmulateArgs) -> anyhow::Result<()> {
         tracing::info!("stopping");
         emulator.shutdown().await;
         Ok(())
-    })
+    });
+    service::flush_logs();
+    result
 }
 
 #[cfg(test)]

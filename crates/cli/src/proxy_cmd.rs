@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use imdsguard_proxy::{
-    DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, Limits, PodRate, Proxy, ProxyConfig, ProxyFiles,
+    DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, Limits, Metrics, PodRate, Proxy, ProxyConfig, ProxyFiles,
     Timeouts, Upstream,
 };
 
@@ -181,8 +181,11 @@ pub(crate) fn run(args: ProxyArgs) -> anyhow::Result<()> {
     if args.pods.is_none() {
         tracing::warn!("no --pods file: every caller is an unknown source and is denied");
     }
+    let mut config = config;
+    let metrics = config.metrics.get_or_insert_with(Metrics::new);
+    metrics.count_log_drops(service::dropped_log_lines);
     let runtime = service::server_runtime()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let mut signals = StopSignals::install()?;
         let proxy = Proxy::start(config).await?;
         {
@@ -201,7 +204,9 @@ pub(crate) fn run(args: ProxyArgs) -> anyhow::Result<()> {
         reloader.abort();
         proxy.shutdown().await;
         Ok(())
-    })
+    });
+    service::flush_logs();
+    result
 }
 
 #[cfg(test)]

@@ -313,6 +313,55 @@ echo "== versions"; req 127.0.0.3 /metadata/versions
     assert_eq!(f["status"], 200, "{f}");
 }
 
+#[test]
+#[ignore = "needs netns"]
+fn a_stuck_log_never_stalls_requests_or_shutdown() {
+    // A second proxy whose standard error is a pipe nobody reads: it is full after
+    // about 200 decision records. Log lines go through the writer thread's queue, so
+    // requests are still answered (before, the runtime threads blocked in `write` on
+    // stderr and every request hung), and SIGTERM still ends it with status 0.
+    let script = r#"
+mkfifo "$DIR/stuck.fifo"
+exec 3<>"$DIR/stuck.fifo"
+"$BIN" proxy --listen 127.0.0.1:8171 --admin-listen 127.0.0.1:9171 \
+    --upstream http://127.0.0.1:8169 --rules "$DIR/rules.yaml" --pods "$DIR/pods.yaml" \
+    --pod-rate 0 --pod-identity-rate 0 --log-format json >"$DIR/stuck.out" 2>"$DIR/stuck.fifo" &
+stuck=$!
+for _ in $(seq 100); do grep -q admin "$DIR/stuck.out" && break; sleep 0.05; done
+echo "== flood"
+python3 -c '
+import http.client, json, time
+c = http.client.HTTPConnection("127.0.0.1", 8171, timeout=5, source_address=("127.0.0.3", 0))
+ok, start = 0, time.monotonic()
+try:
+    for _ in range(2000):
+        c.request("GET", "/metadata/versions", headers={"Metadata": "true"})
+        r = c.getresponse()
+        r.read()
+        ok += r.status == 200
+except Exception as e:
+    print(json.dumps({"ok": ok, "error": str(e)}))
+else:
+    print(json.dumps({"ok": ok, "seconds": time.monotonic() - start}))
+'
+echo "== stuck-metrics"; python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9171/metrics", timeout=5).read().decode())'
+kill -TERM $stuck
+wait $stuck
+echo "stuck-exit $?"
+exec 3>&-
+"#;
+    let run = run("stuck_log", script);
+    let flood = run.answer("flood");
+    assert_eq!(flood["ok"], 2000, "{flood}");
+    assert!(
+        run.after("stuck-metrics")
+            .contains("imdsguard_log_dropped_lines_total "),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("stuck-exit 0"), "{}", run.stdout);
+}
+
 /// `imdsguard proxy --check` only reads files: no listener, no namespace needed.
 fn check(rules: &str, pods: Option<&str>) -> (i32, String, String) {
     let dir = std::env::temp_dir().join(format!(

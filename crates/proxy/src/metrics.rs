@@ -13,13 +13,15 @@
 //! | `imdsguard_proxy_open_connections` | | client connections open |
 //! | `imdsguard_proxy_connections_refused_total` | `reason`: `per-source` | connections closed on accept |
 //! | `imdsguard_proxy_throttled_total` | `class`: `general`, `identity` | requests answered 429 for the caller's rate |
+//! | `imdsguard_log_dropped_lines_total` | | log lines (decision records included) the log writer had to drop, its queue full (`imdsguard proxy`) |
 //! | `imdsguard_blocked_packets_total` | `destination` | packets the node's nft rules dropped (counted by the agent) |
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -78,6 +80,23 @@ type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 /// 50 µs to ~6.5 s, doubling.
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+}
+
+/// A counter kept elsewhere, read when the metrics are encoded.
+#[derive(Debug)]
+struct ReadCounter {
+    name: &'static str,
+    help: &'static str,
+    read: fn() -> u64,
+}
+
+impl Collector for ReadCounter {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counter = ConstCounter::new((self.read)());
+        let metric =
+            encoder.encode_descriptor(self.name, self.help, None, counter.metric_type())?;
+        counter.encode(metric)
+    }
 }
 
 struct Inner {
@@ -224,6 +243,18 @@ impl Metrics {
                 destination: destination.to_string(),
             })
             .inc_by(n);
+    }
+
+    /// Exports `imdsguard_log_dropped_lines_total`: log lines (decision records
+    /// included) dropped because the log writer's queue was full, as `dropped` reads
+    /// it at each scrape (the binary's log writer counts them; call once).
+    pub fn count_log_drops(&self, dropped: fn() -> u64) {
+        self.registry()
+            .register_collector(Box::new(ReadCounter {
+                name: "log_dropped_lines",
+                help: "Log lines (decision records included) dropped because the log writer's queue was full",
+                read: dropped,
+            }));
     }
 
     /// Counts a reload of `file` (`rules` or `pods`).
