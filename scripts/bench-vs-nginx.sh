@@ -206,7 +206,7 @@ for r in $(seq "$rounds"); do
         [ "$what" = denied ] && path=$denied
         read -r n_rps n_p50 n_p99 n_non <<<"$(run_wrk "http://127.0.0.1:$nginx_port$path")"
         printf '%-6s %-8s %-6s %10.0f %9s %9s %10s\n' "$r" "$what" nginx "$n_rps" "$n_p50" "$n_p99" "$n_non"
-        if [ -n "${PERF:-}" ] && [ "$r" = 1 ] && [ "$what" = allowed ]; then
+        if [ -n "${PERF:-}" ] && [ "$r" = 1 ] && [ "$what" = "${PERF_PATH:-allowed}" ]; then
             perf record -q -g -o "$dir/perf.data" -p "$proxy_pid" -- sleep 5 >/dev/null 2>&1 &
             perf_pid=$!
         fi
@@ -238,6 +238,6 @@ dropped=$(curl -s http://127.0.0.1:19170/metrics | awk '/^imdsguard_log_dropped_
 echo "log lines: proxy $decisions decision records (dropped: ${dropped:-n/a}), nginx $accesses access-log lines"
 if [ -n "${PERF:-}" ]; then
     echo
-    echo "perf (proxy, first allowed run): $dir/perf-report.txt"
+    echo "perf (proxy, first ${PERF_PATH:-allowed} run): $dir/perf-report.txt"
     head -60 "$dir/perf-report.txt"
 fi
