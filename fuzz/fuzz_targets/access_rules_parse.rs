@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 
 use imdsguard_core::access::{AccessRules, Decision, PodInfo, RESERVED_RULE_NAMES};
 use imdsguard_core::canon::Canonicalizer;
-use imdsguard_core::imds::{Endpoint, ImdsRequest, validate};
+use imdsguard_core::imds::{ImdsApi, ImdsRequest, validate};
 use libfuzzer_sys::fuzz_target;
 
 /// Requests the proxy would pass to the rules (canonical and valid).
@@ -133,7 +133,7 @@ fuzz_target!(|data: &[u8]| {
         let token_path = rule
             .paths
             .iter()
-            .any(|g| g.covers(Endpoint::IdentityToken, &[]));
+            .any(|g| g.covers(ImdsApi::IdentityToken, &[]));
         assert_eq!(rule.token.is_some(), token_path, "{rule:?}");
     }
     for pod in pods(&rules) {

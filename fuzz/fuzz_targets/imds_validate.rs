@@ -7,7 +7,7 @@
 #![no_main]
 
 use imdsguard_core::imds::{
-    Endpoint, IDENTITY_SELECTOR_PARAMS, Method, Query, is_valid_resource, validate,
+    IDENTITY_SELECTOR_PARAMS, ImdsApi, Method, Query, is_valid_resource, validate,
 };
 use imdsguard_fuzz::Request;
 use libfuzzer_sys::fuzz_target;
@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
                     .any(|(n, _)| n.eq_ignore_ascii_case("x-forwarded-for")),
                 "accepted with X-Forwarded-For"
             );
-            assert_ne!(ok.endpoint, Endpoint::Unknown, "accepted an unknown path");
+            assert_ne!(ok.endpoint, ImdsApi::Unknown, "accepted an unknown path");
             assert_eq!(Method::parse(req.method), Some(ok.method));
             assert!(
                 ok.endpoint.allows(ok.method),
@@ -60,10 +60,10 @@ fuzz_target!(|data: &[u8]| {
                     "accepted api-version {v}"
                 );
             }
-            if ok.endpoint != Endpoint::Instance {
+            if ok.endpoint != ImdsApi::Instance {
                 assert!(ok.instance_path.is_empty());
             }
-            assert_eq!(ok.token.is_some(), ok.endpoint == Endpoint::IdentityToken);
+            assert_eq!(ok.token.is_some(), ok.endpoint == ImdsApi::IdentityToken);
             if let Some(t) = &ok.token {
                 assert!(
                     is_valid_resource(&t.resource),
