@@ -21,7 +21,10 @@
 # NGINX_LOG_BUFFER (empty: nginx writes each access-log line as it happens; e.g. 64k:
 # `access_log ... buffer=64k flush=1s`), IMDSGUARD (a prebuilt binary; default: build
 # target/release/imdsguard), PERF (set: `perf record -g` the proxy during its first
-# allowed run; the report goes to the temp dir, whose path is printed and kept).
+# allowed run, or the denied one with PERF_PATH=denied; the report goes to the temp
+# dir, whose path is printed and kept), COMPARE (another imdsguard binary, e.g. a build
+# of the previous commit: its proxy runs beside the first on port 18171 and is
+# measured in the same rounds, as `proxyB`).
 #
 # Installs nginx and wrk from Debian when missing (needs root for apt-get). Everything
 # runs in a network namespace of its own that holds only `lo` (and a PID namespace, so
@@ -165,6 +168,15 @@ RUST_LOG=${PROXY_RUST_LOG:-info} "$bin" proxy --listen 127.0.0.1:$proxy_port --a
 proxy_pid=$!
 pids+=($proxy_pid)
 wait_http "http://127.0.0.1:19170/healthz"
+if [ -n "${COMPARE:-}" ]; then
+    RUST_LOG=${PROXY_RUST_LOG:-info} "$COMPARE" proxy --listen 127.0.0.1:18171 --admin-listen 127.0.0.1:19171 \
+        --upstream "http://127.0.0.1:$emu_port" --rules "$dir/rules.yaml" --pods "$dir/pods.yaml" \
+        --max-connections 4096 --max-connections-per-source 4096 --pod-rate 0 --pod-identity-rate 0 \
+        --reload-interval 0 --log-format json \
+        >"$dir/proxyB.out" 2>"$dir/proxyB-decisions.log" &
+    pids+=($!)
+    wait_http "http://127.0.0.1:19171/healthz"
+fi
 
 # Both answer as they should before anything is measured.
 check() { # NAME URL WANT
@@ -200,6 +212,8 @@ run_wrk() { # URL
 printf '%-6s %-8s %-6s %10s %9s %9s %10s\n' round path server req/s p50_ms p99_ms non-2xx
 ratios_allowed=()
 ratios_denied=()
+ratiosB_allowed=()
+ratiosB_denied=()
 for r in $(seq "$rounds"); do
     for what in allowed denied; do
         path=$allowed
@@ -220,6 +234,12 @@ for r in $(seq "$rounds"); do
         fi
         ratio=$(awk -v a="$p_rps" -v b="$n_rps" 'BEGIN{printf "%.2f", a/b}')
         if [ "$what" = allowed ]; then ratios_allowed+=("$ratio"); else ratios_denied+=("$ratio"); fi
+        if [ -n "${COMPARE:-}" ]; then
+            read -r b_rps b_p50 b_p99 b_non <<<"$(run_wrk "http://127.0.0.1:18171$path")"
+            printf '%-6s %-8s %-6s %10.0f %9s %9s %10s\n' "$r" "$what" proxyB "$b_rps" "$b_p50" "$b_p99" "$b_non"
+            ratio=$(awk -v a="$b_rps" -v b="$n_rps" 'BEGIN{printf "%.2f", a/b}')
+            if [ "$what" = allowed ]; then ratiosB_allowed+=("$ratio"); else ratiosB_denied+=("$ratio"); fi
+        fi
     done
 done
 
@@ -229,6 +249,11 @@ echo "  allowed (proxy_pass, keep-alive upstream): ${ratios_allowed[*]}"
 echo "  denied  (return 403):                      ${ratios_denied[*]}"
 median() { tr ' ' '\n' <<<"$*" | sort -n | awk '{a[NR]=$1} END{print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 echo "  median: allowed $(median "${ratios_allowed[@]}"), denied $(median "${ratios_denied[@]}")  (target >= 0.7)"
+if [ -n "${COMPARE:-}" ]; then
+    echo "proxyB ($COMPARE) / nginx:"
+    echo "  allowed: ${ratiosB_allowed[*]}; denied: ${ratiosB_denied[*]}"
+    echo "  median: allowed $(median "${ratiosB_allowed[@]}"), denied $(median "${ratiosB_denied[@]}")"
+fi
 
 # Every request was logged: the decision log has a line for each (less what the
 # writer had to drop, counted in the metrics).

@@ -9,6 +9,7 @@ mod cloud_arg;
 mod emulate_cmd;
 mod inputs;
 mod lab_cmd;
+mod log_writer;
 mod output;
 mod probe_cmd;
 mod proxy_cmd;

@@ -13,15 +13,11 @@ pub enum LogFormat {
     Json,
 }
 
-/// Log lines the writer thread may hold before it drops new ones (at about 300 bytes a
-/// decision record: about 20 MB).
-pub const LOG_QUEUE_LINES: usize = 64 * 1024;
-
 /// The log writer thread's handles, once logging is set up.
 struct LogQueue {
-    dropped: tracing_appender::non_blocking::ErrorCounter,
-    /// Dropped by [`flush_logs`]: writes out what is queued and stops the thread.
-    guard: std::sync::Mutex<Option<tracing_appender::non_blocking::WorkerGuard>>,
+    log: crate::log_writer::BufferedLog,
+    /// Taken by [`flush_logs`]: writes out what is buffered and stops the thread.
+    stop: std::sync::Mutex<Option<crate::log_writer::WriterStop>>,
 }
 
 static LOG_QUEUE: std::sync::OnceLock<LogQueue> = std::sync::OnceLock::new();
@@ -29,60 +25,61 @@ static LOG_QUEUE: std::sync::OnceLock<LogQueue> = std::sync::OnceLock::new();
 /// Installs the process's one log subscriber: `RUST_LOG` (default `info`) to standard
 /// error, as text or JSON lines.
 ///
-/// A line is formatted where it is logged and written by a thread of its own: it goes
-/// through a bounded queue ([`LOG_QUEUE_LINES`]) to that thread, which writes what it
-/// finds queued in batches (one `write` for many lines) and flushes whenever the queue
-/// is empty. A request never waits for standard error (a slow file, a full pipe, a
-/// terminal); when the queue is full the line is dropped and counted
-/// ([`dropped_log_lines`], the proxy's `imdsguard_log_dropped_lines_total`). A server
-/// command calls [`flush_logs`] when it ends.
+/// A line is formatted where it is logged and appended to a bounded buffer; a thread
+/// of its own writes the buffer to standard error every 20 ms in one `write`
+/// ([`crate::log_writer`]). A request never makes a system call for its log line and
+/// never waits for standard error (a slow file, a full pipe, a terminal); when the
+/// buffer is full the line is dropped and counted ([`dropped_log_lines`], the proxy's
+/// `imdsguard_log_dropped_lines_total`). A server command calls [`flush_logs`] when it
+/// ends.
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .thread_name("imdsguard-log")
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
-    let dropped = writer.error_counter();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let Ok((log, stop)) = crate::log_writer::start(std::io::stderr()) else {
+        // No thread: write each line directly.
+        let builder = builder.with_writer(std::io::stderr);
+        let _ = match format {
+            LogFormat::Text => builder.try_init(),
+            LogFormat::Json => builder.json().try_init(),
+        };
+        return;
+    };
+    let builder = builder.with_writer(log.clone());
     let installed = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
     if installed.is_ok() {
         let _ = LOG_QUEUE.set(LogQueue {
-            dropped,
-            guard: std::sync::Mutex::new(Some(guard)),
+            log,
+            stop: std::sync::Mutex::new(Some(stop)),
         });
+    } else {
+        stop.stop(Duration::from_secs(1));
     }
 }
 
-/// Writes out the queued log lines and stops the writer thread (waiting a second at
-/// most); later lines are dropped. A server command calls it last, when its server has
-/// stopped.
+/// Writes out the buffered log lines and stops the writer thread (waiting a second at
+/// most); later lines are not written. A server command calls it last, when its server
+/// has stopped.
 pub fn flush_logs() {
     if let Some(queue) = LOG_QUEUE.get() {
-        let guard = queue
-            .guard
+        let stop = queue
+            .stop
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
-        drop(guard);
+        if let Some(stop) = stop {
+            stop.stop(Duration::from_secs(1));
+        }
     }
 }
 
-/// Log lines dropped so far because the writer thread's queue was full (0 before
+/// Log lines dropped so far because the log buffer was full (0 before
 /// [`init_logging`]).
 pub fn dropped_log_lines() -> u64 {
-    LOG_QUEUE
-        .get()
-        .map_or(0, |q| q.dropped.dropped_lines() as u64)
+    LOG_QUEUE.get().map_or(0, |q| q.log.dropped())
 }
 
 /// The runtime of a server command: two workers (the machines it runs on are small and
