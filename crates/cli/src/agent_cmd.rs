@@ -191,7 +191,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     service::init_logging(args.log_format);
     let runtime = service::server_runtime()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         // Before anything is installed: a signal from now on stops us cleanly, and a
         // SIGHUP during the start waits for the agent instead of killing the process.
         let mut signals = StopSignals::install()?;
@@ -223,7 +223,9 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
         forward.abort();
         agent.shutdown().await;
         Ok(())
-    })
+    });
+    service::flush_logs();
+    result
 }
 
 /// Remove imdsguard's nftables table (`inet imdsguard`) from this node: pods can reach
