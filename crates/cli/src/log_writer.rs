@@ -30,17 +30,7 @@ pub struct BufferedLog {
 
 impl Write for BufferedLog {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
-        let mut buffer = self
-            .shared
-            .buffer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if buffer.len() + line.len() > BUFFER_LIMIT {
-            drop(buffer);
-            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-        } else {
-            buffer.extend_from_slice(line);
-        }
+        self.append(line);
         Ok(line.len())
     }
 
@@ -58,6 +48,21 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BufferedLog {
 }
 
 impl BufferedLog {
+    /// Appends `line` whole, or drops and counts it when the buffer is full.
+    pub fn append(&self, line: &[u8]) {
+        let mut buffer = self
+            .shared
+            .buffer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if buffer.len() + line.len() > BUFFER_LIMIT {
+            drop(buffer);
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            buffer.extend_from_slice(line);
+        }
+    }
+
     /// Lines dropped so far because the buffer was full.
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)

@@ -5,11 +5,12 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use imdsguard_proxy::{
-    DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, Limits, Metrics, PodRate, Proxy, ProxyConfig, ProxyFiles,
-    Timeouts, Upstream,
+    DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, DecisionRecord, DecisionSink, Limits, Metrics, PodRate,
+    Proxy, ProxyConfig, ProxyFiles, Timeouts, Upstream,
 };
 
 use crate::service::{self, LogFormat, StopSignals, parse_duration};
@@ -182,6 +183,9 @@ pub(crate) fn run(args: ProxyArgs) -> anyhow::Result<()> {
         tracing::warn!("no --pods file: every caller is an unknown source and is denied");
     }
     let mut config = config;
+    if let Some(log) = service::json_log_buffer() {
+        config.decisions = Some(Arc::new(JsonDecisionLog::new(log)));
+    }
     let metrics = config.metrics.get_or_insert_with(Metrics::new);
     metrics.count_log_drops(service::dropped_log_lines);
     let runtime = service::server_runtime()?;
@@ -209,10 +213,106 @@ pub(crate) fn run(args: ProxyArgs) -> anyhow::Result<()> {
     result
 }
 
+/// The decision records as JSON lines in the log buffer (`--log-format json`), written
+/// here rather than by `tracing-subscriber`'s JSON formatter (about a fifth of the
+/// proxy's time on denied requests): the same line the formatter writes for the
+/// `imdsguard::decision` event (`timestamp`, `level`, `fields`, `target`), subject to
+/// the same `RUST_LOG` filter (read once, when the proxy starts).
+struct JsonDecisionLog {
+    log: crate::log_writer::BufferedLog,
+    info: bool,
+    warn: bool,
+}
+
+impl JsonDecisionLog {
+    /// Call after [`service::init_logging`]: the filter is asked then.
+    fn new(log: crate::log_writer::BufferedLog) -> JsonDecisionLog {
+        JsonDecisionLog {
+            log,
+            info: tracing::enabled!(target: "imdsguard::decision", tracing::Level::INFO),
+            warn: tracing::enabled!(target: "imdsguard::decision", tracing::Level::WARN),
+        }
+    }
+
+    /// One record's line, newline included.
+    fn line(record: &DecisionRecord<'_>, now: std::time::SystemTime, line: &mut String) {
+        use std::fmt::Write as _;
+        line.clear();
+        let _ = write!(
+            line,
+            r#"{{"timestamp":"{}","level":"{}","fields":"#,
+            humantime::format_rfc3339_micros(now),
+            if record.is_warning() { "WARN" } else { "INFO" },
+        );
+        record.write_json_fields(line);
+        line.push_str(",\"target\":\"imdsguard::decision\"}\n");
+    }
+}
+
+impl DecisionSink for JsonDecisionLog {
+    fn record(&self, record: &DecisionRecord<'_>) {
+        if !(if record.is_warning() {
+            self.warn
+        } else {
+            self.info
+        }) {
+            return;
+        }
+        thread_local! {
+            static LINE: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(1024));
+        }
+        LINE.with_borrow_mut(|line| {
+            JsonDecisionLog::line(record, std::time::SystemTime::now(), line);
+            self.log.append(line.as_bytes());
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn a_json_decision_line_has_the_subscribers_shape() {
+        let rec = DecisionRecord {
+            peer: "127.0.0.3".parse().unwrap(),
+            pod: None,
+            method: "GET",
+            path: "/metadata/versions",
+            endpoint: "versions",
+            decision: "deny",
+            rule: "unknown-source",
+            status: 403,
+            latency_us: 12,
+            reason: Some("no known pod"),
+            resource: None,
+            identity: None,
+            redacted: false,
+        };
+        let now = std::time::UNIX_EPOCH + Duration::from_micros(1_795_000_000_123_456);
+        let mut line = String::new();
+        JsonDecisionLog::line(&rec, now, &mut line);
+        assert!(
+            line.ends_with("}\n") && line.matches('\n').count() == 1,
+            "{line}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        // tracing-subscriber's JSON: RFC 3339 UTC with microseconds.
+        assert_eq!(v["timestamp"], "2026-11-18T11:06:40.123456Z");
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["target"], "imdsguard::decision");
+        assert_eq!(v["fields"]["message"], "decision");
+        assert_eq!(v["fields"]["rule"], "unknown-source");
+        assert_eq!(v["fields"]["status"], 403);
+        let warn = DecisionRecord {
+            decision: "upstream-error",
+            ..rec
+        };
+        JsonDecisionLog::line(&warn, now, &mut line);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["level"], "WARN");
+    }
     use imdsguard_proxy::ProxyError;
     use imdsguard_proxy::files::FileError;
 

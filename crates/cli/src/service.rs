@@ -16,6 +16,7 @@ pub enum LogFormat {
 /// The log writer thread's handles, once logging is set up.
 struct LogQueue {
     log: crate::log_writer::BufferedLog,
+    format: LogFormat,
     /// Taken by [`flush_logs`]: writes out what is buffered and stops the thread.
     stop: std::sync::Mutex<Option<crate::log_writer::WriterStop>>,
 }
@@ -53,6 +54,7 @@ pub fn init_logging(format: LogFormat) {
     if installed.is_ok() {
         let _ = LOG_QUEUE.set(LogQueue {
             log,
+            format,
             stop: std::sync::Mutex::new(Some(stop)),
         });
     } else {
@@ -74,6 +76,16 @@ pub fn flush_logs() {
             stop.stop(Duration::from_secs(1));
         }
     }
+}
+
+/// The log buffer, when logging is set up with JSON lines: a writer of records that
+/// formats its own JSON lines (the proxy's decision records) appends them here, beside
+/// the subscriber's, one `write` a line.
+pub fn json_log_buffer() -> Option<crate::log_writer::BufferedLog> {
+    LOG_QUEUE
+        .get()
+        .filter(|q| q.format == LogFormat::Json)
+        .map(|q| q.log.clone())
 }
 
 /// Log lines dropped so far because the log buffer was full (0 before

@@ -16,8 +16,10 @@ use imdsguard_core::imds::{
     self, CONTENT_TYPE_JSON, IdentitySelector, ImdsApi, ImdsError, ImdsErrorKind, ImdsRequest,
     Method, RateClass,
 };
+use imdsguard_core::token::IMDSGUARD_DENY_ERROR;
 use serde_json::{Value, json};
 
+use crate::decision::{DecisionRecord, DecisionSink, push_json_str};
 use crate::fairness::{self, RateLimiter};
 use crate::server::{CloseConnection, Handler, Reply};
 use crate::upstream::{self, UpstreamError};
@@ -72,6 +74,7 @@ pub(crate) struct State {
     pub(crate) timeouts: Timeouts,
     pub(crate) limits: Limits,
     pub(crate) rate: RateLimiter,
+    pub(crate) decisions: Option<Arc<dyn DecisionSink>>,
 }
 
 impl Handler for State {
@@ -95,7 +98,25 @@ impl Handler for State {
         if rec.redacted {
             self.metrics.redaction(namespace);
         }
-        log(&rec, peer, &method, latency);
+        let record = DecisionRecord {
+            peer: peer.ip(),
+            pod: rec.pod.as_deref(),
+            method: method.as_str(),
+            path: &rec.path,
+            endpoint: rec.endpoint.as_str(),
+            decision: rec.outcome.as_str(),
+            rule: &rec.rule,
+            status: rec.status,
+            latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+            reason: rec.reason.as_deref(),
+            resource: rec.resource.as_deref(),
+            identity: rec.identity.as_deref(),
+            redacted: rec.redacted,
+        };
+        match &self.decisions {
+            Some(sink) => sink.record(&record),
+            None => log(&record),
+        }
         Ok(reply)
     }
 }
@@ -389,11 +410,23 @@ fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes
 }
 
 fn deny_reply(deny: &Deny) -> Reply {
-    respond(
-        StatusCode::FORBIDDEN,
-        CONTENT_TYPE_JSON,
-        deny.body().to_string(),
-    )
+    respond(StatusCode::FORBIDDEN, CONTENT_TYPE_JSON, deny_body(deny))
+}
+
+/// [`Deny::body`] as text, written directly (the same bytes as serialising the
+/// `serde_json::Value`, keys in its order) instead of building the value per request.
+fn deny_body(deny: &Deny) -> String {
+    let mut out = String::with_capacity(96 + deny.rule.len() + deny.reason.len() + deny.help.len());
+    out.push_str(r#"{"error":"#);
+    push_json_str(&mut out, IMDSGUARD_DENY_ERROR);
+    out.push_str(r#","imdsguard":{"decision":"deny","help":"#);
+    push_json_str(&mut out, &deny.help);
+    out.push_str(r#","reason":"#);
+    push_json_str(&mut out, &deny.reason);
+    out.push_str(r#","rule":"#);
+    push_json_str(&mut out, &deny.rule);
+    out.push_str("}}");
+    out
 }
 
 fn imds_error(e: &ImdsError) -> Reply {
@@ -436,36 +469,133 @@ impl fmt::Display for PodId<'_> {
     }
 }
 
-/// The decision's one log record (target `imdsguard::decision`).
-fn log(rec: &Record, peer: SocketAddr, method: &http::Method, latency: std::time::Duration) {
-    let pod = rec.pod.as_deref();
+/// The decision's one log record as a `tracing` event (target `imdsguard::decision`),
+/// when no [`DecisionSink`] takes it.
+fn log(rec: &DecisionRecord<'_>) {
+    let pod = rec.pod;
     macro_rules! record {
         ($level:expr) => {
             tracing::event!(
                 target: "imdsguard::decision",
                 $level,
-                peer = %peer.ip(),
+                peer = %rec.peer,
                 pod = %PodId(pod),
                 namespace = pod.map_or("-", |p| p.namespace.as_str()),
                 service_account = pod.map_or("-", |p| p.service_account.as_str()),
-                method = %method,
-                path = %rec.path,
-                endpoint = rec.endpoint.as_str(),
-                decision = rec.outcome.as_str(),
-                rule = %rec.rule,
+                method = rec.method,
+                path = rec.path,
+                endpoint = rec.endpoint,
+                decision = rec.decision,
+                rule = rec.rule,
                 status = rec.status,
-                latency_us = latency.as_micros() as u64,
-                reason = rec.reason.as_deref(),
-                resource = rec.resource.as_deref(),
-                identity = rec.identity.as_deref(),
+                latency_us = rec.latency_us,
+                reason = rec.reason,
+                resource = rec.resource,
+                identity = rec.identity,
                 redacted = rec.redacted,
                 "decision"
             )
         };
     }
-    if rec.outcome == Outcome::UpstreamError {
+    if rec.is_warning() {
         record!(tracing::Level::WARN);
     } else {
         record!(tracing::Level::INFO);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deny_body_is_the_same_bytes_as_the_json_value() {
+        let rejection = Rejection {
+            kind: RejectKind::BadTargetForm,
+            detail: "a \"quoted\" \\ path\n\u{1}ü".into(),
+        };
+        for deny in [
+            Deny::unknown_source("127.0.0.9".parse().unwrap()),
+            Deny::canonical_form(&rejection),
+            Deny::no_rules(),
+            Deny::new("r\"1", "why\t", "help\u{7f}😀"),
+        ] {
+            assert_eq!(deny_body(&deny), deny.body().to_string());
+        }
+    }
+
+    /// The tracing event's fields as tracing-subscriber's JSON formatter writes them.
+    fn tracing_fields(rec: &DecisionRecord<'_>) -> (Value, Value) {
+        #[derive(Clone, Default)]
+        struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || log(rec));
+        let line = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        (v["fields"].clone(), v)
+    }
+
+    #[test]
+    fn the_sinks_fields_are_the_tracing_events_fields() {
+        let mut pod = PodInfo::new("pay\"ments", "api-7d9f");
+        pod.service_account = "api\n".into();
+        let rec = DecisionRecord {
+            peer: "127.0.0.2".parse().unwrap(),
+            pod: Some(&pod),
+            method: "GET",
+            path: "/metadata/identity/oauth2/token",
+            endpoint: "identity-token",
+            decision: "allow",
+            rule: "payments-api-arm",
+            status: 200,
+            latency_us: 1234,
+            reason: None,
+            resource: Some("https://management.azure.com/"),
+            identity: Some("client_id=abc"),
+            redacted: false,
+        };
+        let others = [
+            DecisionRecord {
+                pod: None,
+                decision: "deny",
+                rule: "unknown-source",
+                status: 403,
+                reason: Some("127.0.0.2 is \"no\" known pod"),
+                resource: None,
+                identity: None,
+                ..rec
+            },
+            DecisionRecord {
+                decision: "upstream-error",
+                status: 502,
+                reason: Some("connect: refused"),
+                redacted: true,
+                ..rec
+            },
+        ];
+        for rec in std::iter::once(rec).chain(others) {
+            let (fields, whole) = tracing_fields(&rec);
+            let mut out = String::new();
+            rec.write_json_fields(&mut out);
+            let ours: Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(ours, fields, "{out}");
+            assert_eq!(whole["target"], "imdsguard::decision");
+            let level = if rec.is_warning() { "WARN" } else { "INFO" };
+            assert_eq!(whole["level"], level);
+        }
     }
 }

@@ -37,6 +37,7 @@
 //! ```
 
 mod admin;
+mod decision;
 mod fairness;
 pub mod files;
 mod handler;
@@ -66,6 +67,7 @@ pub use reload::{
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8170";
 /// The admin listen address when none is given.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9170";
+pub use decision::{DecisionRecord, DecisionSink};
 pub use fairness::PodRate;
 pub use metrics::Metrics;
 
@@ -311,6 +313,8 @@ pub struct ProxyConfig {
     pub metrics: Option<Metrics>,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
+    /// Where decision records go; `None`: `tracing` events (target `imdsguard::decision`).
+    pub decisions: Option<Arc<dyn DecisionSink>>,
 }
 
 impl fmt::Debug for ProxyConfig {
@@ -347,6 +351,7 @@ impl ProxyConfig {
             ready_check: None,
             metrics: None,
             shutdown_grace: Duration::from_secs(5),
+            decisions: None,
         }
     }
 
@@ -543,6 +548,7 @@ impl Proxy {
             timeouts: config.timeouts,
             limits: config.limits,
             rate: fairness::RateLimiter::new(config.pod_rate),
+            decisions: config.decisions.clone(),
         });
 
         let (stop, stop_rx) = watch::channel(false);
