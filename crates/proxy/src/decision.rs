@@ -122,31 +122,62 @@ pub(crate) fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
-/// `s` escaped for the inside of a JSON string (as serde_json escapes it).
+/// `s` escaped for the inside of a JSON string (as serde_json escapes it). Runs of
+/// bytes that need no escape (most of every string here) are found eight at a time and
+/// copied whole.
 fn push_escaped(out: &mut String, s: &str) {
     let bytes = s.as_bytes();
+    out.reserve(bytes.len());
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let escape: &str = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0x00..=0x1f => "",
-            _ => continue,
-        };
-        out.push_str(&s[start..i]);
-        if escape.is_empty() {
-            let _ = write!(out, "\\u{b:04x}");
-        } else {
-            out.push_str(escape);
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Some(chunk) = bytes.get(i..i + 8) {
+            let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            if !any_needs_escape(word) {
+                i += 8;
+                continue;
+            }
         }
-        start = i + 1;
+        let end = (i + 8).min(bytes.len());
+        while i < end {
+            let b = bytes[i];
+            let escape: &str = match b {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0x08 => "\\b",
+                0x0c => "\\f",
+                0x00..=0x1f => "",
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            };
+            out.push_str(&s[start..i]);
+            if escape.is_empty() {
+                let _ = write!(out, "\\u{b:04x}");
+            } else {
+                out.push_str(escape);
+            }
+            i += 1;
+            start = i;
+        }
     }
     out.push_str(&s[start..]);
+}
+
+/// Whether any of the eight bytes is a control byte (below 0x20), `"` or `\`.
+fn any_needs_escape(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A byte below n (n <= 128) sets its high bit here; a zero byte of x ^ c is a byte c.
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
+    (below(word, 0x20)
+        | below(word ^ (ONES * u64::from(b'"')), 1)
+        | below(word ^ (ONES * u64::from(b'\\')), 1))
+        != 0
 }
 
 #[cfg(test)]
@@ -169,10 +200,28 @@ mod tests {
             "\n\r\t\u{8}\u{c}\u{0}\u{1f}\u{7f}",
             "ünï€😀",
             "a\u{1}b",
+            "a longer string with no escapes at all, more than eight bytes",
+            "0123456\"89abcdef\\0123456789\u{1f}x\u{80}yz\u{ff}",
+            "\"\"\"\"\"\"\"\"\"\"",
+            "abcdefgh\n",
         ] {
             let mut out = String::new();
             push_json_str(&mut out, s);
             assert_eq!(out, serde_json::to_string(s).unwrap(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn every_ascii_byte_at_every_place_of_a_word_is_escaped_as_serde_json_does() {
+        for b in 0u8..128 {
+            for at in 0..19 {
+                let mut bytes = vec![b'a'; 19];
+                bytes[at] = b;
+                let s = String::from_utf8(bytes).unwrap();
+                let mut out = String::new();
+                push_json_str(&mut out, &s);
+                assert_eq!(out, serde_json::to_string(&s).unwrap(), "{b} at {at}");
+            }
         }
     }
 
