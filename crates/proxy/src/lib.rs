@@ -17,7 +17,8 @@
 //!    with only `Metadata`, `User-Agent`, `Accept` and `Content-Type`, and for the
 //!    instance document apply the rule's redaction.
 //!
-//! Every request ends in one structured log record (`imdsguard::decision`) and in the
+//! Every request ends in one structured log record (`imdsguard::decision`, a `tracing`
+//! event, or a [`DecisionRecord`] given to [`ProxyConfig::decisions`]) and in the
 //! metrics ([`Metrics`]); no token, `Authorization` header or token body is logged.
 //!
 //! ```no_run
