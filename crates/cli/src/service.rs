@@ -94,11 +94,10 @@ pub fn dropped_log_lines() -> u64 {
     LOG_QUEUE.get().map_or(0, |q| q.log.dropped())
 }
 
-/// The runtime of a server command: two workers (the machines it runs on are small and
-/// the work is IO), IO and timers.
+/// The runtime of a server command: one worker thread per core, or
+/// `TOKIO_WORKER_THREADS` when set (tokio reads it), IO and timers.
 pub fn server_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
