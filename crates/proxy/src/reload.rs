@@ -225,11 +225,42 @@ pub fn read_pods(path: &Path, allow_empty: bool) -> Result<(PodIndex, FileStamp)
     Ok((parse_pods(path, &text, allow_empty)?, stamp))
 }
 
+/// Which of the two files a [`Watched`] follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Rules,
+    Pods,
+}
+
+impl Kind {
+    /// The name in logs and in the reload metric's label.
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Rules => "rules",
+            Kind::Pods => "pods",
+        }
+    }
+
+    /// Checks the text of a file of this kind.
+    fn parse(self, path: &Path, text: &str, allow_empty: bool) -> Result<Loaded, ProxyError> {
+        Ok(match self {
+            Kind::Rules => Loaded::Rules(parse_rules(path, text, allow_empty)?),
+            Kind::Pods => Loaded::Pods(parse_pods(path, text, allow_empty)?),
+        })
+    }
+}
+
+/// What a reload read: the new rules or the new pods.
+enum Loaded {
+    Rules(AccessRules),
+    Pods(PodIndex),
+}
+
 /// A rules or pods file followed by the reload loop.
 #[derive(Debug)]
 struct Watched {
     file: WatchedFile,
-    which: &'static str,
+    kind: Kind,
     allow_empty: bool,
 }
 
@@ -237,7 +268,7 @@ impl Watched {
     fn rules(file: WatchedFile, allow_empty: bool) -> Watched {
         Watched {
             file,
-            which: "rules",
+            kind: Kind::Rules,
             allow_empty,
         }
     }
@@ -245,7 +276,7 @@ impl Watched {
     fn pods(file: WatchedFile, allow_empty: bool) -> Watched {
         Watched {
             file,
-            which: "pods",
+            kind: Kind::Pods,
             allow_empty,
         }
     }
@@ -255,40 +286,26 @@ impl Watched {
     /// be read, is refused, or is not taken by `target` is logged and counted, and the
     /// owner keeps what it had.
     async fn reload<T: ReloadTarget>(&mut self, target: &T, forced: bool) {
-        let allow_empty = self.allow_empty;
-        let which = self.which;
-        let result: Option<Result<usize, ApplyError>> = if which == "rules" {
-            match self
-                .file
-                .poll(forced, move |path, text| {
-                    parse_rules(path, text, allow_empty)
-                })
-                .await
-            {
-                None => None,
-                Some(Err(e)) => Some(Err(e.into())),
-                Some(Ok(rules)) => {
-                    let n = rules.len();
-                    Some(target.set_rules(rules).await.map(|()| n))
-                }
+        let (kind, allow_empty) = (self.kind, self.allow_empty);
+        let which = kind.name();
+        let polled = self
+            .file
+            .poll(forced, move |path, text| {
+                kind.parse(path, text, allow_empty)
+            })
+            .await;
+        let result: Result<usize, ApplyError> = match polled {
+            None => return,
+            Some(Err(e)) => Err(e.into()),
+            Some(Ok(Loaded::Rules(rules))) => {
+                let n = rules.len();
+                target.set_rules(rules).await.map(|()| n)
             }
-        } else {
-            match self
-                .file
-                .poll(forced, move |path, text| {
-                    parse_pods(path, text, allow_empty)
-                })
-                .await
-            {
-                None => None,
-                Some(Err(e)) => Some(Err(e.into())),
-                Some(Ok(pods)) => {
-                    let n = pods.len();
-                    Some(target.set_pods(pods).await.map(|()| n))
-                }
+            Some(Ok(Loaded::Pods(pods))) => {
+                let n = pods.len();
+                target.set_pods(pods).await.map(|()| n)
             }
         };
-        let Some(result) = result else { return };
         target.metrics().record_reload(which, result.is_ok());
         match result {
             Ok(n) => {
