@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 
 use crate::canon::Rejection;
 use crate::imds::{IdentitySelector, ImdsApi, ImdsRequest, Method, is_valid_resource, route};
-use crate::model::LabelSelector;
+use crate::model::{LabelSelector, Labels};
 use crate::token::IMDSGUARD_DENY_ERROR;
 
 /// Rule name of a denial when no rule allows the request.
@@ -107,14 +107,45 @@ pub struct Subject {
 impl Subject {
     /// Whether the subject selects the pod.
     pub fn matches(&self, pod: &PodInfo) -> bool {
-        let any_of =
-            |list: &[String], v: &str| list.is_empty() || list.iter().any(|x| x == "*" || x == v);
-        any_of(&self.namespaces, &pod.namespace)
-            && any_of(&self.service_accounts, &pod.service_account)
+        self.matches_shape(&PodShapeRef::of(pod))
+    }
+
+    /// Whether the subject selects pods of this shape. A shape whose service account is
+    /// unknown is not selected by a subject that names service accounts (other than `*`).
+    pub fn matches_shape(&self, shape: &PodShapeRef<'_>) -> bool {
+        let any_of = |list: &[String], v: Option<&str>| {
+            list.is_empty() || list.iter().any(|x| x == "*" || Some(x.as_str()) == v)
+        };
+        any_of(&self.namespaces, Some(shape.namespace))
+            && any_of(&self.service_accounts, shape.service_account)
             && self
                 .pod_selector
                 .as_ref()
-                .is_none_or(|s| s.matches(&pod.labels))
+                .is_none_or(|s| s.matches(shape.labels))
+    }
+}
+
+/// A pod as its template describes it (no name, no address): what the audit knows of a
+/// workload's pods when it asks which rules expect them ([`AccessRules::expecting`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodShapeRef<'a> {
+    /// Namespace.
+    pub namespace: &'a str,
+    /// Pod labels.
+    pub labels: &'a Labels,
+    /// Service account (`default` when the template names none); `None` when the input
+    /// does not say.
+    pub service_account: Option<&'a str>,
+}
+
+impl<'a> PodShapeRef<'a> {
+    /// The shape of a known pod.
+    pub fn of(pod: &'a PodInfo) -> Self {
+        PodShapeRef {
+            namespace: &pod.namespace,
+            labels: &pod.labels,
+            service_account: Some(&pod.service_account),
+        }
     }
 }
 
@@ -334,7 +365,12 @@ pub struct Rule {
 impl Rule {
     /// Whether a subject selects the pod.
     pub fn selects(&self, pod: &PodInfo) -> bool {
-        self.subjects.iter().any(|s| s.matches(pod))
+        self.selects_shape(&PodShapeRef::of(pod))
+    }
+
+    /// Whether a subject selects pods of this shape.
+    pub fn selects_shape(&self, shape: &PodShapeRef<'_>) -> bool {
+        self.subjects.iter().any(|s| s.matches_shape(shape))
     }
 
     /// Whether the rule grants the method and path.
@@ -472,6 +508,32 @@ impl AccessRules {
     /// The rules, in file order.
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// The rules that expect pods of this shape to reach IMDS: those whose subjects
+    /// select it, in file order. What a rule grants (paths, audiences) does not matter
+    /// here: a selected workload is one the rules let through the proxy at all, so the
+    /// audit reports its reaching IMDS as expected and its being blocked as a finding.
+    pub fn expecting<'r>(&'r self, shape: &PodShapeRef<'_>) -> Vec<&'r Rule> {
+        self.rules
+            .iter()
+            .filter(|r| r.selects_shape(shape))
+            .collect()
+    }
+
+    /// Adds the rules of `other` (rules add up, as in one file); a name both use is an
+    /// error naming the rule.
+    pub fn extend(&mut self, other: AccessRules) -> Result<(), AccessError> {
+        for r in &other.rules {
+            if self.rules.iter().any(|o| o.name == r.name) {
+                return Err(AccessError::Rule {
+                    rule: r.name.to_string(),
+                    message: "the name is used by a rule of another file or preset".into(),
+                });
+            }
+        }
+        self.rules.extend(other.rules);
+        Ok(())
     }
 
     /// How many rules there are.
@@ -1227,6 +1289,73 @@ rules:
             allowed_by(&decide(&dbg, "/metadata/instance?api-version=2021-02-01")),
             Some("debug-instance")
         );
+    }
+
+    #[test]
+    fn expecting_selects_shapes_and_unknown_service_accounts_do_not_match() {
+        let r = rules();
+        let labels: Labels = [("app".to_string(), "api".to_string())].into();
+        let shape = |ns, sa| PodShapeRef {
+            namespace: ns,
+            labels: &labels,
+            service_account: sa,
+        };
+        let names = |s: &PodShapeRef<'_>| -> Vec<String> {
+            r.expecting(s).iter().map(|r| r.name.to_string()).collect()
+        };
+        // payments-api-arm needs service account api; payments-vault and the catch-all
+        // basics select by namespace only.
+        let with_sa = names(&shape("payments", Some("api")));
+        assert!(
+            with_sa.contains(&"payments-api-arm".to_string()),
+            "{with_sa:?}"
+        );
+        assert!(
+            with_sa.contains(&"payments-vault".to_string()),
+            "{with_sa:?}"
+        );
+        let unknown = names(&shape("payments", None));
+        assert!(
+            !unknown.contains(&"payments-api-arm".to_string()),
+            "{unknown:?}"
+        );
+        assert!(
+            unknown.contains(&"payments-vault".to_string()),
+            "{unknown:?}"
+        );
+        // The same answer as for a running pod of that shape.
+        let p = api();
+        assert_eq!(
+            r.expecting(&PodShapeRef::of(&p)).len(),
+            r.rules().iter().filter(|x| x.selects(&p)).count()
+        );
+        let none = AccessRules::parse(
+            "rules: [{name: a, subjects: [{namespace: x, serviceAccount: s}], paths: [/metadata/versions]}]",
+        )
+        .unwrap();
+        assert!(none.expecting(&shape("payments", Some("api"))).is_empty());
+        assert!(none.expecting(&shape("x", None)).is_empty());
+        assert_eq!(none.expecting(&shape("x", Some("s"))).len(), 1);
+    }
+
+    #[test]
+    fn extend_adds_rules_and_refuses_a_name_twice() {
+        let mut a = AccessRules::parse(
+            "rules: [{name: a, subjects: [{namespace: x}], paths: [/metadata/versions]}]",
+        )
+        .unwrap();
+        let b = AccessRules::parse(
+            "rules: [{name: b, subjects: [{namespace: y}], paths: [/metadata/versions]}]",
+        )
+        .unwrap();
+        a.extend(b.clone()).unwrap();
+        assert_eq!(a.len(), 2);
+        let e = a.extend(b).unwrap_err().to_string();
+        assert!(
+            e.contains("rule `b`") && e.contains("another file or preset"),
+            "{e}"
+        );
+        assert_eq!(a.len(), 2);
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! - [`audit`] turns all of it into verdicts and findings;
 //! - [`imds`] holds Azure IMDS's protocol rules (endpoints, versions, request validation,
 //!   error bodies), shared by the emulator, the probe and the filtering proxy;
+//! - [`access`] holds the access rules (the proxy's decisions, and which workloads the
+//!   audit reports as expected); [`presets`] the rules files shipped with imdsguard;
 //! - [`token`] inspects access tokens (claims, fingerprint) without ever keeping one;
 //! - [`pods`] answers "which pod is this?" (an address, or an (interface, address)
 //!   pair) for the proxy and the agent, with one policy for finished, hostNetwork,
@@ -27,5 +29,6 @@ pub mod model;
 pub mod netpol;
 pub mod nft;
 pub mod pods;
+pub mod presets;
 pub mod target;
 pub mod token;
