@@ -23,6 +23,7 @@ pub mod audit;
 pub mod canon;
 pub mod cluster;
 pub mod conntrack;
+pub mod generate;
 pub mod imds;
 pub mod manifest;
 pub mod model;

@@ -1,0 +1,495 @@
+//! `imdsguard policy generate`, sans IO: from a cluster, the targets and the expected
+//! access (an access-rules file, `docs/proxy.md`), the policy objects that deny the
+//! targets to every pod except the expected ones, for one output engine, and the
+//! warnings about what those objects cannot do.
+//!
+//! Every engine's objects deny *only* the targets (address, protocol, port) and leave
+//! every other destination as it was: DNS, node-local DNS, pods, nodes and the other
+//! ports of a target address stay open. How each engine is made to do that:
+//!
+//! - [`OutputEngine::NetworkPolicy`] (`networking.k8s.io/v1`, [`networkpolicy`]): one
+//!   `imdsguard-deny-metadata` per namespace whose egress rules allow everything but
+//!   the targets, plus `imdsguard-allow-metadata-<rule>` policies for the expected pods
+//!   (NetworkPolicies add up, so an allow re-opens exactly what it names);
+//! - [`OutputEngine::Cnp`] / [`OutputEngine::Anp`] (ClusterNetworkPolicy v1alpha2 in
+//!   the Admin tier, AdminNetworkPolicy v1alpha1, [`admin`]): one Accept/Allow policy per
+//!   expected subject at the lowest priority numbers, then one Deny policy for every pod;
+//! - [`OutputEngine::Calico`] (`projectcalico.org/v3`, [`calico`]): a Tier `imdsguard`
+//!   ordered before every other tier, Allow policies for the expected pods, then one
+//!   policy that denies the targets and passes everything else to the next tier;
+//! - [`OutputEngine::Cilium`] (`cilium.io/v2`, [`cilium`]): CiliumClusterwideNetworkPolicies
+//!   with `egressDeny` whose endpoint selectors select every pod except the expected
+//!   ones (a Cilium deny beats every allow, so exceptions come from the selection).
+//!
+//! Objects come out in a stable order (allows before the denies they make exceptions
+//! to, so that applying them in order never blocks an expected pod).
+
+mod admin;
+mod calico;
+mod cilium;
+mod networkpolicy;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::access::{AccessRules, PodShapeRef, Subject};
+use crate::cluster::Cluster;
+use crate::model::{LabelSelector, Operator, PodTemplate};
+use crate::target::{Protocol, Target};
+
+/// The label every generated object carries.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Its value.
+pub const MANAGED_BY: &str = "imdsguard";
+/// Annotation naming the generator and its version (`imdsguard 0.1.0`).
+pub const GENERATED_BY_ANNOTATION: &str = "imdsguard.io/generated-by";
+/// Annotation naming the rules the expected access came from (file or preset), or
+/// `none`.
+pub const RULES_ANNOTATION: &str = "imdsguard.io/rules";
+/// Annotation naming the targets the object denies or allows.
+pub const TARGETS_ANNOTATION: &str = "imdsguard.io/targets";
+
+/// Name of the deny objects (namespaced NetworkPolicy, cluster-scoped kinds).
+pub const DENY_NAME: &str = "imdsguard-deny-metadata";
+/// Prefix of the allow objects, followed by the rule's name.
+pub const ALLOW_PREFIX: &str = "imdsguard-allow-metadata-";
+
+/// Which kind of policy to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputEngine {
+    /// `networking.k8s.io/v1` NetworkPolicy, one set per namespace.
+    NetworkPolicy,
+    /// `policy.networking.k8s.io/v1alpha2` ClusterNetworkPolicy, Admin tier.
+    Cnp,
+    /// `policy.networking.k8s.io/v1alpha1` AdminNetworkPolicy.
+    Anp,
+    /// `projectcalico.org/v3` Tier and GlobalNetworkPolicies.
+    Calico,
+    /// `cilium.io/v2` CiliumClusterwideNetworkPolicy.
+    Cilium,
+}
+
+impl OutputEngine {
+    /// Every engine, in the order the CLI lists them.
+    pub const ALL: [OutputEngine; 5] = [
+        OutputEngine::NetworkPolicy,
+        OutputEngine::Cnp,
+        OutputEngine::Anp,
+        OutputEngine::Calico,
+        OutputEngine::Cilium,
+    ];
+
+    /// The CLI name (`networkpolicy`, `cnp`, `anp`, `calico`, `cilium`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputEngine::NetworkPolicy => "networkpolicy",
+            OutputEngine::Cnp => "cnp",
+            OutputEngine::Anp => "anp",
+            OutputEngine::Calico => "calico",
+            OutputEngine::Cilium => "cilium",
+        }
+    }
+}
+
+impl fmt::Display for OutputEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An output engine name that is none of the known ones.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown output engine `{0}`: use networkpolicy, cnp, anp, calico or cilium")]
+pub struct UnknownEngine(pub String);
+
+impl FromStr for OutputEngine {
+    type Err = UnknownEngine;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        OutputEngine::ALL
+            .into_iter()
+            .find(|e| e.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| UnknownEngine(s.to_owned()))
+    }
+}
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    /// The kind of policy.
+    pub engine: OutputEngine,
+    /// The endpoints to deny (address, port, protocol).
+    pub targets: Vec<Target>,
+    /// Who is expected to reach them: the subjects of these rules (namespaces, service
+    /// accounts, pod label selector). `None`: nobody.
+    pub expected: Option<AccessRules>,
+    /// Where the rules came from (a file name or `preset aks`), for the annotation.
+    pub rules_source: Option<String>,
+}
+
+/// The kinds of warnings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WarningKind {
+    /// An existing policy would still admit a target for pods that are not expected
+    /// (NetworkPolicies add up).
+    ReopensTarget,
+    /// A hostNetwork workload: no pod-network policy applies to it.
+    HostNetwork,
+    /// A namespace only referenced in the input (not declared): the generated policy
+    /// fails to apply until it exists.
+    ImplicitNamespace,
+    /// A subject that this kind of policy cannot express (service accounts in
+    /// NetworkPolicy, ClusterNetworkPolicy, AdminNetworkPolicy): skipped, so its pods
+    /// stay denied.
+    SubjectNotExpressible,
+    /// A subject names a namespace that is not in the input: no policy written there.
+    NamespaceNotFound,
+    /// A subject selects every pod: nothing is denied.
+    EverythingExpected,
+    /// What an engine does differently (Azure NPM and `endPort`, priority limits).
+    EngineLimit,
+}
+
+impl WarningKind {
+    /// The stable id (`reopens-target`, ...).
+    pub fn id(self) -> &'static str {
+        match self {
+            WarningKind::ReopensTarget => "reopens-target",
+            WarningKind::HostNetwork => "host-network",
+            WarningKind::ImplicitNamespace => "implicit-namespace",
+            WarningKind::SubjectNotExpressible => "subject-not-expressible",
+            WarningKind::NamespaceNotFound => "namespace-not-found",
+            WarningKind::EverythingExpected => "everything-expected",
+            WarningKind::EngineLimit => "engine-limit",
+        }
+    }
+}
+
+/// One warning about the generated objects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GenerateWarning {
+    /// What kind.
+    pub kind: WarningKind,
+    /// What, where, and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for GenerateWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.id(), self.message)
+    }
+}
+
+/// The generated objects and the warnings.
+#[derive(Debug, Clone, Default)]
+pub struct Generated {
+    /// Kubernetes objects (apiVersion, kind, metadata, spec), in a stable order.
+    pub objects: Vec<Value>,
+    /// What the objects cannot do, and what to do about it.
+    pub warnings: Vec<GenerateWarning>,
+}
+
+impl Generated {
+    fn warn(&mut self, kind: WarningKind, message: String) {
+        self.warnings.push(GenerateWarning { kind, message });
+    }
+}
+
+/// Generates the objects for `opts.engine`.
+pub fn generate(cluster: &Cluster, opts: &GenerateOptions) -> Generated {
+    let ctx = Context::new(cluster, opts);
+    let mut out = Generated::default();
+    if ctx.addrs.is_empty() {
+        out.warn(
+            WarningKind::EverythingExpected,
+            "no targets: nothing to deny".into(),
+        );
+        return out;
+    }
+    match opts.engine {
+        OutputEngine::NetworkPolicy => networkpolicy::generate(&ctx, &mut out),
+        OutputEngine::Cnp | OutputEngine::Anp => admin::generate(&ctx, opts.engine, &mut out),
+        OutputEngine::Calico => calico::generate(&ctx, &mut out),
+        OutputEngine::Cilium => cilium::generate(&ctx, &mut out),
+    }
+    host_network_warnings(&ctx, &mut out);
+    out
+}
+
+/// A target address and its target (protocol, port) pairs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TargetAddr {
+    pub ip: IpAddr,
+    pub ports: BTreeSet<(Protocol, u16)>,
+}
+
+impl TargetAddr {
+    /// `ip/32` or `ip/128`.
+    pub fn cidr(&self) -> String {
+        host_cidr(self.ip)
+    }
+
+    /// The target ports of one protocol, sorted.
+    pub fn ports_of(&self, p: Protocol) -> Vec<u16> {
+        self.ports
+            .iter()
+            .filter(|(q, _)| *q == p)
+            .map(|(_, n)| *n)
+            .collect()
+    }
+
+    /// The protocols with target ports, sorted.
+    pub fn protocols(&self) -> Vec<Protocol> {
+        let mut v: Vec<Protocol> = self.ports.iter().map(|(p, _)| *p).collect();
+        v.dedup();
+        v
+    }
+}
+
+/// `ip/32` or `ip/128`.
+pub(crate) fn host_cidr(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(_) => format!("{ip}/32"),
+        IpAddr::V6(_) => format!("{ip}/128"),
+    }
+}
+
+/// One expected subject: the rule it belongs to and the subject.
+#[derive(Debug, Clone)]
+pub(crate) struct ExpectedSubject<'a> {
+    /// The rule's name.
+    pub rule: &'a str,
+    /// Index of the subject in the rule, and how many subjects the rule has.
+    pub index: usize,
+    pub count: usize,
+    pub subject: &'a Subject,
+}
+
+impl ExpectedSubject<'_> {
+    /// `allow-metadata-<rule>` or `allow-metadata-<rule>-<i>` when the rule has several
+    /// subjects, as a DNS-1123 name.
+    pub fn object_name(&self) -> String {
+        let base = format!("{ALLOW_PREFIX}{}", dns_label(self.rule));
+        if self.count > 1 {
+            format!("{base}-{}", self.index)
+        } else {
+            base
+        }
+    }
+
+    /// The namespaces it names; `None` for any namespace (`*` or none given).
+    pub fn namespaces(&self) -> Option<&[String]> {
+        let ns = &self.subject.namespaces;
+        (!ns.is_empty() && !ns.iter().any(|n| n == "*")).then_some(ns.as_slice())
+    }
+
+    /// The service accounts it names; `None` for any.
+    pub fn service_accounts(&self) -> Option<&[String]> {
+        let sa = &self.subject.service_accounts;
+        (!sa.is_empty() && !sa.iter().any(|n| n == "*")).then_some(sa.as_slice())
+    }
+
+    /// `rule <name>` or `rule <name>, subject <i>`.
+    pub fn describe(&self) -> String {
+        if self.count > 1 {
+            format!("rule `{}`, subject {}", self.rule, self.index)
+        } else {
+            format!("rule `{}`", self.rule)
+        }
+    }
+}
+
+/// What every engine's generator reads.
+pub(crate) struct Context<'a> {
+    pub cluster: &'a Cluster,
+    pub opts: &'a GenerateOptions,
+    /// Target addresses in address order (IPv4 first).
+    pub addrs: Vec<TargetAddr>,
+    /// Expected subjects in rule order.
+    pub subjects: Vec<ExpectedSubject<'a>>,
+}
+
+impl<'a> Context<'a> {
+    fn new(cluster: &'a Cluster, opts: &'a GenerateOptions) -> Self {
+        let mut by_ip: BTreeMap<IpAddr, BTreeSet<(Protocol, u16)>> = BTreeMap::new();
+        for t in &opts.targets {
+            by_ip.entry(t.ip).or_default().insert((t.protocol, t.port));
+        }
+        let addrs = by_ip
+            .into_iter()
+            .map(|(ip, ports)| TargetAddr { ip, ports })
+            .collect();
+        let subjects = opts
+            .expected
+            .iter()
+            .flat_map(|r| r.rules())
+            .flat_map(|rule| {
+                let count = rule.subjects.len();
+                rule.subjects
+                    .iter()
+                    .enumerate()
+                    .map(move |(index, subject)| ExpectedSubject {
+                        rule: &rule.name,
+                        index,
+                        count,
+                        subject,
+                    })
+            })
+            .collect();
+        Context {
+            cluster,
+            opts,
+            addrs,
+            subjects,
+        }
+    }
+
+    /// Whether pods of this shape in `namespace` are expected to reach the targets.
+    pub fn expected(&self, namespace: &str, template: &PodTemplate) -> bool {
+        let shape = PodShapeRef {
+            namespace,
+            labels: &template.labels,
+            // The model does not read pods' service accounts yet: a subject naming
+            // service accounts does not select the shape (it stays denied).
+            service_account: None,
+        };
+        self.opts
+            .expected
+            .as_ref()
+            .is_some_and(|r| r.rules().iter().any(|rule| rule.selects_shape(&shape)))
+    }
+
+    /// `metadata` of a generated object.
+    pub fn metadata(&self, name: &str, namespace: Option<&str>, targets: &[&TargetAddr]) -> Value {
+        let mut m = Map::new();
+        m.insert("name".into(), json!(name));
+        if let Some(ns) = namespace {
+            m.insert("namespace".into(), json!(ns));
+        }
+        m.insert("labels".into(), json!({ MANAGED_BY_LABEL: MANAGED_BY }));
+        let targets: Vec<String> = targets
+            .iter()
+            .flat_map(|a| {
+                a.ports
+                    .iter()
+                    .map(|(p, n)| Target::new(a.ip, *n, *p).to_string())
+            })
+            .collect();
+        m.insert(
+            "annotations".into(),
+            json!({
+                GENERATED_BY_ANNOTATION: format!("imdsguard {}", env!("CARGO_PKG_VERSION")),
+                RULES_ANNOTATION: self.opts.rules_source.as_deref().unwrap_or("none"),
+                TARGETS_ANNOTATION: targets.join(", "),
+            }),
+        );
+        Value::Object(m)
+    }
+
+    /// Every target address.
+    pub fn all_addrs(&self) -> Vec<&TargetAddr> {
+        self.addrs.iter().collect()
+    }
+}
+
+/// A label selector as the Kubernetes API writes it (`{}` for everything).
+pub(crate) fn selector_json(s: &LabelSelector) -> Value {
+    let mut m = Map::new();
+    if !s.match_labels.is_empty() {
+        m.insert("matchLabels".into(), json!(s.match_labels));
+    }
+    if !s.match_expressions.is_empty() {
+        let exprs: Vec<Value> = s
+            .match_expressions
+            .iter()
+            .map(|r| {
+                let mut e = Map::new();
+                e.insert("key".into(), json!(r.key));
+                e.insert("operator".into(), json!(operator_name(r.operator)));
+                if !r.values.is_empty() {
+                    e.insert("values".into(), json!(r.values));
+                }
+                Value::Object(e)
+            })
+            .collect();
+        m.insert("matchExpressions".into(), Value::Array(exprs));
+    }
+    Value::Object(m)
+}
+
+/// The API's name of an operator.
+pub(crate) fn operator_name(op: Operator) -> &'static str {
+    match op {
+        Operator::In => "In",
+        Operator::NotIn => "NotIn",
+        Operator::Exists => "Exists",
+        Operator::DoesNotExist => "DoesNotExist",
+    }
+}
+
+/// A namespace selector for these namespace names (`{}` for any).
+pub(crate) fn namespace_selector(names: Option<&[String]>) -> Value {
+    match names {
+        None => json!({}),
+        Some(names) => json!({"matchExpressions": [{
+            "key": crate::model::NAMESPACE_NAME_LABEL,
+            "operator": "In",
+            "values": names,
+        }]}),
+    }
+}
+
+/// A DNS-1123 label made of `s`: lower case, `[a-z0-9-]`, no leading or trailing `-`,
+/// at most 40 characters (room for the prefixes).
+pub(crate) fn dns_label(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    let mut out: String = out.trim_matches('-').chars().take(40).collect();
+    while out.ends_with('-') {
+        out.pop();
+    }
+    if out.is_empty() { "rule".into() } else { out }
+}
+
+/// Names of the workloads (and the "new pod" of a namespace) as the audit writes them.
+fn host_network_warnings(ctx: &Context<'_>, out: &mut Generated) {
+    let host: Vec<String> = ctx
+        .cluster
+        .workloads
+        .iter()
+        .filter(|w| w.host_network())
+        .filter(|w| {
+            !w.shapes
+                .iter()
+                .all(|s| ctx.expected(&w.namespace, &s.template))
+        })
+        .map(|w| w.id())
+        .collect();
+    if !host.is_empty() {
+        out.warn(
+            WarningKind::HostNetwork,
+            format!(
+                "{} hostNetwork workload(s) use the node's network, where no {} policy applies: {}; block the targets on the node with `imdsguard agent run` (docs/agent.md)",
+                host.len(),
+                ctx.opts.engine,
+                host.join(", ")
+            ),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests;

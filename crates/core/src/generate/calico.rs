@@ -1,0 +1,183 @@
+//! Calico output (`projectcalico.org/v3`): a Tier of imdsguard's own and
+//! GlobalNetworkPolicies in it.
+//!
+//! Semantics used (<https://docs.tigera.io/calico/latest/reference/resources/tier>,
+//! <https://docs.tigera.io/calico/latest/network-policy/policy-tiers/tiered-policy>):
+//! tiers are evaluated by ascending `order`; within a tier, policies by `order` and rules
+//! in order; Allow and Deny end the evaluation, Pass goes to the next tier; a tier that
+//! selects an endpoint but decides nothing drops the packet (unless its
+//! `defaultAction` is Pass). Kubernetes NetworkPolicies live in the `default` tier
+//! (order 1,000,000), ClusterNetworkPolicies in `kube-admin` (order 1,000) and
+//! `kube-baseline` (order 10,000,000).
+//!
+//! The `imdsguard` tier has order 100: before `default`, so no namespace policy (Calico
+//! NetworkPolicy or Kubernetes NetworkPolicy) can re-open a target, and before
+//! `kube-admin` too, so that the only way to let a pod reach the metadata endpoints is
+//! the rules file this tier was generated from (an admin's exception belongs there,
+//! where the audit, the proxy and the node agent read it as well). In it:
+//!
+//! 1. per expected subject, `imdsguard.allow-metadata-<rule>` (order 10, 11, ...):
+//!    Allow the target addresses and ports, nothing else (other traffic falls through);
+//! 2. `imdsguard.deny-metadata` (order 1000) for every workload endpoint
+//!    (`namespaceSelector: all()`, so host endpoints and the node itself are never
+//!    selected): Deny the targets, then Pass everything else to the next tier.
+//!
+//! The tier's `defaultAction: Pass` says the same as the last rule, for traffic
+//! directions the policies do not cover.
+
+use serde_json::{Value, json};
+
+use super::{Context, ExpectedSubject, Generated, TargetAddr};
+use crate::model::{LabelSelector, NAMESPACE_NAME_LABEL, Operator};
+
+/// The tier's name.
+pub const TIER: &str = "imdsguard";
+/// The tier's order: before `kube-admin` (1,000) and `default` (1,000,000).
+pub const TIER_ORDER: u32 = 100;
+/// Order of the deny policy inside the tier (allows come first).
+const DENY_ORDER: u32 = 1000;
+
+pub(super) fn generate(ctx: &Context<'_>, out: &mut Generated) {
+    let mut tier_meta = ctx.metadata(TIER, None, &ctx.all_addrs());
+    tier_meta["annotations"]
+        .as_object_mut()
+        .expect("metadata has annotations")
+        .remove(super::TARGETS_ANNOTATION);
+    out.objects.push(json!({
+        "apiVersion": "projectcalico.org/v3",
+        "kind": "Tier",
+        "metadata": tier_meta,
+        "spec": {"order": TIER_ORDER, "defaultAction": "Pass"},
+    }));
+    for (i, s) in ctx.subjects.iter().enumerate() {
+        let mut spec = json!({
+            "tier": TIER,
+            "order": 10 + i,
+            "namespaceSelector": namespace_selector(s),
+            "selector": s.subject.pod_selector.as_ref().map(selector).unwrap_or_else(|| "all()".into()),
+            "types": ["Egress"],
+            "egress": rules(ctx, "Allow"),
+        });
+        if let Some(sas) = s.service_accounts() {
+            spec["serviceAccountSelector"] =
+                json!(format!("projectcalico.org/name in {}", set(sas)));
+        }
+        let name = format!(
+            "{TIER}.{}",
+            s.object_name().trim_start_matches("imdsguard-")
+        );
+        out.objects.push(json!({
+            "apiVersion": "projectcalico.org/v3",
+            "kind": "GlobalNetworkPolicy",
+            "metadata": ctx.metadata(&name, None, &ctx.all_addrs()),
+            "spec": spec,
+        }));
+    }
+    let mut egress = rules(ctx, "Deny");
+    egress.push(json!({"action": "Pass"}));
+    out.objects.push(json!({
+        "apiVersion": "projectcalico.org/v3",
+        "kind": "GlobalNetworkPolicy",
+        "metadata": ctx.metadata(&format!("{TIER}.deny-metadata"), None, &ctx.all_addrs()),
+        "spec": {
+            "tier": TIER,
+            "order": DENY_ORDER,
+            "namespaceSelector": "all()",
+            "selector": "all()",
+            "types": ["Egress"],
+            "egress": egress,
+        },
+    }));
+}
+
+/// One rule per target address and protocol.
+fn rules(ctx: &Context<'_>, action: &str) -> Vec<Value> {
+    ctx.addrs
+        .iter()
+        .flat_map(|a: &TargetAddr| {
+            a.protocols().into_iter().map(move |p| {
+                json!({
+                    "action": action,
+                    "protocol": p.as_str(),
+                    "destination": {"nets": [a.cidr()], "ports": a.ports_of(p)},
+                })
+            })
+        })
+        .collect()
+}
+
+fn namespace_selector(s: &ExpectedSubject<'_>) -> String {
+    match s.namespaces() {
+        None => "all()".into(),
+        Some(names) => format!("{NAMESPACE_NAME_LABEL} in {}", set(names)),
+    }
+}
+
+/// `{'a', 'b'}`.
+fn set(values: &[String]) -> String {
+    let quoted: Vec<String> = values.iter().map(|v| quote(v)).collect();
+    format!("{{{}}}", quoted.join(", "))
+}
+
+/// A label value in Calico's selector syntax (label values hold no quotes; a value
+/// with a single quote is written in double quotes).
+fn quote(v: &str) -> String {
+    if v.contains('\'') {
+        format!("\"{v}\"")
+    } else {
+        format!("'{v}'")
+    }
+}
+
+/// A Kubernetes label selector in Calico's selector language
+/// (<https://docs.tigera.io/calico/latest/reference/resources/networkpolicy#selectors>).
+pub(crate) fn selector(s: &LabelSelector) -> String {
+    let mut terms: Vec<String> = s
+        .match_labels
+        .iter()
+        .map(|(k, v)| format!("{k} == {}", quote(v)))
+        .collect();
+    for r in &s.match_expressions {
+        terms.push(match r.operator {
+            Operator::In => format!("{} in {}", r.key, set(&r.values)),
+            Operator::NotIn => format!("{} not in {}", r.key, set(&r.values)),
+            Operator::Exists => format!("has({})", r.key),
+            Operator::DoesNotExist => format!("!has({})", r.key),
+        });
+    }
+    if terms.is_empty() {
+        "all()".into()
+    } else {
+        terms.join(" && ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Requirement;
+
+    #[test]
+    fn selectors_in_calico_syntax() {
+        let s = LabelSelector {
+            match_labels: [("app".to_string(), "web".to_string())].into(),
+            match_expressions: vec![
+                Requirement {
+                    key: "tier".into(),
+                    operator: Operator::NotIn,
+                    values: vec!["a".into(), "b".into()],
+                },
+                Requirement {
+                    key: "x".into(),
+                    operator: Operator::DoesNotExist,
+                    values: vec![],
+                },
+            ],
+        };
+        assert_eq!(
+            selector(&s),
+            "app == 'web' && tier not in {'a', 'b'} && !has(x)"
+        );
+        assert_eq!(selector(&LabelSelector::default()), "all()");
+    }
+}

@@ -1,0 +1,360 @@
+//! `networking.k8s.io/v1` NetworkPolicy output: per namespace, a deny that keeps every
+//! other destination open under every engine that enforces NetworkPolicy (Azure NPM,
+//! Calico, Cilium, kube-network-policies), and allow policies for the expected pods.
+//!
+//! A NetworkPolicy cannot deny; it can only isolate a pod and then allow. So the deny
+//! policy selects every pod of its namespace and allows, rule by rule:
+//!
+//! 1. `0.0.0.0/0` less each IPv4 target address (`/32`), and `::/0` less each IPv6 one
+//!    (`/128`): every other address, every port;
+//! 2. for each target address, its ports and protocols that are *not* targets (all of
+//!    UDP and SCTP when only TCP ports are targets; the other TCP ports as ranges with
+//!    `endPort`, and single ports that matter, TCP 53, as entries of their own: Azure
+//!    NPM ignores `endPort` and would keep only a range's first port);
+//! 3. pods, explicitly (`namespaceSelector: {}`): some engines never match pod
+//!    addresses with an ipBlock;
+//! 4. DNS (UDP and TCP 53) to any destination;
+//! 5. node-local DNS (169.254.20.10/32) and AKS LocalDNS (169.254.10.0/24), explicitly:
+//!    some engines treat node-local addresses as the host, not as an ipBlock.
+//!
+//! None of these rules admits a target (a target inside rule 4 or 5 is cut out of it),
+//! and policies add up, so the expected pods get an `imdsguard-allow-metadata-<rule>`
+//! policy in each namespace their subject names, admitting exactly the targets.
+//!
+//! Sources: <https://kubernetes.io/docs/concepts/services-networking/network-policies/>
+//! (isolation, additivity, `endPort`), Azure NPM's `endPort` limitation:
+//! <https://learn.microsoft.com/en-us/azure/aks/use-network-policies>.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde_json::{Value, json};
+
+use super::{Context, ExpectedSubject, Generated, TargetAddr, WarningKind, selector_json};
+use crate::netpol::{self, Decision};
+use crate::target::{Protocol, Target};
+
+/// Node-local DNS (NodeLocal DNSCache's default address).
+pub(crate) const NODE_LOCAL_DNS: &str = "169.254.20.10/32";
+/// AKS LocalDNS.
+pub(crate) const AKS_LOCAL_DNS: &str = "169.254.10.0/24";
+
+const PROTOCOLS: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+
+pub(super) fn generate(ctx: &Context<'_>, out: &mut Generated) {
+    let deny_spec = deny_spec(ctx);
+    let allows = allow_policies(ctx, out);
+    for (ns, info) in &ctx.cluster.namespaces {
+        if info.source.is_none() {
+            out.warn(
+                WarningKind::ImplicitNamespace,
+                format!(
+                    "namespace {ns} is only referenced in the input, never declared: its policies are written, but apply only once the namespace exists"
+                ),
+            );
+        }
+        for (allow_ns, policy) in &allows {
+            if allow_ns == ns {
+                out.objects.push(policy.clone());
+            }
+        }
+        out.objects.push(json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": ctx.metadata(super::DENY_NAME, Some(ns), &ctx.all_addrs()),
+            "spec": deny_spec,
+        }));
+    }
+    if ctx.addrs.iter().any(|a| {
+        let tcp = a.ports_of(Protocol::Tcp);
+        !tcp.is_empty() && tcp.len() < 65535
+    }) {
+        let which: Vec<String> = ctx
+            .addrs
+            .iter()
+            .filter(|a| !a.ports_of(Protocol::Tcp).is_empty())
+            .map(|a| a.ip.to_string())
+            .collect();
+        out.warn(
+            WarningKind::EngineLimit,
+            format!(
+                "Azure NPM ignores endPort: on {} only TCP 53 and the first port of each range of non-target TCP ports stay open there (UDP, every other address and DNS are unaffected)",
+                which.join(", ")
+            ),
+        );
+    }
+    reopen_warnings(ctx, out);
+}
+
+/// The deny policy's spec (the same in every namespace).
+fn deny_spec(ctx: &Context<'_>) -> Value {
+    let mut egress = Vec::new();
+    // 1. every other address.
+    let v4: Vec<String> = except_of(ctx, |ip| ip.is_ipv4());
+    let v6: Vec<String> = except_of(ctx, |ip| ip.is_ipv6());
+    egress.push(json!({"to": [ip_block("0.0.0.0/0", &v4), ip_block("::/0", &v6)]}));
+    // 2. the other ports of each target address.
+    for a in &ctx.addrs {
+        let ports = other_ports(a);
+        if !ports.is_empty() {
+            egress.push(json!({"to": [ip_block(&a.cidr(), &[])], "ports": ports}));
+        }
+    }
+    // 3. pods.
+    egress.push(json!({"to": [{"namespaceSelector": {}}]}));
+    // 4. DNS to any destination. When a target is itself a DNS port, this rule would
+    // re-open it: rules 1 to 3 and 5 already keep every other DNS server open.
+    if !ctx
+        .addrs
+        .iter()
+        .any(|a| a.ports.iter().any(|(_, p)| *p == 53))
+    {
+        egress.push(json!({"ports": [
+            {"protocol": "UDP", "port": 53},
+            {"protocol": "TCP", "port": 53},
+        ]}));
+    }
+    // 5. node-local DNS, less any target inside it.
+    let mut local = Vec::new();
+    for block in [NODE_LOCAL_DNS, AKS_LOCAL_DNS] {
+        let net: IpNet = block.parse().expect("constant CIDR");
+        let inside: Vec<String> = ctx
+            .addrs
+            .iter()
+            .filter(|a| net.contains(&a.ip))
+            .map(TargetAddr::cidr)
+            .collect();
+        if inside.iter().any(|c| *c == block) {
+            continue;
+        }
+        local.push(ip_block(block, &inside));
+    }
+    if !local.is_empty() {
+        egress.push(json!({ "to": local }));
+    }
+    json!({
+        "podSelector": {},
+        "policyTypes": ["Egress"],
+        "egress": egress,
+    })
+}
+
+fn except_of(ctx: &Context<'_>, family: impl Fn(&IpAddr) -> bool) -> Vec<String> {
+    ctx.addrs
+        .iter()
+        .filter(|a| family(&a.ip))
+        .map(TargetAddr::cidr)
+        .collect()
+}
+
+fn ip_block(cidr: &str, except: &[String]) -> Value {
+    if except.is_empty() {
+        json!({"ipBlock": {"cidr": cidr}})
+    } else {
+        json!({"ipBlock": {"cidr": cidr, "except": except}})
+    }
+}
+
+/// The port entries of a target address that are not targets.
+pub(crate) fn other_ports(a: &TargetAddr) -> Vec<Value> {
+    let mut out = Vec::new();
+    for p in PROTOCOLS {
+        let targets = a.ports_of(p);
+        if targets.is_empty() {
+            out.push(json!({"protocol": p.as_str()}));
+            continue;
+        }
+        for (start, end) in complement(&targets) {
+            // Ports that matter get entries of their own (Azure NPM ignores endPort).
+            let split = if p == Protocol::Tcp && start < 53 && 53 < end {
+                vec![(start, 52), (53, 53), (54, end)]
+            } else if p == Protocol::Tcp && start == 53 && end > 53 {
+                vec![(53, 53), (54, end)]
+            } else if p == Protocol::Tcp && end == 53 && start < 53 {
+                vec![(start, 52), (53, 53)]
+            } else {
+                vec![(start, end)]
+            };
+            for (s, e) in split {
+                out.push(if s == e {
+                    json!({"protocol": p.as_str(), "port": s})
+                } else {
+                    json!({"protocol": p.as_str(), "port": s, "endPort": e})
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The port ranges of 1..=65535 outside `taken` (sorted).
+pub(crate) fn complement(taken: &[u16]) -> Vec<(u16, u16)> {
+    let mut out = Vec::new();
+    let mut next: u32 = 1;
+    for &t in taken {
+        if u32::from(t) > next {
+            out.push((next as u16, t - 1));
+        }
+        next = u32::from(t) + 1;
+    }
+    if next <= 65535 {
+        out.push((next as u16, 65535));
+    }
+    out
+}
+
+/// The allow policies, each with its namespace, in rule and subject order.
+fn allow_policies(ctx: &Context<'_>, out: &mut Generated) -> Vec<(String, Value)> {
+    let mut policies = Vec::new();
+    for s in &ctx.subjects {
+        if s.service_accounts().is_some() {
+            skip_service_accounts(s, "NetworkPolicy", out);
+            continue;
+        }
+        let namespaces: Vec<&String> = match s.namespaces() {
+            None => ctx.cluster.namespaces.keys().collect(),
+            Some(names) => {
+                for n in names {
+                    if !ctx.cluster.namespaces.contains_key(n) {
+                        out.warn(
+                            WarningKind::NamespaceNotFound,
+                            format!(
+                                "{} names namespace {n}, which is not in the input: no allow policy written there (generate again once it exists)",
+                                s.describe()
+                            ),
+                        );
+                    }
+                }
+                names
+                    .iter()
+                    .filter(|n| ctx.cluster.namespaces.contains_key(*n))
+                    .collect()
+            }
+        };
+        let pod_selector = s
+            .subject
+            .pod_selector
+            .as_ref()
+            .map(selector_json)
+            .unwrap_or_else(|| json!({}));
+        let egress: Vec<Value> = ctx
+            .addrs
+            .iter()
+            .map(|a| json!({"to": [ip_block(&a.cidr(), &[])], "ports": target_ports(a)}))
+            .collect();
+        for ns in namespaces {
+            policies.push((
+                ns.clone(),
+                json!({
+                    "apiVersion": "networking.k8s.io/v1",
+                    "kind": "NetworkPolicy",
+                    "metadata": ctx.metadata(&s.object_name(), Some(ns), &ctx.all_addrs()),
+                    "spec": {
+                        "podSelector": pod_selector,
+                        "policyTypes": ["Egress"],
+                        "egress": egress,
+                    },
+                }),
+            ));
+        }
+    }
+    policies
+}
+
+/// The target ports of an address as NetworkPolicy port entries.
+fn target_ports(a: &TargetAddr) -> Vec<Value> {
+    a.ports
+        .iter()
+        .map(|(p, n)| json!({"protocol": p.as_str(), "port": n}))
+        .collect()
+}
+
+pub(crate) fn skip_service_accounts(s: &ExpectedSubject<'_>, kind: &str, out: &mut Generated) {
+    out.warn(
+        WarningKind::SubjectNotExpressible,
+        format!(
+            "{} selects by service account, which a {kind} cannot express: skipped, so its pods stay denied (select them by pod labels in the rules file, or generate --engine calico or cilium, which select by service account)",
+            s.describe()
+        ),
+    );
+}
+
+/// Existing NetworkPolicies that would still admit a target for pods that are not
+/// expected: policies add up, so the generated deny does not close what they open. The
+/// audit's own NetworkPolicy evaluation decides ([`netpol::decide`]).
+fn reopen_warnings(ctx: &Context<'_>, out: &mut Generated) {
+    let c = ctx.cluster;
+    let targets: Vec<Target> = ctx
+        .addrs
+        .iter()
+        .flat_map(|a| a.ports.iter().map(|(p, n)| Target::new(a.ip, *n, *p)))
+        .collect();
+    for w in &c.workloads {
+        for shape in &w.shapes {
+            if shape.template.host_network || ctx.expected(&w.namespace, &shape.template) {
+                continue;
+            }
+            let selecting = c.selecting(&w.namespace, &shape.template.labels);
+            let mut rules = Vec::new();
+            let mut reopened = Vec::new();
+            for t in &targets {
+                if let Decision::Allowed { by, .. } = netpol::decide(c, &selecting, t) {
+                    reopened.push(t.to_string());
+                    for r in by {
+                        let name = format!("{}#egress[{}]", c.policies[r.policy].id(), r.rule);
+                        if !rules.contains(&name) {
+                            rules.push(name);
+                        }
+                    }
+                }
+            }
+            if !reopened.is_empty() {
+                out.warn(
+                    WarningKind::ReopensTarget,
+                    format!(
+                        "{} would still reach {}: {} admit(s) it, and NetworkPolicies add up; narrow those rules (except the targets) or use a cluster-scoped engine (cnp, anp, calico, cilium)",
+                        w.id(),
+                        reopened.join(", "),
+                        rules.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn complement_of_ports() {
+        assert_eq!(complement(&[80]), [(1, 79), (81, 65535)]);
+        assert_eq!(complement(&[1, 65535]), [(2, 65534)]);
+        assert_eq!(
+            complement(&[80, 81, 32526]),
+            [(1, 79), (82, 32525), (32527, 65535)]
+        );
+        assert_eq!(complement(&[]), [(1, 65535)]);
+    }
+
+    #[test]
+    fn other_ports_keep_udp_and_tcp_53_as_their_own_entries() {
+        let a = TargetAddr {
+            ip: "168.63.129.16".parse().unwrap(),
+            ports: [(Protocol::Tcp, 80), (Protocol::Tcp, 32526)].into(),
+        };
+        assert_eq!(
+            Value::Array(other_ports(&a)),
+            json!([
+                {"protocol": "TCP", "port": 1, "endPort": 52},
+                {"protocol": "TCP", "port": 53},
+                {"protocol": "TCP", "port": 54, "endPort": 79},
+                {"protocol": "TCP", "port": 81, "endPort": 32525},
+                {"protocol": "TCP", "port": 32527, "endPort": 65535},
+                {"protocol": "UDP"},
+                {"protocol": "SCTP"},
+            ])
+        );
+    }
+}

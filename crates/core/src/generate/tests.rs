@@ -1,0 +1,232 @@
+//! Tests of the generator's objects, engine by engine, on small clusters.
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::manifest::parse;
+use crate::target::Cloud;
+
+fn cluster(text: &str) -> Cluster {
+    let l = parse("t.yaml", text);
+    assert!(l.errors.is_empty(), "{:?}", l.errors);
+    Cluster::build(l.objects)
+}
+
+const CLUSTER: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: kube-system}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: agent, namespace: kube-system, labels: {app: agent}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop, labels: {app: web}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: job, namespace: batch}\n";
+
+const RULES: &str = "rules:\n- name: agent\n  subjects: [{namespace: kube-system, podSelector: {matchLabels: {app: agent}}}]\n  paths: [/metadata/instance]\n";
+
+fn opts(engine: OutputEngine, rules: Option<&str>) -> GenerateOptions {
+    GenerateOptions {
+        engine,
+        targets: Cloud::Azure.targets(),
+        expected: rules.map(|r| AccessRules::parse(r).expect("rules parse")),
+        rules_source: rules.map(|_| "rules.yaml".to_string()),
+    }
+}
+
+fn names(g: &Generated) -> Vec<String> {
+    g.objects
+        .iter()
+        .map(|o| {
+            let m = &o["metadata"];
+            match m["namespace"].as_str() {
+                Some(ns) => format!(
+                    "{}:{ns}/{}",
+                    o["kind"].as_str().unwrap(),
+                    m["name"].as_str().unwrap()
+                ),
+                None => format!(
+                    "{}:{}",
+                    o["kind"].as_str().unwrap(),
+                    m["name"].as_str().unwrap()
+                ),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn engines_parse_and_print() {
+    for e in OutputEngine::ALL {
+        assert_eq!(e.as_str().parse::<OutputEngine>().unwrap(), e);
+    }
+    assert!("iptables".parse::<OutputEngine>().is_err());
+}
+
+#[test]
+fn networkpolicy_per_namespace_with_allows_first() {
+    let c = cluster(CLUSTER);
+    let g = generate(&c, &opts(OutputEngine::NetworkPolicy, Some(RULES)));
+    assert_eq!(
+        names(&g),
+        [
+            "NetworkPolicy:batch/imdsguard-deny-metadata",
+            "NetworkPolicy:kube-system/imdsguard-allow-metadata-agent",
+            "NetworkPolicy:kube-system/imdsguard-deny-metadata",
+            "NetworkPolicy:shop/imdsguard-deny-metadata",
+        ]
+    );
+    assert!(
+        g.warnings
+            .iter()
+            .any(|w| w.kind == WarningKind::ImplicitNamespace && w.message.contains("batch")),
+        "{:?}",
+        g.warnings
+    );
+    let deny = &g.objects[0];
+    assert_eq!(deny["metadata"]["labels"][MANAGED_BY_LABEL], MANAGED_BY);
+    assert_eq!(
+        deny["metadata"]["annotations"][RULES_ANNOTATION],
+        "rules.yaml"
+    );
+    assert_eq!(deny["spec"]["podSelector"], json!({}));
+    assert_eq!(deny["spec"]["policyTypes"], json!(["Egress"]));
+    let egress = deny["spec"]["egress"].as_array().unwrap();
+    assert_eq!(
+        egress[0],
+        json!({"to": [
+            {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["168.63.129.16/32", "169.254.169.254/32"]}},
+            {"ipBlock": {"cidr": "::/0"}},
+        ]})
+    );
+    let allow = &g.objects[1];
+    assert_eq!(
+        allow["spec"]["podSelector"],
+        json!({"matchLabels": {"app": "agent"}})
+    );
+    assert_eq!(
+        allow["spec"]["egress"],
+        json!([
+            {"to": [{"ipBlock": {"cidr": "168.63.129.16/32"}}], "ports": [{"protocol": "TCP", "port": 80}, {"protocol": "TCP", "port": 32526}]},
+            {"to": [{"ipBlock": {"cidr": "169.254.169.254/32"}}], "ports": [{"protocol": "TCP", "port": 80}]},
+        ])
+    );
+}
+
+#[test]
+fn networkpolicy_never_cuts_node_local_dns_with_a_wide_except() {
+    let c = cluster(CLUSTER);
+    let g = generate(&c, &opts(OutputEngine::NetworkPolicy, None));
+    let text = serde_json::to_string(&g.objects).unwrap();
+    assert!(!text.contains("169.254.0.0/16"));
+    assert!(text.contains("169.254.20.10/32"));
+    assert!(text.contains("169.254.10.0/24"));
+}
+
+#[test]
+fn cluster_scoped_engines_write_allow_then_deny() {
+    let c = cluster(CLUSTER);
+    let cnp = generate(&c, &opts(OutputEngine::Cnp, Some(RULES)));
+    assert_eq!(
+        names(&cnp),
+        [
+            "ClusterNetworkPolicy:imdsguard-allow-metadata-agent",
+            "ClusterNetworkPolicy:imdsguard-deny-metadata"
+        ]
+    );
+    assert_eq!(cnp.objects[0]["spec"]["priority"], 0);
+    assert_eq!(cnp.objects[1]["spec"]["priority"], 1);
+    assert_eq!(cnp.objects[1]["spec"]["tier"], "Admin");
+    assert_eq!(cnp.objects[1]["spec"]["subject"], json!({"namespaces": {}}));
+    assert_eq!(
+        cnp.objects[1]["spec"]["egress"][1],
+        json!({"name": "deny-169.254.169.254", "action": "Deny",
+               "to": [{"networks": ["169.254.169.254/32"]}],
+               "protocols": [{"tcp": {"destinationPort": {"number": 80}}}]})
+    );
+    let anp = generate(&c, &opts(OutputEngine::Anp, Some(RULES)));
+    assert_eq!(anp.objects[0]["spec"]["egress"][0]["action"], "Allow");
+    assert_eq!(
+        anp.objects[1]["spec"]["egress"][0]["ports"],
+        json!([{"portNumber": {"protocol": "TCP", "port": 80}}, {"portNumber": {"protocol": "TCP", "port": 32526}}])
+    );
+}
+
+#[test]
+fn calico_tier_allow_deny_pass() {
+    let c = cluster(CLUSTER);
+    let g = generate(&c, &opts(OutputEngine::Calico, Some(RULES)));
+    assert_eq!(
+        names(&g),
+        [
+            "Tier:imdsguard",
+            "GlobalNetworkPolicy:imdsguard.allow-metadata-agent",
+            "GlobalNetworkPolicy:imdsguard.deny-metadata"
+        ]
+    );
+    let allow = &g.objects[1]["spec"];
+    assert_eq!(allow["selector"], "app == 'agent'");
+    assert_eq!(
+        allow["namespaceSelector"],
+        "kubernetes.io/metadata.name in {'kube-system'}"
+    );
+    let deny = g.objects[2]["spec"]["egress"].as_array().unwrap();
+    assert_eq!(deny.last().unwrap(), &json!({"action": "Pass"}));
+    assert_eq!(
+        deny[0],
+        json!({"action": "Deny", "protocol": "TCP", "destination": {"nets": ["168.63.129.16/32"], "ports": [80, 32526]}})
+    );
+}
+
+#[test]
+fn cilium_selects_everyone_but_the_expected() {
+    let c = cluster(CLUSTER);
+    let g = generate(&c, &opts(OutputEngine::Cilium, Some(RULES)));
+    let sels: Vec<&Value> = g
+        .objects
+        .iter()
+        .map(|o| &o["spec"]["endpointSelector"])
+        .collect();
+    assert_eq!(sels.len(), 2, "{sels:?}");
+    assert!(
+        g.objects
+            .iter()
+            .all(|o| o["spec"]["enableDefaultDeny"] == json!({"egress": false, "ingress": false}))
+    );
+    let none = generate(&c, &opts(OutputEngine::Cilium, None));
+    assert_eq!(
+        names(&none),
+        ["CiliumClusterwideNetworkPolicy:imdsguard-deny-metadata"]
+    );
+    assert_eq!(none.objects[0]["spec"]["endpointSelector"], json!({}));
+}
+
+#[test]
+fn reopening_policies_and_host_network_are_warned() {
+    let text = format!(
+        "{CLUSTER}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: open, namespace: shop}}\nspec:\n  podSelector: {{}}\n  egress: [{{}}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: proxy, namespace: kube-system}}\nspec: {{hostNetwork: true}}\n"
+    );
+    let c = cluster(&text);
+    let g = generate(&c, &opts(OutputEngine::NetworkPolicy, Some(RULES)));
+    let reopen: Vec<&GenerateWarning> = g
+        .warnings
+        .iter()
+        .filter(|w| w.kind == WarningKind::ReopensTarget)
+        .collect();
+    assert_eq!(reopen.len(), 1, "{:?}", g.warnings);
+    assert!(
+        reopen[0].message.contains("shop/web[Pod]")
+            && reopen[0].message.contains("shop/open#egress[0]")
+    );
+    assert!(g.warnings.iter().any(
+        |w| w.kind == WarningKind::HostNetwork && w.message.contains("kube-system/proxy[Pod]")
+    ));
+}
+
+#[test]
+fn the_aks_preset_needs_few_cilium_policies() {
+    let rules = AccessRules::parse(crate::presets::preset("aks").unwrap()).unwrap();
+    let c = cluster(CLUSTER);
+    let g = generate(
+        &c,
+        &GenerateOptions {
+            engine: OutputEngine::Cilium,
+            targets: Cloud::Azure.targets(),
+            expected: Some(rules),
+            rules_source: Some("preset aks".into()),
+        },
+    );
+    // Subjects that share label keys merge: 5 policies for the AKS add-ons.
+    assert_eq!(g.objects.len(), 5, "{:?}", g.objects);
+}
