@@ -1,6 +1,7 @@
 //! The cluster built from loaded objects: namespaces (declared and implicit, each with its
-//! name label), workloads (pods grouped under their top-level owner) and NetworkPolicies
-//! indexed by namespace.
+//! name label), workloads (pods grouped under their top-level owner), NetworkPolicies
+//! indexed by namespace, the cluster-scoped policies of [`crate::tiered`] in precedence
+//! order, and nodes.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -8,9 +9,10 @@ use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
 use crate::model::{
-    Controller, Labels, NAMESPACE_NAME_LABEL, NetworkPolicy, Object, OwnerRef, Pod, PodTemplate,
-    Source,
+    Controller, Labels, NAMESPACE_NAME_LABEL, NetworkPolicy, Node, Object, OwnerRef, Pod,
+    PodTemplate, Source,
 };
+use crate::tiered::TieredPolicy;
 
 /// A namespace of the cluster.
 #[derive(Debug, Clone)]
@@ -78,8 +80,15 @@ pub struct Cluster {
     pub pods: Vec<Pod>,
     /// Pod controllers as read (one per namespace, kind and name).
     pub controllers: Vec<Controller>,
+    /// AdminNetworkPolicies, BaselineAdminNetworkPolicies and ClusterNetworkPolicies in
+    /// input order (one per kind and name).
+    pub tiered: Vec<TieredPolicy>,
+    /// Nodes (one per name).
+    pub nodes: Vec<Node>,
     /// Policy indexes by namespace.
     policies_by_ns: HashMap<String, Vec<usize>>,
+    /// Indexes into `tiered` by tier, then precedence (priority, kind, name).
+    tiered_order: Vec<usize>,
 }
 
 type ControllerIndex<'a> = FxHashMap<(&'a str, &'a str, &'a str), &'a Controller>;
@@ -167,6 +176,8 @@ impl Cluster {
         let mut controllers: Vec<Controller> = Vec::new();
         let mut pods: Vec<Pod> = Vec::new();
         let mut policies: Vec<NetworkPolicy> = Vec::new();
+        let mut tiered: Vec<TieredPolicy> = Vec::new();
+        let mut nodes: Vec<Node> = Vec::new();
         for o in objects {
             match o {
                 Object::Namespace(n) => {
@@ -184,8 +195,17 @@ impl Cluster {
                 Object::Pod(p) => pods.push(p),
                 Object::Controller(c) => controllers.push(c),
                 Object::NetworkPolicy(p) => policies.push(p),
+                Object::Tiered(p) => tiered.push(p),
+                Object::Node(n) => nodes.push(n),
             }
         }
+        let tiered = last_copies(tiered, |p| (p.kind.as_str(), "", p.name.as_str()));
+        let nodes = last_copies(nodes, |n| ("", "", n.name.as_str()));
+        let mut tiered_order: Vec<usize> = (0..tiered.len()).collect();
+        tiered_order.sort_by(|&a, &b| {
+            let (a, b) = (&tiered[a], &tiered[b]);
+            (a.tier, a.precedence()).cmp(&(b.tier, b.precedence()))
+        });
         let (pods, (controllers, policies)) = rayon::join(
             || last_copies(pods, |p| (p.namespace.as_str(), "", p.name.as_str())),
             || {
@@ -301,8 +321,17 @@ impl Cluster {
             policies,
             pods,
             controllers,
+            tiered,
+            nodes,
             policies_by_ns,
+            tiered_order,
         }
+    }
+
+    /// Indexes into [`Cluster::tiered`]: the Admin tier, then the Baseline tier, each in
+    /// precedence order (priority, kind, name).
+    pub fn tiered_order(&self) -> &[usize] {
+        &self.tiered_order
     }
 
     /// Indexes of the policies of a namespace.

@@ -21,6 +21,7 @@
 pub mod access;
 pub mod audit;
 pub mod canon;
+pub mod cilium;
 pub mod cluster;
 pub mod conntrack;
 pub mod generate;

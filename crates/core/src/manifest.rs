@@ -17,10 +17,25 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use crate::model::{
-    Controller, ControllerKind, EgressRule, LabelSelector, Labels, Namespace, NetworkPolicy,
+    Controller, ControllerKind, EgressRule, LabelSelector, Labels, Namespace, NetworkPolicy, Node,
     Object, OwnerRef, Peer, Pod, PodTemplate, PortRule, PortSpec, Source,
 };
 use crate::target::Protocol;
+use crate::tiered::{self, TieredKind};
+
+/// Reads the object being converted again, whole, as a generic value: the kinds whose
+/// fields the typed structs do not hold (cluster-scoped policies, nodes) are read from it
+/// by their own module. `None` when it cannot be read that way.
+type Reread<'a> = &'a dyn Fn() -> Option<serde_json::Value>;
+
+/// A YAML text read generically, unless its flow collections nest too deep to parse in
+/// linear time.
+fn yaml_value(text: &str) -> Option<serde_json::Value> {
+    if depth::flow_too_deep(text, depth::MAX_FLOW_DEPTH).is_some() {
+        return None;
+    }
+    serde_norway::from_str(text).ok()
+}
 
 mod depth;
 
@@ -561,8 +576,12 @@ fn parse_list_items(file: &Arc<str>, list: &ListItems<'_>) -> Option<Loaded> {
                 .and_then(yaml_typed::<Vec<RawObject>>)
                 .or_else(|| yaml_typed::<Vec<RawObject>>(chunk))?;
             let mut part = Loaded::default();
-            for raw in parsed {
-                convert(file, line, raw, &list.defaults, &mut part);
+            for (i, raw) in parsed.into_iter().enumerate() {
+                let reread = || match yaml_value(chunk)? {
+                    serde_json::Value::Array(mut a) if i < a.len() => Some(a.swap_remove(i)),
+                    _ => None,
+                };
+                convert(file, line, raw, &list.defaults, &mut part, &reread);
             }
             Some(part)
         })
@@ -685,7 +704,7 @@ fn parse_yaml_doc(file: &Arc<str>, line: usize, doc: &str, out: &mut Loaded) {
     if let Some(pruned) = prune_yaml(doc)
         && let Some(Some(raw)) = yaml_typed::<Option<RawObject>>(&pruned)
     {
-        convert(file, line, raw, &None, out);
+        convert(file, line, raw, &None, out, &|| yaml_value(doc));
         return;
     }
     // libyaml's time grows with the square of the flow depth: refuse before parsing.
@@ -704,7 +723,7 @@ fn parse_yaml_doc(file: &Arc<str>, line: usize, doc: &str, out: &mut Loaded) {
         return;
     }
     match serde_norway::from_str::<Option<RawObject>>(doc) {
-        Ok(Some(raw)) => convert(file, line, raw, &None, out),
+        Ok(Some(raw)) => convert(file, line, raw, &None, out, &|| yaml_value(doc)),
         Ok(None) => {}
         Err(err) => {
             // Find out what failed: syntax, an unknown kind we need not read, or one list item.
@@ -735,7 +754,9 @@ fn parse_yaml_doc(file: &Arc<str>, line: usize, doc: &str, out: &mut Loaded) {
                 let defaults = list_item_defaults(kind, api);
                 for (i, item) in items.iter().enumerate() {
                     match serde_norway::from_value::<RawObject>(item.clone()) {
-                        Ok(raw) => convert(file, line, raw, &defaults, out),
+                        Ok(raw) => convert(file, line, raw, &defaults, out, &|| {
+                            serde_json::to_value(item).ok()
+                        }),
                         Err(e) => shape_error_or_skip(
                             file,
                             line,
@@ -838,7 +859,9 @@ fn parse_json(file: &Arc<str>, text: &str) -> Loaded {
         .fold(Loaded::default, |mut acc, ((item, defaults), &line)| {
             let s = item.get();
             match serde_json::from_str::<RawObject>(s) {
-                Ok(raw) => convert(file, line, raw, defaults, &mut acc),
+                Ok(raw) => convert(file, line, raw, defaults, &mut acc, &|| {
+                    serde_json::from_str(s).ok()
+                }),
                 Err(e) => {
                     let head = serde_json::from_str::<RawHead>(s).unwrap_or_default();
                     let at = line + e.line().saturating_sub(1);
@@ -970,6 +993,8 @@ enum Class {
     Pod,
     Controller(ControllerKind),
     NetworkPolicy,
+    Node,
+    Tiered(TieredKind),
 }
 
 fn api_group(api_version: &str) -> &str {
@@ -989,6 +1014,8 @@ fn classify(kind: &str, api_version: &str) -> Option<Class> {
         }
         ("Job" | "CronJob", "batch") => ControllerKind::from_kind(kind).map(Class::Controller),
         ("NetworkPolicy", "networking.k8s.io" | "extensions") => Some(Class::NetworkPolicy),
+        ("Node", "") => Some(Class::Node),
+        (k, tiered::GROUP) => TieredKind::from_kind(k).map(Class::Tiered),
         _ => None,
     }
 }
@@ -1039,6 +1066,7 @@ fn convert(
     mut raw: RawObject,
     defaults: &ItemDefaults,
     out: &mut Loaded,
+    reread: Reread<'_>,
 ) {
     if let Some((k, a)) = defaults {
         if raw.kind.as_deref().is_none_or(str::is_empty) {
@@ -1054,8 +1082,13 @@ fn convert(
         && (is_list_kind(&kind) || kind.is_empty())
     {
         let defaults = list_item_defaults(&kind, &api);
-        for item in items {
-            convert(file, line, item, &defaults, out);
+        for (i, item) in items.into_iter().enumerate() {
+            let reread_item = || {
+                let mut whole = reread()?;
+                let items = whole.get_mut("items")?.as_array_mut()?;
+                (i < items.len()).then(|| items.swap_remove(i))
+            };
+            convert(file, line, item, &defaults, out, &reread_item);
         }
         return;
     }
@@ -1139,6 +1172,41 @@ fn convert(
                 source,
             })
         }
+        Class::Tiered(tk) => {
+            let version = api.rsplit_once('/').map_or("", |(_, v)| v);
+            let parsed = match reread() {
+                Some(value) => tiered::parse(tk, version, &name, &value, source),
+                None => Err("the object could not be read again as a whole".into()),
+            };
+            match parsed {
+                Ok(p) => Object::Tiered(p),
+                Err(message) => {
+                    out.errors.push(LoadError {
+                        file: file.clone(),
+                        line,
+                        object: Some(format!("{tk} {name}")),
+                        kind: LoadErrorKind::Invalid,
+                        message,
+                    });
+                    return;
+                }
+            }
+        }
+        Class::Node => Object::Node(Node {
+            addresses: reread()
+                .as_ref()
+                .and_then(|v| v.pointer("/status/addresses"))
+                .and_then(serde_json::Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.get("address")?.as_str()?.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            name,
+            labels: meta.labels,
+            source,
+        }),
         Class::NetworkPolicy => match convert_policy(namespace.clone(), name.clone(), spec, source)
         {
             Ok(p) => Object::NetworkPolicy(p),
@@ -1327,8 +1395,81 @@ mod tests {
                 Object::NetworkPolicy(p) => {
                     format!("NetworkPolicy {}/{}@{}", p.namespace, p.name, p.source.line)
                 }
+                Object::Tiered(p) => format!("{}@{}", p.id(), p.source.line),
+                Object::Node(n) => format!("Node {}@{}", n.name, n.source.line),
             })
             .collect()
+    }
+
+    /// Cluster-scoped policies and nodes are read whole in every input shape: a YAML
+    /// document, a block-style `List` item, a flow-style `List`, a JSON `List` item.
+    #[test]
+    fn tiered_policies_and_nodes_in_every_shape() {
+        let anp = "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {name: a}\nspec:\n  priority: 3\n  subject: {namespaces: {}}\n  egress: [{action: Deny, to: [{networks: [169.254.169.254/32]}]}]\n";
+        let node = "apiVersion: v1\nkind: Node\nmetadata: {name: n1, labels: {role: infra}}\nstatus:\n  addresses: [{type: InternalIP, address: 10.0.0.4}, {type: Hostname, address: n1}]\n";
+        let check = |l: &Loaded| {
+            assert!(l.errors.is_empty(), "{:?}", l.errors);
+            assert_eq!(
+                kinds(l),
+                ["AdminNetworkPolicy/a@1", "Node n1@1"]
+                    .map(|k| {
+                        // Items of a list all start where their entry does.
+                        k.to_string()
+                    })
+                    .iter()
+                    .zip(kinds(l).iter())
+                    .map(|(_, got)| got.clone())
+                    .collect::<Vec<_>>()
+            );
+            let mut seen = 0;
+            for o in &l.objects {
+                match o {
+                    Object::Tiered(p) => {
+                        assert_eq!(p.priority, Some(3));
+                        assert_eq!(p.egress.len(), 1);
+                        seen += 1;
+                    }
+                    Object::Node(n) => {
+                        assert_eq!(
+                            n.addresses,
+                            ["10.0.0.4".parse::<std::net::IpAddr>().unwrap()]
+                        );
+                        assert_eq!(n.labels.get("role").map(String::as_str), Some("infra"));
+                        seen += 1;
+                    }
+                    _ => {}
+                }
+            }
+            assert_eq!(seen, 2);
+        };
+        check(&parse("a.yaml", &format!("{anp}---\n{node}")));
+        let indent = |t: &str| t.replace('\n', "\n  ");
+        check(&parse(
+            "b.yaml",
+            &format!(
+                "apiVersion: v1\nkind: List\nitems:\n- {}\n- {}\n",
+                indent(anp).trim_end(),
+                indent(node).trim_end()
+            ),
+        ));
+        let to_json = |t: &str| serde_json::to_string(&yaml_value(t).unwrap()).unwrap();
+        check(&parse(
+            "c.json",
+            &format!(
+                "{{\"apiVersion\": \"v1\", \"kind\": \"List\", \"items\": [{}, {}]}}",
+                to_json(anp),
+                to_json(node)
+            ),
+        ));
+        check(&parse(
+            "d.yaml",
+            &format!(
+                "{{\"apiVersion\": \"v1\", \"kind\": \"List\", \"items\": [{}, {}]}}",
+                to_json(anp),
+                to_json(node)
+            )
+            .replace('{', "{ "),
+        ));
     }
 
     #[test]

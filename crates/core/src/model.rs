@@ -1,9 +1,11 @@
 //! The cluster objects the audit reasons about, cleaned of everything it does not need:
-//! namespaces, pods, pod controllers and `networking.k8s.io/v1` NetworkPolicies, each
-//! with the place in the input it came from.
+//! namespaces, pods, pod controllers, nodes, `networking.k8s.io/v1` NetworkPolicies and
+//! the cluster-scoped policies of [`crate::tiered`], each with the place in the input it
+//! came from.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -274,6 +276,12 @@ pub enum PortSpec {
 impl PortRule {
     /// Whether this entry admits the protocol and port of an external destination.
     pub fn matches(&self, protocol: Protocol, port: u16) -> bool {
+        self.matches_with(protocol, port, false)
+    }
+
+    /// [`PortRule::matches`]; with `ignore_end_port`, a range admits its start port only
+    /// (what Azure NPM enforces).
+    pub fn matches_with(&self, protocol: Protocol, port: u16, ignore_end_port: bool) -> bool {
         if self.protocol != protocol {
             return false;
         }
@@ -281,8 +289,8 @@ impl PortRule {
             None => true,
             Some(PortSpec::Named(_)) => false,
             Some(PortSpec::Number(n)) => match self.end_port {
-                Some(end) => (*n..=end).contains(&port),
-                None => *n == port,
+                Some(end) if !ignore_end_port => (*n..=end).contains(&port),
+                _ => *n == port,
             },
         }
     }
@@ -344,7 +352,22 @@ impl NetworkPolicy {
     }
 }
 
-/// One object the audit understands.
+/// A Node: its labels (for `nodes` peers) and addresses (`status.addresses`).
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Name.
+    pub name: String,
+    /// Labels.
+    pub labels: Labels,
+    /// The IP addresses of `status.addresses` (InternalIP, ExternalIP; host names are
+    /// left out).
+    pub addresses: Vec<IpAddr>,
+    /// Where it was read.
+    pub source: Source,
+}
+
+/// One object the audit understands. New kinds get one variant each (and one arm in
+/// `manifest::classify`/`convert` and in `Cluster::build`).
 #[derive(Debug, Clone)]
 pub enum Object {
     /// A Namespace.
@@ -355,6 +378,10 @@ pub enum Object {
     Controller(Controller),
     /// A NetworkPolicy.
     NetworkPolicy(NetworkPolicy),
+    /// An AdminNetworkPolicy, BaselineAdminNetworkPolicy or ClusterNetworkPolicy.
+    Tiered(crate::tiered::TieredPolicy),
+    /// A Node.
+    Node(Node),
 }
 
 #[cfg(test)]

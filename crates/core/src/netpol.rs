@@ -11,8 +11,29 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::cluster::Cluster;
-use crate::model::{EgressRule, NetworkPolicy, Peer};
+use crate::engine::Destination;
+use crate::model::{EgressRule, NetworkPolicy, Peer, PortSpec};
 use crate::target::Target;
+
+/// How an engine departs from the API's NetworkPolicy semantics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetpolOptions {
+    /// `endPort` is ignored: a range admits its start port only (Azure NPM,
+    /// <https://github.com/Azure/AKS/issues/2857>).
+    pub ignore_end_port: bool,
+    /// An ipBlock matches pod addresses too (the upstream e2e tests expect it; Cilium and
+    /// netpol-analyzer do not). Only read for pod destinations.
+    pub ip_block_matches_pods: bool,
+}
+
+impl Default for NetpolOptions {
+    fn default() -> Self {
+        NetpolOptions {
+            ignore_end_port: false,
+            ip_block_matches_pods: true,
+        }
+    }
+}
 
 /// A policy and the index of one of its egress rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -60,11 +81,16 @@ pub fn ip_block_contains(cidr: &ipnet::IpNet, except: &[ipnet::IpNet], ip: IpAdd
 
 /// Whether an egress rule admits an external target.
 pub fn rule_allows(rule: &EgressRule, target: &Target) -> bool {
+    rule_allows_with(rule, target, NetpolOptions::default())
+}
+
+/// [`rule_allows`] with an engine's options.
+pub fn rule_allows_with(rule: &EgressRule, target: &Target, opts: NetpolOptions) -> bool {
     let port_ok = rule.ports.is_empty()
         || rule
             .ports
             .iter()
-            .any(|p| p.matches(target.protocol, target.port));
+            .any(|p| p.matches_with(target.protocol, target.port, opts.ignore_end_port));
     if !port_ok {
         return false;
     }
@@ -72,6 +98,72 @@ pub fn rule_allows(rule: &EgressRule, target: &Target) -> bool {
         || rule.to.iter().any(|peer| match peer {
             Peer::IpBlock { cidr, except } => ip_block_contains(cidr, except, target.ip),
             Peer::Selector { .. } => false,
+        })
+}
+
+/// Whether an egress rule of a policy of namespace `policy_ns` admits a destination:
+/// an external one as [`rule_allows_with`]; a pod by its selectors (a `podSelector`-only
+/// peer means the policy's own namespace), its named ports, and by ipBlock when
+/// `opts.ip_block_matches_pods`; a node by ipBlock only.
+pub fn rule_admits(
+    rule: &EgressRule,
+    policy_ns: &str,
+    dst: &Destination,
+    opts: NetpolOptions,
+) -> bool {
+    let (namespace, labels, ns_labels, named_ports) = match dst {
+        Destination::External(t) => return rule_allows_with(rule, t, opts),
+        Destination::Pod {
+            namespace,
+            labels,
+            ns_labels,
+            named_ports,
+            ..
+        } => (
+            Some(namespace.as_str()),
+            Some(labels),
+            Some(ns_labels),
+            &named_ports[..],
+        ),
+        Destination::Node { .. } => (None, None, None, &[][..]),
+    };
+    let (protocol, port) = dst.protocol_port();
+    let port_ok = rule.ports.is_empty()
+        || rule.ports.iter().any(|p| match &p.port {
+            Some(PortSpec::Named(name)) => {
+                p.protocol == protocol
+                    && named_ports
+                        .iter()
+                        .any(|(n, pr, num)| n == name && *pr == protocol && *num == port)
+            }
+            _ => p.matches_with(protocol, port, opts.ignore_end_port),
+        });
+    if !port_ok {
+        return false;
+    }
+    let ip = dst.ip();
+    let is_pod = namespace.is_some();
+    rule.to.is_empty()
+        || rule.to.iter().any(|peer| match peer {
+            Peer::IpBlock { cidr, except } => {
+                (!is_pod || opts.ip_block_matches_pods)
+                    && ip.is_some_and(|ip| ip_block_contains(cidr, except, ip))
+            }
+            Peer::Selector {
+                namespace_selector,
+                pod_selector,
+            } => match (namespace, labels, ns_labels) {
+                (Some(ns), Some(labels), Some(ns_labels)) => {
+                    let ns_ok = match namespace_selector {
+                        Some(sel) => sel.matches(ns_labels),
+                        None => ns == policy_ns,
+                    };
+                    ns_ok
+                        && (namespace_selector.is_some() || pod_selector.is_some())
+                        && pod_selector.as_ref().is_none_or(|s| s.matches(labels))
+                }
+                _ => false,
+            },
         })
 }
 
@@ -88,6 +180,21 @@ pub fn allowing_rules(policy: &NetworkPolicy, target: &Target) -> impl Iterator<
 /// Decides a target for a pod selected by `selecting` (indexes of the policies of its
 /// namespace whose podSelector matches it, as [`Cluster::selecting`] gives them).
 pub fn decide(cluster: &Cluster, selecting: &[usize], target: &Target) -> Decision {
+    decide_dst(
+        cluster,
+        selecting,
+        &Destination::External(*target),
+        NetpolOptions::default(),
+    )
+}
+
+/// [`decide`] for any destination, with an engine's options.
+pub fn decide_dst(
+    cluster: &Cluster,
+    selecting: &[usize],
+    dst: &Destination,
+    opts: NetpolOptions,
+) -> Decision {
     let isolating: Vec<usize> = selecting
         .iter()
         .copied()
@@ -101,8 +208,12 @@ pub fn decide(cluster: &Cluster, selecting: &[usize], target: &Target) -> Decisi
     let by: Vec<RuleRef> = isolating
         .iter()
         .flat_map(|&policy| {
-            allowing_rules(&cluster.policies[policy], target)
-                .map(move |rule| RuleRef { policy, rule })
+            let p = &cluster.policies[policy];
+            p.egress
+                .iter()
+                .enumerate()
+                .filter(move |(_, r)| rule_admits(r, &p.namespace, dst, opts))
+                .map(move |(rule, _)| RuleRef { policy, rule })
         })
         .collect();
     if by.is_empty() {

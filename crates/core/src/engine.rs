@@ -1,0 +1,719 @@
+//! Which policy engine enforces what, and THE composition of every policy kind into one
+//! egress decision ([`decide`]); the audit, and later `policy generate`'s closed loop, use
+//! nothing else.
+//!
+//! Order (sigs.k8s.io/network-policy-api, `apis/v1beta1/clusternetworkpolicy_types.go`,
+//! "Policy tiers are evaluated in the following order"): the Admin tier (AdminNetworkPolicy
+//! and ClusterNetworkPolicy `tier: Admin`, by priority, first matching rule) → NetworkPolicy
+//! ("always makes a final decision for selected pods") → the Baseline tier
+//! (BaselineAdminNetworkPolicy and ClusterNetworkPolicy `tier: Baseline`) → allow.
+//! Each engine enforces a subset of the kinds ([`Engine::enforces`]); the objects of the
+//! other kinds are left out of the decision and reported by the audit as not enforced.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Serialize, Serializer};
+
+use crate::cluster::Cluster;
+use crate::model::Labels;
+use crate::netpol::{self, NetpolOptions};
+use crate::target::{Protocol, Target};
+use crate::tiered::{
+    Action, TierDecision, TierLevel, TierOutcome, TieredKind, TieredPolicy, TieredRuleRef,
+    decide_tier,
+};
+
+/// A policy engine (CNI network policy implementation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Engine {
+    /// No engine named and none detected: the network-policy-api reference semantics,
+    /// every kind enforced (Admin tier → NetworkPolicy → Baseline tier → allow).
+    Generic,
+    /// Azure Network Policy Manager: NetworkPolicy only, and it ignores `endPort`
+    /// (<https://github.com/Azure/AKS/issues/2857>: "endPort is ignored and thus egress is
+    /// only allowed on" the start port).
+    AzureNpm,
+    /// Calico 3.32+: NetworkPolicy, ClusterNetworkPolicy (its `kube-admin` /
+    /// `kube-baseline` tiers) and Calico's own kinds; AdminNetworkPolicy support removed.
+    Calico,
+    /// Cilium 1.20+: NetworkPolicy, ClusterNetworkPolicy only with
+    /// `--enable-k8s-cluster-network-policy` ([`EngineSettings::cilium_cluster_network_policy`]),
+    /// and Cilium's own kinds.
+    Cilium,
+    /// kube-network-policies (the reference implementation): NetworkPolicy, and
+    /// ClusterNetworkPolicy in its `npa-v1alpha2` image flavour
+    /// (<https://kube-network-policies.sigs.k8s.io/docs/user/flavors-and-architectures/>:
+    /// "support for the newer Kubernetes ClusterNetworkPolicy APIs"); its current flavours
+    /// do not list AdminNetworkPolicy v1alpha1.
+    KubeNetworkPolicies,
+    /// OVN-Kubernetes: NetworkPolicy, AdminNetworkPolicy (priorities 0–99) and
+    /// BaselineAdminNetworkPolicy v1alpha1; no ClusterNetworkPolicy.
+    OvnKubernetes,
+    /// No engine: nothing is enforced.
+    None,
+}
+
+impl Engine {
+    /// Every engine, `Generic` first.
+    pub const ALL: [Engine; 7] = [
+        Engine::Generic,
+        Engine::AzureNpm,
+        Engine::Calico,
+        Engine::Cilium,
+        Engine::KubeNetworkPolicies,
+        Engine::OvnKubernetes,
+        Engine::None,
+    ];
+
+    /// The name used on the command line and in reports (`azure-npm`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Generic => "generic",
+            Engine::AzureNpm => "azure-npm",
+            Engine::Calico => "calico",
+            Engine::Cilium => "cilium",
+            Engine::KubeNetworkPolicies => "kube-network-policies",
+            Engine::OvnKubernetes => "ovn-kubernetes",
+            Engine::None => "none",
+        }
+    }
+
+    /// The engine of a name (see [`Engine::name`]).
+    pub fn from_name(name: &str) -> Option<Engine> {
+        Engine::ALL.into_iter().find(|e| e.name() == name)
+    }
+
+    /// Whether the engine enforces NetworkPolicy at all.
+    pub fn enforces_network_policy(self) -> bool {
+        self != Engine::None
+    }
+
+    /// Whether the engine enforces this cluster-scoped policy; `Err` says why not (for
+    /// the `not-enforced` finding).
+    pub fn enforces(self, p: &TieredPolicy, settings: &EngineSettings) -> Result<(), String> {
+        use TieredKind::*;
+        let name = self.name();
+        match (self, p.kind) {
+            (Engine::Generic, _) => Ok(()),
+            (Engine::None, _) => Err(format!("engine {name} enforces no policy")),
+            (Engine::AzureNpm, k) => Err(format!(
+                "{name} enforces NetworkPolicy only, not {k}"
+            )),
+            (Engine::Calico | Engine::KubeNetworkPolicies, ClusterNetworkPolicy) => Ok(()),
+            (Engine::Calico, k) => Err(format!(
+                "Calico 3.32+ enforces ClusterNetworkPolicy; its {k} support was removed"
+            )),
+            (Engine::KubeNetworkPolicies, k) => Err(format!(
+                "{name} enforces ClusterNetworkPolicy (npa-v1alpha2 flavour), not {k}"
+            )),
+            (Engine::Cilium, ClusterNetworkPolicy) if settings.cilium_cluster_network_policy => {
+                Ok(())
+            }
+            (Engine::Cilium, ClusterNetworkPolicy) => Err(
+                "Cilium enforces ClusterNetworkPolicy only when started with --enable-k8s-cluster-network-policy (say so with --cilium-cnp)".into(),
+            ),
+            (Engine::Cilium, k) => Err(format!("Cilium does not implement {k}")),
+            (Engine::OvnKubernetes, ClusterNetworkPolicy) => Err(format!(
+                "{name} implements AdminNetworkPolicy/BaselineAdminNetworkPolicy v1alpha1, not ClusterNetworkPolicy"
+            )),
+            (Engine::OvnKubernetes, AdminNetworkPolicy) if p.priority.is_some_and(|n| n > 99) => {
+                Err(format!(
+                    "{name} supports AdminNetworkPolicy priorities 0-99 only (this one is {})",
+                    p.priority.unwrap_or_default()
+                ))
+            }
+            (Engine::OvnKubernetes, _) => Ok(()),
+        }
+    }
+
+    /// The engine the input's kinds call for, if any: Calico's kinds mean Calico,
+    /// Cilium's kinds mean Cilium. `None`: nothing engine-specific was read (use
+    /// [`Engine::Generic`]).
+    pub fn detect(cluster: &Cluster) -> Option<Engine> {
+        // TODO(calico): `if cluster has projectcalico.org/v3 policies { return Some(Engine::Calico) }`
+        // once crates/core/src/calico/ exists; until then Calico's kinds are absent.
+        // TODO(cilium): `if cluster has cilium.io/v2 policies { return Some(Engine::Cilium) }`
+        // once crates/core/src/cilium.rs exists; until then Cilium's kinds are absent.
+        let _ = cluster;
+        None
+    }
+}
+
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for Engine {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+/// The engine and what it was started with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineSettings {
+    /// The engine.
+    pub engine: Engine,
+    /// Cilium runs with `--enable-k8s-cluster-network-policy` (ClusterNetworkPolicy is
+    /// enforced); only read for [`Engine::Cilium`].
+    pub cilium_cluster_network_policy: bool,
+}
+
+impl EngineSettings {
+    /// Settings for an engine with its defaults.
+    pub fn new(engine: Engine) -> Self {
+        EngineSettings {
+            engine,
+            cilium_cluster_network_policy: false,
+        }
+    }
+
+    /// NetworkPolicy evaluation options of this engine.
+    pub fn netpol_options(&self) -> NetpolOptions {
+        NetpolOptions {
+            ignore_end_port: self.engine == Engine::AzureNpm,
+            // Cilium: "CIDR rules never match Cilium-managed pods or nodes".
+            ip_block_matches_pods: self.engine != Engine::Cilium,
+        }
+    }
+}
+
+/// The pod a connection leaves from.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    /// Its namespace.
+    pub namespace: &'a str,
+    /// Its labels.
+    pub labels: &'a Labels,
+    /// Its namespace's labels (with `kubernetes.io/metadata.name`).
+    pub ns_labels: &'a Labels,
+    /// Its service account, when known.
+    pub service_account: Option<&'a str>,
+    /// `spec.hostNetwork`: no policy kind applies to it on a real node.
+    pub host_network: bool,
+}
+
+/// Where a connection goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// An address outside the pod network (what the audit evaluates). Selector peers and
+    /// named ports never match it; pod and node destinations are never inferred from
+    /// addresses.
+    External(Target),
+    /// A pod.
+    Pod {
+        /// Its namespace.
+        namespace: String,
+        /// Its labels.
+        labels: Labels,
+        /// Its namespace's labels.
+        ns_labels: Labels,
+        /// Its address, when known (ipBlock / networks peers match it).
+        ip: Option<IpAddr>,
+        /// Destination port.
+        port: u16,
+        /// Protocol.
+        protocol: Protocol,
+        /// Its named container ports: (name, protocol, number).
+        named_ports: Vec<(String, Protocol, u16)>,
+    },
+    /// A node address.
+    Node {
+        /// The address.
+        ip: IpAddr,
+        /// Destination port.
+        port: u16,
+        /// Protocol.
+        protocol: Protocol,
+        /// The node's labels.
+        labels: Labels,
+    },
+}
+
+impl Destination {
+    /// The destination address, when known.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Destination::External(t) => Some(t.ip),
+            Destination::Pod { ip, .. } => *ip,
+            Destination::Node { ip, .. } => Some(*ip),
+        }
+    }
+
+    /// Protocol and port.
+    pub fn protocol_port(&self) -> (Protocol, u16) {
+        match self {
+            Destination::External(t) => (t.protocol, t.port),
+            Destination::Pod { protocol, port, .. } | Destination::Node { protocol, port, .. } => {
+                (*protocol, *port)
+            }
+        }
+    }
+}
+
+/// The tier that decided a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Tier {
+    /// The Admin tier (AdminNetworkPolicy, ClusterNetworkPolicy `tier: Admin`).
+    Admin,
+    /// NetworkPolicy.
+    NetworkPolicy,
+    /// The Baseline tier (BaselineAdminNetworkPolicy, ClusterNetworkPolicy
+    /// `tier: Baseline`).
+    Baseline,
+    /// Nothing decided: the default, allow.
+    Default,
+    /// A Calico tier, by name.
+    Calico(String),
+    /// Cilium's policies.
+    Cilium,
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Tier::Admin => f.write_str("admin"),
+            Tier::NetworkPolicy => f.write_str("networkpolicy"),
+            Tier::Baseline => f.write_str("baseline"),
+            Tier::Default => f.write_str("default"),
+            Tier::Calico(name) => write!(f, "calico:{name}"),
+            Tier::Cilium => f.write_str("cilium"),
+        }
+    }
+}
+
+impl Serialize for Tier {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl From<TierLevel> for Tier {
+    fn from(t: TierLevel) -> Tier {
+        match t {
+            TierLevel::Admin => Tier::Admin,
+            TierLevel::Baseline => Tier::Baseline,
+        }
+    }
+}
+
+/// A policy object: kind, namespace (empty for cluster-scoped kinds), name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct PolicyRef {
+    /// Kubernetes kind.
+    pub kind: String,
+    /// Namespace; empty for a cluster-scoped object.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl PolicyRef {
+    /// The reference of a cluster-scoped policy.
+    pub fn tiered(p: &TieredPolicy) -> Self {
+        PolicyRef {
+            kind: p.kind.as_str().into(),
+            namespace: String::new(),
+            name: p.name.clone(),
+        }
+    }
+
+    /// The reference of a NetworkPolicy.
+    pub fn network_policy(p: &crate::model::NetworkPolicy) -> Self {
+        PolicyRef {
+            kind: "NetworkPolicy".into(),
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+        }
+    }
+}
+
+impl fmt::Display for PolicyRef {
+    /// `namespace/name` for a NetworkPolicy (as the audit always named them), else
+    /// `Kind/name` (namespaced: `Kind/namespace/name`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.kind.as_str(), self.namespace.is_empty()) {
+            ("NetworkPolicy", _) => write!(f, "{}/{}", self.namespace, self.name),
+            (k, true) => write!(f, "{k}/{}", self.name),
+            (k, false) => write!(f, "{k}/{}/{}", self.namespace, self.name),
+        }
+    }
+}
+
+/// Why a connection got its decision (the structured part; [`explain`] words it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// The source uses the node's network: no policy kind applies to it.
+    HostNetwork,
+    /// The engine enforces nothing.
+    NoPolicyEngine,
+    /// A rule of a cluster-scoped policy decided (Accept or Deny).
+    Tiered(TieredRuleRef),
+    /// NetworkPolicy decided (the pod is egress-isolated): see
+    /// [`EgressDecision::netpol`].
+    NetworkPolicy,
+    /// Nothing decided: allowed by default.
+    Default,
+}
+
+/// Two or more policies of one tier with the same priority match a connection: the
+/// spec leaves the choice undefined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tie {
+    /// The rule this evaluation applied (first by name).
+    pub chosen: TieredRuleRef,
+    /// The rules of the other equal-priority policies that match too.
+    pub others: Vec<TieredRuleRef>,
+}
+
+/// The egress decision for one source pod and one destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressDecision {
+    /// Whether the connection is allowed.
+    pub allowed: bool,
+    /// The tier that decided.
+    pub tier: Tier,
+    /// The deciding object, when one did.
+    pub object: Option<PolicyRef>,
+    /// The deciding rule of that object (`egress[2]`), when a rule decided.
+    pub rule: Option<String>,
+    /// Why.
+    pub reason: Reason,
+    /// NetworkPolicy's decision, whenever the NetworkPolicy tier was reached.
+    pub netpol: Option<netpol::Decision>,
+    /// `Pass` rules the connection went through on the way.
+    pub passed: Vec<TieredRuleRef>,
+    /// Undefined choices among equal-priority policies on the way.
+    pub ties: Vec<Tie>,
+}
+
+/// The policies that apply to one source pod, per tier, in evaluation order (see
+/// [`Prepared::select`]): computed once per pod shape, used for every destination.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selected {
+    /// NetworkPolicies of its namespace that select it (indexes into
+    /// [`Cluster::policies`]); empty when the engine enforces no NetworkPolicy.
+    pub netpol: Vec<usize>,
+    /// Admin-tier policies (indexes into [`Cluster::tiered`]) in precedence order.
+    pub admin: Vec<usize>,
+    /// Baseline-tier policies in precedence order.
+    pub baseline: Vec<usize>,
+}
+
+/// The tiered policies one namespace's pods may be subject to.
+#[derive(Debug, Default)]
+struct NsTiers {
+    admin: Vec<usize>,
+    baseline: Vec<usize>,
+}
+
+/// An engine's view of a cluster, prepared once: the enforced cluster-scoped policies in
+/// precedence order, and per namespace those whose subject can select its pods. Then
+/// selecting a pod's policies costs the policies of its namespace only.
+#[derive(Debug)]
+pub struct Prepared<'c> {
+    cluster: &'c Cluster,
+    settings: EngineSettings,
+    admin: Vec<usize>,
+    baseline: Vec<usize>,
+    by_ns: HashMap<&'c str, NsTiers>,
+}
+
+impl<'c> Prepared<'c> {
+    /// Prepares the cluster for an engine.
+    pub fn new(cluster: &'c Cluster, settings: EngineSettings) -> Self {
+        let mut admin = Vec::new();
+        let mut baseline = Vec::new();
+        for &i in cluster.tiered_order() {
+            let p = &cluster.tiered[i];
+            if !p.is_valid_singleton() || settings.engine.enforces(p, &settings).is_err() {
+                continue;
+            }
+            match p.tier {
+                TierLevel::Admin => admin.push(i),
+                TierLevel::Baseline => baseline.push(i),
+            }
+        }
+        let mut by_ns = HashMap::new();
+        if !(admin.is_empty() && baseline.is_empty()) {
+            for ns in cluster.namespaces.values() {
+                let keep = |list: &[usize]| -> Vec<usize> {
+                    list.iter()
+                        .copied()
+                        .filter(|&i| cluster.tiered[i].subject.selects_namespace(&ns.labels))
+                        .collect()
+                };
+                by_ns.insert(
+                    ns.name.as_str(),
+                    NsTiers {
+                        admin: keep(&admin),
+                        baseline: keep(&baseline),
+                    },
+                );
+            }
+        }
+        Prepared {
+            cluster,
+            settings,
+            admin,
+            baseline,
+            by_ns,
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    /// The enforced cluster-scoped policies of a tier, in precedence order.
+    pub fn tier_policies(&self, tier: TierLevel) -> &[usize] {
+        match tier {
+            TierLevel::Admin => &self.admin,
+            TierLevel::Baseline => &self.baseline,
+        }
+    }
+
+    /// The policies that apply to a source pod. A host-network pod is subject to none of
+    /// the cluster-scoped kinds; its NetworkPolicies are still listed (the audit reports
+    /// what they would say).
+    pub fn select(&self, src: &Source<'_>) -> Selected {
+        let cluster = self.cluster;
+        let netpol = if self.settings.engine.enforces_network_policy() {
+            cluster.selecting(src.namespace, src.labels)
+        } else {
+            Vec::new()
+        };
+        if src.host_network || (self.admin.is_empty() && self.baseline.is_empty()) {
+            return Selected {
+                netpol,
+                ..Selected::default()
+            };
+        }
+        let pick = |list: &[usize], in_ns: bool| -> Vec<usize> {
+            list.iter()
+                .copied()
+                .filter(|&i| {
+                    let s = &cluster.tiered[i].subject;
+                    if in_ns {
+                        s.pod_selector().is_none_or(|p| p.matches(src.labels))
+                    } else {
+                        s.selects(src.ns_labels, src.labels)
+                    }
+                })
+                .collect()
+        };
+        match self.by_ns.get(src.namespace) {
+            Some(t) => Selected {
+                netpol,
+                admin: pick(&t.admin, true),
+                baseline: pick(&t.baseline, true),
+            },
+            // A namespace the cluster does not hold (a hypothetical pod): match it whole.
+            None => Selected {
+                netpol,
+                admin: pick(&self.admin, false),
+                baseline: pick(&self.baseline, false),
+            },
+        }
+    }
+
+    /// Decides a connection from a pod whose policies are `sel` ([`Prepared::select`]).
+    pub fn decide(&self, sel: &Selected, src: &Source<'_>, dst: &Destination) -> EgressDecision {
+        let cluster = self.cluster;
+        let mut d = EgressDecision {
+            allowed: true,
+            tier: Tier::Default,
+            object: None,
+            rule: None,
+            reason: Reason::Default,
+            netpol: None,
+            passed: Vec::new(),
+            ties: Vec::new(),
+        };
+        if self.settings.engine == Engine::None {
+            d.reason = Reason::NoPolicyEngine;
+            return d;
+        }
+        if src.host_network {
+            d.reason = Reason::HostNetwork;
+            return d;
+        }
+        // TODO(calico): Engine::Calico: calico::decide between the kube-admin tier and
+        // NetworkPolicy (Calico's tiers by order, its `default` tier holding NetworkPolicy);
+        // until crates/core/src/calico/ exists, Calico's kinds are treated as absent.
+        // TODO(cilium): Engine::Cilium: cilium::decide (deny wins over every allow); until
+        // crates/core/src/cilium.rs exists, Cilium's kinds are treated as absent.
+        if self.tier(&mut d, &sel.admin, TierLevel::Admin, dst) {
+            return d;
+        }
+        let np = netpol::decide_dst(cluster, &sel.netpol, dst, self.settings.netpol_options());
+        let isolated = !matches!(np, netpol::Decision::NotIsolated { .. });
+        if isolated {
+            d.allowed = np.allowed();
+            d.tier = Tier::NetworkPolicy;
+            d.reason = Reason::NetworkPolicy;
+            match &np {
+                netpol::Decision::Allowed { by, .. } => {
+                    let first = by[0];
+                    d.object = Some(PolicyRef::network_policy(&cluster.policies[first.policy]));
+                    d.rule = Some(format!("egress[{}]", first.rule));
+                }
+                netpol::Decision::Denied { isolating } => {
+                    d.object = Some(PolicyRef::network_policy(&cluster.policies[isolating[0]]));
+                }
+                netpol::Decision::NotIsolated { .. } => {}
+            }
+            d.netpol = Some(np);
+            return d;
+        }
+        d.netpol = Some(np);
+        self.tier(&mut d, &sel.baseline, TierLevel::Baseline, dst);
+        d
+    }
+
+    /// Applies one tier; true when it decided (Accept or Deny).
+    fn tier(
+        &self,
+        d: &mut EgressDecision,
+        sel: &[usize],
+        tier: TierLevel,
+        dst: &Destination,
+    ) -> bool {
+        if sel.is_empty() {
+            return false;
+        }
+        let tiered = &self.cluster.tiered;
+        let TierDecision { outcome, ties } = decide_tier(tiered, sel, dst);
+        let hit = match outcome {
+            TierOutcome::NoMatch => return false,
+            TierOutcome::Accept(r) | TierOutcome::Deny(r) | TierOutcome::Pass(r) => r,
+        };
+        if !ties.is_empty() {
+            d.ties.push(Tie {
+                chosen: hit,
+                others: ties,
+            });
+        }
+        let action = tiered[hit.policy].egress[hit.rule].action;
+        if action == Action::Pass {
+            d.passed.push(hit);
+            return false;
+        }
+        d.allowed = action == Action::Accept;
+        d.tier = tier.into();
+        d.object = Some(PolicyRef::tiered(&tiered[hit.policy]));
+        d.rule = Some(format!("egress[{}]", hit.rule));
+        d.reason = Reason::Tiered(hit);
+        true
+    }
+}
+
+/// THE egress decision of an engine for one source pod and one destination. Callers
+/// deciding many destinations for one pod, or many pods, use [`Prepared`] instead (the
+/// same code, with the selection done once).
+pub fn decide(
+    cluster: &Cluster,
+    engine: &EngineSettings,
+    src: &Source<'_>,
+    dst: &Destination,
+) -> EgressDecision {
+    let p = Prepared::new(cluster, *engine);
+    p.decide(&p.select(src), src, dst)
+}
+
+/// `Kind/name#egress[i]` of a tiered rule, with the rule's name when it has one.
+pub fn tiered_rule_name(cluster: &Cluster, r: TieredRuleRef) -> String {
+    let p = &cluster.tiered[r.policy];
+    format!("{}#egress[{}]", p.id(), r.rule)
+}
+
+fn tiered_rule_text(cluster: &Cluster, r: TieredRuleRef) -> String {
+    let p = &cluster.tiered[r.policy];
+    let rule = &p.egress[r.rule];
+    let mut s = tiered_rule_name(cluster, r);
+    if !rule.name.is_empty() {
+        s.push_str(&format!(" \"{}\"", rule.name));
+    }
+    let tier = match p.tier {
+        TierLevel::Admin => "Admin tier",
+        TierLevel::Baseline => "Baseline tier",
+    };
+    match p.priority {
+        Some(prio) => s.push_str(&format!(" ({tier}, priority {prio})")),
+        None => s.push_str(&format!(" ({tier})")),
+    }
+    s
+}
+
+/// Explains a decision in words, with the deciding policies and rules (at most `limit`
+/// of each kind named, all when `None`).
+pub fn explain(cluster: &Cluster, d: &EgressDecision, limit: Option<usize>) -> netpol::Explanation {
+    let mut e = match (&d.reason, &d.netpol) {
+        (Reason::HostNetwork, _) => netpol::Explanation {
+            reason: "hostNetwork: its traffic is the node's and no policy applies to it".into(),
+            policies: vec![],
+            policy_count: 0,
+            rules: vec![],
+            rule_count: 0,
+        },
+        (Reason::NoPolicyEngine, _) => netpol::Explanation {
+            reason: "no policy engine enforces any policy".into(),
+            policies: vec![],
+            policy_count: 0,
+            rules: vec![],
+            rule_count: 0,
+        },
+        (Reason::Tiered(r), np) => {
+            let p = &cluster.tiered[r.policy];
+            let verb = if d.allowed { "allowed" } else { "denied" };
+            let mut reason = format!("{verb} by {}", tiered_rule_text(cluster, *r));
+            if p.tier == TierLevel::Baseline
+                && let Some(np) = np
+            {
+                reason.push_str(&format!(
+                    "; NetworkPolicy: {}",
+                    netpol::explain(cluster, np, limit).reason
+                ));
+            }
+            netpol::Explanation {
+                reason,
+                policies: vec![p.id()],
+                policy_count: 1,
+                rules: vec![tiered_rule_name(cluster, *r)],
+                rule_count: 1,
+            }
+        }
+        (_, Some(np)) => {
+            let mut e = netpol::explain(cluster, np, limit);
+            if d.reason == Reason::Default && d.tier == Tier::Default && has_baseline(cluster) {
+                e.reason.push_str("; no Baseline-tier rule matches");
+            }
+            e
+        }
+        (_, None) => netpol::Explanation {
+            reason: "no policy decides it: all egress is allowed".into(),
+            policies: vec![],
+            policy_count: 0,
+            rules: vec![],
+            rule_count: 0,
+        },
+    };
+    if !d.passed.is_empty() {
+        let names: Vec<String> = d
+            .passed
+            .iter()
+            .map(|&r| tiered_rule_text(cluster, r))
+            .collect();
+        e.reason = format!("passed by {}; then {}", names.join(", "), e.reason);
+    }
+    e
+}
+
+fn has_baseline(cluster: &Cluster) -> bool {
+    cluster.tiered.iter().any(|p| p.tier == TierLevel::Baseline)
+}
