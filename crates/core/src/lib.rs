@@ -3,6 +3,10 @@
 //! - [`manifest`] reads Kubernetes manifests (YAML, JSON, lists) from text;
 //! - [`cluster`] groups pods into workloads and indexes policies by namespace;
 //! - [`netpol`] decides NetworkPolicy egress toward external targets and explains why;
+//! - [`tiered`] reads and decides the cluster-scoped AdminNetworkPolicy,
+//!   BaselineAdminNetworkPolicy and ClusterNetworkPolicy, one tier at a time;
+//! - [`engine`] says which engine enforces which kind and composes every kind into one
+//!   egress decision ([`engine::decide`]);
 //! - [`target`] parses targets and holds the built-in metadata endpoint sets;
 //! - [`audit`] turns all of it into verdicts and findings;
 //! - [`imds`] holds Azure IMDS's protocol rules (endpoints, versions, request validation,
@@ -24,6 +28,7 @@ pub mod canon;
 pub mod cilium;
 pub mod cluster;
 pub mod conntrack;
+pub mod engine;
 pub mod generate;
 pub mod imds;
 pub mod manifest;
@@ -33,4 +38,5 @@ pub mod nft;
 pub mod pods;
 pub mod presets;
 pub mod target;
+pub mod tiered;
 pub mod token;
