@@ -61,6 +61,11 @@ if ! cargo nextest --version >/dev/null 2>&1; then
         echo "cargo-nextest did not install: running the tests with cargo test" >&2
 fi
 
+# The published schemas of the kinds `policy generate` writes, through the Go module
+# proxy, for the ignored test `schemas` (crates/cli/tests/policy_generate.rs).
+log "schemas for policy generate"
+bash scripts/schemas.sh
+
 log "tests (ignored ones too: they need netns, root or ../shared, and fail without)"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo test --workspace --locked --doc --quiet

@@ -11,6 +11,7 @@ mod inputs;
 mod lab_cmd;
 mod log_writer;
 mod output;
+mod policy_cmd;
 mod probe_cmd;
 mod proxy_cmd;
 mod service;
@@ -54,6 +55,19 @@ enum Command {
     /// A node with pods in network namespaces on this machine: who reaches IMDS before and
     /// after protection (block, observe, proxy). Needs root or user namespaces.
     Lab(lab_cmd::LabArgs),
+    /// Write the policies that deny the metadata endpoints to every pod except the
+    /// expected ones, for one policy engine.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// Policy objects (YAML) denying the targets to every pod except those the rules
+    /// expect: networkpolicy, cnp, anp, calico or cilium; warnings on standard error.
+    Generate(Box<policy_cmd::GenerateArgs>),
 }
 
 #[derive(Subcommand, Debug)]
@@ -85,6 +99,9 @@ fn main() -> ExitCode {
             }
         },
         Command::Probe(args) => probe_cmd::run(args).map(Into::into),
+        Command::Policy {
+            command: PolicyCommand::Generate(args),
+        } => policy_cmd::run(*args),
     };
     match result {
         Ok(code) => code,

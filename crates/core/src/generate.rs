@@ -97,6 +97,19 @@ impl OutputEngine {
     }
 }
 
+impl OutputEngine {
+    /// The kind of policy it writes, for messages.
+    pub fn policy_kind(self) -> &'static str {
+        match self {
+            OutputEngine::NetworkPolicy => "NetworkPolicy",
+            OutputEngine::Cnp => "ClusterNetworkPolicy",
+            OutputEngine::Anp => "AdminNetworkPolicy",
+            OutputEngine::Calico => "Calico policy",
+            OutputEngine::Cilium => "CiliumClusterwideNetworkPolicy",
+        }
+    }
+}
+
 impl fmt::Display for OutputEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -464,7 +477,7 @@ pub(crate) fn dns_label(s: &str) -> String {
     if out.is_empty() { "rule".into() } else { out }
 }
 
-/// Names of the workloads (and the "new pod" of a namespace) as the audit writes them.
+/// hostNetwork workloads that are not expected: no pod-network policy reaches them.
 fn host_network_warnings(ctx: &Context<'_>, out: &mut Generated) {
     let host: Vec<String> = ctx
         .cluster
@@ -482,9 +495,9 @@ fn host_network_warnings(ctx: &Context<'_>, out: &mut Generated) {
         out.warn(
             WarningKind::HostNetwork,
             format!(
-                "{} hostNetwork workload(s) use the node's network, where no {} policy applies: {}; block the targets on the node with `imdsguard agent run` (docs/agent.md)",
+                "{} hostNetwork workload(s) use the node's network, where no {} applies: {}; block the targets on the node with `imdsguard agent run` (docs/agent.md)",
                 host.len(),
-                ctx.opts.engine,
+                ctx.opts.engine.policy_kind(),
                 host.join(", ")
             ),
         );

@@ -1,0 +1,253 @@
+//! `imdsguard policy generate`: reads manifests as `audit` does, asks the core for the
+//! policy objects of one engine, writes them as YAML (standard output, or one file per
+//! object under `-o DIR`) and the warnings on standard error.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use imdsguard_core::access::AccessRules;
+use imdsguard_core::cluster::Cluster;
+use imdsguard_core::generate::{GenerateOptions, OutputEngine, generate};
+use imdsguard_core::presets;
+use imdsguard_core::target::{Cloud, Target, parse_targets_file};
+use serde_json::Value;
+
+use crate::cloud_arg::CloudArg;
+use crate::inputs;
+
+/// Arguments of `imdsguard policy generate`.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Exit status: 0 when the objects were written, 2 on usage or input errors \
+(nothing is written when an input could not be read: a policy set made from part of the \
+cluster would leave namespaces out)."
+)]
+pub struct GenerateArgs {
+    /// Manifest files or folders (recursive: .yaml, .yml, .json); `-` reads standard input.
+    #[arg(value_name = "PATH")]
+    paths: Vec<PathBuf>,
+
+    /// Manifest file or folder, as with kubectl (repeatable).
+    #[arg(short = 'f', long = "filename", value_name = "PATH")]
+    files: Vec<PathBuf>,
+
+    /// Which kind of policy to write.
+    #[arg(long, value_enum)]
+    engine: EngineArg,
+
+    /// Access-rules file (docs/proxy.md): the pods its subjects select are expected to
+    /// reach the targets and get an exception (repeatable; rules add up).
+    #[arg(long = "rules", value_name = "FILE")]
+    rules: Vec<PathBuf>,
+
+    /// A rules file shipped with imdsguard (presets/): `aks` for the AKS add-ons that
+    /// need IMDS.
+    #[arg(long = "preset", value_name = "NAME")]
+    presets: Vec<String>,
+
+    /// A target IP:PORT[/PROTO] (repeatable); PROTO defaults to TCP, IPv6 as [addr]:port.
+    #[arg(long = "target", value_name = "IP:PORT[/PROTO]")]
+    targets: Vec<Target>,
+
+    /// A file with one target a line (`#` comments allowed).
+    #[arg(long, value_name = "FILE")]
+    targets_file: Option<PathBuf>,
+
+    /// Built-in target set; the default (azure) applies when no target is given.
+    #[arg(long, value_enum)]
+    cloud: Option<CloudArg>,
+
+    /// Write one file per object into this folder (created if missing), named
+    /// `NNN-kind-[namespace-]name.yaml` in apply order, instead of standard output.
+    #[arg(short = 'o', long = "output-dir", value_name = "DIR")]
+    output_dir: Option<PathBuf>,
+}
+
+/// The output engines as the command line names them.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum EngineArg {
+    /// networking.k8s.io/v1 NetworkPolicy per namespace (Azure NPM, Calico, Cilium,
+    /// kube-network-policies, ...).
+    Networkpolicy,
+    /// ClusterNetworkPolicy v1alpha2, Admin tier (kube-network-policies, Calico 3.32+,
+    /// Cilium 1.20+, Antrea 2.7).
+    Cnp,
+    /// AdminNetworkPolicy v1alpha1 (OVN-Kubernetes).
+    Anp,
+    /// Calico Tier and GlobalNetworkPolicies (projectcalico.org/v3).
+    Calico,
+    /// CiliumClusterwideNetworkPolicy (cilium.io/v2).
+    Cilium,
+}
+
+impl From<EngineArg> for OutputEngine {
+    fn from(e: EngineArg) -> OutputEngine {
+        match e {
+            EngineArg::Networkpolicy => OutputEngine::NetworkPolicy,
+            EngineArg::Cnp => OutputEngine::Cnp,
+            EngineArg::Anp => OutputEngine::Anp,
+            EngineArg::Calico => OutputEngine::Calico,
+            EngineArg::Cilium => OutputEngine::Cilium,
+        }
+    }
+}
+
+/// The targets as `audit` resolves them: `--target`s, then the `--targets-file`, then
+/// the `--cloud` set (azure when nothing else is given), duplicates dropped.
+fn targets(args: &GenerateArgs) -> anyhow::Result<Vec<Target>> {
+    let mut targets = args.targets.clone();
+    if let Some(file) = &args.targets_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read --targets-file {}", file.display()))?;
+        let more = parse_targets_file(&text)
+            .map_err(|(line, e)| anyhow::anyhow!("{}:{line}: {e}", file.display()))?;
+        targets.extend(more);
+    }
+    let cloud = match args.cloud {
+        Some(c) => Some(Cloud::from(c)),
+        None if targets.is_empty() => Some(Cloud::Azure),
+        None => None,
+    };
+    if let Some(c) = cloud {
+        targets.extend(c.targets());
+    }
+    let mut seen = std::collections::HashSet::new();
+    targets.retain(|t| seen.insert(*t));
+    Ok(targets)
+}
+
+/// The expected access from `--rules` and `--preset`, and how to name where it came
+/// from in the objects' annotation.
+fn expected(args: &GenerateArgs) -> anyhow::Result<(Option<AccessRules>, Option<String>)> {
+    let mut all: Option<AccessRules> = None;
+    let mut sources = Vec::new();
+    let mut add = |rules: AccessRules, source: String| -> anyhow::Result<()> {
+        match &mut all {
+            None => all = Some(rules),
+            Some(a) => a
+                .extend(rules)
+                .with_context(|| format!("cannot add the rules of {source}"))?,
+        }
+        sources.push(source);
+        Ok(())
+    };
+    for name in &args.presets {
+        let text = presets::preset(name).with_context(|| {
+            format!(
+                "unknown --preset `{name}`: the presets are {}",
+                presets::names().collect::<Vec<_>>().join(", ")
+            )
+        })?;
+        let rules =
+            AccessRules::parse(text).with_context(|| format!("preset `{name}` does not parse"))?;
+        add(rules, format!("preset {name}"))?;
+    }
+    for file in &args.rules {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read --rules {}", file.display()))?;
+        let rules = AccessRules::parse(&text)
+            .with_context(|| format!("--rules {}: not a valid rules file", file.display()))?;
+        add(rules, file.display().to_string())?;
+    }
+    let source = (!sources.is_empty()).then(|| sources.join(", "));
+    Ok((all, source))
+}
+
+/// Runs `policy generate`.
+pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
+    let mut paths = args.paths.clone();
+    paths.extend(args.files.iter().cloned());
+    if paths.is_empty() {
+        bail!(
+            "no input: name manifest files or folders (imdsguard policy generate examples/aks-imds --engine cnp), or `-f -` for standard input"
+        );
+    }
+    let targets = targets(&args)?;
+    let (expected, rules_source) = expected(&args)?;
+    let (loaded, _) = inputs::load(&paths);
+    if !loaded.errors.is_empty() {
+        for e in &loaded.errors {
+            eprintln!("imdsguard: input error: {e}");
+        }
+        eprintln!(
+            "imdsguard: {} input error(s): nothing written (a policy set made from part of the cluster would leave namespaces out); fix the input and run again",
+            loaded.errors.len()
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let cluster = Cluster::build(loaded.objects);
+    let generated = generate(
+        &cluster,
+        &GenerateOptions {
+            engine: args.engine.into(),
+            targets,
+            expected,
+            rules_source,
+        },
+    );
+    match &args.output_dir {
+        None => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let written = write_stream(&mut out, &generated.objects).and_then(|()| {
+                out.flush()
+                    .context("cannot write the objects to standard output")
+            });
+            match written {
+                Err(e)
+                    if e.downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => {}
+                other => other?,
+            }
+        }
+        Some(dir) => write_dir(dir, &generated.objects)?,
+    }
+    for w in &generated.warnings {
+        eprintln!("imdsguard policy generate: warning: {w}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One object as a YAML document (without the `---` marker).
+fn yaml(object: &Value) -> anyhow::Result<String> {
+    serde_norway::to_string(object).context("cannot write an object as YAML")
+}
+
+fn write_stream(out: &mut impl Write, objects: &[Value]) -> anyhow::Result<()> {
+    for o in objects {
+        out.write_all(b"---\n")?;
+        out.write_all(yaml(o)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// `NNN-kind-[namespace-]name.yaml`, numbered in apply order.
+fn file_name(index: usize, width: usize, object: &Value) -> String {
+    let part = |v: &Value| v.as_str().unwrap_or("").to_ascii_lowercase();
+    let kind = part(&object["kind"]);
+    let name = part(&object["metadata"]["name"]);
+    match object["metadata"]["namespace"].as_str() {
+        Some(ns) => format!("{index:0width$}-{kind}-{ns}-{name}.yaml"),
+        None => format!("{index:0width$}-{kind}-{name}.yaml"),
+    }
+}
+
+fn write_dir(dir: &Path, objects: &[Value]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the output folder {}", dir.display()))?;
+    let width = objects.len().to_string().len().max(3);
+    for (i, o) in objects.iter().enumerate() {
+        let path = dir.join(file_name(i, width, o));
+        std::fs::write(&path, yaml(o)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    eprintln!(
+        "imdsguard policy generate: {} object(s) written to {}",
+        objects.len(),
+        dir.display()
+    );
+    Ok(())
+}
