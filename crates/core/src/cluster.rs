@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
+use crate::cilium::CiliumPolicies;
 use crate::model::{
     Controller, Labels, NAMESPACE_NAME_LABEL, NetworkPolicy, Node, Object, OwnerRef, Pod,
     PodTemplate, Source,
@@ -85,6 +86,8 @@ pub struct Cluster {
     pub tiered: Vec<TieredPolicy>,
     /// Nodes (one per name).
     pub nodes: Vec<Node>,
+    /// CiliumNetworkPolicies, CiliumClusterwideNetworkPolicies and CiliumCIDRGroups.
+    pub cilium: CiliumPolicies,
     /// Policy indexes by namespace.
     policies_by_ns: HashMap<String, Vec<usize>>,
     /// Indexes into `tiered` by tier, then precedence (priority, kind, name).
@@ -178,6 +181,8 @@ impl Cluster {
         let mut policies: Vec<NetworkPolicy> = Vec::new();
         let mut tiered: Vec<TieredPolicy> = Vec::new();
         let mut nodes: Vec<Node> = Vec::new();
+        let mut cilium_policies = Vec::new();
+        let mut cilium_groups = Vec::new();
         for o in objects {
             match o {
                 Object::Namespace(n) => {
@@ -197,6 +202,8 @@ impl Cluster {
                 Object::NetworkPolicy(p) => policies.push(p),
                 Object::Tiered(p) => tiered.push(p),
                 Object::Node(n) => nodes.push(n),
+                Object::Cilium(p) => cilium_policies.push(p),
+                Object::CiliumCidrGroup(g) => cilium_groups.push(g),
             }
         }
         let tiered = last_copies(tiered, |p| (p.kind.as_str(), "", p.name.as_str()));
@@ -323,6 +330,7 @@ impl Cluster {
             controllers,
             tiered,
             nodes,
+            cilium: CiliumPolicies::new(cilium_policies, cilium_groups),
             policies_by_ns,
             tiered_order,
         }

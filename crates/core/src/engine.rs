@@ -16,6 +16,7 @@ use std::net::IpAddr;
 
 use serde::{Serialize, Serializer};
 
+use crate::cilium;
 use crate::cluster::Cluster;
 use crate::model::Labels;
 use crate::netpol::{self, NetpolOptions};
@@ -134,9 +135,9 @@ impl Engine {
     pub fn detect(cluster: &Cluster) -> Option<Engine> {
         // TODO(calico): `if cluster has projectcalico.org/v3 policies { return Some(Engine::Calico) }`
         // once crates/core/src/calico/ exists; until then Calico's kinds are absent.
-        // TODO(cilium): `if cluster has cilium.io/v2 policies { return Some(Engine::Cilium) }`
-        // once crates/core/src/cilium.rs exists; until then Cilium's kinds are absent.
-        let _ = cluster;
+        if !cluster.cilium.is_empty() {
+            return Some(Engine::Cilium);
+        }
         None
     }
 }
@@ -161,6 +162,10 @@ pub struct EngineSettings {
     /// Cilium runs with `--enable-k8s-cluster-network-policy` (ClusterNetworkPolicy is
     /// enforced); only read for [`Engine::Cilium`].
     pub cilium_cluster_network_policy: bool,
+    /// Which entity Cilium gives link-local destinations such as 169.254.169.254
+    /// ([`cilium::LinkLocalAs`]; the default evaluates both); only read for
+    /// [`Engine::Cilium`].
+    pub cilium_link_local: cilium::LinkLocalAs,
 }
 
 impl EngineSettings {
@@ -169,6 +174,15 @@ impl EngineSettings {
         EngineSettings {
             engine,
             cilium_cluster_network_policy: false,
+            cilium_link_local: cilium::LinkLocalAs::default(),
+        }
+    }
+
+    /// Cilium's options for these settings.
+    pub fn cilium_options(&self) -> cilium::CiliumOptions {
+        cilium::CiliumOptions {
+            link_local: self.cilium_link_local,
+            ..cilium::CiliumOptions::default()
         }
     }
 
@@ -322,6 +336,16 @@ impl PolicyRef {
         }
     }
 
+    /// The reference of a policy as [`cilium`] names it (a Cilium kind or a
+    /// NetworkPolicy).
+    pub fn cilium(p: &cilium::PolicyRef) -> Self {
+        PolicyRef {
+            kind: p.kind.as_str().into(),
+            namespace: p.namespace.clone().unwrap_or_default(),
+            name: p.name.clone(),
+        }
+    }
+
     /// The reference of a NetworkPolicy.
     pub fn network_policy(p: &crate::model::NetworkPolicy) -> Self {
         PolicyRef {
@@ -358,6 +382,8 @@ pub enum Reason {
     NetworkPolicy,
     /// Nothing decided: allowed by default.
     Default,
+    /// Cilium decided (its policies and the NetworkPolicies it enforces with them).
+    Cilium(Box<cilium::CiliumDecision>),
 }
 
 /// Two or more policies of one tier with the same priority match a connection: the
@@ -546,9 +572,27 @@ impl<'c> Prepared<'c> {
         // TODO(calico): Engine::Calico: calico::decide between the kube-admin tier and
         // NetworkPolicy (Calico's tiers by order, its `default` tier holding NetworkPolicy);
         // until crates/core/src/calico/ exists, Calico's kinds are treated as absent.
-        // TODO(cilium): Engine::Cilium: cilium::decide (deny wins over every allow); until
-        // crates/core/src/cilium.rs exists, Cilium's kinds are treated as absent.
         if self.tier(&mut d, &sel.admin, TierLevel::Admin, dst) {
+            return d;
+        }
+        if self.settings.engine == Engine::Cilium {
+            // Cilium's policies and NetworkPolicy in one repository (a Cilium deny beats
+            // every allow), between the tiers of ClusterNetworkPolicy when enabled.
+            let c = self.cilium(src, dst);
+            let undecided = matches!(
+                c.outcome,
+                cilium::Outcome::NotIsolated | cilium::Outcome::DefaultAllow
+            );
+            if undecided && self.tier(&mut d, &sel.baseline, TierLevel::Baseline, dst) {
+                return d;
+            }
+            d.allowed = c.allowed;
+            if c.outcome != cilium::Outcome::NotIsolated {
+                d.tier = Tier::Cilium;
+                d.object = c.policy().map(PolicyRef::cilium);
+                d.rule = c.rule.as_ref().map(|r| r.rule.clone());
+            }
+            d.reason = Reason::Cilium(Box::new(c));
             return d;
         }
         let np = netpol::decide_dst(cluster, &sel.netpol, dst, self.settings.netpol_options());
@@ -574,6 +618,68 @@ impl<'c> Prepared<'c> {
         d.netpol = Some(np);
         self.tier(&mut d, &sel.baseline, TierLevel::Baseline, dst);
         d
+    }
+
+    /// Cilium's decision: its policies for the source's namespace and that namespace's
+    /// NetworkPolicies.
+    fn cilium(&self, src: &Source<'_>, dst: &Destination) -> cilium::CiliumDecision {
+        let cluster = self.cluster;
+        let netpols: Vec<&crate::model::NetworkPolicy> = cluster
+            .policies_in(src.namespace)
+            .iter()
+            .map(|&i| &cluster.policies[i])
+            .collect();
+        let endpoint = cilium::CiliumEndpoint {
+            namespace: src.namespace,
+            labels: src.labels,
+            namespace_labels: src.ns_labels,
+            service_account: src.service_account,
+        };
+        let dest = match dst {
+            Destination::External(t) => cilium::CiliumDest::External {
+                ip: t.ip,
+                port: t.port,
+                protocol: t.protocol,
+            },
+            Destination::Pod {
+                namespace,
+                labels,
+                ns_labels,
+                port,
+                protocol,
+                named_ports,
+                ..
+            } => cilium::CiliumDest::Pod {
+                endpoint: cilium::CiliumEndpoint {
+                    namespace,
+                    labels,
+                    namespace_labels: ns_labels,
+                    service_account: None,
+                },
+                port: *port,
+                protocol: *protocol,
+                named_ports,
+            },
+            Destination::Node {
+                ip,
+                port,
+                protocol,
+                labels,
+            } => cilium::CiliumDest::Node {
+                ip: *ip,
+                port: *port,
+                protocol: *protocol,
+                labels,
+                local: None,
+            },
+        };
+        cilium::decide_with_netpol(
+            &cluster.cilium,
+            &netpols,
+            &endpoint,
+            &dest,
+            &self.settings.cilium_options(),
+        )
     }
 
     /// Applies one tier; true when it decided (Accept or Deny).
@@ -668,6 +774,27 @@ pub fn explain(cluster: &Cluster, d: &EgressDecision, limit: Option<usize>) -> n
             rules: vec![],
             rule_count: 0,
         },
+        (Reason::Cilium(c), _) => {
+            let mut reason = c.reason.clone();
+            for n in &c.notes {
+                reason.push_str(&format!("; {n}"));
+            }
+            let policies: Vec<String> = match &c.rule {
+                Some(r) => vec![r.policy.to_string()],
+                None => c.isolating.iter().map(ToString::to_string).collect(),
+            };
+            let rules: Vec<String> = c.rule.iter().map(ToString::to_string).collect();
+            netpol::Explanation {
+                reason,
+                policy_count: policies.len(),
+                policies: policies
+                    .into_iter()
+                    .take(limit.unwrap_or(usize::MAX))
+                    .collect(),
+                rule_count: rules.len(),
+                rules,
+            }
+        }
         (Reason::Tiered(r), np) => {
             let p = &cluster.tiered[r.policy];
             let verb = if d.allowed { "allowed" } else { "denied" };
@@ -716,4 +843,60 @@ pub fn explain(cluster: &Cluster, d: &EgressDecision, limit: Option<usize>) -> n
 
 fn has_baseline(cluster: &Cluster) -> bool {
     cluster.tiered.iter().any(|p| p.tier == TierLevel::Baseline)
+}
+
+#[cfg(test)]
+mod cilium_tests {
+    use super::*;
+    use crate::target::IMDS;
+
+    const INPUT: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: app}\n---\napiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: deny-imds}\nspec:\n  endpointSelector: {matchExpressions: [{key: app, operator: NotIn, values: [agent]}]}\n  enableDefaultDeny: {egress: false}\n  egressDeny:\n  - toCIDR: [169.254.169.254/32]\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: open, namespace: app}\nspec:\n  podSelector: {}\n  egress: [{}]\n";
+
+    fn decide_for(labels: &[(&str, &str)], link_local: cilium::LinkLocalAs) -> EgressDecision {
+        let l = crate::manifest::parse("t.yaml", INPUT);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        let cluster = Cluster::build(l.objects);
+        assert_eq!(Engine::detect(&cluster), Some(Engine::Cilium));
+        let mut settings = EngineSettings::new(Engine::Cilium);
+        settings.cilium_link_local = link_local;
+        let labels: Labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let ns_labels = cluster.namespaces["app"].labels.clone();
+        let src = Source {
+            namespace: "app",
+            labels: &labels,
+            ns_labels: &ns_labels,
+            service_account: None,
+            host_network: false,
+        };
+        decide(&cluster, &settings, &src, &Destination::External(IMDS))
+    }
+
+    #[test]
+    fn cilium_denies_beat_network_policy_allows() {
+        let d = decide_for(&[("app", "web")], cilium::LinkLocalAs::World);
+        assert!(!d.allowed);
+        assert_eq!(d.tier, Tier::Cilium);
+        assert_eq!(
+            d.object.as_ref().map(ToString::to_string).as_deref(),
+            Some("CiliumClusterwideNetworkPolicy/deny-imds")
+        );
+        assert_eq!(d.rule.as_deref(), Some("egressDeny[0]"));
+        // The agent is not selected by the deny: the NetworkPolicy's allow decides.
+        let agent = decide_for(&[("app", "agent")], cilium::LinkLocalAs::World);
+        assert!(agent.allowed);
+        assert_eq!(agent.rule.as_deref(), Some("egress[0]"));
+        assert_eq!(
+            agent.object.as_ref().map(|p| p.kind.as_str()),
+            Some("NetworkPolicy")
+        );
+        // By default 169.254.169.254 may be `host`, which a CIDR deny does not cover.
+        let either = decide_for(&[("app", "web")], cilium::LinkLocalAs::Either);
+        assert!(either.allowed);
+        let cluster = Cluster::default();
+        let e = explain(&cluster, &either, None);
+        assert!(e.reason.contains("as `world`: denied by"), "{}", e.reason);
+    }
 }

@@ -16,6 +16,7 @@ use serde::de;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
+use crate::cilium::{self, CiliumKind};
 use crate::model::{
     Controller, ControllerKind, EgressRule, LabelSelector, Labels, Namespace, NetworkPolicy, Node,
     Object, OwnerRef, Peer, Pod, PodTemplate, PortRule, PortSpec, Source,
@@ -995,6 +996,7 @@ enum Class {
     NetworkPolicy,
     Node,
     Tiered(TieredKind),
+    Cilium(CiliumKind),
 }
 
 fn api_group(api_version: &str) -> &str {
@@ -1016,6 +1018,7 @@ fn classify(kind: &str, api_version: &str) -> Option<Class> {
         ("NetworkPolicy", "networking.k8s.io" | "extensions") => Some(Class::NetworkPolicy),
         ("Node", "") => Some(Class::Node),
         (k, tiered::GROUP) => TieredKind::from_kind(k).map(Class::Tiered),
+        (k, "cilium.io") => cilium::classify(api_version, k).map(Class::Cilium),
         _ => None,
     }
 }
@@ -1185,6 +1188,34 @@ fn convert(
                         file: file.clone(),
                         line,
                         object: Some(format!("{tk} {name}")),
+                        kind: LoadErrorKind::Invalid,
+                        message,
+                    });
+                    return;
+                }
+            }
+        }
+        Class::Cilium(ck) => {
+            let parsed = match reread() {
+                Some(value) => match ck {
+                    CiliumKind::CidrGroup => {
+                        cilium::parse_cidr_group(&value, source).map(Object::CiliumCidrGroup)
+                    }
+                    _ => cilium::parse(&value, source).map(Object::Cilium),
+                }
+                .map_err(|e| (e.object, format!("{}: {}", e.at, e.reason))),
+                None => Err((
+                    format!("{kind} {name}"),
+                    "the object could not be read again as a whole".into(),
+                )),
+            };
+            match parsed {
+                Ok(o) => o,
+                Err((object, message)) => {
+                    out.errors.push(LoadError {
+                        file: file.clone(),
+                        line,
+                        object: Some(object),
                         kind: LoadErrorKind::Invalid,
                         message,
                     });
@@ -1397,12 +1428,40 @@ mod tests {
                 }
                 Object::Tiered(p) => format!("{}@{}", p.id(), p.source.line),
                 Object::Node(n) => format!("Node {}@{}", n.name, n.source.line),
+                Object::Cilium(p) => format!("{}@{}", p.id, p.source.line),
+                Object::CiliumCidrGroup(g) => {
+                    format!("CiliumCIDRGroup {}@{}", g.name, g.source.line)
+                }
             })
             .collect()
     }
 
     /// Cluster-scoped policies and nodes are read whole in every input shape: a YAML
     /// document, a block-style `List` item, a flow-style `List`, a JSON `List` item.
+    #[test]
+    fn cilium_kinds_are_read_whole() {
+        let text = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: app}\nspec:\n  endpointSelector: {}\n  egress:\n  - toPorts: [{ports: [{port: \"80\"}]}]\n---\napiVersion: cilium.io/v2alpha1\nkind: CiliumCIDRGroup\nmetadata: {name: g}\nspec: {externalCIDRs: [169.254.169.254/32]}\n---\napiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: bad}\nspec:\n  endpointSelector: {}\n  egress: [{toEntities: [internet]}]\n---\napiVersion: cilium.io/v2\nkind: CiliumEndpoint\nmetadata: {name: e}\n";
+        let l = parse("c.yaml", text);
+        assert_eq!(
+            kinds(&l),
+            ["CiliumNetworkPolicy app/p@1", "CiliumCIDRGroup g@9"]
+        );
+        assert_eq!(l.errors.len(), 1, "{:?}", l.errors);
+        assert_eq!(l.errors[0].line, 14);
+        assert_eq!(
+            l.errors[0].object.as_deref(),
+            Some("CiliumClusterwideNetworkPolicy bad")
+        );
+        assert!(
+            l.errors[0]
+                .message
+                .contains("egress[0].toEntities[0]: `internet` is not an entity"),
+            "{}",
+            l.errors[0].message
+        );
+        assert_eq!(l.skipped.get("CiliumEndpoint.cilium.io"), Some(&1));
+    }
+
     #[test]
     fn tiered_policies_and_nodes_in_every_shape() {
         let anp = "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {name: a}\nspec:\n  priority: 3\n  subject: {namespaces: {}}\n  egress: [{action: Deny, to: [{networks: [169.254.169.254/32]}]}]\n";

@@ -382,6 +382,10 @@ pub enum Object {
     Tiered(crate::tiered::TieredPolicy),
     /// A Node.
     Node(Node),
+    /// A CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy.
+    Cilium(crate::cilium::CiliumPolicy),
+    /// A CiliumCIDRGroup (what `cidrGroupRef` points at).
+    CiliumCidrGroup(crate::cilium::CidrGroup),
 }
 
 #[cfg(test)]
