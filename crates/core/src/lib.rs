@@ -24,6 +24,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod calico;
 pub mod canon;
 pub mod cilium;
 pub mod cluster;
