@@ -27,6 +27,7 @@
 mod admin;
 mod calico;
 mod cilium;
+mod complement;
 mod networkpolicy;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -163,6 +164,9 @@ pub enum WarningKind {
     SubjectNotExpressible,
     /// A subject names a namespace that is not in the input: no policy written there.
     NamespaceNotFound,
+    /// Every pod of a namespace is egress-isolated by existing NetworkPolicies: no deny
+    /// is written there (it would re-open what they close).
+    NamespaceIsolated,
     /// A subject selects every pod: nothing is denied.
     EverythingExpected,
     /// What an engine does differently (Azure NPM and `endPort`, priority limits).
@@ -178,6 +182,7 @@ impl WarningKind {
             WarningKind::ImplicitNamespace => "implicit-namespace",
             WarningKind::SubjectNotExpressible => "subject-not-expressible",
             WarningKind::NamespaceNotFound => "namespace-not-found",
+            WarningKind::NamespaceIsolated => "namespace-isolated",
             WarningKind::EverythingExpected => "everything-expected",
             WarningKind::EngineLimit => "engine-limit",
         }
@@ -504,5 +509,7 @@ fn host_network_warnings(ctx: &Context<'_>, out: &mut Generated) {
     }
 }
 
+#[cfg(test)]
+mod closed_loop;
 #[cfg(test)]
 mod tests;

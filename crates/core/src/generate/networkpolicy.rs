@@ -3,7 +3,10 @@
 //! Calico, Cilium, kube-network-policies), and allow policies for the expected pods.
 //!
 //! A NetworkPolicy cannot deny; it can only isolate a pod and then allow. So the deny
-//! policy selects every pod of its namespace and allows, rule by rule:
+//! policy selects every pod of its namespace that no existing Egress policy isolates
+//! (those keep their verdicts: adding an allow-almost-everything to them would re-open
+//! what their policies close; more than one deny policy when that selection is not one
+//! selector) and allows, rule by rule:
 //!
 //! 1. `0.0.0.0/0` less each IPv4 target address (`/32`), and `::/0` less each IPv6 one
 //!    (`/128`): every other address, every port;
@@ -30,7 +33,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde_json::{Value, json};
 
+use super::complement::{atoms_of, complement};
 use super::{Context, ExpectedSubject, Generated, TargetAddr, WarningKind, selector_json};
+use crate::model::Requirement;
 use crate::netpol::{self, Decision};
 use crate::target::{Protocol, Target};
 
@@ -58,12 +63,43 @@ pub(super) fn generate(ctx: &Context<'_>, out: &mut Generated) {
                 out.objects.push(policy.clone());
             }
         }
-        out.objects.push(json!({
-            "apiVersion": "networking.k8s.io/v1",
-            "kind": "NetworkPolicy",
-            "metadata": ctx.metadata(super::DENY_NAME, Some(ns), &ctx.all_addrs()),
-            "spec": deny_spec,
-        }));
+        // Pods an existing Egress policy isolates keep their verdicts: the deny would
+        // add (policies add up) an allow of everything but the targets to them. It
+        // selects the other pods, present and future: the complement of the isolating
+        // policies' selectors, as one or more selectors.
+        let isolating: Vec<Vec<Requirement>> = ctx
+            .cluster
+            .policies_in(ns)
+            .iter()
+            .map(|&i| &ctx.cluster.policies[i])
+            .filter(|p| p.egress_type)
+            .map(|p| atoms_of(&p.pod_selector))
+            .collect();
+        let selections = complement(&isolating);
+        if selections.is_empty() {
+            out.warn(
+                WarningKind::NamespaceIsolated,
+                format!(
+                    "namespace {ns}: every pod is egress-isolated by an existing policy already, so no deny is written there; its policies decide (see reopens-target)"
+                ),
+            );
+        }
+        let many = selections.len() > 1;
+        for (i, selection) in selections.iter().enumerate() {
+            let name = if many {
+                format!("{}-{i}", super::DENY_NAME)
+            } else {
+                super::DENY_NAME.to_string()
+            };
+            let mut spec = deny_spec.clone();
+            spec["podSelector"] = selection.to_selector();
+            out.objects.push(json!({
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": ctx.metadata(&name, Some(ns), &ctx.all_addrs()),
+                "spec": spec,
+            }));
+        }
     }
     if ctx.addrs.iter().any(|a| {
         let tcp = a.ports_of(Protocol::Tcp);
@@ -164,7 +200,7 @@ pub(crate) fn other_ports(a: &TargetAddr) -> Vec<Value> {
             out.push(json!({"protocol": p.as_str()}));
             continue;
         }
-        for (start, end) in complement(&targets) {
+        for (start, end) in ports_outside(&targets) {
             // Ports that matter get entries of their own (Azure NPM ignores endPort).
             let split = if p == Protocol::Tcp && start < 53 && 53 < end {
                 vec![(start, 52), (53, 53), (54, end)]
@@ -188,7 +224,7 @@ pub(crate) fn other_ports(a: &TargetAddr) -> Vec<Value> {
 }
 
 /// The port ranges of 1..=65535 outside `taken` (sorted).
-pub(crate) fn complement(taken: &[u16]) -> Vec<(u16, u16)> {
+pub(crate) fn ports_outside(taken: &[u16]) -> Vec<(u16, u16)> {
     let mut out = Vec::new();
     let mut next: u32 = 1;
     for &t in taken {
@@ -289,36 +325,47 @@ fn reopen_warnings(ctx: &Context<'_>, out: &mut Generated) {
         .iter()
         .flat_map(|a| a.ports.iter().map(|(p, n)| Target::new(a.ip, *n, *p)))
         .collect();
+    // Every pod shape, and a new pod without labels in every namespace.
+    let empty = crate::model::PodTemplate {
+        labels: crate::model::Labels::new(),
+        host_network: false,
+    };
+    let mut sources: Vec<(&str, &crate::model::PodTemplate, String)> = Vec::new();
     for w in &c.workloads {
         for shape in &w.shapes {
-            if shape.template.host_network || ctx.expected(&w.namespace, &shape.template) {
-                continue;
-            }
-            let selecting = c.selecting(&w.namespace, &shape.template.labels);
-            let mut rules = Vec::new();
-            let mut reopened = Vec::new();
-            for t in &targets {
-                if let Decision::Allowed { by, .. } = netpol::decide(c, &selecting, t) {
-                    reopened.push(t.to_string());
-                    for r in by {
-                        let name = format!("{}#egress[{}]", c.policies[r.policy].id(), r.rule);
-                        if !rules.contains(&name) {
-                            rules.push(name);
-                        }
+            sources.push((&w.namespace, &shape.template, w.id()));
+        }
+    }
+    for ns in c.namespaces.keys() {
+        sources.push((ns, &empty, format!("{ns}/<new pod>")));
+    }
+    for (ns, template, id) in sources {
+        if template.host_network || ctx.expected(ns, template) {
+            continue;
+        }
+        let selecting = c.selecting(ns, &template.labels);
+        let mut rules = Vec::new();
+        let mut reopened = Vec::new();
+        for t in &targets {
+            if let Decision::Allowed { by, .. } = netpol::decide(c, &selecting, t) {
+                reopened.push(t.to_string());
+                for r in by {
+                    let name = format!("{}#egress[{}]", c.policies[r.policy].id(), r.rule);
+                    if !rules.contains(&name) {
+                        rules.push(name);
                     }
                 }
             }
-            if !reopened.is_empty() {
-                out.warn(
-                    WarningKind::ReopensTarget,
-                    format!(
-                        "{} would still reach {}: {} admit(s) it, and NetworkPolicies add up; narrow those rules (except the targets) or use a cluster-scoped engine (cnp, anp, calico, cilium)",
-                        w.id(),
-                        reopened.join(", "),
-                        rules.join(", ")
-                    ),
-                );
-            }
+        }
+        if !reopened.is_empty() {
+            out.warn(
+                WarningKind::ReopensTarget,
+                format!(
+                    "{id} would still reach {}: {} admit(s) it, and NetworkPolicies add up; narrow those rules (except the targets) or use a cluster-scoped engine (cnp, anp, calico, cilium)",
+                    reopened.join(", "),
+                    rules.join(", ")
+                ),
+            );
         }
     }
 }
@@ -329,13 +376,13 @@ mod tests {
 
     #[test]
     fn complement_of_ports() {
-        assert_eq!(complement(&[80]), [(1, 79), (81, 65535)]);
-        assert_eq!(complement(&[1, 65535]), [(2, 65534)]);
+        assert_eq!(ports_outside(&[80]), [(1, 79), (81, 65535)]);
+        assert_eq!(ports_outside(&[1, 65535]), [(2, 65534)]);
         assert_eq!(
-            complement(&[80, 81, 32526]),
+            ports_outside(&[80, 81, 32526]),
             [(1, 79), (82, 32525), (32527, 65535)]
         );
-        assert_eq!(complement(&[]), [(1, 65535)]);
+        assert_eq!(ports_outside(&[]), [(1, 65535)]);
     }
 
     #[test]
