@@ -7,6 +7,7 @@ mod agent_cmd;
 mod audit_cmd;
 mod cloud_arg;
 mod emulate_cmd;
+mod expected_arg;
 mod inputs;
 mod lab_cmd;
 mod log_writer;

@@ -8,14 +8,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use imdsguard_core::access::AccessRules;
 use imdsguard_core::cluster::Cluster;
 use imdsguard_core::generate::{GenerateOptions, OutputEngine, generate};
-use imdsguard_core::presets;
 use imdsguard_core::target::{Cloud, Target, parse_targets_file};
 use serde_json::Value;
 
 use crate::cloud_arg::CloudArg;
+use crate::expected_arg::ExpectedArgs;
 use crate::inputs;
 
 /// Arguments of `imdsguard policy generate`.
@@ -38,15 +37,10 @@ pub struct GenerateArgs {
     #[arg(long, value_enum)]
     engine: EngineArg,
 
-    /// Access-rules file (docs/proxy.md): the pods its subjects select are expected to
-    /// reach the targets and get an exception (repeatable; rules add up).
-    #[arg(long = "rules", value_name = "FILE")]
-    rules: Vec<PathBuf>,
-
-    /// A rules file shipped with imdsguard (presets/): `aks` for the AKS add-ons that
-    /// need IMDS.
-    #[arg(long = "preset", value_name = "NAME")]
-    presets: Vec<String>,
+    /// `--rules FILE` and `--preset NAME`: the pods they select are expected to reach
+    /// the targets and get an exception.
+    #[command(flatten)]
+    expected: ExpectedArgs,
 
     /// A target IP:PORT[/PROTO] (repeatable); PROTO defaults to TCP, IPv6 as [addr]:port.
     #[arg(long = "target", value_name = "IP:PORT[/PROTO]")]
@@ -119,43 +113,6 @@ fn targets(args: &GenerateArgs) -> anyhow::Result<Vec<Target>> {
     Ok(targets)
 }
 
-/// The expected access from `--rules` and `--preset`, and how to name where it came
-/// from in the objects' annotation.
-fn expected(args: &GenerateArgs) -> anyhow::Result<(Option<AccessRules>, Option<String>)> {
-    let mut all: Option<AccessRules> = None;
-    let mut sources = Vec::new();
-    let mut add = |rules: AccessRules, source: String| -> anyhow::Result<()> {
-        match &mut all {
-            None => all = Some(rules),
-            Some(a) => a
-                .extend(rules)
-                .with_context(|| format!("cannot add the rules of {source}"))?,
-        }
-        sources.push(source);
-        Ok(())
-    };
-    for name in &args.presets {
-        let text = presets::preset(name).with_context(|| {
-            format!(
-                "unknown --preset `{name}`: the presets are {}",
-                presets::names().collect::<Vec<_>>().join(", ")
-            )
-        })?;
-        let rules =
-            AccessRules::parse(text).with_context(|| format!("preset `{name}` does not parse"))?;
-        add(rules, format!("preset {name}"))?;
-    }
-    for file in &args.rules {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read --rules {}", file.display()))?;
-        let rules = AccessRules::parse(&text)
-            .with_context(|| format!("--rules {}: not a valid rules file", file.display()))?;
-        add(rules, file.display().to_string())?;
-    }
-    let source = (!sources.is_empty()).then(|| sources.join(", "));
-    Ok((all, source))
-}
-
 /// Runs `policy generate`.
 pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     let mut paths = args.paths.clone();
@@ -166,7 +123,10 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let targets = targets(&args)?;
-    let (expected, rules_source) = expected(&args)?;
+    let (expected, rules_source) = match args.expected.load()? {
+        Some(e) => (Some(e.rules), Some(e.source)),
+        None => (None, None),
+    };
     let (loaded, _) = inputs::load(&paths);
     if !loaded.errors.is_empty() {
         for e in &loaded.errors {
