@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
+use crate::calico::CalicoObjects;
 use crate::cilium::CiliumPolicies;
 use crate::model::{
     Controller, Labels, NAMESPACE_NAME_LABEL, NetworkPolicy, Node, Object, OwnerRef, Pod,
@@ -88,6 +89,9 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     /// CiliumNetworkPolicies, CiliumClusterwideNetworkPolicies and CiliumCIDRGroups.
     pub cilium: CiliumPolicies,
+    /// Calico's GlobalNetworkPolicies, NetworkPolicies, Tiers and network sets, as read
+    /// (`calico::CalicoPolicies::build` indexes them for an engine).
+    pub calico: CalicoObjects,
     /// Policy indexes by namespace.
     policies_by_ns: HashMap<String, Vec<usize>>,
     /// Indexes into `tiered` by tier, then precedence (priority, kind, name).
@@ -183,6 +187,7 @@ impl Cluster {
         let mut nodes: Vec<Node> = Vec::new();
         let mut cilium_policies = Vec::new();
         let mut cilium_groups = Vec::new();
+        let mut calico = CalicoObjects::default();
         for o in objects {
             match o {
                 Object::Namespace(n) => {
@@ -204,6 +209,7 @@ impl Cluster {
                 Object::Node(n) => nodes.push(n),
                 Object::Cilium(p) => cilium_policies.push(p),
                 Object::CiliumCidrGroup(g) => cilium_groups.push(g),
+                Object::Calico(c) => calico.push(c),
             }
         }
         let tiered = last_copies(tiered, |p| (p.kind.as_str(), "", p.name.as_str()));
@@ -331,6 +337,7 @@ impl Cluster {
             tiered,
             nodes,
             cilium: CiliumPolicies::new(cilium_policies, cilium_groups),
+            calico,
             policies_by_ns,
             tiered_order,
         }

@@ -16,6 +16,7 @@ use std::net::IpAddr;
 
 use serde::{Serialize, Serializer};
 
+use crate::calico;
 use crate::cilium;
 use crate::cluster::Cluster;
 use crate::model::Labels;
@@ -133,8 +134,9 @@ impl Engine {
     /// Cilium's kinds mean Cilium. `None`: nothing engine-specific was read (use
     /// [`Engine::Generic`]).
     pub fn detect(cluster: &Cluster) -> Option<Engine> {
-        // TODO(calico): `if cluster has projectcalico.org/v3 policies { return Some(Engine::Calico) }`
-        // once crates/core/src/calico/ exists; until then Calico's kinds are absent.
+        if !cluster.calico.is_empty() {
+            return Some(Engine::Calico);
+        }
         if !cluster.cilium.is_empty() {
             return Some(Engine::Cilium);
         }
@@ -346,6 +348,21 @@ impl PolicyRef {
         }
     }
 
+    /// The reference of a policy as [`calico`] names it: `GlobalNetworkPolicy`,
+    /// `NetworkPolicy.projectcalico.org` (Calico's namespaced kind), `NetworkPolicy`
+    /// (Kubernetes') or `ClusterNetworkPolicy`.
+    pub fn calico(p: &calico::CalicoPolicyRef) -> Self {
+        let kind = match p.kind {
+            calico::PolicyKind::NetworkPolicy => "NetworkPolicy.projectcalico.org",
+            k => k.kind(),
+        };
+        PolicyRef {
+            kind: kind.into(),
+            namespace: p.namespace.clone().unwrap_or_default(),
+            name: p.name.clone(),
+        }
+    }
+
     /// The reference of a NetworkPolicy.
     pub fn network_policy(p: &crate::model::NetworkPolicy) -> Self {
         PolicyRef {
@@ -384,6 +401,9 @@ pub enum Reason {
     Default,
     /// Cilium decided (its policies and the NetworkPolicies it enforces with them).
     Cilium(Box<cilium::CiliumDecision>),
+    /// Calico decided (its tiers, with NetworkPolicy in its `default` tier and
+    /// ClusterNetworkPolicy in `kube-admin` / `kube-baseline`).
+    Calico(Box<calico::CalicoDecision>),
 }
 
 /// Two or more policies of one tier with the same priority match a connection: the
@@ -447,6 +467,10 @@ pub struct Prepared<'c> {
     admin: Vec<usize>,
     baseline: Vec<usize>,
     by_ns: HashMap<&'c str, NsTiers>,
+    /// Calico's view (for [`Engine::Calico`]): its own policies, NetworkPolicies in the
+    /// `default` tier and the enforced ClusterNetworkPolicies in `kube-admin` /
+    /// `kube-baseline`, as Calico converts them.
+    calico: Option<calico::CalicoPolicies>,
 }
 
 impl<'c> Prepared<'c> {
@@ -482,12 +506,36 @@ impl<'c> Prepared<'c> {
                 );
             }
         }
+        let calico = (settings.engine == Engine::Calico).then(|| {
+            let mut policies = cluster.calico.policies.clone();
+            policies.extend(
+                cluster
+                    .policies
+                    .iter()
+                    .map(calico::CalicoPolicy::from_kubernetes),
+            );
+            policies.extend(admin.iter().chain(&baseline).filter_map(|&i| {
+                calico::CalicoPolicy::from_cluster_network_policy(&cluster.tiered[i])
+            }));
+            let namespaces = cluster
+                .namespaces
+                .iter()
+                .map(|(name, ns)| (name.clone(), ns.labels.clone()))
+                .collect();
+            calico::CalicoPolicies::build(
+                policies,
+                cluster.calico.tiers.clone(),
+                cluster.calico.network_sets.clone(),
+                namespaces,
+            )
+        });
         Prepared {
             cluster,
             settings,
             admin,
             baseline,
             by_ns,
+            calico,
         }
     }
 
@@ -569,9 +617,26 @@ impl<'c> Prepared<'c> {
             d.reason = Reason::HostNetwork;
             return d;
         }
-        // TODO(calico): Engine::Calico: calico::decide between the kube-admin tier and
-        // NetworkPolicy (Calico's tiers by order, its `default` tier holding NetworkPolicy);
-        // until crates/core/src/calico/ exists, Calico's kinds are treated as absent.
+        if let Some(policies) = &self.calico {
+            // Calico's tiers by order: ClusterNetworkPolicy in kube-admin (1,000) and
+            // kube-baseline (10,000,000), NetworkPolicy in default (1,000,000) with
+            // Calico's own policies.
+            let c = calico_decide(policies, src, dst);
+            d.allowed = c.allowed();
+            if c.verdict != calico::CalicoVerdict::NotSelected
+                && let Some(t) = &c.tier
+            {
+                d.tier = Tier::Calico(t.clone());
+            }
+            d.object = c
+                .policy
+                .as_ref()
+                .or(c.selecting.first())
+                .map(PolicyRef::calico);
+            d.rule = c.rule.clone();
+            d.reason = Reason::Calico(Box::new(c));
+            return d;
+        }
         if self.tier(&mut d, &sel.admin, TierLevel::Admin, dst) {
             return d;
         }
@@ -719,6 +784,73 @@ impl<'c> Prepared<'c> {
     }
 }
 
+/// Calico's decision for a source pod (its service account defaults to `default`, as
+/// Kubernetes defaults it) and a destination (a node is no Calico endpoint unless it has
+/// a HostEndpoint, which is not read: only `nets` match its address).
+fn calico_decide(
+    policies: &calico::CalicoPolicies,
+    src: &Source<'_>,
+    dst: &Destination,
+) -> calico::CalicoDecision {
+    let endpoint = calico::CalicoEndpoint {
+        namespace: src.namespace,
+        labels: src.labels,
+        namespace_labels: src.ns_labels,
+        service_account: Some(src.service_account.unwrap_or("default")),
+        ips: &[],
+        named_ports: &[],
+    };
+    match dst {
+        Destination::External(t) => {
+            calico::decide(policies, &endpoint, &calico::CalicoDest::external(t))
+        }
+        Destination::Pod {
+            namespace,
+            labels,
+            ns_labels,
+            ip,
+            port,
+            protocol,
+            named_ports,
+        } => {
+            let ports: Vec<calico::NamedPort> = named_ports
+                .iter()
+                .map(|(name, protocol, port)| calico::NamedPort {
+                    name: name.clone(),
+                    protocol: *protocol,
+                    port: *port,
+                })
+                .collect();
+            let pod = calico::CalicoEndpoint {
+                namespace,
+                labels,
+                namespace_labels: ns_labels,
+                service_account: None,
+                ips: &[],
+                named_ports: &ports,
+            };
+            let dest = calico::CalicoDest {
+                ip: *ip,
+                port: *port,
+                protocol: *protocol,
+                endpoint: calico::DestEndpoint::Workload(pod),
+            };
+            calico::decide(policies, &endpoint, &dest)
+        }
+        Destination::Node {
+            ip, port, protocol, ..
+        } => {
+            let dest = calico::CalicoDest {
+                ip: Some(*ip),
+                port: *port,
+                protocol: *protocol,
+                endpoint: calico::DestEndpoint::None,
+            };
+            calico::decide(policies, &endpoint, &dest)
+        }
+    }
+}
+
 /// THE egress decision of an engine for one source pod and one destination. Callers
 /// deciding many destinations for one pod, or many pods, use [`Prepared`] instead (the
 /// same code, with the selection done once).
@@ -784,6 +916,30 @@ pub fn explain(cluster: &Cluster, d: &EgressDecision, limit: Option<usize>) -> n
                 None => c.isolating.iter().map(ToString::to_string).collect(),
             };
             let rules: Vec<String> = c.rule.iter().map(ToString::to_string).collect();
+            netpol::Explanation {
+                reason,
+                policy_count: policies.len(),
+                policies: policies
+                    .into_iter()
+                    .take(limit.unwrap_or(usize::MAX))
+                    .collect(),
+                rule_count: rules.len(),
+                rules,
+            }
+        }
+        (Reason::Calico(c), _) => {
+            let mut reason = c.reason();
+            for n in &c.notes {
+                reason.push_str(&format!("; {n}"));
+            }
+            let policies: Vec<String> = match &c.policy {
+                Some(p) => vec![p.to_string()],
+                None => c.selecting.iter().map(ToString::to_string).collect(),
+            };
+            let rules: Vec<String> = match (&c.policy, &c.rule) {
+                (Some(p), Some(r)) => vec![format!("{p}#{r}")],
+                _ => vec![],
+            };
             netpol::Explanation {
                 reason,
                 policy_count: policies.len(),
@@ -898,5 +1054,185 @@ mod cilium_tests {
         let cluster = Cluster::default();
         let e = explain(&cluster, &either, None);
         assert!(e.reason.contains("as `world`: denied by"), "{}", e.reason);
+    }
+}
+
+#[cfg(test)]
+mod calico_tests {
+    //! Calico composed with the Kubernetes kinds, as Calico converts them: NetworkPolicy
+    //! into the `default` tier at order 1000 (`libcalico-go/lib/backend/k8s/conversion/
+    //! conversion.go`: "We insert all the NetworkPolicy Policies at order 1000.0"),
+    //! ClusterNetworkPolicy into `kube-admin` / `kube-baseline` with order = priority
+    //! (`…/conversion/clusternetworkpolicy.go`), tiers by order
+    //! (<https://docs.tigera.io/calico/latest/reference/resources/tier>: "Tiers are sorted
+    //! by their order - smallest number first").
+    use super::*;
+    use crate::target::{IMDS, WIRESERVER};
+
+    const NS: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: app}\n";
+    const DENY_IMDS: &str = "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: security}\nspec: {order: 100}\n---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: security.deny-imds}\nspec:\n  tier: security\n  selector: app != 'agent'\n  egress:\n  - action: Deny\n    destination: {nets: [169.254.169.254/32]}\n  - action: Pass\n";
+    const OPEN_NP: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: open, namespace: app}\nspec:\n  podSelector: {}\n  egress: [{}]\n";
+    const ISOLATE_NP: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: dns-only, namespace: app}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n  egress: [{ports: [{port: 53, protocol: UDP}]}]\n";
+    const CNP_ALLOW_IMDS: &str = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: agent-imds}\nspec:\n  tier: Admin\n  priority: 10\n  subject:\n    pods:\n      namespaceSelector: {}\n      podSelector: {matchLabels: {app: agent}}\n  egress:\n  - action: Accept\n    to: [{networks: [169.254.169.254/32]}]\n";
+
+    fn run(docs: &[&str], engine: Option<Engine>, app: &str, dst: Destination) -> EgressDecision {
+        let text = docs.join("---\n");
+        let l = crate::manifest::parse("t.yaml", &text);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        let cluster = Cluster::build(l.objects);
+        let engine = engine.unwrap_or_else(|| Engine::detect(&cluster).unwrap_or(Engine::Generic));
+        let labels: Labels = [("app".to_string(), app.to_string())].into();
+        let ns_labels = cluster.namespaces["app"].labels.clone();
+        let src = Source {
+            namespace: "app",
+            labels: &labels,
+            ns_labels: &ns_labels,
+            service_account: None,
+            host_network: false,
+        };
+        decide(&cluster, &EngineSettings::new(engine), &src, &dst)
+    }
+
+    #[test]
+    fn calico_kinds_are_detected_and_their_tiers_come_first() {
+        let d = run(
+            &[NS, DENY_IMDS, OPEN_NP],
+            None,
+            "web",
+            Destination::External(IMDS),
+        );
+        assert!(!d.allowed);
+        assert_eq!(d.tier, Tier::Calico("security".into()));
+        assert_eq!(
+            d.object.as_ref().map(ToString::to_string).as_deref(),
+            Some("GlobalNetworkPolicy/security.deny-imds")
+        );
+        assert_eq!(d.rule.as_deref(), Some("egress[0]"));
+        // Passed to the default tier, where the NetworkPolicy allows.
+        let d = run(
+            &[NS, DENY_IMDS, OPEN_NP],
+            None,
+            "web",
+            Destination::External(WIRESERVER),
+        );
+        assert!(d.allowed);
+        assert_eq!(d.tier, Tier::Calico("default".into()));
+        assert_eq!(
+            d.object.as_ref().map(ToString::to_string).as_deref(),
+            Some("app/open")
+        );
+        assert_eq!(d.rule.as_deref(), Some("egress[0]"));
+        let e = explain(&Cluster::default(), &d, None);
+        assert_eq!(
+            e.reason,
+            "allowed by NetworkPolicy app/open#egress[0] in Calico tier default"
+        );
+        // The agent is not selected by the deny; the NetworkPolicy allows.
+        let d = run(
+            &[NS, DENY_IMDS, OPEN_NP],
+            None,
+            "agent",
+            Destination::External(IMDS),
+        );
+        assert!(d.allowed);
+    }
+
+    #[test]
+    fn network_policy_isolation_is_the_default_tiers_end_of_tier_drop() {
+        let d = run(
+            &[NS, ISOLATE_NP],
+            Some(Engine::Calico),
+            "web",
+            Destination::External(IMDS),
+        );
+        assert!(!d.allowed);
+        assert_eq!(d.tier, Tier::Calico("default".into()));
+        assert_eq!(d.rule, None);
+        assert_eq!(
+            d.object.as_ref().map(ToString::to_string).as_deref(),
+            Some("app/dns-only")
+        );
+        let e = explain(&Cluster::default(), &d, None);
+        assert!(
+            e.reason.starts_with(
+                "denied at the end of Calico tier default: NetworkPolicy app/dns-only selects"
+            ),
+            "{}",
+            e.reason
+        );
+        // No policy at all: not selected, allowed by the namespace profile.
+        let d = run(
+            &[NS],
+            Some(Engine::Calico),
+            "web",
+            Destination::External(IMDS),
+        );
+        assert!(d.allowed);
+        assert_eq!(d.tier, Tier::Default);
+        assert!(
+            matches!(&d.reason, Reason::Calico(c) if c.verdict == calico::CalicoVerdict::NotSelected)
+        );
+    }
+
+    #[test]
+    fn cluster_network_policy_goes_to_kube_admin() {
+        // kube-admin (order 1,000) comes before default (1,000,000): the CNP's Accept
+        // beats the NetworkPolicy's isolation.
+        let d = run(
+            &[NS, ISOLATE_NP, CNP_ALLOW_IMDS],
+            Some(Engine::Calico),
+            "agent",
+            Destination::External(IMDS),
+        );
+        assert!(d.allowed);
+        assert_eq!(d.tier, Tier::Calico("kube-admin".into()));
+        assert_eq!(
+            d.object.as_ref().map(ToString::to_string).as_deref(),
+            Some("ClusterNetworkPolicy/agent-imds")
+        );
+        // A pod the CNP does not select: kube-admin does not apply, default drops.
+        let d = run(
+            &[NS, ISOLATE_NP, CNP_ALLOW_IMDS],
+            Some(Engine::Calico),
+            "web",
+            Destination::External(IMDS),
+        );
+        assert!(!d.allowed);
+        assert_eq!(d.tier, Tier::Calico("default".into()));
+        // A Calico tier at order 100 comes before kube-admin.
+        let d = run(
+            &[NS, DENY_IMDS, CNP_ALLOW_IMDS],
+            Some(Engine::Calico),
+            "web2",
+            Destination::External(IMDS),
+        );
+        assert!(!d.allowed);
+        assert_eq!(d.tier, Tier::Calico("security".into()));
+    }
+
+    #[test]
+    fn pods_and_nodes_as_destinations() {
+        let pod = |port| Destination::Pod {
+            namespace: "app".into(),
+            labels: [("app".to_string(), "db".to_string())].into(),
+            ns_labels: [("kubernetes.io/metadata.name".to_string(), "app".to_string())].into(),
+            ip: Some("10.244.0.9".parse().unwrap()),
+            port,
+            protocol: Protocol::Tcp,
+            named_ports: vec![("pg".into(), Protocol::Tcp, 5432)],
+        };
+        let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: to-db, namespace: app}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n  egress:\n  - to: [{podSelector: {matchLabels: {app: db}}}]\n    ports: [{port: pg}]\n";
+        assert!(run(&[NS, np], Some(Engine::Calico), "web", pod(5432)).allowed);
+        assert!(!run(&[NS, np], Some(Engine::Calico), "web", pod(5433)).allowed);
+        let node = Destination::Node {
+            ip: "10.0.0.4".parse().unwrap(),
+            port: 10250,
+            protocol: Protocol::Tcp,
+            labels: Labels::new(),
+        };
+        assert!(!run(&[NS, np], Some(Engine::Calico), "web", node.clone()).allowed);
+        let by_net = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: nodes, namespace: app}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n  egress: [{to: [{ipBlock: {cidr: 10.0.0.0/24}}]}]\n";
+        // Calico matches ipBlocks against node (and pod) addresses.
+        assert!(run(&[NS, by_net], Some(Engine::Calico), "web", node).allowed);
     }
 }

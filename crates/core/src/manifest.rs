@@ -16,6 +16,7 @@ use serde::de;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
+use crate::calico;
 use crate::cilium::{self, CiliumKind};
 use crate::model::{
     Controller, ControllerKind, EgressRule, LabelSelector, Labels, Namespace, NetworkPolicy, Node,
@@ -997,6 +998,7 @@ enum Class {
     Node,
     Tiered(TieredKind),
     Cilium(CiliumKind),
+    Calico,
 }
 
 fn api_group(api_version: &str) -> &str {
@@ -1019,6 +1021,7 @@ fn classify(kind: &str, api_version: &str) -> Option<Class> {
         ("Node", "") => Some(Class::Node),
         (k, tiered::GROUP) => TieredKind::from_kind(k).map(Class::Tiered),
         (k, "cilium.io") => cilium::classify(api_version, k).map(Class::Cilium),
+        (k, "projectcalico.org") if calico::is_calico_kind(api_version, k) => Some(Class::Calico),
         _ => None,
     }
 }
@@ -1204,6 +1207,30 @@ fn convert(
                     _ => cilium::parse(&value, source).map(Object::Cilium),
                 }
                 .map_err(|e| (e.object, format!("{}: {}", e.at, e.reason))),
+                None => Err((
+                    format!("{kind} {name}"),
+                    "the object could not be read again as a whole".into(),
+                )),
+            };
+            match parsed {
+                Ok(o) => o,
+                Err((object, message)) => {
+                    out.errors.push(LoadError {
+                        file: file.clone(),
+                        line,
+                        object: Some(object),
+                        kind: LoadErrorKind::Invalid,
+                        message,
+                    });
+                    return;
+                }
+            }
+        }
+        Class::Calico => {
+            let parsed = match reread() {
+                Some(value) => calico::parse(&value, source)
+                    .map(Object::Calico)
+                    .map_err(|e| (e.object, format!("{}: {}", e.field, e.problem))),
                 None => Err((
                     format!("{kind} {name}"),
                     "the object could not be read again as a whole".into(),
@@ -1432,12 +1459,40 @@ mod tests {
                 Object::CiliumCidrGroup(g) => {
                     format!("CiliumCIDRGroup {}@{}", g.name, g.source.line)
                 }
+                Object::Calico(calico::CalicoObject::Policy(p)) => {
+                    format!("{}@{}", p.id(), p.source.line)
+                }
+                Object::Calico(calico::CalicoObject::Tier(t)) => format!("Tier {}", t.name),
+                Object::Calico(calico::CalicoObject::NetworkSet(s)) => {
+                    format!("NetworkSet {}@{}", s.name, s.source.line)
+                }
             })
             .collect()
     }
 
     /// Cluster-scoped policies and nodes are read whole in every input shape: a YAML
     /// document, a block-style `List` item, a flow-style `List`, a JSON `List` item.
+    #[test]
+    fn calico_kinds_are_read_whole() {
+        let text = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: security.deny-imds}\nspec:\n  tier: security\n  selector: app != 'agent'\n  egress:\n  - action: Deny\n    destination: {nets: [169.254.169.254/32]}\n---\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: bad, namespace: app}\nspec:\n  selector: app = 'x'\n---\napiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: security}\nspec: {order: 100}\n---\napiVersion: crd.projectcalico.org/v1\nkind: GlobalNetworkPolicy\nmetadata: {name: backing}\n";
+        let l = parse("c.yaml", text);
+        assert_eq!(
+            kinds(&l),
+            ["GlobalNetworkPolicy security.deny-imds@1", "Tier security"]
+        );
+        assert_eq!(l.errors.len(), 1, "{:?}", l.errors);
+        assert_eq!(l.errors[0].line, 11);
+        assert_eq!(l.errors[0].object.as_deref(), Some("NetworkPolicy app/bad"));
+        assert_eq!(
+            l.errors[0].message,
+            "spec.selector: selector `app = 'x'`: column 5: expected `==`, found a single `=`"
+        );
+        assert_eq!(
+            l.skipped.get("GlobalNetworkPolicy.crd.projectcalico.org"),
+            Some(&1)
+        );
+    }
+
     #[test]
     fn cilium_kinds_are_read_whole() {
         let text = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: app}\nspec:\n  endpointSelector: {}\n  egress:\n  - toPorts: [{ports: [{port: \"80\"}]}]\n---\napiVersion: cilium.io/v2alpha1\nkind: CiliumCIDRGroup\nmetadata: {name: g}\nspec: {externalCIDRs: [169.254.169.254/32]}\n---\napiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: bad}\nspec:\n  endpointSelector: {}\n  egress: [{toEntities: [internet]}]\n---\napiVersion: cilium.io/v2\nkind: CiliumEndpoint\nmetadata: {name: e}\n";
@@ -1644,13 +1699,13 @@ mod tests {
 
     #[test]
     fn owner_and_kind_groups() {
-        let text = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  ownerReferences:\n  - {kind: ReplicaSet, name: rs1, controller: false}\n  - {kind: ReplicaSet, name: rs2, controller: true}\n---\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: calico}\nspec:\n  selector: all()\n";
+        let text = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  ownerReferences:\n  - {kind: ReplicaSet, name: rs1, controller: false}\n  - {kind: ReplicaSet, name: rs2, controller: true}\n---\napiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata: {name: calico}\nspec:\n  node: n\n";
         let l = parse("o.yaml", text);
         let Object::Pod(p) = &l.objects[0] else {
             panic!()
         };
         assert_eq!(p.owner.as_ref().unwrap().name, "rs2");
-        assert_eq!(l.skipped.get("NetworkPolicy.projectcalico.org"), Some(&1));
+        assert_eq!(l.skipped.get("HostEndpoint.projectcalico.org"), Some(&1));
     }
 
     #[test]

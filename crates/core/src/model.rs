@@ -386,6 +386,9 @@ pub enum Object {
     Cilium(crate::cilium::CiliumPolicy),
     /// A CiliumCIDRGroup (what `cidrGroupRef` points at).
     CiliumCidrGroup(crate::cilium::CidrGroup),
+    /// A `projectcalico.org/v3` GlobalNetworkPolicy, NetworkPolicy, Tier,
+    /// GlobalNetworkSet or NetworkSet.
+    Calico(crate::calico::CalicoObject),
 }
 
 #[cfg(test)]

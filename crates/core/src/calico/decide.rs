@@ -81,8 +81,8 @@ pub enum DestEndpoint<'a> {
 /// A destination: address, port and protocol, and what is there.
 #[derive(Debug, Clone, Copy)]
 pub struct CalicoDest<'a> {
-    /// Destination address.
-    pub ip: IpAddr,
+    /// Destination address (`None`: a pod whose address the input does not give).
+    pub ip: Option<IpAddr>,
     /// Destination port.
     pub port: u16,
     /// Transport protocol.
@@ -95,7 +95,7 @@ impl CalicoDest<'static> {
     /// An address outside the cluster, as the audit's targets are.
     pub fn external(target: &Target) -> CalicoDest<'static> {
         CalicoDest {
-            ip: target.ip,
+            ip: Some(target.ip),
             port: target.port,
             protocol: target.protocol,
             endpoint: DestEndpoint::None,
@@ -456,6 +456,17 @@ pub fn decide(
                 );
                 break;
             }
+        }
+    }
+    // What Calico may reject or change about the deciding policy.
+    if let Some(r) = &result.policy
+        && let Some(pol) = p
+            .policies
+            .iter()
+            .find(|x| x.kind == r.kind && x.namespace == r.namespace && x.name == r.name)
+    {
+        for w in &pol.warnings {
+            note(&mut notes, format!("{r}: {w}"));
         }
     }
     result.notes = notes;
@@ -843,8 +854,9 @@ fn rule_matches(
     if rule.icmp {
         return false;
     }
-    let version = if dst.ip.is_ipv4() { 4 } else { 6 };
-    if rule.ip_version.is_some_and(|v| v != version) {
+    if let (Some(v), Some(ip)) = (rule.ip_version, dst.ip)
+        && v != if ip.is_ipv4() { 4 } else { 6 }
+    {
         return false;
     }
     if rule
@@ -873,10 +885,10 @@ fn rule_matches(
         }),
     };
     let dst_side = Side {
-        ip: Some(dst.ip),
+        ip: dst.ip,
         port: dst.port,
         endpoint: dst_endpoint,
-        sets: sets_containing(p, Some(dst.ip)),
+        sets: sets_containing(p, dst.ip),
         name: "destination",
     };
     if !entity_matches(pol, rule, &rule.destination, &dst_side, dst.protocol, notes) {
@@ -886,7 +898,7 @@ fn rule_matches(
         .ips
         .iter()
         .copied()
-        .find(|ip| ip.is_ipv4() == dst.ip.is_ipv4());
+        .find(|ip| dst.ip.is_none_or(|d| ip.is_ipv4() == d.is_ipv4()));
     let src_side = Side {
         ip: src_ip,
         port: src_port,

@@ -20,9 +20,9 @@ pub use decide::{
     DestEndpoint, EPHEMERAL_PORT, NamedPort, decide,
 };
 pub use policy::{
-    API_VERSION, Action, CalicoError, CalicoNetworkSet, CalicoObject, CalicoPolicy, CalicoProblem,
-    CalicoTier, EntityRule, KINDS, PolicyKind, PortMatch, ProtocolMatch, Rule, ServiceAccountMatch,
-    ServiceMatch, TierAction, is_calico_kind, parse, protocol_number,
+    API_VERSION, Action, CalicoError, CalicoNetworkSet, CalicoObject, CalicoObjects, CalicoPolicy,
+    CalicoProblem, CalicoTier, EntityRule, KINDS, PolicyKind, PortMatch, ProtocolMatch, Rule,
+    ServiceAccountMatch, ServiceMatch, TierAction, is_calico_kind, parse, protocol_number,
 };
 
 /// The tier of policies that name none, and of Kubernetes NetworkPolicies.

@@ -19,6 +19,10 @@ use super::selector::{Selector, SelectorError};
 use super::{DEFAULT_TIER, KUBE_ADMIN_TIER, KUBE_BASELINE_TIER};
 use crate::model::{Labels, NetworkPolicy, Peer, PortSpec, Source};
 use crate::target::Protocol;
+use crate::tiered::{
+    Action as TieredAction, Peer as TieredPeer, PortMatch as TieredPortMatch, Subject, TierLevel,
+    TieredKind, TieredPolicy,
+};
 
 /// The API group and version of every object read here.
 pub const API_VERSION: &str = "projectcalico.org/v3";
@@ -409,6 +413,207 @@ impl CalicoPolicy {
             warnings: vec![],
             source: np.source.clone(),
         }
+    }
+}
+
+impl CalicoPolicy {
+    /// The GlobalNetworkPolicy Calico makes of a ClusterNetworkPolicy
+    /// (`libcalico-go/lib/backend/k8s/conversion/clusternetworkpolicy.go`,
+    /// `K8sClusterNetworkPolicyToCalico`): tier `kube-admin` or `kube-baseline`, order =
+    /// priority, subject as namespaceSelector (+ pod selector), one rule per (protocol,
+    /// peer) of each egress rule (Accept → Allow), `networks` as `nets`, `namespaces` /
+    /// `pods` peers as namespaceSelector (+ selector). A rule Calico cannot convert (a
+    /// named port, a `nodes` or `domainNames` peer, a peer it does not know) fails closed
+    /// as Calico's does: a Deny or Pass rule becomes "Deny everything", an Accept rule is
+    /// dropped; each is named in [`CalicoPolicy::warnings`]. Other kinds and a
+    /// policy of neither tier give `None`.
+    pub fn from_cluster_network_policy(p: &TieredPolicy) -> Option<CalicoPolicy> {
+        if p.kind != TieredKind::ClusterNetworkPolicy {
+            return None;
+        }
+        let tier = match p.tier {
+            TierLevel::Admin => KUBE_ADMIN_TIER,
+            TierLevel::Baseline => KUBE_BASELINE_TIER,
+        };
+        let ns_selector = |s: &crate::model::LabelSelector| {
+            if s.is_empty() {
+                Selector::all()
+            } else {
+                Selector::from_label_selector(s)
+            }
+        };
+        let (namespace_selector, selector) = match &p.subject {
+            Subject::Namespaces(ns) => {
+                (ns_selector(ns), Selector::kubernetes_pods(&Selector::all()))
+            }
+            Subject::Pods {
+                namespace_selector,
+                pod_selector,
+            } => (
+                ns_selector(namespace_selector),
+                Selector::kubernetes_pods(&Selector::from_label_selector(pod_selector)),
+            ),
+        };
+        let mut warnings = Vec::new();
+        let mut egress = Vec::new();
+        for (i, r) in p.egress.iter().enumerate() {
+            let label = format!("egress[{i}]");
+            let action = match r.action {
+                TieredAction::Accept => Action::Allow,
+                TieredAction::Deny => Action::Deny,
+                TieredAction::Pass => Action::Pass,
+            };
+            let fail = |why: &str, warnings: &mut Vec<String>, egress: &mut Vec<Rule>| {
+                if action == Action::Allow {
+                    warnings.push(format!(
+                        "{label}: Calico cannot convert it ({why}) and drops this Accept rule"
+                    ));
+                } else {
+                    warnings.push(format!(
+                        "{label}: Calico cannot convert it ({why}) and replaces it with a rule denying everything"
+                    ));
+                    egress.push(Rule {
+                        label: label.clone(),
+                        action: Action::Deny,
+                        protocol: None,
+                        not_protocol: None,
+                        ip_version: None,
+                        icmp: false,
+                        source: EntityRule::default(),
+                        destination: EntityRule::default(),
+                    });
+                }
+            };
+            // One group per protocol, each with its ports (empty: every port); no
+            // protocols at all: one group without a protocol.
+            let mut groups: Vec<(Option<Protocol>, Option<Vec<PortMatch>>)> = Vec::new();
+            let mut named = false;
+            match &r.ports {
+                None => groups.push((None, Some(vec![]))),
+                Some(list) => {
+                    for pm in list {
+                        match pm {
+                            TieredPortMatch::Named(_) => named = true,
+                            TieredPortMatch::Ports { protocol, range } => {
+                                let port =
+                                    range.map(|(a, b)| PortMatch::Range { first: a, last: b });
+                                match groups.iter_mut().find(|(p, _)| *p == Some(*protocol)) {
+                                    Some((_, ports)) => {
+                                        // An "every port" entry wins over single ports.
+                                        match (ports.as_mut(), port) {
+                                            (Some(v), Some(x)) if !v.is_empty() => v.push(x),
+                                            _ => *ports = Some(vec![]),
+                                        }
+                                    }
+                                    None => groups
+                                        .push((Some(*protocol), Some(port.into_iter().collect()))),
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            if named {
+                fail("named ports are not supported", &mut warnings, &mut egress);
+                continue;
+            }
+            groups.sort_by_key(|(p, _)| p.map(Protocol::as_str));
+            let mut peers = Vec::new();
+            let mut bad = None;
+            for peer in &r.to {
+                let mut d = EntityRule::default();
+                match peer {
+                    TieredPeer::Namespaces(ns) => d.namespace_selector = Some(ns_selector(ns)),
+                    TieredPeer::Pods {
+                        namespace_selector,
+                        pod_selector,
+                    } => {
+                        d.namespace_selector = Some(ns_selector(namespace_selector));
+                        d.selector = Some(Selector::kubernetes_pods(
+                            &Selector::from_label_selector(pod_selector),
+                        ));
+                    }
+                    TieredPeer::Networks(nets) => d.nets = nets.iter().map(IpNet::trunc).collect(),
+                    TieredPeer::Nodes(_) => bad = Some("a nodes peer"),
+                    TieredPeer::DomainNames(_) => bad = Some("a domainNames peer"),
+                    TieredPeer::Unknown(_) => bad = Some("a peer of unknown shape"),
+                }
+                peers.push(d);
+            }
+            if let Some(why) = bad {
+                fail(why, &mut warnings, &mut egress);
+                continue;
+            }
+            for (protocol, ports) in &groups {
+                for peer in &peers {
+                    let mut destination = peer.clone();
+                    destination.ports = ports.clone().unwrap_or_default();
+                    egress.push(Rule {
+                        label: label.clone(),
+                        action,
+                        protocol: protocol.map(|p| ProtocolMatch {
+                            number: protocol_number(p),
+                            name: p.as_str().to_string(),
+                        }),
+                        not_protocol: None,
+                        ip_version: None,
+                        icmp: false,
+                        source: EntityRule::default(),
+                        destination,
+                    });
+                }
+            }
+        }
+        Some(CalicoPolicy {
+            kind: PolicyKind::ClusterNetworkPolicy,
+            namespace: None,
+            name: p.name.clone(),
+            tier: tier.to_string(),
+            order: p.priority.map(f64::from),
+            selector,
+            namespace_selector: Some(namespace_selector),
+            service_account_selector: None,
+            ingress_type: false,
+            egress_type: !egress.is_empty(),
+            types_written: true,
+            ingress: vec![],
+            egress,
+            do_not_track: false,
+            pre_dnat: false,
+            apply_on_forward: false,
+            warnings,
+            source: p.source.clone(),
+        })
+    }
+}
+
+/// The Calico objects of an input, as read (see [`CalicoPolicies::build`] for the
+/// evaluation index).
+///
+/// [`CalicoPolicies::build`]: super::CalicoPolicies::build
+#[derive(Debug, Clone, Default)]
+pub struct CalicoObjects {
+    /// GlobalNetworkPolicies and NetworkPolicies.
+    pub policies: Vec<CalicoPolicy>,
+    /// Tiers.
+    pub tiers: Vec<CalicoTier>,
+    /// GlobalNetworkSets and NetworkSets.
+    pub network_sets: Vec<CalicoNetworkSet>,
+}
+
+impl CalicoObjects {
+    /// Adds one object.
+    pub fn push(&mut self, o: CalicoObject) {
+        match o {
+            CalicoObject::Policy(p) => self.policies.push(*p),
+            CalicoObject::Tier(t) => self.tiers.push(t),
+            CalicoObject::NetworkSet(s) => self.network_sets.push(s),
+        }
+    }
+
+    /// Whether nothing was read.
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty() && self.tiers.is_empty() && self.network_sets.is_empty()
     }
 }
 

@@ -698,7 +698,7 @@ spec:
     }];
     let client = web();
     let dst = CalicoDest {
-        ip: "10.244.2.7".parse().unwrap(),
+        ip: Some("10.244.2.7".parse().unwrap()),
         port: 80,
         protocol: Protocol::Tcp,
         endpoint: DestEndpoint::Workload(server.endpoint()),
@@ -731,7 +731,7 @@ spec:
 "]);
     let server = pod("other", &[("app", "server")]);
     let dst = CalicoDest {
-        ip: "10.244.2.7".parse().unwrap(),
+        ip: Some("10.244.2.7".parse().unwrap()),
         port: 80,
         protocol: Protocol::Tcp,
         endpoint: DestEndpoint::Workload(server.endpoint()),
@@ -1172,7 +1172,7 @@ spec:
     assert_eq!(to(&p, &web(), &IMDS).verdict, CalicoVerdict::EndOfTier);
     let server = pod("other", &[("app", "server")]);
     let dst = CalicoDest {
-        ip: "10.244.2.7".parse().unwrap(),
+        ip: Some("10.244.2.7".parse().unwrap()),
         port: 80,
         protocol: Protocol::Tcp,
         endpoint: DestEndpoint::Workload(server.endpoint()),
