@@ -11,6 +11,7 @@ use imdsguard_core::audit::{
     AuditOptions, DEFAULT_LIST_LIMIT, FindingKind, Report, Severity, audit,
 };
 use imdsguard_core::cluster::Cluster;
+use imdsguard_core::engine::{Engine, EngineSettings};
 use imdsguard_core::target::{Cloud, Target, parse_targets_file};
 
 use crate::cloud_arg::CloudArg;
@@ -52,10 +53,23 @@ pub struct AuditArgs {
     #[arg(long, value_enum, default_value_t = FailOn::Reachable)]
     fail_on: FailOn,
 
-    /// Assume the cluster enforces no NetworkPolicy (e.g. AKS with --network-plugin azure
-    /// and no --network-policy): every workload reaches every target.
-    #[arg(long)]
+    /// The policy engine that enforces the cluster's policies: which kinds count, and
+    /// with which engine's quirks. Without it, Calico or Cilium kinds in the input select
+    /// their engine, and otherwise every kind is evaluated with the network-policy-api
+    /// reference semantics (generic).
+    #[arg(long, value_enum, value_name = "ENGINE")]
+    engine: Option<EngineArg>,
+
+    /// Same as --engine none: the cluster enforces no policy (e.g. AKS with
+    /// --network-plugin azure and no --network-policy): every workload reaches every target.
+    #[arg(long, conflicts_with = "engine")]
     no_policy_engine: bool,
+
+    /// With --engine cilium: Cilium runs with --enable-k8s-cluster-network-policy, so it
+    /// enforces ClusterNetworkPolicy (without it, ClusterNetworkPolicies are reported as
+    /// not enforced).
+    #[arg(long)]
+    cilium_cnp: bool,
 
     /// Name every deciding policy and rule in verdicts, reasons and findings (by default
     /// the first 5 of each, with their counts: with hundreds of policies selecting the
@@ -82,6 +96,62 @@ pub enum Format {
     Json,
     /// SARIF 2.1.0 for code scanning.
     Sarif,
+}
+
+/// `--engine` values.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum EngineArg {
+    /// Azure NPM: NetworkPolicy only, endPort ignored.
+    AzureNpm,
+    /// Calico 3.32+: NetworkPolicy, ClusterNetworkPolicy and Calico's kinds.
+    Calico,
+    /// Cilium 1.20+: NetworkPolicy, Cilium's kinds, ClusterNetworkPolicy with --cilium-cnp.
+    Cilium,
+    /// kube-network-policies: NetworkPolicy and ClusterNetworkPolicy.
+    KubeNetworkPolicies,
+    /// OVN-Kubernetes: NetworkPolicy, AdminNetworkPolicy and BaselineAdminNetworkPolicy.
+    OvnKubernetes,
+    /// The network-policy-api reference semantics: every kind enforced.
+    Generic,
+    /// No engine: nothing is enforced.
+    None,
+}
+
+impl From<EngineArg> for Engine {
+    fn from(e: EngineArg) -> Engine {
+        match e {
+            EngineArg::AzureNpm => Engine::AzureNpm,
+            EngineArg::Calico => Engine::Calico,
+            EngineArg::Cilium => Engine::Cilium,
+            EngineArg::KubeNetworkPolicies => Engine::KubeNetworkPolicies,
+            EngineArg::OvnKubernetes => Engine::OvnKubernetes,
+            EngineArg::Generic => Engine::Generic,
+            EngineArg::None => Engine::None,
+        }
+    }
+}
+
+/// The engine settings from the flags; `None`: detect from the input.
+fn engine_settings(args: &AuditArgs) -> anyhow::Result<Option<EngineSettings>> {
+    let engine = match (args.engine, args.no_policy_engine) {
+        (_, true) => Some(Engine::None),
+        (Some(e), false) => Some(Engine::from(e)),
+        (None, false) => None,
+    };
+    if args.cilium_cnp && engine.is_some_and(|e| e != Engine::Cilium) {
+        bail!("--cilium-cnp describes Cilium: use it with --engine cilium (or without --engine)");
+    }
+    Ok(match engine {
+        Some(e) => Some(EngineSettings {
+            cilium_cluster_network_policy: args.cilium_cnp,
+            ..EngineSettings::new(e)
+        }),
+        None if args.cilium_cnp => Some(EngineSettings {
+            cilium_cluster_network_policy: true,
+            ..EngineSettings::new(Engine::Cilium)
+        }),
+        None => None,
+    })
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -151,6 +221,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let targets = targets(&args)?;
+    let engine = engine_settings(&args)?;
     let t0 = Instant::now();
     let (loaded, read_time) = inputs::load(&paths);
     let t_load = t0.elapsed();
@@ -162,7 +233,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         &cluster,
         &AuditOptions {
             targets,
-            no_policy_engine: args.no_policy_engine,
+            engine,
             list_limit: (!args.full).then_some(DEFAULT_LIST_LIMIT),
         },
     );

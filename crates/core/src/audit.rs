@@ -9,9 +9,13 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::cluster::{Cluster, Workload};
+use crate::engine::{
+    self, Destination, EgressDecision, Engine, EngineSettings, PolicyRef, Prepared, Tie, Tier,
+};
 use crate::model::{Labels, NetworkPolicy, Peer, PortSpec, Source};
-use crate::netpol::{Decision, decide, explain, first_names, join_names};
+use crate::netpol::{Decision, first_names, join_names};
 use crate::target::{Protocol, Target};
+use crate::tiered::{Action, Peer as TieredPeer, TierLevel, TieredPolicy};
 
 /// How serious a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -57,11 +61,19 @@ pub enum FindingKind {
     NodeLocalDnsCut,
     /// A policy selects no workload in the input.
     PolicySelectsNothing,
+    /// A policy of a kind (or with a feature) the engine does not enforce.
+    NotEnforced,
+    /// Two policies of one tier with the same priority both match a connection.
+    PriorityTie,
+    /// A cluster-scoped policy's peer has no field this reader knows: it fails closed.
+    UnknownPeer,
+    /// A BaselineAdminNetworkPolicy not named `default` (the API server refuses it).
+    BanpNotDefault,
 }
 
 impl FindingKind {
     /// Every kind, in report order.
-    pub const ALL: [FindingKind; 9] = [
+    pub const ALL: [FindingKind; 13] = [
         FindingKind::WorkloadReachesTarget,
         FindingKind::HostNetwork,
         FindingKind::NoPolicyEngine,
@@ -71,6 +83,10 @@ impl FindingKind {
         FindingKind::NoDnsEgress,
         FindingKind::NodeLocalDnsCut,
         FindingKind::PolicySelectsNothing,
+        FindingKind::NotEnforced,
+        FindingKind::PriorityTie,
+        FindingKind::UnknownPeer,
+        FindingKind::BanpNotDefault,
     ];
 
     /// The stable id, e.g. `workload-reaches-target`.
@@ -85,6 +101,10 @@ impl FindingKind {
             FindingKind::NoDnsEgress => "no-dns-egress",
             FindingKind::NodeLocalDnsCut => "node-local-dns-cut",
             FindingKind::PolicySelectsNothing => "policy-selects-nothing",
+            FindingKind::NotEnforced => "not-enforced",
+            FindingKind::PriorityTie => "priority-tie",
+            FindingKind::UnknownPeer => "unknown-peer",
+            FindingKind::BanpNotDefault => "banp-not-default",
         }
     }
 
@@ -98,7 +118,11 @@ impl FindingKind {
             FindingKind::NamespaceUnrestricted
             | FindingKind::EgressRulesIgnored
             | FindingKind::NoDnsEgress
-            | FindingKind::NodeLocalDnsCut => Severity::Medium,
+            | FindingKind::NodeLocalDnsCut
+            | FindingKind::NotEnforced
+            | FindingKind::PriorityTie
+            | FindingKind::UnknownPeer
+            | FindingKind::BanpNotDefault => Severity::Medium,
             FindingKind::PolicySelectsNothing => Severity::Low,
         }
     }
@@ -131,7 +155,19 @@ impl FindingKind {
                 "An except range also covers node-local DNS (169.254.20.10, AKS LocalDNS 169.254.10.0/24): deny exactly 169.254.169.254/32 instead of 169.254.0.0/16."
             }
             FindingKind::PolicySelectsNothing => {
-                "The policy's podSelector matches no workload in the input: a typo in a label leaves the pods it was meant for unprotected."
+                "The policy's podSelector (or subject) matches no workload in the input: a typo in a label leaves the pods it was meant for unprotected."
+            }
+            FindingKind::NotEnforced => {
+                "The policy engine (--engine, or detected from the input) does not enforce this object, or this feature of it: the audit leaves it out of every verdict. Write the policy in a kind the engine enforces, or name the right engine."
+            }
+            FindingKind::PriorityTie => {
+                "Two policies of one tier with the same priority both match a connection: the API leaves the choice between them to the implementation, so the result may differ between engines and restarts. Give them different priorities."
+            }
+            FindingKind::UnknownPeer => {
+                "A peer of a cluster-scoped policy has none of the fields this reader knows (a newer CRD): as the API says, it fails closed (an Accept rule matches nothing, a Deny or Pass rule matches all traffic). Check the CRD version the cluster runs."
+            }
+            FindingKind::BanpNotDefault => {
+                "A BaselineAdminNetworkPolicy must be named `default` (it is a singleton): the API server refuses any other name, so this object is never enforced. Rename it to default."
             }
         }
     }
@@ -168,6 +204,14 @@ impl ObjectRef {
             source: Some(p.source.clone()),
         }
     }
+    fn tiered(p: &TieredPolicy) -> Self {
+        ObjectRef {
+            kind: p.kind.as_str().into(),
+            namespace: String::new(),
+            name: p.name.clone(),
+            source: Some(p.source.clone()),
+        }
+    }
 }
 
 /// One finding.
@@ -187,6 +231,21 @@ pub struct Finding {
     pub targets: Vec<Target>,
     /// The objects involved; the first is where to look.
     pub objects: Vec<ObjectRef>,
+    /// For `workload-reaches-target`: the tier, object and rule that decided (of the
+    /// first target listed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<DecidedBy>,
+}
+
+/// The tier, object and rule behind a verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DecidedBy {
+    /// The tier.
+    pub tier: Tier,
+    /// The deciding object, when one did.
+    pub object: Option<PolicyRef>,
+    /// Its deciding rule, when a rule did.
+    pub rule: Option<String>,
 }
 
 impl Finding {
@@ -203,6 +262,7 @@ impl Finding {
             message,
             targets: target.into_iter().collect(),
             objects,
+            decided_by: None,
         }
     }
 }
@@ -238,7 +298,8 @@ fn merge(findings: Vec<Finding>) -> Vec<Finding> {
 pub struct Verdict {
     /// The target.
     pub target: Target,
-    /// What NetworkPolicy semantics alone say.
+    /// What the policies the engine enforces say (all of them, with the reference
+    /// semantics, when the engine is `none`).
     pub policy_allowed: bool,
     /// Whether the workload can actually reach it (also counting hostNetwork and a missing
     /// policy engine).
@@ -254,6 +315,14 @@ pub struct Verdict {
     pub rules: Vec<String>,
     /// How many rules decided it (`rules` may list fewer).
     pub rule_count: usize,
+    /// The tier that decided: `admin`, `networkpolicy`, `baseline`, `default`, ...
+    pub tier: Tier,
+    /// The deciding object (for NetworkPolicy: the first allowing policy, or the first
+    /// isolating one when denied); none when nothing decided.
+    pub object: Option<PolicyRef>,
+    /// The deciding rule of `object` (`egress[2]`); none for a NetworkPolicy denial
+    /// (isolation, no rule) or when nothing decided.
+    pub rule: Option<String>,
 }
 
 /// A workload and its verdicts.
@@ -276,6 +345,13 @@ pub struct WorkloadReport {
     pub verdicts: Vec<Verdict>,
 }
 
+impl WorkloadReport {
+    /// `namespace/name[Kind]`.
+    pub fn id(&self) -> String {
+        format!("{}/{}[{}]", self.namespace, self.name, self.kind)
+    }
+}
+
 /// Totals.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
@@ -287,6 +363,8 @@ pub struct Summary {
     pub pods: usize,
     /// NetworkPolicies read.
     pub network_policies: usize,
+    /// AdminNetworkPolicies, BaselineAdminNetworkPolicies and ClusterNetworkPolicies read.
+    pub cluster_policies: usize,
     /// Per target, in target order: how many workloads reach it.
     pub reachable: Vec<TargetCount>,
     /// Findings by severity.
@@ -307,8 +385,9 @@ pub struct TargetCount {
 pub struct AuditOptions {
     /// What to evaluate.
     pub targets: Vec<Target>,
-    /// Assume the cluster enforces no NetworkPolicy at all.
-    pub no_policy_engine: bool,
+    /// The policy engine and its settings; `None`: detected from the input
+    /// ([`Engine::detect`]), else [`Engine::Generic`].
+    pub engine: Option<EngineSettings>,
     /// At most this many policies (and rules) are named in each verdict, reason and
     /// finding, with their counts; `None` names them all. With hundreds of policies
     /// selecting the same pods, full lists make the report grow with workloads ×
@@ -324,6 +403,10 @@ pub const DEFAULT_LIST_LIMIT: usize = 5;
 pub struct Report {
     /// The targets, as `IP:PORT/PROTO`.
     pub targets: Vec<Target>,
+    /// The engine whose semantics decided.
+    pub engine: Engine,
+    /// Whether the engine was detected from the input (not named).
+    pub engine_detected: bool,
     /// Workloads sorted by namespace, name, kind.
     pub workloads: Vec<WorkloadReport>,
     /// Findings, most severe first.
@@ -334,45 +417,141 @@ pub struct Report {
 
 const NODE_LOCAL_DNS: [&str; 2] = ["169.254.20.10", "169.254.10.10"];
 
+/// What one workload's evaluation gives back besides its report.
+struct Evaluated {
+    report: WorkloadReport,
+    findings: Vec<Finding>,
+    /// NetworkPolicies that select one of its pod shapes.
+    netpol: Vec<usize>,
+    /// Cluster-scoped policies whose subject selects one of its pod shapes.
+    tiered: Vec<usize>,
+    /// Undefined choices met, per target.
+    ties: Vec<(Tie, Target)>,
+}
+
+/// A tie by its rules: (chosen policy, chosen rule, the others' (policy, rule)).
+type TieKey = (usize, usize, Vec<(usize, usize)>);
+/// Where a tie was met: targets, how many workload-target pairs, an example workload.
+type TieSeen = (Vec<Target>, usize, String);
+
+/// The settings an audit runs with, and whether they were detected.
+fn settings(cluster: &Cluster, opts: &AuditOptions) -> (EngineSettings, bool) {
+    match opts.engine {
+        Some(s) => (s, false),
+        None => match Engine::detect(cluster) {
+            Some(e) => (EngineSettings::new(e), true),
+            None => (EngineSettings::new(Engine::Generic), false),
+        },
+    }
+}
+
 /// Runs the audit over a cluster.
 pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
     let targets = &opts.targets;
+    let (settings, detected) = settings(cluster, opts);
+    let no_engine = settings.engine == Engine::None;
+    // What the policies say: with no engine, what they would say if enforced (the
+    // reference semantics); verdicts then count every workload as reaching.
+    let view = Prepared::new(
+        cluster,
+        if no_engine {
+            EngineSettings::new(Engine::Generic)
+        } else {
+            settings
+        },
+    );
     // Evaluate every workload (in parallel: each is independent).
-    let evaluated: Vec<(WorkloadReport, Vec<Finding>, Vec<usize>)> = cluster
+    let evaluated: Vec<Evaluated> = cluster
         .workloads
         .par_iter()
-        .map(|w| evaluate_workload(cluster, w, opts))
+        .map(|w| evaluate_workload(cluster, &view, no_engine, w, opts))
         .collect();
 
     let mut used = vec![false; cluster.policies.len()];
+    let mut used_tiered = vec![false; cluster.tiered.len()];
     let mut workloads = Vec::with_capacity(evaluated.len());
     let mut findings = Vec::new();
-    for (report, fs, selecting) in evaluated {
-        for i in selecting {
+    let mut ties: BTreeMap<TieKey, TieSeen> = BTreeMap::new();
+    for e in evaluated {
+        for i in e.netpol {
             used[i] = true;
         }
-        workloads.push(report);
-        findings.extend(fs);
+        for i in e.tiered {
+            used_tiered[i] = true;
+        }
+        for (tie, t) in e.ties {
+            let key = (
+                tie.chosen.policy,
+                tie.chosen.rule,
+                tie.others.iter().map(|r| (r.policy, r.rule)).collect(),
+            );
+            let entry = ties
+                .entry(key)
+                .or_insert_with(|| (Vec::new(), 0, e.report.id()));
+            if !entry.0.contains(&t) {
+                entry.0.push(t);
+            }
+            entry.1 += 1;
+        }
+        workloads.push(e.report);
+        findings.extend(e.findings);
     }
 
-    if opts.no_policy_engine {
+    if no_engine {
         findings.push(Finding::new(
             FindingKind::NoPolicyEngine,
-            "the cluster is assumed to enforce no NetworkPolicy: every workload reaches every target".into(),
+            "the cluster is assumed to enforce no policy (--engine none): every workload reaches every target".into(),
             None,
             vec![],
         ));
     }
 
+    for ((policy, rule, others), (ts, connections, example)) in ties {
+        let chosen = engine_rule(cluster, policy, rule);
+        let others: Vec<String> = others
+            .iter()
+            .map(|&(p, r)| engine_rule(cluster, p, r))
+            .collect();
+        let p = &cluster.tiered[policy];
+        let mut objects = vec![ObjectRef::tiered(p)];
+        objects.extend(tie_objects(cluster, policy, &ts));
+        objects.dedup();
+        findings.push(Finding {
+            id: FindingKind::PriorityTie.id(),
+            kind: FindingKind::PriorityTie,
+            severity: FindingKind::PriorityTie.severity(),
+            message: format!(
+                "{chosen} and {} match the same connections ({} workload-target pair(s), e.g. from {example}) at priority {} of the {} tier: which one applies is undefined; this report applied {chosen}",
+                others.join(", "),
+                connections,
+                p.priority.unwrap_or_default(),
+                match p.tier {
+                    TierLevel::Admin => "Admin",
+                    TierLevel::Baseline => "Baseline",
+                },
+            ),
+            targets: ts,
+            objects,
+            decided_by: None,
+        });
+    }
+
     // Namespaces: would a new, unlabelled pod reach the target?
     let empty = Labels::new();
     for ns in cluster.namespaces.values() {
-        let selecting = cluster.selecting(&ns.name, &empty);
+        let src = engine::Source {
+            namespace: &ns.name,
+            labels: &empty,
+            ns_labels: &ns.labels,
+            service_account: None,
+            host_network: false,
+        };
+        let sel = view.select(&src);
         let mut found = Vec::new();
         for t in targets {
-            let d = decide(cluster, &selecting, t);
-            if d.allowed() {
-                let e = explain(cluster, &d, opts.list_limit);
+            let d = view.decide(&sel, &src, &Destination::External(*t));
+            if d.allowed {
+                let e = engine::explain(cluster, &d, opts.list_limit);
                 found.push(Finding::new(
                     FindingKind::NamespaceUnrestricted,
                     format!(
@@ -429,7 +608,21 @@ pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
                 vec![ObjectRef::policy(p)],
             ));
         }
+        if settings.engine == Engine::AzureNpm
+            && let Some((ri, qi, start, end)) = end_port_range(p)
+        {
+            findings.push(Finding::new(
+                FindingKind::NotEnforced,
+                format!(
+                    "NetworkPolicy {} egress[{ri}].ports[{qi}] allows ports {start}-{end}, but azure-npm ignores endPort: only port {start} is allowed (Azure/AKS#2857)",
+                    p.id()
+                ),
+                None,
+                vec![ObjectRef::policy(p)],
+            ));
+        }
     }
+    findings.extend(tiered_findings(cluster, &settings, &used_tiered));
 
     // Most severe first, then by kind; within a kind, in the order found (workloads
     // sorted by namespace and name, then namespaces, then policies in input order).
@@ -440,6 +633,7 @@ pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
         workloads: workloads.len(),
         pods: cluster.workloads.iter().map(Workload::pod_count).sum(),
         network_policies: cluster.policies.len(),
+        cluster_policies: cluster.tiered.len(),
         ..Summary::default()
     };
     for (i, t) in targets.iter().enumerate() {
@@ -454,72 +648,258 @@ pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
     }
     Report {
         targets: targets.clone(),
+        engine: settings.engine,
+        engine_detected: detected,
         workloads,
         findings,
         summary,
     }
 }
 
+fn engine_rule(cluster: &Cluster, policy: usize, rule: usize) -> String {
+    let p = &cluster.tiered[policy];
+    format!(
+        "{} ({})",
+        engine::tiered_rule_name(cluster, crate::tiered::TieredRuleRef { policy, rule }),
+        p.egress[rule].action.spelled(p.kind)
+    )
+}
+
+fn tie_objects(cluster: &Cluster, policy: usize, _targets: &[Target]) -> Vec<ObjectRef> {
+    // The other policies of the same tier and priority.
+    let p = &cluster.tiered[policy];
+    cluster
+        .tiered
+        .iter()
+        .filter(|o| o.tier == p.tier && o.priority == p.priority && o.name != p.name)
+        .map(ObjectRef::tiered)
+        .collect()
+}
+
+/// Findings about the cluster-scoped policies themselves.
+fn tiered_findings(cluster: &Cluster, settings: &EngineSettings, used: &[bool]) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for (i, p) in cluster.tiered.iter().enumerate() {
+        let me = ObjectRef::tiered(p);
+        if !p.is_valid_singleton() {
+            out.push(Finding::new(
+                FindingKind::BanpNotDefault,
+                format!(
+                    "{} is not named `default`: the API server refuses a BaselineAdminNetworkPolicy of any other name, so it is left out",
+                    p.id()
+                ),
+                None,
+                vec![me],
+            ));
+            continue;
+        }
+        let enforced = match settings.engine {
+            // `--engine none` is reported once, as no-policy-engine.
+            Engine::None => false,
+            e => match e.enforces(p, settings) {
+                Ok(()) => true,
+                Err(why) => {
+                    out.push(Finding::new(
+                        FindingKind::NotEnforced,
+                        format!(
+                            "{} is not enforced by engine {}: {why}; it is left out of every verdict",
+                            p.id(),
+                            settings.engine
+                        ),
+                        None,
+                        vec![me.clone()],
+                    ));
+                    false
+                }
+            },
+        };
+        for (ri, r) in p.egress.iter().enumerate() {
+            for peer in &r.to {
+                if let TieredPeer::Unknown(fields) = peer {
+                    let effect = match r.action {
+                        Action::Accept => "the rule matches nothing",
+                        Action::Deny | Action::Pass => {
+                            "the rule matches all traffic, ports included"
+                        }
+                    };
+                    out.push(Finding::new(
+                        FindingKind::UnknownPeer,
+                        format!(
+                            "{}#egress[{ri}] has a peer with no field this reader knows ({}): it fails closed, so {effect}",
+                            p.id(),
+                            if fields.is_empty() {
+                                "an empty peer".to_string()
+                            } else {
+                                fields.join(", ")
+                            }
+                        ),
+                        None,
+                        vec![me.clone()],
+                    ));
+                }
+            }
+        }
+        if enforced && !used[i] {
+            out.push(Finding::new(
+                FindingKind::PolicySelectsNothing,
+                format!("{} selects no workload (its subject matches none)", p.id()),
+                None,
+                vec![me],
+            ));
+        }
+    }
+    out
+}
+
+/// The first numeric port range of a NetworkPolicy's egress rules: (rule, port, start, end).
+fn end_port_range(p: &NetworkPolicy) -> Option<(usize, usize, u16, u16)> {
+    p.egress.iter().enumerate().find_map(|(ri, r)| {
+        r.ports
+            .iter()
+            .enumerate()
+            .find_map(|(qi, port)| match (&port.port, port.end_port) {
+                (Some(PortSpec::Number(start)), Some(end)) if end > *start => {
+                    Some((ri, qi, *start, end))
+                }
+                _ => None,
+            })
+    })
+}
+
+/// The objects a decision names (for a finding): its deciding object, or NetworkPolicy's
+/// deciding policies.
+fn decision_objects(
+    cluster: &Cluster,
+    d: &EgressDecision,
+    e: &crate::netpol::Explanation,
+) -> Vec<ObjectRef> {
+    match (&d.tier, &d.reason, &d.object) {
+        (_, engine::Reason::Tiered(r), _) => vec![ObjectRef::tiered(&cluster.tiered[r.policy])],
+        (Tier::NetworkPolicy | Tier::Default, _, _) => e
+            .policies
+            .iter()
+            .filter_map(|id| policy_ref(cluster, id))
+            .collect(),
+        // Other engines' kinds (their modules keep the source).
+        (_, _, Some(o)) => vec![ObjectRef {
+            kind: o.kind.clone(),
+            namespace: o.namespace.clone(),
+            name: o.name.clone(),
+            source: None,
+        }],
+        _ => Vec::new(),
+    }
+}
+
 fn evaluate_workload(
     cluster: &Cluster,
+    view: &Prepared<'_>,
+    no_engine: bool,
     w: &Workload,
     opts: &AuditOptions,
-) -> (WorkloadReport, Vec<Finding>, Vec<usize>) {
+) -> Evaluated {
     let host_network = w.host_network();
     let mut findings = Vec::new();
     let me = ObjectRef::workload(w);
-    // Selecting policies per shape, computed once for all targets.
-    let selections: Vec<Vec<usize>> = w
+    let empty = Labels::new();
+    let ns_labels = cluster
+        .namespaces
+        .get(&w.namespace)
+        .map(|n| &n.labels)
+        .unwrap_or(&empty);
+    // The policies per shape, selected once for all targets. The verdict is what the
+    // policies say: hostNetwork is counted apart (`reachable`), as before.
+    let sources: Vec<engine::Source<'_>> = w
         .shapes
         .iter()
-        .map(|s| cluster.selecting(&w.namespace, &s.template.labels))
+        .map(|s| engine::Source {
+            namespace: &w.namespace,
+            labels: &s.template.labels,
+            ns_labels,
+            service_account: None,
+            host_network: false,
+        })
         .collect();
-    let mut all_selecting: Vec<usize> = selections.iter().flatten().copied().collect();
+    let selections: Vec<engine::Selected> = sources.iter().map(|s| view.select(s)).collect();
+    let mut all_selecting: Vec<usize> = selections
+        .iter()
+        .flat_map(|s| s.netpol.iter().copied())
+        .collect();
     all_selecting.sort_unstable();
     all_selecting.dedup();
+    let mut all_tiered: Vec<usize> = selections
+        .iter()
+        .flat_map(|s| s.admin.iter().chain(&s.baseline).copied())
+        .collect();
+    all_tiered.sort_unstable();
+    all_tiered.dedup();
+    let mut ties = Vec::new();
 
     let mut verdicts = Vec::with_capacity(opts.targets.len());
     for t in &opts.targets {
-        let decisions: Vec<Decision> = selections.iter().map(|s| decide(cluster, s, t)).collect();
-        // The workload is allowed when any of its pod shapes is.
-        let shown = decisions
+        let dst = Destination::External(*t);
+        let mut decisions: Vec<EgressDecision> = selections
             .iter()
-            .find(|d| d.allowed())
-            .or(decisions.first())
-            .cloned()
-            .unwrap_or(Decision::NotIsolated {
-                ingress_only: vec![],
-            });
-        let policy_allowed = shown.allowed();
-        let e = explain(cluster, &shown, opts.list_limit);
-        let reachable = policy_allowed || host_network || opts.no_policy_engine;
+            .zip(&sources)
+            .map(|(sel, src)| view.decide(sel, src, &dst))
+            .collect();
+        // The workload is allowed when any of its pod shapes is.
+        let pick = decisions.iter().position(|d| d.allowed).unwrap_or(0);
+        let shown = if decisions.is_empty() {
+            EgressDecision {
+                allowed: true,
+                tier: Tier::Default,
+                object: None,
+                rule: None,
+                reason: engine::Reason::Default,
+                netpol: None,
+                passed: vec![],
+                ties: vec![],
+            }
+        } else {
+            decisions.swap_remove(pick)
+        };
+        for tie in &shown.ties {
+            ties.push((tie.clone(), *t));
+        }
+        let policy_allowed = shown.allowed;
+        let e = engine::explain(cluster, &shown, opts.list_limit);
+        let reachable = policy_allowed || host_network || no_engine;
         let reason = if policy_allowed {
             e.reason.clone()
         } else if host_network {
             format!(
-                "hostNetwork: its traffic is the node's and NetworkPolicy does not apply (policy alone: {})",
+                "hostNetwork: its traffic is the node's and no policy applies to it (policy alone: {})",
                 e.reason
             )
-        } else if opts.no_policy_engine {
+        } else if no_engine {
             format!(
-                "no policy engine enforces NetworkPolicy (policy alone: {})",
+                "no policy engine enforces any policy (policy alone: {})",
                 e.reason
             )
         } else {
             e.reason.clone()
         };
         if reachable {
-            findings.push(Finding::new(
+            let mut f = Finding::new(
                 FindingKind::WorkloadReachesTarget,
                 format!("{} reaches {TARGETS}: {reason}", w.id()),
                 Some(*t),
                 std::iter::once(me.clone())
-                    .chain(e.policies.iter().filter_map(|id| policy_ref(cluster, id)))
+                    .chain(decision_objects(cluster, &shown, &e))
                     .collect(),
-            ));
+            );
+            f.decided_by = Some(DecidedBy {
+                tier: shown.tier.clone(),
+                object: shown.object.clone(),
+                rule: shown.rule.clone(),
+            });
+            findings.push(f);
         }
         // An allow that re-opens what another selecting policy denies.
-        if let Decision::Allowed { isolating, by } = &shown {
+        if shown.tier == Tier::NetworkPolicy
+            && let Some(Decision::Allowed { isolating, by }) = &shown.netpol
+        {
             // `by` is grouped by policy.
             let mut allowing: Vec<usize> = by.iter().map(|r| r.policy).collect();
             allowing.dedup();
@@ -569,6 +949,9 @@ fn evaluate_workload(
             policy_count: e.policy_count,
             rules: e.rules,
             rule_count: e.rule_count,
+            tier: shown.tier,
+            object: shown.object,
+            rule: shown.rule,
         });
     }
 
@@ -576,7 +959,7 @@ fn evaluate_workload(
         findings.push(Finding::new(
             FindingKind::HostNetwork,
             format!(
-                "{} uses hostNetwork: NetworkPolicy does not apply to it on a real node",
+                "{} uses hostNetwork: no policy applies to it on a real node",
                 w.id()
             ),
             None,
@@ -587,6 +970,7 @@ fn evaluate_workload(
     // DNS: isolated pods need port 53 somewhere.
     for sel in &selections {
         let isolating: Vec<usize> = sel
+            .netpol
             .iter()
             .copied()
             .filter(|&i| cluster.policies[i].egress_type)
@@ -623,7 +1007,13 @@ fn evaluate_workload(
         source: w.source.clone(),
         verdicts,
     };
-    (report, merge(findings), all_selecting)
+    Evaluated {
+        report,
+        findings: merge(findings),
+        netpol: all_selecting,
+        tiered: all_tiered,
+        ties,
+    }
 }
 
 fn policy_ref(cluster: &Cluster, id: &str) -> Option<ObjectRef> {
@@ -685,7 +1075,7 @@ mod tests {
             &c,
             &AuditOptions {
                 targets: Cloud::Azure.targets(),
-                no_policy_engine: no_engine,
+                engine: no_engine.then(|| EngineSettings::new(Engine::None)),
                 list_limit: Some(DEFAULT_LIST_LIMIT),
             },
         )
@@ -840,7 +1230,7 @@ mod tests {
             &c,
             &AuditOptions {
                 targets: Cloud::Azure.targets(),
-                no_policy_engine: false,
+                engine: None,
                 list_limit: None,
             },
         );

@@ -499,15 +499,15 @@ pub fn selector_from_value(v: &Value, at: &str) -> Result<LabelSelector, String>
 }
 
 fn namespaced_pod(v: &Value, at: &str) -> Result<(LabelSelector, LabelSelector), String> {
-    // namespaceSelector is optional in v1alpha1 and v1beta1 alike ("if empty, it selects
-    // all Namespaces"); podSelector is required.
+    // "if empty, it selects all Namespaces" / "if empty, it selects all Pods"; a missing
+    // selector (which the schema asks for) is read as empty, as netpol-analyzer reads it.
     let ns = match field(v, "namespaceSelector") {
         Some(s) => selector_from_value(s, &format!("{at}.namespaceSelector"))?,
         None => LabelSelector::default(),
     };
     let pod = match field(v, "podSelector") {
         Some(s) => selector_from_value(s, &format!("{at}.podSelector"))?,
-        None => return Err(format!("{at}.podSelector is required")),
+        None => LabelSelector::default(),
     };
     Ok((ns, pod))
 }
@@ -520,13 +520,9 @@ fn cidr(s: &Value, at: &str) -> Result<IpNet, String> {
         .trim()
         .parse()
         .map_err(|_| format!("{at} `{text}` is not a CIDR (write e.g. 10.0.0.0/8 or fd00::/8)"))?;
-    if net.trunc() != net {
-        return Err(format!(
-            "{at} `{text}` has host bits set: the API accepts only the masked form ({})",
-            net.trunc()
-        ));
-    }
-    Ok(net)
+    // The current CRDs accept only the masked form; older ones did not check, and a
+    // CIDR with host bits set covers its network (`ff06::/3` is `e000::/3`).
+    Ok(net.trunc())
 }
 
 fn port_number(v: Option<&Value>, at: &str) -> Result<u16, String> {
@@ -1551,16 +1547,6 @@ mod tests {
             .contains("Accept, Deny or Pass")
         );
         assert!(err(cnp("v1alpha2", "x", "Middle", 1, "")).contains("spec.tier `Middle`"));
-        assert!(
-            err(cnp(
-                "v1alpha2",
-                "x",
-                "Admin",
-                1,
-                "  - {action: Deny, to: [{networks: [10.0.0.1/8]}]}\n"
-            ))
-            .contains("masked form (10.0.0.0/8)")
-        );
         assert!(
             err(cnp(
                 "v1alpha2",

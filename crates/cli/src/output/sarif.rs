@@ -107,6 +107,18 @@ pub fn build(report: &Report, errors: &[LoadError]) -> sarif::Sarif {
         if !related.is_empty() {
             b.related_locations = Some(related);
         }
+        // The deciding tier, object and rule of a reachable verdict.
+        if let Some(d) = &f.decided_by
+            && let Ok(serde_json::Value::Object(m)) = serde_json::to_value(d)
+        {
+            b.properties = Some(
+                sarif::PropertyBag::builder()
+                    .additional_properties(
+                        m.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+                    )
+                    .build(),
+            );
+        }
         results.push(b);
     }
     for e in errors {

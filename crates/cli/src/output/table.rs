@@ -7,6 +7,7 @@ use std::io::Write;
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{Attribute, Cell, Color, ContentArrangement, Table};
 use imdsguard_core::audit::{Report, Severity, Verdict, WorkloadReport};
+use imdsguard_core::engine::{Engine, Tier};
 use imdsguard_core::manifest::LoadError;
 use imdsguard_core::netpol::join_names;
 use imdsguard_core::target::{MetadataService, Target};
@@ -24,19 +25,32 @@ fn header(t: &Target) -> String {
     }
 }
 
-/// A short reason for the table, from the verdict's fields (the JSON has the full one).
+/// A short reason for the table, from the verdict's fields (the JSON has the full one):
+/// the deciding tier, object and rule.
 fn short_reason(v: &Verdict, host_network: bool) -> String {
     let rules = join_names(&v.rules, v.rule_count);
     let policies = join_names(&v.policies, v.policy_count);
+    let deciding = match (&v.object, &v.rule) {
+        (Some(o), Some(r)) => format!("{o}#{r}"),
+        (Some(o), None) => o.to_string(),
+        _ => String::new(),
+    };
+    let said = match (v.tier.clone(), v.policy_allowed) {
+        (Tier::NetworkPolicy, true) => format!("allowed by {rules}"),
+        (Tier::NetworkPolicy, false) => format!("denied: isolated by {policies}"),
+        (Tier::Default, true) if v.policy_count == 0 => "no egress policy selects it".into(),
+        (Tier::Default, true) => format!("only Ingress-type policies select it ({policies})"),
+        (tier, allowed) => format!(
+            "{} by {deciding} ({tier} tier)",
+            if allowed { "allowed" } else { "denied" }
+        ),
+    };
     match (v.policy_allowed, v.reachable) {
-        (true, _) if v.rule_count > 0 => format!("allowed by {rules}"),
-        (true, _) if v.policy_count == 0 => "no egress policy selects it".into(),
-        (true, _) => format!("only Ingress-type policies select it ({policies})"),
         (false, true) if host_network => {
-            format!("hostNetwork: policy does not apply (would deny: {policies})")
+            format!("hostNetwork: policy does not apply (would be {said})")
         }
-        (false, true) => format!("no policy engine (would deny: {policies})"),
-        (false, false) => format!("denied: isolated by {policies}"),
+        (false, true) => format!("no policy engine (would be {said})"),
+        _ => said,
     }
 }
 
@@ -109,9 +123,19 @@ pub fn write(
     color: bool,
 ) -> std::io::Result<()> {
     let s = &report.summary;
+    let cluster_policies = if s.cluster_policies > 0 {
+        format!(", {} cluster-scoped policies", s.cluster_policies)
+    } else {
+        String::new()
+    };
+    let engine = match (report.engine, report.engine_detected) {
+        (Engine::Generic, _) => String::new(),
+        (e, true) => format!("; engine {e} (detected)"),
+        (e, false) => format!("; engine {e}"),
+    };
     writeln!(
         out,
-        "imdsguard audit: {} workloads in {} namespaces ({} Pod object(s) read), {} NetworkPolicies",
+        "imdsguard audit: {} workloads in {} namespaces ({} Pod object(s) read), {} NetworkPolicies{cluster_policies}{engine}",
         s.workloads, s.namespaces, s.pods, s.network_policies
     )?;
     for c in &s.reachable {

@@ -1,0 +1,289 @@
+//! Black-box tests of `imdsguard audit` with cluster-scoped policies and `--engine`: the
+//! deciding tier, object and rule in JSON, table and SARIF; kinds an engine does not
+//! enforce reported as `not-enforced`; Azure NPM's endPort; `--no-policy-engine` as
+//! `--engine none`; ties and unknown peers reported.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_imdsguard");
+const IMDS: &str = "169.254.169.254:80/TCP";
+const HOST_GA_PLUGIN: &str = "168.63.129.16:32526/TCP";
+
+/// Two workloads; an AdminNetworkPolicy denies IMDS to `web` only; a NetworkPolicy opens
+/// WireServer ports 80-32526 to every pod of `app` (and isolates them).
+const CLUSTER: &str = r#"apiVersion: v1
+kind: Namespace
+metadata: {name: app}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: app}
+spec:
+  template:
+    metadata: {labels: {app: web}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: agent, namespace: app}
+spec:
+  template:
+    metadata: {labels: {app: agent}}
+---
+apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata: {name: no-imds}
+spec:
+  priority: 10
+  subject:
+    pods:
+      namespaceSelector: {}
+      podSelector: {matchLabels: {app: web}}
+  egress:
+  - name: imds
+    action: Deny
+    to: [{networks: [169.254.169.254/32]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: wireserver, namespace: app}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: 168.63.129.16/32}}, {ipBlock: {cidr: 169.254.169.254/32}}]
+    ports: [{port: 80, endPort: 32526}]
+"#;
+
+fn audit(input: &str, args: &[&str]) -> (i32, String, String) {
+    let mut child = Command::new(BIN)
+        .args([
+            "audit",
+            "-f",
+            "-",
+            "--target",
+            IMDS,
+            "--target",
+            HOST_GA_PLUGIN,
+        ])
+        .args(args)
+        .env("COLUMNS", "250")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run imdsguard");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json(input: &str, args: &[&str]) -> Value {
+    let mut all = vec!["--format", "json"];
+    all.extend_from_slice(args);
+    let (code, out, err) = audit(input, &all);
+    assert!(code == 0 || code == 1, "exit {code}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn verdict<'a>(r: &'a Value, workload: &str, target: &str) -> &'a Value {
+    r["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == workload)
+        .and_then(|w| {
+            w["verdicts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["target"] == target)
+        })
+        .unwrap_or_else(|| panic!("no verdict for {workload} -> {target}"))
+}
+
+fn finding_ids(r: &Value) -> Vec<String> {
+    r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn verdicts_name_the_deciding_tier_object_and_rule() {
+    let r = json(CLUSTER, &[]);
+    assert_eq!(r["engine"], "generic");
+    let v = verdict(&r, "web", IMDS);
+    assert_eq!(v["policy_allowed"], false);
+    assert_eq!(v["tier"], "admin");
+    assert_eq!(
+        v["object"],
+        serde_json::json!({"kind": "AdminNetworkPolicy", "namespace": "", "name": "no-imds"})
+    );
+    assert_eq!(v["rule"], "egress[0]");
+    assert!(
+        v["reason"].as_str().unwrap().starts_with(
+            "denied by AdminNetworkPolicy/no-imds#egress[0] \"imds\" (Admin tier, priority 10)"
+        ),
+        "{v}"
+    );
+    // The agent is not a subject: NetworkPolicy decides, with its rule.
+    let v = verdict(&r, "agent", IMDS);
+    assert_eq!(v["policy_allowed"], true);
+    assert_eq!(v["tier"], "networkpolicy");
+    assert_eq!(v["object"]["kind"], "NetworkPolicy");
+    assert_eq!(v["object"]["namespace"], "app");
+    assert_eq!(v["rule"], "egress[0]");
+    // The reaching finding carries the same.
+    let f = r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| {
+            f["id"] == "workload-reaches-target"
+                && f["message"].as_str().unwrap().starts_with("app/agent")
+        })
+        .unwrap();
+    assert_eq!(f["decided_by"]["tier"], "networkpolicy");
+}
+
+#[test]
+fn the_table_and_sarif_show_the_deciding_rule() {
+    let (_, table, _) = audit(CLUSTER, &["--color", "never"]);
+    assert!(
+        table.contains("denied by AdminNetworkPolicy/no-imds#egress[0] (admin tier)"),
+        "{table}"
+    );
+    let (_, sarif, _) = audit(CLUSTER, &["--format", "sarif"]);
+    let s: Value = serde_json::from_str(&sarif).unwrap();
+    let results = s["runs"][0]["results"].as_array().unwrap();
+    let reach = results
+        .iter()
+        .find(|r| r["ruleId"] == "workload-reaches-target")
+        .unwrap();
+    assert_eq!(reach["properties"]["tier"], "networkpolicy");
+    assert_eq!(reach["properties"]["rule"], "egress[0]");
+}
+
+#[test]
+fn azure_npm_enforces_network_policy_only_and_ignores_end_port() {
+    let generic = json(CLUSTER, &[]);
+    assert_eq!(
+        verdict(&generic, "agent", HOST_GA_PLUGIN)["policy_allowed"],
+        true
+    );
+    let r = json(CLUSTER, &["--engine", "azure-npm"]);
+    assert_eq!(r["engine"], "azure-npm");
+    // The AdminNetworkPolicy is not enforced: web reaches IMDS through the NetworkPolicy.
+    let v = verdict(&r, "web", IMDS);
+    assert_eq!(v["policy_allowed"], true);
+    assert_eq!(v["tier"], "networkpolicy");
+    // endPort ignored: only port 80 of the range is open.
+    let v = verdict(&r, "agent", HOST_GA_PLUGIN);
+    assert_eq!(v["policy_allowed"], false, "{v}");
+    let not_enforced: Vec<&str> = r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["id"] == "not-enforced")
+        .map(|f| f["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(not_enforced.len(), 2, "{not_enforced:?}");
+    assert!(
+        not_enforced
+            .iter()
+            .any(|m| m.contains("AdminNetworkPolicy/no-imds is not enforced by engine azure-npm"))
+    );
+    assert!(
+        not_enforced
+            .iter()
+            .any(|m| m.contains("ignores endPort: only port 80"))
+    );
+}
+
+#[test]
+fn engines_enforce_their_kinds() {
+    // OVN-Kubernetes enforces AdminNetworkPolicy; kube-network-policies does not (it
+    // enforces ClusterNetworkPolicy).
+    let ovn = json(CLUSTER, &["--engine", "ovn-kubernetes"]);
+    assert_eq!(verdict(&ovn, "web", IMDS)["tier"], "admin");
+    assert!(!finding_ids(&ovn).contains(&"not-enforced".to_string()));
+    let knp = json(CLUSTER, &["--engine", "kube-network-policies"]);
+    assert_eq!(verdict(&knp, "web", IMDS)["tier"], "networkpolicy");
+    assert!(finding_ids(&knp).contains(&"not-enforced".to_string()));
+    // The same policy as a ClusterNetworkPolicy: the other way round.
+    let cnp = CLUSTER
+        .replace(
+            "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy",
+            "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy",
+        )
+        .replace("  priority: 10\n", "  tier: Admin\n  priority: 10\n");
+    let knp = json(&cnp, &["--engine", "kube-network-policies"]);
+    assert_eq!(verdict(&knp, "web", IMDS)["tier"], "admin");
+    assert_eq!(
+        verdict(&knp, "web", IMDS)["object"]["kind"],
+        "ClusterNetworkPolicy"
+    );
+    let ovn = json(&cnp, &["--engine", "ovn-kubernetes"]);
+    assert_eq!(verdict(&ovn, "web", IMDS)["tier"], "networkpolicy");
+    // Cilium: only with --cilium-cnp.
+    let cilium = json(&cnp, &["--engine", "cilium"]);
+    assert!(finding_ids(&cilium).contains(&"not-enforced".to_string()));
+    let cilium = json(&cnp, &["--engine", "cilium", "--cilium-cnp"]);
+    assert!(!finding_ids(&cilium).contains(&"not-enforced".to_string()));
+    assert_eq!(verdict(&cilium, "web", IMDS)["policy_allowed"], false);
+}
+
+#[test]
+fn no_policy_engine_is_engine_none() {
+    let a = json(CLUSTER, &["--no-policy-engine"]);
+    let b = json(CLUSTER, &["--engine", "none"]);
+    assert_eq!(a["engine"], "none");
+    assert_eq!(a["workloads"], b["workloads"]);
+    let v = verdict(&a, "web", IMDS);
+    // What the policies say, and that nothing enforces them.
+    assert_eq!(
+        (v["policy_allowed"].as_bool(), v["reachable"].as_bool()),
+        (Some(false), Some(true))
+    );
+    assert!(finding_ids(&a).contains(&"no-policy-engine".to_string()));
+    let (code, _, err) = audit(CLUSTER, &["--no-policy-engine", "--engine", "calico"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn ties_unknown_peers_and_misnamed_baselines_are_reported() {
+    let text = format!(
+        "{CLUSTER}---\napiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {{name: also-10}}\nspec:\n  priority: 10\n  subject: {{namespaces: {{}}}}\n  egress:\n  - {{action: Allow, to: [{{networks: [169.254.0.0/16]}}]}}\n---\napiVersion: policy.networking.k8s.io/v1beta1\nkind: ClusterNetworkPolicy\nmetadata: {{name: newer}}\nspec:\n  tier: Baseline\n  priority: 0\n  subject: {{namespaces: {{}}}}\n  egress:\n  - {{action: Deny, to: [{{someNewPeer: {{}}}}]}}\n---\napiVersion: policy.networking.k8s.io/v1alpha1\nkind: BaselineAdminNetworkPolicy\nmetadata: {{name: strict}}\nspec:\n  subject: {{namespaces: {{}}}}\n  egress: [{{action: Deny, to: [{{networks: [0.0.0.0/0]}}]}}]\n"
+    );
+    let r = json(&text, &[]);
+    let ids = finding_ids(&r);
+    for id in ["priority-tie", "unknown-peer", "banp-not-default"] {
+        assert!(ids.contains(&id.to_string()), "{id} in {ids:?}");
+    }
+    let tie = r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "priority-tie")
+        .unwrap();
+    let m = tie["message"].as_str().unwrap();
+    assert!(
+        m.contains("AdminNetworkPolicy/also-10#egress[0] (Allow)")
+            && m.contains("AdminNetworkPolicy/no-imds#egress[0] (Deny)"),
+        "{m}"
+    );
+}
