@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what the tests need, checks
 # formatting and lints, runs every test, then the external NetworkPolicy conformance
-# check against ../shared/corpus/netpol-analyzer.
+# check against ../shared/corpus/netpol-analyzer (the plain NetworkPolicy cases, then the
+# AdminNetworkPolicy/BaselineAdminNetworkPolicy ones).
 #
 # Every test runs, the ignored ones too: a test marked #[ignore = "needs netns"] (or
 # "needs root", "needs ../shared", "needs ip") needs what plain `cargo test` cannot count
@@ -48,7 +49,10 @@ cargo build --release --locked -p imdsguard
 corpus=../shared/corpus/netpol-analyzer/cases
 log "netpol-analyzer conformance (external oracle)"
 if [ -d "$corpus" ] && [ -f ../shared/tools/netpol_conformance.py ]; then
+    # Each run exits non-zero on any failed case (and with pipefail, so does the line).
     python3 ../shared/tools/netpol_conformance.py "$corpus" --bin target/release/imdsguard | tail -n 3
+    log "netpol-analyzer conformance, AdminNetworkPolicy / BaselineAdminNetworkPolicy cases"
+    python3 ../shared/tools/netpol_conformance.py "$corpus" --anp --bin target/release/imdsguard | tail -n 3
 else
     echo "$corpus is missing: the shared corpus sits beside the checkout (../shared), as in CI" >&2
     exit 1
