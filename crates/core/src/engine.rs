@@ -1236,3 +1236,125 @@ mod calico_tests {
         assert!(run(&[NS, by_net], Some(Engine::Calico), "web", node).allowed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::parse;
+
+    fn cluster(text: &str) -> Cluster {
+        let l = parse("t.yaml", text);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        Cluster::build(l.objects)
+    }
+
+    const ANP: &str = "---\napiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {name: anp}\nspec:\n  priority: 150\n  subject: {namespaces: {}}\n  egress: [{action: Deny, to: [{networks: [0.0.0.0/0]}]}]\n";
+    const BANP: &str = "---\napiVersion: policy.networking.k8s.io/v1alpha1\nkind: BaselineAdminNetworkPolicy\nmetadata: {name: default}\nspec:\n  subject: {namespaces: {}}\n  egress: [{action: Deny, to: [{networks: [0.0.0.0/0]}]}]\n";
+    const CNP: &str = "---\napiVersion: policy.networking.k8s.io/v1beta1\nkind: ClusterNetworkPolicy\nmetadata: {name: cnp}\nspec:\n  tier: Admin\n  priority: 1\n  subject: {namespaces: {}}\n  egress: [{action: Deny, to: [{networks: [0.0.0.0/0]}]}]\n";
+
+    /// Which engine enforces which kind (docs/audit.md's table, and the sources on
+    /// [`Engine`]'s variants).
+    #[test]
+    fn enforcement_table() {
+        let c = cluster(&format!("{ANP}{BANP}{CNP}"));
+        let by_name = |n: &str| c.tiered.iter().find(|p| p.name == n).unwrap();
+        let (anp, banp, cnp) = (by_name("anp"), by_name("default"), by_name("cnp"));
+        let cilium_cnp = EngineSettings {
+            cilium_cluster_network_policy: true,
+            ..EngineSettings::new(Engine::Cilium)
+        };
+        // (engine settings, ANP priority 150, BANP, CNP)
+        let table = [
+            (EngineSettings::new(Engine::Generic), true, true, true),
+            (EngineSettings::new(Engine::AzureNpm), false, false, false),
+            (EngineSettings::new(Engine::Calico), false, false, true),
+            (EngineSettings::new(Engine::Cilium), false, false, false),
+            (cilium_cnp, false, false, true),
+            (
+                EngineSettings::new(Engine::KubeNetworkPolicies),
+                false,
+                false,
+                true,
+            ),
+            // OVN-Kubernetes: AdminNetworkPolicy priorities 0-99 only.
+            (
+                EngineSettings::new(Engine::OvnKubernetes),
+                false,
+                true,
+                false,
+            ),
+            (EngineSettings::new(Engine::None), false, false, false),
+        ];
+        for (s, a, b, n) in table {
+            let got = (
+                s.engine.enforces(anp, &s).is_ok(),
+                s.engine.enforces(banp, &s).is_ok(),
+                s.engine.enforces(cnp, &s).is_ok(),
+            );
+            assert_eq!(got, (a, b, n), "{s:?}");
+        }
+        for e in Engine::ALL {
+            assert_eq!(Engine::from_name(e.name()), Some(e));
+        }
+        assert!(!Engine::None.enforces_network_policy());
+    }
+
+    /// The one composition on pod and node destinations: NetworkPolicy selector peers (a
+    /// podSelector-only peer means the policy's own namespace) and named ports resolve on
+    /// the pod; the Baseline tier applies to pods no NetworkPolicy isolates.
+    #[test]
+    fn decide_pod_and_node_destinations() {
+        let c = cluster(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: a}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: b}}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: np, namespace: a}}\nspec:\n  podSelector: {{matchLabels: {{app: web}}}}\n  egress:\n  - to: [{{podSelector: {{matchLabels: {{app: db}}}}}}]\n    ports: [{{port: pg}}]\n{BANP}"
+        ));
+        let web = Labels::from([("app".to_string(), "web".to_string())]);
+        let other = Labels::from([("app".to_string(), "x".to_string())]);
+        let ns_a = c.namespaces["a"].labels.clone();
+        let src = |labels| Source {
+            namespace: "a",
+            labels,
+            ns_labels: &ns_a,
+            service_account: None,
+            host_network: false,
+        };
+        let db = |ns: &str, port: u16| Destination::Pod {
+            namespace: ns.into(),
+            labels: Labels::from([("app".to_string(), "db".to_string())]),
+            ns_labels: c.namespaces[ns].labels.clone(),
+            ip: Some("10.244.1.5".parse().unwrap()),
+            port,
+            protocol: Protocol::Tcp,
+            named_ports: vec![("pg".into(), Protocol::Tcp, 5432)],
+        };
+        let s = EngineSettings::new(Engine::Generic);
+        let d = decide(&c, &s, &src(&web), &db("a", 5432));
+        assert!(d.allowed);
+        assert_eq!(
+            (d.tier, d.rule.as_deref()),
+            (Tier::NetworkPolicy, Some("egress[0]"))
+        );
+        assert!(!decide(&c, &s, &src(&web), &db("a", 5433)).allowed);
+        assert!(
+            !decide(&c, &s, &src(&web), &db("b", 5432)).allowed,
+            "own namespace only"
+        );
+        // Not isolated by NetworkPolicy: the Baseline tier's deny of 0.0.0.0/0 decides,
+        // pod addresses included ("cluster-internal traffic will be checked against the
+        // rule as well").
+        let d = decide(&c, &s, &src(&other), &db("a", 5432));
+        assert_eq!((d.allowed, d.tier), (false, Tier::Baseline));
+        let node = Destination::Node {
+            ip: "10.0.0.4".parse().unwrap(),
+            port: 10250,
+            protocol: Protocol::Tcp,
+            labels: Labels::new(),
+        };
+        assert!(
+            !decide(&c, &s, &src(&web), &node).allowed,
+            "isolated, no rule"
+        );
+        // No engine: allowed, whatever the policies say.
+        let d = decide(&c, &EngineSettings::new(Engine::None), &src(&web), &node);
+        assert_eq!((d.allowed, d.reason), (true, Reason::NoPolicyEngine));
+    }
+}
