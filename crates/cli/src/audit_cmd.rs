@@ -10,6 +10,7 @@ use clap::{Args, ValueEnum};
 use imdsguard_core::audit::{
     AuditOptions, DEFAULT_LIST_LIMIT, FindingKind, Report, Severity, audit,
 };
+use imdsguard_core::cilium::LinkLocalAs;
 use imdsguard_core::cluster::Cluster;
 use imdsguard_core::engine::{Engine, EngineSettings};
 use imdsguard_core::target::{Cloud, Target, parse_targets_file};
@@ -71,6 +72,14 @@ pub struct AuditArgs {
     #[arg(long)]
     cilium_cnp: bool,
 
+    /// With --engine cilium: which entity Cilium gives 169.254.169.254 and other
+    /// link-local addresses. `world` (outside the cluster: CIDR rules cover it; AKS, GKE and
+    /// EKS IMDS), `host` (a node agent owns the address: CIDR rules do not cover it,
+    /// `toEntities: [host]` does), or `either` (the default, cautious: reachable when
+    /// reachable either way). See docs/engines.md.
+    #[arg(long, value_enum, value_name = "ENTITY")]
+    cilium_link_local: Option<LinkLocalArg>,
+
     /// Name every deciding policy and rule in verdicts, reasons and findings (by default
     /// the first 5 of each, with their counts: with hundreds of policies selecting the
     /// same pods, full lists grow with workloads × policies).
@@ -131,6 +140,27 @@ impl From<EngineArg> for Engine {
     }
 }
 
+/// `--cilium-link-local` values.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LinkLocalArg {
+    /// Outside the cluster.
+    World,
+    /// Owned by the node.
+    Host,
+    /// Either: reachable when reachable either way.
+    Either,
+}
+
+impl From<LinkLocalArg> for LinkLocalAs {
+    fn from(a: LinkLocalArg) -> LinkLocalAs {
+        match a {
+            LinkLocalArg::World => LinkLocalAs::World,
+            LinkLocalArg::Host => LinkLocalAs::Host,
+            LinkLocalArg::Either => LinkLocalAs::Either,
+        }
+    }
+}
+
 /// The engine settings from the flags; `None`: detect from the input.
 fn engine_settings(args: &AuditArgs) -> anyhow::Result<Option<EngineSettings>> {
     let engine = match (args.engine, args.no_policy_engine) {
@@ -141,13 +171,24 @@ fn engine_settings(args: &AuditArgs) -> anyhow::Result<Option<EngineSettings>> {
     if args.cilium_cnp && engine.is_some_and(|e| e != Engine::Cilium) {
         bail!("--cilium-cnp describes Cilium: use it with --engine cilium (or without --engine)");
     }
+    if args.cilium_link_local.is_some() && engine.is_some_and(|e| e != Engine::Cilium) {
+        bail!(
+            "--cilium-link-local describes Cilium: use it with --engine cilium (or without --engine)"
+        );
+    }
+    let cilium_link_local = args
+        .cilium_link_local
+        .map(LinkLocalAs::from)
+        .unwrap_or_default();
     Ok(match engine {
         Some(e) => Some(EngineSettings {
             cilium_cluster_network_policy: args.cilium_cnp,
+            cilium_link_local,
             ..EngineSettings::new(e)
         }),
-        None if args.cilium_cnp => Some(EngineSettings {
-            cilium_cluster_network_policy: true,
+        None if args.cilium_cnp || args.cilium_link_local.is_some() => Some(EngineSettings {
+            cilium_cluster_network_policy: args.cilium_cnp,
+            cilium_link_local,
             ..EngineSettings::new(Engine::Cilium)
         }),
         None => None,
