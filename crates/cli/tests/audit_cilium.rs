@@ -192,3 +192,23 @@ fn a_broken_cilium_policy_is_reported_with_its_place() {
         run.stderr
     );
 }
+
+#[test]
+fn cilium_policies_under_another_engine_are_reported_not_enforced() {
+    let run = audit(&["--engine", "generic"], CLUSTER);
+    assert_eq!(run.code, 1, "stderr:\n{}", run.stderr);
+    let r = run.json();
+    assert_eq!(verdict(&r, "web")["reachable"], true);
+    let finding = r["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .find(|f| f["id"] == "not-enforced")
+        .unwrap_or_else(|| panic!("no not-enforced finding: {:#}", r["findings"]));
+    let message = finding["message"].as_str().unwrap();
+    assert!(
+        message
+            .contains("CiliumClusterwideNetworkPolicy deny-imds is not enforced by engine generic"),
+        "{message}"
+    );
+}

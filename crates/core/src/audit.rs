@@ -623,6 +623,7 @@ pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
         }
     }
     findings.extend(tiered_findings(cluster, &settings, &used_tiered));
+    findings.extend(cilium_findings(cluster, &settings));
 
     // Most severe first, then by kind; within a kind, in the order found (workloads
     // sorted by namespace and name, then namespaces, then policies in input order).
@@ -674,6 +675,41 @@ fn tie_objects(cluster: &Cluster, policy: usize, _targets: &[Target]) -> Vec<Obj
         .filter(|o| o.tier == p.tier && o.priority == p.priority && o.name != p.name)
         .map(ObjectRef::tiered)
         .collect()
+}
+
+/// Findings about the Cilium policies themselves: not enforced by another engine, or
+/// refused by the Cilium agent (an object the API server accepts but the agent does not
+/// import has no effect).
+fn cilium_findings(cluster: &Cluster, settings: &EngineSettings) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for p in cluster.cilium.iter() {
+        let me = ObjectRef {
+            kind: p.id.kind.as_str().into(),
+            namespace: p.id.namespace.clone().unwrap_or_default(),
+            name: p.id.name.clone(),
+            source: Some(p.source.clone()),
+        };
+        let message = match (settings.engine, &p.rejected) {
+            // `--engine none` is reported once, as no-policy-engine.
+            (Engine::None, _) => continue,
+            (Engine::Cilium, None) => continue,
+            (Engine::Cilium, Some(why)) => format!(
+                "{} is refused by the Cilium agent: {why}; it has no effect and is left out of every verdict",
+                p.id
+            ),
+            (e, _) => format!(
+                "{} is not enforced by engine {e}: only Cilium implements cilium.io policies; it is left out of every verdict",
+                p.id
+            ),
+        };
+        out.push(Finding::new(
+            FindingKind::NotEnforced,
+            message,
+            None,
+            vec![me],
+        ));
+    }
+    out
 }
 
 /// Findings about the cluster-scoped policies themselves.
