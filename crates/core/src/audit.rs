@@ -543,7 +543,7 @@ pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
             namespace: &ns.name,
             labels: &empty,
             ns_labels: &ns.labels,
-            service_account: None,
+            service_account: Some(crate::model::DEFAULT_SERVICE_ACCOUNT),
             host_network: false,
         };
         let sel = view.select(&src);
@@ -852,7 +852,7 @@ fn evaluate_workload(
             namespace: &w.namespace,
             labels: &s.template.labels,
             ns_labels,
-            service_account: None,
+            service_account: Some(&s.template.service_account),
             host_network: false,
         })
         .collect();

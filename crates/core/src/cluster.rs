@@ -27,10 +27,11 @@ pub struct NamespaceInfo {
     pub source: Option<Source>,
 }
 
-/// One distinct pod shape of a workload (pods with equal labels and hostNetwork).
+/// One distinct pod shape of a workload (pods with equal labels, hostNetwork and service
+/// account).
 #[derive(Debug, Clone)]
 pub struct PodShape {
-    /// Labels and hostNetwork.
+    /// Labels, hostNetwork and service account.
     pub template: PodTemplate,
     /// How many Pod objects have this shape (0 when it comes only from a template).
     pub pods: usize,

@@ -99,6 +99,17 @@ impl OutputEngine {
 }
 
 impl OutputEngine {
+    /// Whether its objects can select pods by service account: Calico
+    /// (`serviceAccountSelector`,
+    /// <https://docs.tigera.io/calico/latest/reference/resources/globalnetworkpolicy#spec>)
+    /// and Cilium (the `io.cilium.k8s.policy.serviceaccount` label of every pod's
+    /// identity, <https://docs.cilium.io/en/stable/security/policy/kubernetes/#serviceaccounts>).
+    /// NetworkPolicy, ClusterNetworkPolicy and AdminNetworkPolicy select pods by labels
+    /// and namespaces only.
+    pub fn selects_service_accounts(self) -> bool {
+        matches!(self, OutputEngine::Calico | OutputEngine::Cilium)
+    }
+
     /// The kind of policy it writes, for messages.
     pub fn policy_kind(self) -> &'static str {
         match self {
@@ -313,6 +324,14 @@ impl ExpectedSubject<'_> {
         (!sa.is_empty() && !sa.iter().any(|n| n == "*")).then_some(sa.as_slice())
     }
 
+    /// Whether `engine`'s objects can select the subject's pods: every subject for the
+    /// engines that select by service account (Calico's `serviceAccountSelector`,
+    /// Cilium's `io.cilium.k8s.policy.serviceaccount` identity label), only those naming
+    /// no service account for the others.
+    pub fn expressible_in(&self, engine: OutputEngine) -> bool {
+        engine.selects_service_accounts() || self.service_accounts().is_none()
+    }
+
     /// `rule <name>` or `rule <name>, subject <i>`.
     pub fn describe(&self) -> String {
         if self.count > 1 {
@@ -368,19 +387,19 @@ impl<'a> Context<'a> {
         }
     }
 
-    /// Whether pods of this shape in `namespace` are expected to reach the targets.
+    /// Whether pods of this shape in `namespace` are expected to reach the targets, by a
+    /// subject the output engine can express (a subject naming service accounts is
+    /// skipped by NetworkPolicy, ClusterNetworkPolicy and AdminNetworkPolicy, so its
+    /// pods stay denied there).
     pub fn expected(&self, namespace: &str, template: &PodTemplate) -> bool {
         let shape = PodShapeRef {
             namespace,
             labels: &template.labels,
-            // The model does not read pods' service accounts yet: a subject naming
-            // service accounts does not select the shape (it stays denied).
-            service_account: None,
+            service_account: Some(&template.service_account),
         };
-        self.opts
-            .expected
-            .as_ref()
-            .is_some_and(|r| r.rules().iter().any(|rule| rule.selects_shape(&shape)))
+        self.subjects
+            .iter()
+            .any(|s| s.expressible_in(self.opts.engine) && s.subject.matches_shape(&shape))
     }
 
     /// `metadata` of a generated object.

@@ -195,6 +195,10 @@ struct RawSpec {
     // Pod
     #[serde(default)]
     host_network: Option<bool>,
+    #[serde(default)]
+    service_account_name: Option<String>,
+    #[serde(default)]
+    service_account: Option<String>,
     // Deployment, ReplicaSet, StatefulSet, DaemonSet, Job, ReplicationController
     #[serde(default)]
     template: Option<RawTemplate>,
@@ -229,6 +233,10 @@ struct RawTemplateMeta {
 struct RawPodSpec {
     #[serde(default)]
     host_network: Option<bool>,
+    #[serde(default)]
+    service_account_name: Option<String>,
+    #[serde(default)]
+    service_account: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1047,9 +1055,14 @@ fn owner_of(meta: &RawMeta) -> Option<OwnerRef> {
 
 fn template_of(t: Option<RawTemplate>) -> PodTemplate {
     let t = t.unwrap_or_default();
+    let spec = t.spec.unwrap_or_default();
     PodTemplate {
         labels: t.metadata.map(|m| m.labels).unwrap_or_default(),
-        host_network: t.spec.and_then(|s| s.host_network).unwrap_or(false),
+        host_network: spec.host_network.unwrap_or(false),
+        service_account: PodTemplate::service_account_of(
+            spec.service_account_name.as_deref(),
+            spec.service_account.as_deref(),
+        ),
     }
 }
 
@@ -1156,6 +1169,10 @@ fn convert(
             template: PodTemplate {
                 labels: meta.labels,
                 host_network: spec.host_network.unwrap_or(false),
+                service_account: PodTemplate::service_account_of(
+                    spec.service_account_name.as_deref(),
+                    spec.service_account.as_deref(),
+                ),
             },
             source,
         }),

@@ -218,7 +218,25 @@ pub struct PodTemplate {
     pub labels: Labels,
     /// `spec.hostNetwork`.
     pub host_network: bool,
+    /// The service account its pods run as: `spec.serviceAccountName`, else the
+    /// deprecated `spec.serviceAccount`, else `default` (as the API server defaults it).
+    pub service_account: String,
 }
+
+impl PodTemplate {
+    /// The service account of a pod spec: `serviceAccountName`, else the deprecated
+    /// `serviceAccount` alias, else `default` (empty strings count as unset, as in the
+    /// API server's defaulting: <https://kubernetes.io/docs/reference/kubernetes-api/workload-resources/pod-v1/#security>).
+    pub fn service_account_of(name: Option<&str>, deprecated: Option<&str>) -> String {
+        name.filter(|s| !s.is_empty())
+            .or(deprecated.filter(|s| !s.is_empty()))
+            .unwrap_or(DEFAULT_SERVICE_ACCOUNT)
+            .to_owned()
+    }
+}
+
+/// The service account a pod runs as when its spec names none.
+pub const DEFAULT_SERVICE_ACCOUNT: &str = "default";
 
 /// A Pod object.
 #[derive(Debug, Clone)]
@@ -229,7 +247,7 @@ pub struct Pod {
     pub name: String,
     /// The controlling owner, if any.
     pub owner: Option<OwnerRef>,
-    /// Labels and hostNetwork.
+    /// Labels, hostNetwork and service account.
     pub template: PodTemplate,
     /// Where it was read.
     pub source: Source,

@@ -28,17 +28,34 @@ fn enforcing(e: OutputEngine) -> Vec<Engine> {
     match e {
         // Not Cilium: its ipBlocks never match node addresses, so a NetworkPolicy cannot
         // keep pod-to-node traffic open there (docs/policy-generate.md: use --engine
-        // cilium). Calico: once its kinds are evaluated by the engine.
+        // cilium).
         OutputEngine::NetworkPolicy => vec![
             Engine::AzureNpm,
             Engine::KubeNetworkPolicies,
+            Engine::Calico,
             Engine::Generic,
         ],
-        OutputEngine::Cnp => vec![Engine::KubeNetworkPolicies, Engine::Generic],
+        OutputEngine::Cnp => vec![Engine::KubeNetworkPolicies, Engine::Calico, Engine::Generic],
         OutputEngine::Anp => vec![Engine::OvnKubernetes],
         OutputEngine::Calico => vec![Engine::Calico],
         OutputEngine::Cilium => vec![Engine::Cilium],
     }
+}
+
+/// Whether the rules expect pods of this shape, counting only the subjects `engine`
+/// can express (the others are skipped with a warning, so their pods stay denied).
+fn expected_by(
+    rules: Option<&AccessRules>,
+    engine: OutputEngine,
+    shape: &crate::access::PodShapeRef<'_>,
+) -> bool {
+    rules.is_some_and(|r| {
+        r.rules().iter().flat_map(|rule| &rule.subjects).any(|s| {
+            let named_sa =
+                !s.service_accounts.is_empty() && !s.service_accounts.iter().any(|a| a == "*");
+            (engine.selects_service_accounts() || !named_sa) && s.matches_shape(shape)
+        })
+    })
 }
 
 fn objects(texts: &[&str]) -> Vec<Object> {
@@ -102,8 +119,17 @@ fn sample(c: &Cluster, azure_npm: bool) -> Vec<Destination> {
     out
 }
 
-/// Runs the loop for one output engine; returns how many verdicts were compared.
-fn closed_loop(input: &[Object], rules: Option<&AccessRules>, engine: OutputEngine) -> usize {
+/// What one loop checked.
+#[derive(Debug, Default)]
+struct Checked {
+    /// Verdicts compared before and after.
+    compared: usize,
+    /// (pod shape, target) pairs expected, and reaching the target after.
+    expected: usize,
+}
+
+/// Runs the loop for one output engine.
+fn closed_loop(input: &[Object], rules: Option<&AccessRules>, engine: OutputEngine) -> Checked {
     let before = Cluster::build(input.to_vec());
     let opts = GenerateOptions {
         engine,
@@ -125,7 +151,7 @@ fn closed_loop(input: &[Object], rules: Option<&AccessRules>, engine: OutputEngi
     let mut all = input.to_vec();
     all.extend(l.objects);
     let after = Cluster::build(all);
-    let mut compared = 0;
+    let mut checked = Checked::default();
     for m in enforcing(engine) {
         let mut settings = EngineSettings::new(m);
         // The metadata addresses as plain AKS gives them: `world` (no node agent binds
@@ -138,31 +164,41 @@ fn closed_loop(input: &[Object], rules: Option<&AccessRules>, engine: OutputEngi
         let dsts = sample(&before, m == Engine::AzureNpm);
         // Every pod shape, and a new unlabelled pod in every namespace.
         let empty = Labels::new();
-        let mut sources: Vec<(String, &Labels, String)> = Vec::new();
+        let mut sources: Vec<(String, &Labels, &str, String)> = Vec::new();
         for w in &before.workloads {
             for s in &w.shapes {
                 if !s.template.host_network {
-                    sources.push((w.namespace.clone(), &s.template.labels, w.id()));
+                    sources.push((
+                        w.namespace.clone(),
+                        &s.template.labels,
+                        &s.template.service_account,
+                        w.id(),
+                    ));
                 }
             }
         }
         for ns in before.namespaces.keys() {
-            sources.push((ns.clone(), &empty, format!("{ns}/<new pod>")));
+            sources.push((
+                ns.clone(),
+                &empty,
+                crate::model::DEFAULT_SERVICE_ACCOUNT,
+                format!("{ns}/<new pod>"),
+            ));
         }
-        for (ns, labels, id) in &sources {
+        for (ns, labels, account, id) in &sources {
             let src = Source {
                 namespace: ns,
                 labels,
                 ns_labels: &before.namespaces[ns].labels,
-                service_account: None,
+                service_account: Some(account),
                 host_network: false,
             };
             let shape = crate::access::PodShapeRef {
                 namespace: ns,
                 labels,
-                service_account: None,
+                service_account: Some(account),
             };
-            let expected = rules.is_some_and(|r| !r.expecting(&shape).is_empty());
+            let expected = expected_by(rules, engine, &shape);
             let (sb, sa) = (pb.select(&src), pa.select(&src));
             for t in &opts.targets {
                 let d = pa.decide(&sa, &src, &Destination::External(*t));
@@ -175,6 +211,7 @@ fn closed_loop(input: &[Object], rules: Option<&AccessRules>, engine: OutputEngi
                     d.allowed == expected || (d.allowed && warned),
                     "{engine} under {m}: {id} -> {t}: expected {expected}, got {d:?}"
                 );
+                checked.expected += usize::from(expected);
             }
             for dst in &dsts {
                 let b = pb.decide(&sb, &src, dst).allowed;
@@ -183,11 +220,11 @@ fn closed_loop(input: &[Object], rules: Option<&AccessRules>, engine: OutputEngi
                     b, a,
                     "{engine} under {m}: {id} -> {dst:?}: {b} before, {a} after"
                 );
-                compared += 1;
+                checked.compared += 1;
             }
         }
     }
-    compared
+    checked
 }
 
 #[test]
@@ -195,10 +232,9 @@ fn example_with_the_aks_preset_for_every_engine() {
     let input = objects(&EXAMPLE);
     let rules = AccessRules::parse(crate::presets::preset("aks").unwrap()).unwrap();
     for engine in OutputEngine::ALL {
-        if engine == OutputEngine::Calico {
-            continue; // Calico's kinds are not evaluated by the engine yet.
-        }
-        assert!(closed_loop(&input, Some(&rules), engine) > 100, "{engine}");
+        let checked = closed_loop(&input, Some(&rules), engine);
+        assert!(checked.compared > 100, "{engine}: {checked:?}");
+        assert!(checked.expected > 0, "{engine}: {checked:?}");
         closed_loop(&input, None, engine);
     }
 }
@@ -227,7 +263,15 @@ fn synthetic(seed: u64) -> (Vec<Object>, AccessRules) {
             } else {
                 format!(", tier: {}", tiers[rnd(2) as usize])
             };
-            text.push_str(&format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{p}, namespace: {ns}, labels: {{app: {app}{tier}}}}}\n"));
+            // Service accounts as written: serviceAccountName, the deprecated
+            // serviceAccount, or none (`default`).
+            let sa = match rnd(4) {
+                0 => "\nspec: {serviceAccountName: reader}",
+                1 => "\nspec: {serviceAccount: reader}",
+                2 => "\nspec: {serviceAccountName: other}",
+                _ => "",
+            };
+            text.push_str(&format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{p}, namespace: {ns}, labels: {{app: {app}{tier}}}}}{sa}\n"));
         }
         let np = |name: &str, body: &str| {
             format!(
@@ -243,7 +287,8 @@ fn synthetic(seed: u64) -> (Vec<Object>, AccessRules) {
         }
     }
     let rules = AccessRules::parse(&format!(
-        "rules:\n- name: agents\n  subjects:\n  - {{namespace: ns{}, podSelector: {{matchLabels: {{app: agent}}}}}}\n  - {{namespace: '*', podSelector: {{matchExpressions: [{{key: app, operator: In, values: [cache]}}, {{key: tier, operator: Exists}}]}}}}\n  paths: [/metadata/instance]\n",
+        "rules:\n- name: agents\n  subjects:\n  - {{namespace: ns{}, podSelector: {{matchLabels: {{app: agent}}}}}}\n  - {{namespace: '*', podSelector: {{matchExpressions: [{{key: app, operator: In, values: [cache]}}, {{key: tier, operator: Exists}}]}}}}\n  paths: [/metadata/instance]\n- name: readers\n  subjects:\n  - {{namespace: ns{}, serviceAccount: reader}}\n  - {{serviceAccount: other, podSelector: {{matchLabels: {{app: db}}}}}}\n  paths: [/metadata/instance]\n",
+        rnd(4),
         rnd(4)
     ))
     .unwrap();
@@ -255,10 +300,71 @@ fn synthetic_clusters_for_every_engine() {
     for seed in 1..=12 {
         let (input, rules) = synthetic(seed);
         for engine in OutputEngine::ALL {
-            if engine == OutputEngine::Calico {
-                continue; // Calico's kinds are not evaluated by the engine yet.
-            }
             closed_loop(&input, Some(&rules), engine);
+        }
+    }
+}
+
+/// Subjects naming service accounts: the service account a pod runs as comes from
+/// `serviceAccountName`, else the deprecated `serviceAccount`, else `default`, for bare
+/// pods and pod templates alike. Calico and Cilium select those pods exactly (they reach
+/// the targets after, and nobody else does); NetworkPolicy, ClusterNetworkPolicy and
+/// AdminNetworkPolicy cannot, so those pods stay denied there, as the generator warns.
+#[test]
+fn service_account_subjects() {
+    let text = "\
+apiVersion: v1\nkind: Namespace\nmetadata: {name: tools}\n---
+apiVersion: v1\nkind: Namespace\nmetadata: {name: apps}\n---
+apiVersion: v1\nkind: Pod\nmetadata: {name: named, namespace: tools, labels: {app: x}}\nspec: {serviceAccountName: reader}\n---
+apiVersion: v1\nkind: Pod\nmetadata: {name: deprecated, namespace: tools, labels: {app: y}}\nspec: {serviceAccount: reader}\n---
+apiVersion: v1\nkind: Pod\nmetadata: {name: both, namespace: tools, labels: {app: z}}\nspec: {serviceAccountName: other, serviceAccount: reader}\n---
+apiVersion: v1\nkind: Pod\nmetadata: {name: plain, namespace: tools, labels: {app: x}}\n---
+apiVersion: v1\nkind: Pod\nmetadata: {name: elsewhere, namespace: apps, labels: {app: x}}\nspec: {serviceAccountName: reader}\n---
+apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: apps}
+spec:\n  template:\n    metadata: {labels: {app: web}}\n    spec: {serviceAccountName: web-sa}\n";
+    let input = objects(&[text]);
+    let c = Cluster::build(input.clone());
+    let sa = |ns: &str, name: &str| -> String {
+        let w = c
+            .workloads
+            .iter()
+            .find(|w| w.namespace == ns && w.name == name)
+            .unwrap_or_else(|| panic!("{ns}/{name}"));
+        w.shapes[0].template.service_account.clone()
+    };
+    assert_eq!(sa("tools", "named"), "reader");
+    assert_eq!(sa("tools", "deprecated"), "reader");
+    assert_eq!(sa("tools", "both"), "other");
+    assert_eq!(sa("tools", "plain"), "default");
+    assert_eq!(sa("apps", "web"), "web-sa");
+    let rules = AccessRules::parse(
+        "rules:\n- name: readers\n  subjects: [{namespace: tools, serviceAccount: reader}, {namespace: apps, serviceAccount: web-sa, podSelector: {matchLabels: {app: web}}}]\n  paths: [/metadata/instance]\n",
+    )
+    .unwrap();
+    for engine in OutputEngine::ALL {
+        let checked = closed_loop(&input, Some(&rules), engine);
+        let g = generate(
+            &c,
+            &GenerateOptions {
+                engine,
+                targets: Cloud::Azure.targets(),
+                expected: Some(rules.clone()),
+                rules_source: None,
+            },
+        );
+        let skipped = g
+            .warnings
+            .iter()
+            .filter(|w| w.kind == WarningKind::SubjectNotExpressible)
+            .count();
+        if engine.selects_service_accounts() {
+            // tools/named, tools/deprecated and apps/web, each to the 3 targets, under
+            // the one enforcing engine.
+            assert_eq!(checked.expected, 9, "{engine}: {checked:?}");
+            assert_eq!(skipped, 0, "{engine}: {:?}", g.warnings);
+        } else {
+            assert_eq!(checked.expected, 0, "{engine}: {checked:?}");
+            assert_eq!(skipped, 2, "{engine}: {:?}", g.warnings);
         }
     }
 }

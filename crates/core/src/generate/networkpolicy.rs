@@ -329,6 +329,7 @@ fn reopen_warnings(ctx: &Context<'_>, out: &mut Generated) {
     let empty = crate::model::PodTemplate {
         labels: crate::model::Labels::new(),
         host_network: false,
+        service_account: crate::model::DEFAULT_SERVICE_ACCOUNT.to_owned(),
     };
     let mut sources: Vec<(&str, &crate::model::PodTemplate, String)> = Vec::new();
     for w in &c.workloads {
