@@ -16,6 +16,7 @@ use imdsguard_core::engine::{Engine, EngineSettings};
 use imdsguard_core::target::{Cloud, Target, parse_targets_file};
 
 use crate::cloud_arg::CloudArg;
+use crate::expected_arg::ExpectedArgs;
 use crate::inputs;
 use crate::output;
 
@@ -79,6 +80,9 @@ pub struct AuditArgs {
     /// reachable either way). See docs/engines.md.
     #[arg(long, value_enum, value_name = "ENTITY")]
     cilium_link_local: Option<LinkLocalArg>,
+
+    #[command(flatten)]
+    expected: ExpectedArgs,
 
     /// Name every deciding policy and rule in verdicts, reasons and findings (by default
     /// the first 5 of each, with their counts: with hundreds of policies selecting the
@@ -197,13 +201,14 @@ fn engine_settings(args: &AuditArgs) -> anyhow::Result<Option<EngineSettings>> {
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
 enum FailOn {
-    /// A workload reaches a target.
+    /// A workload reaches a target (access the --rules/--preset expect does not count).
     Reachable,
     /// Any finding of high severity.
     High,
     /// Any finding of medium severity or more.
     Medium,
-    /// Any finding at all.
+    /// Any finding of low severity or more (info findings, such as expected access,
+    /// never fail the audit).
     Low,
     /// Never: exit 0 unless usage or input errors.
     Never,
@@ -263,6 +268,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     }
     let targets = targets(&args)?;
     let engine = engine_settings(&args)?;
+    let expected = args.expected.load()?.map(|e| e.rules);
     let t0 = Instant::now();
     let (loaded, read_time) = inputs::load(&paths);
     let t_load = t0.elapsed();
@@ -276,6 +282,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
             targets,
             engine,
             list_limit: (!args.full).then_some(DEFAULT_LIST_LIMIT),
+            expected,
         },
     );
 

@@ -295,9 +295,9 @@ fn example_json_exits_1_and_follows_the_report_contract() {
     assert_eq!(
         r["summary"]["reachable"],
         json!([
-            {"target": IMDS, "workloads": 9},
-            {"target": WIRESERVER, "workloads": 8},
-            {"target": HOST_GA_PLUGIN, "workloads": 8},
+            {"target": IMDS, "workloads": 9, "expected": 0},
+            {"target": WIRESERVER, "workloads": 8, "expected": 0},
+            {"target": HOST_GA_PLUGIN, "workloads": 8, "expected": 0},
         ])
     );
 }

@@ -8,19 +8,23 @@ use std::net::IpAddr;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::access::{AccessRules, PodShapeRef};
 use crate::cluster::{Cluster, Workload};
 use crate::engine::{
     self, Destination, EgressDecision, Engine, EngineSettings, PolicyRef, Prepared, Tie, Tier,
 };
 use crate::model::{Labels, NetworkPolicy, Peer, PortSpec, Source};
 use crate::netpol::{Decision, first_names, join_names};
-use crate::target::{Protocol, Target};
+use crate::target::{MetadataService, Protocol, Target};
 use crate::tiered::{Action, Peer as TieredPeer, TierLevel, TieredPolicy};
 
 /// How serious a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
+    /// For the record: access the rules expect (`--rules`, `--preset`). Never fails the
+    /// audit.
+    Info,
     /// Worth a look.
     Low,
     /// Weakens the protection or breaks workloads.
@@ -32,6 +36,7 @@ pub enum Severity {
 impl fmt::Display for Severity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Severity::Info => "info",
             Severity::Low => "low",
             Severity::Medium => "medium",
             Severity::High => "high",
@@ -45,6 +50,11 @@ impl fmt::Display for Severity {
 pub enum FindingKind {
     /// A workload can reach a target.
     WorkloadReachesTarget,
+    /// A workload the access rules expect to reach IMDS cannot.
+    ExpectedBlocked,
+    /// A workload the access rules expect to reach IMDS does (instead of
+    /// `workload-reaches-target` for it and that target).
+    ExpectedAccess,
     /// A workload runs with hostNetwork: NetworkPolicy does not apply on a real node.
     HostNetwork,
     /// The audit assumes the cluster enforces no NetworkPolicy.
@@ -73,8 +83,10 @@ pub enum FindingKind {
 
 impl FindingKind {
     /// Every kind, in report order.
-    pub const ALL: [FindingKind; 13] = [
+    pub const ALL: [FindingKind; 15] = [
         FindingKind::WorkloadReachesTarget,
+        FindingKind::ExpectedBlocked,
+        FindingKind::ExpectedAccess,
         FindingKind::HostNetwork,
         FindingKind::NoPolicyEngine,
         FindingKind::AllowReopensTarget,
@@ -93,6 +105,8 @@ impl FindingKind {
     pub fn id(self) -> &'static str {
         match self {
             FindingKind::WorkloadReachesTarget => "workload-reaches-target",
+            FindingKind::ExpectedBlocked => "expected-blocked",
+            FindingKind::ExpectedAccess => "expected-access",
             FindingKind::HostNetwork => "host-network",
             FindingKind::NoPolicyEngine => "no-policy-engine",
             FindingKind::AllowReopensTarget => "allow-reopens-target",
@@ -122,8 +136,10 @@ impl FindingKind {
             | FindingKind::NotEnforced
             | FindingKind::PriorityTie
             | FindingKind::UnknownPeer
-            | FindingKind::BanpNotDefault => Severity::Medium,
+            | FindingKind::BanpNotDefault
+            | FindingKind::ExpectedBlocked => Severity::Medium,
             FindingKind::PolicySelectsNothing => Severity::Low,
+            FindingKind::ExpectedAccess => Severity::Info,
         }
     }
 
@@ -132,6 +148,12 @@ impl FindingKind {
         match self {
             FindingKind::WorkloadReachesTarget => {
                 "A workload can reach a metadata endpoint: from there it can read the instance document and ask for managed-identity tokens. Add an egress NetworkPolicy that denies the endpoint (ipBlock except) for its pods, and allow it only for the system pods that need it."
+            }
+            FindingKind::ExpectedBlocked => {
+                "The access rules (--rules, --preset) expect this workload to use IMDS, but a policy denies it: the add-on stops working (a blanket deny also breaks the Key Vault secrets provider, App Gateway ingress and the monitoring agent). Exempt its pods from the deny, or allow 169.254.169.254/32 port 80 for them (imdsguard policy generate --rules/--preset writes both)."
+            }
+            FindingKind::ExpectedAccess => {
+                "The workload reaches IMDS and the access rules (--rules, --preset) expect it to: reported for the record, not as an exposure. Check that the rule's subjects select only the pods that need IMDS; the filtering proxy limits them to what the rule grants."
             }
             FindingKind::HostNetwork => {
                 "The workload uses the node's network (hostNetwork: true). NetworkPolicy does not apply to it on a real node, whatever the policies say. Run it on the pod network, or block the endpoint on the node (imdsguard agent)."
@@ -231,8 +253,8 @@ pub struct Finding {
     pub targets: Vec<Target>,
     /// The objects involved; the first is where to look.
     pub objects: Vec<ObjectRef>,
-    /// For `workload-reaches-target`: the tier, object and rule that decided (of the
-    /// first target listed).
+    /// For `workload-reaches-target`, `expected-access` and `expected-blocked`: the tier,
+    /// object and rule that decided (of the first target listed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decided_by: Option<DecidedBy>,
 }
@@ -323,6 +345,9 @@ pub struct Verdict {
     /// The deciding rule of `object` (`egress[2]`); none for a NetworkPolicy denial
     /// (isolation, no rule) or when nothing decided.
     pub rule: Option<String>,
+    /// Whether the access rules expect this (reaching or being blocked): the target is
+    /// Azure IMDS and the verdict is of a pod shape a rule selects.
+    pub expected: bool,
 }
 
 /// A workload and its verdicts.
@@ -341,6 +366,10 @@ pub struct WorkloadReport {
     /// Where its object was read.
     #[serde(flatten)]
     pub source: Source,
+    /// Whether an access rule expects one of its pod shapes to reach IMDS.
+    pub expected: bool,
+    /// The rules that do, in rules order.
+    pub expected_by: Vec<String>,
     /// One verdict per target, in target order.
     pub verdicts: Vec<Verdict>,
 }
@@ -378,6 +407,8 @@ pub struct TargetCount {
     pub target: Target,
     /// Workloads that reach it.
     pub workloads: usize,
+    /// Of those, how many the access rules expect to (IMDS only; 0 for other targets).
+    pub expected: usize,
 }
 
 /// Audit settings.
@@ -393,6 +424,9 @@ pub struct AuditOptions {
     /// selecting the same pods, full lists make the report grow with workloads ×
     /// policies.
     pub list_limit: Option<usize>,
+    /// The access rules saying which workloads are expected to reach Azure IMDS
+    /// (`--rules`, `--preset`); `None`: none is.
+    pub expected: Option<AccessRules>,
 }
 
 /// The default of [`AuditOptions::list_limit`].
@@ -638,10 +672,16 @@ pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
         ..Summary::default()
     };
     for (i, t) in targets.iter().enumerate() {
-        let n = workloads.iter().filter(|w| w.verdicts[i].reachable).count();
+        let (mut n, mut expected) = (0, 0);
+        for w in &workloads {
+            let v = &w.verdicts[i];
+            n += usize::from(v.reachable);
+            expected += usize::from(v.reachable && v.expected);
+        }
         summary.reachable.push(TargetCount {
             target: *t,
             workloads: n,
+            expected,
         });
     }
     for f in &findings {
@@ -870,6 +910,9 @@ fn evaluate_workload(
     all_tiered.sort_unstable();
     all_tiered.dedup();
     let mut ties = Vec::new();
+    let (shape_expected, expected_by) = expected_shapes(w, opts.expected.as_ref());
+    let expected = !expected_by.is_empty();
+    let expected_names = expected_by.join(", ");
 
     let mut verdicts = Vec::with_capacity(opts.targets.len());
     for t in &opts.targets {
@@ -879,8 +922,47 @@ fn evaluate_workload(
             .zip(&sources)
             .map(|(sel, src)| view.decide(sel, src, &dst))
             .collect();
-        // The workload is allowed when any of its pod shapes is.
-        let pick = decisions.iter().position(|d| d.allowed).unwrap_or(0);
+        // Expected access concerns Azure IMDS only (the rules file is about IMDS).
+        let expected_here = expected && t.service() == Some(MetadataService::AzureImds);
+        // The workload is allowed when any of its pod shapes is; when rules expect some
+        // shapes, an unexpected shape that reaches the target is the one shown.
+        let pick = if expected_here {
+            let reaches = |d: &EgressDecision| d.allowed || host_network || no_engine;
+            let first = |f: &dyn Fn(usize, &EgressDecision) -> bool| {
+                decisions.iter().enumerate().position(|(i, d)| f(i, d))
+            };
+            first(&|i, d| d.allowed && !shape_expected[i])
+                .or_else(|| first(&|i, d| reaches(d) && !shape_expected[i]))
+                .or_else(|| first(&|_, d| d.allowed))
+                .or_else(|| first(&|i, _| shape_expected[i]))
+                .unwrap_or(0)
+        } else {
+            decisions.iter().position(|d| d.allowed).unwrap_or(0)
+        };
+        let shown_expected = expected_here && shape_expected.get(pick).copied().unwrap_or(false);
+        // Every expected shape blocked (hostNetwork and a missing engine block nothing).
+        let blocked = (expected_here && !host_network && !no_engine)
+            .then(|| {
+                let mut exp = decisions
+                    .iter()
+                    .zip(&shape_expected)
+                    .filter(|&(_, &e)| e)
+                    .map(|(d, _)| d);
+                let first = exp.clone().next();
+                if exp.any(|d| d.allowed) { None } else { first }
+            })
+            .flatten();
+        if let Some(d) = blocked {
+            findings.push(expected_blocked(
+                cluster,
+                w,
+                &me,
+                d,
+                *t,
+                &expected_names,
+                opts,
+            ));
+        }
         let shown = if decisions.is_empty() {
             EgressDecision {
                 allowed: true,
@@ -917,9 +999,23 @@ fn evaluate_workload(
             e.reason.clone()
         };
         if reachable {
+            let (kind, message) = if shown_expected {
+                (
+                    FindingKind::ExpectedAccess,
+                    format!(
+                        "{} reaches {TARGETS}, as rule(s) {expected_names} expect: {reason}",
+                        w.id()
+                    ),
+                )
+            } else {
+                (
+                    FindingKind::WorkloadReachesTarget,
+                    format!("{} reaches {TARGETS}: {reason}", w.id()),
+                )
+            };
             let mut f = Finding::new(
-                FindingKind::WorkloadReachesTarget,
-                format!("{} reaches {TARGETS}: {reason}", w.id()),
+                kind,
+                message,
                 Some(*t),
                 std::iter::once(me.clone())
                     .chain(decision_objects(cluster, &shown, &e))
@@ -988,6 +1084,7 @@ fn evaluate_workload(
             tier: shown.tier,
             object: shown.object,
             rule: shown.rule,
+            expected: shown_expected,
         });
     }
 
@@ -1041,6 +1138,8 @@ fn evaluate_workload(
         host_network,
         pods: w.pod_count(),
         source: w.source.clone(),
+        expected,
+        expected_by,
         verdicts,
     };
     Evaluated {
@@ -1050,6 +1149,90 @@ fn evaluate_workload(
         tiered: all_tiered,
         ties,
     }
+}
+
+/// Which of the workload's pod shapes the rules expect to reach IMDS, and the names of
+/// the rules that do (in rules order, once each). Without rules: none, and no work.
+fn expected_shapes(w: &Workload, rules: Option<&AccessRules>) -> (Vec<bool>, Vec<String>) {
+    let Some(rules) = rules.filter(|r| !r.is_empty()) else {
+        return (Vec::new(), Vec::new());
+    };
+    let mut names: Vec<String> = Vec::new();
+    let flags = w
+        .shapes
+        .iter()
+        .map(|s| {
+            let by = rules.expecting(&PodShapeRef {
+                namespace: &w.namespace,
+                labels: &s.template.labels,
+                service_account: Some(&s.template.service_account),
+            });
+            for r in &by {
+                if !names.iter().any(|n| **n == *r.name) {
+                    names.push(r.name.to_string());
+                }
+            }
+            !by.is_empty()
+        })
+        .collect();
+    if names.len() > 1 {
+        // Rules order, whatever shape named them first.
+        let order = |n: &String| rules.rules().iter().position(|r| *r.name == **n);
+        names.sort_by_key(order);
+    }
+    (flags, names)
+}
+
+/// The deciding tier, object and rule of a decision, in words: `the networkpolicy tier
+/// (NetworkPolicy kube-system/deny-imds)`, `the admin tier
+/// (AdminNetworkPolicy/no-imds#egress[0])`.
+fn deciding(d: &EgressDecision) -> String {
+    let object = match (&d.object, &d.rule) {
+        (Some(o), r) => {
+            let kind = if o.kind == "NetworkPolicy" {
+                "NetworkPolicy "
+            } else {
+                ""
+            };
+            let rule = r.as_ref().map(|r| format!("#{r}")).unwrap_or_default();
+            format!(" ({kind}{o}{rule})")
+        }
+        (None, _) => String::new(),
+    };
+    format!("the {} tier{object}", d.tier)
+}
+
+/// The `expected-blocked` finding for a workload the rules expect to reach `target`,
+/// whose expected pod shape `d` decided is blocked.
+fn expected_blocked(
+    cluster: &Cluster,
+    w: &Workload,
+    me: &ObjectRef,
+    d: &EgressDecision,
+    target: Target,
+    rules: &str,
+    opts: &AuditOptions,
+) -> Finding {
+    let e = engine::explain(cluster, d, opts.list_limit);
+    let mut f = Finding::new(
+        FindingKind::ExpectedBlocked,
+        format!(
+            "{} is expected to reach {TARGETS} (rule(s) {rules}) but is blocked by {}: {}",
+            w.id(),
+            deciding(d),
+            e.reason
+        ),
+        Some(target),
+        std::iter::once(me.clone())
+            .chain(decision_objects(cluster, d, &e))
+            .collect(),
+    );
+    f.decided_by = Some(DecidedBy {
+        tier: d.tier.clone(),
+        object: d.object.clone(),
+        rule: d.rule.clone(),
+    });
+    f
 }
 
 fn policy_ref(cluster: &Cluster, id: &str) -> Option<ObjectRef> {
@@ -1113,6 +1296,7 @@ mod tests {
                 targets: Cloud::Azure.targets(),
                 engine: no_engine.then(|| EngineSettings::new(Engine::None)),
                 list_limit: Some(DEFAULT_LIST_LIMIT),
+                expected: None,
             },
         )
     }
@@ -1268,11 +1452,193 @@ mod tests {
                 targets: Cloud::Azure.targets(),
                 engine: None,
                 list_limit: None,
+                expected: None,
             },
         );
         let v = &full.workloads[0].verdicts[0];
         assert_eq!((v.policies.len(), v.policy_count), (12, 12));
         assert!(!v.reason.contains("more"), "{}", v.reason);
+    }
+
+    const AMA_LOGS: &str = "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: ama-logs, namespace: kube-system}\nspec:\n  template:\n    metadata: {labels: {component: ama-logs-agent, tier: node, kubernetes.azure.com/managedby: aks}}\n";
+
+    fn run_expected(text: &str, engine: Option<Engine>) -> Report {
+        let l = parse("t.yaml", text);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        let c = Cluster::build(l.objects);
+        let rules = AccessRules::parse(crate::presets::preset("aks").unwrap()).unwrap();
+        audit(
+            &c,
+            &AuditOptions {
+                targets: Cloud::Azure.targets(),
+                engine: engine.map(EngineSettings::new),
+                list_limit: Some(DEFAULT_LIST_LIMIT),
+                expected: Some(rules),
+            },
+        )
+    }
+
+    fn of<'r>(r: &'r Report, id: &str) -> Vec<&'r Finding> {
+        r.findings.iter().filter(|f| f.id == id).collect()
+    }
+
+    #[test]
+    fn info_is_the_lowest_severity() {
+        assert!(Severity::Info < Severity::Low);
+        assert_eq!(Severity::Info.to_string(), "info");
+        assert_eq!(FindingKind::ExpectedAccess.severity(), Severity::Info);
+        assert_eq!(FindingKind::ExpectedBlocked.severity(), Severity::Medium);
+        assert!(FindingKind::ALL.contains(&FindingKind::ExpectedAccess));
+        assert!(FindingKind::ALL.contains(&FindingKind::ExpectedBlocked));
+    }
+
+    #[test]
+    fn expected_workload_reaching_imds_is_info_and_wireserver_stays_a_finding() {
+        let text = format!("{AMA_LOGS}---\n{POD}");
+        let r = run_expected(&text, None);
+        let ama = r.workloads.iter().find(|w| w.name == "ama-logs").unwrap();
+        assert!(ama.expected);
+        assert_eq!(ama.expected_by, ["aks-container-insights"]);
+        assert!(ama.verdicts[0].expected && ama.verdicts[0].reachable);
+        assert!(
+            !ama.verdicts[1].expected,
+            "WireServer is not expected access"
+        );
+        let web = r.workloads.iter().find(|w| w.name == "p").unwrap();
+        assert!(!web.expected && web.expected_by.is_empty());
+
+        let access = of(&r, "expected-access");
+        assert_eq!(access.len(), 1);
+        assert_eq!(access[0].severity, Severity::Info);
+        assert_eq!(
+            access[0].targets,
+            ["169.254.169.254:80/TCP".parse().unwrap()]
+        );
+        assert!(
+            access[0].message.starts_with(
+                "kube-system/ama-logs[DaemonSet] reaches 169.254.169.254:80/TCP, as rule(s) aks-container-insights expect:"
+            ),
+            "{}",
+            access[0].message
+        );
+        assert!(access[0].decided_by.is_some());
+        // ama-logs reaches WireServer (not expected), the unexpected pod reaches all three.
+        let reach = of(&r, "workload-reaches-target");
+        assert_eq!(reach.len(), 2);
+        let ama_reach = reach
+            .iter()
+            .find(|f| f.message.starts_with("kube-system/ama-logs"))
+            .unwrap();
+        assert_eq!(ama_reach.targets, Cloud::Azure.targets()[1..]);
+        assert!(reach.iter().any(|f| f.targets == Cloud::Azure.targets()));
+        assert!(of(&r, "expected-blocked").is_empty());
+
+        let imds = &r.summary.reachable[0];
+        assert_eq!((imds.workloads, imds.expected), (2, 1));
+        assert_eq!(r.summary.reachable[1].expected, 0);
+        assert_eq!(r.summary.findings.get("info"), Some(&1));
+        assert_eq!(r.findings.last().unwrap().severity, Severity::Info);
+    }
+
+    #[test]
+    fn blanket_deny_blocks_an_expected_workload() {
+        let text = format!(
+            "{AMA_LOGS}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: deny-egress, namespace: kube-system}}\nspec:\n  podSelector: {{}}\n  policyTypes: [Egress]\n  egress: [{{ports: [{{port: 53, protocol: UDP}}]}}]\n"
+        );
+        let r = run_expected(&text, None);
+        let blocked = of(&r, "expected-blocked");
+        assert_eq!(blocked.len(), 1, "{:?}", ids(&r));
+        let f = blocked[0];
+        assert_eq!(f.severity, Severity::Medium);
+        assert_eq!(f.targets, ["169.254.169.254:80/TCP".parse().unwrap()]);
+        assert!(
+            f.message.starts_with(
+                "kube-system/ama-logs[DaemonSet] is expected to reach 169.254.169.254:80/TCP (rule(s) aks-container-insights) but is blocked by the networkpolicy tier (NetworkPolicy kube-system/deny-egress):"
+            ),
+            "{}",
+            f.message
+        );
+        assert_eq!(f.objects[0].name, "ama-logs");
+        assert_eq!(f.objects[1].kind, "NetworkPolicy");
+        assert_eq!(f.objects[1].name, "deny-egress");
+        let d = f.decided_by.as_ref().unwrap();
+        assert_eq!(d.tier, Tier::NetworkPolicy);
+        assert_eq!(d.object.as_ref().unwrap().name, "deny-egress");
+        assert!(of(&r, "expected-access").is_empty());
+        assert!(of(&r, "workload-reaches-target").is_empty());
+        let v = &r.workloads[0].verdicts[0];
+        assert!(v.expected && !v.reachable);
+        assert_eq!(r.summary.reachable[0].expected, 0);
+    }
+
+    #[test]
+    fn expected_blocked_names_a_cluster_scoped_rule() {
+        let text = format!(
+            "{AMA_LOGS}---\napiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {{name: no-imds}}\nspec:\n  priority: 10\n  subject: {{namespaces: {{}}}}\n  egress:\n  - name: imds\n    action: Deny\n    to: [{{networks: [169.254.169.254/32]}}]\n"
+        );
+        let r = run_expected(&text, None);
+        let f = of(&r, "expected-blocked");
+        assert_eq!(f.len(), 1, "{:?}", ids(&r));
+        assert!(
+            f[0].message
+                .contains("blocked by the admin tier (AdminNetworkPolicy/no-imds#egress[0]):"),
+            "{}",
+            f[0].message
+        );
+        assert_eq!(f[0].objects[1].kind, "AdminNetworkPolicy");
+    }
+
+    #[test]
+    fn expected_host_network_and_no_engine_are_never_blocked() {
+        let host = AMA_LOGS.replace(
+            "kubernetes.azure.com/managedby: aks}}\n",
+            "kubernetes.azure.com/managedby: aks}}\n    spec: {hostNetwork: true}\n",
+        );
+        let deny = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: kube-system}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n";
+        let r = run_expected(&format!("{host}{deny}"), None);
+        assert!(r.workloads[0].host_network);
+        // Its reach is the node's: expected for IMDS, and host-network stays.
+        assert_eq!(of(&r, "expected-access").len(), 1, "{:?}", ids(&r));
+        assert_eq!(of(&r, "host-network").len(), 1);
+        assert!(of(&r, "expected-blocked").is_empty());
+
+        let r = run_expected(&format!("{AMA_LOGS}{deny}"), Some(Engine::None));
+        assert_eq!(of(&r, "expected-access").len(), 1, "{:?}", ids(&r));
+        assert!(of(&r, "expected-blocked").is_empty());
+    }
+
+    #[test]
+    fn the_same_labels_elsewhere_are_not_expected() {
+        let text = AMA_LOGS.replace("namespace: kube-system", "namespace: shop");
+        let r = run_expected(&text, None);
+        assert!(!r.workloads[0].expected);
+        assert!(of(&r, "expected-access").is_empty());
+        assert_eq!(of(&r, "workload-reaches-target").len(), 1);
+    }
+
+    #[test]
+    fn service_account_subjects_select_by_the_template_service_account() {
+        let rules = AccessRules::parse(
+            "rules:\n- name: sa-rule\n  subjects: [{namespace: a, serviceAccount: reader}]\n  paths: [/metadata/instance]\n",
+        )
+        .unwrap();
+        let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: r, namespace: a}\nspec:\n  template:\n    metadata: {labels: {app: r}}\n    spec: {serviceAccountName: reader}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: o, namespace: a}\nspec:\n  template:\n    metadata: {labels: {app: o}}\n";
+        let c = Cluster::build(parse("t.yaml", text).objects);
+        let r = audit(
+            &c,
+            &AuditOptions {
+                targets: Cloud::Azure.targets(),
+                engine: None,
+                list_limit: Some(DEFAULT_LIST_LIMIT),
+                expected: Some(rules),
+            },
+        );
+        let by: Vec<(&str, &[String])> = r
+            .workloads
+            .iter()
+            .map(|w| (w.name.as_str(), w.expected_by.as_slice()))
+            .collect();
+        assert_eq!(by, [("o", &[][..]), ("r", &["sa-rule".to_string()][..])]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ fn level(s: Severity) -> sarif::ResultLevel {
     match s {
         Severity::High => sarif::ResultLevel::Error,
         Severity::Medium => sarif::ResultLevel::Warning,
-        Severity::Low => sarif::ResultLevel::Note,
+        Severity::Low | Severity::Info => sarif::ResultLevel::Note,
     }
 }
 

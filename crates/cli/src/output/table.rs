@@ -74,17 +74,22 @@ fn terminal_width() -> u16 {
         .unwrap_or(140)
 }
 
-fn verdict_cell(reachable: bool, policy_allowed: bool, host_network: bool, color: bool) -> Cell {
-    let (text, c) = match (reachable, policy_allowed) {
-        (true, true) => ("REACHABLE", Color::Red),
-        (true, false) if host_network => ("REACHABLE\n(hostNetwork)", Color::Red),
-        (true, false) => ("REACHABLE\n(no engine)", Color::Red),
-        (false, _) => ("blocked", Color::Green),
+fn verdict_cell(v: &Verdict, host_network: bool, color: bool) -> Cell {
+    let (text, c) = match (v.reachable, v.policy_allowed, v.expected) {
+        // What the access rules expect: not an exposure, so not red.
+        (true, true, true) => ("reachable\n(expected)", Color::Cyan),
+        (true, false, true) if host_network => ("reachable\n(expected,\nhostNetwork)", Color::Cyan),
+        (true, false, true) => ("reachable\n(expected,\nno engine)", Color::Cyan),
+        (false, _, true) => ("BLOCKED\n(expected!)", Color::Yellow),
+        (true, true, false) => ("REACHABLE", Color::Red),
+        (true, false, false) if host_network => ("REACHABLE\n(hostNetwork)", Color::Red),
+        (true, false, false) => ("REACHABLE\n(no engine)", Color::Red),
+        (false, _, false) => ("blocked", Color::Green),
     };
     let cell = Cell::new(text);
     if color {
         let cell = cell.fg(c);
-        if reachable {
+        if v.reachable != v.expected {
             cell.add_attribute(Attribute::Bold)
         } else {
             cell
@@ -112,6 +117,15 @@ fn reasons(w: &WorkloadReport) -> String {
         .map(|(r, ts)| format!("{}: {r}", ts.join(", ")))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// `, 2 of them expected` when the access rules expect some of the reaching workloads.
+fn expected_note(expected: usize) -> String {
+    if expected > 0 {
+        format!(", {expected} of them expected")
+    } else {
+        String::new()
+    }
 }
 
 /// Writes the report for people.
@@ -145,10 +159,13 @@ pub fn write(
             .map(|e| format!(" ({})", e.label()))
             .unwrap_or_default();
         let line = format!(
-            "{} of {} workloads reach {}{name}",
-            c.workloads, s.workloads, c.target
+            "{} of {} workloads reach {}{name}{}",
+            c.workloads,
+            s.workloads,
+            c.target,
+            expected_note(c.expected)
         );
-        if color && c.workloads > 0 {
+        if color && c.workloads > c.expected {
             writeln!(out, "\x1b[1;31m{line}\x1b[0m")?;
         } else {
             writeln!(out, "{line}")?;
@@ -183,12 +200,15 @@ pub fn write(
             if w.host_network {
                 name.push_str("\nhostNetwork");
             }
+            if w.expected {
+                name.push_str(&format!("\nexpected ({})", w.expected_by.join(", ")));
+            }
             let mut row = vec![Cell::new(name)];
             if per_target {
                 row.extend(
-                    w.verdicts.iter().map(|v| {
-                        verdict_cell(v.reachable, v.policy_allowed, w.host_network, color)
-                    }),
+                    w.verdicts
+                        .iter()
+                        .map(|v| verdict_cell(v, w.host_network, color)),
                 );
                 row.push(Cell::new(reasons(w)));
             } else {
@@ -215,6 +235,7 @@ pub fn write(
                     Severity::High => Color::Red,
                     Severity::Medium => Color::Yellow,
                     Severity::Low => Color::Blue,
+                    Severity::Info => Color::Cyan,
                 })
             } else {
                 sev
@@ -239,8 +260,11 @@ pub fn write(
     for c in &s.reachable {
         writeln!(
             out,
-            "{} of {} workloads reach {}",
-            c.workloads, s.workloads, c.target
+            "{} of {} workloads reach {}{}",
+            c.workloads,
+            s.workloads,
+            c.target,
+            expected_note(c.expected)
         )?;
     }
     if !skipped.is_empty() {
