@@ -1028,8 +1028,10 @@ fn evaluate_workload(
             });
             findings.push(f);
         }
-        // An allow that re-opens what another selecting policy denies.
-        if shown.tier == Tier::NetworkPolicy
+        // An allow that re-opens what another selecting policy denies (unless the rules
+        // expect this workload to reach the target: that allow is the intended exception).
+        if !shown_expected
+            && shown.tier == Tier::NetworkPolicy
             && let Some(Decision::Allowed { isolating, by }) = &shown.netpol
         {
             // `by` is grouped by policy.
@@ -1605,6 +1607,29 @@ mod tests {
         let r = run_expected(&format!("{AMA_LOGS}{deny}"), Some(Engine::None));
         assert_eq!(of(&r, "expected-access").len(), 1, "{:?}", ids(&r));
         assert!(of(&r, "expected-blocked").is_empty());
+    }
+
+    #[test]
+    fn an_allow_for_an_expected_workload_is_no_reopening() {
+        let text = format!(
+            "{AMA_LOGS}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: deny-imds, namespace: kube-system}}\nspec:\n  podSelector: {{}}\n  policyTypes: [Egress]\n  egress: [{{to: [{{ipBlock: {{cidr: 0.0.0.0/0, except: [169.254.169.254/32]}}}}]}}]\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: allow-imds, namespace: kube-system}}\nspec:\n  podSelector: {{matchLabels: {{component: ama-logs-agent}}}}\n  policyTypes: [Egress]\n  egress: [{{to: [{{ipBlock: {{cidr: 169.254.169.254/32}}}}]}}]\n"
+        );
+        let imds: Target = "169.254.169.254:80/TCP".parse().unwrap();
+        let reopens_imds = |r: &Report| {
+            r.findings
+                .iter()
+                .filter(|f| f.id == "allow-reopens-target" && f.targets.contains(&imds))
+                .count()
+        };
+        let r = run_expected(&text, None);
+        assert_eq!(reopens_imds(&r), 0, "{:#?}", r.findings);
+        assert_eq!(of(&r, "expected-access").len(), 1);
+        // WireServer, which deny-imds re-opens against allow-imds, still is one.
+        let wire = of(&r, "allow-reopens-target");
+        assert_eq!(wire.len(), 1);
+        assert_eq!(wire[0].targets, Cloud::Azure.targets()[1..]);
+        // Without rules, IMDS is one too.
+        assert_eq!(reopens_imds(&run(&text, false)), 1);
     }
 
     #[test]
