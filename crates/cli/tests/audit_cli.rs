@@ -1389,7 +1389,7 @@ fn unknown_kinds_are_counted_in_skipped_and_are_not_errors() {
     let dir = TempDir::new("unknown");
     dir.write(
         "misc.yaml",
-        "apiVersion: v1\nkind: Service\nmetadata: {name: s1}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s2}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: b}\n---\napiVersion: cert-manager.io/v1\nkind: Certificate\nmetadata: {name: c}\nspec: {secretName: x}\n---\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: calico}\nspec: {selector: all()}\n---\nreplicaCount: 3\n",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s1}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s2}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: b}\n---\napiVersion: cert-manager.io/v1\nkind: Certificate\nmetadata: {name: c}\nspec: {secretName: x}\n---\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: calico}\nspec: {selector: all()}\n---\napiVersion: projectcalico.org/v3\nkind: HostEndpoint\nmetadata: {name: h}\nspec: {node: n}\n---\nreplicaCount: 3\n",
     );
     dir.write("pod.yaml", GOOD);
     let r = run(&[
@@ -1408,7 +1408,7 @@ fn unknown_kinds_are_counted_in_skipped_and_are_not_errors() {
             "(not a Kubernetes object)": 1,
             "Certificate.cert-manager.io": 1,
             "ConfigMap": 1,
-            "NetworkPolicy.projectcalico.org": 1,
+            "HostEndpoint.projectcalico.org": 1,
             "Service": 2
         })
     );
