@@ -1,8 +1,8 @@
 //! Conformance against an external NetworkPolicy oracle: the golden connectivity lists of
 //! np-guard/netpol-analyzer (`shared/corpus/netpol-analyzer`, next to the workspace).
 //!
-//! For every plain-NetworkPolicy case (cases with AdminNetworkPolicy,
-//! BaselineAdminNetworkPolicy or ClusterNetworkPolicy are skipped), the test asks
+//! For every plain-NetworkPolicy case (and, in a second test, every case with
+//! AdminNetworkPolicy, BaselineAdminNetworkPolicy or ClusterNetworkPolicy), the test asks
 //! `imdsguard audit --format json` for the egress verdict of every workload towards a
 //! deterministic sample of external IPv4 addresses, ports and protocols, and compares
 //! each `policy_allowed` with the golden list: workload W may send to X on (P, N) exactly
@@ -29,6 +29,9 @@ const CASES: &str = concat!(
 /// How many plain-NetworkPolicy cases the corpus holds. A corpus that silently shrinks
 /// (or a skip rule that grows) must fail the test.
 const EXPECTED_CASES: usize = 34;
+
+/// How many cases hold AdminNetworkPolicy / BaselineAdminNetworkPolicy objects.
+const EXPECTED_ANP_CASES: usize = 48;
 
 /// Upper bound on targets per case, to keep the run short.
 const MAX_TARGETS: usize = 3000;
@@ -524,9 +527,31 @@ fn target_sample_is_capped_deterministic_and_keeps_imds() {
 #[test]
 #[ignore = "needs ../shared"]
 fn egress_verdicts_match_netpol_analyzer_golden_lists() {
+    check_corpus(
+        "egress_verdicts_match_netpol_analyzer_golden_lists",
+        false,
+        EXPECTED_CASES,
+    );
+}
+
+/// The same check on the cases with AdminNetworkPolicy / BaselineAdminNetworkPolicy
+/// (`anp_*`, `banp_*`, ...): the Admin tier, NetworkPolicy and the Baseline tier composed
+/// by the generic engine.
+#[test]
+#[ignore = "needs ../shared"]
+fn admin_network_policy_verdicts_match_netpol_analyzer_golden_lists() {
+    check_corpus(
+        "admin_network_policy_verdicts_match_netpol_analyzer_golden_lists",
+        true,
+        EXPECTED_ANP_CASES,
+    );
+}
+
+/// Checks every plain (or, with `anp`, every cluster-scoped-policy) case of the corpus.
+fn check_corpus(test: &str, anp: bool, expected: usize) {
     let root = Path::new(CASES);
     imdsguard_testkit::require_path(
-        "egress_verdicts_match_netpol_analyzer_golden_lists",
+        test,
         root,
         "the netpol-analyzer corpus: `shared/` beside the checkout, as in CI",
     );
@@ -539,7 +564,7 @@ fn egress_verdicts_match_netpol_analyzer_golden_lists() {
 
     let mut checked = 0;
     let mut failures = Vec::new();
-    for case in cases.iter().filter(|c| is_plain_netpol_case(c)) {
+    for case in cases.iter().filter(|c| is_plain_netpol_case(c) != anp) {
         let name = case.file_name().unwrap().to_string_lossy().into_owned();
         match check_case(case) {
             Ok(n) => eprintln!("PASS {name}: {n} verdicts agree"),
@@ -558,8 +583,8 @@ fn egress_verdicts_match_netpol_analyzer_golden_lists() {
     );
     assert_eq!(
         checked,
-        EXPECTED_CASES,
-        "plain NetworkPolicy cases in {}",
+        expected,
+        "cases in {} (anp: {anp})",
         root.display()
     );
 }
