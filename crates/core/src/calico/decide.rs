@@ -12,7 +12,7 @@
 //! policy and tier sort (`felix/calc/policy_sorter.go`) and Calico's translation of rule
 //! selectors (`libcalico-go/lib/backend/syncersv1/updateprocessors/rules.go`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -119,7 +119,53 @@ struct TierEntry {
     /// Built in, or a Tier object was read. Felix skips the policies of a tier it has
     /// no Tier for ("tier metadata missing; packets will skip tier").
     declared: bool,
+    /// Its policies in evaluation order.
     policies: Vec<usize>,
+    /// The cluster-wide ones, in evaluation order.
+    global: Vec<usize>,
+    /// The namespaced ones by namespace, in evaluation order: a pod's selection looks
+    /// at its namespace's only.
+    by_ns: HashMap<String, Vec<usize>>,
+    /// Each policy's position in `policies` (by policy index; only this tier's are set).
+    rank: HashMap<usize, usize>,
+}
+
+impl TierEntry {
+    fn new(tier: CalicoTier, declared: bool) -> TierEntry {
+        TierEntry {
+            tier,
+            declared,
+            policies: vec![],
+            global: vec![],
+            by_ns: HashMap::new(),
+            rank: HashMap::new(),
+        }
+    }
+
+    /// The policies a pod of `namespace` may be selected by, in evaluation order.
+    fn candidates(&self, namespace: &str) -> Vec<usize> {
+        let Some(ns) = self.by_ns.get(namespace) else {
+            return self.global.clone();
+        };
+        let (mut a, mut b) = (self.global.iter().peekable(), ns.iter().peekable());
+        let mut out = Vec::with_capacity(self.global.len() + ns.len());
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(&&x), Some(&&y)) => {
+                    if self.rank[&x] < self.rank[&y] {
+                        a.next()
+                    } else {
+                        b.next()
+                    }
+                }
+                (Some(_), None) => a.next(),
+                (None, Some(_)) => b.next(),
+                (None, None) => break,
+            };
+            out.extend(next);
+        }
+        out
+    }
 }
 
 impl CalicoPolicies {
@@ -142,39 +188,22 @@ impl CalicoPolicies {
         let policies: Vec<CalicoPolicy> = by_key.into_values().collect();
         let mut tier_map: BTreeMap<String, TierEntry> = CalicoTier::built_in()
             .into_iter()
-            .map(|t| {
-                (
-                    t.name.clone(),
-                    TierEntry {
-                        tier: t,
-                        declared: true,
-                        policies: vec![],
-                    },
-                )
-            })
+            .map(|t| (t.name.clone(), TierEntry::new(t, true)))
             .collect();
         for t in tiers {
-            tier_map.insert(
-                t.name.clone(),
-                TierEntry {
-                    tier: t,
-                    declared: true,
-                    policies: vec![],
-                },
-            );
+            tier_map.insert(t.name.clone(), TierEntry::new(t, true));
         }
         for (i, p) in policies.iter().enumerate() {
             tier_map
                 .entry(p.tier.clone())
-                .or_insert_with(|| TierEntry {
-                    tier: CalicoTier {
+                .or_insert_with(|| {
+                    let tier = CalicoTier {
                         name: p.tier.clone(),
                         order: None,
                         default_action: TierAction::Deny,
                         source: None,
-                    },
-                    declared: false,
-                    policies: vec![],
+                    };
+                    TierEntry::new(tier, false)
                 })
                 .policies
                 .push(i);
@@ -203,6 +232,15 @@ impl CalicoPolicies {
             t.policies.sort_by(|&a, &b| {
                 cmp_order(policies[a].order, policies[b].order).then(keys[a].cmp(&keys[b]))
             });
+            for (rank, &i) in t.policies.iter().enumerate() {
+                t.rank.insert(i, rank);
+                match &policies[i].namespace {
+                    Some(ns) if policies[i].kind.namespaced() => {
+                        t.by_ns.entry(ns.clone()).or_default().push(i)
+                    }
+                    _ => t.global.push(i),
+                }
+            }
         }
         let mut sets: BTreeMap<(Option<String>, String), CalicoNetworkSet> = BTreeMap::new();
         for s in network_sets {
@@ -406,9 +444,8 @@ pub fn decide(
     let mut applying: Vec<(&TierEntry, Vec<usize>)> = Vec::new();
     for t in &p.tiers {
         let selecting: Vec<usize> = t
-            .policies
-            .iter()
-            .copied()
+            .candidates(src.namespace)
+            .into_iter()
             .filter(|&i| selects(&p.policies[i], src, &mut notes))
             .collect();
         if selecting.is_empty() {
