@@ -3,6 +3,7 @@
 //! it was given and a line inside the input; every error says what was wrong.
 #![no_main]
 
+use imdsguard_core::calico::CalicoObject;
 use imdsguard_core::manifest::parse;
 use imdsguard_core::model::Object;
 use imdsguard_fuzz::line_count;
@@ -34,6 +35,15 @@ fuzz_target!(|data: &[u8]| {
             Object::Pod(x) => &x.source,
             Object::Controller(x) => &x.source,
             Object::NetworkPolicy(x) => &x.source,
+            Object::Tiered(x) => &x.source,
+            Object::Node(x) => &x.source,
+            Object::Cilium(x) => &x.source,
+            Object::CiliumCidrGroup(x) => &x.source,
+            Object::Calico(CalicoObject::Policy(x)) => &x.source,
+            Object::Calico(CalicoObject::NetworkSet(x)) => &x.source,
+            Object::Calico(CalicoObject::Tier(x)) => {
+                x.source.as_ref().expect("a Tier read has a source")
+            }
         };
         assert_eq!(&*source.file, FILE);
         assert!(
