@@ -176,6 +176,167 @@ fn output_dir_holds_one_file_per_object_in_apply_order() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The audit engines that enforce what an output engine writes (`--cilium-link-local
+/// world`: the metadata addresses as plain AKS gives them; with `host`, toCIDR denies do
+/// not apply, as the generator warns).
+fn enforcing(engine: &str) -> Vec<Vec<&'static str>> {
+    match engine {
+        // Not Cilium: its ipBlocks never match node addresses (docs/policy-generate.md).
+        "networkpolicy" => vec![
+            vec!["--engine", "azure-npm"],
+            vec!["--engine", "kube-network-policies"],
+            vec!["--engine", "calico"],
+            vec!["--engine", "generic"],
+        ],
+        "cnp" => vec![
+            vec!["--engine", "kube-network-policies"],
+            vec!["--engine", "calico"],
+            vec!["--engine", "generic"],
+        ],
+        "anp" => vec![vec!["--engine", "ovn-kubernetes"]],
+        "calico" => vec![vec!["--engine", "calico"]],
+        "cilium" => vec![vec!["--engine", "cilium", "--cilium-link-local", "world"]],
+        other => panic!("{other}"),
+    }
+}
+
+/// `imdsguard audit PATHS --preset aks --format json` with `flags`: per workload
+/// (`ns/name[Kind]`), whether it is hostNetwork, whether the rules expect it, and per
+/// target whether it is reachable.
+type Verdicts = std::collections::BTreeMap<String, (bool, bool, Vec<(String, bool)>)>;
+
+fn audit_json(paths: &[&str], flags: &[&str]) -> Verdicts {
+    let mut args = vec!["audit"];
+    args.extend_from_slice(paths);
+    args.extend_from_slice(&["--preset", "aks", "--format", "json"]);
+    args.extend_from_slice(flags);
+    let r = run(&args);
+    assert!(r.code == 0 || r.code == 1, "{args:?}: {}", r.stderr);
+    let report: Value = serde_json::from_str(&r.stdout).expect("audit JSON");
+    assert_eq!(report["errors"], json!([]), "{args:?}");
+    report["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            let id = format!(
+                "{}/{}[{}]",
+                w["namespace"].as_str().unwrap(),
+                w["name"].as_str().unwrap(),
+                w["kind"].as_str().unwrap()
+            );
+            let verdicts = w["verdicts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| {
+                    (
+                        v["target"].as_str().unwrap().to_owned(),
+                        v["reachable"].as_bool().unwrap(),
+                    )
+                })
+                .collect();
+            (
+                id,
+                (
+                    w["host_network"].as_bool().unwrap(),
+                    w["expected"].as_bool().unwrap(),
+                    verdicts,
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The closed loop through the binary, on the bundled example, for every output engine
+/// and every audit engine that enforces it: audit (before), `policy generate --preset
+/// aks -o DIR`, audit the example plus DIR (after). After, the workloads the AKS preset
+/// expects reach IMDS and nothing else; every other workload reaches no target, except
+/// hostNetwork workloads (no pod policy applies to them: warned `host-network`) and
+/// what an existing NetworkPolicy re-opens (warned `reopens-target`, with the targets),
+/// whose verdicts are unchanged.
+#[test]
+fn closed_loop_through_the_binary() {
+    const IMDS: &str = "169.254.169.254:80/TCP";
+    let expected_addons = [
+        "kube-system/aks-secrets-store-provider-azure[DaemonSet]",
+        "kube-system/ama-logs[DaemonSet]",
+        "kube-system/ingress-appgw-deployment[Deployment]",
+    ];
+    for engine in ENGINES {
+        let dir = scratch(&format!("loop-{engine}"));
+        let r = run(&[
+            "policy",
+            "generate",
+            EXAMPLE,
+            "--preset",
+            "aks",
+            "--engine",
+            engine,
+            "-o",
+            dir.to_str().unwrap(),
+        ]);
+        assert_eq!(r.code, 0, "{engine}: {}", r.stderr);
+        // `ns/name[Kind] would still reach T1, T2: ...`
+        let reopened: Vec<(String, Vec<String>)> = r
+            .stderr
+            .lines()
+            .filter_map(|l| l.split_once("warning: reopens-target: "))
+            .map(|(_, m)| {
+                let (id, rest) = m.split_once(" would still reach ").unwrap();
+                let (targets, _) = rest.split_once(": ").unwrap();
+                (
+                    id.to_owned(),
+                    targets.split(", ").map(str::to_owned).collect(),
+                )
+            })
+            .collect();
+        for flags in enforcing(engine) {
+            let before = audit_json(&[EXAMPLE], &flags);
+            let after = audit_json(&[EXAMPLE, dir.to_str().unwrap()], &flags);
+            assert_eq!(
+                before.keys().collect::<Vec<_>>(),
+                after.keys().collect::<Vec<_>>(),
+                "{engine} {flags:?}: the generated objects add no workload"
+            );
+            let mut reach_imds = Vec::new();
+            for (id, (host_network, expected, verdicts)) in &after {
+                let (_, expected_before, verdicts_before) = &before[id];
+                assert_eq!(expected, expected_before, "{engine} {flags:?}: {id}");
+                assert_eq!(
+                    *expected,
+                    expected_addons.contains(&id.as_str()),
+                    "{engine} {flags:?}: {id}"
+                );
+                for ((t, reach), (t0, reach0)) in verdicts.iter().zip(verdicts_before) {
+                    assert_eq!(t, t0);
+                    let warned = reopened.iter().any(|(w, ts)| w == id && ts.contains(t));
+                    let want = if *host_network || warned {
+                        *reach0
+                    } else {
+                        *expected && t == IMDS
+                    };
+                    assert_eq!(
+                        *reach, want,
+                        "{engine} {flags:?}: {id} -> {t}: before {reach0}, after {reach}"
+                    );
+                }
+                if !host_network
+                    && verdicts.iter().any(|(t, reach)| t == IMDS && *reach)
+                    && !reopened.iter().any(|(w, _)| w == id)
+                {
+                    reach_imds.push(id.as_str());
+                }
+            }
+            assert_eq!(
+                reach_imds, expected_addons,
+                "{engine} {flags:?}: only the expected add-ons reach IMDS"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
 #[test]
 fn input_errors_write_nothing_and_exit_2() {
     let dir = scratch("bad");

@@ -21,6 +21,10 @@
 //!   with `egressDeny` whose endpoint selectors select every pod except the expected
 //!   ones (a Cilium deny beats every allow, so exceptions come from the selection).
 //!
+//! The exceptions cover Azure IMDS only ([`is_expected_target`]): the rules file says
+//! who may reach IMDS, and the audit counts only that as expected access, so WireServer
+//! (and any other target) is denied to every pod, the expected ones included.
+//!
 //! Objects come out in a stable order (allows before the denies they make exceptions
 //! to, so that applying them in order never blocks an expected pod).
 
@@ -41,7 +45,7 @@ use serde_json::{Map, Value, json};
 use crate::access::{AccessRules, PodShapeRef, Subject};
 use crate::cluster::Cluster;
 use crate::model::{LabelSelector, Operator, PodTemplate};
-use crate::target::{Protocol, Target};
+use crate::target::{MetadataService, Protocol, Target};
 
 /// The label every generated object carries.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -182,6 +186,8 @@ pub enum WarningKind {
     EverythingExpected,
     /// What an engine does differently (Azure NPM and `endPort`, priority limits).
     EngineLimit,
+    /// Rules were given but Azure IMDS is not among the targets: nobody is excepted.
+    NoExpectedTarget,
 }
 
 impl WarningKind {
@@ -196,6 +202,7 @@ impl WarningKind {
             WarningKind::NamespaceIsolated => "namespace-isolated",
             WarningKind::EverythingExpected => "everything-expected",
             WarningKind::EngineLimit => "engine-limit",
+            WarningKind::NoExpectedTarget => "no-expected-target",
         }
     }
 }
@@ -230,6 +237,14 @@ impl Generated {
     }
 }
 
+/// Whether expected pods get an exception for this target: the rules file says who may
+/// reach Azure IMDS (169.254.169.254:80/TCP, `docs/expected-access.md`), so only that
+/// target is excepted, as the audit counts only it as expected access; WireServer and
+/// every other target stay denied to every pod.
+pub fn is_expected_target(t: &Target) -> bool {
+    t.service() == Some(MetadataService::AzureImds)
+}
+
 /// Generates the objects for `opts.engine`.
 pub fn generate(cluster: &Cluster, opts: &GenerateOptions) -> Generated {
     let ctx = Context::new(cluster, opts);
@@ -240,6 +255,12 @@ pub fn generate(cluster: &Cluster, opts: &GenerateOptions) -> Generated {
             "no targets: nothing to deny".into(),
         );
         return out;
+    }
+    if !ctx.subjects.is_empty() && ctx.excepted.is_empty() {
+        out.warn(
+            WarningKind::NoExpectedTarget,
+            "the rules say who may reach Azure IMDS (169.254.169.254:80/TCP), which is not among the targets: every pod is denied every target, no exception written".into(),
+        );
     }
     match opts.engine {
         OutputEngine::NetworkPolicy => networkpolicy::generate(&ctx, &mut out),
@@ -348,21 +369,27 @@ pub(crate) struct Context<'a> {
     pub opts: &'a GenerateOptions,
     /// Target addresses in address order (IPv4 first).
     pub addrs: Vec<TargetAddr>,
+    /// The targets expected pods get an exception for ([`is_expected_target`]), by
+    /// address; empty when there are no subjects.
+    pub excepted: Vec<TargetAddr>,
     /// Expected subjects in rule order.
     pub subjects: Vec<ExpectedSubject<'a>>,
 }
 
 impl<'a> Context<'a> {
     fn new(cluster: &'a Cluster, opts: &'a GenerateOptions) -> Self {
-        let mut by_ip: BTreeMap<IpAddr, BTreeSet<(Protocol, u16)>> = BTreeMap::new();
-        for t in &opts.targets {
-            by_ip.entry(t.ip).or_default().insert((t.protocol, t.port));
-        }
-        let addrs = by_ip
-            .into_iter()
-            .map(|(ip, ports)| TargetAddr { ip, ports })
-            .collect();
-        let subjects = opts
+        let by_address = |keep: &dyn Fn(&Target) -> bool| -> Vec<TargetAddr> {
+            let mut by_ip: BTreeMap<IpAddr, BTreeSet<(Protocol, u16)>> = BTreeMap::new();
+            for t in opts.targets.iter().filter(|t| keep(t)) {
+                by_ip.entry(t.ip).or_default().insert((t.protocol, t.port));
+            }
+            by_ip
+                .into_iter()
+                .map(|(ip, ports)| TargetAddr { ip, ports })
+                .collect()
+        };
+        let addrs = by_address(&|_| true);
+        let subjects: Vec<ExpectedSubject<'a>> = opts
             .expected
             .iter()
             .flat_map(|r| r.rules())
@@ -379,10 +406,16 @@ impl<'a> Context<'a> {
                     })
             })
             .collect();
+        let excepted = if !subjects.is_empty() {
+            by_address(&is_expected_target)
+        } else {
+            Vec::new()
+        };
         Context {
             cluster,
             opts,
             addrs,
+            excepted,
             subjects,
         }
     }
@@ -432,6 +465,39 @@ impl<'a> Context<'a> {
     /// Every target address.
     pub fn all_addrs(&self) -> Vec<&TargetAddr> {
         self.addrs.iter().collect()
+    }
+
+    /// The target addresses expected pods get an exception for.
+    pub fn excepted_addrs(&self) -> Vec<&TargetAddr> {
+        self.excepted.iter().collect()
+    }
+
+    /// The targets, with the excepted ones left out: what every pod is denied.
+    pub fn never_excepted(&self) -> Vec<TargetAddr> {
+        self.addrs
+            .iter()
+            .filter_map(|a| {
+                let ports: BTreeSet<(Protocol, u16)> = a
+                    .ports
+                    .iter()
+                    .filter(|p| {
+                        !self
+                            .excepted
+                            .iter()
+                            .any(|e| e.ip == a.ip && e.ports.contains(p))
+                    })
+                    .copied()
+                    .collect();
+                (!ports.is_empty()).then_some(TargetAddr { ip: a.ip, ports })
+            })
+            .collect()
+    }
+
+    /// Whether the target is one expected pods get an exception for.
+    pub fn is_excepted(&self, t: &Target) -> bool {
+        self.excepted
+            .iter()
+            .any(|e| e.ip == t.ip && e.ports.contains(&(t.protocol, t.port)))
     }
 }
 
@@ -503,15 +569,18 @@ pub(crate) fn dns_label(s: &str) -> String {
 
 /// hostNetwork workloads that are not expected: no pod-network policy reaches them.
 fn host_network_warnings(ctx: &Context<'_>, out: &mut Generated) {
+    let denied_to_all = ctx.never_excepted();
     let host: Vec<String> = ctx
         .cluster
         .workloads
         .iter()
         .filter(|w| w.host_network())
         .filter(|w| {
-            !w.shapes
-                .iter()
-                .all(|s| ctx.expected(&w.namespace, &s.template))
+            !denied_to_all.is_empty()
+                || !w
+                    .shapes
+                    .iter()
+                    .all(|s| ctx.expected(&w.namespace, &s.template))
         })
         .map(|w| w.id())
         .collect();

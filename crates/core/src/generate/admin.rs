@@ -31,13 +31,18 @@ const OVN_MAX_PRIORITY: usize = 99;
 
 pub(super) fn generate(ctx: &Context<'_>, engine: OutputEngine, out: &mut Generated) {
     let cnp = engine == OutputEngine::Cnp;
-    let (kind, allow, expressible_as) = if cnp {
-        ("ClusterNetworkPolicy", "Accept", "ClusterNetworkPolicy")
+    let (allow, expressible_as) = if cnp {
+        ("Accept", "ClusterNetworkPolicy")
     } else {
-        ("AdminNetworkPolicy", "Allow", "AdminNetworkPolicy")
+        ("Allow", "AdminNetworkPolicy")
     };
     let mut priority = 0usize;
-    for s in &ctx.subjects {
+    let subjects = if ctx.excepted.is_empty() {
+        &[][..]
+    } else {
+        &ctx.subjects[..]
+    };
+    for s in subjects {
         if s.service_accounts().is_some() {
             skip_service_accounts(s, expressible_as, out);
             continue;
@@ -52,22 +57,22 @@ pub(super) fn generate(ctx: &Context<'_>, engine: OutputEngine, out: &mut Genera
         out.objects.push(object(
             ctx,
             cnp,
-            kind,
             &s.object_name(),
             priority,
             subject,
-            rules(ctx, cnp, allow, "allow"),
+            rules(&ctx.excepted, cnp, allow, "allow"),
+            &ctx.excepted_addrs(),
         ));
         priority += 1;
     }
     out.objects.push(object(
         ctx,
         cnp,
-        kind,
         DENY_NAME,
         priority,
         json!({"namespaces": {}}),
-        rules(ctx, cnp, "Deny", "deny"),
+        rules(&ctx.addrs, cnp, "Deny", "deny"),
+        &ctx.all_addrs(),
     ));
     if !cnp && priority > OVN_MAX_PRIORITY {
         out.warn(
@@ -83,11 +88,11 @@ pub(super) fn generate(ctx: &Context<'_>, engine: OutputEngine, out: &mut Genera
 fn object(
     ctx: &Context<'_>,
     cnp: bool,
-    kind: &str,
     name: &str,
     priority: usize,
     subject: Value,
     egress: Vec<Value>,
+    targets: &[&TargetAddr],
 ) -> Value {
     let mut spec = json!({
         "priority": priority,
@@ -99,15 +104,15 @@ fn object(
     }
     json!({
         "apiVersion": if cnp { "policy.networking.k8s.io/v1alpha2" } else { "policy.networking.k8s.io/v1alpha1" },
-        "kind": kind,
-        "metadata": ctx.metadata(name, None, &ctx.all_addrs()),
+        "kind": if cnp { "ClusterNetworkPolicy" } else { "AdminNetworkPolicy" },
+        "metadata": ctx.metadata(name, None, targets),
         "spec": spec,
     })
 }
 
 /// One rule per target address, naming its target ports.
-fn rules(ctx: &Context<'_>, cnp: bool, action: &str, verb: &str) -> Vec<Value> {
-    ctx.addrs
+fn rules(addrs: &[TargetAddr], cnp: bool, action: &str, verb: &str) -> Vec<Value> {
+    addrs
         .iter()
         .map(|a| {
             let mut rule = json!({

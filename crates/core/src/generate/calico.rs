@@ -49,14 +49,19 @@ pub(super) fn generate(ctx: &Context<'_>, out: &mut Generated) {
         "metadata": tier_meta,
         "spec": {"order": TIER_ORDER, "defaultAction": "Pass"},
     }));
-    for (i, s) in ctx.subjects.iter().enumerate() {
+    let subjects = if ctx.excepted.is_empty() {
+        &[][..]
+    } else {
+        &ctx.subjects[..]
+    };
+    for (i, s) in subjects.iter().enumerate() {
         let mut spec = json!({
             "tier": TIER,
             "order": 10 + i,
             "namespaceSelector": namespace_selector(s),
             "selector": s.subject.pod_selector.as_ref().map(selector).unwrap_or_else(|| "all()".into()),
             "types": ["Egress"],
-            "egress": rules(ctx, "Allow"),
+            "egress": rules(&ctx.excepted, "Allow"),
         });
         if let Some(sas) = s.service_accounts() {
             spec["serviceAccountSelector"] =
@@ -69,11 +74,11 @@ pub(super) fn generate(ctx: &Context<'_>, out: &mut Generated) {
         out.objects.push(json!({
             "apiVersion": "projectcalico.org/v3",
             "kind": "GlobalNetworkPolicy",
-            "metadata": ctx.metadata(&name, None, &ctx.all_addrs()),
+            "metadata": ctx.metadata(&name, None, &ctx.excepted_addrs()),
             "spec": spec,
         }));
     }
-    let mut egress = rules(ctx, "Deny");
+    let mut egress = rules(&ctx.addrs, "Deny");
     egress.push(json!({"action": "Pass"}));
     out.objects.push(json!({
         "apiVersion": "projectcalico.org/v3",
@@ -91,8 +96,8 @@ pub(super) fn generate(ctx: &Context<'_>, out: &mut Generated) {
 }
 
 /// One rule per target address and protocol.
-fn rules(ctx: &Context<'_>, action: &str) -> Vec<Value> {
-    ctx.addrs
+fn rules(addrs: &[TargetAddr], action: &str) -> Vec<Value> {
+    addrs
         .iter()
         .flat_map(|a: &TargetAddr| {
             a.protocols().into_iter().map(move |p| {

@@ -6,7 +6,9 @@
 //! `endpointSelector`, which selects every pod except the expected ones. A label
 //! selector is a conjunction, and "not (A or B or ...)" of the expected subjects is in
 //! general a disjunction, so the deny is written as several policies whose selections
-//! add up to exactly that complement (denies of several policies add up too).
+//! add up to exactly that complement (denies of several policies add up too). The
+//! targets no pod is excepted from (WireServer) get one deny policy for every pod
+//! (`endpointSelector: {}`).
 //!
 //! `enableDefaultDeny: {egress: false, ingress: false}`
 //! (<https://docs.cilium.io/en/stable/security/policy/language/#selective-default-deny>)
@@ -20,7 +22,7 @@
 use serde_json::{Value, json};
 
 use super::complement::{complement, req};
-use super::{Context, DENY_NAME, Generated, WarningKind};
+use super::{Context, DENY_NAME, Generated, TargetAddr, WarningKind};
 use crate::model::{Operator, Requirement};
 
 /// The identity label holding a pod's namespace.
@@ -32,24 +34,14 @@ pub const SERVICE_ACCOUNT_LABEL: &str = "k8s:io.cilium.k8s.policy.serviceaccount
 const MANY_POLICIES: usize = 32;
 
 pub(super) fn generate(ctx: &Context<'_>, out: &mut Generated) {
-    let subjects: Vec<Vec<Requirement>> = ctx.subjects.iter().map(atoms).collect();
-    if subjects.iter().any(Vec::is_empty) {
-        out.warn(
-            WarningKind::EverythingExpected,
-            "an expected subject selects every pod: no deny policy written".into(),
-        );
-        return;
-    }
-    let clauses = complement(&subjects);
-    if clauses.len() > MANY_POLICIES {
-        out.warn(
-            WarningKind::EngineLimit,
-            format!(
-                "the expected subjects need {} CiliumClusterwideNetworkPolicies to select every other pod; subjects that share label keys (or one label that marks every expected pod) need fewer",
-                clauses.len()
-            ),
-        );
-    }
+    // The excepted targets (Azure IMDS) are denied to every pod but the expected ones;
+    // the others (WireServer, ...) to every pod.
+    let expected = if ctx.excepted.is_empty() {
+        &[][..]
+    } else {
+        &ctx.subjects[..]
+    };
+    let subjects: Vec<Vec<Requirement>> = expected.iter().map(atoms).collect();
     if ctx
         .addrs
         .iter()
@@ -60,25 +52,44 @@ pub(super) fn generate(ctx: &Context<'_>, out: &mut Generated) {
             "Cilium gives a link-local target the `host` identity when a node agent binds the address, and toCIDR denies do not apply then (docs/engines.md): on such nodes block it on the node too (imdsguard agent run)".into(),
         );
     }
-    let egress_deny: Vec<Value> = ctx
-        .addrs
-        .iter()
-        .map(|a| json!({"toCIDR": [a.cidr()], "toPorts": [{"ports": cilium_ports(a)}]}))
-        .collect();
-    // Expected pods that an existing policy isolates get the targets allowed back:
-    // allows add up (Cilium's and NetworkPolicy's), and with enableDefaultDeny false
-    // the allow isolates no pod that was not isolated.
+    if subjects.is_empty() {
+        out.objects
+            .push(deny(ctx, DENY_NAME, json!({}), &ctx.addrs));
+        return;
+    }
+    let clauses = if subjects.iter().any(Vec::is_empty) {
+        out.warn(
+            WarningKind::EverythingExpected,
+            "an expected subject selects every pod: the excepted targets are denied to no pod"
+                .into(),
+        );
+        Vec::new()
+    } else {
+        complement(&subjects)
+    };
+    if clauses.len() > MANY_POLICIES {
+        out.warn(
+            WarningKind::EngineLimit,
+            format!(
+                "the expected subjects need {} CiliumClusterwideNetworkPolicies to select every other pod; subjects that share label keys (or one label that marks every expected pod) need fewer",
+                clauses.len()
+            ),
+        );
+    }
+    // Expected pods that an existing policy isolates get the excepted targets allowed
+    // back: allows add up (Cilium's and NetworkPolicy's), and with enableDefaultDeny
+    // false the allow isolates no pod that was not isolated.
     let egress: Vec<Value> = ctx
-        .addrs
+        .excepted
         .iter()
         .map(|a| json!({"toCIDR": [a.cidr()], "toPorts": [{"ports": cilium_ports(a)}]}))
         .collect();
-    for (s, atoms) in ctx.subjects.iter().zip(&subjects) {
+    for (s, atoms) in expected.iter().zip(&subjects) {
         let exprs: Vec<Value> = atoms.iter().map(expression).collect();
         out.objects.push(json!({
             "apiVersion": "cilium.io/v2",
             "kind": "CiliumClusterwideNetworkPolicy",
-            "metadata": ctx.metadata(&s.object_name(), None, &ctx.all_addrs()),
+            "metadata": ctx.metadata(&s.object_name(), None, &ctx.excepted_addrs()),
             "spec": {
                 "endpointSelector": {"matchExpressions": exprs},
                 "enableDefaultDeny": {"egress": false, "ingress": false},
@@ -86,28 +97,43 @@ pub(super) fn generate(ctx: &Context<'_>, out: &mut Generated) {
             },
         }));
     }
-    let many = clauses.len() > 1;
+    let never = ctx.never_excepted();
+    if !never.is_empty() {
+        out.objects.push(deny(ctx, DENY_NAME, json!({}), &never));
+    }
+    let numbered = clauses.len() > 1 || !never.is_empty();
     for (i, clause) in clauses.iter().enumerate() {
-        let name = if many {
+        let name = if numbered {
             format!("{DENY_NAME}-{i}")
         } else {
             DENY_NAME.to_string()
         };
-        out.objects.push(json!({
-            "apiVersion": "cilium.io/v2",
-            "kind": "CiliumClusterwideNetworkPolicy",
-            "metadata": ctx.metadata(&name, None, &ctx.all_addrs()),
-            "spec": {
-                "endpointSelector": clause.to_selector(),
-                "enableDefaultDeny": {"egress": false, "ingress": false},
-                "egressDeny": egress_deny,
-            },
-        }));
+        out.objects
+            .push(deny(ctx, &name, clause.to_selector(), &ctx.excepted));
     }
 }
 
+/// A deny policy: the pods `selector` selects may not reach `addrs`.
+fn deny(ctx: &Context<'_>, name: &str, selector: Value, addrs: &[TargetAddr]) -> Value {
+    let egress_deny: Vec<Value> = addrs
+        .iter()
+        .map(|a| json!({"toCIDR": [a.cidr()], "toPorts": [{"ports": cilium_ports(a)}]}))
+        .collect();
+    let targets: Vec<&TargetAddr> = addrs.iter().collect();
+    json!({
+        "apiVersion": "cilium.io/v2",
+        "kind": "CiliumClusterwideNetworkPolicy",
+        "metadata": ctx.metadata(name, None, &targets),
+        "spec": {
+            "endpointSelector": selector,
+            "enableDefaultDeny": {"egress": false, "ingress": false},
+            "egressDeny": egress_deny,
+        },
+    })
+}
+
 /// The target ports of an address as Cilium writes them.
-fn cilium_ports(a: &super::TargetAddr) -> Vec<Value> {
+fn cilium_ports(a: &TargetAddr) -> Vec<Value> {
     a.ports
         .iter()
         .map(|(p, n)| json!({"port": n.to_string(), "protocol": p.as_str()}))

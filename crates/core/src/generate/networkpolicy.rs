@@ -242,6 +242,9 @@ pub(crate) fn ports_outside(taken: &[u16]) -> Vec<(u16, u16)> {
 /// The allow policies, each with its namespace, in rule and subject order.
 fn allow_policies(ctx: &Context<'_>, out: &mut Generated) -> Vec<(String, Value)> {
     let mut policies = Vec::new();
+    if ctx.excepted.is_empty() {
+        return policies;
+    }
     for s in &ctx.subjects {
         if s.service_accounts().is_some() {
             skip_service_accounts(s, "NetworkPolicy", out);
@@ -274,7 +277,7 @@ fn allow_policies(ctx: &Context<'_>, out: &mut Generated) -> Vec<(String, Value)
             .map(selector_json)
             .unwrap_or_else(|| json!({}));
         let egress: Vec<Value> = ctx
-            .addrs
+            .excepted
             .iter()
             .map(|a| json!({"to": [ip_block(&a.cidr(), &[])], "ports": target_ports(a)}))
             .collect();
@@ -284,7 +287,7 @@ fn allow_policies(ctx: &Context<'_>, out: &mut Generated) -> Vec<(String, Value)
                 json!({
                     "apiVersion": "networking.k8s.io/v1",
                     "kind": "NetworkPolicy",
-                    "metadata": ctx.metadata(&s.object_name(), Some(ns), &ctx.all_addrs()),
+                    "metadata": ctx.metadata(&s.object_name(), Some(ns), &ctx.excepted_addrs()),
                     "spec": {
                         "podSelector": pod_selector,
                         "policyTypes": ["Egress"],
@@ -341,13 +344,15 @@ fn reopen_warnings(ctx: &Context<'_>, out: &mut Generated) {
         sources.push((ns, &empty, format!("{ns}/<new pod>")));
     }
     for (ns, template, id) in sources {
-        if template.host_network || ctx.expected(ns, template) {
+        if template.host_network {
             continue;
         }
+        // An expected pod may reach the excepted targets; the others stay denied to it.
+        let expected = ctx.expected(ns, template);
         let selecting = c.selecting(ns, &template.labels);
         let mut rules = Vec::new();
         let mut reopened = Vec::new();
-        for t in &targets {
+        for t in targets.iter().filter(|t| !(expected && ctx.is_excepted(t))) {
             if let Decision::Allowed { by, .. } = netpol::decide(c, &selecting, t) {
                 reopened.push(t.to_string());
                 for r in by {

@@ -1,6 +1,6 @@
 //! Tests of the generator's objects, engine by engine, on small clusters.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::*;
 use crate::manifest::parse;
@@ -95,12 +95,16 @@ fn networkpolicy_per_namespace_with_allows_first() {
         allow["spec"]["podSelector"],
         json!({"matchLabels": {"app": "agent"}})
     );
+    // IMDS only: the rules are about IMDS, WireServer stays denied to every pod.
     assert_eq!(
         allow["spec"]["egress"],
         json!([
-            {"to": [{"ipBlock": {"cidr": "168.63.129.16/32"}}], "ports": [{"protocol": "TCP", "port": 80}, {"protocol": "TCP", "port": 32526}]},
             {"to": [{"ipBlock": {"cidr": "169.254.169.254/32"}}], "ports": [{"protocol": "TCP", "port": 80}]},
         ])
+    );
+    assert_eq!(
+        allow["metadata"]["annotations"][TARGETS_ANNOTATION],
+        "169.254.169.254:80/TCP"
     );
 }
 
@@ -173,13 +177,44 @@ fn calico_tier_allow_deny_pass() {
 fn cilium_selects_everyone_but_the_expected() {
     let c = cluster(CLUSTER);
     let g = generate(&c, &opts(OutputEngine::Cilium, Some(RULES)));
-    let sels: Vec<&Value> = g
-        .objects
-        .iter()
-        .filter(|o| !o["spec"]["egressDeny"].is_null())
-        .map(|o| &o["spec"]["endpointSelector"])
-        .collect();
-    assert_eq!(sels.len(), 2, "{sels:?}");
+    assert_eq!(
+        names(&g),
+        [
+            "CiliumClusterwideNetworkPolicy:imdsguard-allow-metadata-agent",
+            "CiliumClusterwideNetworkPolicy:imdsguard-deny-metadata",
+            "CiliumClusterwideNetworkPolicy:imdsguard-deny-metadata-0",
+            "CiliumClusterwideNetworkPolicy:imdsguard-deny-metadata-1",
+        ]
+    );
+    // The allow admits IMDS only: WireServer stays denied to every pod, the expected
+    // ones included (the rules are about IMDS).
+    assert_eq!(
+        g.objects[0]["spec"]["egress"],
+        json!([{"toCIDR": ["169.254.169.254/32"], "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]}])
+    );
+    assert_eq!(g.objects[1]["spec"]["endpointSelector"], json!({}));
+    assert_eq!(
+        g.objects[1]["spec"]["egressDeny"],
+        json!([{"toCIDR": ["168.63.129.16/32"], "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}, {"port": "32526", "protocol": "TCP"}]}]}])
+    );
+    // IMDS is denied to every pod but kube-system's app=agent, in two selections.
+    assert_eq!(
+        g.objects[2]["spec"]["endpointSelector"],
+        json!({"matchExpressions": [{"key": "k8s:io.kubernetes.pod.namespace", "operator": "NotIn", "values": ["kube-system"]}]})
+    );
+    assert_eq!(
+        g.objects[3]["spec"]["endpointSelector"],
+        json!({"matchExpressions": [
+            {"key": "app", "operator": "NotIn", "values": ["agent"]},
+            {"key": "k8s:io.kubernetes.pod.namespace", "operator": "In", "values": ["kube-system"]},
+        ]})
+    );
+    for o in &g.objects[2..] {
+        assert_eq!(
+            o["spec"]["egressDeny"],
+            json!([{"toCIDR": ["169.254.169.254/32"], "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]}])
+        );
+    }
     assert!(
         g.objects
             .iter()
@@ -230,11 +265,49 @@ fn the_aks_preset_needs_few_cilium_policies() {
             rules_source: Some("preset aks".into()),
         },
     );
-    // Subjects that share label keys merge: 5 deny policies for the AKS add-ons.
+    // Subjects that share label keys merge: 5 deny policies of IMDS for the pods that
+    // are not AKS add-ons, and one of WireServer for every pod.
     let denies = g
         .objects
         .iter()
         .filter(|o| !o["spec"]["egressDeny"].is_null())
         .count();
-    assert_eq!(denies, 5);
+    assert_eq!(denies, 6);
+}
+
+#[test]
+fn exceptions_cover_azure_imds_only() {
+    let c = cluster(CLUSTER);
+    for engine in OutputEngine::ALL {
+        let g = generate(&c, &opts(engine, Some(RULES)));
+        let text = serde_json::to_string(&g.objects).unwrap();
+        // Every allow names IMDS, never WireServer.
+        for o in &g.objects {
+            let name = o["metadata"]["name"].as_str().unwrap();
+            if name.contains("allow-metadata") {
+                let spec = o["spec"].to_string();
+                assert!(spec.contains("169.254.169.254"), "{engine}: {o}");
+                assert!(!spec.contains("168.63.129.16"), "{engine}: {o}");
+            }
+        }
+        assert!(text.contains("168.63.129.16"), "{engine}");
+        // Rules but no IMDS target: no exception, and a warning.
+        let mut o = opts(engine, Some(RULES));
+        o.targets = vec!["168.63.129.16:80".parse().unwrap()];
+        let g = generate(&c, &o);
+        assert!(
+            g.objects
+                .iter()
+                .all(|o| !o["metadata"]["name"].as_str().unwrap().contains("allow")),
+            "{engine}: {:?}",
+            names(&g)
+        );
+        assert!(
+            g.warnings
+                .iter()
+                .any(|w| w.kind == WarningKind::NoExpectedTarget),
+            "{engine}: {:?}",
+            g.warnings
+        );
+    }
 }
