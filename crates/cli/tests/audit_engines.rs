@@ -287,3 +287,46 @@ fn ties_unknown_peers_and_misnamed_baselines_are_reported() {
         "{m}"
     );
 }
+
+/// A Pass rule whose peer this reader does not know fails closed as a "Deny all" rule
+/// (network-policy-api, apis/v1alpha2/clusternetworkpolicy_types.go: 'For "Deny" and
+/// "Pass" rules, "fail closed" means: "treat the rule as a 'Deny all' rule"'; v1alpha1's
+/// AdminNetworkPolicyEgressPeer says the same): it denies, it does not pass on to the
+/// NetworkPolicy that would allow.
+#[test]
+fn a_pass_rule_with_an_unknown_peer_denies_all() {
+    for (api, extra) in [
+        ("v1alpha2\nkind: ClusterNetworkPolicy", "  tier: Admin\n"),
+        ("v1alpha1\nkind: AdminNetworkPolicy", ""),
+    ] {
+        let text = format!(
+            "{CLUSTER}---\napiVersion: policy.networking.k8s.io/{api}\nmetadata: {{name: newer}}\nspec:\n{extra}  priority: 3\n  subject: {{namespaces: {{}}}}\n  egress:\n  - {{action: Pass, to: [{{fancyPeer: {{}}}}]}}\n"
+        );
+        let r = json(&text, &[]);
+        let v = verdict(&r, "agent", IMDS);
+        assert_eq!(v["policy_allowed"], false, "{api}: {v}");
+        assert_eq!(v["tier"], "admin");
+        assert_eq!(v["object"]["name"], "newer");
+        assert_eq!(v["rule"], "egress[0]");
+        assert!(
+            v["reason"]
+                .as_str()
+                .unwrap()
+                .contains("fails closed as a 'Deny all' rule"),
+            "{v}"
+        );
+        let f = r["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == "unknown-peer")
+            .unwrap();
+        assert!(
+            f["message"]
+                .as_str()
+                .unwrap()
+                .contains("denies all traffic"),
+            "{f}"
+        );
+    }
+}

@@ -186,7 +186,7 @@ impl FindingKind {
                 "Two policies of one tier with the same priority both match a connection: the API leaves the choice between them to the implementation, so the result may differ between engines and restarts. Give them different priorities."
             }
             FindingKind::UnknownPeer => {
-                "A peer of a cluster-scoped policy has none of the fields this reader knows (a newer CRD): as the API says, it fails closed (an Accept rule matches nothing, a Deny or Pass rule matches all traffic). Check the CRD version the cluster runs."
+                "A peer of a cluster-scoped policy has none of the fields this reader knows (a newer CRD): as the API says, it fails closed (an Accept rule matches nothing; a Deny or Pass rule becomes a 'Deny all' rule: it denies all traffic, and a Pass rule passes nothing). Check the CRD version the cluster runs."
             }
             FindingKind::BanpNotDefault => {
                 "A BaselineAdminNetworkPolicy must be named `default` (it is a singleton): the API server refuses any other name, so this object is never enforced. Rename it to default."
@@ -702,7 +702,7 @@ fn engine_rule(cluster: &Cluster, policy: usize, rule: usize) -> String {
     format!(
         "{} ({})",
         engine::tiered_rule_name(cluster, crate::tiered::TieredRuleRef { policy, rule }),
-        p.egress[rule].action.spelled(p.kind)
+        p.egress[rule].effective_action().spelled(p.kind)
     )
 }
 
@@ -792,10 +792,16 @@ fn tiered_findings(cluster: &Cluster, settings: &EngineSettings, used: &[bool]) 
         for (ri, r) in p.egress.iter().enumerate() {
             for peer in &r.to {
                 if let TieredPeer::Unknown(fields) = peer {
+                    // "For \"Accept\" rules, \"fail closed\" means: \"treat the rule as
+                    // matching no traffic\". For \"Deny\" and \"Pass\" rules, \"fail closed\"
+                    // means: \"treat the rule as a 'Deny all' rule\"" (network-policy-api,
+                    // apis/v1alpha2/clusternetworkpolicy_types.go, and v1alpha1's
+                    // AdminNetworkPolicyEgressPeer).
                     let effect = match r.action {
                         Action::Accept => "the rule matches nothing",
-                        Action::Deny | Action::Pass => {
-                            "the rule matches all traffic, ports included"
+                        Action::Deny => "the rule denies all traffic, whatever its ports",
+                        Action::Pass => {
+                            "the rule denies all traffic, whatever its ports (a 'Deny all' rule: it passes nothing)"
                         }
                     };
                     out.push(Finding::new(

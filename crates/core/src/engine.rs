@@ -770,7 +770,7 @@ impl<'c> Prepared<'c> {
                 others: ties,
             });
         }
-        let action = tiered[hit.policy].egress[hit.rule].action;
+        let action = tiered[hit.policy].egress[hit.rule].effective_action();
         if action == Action::Pass {
             d.passed.push(hit);
             return false;
@@ -955,6 +955,11 @@ pub fn explain(cluster: &Cluster, d: &EgressDecision, limit: Option<usize>) -> n
             let p = &cluster.tiered[r.policy];
             let verb = if d.allowed { "allowed" } else { "denied" };
             let mut reason = format!("{verb} by {}", tiered_rule_text(cluster, *r));
+            if p.egress[r.rule].action != p.egress[r.rule].effective_action() {
+                reason.push_str(
+                    " (a Pass rule with a peer of unknown shape fails closed as a 'Deny all' rule)",
+                );
+            }
             if p.tier == TierLevel::Baseline
                 && let Some(np) = np
             {

@@ -17,7 +17,8 @@
 //!   any other name): others are kept for the report and never evaluated;
 //! - host-network pods are neither subjects nor peers;
 //! - a peer with no field this reader knows (a newer CRD) fails closed: an Accept rule
-//!   treats it as matching nothing, a Deny or Pass rule matches all traffic.
+//!   treats it as matching nothing, a Deny or Pass rule as a "Deny all" rule (a Pass
+//!   rule then denies: it does not pass).
 //!
 //! Only egress is read: ingress rules cannot stop a pod from reaching an address outside
 //! the cluster.
@@ -296,9 +297,22 @@ impl Rule {
         self.to.iter().any(|p| matches!(p, Peer::Unknown(_)))
     }
 
+    /// What the rule does when it matches. A Pass rule with a peer of unknown shape fails
+    /// closed as a Deny: both API versions say 'For "Deny" and "Pass" rules, "fail
+    /// closed" means: "treat the rule as a 'Deny all' rule"' (v1alpha1
+    /// `AdminNetworkPolicyEgressPeer`, v1alpha2/v1beta1 `ClusterNetworkPolicyEgressPeer`).
+    pub fn effective_action(&self) -> Action {
+        if self.action == Action::Pass && self.has_unknown_peer() {
+            Action::Deny
+        } else {
+            self.action
+        }
+    }
+
     /// Whether the rule matches the destination. A peer of unknown shape fails closed:
     /// for Accept it matches nothing, for Deny and Pass the whole rule matches all
-    /// traffic ("treat the rule as a 'Deny all' rule").
+    /// traffic ("treat the rule as a 'Deny all' rule"), and a Pass rule then denies
+    /// ([`Rule::effective_action`]).
     pub fn matches(&self, dst: &Destination) -> bool {
         if self.action != Action::Accept && self.has_unknown_peer() {
             return true;
@@ -418,7 +432,7 @@ pub fn decide_tier(
                 .collect(),
             None => Vec::new(),
         };
-        let outcome = match rule.action {
+        let outcome = match rule.effective_action() {
             Action::Accept => TierOutcome::Accept(hit),
             Action::Deny => TierOutcome::Deny(hit),
             Action::Pass => TierOutcome::Pass(hit),
@@ -874,6 +888,7 @@ mod tests {
 
     const V1ALPHA1: &str =
         "https://github.com/kubernetes-sigs/network-policy-api/blob/main/apis/v1alpha1";
+    const V1ALPHA2: &str = "https://github.com/kubernetes-sigs/network-policy-api/blob/main/apis/v1alpha2/clusternetworkpolicy_types.go";
     const V1BETA1: &str = "https://github.com/kubernetes-sigs/network-policy-api/blob/main/apis/v1beta1/clusternetworkpolicy_types.go";
 
     fn cluster(text: &str) -> Cluster {
@@ -1219,6 +1234,46 @@ mod tests {
                 false,
                 Tier::Admin,
                 Some("ClusterNetworkPolicy/newer#egress[0]"),
+            ),
+            // A Pass rule with an unknown peer is a "Deny all" too: it denies, it does not
+            // pass to NetworkPolicy (which would allow here).
+            case(
+                format!(
+                    "{V1ALPHA2}: 'For \"Deny\" and \"Pass\" rules, \"fail closed\" means: \"treat the rule as a 'Deny all' rule\"'"
+                ),
+                format!(
+                    "{NP_ALLOW_ALL}{}",
+                    cnp(
+                        "v1alpha2",
+                        "newer-pass",
+                        "Admin",
+                        0,
+                        "  - action: Pass\n    to: [{futurePeer: {x: y}}]\n    protocols: [{udp: {destinationPort: {number: 53}}}]\n",
+                    )
+                ),
+                IMDS,
+                false,
+                Tier::Admin,
+                Some("ClusterNetworkPolicy/newer-pass#egress[0]"),
+            ),
+            // The same sentence on v1alpha1's AdminNetworkPolicyEgressPeer.
+            case(
+                format!(
+                    "{V1ALPHA1}/adminnetworkpolicy_types.go: 'For \"Deny\" and \"Pass\" rules, \"fail closed\" means: \"treat the rule as a 'Deny all' rule\"'"
+                ),
+                format!(
+                    "{NP_ALLOW_ALL}{}",
+                    anp(
+                        "newer-pass",
+                        10,
+                        ALL_NS,
+                        "  - {action: Pass, to: [{futurePeer: {}}]}\n"
+                    )
+                ),
+                IMDS,
+                false,
+                Tier::Admin,
+                Some("AdminNetworkPolicy/newer-pass#egress[0]"),
             ),
             // Selector peers select pods (and nodes), never an external address:
             // "Networks ... is intended for representing entities that live outside the
