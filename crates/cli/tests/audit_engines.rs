@@ -330,3 +330,63 @@ fn a_pass_rule_with_an_unknown_peer_denies_all() {
         );
     }
 }
+
+const CALICO_DENY: &str = "---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: deny-imds}\nspec:\n  order: 1\n  selector: all()\n  egress: [{action: Deny, destination: {nets: [169.254.169.254/32]}}]\n";
+const CILIUM_DENY: &str = "---\napiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: deny-imds}\nspec:\n  endpointSelector: {}\n  egressDeny: [{toCIDR: [169.254.169.254/32]}]\n";
+
+fn messages<'a>(r: &'a Value, id: &str) -> Vec<&'a str> {
+    r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["id"] == id)
+        .map(|f| f["message"].as_str().unwrap())
+        .collect()
+}
+
+/// Calico's kinds under another engine are reported not-enforced (only Calico implements
+/// projectcalico.org policies), as Cilium's and the cluster-scoped kinds are.
+#[test]
+fn calico_kinds_under_another_engine_are_reported_not_enforced() {
+    let text = format!("{CLUSTER}{CALICO_DENY}");
+    let r = json(&text, &["--engine", "kube-network-policies"]);
+    let m = messages(&r, "not-enforced");
+    assert!(
+        m.iter().any(|m| m.starts_with(
+            "GlobalNetworkPolicy/deny-imds is not enforced by engine kube-network-policies: only Calico implements projectcalico.org policies"
+        )),
+        "{m:?}"
+    );
+    // Under Calico it decides.
+    let r = json(&text, &["--engine", "calico"]);
+    assert!(
+        !messages(&r, "not-enforced")
+            .iter()
+            .any(|m| m.contains("GlobalNetworkPolicy"))
+    );
+    assert_eq!(verdict(&r, "agent", IMDS)["policy_allowed"], false);
+}
+
+/// Both Calico's and Cilium's kinds and no --engine: the audit picks Calico (always),
+/// reports engine-ambiguous asking for --engine, and the Cilium policy not-enforced.
+#[test]
+fn calico_and_cilium_kinds_without_engine_are_ambiguous() {
+    let text = format!("{CLUSTER}{CALICO_DENY}{CILIUM_DENY}");
+    let r = json(&text, &[]);
+    assert_eq!(
+        (r["engine"].as_str(), r["engine_detected"].as_bool()),
+        (Some("calico"), Some(true))
+    );
+    let m = messages(&r, "engine-ambiguous");
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert!(
+        m[0].contains("rerun with --engine calico or --engine cilium"),
+        "{}",
+        m[0]
+    );
+    assert!(messages(&r, "not-enforced").iter().any(|m| {
+        m.starts_with("CiliumClusterwideNetworkPolicy deny-imds is not enforced by engine calico")
+    }));
+    let r = json(&text, &["--engine", "cilium"]);
+    assert!(messages(&r, "engine-ambiguous").is_empty());
+}

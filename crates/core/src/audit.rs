@@ -79,11 +79,17 @@ pub enum FindingKind {
     UnknownPeer,
     /// A BaselineAdminNetworkPolicy not named `default` (the API server refuses it).
     BanpNotDefault,
+    /// The input holds the kinds of two engines (Calico's and Cilium's) and no
+    /// `--engine` says which runs: the audit picked one.
+    EngineAmbiguous,
+    /// A policy names an object the input does not hold (a Cilium CIDR group): the rule
+    /// matches nothing through it.
+    UnresolvedReference,
 }
 
 impl FindingKind {
     /// Every kind, in report order.
-    pub const ALL: [FindingKind; 15] = [
+    pub const ALL: [FindingKind; 17] = [
         FindingKind::WorkloadReachesTarget,
         FindingKind::ExpectedBlocked,
         FindingKind::ExpectedAccess,
@@ -99,6 +105,8 @@ impl FindingKind {
         FindingKind::PriorityTie,
         FindingKind::UnknownPeer,
         FindingKind::BanpNotDefault,
+        FindingKind::EngineAmbiguous,
+        FindingKind::UnresolvedReference,
     ];
 
     /// The stable id, e.g. `workload-reaches-target`.
@@ -119,6 +127,8 @@ impl FindingKind {
             FindingKind::PriorityTie => "priority-tie",
             FindingKind::UnknownPeer => "unknown-peer",
             FindingKind::BanpNotDefault => "banp-not-default",
+            FindingKind::EngineAmbiguous => "engine-ambiguous",
+            FindingKind::UnresolvedReference => "unresolved-reference",
         }
     }
 
@@ -137,6 +147,8 @@ impl FindingKind {
             | FindingKind::PriorityTie
             | FindingKind::UnknownPeer
             | FindingKind::BanpNotDefault
+            | FindingKind::EngineAmbiguous
+            | FindingKind::UnresolvedReference
             | FindingKind::ExpectedBlocked => Severity::Medium,
             FindingKind::PolicySelectsNothing => Severity::Low,
             FindingKind::ExpectedAccess => Severity::Info,
@@ -187,6 +199,12 @@ impl FindingKind {
             }
             FindingKind::UnknownPeer => {
                 "A peer of a cluster-scoped policy has none of the fields this reader knows (a newer CRD): as the API says, it fails closed (an Accept rule matches nothing; a Deny or Pass rule becomes a 'Deny all' rule: it denies all traffic, and a Pass rule passes nothing). Check the CRD version the cluster runs."
+            }
+            FindingKind::EngineAmbiguous => {
+                "The input holds both Calico's (projectcalico.org) and Cilium's (cilium.io) policy kinds, and no --engine says which one the cluster runs: the audit picked Calico and reported the Cilium policies as not enforced. Name the engine with --engine calico or --engine cilium."
+            }
+            FindingKind::UnresolvedReference => {
+                "A policy refers to an object the input does not hold (a CiliumCIDRGroup by cidrGroupRef or cidrGroupSelector): Cilium resolves a missing group to no CIDR, so that part of the rule matches nothing (a deny through it denies nothing, an allow allows nothing). Add the group to the input, or fix the name or labels."
             }
             FindingKind::BanpNotDefault => {
                 "A BaselineAdminNetworkPolicy must be named `default` (it is a singleton): the API server refuses any other name, so this object is never enforced. Rename it to default."
@@ -658,6 +676,35 @@ pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
     }
     findings.extend(tiered_findings(cluster, &settings, &used_tiered));
     findings.extend(cilium_findings(cluster, &settings));
+    findings.extend(calico_findings(cluster, &settings));
+    if detected {
+        let candidates = Engine::detect_candidates(cluster);
+        if candidates.len() > 1 {
+            findings.push(Finding::new(
+                FindingKind::EngineAmbiguous,
+                format!(
+                    "the input holds policies of {} ({} Calico object(s), {} Cilium polic(ies)) and no --engine names the one the cluster runs: the audit assumed {} and left the others' policies out of every verdict (reported not-enforced); rerun with --engine {}",
+                    candidates
+                        .iter()
+                        .map(|e| e.name())
+                        .collect::<Vec<_>>()
+                        .join(" and "),
+                    cluster.calico.policies.len()
+                        + cluster.calico.tiers.len()
+                        + cluster.calico.network_sets.len(),
+                    cluster.cilium.len(),
+                    settings.engine,
+                    candidates
+                        .iter()
+                        .map(|e| e.name())
+                        .collect::<Vec<_>>()
+                        .join(" or --engine "),
+                ),
+                None,
+                vec![],
+            ));
+        }
+    }
 
     // Most severe first, then by kind; within a kind, in the order found (workloads
     // sorted by namespace and name, then namespaces, then policies in input order).
@@ -750,6 +797,48 @@ fn cilium_findings(cluster: &Cluster, settings: &EngineSettings) -> Vec<Finding>
         ));
     }
     out
+}
+
+/// Calico's policies under another engine: only Calico implements projectcalico.org
+/// policies, so they are reported as not enforced, never silently trusted (or silently
+/// dropped).
+fn calico_findings(cluster: &Cluster, settings: &EngineSettings) -> Vec<Finding> {
+    match settings.engine {
+        // `--engine none` is reported once, as no-policy-engine.
+        Engine::None | Engine::Calico => return Vec::new(),
+        _ => {}
+    }
+    cluster
+        .calico
+        .policies
+        .iter()
+        .map(|p| {
+            let kind = match p.kind {
+                crate::calico::PolicyKind::NetworkPolicy => "NetworkPolicy.projectcalico.org",
+                k => k.kind(),
+            };
+            let namespace = p.namespace.clone().unwrap_or_default();
+            let id = if namespace.is_empty() {
+                format!("{kind}/{}", p.name)
+            } else {
+                format!("{kind}/{namespace}/{}", p.name)
+            };
+            Finding::new(
+                FindingKind::NotEnforced,
+                format!(
+                    "{id} is not enforced by engine {}: only Calico implements projectcalico.org policies; it is left out of every verdict",
+                    settings.engine
+                ),
+                None,
+                vec![ObjectRef {
+                    kind: kind.into(),
+                    namespace,
+                    name: p.name.clone(),
+                    source: Some(p.source.clone()),
+                }],
+            )
+        })
+        .collect()
 }
 
 /// Findings about the cluster-scoped policies themselves.
@@ -1681,5 +1770,97 @@ mod tests {
                 .windows(2)
                 .all(|w| w[0].severity >= w[1].severity)
         );
+    }
+
+    fn run_engine(text: &str, engine: Option<EngineSettings>) -> Report {
+        let l = parse("t.yaml", text);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        let c = Cluster::build(l.objects);
+        audit(
+            &c,
+            &AuditOptions {
+                targets: Cloud::Azure.targets(),
+                engine,
+                list_limit: Some(DEFAULT_LIST_LIMIT),
+                expected: None,
+            },
+        )
+    }
+
+    const CALICO_DENY: &str = "---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: deny-imds}\nspec:\n  selector: all()\n  egress: [{action: Deny, destination: {nets: [169.254.169.254/32]}}]\n---\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: ns-deny, namespace: a}\nspec:\n  egress: [{action: Deny}]\n";
+    const CILIUM_DENY: &str = "---\napiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: deny-imds}\nspec:\n  endpointSelector: {}\n  egressDeny: [{toCIDR: [169.254.169.254/32]}]\n";
+
+    /// Calico's kinds are implemented by Calico only
+    /// (<https://docs.tigera.io/calico/latest/reference/resources/globalnetworkpolicy>):
+    /// under any other engine they are reported not-enforced, never silently dropped.
+    #[test]
+    fn calico_kinds_under_another_engine_are_not_enforced() {
+        let text = format!("{POD}{CALICO_DENY}");
+        for e in [Engine::Generic, Engine::AzureNpm, Engine::Cilium] {
+            let r = run_engine(&text, Some(EngineSettings::new(e)));
+            let msgs: Vec<&str> = of(&r, "not-enforced")
+                .iter()
+                .map(|f| f.message.as_str())
+                .collect();
+            assert_eq!(msgs.len(), 2, "{e}: {msgs:?}");
+            assert!(msgs.iter().any(|m| m.starts_with(&format!(
+                "GlobalNetworkPolicy/deny-imds is not enforced by engine {e}: only Calico"
+            ))));
+            assert!(
+                msgs.iter()
+                    .any(|m| m.starts_with("NetworkPolicy.projectcalico.org/a/ns-deny")),
+                "{msgs:?}"
+            );
+            // Left out: the pod reaches IMDS.
+            assert!(r.workloads[0].verdicts[0].reachable);
+        }
+        // Calico itself enforces them; none is reported; `--engine none` reports
+        // no-policy-engine once.
+        assert!(
+            of(
+                &run_engine(&text, Some(EngineSettings::new(Engine::Calico))),
+                "not-enforced"
+            )
+            .is_empty()
+        );
+        assert!(
+            of(
+                &run_engine(&text, Some(EngineSettings::new(Engine::None))),
+                "not-enforced"
+            )
+            .is_empty()
+        );
+    }
+
+    /// Both Calico's and Cilium's kinds, no --engine: the detection picks Calico (always
+    /// the same), says so in an `engine-ambiguous` finding and reports the Cilium policy
+    /// not-enforced; a named engine is not ambiguous.
+    #[test]
+    fn calico_and_cilium_kinds_together_are_an_ambiguous_detection() {
+        let text = format!("{POD}{CALICO_DENY}{CILIUM_DENY}");
+        let r = run_engine(&text, None);
+        assert_eq!((r.engine, r.engine_detected), (Engine::Calico, true));
+        let amb = of(&r, "engine-ambiguous");
+        assert_eq!(amb.len(), 1);
+        assert!(
+            amb[0].message.contains("calico and cilium")
+                && amb[0].message.contains("assumed calico")
+                && amb[0]
+                    .message
+                    .contains("--engine calico or --engine cilium"),
+            "{}",
+            amb[0].message
+        );
+        assert!(of(&r, "not-enforced").iter().any(|f| {
+            f.message
+                .starts_with("CiliumClusterwideNetworkPolicy deny-imds")
+        }));
+        let named = run_engine(&text, Some(EngineSettings::new(Engine::Cilium)));
+        assert!(of(&named, "engine-ambiguous").is_empty());
+        assert_eq!(of(&named, "not-enforced").len(), 2);
+        // One engine's kinds only: detected, not ambiguous.
+        let one = run_engine(&format!("{POD}{CILIUM_DENY}"), None);
+        assert_eq!(one.engine, Engine::Cilium);
+        assert!(of(&one, "engine-ambiguous").is_empty());
     }
 }

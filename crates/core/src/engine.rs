@@ -132,15 +132,25 @@ impl Engine {
 
     /// The engine the input's kinds call for, if any: Calico's kinds mean Calico,
     /// Cilium's kinds mean Cilium. `None`: nothing engine-specific was read (use
-    /// [`Engine::Generic`]).
+    /// [`Engine::Generic`]). When both are present (a migration, or manifests of two
+    /// clusters) the pick is deterministic, Calico, and [`Engine::detect_candidates`]
+    /// lists both: the audit reports the choice (`engine-ambiguous`) and the other
+    /// engine's policies as not enforced, and asks for `--engine`.
     pub fn detect(cluster: &Cluster) -> Option<Engine> {
+        Engine::detect_candidates(cluster).first().copied()
+    }
+
+    /// Every engine whose own kinds the input holds, in [`Engine::detect`]'s order of
+    /// preference (Calico, then Cilium).
+    pub fn detect_candidates(cluster: &Cluster) -> Vec<Engine> {
+        let mut out = Vec::new();
         if !cluster.calico.is_empty() {
-            return Some(Engine::Calico);
+            out.push(Engine::Calico);
         }
         if !cluster.cilium.is_empty() {
-            return Some(Engine::Cilium);
+            out.push(Engine::Cilium);
         }
-        None
+        out
     }
 }
 
