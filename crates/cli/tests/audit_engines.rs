@@ -390,3 +390,25 @@ fn calico_and_cilium_kinds_without_engine_are_ambiguous() {
     let r = json(&text, &["--engine", "cilium"]);
     assert!(messages(&r, "engine-ambiguous").is_empty());
 }
+
+/// A Cilium deny through a CiliumCIDRGroup the input does not hold: Cilium resolves the
+/// missing group to no CIDR (the agent logs it, cilium/cilium#25020), so the deny denies
+/// nothing: the workload reaches IMDS and unresolved-reference names policy and group.
+#[test]
+fn a_cilium_deny_through_a_missing_cidr_group_denies_nothing_and_is_reported() {
+    let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: app}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: app}\nspec:\n  template:\n    metadata: {labels: {app: web}}\n---\napiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: deny-imds}\nspec:\n  endpointSelector: {}\n  enableDefaultDeny: {egress: false}\n  egressDeny:\n  - toCIDRSet: [{cidrGroupRef: imds}]\n";
+    let r = json(
+        text,
+        &["--engine", "cilium", "--cilium-link-local", "world"],
+    );
+    assert_eq!(verdict(&r, "web", IMDS)["reachable"], true);
+    let m = messages(&r, "unresolved-reference");
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert!(
+        m[0].starts_with(
+            "CiliumClusterwideNetworkPolicy deny-imds#egressDeny[0] cidrGroupRef `imds`"
+        ) && m[0].contains("the deny denies nothing"),
+        "{}",
+        m[0]
+    );
+}

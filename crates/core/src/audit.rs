@@ -779,7 +779,10 @@ fn cilium_findings(cluster: &Cluster, settings: &EngineSettings) -> Vec<Finding>
         let message = match (settings.engine, &p.rejected) {
             // `--engine none` is reported once, as no-policy-engine.
             (Engine::None, _) => continue,
-            (Engine::Cilium, None) => continue,
+            (Engine::Cilium, None) => {
+                out.extend(unresolved_cidr_groups(cluster, p, &me));
+                continue;
+            }
             (Engine::Cilium, Some(why)) => format!(
                 "{} is refused by the Cilium agent: {why}; it has no effect and is left out of every verdict",
                 p.id
@@ -795,6 +798,62 @@ fn cilium_findings(cluster: &Cluster, settings: &EngineSettings) -> Vec<Finding>
             None,
             vec![me],
         ));
+    }
+    out
+}
+
+/// The `cidrGroupRef` / `cidrGroupSelector` references of a Cilium policy that no
+/// CiliumCIDRGroup of the input resolves: Cilium resolves them to no CIDR, so the rule
+/// matches nothing through them (a deny denies nothing, an allow allows nothing).
+fn unresolved_cidr_groups(
+    cluster: &Cluster,
+    p: &crate::cilium::CiliumPolicy,
+    me: &ObjectRef,
+) -> Vec<Finding> {
+    use crate::cilium::{CidrRule, Peer};
+    let groups = &cluster.cilium.cidr_groups;
+    let mut out = Vec::new();
+    for spec in &p.specs {
+        for (field, rules, deny) in [
+            ("egress", &spec.egress, false),
+            ("egressDeny", &spec.egress_deny, true),
+        ] {
+            for (i, r) in rules.iter().enumerate() {
+                let Some(Peer::Cidr(cidrs)) = &r.peer else {
+                    continue;
+                };
+                for c in cidrs {
+                    let what = match c {
+                        CidrRule::GroupRef(name) if !groups.contains_key(name) => {
+                            format!(
+                                "cidrGroupRef `{name}`: no CiliumCIDRGroup of that name is in the input"
+                            )
+                        }
+                        CidrRule::GroupSelector(sel)
+                            if !groups.values().any(|g| sel.matches(&g.labels)) =>
+                        {
+                            "cidrGroupSelector: it selects no CiliumCIDRGroup of the input".into()
+                        }
+                        _ => continue,
+                    };
+                    out.push(Finding::new(
+                        FindingKind::UnresolvedReference,
+                        format!(
+                            "{}#{}{field}[{i}] {what}; Cilium resolves it to no CIDR, so {} through it; add the CiliumCIDRGroup to the input or fix the reference",
+                            p.id,
+                            spec.at,
+                            if deny {
+                                "the deny denies nothing"
+                            } else {
+                                "the allow allows nothing"
+                            }
+                        ),
+                        None,
+                        vec![me.clone()],
+                    ));
+                }
+            }
+        }
     }
     out
 }
@@ -1862,5 +1921,37 @@ mod tests {
         let one = run_engine(&format!("{POD}{CILIUM_DENY}"), None);
         assert_eq!(one.engine, Engine::Cilium);
         assert!(of(&one, "engine-ambiguous").is_empty());
+    }
+
+    /// A CiliumCIDRGroup reference the input does not resolve: Cilium resolves it to no
+    /// CIDR (cilium/cilium#25020: the agent logs the missing group), so the deny denies
+    /// nothing; reported as unresolved-reference naming the policy, rule and group.
+    #[test]
+    fn unresolved_cidr_groups_are_reported_and_deny_nothing() {
+        let text = format!(
+            "{POD}---\napiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {{name: deny-imds}}\nspec:\n  endpointSelector: {{}}\n  enableDefaultDeny: {{egress: false}}\n  egressDeny:\n  - toCIDRSet: [{{cidrGroupRef: imds}}]\n  - toCIDRSet: [{{cidrGroupSelector: {{matchLabels: {{role: metadata}}}}}}]\n"
+        );
+        let mut s = EngineSettings::new(Engine::Cilium);
+        s.cilium_link_local = crate::cilium::LinkLocalAs::World;
+        let r = run_engine(&text, Some(s));
+        let f = of(&r, "unresolved-reference");
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(
+            f[0].message.starts_with(
+                "CiliumClusterwideNetworkPolicy deny-imds#egressDeny[0] cidrGroupRef `imds`: no CiliumCIDRGroup"
+            ) && f[0].message.contains("the deny denies nothing"),
+            "{}",
+            f[0].message
+        );
+        assert!(f[1].message.contains("egressDeny[1] cidrGroupSelector"));
+        assert_eq!(f[0].severity, Severity::Medium);
+        assert!(r.workloads[0].verdicts[0].reachable);
+        // With the group in the input: resolved, denied, nothing reported.
+        let with = format!(
+            "{text}---\napiVersion: cilium.io/v2alpha1\nkind: CiliumCIDRGroup\nmetadata: {{name: imds, labels: {{role: metadata}}}}\nspec: {{externalCIDRs: [169.254.169.254/32]}}\n"
+        );
+        let r = run_engine(&with, Some(s));
+        assert!(of(&r, "unresolved-reference").is_empty());
+        assert!(!r.workloads[0].verdicts[0].reachable);
     }
 }

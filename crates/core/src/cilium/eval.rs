@@ -155,8 +155,8 @@ pub enum Note {
         deny: bool,
     },
     /// A `cidrGroupRef` whose CiliumCIDRGroup is not in the input, or a
-    /// `cidrGroupSelector`: it fails closed (an allow matches nothing, a deny matches
-    /// every `world` address on its ports).
+    /// `cidrGroupSelector` that selects none: it resolves to no CIDR, so it matches
+    /// nothing (an allow allows nothing, a deny denies nothing).
     CidrGroupUnresolved {
         /// The rule.
         rule: RuleRef,
@@ -222,15 +222,17 @@ impl fmt::Display for Note {
             Note::CidrGroupUnresolved { rule, group, deny } => {
                 let what = match group {
                     Some(g) => format!("CiliumCIDRGroup `{g}` is not in the input"),
-                    None => "cidrGroupSelector is not resolved".to_string(),
+                    None => {
+                        "its cidrGroupSelector selects no CiliumCIDRGroup of the input".to_string()
+                    }
                 };
                 write!(
                     f,
-                    "{rule}: {what}; it fails closed ({}): add the CiliumCIDRGroup objects to the input",
+                    "{rule}: {what}; Cilium resolves it to no CIDR, so {} through it: add the CiliumCIDRGroup objects to the input",
                     if *deny {
-                        "the deny is taken to cover every world address"
+                        "the deny denies nothing"
                     } else {
-                        "the allow is taken to match nothing"
+                        "the allow allows nothing"
                     }
                 )
             }
@@ -783,6 +785,11 @@ impl<'a> Ctx<'a> {
     ) -> bool {
         match rule {
             CidrRule::Cidr { cidr, except } => ip_block_contains(cidr, except, ip),
+            // A missing group resolves to no CIDR: the agent logs it and translates the
+            // rule without it (cilium/cilium#25020: the error names the missing group),
+            // so the rule matches nothing through it, deny or allow. For an exposure
+            // audit a deny that matches nothing is the cautious reading; the audit
+            // reports the reference (`unresolved-reference`).
             CidrRule::GroupRef(name) => match self.policies.cidr_groups.get(name) {
                 Some(g) => g.cidrs.iter().any(|c| c.contains(&ip)),
                 None => {
@@ -791,16 +798,26 @@ impl<'a> Ctx<'a> {
                         group: Some(name.clone()),
                         deny,
                     });
-                    deny
+                    false
                 }
             },
-            CidrRule::GroupSelector => {
-                notes.push(Note::CidrGroupUnresolved {
-                    rule: rref.clone(),
-                    group: None,
-                    deny,
-                });
-                deny
+            CidrRule::GroupSelector(sel) => {
+                let mut any = false;
+                let mut hit = false;
+                for g in self.policies.cidr_groups.values() {
+                    if sel.matches(&g.labels) {
+                        any = true;
+                        hit |= g.cidrs.iter().any(|c| c.contains(&ip));
+                    }
+                }
+                if !any {
+                    notes.push(Note::CidrGroupUnresolved {
+                        rule: rref.clone(),
+                        group: None,
+                        deny,
+                    });
+                }
+                hit
             }
         }
     }

@@ -219,8 +219,9 @@ pub enum CidrRule {
     },
     /// `cidrGroupRef`: the CIDRs of a CiliumCIDRGroup, resolved at evaluation.
     GroupRef(String),
-    /// `cidrGroupSelector`: CiliumCIDRGroups by label; never resolved (reported).
-    GroupSelector,
+    /// `cidrGroupSelector`: the CIDRs of every CiliumCIDRGroup whose labels it selects,
+    /// resolved at evaluation.
+    GroupSelector(crate::model::LabelSelector),
 }
 
 /// An L3 peer of a rule: the one `to*` field it uses.
@@ -386,6 +387,8 @@ pub struct CiliumPolicy {
 pub struct CidrGroup {
     /// Name.
     pub name: String,
+    /// `metadata.labels` (what `cidrGroupSelector` selects).
+    pub labels: crate::model::Labels,
     /// `spec.externalCIDRs`.
     pub cidrs: Vec<IpNet>,
     /// Where it was read.

@@ -196,8 +196,21 @@ pub fn parse_cidr_group(value: &Value, source: Source) -> Result<CidrGroup, Cili
             cidrs.push(parse_prefix(text, &at).map_err(|e| fail(&e.at, e.reason))?);
         }
     }
+    let mut labels = crate::model::Labels::new();
+    if let Some(m) = value
+        .get("metadata")
+        .and_then(|m| m.get("labels"))
+        .and_then(Value::as_object)
+    {
+        for (k, v) in m {
+            if let Some(v) = v.as_str() {
+                labels.insert(k.clone(), v.to_string());
+            }
+        }
+    }
     Ok(CidrGroup {
         name,
+        labels,
         cidrs,
         source,
     })
@@ -448,8 +461,20 @@ fn parse_rule(
                     r,
                     &format!("{sat}.cidrGroupRef"),
                 )?));
-            } else if so.get("cidrGroupSelector").is_some_and(|v| !v.is_null()) {
-                out.push(CidrRule::GroupSelector);
+            } else if let Some(sel) = so.get("cidrGroupSelector").filter(|v| !v.is_null()) {
+                let gat = format!("{sat}.cidrGroupSelector");
+                let sel = crate::tiered::selector_from_value(sel, &gat).map_err(|reason| {
+                    // The message names the field itself.
+                    FieldError {
+                        at: gat.clone(),
+                        reason: reason
+                            .strip_prefix(gat.as_str())
+                            .unwrap_or(&reason)
+                            .trim_start_matches(['.', ':', ' '])
+                            .to_string(),
+                    }
+                })?;
+                out.push(CidrRule::GroupSelector(sel));
             } else {
                 return err(&sat, "needs `cidr`, `cidrGroupRef` or `cidrGroupSelector`");
             }

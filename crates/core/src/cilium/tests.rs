@@ -771,10 +771,10 @@ spec:
 }
 
 #[test]
-fn cidr_groups_resolve_or_fail_closed() {
+fn cidr_groups_resolve_or_match_nothing() {
     // https://docs.cilium.io/en/latest/network/kubernetes/ciliumcidrgroup/ : "CiliumCIDRGroup
     // (CCG) is a feature that allows administrators to reference a group of CIDR blocks in
-    // a CiliumNetworkPolicy."
+    // a CiliumNetworkPolicy." ... "CCGs may be selected by names or labels."
     let deny = r#"
 apiVersion: cilium.io/v2
 kind: CiliumClusterwideNetworkPolicy
@@ -789,7 +789,7 @@ spec:
     let group = r#"
 apiVersion: cilium.io/v2alpha1
 kind: CiliumCIDRGroup
-metadata: {name: metadata-endpoints}
+metadata: {name: metadata-endpoints, labels: {role: metadata}}
 spec:
   externalCIDRs: [169.254.169.254/32]
 "#;
@@ -804,19 +804,31 @@ spec:
         )
         .allowed
     );
-    // Without the group the deny fails closed: every world address on its ports.
-    let ps = policies(deny);
-    let d = run(
-        &ps,
-        &web(),
-        &ext("1.1.1.1", 80, Protocol::Tcp),
-        &world_opts(),
+    // By label: the same group.
+    let by_label = deny.replace(
+        "cidrGroupRef: metadata-endpoints",
+        "cidrGroupSelector: {matchLabels: {role: metadata}}",
     );
+    let ps = policies(&format!("{by_label}---{group}"));
+    let d = run(&ps, &web(), &imds(), &world_opts());
     assert!(!d.allowed);
-    assert!(matches!(
-        d.notes.as_slice(),
-        [Note::CidrGroupUnresolved { deny: true, .. }]
-    ));
+    assert!(d.notes.is_empty(), "{:?}", d.notes);
+    // Without the group, Cilium resolves the reference to no CIDR (the agent logs the
+    // missing group, cilium/cilium#25020): the deny denies nothing, and says why.
+    for text in [deny.to_string(), by_label] {
+        let ps = policies(&text);
+        let d = run(&ps, &web(), &imds(), &world_opts());
+        assert!(d.allowed, "{text}");
+        assert!(
+            matches!(
+                d.notes.as_slice(),
+                [Note::CidrGroupUnresolved { deny: true, .. }]
+            ),
+            "{:?}",
+            d.notes
+        );
+        assert!(d.notes[0].to_string().contains("the deny denies nothing"));
+    }
     // An allow through a missing group matches nothing.
     let allow = policies(
         "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: a, namespace: app}\nspec:\n  endpointSelector: {}\n  egress:\n  - toCIDRSet:\n    - cidrGroupRef: missing\n",
