@@ -412,3 +412,29 @@ fn a_cilium_deny_through_a_missing_cidr_group_denies_nothing_and_is_reported() {
         m[0]
     );
 }
+
+/// A Cilium `toFQDNs` naming metadata.google.internal (which resolves to
+/// 169.254.169.254) allows IMDS, by matchName or matchPattern, as a ClusterNetworkPolicy
+/// `domainNames` peer does.
+#[test]
+fn cilium_to_fqdns_naming_the_metadata_server_allows_it() {
+    for sel in [
+        "matchName: metadata.google.internal",
+        "matchPattern: '*.google.internal'",
+    ] {
+        let text = format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: app}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web, namespace: app}}\nspec:\n  template:\n    metadata: {{labels: {{app: web}}}}\n---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: fqdn, namespace: app}}\nspec:\n  endpointSelector: {{}}\n  egress:\n  - toFQDNs: [{{{sel}}}]\n"
+        );
+        let r = json(
+            &text,
+            &["--engine", "cilium", "--cilium-link-local", "world"],
+        );
+        let v = verdict(&r, "web", IMDS);
+        assert_eq!(v["policy_allowed"], true, "{sel}: {v}");
+        assert_eq!(v["tier"], "cilium");
+        assert_eq!(v["object"]["name"], "fqdn");
+        assert_eq!(v["rule"], "egress[0]");
+        // WireServer is no metadata name: default-denied.
+        assert_eq!(verdict(&r, "web", HOST_GA_PLUGIN)["policy_allowed"], false);
+    }
+}

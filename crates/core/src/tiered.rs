@@ -200,6 +200,16 @@ const METADATA_NAMES: [(&str, IpAddr); 1] = [(
     IpAddr::V4(std::net::Ipv4Addr::new(169, 254, 169, 254)),
 )];
 
+/// The well-known metadata endpoint names ([`METADATA_NAMES`]) that resolve to an
+/// address: what a name-based peer (a ClusterNetworkPolicy `domainNames`, a Cilium
+/// `toFQDNs`) must match to select it.
+pub fn metadata_names(ip: IpAddr) -> impl Iterator<Item = &'static str> {
+    METADATA_NAMES
+        .iter()
+        .filter(move |(_, a)| *a == ip)
+        .map(|(name, _)| *name)
+}
+
 /// Whether a `domainNames` entry (exact, or `*.` + one or more whole labels) matches a
 /// name.
 pub fn domain_matches(pattern: &str, name: &str) -> bool {
@@ -234,11 +244,9 @@ impl Peer {
                 },
             ) => namespace_selector.matches(ns_labels) && pod_selector.matches(labels),
             (Peer::Nodes(sel), Destination::Node { labels, .. }) => sel.matches(labels),
-            (Peer::DomainNames(names), Destination::External(t)) => names.iter().any(|p| {
-                METADATA_NAMES
-                    .iter()
-                    .any(|(name, ip)| *ip == t.ip && domain_matches(p, name))
-            }),
+            (Peer::DomainNames(names), Destination::External(t)) => names
+                .iter()
+                .any(|p| metadata_names(t.ip).any(|name| domain_matches(p, name))),
             (Peer::Unknown(_), _) => false,
             _ => false,
         }

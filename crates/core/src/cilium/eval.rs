@@ -746,15 +746,27 @@ impl<'a> Ctx<'a> {
                 }
                 _ => false,
             },
-            Some(Peer::Fqdns(names)) => {
-                if !deny && matches!(class, Class::World(_)) {
+            Some(Peer::Fqdns(names)) => match class {
+                // A metadata endpoint's well-known name (tiered::metadata_names, e.g.
+                // metadata.google.internal -> 169.254.169.254) resolves to the address:
+                // the rule allows it. FQDN-derived IPs get CIDR identities, so only a
+                // `world` address, as for CIDR rules.
+                Class::World(ip)
+                    if !deny
+                        && crate::tiered::metadata_names(*ip)
+                            .any(|n| names.iter().any(|p| fqdn_matches(p, n))) =>
+                {
+                    true
+                }
+                Class::World(_) if !deny => {
                     m.notes.push(Note::Fqdn {
                         rule: rref.clone(),
                         names: names.clone(),
                     });
+                    false
                 }
-                false
-            }
+                _ => false,
+            },
             Some(Peer::Services(_)) => {
                 m.notes.push(Note::Services {
                     rule: rref.clone(),
@@ -928,6 +940,48 @@ fn ports_match(
         }
     }
     best
+}
+
+/// Whether a `toFQDNs` `matchName` or `matchPattern` matches a name, as Cilium matches
+/// them (<https://docs.cilium.io/en/latest/security/policy/language/#dns-based>): case and
+/// a trailing dot do not count; `*` alone matches every name; a leading `**.` matches one
+/// or more labels; any other `*` matches any run of DNS characters within one label
+/// (`pkg/fqdn/matchpattern`). A `matchName` has no `*` (the CRD refuses it), so this is an
+/// exact comparison for it.
+pub(crate) fn fqdn_matches(pattern: &str, name: &str) -> bool {
+    let pattern = pattern.trim_end_matches('.').to_ascii_lowercase();
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if pattern == "*" {
+        return true;
+    }
+    if let Some(rest) = pattern.strip_prefix("**.") {
+        // One or more labels, then `rest`.
+        return name
+            .char_indices()
+            .filter(|&(i, c)| c == '.' && i > 0)
+            .any(|(i, _)| glob_label(rest.as_bytes(), name[i + 1..].as_bytes()));
+    }
+    glob_label(pattern.as_bytes(), name.as_bytes())
+}
+
+/// `*` matches any run of characters other than `.`; everything else literally.
+fn glob_label(p: &[u8], n: &[u8]) -> bool {
+    match p.split_first() {
+        None => n.is_empty(),
+        Some((b'*', rest)) => {
+            let mut i = 0;
+            loop {
+                if glob_label(rest, &n[i..]) {
+                    return true;
+                }
+                if i == n.len() || n[i] == b'.' {
+                    return false;
+                }
+                i += 1;
+            }
+        }
+        Some((c, rest)) => n.first() == Some(c) && glob_label(rest, &n[1..]),
+    }
 }
 
 /// The notes that bear on the verdict, each once: what could have allowed a denied

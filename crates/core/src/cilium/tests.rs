@@ -756,7 +756,7 @@ spec:
   endpointSelector: {}
   egress:
   - toFQDNs:
-    - matchName: metadata.google.internal
+    - matchName: api.example.com
     toPorts:
     - ports: [{port: "80", protocol: TCP}]
 "#,
@@ -765,9 +765,56 @@ spec:
     assert!(!d.allowed);
     assert!(matches!(
         d.notes.as_slice(),
-        [Note::Fqdn { names, .. }] if names == &["metadata.google.internal".to_string()]
+        [Note::Fqdn { names, .. }] if names == &["api.example.com".to_string()]
     ));
     assert!(d.notes[0].to_string().contains("cannot tell"));
+}
+
+#[test]
+fn fqdn_rules_naming_a_metadata_endpoint_allow_it() {
+    // https://docs.cilium.io/en/latest/security/policy/language/#dns-based: "The IP
+    // addresses provided in DNS responses are allowed by Cilium in a similar manner to IPs
+    // in CIDR based policies"; metadata.google.internal resolves to 169.254.169.254
+    // (https://cloud.google.com/compute/docs/metadata/querying-metadata), the list the
+    // ClusterNetworkPolicy domainNames peer uses too (tiered::metadata_names).
+    let policy = |sel: &str| {
+        policies(&format!(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: fqdn, namespace: app}}\nspec:\n  endpointSelector: {{}}\n  egress:\n  - toFQDNs: [{sel}]\n    toPorts:\n    - ports: [{{port: \"80\", protocol: TCP}}]\n"
+        ))
+    };
+    // (selector, allows 169.254.169.254:80)
+    let table = [
+        ("{matchName: metadata.google.internal}", true),
+        ("{matchName: Metadata.Google.Internal.}", true),
+        ("{matchPattern: '*.google.internal'}", true),
+        ("{matchPattern: 'metadata.*.internal'}", true),
+        ("{matchPattern: 'meta*.google.internal'}", true),
+        ("{matchPattern: '**.internal'}", true),
+        ("{matchPattern: '*'}", true),
+        // `*` stays inside one label.
+        ("{matchPattern: '*.internal'}", false),
+        ("{matchPattern: 'meta*'}", false),
+        ("{matchName: google.internal}", false),
+    ];
+    for (sel, allows) in table {
+        let ps = policy(sel);
+        let d = run(&ps, &web(), &imds(), &world_opts());
+        assert_eq!(d.allowed, allows, "{sel}: {d:?}");
+        if allows {
+            assert_eq!(d.rule.as_ref().map(|r| r.rule.as_str()), Some("egress[0]"));
+            assert!(d.notes.is_empty(), "{sel}: {:?}", d.notes);
+        }
+        // The rule's ports still count.
+        assert!(
+            !run(
+                &ps,
+                &web(),
+                &ext("169.254.169.254", 443, Protocol::Tcp),
+                &world_opts()
+            )
+            .allowed
+        );
+    }
 }
 
 #[test]
