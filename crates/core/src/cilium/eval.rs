@@ -959,7 +959,7 @@ pub(crate) fn fqdn_matches(pattern: &str, name: &str) -> bool {
         return name
             .char_indices()
             .filter(|&(i, c)| c == '.' && i > 0)
-            .any(|(i, _)| glob_label(rest.as_bytes(), name[i + 1..].as_bytes()));
+            .any(|(i, _)| glob_label(rest.as_bytes(), &name.as_bytes()[i + 1..]));
     }
     glob_label(pattern.as_bytes(), name.as_bytes())
 }
