@@ -438,3 +438,80 @@ fn cilium_to_fqdns_naming_the_metadata_server_allows_it() {
         assert_eq!(verdict(&r, "web", HOST_GA_PLUGIN)["policy_allowed"], false);
     }
 }
+
+/// `--engine none` and hostNetwork: nothing enforces the policies, so the verdict and
+/// the finding name no policy as the decider of "reaches": tier `none` / `host-network`,
+/// object and rule null; what the policies alone say stays in the reason.
+#[test]
+fn unenforced_verdicts_name_no_deciding_policy() {
+    let r = json(CLUSTER, &["--engine", "none"]);
+    for w in ["web", "agent"] {
+        let v = verdict(&r, w, IMDS);
+        assert_eq!(v["reachable"], true);
+        assert_eq!(v["tier"], "none", "{v}");
+        assert_eq!(v["object"], Value::Null);
+        assert_eq!(v["rule"], Value::Null);
+        assert!(
+            v["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("no policy engine enforces any policy (policy alone: "),
+            "{v}"
+        );
+    }
+    assert!(
+        verdict(&r, "web", IMDS)["reason"]
+            .as_str()
+            .unwrap()
+            .contains("policy alone: denied by AdminNetworkPolicy/no-imds#egress[0]")
+    );
+    for f in r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["id"] == "workload-reaches-target")
+    {
+        assert_eq!(
+            f["decided_by"],
+            serde_json::json!({"tier": "none", "object": null, "rule": null}),
+            "{f}"
+        );
+    }
+    let (_, table, _) = audit(CLUSTER, &["--engine", "none", "--color", "never"]);
+    assert!(
+        table
+            .contains("no policy engine (would be denied by AdminNetworkPolicy/no-imds#egress[0])"),
+        "{table}"
+    );
+    // hostNetwork.
+    let host = CLUSTER.replace(
+        "    metadata: {labels: {app: web}}\n",
+        "    metadata: {labels: {app: web}}\n    spec: {hostNetwork: true}\n",
+    );
+    let r = json(&host, &[]);
+    let v = verdict(&r, "web", IMDS);
+    assert_eq!(
+        (v["policy_allowed"].as_bool(), v["reachable"].as_bool()),
+        (Some(false), Some(true))
+    );
+    assert_eq!(v["tier"], "host-network");
+    assert_eq!(
+        (v["object"].clone(), v["rule"].clone()),
+        (Value::Null, Value::Null)
+    );
+    assert!(
+        v["reason"].as_str().unwrap().starts_with("hostNetwork: "),
+        "{v}"
+    );
+    let f = r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| {
+            f["id"] == "workload-reaches-target"
+                && f["message"].as_str().unwrap().starts_with("app/web")
+        })
+        .unwrap();
+    assert_eq!(f["decided_by"]["tier"], "host-network");
+    assert_eq!(f["decided_by"]["object"], Value::Null);
+}

@@ -602,13 +602,22 @@ pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
         let mut found = Vec::new();
         for t in targets {
             let d = view.decide(&sel, &src, &Destination::External(*t));
-            if d.allowed {
+            // With no engine every new pod reaches every target, whatever the policies say.
+            if d.allowed || no_engine {
                 let e = engine::explain(cluster, &d, opts.list_limit);
+                let why = if no_engine {
+                    format!(
+                        "no policy engine enforces any policy (policy alone: {})",
+                        e.reason
+                    )
+                } else {
+                    e.reason
+                };
                 found.push(Finding::new(
                     FindingKind::NamespaceUnrestricted,
                     format!(
-                        "namespace {}: a new pod without labels would reach {TARGETS} ({})",
-                        ns.name, e.reason
+                        "namespace {}: a new pod without labels would reach {TARGETS} ({why})",
+                        ns.name
                     ),
                     Some(*t),
                     vec![ObjectRef {
@@ -1137,21 +1146,33 @@ fn evaluate_workload(
         let policy_allowed = shown.allowed;
         let e = engine::explain(cluster, &shown, opts.list_limit);
         let reachable = policy_allowed || host_network || no_engine;
-        let reason = if policy_allowed {
-            e.reason.clone()
-        } else if host_network {
-            format!(
-                "hostNetwork: its traffic is the node's and no policy applies to it (policy alone: {})",
-                e.reason
+        // hostNetwork and `--engine none`: nothing enforces the policies for this
+        // workload, so no policy decided "reaches": the verdict's tier says why
+        // (`host-network`, `none`), its object and rule are empty, and what the policies
+        // alone would say stays in the reason (and `policy_allowed`, `policies`, `rules`).
+        let (reason, decided) = if host_network {
+            (
+                format!(
+                    "hostNetwork: its traffic is the node's and no policy applies to it (policy alone: {})",
+                    e.reason
+                ),
+                (Tier::HostNetwork, None, None),
             )
         } else if no_engine {
-            format!(
-                "no policy engine enforces any policy (policy alone: {})",
-                e.reason
+            (
+                format!(
+                    "no policy engine enforces any policy (policy alone: {})",
+                    e.reason
+                ),
+                (Tier::None, None, None),
             )
         } else {
-            e.reason.clone()
+            (
+                e.reason.clone(),
+                (shown.tier.clone(), shown.object.clone(), shown.rule.clone()),
+            )
         };
+        let enforced = !(host_network || no_engine);
         if reachable {
             let (kind, message) = if shown_expected {
                 (
@@ -1167,18 +1188,15 @@ fn evaluate_workload(
                     format!("{} reaches {TARGETS}: {reason}", w.id()),
                 )
             };
-            let mut f = Finding::new(
-                kind,
-                message,
-                Some(*t),
-                std::iter::once(me.clone())
-                    .chain(decision_objects(cluster, &shown, &e))
-                    .collect(),
-            );
+            let mut objects = vec![me.clone()];
+            if enforced {
+                objects.extend(decision_objects(cluster, &shown, &e));
+            }
+            let mut f = Finding::new(kind, message, Some(*t), objects);
             f.decided_by = Some(DecidedBy {
-                tier: shown.tier.clone(),
-                object: shown.object.clone(),
-                rule: shown.rule.clone(),
+                tier: decided.0.clone(),
+                object: decided.1.clone(),
+                rule: decided.2.clone(),
             });
             findings.push(f);
         }
@@ -1237,9 +1255,9 @@ fn evaluate_workload(
             policy_count: e.policy_count,
             rules: e.rules,
             rule_count: e.rule_count,
-            tier: shown.tier,
-            object: shown.object,
-            rule: shown.rule,
+            tier: decided.0,
+            object: decided.1,
+            rule: decided.2,
             expected: shown_expected,
         });
     }
@@ -1511,7 +1529,31 @@ mod tests {
         assert!(!v.policy_allowed);
         assert!(v.reachable);
         assert!(v.reason.starts_with("hostNetwork"), "{}", v.reason);
+        assert!(
+            v.reason
+                .contains("(policy alone: egress-isolated by a/deny"),
+            "{}",
+            v.reason
+        );
         assert_eq!(v.policies, ["a/deny"]);
+        // No policy applies to it, so none decided that it reaches: the tier says why and
+        // no object or rule is named, in the verdict and in the finding.
+        assert_eq!(
+            (&v.tier, &v.object, &v.rule),
+            (&Tier::HostNetwork, &None, &None)
+        );
+        let f = of(&r, "workload-reaches-target");
+        let d = f[0].decided_by.as_ref().unwrap();
+        assert_eq!(
+            (&d.tier, &d.object, &d.rule),
+            (&Tier::HostNetwork, &None, &None)
+        );
+        assert_eq!(
+            f[0].objects.len(),
+            1,
+            "the workload only: {:?}",
+            f[0].objects
+        );
         assert!(ids(&r).contains(&"host-network"));
         assert!(!ids(&r).contains(&"no-dns-egress"));
         assert!(!ids(&r).contains(&"namespace-unrestricted"));
@@ -1524,9 +1566,41 @@ mod tests {
         );
         assert!(!run(&text, false).workloads[0].verdicts[0].reachable);
         let r = run(&text, true);
-        assert!(r.workloads[0].verdicts[0].reachable);
-        assert!(!r.workloads[0].verdicts[0].policy_allowed);
+        let v = &r.workloads[0].verdicts[0];
+        assert!(v.reachable);
+        assert!(!v.policy_allowed);
         assert!(ids(&r).contains(&"no-policy-engine"));
+        // Nobody enforces the NetworkPolicy: it is no decider of "reaches".
+        assert_eq!((&v.tier, &v.object, &v.rule), (&Tier::None, &None, &None));
+        assert_eq!(
+            v.reason,
+            "no policy engine enforces any policy (policy alone: egress-isolated by a/deny and none of their egress rules admits it)"
+        );
+        let f = of(&r, "workload-reaches-target");
+        let d = f[0].decided_by.as_ref().unwrap();
+        assert_eq!((&d.tier, &d.object, &d.rule), (&Tier::None, &None, &None));
+        // A policy that allows does not decide either.
+        let open = format!(
+            "{POD}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: open, namespace: a}}\nspec:\n  podSelector: {{}}\n  egress: [{{}}]\n"
+        );
+        let r = run(&open, true);
+        let v = &r.workloads[0].verdicts[0];
+        assert!(v.policy_allowed);
+        assert_eq!((&v.tier, &v.object, &v.rule), (&Tier::None, &None, &None));
+        assert!(
+            v.reason.starts_with(
+                "no policy engine enforces any policy (policy alone: allowed by a/open#egress[0]"
+            ),
+            "{}",
+            v.reason
+        );
+        // New pods of every namespace reach the targets too.
+        let r = run(&text, true);
+        assert!(of(&r, "namespace-unrestricted").iter().any(|f| {
+            f.message
+                .starts_with("namespace a: a new pod without labels would reach")
+                && f.message.contains("no policy engine")
+        }),);
     }
 
     #[test]

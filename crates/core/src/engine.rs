@@ -297,6 +297,11 @@ pub enum Tier {
     Calico(String),
     /// Cilium's policies.
     Cilium,
+    /// No engine enforces any policy (`--engine none`): nothing decided, whatever the
+    /// policies say.
+    None,
+    /// The source uses the node's network: no policy kind applies to it.
+    HostNetwork,
 }
 
 impl fmt::Display for Tier {
@@ -308,6 +313,8 @@ impl fmt::Display for Tier {
             Tier::Default => f.write_str("default"),
             Tier::Calico(name) => write!(f, "calico:{name}"),
             Tier::Cilium => f.write_str("cilium"),
+            Tier::None => f.write_str("none"),
+            Tier::HostNetwork => f.write_str("host-network"),
         }
     }
 }
@@ -620,10 +627,12 @@ impl<'c> Prepared<'c> {
             ties: Vec::new(),
         };
         if self.settings.engine == Engine::None {
+            d.tier = Tier::None;
             d.reason = Reason::NoPolicyEngine;
             return d;
         }
         if src.host_network {
+            d.tier = Tier::HostNetwork;
             d.reason = Reason::HostNetwork;
             return d;
         }
@@ -1370,6 +1379,19 @@ mod tests {
         );
         // No engine: allowed, whatever the policies say.
         let d = decide(&c, &EngineSettings::new(Engine::None), &src(&web), &node);
-        assert_eq!((d.allowed, d.reason), (true, Reason::NoPolicyEngine));
+        assert_eq!(
+            (d.allowed, d.tier, d.object, d.rule, d.reason),
+            (true, Tier::None, None, None, Reason::NoPolicyEngine)
+        );
+        // hostNetwork: no policy applies; nothing decided.
+        let host = Source {
+            host_network: true,
+            ..src(&web)
+        };
+        let d = decide(&c, &s, &host, &node);
+        assert_eq!(
+            (d.allowed, d.tier, d.object, d.rule, d.reason),
+            (true, Tier::HostNetwork, None, None, Reason::HostNetwork)
+        );
     }
 }

@@ -35,6 +35,22 @@ fn short_reason(v: &Verdict, host_network: bool) -> String {
         (Some(o), None) => o.to_string(),
         _ => String::new(),
     };
+    // hostNetwork and `--engine none`: no policy decided; say what the policies alone
+    // would (the verdict's `policies` / `rules`).
+    if matches!(v.tier, Tier::HostNetwork | Tier::None) {
+        let by = if v.rule_count > 0 { &rules } else { &policies };
+        let would = match (v.policy_allowed, by.is_empty()) {
+            (true, true) => "would be allowed".to_string(),
+            (true, false) => format!("would be allowed by {by}"),
+            (false, true) => "would be denied".to_string(),
+            (false, false) => format!("would be denied by {by}"),
+        };
+        return if v.tier == Tier::HostNetwork || host_network {
+            format!("hostNetwork: policy does not apply ({would})")
+        } else {
+            format!("no policy engine ({would})")
+        };
+    }
     let said = match (v.tier.clone(), v.policy_allowed) {
         (Tier::NetworkPolicy, true) => format!("allowed by {rules}"),
         (Tier::NetworkPolicy, false) => format!("denied: isolated by {policies}"),
