@@ -515,3 +515,51 @@ fn unenforced_verdicts_name_no_deciding_policy() {
     assert_eq!(f["decided_by"]["tier"], "host-network");
     assert_eq!(f["decided_by"]["object"], Value::Null);
 }
+
+/// Under --engine cilium --cilium-cnp, a ClusterNetworkPolicy `networks` peer becomes a
+/// CIDR selector, which never selects an address Cilium gives the `host` identity: it
+/// follows --cilium-link-local like Cilium's own CIDR rules (default either: reachable if
+/// either classification reaches).
+#[test]
+fn cnp_networks_under_cilium_follow_the_link_local_classification() {
+    // Without the isolating NetworkPolicy: only the CNP can deny.
+    let cnp = CLUSTER
+        .split("---\napiVersion: networking.k8s.io/v1\n")
+        .next()
+        .unwrap()
+        .replace(
+            "apiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy",
+            "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy",
+        )
+        .replace("  priority: 10\n", "  tier: Admin\n  priority: 10\n");
+    let run = |ll: &str| {
+        json(
+            &cnp,
+            &[
+                "--engine",
+                "cilium",
+                "--cilium-cnp",
+                "--cilium-link-local",
+                ll,
+            ],
+        )
+    };
+    let v = verdict(&run("world"), "web", IMDS).clone();
+    assert_eq!(
+        (v["policy_allowed"].as_bool(), v["tier"].as_str()),
+        (Some(false), Some("admin")),
+        "{v}"
+    );
+    let v = verdict(&run("host"), "web", IMDS).clone();
+    assert_eq!(v["policy_allowed"], true, "{v}");
+    let r = json(&cnp, &["--engine", "cilium", "--cilium-cnp"]);
+    let v = verdict(&r, "web", IMDS);
+    assert_eq!(v["policy_allowed"], true, "{v}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("as `world` it is denied: denied by ClusterNetworkPolicy/no-imds#egress[0]"),
+        "{v}"
+    );
+}

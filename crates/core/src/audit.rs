@@ -1136,6 +1136,7 @@ fn evaluate_workload(
                 netpol: None,
                 passed: vec![],
                 ties: vec![],
+                notes: vec![],
             }
         } else {
             decisions.swap_remove(pick)

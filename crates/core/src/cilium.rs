@@ -35,6 +35,7 @@ mod tests;
 
 pub use eval::{
     CiliumDecision, CiliumDest, CiliumEndpoint, Note, Outcome, RuleRef, decide, decide_with_netpol,
+    is_link_local,
 };
 pub use model::{
     CidrGroup, CidrRule, CiliumPolicies, CiliumPolicy, Entity, L4Proto, L7Kind, Peer, PolicyKind,

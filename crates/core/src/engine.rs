@@ -24,7 +24,7 @@ use crate::netpol::{self, NetpolOptions};
 use crate::target::{Protocol, Target};
 use crate::tiered::{
     Action, TierDecision, TierLevel, TierOutcome, TieredKind, TieredPolicy, TieredRuleRef,
-    decide_tier,
+    decide_tier_with,
 };
 
 /// A policy engine (CNI network policy implementation).
@@ -452,6 +452,10 @@ pub struct EgressDecision {
     pub passed: Vec<TieredRuleRef>,
     /// Undefined choices among equal-priority policies on the way.
     pub ties: Vec<Tie>,
+    /// What the verdict assumes, in words, appended to the reason (e.g. which entity
+    /// Cilium gives a link-local destination when a ClusterNetworkPolicy `networks` rule
+    /// decides under one classification and not the other).
+    pub notes: Vec<String>,
 }
 
 /// The policies that apply to one source pod, per tier, in evaluation order (see
@@ -625,6 +629,7 @@ impl<'c> Prepared<'c> {
             netpol: None,
             passed: Vec::new(),
             ties: Vec::new(),
+            notes: Vec::new(),
         };
         if self.settings.engine == Engine::None {
             d.tier = Tier::None;
@@ -656,27 +661,10 @@ impl<'c> Prepared<'c> {
             d.reason = Reason::Calico(Box::new(c));
             return d;
         }
-        if self.tier(&mut d, &sel.admin, TierLevel::Admin, dst) {
-            return d;
-        }
         if self.settings.engine == Engine::Cilium {
-            // Cilium's policies and NetworkPolicy in one repository (a Cilium deny beats
-            // every allow), between the tiers of ClusterNetworkPolicy when enabled.
-            let c = self.cilium(src, dst);
-            let undecided = matches!(
-                c.outcome,
-                cilium::Outcome::NotIsolated | cilium::Outcome::DefaultAllow
-            );
-            if undecided && self.tier(&mut d, &sel.baseline, TierLevel::Baseline, dst) {
-                return d;
-            }
-            d.allowed = c.allowed;
-            if c.outcome != cilium::Outcome::NotIsolated {
-                d.tier = Tier::Cilium;
-                d.object = c.policy().map(PolicyRef::cilium);
-                d.rule = c.rule.as_ref().map(|r| r.rule.clone());
-            }
-            d.reason = Reason::Cilium(Box::new(c));
+            return self.decide_cilium(d, sel, src, dst);
+        }
+        if self.tier(&mut d, &sel.admin, TierLevel::Admin, dst, true) {
             return d;
         }
         let np = netpol::decide_dst(cluster, &sel.netpol, dst, self.settings.netpol_options());
@@ -700,13 +688,123 @@ impl<'c> Prepared<'c> {
             return d;
         }
         d.netpol = Some(np);
-        self.tier(&mut d, &sel.baseline, TierLevel::Baseline, dst);
+        self.tier(&mut d, &sel.baseline, TierLevel::Baseline, dst, true);
+        d
+    }
+
+    /// Cilium: the ClusterNetworkPolicy Admin tier (when enforced), then Cilium's
+    /// policies and NetworkPolicy in one repository (a Cilium deny beats every allow),
+    /// then the Baseline tier.
+    ///
+    /// Cilium implements ClusterNetworkPolicy by translating it into its own rules, a
+    /// `networks` peer into CIDR selectors (and `domainNames` into FQDN selectors, whose
+    /// addresses get CIDR identities); CIDR selectors never select an address Cilium
+    /// gives the `host` identity. So a `networks` rule covers a link-local destination
+    /// (169.254.169.254) only under the `world` classification, like a `toCIDR` rule
+    /// ([`cilium::LinkLocalAs`]). This is read from Cilium's documented CIDR semantics
+    /// ("CIDR rules never match Cilium-managed pods or nodes"), not from a sentence about
+    /// ClusterNetworkPolicy itself (cilium/cilium PR 47227, "docs: Update NetworkPolicy
+    /// and ClusterNetworkPolicy documentation", documents enabling it, not how `networks`
+    /// meets `host` addresses): an assumption, documented in docs/engines.md. With
+    /// `--cilium-link-local either` (the default) both classifications are evaluated
+    /// when the tiers' answer depends on it, and the destination is reachable when
+    /// either reaches it; the reason names the other classification's answer.
+    fn decide_cilium(
+        &self,
+        d: EgressDecision,
+        sel: &Selected,
+        src: &Source<'_>,
+        dst: &Destination,
+    ) -> EgressDecision {
+        use cilium::LinkLocalAs;
+        let configured = self.settings.cilium_link_local;
+        let link_local = match dst {
+            Destination::External(t) if cilium::is_link_local(t.ip) => Some(t.ip),
+            _ => None,
+        };
+        let Some(ip) = link_local else {
+            return self.cilium_path(d, sel, src, dst, configured, true);
+        };
+        match configured {
+            LinkLocalAs::World => self.cilium_path(d, sel, src, dst, LinkLocalAs::World, true),
+            LinkLocalAs::Host => self.cilium_path(d, sel, src, dst, LinkLocalAs::Host, false),
+            LinkLocalAs::Either => {
+                let tiered = &self.cluster.tiered;
+                let tiers = |address_peers: bool| {
+                    (
+                        decide_tier_with(tiered, &sel.admin, dst, address_peers),
+                        decide_tier_with(tiered, &sel.baseline, dst, address_peers),
+                    )
+                };
+                if tiers(true) == tiers(false) {
+                    // The tiers do not depend on it: Cilium's own evaluation covers both.
+                    return self.cilium_path(d, sel, src, dst, LinkLocalAs::Either, true);
+                }
+                let world = self.cilium_path(d.clone(), sel, src, dst, LinkLocalAs::World, true);
+                let host = self.cilium_path(d, sel, src, dst, LinkLocalAs::Host, false);
+                let (mut chosen, other, used, other_name) = if world.allowed || !host.allowed {
+                    (world, host, "world", "host")
+                } else {
+                    (host, world, "host", "world")
+                };
+                let verb = if other.allowed { "allowed" } else { "denied" };
+                chosen.notes.push(format!(
+                    "this assumes Cilium classifies {ip} as `{used}` (--cilium-link-local); as `{other_name}` it is {verb}: {}",
+                    explain(self.cluster, &other, Some(3)).reason
+                ));
+                chosen
+            }
+        }
+    }
+
+    /// [`Prepared::decide_cilium`] under one classification of a link-local destination;
+    /// `address_peers`: whether `networks` / `domainNames` peers can match it.
+    fn cilium_path(
+        &self,
+        mut d: EgressDecision,
+        sel: &Selected,
+        src: &Source<'_>,
+        dst: &Destination,
+        link_local: cilium::LinkLocalAs,
+        address_peers: bool,
+    ) -> EgressDecision {
+        if self.tier(&mut d, &sel.admin, TierLevel::Admin, dst, address_peers) {
+            return d;
+        }
+        let c = self.cilium(src, dst, link_local);
+        let undecided = matches!(
+            c.outcome,
+            cilium::Outcome::NotIsolated | cilium::Outcome::DefaultAllow
+        );
+        if undecided
+            && self.tier(
+                &mut d,
+                &sel.baseline,
+                TierLevel::Baseline,
+                dst,
+                address_peers,
+            )
+        {
+            return d;
+        }
+        d.allowed = c.allowed;
+        if c.outcome != cilium::Outcome::NotIsolated {
+            d.tier = Tier::Cilium;
+            d.object = c.policy().map(PolicyRef::cilium);
+            d.rule = c.rule.as_ref().map(|r| r.rule.clone());
+        }
+        d.reason = Reason::Cilium(Box::new(c));
         d
     }
 
     /// Cilium's decision: its policies for the source's namespace and that namespace's
     /// NetworkPolicies.
-    fn cilium(&self, src: &Source<'_>, dst: &Destination) -> cilium::CiliumDecision {
+    fn cilium(
+        &self,
+        src: &Source<'_>,
+        dst: &Destination,
+        link_local: cilium::LinkLocalAs,
+    ) -> cilium::CiliumDecision {
         let cluster = self.cluster;
         let netpols: Vec<&crate::model::NetworkPolicy> = cluster
             .policies_in(src.namespace)
@@ -762,23 +860,28 @@ impl<'c> Prepared<'c> {
             &netpols,
             &endpoint,
             &dest,
-            &self.settings.cilium_options(),
+            &cilium::CiliumOptions {
+                link_local,
+                ..self.settings.cilium_options()
+            },
         )
     }
 
-    /// Applies one tier; true when it decided (Accept or Deny).
+    /// Applies one tier; true when it decided (Accept or Deny). `address_peers`: see
+    /// [`crate::tiered::Peer::matches_with`].
     fn tier(
         &self,
         d: &mut EgressDecision,
         sel: &[usize],
         tier: TierLevel,
         dst: &Destination,
+        address_peers: bool,
     ) -> bool {
         if sel.is_empty() {
             return false;
         }
         let tiered = &self.cluster.tiered;
-        let TierDecision { outcome, ties } = decide_tier(tiered, sel, dst);
+        let TierDecision { outcome, ties } = decide_tier_with(tiered, sel, dst, address_peers);
         let hit = match outcome {
             TierOutcome::NoMatch => return false,
             TierOutcome::Accept(r) | TierOutcome::Deny(r) | TierOutcome::Pass(r) => r,
@@ -1010,6 +1113,9 @@ pub fn explain(cluster: &Cluster, d: &EgressDecision, limit: Option<usize>) -> n
             rule_count: 0,
         },
     };
+    for n in &d.notes {
+        e.reason.push_str(&format!("; {n}"));
+    }
     if !d.passed.is_empty() {
         let names: Vec<String> = d
             .passed
@@ -1078,6 +1184,76 @@ mod cilium_tests {
         let cluster = Cluster::default();
         let e = explain(&cluster, &either, None);
         assert!(e.reason.contains("as `world`: denied by"), "{}", e.reason);
+    }
+}
+
+#[cfg(test)]
+mod cilium_cnp_tests {
+    //! ClusterNetworkPolicy under Cilium (`--cilium-cnp`): its `networks` peers become CIDR
+    //! selectors, which never select an address Cilium gives the `host` identity, so
+    //! they follow `--cilium-link-local` like Cilium's own CIDR rules (an assumption from
+    //! <https://docs.cilium.io/en/latest/security/policy/language/>: "CIDR rules never
+    //! match Cilium-managed pods or nodes"; see [`Prepared::decide_cilium`]).
+    use super::*;
+    use crate::target::IMDS;
+
+    const INPUT: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: app}\n---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: deny-imds}\nspec:\n  tier: Admin\n  priority: 1\n  subject: {namespaces: {}}\n  egress: [{action: Deny, to: [{networks: [169.254.169.254/32, 203.0.113.0/24]}]}]\n";
+
+    fn decide_as(link_local: cilium::LinkLocalAs, dst: Destination) -> EgressDecision {
+        let l = crate::manifest::parse("t.yaml", INPUT);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        let cluster = Cluster::build(l.objects);
+        let settings = EngineSettings {
+            cilium_cluster_network_policy: true,
+            cilium_link_local: link_local,
+            ..EngineSettings::new(Engine::Cilium)
+        };
+        let labels = Labels::new();
+        let ns_labels = cluster.namespaces["app"].labels.clone();
+        let src = Source {
+            namespace: "app",
+            labels: &labels,
+            ns_labels: &ns_labels,
+            service_account: None,
+            host_network: false,
+        };
+        let d = decide(&cluster, &settings, &src, &dst);
+        // The reason is worded without panicking.
+        let _ = explain(&cluster, &d, None);
+        d
+    }
+
+    #[test]
+    fn networks_peers_follow_the_link_local_classification() {
+        use cilium::LinkLocalAs::*;
+        // world: the CIDR selector covers it; the CNP denies.
+        let d = decide_as(World, Destination::External(IMDS));
+        assert_eq!((d.allowed, &d.tier), (false, &Tier::Admin));
+        assert_eq!(d.rule.as_deref(), Some("egress[0]"));
+        // host: no CIDR selector selects it; nothing else decides: allowed.
+        let d = decide_as(Host, Destination::External(IMDS));
+        assert!(d.allowed, "{d:?}");
+        // either (the default): reachable when either reaches, and the reason says what
+        // the other classification gives.
+        let d = decide_as(Either, Destination::External(IMDS));
+        assert!(d.allowed);
+        let l = crate::manifest::parse("t.yaml", INPUT);
+        let e = explain(&Cluster::build(l.objects), &d, None);
+        assert!(
+            e.reason
+                .contains("this assumes Cilium classifies 169.254.169.254 as `host`")
+                && e.reason.contains(
+                    "as `world` it is denied: denied by ClusterNetworkPolicy/deny-imds#egress[0]"
+                ),
+            "{}",
+            e.reason
+        );
+        // An address that is not link-local is `world` whatever the flag says.
+        let d = decide_as(
+            Host,
+            Destination::External("203.0.113.9:80/TCP".parse().unwrap()),
+        );
+        assert_eq!((d.allowed, &d.tier), (false, &Tier::Admin));
     }
 }
 

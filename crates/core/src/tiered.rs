@@ -229,7 +229,16 @@ impl Peer {
     /// pods' and nodes' included; `domainNames` selects an external address only when it
     /// names a metadata endpoint's well-known name that resolves to it.
     pub fn matches(&self, dst: &Destination) -> bool {
+        self.matches_with(dst, true)
+    }
+
+    /// [`Peer::matches`], with `address_peers: false` making the address-based peers
+    /// (`networks`, `domainNames`) match nothing: how an engine that turns them into
+    /// CIDR selectors sees a destination it does not classify as an outside address
+    /// (Cilium and a link-local address its node owns, [`crate::cilium::LinkLocalAs`]).
+    pub fn matches_with(&self, dst: &Destination, address_peers: bool) -> bool {
         match (self, dst) {
+            (Peer::Networks(_) | Peer::DomainNames(_), _) if !address_peers => false,
             (Peer::Networks(nets), d) => d
                 .ip()
                 .is_some_and(|ip| nets.iter().any(|n| n.contains(&ip))),
@@ -322,6 +331,11 @@ impl Rule {
     /// traffic ("treat the rule as a 'Deny all' rule"), and a Pass rule then denies
     /// ([`Rule::effective_action`]).
     pub fn matches(&self, dst: &Destination) -> bool {
+        self.matches_with(dst, true)
+    }
+
+    /// [`Rule::matches`] with [`Peer::matches_with`]'s `address_peers`.
+    pub fn matches_with(&self, dst: &Destination, address_peers: bool) -> bool {
         if self.action != Action::Accept && self.has_unknown_peer() {
             return true;
         }
@@ -329,7 +343,14 @@ impl Rule {
             .ports
             .as_ref()
             .is_none_or(|ports| ports.iter().any(|p| p.matches(dst)));
-        port_ok && self.to.iter().any(|p| p.matches(dst))
+        port_ok && self.to.iter().any(|p| p.matches_with(dst, address_peers))
+    }
+
+    /// Whether the rule has a `networks` or `domainNames` peer.
+    pub fn has_address_peer(&self) -> bool {
+        self.to
+            .iter()
+            .any(|p| matches!(p, Peer::Networks(_) | Peer::DomainNames(_)))
     }
 }
 
@@ -375,7 +396,19 @@ impl TieredPolicy {
 
     /// The first rule that matches the destination, with its index.
     pub fn first_match(&self, dst: &Destination) -> Option<(usize, &Rule)> {
-        self.egress.iter().enumerate().find(|(_, r)| r.matches(dst))
+        self.first_match_with(dst, true)
+    }
+
+    /// [`TieredPolicy::first_match`] with [`Peer::matches_with`]'s `address_peers`.
+    pub fn first_match_with(
+        &self,
+        dst: &Destination,
+        address_peers: bool,
+    ) -> Option<(usize, &Rule)> {
+        self.egress
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.matches_with(dst, address_peers))
     }
 }
 
@@ -419,9 +452,19 @@ pub fn decide_tier(
     selecting: &[usize],
     dst: &Destination,
 ) -> TierDecision {
+    decide_tier_with(policies, selecting, dst, true)
+}
+
+/// [`decide_tier`] with [`Peer::matches_with`]'s `address_peers`.
+pub fn decide_tier_with(
+    policies: &[TieredPolicy],
+    selecting: &[usize],
+    dst: &Destination,
+    address_peers: bool,
+) -> TierDecision {
     for (k, &i) in selecting.iter().enumerate() {
         let p = &policies[i];
-        let Some((ri, rule)) = p.first_match(dst) else {
+        let Some((ri, rule)) = p.first_match_with(dst, address_peers) else {
             continue;
         };
         let hit = TieredRuleRef {
@@ -434,7 +477,7 @@ pub fn decide_tier(
                 .take_while(|&&j| policies[j].priority == Some(prio))
                 .filter_map(|&j| {
                     policies[j]
-                        .first_match(dst)
+                        .first_match_with(dst, address_peers)
                         .map(|(r, _)| TieredRuleRef { policy: j, rule: r })
                 })
                 .collect(),

@@ -395,7 +395,7 @@ pub fn decide_with_netpol(
 }
 
 /// Link-local addresses, which a node agent may own (see [`LinkLocalAs`]).
-fn is_link_local(ip: IpAddr) -> bool {
+pub fn is_link_local(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_link_local(),
         IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
