@@ -563,3 +563,17 @@ fn cnp_networks_under_cilium_follow_the_link_local_classification() {
         "{v}"
     );
 }
+
+/// `protocols: [{tcp: {}}]` is refused by the CRD (MinProperties=1): an input error naming
+/// the field, the object left out.
+#[test]
+fn an_empty_cnp_protocol_is_an_input_error_naming_the_field() {
+    let text = format!(
+        "{CLUSTER}---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: empty-tcp}}\nspec:\n  tier: Admin\n  priority: 1\n  subject: {{namespaces: {{}}}}\n  egress:\n  - action: Deny\n    to: [{{networks: [0.0.0.0/0]}}]\n    protocols: [{{tcp: {{}}}}]\n"
+    );
+    let (_, _, err) = audit(&text, &["--format", "json"]);
+    assert!(
+        err.contains("ClusterNetworkPolicy empty-tcp: spec.egress[0].protocols[0].tcp is empty"),
+        "{err}"
+    );
+}

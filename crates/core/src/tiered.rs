@@ -712,7 +712,13 @@ fn cnp_protocols(v: &[Value], at: &str) -> Result<Vec<PortMatch>, String> {
             }
         };
         let range = match field(&p[key], "destinationPort") {
-            None => None,
+            // The CRD marks the protocol object MinProperties=1: `tcp: {}` is refused.
+            None => {
+                return Err(format!(
+                    "{at}.{key} is empty: the API server refuses it (it needs destinationPort); to match every {} port, leave {key} out of the rule's protocols",
+                    protocol.as_str()
+                ));
+            }
             Some(dp) => {
                 let at = format!("{at}.{key}.destinationPort");
                 match (field(dp, "number"), field(dp, "range")) {
@@ -1675,6 +1681,18 @@ mod tests {
             .contains("at least one peer")
         );
         assert!(err(cnp("v9", "x", "Admin", 1, "")).contains("not a version imdsguard reads"));
+        // v1alpha2/v1beta1 ClusterNetworkPolicyProtocol's tcp/udp/sctp objects are
+        // `+kubebuilder:validation:MinProperties=1`: `{tcp: {}}` is refused, naming it.
+        assert!(
+            err(cnp(
+                "v1alpha2",
+                "x",
+                "Admin",
+                1,
+                "  - action: Deny\n    to: [{networks: [10.0.0.0/8]}]\n    protocols: [{tcp: {}}]\n"
+            ))
+            .contains("spec.egress[0].protocols[0].tcp is empty")
+        );
         assert!(
             err(anp("x", 1, "{namespaces: {}, pods: {podSelector: {}}}", ""))
                 .contains("exactly one of namespaces, pods")
