@@ -27,19 +27,32 @@ use crate::tiered::{self, TieredKind};
 
 /// Reads the object being converted again, whole, as a generic value: the kinds whose
 /// fields the typed structs do not hold (cluster-scoped policies, nodes) are read from it
-/// by their own module. `None` when it cannot be read that way.
-type Reread<'a> = &'a dyn Fn() -> Option<serde_json::Value>;
+/// by their own module. `Err` says why it cannot be read that way.
+type Reread<'a> = &'a dyn Fn() -> Result<serde_json::Value, String>;
 
 /// A YAML text read generically, unless its flow collections nest too deep to parse in
-/// linear time.
-fn yaml_value(text: &str) -> Option<serde_json::Value> {
-    if depth::flow_too_deep(text, depth::MAX_FLOW_DEPTH).is_some() {
-        return None;
+/// linear time. Integers beyond 64 bits become floats (see [`value`]), so that the
+/// module reading the field names it and its range.
+fn yaml_value(text: &str) -> Result<serde_json::Value, String> {
+    if let Some(deep) = depth::flow_too_deep(text, depth::MAX_FLOW_DEPTH) {
+        return Err(format!(
+            "flow collections ([...], {{...}}) nested deeper than {} levels (column {})",
+            depth::MAX_FLOW_DEPTH,
+            deep.column
+        ));
     }
-    serde_norway::from_str(text).ok()
+    serde_norway::from_str::<value::LenientValue>(text)
+        .map(|v| v.0)
+        .map_err(|e| yaml_message(&e))
+}
+
+/// Why an object could not be read again as a whole, for its error.
+fn reread_failed(why: &str) -> String {
+    format!("the object could not be read again as a whole: {why}")
 }
 
 mod depth;
+mod value;
 
 /// What went wrong with one document or object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -588,8 +601,8 @@ fn parse_list_items(file: &Arc<str>, list: &ListItems<'_>) -> Option<Loaded> {
             let mut part = Loaded::default();
             for (i, raw) in parsed.into_iter().enumerate() {
                 let reread = || match yaml_value(chunk)? {
-                    serde_json::Value::Array(mut a) if i < a.len() => Some(a.swap_remove(i)),
-                    _ => None,
+                    serde_json::Value::Array(mut a) if i < a.len() => Ok(a.swap_remove(i)),
+                    _ => Err(format!("list item {i} is missing")),
                 };
                 convert(file, line, raw, &list.defaults, &mut part, &reread);
             }
@@ -765,7 +778,7 @@ fn parse_yaml_doc(file: &Arc<str>, line: usize, doc: &str, out: &mut Loaded) {
                 for (i, item) in items.iter().enumerate() {
                     match serde_norway::from_value::<RawObject>(item.clone()) {
                         Ok(raw) => convert(file, line, raw, &defaults, out, &|| {
-                            serde_json::to_value(item).ok()
+                            serde_json::to_value(item).map_err(|e| e.to_string())
                         }),
                         Err(e) => shape_error_or_skip(
                             file,
@@ -870,7 +883,7 @@ fn parse_json(file: &Arc<str>, text: &str) -> Loaded {
             let s = item.get();
             match serde_json::from_str::<RawObject>(s) {
                 Ok(raw) => convert(file, line, raw, defaults, &mut acc, &|| {
-                    serde_json::from_str(s).ok()
+                    serde_json::from_str(s).map_err(|e| e.to_string())
                 }),
                 Err(e) => {
                     let head = serde_json::from_str::<RawHead>(s).unwrap_or_default();
@@ -1104,8 +1117,12 @@ fn convert(
         for (i, item) in items.into_iter().enumerate() {
             let reread_item = || {
                 let mut whole = reread()?;
-                let items = whole.get_mut("items")?.as_array_mut()?;
-                (i < items.len()).then(|| items.swap_remove(i))
+                let items = whole
+                    .get_mut("items")
+                    .and_then(serde_json::Value::as_array_mut)
+                    .filter(|items| i < items.len())
+                    .ok_or_else(|| format!("items[{i}] is missing"))?;
+                Ok(items.swap_remove(i))
             };
             convert(file, line, item, &defaults, out, &reread_item);
         }
@@ -1198,8 +1215,8 @@ fn convert(
         Class::Tiered(tk) => {
             let version = api.rsplit_once('/').map_or("", |(_, v)| v);
             let parsed = match reread() {
-                Some(value) => tiered::parse(tk, version, &name, &value, source),
-                None => Err("the object could not be read again as a whole".into()),
+                Ok(value) => tiered::parse(tk, version, &name, &value, source),
+                Err(why) => Err(reread_failed(&why)),
             };
             match parsed {
                 Ok(p) => Object::Tiered(p),
@@ -1217,17 +1234,14 @@ fn convert(
         }
         Class::Cilium(ck) => {
             let parsed = match reread() {
-                Some(value) => match ck {
+                Ok(value) => match ck {
                     CiliumKind::CidrGroup => {
                         cilium::parse_cidr_group(&value, source).map(Object::CiliumCidrGroup)
                     }
                     _ => cilium::parse(&value, source).map(Object::Cilium),
                 }
                 .map_err(|e| (e.object, format!("{}: {}", e.at, e.reason))),
-                None => Err((
-                    format!("{kind} {name}"),
-                    "the object could not be read again as a whole".into(),
-                )),
+                Err(why) => Err((format!("{kind} {name}"), reread_failed(&why))),
             };
             match parsed {
                 Ok(o) => o,
@@ -1245,13 +1259,10 @@ fn convert(
         }
         Class::Calico => {
             let parsed = match reread() {
-                Some(value) => calico::parse(&value, source)
+                Ok(value) => calico::parse(&value, source)
                     .map(Object::Calico)
                     .map_err(|e| (e.object, format!("{}: {}", e.field, e.problem))),
-                None => Err((
-                    format!("{kind} {name}"),
-                    "the object could not be read again as a whole".into(),
-                )),
+                Err(why) => Err((format!("{kind} {name}"), reread_failed(&why))),
             };
             match parsed {
                 Ok(o) => o,
@@ -1269,6 +1280,7 @@ fn convert(
         }
         Class::Node => Object::Node(Node {
             addresses: reread()
+                .ok()
                 .as_ref()
                 .and_then(|v| v.pointer("/status/addresses"))
                 .and_then(serde_json::Value::as_array)
@@ -1807,5 +1819,21 @@ mod tests {
         assert_eq!(docs.len(), 3);
         assert_eq!(docs[1], (5, "b: 1\n"));
         assert_eq!(docs[2], (8, "c: 2\n"));
+    }
+
+    const CNP: &str = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: x}\nspec:\n  tier: Admin\n  priority: 1\n  subject: {namespaces: {}}\n  egress: []\n";
+
+    /// When the generic read of a whole object fails where the typed read did not (a
+    /// complex mapping key in a subtree the typed read skips), the error says why and
+    /// where, not only that it failed.
+    #[test]
+    fn a_failed_reread_says_why() {
+        let l = parse("t.yaml", &format!("{CNP}status:\n  ? [a]\n  : 1\n"));
+        assert!(l.objects.is_empty());
+        let m = &l.errors[0].message;
+        assert!(
+            m.starts_with("the object could not be read again as a whole: status"),
+            "{m}"
+        );
     }
 }

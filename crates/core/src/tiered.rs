@@ -590,14 +590,33 @@ fn cidr(s: &Value, at: &str) -> Result<IpNet, String> {
     Ok(net.trunc())
 }
 
+/// A whole number as the CRD's integer fields take it: `Ok(n)`, or `Err(text)` for a
+/// whole number beyond 64 bits (read as a float: JSON and YAML input give such numbers as
+/// the nearest float), so that the caller names its field and range. `None` for
+/// anything else (a fraction, a string).
+fn whole_number(v: &Value) -> Option<Result<i64, String>> {
+    if let Some(n) = v.as_i64() {
+        return Some(Ok(n));
+    }
+    if v.is_u64() {
+        return Some(Err(v.to_string()));
+    }
+    let f = v.as_f64()?;
+    (f.abs() >= 2f64.powi(63)).then(|| Err(format!("{f:e}")))
+}
+
 fn port_number(v: Option<&Value>, at: &str) -> Result<u16, String> {
     let n = v
-        .and_then(Value::as_i64)
+        .and_then(whole_number)
         .ok_or_else(|| format!("{at} must be a port number"))?;
-    u16::try_from(n)
-        .ok()
+    let text = match &n {
+        Ok(n) => n.to_string(),
+        Err(text) => text.clone(),
+    };
+    n.ok()
+        .and_then(|n| u16::try_from(n).ok())
         .filter(|&p| p >= 1)
-        .ok_or_else(|| format!("{at} {n} is not a port (1-65535)"))
+        .ok_or_else(|| format!("{at} {text} is not a port (1-65535)"))
 }
 
 fn protocol_of(v: Option<&Value>, at: &str) -> Result<Protocol, String> {
@@ -822,14 +841,16 @@ pub fn parse(
         _ => {
             let p =
                 field(spec, "priority").ok_or("spec.priority is required (0-1000, lower first)")?;
-            let n = p
-                .as_i64()
-                .ok_or("spec.priority must be a number from 0 to 1000")?;
+            let n = whole_number(p).ok_or("spec.priority must be a number from 0 to 1000")?;
+            let text = match &n {
+                Ok(n) => n.to_string(),
+                Err(text) => text.clone(),
+            };
             Some(
-                u32::try_from(n)
-                    .ok()
+                n.ok()
+                    .and_then(|n| u32::try_from(n).ok())
                     .filter(|&n| n <= 1000)
-                    .ok_or_else(|| format!("spec.priority {n} is outside 0-1000"))?,
+                    .ok_or_else(|| format!("spec.priority {text} is outside 0-1000"))?,
             )
         }
     };
@@ -1621,6 +1642,55 @@ mod tests {
             ))
             .map(|m| m.0),
             Some(1)
+        );
+    }
+
+    /// A number beyond 64 bits is refused like any out-of-range value, naming the field
+    /// and its range (it once lost the whole object: "could not be read again"), in YAML,
+    /// in a YAML List and in JSON.
+    #[test]
+    fn numbers_beyond_64_bits_name_the_field_and_range() {
+        let huge = "99999999999999999999999";
+        let yaml = cnp(
+            "v1alpha2",
+            "x",
+            "Admin",
+            7,
+            "  - {action: Deny, to: [{networks: [0.0.0.0/0]}]}\n",
+        )
+        .replace("priority: 7", &format!("priority: {huge}"));
+        let list = format!(
+            "apiVersion: v1\nkind: List\nitems:\n- {}",
+            yaml.trim_start_matches("---\n").replace('\n', "\n  ")
+        );
+        let json = format!(
+            r#"{{"apiVersion":"{GROUP}/v1alpha2","kind":"ClusterNetworkPolicy","metadata":{{"name":"x"}},"spec":{{"tier":"Admin","priority":{huge},"subject":{{"namespaces":{{}}}},"egress":[]}}}}"#
+        );
+        for (file, text) in [("t.yaml", &yaml), ("l.yaml", &list), ("t.json", &json)] {
+            let l = parse_manifests(file, text);
+            assert!(l.objects.is_empty(), "{file}");
+            assert_eq!(l.errors.len(), 1, "{file}: {:?}", l.errors);
+            assert_eq!(
+                l.errors[0].message, "spec.priority 1e23 is outside 0-1000",
+                "{file}"
+            );
+        }
+        let negative = yaml.replace(huge, &format!("-{huge}"));
+        let l = parse_manifests("t.yaml", &negative);
+        assert_eq!(l.errors[0].message, "spec.priority -1e23 is outside 0-1000");
+        let port = cnp(
+            "v1alpha2",
+            "x",
+            "Admin",
+            1,
+            &format!(
+                "  - {{action: Deny, to: [{{networks: [0.0.0.0/0]}}], protocols: [{{tcp: {{destinationPort: {{number: {huge}}}}}}}]}}\n"
+            ),
+        );
+        let l = parse_manifests("t.yaml", &port);
+        assert_eq!(
+            l.errors[0].message,
+            "spec.egress[0].protocols[0].tcp.destinationPort.number 1e23 is not a port (1-65535)"
         );
     }
 
