@@ -65,6 +65,9 @@ pub enum LoadErrorKind {
     Invalid,
     /// The input could not be read at all (missing path, permissions, not UTF-8).
     Io,
+    /// A kind imdsguard reads, at an `apiVersion` it does not know (a newer or older
+    /// CRD version): left out rather than guessed at.
+    UnknownVersion,
 }
 
 /// A document or object that could not be read. The rest of the input is still audited.
@@ -93,6 +96,9 @@ impl fmt::Display for LoadError {
             LoadErrorKind::Shape => "fix the field (see `kubectl explain`)",
             LoadErrorKind::Invalid => "fix the value; the API server would reject it",
             LoadErrorKind::Io => "check the path and its permissions",
+            LoadErrorKind::UnknownVersion => {
+                "write it at a version imdsguard reads (or use an imdsguard that knows this one)"
+            }
         };
         let what = match self.kind {
             LoadErrorKind::Io => "this input was",
@@ -1214,6 +1220,16 @@ fn convert(
         }
         Class::Tiered(tk) => {
             let version = api.rsplit_once('/').map_or("", |(_, v)| v);
+            if let Some(message) = tiered::unknown_version(tk, version) {
+                out.errors.push(LoadError {
+                    file: file.clone(),
+                    line,
+                    object: Some(format!("{tk} {name}")),
+                    kind: LoadErrorKind::UnknownVersion,
+                    message,
+                });
+                return;
+            }
             let parsed = match reread() {
                 Ok(value) => tiered::parse(tk, version, &name, &value, source),
                 Err(why) => Err(reread_failed(&why)),
@@ -1819,6 +1835,19 @@ mod tests {
         assert_eq!(docs.len(), 3);
         assert_eq!(docs[1], (5, "b: 1\n"));
         assert_eq!(docs[2], (8, "c: 2\n"));
+    }
+
+    /// A cluster-scoped policy at a version imdsguard does not know is left out, saying
+    /// so, and not blamed on the API server (which may well serve that version).
+    #[test]
+    fn an_unknown_version_is_not_called_invalid() {
+        let l = parse("t.yaml", &CNP.replace("v1alpha2", "v9"));
+        assert!(l.objects.is_empty());
+        assert_eq!(l.errors[0].kind, LoadErrorKind::UnknownVersion);
+        assert_eq!(
+            l.errors[0].to_string(),
+            "t.yaml:1: ClusterNetworkPolicy x: apiVersion policy.networking.k8s.io/v9 is not a version imdsguard knows (it reads v1alpha1 ANP/BANP, v1alpha2 and v1beta1 ClusterNetworkPolicy); write it at a version imdsguard reads (or use an imdsguard that knows this one); this object was left out of the audit"
+        );
     }
 
     const CNP: &str = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: x}\nspec:\n  tier: Admin\n  priority: 1\n  subject: {namespaces: {}}\n  egress: []\n";

@@ -803,6 +803,29 @@ fn peer(v: &Value, at: &str) -> Result<Peer, String> {
     }
 }
 
+/// What imdsguard reads of [`GROUP`], for errors about other versions.
+const VERSIONS_READ: &str = "it reads v1alpha1 ANP/BANP, v1alpha2 and v1beta1 ClusterNetworkPolicy";
+
+/// Why `kind` at `version` (the part of `apiVersion` after the group) is not read, or
+/// `None` when it is. The object is then left out of the audit as an input error: its
+/// schema is unknown, so neither its rules nor its failing closed can be trusted.
+pub fn unknown_version(kind: TieredKind, version: &str) -> Option<String> {
+    if kind.versions().contains(&version) {
+        return None;
+    }
+    let known = [
+        TieredKind::AdminNetworkPolicy,
+        TieredKind::ClusterNetworkPolicy,
+    ]
+    .iter()
+    .any(|k| k.versions().contains(&version));
+    Some(if known {
+        format!("apiVersion {GROUP}/{version} has no {kind} ({VERSIONS_READ})")
+    } else {
+        format!("apiVersion {GROUP}/{version} is not a version imdsguard knows ({VERSIONS_READ})")
+    })
+}
+
 /// Reads an AdminNetworkPolicy, BaselineAdminNetworkPolicy or ClusterNetworkPolicy from
 /// the whole object (`apiVersion`, `kind`, `metadata`, `spec`), checked as the CRD's
 /// schema checks it (a violation is an error naming the field: the API server would
@@ -814,15 +837,8 @@ pub fn parse(
     object: &Value,
     source: Source,
 ) -> Result<TieredPolicy, String> {
-    if !kind.versions().contains(&version) {
-        return Err(format!(
-            "{GROUP}/{version} {kind} is not a version imdsguard reads (it reads {})",
-            kind.versions()
-                .iter()
-                .map(|v| format!("{GROUP}/{v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+    if let Some(message) = unknown_version(kind, version) {
+        return Err(message);
     }
     let spec = field(object, "spec").ok_or("spec is missing")?;
     let cnp = kind == TieredKind::ClusterNetworkPolicy;
@@ -1750,7 +1766,14 @@ mod tests {
             ))
             .contains("at least one peer")
         );
-        assert!(err(cnp("v9", "x", "Admin", 1, "")).contains("not a version imdsguard reads"));
+        assert_eq!(
+            err(cnp("v9", "x", "Admin", 1, "")),
+            "apiVersion policy.networking.k8s.io/v9 is not a version imdsguard knows (it reads v1alpha1 ANP/BANP, v1alpha2 and v1beta1 ClusterNetworkPolicy)"
+        );
+        assert_eq!(
+            err(anp("x", 1, ALL_NS, "").replace("v1alpha1", "v1beta1")),
+            "apiVersion policy.networking.k8s.io/v1beta1 has no AdminNetworkPolicy (it reads v1alpha1 ANP/BANP, v1alpha2 and v1beta1 ClusterNetworkPolicy)"
+        );
         // v1alpha2/v1beta1 ClusterNetworkPolicyProtocol's tcp/udp/sctp objects are
         // `+kubebuilder:validation:MinProperties=1`: `{tcp: {}}` is refused, naming it.
         assert!(
