@@ -38,6 +38,7 @@ pub mod netpol;
 pub mod nft;
 pub mod pods;
 pub mod presets;
+pub mod quote;
 pub mod target;
 pub mod tiered;
 pub mod token;

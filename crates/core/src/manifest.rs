@@ -22,6 +22,7 @@ use crate::model::{
     Controller, ControllerKind, EgressRule, LabelSelector, Labels, Namespace, NetworkPolicy, Node,
     Object, OwnerRef, Peer, Pod, PodTemplate, PortRule, PortSpec, Source,
 };
+use crate::quote::{clip, quoted};
 use crate::target::Protocol;
 use crate::tiered::{self, TieredKind};
 
@@ -48,7 +49,10 @@ fn yaml_value(text: &str) -> Result<serde_json::Value, String> {
 
 /// Why an object could not be read again as a whole, for its error.
 fn reread_failed(why: &str) -> String {
-    format!("the object could not be read again as a whole: {why}")
+    format!(
+        "the object could not be read again as a whole: {}",
+        clip(why)
+    )
 }
 
 mod depth;
@@ -629,12 +633,12 @@ fn concat(mut a: Loaded, b: Loaded) -> Loaded {
 }
 
 /// The parser's message without its document-relative "at line N column M": the error
-/// carries the file line instead.
+/// carries the file line instead. Clipped: the parser quotes the input it refuses.
 fn yaml_message(e: &serde_norway::Error) -> String {
     let msg = e.to_string();
     match (msg.rfind(" at line "), e.location()) {
-        (Some(i), Some(loc)) => format!("{} (column {})", &msg[..i], loc.column()),
-        _ => msg,
+        (Some(i), Some(loc)) => format!("{} (column {})", clip(&msg[..i]), loc.column()),
+        _ => clip(&msg).to_string(),
     }
 }
 
@@ -832,9 +836,9 @@ fn shape_error_or_skip(
             .and_then(|m| m.namespace.as_ref())
             .map(|n| n.0.as_str());
         match (ns, name) {
-            (Some(ns), Some(n)) => format!("{kind} {ns}/{n}"),
-            (None, Some(n)) => format!("{kind} {n}"),
-            _ => kind.clone(),
+            (Some(ns), Some(n)) => format!("{} {}/{}", clip(&kind), clip(ns), clip(n)),
+            (None, Some(n)) => format!("{} {}", clip(&kind), clip(n)),
+            _ => clip(&kind).to_string(),
         }
     });
     out.errors.push(LoadError {
@@ -842,7 +846,7 @@ fn shape_error_or_skip(
         line,
         object,
         kind: LoadErrorKind::Shape,
-        message: msg,
+        message: clip(&msg).to_string(),
     });
 }
 
@@ -919,7 +923,7 @@ fn json_stream<'a>(
                     line: e.line().max(1),
                     object: None,
                     kind: LoadErrorKind::Syntax,
-                    message: format!("not valid JSON: {e}"),
+                    message: format!("not valid JSON: {}", clip(&e.to_string())),
                 });
                 return;
             }
@@ -989,7 +993,7 @@ fn json_error(
         line: base + e.line().saturating_sub(1),
         object,
         kind: LoadErrorKind::Shape,
-        message: e.to_string(),
+        message: clip(&e.to_string()).to_string(),
     }
 }
 
@@ -1145,7 +1149,7 @@ fn convert(
             line,
             object: None,
             kind: LoadErrorKind::Shape,
-            message: format!("the document has apiVersion `{api}` but no `kind`"),
+            message: format!("the document has apiVersion {} but no `kind`", quoted(&api)),
         });
         return;
     }
@@ -1173,7 +1177,7 @@ fn convert(
         out.errors.push(LoadError {
             file: file.clone(),
             line,
-            object: Some(kind.clone()),
+            object: Some(clip(&kind).to_string()),
             kind: LoadErrorKind::Invalid,
             message: "metadata.name is missing".into(),
         });
@@ -1224,7 +1228,7 @@ fn convert(
                 out.errors.push(LoadError {
                     file: file.clone(),
                     line,
-                    object: Some(format!("{tk} {name}")),
+                    object: Some(format!("{tk} {}", clip(&name))),
                     kind: LoadErrorKind::UnknownVersion,
                     message,
                 });
@@ -1240,7 +1244,7 @@ fn convert(
                     out.errors.push(LoadError {
                         file: file.clone(),
                         line,
-                        object: Some(format!("{tk} {name}")),
+                        object: Some(format!("{tk} {}", clip(&name))),
                         kind: LoadErrorKind::Invalid,
                         message,
                     });
@@ -1257,7 +1261,7 @@ fn convert(
                     _ => cilium::parse(&value, source).map(Object::Cilium),
                 }
                 .map_err(|e| (e.object, format!("{}: {}", e.at, e.reason))),
-                Err(why) => Err((format!("{kind} {name}"), reread_failed(&why))),
+                Err(why) => Err((format!("{kind} {}", clip(&name)), reread_failed(&why))),
             };
             match parsed {
                 Ok(o) => o,
@@ -1278,7 +1282,7 @@ fn convert(
                 Ok(value) => calico::parse(&value, source)
                     .map(Object::Calico)
                     .map_err(|e| (e.object, format!("{}: {}", e.field, e.problem))),
-                Err(why) => Err((format!("{kind} {name}"), reread_failed(&why))),
+                Err(why) => Err((format!("{kind} {}", clip(&name)), reread_failed(&why))),
             };
             match parsed {
                 Ok(o) => o,
@@ -1317,7 +1321,11 @@ fn convert(
                 out.errors.push(LoadError {
                     file: file.clone(),
                     line,
-                    object: Some(format!("NetworkPolicy {namespace}/{name}")),
+                    object: Some(format!(
+                        "NetworkPolicy {}/{}",
+                        clip(&namespace),
+                        clip(&name)
+                    )),
                     kind: LoadErrorKind::Invalid,
                     message,
                 });
@@ -1346,9 +1354,12 @@ fn convert_selector(s: RawSelector, at: &str) -> Result<LabelSelector, String> {
 }
 
 fn parse_cidr(s: &str, at: &str) -> Result<IpNet, String> {
-    s.trim()
-        .parse::<IpNet>()
-        .map_err(|_| format!("{at} `{s}` is not a CIDR (write e.g. 169.254.169.254/32)"))
+    s.trim().parse::<IpNet>().map_err(|_| {
+        format!(
+            "{at} {} is not a CIDR (write e.g. 169.254.169.254/32)",
+            quoted(s)
+        )
+    })
 }
 
 fn convert_policy(
@@ -1400,7 +1411,8 @@ fn convert_policy(
                     "SCTP" => Protocol::Sctp,
                     other => {
                         return Err(format!(
-                            "{at}.protocol `{other}` is not TCP, UDP or SCTP (upper case)"
+                            "{at}.protocol {} is not TCP, UDP or SCTP (upper case)",
+                            quoted(other)
                         ));
                     }
                 },
@@ -1448,7 +1460,8 @@ fn convert_policy(
                 "Egress" => eg = true,
                 other => {
                     return Err(format!(
-                        "spec.policyTypes has `{other}`: only Ingress and Egress exist"
+                        "spec.policyTypes has {}: only Ingress and Egress exist",
+                        quoted(other)
                     ));
                 }
             }
@@ -1848,6 +1861,101 @@ mod tests {
             l.errors[0].to_string(),
             "t.yaml:1: ClusterNetworkPolicy x: apiVersion policy.networking.k8s.io/v9 is not a version imdsguard knows (it reads v1alpha1 ANP/BANP, v1alpha2 and v1beta1 ClusterNetworkPolicy); write it at a version imdsguard reads (or use an imdsguard that knows this one); this object was left out of the audit"
         );
+    }
+
+    /// Errors that quote the input clip what they quote (crate::quote): a 100 KB selector,
+    /// CIDR, name or value gives an error of a few hundred characters that says how long
+    /// the value was.
+    #[test]
+    fn errors_clip_the_input_they_quote() {
+        let big = "x".repeat(100_000);
+        let cases = [
+            (
+                "calico selector",
+                format!(
+                    "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: p}}\nspec:\n  selector: \"{big} ==\"\n  egress: [{{action: Deny}}]\n"
+                ),
+            ),
+            (
+                "calico name and action",
+                format!(
+                    "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: {big}}}\nspec:\n  egress: [{{action: {big}}}]\n"
+                ),
+            ),
+            (
+                "calico nets",
+                format!(
+                    "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: p}}\nspec:\n  egress: [{{action: Deny, destination: {{nets: [{big}]}}}}]\n"
+                ),
+            ),
+            (
+                "cilium toCIDR",
+                format!(
+                    "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {{name: {big}}}\nspec:\n  endpointSelector: {{}}\n  egress: [{{toCIDR: [{big}]}}]\n"
+                ),
+            ),
+            (
+                "cilium entity",
+                format!(
+                    "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {{name: c}}\nspec:\n  endpointSelector: {{}}\n  egress: [{{toEntities: [{big}]}}]\n"
+                ),
+            ),
+            (
+                "cnp networks",
+                CNP.replace(
+                    "egress: []",
+                    &format!("egress: [{{action: Deny, to: [{{networks: [{big}]}}]}}]"),
+                ),
+            ),
+            (
+                "cnp name and tier",
+                CNP.replace("name: x", &format!("name: {big}"))
+                    .replace("tier: Admin", &format!("tier: {big}")),
+            ),
+            ("cnp version", CNP.replace("v1alpha2", &big)),
+            (
+                "networkpolicy cidr",
+                format!(
+                    "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {big}, namespace: {big}}}\nspec:\n  podSelector: {{}}\n  egress: [{{to: [{{ipBlock: {{cidr: {big}}}}}]}}]\n"
+                ),
+            ),
+            (
+                "networkpolicy operator",
+                format!(
+                    "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: n}}\nspec:\n  podSelector: {{matchExpressions: [{{key: a, operator: {big}}}]}}\n"
+                ),
+            ),
+            (
+                "typed shape error",
+                format!(
+                    "apiVersion: v1\nkind: Pod\nmetadata: {{name: {big}}}\nspec: {{hostNetwork: {big}}}\n"
+                ),
+            ),
+            (
+                "json shape error",
+                format!(
+                    "{{\"apiVersion\": \"v1\", \"kind\": \"Pod\", \"metadata\": {{\"name\": \"p\"}}, \"spec\": {{\"hostNetwork\": \"{big}\"}}}}"
+                ),
+            ),
+        ];
+        for (what, text) in cases {
+            let file = if what.starts_with("json") {
+                "t.json"
+            } else {
+                "t.yaml"
+            };
+            let l = parse(file, &text);
+            assert_eq!(l.errors.len(), 1, "{what}: {:?}", l.objects);
+            let shown = l.errors[0].to_string();
+            assert!(
+                shown.len() < 1500,
+                "{what}: {} bytes: {}",
+                shown.len(),
+                &shown[..1500]
+            );
+            assert!(shown.contains("…"), "{what}: {shown}");
+            assert!(shown.contains(" characters)"), "{what}: {shown}");
+        }
     }
 
     const CNP: &str = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: x}\nspec:\n  tier: Admin\n  priority: 1\n  subject: {namespaces: {}}\n  egress: []\n";

@@ -115,7 +115,8 @@ impl LabelSelector {
                 "DoesNotExist" => Operator::DoesNotExist,
                 other => {
                     return Err(format!(
-                        "{at}.matchExpressions[{i}].operator `{other}` is not In, NotIn, Exists or DoesNotExist"
+                        "{at}.matchExpressions[{i}].operator {} is not In, NotIn, Exists or DoesNotExist",
+                        crate::quote::quoted(other)
                     ));
                 }
             };

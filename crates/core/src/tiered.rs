@@ -32,6 +32,7 @@ use serde_json::Value;
 
 use crate::engine::Destination;
 use crate::model::{LabelSelector, Labels, Source};
+use crate::quote::{clip, quoted};
 use crate::target::Protocol;
 
 /// The API group of these kinds.
@@ -581,10 +582,12 @@ fn cidr(s: &Value, at: &str) -> Result<IpNet, String> {
     let text = s
         .as_str()
         .ok_or_else(|| format!("{at} must be a CIDR string"))?;
-    let net: IpNet = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("{at} `{text}` is not a CIDR (write e.g. 10.0.0.0/8 or fd00::/8)"))?;
+    let net: IpNet = text.trim().parse().map_err(|_| {
+        format!(
+            "{at} {} is not a CIDR (write e.g. 10.0.0.0/8 or fd00::/8)",
+            quoted(text)
+        )
+    })?;
     // The current CRDs accept only the masked form; older ones did not check, and a
     // CIDR with host bits set covers its network (`ff06::/3` is `e000::/3`).
     Ok(net.trunc())
@@ -626,7 +629,8 @@ fn protocol_of(v: Option<&Value>, at: &str) -> Result<Protocol, String> {
         Some("UDP") => Ok(Protocol::Udp),
         Some("SCTP") => Ok(Protocol::Sctp),
         Some(other) => Err(format!(
-            "{at} `{other}` is not TCP, UDP or SCTP (upper case)"
+            "{at} {} is not TCP, UDP or SCTP (upper case)",
+            quoted(other)
         )),
     }
 }
@@ -822,7 +826,10 @@ pub fn unknown_version(kind: TieredKind, version: &str) -> Option<String> {
     Some(if known {
         format!("apiVersion {GROUP}/{version} has no {kind} ({VERSIONS_READ})")
     } else {
-        format!("apiVersion {GROUP}/{version} is not a version imdsguard knows ({VERSIONS_READ})")
+        format!(
+            "apiVersion {GROUP}/{} is not a version imdsguard knows ({VERSIONS_READ})",
+            clip(version)
+        )
     })
 }
 
@@ -848,7 +855,12 @@ pub fn parse(
         TieredKind::ClusterNetworkPolicy => match field(spec, "tier").and_then(Value::as_str) {
             Some("Admin") => TierLevel::Admin,
             Some("Baseline") => TierLevel::Baseline,
-            Some(other) => return Err(format!("spec.tier `{other}` is not Admin or Baseline")),
+            Some(other) => {
+                return Err(format!(
+                    "spec.tier {} is not Admin or Baseline",
+                    quoted(other)
+                ));
+            }
             None => return Err("spec.tier is required (Admin or Baseline)".into()),
         },
     };
@@ -913,7 +925,8 @@ pub fn parse(
             (_, Some("Pass")) => Action::Pass,
             (_, Some(other)) => {
                 return Err(format!(
-                    "{at}.action `{other}` is not one of {}",
+                    "{at}.action {} is not one of {}",
+                    quoted(other),
                     match kind {
                         TieredKind::ClusterNetworkPolicy => "Accept, Deny, Pass",
                         TieredKind::AdminNetworkPolicy => "Allow, Deny, Pass",

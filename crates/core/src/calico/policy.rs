@@ -18,6 +18,7 @@ use serde_json::{Map, Value};
 use super::selector::{Selector, SelectorError};
 use super::{DEFAULT_TIER, KUBE_ADMIN_TIER, KUBE_BASELINE_TIER};
 use crate::model::{Labels, NetworkPolicy, Peer, PortSpec, Source};
+use crate::quote::{clip, quoted};
 use crate::target::Protocol;
 use crate::tiered::{
     Action as TieredAction, Peer as TieredPeer, PortMatch as TieredPortMatch, Subject, TierLevel,
@@ -709,7 +710,7 @@ pub enum CalicoProblem {
     #[error("{0}")]
     Invalid(String),
     /// A selector that does not parse.
-    #[error("selector `{text}`: {source}")]
+    #[error("selector {}: {source}", quoted(.text))]
     Selector {
         /// The selector as written.
         text: String,
@@ -878,15 +879,17 @@ pub fn parse(value: &Value, source: Source) -> Result<CalicoObject, CalicoError>
             .to_string()
     });
     let object = match &namespace {
-        Some(ns) => format!("{kind} {ns}/{name}"),
-        None => format!("{kind} {name}"),
+        Some(ns) => format!("{kind} {}/{}", clip(ns), clip(&name)),
+        None => format!("{kind} {}", clip(&name)),
     };
     let cx = Ctx { object };
     if api != API_VERSION || !KINDS.contains(&kind) {
         return Err(cx.err(
             "kind",
             format!(
-                "`{api}` `{kind}` is not a Calico object imdsguard reads (apiVersion {API_VERSION}, kind one of {})",
+                "{} {} is not a Calico object imdsguard reads (apiVersion {API_VERSION}, kind one of {})",
+                quoted(api),
+                quoted(kind),
                 KINDS.join(", ")
             ),
         ));
@@ -935,7 +938,10 @@ fn parse_tier(
         Some(other) => {
             return Err(cx.err(
                 "spec.defaultAction",
-                format!("`{other}` is not a tier default action: write Deny or Pass"),
+                format!(
+                    "{} is not a tier default action: write Deny or Pass",
+                    quoted(other)
+                ),
             ));
         }
     };
@@ -979,11 +985,13 @@ fn parse_policy(
     // default tier (libcalico-go/lib/names/policy.go, ValidateTieredPolicyName).
     if tier != DEFAULT_TIER && !name.starts_with(&format!("{tier}.")) {
         warnings.push(format!(
-            "the name does not start with `{tier}.`: Calico 3.29 to 3.31 reject a policy of tier `{tier}` named otherwise"
+            "the name does not start with `{tier}.`: Calico 3.29 to 3.31 reject a policy of tier `{tier}` named otherwise",
+            tier = clip(&tier)
         ));
     } else if tier == DEFAULT_TIER && name.contains('.') && !name.starts_with("default.") {
         warnings.push(format!(
-            "the name `{name}` has a dot but no `default.` prefix: Calico reads the part before the dot as a tier and rejects it in tier `default`"
+            "the name {} has a dot but no `default.` prefix: Calico reads the part before the dot as a tier and rejects it in tier `default`",
+            quoted(&name)
         ));
     }
     let order = parse_order(cx, spec)?;
@@ -1035,7 +1043,10 @@ fn parse_policy(
             _ => {
                 return Err(cx.err(
                     &format!("spec.types[{i}]"),
-                    format!("`{t}` is not a policy type: write Ingress or Egress"),
+                    format!(
+                        "{} is not a policy type: write Ingress or Egress",
+                        quoted(&t.to_string())
+                    ),
                 ));
             }
         }
@@ -1138,7 +1149,10 @@ fn parse_rules(
             Some(other) => {
                 return Err(cx.err(
                     &join(&at, "action"),
-                    format!("`{other}` is not an action: write Allow, Deny, Log or Pass"),
+                    format!(
+                        "{} is not an action: write Allow, Deny, Log or Pass",
+                        quoted(other)
+                    ),
                 ));
             }
         };
@@ -1149,7 +1163,12 @@ fn parse_rules(
             Some(v) => match v.as_u64() {
                 Some(4) => Some(4),
                 Some(6) => Some(6),
-                _ => return Err(cx.err(&join(&at, "ipVersion"), format!("`{v}` is not 4 or 6"))),
+                _ => {
+                    return Err(cx.err(
+                        &join(&at, "ipVersion"),
+                        format!("{} is not 4 or 6", quoted(&v.to_string())),
+                    ));
+                }
             },
         };
         let icmp = !matches!(m.get("icmp"), None | Some(Value::Null))
@@ -1243,7 +1262,7 @@ fn parse_protocol(
                     number: x,
                     name: s.clone(),
                 })),
-                _ => Err(bad(format!("`{s}`"))),
+                _ => Err(bad(quoted(s).to_string())),
             }
         }
         Some(other) => Err(bad(type_name(other).to_string())),
@@ -1265,7 +1284,10 @@ fn parse_net(cx: &Ctx, v: &Value, field: &str) -> Result<IpNet, CalicoError> {
     }
     Err(cx.err(
         field,
-        format!("`{s}` is not a CIDR: write e.g. 169.254.169.254/32 or fd00::/8"),
+        format!(
+            "{} is not a CIDR: write e.g. 169.254.169.254/32 or fd00::/8",
+            quoted(s)
+        ),
     ))
 }
 
@@ -1276,7 +1298,10 @@ fn parse_ports(cx: &Ctx, list: &[Value], field: &str) -> Result<Vec<PortMatch>, 
         let bad = |s: &str| {
             cx.err(
                 &at,
-                format!("`{s}` is not a port: write a number (80), a range (\"6040:6050\") or a port name"),
+                format!(
+                    "{} is not a port: write a number (80), a range (\"6040:6050\") or a port name",
+                    quoted(s)
+                ),
             )
         };
         let p = match v {
@@ -1291,9 +1316,10 @@ fn parse_ports(cx: &Ctx, list: &[Value], field: &str) -> Result<Vec<PortMatch>, 
                     match (a.parse::<u16>(), b.parse::<u16>()) {
                         (Ok(first), Ok(last)) if first <= last => PortMatch::Range { first, last },
                         (Ok(_), Ok(_)) => {
-                            return Err(
-                                cx.err(&at, format!("`{s}`: the range's start is above its end"))
-                            );
+                            return Err(cx.err(
+                                &at,
+                                format!("{}: the range's start is above its end", quoted(s)),
+                            ));
                         }
                         _ => return Err(bad(s)),
                     }

@@ -35,6 +35,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::model::{LabelSelector, Labels, Operator};
+use crate::quote::{clip, quoted};
 
 /// The label Calico puts on every endpoint it creates for a Kubernetes pod (`k8s`).
 pub const ORCHESTRATOR_LABEL: &str = "projectcalico.org/orchestrator";
@@ -339,8 +340,8 @@ enum Tok {
 impl Tok {
     fn describe(&self) -> String {
         match self {
-            Tok::Label(l) => format!("label `{l}`"),
-            Tok::Str(s) => format!("string {}", quote(s)),
+            Tok::Label(l) => format!("label {}", quoted(l)),
+            Tok::Str(s) => format!("string {}", clip(&quote(s))),
             Tok::LBrace => "`{`".into(),
             Tok::RBrace => "`}`".into(),
             Tok::Comma => "`,`".into(),
@@ -354,7 +355,7 @@ impl Tok {
             Tok::EndsWith => "`ends with`".into(),
             Tok::All => "`all()`".into(),
             Tok::Global => "`global()`".into(),
-            Tok::Has(k) => format!("`has({k})`"),
+            Tok::Has(k) => format!("`has({})`", clip(k)),
             Tok::LParen => "`(`".into(),
             Tok::RParen => "`)`".into(),
             Tok::And => "`&&`".into(),
@@ -726,7 +727,8 @@ impl<'a> Parser<'a> {
                 return Err(self.error(
                     op,
                     &format!(
-                        "an operator after label `{key}` (`==`, `!=`, `in`, `not in`, `contains`, `starts with`, `ends with`)"
+                        "an operator after label {} (`==`, `!=`, `in`, `not in`, `contains`, `starts with`, `ends with`)",
+                        quoted(&key)
                     ),
                 ));
             }

@@ -16,6 +16,7 @@ use super::model::{
     PortProtocol, PortRule, PortSel, Rule, SelKey, SelReq, Selector, Spec, Subject,
 };
 use crate::model::{Operator, Source};
+use crate::quote::{clip, quoted};
 
 /// The Cilium kinds read from manifests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,10 +82,11 @@ pub fn parse(value: &Value, source: Source) -> Result<CiliumPolicy, CiliumError>
         "CiliumClusterwideNetworkPolicy" => PolicyKind::Clusterwide,
         other => {
             return Err(CiliumError {
-                object: other.to_string(),
+                object: clip(other).to_string(),
                 at: "kind".into(),
                 reason: format!(
-                    "`{other}` is not CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy"
+                    "{} is not CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy",
+                    quoted(other)
                 ),
             });
         }
@@ -111,7 +113,7 @@ pub fn parse(value: &Value, source: Source) -> Result<CiliumPolicy, CiliumError>
         name,
     };
     let fail = |e: FieldError| CiliumError {
-        object: id.to_string(),
+        object: clip(&id.to_string()).to_string(),
         at: e.at,
         reason: e.reason,
     };
@@ -171,7 +173,7 @@ pub fn parse_cidr_group(value: &Value, source: Source) -> Result<CidrGroup, Cili
         .unwrap_or("")
         .to_string();
     let fail = |at: &str, reason: String| CiliumError {
-        object: format!("CiliumCIDRGroup {name}"),
+        object: format!("CiliumCIDRGroup {}", clip(&name)),
         at: at.to_string(),
         reason,
     };
@@ -339,8 +341,9 @@ fn scope_subject(mut sel: Selector, namespace: Option<&str>) -> (Selector, Optio
         let replaced = r.key == key && r.operator == Operator::In && r.values.len() == 1;
         if replaced && r.values[0] != ns {
             warning = Some(format!(
-                "endpointSelector names namespace `{}`; a CiliumNetworkPolicy always applies in its own namespace `{ns}`",
-                r.values[0]
+                "endpointSelector names namespace {}; a CiliumNetworkPolicy always applies in its own namespace {}",
+                quoted(&r.values[0]),
+                quoted(ns)
             ));
         }
         !replaced
@@ -352,7 +355,8 @@ fn scope_subject(mut sel: Selector, namespace: Option<&str>) -> (Selector, Optio
             .any(|r| r.key.key() == POD_NAMESPACE)
     {
         warning = Some(format!(
-            "endpointSelector constrains the namespace; a CiliumNetworkPolicy only selects pods of its own namespace `{ns}`"
+            "endpointSelector constrains the namespace; a CiliumNetworkPolicy only selects pods of its own namespace {}",
+            quoted(ns)
         ));
     }
     sel.requirements.push(SelReq {
@@ -423,7 +427,7 @@ fn parse_rule(
                 match text.trim().parse::<std::net::IpAddr>() {
                     Ok(ip) => IpNet::from(ip),
                     Err(_) => {
-                        return err(&cat, format!("`{text}` is not an address or CIDR"));
+                        return err(&cat, format!("{} is not an address or CIDR", quoted(&text)));
                     }
                 }
             };
@@ -493,7 +497,11 @@ fn parse_rule(
                     let known: Vec<&str> = Entity::ALL.iter().map(|(n, _)| *n).collect();
                     return err(
                         &eat,
-                        format!("`{name}` is not an entity: use one of {}", known.join(", ")),
+                        format!(
+                            "{} is not an entity: use one of {}",
+                            quoted(&name),
+                            known.join(", ")
+                        ),
                     );
                 }
             }
@@ -667,7 +675,10 @@ fn parse_port(text: &str, at: &str) -> Res<PortSel> {
         Ok(n) => Ok(PortSel::Number(n)),
         Err(_) => err(
             at,
-            format!("`{t}` is not a port number (0 to 65535; 0 means all) or a port name"),
+            format!(
+                "{} is not a port number (0 to 65535; 0 means all) or a port name",
+                quoted(t)
+            ),
         ),
     }
 }
@@ -681,7 +692,10 @@ fn parse_proto(text: &str, at: &str) -> Res<L4Proto> {
         "ICMP" | "ICMPV6" => Ok(L4Proto::Icmp),
         other => err(
             at,
-            format!("`{other}` is not a protocol: use TCP, UDP, SCTP or ANY"),
+            format!(
+                "{} is not a protocol: use TCP, UDP, SCTP or ANY",
+                quoted(other)
+            ),
         ),
     }
 }
@@ -691,7 +705,10 @@ fn parse_prefix(text: &str, at: &str) -> Res<IpNet> {
         Ok(n) => Ok(n.trunc()),
         Err(_) => err(
             at,
-            format!("`{text}` is not a CIDR (write e.g. 169.254.169.254/32)"),
+            format!(
+                "{} is not a CIDR (write e.g. 169.254.169.254/32)",
+                quoted(text)
+            ),
         ),
     }
 }
@@ -711,7 +728,7 @@ fn parse_selector(v: &Value, at: &str) -> Res<Selector> {
             requirements.push(SelReq {
                 key: SelKey::parse(k),
                 operator: Operator::In,
-                values: vec![scalar(val, &format!("{mat}.{k}"))?],
+                values: vec![scalar(val, &format!("{mat}.{}", clip(k)))?],
             });
         }
     }
@@ -737,7 +754,7 @@ fn parse_selector(v: &Value, at: &str) -> Res<Selector> {
             other => {
                 return err(
                     &format!("{eat}.operator"),
-                    format!("`{other}` is not In, NotIn, Exists or DoesNotExist"),
+                    format!("{} is not In, NotIn, Exists or DoesNotExist", quoted(other)),
                 );
             }
         };
