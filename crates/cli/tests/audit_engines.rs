@@ -331,6 +331,41 @@ fn a_pass_rule_with_an_unknown_peer_denies_all() {
     }
 }
 
+/// A Deny rule that names its port beside a `networks` peer never matches the metadata
+/// address (named ports resolve on destination pods only; the experimental CRD refuses
+/// the rule: network-policy-api apis/v1alpha2/clusternetworkpolicy_types.go,
+/// "networks/nodes/domainNames peer cannot be set with namedPorts"): the workload still
+/// reaches IMDS, and a low `named-port-with-networks` finding names the policy and rule,
+/// in JSON and SARIF.
+#[test]
+fn a_named_port_beside_networks_is_reported() {
+    let text = format!(
+        "{CLUSTER}---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: named}}\nspec:\n  tier: Admin\n  priority: 1\n  subject: {{pods: {{namespaceSelector: {{}}, podSelector: {{matchLabels: {{app: agent}}}}}}}}\n  egress:\n  - name: imds-by-name\n    action: Deny\n    to: [{{networks: [169.254.169.254/32]}}]\n    protocols: [{{destinationNamedPort: http}}]\n"
+    );
+    let r = json(&text, &[]);
+    let f = r["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "named-port-with-networks")
+        .expect("named-port-with-networks");
+    assert_eq!(f["severity"], "low");
+    let m = f["message"].as_str().unwrap();
+    assert!(
+        m.starts_with(
+            "ClusterNetworkPolicy/named#egress[0] `imds-by-name` (Deny) names port `http`"
+        ),
+        "{m}"
+    );
+    assert_eq!(f["objects"][0]["name"], "named");
+    // The rule does not decide IMDS for the agent: the NetworkPolicy below it does.
+    let v = verdict(&r, "agent", IMDS);
+    assert_ne!(v["object"]["name"], "named", "{v}");
+    let (code, sarif, err) = audit(&text, &["--format", "sarif"]);
+    assert!(code == 0 || code == 1, "{err}");
+    assert!(sarif.contains("\"named-port-with-networks\""));
+}
+
 const CALICO_DENY: &str = "---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: deny-imds}\nspec:\n  order: 1\n  selector: all()\n  egress: [{action: Deny, destination: {nets: [169.254.169.254/32]}}]\n";
 const CILIUM_DENY: &str = "---\napiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: deny-imds}\nspec:\n  endpointSelector: {}\n  egressDeny: [{toCIDR: [169.254.169.254/32]}]\n";
 

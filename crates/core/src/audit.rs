@@ -16,7 +16,9 @@ use crate::engine::{
 use crate::model::{Labels, NetworkPolicy, Peer, PortSpec, Source};
 use crate::netpol::{Decision, first_names, join_names};
 use crate::target::{MetadataService, Protocol, Target};
-use crate::tiered::{Action, Peer as TieredPeer, TierLevel, TieredPolicy};
+use crate::tiered::{
+    Action, Peer as TieredPeer, PortMatch, Rule as TieredRule, TierLevel, TieredKind, TieredPolicy,
+};
 
 /// How serious a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -85,11 +87,14 @@ pub enum FindingKind {
     /// A policy names an object the input does not hold (a Cilium CIDR group): the rule
     /// matches nothing through it.
     UnresolvedReference,
+    /// A cluster-scoped policy's rule names a destination port by name beside a
+    /// `networks`, `nodes` or `domainNames` peer: the port never matches those peers.
+    NamedPortWithNetworks,
 }
 
 impl FindingKind {
     /// Every kind, in report order.
-    pub const ALL: [FindingKind; 17] = [
+    pub const ALL: [FindingKind; 18] = [
         FindingKind::WorkloadReachesTarget,
         FindingKind::ExpectedBlocked,
         FindingKind::ExpectedAccess,
@@ -107,6 +112,7 @@ impl FindingKind {
         FindingKind::BanpNotDefault,
         FindingKind::EngineAmbiguous,
         FindingKind::UnresolvedReference,
+        FindingKind::NamedPortWithNetworks,
     ];
 
     /// The stable id, e.g. `workload-reaches-target`.
@@ -129,6 +135,7 @@ impl FindingKind {
             FindingKind::BanpNotDefault => "banp-not-default",
             FindingKind::EngineAmbiguous => "engine-ambiguous",
             FindingKind::UnresolvedReference => "unresolved-reference",
+            FindingKind::NamedPortWithNetworks => "named-port-with-networks",
         }
     }
 
@@ -150,7 +157,7 @@ impl FindingKind {
             | FindingKind::EngineAmbiguous
             | FindingKind::UnresolvedReference
             | FindingKind::ExpectedBlocked => Severity::Medium,
-            FindingKind::PolicySelectsNothing => Severity::Low,
+            FindingKind::PolicySelectsNothing | FindingKind::NamedPortWithNetworks => Severity::Low,
             FindingKind::ExpectedAccess => Severity::Info,
         }
     }
@@ -205,6 +212,9 @@ impl FindingKind {
             }
             FindingKind::UnresolvedReference => {
                 "A policy refers to an object the input does not hold (a CiliumCIDRGroup by cidrGroupRef or cidrGroupSelector): Cilium resolves a missing group to no CIDR, so that part of the rule matches nothing (a deny through it denies nothing, an allow allows nothing). Add the group to the input, or fix the name or labels."
+            }
+            FindingKind::NamedPortWithNetworks => {
+                "A rule of a cluster-scoped policy names a destination port by name (destinationNamedPort, namedPort) beside a networks, nodes or domainNames peer. Named ports are container ports: they resolve on destination pods only, so for those peers' addresses (a metadata endpoint included) the rule matches nothing; the experimental CRD refuses the combination. Write the port number for those peers, or put them in a rule of their own."
             }
             FindingKind::BanpNotDefault => {
                 "A BaselineAdminNetworkPolicy must be named `default` (it is a singleton): the API server refuses any other name, so this object is never enforced. Rename it to default."
@@ -978,6 +988,11 @@ fn tiered_findings(cluster: &Cluster, settings: &EngineSettings, used: &[bool]) 
                 }
             }
         }
+        for (ri, r) in p.egress.iter().enumerate() {
+            if let Some(f) = named_port_with_networks(p, ri, r, &me) {
+                out.push(f);
+            }
+        }
         if enforced && !used[i] {
             out.push(Finding::new(
                 FindingKind::PolicySelectsNothing,
@@ -988,6 +1003,68 @@ fn tiered_findings(cluster: &Cluster, settings: &EngineSettings, used: &[bool]) 
         }
     }
     out
+}
+
+/// A rule that names a port beside address peers. The experimental ClusterNetworkPolicy
+/// CRD refuses it: "networks/nodes/domainNames peer cannot be set with namedPorts since
+/// there are no namedPorts for networks/nodes/domainNames"
+/// (<https://github.com/kubernetes-sigs/network-policy-api/blob/main/apis/v1alpha2/clusternetworkpolicy_types.go>,
+/// ClusterNetworkPolicyEgressRule); the standard CRD accepts it, and the named port then
+/// matches only pods (`tiered::PortMatch::matches`).
+fn named_port_with_networks(
+    p: &TieredPolicy,
+    ri: usize,
+    r: &TieredRule,
+    me: &ObjectRef,
+) -> Option<Finding> {
+    let names: Vec<&str> = r
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|m| match m {
+            PortMatch::Named(n) => Some(n.as_str()),
+            PortMatch::Ports { .. } => None,
+        })
+        .collect();
+    let mut peers: Vec<&str> =
+        r.to.iter()
+            .filter_map(|peer| match peer {
+                TieredPeer::Networks(_) => Some("networks"),
+                TieredPeer::Nodes(_) => Some("nodes"),
+                TieredPeer::DomainNames(_) => Some("domainNames"),
+                _ => None,
+            })
+            .collect();
+    peers.dedup();
+    if names.is_empty() || peers.is_empty() {
+        return None;
+    }
+    let field = match p.kind {
+        TieredKind::ClusterNetworkPolicy => "destinationNamedPort",
+        _ => "namedPort",
+    };
+    let rule = if r.name.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", crate::quote::quoted(&r.name))
+    };
+    Some(Finding::new(
+        FindingKind::NamedPortWithNetworks,
+        format!(
+            "{}#egress[{ri}]{rule} ({}) names port {} ({field}) beside a {} peer: a named port resolves on destination pods only, so the rule matches none of the {} peer's addresses (the experimental CRD refuses this rule)",
+            p.id(),
+            r.action.spelled(p.kind),
+            names
+                .iter()
+                .map(|n| crate::quote::quoted(n).to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            peers.join("/"),
+            peers.join("/"),
+        ),
+        None,
+        vec![me.clone()],
+    ))
 }
 
 /// The first numeric port range of a NetworkPolicy's egress rules: (rule, port, start, end).
@@ -1482,6 +1559,35 @@ mod tests {
 
     const POD: &str =
         "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: a, labels: {app: web}}\n";
+
+    /// A named port beside a networks/nodes/domainNames peer is a low finding naming the
+    /// policy, rule and port (the experimental CRD's XValidation refuses it: "there are no
+    /// namedPorts for networks/nodes/domainNames", network-policy-api
+    /// apis/v1alpha2/clusternetworkpolicy_types.go); beside pod peers it is not.
+    #[test]
+    fn named_port_beside_address_peers_is_reported() {
+        let text = format!(
+            "{POD}---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: np}}\nspec:\n  tier: Admin\n  priority: 5\n  subject: {{namespaces: {{}}}}\n  egress:\n  - {{name: pods-ok, action: Deny, to: [{{namespaces: {{}}}}], protocols: [{{destinationNamedPort: http}}]}}\n  - {{name: imds, action: Deny, to: [{{namespaces: {{}}}}, {{networks: [169.254.169.254/32]}}, {{nodes: {{}}}}], protocols: [{{destinationNamedPort: http}}]}}\n---\napiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {{name: anp}}\nspec:\n  priority: 6\n  subject: {{namespaces: {{}}}}\n  egress:\n  - {{action: Allow, to: [{{networks: [10.0.0.0/8]}}], ports: [{{namedPort: web}}, {{portNumber: {{port: 80}}}}]}}\n"
+        );
+        let r = run(&text, false);
+        let found: Vec<&Finding> = r
+            .findings
+            .iter()
+            .filter(|f| f.id == "named-port-with-networks")
+            .collect();
+        let messages: Vec<&str> = found.iter().map(|f| f.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            [
+                "ClusterNetworkPolicy/np#egress[1] `imds` (Deny) names port `http` (destinationNamedPort) beside a networks/nodes peer: a named port resolves on destination pods only, so the rule matches none of the networks/nodes peer's addresses (the experimental CRD refuses this rule)",
+                "AdminNetworkPolicy/anp#egress[0] (Allow) names port `web` (namedPort) beside a networks peer: a named port resolves on destination pods only, so the rule matches none of the networks peer's addresses (the experimental CRD refuses this rule)",
+            ]
+        );
+        assert!(found.iter().all(|f| f.severity == Severity::Low));
+        assert_eq!(found[0].objects[0].name, "np");
+        // And the rule indeed does not deny IMDS: the pod still reaches it.
+        assert!(ids(&r).contains(&"workload-reaches-target"));
+    }
 
     #[test]
     fn reachable_pod_without_policies() {
