@@ -8,8 +8,12 @@
 //! what their policies close; more than one deny policy when that selection is not one
 //! selector) and allows, rule by rule:
 //!
-//! 1. `0.0.0.0/0` less each IPv4 target address (`/32`), and `::/0` less each IPv6 one
-//!    (`/128`): every other address, every port;
+//! 1. `0.0.0.0/0` less each IPv4 target address (`/32`): every other address, every
+//!    port; `::/0` less each IPv6 target (`/128`) in a companion policy
+//!    `imdsguard-deny-metadata-ipv6-sctp` selecting the same pods, with the SCTP
+//!    entries of rule 2 (Azure NPM is IPv4-only and rejects a whole policy holding an
+//!    IPv6 ipBlock, NPM on Windows rejects SCTP: apart, a rejection costs only the
+//!    companion, and the deny still applies);
 //! 2. for each target address, its ports and protocols that are *not* targets (all of
 //!    UDP and SCTP when only TCP ports are targets; the other TCP ports as ranges with
 //!    `endPort`, and single ports that matter, TCP 53, as entries of their own: Azure
@@ -44,10 +48,16 @@ pub(crate) const NODE_LOCAL_DNS: &str = "169.254.20.10/32";
 /// AKS LocalDNS.
 pub(crate) const AKS_LOCAL_DNS: &str = "169.254.10.0/24";
 
+/// Suffix of the deny's companion policy, which keeps IPv6 and SCTP open apart from the
+/// deny: Azure NPM is IPv4-only and refuses a whole policy with an IPv6 ipBlock
+/// (<https://github.com/Azure/azure-container-networking/pull/1738>), NPM on Windows
+/// refuses SCTP (<https://learn.microsoft.com/en-us/azure/aks/use-network-policies>).
+pub(crate) const EXTRA_SUFFIX: &str = "-ipv6-sctp";
+
 const PROTOCOLS: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
 
 pub(super) fn generate(ctx: &Context<'_>, out: &mut Generated) {
-    let deny_spec = deny_spec(ctx);
+    let (deny_spec, extra_spec) = deny_spec(ctx);
     let allows = allow_policies(ctx, out);
     for (ns, info) in &ctx.cluster.namespaces {
         if info.source.is_none() {
@@ -99,6 +109,18 @@ pub(super) fn generate(ctx: &Context<'_>, out: &mut Generated) {
                 "metadata": ctx.metadata(&name, Some(ns), &ctx.all_addrs()),
                 "spec": spec,
             }));
+            // IPv6 and SCTP in a policy of their own: Azure NPM (IPv4 only) rejects a
+            // policy with an IPv6 ipBlock as a whole, and NPM on Windows rejects SCTP;
+            // apart, a rejection costs only this policy (IPv6 and SCTP then stay
+            // denied: fail closed), never the deny.
+            let mut extra = extra_spec.clone();
+            extra["podSelector"] = selection.to_selector();
+            out.objects.push(json!({
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": ctx.metadata(&format!("{name}{EXTRA_SUFFIX}"), Some(ns), &ctx.all_addrs()),
+                "spec": extra,
+            }));
         }
     }
     if ctx.addrs.iter().any(|a| {
@@ -119,21 +141,43 @@ pub(super) fn generate(ctx: &Context<'_>, out: &mut Generated) {
             ),
         );
     }
+    out.warn(
+        WarningKind::EngineLimit,
+        format!(
+            "Azure NPM on Windows node pools rejects ipBlock `except`, SCTP and NotIn (https://learn.microsoft.com/en-us/azure/aks/use-network-policies): there the deny ({}) is not applied; on AKS with Windows node pools use Calico (--engine calico) or block the targets on the node; Azure NPM is IPv4-only: the IPv6 and SCTP allows are in the companion policy {}{EXTRA_SUFFIX}, whose rejection does not affect the deny",
+            super::DENY_NAME,
+            super::DENY_NAME,
+        ),
+    );
     reopen_warnings(ctx, out);
 }
 
-/// The deny policy's spec (the same in every namespace).
-fn deny_spec(ctx: &Context<'_>) -> Value {
+/// The deny policy's spec (the same in every namespace) and the spec of its companion
+/// for IPv6 and SCTP ([`EXTRA_SUFFIX`]), which selects the same pods.
+fn deny_spec(ctx: &Context<'_>) -> (Value, Value) {
     let mut egress = Vec::new();
-    // 1. every other address.
+    let mut extra = Vec::new();
+    // 1. every other address: IPv4 here, IPv6 in the companion policy.
     let v4: Vec<String> = except_of(ctx, |ip| ip.is_ipv4());
     let v6: Vec<String> = except_of(ctx, |ip| ip.is_ipv6());
-    egress.push(json!({"to": [ip_block("0.0.0.0/0", &v4), ip_block("::/0", &v6)]}));
-    // 2. the other ports of each target address.
+    egress.push(json!({"to": [ip_block("0.0.0.0/0", &v4)]}));
+    extra.push(json!({"to": [ip_block("::/0", &v6)]}));
+    // 2. the other ports of each target address (SCTP and IPv6 addresses in the
+    // companion policy).
     for a in &ctx.addrs {
-        let ports = other_ports(a);
-        if !ports.is_empty() {
-            egress.push(json!({"to": [ip_block(&a.cidr(), &[])], "ports": ports}));
+        let (sctp, ports): (Vec<Value>, Vec<Value>) = other_ports(a)
+            .into_iter()
+            .partition(|p| p["protocol"] == "SCTP");
+        let (here, there) = if a.ip.is_ipv6() {
+            (Vec::new(), [ports, sctp].concat())
+        } else {
+            (ports, sctp)
+        };
+        if !here.is_empty() {
+            egress.push(json!({"to": [ip_block(&a.cidr(), &[])], "ports": here}));
+        }
+        if !there.is_empty() {
+            extra.push(json!({"to": [ip_block(&a.cidr(), &[])], "ports": there}));
         }
     }
     // 3. pods.
@@ -168,11 +212,14 @@ fn deny_spec(ctx: &Context<'_>) -> Value {
     if !local.is_empty() {
         egress.push(json!({ "to": local }));
     }
-    json!({
-        "podSelector": {},
-        "policyTypes": ["Egress"],
-        "egress": egress,
-    })
+    let spec = |egress: Vec<Value>| {
+        json!({
+            "podSelector": {},
+            "policyTypes": ["Egress"],
+            "egress": egress,
+        })
+    };
+    (spec(egress), spec(extra))
 }
 
 fn except_of(ctx: &Context<'_>, family: impl Fn(&IpAddr) -> bool) -> Vec<String> {

@@ -62,9 +62,12 @@ fn networkpolicy_per_namespace_with_allows_first() {
         names(&g),
         [
             "NetworkPolicy:batch/imdsguard-deny-metadata",
+            "NetworkPolicy:batch/imdsguard-deny-metadata-ipv6-sctp",
             "NetworkPolicy:kube-system/imdsguard-allow-metadata-agent",
             "NetworkPolicy:kube-system/imdsguard-deny-metadata",
+            "NetworkPolicy:kube-system/imdsguard-deny-metadata-ipv6-sctp",
             "NetworkPolicy:shop/imdsguard-deny-metadata",
+            "NetworkPolicy:shop/imdsguard-deny-metadata-ipv6-sctp",
         ]
     );
     assert!(
@@ -87,10 +90,39 @@ fn networkpolicy_per_namespace_with_allows_first() {
         egress[0],
         json!({"to": [
             {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["168.63.129.16/32", "169.254.169.254/32"]}},
-            {"ipBlock": {"cidr": "::/0"}},
         ]})
     );
-    let allow = &g.objects[1];
+    // Azure NPM (IPv4 only) rejects a whole policy with an IPv6 ipBlock, NPM on Windows
+    // SCTP: the deny holds neither, its companion both.
+    let text = serde_json::to_string(deny).unwrap();
+    assert!(!text.contains("::/0") && !text.contains("SCTP"), "{text}");
+    let extra = &g.objects[1];
+    assert_eq!(extra["spec"]["podSelector"], deny["spec"]["podSelector"]);
+    assert_eq!(
+        extra["spec"]["egress"][0],
+        json!({"to": [{"ipBlock": {"cidr": "::/0"}}]})
+    );
+    assert!(
+        extra["spec"]["egress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .skip(1)
+            .all(|r| r["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["protocol"] == "SCTP")),
+        "{extra}"
+    );
+    assert!(
+        g.warnings
+            .iter()
+            .any(|w| w.kind == WarningKind::EngineLimit && w.message.contains("Windows")),
+        "{:?}",
+        g.warnings
+    );
+    let allow = &g.objects[2];
     assert_eq!(
         allow["spec"]["podSelector"],
         json!({"matchLabels": {"app": "agent"}})
