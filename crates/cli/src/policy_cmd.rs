@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use imdsguard_core::cluster::Cluster;
-use imdsguard_core::generate::{GenerateOptions, OutputEngine, generate};
+use imdsguard_core::generate::{GenerateOptions, OutputEngine, generate, is_generated};
 use imdsguard_core::target::{Cloud, Target, parse_targets_file};
 use serde_json::Value;
 
@@ -147,7 +147,18 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     let t1 = Instant::now();
-    let cluster = Cluster::build(loaded.objects);
+    // imdsguard's own objects (an earlier run's output in a cluster dump) are left out:
+    // the deny would isolate every pod, and a re-run would write no deny at all.
+    let mut objects = loaded.objects;
+    let before = objects.len();
+    objects.retain(|o| !is_generated(o));
+    if objects.len() < before {
+        eprintln!(
+            "imdsguard policy generate: left out {} object(s) an earlier run of imdsguard wrote (imdsguard-*-metadata*, Calico tier imdsguard): the new objects replace them",
+            before - objects.len()
+        );
+    }
+    let cluster = Cluster::build(objects);
     let t_build = t1.elapsed();
     let t2 = Instant::now();
     let generated = generate(

@@ -666,3 +666,44 @@ fn schemas() {
     }
     assert!(checked > 40, "only {checked} objects checked");
 }
+
+/// A cluster dump that holds an earlier run's output (input + first output) gives the
+/// same objects as the input alone: imdsguard's own objects are left out, and stderr
+/// says how many.
+#[test]
+fn rerun_on_a_dump_with_the_own_output_gives_the_same_objects() {
+    for engine in ENGINES {
+        let dir = scratch("rerun");
+        let first = run(&[
+            "policy", "generate", EXAMPLE, "--engine", engine, "--preset", "aks",
+        ]);
+        assert_eq!(first.code, 0, "{engine}: {}", first.stderr);
+        let own = dir.join("own.yaml");
+        std::fs::write(&own, &first.stdout).unwrap();
+        let second = run(&[
+            "policy",
+            "generate",
+            EXAMPLE,
+            own.to_str().unwrap(),
+            "--engine",
+            engine,
+            "--preset",
+            "aks",
+        ]);
+        assert_eq!(second.code, 0, "{engine}: {}", second.stderr);
+        assert_eq!(
+            documents(&second.stdout),
+            documents(&first.stdout),
+            "{engine}"
+        );
+        assert!(
+            second.stderr.contains(&format!(
+                "left out {} object(s)",
+                documents(&first.stdout).len()
+            )),
+            "{engine}: {}",
+            second.stderr
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

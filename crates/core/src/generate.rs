@@ -567,6 +567,29 @@ pub(crate) fn dns_label(s: &str) -> String {
     if out.is_empty() { "rule".into() } else { out }
 }
 
+/// Whether an object of the input is one `policy generate` writes: re-running on a
+/// cluster dump that holds imdsguard's own output must give the same objects, so these
+/// are left out of isolation, re-opens and priorities (the CLI drops them before
+/// building the cluster). They are told by the names the generator gives them
+/// (`imdsguard-deny-metadata*`, `imdsguard-allow-metadata-*`, the Calico tier
+/// `imdsguard` and its `imdsguard.*` policies), which every one of them carries beside
+/// the [`MANAGED_BY_LABEL`] label: the parsed model keeps no labels of policies.
+pub fn is_generated(object: &crate::model::Object) -> bool {
+    use crate::calico::CalicoObject;
+    use crate::model::Object;
+    let ours = |name: &str| name.starts_with(DENY_NAME) || name.starts_with(ALLOW_PREFIX);
+    match object {
+        Object::NetworkPolicy(p) => ours(&p.name),
+        Object::Tiered(p) => ours(&p.name),
+        Object::Cilium(p) => ours(&p.id.name),
+        Object::Calico(CalicoObject::Tier(t)) => t.name == calico::TIER,
+        Object::Calico(CalicoObject::Policy(p)) => {
+            p.tier == calico::TIER || p.name.starts_with(&format!("{}.", calico::TIER))
+        }
+        _ => false,
+    }
+}
+
 /// hostNetwork workloads that are not expected: no pod-network policy reaches them.
 fn host_network_warnings(ctx: &Context<'_>, out: &mut Generated) {
     let denied_to_all = ctx.never_excepted();
