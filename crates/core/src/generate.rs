@@ -319,13 +319,15 @@ pub(crate) struct ExpectedSubject<'a> {
     pub index: usize,
     pub count: usize,
     pub subject: &'a Subject,
+    /// The rule's name as a DNS-1123 label, unique among the rules ([`unique_labels`]).
+    pub label: String,
 }
 
 impl ExpectedSubject<'_> {
     /// `allow-metadata-<rule>` or `allow-metadata-<rule>-<i>` when the rule has several
     /// subjects, as a DNS-1123 name.
     pub fn object_name(&self) -> String {
-        let base = format!("{ALLOW_PREFIX}{}", dns_label(self.rule));
+        let base = format!("{ALLOW_PREFIX}{}", self.label);
         if self.count > 1 {
             format!("{base}-{}", self.index)
         } else {
@@ -389,12 +391,19 @@ impl<'a> Context<'a> {
                 .collect()
         };
         let addrs = by_address(&|_| true);
+        let labels = unique_labels(
+            opts.expected
+                .iter()
+                .flat_map(|r| r.rules())
+                .map(|r| &*r.name),
+        );
         let subjects: Vec<ExpectedSubject<'a>> = opts
             .expected
             .iter()
             .flat_map(|r| r.rules())
             .flat_map(|rule| {
                 let count = rule.subjects.len();
+                let label = labels[&*rule.name].clone();
                 rule.subjects
                     .iter()
                     .enumerate()
@@ -403,6 +412,7 @@ impl<'a> Context<'a> {
                         index,
                         count,
                         subject,
+                        label: label.clone(),
                     })
             })
             .collect();
@@ -588,6 +598,55 @@ pub fn is_generated(object: &crate::model::Object) -> bool {
         }
         _ => false,
     }
+}
+
+/// Each rule name's DNS-1123 label ([`dns_label`]), made unique: when two names give the
+/// same label (`team.a`, `team-a`, `Team_A`) or a name was cut at 40 characters (two
+/// long names that share their first 40), the label gets `-` and a short hash of the
+/// original name, so no generated object overwrites another.
+pub(crate) fn unique_labels<'a>(names: impl Iterator<Item = &'a str>) -> BTreeMap<&'a str, String> {
+    let names: BTreeSet<&str> = names.collect();
+    let mut by_label: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for n in &names {
+        by_label.entry(dns_label(n)).or_default().push(n);
+    }
+    let mut out = BTreeMap::new();
+    for (label, group) in by_label {
+        for n in group.iter().copied() {
+            let cut = dns_label_untruncated(n).len() > label.len();
+            let l = if group.len() > 1 || cut {
+                format!("{}-{}", label.trim_end_matches('-'), short_hash(n))
+            } else {
+                label.clone()
+            };
+            out.insert(n, l);
+        }
+    }
+    out
+}
+
+/// Six hex digits of the 32-bit FNV-1a hash of `s`: stable across runs and platforms.
+fn short_hash(s: &str) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in s.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("{:06x}", h >> 8)
+}
+
+/// [`dns_label`] without the cut at 40 characters.
+fn dns_label_untruncated(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_alphanumeric() {
+            out.push(c);
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.trim_matches('-').to_string()
 }
 
 /// hostNetwork workloads that are not expected: no pod-network policy reaches them.

@@ -343,3 +343,42 @@ fn exceptions_cover_azure_imds_only() {
         );
     }
 }
+
+#[test]
+fn colliding_and_long_rule_names_get_distinct_object_names() {
+    let long = "a-very-long-rule-name-that-goes-past-forty-characters";
+    let rules = format!(
+        "rules:\n- name: team.a\n  subjects: [{{namespace: shop}}]\n  paths: [/metadata/instance]\n- name: team-a\n  subjects: [{{namespace: shop}}]\n  paths: [/metadata/instance]\n- name: Team_A\n  subjects: [{{namespace: shop}}]\n  paths: [/metadata/instance]\n- name: {long}-1\n  subjects: [{{namespace: shop}}]\n  paths: [/metadata/instance]\n- name: {long}-2\n  subjects: [{{namespace: shop}}]\n  paths: [/metadata/instance]\n- name: plain\n  subjects: [{{namespace: shop}}]\n  paths: [/metadata/instance]\n"
+    );
+    let c = cluster(CLUSTER);
+    for engine in OutputEngine::ALL {
+        let g = generate(&c, &opts(engine, Some(&rules)));
+        let names = names(&g);
+        let unique: BTreeSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{engine}: {names:?}");
+        let allows: Vec<&String> = names
+            .iter()
+            .filter(|n| n.contains("allow-metadata-"))
+            .collect();
+        assert!(allows.len() >= 6, "{engine}: {names:?}");
+        // A name that collides with nothing and is short stays as it was.
+        assert!(
+            names.iter().any(|n| n.ends_with("allow-metadata-plain")),
+            "{engine}: {names:?}"
+        );
+        for o in &g.objects {
+            let name = o["metadata"]["name"].as_str().unwrap();
+            assert!(name.len() <= 253, "{name}");
+        }
+    }
+    let labels = unique_labels(["team.a", "team-a", "Team_A", "plain"].into_iter());
+    assert!(labels["team.a"].starts_with("team-a-") && labels["team.a"].len() == 13);
+    assert_ne!(labels["team.a"], labels["team-a"]);
+    assert_ne!(labels["team-a"], labels["Team_A"]);
+    assert_eq!(labels["plain"], "plain");
+    // Stable across runs.
+    assert_eq!(
+        unique_labels(["team.a", "team-a"].into_iter())["team.a"],
+        labels["team.a"]
+    );
+}
