@@ -104,6 +104,12 @@ fn targets(args: &GenerateArgs) -> anyhow::Result<Vec<Target>> {
             .with_context(|| format!("cannot read --targets-file {}", file.display()))?;
         let more = parse_targets_file(&text)
             .map_err(|(line, e)| anyhow::anyhow!("{}:{line}: {e}", file.display()))?;
+        if more.is_empty() {
+            bail!(
+                "--targets-file {} names no target (only blank lines or comments): write one IP:PORT[/PROTO] a line, or leave the option out for the default (--cloud azure)",
+                file.display()
+            );
+        }
         targets.extend(more);
     }
     let cloud = match args.cloud {

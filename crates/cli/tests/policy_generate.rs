@@ -707,3 +707,23 @@ fn rerun_on_a_dump_with_the_own_output_gives_the_same_objects() {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+#[test]
+fn an_empty_targets_file_is_an_error() {
+    let dir = scratch("targets");
+    let file = dir.join("targets.txt");
+    std::fs::write(&file, "# nothing here\n\n").unwrap();
+    let r = run(&[
+        "policy",
+        "generate",
+        EXAMPLE,
+        "--engine",
+        "cnp",
+        "--targets-file",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stdout.is_empty());
+    assert!(r.stderr.contains("names no target"), "{}", r.stderr);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -52,6 +52,10 @@ pub(super) fn generate(ctx: &Context<'_>, out: &mut Generated) {
             "Cilium gives a link-local target the `host` identity when a node agent binds the address, and toCIDR denies do not apply then (docs/engines.md): on such nodes block it on the node too (imdsguard agent run)".into(),
         );
     }
+    out.warn(
+        WarningKind::EngineLimit,
+        "these objects need Cilium 1.16 or later (enableDefaultDeny, cilium/cilium#30572): on an older Cilium the field is dropped and every policy selecting all pods puts every pod into default deny (https://docs.cilium.io/en/latest/security/policy/deny/); check before applying: `kubectl explain ciliumclusterwidenetworkpolicy.spec.enableDefaultDeny` must describe the field".into(),
+    );
     if subjects.is_empty() {
         out.objects
             .push(deny(ctx, DENY_NAME, json!({}), &ctx.addrs));

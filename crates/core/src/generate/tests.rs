@@ -382,3 +382,20 @@ fn colliding_and_long_rule_names_get_distinct_object_names() {
         labels["team.a"]
     );
 }
+
+#[test]
+fn cilium_output_always_names_its_minimum_version_and_preflight_check() {
+    let c = cluster(CLUSTER);
+    for rules in [None, Some(RULES)] {
+        let g = generate(&c, &opts(OutputEngine::Cilium, rules));
+        assert!(
+            g.warnings.iter().any(|w| w.kind == WarningKind::EngineLimit
+                && w.message.contains("Cilium 1.16")
+                && w.message.contains(
+                    "kubectl explain ciliumclusterwidenetworkpolicy.spec.enableDefaultDeny"
+                )),
+            "{:?}",
+            g.warnings
+        );
+    }
+}
