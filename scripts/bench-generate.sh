@@ -7,11 +7,14 @@
 # CLUSTER --preset aks --engine E -o DIR` and the closed-loop audit (`audit -f CLUSTER DIR
 # --preset aks --engine M`); prints (generate + closed-loop audit) / audit alone.
 #
-# usage: scripts/bench-generate.sh [RUNS]   (needs hyperfine and python3; the cluster is made
-#                                            as scripts/bench-audit.sh makes it)
+# usage: scripts/bench-generate.sh [RUNS] [ENGINE...]   (needs hyperfine and python3; the
+#        cluster is made as scripts/bench-audit.sh makes it). TMPDIR chooses where the
+#        generated files go (e.g. TMPDIR=/dev/shm to leave the disk out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-5}
+shift || true
+engines=("$@")
 data=bench-data
 mkdir -p "$data"
 cargo build --release -q -p imdsguard -p imdsguard-synth
@@ -21,9 +24,11 @@ cluster="$data/cluster-full.json"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
+echo "output folder: $out ($(df --output=fstype "$out" | tail -1))"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/{print $2}') GiB, kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
 for pair in networkpolicy:generic cnp:generic anp:ovn-kubernetes calico:calico cilium:cilium; do
     e=${pair%%:*} m=${pair#*:}
+    if [ ${#engines[@]} -gt 0 ] && [[ ! " ${engines[*]} " == *" $e "* ]]; then continue; fi
     dir="$out/$e"
     audit="$bin audit -f $cluster --preset aks --engine $m --format json --fail-on never"
     gen="$bin policy generate -f $cluster --preset aks --engine $e -o $dir"
