@@ -60,6 +60,12 @@ pub struct GenerateArgs {
     #[arg(short = 'o', long = "output-dir", value_name = "DIR")]
     output_dir: Option<PathBuf>,
 
+    /// With -o DIR: write into a folder that is not empty, after removing the files an
+    /// earlier run wrote there (YAML files labelled app.kubernetes.io/managed-by:
+    /// imdsguard); other files are left alone.
+    #[arg(long, requires = "output_dir")]
+    force: bool,
+
     /// Print how long each phase took (read, parse, build, generate, write) to standard
     /// error.
     #[arg(long)]
@@ -193,7 +199,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
                 other => other?,
             }
         }
-        Some(dir) => write_dir(dir, &generated.objects)?,
+        Some(dir) => write_dir(dir, &generated.objects, args.force)?,
     }
     let t_write = t3.elapsed();
     for w in &generated.warnings {
@@ -242,8 +248,55 @@ fn file_name(index: usize, width: usize, object: &Value) -> String {
     }
 }
 
-fn write_dir(dir: &Path, objects: &[Value]) -> anyhow::Result<()> {
+/// Whether a file of an output folder is one imdsguard wrote: YAML whose labels hold
+/// `app.kubernetes.io/managed-by: imdsguard`.
+fn written_by_imdsguard(path: &Path) -> bool {
+    use imdsguard_core::generate::{MANAGED_BY, MANAGED_BY_LABEL};
+    let yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
+    yaml && std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_norway::from_str::<Value>(&t).ok())
+        .is_some_and(|v| v["metadata"]["labels"][MANAGED_BY_LABEL] == MANAGED_BY)
+}
+
+/// An existing output folder: refused when not empty (stale files of an earlier run would
+/// be applied with the new ones), unless `--force`, which removes the files imdsguard
+/// wrote and keeps the others.
+fn prepare_dir(dir: &Path, force: bool) -> anyhow::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot read the output folder {}", dir.display()));
+        }
+    };
+    let mut files = Vec::new();
+    for e in entries {
+        files.push(
+            e.with_context(|| format!("cannot read the output folder {}", dir.display()))?
+                .path(),
+        );
+    }
+    if files.is_empty() {
+        return Ok(());
+    }
+    if !force {
+        bail!(
+            "the output folder {} is not empty ({} entries): files of an earlier run would be applied with the new ones; name an empty folder, or add --force to remove the files imdsguard wrote there (labelled app.kubernetes.io/managed-by=imdsguard) first",
+            dir.display(),
+            files.len()
+        );
+    }
+    for f in files.iter().filter(|f| written_by_imdsguard(f)) {
+        std::fs::remove_file(f).with_context(|| format!("cannot remove {}", f.display()))?;
+    }
+    Ok(())
+}
+
+fn write_dir(dir: &Path, objects: &[Value], force: bool) -> anyhow::Result<()> {
     use rayon::prelude::*;
+    prepare_dir(dir, force)?;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the output folder {}", dir.display()))?;
     let width = objects.len().to_string().len().max(3);

@@ -727,3 +727,51 @@ fn an_empty_targets_file_is_an_error() {
     assert!(r.stderr.contains("names no target"), "{}", r.stderr);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `-o DIR` refuses a folder that is not empty (stale files of an earlier run would be
+/// applied with the new ones); `--force` removes only the files imdsguard wrote.
+#[test]
+fn output_dir_refuses_stale_files_unless_forced() {
+    let dir = scratch("stale");
+    let d = dir.to_str().unwrap();
+    let gen_into = |engine: &str, force: bool| {
+        let mut args = vec!["policy", "generate", EXAMPLE, "--engine", engine, "-o", d];
+        if force {
+            args.push("--force");
+        }
+        run(&args)
+    };
+    let first = gen_into("networkpolicy", false);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+    std::fs::write(
+        dir.join("other.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+    )
+    .unwrap();
+    let again = gen_into("cnp", false);
+    assert_eq!(again.code, 2, "{}", again.stderr);
+    assert!(
+        again.stderr.contains("not empty") && again.stderr.contains("--force"),
+        "{}",
+        again.stderr
+    );
+    let forced = gen_into("cnp", true);
+    assert_eq!(forced.code, 0, "{}", forced.stderr);
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert!(
+        files.contains(&"notes.txt".to_string()) && files.contains(&"other.yaml".to_string()),
+        "{files:?}"
+    );
+    let generated: Vec<&String> = files.iter().filter(|f| f.starts_with('0')).collect();
+    assert!(!generated.is_empty());
+    assert!(
+        generated.iter().all(|f| f.contains("clusternetworkpolicy")),
+        "stale files left: {files:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
