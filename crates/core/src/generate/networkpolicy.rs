@@ -141,6 +141,12 @@ pub(super) fn generate(ctx: &Context<'_>, out: &mut Generated) {
             ),
         );
     }
+    if !ctx.cluster.cilium.is_empty() {
+        out.warn(
+            WarningKind::EngineLimit,
+            "the input holds Cilium policies, so the cluster likely runs Cilium, where an ipBlock never matches node or pod addresses (AKS: \"Network policies can't use ipBlock to allow access to node or pod IPs\", https://learn.microsoft.com/en-us/azure/aks/azure-cni-powered-by-cilium): the deny then cuts traffic to nodes and node-local addresses the ipBlocks were to keep open; use --engine cilium".into(),
+        );
+    }
     out.warn(
         WarningKind::EngineLimit,
         format!(

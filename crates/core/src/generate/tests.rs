@@ -399,3 +399,18 @@ fn cilium_output_always_names_its_minimum_version_and_preflight_check() {
         );
     }
 }
+
+#[test]
+fn networkpolicy_output_on_a_cilium_cluster_suggests_engine_cilium() {
+    let plain = generate(&cluster(CLUSTER), &opts(OutputEngine::NetworkPolicy, None));
+    let has = |g: &Generated| {
+        g.warnings.iter().any(|w| {
+            w.kind == WarningKind::EngineLimit && w.message.contains("use --engine cilium")
+        })
+    };
+    assert!(!has(&plain), "{:?}", plain.warnings);
+    let cnp = "---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  endpointSelector: {}\n  egress:\n  - toEntities: [world]\n";
+    let c = cluster(&format!("{CLUSTER}{cnp}"));
+    let g = generate(&c, &opts(OutputEngine::NetworkPolicy, None));
+    assert!(has(&g), "{:?}", g.warnings);
+}
