@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
+use imdsguard_core::audit::{AuditOptions, DEFAULT_LIST_LIMIT, Report, audit};
+use imdsguard_core::cilium::LinkLocalAs;
 use imdsguard_core::cluster::Cluster;
+use imdsguard_core::engine::{Engine, EngineSettings};
 use imdsguard_core::generate::{GenerateOptions, OutputEngine, generate, is_generated};
 use imdsguard_core::target::{Cloud, Target, parse_targets_file};
 use serde_json::Value;
@@ -21,9 +24,10 @@ use crate::inputs;
 /// Arguments of `imdsguard policy generate`.
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Exit status: 0 when the objects were written, 2 on usage or input errors \
-(nothing is written when an input could not be read: a policy set made from part of the \
-cluster would leave namespaces out)."
+    after_help = "Exit status: 0 when the objects were written (with --verify: and no workload \
+the rules do not expect, hostNetwork ones aside, still reaches a target), 1 when --verify \
+finds such a workload, 2 on usage or input errors (nothing is written when an input could \
+not be read: a policy set made from part of the cluster would leave namespaces out)."
 )]
 pub struct GenerateArgs {
     /// Manifest files or folders (recursive: .yaml, .yml, .json); `-` reads standard input.
@@ -66,10 +70,71 @@ pub struct GenerateArgs {
     #[arg(long, requires = "output_dir")]
     force: bool,
 
+    /// After writing, audit the cluster plus the generated objects in this process (the
+    /// input is parsed once) under the engine that enforces them, and print per target how
+    /// many workloads reach it before and after, and which unexpected ones still do, to
+    /// standard error (exit 1 when one does; docs/policy-generate.md).
+    #[arg(long)]
+    verify: bool,
+
+    /// With --verify and --engine networkpolicy: the engine that enforces the
+    /// NetworkPolicies (default kube-network-policies). The other output engines are
+    /// verified under their own (cnp: kube-network-policies, anp: ovn-kubernetes, calico:
+    /// calico, cilium: cilium with link-local addresses in `world`).
+    #[arg(long, value_enum, requires = "verify", value_name = "ENGINE")]
+    verify_engine: Option<VerifyEngineArg>,
+
     /// Print how long each phase took (read, parse, build, generate, write) to standard
     /// error.
     #[arg(long)]
     timings: bool,
+}
+
+/// `--verify-engine` values: the engines that enforce NetworkPolicy.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum VerifyEngineArg {
+    /// Azure NPM.
+    AzureNpm,
+    /// Calico.
+    Calico,
+    /// Cilium (link-local addresses in `world`).
+    Cilium,
+    /// kube-network-policies.
+    KubeNetworkPolicies,
+    /// OVN-Kubernetes.
+    OvnKubernetes,
+    /// The network-policy-api reference semantics.
+    Generic,
+}
+
+/// The audit engine that enforces the generated objects (`--verify`).
+fn verify_settings(args: &GenerateArgs) -> anyhow::Result<EngineSettings> {
+    let engine = match (args.engine, args.verify_engine) {
+        (EngineArg::Networkpolicy, e) => match e.unwrap_or(VerifyEngineArg::KubeNetworkPolicies) {
+            VerifyEngineArg::AzureNpm => Engine::AzureNpm,
+            VerifyEngineArg::Calico => Engine::Calico,
+            VerifyEngineArg::Cilium => Engine::Cilium,
+            VerifyEngineArg::KubeNetworkPolicies => Engine::KubeNetworkPolicies,
+            VerifyEngineArg::OvnKubernetes => Engine::OvnKubernetes,
+            VerifyEngineArg::Generic => Engine::Generic,
+        },
+        (other, Some(_)) => bail!(
+            "--verify-engine chooses the engine for --engine networkpolicy; --engine {} is verified under its own engine (leave --verify-engine out)",
+            other
+                .to_possible_value()
+                .map(|v| v.get_name().to_owned())
+                .unwrap_or_default()
+        ),
+        (EngineArg::Cnp, None) => Engine::KubeNetworkPolicies,
+        (EngineArg::Anp, None) => Engine::OvnKubernetes,
+        (EngineArg::Calico, None) => Engine::Calico,
+        (EngineArg::Cilium, None) => Engine::Cilium,
+    };
+    Ok(EngineSettings {
+        // AKS, GKE and EKS give IMDS the `world` entity (docs/engines.md).
+        cilium_link_local: LinkLocalAs::World,
+        ..EngineSettings::new(engine)
+    })
 }
 
 /// The output engines as the command line names them.
@@ -141,6 +206,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let targets = targets(&args)?;
+    let verify = args.verify.then(|| verify_settings(&args)).transpose()?;
     let (expected, rules_source) = match args.expected.load()? {
         Some(e) => (Some(e.rules), Some(e.source)),
         None => (None, None),
@@ -170,9 +236,17 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
             before - objects.len()
         );
     }
+    // --verify builds a second cluster (the input plus the generated objects) from a copy.
+    let input_copy = verify.is_some().then(|| objects.clone());
     let cluster = Cluster::build(objects);
     let t_build = t1.elapsed();
     let t2 = Instant::now();
+    let audit_options = verify.map(|settings| AuditOptions {
+        targets: targets.clone(),
+        engine: Some(settings),
+        list_limit: Some(DEFAULT_LIST_LIMIT),
+        expected: expected.clone(),
+    });
     let generated = generate(
         &cluster,
         &GenerateOptions {
@@ -205,23 +279,125 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     for w in &generated.warnings {
         eprintln!("imdsguard policy generate: warning: {w}");
     }
+    let t4 = Instant::now();
+    let mut code = ExitCode::SUCCESS;
+    if let (Some(options), Some(mut input)) = (audit_options, input_copy) {
+        let (before, after) = rayon::join(
+            || audit(&cluster, &options),
+            || -> anyhow::Result<Report> {
+                input.extend(parse_generated(&generated.objects)?);
+                let after_cluster = Cluster::build(input);
+                let report = audit(&after_cluster, &options);
+                std::mem::forget(after_cluster);
+                Ok(report)
+            },
+        );
+        let after = after?;
+        if !print_verify(&before, &after) {
+            code = ExitCode::from(1);
+        }
+        std::mem::forget((before, after));
+    }
+    let t_verify = t4.elapsed();
     if args.timings {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         eprintln!(
-            "timings: read {:.0} ms, parse {:.0} ms, build {:.0} ms, generate {:.0} ms, write {:.0} ms ({} objects), total {:.0} ms",
+            "timings: read {:.0} ms, parse {:.0} ms, build {:.0} ms, generate {:.0} ms, write {:.0} ms ({} objects), verify {:.0} ms, total {:.0} ms",
             ms(read_time),
             ms(t_load.saturating_sub(read_time)),
             ms(t_build),
             ms(t_generate),
             ms(t_write),
             generated.objects.len(),
+            ms(t_verify),
             ms(t0.elapsed()),
         );
     }
     // The process ends here: freeing the cluster piece by piece only costs time (as in
     // `audit`).
     std::mem::forget((cluster, generated));
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
+}
+
+/// The generated objects as `audit` would read them from the written YAML: rendered, then
+/// parsed by the core's manifest parser.
+fn parse_generated(objects: &[Value]) -> anyhow::Result<Vec<imdsguard_core::model::Object>> {
+    let mut text = Vec::new();
+    write_stream(&mut text, objects)?;
+    let text = String::from_utf8(text).context("generated YAML is not UTF-8")?;
+    let loaded = imdsguard_core::manifest::parse("<policy generate>", &text);
+    if let Some(e) = loaded.errors.first() {
+        bail!(
+            "--verify: the generated objects do not read back ({} error(s), first: {e}); this is a bug of imdsguard, please report it",
+            loaded.errors.len()
+        );
+    }
+    Ok(loaded.objects)
+}
+
+/// Prints the `--verify` summary to standard error; false when a workload the rules do
+/// not expect, not on the host network, still reaches a target.
+fn print_verify(before: &Report, after: &Report) -> bool {
+    const SHOWN: usize = 10;
+    let reaching = |r: &Report, i: usize| {
+        r.workloads
+            .iter()
+            .filter(|w| w.verdicts.get(i).is_some_and(|v| v.reachable))
+            .count()
+    };
+    eprintln!(
+        "imdsguard policy generate --verify: audit of the input plus the generated objects under --engine {}",
+        after.engine
+    );
+    let mut ok = true;
+    for (i, target) in after.targets.iter().enumerate() {
+        let mut expected = 0;
+        let mut host_network = 0;
+        let mut unexpected = Vec::new();
+        for w in &after.workloads {
+            let Some(v) = w.verdicts.get(i).filter(|v| v.reachable) else {
+                continue;
+            };
+            if w.host_network {
+                host_network += 1;
+            } else if v.expected {
+                expected += 1;
+            } else {
+                unexpected.push((w, v));
+            }
+        }
+        eprintln!(
+            "  {target}: {} workload(s) reach it before, {} after ({expected} expected, {host_network} hostNetwork, {} unexpected)",
+            reaching(before, i),
+            reaching(after, i),
+            unexpected.len()
+        );
+        for (w, v) in unexpected.iter().take(SHOWN) {
+            let decided = match (&v.object, &v.rule) {
+                (Some(o), Some(rule)) => format!("{o} {rule} (tier {})", v.tier),
+                (Some(o), None) => format!("{o} (tier {})", v.tier),
+                (None, _) => format!("tier {}", v.tier),
+            };
+            eprintln!(
+                "    still reaches it: {}/{}[{}], decided by {decided}",
+                w.namespace, w.name, w.kind
+            );
+        }
+        if unexpected.len() > SHOWN {
+            eprintln!("    ... and {} more", unexpected.len() - SHOWN);
+        }
+        ok &= unexpected.is_empty();
+    }
+    if ok {
+        eprintln!(
+            "imdsguard policy generate --verify: passed: only expected or hostNetwork workloads reach the targets"
+        );
+    } else {
+        eprintln!(
+            "imdsguard policy generate --verify: FAILED: workloads the rules do not expect still reach a target (see the reopens-target warnings: an existing policy re-opens it); exit 1"
+        );
+    }
+    ok
 }
 
 /// One object as a YAML document (without the `---` marker).

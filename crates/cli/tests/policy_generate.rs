@@ -775,3 +775,135 @@ fn output_dir_refuses_stale_files_unless_forced() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `policy generate --verify` on the bundled example with the AKS preset, every output
+/// engine: the in-process before/after counts per target equal those of `audit` run on
+/// the example and on the example plus the written objects under the same engine; the
+/// NetworkPolicy set leaves `payments/api` reaching the targets (its own allow-all
+/// policy adds up with the deny), which fails the check with the deciding policy named;
+/// the cluster-scoped sets pass.
+#[test]
+fn verify_counts_match_the_audit_and_fail_on_reopened_targets() {
+    let cases: [(&str, &[&str], &[&str]); 6] = [
+        ("networkpolicy", &[], &["--engine", "kube-network-policies"]),
+        (
+            "networkpolicy",
+            &["--verify-engine", "calico"],
+            &["--engine", "calico"],
+        ),
+        ("cnp", &[], &["--engine", "kube-network-policies"]),
+        ("anp", &[], &["--engine", "ovn-kubernetes"]),
+        ("calico", &[], &["--engine", "calico"]),
+        (
+            "cilium",
+            &[],
+            &["--engine", "cilium", "--cilium-link-local", "world"],
+        ),
+    ];
+    for (engine, extra, audit_flags) in cases {
+        let dir = scratch(&format!("verify-{engine}"));
+        let mut args = vec![
+            "policy",
+            "generate",
+            EXAMPLE,
+            "--preset",
+            "aks",
+            "--engine",
+            engine,
+            "--verify",
+            "-o",
+            dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let r = run(&args);
+        let what = format!("{engine} {extra:?}");
+        assert!(
+            r.stderr
+                .contains(&format!("under --engine {}", audit_flags[1])),
+            "{what}: {}",
+            r.stderr
+        );
+        let before = audit_json(&[EXAMPLE], audit_flags);
+        let after = audit_json(&[EXAMPLE, dir.to_str().unwrap()], audit_flags);
+        let count = |v: &Verdicts, t: &str| {
+            v.values()
+                .filter(|(_, _, vs)| vs.iter().any(|(x, reach)| x == t && *reach))
+                .count()
+        };
+        let targets: Vec<String> = after
+            .values()
+            .next()
+            .unwrap()
+            .2
+            .iter()
+            .map(|(t, _)| t.clone())
+            .collect();
+        assert_eq!(targets.len(), 3, "{what}");
+        for t in &targets {
+            let line = format!(
+                "  {t}: {} workload(s) reach it before, {} after",
+                count(&before, t),
+                count(&after, t)
+            );
+            assert!(
+                r.stderr.contains(&line),
+                "{what}: no `{line}` in {}",
+                r.stderr
+            );
+        }
+        let unexpected: Vec<&String> = after
+            .iter()
+            .filter(|(_, (host, expected, vs))| {
+                !host
+                    && vs.iter().any(|(t, reach)| {
+                        *reach && !(*expected && t.starts_with("169.254.169.254:"))
+                    })
+            })
+            .map(|(id, _)| id)
+            .collect();
+        if engine == "networkpolicy" {
+            assert_eq!(unexpected, ["payments/api[Deployment]"], "{what}");
+            assert_eq!(r.code, 1, "{what}: {}", r.stderr);
+            assert!(
+                r.stderr.contains("still reaches it: payments/api[Deployment], decided by payments/allow-egress-all egress[0]"),
+                "{what}: {}",
+                r.stderr
+            );
+            assert!(r.stderr.contains("--verify: FAILED"), "{what}");
+        } else {
+            assert!(unexpected.is_empty(), "{what}: {unexpected:?}");
+            assert_eq!(r.code, 0, "{what}: {}", r.stderr);
+            assert!(!r.stderr.contains("still reaches it"), "{what}");
+            assert!(r.stderr.contains("--verify: passed"), "{what}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    // --verify-engine only chooses among NetworkPolicy engines; it needs --verify.
+    let r = run(&[
+        "policy",
+        "generate",
+        EXAMPLE,
+        "--engine",
+        "cnp",
+        "--verify",
+        "--verify-engine",
+        "calico",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("--verify-engine chooses the engine for --engine networkpolicy"),
+        "{}",
+        r.stderr
+    );
+    let r = run(&[
+        "policy",
+        "generate",
+        EXAMPLE,
+        "--engine",
+        "networkpolicy",
+        "--verify-engine",
+        "calico",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+}
