@@ -7,11 +7,17 @@
 # CLUSTER --preset aks --engine E -o DIR` and the closed-loop audit (`audit -f CLUSTER DIR
 # --preset aks --engine M`); prints (generate + closed-loop audit) / audit alone.
 #
-# usage: scripts/bench-generate.sh [RUNS] [ENGINE...]   (needs hyperfine and python3; the
-#        cluster is made as scripts/bench-audit.sh makes it). TMPDIR chooses where the
-#        generated files go (e.g. TMPDIR=/dev/shm to leave the disk out).
+# With --verify first: per output engine, `policy generate --verify` (generate and the
+# closed-loop audit in one process, the input parsed once; YAML to /dev/null) against the
+# audit alone under the engine --verify uses, in the same hyperfine run; prints the ratio.
+#
+# usage: scripts/bench-generate.sh [--verify] [RUNS] [ENGINE...]   (needs hyperfine and
+#        python3; the cluster is made as scripts/bench-audit.sh makes it). TMPDIR chooses
+#        where the generated files go (e.g. TMPDIR=/dev/shm to leave the disk out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+verify=
+if [ "${1:-}" = --verify ]; then verify=1; shift; fi
 runs=${1:-5}
 shift || true
 engines=("$@")
@@ -26,6 +32,33 @@ trap 'rm -rf "$out"' EXIT
 
 echo "output folder: $out ($(df --output=fstype "$out" | tail -1))"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/{print $2}') GiB, kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
+if [ -n "$verify" ]; then
+    # The audit engine of each output engine under --verify (networkpolicy: the default
+    # --verify-engine).
+    for pair in networkpolicy:kube-network-policies cnp:kube-network-policies anp:ovn-kubernetes calico:calico cilium:cilium; do
+        e=${pair%%:*} m=${pair#*:}
+        if [ ${#engines[@]} -gt 0 ] && [[ ! " ${engines[*]} " == *" $e "* ]]; then continue; fi
+        flags="--engine $m"
+        [ "$m" = cilium ] && flags="$flags --cilium-link-local world"
+        audit="$bin audit -f $cluster --preset aks $flags --format json --fail-on never"
+        # Exit 1 when an unexpected workload still reaches a target: not a benchmark failure.
+        gen="$bin policy generate -f $cluster --preset aks --engine $e --verify"
+        echo "== $e --verify (audit --engine $m)"
+        $gen --timings 2>&1 >/dev/null | grep -E 'reach it before|passed|FAILED|timings' || true
+        hyperfine --style basic --warmup 1 --runs "$runs" --export-json "$out/$e.json" \
+            -n audit "$audit >/dev/null" \
+            -n verify "$gen >/dev/null 2>&1 || true" | grep -E '^(Benchmark|  Time)'
+        python3 - "$out/$e.json" <<'PY'
+import json, sys
+r = {x["command"]: x for x in json.load(open(sys.argv[1]))["results"]}
+a, v = r["audit"], r["verify"]
+print(f"   ratio (policy generate --verify) / audit alone: wall {v['mean'] / a['mean']:.2f}x"
+      f" ({v['mean']:.3f} s vs {a['mean']:.3f} s), user CPU {v['user'] / a['user']:.2f}x"
+      f" ({v['user']:.3f} s vs {a['user']:.3f} s)")
+PY
+    done
+    exit 0
+fi
 for pair in networkpolicy:generic cnp:generic anp:ovn-kubernetes calico:calico cilium:cilium; do
     e=${pair%%:*} m=${pair#*:}
     if [ ${#engines[@]} -gt 0 ] && [[ ! " ${engines[*]} " == *" $e "* ]]; then continue; fi
