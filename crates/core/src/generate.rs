@@ -21,6 +21,11 @@
 //!   with `egressDeny` whose endpoint selectors select every pod except the expected
 //!   ones (a Cilium deny beats every allow, so exceptions come from the selection).
 //!
+//! For the cluster-scoped engines, the cluster plus the generated objects are then
+//! evaluated with the engine that enforces them (`engine::Prepared::decide`, the
+//! audit's composition): every pod shape that is not expected yet still reaches a
+//! target is a `reopens-target` warning naming the deciding object and tier.
+//!
 //! The exceptions cover Azure IMDS only ([`is_expected_target`]): the rules file says
 //! who may reach IMDS, and the audit counts only that as expected access, so WireServer
 //! (and any other target) is denied to every pod, the expected ones included.
@@ -43,8 +48,10 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::access::{AccessRules, PodShapeRef, Subject};
+use crate::calico::CalicoObject;
 use crate::cluster::Cluster;
-use crate::model::{LabelSelector, Operator, PodTemplate};
+use crate::engine::{Destination, Engine, EngineSettings, Prepared, Source};
+use crate::model::{LabelSelector, Object, Operator, PodTemplate};
 use crate::target::{MetadataService, Protocol, Target};
 
 /// The label every generated object carries.
@@ -267,6 +274,10 @@ pub fn generate(cluster: &Cluster, opts: &GenerateOptions) -> Generated {
         OutputEngine::Cnp | OutputEngine::Anp => admin::generate(&ctx, opts.engine, &mut out),
         OutputEngine::Calico => calico::generate(&ctx, &mut out),
         OutputEngine::Cilium => cilium::generate(&ctx, &mut out),
+    }
+    if opts.engine != OutputEngine::NetworkPolicy {
+        // NetworkPolicy output words this itself (`networkpolicy::reopening_warnings`).
+        reopens_warnings(&ctx, &mut out);
     }
     host_network_warnings(&ctx, &mut out);
     out
@@ -647,6 +658,176 @@ fn dns_label_untruncated(s: &str) -> String {
         }
     }
     out.trim_matches('-').to_string()
+}
+
+/// The audit engine that enforces what a cluster-scoped output engine writes, as the
+/// closed loop audits it: kube-network-policies for ClusterNetworkPolicy,
+/// OVN-Kubernetes for AdminNetworkPolicy, Calico, Cilium (metadata addresses in the
+/// `world` entity, as plain AKS gives them).
+fn audit_settings(engine: OutputEngine) -> Option<EngineSettings> {
+    let e = match engine {
+        OutputEngine::NetworkPolicy => return None,
+        OutputEngine::Cnp => Engine::KubeNetworkPolicies,
+        OutputEngine::Anp => Engine::OvnKubernetes,
+        OutputEngine::Calico => Engine::Calico,
+        OutputEngine::Cilium => Engine::Cilium,
+    };
+    let mut settings = EngineSettings::new(e);
+    settings.cilium_link_local = crate::cilium::LinkLocalAs::World;
+    Some(settings)
+}
+
+/// The policy objects of `c` (no pods or controllers) plus the generated `objects`,
+/// as one cluster; `None` when the generated objects do not read back (a bug, which
+/// the closed-loop tests catch).
+fn with_generated(c: &Cluster, objects: &[Value]) -> Option<Cluster> {
+    let text =
+        serde_json::to_string(&json!({"apiVersion": "v1", "kind": "List", "items": objects}))
+            .ok()?;
+    let loaded = crate::manifest::parse("<generated>", &text);
+    debug_assert!(
+        loaded.errors.is_empty(),
+        "generated objects do not read back: {:?}",
+        loaded.errors
+    );
+    if !loaded.errors.is_empty() {
+        return None;
+    }
+    let source = crate::model::Source {
+        file: std::sync::Arc::from("<input>"),
+        line: 0,
+    };
+    let mut all: Vec<Object> = Vec::new();
+    all.extend(c.namespaces.values().map(|n| {
+        let mut labels = n.labels.clone();
+        labels.remove(crate::model::NAMESPACE_NAME_LABEL);
+        Object::Namespace(crate::model::Namespace {
+            name: n.name.clone(),
+            labels,
+            source: n.source.clone().unwrap_or_else(|| source.clone()),
+        })
+    }));
+    all.extend(c.nodes.iter().cloned().map(Object::Node));
+    all.extend(c.policies.iter().cloned().map(Object::NetworkPolicy));
+    all.extend(c.tiered.iter().cloned().map(Object::Tiered));
+    all.extend(c.cilium.clusterwide.iter().cloned().map(Object::Cilium));
+    all.extend(
+        c.cilium
+            .namespaced
+            .values()
+            .flatten()
+            .cloned()
+            .map(Object::Cilium),
+    );
+    all.extend(
+        c.cilium
+            .cidr_groups
+            .values()
+            .cloned()
+            .map(Object::CiliumCidrGroup),
+    );
+    all.extend(
+        c.calico
+            .policies
+            .iter()
+            .cloned()
+            .map(|p| Object::Calico(CalicoObject::Policy(Box::new(p)))),
+    );
+    all.extend(
+        c.calico
+            .tiers
+            .iter()
+            .cloned()
+            .map(|t| Object::Calico(CalicoObject::Tier(t))),
+    );
+    all.extend(
+        c.calico
+            .network_sets
+            .iter()
+            .cloned()
+            .map(|t| Object::Calico(CalicoObject::NetworkSet(t))),
+    );
+    all.extend(loaded.objects);
+    Some(Cluster::build(all))
+}
+
+/// For cluster-scoped output: evaluates every pod shape (and a new pod in every
+/// namespace) of the cluster plus the generated objects with the engine that enforces
+/// them ([`crate::engine::Prepared::decide`], the audit's composition), once per shape
+/// and target, and warns for every pod that is not expected yet still reaches a
+/// target, naming the object and tier that decide it (an existing policy that comes
+/// first, a tier ordered before imdsguard's, ...).
+fn reopens_warnings(ctx: &Context<'_>, out: &mut Generated) {
+    let Some(settings) = audit_settings(ctx.opts.engine) else {
+        return;
+    };
+    let Some(after) = with_generated(ctx.cluster, &out.objects) else {
+        return;
+    };
+    let prepared = Prepared::new(&after, settings);
+    let targets: Vec<Target> = ctx
+        .addrs
+        .iter()
+        .flat_map(|a| a.ports.iter().map(|(p, n)| Target::new(a.ip, *n, *p)))
+        .collect();
+    let empty = PodTemplate {
+        labels: crate::model::Labels::new(),
+        host_network: false,
+        service_account: crate::model::DEFAULT_SERVICE_ACCOUNT.to_owned(),
+    };
+    let c = ctx.cluster;
+    let mut sources: Vec<(&str, &PodTemplate, String)> = Vec::new();
+    for w in &c.workloads {
+        for shape in &w.shapes {
+            if !shape.template.host_network {
+                sources.push((&w.namespace, &shape.template, w.id()));
+            }
+        }
+    }
+    for ns in c.namespaces.keys() {
+        sources.push((ns, &empty, format!("{ns}/<new pod>")));
+    }
+    for (ns, template, id) in sources {
+        let Some(ns_info) = after.namespaces.get(ns) else {
+            continue;
+        };
+        let src = Source {
+            namespace: ns,
+            labels: &template.labels,
+            ns_labels: &ns_info.labels,
+            service_account: Some(&template.service_account),
+            host_network: false,
+        };
+        let expected = ctx.expected(ns, template);
+        let selected = prepared.select(&src);
+        let mut reopened = Vec::new();
+        let mut deciders: Vec<String> = Vec::new();
+        for t in targets.iter().filter(|t| !(expected && ctx.is_excepted(t))) {
+            let d = prepared.decide(&selected, &src, &Destination::External(*t));
+            if d.allowed {
+                reopened.push(t.to_string());
+                let by = match (&d.object, &d.rule) {
+                    (Some(o), Some(r)) => format!("{o}#{r} ({} tier)", d.tier),
+                    (Some(o), None) => format!("{o} ({} tier)", d.tier),
+                    (None, _) => format!("no policy ({} tier)", d.tier),
+                };
+                if !deciders.contains(&by) {
+                    deciders.push(by);
+                }
+            }
+        }
+        if !reopened.is_empty() {
+            out.warn(
+                WarningKind::ReopensTarget,
+                format!(
+                    "{id} would still reach {} under {}: decided by {}; change or remove that policy, or add the pods to the rules file if they are expected",
+                    reopened.join(", "),
+                    settings.engine.name(),
+                    deciders.join(", ")
+                ),
+            );
+        }
+    }
 }
 
 /// hostNetwork workloads that are not expected: no pod-network policy reaches them.

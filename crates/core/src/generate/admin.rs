@@ -10,7 +10,10 @@
 //! A policy has one `subject`, so the expected pods cannot be an exception *inside*
 //! the deny policy: each expected subject gets an Accept policy of its own at the
 //! lowest priority numbers (0, 1, ...), then one Deny policy for every pod at the next
-//! number. The Deny rules name only the target addresses (`networks: [ip/32]`) and
+//! number, all below the lowest priority of the existing Admin-tier policies of the
+//! same kind. When there is no room below it (an existing policy at 0, or fewer free
+//! numbers than objects), the numbers existing policies hold are skipped (no tie) and
+//! an `engine-limit` warning names the policies that come before the generated deny. The Deny rules name only the target addresses (`networks: [ip/32]`) and
 //! target ports, so DNS and every other destination fall through to NetworkPolicy as
 //! before.
 //!
@@ -25,6 +28,7 @@ use super::{
     selector_json,
 };
 use crate::target::Protocol;
+use crate::tiered::{TierLevel, TieredKind};
 
 /// The highest AdminNetworkPolicy priority OVN-Kubernetes accepts.
 const OVN_MAX_PRIORITY: usize = 99;
@@ -36,17 +40,21 @@ pub(super) fn generate(ctx: &Context<'_>, engine: OutputEngine, out: &mut Genera
     } else {
         ("Allow", "AdminNetworkPolicy")
     };
-    let mut priority = 0usize;
-    let subjects = if ctx.excepted.is_empty() {
-        &[][..]
+    let subjects: Vec<_> = if ctx.excepted.is_empty() {
+        Vec::new()
     } else {
-        &ctx.subjects[..]
+        ctx.subjects.iter().collect()
     };
-    for s in subjects {
-        if s.service_accounts().is_some() {
-            skip_service_accounts(s, expressible_as, out);
-            continue;
-        }
+    for s in subjects.iter().filter(|s| s.service_accounts().is_some()) {
+        skip_service_accounts(s, expressible_as, out);
+    }
+    let allowed: Vec<_> = subjects
+        .into_iter()
+        .filter(|s| s.service_accounts().is_none())
+        .collect();
+    let existing = existing_admin(ctx, engine);
+    let priorities = place(&existing, allowed.len() + 1);
+    for (s, &priority) in allowed.iter().zip(&priorities) {
         let subject = match (&s.subject.pod_selector, s.namespaces()) {
             (None, names) => json!({"namespaces": namespace_selector(names)}),
             (Some(pods), names) => json!({"pods": {
@@ -63,8 +71,10 @@ pub(super) fn generate(ctx: &Context<'_>, engine: OutputEngine, out: &mut Genera
             rules(&ctx.excepted, cnp, allow, "allow"),
             &ctx.excepted_addrs(),
         ));
-        priority += 1;
     }
+    let priority = *priorities
+        .last()
+        .expect("place gives one number per object");
     out.objects.push(object(
         ctx,
         cnp,
@@ -74,22 +84,66 @@ pub(super) fn generate(ctx: &Context<'_>, engine: OutputEngine, out: &mut Genera
         rules(&ctx.addrs, cnp, "Deny", "deny"),
         &ctx.all_addrs(),
     ));
-    if !cnp && priority > OVN_MAX_PRIORITY {
+    let blocking: Vec<String> = existing
+        .iter()
+        .filter(|(p, _)| *p <= priority)
+        .map(|(p, id)| format!("{id} (priority {p})"))
+        .collect();
+    if !blocking.is_empty() {
         out.warn(
             WarningKind::EngineLimit,
             format!(
-                "{} AdminNetworkPolicies need priorities 0 to {priority}: OVN-Kubernetes accepts 0 to {OVN_MAX_PRIORITY} only; merge subjects in the rules file",
-                priority + 1
+                "no room for the {} generated {expressible_as}(ies) below the existing Admin-tier {}: {} come(s) first and decide(s) before the generated deny (priority {priority}); raise their priority numbers or make sure they neither accept nor pass the targets",
+                priorities.len(),
+                if cnp { "ClusterNetworkPolicies" } else { "AdminNetworkPolicies" },
+                blocking.join(", ")
             ),
         );
     }
+    if !cnp && priority as usize > OVN_MAX_PRIORITY {
+        out.warn(
+            WarningKind::EngineLimit,
+            format!(
+                "{} AdminNetworkPolicies need priorities up to {priority}: OVN-Kubernetes accepts 0 to {OVN_MAX_PRIORITY} only; merge subjects in the rules file",
+                priorities.len()
+            ),
+        );
+    }
+}
+
+/// The existing Admin-tier policies of the kind `engine` writes (ClusterNetworkPolicy
+/// `tier: Admin`, or AdminNetworkPolicy), as (priority, `Kind/name`), lowest first.
+fn existing_admin(ctx: &Context<'_>, engine: OutputEngine) -> Vec<(u32, String)> {
+    let kind = if engine == OutputEngine::Cnp {
+        TieredKind::ClusterNetworkPolicy
+    } else {
+        TieredKind::AdminNetworkPolicy
+    };
+    let mut v: Vec<(u32, String)> = ctx
+        .cluster
+        .tiered
+        .iter()
+        .filter(|p| p.kind == kind && p.tier == TierLevel::Admin)
+        .filter_map(|p| p.priority.map(|n| (n, p.id())))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `n` priorities for the generated objects (allows, then the deny): from 0 upwards,
+/// all below the lowest existing priority when there is room; otherwise skipping the
+/// numbers existing policies hold (equal priorities are undefined by the spec), so the
+/// generated objects come as early as they can.
+fn place(existing: &[(u32, String)], n: usize) -> Vec<u32> {
+    let taken: std::collections::BTreeSet<u32> = existing.iter().map(|(p, _)| *p).collect();
+    (0u32..).filter(|p| !taken.contains(p)).take(n).collect()
 }
 
 fn object(
     ctx: &Context<'_>,
     cnp: bool,
     name: &str,
-    priority: usize,
+    priority: u32,
     subject: Value,
     egress: Vec<Value>,
     targets: &[&TargetAddr],

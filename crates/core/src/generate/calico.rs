@@ -10,7 +10,9 @@
 //! (order 1,000,000), ClusterNetworkPolicies in `kube-admin` (order 1,000) and
 //! `kube-baseline` (order 10,000,000).
 //!
-//! The `imdsguard` tier has order 100: before `default`, so no namespace policy (Calico
+//! The `imdsguard` tier has order 100, or half the lowest order of the input's tiers
+//! when one comes at or before 100 (an `engine-limit` warning when a tier of the input
+//! has order 0 or less: no room before it): before `default`, so no namespace policy (Calico
 //! NetworkPolicy or Kubernetes NetworkPolicy) can re-open a target, and before
 //! `kube-admin` too, so that the only way to let a pod reach the metadata endpoints is
 //! the rules file this tier was generated from (an admin's exception belongs there,
@@ -27,17 +29,19 @@
 
 use serde_json::{Value, json};
 
-use super::{Context, ExpectedSubject, Generated, TargetAddr};
+use super::{Context, ExpectedSubject, Generated, TargetAddr, WarningKind};
 use crate::model::{LabelSelector, NAMESPACE_NAME_LABEL, Operator};
 
 /// The tier's name.
 pub const TIER: &str = "imdsguard";
-/// The tier's order: before `kube-admin` (1,000) and `default` (1,000,000).
+/// The tier's order when no tier of the input comes at or before it: before
+/// `kube-admin` (1,000) and `default` (1,000,000).
 pub const TIER_ORDER: u32 = 100;
 /// Order of the deny policy inside the tier (allows come first).
 const DENY_ORDER: u32 = 1000;
 
 pub(super) fn generate(ctx: &Context<'_>, out: &mut Generated) {
+    let order = tier_order(ctx, out);
     let mut tier_meta = ctx.metadata(TIER, None, &ctx.all_addrs());
     tier_meta["annotations"]
         .as_object_mut()
@@ -47,7 +51,7 @@ pub(super) fn generate(ctx: &Context<'_>, out: &mut Generated) {
         "apiVersion": "projectcalico.org/v3",
         "kind": "Tier",
         "metadata": tier_meta,
-        "spec": {"order": TIER_ORDER, "defaultAction": "Pass"},
+        "spec": {"order": order, "defaultAction": "Pass"},
     }));
     let subjects = if ctx.excepted.is_empty() {
         &[][..]
@@ -93,6 +97,50 @@ pub(super) fn generate(ctx: &Context<'_>, out: &mut Generated) {
             "egress": egress,
         },
     }));
+}
+
+/// The `imdsguard` tier's order: [`TIER_ORDER`] when every tier of the input comes
+/// after it, else half the lowest order of the input (Calico tier orders are floats,
+/// lowest first); when a tier of the input has order 0 or less there is no room before
+/// it: order 0 and a warning naming the tiers that come first or tie (Felix breaks ties
+/// by name).
+fn tier_order(ctx: &Context<'_>, out: &mut Generated) -> Value {
+    let orders: Vec<(f64, &str)> = ctx
+        .cluster
+        .calico
+        .tiers
+        .iter()
+        .filter(|t| t.name != TIER)
+        .filter_map(|t| t.order.map(|o| (o, t.name.as_str())))
+        .collect();
+    let lowest = orders.iter().map(|(o, _)| *o).fold(f64::INFINITY, f64::min);
+    let default = f64::from(TIER_ORDER);
+    let order = if default < lowest {
+        default
+    } else if lowest >= 2.0 {
+        (lowest / 2.0).floor()
+    } else if lowest > 0.0 {
+        lowest / 2.0
+    } else {
+        let blocking: Vec<String> = orders
+            .iter()
+            .filter(|(o, _)| *o <= 0.0)
+            .map(|(o, n)| format!("Tier/{n} (order {o})"))
+            .collect();
+        out.warn(
+            WarningKind::EngineLimit,
+            format!(
+                "no room for the `{TIER}` tier before the existing {}: Calico evaluates them first (or ties them, by name), and their policies can re-open a target; give them an order above 0",
+                blocking.join(", ")
+            ),
+        );
+        0.0
+    };
+    if order.fract() == 0.0 && order.abs() < 1e15 {
+        json!(order as i64)
+    } else {
+        json!(order)
+    }
 }
 
 /// One rule per target address and protocol.

@@ -414,3 +414,154 @@ fn networkpolicy_output_on_a_cilium_cluster_suggests_engine_cilium() {
     let g = generate(&c, &opts(OutputEngine::NetworkPolicy, None));
     assert!(has(&g), "{:?}", g.warnings);
 }
+
+/// An Admin-tier policy accepting everything for namespace `shop` at `priority`.
+fn admin_open_shop(engine: OutputEngine, priority: u32) -> String {
+    let (api, kind, tier, action) = if engine == OutputEngine::Cnp {
+        (
+            "v1alpha2",
+            "ClusterNetworkPolicy",
+            "tier: Admin\n  ",
+            "Accept",
+        )
+    } else {
+        ("v1alpha1", "AdminNetworkPolicy", "", "Allow")
+    };
+    format!(
+        "{CLUSTER}---\napiVersion: policy.networking.k8s.io/{api}\nkind: {kind}\nmetadata: {{name: open-shop}}\nspec:\n  {tier}priority: {priority}\n  subject: {{namespaces: {{matchLabels: {{kubernetes.io/metadata.name: shop}}}}}}\n  egress: [{{name: open, action: {action}, to: [{{networks: [0.0.0.0/0]}}]}}]\n"
+    )
+}
+
+fn warnings_of(g: &Generated, kind: WarningKind) -> Vec<&str> {
+    g.warnings
+        .iter()
+        .filter(|w| w.kind == kind)
+        .map(|w| w.message.as_str())
+        .collect()
+}
+
+/// An existing Admin-tier policy at priority 3 that accepts everything for `shop`:
+/// the generated objects take the numbers below it (0 and 1), so the deny comes first
+/// and nothing is re-opened; at priority 0 there is no room: the generated objects skip
+/// its number (no tie), and both the placement and the re-opened targets are warned,
+/// naming it.
+#[test]
+fn admin_priorities_go_below_existing_admin_policies() {
+    for engine in [OutputEngine::Cnp, OutputEngine::Anp] {
+        let c = cluster(&admin_open_shop(engine, 3));
+        let g = generate(&c, &opts(engine, Some(RULES)));
+        let prios: Vec<&Value> = g.objects.iter().map(|o| &o["spec"]["priority"]).collect();
+        assert_eq!(prios, [&json!(0), &json!(1)], "{engine}");
+        assert!(
+            warnings_of(&g, WarningKind::EngineLimit).is_empty(),
+            "{engine}: {:?}",
+            g.warnings
+        );
+        assert!(
+            warnings_of(&g, WarningKind::ReopensTarget).is_empty(),
+            "{engine}: {:?}",
+            g.warnings
+        );
+
+        let c = cluster(&admin_open_shop(engine, 0));
+        let g = generate(&c, &opts(engine, Some(RULES)));
+        let prios: Vec<&Value> = g.objects.iter().map(|o| &o["spec"]["priority"]).collect();
+        assert_eq!(prios, [&json!(1), &json!(2)], "{engine}");
+        let kind = engine.policy_kind();
+        let limit = warnings_of(&g, WarningKind::EngineLimit);
+        assert!(
+            limit
+                .iter()
+                .any(|m| m.contains(&format!("{kind}/open-shop (priority 0)"))),
+            "{engine}: {:?}",
+            g.warnings
+        );
+        let reopens = warnings_of(&g, WarningKind::ReopensTarget);
+        // shop/web and a new pod in shop.
+        assert_eq!(reopens.len(), 2, "{engine}: {:?}", g.warnings);
+        for m in reopens {
+            assert!(
+                m.starts_with("shop/")
+                    && m.contains("169.254.169.254:80/TCP")
+                    && m.contains(&format!("{kind}/open-shop"))
+                    && m.contains("admin tier"),
+                "{engine}: {m}"
+            );
+        }
+    }
+}
+
+/// A Calico tier `early` with order `order` whose policy allows everything for `shop`.
+fn calico_open_shop(order: &str) -> String {
+    format!(
+        "{CLUSTER}---\napiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {{name: early}}\nspec: {{order: {order}}}\n---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: early.open}}\nspec:\n  tier: early\n  order: 1\n  namespaceSelector: kubernetes.io/metadata.name == 'shop'\n  selector: all()\n  types: [Egress]\n  egress: [{{action: Allow, destination: {{nets: [0.0.0.0/0]}}}}]\n"
+    )
+}
+
+/// An existing tier at order 50 that allows everything for `shop`: the imdsguard tier
+/// goes before it (25) and nothing is re-opened; at order 0 there is no room: the
+/// placement and the re-opened targets are warned, naming the tier and the policy.
+#[test]
+fn calico_tier_goes_before_existing_tiers() {
+    let c = cluster(&calico_open_shop("50"));
+    let g = generate(&c, &opts(OutputEngine::Calico, Some(RULES)));
+    assert_eq!(g.objects[0]["kind"], "Tier");
+    assert_eq!(g.objects[0]["spec"]["order"], json!(25));
+    assert!(
+        warnings_of(&g, WarningKind::ReopensTarget).is_empty(),
+        "{:?}",
+        g.warnings
+    );
+    assert!(
+        warnings_of(&g, WarningKind::EngineLimit).is_empty(),
+        "{:?}",
+        g.warnings
+    );
+    // Fractional orders: below 1.5 is 0.75.
+    let g = generate(
+        &cluster(&calico_open_shop("1.5")),
+        &opts(OutputEngine::Calico, Some(RULES)),
+    );
+    assert_eq!(g.objects[0]["spec"]["order"], json!(0.75));
+    // No existing tier, or none before 100: 100.
+    let g = generate(&cluster(CLUSTER), &opts(OutputEngine::Calico, Some(RULES)));
+    assert_eq!(g.objects[0]["spec"]["order"], json!(100));
+
+    let g = generate(
+        &cluster(&calico_open_shop("0")),
+        &opts(OutputEngine::Calico, Some(RULES)),
+    );
+    assert_eq!(g.objects[0]["spec"]["order"], json!(0));
+    let limit = warnings_of(&g, WarningKind::EngineLimit);
+    assert!(
+        limit.iter().any(|m| m.contains("Tier/early (order 0)")),
+        "{:?}",
+        g.warnings
+    );
+    let reopens = warnings_of(&g, WarningKind::ReopensTarget);
+    assert_eq!(reopens.len(), 2, "{:?}", g.warnings);
+    for m in reopens {
+        assert!(
+            m.starts_with("shop/")
+                && m.contains("169.254.169.254:80/TCP")
+                && m.contains("GlobalNetworkPolicy/early.open")
+                && m.contains("calico:early tier"),
+            "{m}"
+        );
+    }
+}
+
+/// Cilium output: an existing policy cannot re-open a target (a deny beats every
+/// allow), so the same open-everything policy gives no reopens-target warning.
+#[test]
+fn cilium_output_is_not_reopened_by_an_allow() {
+    let text = format!(
+        "{CLUSTER}---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: open, namespace: shop}}\nspec:\n  endpointSelector: {{}}\n  egress: [{{toCIDR: [0.0.0.0/0]}}]\n"
+    );
+    let g = generate(&cluster(&text), &opts(OutputEngine::Cilium, Some(RULES)));
+    assert!(
+        warnings_of(&g, WarningKind::ReopensTarget).is_empty(),
+        "{:?}",
+        g.warnings
+    );
+}
