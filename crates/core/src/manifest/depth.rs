@@ -20,7 +20,8 @@ pub(super) const MAX_FLOW_DEPTH: usize = 128;
 /// Where a document first goes deeper than [`MAX_FLOW_DEPTH`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct TooDeep {
-    /// 0-based line within the scanned text.
+    /// 0-based line within the scanned text, counting `\n` only (as the reader's
+    /// other errors do).
     pub line: usize,
     /// 1-based column (in characters).
     pub column: usize,
@@ -172,9 +173,19 @@ impl<'a> Scanner<'a> {
                     self.save_key();
                     self.flow += 1;
                     if self.flow > limit {
+                        // Lines as the rest of the manifest reader counts them (`\n`
+                        // only), not libyaml's (which also breaks at a lone `\r`, NEL, LS
+                        // and PS), so that the error points where every other error does.
+                        let before = &self.b[..self.i];
+                        let line = memchr::memchr_iter(b'\n', before).count();
+                        let start = memchr::memrchr(b'\n', before).map_or(0, |n| n + 1);
+                        let column = before[start..]
+                            .iter()
+                            .filter(|&&b| (b & 0xC0) != 0x80)
+                            .count();
                         return Some(TooDeep {
-                            line: self.line,
-                            column: self.column as usize + 1,
+                            line,
+                            column: column + 1,
                         });
                     }
                     self.simple_key_allowed = true;
@@ -480,6 +491,11 @@ mod tests {
         assert_eq!(depth_over(&nested(4), 3), Some((0, 7)));
         assert_eq!(depth_over("x: 1\ny: {a: [{b: [c]}]}\n", 3), Some((1, 13)));
         assert_eq!(depth_over("x: 1\ny: {a: [{b: c}]}\n", 3), None);
+        // A lone `\r` (a line break to libyaml) does not start a line of the report:
+        // the reader's other errors count `\n` only (found by the manifest_parse fuzz
+        // target: an error line past the input's last line).
+        assert_eq!(depth_over("x: 1\r\ry: {a: [{b: [c]}]}\n", 3), Some((0, 19)));
+        assert_eq!(depth_over("x: é\ny: {a: [{b: [c]}]}\n", 3), Some((1, 13)));
         // Multi-line flow collections keep their depth across lines.
         assert_eq!(depth_over("a: [\n  [\n   [\n    [x]]]]\n", 3), Some((3, 5)));
     }
