@@ -13,9 +13,9 @@ use imdsguard_core::audit::{
 use imdsguard_core::cilium::LinkLocalAs;
 use imdsguard_core::cluster::Cluster;
 use imdsguard_core::engine::{Engine, EngineSettings};
-use imdsguard_core::target::{Cloud, Target, parse_targets_file};
+use imdsguard_core::target::Target;
 
-use crate::cloud_arg::CloudArg;
+use crate::cloud_arg::{CloudArg, read_targets_file, with_cloud};
 use crate::expected_arg::ExpectedArgs;
 use crate::inputs;
 use crate::output;
@@ -238,23 +238,9 @@ fn fails(report: &Report, fail_on: FailOn) -> bool {
 fn targets(args: &AuditArgs) -> anyhow::Result<Vec<Target>> {
     let mut targets = args.targets.clone();
     if let Some(file) = &args.targets_file {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read --targets-file {}", file.display()))?;
-        let more = parse_targets_file(&text)
-            .map_err(|(line, e)| anyhow::anyhow!("{}:{line}: {e}", file.display()))?;
-        targets.extend(more);
+        targets.extend(read_targets_file(file)?);
     }
-    let cloud = match args.cloud {
-        Some(c) => Some(Cloud::from(c)),
-        None if targets.is_empty() => Some(Cloud::Azure),
-        None => None,
-    };
-    if let Some(c) = cloud {
-        targets.extend(c.targets());
-    }
-    let mut seen = std::collections::HashSet::new();
-    targets.retain(|t| seen.insert(*t));
-    Ok(targets)
+    Ok(with_cloud(targets, args.cloud))
 }
 
 /// Runs the audit and prints the report.

@@ -1,7 +1,7 @@
 //! `--cloud`, as `audit` and `agent run` both spell it.
 
 use clap::ValueEnum;
-use imdsguard_core::target::Cloud;
+use imdsguard_core::target::{Cloud, Target, parse_targets_file};
 
 /// A cloud whose metadata endpoints are audited or protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -22,4 +22,30 @@ impl From<CloudArg> for Cloud {
             CloudArg::Gcp => Cloud::Gcp,
         }
     }
+}
+
+/// The targets of a `--targets-file` (one `IP:PORT[/PROTO]` a line), errors naming the
+/// file and line.
+pub(crate) fn read_targets_file(file: &std::path::Path) -> anyhow::Result<Vec<Target>> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read --targets-file {}", file.display()))?;
+    parse_targets_file(&text).map_err(|(line, e)| anyhow::anyhow!("{}:{line}: {e}", file.display()))
+}
+
+/// `--target`s and `--targets-file` targets completed with the `--cloud` set (azure when
+/// nothing else is given), duplicates dropped: how `audit` and `policy generate` resolve
+/// their targets.
+pub(crate) fn with_cloud(mut targets: Vec<Target>, cloud: Option<CloudArg>) -> Vec<Target> {
+    let cloud = match cloud {
+        Some(c) => Some(Cloud::from(c)),
+        None if targets.is_empty() => Some(Cloud::Azure),
+        None => None,
+    };
+    if let Some(c) = cloud {
+        targets.extend(c.targets());
+    }
+    let mut seen = std::collections::HashSet::new();
+    targets.retain(|t| seen.insert(*t));
+    targets
 }

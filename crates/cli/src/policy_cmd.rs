@@ -14,10 +14,10 @@ use imdsguard_core::cilium::LinkLocalAs;
 use imdsguard_core::cluster::Cluster;
 use imdsguard_core::engine::{Engine, EngineSettings};
 use imdsguard_core::generate::{GenerateOptions, OutputEngine, generate, is_generated};
-use imdsguard_core::target::{Cloud, Target, parse_targets_file};
+use imdsguard_core::target::Target;
 use serde_json::Value;
 
-use crate::cloud_arg::CloudArg;
+use crate::cloud_arg::{CloudArg, read_targets_file, with_cloud};
 use crate::expected_arg::ExpectedArgs;
 use crate::inputs;
 
@@ -171,10 +171,7 @@ impl From<EngineArg> for OutputEngine {
 fn targets(args: &GenerateArgs) -> anyhow::Result<Vec<Target>> {
     let mut targets = args.targets.clone();
     if let Some(file) = &args.targets_file {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read --targets-file {}", file.display()))?;
-        let more = parse_targets_file(&text)
-            .map_err(|(line, e)| anyhow::anyhow!("{}:{line}: {e}", file.display()))?;
+        let more = read_targets_file(file)?;
         if more.is_empty() {
             bail!(
                 "--targets-file {} names no target (only blank lines or comments): write one IP:PORT[/PROTO] a line, or leave the option out for the default (--cloud azure)",
@@ -183,17 +180,7 @@ fn targets(args: &GenerateArgs) -> anyhow::Result<Vec<Target>> {
         }
         targets.extend(more);
     }
-    let cloud = match args.cloud {
-        Some(c) => Some(Cloud::from(c)),
-        None if targets.is_empty() => Some(Cloud::Azure),
-        None => None,
-    };
-    if let Some(c) = cloud {
-        targets.extend(c.targets());
-    }
-    let mut seen = std::collections::HashSet::new();
-    targets.retain(|t| seen.insert(*t));
-    Ok(targets)
+    Ok(with_cloud(targets, args.cloud))
 }
 
 /// Runs `policy generate`.
