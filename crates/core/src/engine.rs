@@ -1010,6 +1010,30 @@ fn tiered_rule_text(cluster: &Cluster, r: TieredRuleRef) -> String {
     s
 }
 
+/// The explanation of a Calico or Cilium decision: its reason with the engine's notes,
+/// the deciding (or selecting) policies up to `limit`, and the deciding rule.
+fn engine_explanation<N: std::fmt::Display>(
+    mut reason: String,
+    notes: &[N],
+    policies: Vec<String>,
+    rules: Vec<String>,
+    limit: Option<usize>,
+) -> netpol::Explanation {
+    for n in notes {
+        reason.push_str(&format!("; {n}"));
+    }
+    netpol::Explanation {
+        reason,
+        policy_count: policies.len(),
+        policies: policies
+            .into_iter()
+            .take(limit.unwrap_or(usize::MAX))
+            .collect(),
+        rule_count: rules.len(),
+        rules,
+    }
+}
+
 /// Explains a decision in words, with the deciding policies and rules (at most `limit`
 /// of each kind named, all when `None`).
 pub fn explain(cluster: &Cluster, d: &EgressDecision, limit: Option<usize>) -> netpol::Explanation {
@@ -1029,31 +1053,14 @@ pub fn explain(cluster: &Cluster, d: &EgressDecision, limit: Option<usize>) -> n
             rule_count: 0,
         },
         (Reason::Cilium(c), _) => {
-            let mut reason = c.reason.clone();
-            for n in &c.notes {
-                reason.push_str(&format!("; {n}"));
-            }
             let policies: Vec<String> = match &c.rule {
                 Some(r) => vec![r.policy.to_string()],
                 None => c.isolating.iter().map(ToString::to_string).collect(),
             };
             let rules: Vec<String> = c.rule.iter().map(ToString::to_string).collect();
-            netpol::Explanation {
-                reason,
-                policy_count: policies.len(),
-                policies: policies
-                    .into_iter()
-                    .take(limit.unwrap_or(usize::MAX))
-                    .collect(),
-                rule_count: rules.len(),
-                rules,
-            }
+            engine_explanation(c.reason.clone(), &c.notes, policies, rules, limit)
         }
         (Reason::Calico(c), _) => {
-            let mut reason = c.reason();
-            for n in &c.notes {
-                reason.push_str(&format!("; {n}"));
-            }
             let policies: Vec<String> = match &c.policy {
                 Some(p) => vec![p.to_string()],
                 None => c.selecting.iter().map(ToString::to_string).collect(),
@@ -1062,16 +1069,7 @@ pub fn explain(cluster: &Cluster, d: &EgressDecision, limit: Option<usize>) -> n
                 (Some(p), Some(r)) => vec![format!("{p}#{r}")],
                 _ => vec![],
             };
-            netpol::Explanation {
-                reason,
-                policy_count: policies.len(),
-                policies: policies
-                    .into_iter()
-                    .take(limit.unwrap_or(usize::MAX))
-                    .collect(),
-                rule_count: rules.len(),
-                rules,
-            }
+            engine_explanation(c.reason(), &c.notes, policies, rules, limit)
         }
         (Reason::Tiered(r), np) => {
             let p = &cluster.tiered[r.policy];
