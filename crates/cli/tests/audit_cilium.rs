@@ -3,12 +3,12 @@
 //! from standard input, audited with `--engine cilium` and each classification of the
 //! link-local metadata address (`--cilium-link-local`).
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_imdsguard");
+#[path = "support/run.rs"]
+mod run;
+use run::{Run, run_with_stdin};
+
 const IMDS: &str = "169.254.169.254:80/TCP";
 
 const CLUSTER: &str = r#"apiVersion: v1
@@ -41,46 +41,10 @@ spec:
     toPorts: [{ports: [{port: "80", protocol: TCP}]}]
 "#;
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 fn audit(extra: &[&str], stdin: &str) -> Run {
     let mut args = vec!["audit", "-f", "-", "--target", IMDS, "--format", "json"];
     args.extend_from_slice(extra);
-    let mut child = Command::new(BIN)
-        .args(&args)
-        .env_remove("NO_COLOR")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run imdsguard");
-    child
-        .stdin
-        .take()
-        .expect("stdin pipe")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
-    let out = child.wait_with_output().expect("wait for imdsguard");
-    Run {
-        code: out.status.code().expect("exit status, not a signal"),
-        stdout: String::from_utf8(out.stdout).expect("UTF-8 stdout"),
-        stderr: String::from_utf8(out.stderr).expect("UTF-8 stderr"),
-    }
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!(
-                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
-                self.stdout, self.stderr
-            )
-        })
-    }
+    run_with_stdin(&args, stdin)
 }
 
 /// The verdict of `app/<name>[Deployment]` for IMDS.
