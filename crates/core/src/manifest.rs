@@ -907,6 +907,92 @@ fn parse_json(file: &Arc<str>, text: &str) -> Loaded {
     concat(out, parsed)
 }
 
+/// Reads one response of the Kubernetes API: a page of a list (`{"kind":"PodList",
+/// "apiVersion":"v1","items":[...]}`, whose items carry no `kind` or `apiVersion`, as
+/// the API server sends them) or one object (a `get`). Objects are read exactly as
+/// [`parse`] reads them; only their source differs: each is named
+/// `{origin}/{Kind}/{namespace}/{name}` (`{origin}/{Kind}/{name}` when cluster-scoped),
+/// with line 0 (no line), since the API's text is not the user's file.
+pub fn parse_api_response(origin: &str, text: &str) -> Loaded {
+    let mut out = Loaded::default();
+    let mut items: Vec<(&RawValue, ItemDefaults)> = Vec::new();
+    match serde_json::from_str::<JsonHead>(text) {
+        Ok(JsonHead {
+            kind: Some(kind),
+            api_version,
+            items: Some(list),
+        }) if is_list_kind(&kind) => {
+            let defaults = list_item_defaults(&kind, api_version.as_deref().unwrap_or(""));
+            items.extend(list.into_iter().map(|i| (i, defaults.clone())));
+        }
+        Ok(_) => match serde_json::from_str::<&RawValue>(text) {
+            Ok(v) => items.push((v, None)),
+            Err(e) => out
+                .errors
+                .push(json_error(&Arc::from(origin), text, text, &e, None)),
+        },
+        Err(e) => out
+            .errors
+            .push(json_error(&Arc::from(origin), text, text, &e, None)),
+    }
+    let parsed = items
+        .par_iter()
+        .with_min_len(64)
+        .fold(Loaded::default, |mut acc, (item, defaults)| {
+            let s = item.get();
+            match serde_json::from_str::<RawObject>(s) {
+                Ok(raw) => {
+                    let meta = raw.metadata.as_ref();
+                    let file = api_source(
+                        origin,
+                        raw.kind.as_deref(),
+                        meta.and_then(|m| m.namespace.as_deref()),
+                        meta.and_then(|m| m.name.as_deref()),
+                        defaults,
+                    );
+                    convert(&file, 0, raw, defaults, &mut acc, &|| {
+                        serde_json::from_str(s).map_err(|e| e.to_string())
+                    });
+                }
+                Err(e) => {
+                    let head = serde_json::from_str::<RawHead>(s).unwrap_or_default();
+                    let meta = head.metadata.as_ref();
+                    let file = api_source(
+                        origin,
+                        head.kind.as_ref().map(|k| k.0.as_str()),
+                        meta.and_then(|m| m.namespace.as_ref())
+                            .map(|n| n.0.as_str()),
+                        meta.and_then(|m| m.name.as_ref()).map(|n| n.0.as_str()),
+                        defaults,
+                    );
+                    shape_error_or_skip(&file, 0, &head, e.to_string(), &mut acc);
+                }
+            }
+            acc
+        })
+        .reduce(Loaded::default, concat);
+    concat(out, parsed)
+}
+
+/// The source name of an object read from the API (see [`parse_api_response`]).
+fn api_source(
+    origin: &str,
+    kind: Option<&str>,
+    ns: Option<&str>,
+    name: Option<&str>,
+    defaults: &ItemDefaults,
+) -> Arc<str> {
+    let kind = kind
+        .filter(|k| !k.is_empty())
+        .or(defaults.as_ref().map(|(k, _)| k.as_str()))
+        .unwrap_or("?");
+    let name = name.unwrap_or("?");
+    match ns {
+        Some(ns) if !ns.is_empty() => Arc::from(format!("{origin}/{kind}/{ns}/{name}")),
+        _ => Arc::from(format!("{origin}/{kind}/{name}")),
+    }
+}
+
 /// Top-level values one after the other: objects, `List`s, arrays of objects.
 fn json_stream<'a>(
     file: &Arc<str>,
@@ -1972,5 +2058,54 @@ mod tests {
             m.starts_with("the object could not be read again as a whole: status"),
             "{m}"
         );
+    }
+
+    /// An API list page (items without kind/apiVersion) gives the same objects as the
+    /// same items written whole in a file; only the sources differ, naming the object.
+    #[test]
+    fn api_response_reads_like_a_file_and_names_each_object() {
+        let pod = r#"{"metadata":{"name":"web-1","namespace":"shop","labels":{"app":"web"},"ownerReferences":[{"apiVersion":"apps/v1","kind":"ReplicaSet","name":"web-5d","uid":"u","controller":true}]},"spec":{"containers":[{"name":"c","image":"i"}]},"status":{"phase":"Running"}}"#;
+        let page = format!(
+            r#"{{"kind":"PodList","apiVersion":"v1","metadata":{{"resourceVersion":"7","continue":"abc"}},"items":[{pod}]}}"#
+        );
+        let api = parse_api_response("cluster kind-a", &page);
+        let file_text = format!(
+            r#"{{"kind":"List","apiVersion":"v1","items":[{}]}}"#,
+            pod.replacen('{', r#"{"apiVersion":"v1","kind":"Pod","#, 1)
+        );
+        let file = parse("dump.json", &file_text);
+        assert!(api.errors.is_empty() && file.errors.is_empty());
+        assert_eq!(api.objects.len(), 1);
+        let Object::Pod(p) = &api.objects[0] else {
+            panic!("{:?}", api.objects)
+        };
+        assert_eq!(&*p.source.file, "cluster kind-a/Pod/shop/web-1");
+        assert_eq!(p.source.line, 0);
+        let unsourced = |l: &Loaded| {
+            let text = format!("{:?}", l.objects);
+            let start = text.find("source: Source").expect("a source");
+            let end = start + text[start..].find('}').expect("its end");
+            format!("{}{}", &text[..start], &text[end..])
+        };
+        assert_eq!(unsourced(&api), unsourced(&file));
+
+        // Cluster-scoped objects, a single object (a `get`), and an item that fails.
+        let ns = parse_api_response(
+            "cluster c",
+            r#"{"kind":"Namespace","apiVersion":"v1","metadata":{"name":"shop","labels":{"kubernetes.io/metadata.name":"shop"}}}"#,
+        );
+        let Object::Namespace(n) = &ns.objects[0] else {
+            panic!("{:?}", ns.objects)
+        };
+        assert_eq!(&*n.source.file, "cluster c/Namespace/shop");
+        let bad = parse_api_response(
+            "cluster c",
+            r#"{"kind":"NetworkPolicyList","apiVersion":"networking.k8s.io/v1","items":[{"metadata":{"name":"np","namespace":"a"},"spec":{"podSelector":{},"egress":[{"to":[{"ipBlock":{"cidr":"nonsense"}}]}]}}]}"#,
+        );
+        assert_eq!(bad.errors.len(), 1, "{:?}", bad.errors);
+        assert_eq!(&*bad.errors[0].file, "cluster c/NetworkPolicy/a/np");
+        let broken = parse_api_response("cluster c", "{\"kind\":");
+        assert_eq!(broken.errors.len(), 1);
+        assert_eq!(&*broken.errors[0].file, "cluster c");
     }
 }
