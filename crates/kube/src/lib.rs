@@ -12,11 +12,15 @@
 //!   snapshot the agent is notified of on every change;
 //! - [`events`]: Kubernetes `Warning` Events (`MetadataAccessBlocked`) on pods whose
 //!   metadata access was dropped, through kube-runtime's `Recorder` (which aggregates
-//!   repeats into a series), capped per pod.
+//!   repeats into a series), capped per pod;
+//! - [`live`]: the live audit's read of a whole cluster (kubeconfig context,
+//!   discovery, paginated lists) through the core's manifest reader; see
+//!   `docs/live-audit.md`.
 //!
 //! The agent (`imdsguard agent run --kubernetes`) composes these; see `docs/agent.md`.
 
 pub mod events;
+pub mod live;
 pub mod pod;
 pub mod route;
 pub mod watch;
