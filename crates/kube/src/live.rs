@@ -296,19 +296,37 @@ async fn discover(conn: &Connection) -> Result<Discovery, LiveError> {
             },
         }
     };
-    match Discovery::new(conn.client.clone()).run_aggregated().await {
-        Ok(d) => Ok(d),
+    // A server without aggregated discovery may answer its legacy documents, which read
+    // as an empty aggregated list: no core group means the walk is needed.
+    let discovery = match Discovery::new(conn.client.clone()).run_aggregated().await {
+        Ok(d) if d.has_group("") => d,
+        Ok(_) => {
+            tracing::debug!("aggregated discovery gave no core group; discovering group by group");
+            Discovery::new(conn.client.clone())
+                .run()
+                .await
+                .map_err(fail)?
+        }
         Err(e) if is_transport(&e) || matches!(&e, kube::Error::Api(s) if s.code == 401) => {
-            Err(fail(e))
+            return Err(fail(e));
         }
         Err(e) => {
             tracing::debug!("aggregated discovery failed ({e}); discovering group by group");
             Discovery::new(conn.client.clone())
                 .run()
                 .await
-                .map_err(fail)
+                .map_err(fail)?
         }
+    };
+    if !discovery.has_group("") {
+        return Err(LiveError::Discovery {
+            context: conn.context.clone(),
+            server: conn.server.clone(),
+            reason: "the server serves no core API (v1): is this a Kubernetes API server?"
+                .to_string(),
+        });
     }
+    Ok(discovery)
 }
 
 /// The result of reading one kind.

@@ -90,6 +90,11 @@ impl KindToRead {
     }
 }
 
+/// A group as messages name it.
+fn group_label(group: &str) -> &str {
+    if group.is_empty() { "core (v1)" } else { group }
+}
+
 /// `plural` or `plural.group`.
 pub(crate) fn resource_name(plural: &str, group: &str) -> String {
     if group.is_empty() {
@@ -125,7 +130,7 @@ pub(crate) fn select(discovery: &Discovery) -> (Vec<KindToRead>, Vec<SkippedKind
             } else {
                 format!(
                     "API group {} is not served (its CRD is not installed)",
-                    want.group
+                    group_label(want.group)
                 )
             };
             skipped.push(SkippedKind { kind: name, reason });
@@ -161,7 +166,10 @@ pub(crate) fn select(discovery: &Discovery) -> (Vec<KindToRead>, Vec<SkippedKind
                     .map(|v| format!("{}/{v}", want.group))
                     .collect();
                 let reason = if served.is_empty() {
-                    format!("API group {} does not serve this kind", want.group)
+                    format!(
+                        "API group {} does not serve this kind",
+                        group_label(want.group)
+                    )
                 } else {
                     format!(
                         "served as {} only; imdsguard reads {}",
