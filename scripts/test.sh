@@ -70,7 +70,19 @@ fi
 log "schemas for policy generate"
 bash scripts/schemas.sh
 
-log "tests (ignored ones too: they need netns, root or ../shared, and fail without)"
+# A real Kubernetes control plane (etcd + kube-apiserver from Go modules, on loopback)
+# for every Kubernetes-facing test: built once into ~/.cache/imdsguard/control-plane
+# (minutes the first time), started here for the whole run and stopped on exit; the tests
+# find it through IMDSGUARD_TEST_KUBECONFIG and each uses namespaces of its own.
+log "Kubernetes control plane for the tests (scripts/control-plane.sh)"
+command -v openssl >/dev/null 2>&1 || { [ "$(id -u)" = 0 ] && apt-get install -y -qq openssl; }
+bash scripts/control-plane.sh build >/dev/null
+cp_dir="$PWD/target/control-plane/suite"
+trap 'bash scripts/control-plane.sh down "$cp_dir" >/dev/null 2>&1 || true' EXIT
+IMDSGUARD_CP_OWNER_PID=$$ bash scripts/control-plane.sh up "$cp_dir" >/dev/null
+export IMDSGUARD_TEST_KUBECONFIG="$cp_dir/kubeconfig"
+
+log "tests (ignored ones too: they need netns, root, ../shared or the control plane, and fail without)"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo test --workspace --locked --doc --quiet
     cargo nextest run --workspace --locked --no-fail-fast --run-ignored all

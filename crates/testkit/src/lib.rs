@@ -12,6 +12,9 @@
 //! [`require_root`], [`require_path`] or [`Netns::require`] first, which panic with what
 //! is missing and how to get it.
 
+pub mod control_plane;
+pub use control_plane::ControlPlane;
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
