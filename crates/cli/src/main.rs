@@ -19,7 +19,7 @@ mod service;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// The audit allocates and frees millions of small strings and maps on every core;
 /// mimalloc does that markedly faster than glibc's allocator (docs/benchmarks.md).
@@ -80,8 +80,27 @@ enum AgentCommand {
     Uninstall(agent_cmd::UninstallArgs),
 }
 
+/// The usage name when run as the kubectl plugin (`kubectl-imdsguard` on the PATH, as
+/// krew installs it; kubectl runs it with its arguments unchanged): `kubectl imdsguard`.
+const PLUGIN_BIN_NAME: &str = "kubectl imdsguard";
+
+/// The command line, its help and errors naming `kubectl imdsguard` when this program's
+/// file name (argv[0], not the symlink's target) is `kubectl-imdsguard`.
+fn parse_cli() -> Cli {
+    let argv0 = std::env::args_os().next();
+    let plugin = argv0
+        .as_deref()
+        .and_then(|a| std::path::Path::new(a).file_stem())
+        .is_some_and(|f| f == "kubectl-imdsguard");
+    let mut cmd = Cli::command();
+    if plugin {
+        cmd = cmd.bin_name(PLUGIN_BIN_NAME);
+    }
+    Cli::from_arg_matches(&cmd.get_matches()).unwrap_or_else(|e| e.exit())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let result = match cli.command {
         Command::Audit(args) => audit_cmd::run(args),
         Command::Emulate(args) => emulate_cmd::run(args).map(|()| ExitCode::SUCCESS),
