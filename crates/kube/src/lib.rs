@@ -17,8 +17,13 @@
 //!   discovery, paginated lists) through the core's manifest reader; see
 //!   `docs/live-audit.md`.
 //!
+//! - [`apply`]: server-side apply of dynamic objects (the audit's PolicyReport and
+//!   OpenReports objects, `imdsguard audit --apply`), deleting what an earlier run
+//!   wrote and this one does not; see `docs/reports.md`.
+//!
 //! The agent (`imdsguard agent run --kubernetes`) composes these; see `docs/agent.md`.
 
+pub mod apply;
 pub mod events;
 pub mod live;
 pub mod pod;
