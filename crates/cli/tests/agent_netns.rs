@@ -20,6 +20,7 @@ use imdsguard_emulator::{Config as VmConfig, Emulator, Options, Throttle};
 use imdsguard_node::netns::{Isolated, NetNamespace};
 use imdsguard_node::sandbox::{self, Reach, Sandbox, lab_pods};
 use imdsguard_node::{Exec, read_table};
+use imdsguard_testkit::ControlPlane;
 
 const IMDSGUARD: &str = env!("CARGO_BIN_EXE_imdsguard");
 const INNER: &str = "IMDSGUARD_AGENT_TEST_INNER";
@@ -496,147 +497,50 @@ fn proxy_mode_end_to_end_with_the_emulator() {
     });
 }
 
-/// A fake Kubernetes API server on 127.0.0.1 of the test's namespace (plain HTTP, no
-/// credentials): lists `pods` for `spec.nodeName=node-a`, streams what is sent on the
-/// returned channel as the watch, and records the Events written (`method`, `path`,
-/// `body`).
-mod fake_api {
-    use std::convert::Infallible;
-    use std::net::SocketAddr;
-    use std::sync::{Arc, Mutex};
+/// A pod of `node` for the test API server (one container, as the API requires; no
+/// kubelet will run it).
+fn api_pod(namespace: &str, name: &str, node: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  nodeName: {node}
+  containers: [{{name: c, image: registry.invalid/none:1}}]
+---
+"
+    )
+}
 
-    use bytes::Bytes;
-    use http_body_util::combinators::BoxBody;
-    use http_body_util::{BodyExt, Full, StreamBody};
-    use hyper::body::{Frame, Incoming};
-    use hyper::{Request, Response};
-    use hyper_util::rt::TokioIo;
-    use serde_json::{Value, json};
-    use tokio::sync::mpsc;
+/// Writes the pod's status (Running, podIP) through the status subresource, as the
+/// kubelet would.
+fn set_pod_status(cp: &ControlPlane, namespace: &str, name: &str, ip: &str) {
+    let status =
+        format!(r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}]}}}}"#);
+    cp.kubectl_ok(
+        &[
+            "patch",
+            "pod",
+            name,
+            "-n",
+            namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ],
+        None,
+    );
+}
 
-    type Body = BoxBody<Bytes, Infallible>;
-    type Watch = Arc<Mutex<Option<mpsc::UnboundedReceiver<Value>>>>;
-
-    pub struct FakeApi {
-        pub addr: SocketAddr,
-        /// The Events written: `{"method", "path", "body"}`.
-        pub events: Arc<Mutex<Vec<Value>>>,
-        /// Watch events (`{"type": …, "object": …}`) to stream.
-        pub watch: mpsc::UnboundedSender<Value>,
-    }
-
-    pub fn pod(namespace: &str, name: &str, ip: &str) -> Value {
-        json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace, "uid": format!("uid-{name}"),
-                         "resourceVersion": "1"},
-            "spec": {"containers": [], "nodeName": "node-a"},
-            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
-        })
-    }
-
-    fn full(v: &Value, status: u16) -> Response<Body> {
-        Response::builder()
-            .status(status)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(v.to_string())).boxed())
-            .unwrap()
-    }
-
-    async fn handle(
-        req: Request<Incoming>,
-        pods: Arc<Vec<Value>>,
-        events: Arc<Mutex<Vec<Value>>>,
-        watch: Watch,
-    ) -> Result<Response<Body>, Infallible> {
-        let uri = req.uri().to_string();
-        let method = req.method().clone();
-        let body = req
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let path = uri.split('?').next().unwrap_or("").to_owned();
-        let on_node = uri.contains("fieldSelector=spec.nodeName%3Dnode-a");
-        Ok(match (method.as_str(), path.as_str()) {
-            ("GET", "/api/v1/pods") if on_node && uri.contains("watch=true") => {
-                let rx = watch.lock().unwrap().take();
-                let frames = futures::stream::unfold(rx, |rx| async move {
-                    let mut rx = rx?;
-                    let v = rx.recv().await?;
-                    let frame = Frame::data(Bytes::from(format!("{v}\n")));
-                    Some((Ok::<_, Infallible>(frame), Some(rx)))
-                });
-                let frames = futures::StreamExt::chain(frames, futures::stream::pending());
-                Response::builder()
-                    .header("content-type", "application/json")
-                    .body(BodyExt::boxed(StreamBody::new(frames)))
-                    .unwrap()
-            }
-            ("GET", "/api/v1/pods") if on_node => full(
-                &json!({"apiVersion": "v1", "kind": "PodList",
-                        "metadata": {"resourceVersion": "1"}, "items": *pods}),
-                200,
-            ),
-            // The Events (events.k8s.io/v1): created, then patched (their series).
-            ("POST" | "PATCH", p) if p.starts_with("/apis/events.k8s.io/v1/namespaces/") => {
-                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                events
-                    .lock()
-                    .unwrap()
-                    .push(json!({"method": method.as_str(), "path": p, "body": v}));
-                full(
-                    &v,
-                    if method == hyper::Method::POST {
-                        201
-                    } else {
-                        200
-                    },
-                )
-            }
-            _ => full(&json!({"kind": "Status", "code": 404}), 404),
-        })
-    }
-
-    /// Starts the server on a thread of its own (it lives as long as the test).
-    pub fn start(pods: Vec<Value>) -> FakeApi {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let watch: Watch = Arc::new(Mutex::new(Some(rx)));
-        let events: Arc<Mutex<Vec<Value>>> = Arc::default();
-        let pods = Arc::new(pods);
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let ev = events.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        return;
-                    };
-                    let (pods, ev, watch) = (pods.clone(), ev.clone(), watch.clone());
-                    tokio::spawn(async move {
-                        let service = hyper::service::service_fn(move |req| {
-                            handle(req, pods.clone(), ev.clone(), watch.clone())
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-            });
-        });
-        FakeApi {
-            addr: addr_rx.recv().unwrap(),
-            events,
-            watch: tx,
-        }
-    }
+/// The events.k8s.io/v1 Events of `namespace`, as JSON.
+fn api_events(cp: &ControlPlane, namespace: &str) -> Vec<serde_json::Value> {
+    let out = cp.kubectl_ok(
+        &["get", "events.events.k8s.io", "-n", namespace, "-o", "json"],
+        None,
+    );
+    let list: serde_json::Value = serde_json::from_str(&out).expect("an Event list");
+    list["items"].as_array().cloned().unwrap_or_default()
 }
 
 #[test]
@@ -645,26 +549,44 @@ fn kubernetes_mode_takes_the_pods_from_the_api_and_posts_events() {
     let test = "kubernetes_mode_takes_the_pods_from_the_api_and_posts_events";
     isolated(test, || {
         let w = World::new(test);
+        // A real kube-apiserver (with etcd) of this test's own, on the loopback of the
+        // test's network namespace (the node's): the shared one of the test run lives in
+        // the machine's namespace, which this one cannot reach.
+        let cp = ControlPlane::dedicated(test);
+        let pods = [
+            ("platform", "allowed", "10.244.0.10"),
+            ("shop", "web", "10.244.0.11"),
+            ("jobs", "batch", "10.244.1.10"),
+        ];
+        let mut manifests = String::new();
+        for (ns, name, _) in pods {
+            cp.kubectl_ok(&["create", "namespace", ns], None);
+            manifests += &api_pod(ns, name, "node-a");
+        }
+        // A pod of another node on an address of this one: never this node's.
+        cp.kubectl_ok(&["create", "namespace", "elsewhere"], None);
+        manifests += &api_pod("elsewhere", "far", "node-b");
+        cp.apply(&manifests);
+        for (ns, name, ip) in pods
+            .into_iter()
+            .chain([("elsewhere", "far", "10.244.0.12")])
+        {
+            set_pod_status(&cp, ns, name, ip);
+        }
+        let web_uid = cp.kubectl_ok(
+            &[
+                "get",
+                "pod",
+                "web",
+                "-n",
+                "shop",
+                "-o",
+                "jsonpath={.metadata.uid}",
+            ],
+            None,
+        );
         // No interface given: the agent finds each pod's by `ip route get` (the veths,
         // the bridge).
-        let api = fake_api::start(vec![
-            fake_api::pod("platform", "allowed", "10.244.0.10"),
-            fake_api::pod("shop", "web", "10.244.0.11"),
-            fake_api::pod("jobs", "batch", "10.244.1.10"),
-        ]);
-        let kubeconfig = w.file(
-            "kubeconfig",
-            &format!(
-                "apiVersion: v1
-kind: Config
-clusters: [{{name: fake, cluster: {{server: 'http://{}'}}}}]
-users: [{{name: fake, user: {{}}}}]
-contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]
-current-context: fake
-",
-                api.addr
-            ),
-        );
         let mut agent = AgentProc::start_with_env(
             &[
                 "--mode",
@@ -677,7 +599,7 @@ current-context: fake
                 "--check-interval",
                 "1s",
             ],
-            &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+            &[("KUBECONFIG", cp.kubeconfig().to_str().unwrap())],
         );
         let t = table();
         assert_eq!(t.allowed, [pair("azvallowed", [10, 244, 0, 10])]);
@@ -693,44 +615,50 @@ current-context: fake
         );
         assert!(agent.ready(), "{:?}", agent.get("/readyz"));
 
-        // web's drops become one Warning Event on web.
+        // web's drops become one Warning Event on web, in the API.
         assert_eq!(w.reach("web"), Reach::Timeout);
         assert!(w.reach("allowed").connected());
         assert!(
-            eventually(Duration::from_secs(10), || !api
-                .events
-                .lock()
-                .unwrap()
+            eventually(Duration::from_secs(10), || !api_events(&cp, "shop")
                 .is_empty()),
-            "no Event posted"
+            "no Event in the API"
         );
-        let events = api.events.lock().unwrap().clone();
+        let events = api_events(&cp, "shop");
         assert_eq!(events.len(), 1, "{events:?}");
-        assert_eq!(events[0]["method"], "POST");
-        assert_eq!(
-            events[0]["path"],
-            "/apis/events.k8s.io/v1/namespaces/shop/events"
-        );
-        let e = &events[0]["body"];
+        let e = &events[0];
         assert_eq!(e["type"], "Warning");
         assert_eq!(e["reason"], "MetadataAccessBlocked");
+        assert_eq!(e["reportingController"], "imdsguard-agent");
+        assert_eq!(e["reportingInstance"], "node-a");
         assert_eq!(e["regarding"]["kind"], "Pod");
         assert_eq!(e["regarding"]["name"], "web");
         assert_eq!(e["regarding"]["namespace"], "shop");
-        assert_eq!(e["regarding"]["uid"], "uid-web");
-        assert_eq!(e["reportingInstance"], "node-a");
+        assert_eq!(e["regarding"]["uid"], web_uid.as_str());
         assert!(e["note"].as_str().unwrap().contains("Azure IMDS"), "{e}");
+        let shown = cp.kubectl_ok(&["events", "-n", "shop", "--for", "pod/web"], None);
+        assert!(shown.contains("MetadataAccessBlocked"), "{shown}");
         // web tries again within the minute: dropped and logged, but no second write
         // to the API (the per-pod cap).
         assert_eq!(w.reach("web"), Reach::Timeout);
         std::thread::sleep(Duration::from_secs(3));
-        let events = api.events.lock().unwrap().clone();
+        let events = api_events(&cp, "shop");
         assert_eq!(events.len(), 1, "{events:?}");
+        assert!(events[0]["series"].is_null(), "{events:?}");
 
-        // The watch: web goes, the set elements follow.
-        api.watch
-            .send(serde_json::json!({"type": "DELETED", "object": fake_api::pod("shop", "web", "10.244.0.11")}))
-            .unwrap();
+        // The watch: web goes (grace period 0: no kubelet finishes a graceful delete),
+        // the set elements follow.
+        cp.kubectl_ok(
+            &[
+                "delete",
+                "pod",
+                "web",
+                "-n",
+                "shop",
+                "--grace-period=0",
+                "--force",
+            ],
+            None,
+        );
         assert!(eventually(Duration::from_secs(10), || {
             !table().known.contains(&pair("azvweb", [10, 244, 0, 11]))
         }));
