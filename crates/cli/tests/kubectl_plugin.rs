@@ -189,3 +189,96 @@ fn kubectl_finds_the_plugin_and_runs_it_with_its_arguments() {
         text(&out.stderr)
     );
 }
+
+/// The krew manifest (`deploy/krew/imdsguard.yaml`) against krew's own validation rules
+/// (`internal/index/validation` of krew: apiVersion, kind, a safe name equal to the file's,
+/// a one-line short description, a `v` semantic version, and per platform a uri, a sha256
+/// of 64 lowercase hex digits, a bin, an os/arch selector), once its placeholders are
+/// filled as a release fills them; unfilled, krew would refuse every platform.
+#[test]
+fn the_krew_manifest_passes_krews_validation_once_filled() {
+    let path = repo_root().join("deploy/krew/imdsguard.yaml");
+    let text = std::fs::read_to_string(&path).expect("deploy/krew/imdsguard.yaml");
+    let manifest: Value = serde_norway::from_str(&text).expect("YAML");
+    let sha256 = regex::Regex::new("^[a-f0-9]{64}$").unwrap();
+    let placeholder = regex::Regex::new("^@SHA256 ([^@ ]+)@$").unwrap();
+
+    assert_eq!(
+        manifest["apiVersion"],
+        "krew.googlecontainertools.github.com/v1alpha2"
+    );
+    assert_eq!(manifest["kind"], "Plugin");
+    let name = manifest["metadata"]["name"].as_str().unwrap();
+    assert_eq!(name, path.file_stem().unwrap().to_str().unwrap());
+    assert!(regex::Regex::new(r"^[\w-]+$").unwrap().is_match(name));
+    let spec = &manifest["spec"];
+    let short = spec["shortDescription"].as_str().unwrap();
+    assert!(!short.is_empty() && !short.contains(['\r', '\n']));
+    assert!(!spec["description"].as_str().unwrap().trim().is_empty());
+    let version = spec["version"].as_str().unwrap();
+    assert_eq!(
+        version,
+        format!("v{}", env!("CARGO_PKG_VERSION")),
+        "the plugin's version is the workspace's"
+    );
+
+    let mut platforms = Vec::new();
+    for p in spec["platforms"].as_array().expect("platforms") {
+        let labels = p["selector"]["matchLabels"]
+            .as_object()
+            .expect("matchLabels");
+        assert!(labels.keys().all(|k| k == "os" || k == "arch"), "{p}");
+        let (os, arch) = (
+            labels["os"].as_str().unwrap(),
+            labels["arch"].as_str().unwrap(),
+        );
+        platforms.push(format!("{os}/{arch}"));
+        let uri = p["uri"].as_str().unwrap();
+        let archive = format!("kubectl-imdsguard-{version}-{os}-{arch}.tar.gz");
+        assert!(uri.starts_with("https://"), "{uri}");
+        assert!(uri.ends_with(&format!("/{version}/{archive}")), "{uri}");
+        assert_eq!(
+            p["bin"], "imdsguard",
+            "the archive holds the binary at its root"
+        );
+        assert!(
+            p.get("files")
+                .is_none_or(|f| f.as_array().is_some_and(|f| !f.is_empty())),
+            "{p}"
+        );
+        // The placeholder names the archive whose sum it stands for, and krew refuses it.
+        let sum = p["sha256"].as_str().unwrap();
+        let named = placeholder.captures(sum).unwrap_or_else(|| panic!("{sum}"));
+        assert_eq!(&named[1], archive);
+        assert!(!sha256.is_match(sum));
+    }
+    platforms.sort();
+    assert_eq!(
+        platforms,
+        ["darwin/amd64", "darwin/arm64", "linux/amd64", "linux/arm64"]
+    );
+
+    // Filled as a release fills it (each placeholder replaced by `sha256sum`'s hex), every
+    // sum is what krew accepts and nothing else changed.
+    let filled_text = regex::Regex::new("@SHA256 [^@ ]+@")
+        .unwrap()
+        .replace_all(
+            &text,
+            "6d1f1c2e0a0b4c8d9e7f60514233241506f7e8d9c0b1a2938475665748392a1b",
+        )
+        .into_owned();
+    let filled: Value = serde_norway::from_str(&filled_text).expect("YAML once filled");
+    for p in filled["spec"]["platforms"].as_array().unwrap() {
+        assert!(sha256.is_match(p["sha256"].as_str().unwrap()), "{p}");
+    }
+    let mut unfilled = filled.clone();
+    for (p, orig) in unfilled["spec"]["platforms"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .zip(manifest["spec"]["platforms"].as_array().unwrap())
+    {
+        p["sha256"] = orig["sha256"].clone();
+    }
+    assert_eq!(unfilled, manifest);
+}
