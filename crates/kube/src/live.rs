@@ -20,7 +20,7 @@
 
 use std::path::PathBuf;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use imdsguard_core::manifest::{Loaded, parse_api_response};
 use imdsguard_core::model::{ControllerKind, Object};
 use kube::api::{ListParams, PartialObjectMeta};
@@ -178,7 +178,8 @@ pub async fn read(
 
     let origin = format!("cluster {}", conn.context);
     let page_size = page_size.max(1);
-    let results: Vec<Result<Listed, LiveError>> = futures::stream::iter(to_read.iter())
+    // In kind order; the first failure ends the read (lists still running are dropped).
+    let results: Vec<Listed> = futures::stream::iter(to_read.iter())
         .map(|kind| {
             let ns = match namespaces {
                 Namespaces::One(ns) if kind.namespaced || is_namespace(kind) => Some(ns.as_str()),
@@ -196,13 +197,13 @@ pub async fn read(
             }
         })
         .buffered(CONCURRENT_KINDS)
-        .collect()
-        .await;
+        .try_collect()
+        .await?;
 
     let mut loaded = Loaded::default();
     let mut read = Vec::new();
     for r in results {
-        match r? {
+        match r {
             Listed::Read(part, kind) => {
                 loaded.extend(part);
                 read.push(kind);
