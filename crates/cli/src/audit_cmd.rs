@@ -13,6 +13,7 @@ use imdsguard_core::audit::{
 use imdsguard_core::cilium::LinkLocalAs;
 use imdsguard_core::cluster::Cluster;
 use imdsguard_core::engine::{Engine, EngineSettings};
+use imdsguard_core::engine_detect::{AksCluster, ClusterSignals};
 use imdsguard_core::target::Target;
 
 use crate::cloud_arg::{CloudArg, read_targets_file, with_cloud};
@@ -80,6 +81,13 @@ pub struct AuditArgs {
     /// reachable either way). See docs/engines.md.
     #[arg(long, value_enum, value_name = "ENTITY")]
     cilium_link_local: Option<LinkLocalArg>,
+
+    /// The AKS cluster, as `az aks show --name NAME --resource-group GROUP -o json` prints
+    /// it: its networkProfile.networkPolicy / networkDataplane decide the engine (below
+    /// --engine), and networkProfile.podLinkLocalAccess=None (the AKS IMDS restriction)
+    /// blocks IMDS for pods off the host network. See docs/engines.md.
+    #[arg(long, value_name = "FILE")]
+    aks_cluster: Option<PathBuf>,
 
     #[command(flatten)]
     expected: ExpectedArgs,
@@ -243,6 +251,26 @@ fn targets(args: &AuditArgs) -> anyhow::Result<Vec<Target>> {
     Ok(with_cloud(targets, args.cloud))
 }
 
+/// The cluster's signals for the engine decision: `collected` (the DaemonSets and CRDs
+/// of a live cluster; empty for files) plus the `--aks-cluster` file, read here (an
+/// unreadable or malformed file is an error naming it).
+pub fn cluster_signals(
+    args: &AuditArgs,
+    collected: ClusterSignals,
+) -> anyhow::Result<ClusterSignals> {
+    let Some(path) = &args.aks_cluster else {
+        return Ok(collected);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the --aks-cluster file {}", path.display()))?;
+    let aks = AksCluster::from_json(&text)
+        .with_context(|| format!("--aks-cluster {}", path.display()))?;
+    Ok(ClusterSignals {
+        aks: Some(aks),
+        ..collected
+    })
+}
+
 /// Runs the audit and prints the report.
 pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let mut paths = args.paths.clone();
@@ -254,6 +282,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     }
     let targets = targets(&args)?;
     let engine = engine_settings(&args)?;
+    let signals = cluster_signals(&args, ClusterSignals::default())?;
     let expected = args.expected.load()?.map(|e| e.rules);
     let t0 = Instant::now();
     let (loaded, read_time) = inputs::load(&paths);
@@ -269,6 +298,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
             engine,
             list_limit: (!args.full).then_some(DEFAULT_LIST_LIMIT),
             expected,
+            signals,
         },
     );
 

@@ -233,6 +233,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         engine: Some(settings),
         list_limit: Some(DEFAULT_LIST_LIMIT),
         expected: expected.clone(),
+        signals: Default::default(),
     });
     let generated = generate(
         &cluster,

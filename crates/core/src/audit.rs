@@ -13,6 +13,7 @@ use crate::cluster::{Cluster, Workload};
 use crate::engine::{
     self, Destination, EgressDecision, Engine, EngineSettings, PolicyRef, Prepared, Tie, Tier,
 };
+use crate::engine_detect::{ClusterSignals, DecisionSource, EngineDecision};
 use crate::model::{Labels, NetworkPolicy, Peer, PortSpec, Source};
 use crate::netpol::{Decision, first_names, join_names};
 use crate::target::{MetadataService, Protocol, Target};
@@ -455,6 +456,11 @@ pub struct AuditOptions {
     /// The access rules saying which workloads are expected to reach Azure IMDS
     /// (`--rules`, `--preset`); `None`: none is.
     pub expected: Option<AccessRules>,
+    /// What is known about the cluster besides its objects (DaemonSets, CRDs, the AKS
+    /// cluster): with [`AuditOptions::engine`] and the input's kinds it decides the
+    /// engine ([`crate::engine_detect::decide`]), and the AKS IMDS restriction blocks
+    /// IMDS for pods off the host network.
+    pub signals: ClusterSignals,
 }
 
 /// The default of [`AuditOptions::list_limit`].
@@ -467,8 +473,11 @@ pub struct Report {
     pub targets: Vec<Target>,
     /// The engine whose semantics decided.
     pub engine: Engine,
-    /// Whether the engine was detected from the input (not named).
+    /// Whether the engine was detected (from the AKS cluster, the cluster or the
+    /// input's kinds), not named.
     pub engine_detected: bool,
+    /// How the engine was decided, and the AKS IMDS restriction.
+    pub engine_decision: EngineDecision,
     /// Workloads sorted by namespace, name, kind.
     pub workloads: Vec<WorkloadReport>,
     /// Findings, most severe first.
@@ -496,21 +505,65 @@ type TieKey = (usize, usize, Vec<(usize, usize)>);
 /// Where a tie was met: targets, how many workload-target pairs, an example workload.
 type TieSeen = (Vec<Target>, usize, String);
 
-/// The settings an audit runs with, and whether they were detected.
-fn settings(cluster: &Cluster, opts: &AuditOptions) -> (EngineSettings, bool) {
-    match opts.engine {
-        Some(s) => (s, false),
-        None => match Engine::detect(cluster) {
-            Some(e) => (EngineSettings::new(e), true),
-            None => (EngineSettings::new(Engine::Generic), false),
-        },
+/// The settings an audit runs with, and how the engine was decided.
+fn settings(cluster: &Cluster, opts: &AuditOptions) -> (EngineSettings, EngineDecision) {
+    let decision = crate::engine_detect::decide(
+        opts.engine.map(|s| s.engine),
+        &opts.signals,
+        &Engine::detect_candidates(cluster),
+    );
+    let settings = opts
+        .engine
+        .unwrap_or_else(|| EngineSettings::new(decision.engine));
+    (settings, decision)
+}
+
+/// The AKS IMDS restriction, when it is on for every pool: what blocks, and the AKS
+/// add-ons that need IMDS (the `aks` preset's rules: the add-ons the AKS page lists as
+/// incompatible with the restriction).
+struct ImdsRestricted {
+    /// `the AKS IMDS restriction (networkProfile.podLinkLocalAccess=None)`.
+    what: String,
+    /// The `aks` preset.
+    addons: AccessRules,
+}
+
+impl ImdsRestricted {
+    fn new(decision: &EngineDecision, signals: &ClusterSignals) -> Option<Self> {
+        if !decision.imds_restriction.blocks_pods() {
+            return None;
+        }
+        let field = match signals.aks.as_ref() {
+            Some(a) if a.pod_link_local_access.is_some() => {
+                "networkProfile.podLinkLocalAccess=None"
+            }
+            _ => "podLinkLocalAccess=None on every agent pool",
+        };
+        Some(ImdsRestricted {
+            what: format!("the AKS IMDS restriction ({field})"),
+            addons: crate::presets::preset("aks")
+                .and_then(|t| AccessRules::parse(t).ok())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Whether it blocks this connection: pods off the host network to exactly
+    /// 169.254.169.254:80/TCP (AgentBaker's rule: `! -s <node IP> -d 169.254.169.254/32
+    /// -p tcp --dport 80 -j DROP`).
+    fn blocks(restricted: Option<&Self>, target: &Target, host_network: bool) -> bool {
+        restricted.is_some() && *target == crate::target::IMDS && !host_network
     }
 }
 
 /// Runs the audit over a cluster.
 pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
     let targets = &opts.targets;
-    let (settings, detected) = settings(cluster, opts);
+    let (settings, decision) = settings(cluster, opts);
+    let detected = !matches!(
+        decision.source,
+        DecisionSource::Flag | DecisionSource::Default
+    );
+    let restricted = ImdsRestricted::new(&decision, &opts.signals);
     let no_engine = settings.engine == Engine::None;
     // What the policies say: with no engine, what they would say if enforced (the
     // reference semantics); verdicts then count every workload as reaching.
@@ -526,7 +579,7 @@ pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
     let evaluated: Vec<Evaluated> = cluster
         .workloads
         .par_iter()
-        .map(|w| evaluate_workload(cluster, &view, no_engine, w, opts))
+        .map(|w| evaluate_workload(cluster, &view, no_engine, restricted.as_ref(), w, opts))
         .collect();
 
     let mut used = vec![false; cluster.policies.len()];
@@ -560,9 +613,23 @@ pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
     }
 
     if no_engine {
+        let why = match decision.source {
+            DecisionSource::Flag => "--engine none".to_string(),
+            _ => decision.how.clone(),
+        };
+        let except = match &restricted {
+            Some(r) => format!(
+                " (but {} keeps pods off the host network from {})",
+                r.what,
+                crate::target::IMDS
+            ),
+            None => String::new(),
+        };
         findings.push(Finding::new(
             FindingKind::NoPolicyEngine,
-            "the cluster is assumed to enforce no policy (--engine none): every workload reaches every target".into(),
+            format!(
+                "the cluster is assumed to enforce no policy ({why}): every workload reaches every target{except}"
+            ),
             None,
             vec![],
         ));
@@ -611,6 +678,10 @@ pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
         let sel = view.select(&src);
         let mut found = Vec::new();
         for t in targets {
+            // A new pod is on the pod network: the AKS IMDS restriction keeps it off IMDS.
+            if ImdsRestricted::blocks(restricted.as_ref(), t, false) {
+                continue;
+            }
             let d = view.decide(&sel, &src, &Destination::External(*t));
             // With no engine every new pod reaches every target, whatever the policies say.
             if d.allowed || no_engine {
@@ -696,7 +767,25 @@ pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
     findings.extend(tiered_findings(cluster, &settings, &used_tiered));
     findings.extend(cilium_findings(cluster, &settings));
     findings.extend(calico_findings(cluster, &settings));
-    if detected {
+    if decision.source == DecisionSource::Cluster && decision.candidates.len() > 1 {
+        findings.push(Finding::new(
+            FindingKind::EngineAmbiguous,
+            format!(
+                "the cluster shows signs of several policy engines and no --engine or --aks-cluster names the one that enforces the policies: the audit assumed {} ({}); rerun with --engine {}",
+                settings.engine,
+                decision.how,
+                decision
+                    .candidates
+                    .iter()
+                    .map(|c| if c == "antrea" { "generic" } else { c.as_str() })
+                    .collect::<Vec<_>>()
+                    .join(" or --engine "),
+            ),
+            None,
+            vec![],
+        ));
+    }
+    if decision.source == DecisionSource::InputKinds {
         let candidates = Engine::detect_candidates(cluster);
         if candidates.len() > 1 {
             findings.push(Finding::new(
@@ -757,6 +846,7 @@ pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
         targets: targets.clone(),
         engine: settings.engine,
         engine_detected: detected,
+        engine_decision: decision,
         workloads,
         findings,
         summary,
@@ -1111,6 +1201,7 @@ fn evaluate_workload(
     cluster: &Cluster,
     view: &Prepared<'_>,
     no_engine: bool,
+    restricted: Option<&ImdsRestricted>,
     w: &Workload,
     opts: &AuditOptions,
 ) -> Evaluated {
@@ -1180,8 +1271,13 @@ fn evaluate_workload(
             decisions.iter().position(|d| d.allowed).unwrap_or(0)
         };
         let shown_expected = expected_here && shape_expected.get(pick).copied().unwrap_or(false);
+        // The AKS IMDS restriction: the node drops it, whatever the policies say.
+        let aks_blocked = ImdsRestricted::blocks(restricted, t, host_network);
+        if let Some(r) = restricted.filter(|_| aks_blocked) {
+            findings.extend(restriction_breaks_addon(w, &me, r, *t, &expected_by));
+        }
         // Every expected shape blocked (hostNetwork and a missing engine block nothing).
-        let blocked = (expected_here && !host_network && !no_engine)
+        let blocked = (expected_here && !host_network && !no_engine && !aks_blocked)
             .then(|| {
                 let mut exp = decisions
                     .iter()
@@ -1223,12 +1319,21 @@ fn evaluate_workload(
         }
         let policy_allowed = shown.allowed;
         let e = engine::explain(cluster, &shown, opts.list_limit);
-        let reachable = policy_allowed || host_network || no_engine;
+        let reachable = (policy_allowed || host_network || no_engine) && !aks_blocked;
         // hostNetwork and `--engine none`: nothing enforces the policies for this
         // workload, so no policy decided "reaches": the verdict's tier says why
         // (`host-network`, `none`), its object and rule are empty, and what the policies
         // alone would say stays in the reason (and `policy_allowed`, `policies`, `rules`).
-        let (reason, decided) = if host_network {
+        // The AKS IMDS restriction decides before any policy, the same way.
+        let (reason, decided) = if let Some(r) = restricted.filter(|_| aks_blocked) {
+            (
+                format!(
+                    "blocked by {}: the node drops traffic to {t} from pod addresses; only hostNetwork pods and the node keep access (policy alone: {})",
+                    r.what, e.reason
+                ),
+                (Tier::AksImdsRestriction, None, None),
+            )
+        } else if host_network {
             (
                 format!(
                     "hostNetwork: its traffic is the node's and no policy applies to it (policy alone: {})",
@@ -1281,6 +1386,7 @@ fn evaluate_workload(
         // An allow that re-opens what another selecting policy denies (unless the rules
         // expect this workload to reach the target: that allow is the intended exception).
         if !shown_expected
+            && !aks_blocked
             && shown.tier == Tier::NetworkPolicy
             && let Some(Decision::Allowed { isolating, by }) = &shown.netpol
         {
@@ -1435,6 +1541,61 @@ fn expected_shapes(w: &Workload, rules: Option<&AccessRules>) -> (Vec<bool>, Vec
     (flags, names)
 }
 
+/// Under the AKS IMDS restriction, the `expected-blocked` finding for a workload that
+/// needs IMDS: one the access rules expect (`expected_by`), or one the `aks` preset
+/// names (the add-ons the AKS page lists as incompatible with the restriction), with or
+/// without `--preset aks`.
+fn restriction_breaks_addon(
+    w: &Workload,
+    me: &ObjectRef,
+    r: &ImdsRestricted,
+    target: Target,
+    expected_by: &[String],
+) -> Option<Finding> {
+    let (_, addon_by) = expected_shapes(w, Some(&r.addons));
+    let mut names: Vec<String> = expected_by.to_vec();
+    for n in &addon_by {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    if names.is_empty() {
+        return None;
+    }
+    let addon = if addon_by.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; AKS lists this add-on as incompatible with the restriction (https://learn.microsoft.com/azure/aks/imds-restriction){}",
+            if addon_by
+                .iter()
+                .any(|n| n == "aks-keyvault-secrets-provider")
+            {
+                ", unless it authenticates with workload identity"
+            } else {
+                ""
+            }
+        )
+    };
+    let mut f = Finding::new(
+        FindingKind::ExpectedBlocked,
+        format!(
+            "{} needs {TARGETS} (rule(s) {}) but is blocked by {}: the node drops traffic to it from pod addresses{addon}",
+            w.id(),
+            names.join(", "),
+            r.what
+        ),
+        Some(target),
+        vec![me.clone()],
+    );
+    f.decided_by = Some(DecidedBy {
+        tier: Tier::AksImdsRestriction,
+        object: None,
+        rule: None,
+    });
+    Some(f)
+}
+
 /// The deciding tier, object and rule of a decision, in words: `the networkpolicy tier
 /// (NetworkPolicy kube-system/deny-imds)`, `the admin tier
 /// (AdminNetworkPolicy/no-imds#egress[0])`.
@@ -1549,6 +1710,7 @@ mod tests {
                 engine: no_engine.then(|| EngineSettings::new(Engine::None)),
                 list_limit: Some(DEFAULT_LIST_LIMIT),
                 expected: None,
+                signals: ClusterSignals::default(),
             },
         )
     }
@@ -1790,6 +1952,7 @@ mod tests {
                 engine: None,
                 list_limit: None,
                 expected: None,
+                signals: ClusterSignals::default(),
             },
         );
         let v = &full.workloads[0].verdicts[0];
@@ -1811,6 +1974,7 @@ mod tests {
                 engine: engine.map(EngineSettings::new),
                 list_limit: Some(DEFAULT_LIST_LIMIT),
                 expected: Some(rules),
+                signals: ClusterSignals::default(),
             },
         )
     }
@@ -1991,6 +2155,7 @@ mod tests {
                 engine: None,
                 list_limit: Some(DEFAULT_LIST_LIMIT),
                 expected: Some(rules),
+                signals: ClusterSignals::default(),
             },
         );
         let by: Vec<(&str, &[String])> = r
@@ -2023,6 +2188,7 @@ mod tests {
                 engine,
                 list_limit: Some(DEFAULT_LIST_LIMIT),
                 expected: None,
+                signals: ClusterSignals::default(),
             },
         )
     }
@@ -2102,6 +2268,198 @@ mod tests {
         let one = run_engine(&format!("{POD}{CILIUM_DENY}"), None);
         assert_eq!(one.engine, Engine::Cilium);
         assert!(of(&one, "engine-ambiguous").is_empty());
+    }
+
+    fn run_signals(text: &str, engine: Option<Engine>, signals: ClusterSignals) -> Report {
+        let l = parse("t.yaml", text);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        let c = Cluster::build(l.objects);
+        audit(
+            &c,
+            &AuditOptions {
+                targets: Cloud::Azure.targets(),
+                engine: engine.map(EngineSettings::new),
+                list_limit: Some(DEFAULT_LIST_LIMIT),
+                expected: None,
+                signals,
+            },
+        )
+    }
+
+    fn aks_signals(network_profile: &str, pools: &str) -> ClusterSignals {
+        let text = format!(
+            r#"{{"name": "seed", "resourceGroup": "rg", "networkProfile": {network_profile}, "agentPoolProfiles": [{pools}]}}"#
+        );
+        ClusterSignals {
+            aks: Some(crate::engine_detect::AksCluster::from_json(&text).unwrap()),
+            ..ClusterSignals::default()
+        }
+    }
+
+    const HOST_POD: &str = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: h, namespace: a}\nspec: {hostNetwork: true}\n";
+    const POOL: &str = r#"{"name": "nodepool1", "osType": "Linux"}"#;
+
+    /// podLinkLocalAccess None (the AKS IMDS restriction): AgentBaker drops FORWARD
+    /// traffic to 169.254.169.254/32 tcp 80 not from the node's address, so a pod on the
+    /// pod network is blocked there whatever the policies (or the missing engine) say,
+    /// with the deciding tier named; hostNetwork pods keep access; WireServer is not
+    /// part of it. The AKS add-ons that need IMDS get expected-blocked, without
+    /// --preset.
+    #[test]
+    fn aks_imds_restriction_blocks_pod_network_imds_only() {
+        let text = format!("{POD}{HOST_POD}---\n{AMA_LOGS}");
+        let signals = aks_signals(
+            r#"{"networkPlugin": "azure", "podLinkLocalAccess": "None"}"#,
+            POOL,
+        );
+        let r = run_signals(&text, None, signals.clone());
+        assert_eq!(r.engine, Engine::None);
+        assert_eq!(
+            r.engine_decision.source,
+            crate::engine_detect::DecisionSource::AksCluster
+        );
+        let by = |name: &str| r.workloads.iter().find(|w| w.name == name).unwrap();
+        let imds = |w: &WorkloadReport| {
+            w.verdicts
+                .iter()
+                .find(|v| v.target == crate::target::IMDS)
+                .unwrap()
+                .clone()
+        };
+        let v = imds(by("p"));
+        assert!(!v.reachable && v.policy_allowed, "{v:?}");
+        assert_eq!(v.tier, Tier::AksImdsRestriction);
+        assert_eq!(v.tier.to_string(), "aks-imds-restriction");
+        assert!(
+            v.reason.starts_with(
+                "blocked by the AKS IMDS restriction (networkProfile.podLinkLocalAccess=None): the node drops traffic to 169.254.169.254:80/TCP"
+            ),
+            "{}",
+            v.reason
+        );
+        // WireServer: no engine, reachable.
+        assert!(
+            by("p")
+                .verdicts
+                .iter()
+                .filter(|v| v.target != crate::target::IMDS)
+                .all(|v| v.reachable)
+        );
+        // hostNetwork keeps access.
+        let h = imds(by("h"));
+        assert!(h.reachable);
+        assert_eq!(h.tier, Tier::HostNetwork);
+        // Counted once per target.
+        assert_eq!(r.summary.reachable[0].target, crate::target::IMDS);
+        assert_eq!(r.summary.reachable[0].workloads, 1);
+        // The add-on that needs IMDS: expected-blocked, naming the restriction.
+        let broken = of(&r, "expected-blocked");
+        assert_eq!(broken.len(), 1, "{broken:?}");
+        assert!(
+            broken[0]
+                .message
+                .starts_with("kube-system/ama-logs[DaemonSet] needs 169.254.169.254:80/TCP (rule(s) aks-container-insights) but is blocked by the AKS IMDS restriction"),
+            "{}",
+            broken[0].message
+        );
+        assert_eq!(
+            broken[0].decided_by.as_ref().unwrap().tier,
+            Tier::AksImdsRestriction
+        );
+        // Nothing reaches IMDS from the pod network, so no finding says so.
+        assert!(of(&r, "workload-reaches-target").iter().all(|f| {
+            !f.targets.contains(&crate::target::IMDS) || f.message.starts_with("a/h[Pod]")
+        }));
+        assert!(
+            of(&r, "namespace-unrestricted")
+                .iter()
+                .all(|f| !f.targets.contains(&crate::target::IMDS))
+        );
+        let none = of(&r, "no-policy-engine");
+        assert!(
+            none[0].message.contains("networkPolicy not set (none)")
+                && none[0].message.contains("but the AKS IMDS restriction"),
+            "{}",
+            none[0].message
+        );
+
+        // With --preset aks, the same one finding (not two), and the verdict is
+        // expected.
+        let l = parse("t.yaml", &text);
+        let c = Cluster::build(l.objects);
+        let rules = AccessRules::parse(crate::presets::preset("aks").unwrap()).unwrap();
+        let r = audit(
+            &c,
+            &AuditOptions {
+                targets: Cloud::Azure.targets(),
+                engine: None,
+                list_limit: Some(DEFAULT_LIST_LIMIT),
+                expected: Some(rules),
+                signals: signals.clone(),
+            },
+        );
+        assert_eq!(of(&r, "expected-blocked").len(), 1);
+        let ama = r.workloads.iter().find(|w| w.name == "ama-logs").unwrap();
+        assert!(ama.verdicts[0].expected && !ama.verdicts[0].reachable);
+
+        // Under an engine whose policy allows it, still blocked.
+        let r = run_signals(&text, Some(Engine::Calico), signals);
+        let v = &r.workloads.iter().find(|w| w.name == "p").unwrap().verdicts[0];
+        assert!(!v.reachable && v.tier == Tier::AksImdsRestriction);
+    }
+
+    /// The restriction off, or on some pools only (where a pod lands is not known):
+    /// verdicts unchanged.
+    #[test]
+    fn aks_imds_restriction_off_or_partial_changes_nothing() {
+        for (profile, pools) in [
+            (r#"{"networkPolicy": "azure"}"#, POOL.to_string()),
+            (
+                r#"{"networkPolicy": "azure", "podLinkLocalAccess": "None"}"#,
+                format!(r#"{POOL}, {{"name": "user", "podLinkLocalAccess": "IMDS"}}"#),
+            ),
+        ] {
+            let r = run_signals(POD, None, aks_signals(profile, &pools));
+            assert_eq!(r.engine, Engine::AzureNpm);
+            assert!(r.workloads[0].verdicts.iter().all(|v| v.reachable));
+            assert!(of(&r, "expected-blocked").is_empty());
+        }
+    }
+
+    /// Two engines' DaemonSets in the cluster: engine-ambiguous, as for the input's kinds.
+    #[test]
+    fn two_engines_in_the_cluster_are_reported_ambiguous() {
+        let signals = ClusterSignals {
+            daemonsets: vec![
+                ("kube-system".into(), "azure-npm".into()),
+                ("kube-system".into(), "antrea-agent".into()),
+            ],
+            ..ClusterSignals::default()
+        };
+        let r = run_signals(POD, None, signals);
+        assert_eq!((r.engine, r.engine_detected), (Engine::AzureNpm, true));
+        let amb = of(&r, "engine-ambiguous");
+        assert_eq!(amb.len(), 1);
+        assert!(
+            amb[0].message.contains("assumed azure-npm")
+                && amb[0]
+                    .message
+                    .ends_with("--engine azure-npm or --engine generic"),
+            "{}",
+            amb[0].message
+        );
+        // Named: not ambiguous, and said so.
+        let r = run_signals(
+            POD,
+            Some(Engine::Generic),
+            ClusterSignals {
+                daemonsets: vec![("kube-system".into(), "azure-npm".into())],
+                ..ClusterSignals::default()
+            },
+        );
+        assert!(of(&r, "engine-ambiguous").is_empty());
+        assert_eq!(r.engine_decision.how, "from --engine");
+        assert!(!r.engine_detected);
     }
 
     /// A CiliumCIDRGroup reference the input does not resolve: Cilium resolves it to no

@@ -302,6 +302,10 @@ pub enum Tier {
     None,
     /// The source uses the node's network: no policy kind applies to it.
     HostNetwork,
+    /// AKS's IMDS restriction (`podLinkLocalAccess: None`): the node drops traffic to
+    /// 169.254.169.254:80/TCP from pod addresses, whatever the policies say
+    /// ([`crate::engine_detect::ImdsRestriction`]).
+    AksImdsRestriction,
 }
 
 impl fmt::Display for Tier {
@@ -315,6 +319,7 @@ impl fmt::Display for Tier {
             Tier::Cilium => f.write_str("cilium"),
             Tier::None => f.write_str("none"),
             Tier::HostNetwork => f.write_str("host-network"),
+            Tier::AksImdsRestriction => f.write_str("aks-imds-restriction"),
         }
     }
 }

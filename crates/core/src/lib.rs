@@ -7,6 +7,8 @@
 //!   BaselineAdminNetworkPolicy and ClusterNetworkPolicy, one tier at a time;
 //! - [`engine`] says which engine enforces which kind and composes every kind into one
 //!   egress decision ([`engine::decide`]);
+//! - [`engine_detect`] decides which engine a cluster runs (`--engine`, the AKS cluster,
+//!   its DaemonSets and CRDs, the input's kinds) and whether AKS's IMDS restriction is on;
 //! - [`target`] parses targets and holds the built-in metadata endpoint sets;
 //! - [`audit`] turns all of it into verdicts and findings;
 //! - [`imds`] holds Azure IMDS's protocol rules (endpoints, versions, request validation,
@@ -30,6 +32,7 @@ pub mod cilium;
 pub mod cluster;
 pub mod conntrack;
 pub mod engine;
+pub mod engine_detect;
 pub mod generate;
 pub mod imds;
 pub mod manifest;

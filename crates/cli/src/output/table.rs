@@ -7,7 +7,8 @@ use std::io::Write;
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{Attribute, Cell, Color, ContentArrangement, Table};
 use imdsguard_core::audit::{Report, Severity, Verdict, WorkloadReport};
-use imdsguard_core::engine::{Engine, Tier};
+use imdsguard_core::engine::Tier;
+use imdsguard_core::engine_detect::ImdsRestriction;
 use imdsguard_core::manifest::LoadError;
 use imdsguard_core::netpol::join_names;
 use imdsguard_core::target::{MetadataService, Target};
@@ -35,6 +36,9 @@ fn short_reason(v: &Verdict, host_network: bool) -> String {
         (Some(o), None) => o.to_string(),
         _ => String::new(),
     };
+    if v.tier == Tier::AksImdsRestriction {
+        return "blocked by the AKS IMDS restriction (podLinkLocalAccess=None)".into();
+    }
     // hostNetwork and `--engine none`: no policy decided; say what the policies alone
     // would (the verdict's `policies` / `rules`).
     if matches!(v.tier, Tier::HostNetwork | Tier::None) {
@@ -144,6 +148,33 @@ fn expected_note(expected: usize) -> String {
     }
 }
 
+/// How the engine was decided, the AKS IMDS restriction when known, and the decision's
+/// warnings.
+fn write_engine(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
+    let d = &report.engine_decision;
+    writeln!(out, "engine: {} ({})", report.engine, d.how)?;
+    match &d.imds_restriction {
+        ImdsRestriction::Unknown => {}
+        ImdsRestriction::Off => writeln!(
+            out,
+            "AKS IMDS restriction: off (networkProfile.podLinkLocalAccess is not None)"
+        )?,
+        r @ ImdsRestriction::On { .. } => writeln!(
+            out,
+            "AKS IMDS restriction: {r}: pods off the host network cannot reach {}",
+            imdsguard_core::target::IMDS
+        )?,
+        r @ ImdsRestriction::Partial { .. } => writeln!(
+            out,
+            "AKS IMDS restriction: {r}: not counted in the verdicts"
+        )?,
+    }
+    for w in &d.warnings {
+        writeln!(out, "note: {w}")?;
+    }
+    Ok(())
+}
+
 /// Writes the report for people.
 pub fn write(
     out: &mut impl Write,
@@ -158,14 +189,9 @@ pub fn write(
     } else {
         String::new()
     };
-    let engine = match (report.engine, report.engine_detected) {
-        (Engine::Generic, _) => String::new(),
-        (e, true) => format!("; engine {e} (detected)"),
-        (e, false) => format!("; engine {e}"),
-    };
     writeln!(
         out,
-        "imdsguard audit: {} workloads in {} namespaces ({} Pod object(s) read), {} NetworkPolicies{cluster_policies}{engine}",
+        "imdsguard audit: {} workloads in {} namespaces ({} Pod object(s) read), {} NetworkPolicies{cluster_policies}",
         s.workloads, s.namespaces, s.pods, s.network_policies
     )?;
     for c in &s.reachable {
@@ -187,6 +213,7 @@ pub fn write(
             writeln!(out, "{line}")?;
         }
     }
+    write_engine(out, report)?;
     let per_target = report.targets.len() <= MAX_TARGET_COLUMNS;
 
     let mut by_ns: BTreeMap<&str, Vec<&WorkloadReport>> = BTreeMap::new();
