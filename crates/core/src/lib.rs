@@ -10,7 +10,8 @@
 //! - [`engine_detect`] decides which engine a cluster runs (`--engine`, the AKS cluster,
 //!   its DaemonSets and CRDs, the input's kinds) and whether AKS's IMDS restriction is on;
 //! - [`target`] parses targets and holds the built-in metadata endpoint sets;
-//! - [`audit`] turns all of it into verdicts and findings;
+//! - [`audit`] turns all of it into verdicts and findings; [`report_objects`] the
+//!   verdicts and findings into PolicyReport / OpenReports objects;
 //! - [`imds`] holds Azure IMDS's protocol rules (endpoints, versions, request validation,
 //!   error bodies), shared by the emulator, the probe and the filtering proxy;
 //! - [`access`] holds the access rules (the proxy's decisions, and which workloads the
@@ -42,6 +43,7 @@ pub mod nft;
 pub mod pods;
 pub mod presets;
 pub mod quote;
+pub mod report_objects;
 pub mod target;
 pub mod tiered;
 pub mod token;
