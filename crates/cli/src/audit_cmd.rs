@@ -19,6 +19,7 @@ use imdsguard_core::target::Target;
 use crate::cloud_arg::{CloudArg, read_targets_file, with_cloud};
 use crate::expected_arg::ExpectedArgs;
 use crate::inputs;
+use crate::kube_arg::{self, KubeArgs};
 use crate::output;
 
 /// Arguments of `imdsguard audit`.
@@ -91,6 +92,10 @@ pub struct AuditArgs {
 
     #[command(flatten)]
     expected: ExpectedArgs,
+
+    /// Without PATH or -f: the cluster to read (docs/live-audit.md).
+    #[command(flatten)]
+    kube: KubeArgs,
 
     /// Name every deciding policy and rule in verdicts, reasons and findings (by default
     /// the first 5 of each, with their counts: with hundreds of policies selecting the
@@ -275,17 +280,27 @@ pub fn cluster_signals(
 pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let mut paths = args.paths.clone();
     paths.extend(args.files.iter().cloned());
-    if paths.is_empty() {
+    // No PATH: the live cluster of the kubeconfig context.
+    let live = paths.is_empty();
+    if !live && args.kube.given() {
         bail!(
-            "no input: name manifest files or folders (imdsguard audit examples/aks-imds), or `-f -` for standard input"
+            "--kubeconfig, --context, -n and -A choose a live cluster to read: give them without PATH or -f"
         );
     }
     let targets = targets(&args)?;
     let engine = engine_settings(&args)?;
-    let signals = cluster_signals(&args, ClusterSignals::default())?;
+    let mut signals = cluster_signals(&args, ClusterSignals::default())?;
     let expected = args.expected.load()?.map(|e| e.rules);
     let t0 = Instant::now();
-    let (loaded, read_time) = inputs::load(&paths);
+    let (loaded, read_time, live) = if live {
+        let mut read = args.kube.read_cluster()?;
+        signals.daemonsets = std::mem::take(&mut read.signals.daemonsets);
+        signals.crds = std::mem::take(&mut read.signals.crds);
+        (std::mem::take(&mut read.loaded), t0.elapsed(), Some(read))
+    } else {
+        let (loaded, read_time) = inputs::load(&paths);
+        (loaded, read_time, None)
+    };
     let t_load = t0.elapsed();
     let t1 = Instant::now();
     let cluster = Cluster::build(loaded.objects);
@@ -314,10 +329,12 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     };
     let mut out = std::io::BufWriter::new(stdout.lock());
     let written = match args.format {
-        Format::Table => {
+        Format::Table => kube_arg::table_header(&mut out, live.as_ref()).and_then(|()| {
             output::table::write(&mut out, &report, &loaded.errors, &loaded.skipped, color)
-        }
-        Format::Json => output::json::write(&mut out, &report, &loaded.errors, &loaded.skipped),
+        }),
+        Format::Json => kube_arg::with_source(&mut out, live.as_ref(), |out| {
+            output::json::write(out, &report, &loaded.errors, &loaded.skipped)
+        }),
         Format::Sarif => output::sarif::write(&mut out, &report, &loaded.errors),
     }
     .and_then(|()| out.flush());

@@ -9,6 +9,7 @@ mod cloud_arg;
 mod emulate_cmd;
 mod expected_arg;
 mod inputs;
+mod kube_arg;
 mod lab_cmd;
 mod log_writer;
 mod output;
