@@ -106,13 +106,12 @@ struct Bar {
 impl Bar {
     fn new(on: bool) -> Bar {
         let bar = on.then(|| {
-            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+            // A spinner until discovery says how many kinds there are; each line fits the
+            // terminal (`wide_msg` is cut to the width left).
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
             bar.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} {prefix} [{bar:20}] {pos}/{len} kinds, {msg} ({elapsed})",
-                )
-                .expect("the template is valid")
-                .progress_chars("=> "),
+                ProgressStyle::with_template("{spinner} {prefix} ({elapsed}) {wide_msg}")
+                    .expect("the template is valid"),
             );
             bar.set_prefix("connecting");
             bar.enable_steady_tick(Duration::from_millis(120));
@@ -126,8 +125,8 @@ impl Bar {
 
     fn connected(&self, conn: &Connection) {
         if let Some(bar) = &self.bar {
-            bar.set_prefix(format!("reading {}", conn.describe()));
-            bar.set_message("discovering the API");
+            bar.set_prefix(format!("reading {}", conn.context));
+            bar.set_message(format!("discovering the API of {}", conn.server));
         }
     }
 
@@ -141,12 +140,19 @@ impl Bar {
 impl Progress for Bar {
     fn discovered(&self, kinds: &[KindToRead], _skipped: &[SkippedKind]) {
         if let Some(bar) = &self.bar {
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} {prefix} [{bar:16}] {pos}/{len} kinds ({elapsed}) {wide_msg}",
+                )
+                .expect("the template is valid")
+                .progress_chars("=> "),
+            );
             bar.set_length(kinds.len() as u64);
             bar.set_message("listing");
         }
     }
 
-    fn page(&self, kind: &str, items: usize, pages: usize, remaining: Option<u64>) {
+    fn page(&self, kind: &str, items: usize, _pages: usize, remaining: Option<u64>) {
         let Some(bar) = &self.bar else { return };
         let total = {
             let mut seen = self.items.lock().unwrap_or_else(|e| e.into_inner());
@@ -156,10 +162,8 @@ impl Progress for Bar {
             }
             seen.iter().map(|(_, n)| n).sum::<usize>()
         };
-        let more = remaining.map_or(String::new(), |r| format!(", {r} more"));
-        bar.set_message(format!(
-            "{total} objects; {kind}: {items} in {pages} page(s){more}"
-        ));
+        let more = remaining.map_or(String::new(), |r| format!(" (+{r})"));
+        bar.set_message(format!("{total} objects; {kind} {items}{more}"));
     }
 
     fn kind_done(&self, _kind: &str, _items: usize, _pages: usize) {
