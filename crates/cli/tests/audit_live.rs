@@ -719,6 +719,30 @@ fn forbidden_names_the_verb_resource_and_scope() {
     );
 }
 
+#[test]
+#[ignore = "needs control plane"]
+fn refused_credentials_say_to_log_in_again() {
+    let cp = ControlPlane::shared("refused_credentials_say_to_log_in_again");
+    let admin = std::fs::read_to_string(cp.kubeconfig()).unwrap();
+    let server = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .unwrap()
+        .to_string();
+    // The real server, a token it never issued.
+    let kc = kubeconfig_for(&server, &scratch("unauthorized"));
+    let r = live_json(&kc, &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stdout.is_empty(), "{}", r.stdout);
+    assert!(
+        r.stderr.contains(&format!(
+            "the API server {server} refused the credentials of context test-ctx (401 Unauthorized"
+        )) && r.stderr.contains("log in again"),
+        "{}",
+        r.stderr
+    );
+}
+
 /// The YAML blocks of docs/live-audit.md: the ClusterRoles the page documents.
 fn documented_roles() -> (String, String) {
     let doc = std::fs::read_to_string(repo_root().join("docs/live-audit.md")).unwrap();
