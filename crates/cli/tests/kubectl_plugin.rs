@@ -282,3 +282,114 @@ fn the_krew_manifest_passes_krews_validation_once_filled() {
     }
     assert_eq!(unfilled, manifest);
 }
+
+/// The verdict of `namespace/name` for IMDS in an audit's JSON: `reachable`.
+fn reaches_imds(report: &Value, namespace: &str, name: &str) -> bool {
+    let w = report["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["namespace"] == namespace && w["name"] == name)
+        .unwrap_or_else(|| panic!("no workload {namespace}/{name}: {report}"));
+    w["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["target"] == "169.254.169.254:80/TCP")
+        .expect("an IMDS verdict")["reachable"]
+        .as_bool()
+        .unwrap()
+}
+
+#[test]
+#[ignore = "needs control plane"]
+fn kubectl_imdsguard_audits_the_cluster_with_kubectls_flags_after_its_name() {
+    let cp = ControlPlane::shared(
+        "kubectl_imdsguard_audits_the_cluster_with_kubectls_flags_after_its_name",
+    );
+    let ns = cp.namespace("plugin-live");
+    cp.apply(&format!(
+        "apiVersion: v1
+kind: Pod
+metadata: {{name: web, namespace: {ns}, labels: {{app: web}}}}
+spec: {{containers: [{{name: c, image: registry.invalid/none:1}}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: api, namespace: {ns}, labels: {{app: api}}}}
+spec: {{containers: [{{name: c, image: registry.invalid/none:1}}]}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: api-no-imds, namespace: {ns}}}
+spec:
+  podSelector: {{matchLabels: {{app: api}}}}
+  policyTypes: [Egress]
+  egress: [{{to: [{{ipBlock: {{cidr: 0.0.0.0/0, except: [169.254.169.254/32]}}}}]}}]
+"
+    ));
+    let dir = plugin_dir("live", Install::Symlink);
+    let kubeconfig = cp.kubeconfig();
+    let args = |extra: &[&str]| -> Vec<String> {
+        ["audit", "-n", &ns, "--format", "json"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let kc = kubeconfig.to_str().unwrap();
+
+    // The flags after the plugin's name are the plugin's: the same report as the binary
+    // run directly with them.
+    let with_flag = args(&["--kubeconfig", kc, "--context", "imdsguard-test"]);
+    let direct = Command::new(IMDSGUARD)
+        .args(&with_flag)
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    let refs: Vec<&str> = with_flag.iter().map(String::as_str).collect();
+    let plugin = kubectl(cp, &dir, &[&["imdsguard"][..], &refs].concat(), &[]);
+    assert_eq!(plugin.status.code(), Some(1), "{}", text(&plugin.stderr));
+    assert_eq!(direct.status.code(), Some(1), "{}", text(&direct.stderr));
+    let report: Value = serde_json::from_slice(&plugin.stdout).expect("JSON report");
+    assert_eq!(
+        report,
+        serde_json::from_slice::<Value>(&direct.stdout).unwrap()
+    );
+    assert!(reaches_imds(&report, &ns, "web"));
+    assert!(!reaches_imds(&report, &ns, "api"));
+    let namespaces: Vec<&Value> = report["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| &w["namespace"])
+        .collect();
+    assert!(
+        namespaces.iter().all(|n| **n == *ns),
+        "-n {ns}: {namespaces:?}"
+    );
+
+    // kubectl passes its environment: KUBECONFIG alone finds the cluster.
+    let without = args(&[]);
+    let refs: Vec<&str> = without.iter().map(String::as_str).collect();
+    let by_env = kubectl(
+        cp,
+        &dir,
+        &[&["imdsguard"][..], &refs].concat(),
+        &[("KUBECONFIG", kubeconfig)],
+    );
+    assert_eq!(by_env.status.code(), Some(1), "{}", text(&by_env.stderr));
+    let by_env: Value = serde_json::from_slice(&by_env.stdout).unwrap();
+    assert_eq!(by_env["workloads"], report["workloads"]);
+
+    // A context the kubeconfig lacks: a usage error naming it, through kubectl.
+    let wrong = args(&["--kubeconfig", kc, "--context", "no-such-context"]);
+    let refs: Vec<&str> = wrong.iter().map(String::as_str).collect();
+    let out = kubectl(cp, &dir, &[&["imdsguard"][..], &refs].concat(), &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no-such-context"),
+        "{}",
+        text(&out.stderr)
+    );
+}
