@@ -7,8 +7,10 @@ use std::io::{self, Write as _};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use imdsguard_kube::verify::{EndpointResult, ProbeEndpoint, ProbeResult};
 use imdsguard_probe::{
     DEFAULT_API_VERSION, DEFAULT_TOKEN_API_VERSION, ExitStatusCode, ProbeConfig, ProbeSettings,
+    Report,
 };
 
 use crate::service::parse_positive_duration;
@@ -70,6 +72,13 @@ pub(crate) struct ProbeArgs {
     /// api-version for the token endpoint
     #[arg(long, value_name = "VERSION", default_value = DEFAULT_TOKEN_API_VERSION)]
     pub token_api_version: String,
+
+    /// Also write a compact JSON summary of the result (per endpoint: reachable, blocked
+    /// or unknown, the step classes; never a token; under 4000 bytes) to this file:
+    /// `/dev/termination-log` in a pod, where `imdsguard verify` reads it back from the
+    /// pod's status
+    #[arg(long, value_name = "PATH")]
+    pub termination_log: Option<std::path::PathBuf>,
 }
 
 impl ProbeArgs {
@@ -99,6 +108,15 @@ pub(crate) fn run(args: ProbeArgs) -> anyhow::Result<ExitStatusCode> {
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the runtime: {e}"))?;
     let report = runtime.block_on(imdsguard_probe::probe(&config));
+    if let Some(path) = &args.termination_log {
+        let message = termination_message(&config, &report).to_message();
+        std::fs::write(path, message).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot write the result to --termination-log {}: {e}",
+                path.display()
+            )
+        })?;
+    }
     let text = match args.format {
         Format::Text => report.to_text(),
         Format::Json => report.to_json(),
@@ -116,10 +134,39 @@ pub(crate) fn run(args: ProbeArgs) -> anyhow::Result<ExitStatusCode> {
     Ok(report.exit_status())
 }
 
+/// The probe's result as `imdsguard verify` reads it from a pod's termination message:
+/// per endpoint (IMDS, WireServer, HostGAPlugin) the address, what the probe saw at the
+/// network level, the classes of its steps, and whether something sensitive came back.
+pub(crate) fn termination_message(config: &ProbeConfig, report: &Report) -> ProbeResult {
+    let endpoints = ProbeEndpoint::ALL
+        .iter()
+        .map(|&endpoint| {
+            let address = match endpoint {
+                ProbeEndpoint::Imds => Some(config.endpoint.authority()),
+                ProbeEndpoint::Wireserver => config.wireserver.as_ref().map(|u| u.authority()),
+                ProbeEndpoint::Hostgaplugin => config.hostgaplugin.as_ref().map(|u| u.authority()),
+            };
+            let steps = report
+                .steps
+                .iter()
+                .filter(|s| ProbeEndpoint::of_step(s.name.as_str()) == Some(endpoint))
+                .map(|s| (s.class.as_str(), s.http_status, s.class.is_sensitive()));
+            EndpointResult::from_steps(
+                endpoint,
+                address.unwrap_or_else(|| endpoint.target().to_string()),
+                steps,
+            )
+        })
+        .collect();
+    ProbeResult::new(endpoints, report.summary.reachable.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
+    use imdsguard_kube::verify::Seen;
+    use imdsguard_probe::{Class, Step, StepName, Summary};
 
     #[derive(Parser)]
     struct Cli {
@@ -181,5 +228,92 @@ mod tests {
         for bad in ["0", "-1s", "soon"] {
             assert!(parse(&["--timeout", bad]).is_err(), "{bad}");
         }
+    }
+
+    fn step(name: StepName, class: Class, http_status: Option<u16>) -> Step {
+        Step {
+            name,
+            target: "t".into(),
+            class,
+            detail: "d".into(),
+            http_status,
+            latency_ms: Some(1),
+            identity: None,
+            resource: None,
+            token: None,
+            instance: None,
+            denial: None,
+        }
+    }
+
+    #[test]
+    fn termination_message_summarises_each_endpoint() {
+        let config = ProbeConfig::from_settings(&parse(&[]).unwrap().settings()).unwrap();
+        let report = Report {
+            endpoint: config.endpoint.to_string(),
+            wireserver: None,
+            hostgaplugin: None,
+            api_version: DEFAULT_API_VERSION.into(),
+            token_api_version: DEFAULT_TOKEN_API_VERSION.into(),
+            identities: Vec::new(),
+            steps: vec![
+                step(StepName::TcpConnect, Class::Reachable, None),
+                step(
+                    StepName::InstanceWithoutHeader,
+                    Class::NeedsHeader,
+                    Some(400),
+                ),
+                step(StepName::Instance, Class::Exposed, Some(200)),
+                step(StepName::Identities, Class::Info, None),
+                step(StepName::Token, Class::TokenObtained, Some(200)),
+                step(StepName::WireserverGoalstate, Class::BlockedTimeout, None),
+                step(
+                    StepName::HostgapluginVmsettings,
+                    Class::BlockedRefused,
+                    None,
+                ),
+            ],
+            summary: Summary {
+                sensitive: true,
+                reachable: vec!["the instance document".into(); 200],
+                counts: Default::default(),
+                exit_code: 1,
+            },
+        };
+        let result = termination_message(&config, &report);
+        let text = result.to_message();
+        assert!(text.len() <= imdsguard_kube::verify::message::MAX_MESSAGE_BYTES);
+        let back = ProbeResult::from_message(&text).unwrap();
+        assert_eq!((back.exit_code, back.sensitive), (1, true));
+        let imds = back.endpoint(ProbeEndpoint::Imds).unwrap();
+        assert_eq!(imds.address, "169.254.169.254:80");
+        assert_eq!(imds.seen, Seen::Reachable);
+        assert!(imds.sensitive);
+        assert_eq!(
+            imds.classes,
+            ["reachable", "needs-header", "exposed", "token-obtained"]
+        );
+        let ws = back.endpoint(ProbeEndpoint::Wireserver).unwrap();
+        assert_eq!(
+            (ws.address.as_str(), ws.seen),
+            ("168.63.129.16:80", Seen::Blocked)
+        );
+        let hgp = back.endpoint(ProbeEndpoint::Hostgaplugin).unwrap();
+        assert_eq!(
+            (hgp.address.as_str(), hgp.seen),
+            ("168.63.129.16:32526", Seen::Blocked)
+        );
+    }
+
+    #[test]
+    fn termination_log_flag() {
+        assert_eq!(
+            parse(&["--termination-log", "/dev/termination-log"])
+                .unwrap()
+                .termination_log
+                .as_deref(),
+            Some(std::path::Path::new("/dev/termination-log"))
+        );
+        assert!(parse(&[]).unwrap().termination_log.is_none());
     }
 }

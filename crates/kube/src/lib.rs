@@ -28,6 +28,7 @@ pub mod events;
 pub mod live;
 pub mod pod;
 pub mod route;
+pub mod verify;
 pub mod watch;
 
 pub use events::{BlockedAccess, EventReporter, RateLimit};

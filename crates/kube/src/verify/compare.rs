@@ -1,0 +1,291 @@
+//! What the audit predicts for the probe's pod, and the probe's result next to it. Pure.
+//!
+//! The prediction is the core audit's verdict for the Job's own pod template (its labels
+//! as the API server stored them, its service account), added to the cluster as read as a
+//! Job of its namespace: the same engine, policies and namespaces decide it as they decide
+//! every workload in `imdsguard audit`. Other workloads play no part in an egress verdict
+//! to an address outside the cluster, so the pods and controllers of the snapshot are
+//! left out of that audit.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use imdsguard_core::audit::{AuditOptions, Severity, audit};
+use imdsguard_core::cluster::Cluster;
+use imdsguard_core::engine::{Engine, EngineSettings};
+use imdsguard_core::engine_detect::{ClusterSignals, EngineDecision};
+use imdsguard_core::manifest::Loaded;
+use imdsguard_core::model::{Controller, ControllerKind, Object, PodTemplate, Source};
+use imdsguard_core::target::Target;
+use serde::Serialize;
+
+use super::message::{EndpointResult, ProbeEndpoint, Seen};
+
+/// The probe pod of one namespace, as the audit is asked about it.
+#[derive(Debug, Clone)]
+pub struct PodToPredict {
+    /// Its namespace.
+    pub namespace: String,
+    /// The Job's name.
+    pub job: String,
+    /// Its labels, hostNetwork (false) and service account.
+    pub template: PodTemplate,
+}
+
+/// The audit's verdict for one target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Predicted {
+    /// Whether the pod reaches the target (the audit's `reachable`).
+    pub reachable: bool,
+    /// What the enforced policies say (the audit's `policy_allowed`).
+    pub policy_allowed: bool,
+    /// Why, as the audit words it.
+    pub reason: String,
+}
+
+/// The audit's verdicts for every probe pod.
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    /// The engine whose semantics decided.
+    pub engine: Engine,
+    /// Whether it was detected (no engine given).
+    pub engine_detected: bool,
+    /// How it was decided, and the AKS IMDS restriction.
+    pub engine_decision: EngineDecision,
+    /// Per namespace, one verdict per target in target order.
+    pub verdicts: BTreeMap<String, Vec<Predicted>>,
+}
+
+/// Runs the audit over `snapshot` (its namespaces and policies) plus one Job per
+/// probe pod, with `engine` and the cluster's `signals` deciding the engine (and the
+/// AKS IMDS restriction) as in `imdsguard audit`, and returns those Jobs' verdicts.
+pub fn predict(
+    snapshot: &Loaded,
+    pods: &[PodToPredict],
+    targets: &[Target],
+    engine: Option<EngineSettings>,
+    signals: &ClusterSignals,
+) -> Prediction {
+    let source = Source {
+        file: Arc::from("imdsguard verify"),
+        line: 0,
+    };
+    let mut objects: Vec<Object> = snapshot
+        .objects
+        .iter()
+        .filter(|o| !matches!(o, Object::Pod(_) | Object::Controller(_)))
+        .cloned()
+        .collect();
+    objects.extend(pods.iter().map(|p| {
+        Object::Controller(Controller {
+            kind: ControllerKind::Job,
+            namespace: p.namespace.clone(),
+            name: p.job.clone(),
+            owner: None,
+            template: p.template.clone(),
+            source: source.clone(),
+        })
+    }));
+    let cluster = Cluster::build(objects);
+    let report = audit(
+        &cluster,
+        &AuditOptions {
+            targets: targets.to_vec(),
+            engine,
+            list_limit: Some(imdsguard_core::audit::DEFAULT_LIST_LIMIT),
+            expected: None,
+            signals: signals.clone(),
+        },
+    );
+    let mut verdicts = BTreeMap::new();
+    for p in pods {
+        if let Some(w) = report
+            .workloads
+            .iter()
+            .find(|w| w.kind == "Job" && w.namespace == p.namespace && w.name == p.job)
+        {
+            verdicts.insert(
+                p.namespace.clone(),
+                w.verdicts
+                    .iter()
+                    .map(|v| Predicted {
+                        reachable: v.reachable,
+                        policy_allowed: v.policy_allowed,
+                        reason: v.reason.clone(),
+                    })
+                    .collect(),
+            );
+        }
+    }
+    Prediction {
+        engine: report.engine,
+        engine_detected: report.engine_detected,
+        engine_decision: report.engine_decision,
+        verdicts,
+    }
+}
+
+/// Whether the probe and the audit agree on a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Agreement {
+    /// Both say reachable, or both blocked.
+    Agree,
+    /// They differ (see the severity).
+    Disagree,
+    /// The probe's answer is unknown (no result, not checked, or inconclusive).
+    Unknown,
+}
+
+impl Agreement {
+    /// The name used in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Agreement::Agree => "agree",
+            Agreement::Disagree => "disagree",
+            Agreement::Unknown => "unknown",
+        }
+    }
+}
+
+/// One target of one namespace: what the probe saw next to what the audit predicted.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetResult {
+    /// The target.
+    pub target: Target,
+    /// What the probe saw at the network level.
+    pub seen: Seen,
+    /// The classes of the probe's steps on it.
+    pub classes: Vec<String>,
+    /// Whether something sensitive came back from it.
+    pub sensitive: bool,
+    /// The audit's verdict for the probe's pod (`None` when the audit gave none).
+    pub predicted: Option<Predicted>,
+    /// Whether they agree.
+    pub agreement: Agreement,
+    /// For a disagreement: high when the policies deny and the probe got through,
+    /// medium when they allow and the probe was blocked.
+    pub severity: Option<Severity>,
+    /// For a disagreement: what differs and where to look.
+    pub message: Option<String>,
+}
+
+impl TargetResult {
+    /// Whether the probe reached the target.
+    pub fn reached(&self) -> bool {
+        self.seen == Seen::Reachable
+    }
+}
+
+/// The probe's observation of `target` (`None`: no result) next to the prediction.
+pub fn compare(
+    target: Target,
+    predicted: Option<&Predicted>,
+    observed: Option<&EndpointResult>,
+) -> TargetResult {
+    let seen = observed.map_or(Seen::Unknown, |o| o.seen);
+    let classes = observed.map(|o| o.classes.clone()).unwrap_or_default();
+    let (agreement, severity, message) = match (predicted, seen) {
+        (_, Seen::Unknown) | (None, _) => (Agreement::Unknown, None, None),
+        (Some(p), Seen::Reachable) if !p.reachable => (
+            Agreement::Disagree,
+            Some(Severity::High),
+            Some(format!(
+                "the audit says {target} is blocked ({}), but the probe got through ({}): \
+                 the cluster does not enforce what the policies say (no policy engine, a \
+                 different engine than assumed, or a policy it rejected)",
+                p.reason,
+                classes.join(", ")
+            )),
+        ),
+        (Some(p), Seen::Blocked) if p.reachable => (
+            Agreement::Disagree,
+            Some(Severity::Medium),
+            Some(format!(
+                "the audit says {target} is reachable ({}), but the probe was blocked ({}): \
+                 something besides the policies blocks it (the imdsguard agent, the AKS IMDS \
+                 restriction, a node firewall) or the engine is not the one assumed",
+                p.reason,
+                classes.join(", ")
+            )),
+        ),
+        (Some(_), _) => (Agreement::Agree, None, None),
+    };
+    TargetResult {
+        target,
+        seen,
+        classes,
+        sensitive: observed.is_some_and(|o| o.sensitive),
+        predicted: predicted.cloned(),
+        agreement,
+        severity,
+        message,
+    }
+}
+
+/// [`compare`] for every target, the probe's endpoint for each found by
+/// [`ProbeEndpoint::for_target`].
+pub fn compare_all(
+    targets: &[Target],
+    predicted: Option<&[Predicted]>,
+    observed: Option<&super::message::ProbeResult>,
+) -> Vec<TargetResult> {
+    targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let endpoint = ProbeEndpoint::for_target(t);
+            let seen = observed.and_then(|r| endpoint.and_then(|e| r.endpoint(e)));
+            compare(*t, predicted.and_then(|p| p.get(i)), seen)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imdsguard_core::target::IMDS;
+
+    fn predicted(reachable: bool) -> Predicted {
+        Predicted {
+            reachable,
+            policy_allowed: reachable,
+            reason: if reachable { "no policy" } else { "denied" }.into(),
+        }
+    }
+
+    fn seen(class: &str) -> EndpointResult {
+        EndpointResult::from_steps(
+            ProbeEndpoint::Imds,
+            "169.254.169.254:80",
+            [(class, None, false)],
+        )
+    }
+
+    #[test]
+    fn every_verdict_path() {
+        let agree = compare(IMDS, Some(&predicted(true)), Some(&seen("reachable")));
+        assert_eq!((agree.agreement, agree.severity), (Agreement::Agree, None));
+        let agree = compare(
+            IMDS,
+            Some(&predicted(false)),
+            Some(&seen("blocked-timeout")),
+        );
+        assert_eq!(agree.agreement, Agreement::Agree);
+        let high = compare(IMDS, Some(&predicted(false)), Some(&seen("reachable")));
+        assert_eq!(
+            (high.agreement, high.severity),
+            (Agreement::Disagree, Some(Severity::High))
+        );
+        assert!(high.message.unwrap().contains("probe got through"));
+        let medium = compare(IMDS, Some(&predicted(true)), Some(&seen("blocked-refused")));
+        assert_eq!(medium.severity, Some(Severity::Medium));
+        let unknown = compare(IMDS, Some(&predicted(true)), Some(&seen("not-checked")));
+        assert_eq!(unknown.agreement, Agreement::Unknown);
+        let none = compare(IMDS, Some(&predicted(true)), None);
+        assert_eq!(
+            (none.agreement, none.seen),
+            (Agreement::Unknown, Seen::Unknown)
+        );
+    }
+}

@@ -1,0 +1,1142 @@
+//! `imdsguard verify`: the seed's validation step, in every namespace.
+//!
+//! For each selected namespace, [`Verify::start`] creates a short-lived probe Job
+//! ([`job::build`]: one pod, no retry, a deadline, hardened), waits until its pod
+//! terminates or the deadline passes, reads the probe's result from the pod's
+//! termination message (`status.containerStatuses[].state.terminated.message`, so no
+//! `pods/log` permission is needed; [`message::ProbeResult`]), and compares what the
+//! probe saw with what the core audit predicts for that very pod
+//! ([`compare::predict`]): a disagreement is high when the policies deny and the probe
+//! got through, medium the other way round.
+//!
+//! Clean-up: every object a run creates carries [`job::MANAGED_BY_LABEL`]`=`
+//! [`job::MANAGED_BY`], the run label [`job::RUN_LABEL`] and the expiry annotation
+//! [`job::EXPIRES_ANNOTATION`]. The run deletes its Jobs (propagation `Background`) and
+//! their pods when it ends, whichever way it ends: all pods terminated, deadline,
+//! an API error, [`Canceller::cancel`] (the binary calls it on Ctrl-C), a dropped
+//! [`Verify`] handle, even a panic of the run (the clean-up runs, then the panic goes
+//! on). Only a killed process leaves objects behind: [`clean`] removes those once
+//! expired (`verify --clean`), and the Jobs' `ttlSecondsAfterFinished` and
+//! `activeDeadlineSeconds` bound them meanwhile.
+//!
+//! See `docs/verify.md` for the RBAC it needs, the output and the exit status.
+
+mod clean;
+pub mod compare;
+pub mod job;
+pub mod message;
+pub mod state;
+mod workload;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures::{FutureExt, StreamExt, stream};
+use imdsguard_core::audit::Severity;
+use imdsguard_core::engine::{Engine, EngineSettings};
+use imdsguard_core::engine_detect::{ClusterSignals, EngineDecision};
+use imdsguard_core::manifest::Loaded;
+use imdsguard_core::model::PodTemplate;
+use imdsguard_core::target::{Cloud, Target};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::Client;
+
+pub use clean::{CleanConfig, CleanReport, clean};
+pub use compare::{Agreement, Predicted, TargetResult};
+pub use job::PodIdentity;
+pub use message::{EndpointResult, ProbeEndpoint, ProbeResult, Seen};
+pub use workload::{WorkloadRef, read_identity};
+
+/// The default deadline: how long a run waits for the probe pods.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
+/// The default time between two looks at the probe pods.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// How many API requests a run has in flight at most (creating Jobs, deleting).
+const CONCURRENCY: usize = 16;
+/// How long one clean-up request may take.
+const CLEANUP_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The image `verify` runs by default: this project's, at this version.
+pub fn default_image() -> String {
+    format!("ghcr.io/imdsguard/imdsguard:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Which namespaces a run probes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Namespaces {
+    /// Every namespace the API lists, less those being deleted.
+    All,
+    /// These (which must exist).
+    Only(Vec<String>),
+}
+
+/// What a run does.
+#[derive(Debug, Clone)]
+pub struct VerifyConfig {
+    /// Where to probe.
+    pub namespaces: Namespaces,
+    /// The probe's image (an imdsguard image; the command is `imdsguard probe`).
+    pub image: String,
+    /// The targets to verify: each must be one the probe observes
+    /// ([`ProbeEndpoint::for_target`]: Azure IMDS, WireServer :80 and :32526).
+    pub targets: Vec<Target>,
+    /// Probe as this workload's pods (its labels and service account); the namespaces
+    /// must then be exactly the workload's.
+    pub as_workload: Option<WorkloadRef>,
+    /// How long to wait for the probe pods (also their Jobs' `activeDeadlineSeconds`).
+    pub deadline: Duration,
+    /// The engine the prediction assumes; `None`: decided from `signals` and the
+    /// snapshot's kinds, as `audit` does.
+    pub engine: Option<EngineSettings>,
+    /// What is known of the cluster besides its objects (DaemonSets, CRDs, the AKS
+    /// cluster file): engine detection and the AKS IMDS restriction.
+    pub signals: ClusterSignals,
+    /// Time between two looks at the probe pods.
+    pub poll_interval: Duration,
+}
+
+impl VerifyConfig {
+    /// A run over `namespaces` with the defaults: this project's image, the Azure
+    /// targets, a 60 s deadline, the engine detected.
+    pub fn new(namespaces: Namespaces) -> VerifyConfig {
+        VerifyConfig {
+            namespaces,
+            image: default_image(),
+            targets: Cloud::Azure.targets(),
+            as_workload: None,
+            deadline: DEFAULT_DEADLINE,
+            engine: None,
+            signals: ClusterSignals::default(),
+            poll_interval: DEFAULT_POLL_INTERVAL,
+        }
+    }
+
+    /// Checks the settings (what is wrong, and what to do).
+    pub fn check(&self) -> Result<(), VerifyError> {
+        if self.image.trim().is_empty() {
+            return Err(VerifyError::Config("--image: the image is empty".into()));
+        }
+        if self.targets.is_empty() {
+            return Err(VerifyError::Config("no target to verify".into()));
+        }
+        if let Some(t) = self
+            .targets
+            .iter()
+            .find(|t| ProbeEndpoint::for_target(t).is_none())
+        {
+            return Err(VerifyError::Config(format!(
+                "the probe cannot observe {t}: verify checks the endpoints the probe walks \
+                 (169.254.169.254:80/TCP, 168.63.129.16:80/TCP, 168.63.129.16:32526/TCP); \
+                 audit the others with `imdsguard audit`"
+            )));
+        }
+        if self.deadline.is_zero() {
+            return Err(VerifyError::Config("--deadline must be positive".into()));
+        }
+        if let Namespaces::Only(list) = &self.namespaces
+            && list.is_empty()
+        {
+            return Err(VerifyError::Config("no namespace selected".into()));
+        }
+        if let Some(w) = &self.as_workload
+            && self.namespaces != Namespaces::Only(vec![w.namespace.clone()])
+        {
+            return Err(VerifyError::Config(format!(
+                "--as {w} probes in the workload's namespace only ({}): leave out -A, or \
+                 give -n {}",
+                w.namespace, w.namespace
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Why a run could not start, or a clean-up could not list what to delete.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The settings are wrong.
+    #[error("{0}")]
+    Config(String),
+    /// An API request failed.
+    #[error("cannot {action}: {detail}")]
+    Api {
+        /// What was being done (`list namespaces`, `create Job ns/name`).
+        action: String,
+        /// What the API server said, and what to do.
+        detail: String,
+        /// The client's error.
+        #[source]
+        source: Box<kube::Error>,
+    },
+}
+
+/// An API error, said for a person: forbidden names the verb the user lacks (the API
+/// server's message does) and points at the RBAC section.
+pub(crate) fn describe(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) if s.code == 403 => format!(
+            "forbidden: {} (grant it: see the RBAC section of docs/verify.md)",
+            s.message
+        ),
+        kube::Error::Api(s) if s.code == 401 => format!(
+            "unauthorized: the API server refused the kubeconfig's credentials ({})",
+            s.message
+        ),
+        kube::Error::Api(s) if s.message.is_empty() => format!("HTTP {} {}", s.code, s.reason),
+        kube::Error::Api(s) => s.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+pub(crate) fn api_error(action: &str, e: kube::Error) -> VerifyError {
+    VerifyError::Api {
+        action: action.to_owned(),
+        detail: describe(&e),
+        source: Box::new(e),
+    }
+}
+
+fn is_forbidden(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 401 || s.code == 403)
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// How one namespace's probe ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// The probe ran and its result was read.
+    Observed,
+    /// The deadline passed before the pod terminated.
+    Timeout,
+    /// The pod will not start (image pull, configuration, eviction, ...).
+    FailedToStart,
+    /// An API error, or a pod that ended without a readable result.
+    Error,
+    /// The run was cancelled (Ctrl-C) before the result came.
+    Cancelled,
+}
+
+impl Outcome {
+    /// The name used in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Observed => "observed",
+            Outcome::Timeout => "timeout",
+            Outcome::FailedToStart => "failed-to-start",
+            Outcome::Error => "error",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One namespace: the probe's result next to the audit's prediction, per target.
+#[derive(Debug, Clone, Serialize)]
+pub struct NamespaceResult {
+    /// The namespace.
+    pub namespace: String,
+    /// How the probe ended.
+    pub outcome: Outcome,
+    /// The Job, when it was created.
+    pub job: Option<String>,
+    /// The Job's pod, when one was seen.
+    pub pod: Option<String>,
+    /// Why there is no result (timeout, failed to start, error), in words.
+    pub detail: Option<String>,
+    /// The probe container's exit code, when it terminated.
+    pub exit_code: Option<i32>,
+    /// Whether the probe reached something sensitive (instance data, a token, WireServer
+    /// data).
+    pub sensitive: bool,
+    /// What the probe reached, in its words.
+    pub reachable: Vec<String>,
+    /// Per target, in target order.
+    pub targets: Vec<TargetResult>,
+}
+
+impl NamespaceResult {
+    /// Whether every target agrees.
+    pub fn agrees(&self) -> bool {
+        self.outcome == Outcome::Observed
+            && self.targets.iter().all(|t| t.agreement == Agreement::Agree)
+    }
+}
+
+/// What the run deleted when it ended.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Cleanup {
+    /// Jobs deleted (`namespace/name`).
+    pub jobs_deleted: Vec<String>,
+    /// Pods deleted (`namespace/name`).
+    pub pods_deleted: Vec<String>,
+    /// Pods the run may not delete (forbidden): the garbage collector deletes them with
+    /// their Job.
+    pub pods_left_to_garbage_collector: Vec<String>,
+    /// Deletions that failed: those objects are left (`verify --clean` removes them
+    /// once expired).
+    pub errors: Vec<String>,
+}
+
+/// The exit status of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// 0: every namespace observed, every target agrees and is blocked.
+    Agree,
+    /// 1: a disagreement, or a target the probe reached.
+    Finding,
+    /// 2: incomplete: a namespace without a result (timeout, failed to start, error,
+    /// cancelled), a target the probe could not conclude on, a run error, or objects the
+    /// clean-up could not delete.
+    Incomplete,
+}
+
+impl Status {
+    /// 0, 1 or 2.
+    pub fn code(self) -> u8 {
+        match self {
+            Status::Agree => 0,
+            Status::Finding => 1,
+            Status::Incomplete => 2,
+        }
+    }
+}
+
+/// Totals of a run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    /// Namespaces selected.
+    pub namespaces: usize,
+    /// Namespaces whose probe result was read.
+    pub observed: usize,
+    /// Namespaces where every target agrees.
+    pub agree: usize,
+    /// Disagreements where the policies deny and the probe got through.
+    pub high: usize,
+    /// Disagreements where the policies allow and the probe was blocked.
+    pub medium: usize,
+    /// Targets the probe reached (namespace × target).
+    pub reached: usize,
+    /// Targets whose answer is unknown (no result or inconclusive).
+    pub unknown: usize,
+    /// Namespaces per outcome.
+    pub outcomes: BTreeMap<&'static str, usize>,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// The run's id (the value of [`job::RUN_LABEL`]).
+    pub run_id: String,
+    /// The probe's image.
+    pub image: String,
+    /// The targets verified.
+    pub targets: Vec<Target>,
+    /// The engine the prediction assumed.
+    pub engine: Engine,
+    /// Whether it was detected (not named).
+    pub engine_detected: bool,
+    /// How the engine was decided, and the AKS IMDS restriction.
+    pub engine_decision: EngineDecision,
+    /// The workload the probe posed as (`--as`).
+    pub as_workload: Option<String>,
+    /// The deadline, in seconds.
+    pub deadline_seconds: f64,
+    /// Per namespace, by name.
+    pub namespaces: Vec<NamespaceResult>,
+    /// Namespaces left out (being deleted).
+    pub skipped: Vec<String>,
+    /// Errors of the run as a whole (a forbidden list of pods, ...).
+    pub errors: Vec<String>,
+    /// Whether the run was cancelled.
+    pub interrupted: bool,
+    /// What the run deleted.
+    pub cleanup: Cleanup,
+    /// Totals.
+    pub summary: Summary,
+    /// The exit status.
+    pub status: Status,
+}
+
+impl VerifyReport {
+    fn finish(&mut self) {
+        let mut s = Summary {
+            namespaces: self.namespaces.len(),
+            ..Summary::default()
+        };
+        for ns in &self.namespaces {
+            *s.outcomes.entry(ns.outcome.as_str()).or_default() += 1;
+            if ns.outcome == Outcome::Observed {
+                s.observed += 1;
+            }
+            if ns.agrees() {
+                s.agree += 1;
+            }
+            for t in &ns.targets {
+                match t.severity {
+                    Some(Severity::High) => s.high += 1,
+                    Some(Severity::Medium) => s.medium += 1,
+                    _ => {}
+                }
+                s.reached += usize::from(t.reached());
+                s.unknown += usize::from(t.agreement == Agreement::Unknown);
+            }
+        }
+        let incomplete = s.unknown > 0
+            || s.observed < s.namespaces
+            || !self.errors.is_empty()
+            || !self.cleanup.errors.is_empty()
+            || self.interrupted;
+        self.status = if incomplete {
+            Status::Incomplete
+        } else if s.high + s.medium + s.reached > 0 {
+            Status::Finding
+        } else {
+            Status::Agree
+        };
+        self.summary = s;
+    }
+}
+
+/// Cancels a running [`Verify`]: it stops waiting, deletes what it created and returns
+/// its report with `interrupted` set. Cheap to clone; safe to call from anywhere, any
+/// number of times.
+#[derive(Debug, Clone)]
+pub struct Canceller(Arc<watch::Sender<bool>>);
+
+impl Canceller {
+    /// Asks the run to stop (it cleans up before it returns).
+    pub fn cancel(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+/// A running verification. [`Verify::wait`] returns its report once it has cleaned up;
+/// dropping the handle without waiting cancels the run (which still cleans up, as long
+/// as the runtime runs).
+#[derive(Debug)]
+pub struct Verify {
+    run_id: String,
+    cancel: Arc<watch::Sender<bool>>,
+    task: Option<JoinHandle<Result<VerifyReport, VerifyError>>>,
+}
+
+impl Drop for Verify {
+    fn drop(&mut self) {
+        if self.task.is_some() {
+            let _ = self.cancel.send(true);
+        }
+    }
+}
+
+impl Verify {
+    /// Checks `config` and starts the run on the current tokio runtime. `snapshot` is the
+    /// cluster as read for the audit (namespaces and policies; pods and controllers are
+    /// not needed): the prediction is made on it.
+    pub fn start(
+        client: Client,
+        config: VerifyConfig,
+        snapshot: Loaded,
+    ) -> Result<Verify, VerifyError> {
+        config.check()?;
+        let run_id = new_run_id();
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(run(client, config, snapshot, run_id.clone(), rx));
+        Ok(Verify {
+            run_id,
+            cancel: Arc::new(tx),
+            task: Some(task),
+        })
+    }
+
+    /// The run's id (the value of the run label on its objects).
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// A handle that cancels the run (e.g. from a signal handler).
+    pub fn canceller(&self) -> Canceller {
+        Canceller(self.cancel.clone())
+    }
+
+    /// Waits for the report (after the clean-up). An error means nothing was created:
+    /// the namespaces or the `--as` workload could not be read.
+    pub async fn wait(mut self) -> Result<VerifyReport, VerifyError> {
+        // The handle keeps the task until it ends: should this future be dropped while
+        // waiting, the handle's drop cancels the run (which still cleans up).
+        let joined = self
+            .task
+            .as_mut()
+            .expect("a Verify is waited for once")
+            .await;
+        self.task = None;
+        match joined {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(VerifyError::Config(format!(
+                "the verify run was aborted: {e}"
+            ))),
+        }
+    }
+}
+
+/// A run id: 10 characters of `[a-z0-9]`, from the process's random hash keys, the
+/// time and the process id.
+fn new_run_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    h.write_u128(nanos);
+    h.write_u32(std::process::id());
+    let mut v = h.finish();
+    let digits = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    (0..10)
+        .map(|_| {
+            let c = digits[(v % 36) as usize] as char;
+            v /= 36;
+            c
+        })
+        .collect()
+}
+
+/// What a run created or saw: what its clean-up deletes.
+#[derive(Debug, Default)]
+struct Tracker {
+    /// Namespaces where a Job create was sent (whether or not it succeeded).
+    attempted: BTreeSet<String>,
+    /// Pods of the run seen, `(namespace, name)`.
+    pods: BTreeSet<(String, String)>,
+}
+
+fn lock(t: &Mutex<Tracker>) -> std::sync::MutexGuard<'_, Tracker> {
+    t.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The run: nothing is created before the namespaces and the `--as` workload are read;
+/// from the first create on, the clean-up runs whatever happens.
+async fn run(
+    client: Client,
+    config: VerifyConfig,
+    snapshot: Loaded,
+    run_id: String,
+    cancel: watch::Receiver<bool>,
+) -> Result<VerifyReport, VerifyError> {
+    let (namespaces, skipped) = resolve_namespaces(&client, &config.namespaces).await?;
+    let identity = match &config.as_workload {
+        Some(w) => Some(read_identity(&client, w).await?),
+        None => None,
+    };
+    let tracker = Mutex::new(Tracker::default());
+    let ctx = Run {
+        client: &client,
+        config: &config,
+        run_id: &run_id,
+        tracker: &tracker,
+        all: config.namespaces == Namespaces::All,
+    };
+    let main =
+        AssertUnwindSafe(ctx.main(namespaces, skipped, identity.as_ref(), &snapshot, cancel))
+            .catch_unwind()
+            .await;
+    let cleanup = ctx.cleanup().await;
+    match main {
+        Ok(mut report) => {
+            report.cleanup = cleanup;
+            report.finish();
+            Ok(report)
+        }
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// The namespaces to probe, and those left out because they are being deleted.
+async fn resolve_namespaces(
+    client: &Client,
+    selection: &Namespaces,
+) -> Result<(Vec<String>, Vec<String>), VerifyError> {
+    match selection {
+        Namespaces::Only(list) => {
+            let mut list = list.clone();
+            list.sort();
+            list.dedup();
+            Ok((list, Vec::new()))
+        }
+        Namespaces::All => {
+            let api: Api<Namespace> = Api::all(client.clone());
+            let mut active = Vec::new();
+            let mut skipped = Vec::new();
+            let mut params = ListParams::default().limit(500);
+            loop {
+                let page = api
+                    .list(&params)
+                    .await
+                    .map_err(|e| api_error("list namespaces", e))?;
+                for ns in &page.items {
+                    let terminating = ns.metadata.deletion_timestamp.is_some()
+                        || ns
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.phase.as_deref())
+                            .is_some_and(|p| p == "Terminating");
+                    if terminating {
+                        skipped.push(ns.name_any());
+                    } else {
+                        active.push(ns.name_any());
+                    }
+                }
+                match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                    Some(c) => params = params.continue_token(&c),
+                    None => break,
+                }
+            }
+            active.sort();
+            skipped.sort();
+            Ok((active, skipped))
+        }
+    }
+}
+
+/// A Job this run created.
+#[derive(Debug, Clone)]
+struct Created {
+    name: String,
+    uid: String,
+}
+
+/// Where one namespace's probe stands while the run waits.
+#[derive(Debug, Clone)]
+enum Progress {
+    /// Waiting; the last pod seen and its state, if any.
+    Waiting(Option<(String, String)>),
+    /// Done.
+    Done(Box<NamespaceResult>),
+}
+
+/// A run's shared state.
+struct Run<'a> {
+    client: &'a Client,
+    config: &'a VerifyConfig,
+    run_id: &'a str,
+    tracker: &'a Mutex<Tracker>,
+    /// Whether every namespace is probed (pods are then listed cluster-wide).
+    all: bool,
+}
+
+impl Run<'_> {
+    async fn main(
+        &self,
+        namespaces: Vec<String>,
+        skipped: Vec<String>,
+        identity: Option<&PodIdentity>,
+        snapshot: &Loaded,
+        mut cancel: watch::Receiver<bool>,
+    ) -> VerifyReport {
+        let config = self.config;
+        let expires_at = SystemTime::now() + config.deadline + job::EXPIRY_GRACE;
+        let mut errors = Vec::new();
+        let mut results: BTreeMap<String, NamespaceResult> = BTreeMap::new();
+
+        // 1. The Jobs, CONCURRENCY at a time; none is sent once cancelled.
+        let creations: Vec<(String, Option<Result<Job, kube::Error>>)> =
+            stream::iter(namespaces.iter().cloned())
+                .map(|ns| {
+                    let cancel = cancel.clone();
+                    async move {
+                        if *cancel.borrow() {
+                            return (ns, None);
+                        }
+                        let job = job::build(&job::JobParams {
+                            run_id: self.run_id,
+                            namespace: &ns,
+                            image: &config.image,
+                            targets: &config.targets,
+                            deadline: config.deadline,
+                            expires_at,
+                            identity,
+                        });
+                        lock(self.tracker).attempted.insert(ns.clone());
+                        let api: Api<Job> = Api::namespaced(self.client.clone(), &ns);
+                        let created = api.create(&PostParams::default(), &job).await;
+                        (ns, Some(created))
+                    }
+                })
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
+        let mut created: BTreeMap<String, Created> = BTreeMap::new();
+        let mut pods_to_predict = Vec::new();
+        let name = job::job_name(self.run_id);
+        for (ns, result) in creations {
+            match result {
+                None => {
+                    results.insert(
+                        ns.clone(),
+                        self.unresolved(
+                            &ns,
+                            Outcome::Cancelled,
+                            "cancelled before its Job was created".into(),
+                        ),
+                    );
+                }
+                Some(Err(e)) => {
+                    let detail = describe(&e);
+                    results.insert(
+                        ns.clone(),
+                        self.unresolved(
+                            &ns,
+                            Outcome::Error,
+                            format!("cannot create Job {ns}/{name}: {detail}"),
+                        ),
+                    );
+                }
+                Some(Ok(job)) => {
+                    let template = job.spec.as_ref().map(|s| &s.template);
+                    let labels = template
+                        .and_then(|t| t.metadata.as_ref())
+                        .and_then(|m| m.labels.clone())
+                        .unwrap_or_default();
+                    let spec = template.and_then(|t| t.spec.as_ref());
+                    pods_to_predict.push(compare::PodToPredict {
+                        namespace: ns.clone(),
+                        job: job.name_any(),
+                        template: PodTemplate {
+                            labels,
+                            host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+                            service_account: PodTemplate::service_account_of(
+                                spec.and_then(|s| s.service_account_name.as_deref()),
+                                spec.and_then(|s| s.service_account.as_deref()),
+                            ),
+                        },
+                    });
+                    created.insert(
+                        ns,
+                        Created {
+                            name: job.name_any(),
+                            uid: job.uid().unwrap_or_default(),
+                        },
+                    );
+                }
+            }
+        }
+
+        // 2. The audit's prediction for those pods.
+        let prediction = compare::predict(
+            snapshot,
+            &pods_to_predict,
+            &config.targets,
+            config.engine,
+            &config.signals,
+        );
+
+        // 3. Wait for the pods.
+        let deadline = Instant::now() + config.deadline;
+        let mut progress: BTreeMap<String, Progress> = created
+            .keys()
+            .map(|ns| (ns.clone(), Progress::Waiting(None)))
+            .collect();
+        let mut interrupted = *cancel.borrow();
+        let mut timed_out = false;
+        let mut last_error: Option<String> = None;
+        let mut fatal: Option<String> = None;
+        while !interrupted && !created.is_empty() {
+            let waiting: Vec<&String> = progress
+                .iter()
+                .filter(|(_, p)| matches!(p, Progress::Waiting(_)))
+                .map(|(ns, _)| ns)
+                .collect();
+            if waiting.is_empty() {
+                break;
+            }
+            match self.list_pods(&waiting).await {
+                Ok(pods) => {
+                    last_error = None;
+                    for pod in pods {
+                        let ns = pod.namespace().unwrap_or_default();
+                        let Some(job) = created.get(&ns) else {
+                            continue;
+                        };
+                        if !state::owned_by(&pod, &job.uid) {
+                            continue;
+                        }
+                        if !matches!(progress.get(&ns), Some(Progress::Waiting(_))) {
+                            continue;
+                        }
+                        let pod_name = pod.name_any();
+                        lock(self.tracker)
+                            .pods
+                            .insert((ns.clone(), pod_name.clone()));
+                        let verdicts = prediction.verdicts.get(&ns).map(Vec::as_slice);
+                        let next = match state::pod_state(&pod) {
+                            state::PodState::Waiting(what) => {
+                                Progress::Waiting(Some((pod_name, what)))
+                            }
+                            state::PodState::FailedToStart(why) => {
+                                let mut r = self.result(&ns, job, verdicts, None);
+                                r.outcome = Outcome::FailedToStart;
+                                r.pod = Some(pod_name.clone());
+                                r.detail = Some(format!("pod {pod_name} did not start: {why}"));
+                                Progress::Done(Box::new(r))
+                            }
+                            state::PodState::Terminated {
+                                exit_code,
+                                reason,
+                                message,
+                            } => {
+                                let parsed = message.as_deref().map_or(
+                                    Err(message::MessageError::Empty),
+                                    ProbeResult::from_message,
+                                );
+                                let mut r = match parsed {
+                                    Ok(result) => self.result(&ns, job, verdicts, Some(&result)),
+                                    Err(e) => {
+                                        let mut r = self.result(&ns, job, verdicts, None);
+                                        r.outcome = Outcome::Error;
+                                        r.detail = Some(format!(
+                                            "pod {pod_name} ended with exit code {exit_code}{}: {e}",
+                                            reason.map(|r| format!(" ({r})")).unwrap_or_default()
+                                        ));
+                                        r
+                                    }
+                                };
+                                r.pod = Some(pod_name);
+                                r.exit_code = Some(exit_code);
+                                Progress::Done(Box::new(r))
+                            }
+                        };
+                        progress.insert(ns, next);
+                    }
+                }
+                Err(e) if is_forbidden(&e) => {
+                    fatal = Some(format!("cannot list the probe pods: {}", describe(&e)));
+                    break;
+                }
+                Err(e) => last_error = Some(describe(&e)),
+            }
+            if progress.values().all(|p| matches!(p, Progress::Done(_))) {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                timed_out = true;
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline.min(now + config.poll_interval)) => {}
+                _ = cancel.wait_for(|c| *c) => interrupted = true,
+            }
+        }
+
+        // 4. Whatever is still waiting: timeout, error or cancelled, with what was last seen.
+        for (ns, p) in progress {
+            let job = &created[&ns];
+            let verdicts = prediction.verdicts.get(&ns).map(Vec::as_slice);
+            let r = match p {
+                Progress::Done(r) => *r,
+                Progress::Waiting(seen) => {
+                    let mut r = self.result(&ns, job, verdicts, None);
+                    let (outcome, mut detail) = if let Some(f) = &fatal {
+                        (Outcome::Error, f.clone())
+                    } else if interrupted && !timed_out {
+                        (
+                            Outcome::Cancelled,
+                            "cancelled before the probe's result came".to_owned(),
+                        )
+                    } else {
+                        (
+                            Outcome::Timeout,
+                            format!(
+                                "deadline of {} reached",
+                                humantime::format_duration(config.deadline)
+                            ),
+                        )
+                    };
+                    match &seen {
+                        Some((pod, what)) => {
+                            detail.push_str(&format!(": pod {pod} is {what}"));
+                            r.pod = Some(pod.clone());
+                        }
+                        None if outcome == Outcome::Timeout => {
+                            detail.push_str(&format!(
+                                ": no pod of Job {}/{} was seen{}",
+                                ns,
+                                job.name,
+                                self.job_conditions(&ns, &job.name).await
+                            ));
+                        }
+                        None => {}
+                    }
+                    if let Some(e) = &last_error {
+                        detail.push_str(&format!(" (last error listing pods: {e})"));
+                    }
+                    r.outcome = outcome;
+                    r.detail = Some(detail);
+                    r
+                }
+            };
+            results.insert(ns, r);
+        }
+        if let Some(f) = fatal {
+            errors.push(f);
+        }
+        interrupted |= *cancel.borrow();
+
+        let mut report = VerifyReport {
+            run_id: self.run_id.to_owned(),
+            image: config.image.clone(),
+            targets: config.targets.clone(),
+            engine: prediction.engine,
+            engine_detected: prediction.engine_detected,
+            engine_decision: prediction.engine_decision,
+            as_workload: config.as_workload.as_ref().map(ToString::to_string),
+            deadline_seconds: config.deadline.as_secs_f64(),
+            namespaces: results.into_values().collect(),
+            skipped,
+            errors,
+            interrupted,
+            cleanup: Cleanup::default(),
+            summary: Summary::default(),
+            status: Status::Incomplete,
+        };
+        report.finish();
+        report
+    }
+
+    /// The result of a namespace whose probe pod ran (or not: `observed` `None`).
+    fn result(
+        &self,
+        ns: &str,
+        job: &Created,
+        verdicts: Option<&[Predicted]>,
+        observed: Option<&ProbeResult>,
+    ) -> NamespaceResult {
+        NamespaceResult {
+            namespace: ns.to_owned(),
+            outcome: Outcome::Observed,
+            job: Some(job.name.clone()),
+            pod: None,
+            detail: None,
+            exit_code: None,
+            sensitive: observed.is_some_and(|o| o.sensitive),
+            reachable: observed.map(|o| o.reachable.clone()).unwrap_or_default(),
+            targets: compare::compare_all(&self.config.targets, verdicts, observed),
+        }
+    }
+
+    /// The result of a namespace that has no Job.
+    fn unresolved(&self, ns: &str, outcome: Outcome, detail: String) -> NamespaceResult {
+        NamespaceResult {
+            namespace: ns.to_owned(),
+            outcome,
+            job: None,
+            pod: None,
+            detail: Some(detail),
+            exit_code: None,
+            sensitive: false,
+            reachable: Vec::new(),
+            targets: compare::compare_all(&self.config.targets, None, None),
+        }
+    }
+
+    /// The run's pods in these namespaces (cluster-wide when every namespace is probed).
+    async fn list_pods(&self, namespaces: &[&String]) -> Result<Vec<Pod>, kube::Error> {
+        let params = ListParams::default().labels(&format!("{}={}", job::RUN_LABEL, self.run_id));
+        if self.all {
+            return Ok(Api::<Pod>::all(self.client.clone())
+                .list(&params)
+                .await?
+                .items);
+        }
+        let owned: Vec<String> = namespaces.iter().map(|ns| (*ns).clone()).collect();
+        let lists: Vec<Result<Vec<Pod>, kube::Error>> = stream::iter(owned)
+            .map(|ns| {
+                let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+                let params = params.clone();
+                async move { api.list(&params).await.map(|l| l.items) }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        let mut pods = Vec::new();
+        for l in lists {
+            pods.extend(l?);
+        }
+        Ok(pods)
+    }
+
+    /// `; Job conditions: Failed (DeadlineExceeded: ...)`, when the Job has some and may
+    /// be read; empty otherwise.
+    async fn job_conditions(&self, ns: &str, name: &str) -> String {
+        let api: Api<Job> = Api::namespaced(self.client.clone(), ns);
+        let Ok(Ok(job)) = tokio::time::timeout(CLEANUP_REQUEST_TIMEOUT, api.get(name)).await else {
+            return String::new();
+        };
+        let conditions: Vec<String> = job
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c.status == "True")
+            .map(|c| {
+                let mut s = c.type_;
+                if let Some(r) = c.reason {
+                    s.push_str(&format!(" ({r}"));
+                    if let Some(m) = c.message {
+                        s.push_str(&format!(": {m}"));
+                    }
+                    s.push(')');
+                }
+                s
+            })
+            .collect();
+        if conditions.is_empty() {
+            " (is a job controller and a kubelet running it? check the Job's events)".to_owned()
+        } else {
+            format!("; Job conditions: {}", conditions.join(", "))
+        }
+    }
+
+    /// Deletes every Job a create was sent for (Background propagation), then the run's
+    /// pods (listed by the run label, plus those seen); a pod the run may not delete is
+    /// left to the garbage collector.
+    async fn cleanup(&self) -> Cleanup {
+        let (attempted, seen) = {
+            let t = lock(self.tracker);
+            (t.attempted.clone(), t.pods.clone())
+        };
+        let mut cleanup = Cleanup::default();
+        if attempted.is_empty() {
+            return cleanup;
+        }
+        let name = job::job_name(self.run_id);
+        let deletions: Vec<(String, Result<(), String>)> = stream::iter(attempted.iter().cloned())
+            .map(|ns| {
+                let api: Api<Job> = Api::namespaced(self.client.clone(), &ns);
+                let name = name.clone();
+                async move {
+                    let result = match tokio::time::timeout(
+                        CLEANUP_REQUEST_TIMEOUT,
+                        api.delete(&name, &DeleteParams::background()),
+                    )
+                    .await
+                    {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(e)) if is_not_found(&e) => Err(String::new()),
+                        Ok(Err(e)) => Err(describe(&e)),
+                        Err(_) => Err("no answer in time".to_owned()),
+                    };
+                    (format!("{ns}/{name}"), result)
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for (id, r) in deletions {
+            match r {
+                Ok(()) => cleanup.jobs_deleted.push(id),
+                Err(e) if e.is_empty() => {}
+                Err(e) => cleanup.errors.push(format!("cannot delete Job {id}: {e}")),
+            }
+        }
+        // The pods: those listed now by the run label, and those seen while waiting.
+        let mut pods = seen;
+        let namespaces: Vec<&String> = attempted.iter().collect();
+        if let Ok(Ok(listed)) =
+            tokio::time::timeout(CLEANUP_REQUEST_TIMEOUT, self.list_pods(&namespaces)).await
+        {
+            for p in listed {
+                if attempted.contains(&p.namespace().unwrap_or_default()) {
+                    pods.insert((p.namespace().unwrap_or_default(), p.name_any()));
+                }
+            }
+        }
+        let deletions: Vec<(String, Result<(), kube::Error>, bool)> = stream::iter(pods)
+            .map(|(ns, pod)| {
+                let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+                async move {
+                    let r = tokio::time::timeout(
+                        CLEANUP_REQUEST_TIMEOUT,
+                        api.delete(&pod, &DeleteParams::background()),
+                    )
+                    .await;
+                    let id = format!("{ns}/{pod}");
+                    match r {
+                        Ok(r) => (id, r.map(|_| ()), false),
+                        Err(_) => (id, Ok(()), true),
+                    }
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for (id, r, timed_out) in deletions {
+            match r {
+                _ if timed_out => cleanup
+                    .errors
+                    .push(format!("cannot delete pod {id}: no answer in time")),
+                Ok(()) => cleanup.pods_deleted.push(id),
+                Err(e) if is_not_found(&e) => {}
+                Err(e) if is_forbidden(&e) => cleanup.pods_left_to_garbage_collector.push(id),
+                Err(e) => cleanup
+                    .errors
+                    .push(format!("cannot delete pod {id}: {}", describe(&e))),
+            }
+        }
+        cleanup.jobs_deleted.sort();
+        cleanup.pods_deleted.sort();
+        cleanup.pods_left_to_garbage_collector.sort();
+        cleanup
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_are_short_label_values_and_differ() {
+        let a = new_run_id();
+        let b = new_run_id();
+        assert_eq!(a.len(), 10);
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        );
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn config_checks() {
+        let mut c = VerifyConfig::new(Namespaces::All);
+        assert!(c.check().is_ok());
+        c.targets = vec!["10.0.0.1:443".parse().unwrap()];
+        assert!(
+            c.check()
+                .unwrap_err()
+                .to_string()
+                .contains("cannot observe 10.0.0.1:443/TCP")
+        );
+        let mut c = VerifyConfig::new(Namespaces::All);
+        c.as_workload = Some("shop/deploy/web".parse().unwrap());
+        assert!(c.check().unwrap_err().to_string().contains("-n shop"));
+        c.namespaces = Namespaces::Only(vec!["shop".into()]);
+        assert!(c.check().is_ok());
+        c.deadline = Duration::ZERO;
+        assert!(c.check().is_err());
+        assert!(default_image().starts_with("ghcr.io/imdsguard/imdsguard:"));
+    }
+}
