@@ -17,6 +17,7 @@ mod policy_cmd;
 mod probe_cmd;
 mod proxy_cmd;
 mod service;
+mod verify_cmd;
 
 use std::process::ExitCode;
 
@@ -63,6 +64,9 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Run the probe as a short-lived Job in every namespace and compare what it saw with
+    /// what the audit predicts (the seed's validation step); deletes what it created.
+    Verify(Box<verify_cmd::VerifyArgs>),
 }
 
 #[derive(Subcommand, Debug)]
@@ -123,6 +127,7 @@ fn main() -> ExitCode {
         Command::Policy {
             command: PolicyCommand::Generate(args),
         } => policy_cmd::run(*args),
+        Command::Verify(args) => verify_cmd::run(*args),
     };
     match result {
         Ok(code) => code,
