@@ -14,6 +14,7 @@ use imdsguard_core::cilium::LinkLocalAs;
 use imdsguard_core::cluster::Cluster;
 use imdsguard_core::engine::{Engine, EngineSettings};
 use imdsguard_core::engine_detect::{AksCluster, ClusterSignals};
+use imdsguard_core::report_objects::ReportFormat;
 use imdsguard_core::target::Target;
 
 use crate::cloud_arg::{CloudArg, read_targets_file, with_cloud};
@@ -97,6 +98,12 @@ pub struct AuditArgs {
     #[command(flatten)]
     kube: KubeArgs,
 
+    /// With --format policyreport|openreports: write the report objects to the cluster of
+    /// --kubeconfig/--context with server-side apply (field manager imdsguard), and delete
+    /// the ones an earlier run wrote in the audited namespaces that this run does not.
+    #[arg(long)]
+    apply: bool,
+
     /// Name every deciding policy and rule in verdicts, reasons and findings (by default
     /// the first 5 of each, with their counts: with hundreds of policies selecting the
     /// same pods, full lists grow with workloads × policies).
@@ -122,6 +129,12 @@ pub enum Format {
     Json,
     /// SARIF 2.1.0 for code scanning.
     Sarif,
+    /// wgpolicyk8s.io/v1alpha2 PolicyReport objects (one per namespace) and a
+    /// ClusterPolicyReport, as YAML for `kubectl apply -f -` (docs/reports.md).
+    Policyreport,
+    /// openreports.io/v1alpha1 Report objects (one per namespace) and a ClusterReport, as
+    /// YAML for `kubectl apply -f -` (docs/reports.md).
+    Openreports,
 }
 
 /// `--engine` values.
@@ -282,7 +295,14 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     paths.extend(args.files.iter().cloned());
     // No PATH: the live cluster of the kubeconfig context.
     let live = paths.is_empty();
-    if !live && args.kube.given() {
+    // With --apply, --kubeconfig and --context also say where the reports of files go.
+    let writes_to = args.apply && args.kube.namespace.is_none() && !args.kube.all_namespaces;
+    if args.apply && !matches!(args.format, Format::Policyreport | Format::Openreports) {
+        bail!(
+            "--apply writes report objects to the cluster: use it with --format policyreport or --format openreports"
+        );
+    }
+    if !live && args.kube.given() && !writes_to {
         bail!(
             "--kubeconfig, --context, -n and -A choose a live cluster to read: give them without PATH or -f"
         );
@@ -336,6 +356,20 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
             output::json::write(out, &report, &loaded.errors, &loaded.skipped)
         }),
         Format::Sarif => output::sarif::write(&mut out, &report, &loaded.errors),
+        Format::Policyreport | Format::Openreports => {
+            let format = match args.format {
+                Format::Openreports => ReportFormat::OpenReports,
+                _ => ReportFormat::PolicyReport,
+            };
+            let set = output::policyreport::objects(&report, format)?;
+            if args.apply {
+                let covered = cluster.namespaces.keys().cloned().collect();
+                output::policyreport::apply_to_cluster(&mut out, &set, covered, &args.kube)?;
+                Ok(())
+            } else {
+                output::policyreport::write(&mut out, &set)
+            }
+        }
     }
     .and_then(|()| out.flush());
     drop(out);
