@@ -1670,18 +1670,19 @@ fn regression_report_size_is_linear_in_workloads_times_targets_plus_policies() {
     let v = verdict(w, IMDS);
     assert_eq!(v["policy_allowed"], false);
     assert_eq!(v["policy_count"], n);
+    // The first 5 by name (NetworkPolicies are named in namespace and name order).
     assert_eq!(
         strings(&v["policies"]),
         [
             "ns/deny-0",
             "ns/deny-1",
-            "ns/deny-2",
-            "ns/deny-3",
-            "ns/deny-4"
+            "ns/deny-10",
+            "ns/deny-100",
+            "ns/deny-101"
         ]
     );
     let reason = v["reason"].as_str().unwrap();
-    assert!(reason.contains("ns/deny-4 and 295 more"), "{reason}");
+    assert!(reason.contains("ns/deny-101 and 295 more"), "{reason}");
     for f in findings(&r, "no-dns-egress") {
         assert_eq!(f["objects"].as_array().unwrap().len(), 6, "{f}");
     }
@@ -1693,7 +1694,7 @@ fn regression_report_size_is_linear_in_workloads_times_targets_plus_policies() {
         .clone();
     assert!(
         table.contains(
-            "denied: isolated by ns/deny-0, ns/deny-1, ns/deny-2, ns/deny-3, ns/deny-4 and 295 more"
+            "denied: isolated by ns/deny-0, ns/deny-1, ns/deny-10, ns/deny-100, ns/deny-101 and 295 more"
         ),
         "{}",
         &table[..table.len().min(3000)]

@@ -109,59 +109,20 @@ fn documents(text: &str) -> Vec<String> {
 }
 
 /// Removes what legitimately differs between a file audit and a live audit of the same
-/// objects, recursively:
-/// - `file` and `line`: a file audit names the manifest file and line, a live audit
-///   `cluster CONTEXT/KIND/NS/NAME` and line 0;
-/// - the order of the policies a denial by isolation lists: the core names them in input
-///   order (files in folder order; the API lists by namespace and name), so `policies`
-///   is sorted, the list in `reason` written sorted, and `object`, the first of them, is
-///   checked to be one of them and then dropped. Nothing else is touched: which
-///   workloads reach which target, the deciding tier and rule, every finding and the
-///   summary must be equal.
+/// objects, recursively: `file` and `line` (a file audit names the manifest file and
+/// line, a live audit `cluster CONTEXT/KIND/NS/NAME` and no line). Nothing else is
+/// touched: which workloads reach which target, the deciding tier, object and rule, the
+/// policies a verdict names and their order (the core names NetworkPolicies by namespace
+/// and name whatever the input order), the reasons, every finding and the summary must be
+/// equal.
 fn normalize(v: &Value) -> Value {
     match v {
-        Value::Object(m) => {
-            let mut out = serde_json::Map::new();
-            for (k, x) in m {
-                if k != "file" && k != "line" {
-                    out.insert(k.clone(), normalize(x));
-                }
-            }
-            let isolation = out.get("rule").is_some_and(Value::is_null)
-                && out.get("policy_allowed") == Some(&Value::Bool(false))
-                && out
-                    .get("policies")
-                    .and_then(Value::as_array)
-                    .is_some_and(|p| p.len() > 1);
-            if isolation {
-                let policies: Vec<String> = out["policies"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|p| p.as_str().unwrap().to_string())
-                    .collect();
-                let mut sorted = policies.clone();
-                sorted.sort();
-                if let Some(o) = out.get("object").filter(|o| !o.is_null()) {
-                    let named = format!(
-                        "{}/{}",
-                        o["namespace"].as_str().unwrap_or(""),
-                        o["name"].as_str().unwrap_or("")
-                    );
-                    assert!(
-                        policies.contains(&named),
-                        "{named} is not among {policies:?}"
-                    );
-                }
-                out.remove("object");
-                if let Some(reason) = out.get("reason").and_then(Value::as_str) {
-                    let reason = reason.replace(&policies.join(", "), &sorted.join(", "));
-                    out.insert("reason".into(), Value::String(reason));
-                }
-                out.insert("policies".into(), json!(sorted));
-            }
-            Value::Object(out)
-        }
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| *k != "file" && *k != "line")
+                .map(|(k, x)| (k.clone(), normalize(x)))
+                .collect(),
+        ),
         Value::Array(a) => Value::Array(a.iter().map(normalize).collect()),
         other => other.clone(),
     }

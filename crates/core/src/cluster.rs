@@ -1,6 +1,6 @@
 //! The cluster built from loaded objects: namespaces (declared and implicit, each with its
 //! name label), workloads (pods grouped under their top-level owner), NetworkPolicies
-//! indexed by namespace, the cluster-scoped policies of [`crate::tiered`] in precedence
+//! sorted by namespace and name and indexed by namespace, the cluster-scoped policies of [`crate::tiered`] in precedence
 //! order, and nodes.
 
 use std::collections::{BTreeMap, HashMap};
@@ -77,7 +77,9 @@ pub struct Cluster {
     pub namespaces: BTreeMap<String, NamespaceInfo>,
     /// Workloads, sorted by namespace, name, kind.
     pub workloads: Vec<Workload>,
-    /// NetworkPolicies in input order.
+    /// NetworkPolicies (one per namespace and name, the last copy read), sorted by
+    /// namespace and name: their semantics do not depend on order, so the order in which
+    /// they are evaluated and named is canonical, not the input's.
     pub policies: Vec<NetworkPolicy>,
     /// Pods as read (one per namespace and name).
     pub pods: Vec<Pod>,
@@ -220,7 +222,7 @@ impl Cluster {
             let (a, b) = (&tiered[a], &tiered[b]);
             (a.tier, a.precedence()).cmp(&(b.tier, b.precedence()))
         });
-        let (pods, (controllers, policies)) = rayon::join(
+        let (pods, (controllers, mut policies)) = rayon::join(
             || last_copies(pods, |p| (p.namespace.as_str(), "", p.name.as_str())),
             || {
                 (
@@ -231,6 +233,12 @@ impl Cluster {
                 )
             },
         );
+        // NetworkPolicies add up (a union of allows), so their order means nothing; keep
+        // them by namespace and name, so that every list of them (the policies of a
+        // namespace, those selecting a pod, the first one named as deciding) is the same
+        // whatever order the input came in (files in folder order, a live cluster as the
+        // API lists it).
+        policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
 
         let by_key: ControllerIndex = controllers
             .iter()
@@ -350,7 +358,7 @@ impl Cluster {
         &self.tiered_order
     }
 
-    /// Indexes of the policies of a namespace.
+    /// Indexes of the policies of a namespace, by name.
     pub fn policies_in(&self, namespace: &str) -> &[usize] {
         self.policies_by_ns
             .get(namespace)
@@ -358,7 +366,8 @@ impl Cluster {
             .unwrap_or(&[])
     }
 
-    /// Indexes of the policies that select pods with these labels in this namespace.
+    /// Indexes of the policies that select pods with these labels in this namespace, by
+    /// name.
     pub fn selecting(&self, namespace: &str, labels: &Labels) -> Vec<usize> {
         self.policies_in(namespace)
             .iter()
@@ -428,6 +437,42 @@ mod tests {
             &c.policies[0].egress[0].to[0],
             crate::model::Peer::IpBlock { cidr, .. } if cidr.to_string() == "0.0.0.0/0"
         ));
+    }
+
+    #[test]
+    fn network_policies_are_in_namespace_and_name_order_whatever_the_input_order() {
+        use crate::netpol::{decide, explain};
+        let deny = |ns: &str, name: &str| {
+            format!(
+                "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  podSelector: {{}}\n  policyTypes: [Egress]\n"
+            )
+        };
+        let names = [
+            ("b", "zeta"),
+            ("a", "mid"),
+            ("b", "alpha"),
+            ("a", "zz"),
+            ("b", "mid"),
+        ];
+        let forward: String = names.iter().map(|(ns, n)| deny(ns, n)).collect();
+        let backward: String = names.iter().rev().map(|(ns, n)| deny(ns, n)).collect();
+        let imds = "169.254.169.254:80/TCP".parse().unwrap();
+        for text in [forward, backward] {
+            let c = build(&text);
+            let ids: Vec<String> = c.policies.iter().map(NetworkPolicy::id).collect();
+            assert_eq!(ids, ["a/mid", "a/zz", "b/alpha", "b/mid", "b/zeta"]);
+            let named = |idx: &[usize]| -> Vec<String> {
+                idx.iter().map(|&i| c.policies[i].id()).collect()
+            };
+            assert_eq!(named(c.policies_in("b")), ["b/alpha", "b/mid", "b/zeta"]);
+            let selecting = c.selecting("b", &Labels::new());
+            assert_eq!(named(&selecting), ["b/alpha", "b/mid", "b/zeta"]);
+            // A denial by isolation names the isolating policies, first of all the first
+            // by name.
+            let e = explain(&c, &decide(&c, &selecting, &imds), None);
+            assert_eq!(e.policies, ["b/alpha", "b/mid", "b/zeta"]);
+            assert!(e.reason.contains("b/alpha, b/mid, b/zeta"), "{}", e.reason);
+        }
     }
 
     #[test]
