@@ -79,7 +79,8 @@ pub enum LoadErrorKind {
 pub struct LoadError {
     /// File as named by the user.
     pub file: Arc<str>,
-    /// 1-based line of the error (or of the object when the parser gives no line).
+    /// 1-based line of the error (or of the object when the parser gives no line); 0
+    /// for an object read from the Kubernetes API (no line, left out when written).
     pub line: usize,
     /// `Kind namespace/name` of the object, when known.
     pub object: Option<String>,
@@ -91,7 +92,7 @@ pub struct LoadError {
 
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: ", self.file, self.line)?;
+        write!(f, "{}: ", crate::model::Place::new(&self.file, self.line))?;
         if let Some(o) = &self.object {
             write!(f, "{o}: ")?;
         }

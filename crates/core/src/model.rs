@@ -19,18 +19,66 @@ pub type Labels = BTreeMap<String, String>;
 /// The label every namespace carries with its own name.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
-/// Where an object was read: file (or `<stdin>`) and 1-based line of its document or item.
+/// Where an object was read: file (or `<stdin>`) and 1-based line of its document or item;
+/// for an object read from the Kubernetes API, `cluster CONTEXT/Kind/namespace/name` and
+/// line 0 (no line: the API's text is not the user's file).
+///
+/// Written as `file:line`, or `file` alone when there is no line (see [`Place`]); in JSON
+/// as `file` and `line`, `line` left out when there is none.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Source {
     /// The file as the user named it.
     pub file: Arc<str>,
-    /// 1-based line where the object starts.
+    /// 1-based line where the object starts; 0 when there is no line.
+    #[serde(skip_serializing_if = "no_line")]
     pub line: usize,
+}
+
+impl Source {
+    /// How this source is written: [`Place`] of its file and line.
+    pub fn place(&self) -> Place<'_> {
+        Place::new(&self.file, self.line)
+    }
 }
 
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.file, self.line)
+        self.place().fmt(f)
+    }
+}
+
+/// Whether a 1-based line number says "no line" (0): for `serde`'s
+/// `skip_serializing_if` on a line field, so that JSON leaves the line out rather than
+/// writing a line 0 that no editor can open.
+pub fn no_line(line: &usize) -> bool {
+    *line == 0
+}
+
+/// A place in the input as people read it: `file:line`, or `file` alone when the line is 0
+/// (an object read from the Kubernetes API has none). Every message that names a file and
+/// line (a [`Source`], a manifest error) writes it this way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place<'a> {
+    /// The file (or `<stdin>`, or `cluster CONTEXT/Kind/namespace/name`).
+    pub file: &'a str,
+    /// 1-based line; 0 for none.
+    pub line: usize,
+}
+
+impl<'a> Place<'a> {
+    /// A file and line.
+    pub fn new(file: &'a str, line: usize) -> Place<'a> {
+        Place { file, line }
+    }
+}
+
+impl fmt::Display for Place<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.file)?;
+        if self.line > 0 {
+            write!(f, ":{}", self.line)?;
+        }
+        Ok(())
     }
 }
 
@@ -413,6 +461,69 @@ pub enum Object {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_source_without_a_line_is_written_without_one() {
+        let file = |f: &str, line| Source {
+            file: Arc::from(f),
+            line,
+        };
+        assert_eq!(file("a/b.yaml", 12).to_string(), "a/b.yaml:12");
+        assert_eq!(file("<stdin>", 1).to_string(), "<stdin>:1");
+        let live = file("cluster prod/Deployment/payments/api", 0);
+        assert_eq!(live.to_string(), "cluster prod/Deployment/payments/api");
+        // Padding and the like apply to the whole place, as to a string.
+        assert_eq!(
+            format!("{:>10}", file("x", 3).place().to_string()),
+            "       x:3"
+        );
+
+        assert_eq!(
+            serde_json::to_value(file("a.yaml", 3)).unwrap(),
+            serde_json::json!({"file": "a.yaml", "line": 3})
+        );
+        assert_eq!(
+            serde_json::to_value(&live).unwrap(),
+            serde_json::json!({"file": "cluster prod/Deployment/payments/api"})
+        );
+    }
+
+    /// An object read from the API that cannot be read is reported at its source, with
+    /// no `:0`.
+    #[test]
+    fn an_error_on_an_object_from_the_api_names_it_without_a_line() {
+        let bad = crate::manifest::parse_api_response(
+            "cluster c",
+            r#"{"kind":"NetworkPolicyList","apiVersion":"networking.k8s.io/v1","items":[{"metadata":{"name":"np","namespace":"a"},"spec":{"podSelector":{},"egress":[{"to":[{"ipBlock":{"cidr":"nonsense"}}]}]}}]}"#,
+        );
+        assert_eq!(bad.errors.len(), 1, "{:?}", bad.errors);
+        assert_eq!(bad.errors[0].line, 0);
+        let shown = bad.errors[0].to_string();
+        assert!(
+            shown.starts_with("cluster c/NetworkPolicy/a/np: "),
+            "{shown}"
+        );
+        assert!(!shown.contains(":0"), "{shown}");
+        // A file's error keeps its line.
+        let file = crate::manifest::parse(
+            "f.yaml",
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np}\nspec:\n  podSelector: {}\n  egress: [{to: [{ipBlock: {cidr: nonsense}}]}]\n",
+        );
+        assert_eq!(file.errors.len(), 1, "{:?}", file.errors);
+        assert!(
+            file.errors[0].to_string().starts_with("f.yaml:1: "),
+            "{}",
+            file.errors[0]
+        );
+    }
+
+    #[test]
+    fn a_place_leaves_out_line_0() {
+        assert_eq!(Place::new("f.yaml", 4).to_string(), "f.yaml:4");
+        assert_eq!(Place::new("f.yaml", 0).to_string(), "f.yaml");
+        assert!(no_line(&0));
+        assert!(!no_line(&1));
+    }
 
     #[test]
     fn selectors_from_the_api_are_checked_like_the_api_server() {

@@ -167,10 +167,10 @@ async fn both_pages_read_give_every_pod() {
     assert_eq!(
         pods,
         [
-            "a@cluster fake/Pod/shop/a:0",
-            "b@cluster fake/Pod/shop/b:0",
-            "c@cluster fake/Pod/shop/c:0",
-            "d@cluster fake/Pod/shop/d:0"
+            "a@cluster fake/Pod/shop/a",
+            "b@cluster fake/Pod/shop/b",
+            "c@cluster fake/Pod/shop/c",
+            "d@cluster fake/Pod/shop/d"
         ]
     );
     let pods_read = read.kinds.iter().find(|k| k.kind == "Pod").unwrap();

@@ -155,3 +155,93 @@ pub fn write(out: &mut impl Write, report: &Report, errors: &[LoadError]) -> std
     serde_json::to_writer_pretty(&mut *out, &build(report, errors))?;
     writeln!(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imdsguard_core::audit::{AuditOptions, DEFAULT_LIST_LIMIT, audit};
+    use imdsguard_core::cluster::Cluster;
+    use imdsguard_core::engine_detect::ClusterSignals;
+    use imdsguard_core::manifest::{Loaded, parse, parse_api_response};
+    use imdsguard_core::target::Cloud;
+
+    /// A bare pod that reaches IMDS (a finding on it) and a NetworkPolicy that cannot be
+    /// read (an input error on it).
+    const POD: &str = r#"{"kind":"Pod","apiVersion":"v1","metadata":{"name":"web","namespace":"shop"},"spec":{"containers":[{"name":"c","image":"i"}]}}"#;
+    const BAD_POLICY: &str = r#"{"kind":"NetworkPolicy","apiVersion":"networking.k8s.io/v1","metadata":{"name":"np","namespace":"shop"},"spec":{"podSelector":{},"egress":[{"to":[{"ipBlock":{"cidr":"nonsense"}}]}]}}"#;
+
+    fn sarif_of(read: impl Fn(&str) -> Loaded) -> serde_json::Value {
+        let mut loaded = read(POD);
+        let bad = read(BAD_POLICY);
+        assert_eq!(bad.errors.len(), 1, "{:?}", bad.errors);
+        loaded.errors.extend(bad.errors);
+        let report = audit(
+            &Cluster::build(loaded.objects),
+            &AuditOptions {
+                targets: Cloud::Azure.targets(),
+                engine: None,
+                list_limit: Some(DEFAULT_LIST_LIMIT),
+                expected: None,
+                signals: ClusterSignals::default(),
+            },
+        );
+        serde_json::to_value(build(&report, &loaded.errors)).unwrap()
+    }
+
+    /// The physical locations of the results of `rule`.
+    fn locations<'a>(sarif: &'a serde_json::Value, rule: &str) -> Vec<&'a serde_json::Value> {
+        sarif["runs"][0]["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["ruleId"] == rule)
+            .flat_map(|r| r["locations"].as_array().unwrap())
+            .map(|l| &l["physicalLocation"])
+            .collect()
+    }
+
+    /// SARIF's region.startLine is at least 1: an object read from the Kubernetes API
+    /// (line 0, no line) is located by its source alone, with no region; a manifest's
+    /// object keeps its line.
+    #[test]
+    fn objects_without_a_line_have_no_region() {
+        let live = sarif_of(|text| parse_api_response("cluster prod", text));
+        let reach = locations(&live, "workload-reaches-target");
+        assert!(!reach.is_empty(), "{live:#}");
+        for loc in &reach {
+            assert_eq!(
+                loc["artifactLocation"]["uri"], "cluster prod/Pod/shop/web",
+                "{loc}"
+            );
+            assert!(loc.get("region").is_none(), "{loc}");
+        }
+        let errors = locations(&live, INPUT_ERROR_RULE);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(
+            errors[0]["artifactLocation"]["uri"],
+            "cluster prod/NetworkPolicy/shop/np"
+        );
+        assert!(errors[0].get("region").is_none(), "{}", errors[0]);
+        let message = live["runs"][0]["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["ruleId"] == INPUT_ERROR_RULE)
+            .unwrap()["message"]["text"]
+            .as_str()
+            .unwrap();
+        assert!(
+            message.starts_with("cluster prod/NetworkPolicy/shop/np: "),
+            "{message}"
+        );
+
+        let files = sarif_of(|text| parse("m.json", text));
+        for loc in locations(&files, "workload-reaches-target")
+            .into_iter()
+            .chain(locations(&files, INPUT_ERROR_RULE))
+        {
+            assert_eq!(loc["artifactLocation"]["uri"], "m.json", "{loc}");
+            assert_eq!(loc["region"]["startLine"], 1, "{loc}");
+        }
+    }
+}
