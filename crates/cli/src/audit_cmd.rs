@@ -313,7 +313,17 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let expected = args.expected.load()?.map(|e| e.rules);
     let t0 = Instant::now();
     let (loaded, read_time, live) = if live {
-        let mut read = args.kube.read_cluster()?;
+        let mut read = args.kube.read_cluster().map_err(|e| {
+            if args.kube.given() {
+                e
+            } else {
+                // Nothing named at all: say both ways out, files or a cluster.
+                e.context(
+                    "no input: without PATH or -f, audit reads the live cluster of the current \
+                     kubeconfig context (to audit manifests give PATH, or -f - for standard input)",
+                )
+            }
+        })?;
         signals.daemonsets = std::mem::take(&mut read.signals.daemonsets);
         signals.crds = std::mem::take(&mut read.signals.crds);
         (std::mem::take(&mut read.loaded), t0.elapsed(), Some(read))

@@ -1269,6 +1269,15 @@ fn missing_input_path_is_an_input_error() {
 
 #[test]
 fn no_input_exits_2_with_a_helpful_message() {
+    // No PATH means the live cluster; with no kubeconfig anywhere, the error names both
+    // ways out: manifests (PATH, -f -) and a kubeconfig.
+    let home = std::env::temp_dir().join(format!("imdsguard-nohome-{}", std::process::id()));
+    std::fs::create_dir_all(&home).unwrap();
+    let run = |args: &[&str]| {
+        let mut cmd = imdsguard(args);
+        cmd.env_remove("KUBECONFIG").env("HOME", &home);
+        finish(&mut cmd, None)
+    };
     let out = run(&["audit"]);
     out.assert_code(2);
     assert!(out.stdout.is_empty());
@@ -1278,8 +1287,10 @@ fn no_input_exits_2_with_a_helpful_message() {
         "mentions standard input: {}",
         out.stderr
     );
+    assert!(out.stderr.contains("kubeconfig"), "{}", out.stderr);
     // Only options, still no input.
     run(&["audit", "--format", "json", "--cloud", "aws"]).assert_code(2);
+    let _ = std::fs::remove_dir_all(&home);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -815,7 +815,8 @@ pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
     }
 
     // Most severe first, then by kind; within a kind, in the order found (workloads
-    // sorted by namespace and name, then namespaces, then policies in input order).
+    // sorted by namespace and name, then namespaces, then policies in the cluster's order:
+    // NetworkPolicies by namespace and name, see Cluster::build).
     findings.sort_by_key(|f| (std::cmp::Reverse(f.severity), f.kind));
 
     let mut summary = Summary {

@@ -17,9 +17,24 @@ fn level(s: Severity) -> sarif::ResultLevel {
     }
 }
 
+/// `name` as a URI reference (SARIF's `artifactLocation.uri`): path characters kept,
+/// everything else percent-encoded (a live object's `cluster CTX/Kind/ns/name` has a
+/// space, a file path may have any byte).
+fn uri_reference(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/!$&'()*+,;=:@".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fn location(file: &str, line: usize) -> sarif::Location {
     let artifact = sarif::ArtifactLocation::builder()
-        .uri(file.to_string())
+        .uri(uri_reference(file))
         .build();
     let physical = if line > 0 {
         sarif::PhysicalLocation::builder()
@@ -210,7 +225,7 @@ mod tests {
         assert!(!reach.is_empty(), "{live:#}");
         for loc in &reach {
             assert_eq!(
-                loc["artifactLocation"]["uri"], "cluster prod/Pod/shop/web",
+                loc["artifactLocation"]["uri"], "cluster%20prod/Pod/shop/web",
                 "{loc}"
             );
             assert!(loc.get("region").is_none(), "{loc}");
@@ -219,7 +234,7 @@ mod tests {
         assert_eq!(errors.len(), 1);
         assert_eq!(
             errors[0]["artifactLocation"]["uri"],
-            "cluster prod/NetworkPolicy/shop/np"
+            "cluster%20prod/NetworkPolicy/shop/np"
         );
         assert!(errors[0].get("region").is_none(), "{}", errors[0]);
         let message = live["runs"][0]["results"]
