@@ -64,8 +64,16 @@ build() {
     echo "$dir"
 }
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+# N distinct free loopback ports: all sockets stay bound until every port is known, so
+# no two are the same (a port bound, closed and asked for again may come back).
+free_ports() {
+    python3 -c '
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+' "$1"
 }
 
 state_dir() {
@@ -143,6 +151,11 @@ down() {
         done
     fi
     rm -rf "$d/etcd-data" "$d/pids" "$d/pki" "$d/kubeconfig" "$d/ports"
+    # A test's control plane (IMDSGUARD_CP_OWNER_PID at `up`) leaves nothing behind; a
+    # developer's keeps its logs.
+    if [ -f "$d/owned-by-test" ]; then
+        rm -rf "$d"
+    fi
     echo "control-plane: stopped ($d)" >&2
 }
 
@@ -159,11 +172,14 @@ up() {
         fi
         down "$d"
     fi
-    command -v openssl >/dev/null 2>&1 || die "openssl is not on the PATH (Debian: apt-get install openssl)"
+    local tool
+    for tool in openssl curl python3; do
+        command -v "$tool" >/dev/null 2>&1 || die "$tool is not on the PATH (Debian: apt-get install $tool; scripts/test.sh installs it)"
+    done
     bins="$(build)"
     pki "$d"
     local etcd_port peer_port api_port
-    etcd_port=$(free_port); peer_port=$(free_port); api_port=$(free_port)
+    read -r etcd_port peer_port api_port < <(free_ports 3)
     echo "$etcd_port $peer_port $api_port" > "$d/ports"
     : > "$d/pids"
 
@@ -196,6 +212,7 @@ up() {
     echo "$! $bins/kube-apiserver" >> "$d/pids"
 
     if [ -n "${IMDSGUARD_CP_OWNER_PID:-}" ]; then
+        : > "$d/owned-by-test"
         # Stop everything when the owner (a test binary) exits, however it exits.
         (
             trap '' HUP INT

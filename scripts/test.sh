@@ -22,6 +22,9 @@ command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
 # nft and conntrack: the node enforcement tests (inside their own namespaces).
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 command -v conntrack >/dev/null 2>&1 || need_apt+=(conntrack)
+# openssl and curl: the test control plane's certificates and its /readyz wait.
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
     log "installing ${need_apt[*]}"
     if [ "$(id -u)" = 0 ]; then
@@ -75,7 +78,6 @@ bash scripts/schemas.sh
 # (minutes the first time), started here for the whole run and stopped on exit; the tests
 # find it through IMDSGUARD_TEST_KUBECONFIG and each uses namespaces of its own.
 log "Kubernetes control plane for the tests (scripts/control-plane.sh)"
-command -v openssl >/dev/null 2>&1 || { [ "$(id -u)" = 0 ] && apt-get install -y -qq openssl; }
 bash scripts/control-plane.sh build >/dev/null
 cp_dir="$PWD/target/control-plane/suite"
 trap 'bash scripts/control-plane.sh down "$cp_dir" >/dev/null 2>&1 || true' EXIT

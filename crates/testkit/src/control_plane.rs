@@ -81,7 +81,18 @@ fn bin_dir() -> Result<PathBuf, String> {
 fn start(dir: &Path) -> Result<PathBuf, String> {
     let owner = std::process::id().to_string();
     let dir_s = dir.display().to_string();
-    let out = run_script(&["up", &dir_s], &[("IMDSGUARD_CP_OWNER_PID", owner)])?;
+    // One retry: a port found free can be taken by another process (another test's
+    // control plane starting at the same moment) before etcd or the API server binds it.
+    let out = match run_script(
+        &["up", &dir_s],
+        &[("IMDSGUARD_CP_OWNER_PID", owner.clone())],
+    ) {
+        Err(e) if e.contains("exited during start-up") => {
+            run_script(&["up", &dir_s], &[("IMDSGUARD_CP_OWNER_PID", owner)])
+                .map_err(|again| format!("{again}\n(first attempt: {e})"))?
+        }
+        other => other?,
+    };
     let line = out
         .lines()
         .find_map(|l| l.strip_prefix("export KUBECONFIG="))
@@ -214,7 +225,9 @@ impl ControlPlane {
 
     /// A kubeconfig for the service account `namespace/name` (created if missing), with a
     /// token from the TokenRequest API: RBAC applies to it as to any workload, so a test
-    /// can grant exactly the verbs it wants and see the rest refused. Written to `path`.
+    /// can grant exactly the verbs it wants and see the rest refused. Written to `path`
+    /// with mode 0600; the caller deletes it when done (the token lives 2 hours, and
+    /// dies with the control plane's signing key).
     pub fn service_account_kubeconfig(&self, namespace: &str, name: &str, path: &Path) {
         let sa = format!(
             "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {name}\n  namespace: {namespace}\n"
@@ -231,7 +244,17 @@ impl ControlPlane {
             "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {name}\n  user:\n    token: {}\ncontexts:\n- name: sa\n  context:\n    cluster: test\n    user: {name}\n    namespace: {namespace}\ncurrent-context: sa\n",
             token.trim()
         );
-        std::fs::write(path, config).expect("service-account kubeconfig writes");
+        // It holds a token: readable by its owner only (0600), like kubectl's own files.
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .expect("service-account kubeconfig opens");
+        file.write_all(config.as_bytes())
+            .expect("service-account kubeconfig writes");
     }
 }
 
