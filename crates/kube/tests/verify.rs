@@ -833,6 +833,15 @@ spec:
     let spec = template.spec.unwrap();
     assert_eq!(spec.service_account_name.as_deref(), Some("web-sa"));
     assert_eq!(spec.automount_service_account_token, None);
+    // The pod looks like the workload's to its Services: the readiness gate nothing sets,
+    // as the API server stored it, keeps it from ever being Ready (a serving endpoint).
+    let gates: Vec<&str> = spec
+        .readiness_gates
+        .iter()
+        .flatten()
+        .map(|g| g.condition_type.as_str())
+        .collect();
+    assert_eq!(gates, [job::NEVER_READY_GATE]);
     // The policy selects app=web: the audit predicts blocked for the copied labels, the
     // probe got through: a high disagreement.
     let r = ns_result(&report, &ns);

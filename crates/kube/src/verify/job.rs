@@ -9,8 +9,8 @@ use imdsguard_core::imds::{HOST_GA_PLUGIN_URL, IMDS_URL, WIRESERVER_URL};
 use imdsguard_core::target::Target;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements,
-    SeccompProfile, SecurityContext,
+    Capabilities, Container, PodReadinessGate, PodSecurityContext, PodSpec, PodTemplateSpec,
+    ResourceRequirements, SeccompProfile, SecurityContext,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::ObjectMeta;
@@ -33,6 +33,20 @@ pub const AS_ANNOTATION: &str = "imdsguard.io/verify-as";
 pub const CONTAINER: &str = "probe";
 /// Where the probe writes its result, read back as the termination message.
 pub const TERMINATION_LOG: &str = "/dev/termination-log";
+/// The pod condition type of the probe pod's readiness gate. Nothing ever sets this
+/// condition, so the probe pod is never Ready.
+///
+/// Kubernetes' pod readiness gates (`spec.readinessGates`, stable since 1.14; the
+/// `PodSpec.readinessGates` API field: "a pod is ready when all its containers are ready
+/// AND all conditions specified in the readiness gates have status equal to \"True\"";
+/// pod lifecycle docs, "Pod readiness gate": a condition missing from
+/// `status.conditions` counts as `False`). With `--as` the pod carries the workload's
+/// labels, so the workload's Services select it; never Ready, the EndpointSlice
+/// controller lists it with `ready: false`, `serving: false` (it marks an endpoint
+/// serving only when the pod's Ready condition is True), and kube-proxy and other
+/// dataplanes send it no Service traffic. The exception is a Service with
+/// `publishNotReadyAddresses: true`, which overrides readiness by design (docs/verify.md).
+pub const NEVER_READY_GATE: &str = "imdsguard.io/probe-never-ready";
 /// How long after a run's deadline its objects count as leftovers.
 pub const EXPIRY_GRACE: Duration = Duration::from_secs(120);
 /// How long a finished Job stays before the TTL controller removes it, should `verify`
@@ -168,7 +182,9 @@ pub struct JobParams<'a> {
 /// read-only root filesystem, no capabilities, no privilege escalation, the runtime's
 /// seccomp profile, no service links, and no service account token unless `--as` copies
 /// a workload's; the probe's result goes to `/dev/termination-log`
-/// (`terminationMessagePolicy: File`).
+/// (`terminationMessagePolicy: File`). The pod has a readiness gate nothing sets
+/// ([`NEVER_READY_GATE`]): it is never Ready, so a Service selecting the labels it
+/// copied from a workload (`--as`) sends it no traffic.
 pub fn build(p: &JobParams<'_>) -> Job {
     let name = job_name(p.run_id);
     let expires = rfc3339(p.expires_at);
@@ -258,6 +274,11 @@ pub fn build(p: &JobParams<'_>) -> Job {
                 }),
                 spec: Some(PodSpec {
                     restart_policy: Some("Never".to_owned()),
+                    // Never Ready, never a serving endpoint of a Service (see
+                    // NEVER_READY_GATE): on every probe pod, with --as or without.
+                    readiness_gates: Some(vec![PodReadinessGate {
+                        condition_type: NEVER_READY_GATE.to_owned(),
+                    }]),
                     service_account_name: service_account,
                     automount_service_account_token: automount,
                     enable_service_links: Some(false),
@@ -299,6 +320,14 @@ mod tests {
         }
     }
 
+    fn readiness_gates(pod: &PodSpec) -> Vec<&str> {
+        pod.readiness_gates
+            .iter()
+            .flatten()
+            .map(|g| g.condition_type.as_str())
+            .collect()
+    }
+
     #[test]
     fn the_job_is_hardened_and_labelled() {
         let targets = Cloud::Azure.targets();
@@ -318,6 +347,7 @@ mod tests {
         assert!(spec.ttl_seconds_after_finished.is_some());
         let pod = spec.template.spec.as_ref().unwrap();
         assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(readiness_gates(pod), [NEVER_READY_GATE]);
         assert_eq!(pod.automount_service_account_token, Some(false));
         assert_eq!(pod.service_account_name, None);
         assert_eq!(
@@ -398,6 +428,8 @@ mod tests {
         assert!(!labels.contains_key("pod-template-hash"));
         assert!(!labels.contains_key("batch.kubernetes.io/controller-uid"));
         let pod = spec.template.spec.unwrap();
+        // The pod looks like the workload's to its Services: the gate keeps it unready.
+        assert_eq!(readiness_gates(&pod), [NEVER_READY_GATE]);
         assert_eq!(pod.service_account_name.as_deref(), Some("web-sa"));
         assert_eq!(pod.automount_service_account_token, None);
         assert_eq!(job.metadata.labels.unwrap()[MANAGED_BY_LABEL], MANAGED_BY);
