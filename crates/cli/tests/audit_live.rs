@@ -46,7 +46,7 @@ fn run(args: &[&str], envs: &[(&str, &Path)]) -> Run {
         .env_remove("KUBECONFIG")
         .env_remove("KUBERNETES_SERVICE_HOST")
         .env_remove("KUBERNETES_SERVICE_PORT")
-        .env("HOME", &home)
+        .env("HOME", &*home)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null());
     for (k, v) in envs {
@@ -60,8 +60,25 @@ fn run(args: &[&str], envs: &[(&str, &Path)]) -> Run {
     }
 }
 
-/// A fresh, empty folder of this test process.
-fn scratch(name: &str) -> PathBuf {
+/// A folder of a test's own, removed with everything in it when dropped (also when the
+/// test panics): the kubeconfigs written into it hold service-account tokens.
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh, empty folder of this test process, removed when the result is dropped.
+fn scratch(name: &str) -> Scratch {
     static N: AtomicUsize = AtomicUsize::new(0);
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "audit-live-{name}-{}-{}",
@@ -70,7 +87,7 @@ fn scratch(name: &str) -> PathBuf {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch folder");
-    dir
+    Scratch(dir)
 }
 
 /// Runs a live audit with `kubeconfig` and `extra` flags, JSON out.
@@ -691,7 +708,8 @@ fn refused_credentials_say_to_log_in_again() {
         .unwrap()
         .to_string();
     // The real server, a token it never issued.
-    let kc = kubeconfig_for(&server, &scratch("unauthorized"));
+    let dir = scratch("unauthorized");
+    let kc = kubeconfig_for(&server, &dir);
     let r = live_json(&kc, &[]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stdout.is_empty(), "{}", r.stdout);
@@ -891,7 +909,8 @@ fn a_list_failing_midway_reports_nothing() {
             json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": [
                 {"metadata": {"name": "c", "namespace": "shop"}, "spec": {"containers": []}}]}),
         ));
-        let kc = kubeconfig_for(&good, &scratch("midway-ok"));
+        let ok_dir = scratch("midway-ok");
+        let kc = kubeconfig_for(&good, &ok_dir);
         let r = run(
             &[
                 "audit",

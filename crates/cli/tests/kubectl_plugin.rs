@@ -25,8 +25,25 @@ enum Install {
     Copy,
 }
 
+/// A folder of the test's own, removed with everything in it when dropped (also when the
+/// test panics): a copied plugin is the whole debug binary, hundreds of megabytes.
+struct PluginDir(PathBuf);
+
+impl std::ops::Deref for PluginDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for PluginDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A fresh folder holding `kubectl-imdsguard`, to be the PATH of a test's kubectl.
-fn plugin_dir(test: &str, install: Install) -> PathBuf {
+fn plugin_dir(test: &str, install: Install) -> PluginDir {
     static N: AtomicUsize = AtomicUsize::new(0);
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "kubectl-plugin-{test}-{}-{}",
@@ -35,6 +52,7 @@ fn plugin_dir(test: &str, install: Install) -> PathBuf {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("plugin folder");
+    let dir = PluginDir(dir);
     let plugin = dir.join("kubectl-imdsguard");
     match install {
         Install::Symlink => std::os::unix::fs::symlink(IMDSGUARD, &plugin).expect("symlink"),

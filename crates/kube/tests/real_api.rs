@@ -657,6 +657,16 @@ async fn blocked_access_is_a_warning_event_on_the_pod_readable_through_both_even
     assert_eq!(events(&c, &ns).await.len(), 2);
 }
 
+/// A file deleted when dropped (also when the test panics): a service account's
+/// kubeconfig holds its token.
+struct Removed(std::path::PathBuf);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs control plane"]
 async fn forbidden_then_granted_the_watch_and_the_events_recover() {
@@ -681,9 +691,10 @@ async fn forbidden_then_granted_the_watch_and_the_events_recover() {
         Some("10.244.0.12"),
     )
     .await;
-    let kubeconfig = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{ns}.kubeconfig"));
-    cp.service_account_kubeconfig(&ns, "agent", &kubeconfig);
-    let sa = client(&kubeconfig).await;
+    let kubeconfig =
+        Removed(Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{ns}.kubeconfig")));
+    cp.service_account_kubeconfig(&ns, "agent", &kubeconfig.0);
+    let sa = client(&kubeconfig.0).await;
 
     let forbidden = Api::<Pod>::all(sa.clone())
         .list(&ListParams::default())
