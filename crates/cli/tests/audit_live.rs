@@ -270,8 +270,25 @@ fn live_audit_equals_file_audit_on_the_example() {
         "{}",
         live.stderr
     );
-    // Piped standard error: no progress bar.
-    assert!(!live.stderr.contains("kinds,"), "{}", live.stderr);
+    // Piped standard error: no progress bar, nor its spinner, nor anything it would
+    // draw (crates/cli/src/kube_arg.rs: the prefixes, messages and templates, and the
+    // terminal control it redraws with).
+    for drawn in [
+        "connecting",
+        "reading imdsguard-test",
+        "discovering the API of",
+        " kinds (",
+        "listing",
+        " objects; ",
+        "\r",
+        "\u{1b}[",
+    ] {
+        assert!(
+            !live.stderr.contains(drawn),
+            "{drawn:?} in a piped standard error:\n{}",
+            live.stderr
+        );
+    }
 
     // The table names the cluster it read.
     let k = cp.kubeconfig().to_str().unwrap();
