@@ -702,16 +702,18 @@ fn forbidden_names_the_verb_resource_and_scope() {
         r.stderr
     );
     assert!(r.stderr.contains("docs/live-audit.md"), "{}", r.stderr);
-    // -n: the first request is the namespace's get.
+    // -n: the first request is the namespace's get, refused in that namespace (not at
+    // the cluster scope).
     let r = live_json(&kc, &["-n", &ns]);
     assert_eq!(r.code, 2);
     assert!(
         r.stderr.contains(&format!(
-            "forbidden: {user} cannot get namespaces at the cluster scope"
+            "forbidden: {user} cannot get namespaces in namespace {ns}: the live audit needs `get` on namespaces in namespace {ns}"
         )),
         "{}",
         r.stderr
     );
+    assert!(!r.stderr.contains("cluster scope"), "{}", r.stderr);
 }
 
 #[test]

@@ -562,7 +562,9 @@ async fn get_namespace(
                 conn,
                 "get",
                 kind.resource_name(),
-                None,
+                // RBAC sees the get of a Namespace as a request in that namespace (a
+                // RoleBinding there can grant it): named so, not the cluster scope.
+                Some(namespace),
                 0,
                 0,
             ));
