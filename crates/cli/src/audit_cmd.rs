@@ -371,10 +371,23 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
                 Format::Openreports => ReportFormat::OpenReports,
                 _ => ReportFormat::PolicyReport,
             };
-            let set = output::policyreport::objects(&report, format)?;
+            // A live read of one namespace (-n NS) writes and prunes that namespace's
+            // reports alone, never the cluster report a full run wrote (docs/reports.md).
+            let only_namespace = live.as_ref().and(args.kube.namespace.as_deref());
+            let set = output::policyreport::objects(&report, format, only_namespace)?;
             if args.apply {
-                let covered = cluster.namespaces.keys().cloned().collect();
-                output::policyreport::apply_to_cluster(&mut out, &set, covered, &args.kube)?;
+                let covered = match only_namespace {
+                    Some(ns) => vec![ns.to_owned()],
+                    None => cluster.namespaces.keys().cloned().collect(),
+                };
+                let cluster_scoped = only_namespace.is_none();
+                output::policyreport::apply_to_cluster(
+                    &mut out,
+                    &set,
+                    covered,
+                    cluster_scoped,
+                    &args.kube,
+                )?;
                 Ok(())
             } else {
                 output::policyreport::write(&mut out, &set)

@@ -697,14 +697,9 @@ subjects:
     let _ = std::fs::remove_file(&sa_config);
 }
 
-#[test]
-#[ignore = "needs control plane"]
-fn a_live_audit_writes_its_reports_back() {
-    let cp = ControlPlane::dedicated("a_live_audit_writes_its_reports_back");
-    install_crds(&cp);
-    create_namespaces(&cp);
-    // The example in the cluster (its SecretProviderClass has no CRD here: refused,
-    // the rest is stored).
+/// Loads the example into the cluster (its SecretProviderClass has no CRD here: refused,
+/// the rest is stored).
+fn load_example(cp: &ControlPlane) {
     let out = cp.kubectl(
         &[
             "apply",
@@ -719,6 +714,39 @@ fn a_live_audit_writes_its_reports_back() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `metadata.name` (namespace/name for a namespaced object) → `resourceVersion`.
+fn versions(objects: &[Value]) -> std::collections::BTreeMap<String, String> {
+    objects
+        .iter()
+        .map(|o| {
+            let m = &o["metadata"];
+            let name = match m["namespace"].as_str() {
+                Some(ns) => format!("{ns}/{}", str_of(&m["name"])),
+                None => str_of(&m["name"]).to_string(),
+            };
+            (name, str_of(&m["resourceVersion"]).to_string())
+        })
+        .collect()
+}
+
+/// The `seconds` of every result's timestamp in these reports.
+fn result_times(objects: &[Value]) -> BTreeSet<i64> {
+    objects
+        .iter()
+        .flat_map(|o| o["results"].as_array().cloned().unwrap_or_default())
+        .map(|r| r["timestamp"]["seconds"].as_i64().expect("a timestamp"))
+        .collect()
+}
+
+#[test]
+#[ignore = "needs control plane"]
+fn a_live_audit_writes_its_reports_back() {
+    let cp = ControlPlane::dedicated("a_live_audit_writes_its_reports_back");
+    install_crds(&cp);
+    create_namespaces(&cp);
+    load_example(&cp);
     let kubeconfig = cp.kubeconfig().display().to_string();
     let run = imdsguard(
         &[
@@ -760,6 +788,128 @@ fn a_live_audit_writes_its_reports_back() {
         api["properties"]["object"],
         "NetworkPolicy/payments/allow-egress-all"
     );
+}
+
+#[test]
+#[ignore = "needs control plane"]
+fn a_one_namespace_audit_leaves_the_cluster_report_alone() {
+    let cp = ControlPlane::dedicated("a_one_namespace_audit_leaves_the_cluster_report_alone");
+    install_crds(&cp);
+    create_namespaces(&cp);
+    load_example(&cp);
+    let kubeconfig = cp.kubeconfig().display().to_string();
+    let live = |extra: &[&str], epoch: &str| {
+        let mut args = vec![
+            "audit",
+            "--kubeconfig",
+            &kubeconfig,
+            "--format",
+            "policyreport",
+            "--fail-on",
+            "never",
+            // No policy engine: the cluster report holds a result (no-policy-engine).
+            "--engine",
+            "none",
+        ];
+        args.extend_from_slice(extra);
+        let run = imdsguard(&args, &[("SOURCE_DATE_EPOCH", epoch)]);
+        assert_eq!(
+            run.code, 0,
+            "{args:?}\nstdout:\n{}\nstderr:\n{}",
+            run.stdout, run.stderr
+        );
+        run
+    };
+
+    // A full run writes every namespace's report and the cluster report.
+    let full = live(&["--apply"], EPOCH);
+    assert!(
+        full.stdout
+            .contains("clusterpolicyreports.wgpolicyk8s.io imdsguard serverside-applied"),
+        "{}",
+        full.stdout
+    );
+    // Parts a full run with more than 500 results per report writes (labelled as ours).
+    cp.apply(
+        "apiVersion: wgpolicyk8s.io/v1alpha2
+kind: ClusterPolicyReport
+metadata: {name: imdsguard-2, labels: {app.kubernetes.io/managed-by: imdsguard}}
+summary: {pass: 0, fail: 0, warn: 0, error: 0, skip: 0}
+---
+apiVersion: wgpolicyk8s.io/v1alpha2
+kind: PolicyReport
+metadata: {name: imdsguard-shop-2, namespace: shop, labels: {app.kubernetes.io/managed-by: imdsguard}}
+summary: {pass: 0, fail: 0, warn: 0, error: 0, skip: 0}
+---
+apiVersion: wgpolicyk8s.io/v1alpha2
+kind: PolicyReport
+metadata: {name: imdsguard-payments-2, namespace: payments, labels: {app.kubernetes.io/managed-by: imdsguard}}
+summary: {pass: 0, fail: 0, warn: 0, error: 0, skip: 0}
+",
+    );
+    let cluster_before = items(&cp, "clusterpolicyreports");
+    assert_eq!(cluster_before.len(), 2);
+    let report = cluster_before
+        .iter()
+        .find(|r| r["metadata"]["name"] == "imdsguard")
+        .unwrap();
+    assert_eq!(report["results"][0]["policy"], "no-policy-engine");
+    let namespaced_before = items(&cp, "policyreports");
+    let epoch: i64 = EPOCH.parse().unwrap();
+    assert_eq!(result_times(&namespaced_before), BTreeSet::from([epoch]));
+
+    // Printed, a one-namespace audit holds that namespace's report alone.
+    let printed = live(&["-n", "payments"], "1767229200");
+    let docs: Vec<Value> = printed
+        .stdout
+        .split("---\n")
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| serde_norway::from_str(d).expect("YAML"))
+        .collect();
+    let kinds: Vec<(&str, &str)> = docs
+        .iter()
+        .map(|d| {
+            let ns = d["metadata"]["namespace"].as_str().unwrap_or("");
+            (str_of(&d["kind"]), ns)
+        })
+        .collect();
+    assert_eq!(kinds, [("PolicyReport", "payments")], "{}", printed.stdout);
+
+    // Applied an hour later: payments' report is rewritten, its stale part pruned; the
+    // cluster reports and the other namespaces' reports are untouched.
+    let one = live(&["-n", "payments", "--apply"], "1767229200");
+    assert!(
+        !one.stdout.contains("clusterpolicyreports"),
+        "a -n run names no cluster report:\n{}",
+        one.stdout
+    );
+    assert!(
+        one.stdout
+            .contains("policyreports.wgpolicyk8s.io payments/imdsguard-payments-2 deleted (stale"),
+        "{}",
+        one.stdout
+    );
+    let cluster_after = items(&cp, "clusterpolicyreports");
+    assert_eq!(versions(&cluster_after), versions(&cluster_before));
+    assert_eq!(cluster_after, cluster_before);
+    let namespaced_after = items(&cp, "policyreports");
+    let (payments, others): (Vec<Value>, Vec<Value>) = namespaced_after
+        .into_iter()
+        .partition(|r| r["metadata"]["namespace"] == "payments");
+    assert_eq!(payments.len(), 1, "{payments:?}");
+    assert_eq!(payments[0]["metadata"]["name"], "imdsguard-payments");
+    assert_eq!(result_times(&payments), BTreeSet::from([1_767_229_200]));
+    assert_summaries(&payments);
+    let others_before: Vec<Value> = namespaced_before
+        .iter()
+        .filter(|r| r["metadata"]["namespace"] != "payments")
+        .cloned()
+        .collect();
+    assert!(
+        versions(&others).contains_key("shop/imdsguard-shop-2"),
+        "another namespace's part stays"
+    );
+    assert_eq!(versions(&others), versions(&others_before));
 }
 
 #[test]

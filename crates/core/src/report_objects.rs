@@ -25,6 +25,11 @@
 //! with more than [`ReportOptions::max_results`] results is split into parts
 //! (`imdsguard-NS`, `imdsguard-NS-2`, ...) so that no object nears the API server's
 //! request size limit.
+//!
+//! An audit of one namespace of a live cluster (`audit -n NS`,
+//! [`ReportOptions::only_namespace`]) writes that namespace's report(s) alone: no other
+//! namespace's and no cluster report, whose whole truth a one-namespace read does not
+//! have (it would replace what a full run wrote).
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -158,6 +163,10 @@ pub struct ReportOptions {
     pub timestamp: Timestamp,
     /// Results per object at most (0 counts as 1).
     pub max_results: usize,
+    /// A one-namespace audit (`audit -n NS` of a live cluster): only this namespace's
+    /// report(s), no other namespace's and no cluster-scoped report. `None`: every
+    /// namespace with workloads or findings, and the cluster report.
+    pub only_namespace: Option<String>,
 }
 
 impl ReportOptions {
@@ -167,7 +176,20 @@ impl ReportOptions {
             format,
             timestamp,
             max_results: DEFAULT_MAX_RESULTS,
+            only_namespace: None,
         }
+    }
+
+    /// These options for a one-namespace audit ([`ReportOptions::only_namespace`]).
+    pub fn for_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.only_namespace = Some(namespace.into());
+        self
+    }
+
+    /// Whether the run writes the cluster-scoped report (and so may replace and prune
+    /// cluster-scoped reports): not for a one-namespace audit.
+    pub fn writes_cluster_report(&self) -> bool {
+        self.only_namespace.is_none()
     }
 }
 
@@ -602,14 +624,20 @@ pub fn build(report: &Report, opts: &ReportOptions) -> ReportSet {
     namespaces.sort_unstable();
     namespaces.dedup();
 
+    if let Some(only) = &opts.only_namespace {
+        namespaces.retain(|ns| ns == only);
+    }
+
     let mut objects = Vec::new();
     for ns in namespaces {
         let mut results = verdicts.remove(ns).unwrap_or_default();
         results.extend(findings.remove(&Some(ns)).unwrap_or_default());
         push_parts(&mut objects, opts, Some(ns), results);
     }
-    let cluster = findings.remove(&None).unwrap_or_default();
-    push_parts(&mut objects, opts, None, cluster);
+    if opts.writes_cluster_report() {
+        let cluster = findings.remove(&None).unwrap_or_default();
+        push_parts(&mut objects, opts, None, cluster);
+    }
     ReportSet {
         format: opts.format,
         objects,
@@ -1119,6 +1147,42 @@ rules:
             assert!(o.results.len() <= 4);
             assert_eq!(o.summary.total(), o.results.len());
         }
+    }
+
+    #[test]
+    fn a_one_namespace_audit_writes_that_namespaces_report_alone() {
+        let report = audited(CLUSTER, Cloud::Azure.targets());
+        let all = build(&report, &ReportOptions::new(ReportFormat::PolicyReport, TS));
+        // The full run has other namespaces and the cluster report.
+        assert!(all.objects.iter().any(|o| o.kind == "ClusterPolicyReport"));
+        assert!(
+            all.objects
+                .iter()
+                .any(|o| o.metadata.namespace.as_deref() == Some("default"))
+        );
+        let opts = ReportOptions::new(ReportFormat::PolicyReport, TS).for_namespace("payments");
+        assert!(!opts.writes_cluster_report());
+        let one = build(&report, &opts);
+        let names: Vec<(&str, Option<&str>)> = one
+            .objects
+            .iter()
+            .map(|o| (o.kind, o.metadata.namespace.as_deref()))
+            .collect();
+        assert_eq!(names, [("PolicyReport", Some("payments"))]);
+        // The same report the full run writes for that namespace.
+        let full_payments = all
+            .objects
+            .iter()
+            .find(|o| o.metadata.namespace.as_deref() == Some("payments"))
+            .unwrap();
+        assert_eq!(&one.objects[0], full_payments);
+        // A namespace without workloads or findings: nothing at all (a prune of that
+        // namespace then removes an earlier report, as a full run would).
+        let none = build(
+            &report,
+            &ReportOptions::new(ReportFormat::OpenReports, TS).for_namespace("elsewhere"),
+        );
+        assert!(none.objects.is_empty(), "{:?}", none.objects);
     }
 
     #[test]

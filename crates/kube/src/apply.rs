@@ -10,8 +10,9 @@
 //! manager, forcing conflicts (the objects are the applier's own): fields and list
 //! entries the manager wrote before and no longer writes are removed by the API server.
 //! With [`Prune`], objects of the given kinds that carry the label selector, in the given
-//! namespaces (and cluster-scoped ones), and were not applied this time are deleted
-//! afterwards; pruning is skipped when an object failed, so a partial run never deletes.
+//! namespaces (and cluster-scoped ones when [`Prune::cluster_scoped`]), and were not
+//! applied this time are deleted afterwards; pruning is skipped when an object failed, so
+//! a partial run never deletes.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -51,8 +52,8 @@ impl fmt::Display for ObjectId {
 }
 
 /// What to delete after applying: objects of these kinds carrying `label_selector`, in
-/// `namespaces` (namespaced kinds) or cluster-wide (cluster-scoped kinds), that were not
-/// applied.
+/// `namespaces` (namespaced kinds) or cluster-wide (cluster-scoped kinds, only when
+/// `cluster_scoped`), that were not applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prune {
     /// The kinds (every one is discovered; one the cluster lacks is an error).
@@ -61,6 +62,10 @@ pub struct Prune {
     pub label_selector: String,
     /// The namespaces whose objects the run covers.
     pub namespaces: Vec<String>,
+    /// Whether the run covers the cluster-scoped objects too. `false` for a run that
+    /// read one namespace (`audit -n NS`): the cluster-scoped objects a whole-cluster run
+    /// wrote are not its to delete, and its credentials may not even list them.
+    pub cluster_scoped: bool,
 }
 
 /// Settings of [`apply`].
@@ -378,6 +383,9 @@ pub async fn apply(
         let keep: BTreeSet<&ObjectId> = outcome.applied.iter().collect();
         let mut stale = Vec::new();
         for (ar, namespaced) in &prune_kinds {
+            if !namespaced && !p.cluster_scoped {
+                continue;
+            }
             stale.extend(list_labelled(client, ar, *namespaced, p).await?);
         }
         stale.retain(|id| !keep.contains(id));

@@ -34,9 +34,18 @@ pub fn now() -> anyhow::Result<Timestamp> {
     })
 }
 
-/// The report objects of an audit.
-pub fn objects(report: &Report, format: ReportFormat) -> anyhow::Result<ReportSet> {
-    Ok(build(report, &ReportOptions::new(format, now()?)))
+/// The report objects of an audit; `only_namespace` for a one-namespace live audit
+/// (`audit -n NS`): that namespace's reports alone, no cluster report.
+pub fn objects(
+    report: &Report,
+    format: ReportFormat,
+    only_namespace: Option<&str>,
+) -> anyhow::Result<ReportSet> {
+    let mut opts = ReportOptions::new(format, now()?);
+    if let Some(ns) = only_namespace {
+        opts = opts.for_namespace(ns);
+    }
+    Ok(build(report, &opts))
 }
 
 /// Writes the objects as a multi-document YAML stream.
@@ -59,12 +68,15 @@ fn no_crd(format: ReportFormat, kind: &str, api_version: &str) -> anyhow::Error 
 
 /// Writes the objects to the cluster with server-side apply (field manager
 /// [`FIELD_MANAGER`]) and deletes the reports an earlier run wrote in the namespaces this
-/// audit covers (`covered`) that this run no longer writes; prints one line per object
-/// to `out`. The cluster is the one of `--kubeconfig` and `--context`, as kubectl finds it.
+/// audit covers (`covered`) that this run no longer writes, and the cluster-scoped ones
+/// when `cluster_scoped` (not for `audit -n NS`, which leaves the cluster report of a
+/// full run alone); prints one line per object to `out`. The cluster is the one of
+/// `--kubeconfig` and `--context`, as kubectl finds it.
 pub fn apply_to_cluster(
     out: &mut impl Write,
     set: &ReportSet,
     covered: Vec<String>,
+    cluster_scoped: bool,
     cluster: &KubeArgs,
 ) -> anyhow::Result<()> {
     let values = set
@@ -84,6 +96,7 @@ pub fn apply_to_cluster(
             kinds,
             label_selector: format!("{MANAGED_BY_LABEL}={MANAGED_BY}"),
             namespaces: covered,
+            cluster_scoped,
         }),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
