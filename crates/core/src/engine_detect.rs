@@ -376,10 +376,20 @@ impl fmt::Display for ImdsRestriction {
 pub struct ClusterSignals {
     /// DaemonSets, as (namespace, name).
     pub daemonsets: Vec<(String, String)>,
-    /// CustomResourceDefinition names, e.g. `tiers.crd.projectcalico.org`.
+    /// CustomResourceDefinition names, e.g. `tiers.crd.projectcalico.org` (a live read
+    /// gives every resource served outside the core group, built-in ones included).
     pub crds: Vec<String>,
     /// The AKS cluster, when described.
     pub aks: Option<AksCluster>,
+}
+
+impl ClusterSignals {
+    /// Whether the signals come from a live read of the cluster: it always yields the
+    /// served resources outside the core group (`deployments.apps`, ...) in `crds`; files
+    /// yield no DaemonSet or CRD signal at all.
+    pub fn from_cluster(&self) -> bool {
+        !self.daemonsets.is_empty() || !self.crds.is_empty()
+    }
 }
 
 /// Where the engine came from.
@@ -706,6 +716,18 @@ pub fn decide(
     }
 
     // 5. Nothing.
+    if signals.from_cluster() {
+        // A live read listed the cluster and found no engine: the generic engine counts
+        // every NetworkPolicy as enforced, which nothing may do.
+        let way_out = if signals.aks.is_some() {
+            "name the engine with --engine (--engine none if nothing enforces them)"
+        } else {
+            "pass --aks-cluster FILE (`az aks show -o json`) or --engine (--engine none if nothing enforces them)"
+        };
+        warnings.push(format!(
+            "no policy engine DaemonSet or CRD found in the cluster: NetworkPolicies may not be enforced at all (e.g. an AKS cluster created without --network-policy), yet the audit evaluates them as enforced (generic) and may report IMDS blocked when nothing blocks it; {way_out}"
+        ));
+    }
     let consulted = match (
         &signals.aks,
         signals.daemonsets.is_empty() && signals.crds.is_empty(),
@@ -1025,6 +1047,79 @@ mod tests {
             (d.engine, d.source),
             (Engine::Generic, DecisionSource::Default)
         );
+    }
+
+    /// A live read that found no engine: generic, with a warning that nothing may enforce
+    /// the NetworkPolicies and how to say so; none for files (no cluster signals), none
+    /// when an engine is found or named.
+    #[test]
+    fn a_live_cluster_without_an_engine_warns() {
+        let live = ClusterSignals {
+            daemonsets: vec![("kube-system".into(), "kube-proxy".into())],
+            crds: vec!["deployments.apps".into(), "daemonsets.apps".into()],
+            aks: None,
+        };
+        let d = decide(None, &live, &[]);
+        assert_eq!(
+            (d.engine, d.source),
+            (Engine::Generic, DecisionSource::Default)
+        );
+        assert_eq!(d.warnings.len(), 1, "{:?}", d.warnings);
+        let w = &d.warnings[0];
+        for part in [
+            "no policy engine DaemonSet or CRD found in the cluster",
+            "NetworkPolicies may not be enforced at all",
+            "without --network-policy",
+            "--aks-cluster FILE (`az aks show -o json`) or --engine",
+        ] {
+            assert!(w.contains(part), "{part:?} not in {w}");
+        }
+        // Discovery alone (no DaemonSet at all) is a live read too.
+        let bare = ClusterSignals {
+            crds: vec!["deployments.apps".into()],
+            ..ClusterSignals::default()
+        };
+        assert_eq!(decide(None, &bare, &[]).warnings, d.warnings);
+        // Files: no cluster signals, no warning.
+        let files = decide(None, &ClusterSignals::default(), &[]);
+        assert_eq!(files.engine, Engine::Generic);
+        assert!(files.warnings.is_empty(), "{:?}", files.warnings);
+        // An engine found, or named, or the AKS file deciding: no such warning.
+        let mut npm = live.clone();
+        npm.daemonsets
+            .push(("kube-system".into(), "azure-npm".into()));
+        assert!(decide(None, &npm, &[]).warnings.is_empty());
+        assert!(
+            decide(Some(Engine::Generic), &live, &[])
+                .warnings
+                .is_empty()
+        );
+        let aks_none = ClusterSignals {
+            aks: Some(parse(&aks(r#"{"networkPolicy": "none"}"#, ""))),
+            ..live.clone()
+        };
+        let d = decide(None, &aks_none, &[]);
+        assert_eq!(d.engine, Engine::None);
+        assert!(
+            !d.warnings
+                .iter()
+                .any(|w| w.contains("no policy engine DaemonSet")),
+            "{:?}",
+            d.warnings
+        );
+        // An AKS file that does not say (bring your own CNI): --engine is the way out.
+        let byo = ClusterSignals {
+            aks: Some(parse(&aks(r#"{"networkPlugin": "none"}"#, ""))),
+            ..live
+        };
+        let d = decide(None, &byo, &[]);
+        assert_eq!(d.engine, Engine::Generic);
+        let w = d
+            .warnings
+            .iter()
+            .find(|w| w.contains("no policy engine DaemonSet"))
+            .expect("the warning");
+        assert!(w.contains("name the engine with --engine"), "{w}");
     }
 
     /// Two engines' signals: the pick is deterministic (Calico first) and both are
