@@ -230,6 +230,24 @@ fn live_audit_equals_file_audit_on_the_example() {
     }
     assert_eq!(l["errors"], json!([]));
     assert_eq!(f["errors"], json!([]));
+    // The one difference in the engine decision (not compared above): the live read
+    // listed the cluster's DaemonSets and found no engine, which it warns about (nothing
+    // may enforce the NetworkPolicies); files carry no cluster signal, so no warning.
+    // The warning is not a finding, so `findings` stays equal.
+    assert!(
+        warnings(&l["engine_decision"])
+            .iter()
+            .any(|w| w.contains(NO_ENGINE)),
+        "{}",
+        l["engine_decision"]
+    );
+    assert!(
+        !warnings(&f["engine_decision"])
+            .iter()
+            .any(|w| w.contains(NO_ENGINE)),
+        "{}",
+        f["engine_decision"]
+    );
     // What a live audit names instead of files.
     let sources: BTreeSet<&str> = l["workloads"]
         .as_array()
@@ -477,6 +495,96 @@ fn installed_crds_are_read_and_missing_ones_skipped() {
             && how.contains("CRD ciliumclusterwidenetworkpolicies.cilium.io"),
         "{decision}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The engine, decided from the live cluster's DaemonSets and from --aks-cluster.
+
+const NO_ENGINE: &str = "no policy engine DaemonSet or CRD found in the cluster";
+
+/// The decision's warnings, as strings.
+fn warnings(decision: &Value) -> Vec<String> {
+    decision["warnings"]
+        .as_array()
+        .map(|w| w.iter().map(|w| w.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// A control plane of its own (detection reads the DaemonSets of every namespace, and
+/// kube-system is shared by every test of a shared server): empty, then with AKS's Azure
+/// NPM DaemonSet, then with an AKS cluster file that names another engine.
+#[test]
+#[ignore = "needs control plane"]
+fn the_engine_is_decided_from_the_live_clusters_daemonsets() {
+    let cp = ControlPlane::dedicated("the_engine_is_decided_from_the_live_clusters_daemonsets");
+    let deploy = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\nspec:\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: web, image: nginx}]}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-egress, namespace: shop}\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n";
+    cp.apply(deploy);
+
+    // No engine's DaemonSet or CRD: generic, and a warning that nothing may enforce the
+    // NetworkPolicy the verdict relies on (the seed's AKS cluster has no engine).
+    let r = live_json(cp.kubeconfig(), &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let j = r.json();
+    let d = &j["engine_decision"];
+    assert_eq!(d["engine"], json!("generic"), "{d}");
+    assert_eq!(d["source"], json!("default"), "{d}");
+    let w = warnings(d);
+    assert!(
+        w.iter().any(|w| w.contains(NO_ENGINE)
+            && w.contains("NetworkPolicies may not be enforced at all")
+            && w.contains("--aks-cluster FILE")
+            && w.contains("--engine")),
+        "{w:?}"
+    );
+    // The table says it too.
+    let k = cp.kubeconfig().to_str().unwrap();
+    let table = run(&["audit", "--kubeconfig", k], &[]);
+    assert!(
+        table.stdout.contains(NO_ENGINE) || table.stderr.contains(NO_ENGINE),
+        "{}\n{}",
+        table.stdout,
+        table.stderr
+    );
+
+    // AKS's Azure NPM DaemonSet: azure-npm, from the cluster, no warning.
+    cp.apply(
+        "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: azure-npm, namespace: kube-system}\nspec:\n  selector: {matchLabels: {k8s-app: azure-npm}}\n  template:\n    metadata: {labels: {k8s-app: azure-npm}}\n    spec: {containers: [{name: azure-npm, image: mcr.microsoft.com/containernetworking/azure-npm:v1.6.0}]}\n",
+    );
+    let j = live_json(cp.kubeconfig(), &[]).json();
+    let d = &j["engine_decision"];
+    assert_eq!(d["engine"], json!("azure-npm"), "{d}");
+    assert_eq!(d["source"], json!("cluster"), "{d}");
+    assert_eq!(
+        d["how"],
+        json!("from the cluster: DaemonSet kube-system/azure-npm"),
+        "{d}"
+    );
+    assert_eq!(j["engine"], json!("azure-npm"), "{}", j["engine"]);
+    assert!(warnings(d).is_empty(), "{d}");
+
+    // An AKS cluster file with a live read: the file beats the cluster's signals, and
+    // says what the cluster showed.
+    let j = live_json(
+        cp.kubeconfig(),
+        &["--aks-cluster", "crates/cli/tests/data/aks/calico.json"],
+    )
+    .json();
+    let d = &j["engine_decision"];
+    assert_eq!(d["engine"], json!("calico"), "{d}");
+    assert_eq!(d["source"], json!("aks-cluster"), "{d}");
+    assert_eq!(
+        d["how"],
+        json!("from the AKS cluster file: networkProfile.networkPolicy=calico"),
+        "{d}"
+    );
+    let w = warnings(d);
+    assert!(
+        w.iter()
+            .any(|w| w
+                .contains("the cluster also shows azure-npm (DaemonSet kube-system/azure-npm)")),
+        "{w:?}"
+    );
+    assert!(!w.iter().any(|w| w.contains(NO_ENGINE)), "{w:?}");
 }
 
 // ---------------------------------------------------------------------------------------
