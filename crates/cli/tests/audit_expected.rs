@@ -109,13 +109,30 @@ fn workload<'a>(r: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no workload {name}: {r:#}"))
 }
 
-/// A fresh folder under the target dir for rules files.
-fn temp_dir(tag: &str) -> PathBuf {
+/// A folder for a test's rules files, removed with everything in it when dropped (also
+/// when the test panics).
+struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh folder under the target dir for rules files, removed when dropped.
+fn temp_dir(tag: &str) -> TempDir {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("audit-expected-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TempDir(dir)
 }
 
 fn s(p: &Path) -> &str {

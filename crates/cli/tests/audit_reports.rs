@@ -6,7 +6,7 @@
 //! the bundled example's namespaces have fixed names, and the CRDs are cluster-wide.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use imdsguard_testkit::ControlPlane;
@@ -27,6 +27,32 @@ const NAMESPACES: [&str; 6] = [
 
 /// A fixed time for the results, so that printed and applied objects compare equal.
 const EPOCH: &str = "1767225600";
+
+/// A folder of a test's own, removed with everything in it when dropped (also when the
+/// test panics): the service-account kubeconfigs written into it hold tokens.
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh, empty folder of this test process under the target dir, removed when dropped.
+fn scratch(name: &str) -> Scratch {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("audit-reports-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch folder");
+    Scratch(dir)
+}
 
 struct Run {
     code: i32,
@@ -589,9 +615,7 @@ fn a_missing_crd_and_missing_rights_are_clear_errors() {
 
     // A namespace of the input that the cluster lacks: that report fails, saying so, the
     // others are written, and nothing is pruned.
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("audit-reports-nowhere-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("nowhere");
     let manifest = dir.join("nowhere.yaml");
     std::fs::write(
         &manifest,
@@ -641,13 +665,11 @@ fn a_missing_crd_and_missing_rights_are_clear_errors() {
     assert!(names.contains(&"imdsguard-shop-2".to_string()), "{names:?}");
     assert_eq!(names.len(), NAMESPACES.len() + 1, "{names:?}");
     cp.kubectl_ok(&["delete", "policyreports", "--all", "-A"], None);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
 
     let ns = cp.namespace("reporter");
-    let sa_config = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "audit-reports-sa-{}.kubeconfig",
-        std::process::id()
-    ));
+    let sa_dir = scratch("sa");
+    let sa_config = sa_dir.join("kubeconfig");
     cp.service_account_kubeconfig(&ns, "reporter", &sa_config);
     let sa = sa_config.display().to_string();
     let run = imdsguard(&apply_args("policyreport", &sa, &[]), &[]);
@@ -694,7 +716,6 @@ subjects:
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(items(&cp, "policyreports").len(), NAMESPACES.len());
-    let _ = std::fs::remove_file(&sa_config);
 }
 
 /// Loads the example into the cluster (its SecretProviderClass has no CRD here: refused,

@@ -14,7 +14,7 @@
 //! (`crates/cli/tests/verify_live.rs`) feeds the output of a real probe run.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -36,6 +36,32 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio::task::JoinHandle;
+
+/// A folder of a test's own, removed with everything in it when dropped (also when the
+/// test panics): the service-account kubeconfigs written into it hold tokens.
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh, empty folder of this test process under the target dir, removed when dropped.
+fn scratch(name: &str) -> Scratch {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("verify-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch folder");
+    Scratch(dir)
+}
 
 async fn client_for(kubeconfig: &Path) -> Client {
     let kc = Kubeconfig::read_from(kubeconfig).expect("the kubeconfig reads");
@@ -552,8 +578,7 @@ subjects:
 - {{kind: ServiceAccount, name: verifier, namespace: {ns}}}
 "
     ));
-    let dir = std::env::temp_dir().join(format!("imdsguard-verify-rbac-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("rbac");
     let kubeconfig = dir.join("kubeconfig");
     cp.service_account_kubeconfig(&ns, "verifier", &kubeconfig);
     wait_for_grant(cp, &ns, "verifier", "create", "jobs.batch");
@@ -592,7 +617,6 @@ subjects:
             .await
             .unwrap();
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[tokio::test]
@@ -901,8 +925,7 @@ subjects:
 "
     ));
     cp.apply(&DENY_EGRESS.replace("NS", &ns));
-    let dir = std::env::temp_dir().join(format!("imdsguard-verify-role-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("role");
     let kubeconfig = dir.join("kubeconfig");
     cp.service_account_kubeconfig(&ns, "verifier", &kubeconfig);
     wait_for_grant(cp, &ns, "verifier", "create", "jobs.batch");
@@ -951,7 +974,6 @@ subjects:
         "{cleaned:?}"
     );
     assert_nothing_left(&admin, &[&ns]).await;
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[tokio::test]
