@@ -140,9 +140,11 @@ fn json_error(e: &serde_json::Error) -> AksClusterError {
     let full = e.to_string();
     let suffix = format!(" at line {} column {}", e.line(), e.column());
     let message = full.strip_suffix(&suffix).unwrap_or(&full).to_string();
+    // serde_json counts a position before a line's first character (an empty file's
+    // end) as column 0; the error says 1-based, so it names the first column.
     AksClusterError::Json {
-        line: e.line(),
-        column: e.column(),
+        line: e.line().max(1),
+        column: e.column().max(1),
         message,
     }
 }
@@ -1264,5 +1266,18 @@ mod tests {
         let c = parse(&aks("{}", LINUX_POOL));
         assert_eq!(c.label(), "AKS cluster seed (resource group rg)");
         assert_eq!(c.imds_restriction().0.to_string(), "off",);
+    }
+
+    /// Found by the aks_cluster_parse fuzz target: an empty file's error was at column 0.
+    #[test]
+    fn an_empty_file_is_an_error_at_line_1_column_1() {
+        for text in ["", "\n", "   "] {
+            match AksCluster::from_json(text) {
+                Err(AksClusterError::Json { line, column, .. }) => {
+                    assert!(line >= 1 && column >= 1, "{text:?}: {line}:{column}");
+                }
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
     }
 }
