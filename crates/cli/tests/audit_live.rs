@@ -211,7 +211,44 @@ fn live_audit_equals_file_audit_on_the_example() {
         "workloads reach IMDS in the example: {}",
         live.stderr
     );
-    let (l, f) = (live.json(), files_run.json());
+    let (mut l, f) = (live.json(), files_run.json());
+    // The one finding a live read adds: the cluster shows no policy engine (no engine's
+    // DaemonSet or CRD) and nothing names one, so `engine-unknown` (medium) says the
+    // NetworkPolicies may not be enforced at all; files carry no cluster signal, so the
+    // file audit has none. Taken out here (and from the summary's count), the rest must
+    // be equal.
+    let unknown: Vec<Value> = l["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["id"] == "engine-unknown")
+        .cloned()
+        .collect();
+    assert_eq!(unknown.len(), 1, "{}", l["findings"]);
+    assert_eq!(unknown[0]["severity"], json!("medium"), "{}", unknown[0]);
+    assert!(
+        unknown[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("NetworkPolicies may not be enforced at all"),
+        "{}",
+        unknown[0]
+    );
+    assert!(
+        !f["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == "engine-unknown"),
+        "{}",
+        f["findings"]
+    );
+    l["findings"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|x| x["id"] != "engine-unknown");
+    let medium = l["summary"]["findings"]["medium"].as_u64().unwrap();
+    l["summary"]["findings"]["medium"] = json!(medium - 1);
 
     let verdicts: usize = l["workloads"]
         .as_array()
@@ -233,7 +270,8 @@ fn live_audit_equals_file_audit_on_the_example() {
     // The one difference in the engine decision (not compared above): the live read
     // listed the cluster's DaemonSets and found no engine, which it warns about (nothing
     // may enforce the NetworkPolicies); files carry no cluster signal, so no warning.
-    // The warning is not a finding, so `findings` stays equal.
+    // The same case is the live-only `engine-unknown` finding taken out above, so that
+    // `--fail-on medium` and the reports catch it too.
     assert!(
         warnings(&l["engine_decision"])
             .iter()
@@ -502,6 +540,17 @@ fn installed_crds_are_read_and_missing_ones_skipped() {
 
 const NO_ENGINE: &str = "no policy engine DaemonSet or CRD found in the cluster";
 
+/// The report's findings of one kind.
+fn findings_of(report: &Value, kind: &str) -> Vec<Value> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["id"] == kind)
+        .cloned()
+        .collect()
+}
+
 /// The decision's warnings, as strings.
 fn warnings(decision: &Value) -> Vec<String> {
     decision["warnings"]
@@ -536,6 +585,19 @@ fn the_engine_is_decided_from_the_live_clusters_daemonsets() {
             && w.contains("--engine")),
         "{w:?}"
     );
+    // And a finding (medium), with the same way out, so --fail-on medium and the
+    // reports catch it.
+    let unknown = findings_of(&j, "engine-unknown");
+    assert_eq!(unknown.len(), 1, "{}", j["findings"]);
+    assert_eq!(unknown[0]["severity"], json!("medium"), "{}", unknown[0]);
+    let m = unknown[0]["message"].as_str().unwrap();
+    assert!(
+        m.contains(NO_ENGINE)
+            && m.contains("NetworkPolicies may not be enforced at all")
+            && m.contains("--aks-cluster FILE")
+            && m.contains("--engine"),
+        "{m}"
+    );
     // The table says it too.
     let k = cp.kubeconfig().to_str().unwrap();
     let table = run(&["audit", "--kubeconfig", k], &[]);
@@ -561,6 +623,11 @@ fn the_engine_is_decided_from_the_live_clusters_daemonsets() {
     );
     assert_eq!(j["engine"], json!("azure-npm"), "{}", j["engine"]);
     assert!(warnings(d).is_empty(), "{d}");
+    assert!(
+        findings_of(&j, "engine-unknown").is_empty(),
+        "{}",
+        j["findings"]
+    );
 
     // An AKS cluster file with a live read: the file beats the cluster's signals, and
     // says what the cluster showed.

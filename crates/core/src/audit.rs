@@ -91,11 +91,15 @@ pub enum FindingKind {
     /// A cluster-scoped policy's rule names a destination port by name beside a
     /// `networks`, `nodes` or `domainNames` peer: the port never matches those peers.
     NamedPortWithNetworks,
+    /// A live read of the cluster found no policy engine (no engine's DaemonSet or CRD)
+    /// and neither `--engine` nor an AKS cluster file names one: the audit evaluates the
+    /// policies as enforced (generic), which nothing may do.
+    EngineUnknown,
 }
 
 impl FindingKind {
     /// Every kind, in report order.
-    pub const ALL: [FindingKind; 18] = [
+    pub const ALL: [FindingKind; 19] = [
         FindingKind::WorkloadReachesTarget,
         FindingKind::ExpectedBlocked,
         FindingKind::ExpectedAccess,
@@ -114,6 +118,7 @@ impl FindingKind {
         FindingKind::EngineAmbiguous,
         FindingKind::UnresolvedReference,
         FindingKind::NamedPortWithNetworks,
+        FindingKind::EngineUnknown,
     ];
 
     /// The stable id, e.g. `workload-reaches-target`.
@@ -137,6 +142,7 @@ impl FindingKind {
             FindingKind::EngineAmbiguous => "engine-ambiguous",
             FindingKind::UnresolvedReference => "unresolved-reference",
             FindingKind::NamedPortWithNetworks => "named-port-with-networks",
+            FindingKind::EngineUnknown => "engine-unknown",
         }
     }
 
@@ -156,6 +162,7 @@ impl FindingKind {
             | FindingKind::UnknownPeer
             | FindingKind::BanpNotDefault
             | FindingKind::EngineAmbiguous
+            | FindingKind::EngineUnknown
             | FindingKind::UnresolvedReference
             | FindingKind::ExpectedBlocked => Severity::Medium,
             FindingKind::PolicySelectsNothing | FindingKind::NamedPortWithNetworks => Severity::Low,
@@ -210,6 +217,9 @@ impl FindingKind {
             }
             FindingKind::EngineAmbiguous => {
                 "The input holds both Calico's (projectcalico.org) and Cilium's (cilium.io) policy kinds, and no --engine says which one the cluster runs: the audit picked Calico and reported the Cilium policies as not enforced. Name the engine with --engine calico or --engine cilium."
+            }
+            FindingKind::EngineUnknown => {
+                "The cluster was read live and shows no policy engine (no Azure NPM, Calico, Cilium, kube-network-policies or Antrea DaemonSet or CRD), and neither --engine nor --aks-cluster names one: the audit evaluated the policies as enforced (generic), but NetworkPolicies may not be enforced at all (e.g. an AKS cluster created without --network-policy), so IMDS may be reported blocked when nothing blocks it. Pass --aks-cluster FILE (az aks show -o json) or --engine (--engine none if nothing enforces them)."
             }
             FindingKind::UnresolvedReference => {
                 "A policy refers to an object the input does not hold (a CiliumCIDRGroup by cidrGroupRef or cidrGroupSelector): Cilium resolves a missing group to no CIDR, so that part of the rule matches nothing (a deny through it denies nothing, an allow allows nothing). Add the group to the input, or fix the name or labels."
@@ -780,6 +790,29 @@ pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
                     .map(|c| if c == "antrea" { "generic" } else { c.as_str() })
                     .collect::<Vec<_>>()
                     .join(" or --engine "),
+            ),
+            None,
+            vec![],
+        ));
+    }
+    // A live read found no engine and nothing named one (engine_detect's last step, which
+    // also warns in the decision): the verdicts assume enforcement nothing may provide.
+    if decision.source == DecisionSource::Default && opts.signals.from_cluster() {
+        findings.push(Finding::new(
+            FindingKind::EngineUnknown,
+            format!(
+                "no policy engine DaemonSet or CRD found in the cluster and no --engine{} names one: the audit evaluated the policies as enforced ({}), but NetworkPolicies may not be enforced at all; {}",
+                if opts.signals.aks.is_some() {
+                    " or AKS cluster file"
+                } else {
+                    " or --aks-cluster"
+                },
+                settings.engine,
+                if opts.signals.aks.is_some() {
+                    "name the engine with --engine (--engine none if nothing enforces them)"
+                } else {
+                    "pass --aks-cluster FILE (`az aks show -o json`) or --engine (--engine none if nothing enforces them)"
+                },
             ),
             None,
             vec![],
@@ -2461,6 +2494,74 @@ mod tests {
         assert!(of(&r, "engine-ambiguous").is_empty());
         assert_eq!(r.engine_decision.how, "from --engine");
         assert!(!r.engine_detected);
+    }
+
+    /// A live read that found no engine, with nothing naming one: an `engine-unknown`
+    /// finding (medium) beside the decision's warning, with the same way out; none for
+    /// files, an engine found or named, the input's kinds deciding, or an AKS file that
+    /// names the engine (or says there is none).
+    #[test]
+    fn a_live_cluster_without_an_engine_is_an_engine_unknown_finding() {
+        let live = ClusterSignals {
+            daemonsets: vec![("kube-system".into(), "kube-proxy".into())],
+            crds: vec!["deployments.apps".into()],
+            aks: None,
+        };
+        let r = run_signals(POD, None, live.clone());
+        assert_eq!(r.engine, Engine::Generic);
+        let f = of(&r, "engine-unknown");
+        assert_eq!(f.len(), 1, "{:?}", r.findings);
+        assert_eq!(f[0].severity, Severity::Medium);
+        for part in [
+            "no policy engine DaemonSet or CRD found in the cluster",
+            "NetworkPolicies may not be enforced at all",
+            "--aks-cluster FILE (`az aks show -o json`) or --engine",
+        ] {
+            assert!(
+                f[0].message.contains(part),
+                "{part:?} not in {}",
+                f[0].message
+            );
+        }
+        // Counted in the summary (so --fail-on medium catches it): one medium more than
+        // the same input audited from files.
+        let files = run_signals(POD, None, ClusterSignals::default());
+        let medium = |r: &Report| r.summary.findings.get("medium").copied().unwrap_or(0);
+        assert_eq!(medium(&r), medium(&files) + 1);
+        // An AKS file that does not name the engine (bring your own CNI): --engine.
+        let mut byo = aks_signals(r#"{"networkPlugin": "none"}"#, POOL);
+        byo.daemonsets = live.daemonsets.clone();
+        let r = run_signals(POD, None, byo);
+        let f = of(&r, "engine-unknown");
+        assert_eq!(f.len(), 1);
+        assert!(
+            f[0].message.contains("name the engine with --engine"),
+            "{}",
+            f[0].message
+        );
+        // Files (no cluster signals): none.
+        assert!(of(&files, "engine-unknown").is_empty());
+        // An engine found in the cluster, or named: none.
+        let mut npm = live.clone();
+        npm.daemonsets
+            .push(("kube-system".into(), "azure-npm".into()));
+        assert!(of(&run_signals(POD, None, npm), "engine-unknown").is_empty());
+        for e in [Engine::Generic, Engine::None] {
+            assert!(of(&run_signals(POD, Some(e), live.clone()), "engine-unknown").is_empty());
+        }
+        // The input's kinds decide: none.
+        let r = run_signals(&format!("{POD}{CILIUM_DENY}"), None, live.clone());
+        assert_eq!(r.engine, Engine::Cilium);
+        assert!(of(&r, "engine-unknown").is_empty());
+        // An AKS file naming the engine, or saying there is none: none.
+        for profile in [
+            r#"{"networkPolicy": "azure"}"#,
+            r#"{"networkPolicy": "none"}"#,
+        ] {
+            let mut signals = aks_signals(profile, POOL);
+            signals.daemonsets = live.daemonsets.clone();
+            assert!(of(&run_signals(POD, None, signals), "engine-unknown").is_empty());
+        }
     }
 
     /// A CiliumCIDRGroup reference the input does not resolve: Cilium resolves it to no

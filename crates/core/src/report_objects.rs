@@ -433,6 +433,7 @@ fn category(kind: FindingKind) -> &'static str {
         | FindingKind::UnknownPeer
         | FindingKind::BanpNotDefault
         | FindingKind::EngineAmbiguous
+        | FindingKind::EngineUnknown
         | FindingKind::UnresolvedReference
         | FindingKind::NamedPortWithNetworks => "Network policy",
     }
