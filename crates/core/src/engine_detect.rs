@@ -1230,7 +1230,7 @@ mod tests {
         assert!(matches!(e, AksClusterError::Json { line: 4, .. }), "{e:?}");
         assert!(
             e.to_string()
-                .starts_with("line 4, column 0: EOF while parsing"),
+                .starts_with("line 4, column 1: EOF while parsing"),
             "{e}"
         );
         assert!(e.to_string().contains("az aks show"), "{e}");

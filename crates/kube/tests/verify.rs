@@ -931,7 +931,7 @@ subjects:
     wait_for_grant(cp, &ns, "verifier", "create", "jobs.batch");
     wait_for_grant(cp, &ns, "verifier", "list", "pods");
     let limited = client_for(&kubeconfig).await;
-    let _k = Kubelet::start(&admin, &ns, Play::Terminate(0, blocked()));
+    let kubelet = Kubelet::start(&admin, &ns, Play::Terminate(0, blocked()));
     let snap = snapshot(&admin, &[&ns]).await;
     let report = Verify::start(
         limited.clone(),
@@ -951,6 +951,9 @@ subjects:
         (1, 1)
     );
     assert!(report.errors.is_empty() && report.cleanup.errors.is_empty());
+    // The played kubelet stops here: it would otherwise also create a pod for the
+    // planted leftover below, racing plant's own pod of the same name (409 in CI).
+    drop(kubelet);
     // --clean with the same role.
     plant(
         &admin,
