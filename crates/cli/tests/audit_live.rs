@@ -9,10 +9,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use imdsguard_testkit::ControlPlane;
 use imdsguard_testkit::control_plane::repo_root;
+use imdsguard_testkit::{ControlPlane, Scratch};
 use serde_json::{Value, json};
 
 const IMDSGUARD: &str = env!("CARGO_BIN_EXE_imdsguard");
@@ -60,34 +59,13 @@ fn run(args: &[&str], envs: &[(&str, &Path)]) -> Run {
     }
 }
 
-/// A folder of a test's own, removed with everything in it when dropped (also when the
-/// test panics): the kubeconfigs written into it hold service-account tokens.
-struct Scratch(PathBuf);
-
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A fresh, empty folder of this test process, removed when the result is dropped.
+/// A fresh, empty folder of this test under the target dir, removed when dropped (the
+/// service-account kubeconfigs written into it hold tokens).
 fn scratch(name: &str) -> Scratch {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "audit-live-{name}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch folder");
-    Scratch(dir)
+    Scratch::new(
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        &format!("audit-live-{name}"),
+    )
 }
 
 /// Runs a live audit with `kubeconfig` and `extra` flags, JSON out.

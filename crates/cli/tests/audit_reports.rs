@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use imdsguard_testkit::ControlPlane;
 use imdsguard_testkit::control_plane::repo_root;
+use imdsguard_testkit::{ControlPlane, Scratch};
 use serde_json::Value;
 
 const EXAMPLE: &str = "examples/aks-imds";
@@ -28,30 +28,13 @@ const NAMESPACES: [&str; 6] = [
 /// A fixed time for the results, so that printed and applied objects compare equal.
 const EPOCH: &str = "1767225600";
 
-/// A folder of a test's own, removed with everything in it when dropped (also when the
-/// test panics): the service-account kubeconfigs written into it hold tokens.
-struct Scratch(PathBuf);
-
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A fresh, empty folder of this test process under the target dir, removed when dropped.
+/// A fresh, empty folder of this test under the target dir, removed when dropped (the
+/// service-account kubeconfigs written into it hold tokens).
 fn scratch(name: &str) -> Scratch {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("audit-reports-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch folder");
-    Scratch(dir)
+    Scratch::new(
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        &format!("audit-reports-{name}"),
+    )
 }
 
 struct Run {

@@ -14,7 +14,7 @@
 //! (`crates/cli/tests/verify_live.rs`) feeds the output of a real probe run.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -27,7 +27,7 @@ use imdsguard_kube::verify::{
     Status, Verify, VerifyConfig, VerifyReport, clean,
 };
 use imdsguard_kube::{Client, Config};
-use imdsguard_testkit::ControlPlane;
+use imdsguard_testkit::{ControlPlane, Scratch};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -37,30 +37,13 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-/// A folder of a test's own, removed with everything in it when dropped (also when the
-/// test panics): the service-account kubeconfigs written into it hold tokens.
-struct Scratch(PathBuf);
-
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A fresh, empty folder of this test process under the target dir, removed when dropped.
+/// A fresh, empty folder of this test under the target dir, removed when dropped (the
+/// service-account kubeconfigs written into it hold tokens).
 fn scratch(name: &str) -> Scratch {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("verify-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch folder");
-    Scratch(dir)
+    Scratch::new(
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        &format!("verify-{name}"),
+    )
 }
 
 async fn client_for(kubeconfig: &Path) -> Client {

@@ -14,6 +14,8 @@
 
 pub mod control_plane;
 pub use control_plane::ControlPlane;
+pub mod scratch;
+pub use scratch::Scratch;
 
 use std::path::Path;
 use std::process::{Command, Output};
