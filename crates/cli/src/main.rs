@@ -67,6 +67,9 @@ enum Command {
     /// Run the probe as a short-lived Job in every namespace and compare what it saw with
     /// what the audit predicts (the seed's validation step); deletes what it created.
     Verify(Box<verify_cmd::VerifyArgs>),
+    /// Print the MetadataAccessPolicy CustomResourceDefinition (imdsguard.io/v1alpha1) as
+    /// YAML, for `kubectl apply -f -` (the same as deploy/crds/).
+    Crd,
 }
 
 #[derive(Subcommand, Debug)]
@@ -128,6 +131,10 @@ fn main() -> ExitCode {
             command: PolicyCommand::Generate(args),
         } => policy_cmd::run(*args),
         Command::Verify(args) => verify_cmd::run(*args),
+        Command::Crd => {
+            print!("{}", imdsguard_kube::crd::crd_yaml());
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

@@ -496,6 +496,18 @@ impl AccessRules {
     pub fn parse(text: &str) -> Result<AccessRules, AccessError> {
         let raw: RawRules =
             serde_norway::from_str(text).map_err(|e| AccessError::Parse(e.to_string()))?;
+        AccessRules::from_raw(raw)
+    }
+
+    /// Reads rules already parsed as JSON (the `spec` of a `MetadataAccessPolicy`
+    /// object): the same fields and checks as [`AccessRules::parse`].
+    pub fn from_value(value: Value) -> Result<AccessRules, AccessError> {
+        let raw: RawRules =
+            serde_json::from_value(value).map_err(|e| AccessError::Parse(e.to_string()))?;
+        AccessRules::from_raw(raw)
+    }
+
+    fn from_raw(raw: RawRules) -> Result<AccessRules, AccessError> {
         let rules = raw
             .rules
             .into_iter()

@@ -24,6 +24,7 @@
 //! The agent (`imdsguard agent run --kubernetes`) composes these; see `docs/agent.md`.
 
 pub mod apply;
+pub mod crd;
 pub mod events;
 pub mod live;
 pub mod pod;
@@ -31,6 +32,7 @@ pub mod route;
 pub mod verify;
 pub mod watch;
 
+pub use crd::{MetadataAccessPolicy, MetadataAccessPolicySpec, MetadataAccessPolicyStatus};
 pub use events::{BlockedAccess, EventReporter, RateLimit};
 pub use kube::{Client, Config};
 pub use pod::pod_to_node_pod;
