@@ -28,7 +28,9 @@ pub mod crd;
 pub mod events;
 pub mod live;
 pub mod pod;
+pub mod policies;
 pub mod route;
+pub mod taint;
 pub mod verify;
 pub mod watch;
 
