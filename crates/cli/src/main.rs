@@ -6,6 +6,7 @@
 mod agent_cmd;
 mod audit_cmd;
 mod cloud_arg;
+mod controller_cmd;
 mod emulate_cmd;
 mod expected_arg;
 mod inputs;
@@ -70,6 +71,9 @@ enum Command {
     /// Print the MetadataAccessPolicy CustomResourceDefinition (imdsguard.io/v1alpha1) as
     /// YAML, for `kubectl apply -f -` (the same as deploy/crds/).
     Crd,
+    /// Keep the policies of the MetadataAccessPolicy objects in every namespace (leader
+    /// election on a Lease; /metrics, /healthz, /readyz).
+    Controller(Box<controller_cmd::ControllerArgs>),
 }
 
 #[derive(Subcommand, Debug)]
@@ -131,6 +135,7 @@ fn main() -> ExitCode {
             command: PolicyCommand::Generate(args),
         } => policy_cmd::run(*args),
         Command::Verify(args) => verify_cmd::run(*args),
+        Command::Controller(args) => controller_cmd::run(*args).map(|()| ExitCode::SUCCESS),
         Command::Crd => {
             print!("{}", imdsguard_kube::crd::crd_yaml());
             Ok(ExitCode::SUCCESS)

@@ -243,6 +243,31 @@ pub async fn read(
     })
 }
 
+/// The engine signals alone, without reading the cluster's objects: the resources
+/// served outside the core group (discovery) and the DaemonSets of every namespace by
+/// name, as [`read`] gathers them; what `imdsguard controller` decides its engine from
+/// (`core::engine_detect::decide`), as `audit` does.
+pub async fn engine_signals(conn: &Connection, page_size: u32) -> Result<EngineSignals, LiveError> {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    let discovery = discover(conn).await?;
+    let mut signals = EngineSignals {
+        crds: kinds::served_resources(&discovery),
+        ..EngineSignals::default()
+    };
+    drop(discovery);
+    let all: kube::Api<DaemonSet> = kube::Api::all(conn.client.clone());
+    match list_names(&all, page_size.max(1)).await {
+        Ok(names) => signals.daemonsets = names,
+        Err(e) => signals.notes.push(format!(
+            "DaemonSets could not be listed in every namespace ({}); engine detection saw none",
+            short(&e)
+        )),
+    }
+    signals.daemonsets.sort();
+    signals.daemonsets.dedup();
+    Ok(signals)
+}
+
 fn is_namespace(kind: &KindToRead) -> bool {
     kind.resource.group.is_empty() && kind.resource.kind == "Namespace"
 }

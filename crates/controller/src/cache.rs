@@ -1,0 +1,310 @@
+//! The controller's caches: kube-runtime watchers feeding reflector stores, each object
+//! trimmed to what the reconcile reads before it is stored (the memory goal: 10,000
+//! namespaces and 50,000 pods under 256 MiB).
+//!
+//! - `MetadataAccessPolicy`: whole, without managedFields and annotations;
+//! - Namespaces: metadata only (`metadata_watcher`): name, labels, deletionTimestamp;
+//! - Pods: [`SlimPod`], a type of its own that deserializes only labels, owners, the
+//!   service account, hostNetwork and the phase (serde skips the rest of the spec);
+//! - the policy kinds (NetworkPolicies, and the kinds of the chosen engine) as dynamic
+//!   objects: a user's keeps its spec and loses managedFields and annotations; a
+//!   labelled one keeps the names of its field managers (no `fieldsV1`) and the
+//!   `imdsguard.io/` annotations, which ownership and the comparison read.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use imdsguard_core::generate::MANAGED_BY_LABEL;
+use imdsguard_kube::MetadataAccessPolicy;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{ApiResource, DynamicObject, PartialObjectMeta};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+/// A Pod with only what the controller reads.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct SlimPod {
+    /// Name, namespace, labels, ownerReferences (the rest is cleared).
+    pub metadata: ObjectMeta,
+    /// The service account and hostNetwork.
+    #[serde(default)]
+    pub spec: SlimPodSpec,
+    /// The phase.
+    #[serde(default)]
+    pub status: SlimPodStatus,
+}
+
+/// What the controller reads of a pod's spec.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SlimPodSpec {
+    /// `spec.serviceAccountName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// The deprecated `spec.serviceAccount`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    /// `spec.hostNetwork`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_network: Option<bool>,
+}
+
+/// What the controller reads of a pod's status.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct SlimPodStatus {
+    /// `Pending`, `Running`, `Succeeded`, `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+}
+
+impl SlimPod {
+    /// Whether it has finished (`Succeeded`, `Failed`): it selects nothing and is left
+    /// out of the cluster.
+    pub fn finished(&self) -> bool {
+        matches!(self.status.phase.as_deref(), Some("Succeeded" | "Failed"))
+    }
+
+    /// Whether it runs (`Running`): what `selectedPods` counts.
+    pub fn running(&self) -> bool {
+        self.status.phase.as_deref() == Some("Running")
+    }
+
+    /// Its service account, as the API server defaults it.
+    pub fn service_account(&self) -> String {
+        imdsguard_core::model::PodTemplate::service_account_of(
+            self.spec.service_account_name.as_deref(),
+            self.spec.service_account.as_deref(),
+        )
+    }
+}
+
+impl Resource for SlimPod {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+    fn kind(_: &()) -> Cow<'_, str> {
+        "Pod".into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        "".into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        "pods".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// Clears what no reconcile reads from any object's metadata.
+fn trim_meta(m: &mut ObjectMeta) {
+    m.managed_fields = None;
+    m.annotations = None;
+    m.finalizers = None;
+    m.generate_name = None;
+    m.creation_timestamp = None;
+    m.deletion_grace_period_seconds = None;
+}
+
+fn trim_pod(p: &mut SlimPod) {
+    trim_meta(&mut p.metadata);
+    p.metadata.uid = None;
+    p.metadata.resource_version = None;
+    p.metadata.generation = None;
+    p.metadata.deletion_timestamp = None;
+    if let Some(owners) = p.metadata.owner_references.as_mut() {
+        owners.retain(|o| o.controller == Some(true));
+        for o in owners {
+            o.uid = String::new();
+            o.block_owner_deletion = None;
+        }
+    }
+}
+
+fn trim_namespace(n: &mut PartialObjectMeta<Namespace>) {
+    trim_meta(&mut n.metadata);
+    n.metadata.owner_references = None;
+    n.metadata.resource_version = None;
+}
+
+fn trim_policy_object(p: &mut MetadataAccessPolicy) {
+    trim_meta(&mut p.metadata);
+}
+
+/// A policy object: a user's keeps its spec only; a labelled one the names of its
+/// field managers and the `imdsguard.io/` annotations (ownership and comparison).
+pub(crate) fn trim_policy(o: &mut DynamicObject) {
+    let m = &mut o.metadata;
+    let labelled = m
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(MANAGED_BY_LABEL));
+    m.finalizers = None;
+    m.generate_name = None;
+    m.creation_timestamp = None;
+    m.owner_references = None;
+    if labelled {
+        if let Some(fields) = m.managed_fields.as_mut() {
+            for f in fields.iter_mut() {
+                f.fields_v1 = None;
+                f.time = None;
+            }
+        }
+        if let Some(a) = m.annotations.as_mut() {
+            a.retain(|k, _| k.starts_with("imdsguard.io/"));
+        }
+    } else {
+        m.managed_fields = None;
+        m.annotations = None;
+    }
+    if let Some(obj) = o.data.as_object_mut() {
+        obj.remove("status");
+    }
+}
+
+/// One dynamic kind the controller watches.
+#[derive(Clone)]
+pub struct PolicyKind {
+    /// Its API resource.
+    pub resource: ApiResource,
+    /// Whether it is namespaced.
+    pub namespaced: bool,
+    /// Its store.
+    pub store: Store<DynamicObject>,
+}
+
+/// The stores of every watch.
+#[derive(Clone)]
+pub struct Caches {
+    /// `MetadataAccessPolicy` objects.
+    pub policies: Store<MetadataAccessPolicy>,
+    /// Namespaces (metadata).
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// Pods (slim).
+    pub pods: Store<SlimPod>,
+    /// NetworkPolicies and the generated kinds of the engine (NetworkPolicy first).
+    pub kinds: Vec<PolicyKind>,
+}
+
+impl Caches {
+    /// Waits until every store holds its initial list.
+    pub async fn ready(&self) {
+        let _ = self.policies.wait_until_ready().await;
+        let _ = self.namespaces.wait_until_ready().await;
+        let _ = self.pods.wait_until_ready().await;
+        for k in &self.kinds {
+            let _ = k.store.wait_until_ready().await;
+        }
+    }
+}
+
+/// Spawns one watcher into a reflector store; every event wakes `changed`. Errors are
+/// retried with kube-runtime's default backoff (and logged).
+fn spawn<K>(
+    writer: reflector::store::Writer<K>,
+    stream: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    what: String,
+    changed: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()>
+where
+    K: Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    tokio::spawn(async move {
+        let stream = reflector::reflector(writer, stream.default_backoff());
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            tokio::select! {
+                _ = imdsguard_serve::stopped(&mut stop) => return,
+                ev = stream.next() => match ev {
+                    None => return,
+                    Some(Ok(_)) => changed.notify_one(),
+                    Some(Err(e)) => tracing::warn!(watch = %what, error = %e, "watch failed; retrying"),
+                },
+            }
+        }
+    })
+}
+
+/// Starts the watches; `kinds` are the policy kinds (apiVersion, kind, plural,
+/// namespaced) to watch besides NetworkPolicies.
+pub(crate) fn start(
+    client: &Client,
+    kinds: &[(ApiResource, bool)],
+    changed: Arc<Notify>,
+    stop: watch::Receiver<bool>,
+) -> (Caches, Vec<JoinHandle<()>>) {
+    let mut tasks = Vec::new();
+    let cfg = watcher::Config::default();
+
+    let (policies, w) = reflector::store();
+    let api: Api<MetadataAccessPolicy> = Api::all(client.clone());
+    tasks.push(spawn(
+        w,
+        watcher(api, cfg.clone()).modify(trim_policy_object),
+        "metadataaccesspolicies".into(),
+        changed.clone(),
+        stop.clone(),
+    ));
+
+    let (namespaces, w) = reflector::store();
+    let api: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
+    tasks.push(spawn(
+        w,
+        watcher(api, cfg.clone()).modify(trim_namespace),
+        "namespaces".into(),
+        changed.clone(),
+        stop.clone(),
+    ));
+
+    let (pods, w) = reflector::store();
+    let api: Api<SlimPod> = Api::all(client.clone());
+    tasks.push(spawn(
+        w,
+        watcher(api, cfg.clone()).modify(trim_pod),
+        "pods".into(),
+        changed.clone(),
+        stop.clone(),
+    ));
+
+    let mut out = Vec::new();
+    for (resource, namespaced) in kinds {
+        let w = reflector::store::Writer::new(resource.clone());
+        let store = w.as_reader();
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), resource);
+        tasks.push(spawn(
+            w,
+            watcher(api, cfg.clone()).modify(trim_policy),
+            resource.plural.clone(),
+            changed.clone(),
+            stop.clone(),
+        ));
+        out.push(PolicyKind {
+            resource: resource.clone(),
+            namespaced: *namespaced,
+            store,
+        });
+    }
+    (
+        Caches {
+            policies,
+            namespaces,
+            pods,
+            kinds: out,
+        },
+        tasks,
+    )
+}
