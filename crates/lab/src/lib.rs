@@ -19,24 +19,31 @@
 //! held by a child process that exits when the lab's pipe to it closes.
 
 mod bench;
+mod kubernetes;
 mod report;
 mod world;
 
 use std::time::Duration;
 
 pub use imdsguard_node::netns::Isolated;
+pub use kubernetes::{AuditTarget, KubernetesConfig, KubernetesResult};
 pub use report::{LabPod, LabReport, Phase, PhaseResult, Row};
 
 /// What a lab run does.
 #[derive(Debug, Clone)]
 pub struct LabConfig {
-    /// Phases to run, in order; empty is [`Phase::ALL`].
+    /// Phases to run, in order; empty is [`Phase::ALL`] ([`Phase::KUBERNETES`] with
+    /// [`LabConfig::kubernetes`]).
     pub phases: Vec<Phase>,
     /// The probe's TCP connect timeout (a dropped connection costs this much).
     pub connect_timeout: Duration,
     /// Also measure this many times how long an allow-set change takes to be effective
     /// (time from the change to the pod's first successful connection).
     pub bench_allow: u32,
+    /// `--kubernetes`: run the test control plane in the node's namespace, register the
+    /// node and its pods, and protect them with a `MetadataAccessPolicy`, the controller
+    /// and the agent (phases `before` and `controller`).
+    pub kubernetes: Option<KubernetesConfig>,
 }
 
 impl Default for LabConfig {
@@ -46,6 +53,7 @@ impl Default for LabConfig {
             phases: Vec::new(),
             connect_timeout: Duration::from_secs(1),
             bench_allow: 0,
+            kubernetes: None,
         }
     }
 }

@@ -11,6 +11,7 @@ use imdsguard_probe::{Class, Report, StepName};
 use serde::Serialize;
 
 use crate::bench::BenchResult;
+use crate::kubernetes::KubernetesResult;
 
 /// A phase of the lab.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -24,11 +25,17 @@ pub enum Phase {
     Observe,
     /// `proxy` mode: IMDS traffic redirected to the filtering proxy, the rest dropped.
     Proxy,
+    /// `--kubernetes`: a `MetadataAccessPolicy`, the controller's generated policies and
+    /// the agent (`--kubernetes`, block mode) following the object.
+    Controller,
 }
 
 impl Phase {
     /// The default phases.
     pub const ALL: [Phase; 4] = [Phase::Before, Phase::Block, Phase::Observe, Phase::Proxy];
+
+    /// The phases of `--kubernetes`.
+    pub const KUBERNETES: [Phase; 2] = [Phase::Before, Phase::Controller];
 
     /// `before`, `block`, ...
     pub fn as_str(self) -> &'static str {
@@ -37,6 +44,7 @@ impl Phase {
             Phase::Block => "block",
             Phase::Observe => "observe",
             Phase::Proxy => "proxy",
+            Phase::Controller => "controller",
         }
     }
 }
@@ -86,6 +94,10 @@ pub struct Row {
     /// How many times the pod was probed in this phase: more than 1 when a timeout made
     /// the row unexpected and it was probed again with a longer deadline.
     pub attempts: u32,
+    /// `--kubernetes`: a TCP connection to another pod (`web`'s 10.244.0.11:8080) was
+    /// answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_to_pod: Option<bool>,
 }
 
 /// How telling a class is when several steps are summed up (higher first).
@@ -135,6 +147,7 @@ impl Row {
             reached: report.summary.reachable.clone(),
             denied_by,
             attempts: 1,
+            pod_to_pod: None,
         }
     }
 }
@@ -164,6 +177,10 @@ pub struct LabReport {
     /// `--bench-allow`: allow-set change latencies.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bench: Option<BenchResult>,
+    /// `--kubernetes`: the API server, the registered objects, the read-back policies
+    /// and their audit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesResult>,
     /// Everything came out as expected.
     pub as_expected: bool,
 }
@@ -180,6 +197,12 @@ pub(crate) fn check(phase: Phase, info: &LabPod, row: &Row) -> Vec<String> {
     if !row.node_local_dns {
         out.push(format!(
             "{who}: node-local DNS (169.254.20.10:53/udp) did not answer"
+        ));
+    }
+    if row.pod_to_pod == Some(false) {
+        out.push(format!(
+            "{who}: pod-to-pod traffic (web's 10.244.0.11:8080) did not get through in phase {}",
+            phase.as_str()
         ));
     }
     let open = matches!(phase, Phase::Before | Phase::Observe) || info.allowlisted || who == "node";
@@ -264,19 +287,24 @@ impl LabReport {
                 phase.phase.as_str(),
                 phase.enforcement
             );
+            let pod_to_pod = phase.rows.iter().any(|r| r.pod_to_pod.is_some());
+            let mut header = vec![
+                "from",
+                "IMDS instance",
+                "IMDS token",
+                "WireServer :80",
+                "HostGAPlugin :32526",
+                "Azure DNS :53",
+                "node-local DNS",
+            ];
+            if pod_to_pod {
+                header.push("pod-to-pod");
+            }
+            header.push("verdict");
             let mut t = Table::new();
             t.load_preset(UTF8_FULL_CONDENSED)
                 .set_content_arrangement(ContentArrangement::Dynamic)
-                .set_header([
-                    "from",
-                    "IMDS instance",
-                    "IMDS token",
-                    "WireServer :80",
-                    "HostGAPlugin :32526",
-                    "Azure DNS :53",
-                    "node-local DNS",
-                    "verdict",
-                ]);
+                .set_header(header);
             for r in &phase.rows {
                 let imds = match &r.denied_by {
                     Some(rule) if r.imds == Class::BlockedByImdsguard => {
@@ -284,7 +312,7 @@ impl LabReport {
                     }
                     _ => r.imds.to_string(),
                 };
-                t.add_row(vec![
+                let mut cells = vec![
                     Cell::new(&r.pod),
                     Cell::new(imds),
                     Cell::new(r.token.to_string()),
@@ -292,12 +320,19 @@ impl LabReport {
                     Cell::new(r.hostgaplugin.to_string()),
                     Cell::new(mark(r.azure_dns)),
                     Cell::new(mark(r.node_local_dns)),
-                    Cell::new(if r.sensitive {
-                        "SENSITIVE"
-                    } else {
-                        "protected"
-                    }),
-                ]);
+                ];
+                if pod_to_pod {
+                    cells.push(Cell::new(match r.pod_to_pod {
+                        Some(ok) => mark(ok),
+                        None => "",
+                    }));
+                }
+                cells.push(Cell::new(if r.sensitive {
+                    "SENSITIVE"
+                } else {
+                    "protected"
+                }));
+                t.add_row(cells);
             }
             let _ = writeln!(out, "{t}");
             if !phase.counters.is_empty() {
@@ -353,6 +388,9 @@ impl LabReport {
         );
         if let Some(b) = &self.bench {
             let _ = writeln!(out, "\n{}", b.to_text());
+        }
+        if let Some(k) = &self.kubernetes {
+            let _ = writeln!(out, "\n{}", k.to_text());
         }
         let _ = writeln!(
             out,

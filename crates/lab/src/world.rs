@@ -1,7 +1,7 @@
 //! The inner run: the sandbox node, the emulator in the cloud namespace, DNS echoes, the
 //! filtering proxy on the node, then the phases.
 
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use imdsguard_core::target::Cloud;
 use imdsguard_emulator::{Config as VmConfig, Emulator, Options, Throttle};
 use imdsguard_node::netns::{Isolated, NetNamespace};
 use imdsguard_node::sandbox::{
-    self, Attach, NODE_ADDR, NODE_LOCAL_DNS, Sandbox, Services, lab_pods, udp_echo_check,
+    self, Attach, NODE_ADDR, NODE_LOCAL_DNS, Sandbox, Services, lab_pods, tcp_check, udp_echo_check,
 };
 use imdsguard_node::{Enforcer, Exec};
 use imdsguard_probe::{
@@ -22,6 +22,7 @@ use imdsguard_probe::{
 };
 use tokio::sync::oneshot;
 
+use crate::kubernetes::KubeLab;
 use crate::report::{LabPod, LabReport, Phase, PhaseResult, Row, check};
 use crate::{LabConfig, LabError};
 
@@ -200,7 +201,11 @@ fn timed_out(row: &Row) -> bool {
     [row.imds, row.token, row.wireserver, row.hostgaplugin].contains(&Class::BlockedTimeout)
         || !row.azure_dns
         || !row.node_local_dns
+        || row.pod_to_pod == Some(false)
 }
+
+/// Where `--kubernetes` checks pod-to-pod traffic: a TCP banner in pod `web`.
+const POD_TO_POD: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 11), 8080);
 
 /// The pods whose rows are not as expected in `phase` because something timed out.
 fn to_retry(phase: Phase, pods: &[LabPod], rows: &[Row]) -> Vec<String> {
@@ -221,8 +226,9 @@ fn probe_phase(
     pods: &[LabPod],
     phase: Phase,
     connect_timeout: Duration,
+    pod_to_pod: bool,
 ) -> Result<Vec<Row>, LabError> {
-    let mut rows = probe_all(sandbox, None, connect_timeout)?;
+    let mut rows = probe_all(sandbox, None, connect_timeout, pod_to_pod)?;
     let mut timeout = connect_timeout;
     for _ in 0..RETRIES {
         let again = to_retry(phase, pods, &rows);
@@ -230,7 +236,7 @@ fn probe_phase(
             break;
         }
         timeout *= 2;
-        for new in probe_all(sandbox, Some(&again), timeout)? {
+        for new in probe_all(sandbox, Some(&again), timeout, pod_to_pod)? {
             if let Some(row) = rows.iter_mut().find(|r| r.pod == new.pod) {
                 let attempts = row.attempts + 1;
                 *row = Row { attempts, ..new };
@@ -240,8 +246,9 @@ fn probe_phase(
     Ok(rows)
 }
 
-/// The probe and the DNS checks, from wherever the calling thread's namespace is.
-fn probe_here(pod: &str, config: &ProbeConfig) -> Row {
+/// The probe and the DNS checks (and pod-to-pod traffic when asked), from wherever the
+/// calling thread's namespace is.
+fn probe_here(pod: &str, config: &ProbeConfig, pod_to_pod: bool) -> Row {
     let report = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -252,7 +259,12 @@ fn probe_here(pod: &str, config: &ProbeConfig) -> Row {
     let wait = Duration::from_millis(500);
     let azure_dns = udp_echo_check(SocketAddr::new(WIRESERVER_ADDRESS.into(), 53), wait);
     let node_local_dns = udp_echo_check(SocketAddr::new(NODE_LOCAL_DNS.into(), 53), wait);
-    Row::new(pod, &report, azure_dns, node_local_dns)
+    let mut row = Row::new(pod, &report, azure_dns, node_local_dns);
+    if pod_to_pod {
+        let timeout = config.connect_timeout.max(Duration::from_millis(500));
+        row.pod_to_pod = Some(tcp_check(SocketAddr::V4(POD_TO_POD), timeout).connected());
+    }
+    row
 }
 
 /// Probes every pod and the node at once (`only`: just these).
@@ -260,18 +272,22 @@ fn probe_all(
     sandbox: &Sandbox,
     only: Option<&[String]>,
     connect_timeout: Duration,
+    pod_to_pod: bool,
 ) -> Result<Vec<Row>, LabError> {
     let wanted = |name: &str| only.is_none_or(|o| o.iter().any(|n| n == name));
     let mut handles = Vec::new();
     for pod in sandbox.pods().iter().filter(|p| wanted(p.name())) {
         let name = pod.name().to_owned();
         let config = probe_config(connect_timeout);
-        handles.push(pod.netns().spawn(move || probe_here(&name, &config)));
+        handles.push(
+            pod.netns()
+                .spawn(move || probe_here(&name, &config, pod_to_pod)),
+        );
     }
     if wanted("node") {
         let config = probe_config(connect_timeout);
         // The node itself: hostNetwork pods, the kubelet. imdsguard leaves it alone.
-        let node = std::thread::spawn(move || Ok(probe_here("node", &config)));
+        let node = std::thread::spawn(move || Ok(probe_here("node", &config, pod_to_pod)));
         handles.push(node);
     }
     let mut rows = Vec::new();
@@ -328,14 +344,38 @@ fn pod_infos(sandbox: &Sandbox, allowed: &[SourcePair], known: &[SourcePair]) ->
     out
 }
 
+/// `controller` runs only with `--kubernetes`, which runs only `before` and `controller`
+/// (the node's table is then the agent's).
+fn check_phases(phases: &[Phase], kubernetes: bool) -> Result<(), LabError> {
+    for p in phases {
+        let ok = match p {
+            Phase::Before => true,
+            Phase::Controller => kubernetes,
+            Phase::Block | Phase::Observe | Phase::Proxy => !kubernetes,
+        };
+        if !ok {
+            return Err(LabError::Lab(if kubernetes {
+                format!(
+                    "phase {} does not run with --kubernetes (its phases: before, controller)",
+                    p.as_str()
+                )
+            } else {
+                "phase controller needs --kubernetes".to_owned()
+            }));
+        }
+    }
+    Ok(())
+}
+
 /// Builds the lab, runs the phases and gives the report (`as_expected` says whether all
 /// came out as expected).
 pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, LabError> {
-    let phases: Vec<Phase> = if args.phases.is_empty() {
-        Phase::ALL.to_vec()
-    } else {
-        args.phases.clone()
+    let phases: Vec<Phase> = match (&args.kubernetes, args.phases.is_empty()) {
+        (Some(_), true) => Phase::KUBERNETES.to_vec(),
+        (None, true) => Phase::ALL.to_vec(),
+        (_, false) => args.phases.clone(),
     };
+    check_phases(&phases, args.kubernetes.is_some())?;
     let sandbox = Sandbox::build(isolated, &lab_pods())?;
     let _emulator = start_emulator(sandbox.cloud())?;
     let mut services = Services::new();
@@ -344,6 +384,15 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
         SocketAddr::new(WIRESERVER_ADDRESS.into(), 53),
     )?;
     services.udp_echo(None, SocketAddr::new(NODE_LOCAL_DNS.into(), 53))?;
+    let kube_mode = args.kubernetes.is_some();
+    if kube_mode {
+        let web = sandbox.pod("web").expect("the lab has a web pod");
+        services.tcp_banner(
+            Some(web.netns()),
+            SocketAddr::V4(POD_TO_POD),
+            "imdsguard-lab web",
+        )?;
+    }
     let _proxy = if phases.contains(&Phase::Proxy) {
         Some(start_proxy()?)
     } else {
@@ -369,6 +418,10 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
         .collect::<Result<_, _>>()
         .map_err(imdsguard_node::NodeError::from)?;
     let pods = pod_infos(&sandbox, &allowed, &known);
+    let mut kube = match &args.kubernetes {
+        Some(k) => Some(KubeLab::start(k, &sandbox)?),
+        None => None,
+    };
 
     let mut config = RulesetConfig::new(Mode::Block, &[Cloud::Azure]);
     config.proxy_v4 = Some(PROXY_LISTEN);
@@ -402,8 +455,12 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
                     ),
                 }
             }
+            Phase::Controller => kube
+                .as_mut()
+                .expect("checked: the controller phase runs with --kubernetes")
+                .protect(&allowed)?,
         };
-        let rows = probe_phase(&sandbox, &pods, *phase, args.connect_timeout)?;
+        let rows = probe_phase(&sandbox, &pods, *phase, args.connect_timeout, kube_mode)?;
         let counters = if *phase == Phase::Before {
             Vec::new()
         } else {
@@ -415,7 +472,8 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
                 unexpected.extend(check(*phase, info, row));
             }
         }
-        if *phase != Phase::Before && !enforcer.status()?.enforcing {
+        // The controller phase's table is the agent's (checked by its allow set).
+        if !matches!(phase, Phase::Before | Phase::Controller) && !enforcer.status()?.enforcing {
             unexpected.push("the nft table is not as installed".into());
         }
         results.push(PhaseResult {
@@ -426,6 +484,19 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
             unexpected,
         });
     }
+
+    // Read the policies back, then stop the agent, the controller and the control plane
+    // (before anything else touches the table the agent keeps).
+    let kubernetes = match kube.take() {
+        Some(k) if phases.contains(&Phase::Controller) => {
+            let result = k.read_back()?;
+            if let Some(p) = results.iter_mut().find(|p| p.phase == Phase::Controller) {
+                p.unexpected.extend(KubeLab::unexpected(&result));
+            }
+            Some(result)
+        }
+        _ => None,
+    };
 
     let bench = if args.bench_allow > 0 {
         let mut c = config.clone();
@@ -449,6 +520,7 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
         pods,
         phases: results,
         bench,
+        kubernetes,
         as_expected,
     };
     Ok(report)
@@ -497,6 +569,7 @@ mod tests {
             reached: Vec::new(),
             denied_by: None,
             attempts: 1,
+            pod_to_pod: None,
         };
         let pods = [
             pod("allowed", true),
@@ -524,6 +597,16 @@ mod tests {
             to_retry(Phase::Before, &pods, &rows),
             ["allowed", "web", "slow-dns"]
         );
+    }
+
+    #[test]
+    fn the_controller_phase_and_kubernetes_go_together() {
+        assert!(check_phases(&Phase::KUBERNETES, true).is_ok());
+        assert!(check_phases(&Phase::ALL, false).is_ok());
+        let e = check_phases(&[Phase::Controller], false).unwrap_err();
+        assert!(e.to_string().contains("needs --kubernetes"), "{e}");
+        let e = check_phases(&[Phase::Before, Phase::Block], true).unwrap_err();
+        assert!(e.to_string().contains("phase block"), "{e}");
     }
 
     #[test]
