@@ -66,6 +66,8 @@ use tokio::task::JoinHandle;
 
 pub use drops::{DropEvent, EventSink, LogSink};
 pub use imdsguard_core::pods::{NodePod, PodIndex};
+pub use imdsguard_kube::policies::PolicyState;
+pub use imdsguard_kube::taint::STARTUP_TAINT_KEY;
 
 /// The admin listen address when none is given.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9170";
@@ -85,7 +87,17 @@ pub struct AgentConfig {
     pub kubernetes: bool,
     /// With `kubernetes`: the name of this node.
     pub node_name: Option<String>,
+    /// With `kubernetes`: the kubeconfig to use (`None`: the in-cluster service account,
+    /// else `KUBECONFIG`, else `~/.kube/config`).
+    pub kubeconfig: Option<PathBuf>,
+    /// With `kubernetes`: remove the start-up taint [`STARTUP_TAINT_KEY`]`:NoSchedule`
+    /// from `node_name` once the table is in place, the node's pods listed and applied,
+    /// and the `MetadataAccessPolicy` objects answered (when watched).
+    pub remove_taint: bool,
     /// Proxy mode: the access rules (docs/proxy.md); reloaded on change and on request.
+    /// With `kubernetes` and no file, the rules are the `MetadataAccessPolicy` objects
+    /// (in every mode: in block mode the pods their subjects select are allowlisted);
+    /// with a file, no object is watched.
     pub rules: Option<PathBuf>,
     /// Proxy mode: where the proxy listens (`None`: the proxy address of `nft`).
     pub proxy_listen: Option<SocketAddr>,
@@ -111,6 +123,8 @@ impl AgentConfig {
             pods: None,
             kubernetes: false,
             node_name: None,
+            kubeconfig: None,
+            remove_taint: true,
             rules: None,
             proxy_listen: None,
             upstream: Upstream::default(),
@@ -141,6 +155,9 @@ pub enum AgentError {
     /// No Kubernetes client (`--kubernetes`).
     #[error(transparent)]
     Kube(#[from] imdsguard_kube::KubeError),
+    /// The kubeconfig given (`--kubeconfig`) could not be read or used.
+    #[error(transparent)]
+    Kubeconfig(#[from] imdsguard_kube::live::LiveError),
     /// An IO error.
     #[error("{what}: {source}")]
     Io {
@@ -162,6 +179,11 @@ struct AgentMetrics {
     allowed: Gauge,
     nft_packets: Family<Vec<(String, String)>, Gauge>,
     drops: Family<Vec<(String, String)>, Counter>,
+    policies_synced: Gauge,
+    policy_objects: Family<Vec<(String, String)>, Gauge>,
+    policy_rules: Gauge,
+    policy_refusals: Counter,
+    taint_handoff: Gauge,
 }
 
 impl AgentMetrics {
@@ -199,6 +221,31 @@ impl AgentMetrics {
             m.nft_packets.clone(),
         );
         r.register(
+            "agent_policies_synced",
+            "1 when the MetadataAccessPolicy objects are listed and in force (--kubernetes without --rules); 0 before the first list or when the CRD is not installed (nothing is allowlisted by them then)",
+            m.policies_synced.clone(),
+        );
+        r.register(
+            "agent_policy_objects",
+            "MetadataAccessPolicy objects listed, by state (accepted, refused: the core refused the rules, which add nothing)",
+            m.policy_objects.clone(),
+        );
+        r.register(
+            "agent_policy_rules",
+            "Access rules in force from MetadataAccessPolicy objects",
+            m.policy_rules.clone(),
+        );
+        r.register(
+            "agent_policy_refusals",
+            "MetadataAccessPolicy objects (each name and generation once) whose rules the core refused",
+            m.policy_refusals.clone(),
+        );
+        r.register(
+            "agent_startup_taint_handoff",
+            "1 once the start-up taint imdsguard.io/agent-not-ready:NoSchedule is off this node (removed by the agent, or absent)",
+            m.taint_handoff.clone(),
+        );
+        r.register(
             "agent_drops",
             "Packets to a protected endpoint dropped, by pod of the pod index (pod=\"unknown\" for other sources; a pod's labels leave 15 minutes after its last drop, and past 1000 pods further ones count as pod=\"other\")",
             m.drops.clone(),
@@ -226,6 +273,53 @@ struct Shared {
     kube_pods: Option<watch::Receiver<Option<Arc<imdsguard_kube::Snapshot>>>>,
     /// `--kubernetes`: the last snapshot was not applied; the next round tries again.
     kube_retry: AtomicBool,
+    /// `--kubernetes` without `--rules`: the `MetadataAccessPolicy` watch's states.
+    policies: Option<watch::Receiver<PolicyState>>,
+    /// The rules of the objects in force (`None`: none, before the first list or
+    /// without the CRD): block mode allowlists the pods their subjects select.
+    policy_rules: Mutex<Option<AccessRules>>,
+    /// The refused objects already reported (name, generation).
+    refused_seen: Mutex<std::collections::BTreeSet<(String, Option<i64>)>>,
+    /// The last policy state applied was not; the next round tries again.
+    policy_retry: AtomicBool,
+    /// Held while the allow set is computed and synced, so that a pods change and a
+    /// policies change never apply a stale copy of each other.
+    applying: Mutex<()>,
+    /// `--kubernetes`: a snapshot of the node's pods was applied.
+    kube_pods_applied: AtomicBool,
+    /// A policy state with an answer (synced, or no CRD) was applied.
+    policies_applied: AtomicBool,
+    /// Bumped after each of those, for the taint hand-off.
+    progress: watch::Sender<u64>,
+    /// The start-up taint hand-off, for `/readyz`.
+    taint: Mutex<TaintHandOff>,
+}
+
+/// Where the start-up taint hand-off stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaintHandOff {
+    /// Not asked for (no `--kubernetes`, or `--remove-taint=false`).
+    Off,
+    /// Waiting for the node's pods (and policies) to be applied.
+    Waiting,
+    /// The taint was removed.
+    Removed,
+    /// The node had no such taint.
+    Absent,
+    /// The last try failed (retried with backoff).
+    Failed(String),
+}
+
+impl std::fmt::Display for TaintHandOff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TaintHandOff::Off => write!(f, "not removed by the agent (off)"),
+            TaintHandOff::Waiting => write!(f, "waiting for the node's pods and policies"),
+            TaintHandOff::Removed => write!(f, "removed"),
+            TaintHandOff::Absent => write!(f, "absent"),
+            TaintHandOff::Failed(e) => write!(f, "not removed yet: {e}"),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -328,14 +422,161 @@ impl Shared {
         let result = self.apply_pods(kube::node_pods(&snapshot));
         self.metrics.record_reload("pods", result.is_ok());
         self.kube_retry.store(result.is_err(), Ordering::Relaxed);
-        if let Err(e) = result {
-            tracing::error!(error = %e, "the watched pods not applied; trying again at the next round");
+        match result {
+            Ok(()) => {
+                if !self.kube_pods_applied.swap(true, Ordering::Relaxed) {
+                    self.progress.send_modify(|n| *n += 1);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the watched pods not applied; trying again at the next round");
+            }
         }
+    }
+
+    /// The `MetadataAccessPolicy` watch's latest state: its rules to the proxy (proxy
+    /// mode) or the pods they select to the allow set (block and observe modes).
+    fn apply_policies(&self) {
+        let Some(rx) = &self.policies else { return };
+        let state = rx.borrow().clone();
+        self.record_policies(&state);
+        let result = {
+            let _applying = lock(&self.applying);
+            *lock(&self.policy_rules) = state.rules().cloned();
+            if self.mode == Mode::Proxy {
+                // Synced: the objects' rules; no CRD: none (every request denied).
+                // Before the first list the proxy keeps what it has (none at start).
+                let rules = match &state {
+                    PolicyState::Synced(p) => Some(p.rules.clone()),
+                    PolicyState::NotInstalled { .. } => Some(AccessRules::default()),
+                    PolicyState::Pending { .. } => None,
+                };
+                if let (Some(rules), Some(control)) = (rules, &*lock(&self.control)) {
+                    control.set_rules(rules);
+                }
+                Ok(())
+            } else {
+                let pods = lock(&self.pods).clone();
+                self.apply_pods_locked(pods)
+            }
+        };
+        self.metrics.record_reload("policies", result.is_ok());
+        self.policy_retry.store(result.is_err(), Ordering::Relaxed);
+        match result {
+            Ok(()) => {
+                if state.answered() && !self.policies_applied.swap(true, Ordering::Relaxed) {
+                    self.progress.send_modify(|n| *n += 1);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the MetadataAccessPolicy objects not applied; trying again at the next round");
+            }
+        }
+    }
+
+    /// The policies' metrics, and a log record per state change and per newly refused
+    /// object.
+    fn record_policies(&self, state: &PolicyState) {
+        self.own
+            .policies_synced
+            .set(i64::from(matches!(state, PolicyState::Synced(_))));
+        let label = |s: &str| vec![("state".to_owned(), s.to_owned())];
+        let (accepted, refused, rules) = match state {
+            PolicyState::Synced(p) => (
+                p.objects.len() - p.refused.len(),
+                p.refused.len(),
+                p.rules.len(),
+            ),
+            _ => (0, 0, 0),
+        };
+        self.own
+            .policy_objects
+            .get_or_create(&label("accepted"))
+            .set(accepted as i64);
+        self.own
+            .policy_objects
+            .get_or_create(&label("refused"))
+            .set(refused as i64);
+        self.own.policy_rules.set(rules as i64);
+        match state {
+            PolicyState::Synced(p) => {
+                tracing::info!(summary = %p.summary(), "MetadataAccessPolicy objects in force");
+                let mut seen = lock(&self.refused_seen);
+                let now: std::collections::BTreeSet<(String, Option<i64>)> = p
+                    .refused
+                    .iter()
+                    .map(|r| (r.name.clone(), r.generation))
+                    .collect();
+                for r in &p.refused {
+                    if !seen.contains(&(r.name.clone(), r.generation)) {
+                        self.own.policy_refusals.inc();
+                        tracing::error!(
+                            object = %r.name,
+                            generation = ?r.generation,
+                            error = %r.error,
+                            "MetadataAccessPolicy refused: its rules add nothing (the other objects still apply)"
+                        );
+                    }
+                }
+                *seen = now;
+            }
+            other => {
+                if let Err(why) = other.readiness() {
+                    tracing::warn!(state = %why, "MetadataAccessPolicy objects not in force");
+                }
+            }
+        }
+    }
+
+    /// What `/readyz` adds: the policies (when watched) must be in force.
+    fn policies_ready(&self) -> Result<(), String> {
+        match &self.policies {
+            Some(rx) => rx.borrow().readiness().map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// What `/readyz` says besides the proxy: the policies and the taint hand-off.
+    fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(rx) = &self.policies {
+            match rx.borrow().readiness() {
+                Ok(s) => parts.push(s),
+                Err(_) => parts.push("MetadataAccessPolicy objects not in force".to_owned()),
+            }
+        }
+        let taint = lock(&self.taint).clone();
+        if taint != TaintHandOff::Off {
+            parts.push(format!("node taint {STARTUP_TAINT_KEY}: {taint}"));
+        }
+        parts.join(", ")
+    }
+
+    /// Whether the start-up taint may go: the table is in place (the agent installed
+    /// it before anything else ran), the node's pods applied, the policies answered
+    /// and applied (when watched).
+    fn hand_off_ready(&self) -> bool {
+        self.kube_pods_applied.load(Ordering::Relaxed)
+            && (self.policies.is_none() || self.policies_applied.load(Ordering::Relaxed))
     }
 
     /// The node's pods: set elements and the proxy's pod index.
     fn apply_pods(&self, pods: PodIndex) -> Result<(), AgentError> {
-        let allowed = pods::allowed_pairs(&pods, &self.allow);
+        let _applying = lock(&self.applying);
+        self.apply_pods_locked(pods)
+    }
+
+    /// [`Shared::apply_pods`], `applying` held: the allow set is the `--allow` pairs and
+    /// (block and observe modes) the pairs of the pods the policies' subjects select.
+    fn apply_pods_locked(&self, pods: PodIndex) -> Result<(), AgentError> {
+        let mut allowed = pods::allowed_pairs(&pods, &self.allow);
+        if self.mode != Mode::Proxy
+            && let Some(rules) = &*lock(&self.policy_rules)
+        {
+            allowed.extend(pods::policy_pairs(&pods, rules));
+            allowed.sort();
+            allowed.dedup();
+        }
         let known = pods.known_pairs();
         pods::log_issues(&pods);
         let (n_allowed, n_known) = (allowed.len(), known.len());
@@ -348,7 +589,7 @@ impl Shared {
                 removed_known = changes.remove_known.len(),
                 added_allowed = changes.add_allowed.len(),
                 removed_allowed = changes.remove_allowed.len(),
-                "pods changed: set elements changed"
+                "pods or policies changed: set elements changed"
             );
         }
         *lock(&self.pods) = pods.clone();
@@ -428,6 +669,9 @@ impl Shared {
         if forced || self.kube_retry.load(Ordering::Relaxed) {
             self.apply_kube_pods();
         }
+        if forced || self.policy_retry.load(Ordering::Relaxed) {
+            self.apply_policies();
+        }
         self.read_counters();
         self.report_drops();
     }
@@ -446,6 +690,8 @@ pub struct Agent {
     reload: mpsc::UnboundedSender<()>,
     /// `--kubernetes`: the watch (dropping it stops it).
     pod_watch: Option<imdsguard_kube::PodWatch>,
+    /// `--kubernetes` without `--rules`: the `MetadataAccessPolicy` watch.
+    policy_watch: Option<imdsguard_kube::policies::PolicyWatch>,
 }
 
 impl Agent {
@@ -469,10 +715,17 @@ impl Agent {
                 "--kubernetes and --pods do not go together".into(),
             ));
         }
-        let client = if args.kubernetes {
-            Some(imdsguard_kube::default_client().await?)
-        } else {
-            None
+        let client = match (args.kubernetes, &args.kubeconfig) {
+            (true, Some(path)) => Some(
+                imdsguard_kube::live::connect(Some(path), None)
+                    .await?
+                    .client,
+            ),
+            (true, None) => Some(imdsguard_kube::default_client().await?),
+            (false, Some(_)) => {
+                return Err(AgentError::Usage("--kubeconfig needs --kubernetes".into()));
+            }
+            (false, None) => None,
         };
         Agent::start_inner(args, sinks, client).await
     }
@@ -494,13 +747,22 @@ impl Agent {
     ) -> Result<Agent, AgentError> {
         let config = args.nft.config()?;
         let mode = config.mode;
+        // With --kubernetes the rules are the MetadataAccessPolicy objects, unless a
+        // rules file is given (then no object is watched).
+        let watch_policies = client.is_some() && args.rules.is_none();
+        if client.is_some() && args.rules.is_some() {
+            tracing::info!(
+                "--rules FILE given with --kubernetes: the rules come from the file; MetadataAccessPolicy objects are not watched"
+            );
+        }
         let rules = match (&args.rules, mode) {
             (Some(path), Mode::Proxy) => {
                 Some(imdsguard_proxy::read_rules(path, args.allow_empty_rules)?)
             }
+            (None, Mode::Proxy) if watch_policies => None,
             (None, Mode::Proxy) => {
                 return Err(AgentError::Usage(
-                    "proxy mode needs --rules FILE (the proxy's access rules)".into(),
+                    "proxy mode needs --rules FILE (the proxy's access rules), or --kubernetes (MetadataAccessPolicy objects)".into(),
                 ));
             }
             (Some(_), _) => {
@@ -510,7 +772,9 @@ impl Agent {
             (None, _) => None,
         };
         let mut pod_watch = None;
+        let mut policy_watch = None;
         let mut pods_stamp = None;
+        let mut kube_client = None;
         let node_pods = match (&args.pods, client) {
             (Some(_), Some(_)) => {
                 return Err(AgentError::Usage(
@@ -535,7 +799,26 @@ impl Agent {
                     &node,
                     imdsguard_kube::InterfaceResolver::ip_route(),
                 );
-                let first = tokio::time::timeout(KUBE_INITIAL_LIST_TIMEOUT, w.initial()).await;
+                let mut pw = watch_policies
+                    .then(|| imdsguard_kube::policies::PolicyWatch::start(client.clone()));
+                // Both first lists at once, each waited for up to the same time.
+                let (first, _) = tokio::join!(
+                    tokio::time::timeout(KUBE_INITIAL_LIST_TIMEOUT, w.initial()),
+                    async {
+                        if let Some(pw) = pw.as_mut() {
+                            let _ = tokio::time::timeout(KUBE_INITIAL_LIST_TIMEOUT, pw.answered())
+                                .await;
+                        }
+                    }
+                );
+                if let Some(pw) = &pw
+                    && !pw.current().answered()
+                {
+                    tracing::warn!(
+                        "the MetadataAccessPolicy objects are not listed yet: nothing is allowlisted by them until they are"
+                    );
+                }
+                policy_watch = pw;
                 let pods = match first {
                     Ok(Some(snapshot)) => kube::node_pods(&snapshot),
                     _ => {
@@ -547,13 +830,14 @@ impl Agent {
                     }
                 };
                 let reporter = imdsguard_kube::EventReporter::start(
-                    client,
+                    client.clone(),
                     &node,
                     &kube::endpoint_names(&config),
                     imdsguard_kube::events::DEFAULT_PERIOD,
                 );
                 sinks.push(Arc::new(kube::KubeEventSink::new(reporter, w.subscribe())));
                 pod_watch = Some(w);
+                kube_client = Some((client, node));
                 pods
             }
             (None, None) => {
@@ -577,7 +861,18 @@ impl Agent {
             }
         };
         pods::log_issues(&node_pods);
-        let allowed = pods::allowed_pairs(&node_pods, &args.nft.allow);
+        let initial_policies = policy_watch
+            .as_ref()
+            .map(imdsguard_kube::policies::PolicyWatch::current);
+        let initial_rules = initial_policies.as_ref().and_then(|s| s.rules().cloned());
+        let mut allowed = pods::allowed_pairs(&node_pods, &args.nft.allow);
+        if mode != Mode::Proxy
+            && let Some(rules) = &initial_rules
+        {
+            allowed.extend(pods::policy_pairs(&node_pods, rules));
+            allowed.sort();
+            allowed.dedup();
+        }
         let known = node_pods.known_pairs();
         let metrics = Metrics::new();
         let own = AgentMetrics::register(&metrics);
@@ -593,6 +888,13 @@ impl Agent {
         }
         own.enforcing.set(1);
 
+        let kube_pods_applied = pod_watch.as_ref().is_some_and(|w| w.current().is_some());
+        let policies_applied = initial_policies.as_ref().is_some_and(PolicyState::answered);
+        let taint = if kube_client.is_some() && args.remove_taint {
+            TaintHandOff::Waiting
+        } else {
+            TaintHandOff::Off
+        };
         let shared = Arc::new(Shared {
             enforcer: Mutex::new(enforcer),
             mode,
@@ -609,10 +911,32 @@ impl Agent {
             sinks,
             kube_pods: pod_watch.as_ref().map(imdsguard_kube::PodWatch::subscribe),
             kube_retry: AtomicBool::new(false),
+            policies: policy_watch
+                .as_ref()
+                .map(imdsguard_kube::policies::PolicyWatch::subscribe),
+            policy_rules: Mutex::new(initial_rules.clone()),
+            refused_seen: Mutex::new(Default::default()),
+            policy_retry: AtomicBool::new(false),
+            applying: Mutex::new(()),
+            kube_pods_applied: AtomicBool::new(kube_pods_applied),
+            policies_applied: AtomicBool::new(policies_applied),
+            progress: watch::channel(0).0,
+            taint: Mutex::new(taint),
         });
+        if let Some(state) = &initial_policies {
+            shared.record_policies(state);
+        }
+        // The table's check and, when the objects are watched, the policies'.
         let nft_ready: imdsguard_proxy::ReadyCheck = {
             let shared = shared.clone();
-            Arc::new(move || shared.nft_ready())
+            Arc::new(move || {
+                let nft = shared.nft_ready();
+                match (nft, shared.policies_ready()) {
+                    (Ok(()), Ok(())) => Ok(()),
+                    (Err(a), Ok(())) | (Ok(()), Err(a)) => Err(a),
+                    (Err(a), Err(b)) => Err(format!("{a}; {b}")),
+                }
+            })
         };
 
         // The files followed: the pods file, and the rules file in proxy mode.
@@ -624,8 +948,17 @@ impl Agent {
             follower = follower.rules(path, Some(*stamp), args.allow_empty_rules);
         }
 
-        let proxy = match rules {
-            Some((rules, _)) => {
+        let proxy_rules = match (rules, &initial_policies) {
+            (Some((rules, _)), _) => Some(Some(rules)),
+            (None, Some(state)) if mode == Mode::Proxy => Some(match state {
+                PolicyState::Synced(p) => Some(p.rules.clone()),
+                PolicyState::NotInstalled { .. } => Some(AccessRules::default()),
+                PolicyState::Pending { .. } => None,
+            }),
+            (None, _) => None,
+        };
+        let proxy = match proxy_rules {
+            Some(rules) => {
                 let listen = match (args.proxy_listen, config.proxy_v4, config.proxy_v6) {
                     (Some(l), _, _) => l,
                     (None, Some(a), _) => SocketAddr::V4(a),
@@ -637,7 +970,7 @@ impl Agent {
                     }
                 };
                 let mut pc = ProxyConfig::new(listen, args.upstream.clone());
-                pc.rules = Some(rules);
+                pc.rules = rules;
                 pc.allow_empty_rules = args.allow_empty_rules;
                 pc.pods = node_pods.clone();
                 pc.metrics = Some(metrics.clone());
@@ -652,16 +985,22 @@ impl Agent {
             // Proxy mode: the rules too, and how many are loaded.
             Some(p) => {
                 let control = p.control();
+                let shared = shared.clone();
                 Arc::new(move || Readiness {
                     ready: control.readiness(),
-                    summary: control.summary(),
+                    summary: [control.summary(), shared.summary()]
+                        .into_iter()
+                        .filter(|s| !s.is_empty())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 })
             }
             None => {
                 let nft_ready = nft_ready.clone();
+                let shared = shared.clone();
                 Arc::new(move || Readiness {
                     ready: nft_ready(),
-                    summary: String::new(),
+                    summary: shared.summary(),
                 })
             }
         };
@@ -692,6 +1031,21 @@ impl Agent {
             tasks.push(tokio::spawn(follow_kube_pods(
                 shared.clone(),
                 rx,
+                stop_rx.clone(),
+            )));
+        }
+        if let Some(rx) = shared.policies.clone() {
+            tasks.push(tokio::spawn(follow_policies(
+                shared.clone(),
+                rx,
+                stop_rx.clone(),
+            )));
+        }
+        if let Some((client, node)) = kube_client.filter(|_| args.remove_taint) {
+            tasks.push(tokio::spawn(hand_off_taint(
+                shared.clone(),
+                client,
+                node,
                 stop_rx.clone(),
             )));
         }
@@ -746,6 +1100,7 @@ impl Agent {
             follower: Some(follower),
             reload,
             pod_watch,
+            policy_watch,
         })
     }
 
@@ -789,6 +1144,19 @@ impl Agent {
             .and_then(imdsguard_kube::PodWatch::current)
     }
 
+    /// `--kubernetes` without `--rules`: the `MetadataAccessPolicy` objects' state
+    /// (`None` when they are not watched).
+    pub fn policies(&self) -> Option<PolicyState> {
+        self.policy_watch
+            .as_ref()
+            .map(imdsguard_kube::policies::PolicyWatch::current)
+    }
+
+    /// Where the start-up taint hand-off stands.
+    pub fn taint(&self) -> TaintHandOff {
+        lock(&self.shared.taint).clone()
+    }
+
     /// Stops serving (admin, proxy, periodic task, reloader). The table stays.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
@@ -796,6 +1164,7 @@ impl Agent {
             f.abort();
         }
         self.pod_watch.take();
+        self.policy_watch.take();
         if let Some(p) = self.proxy.take() {
             p.shutdown().await;
         }
@@ -865,6 +1234,89 @@ async fn follow_kube_pods(
         }
         let s = shared.clone();
         let _ = tokio::task::spawn_blocking(move || s.apply_kube_pods()).await;
+    }
+}
+
+/// `--kubernetes` without `--rules`: applies each new state of the policies' watch as
+/// it comes (event-driven: within the watch's latency, not the check interval).
+async fn follow_policies(
+    shared: Arc<Shared>,
+    mut rx: watch::Receiver<PolicyState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // The state at start was applied by the start itself.
+    rx.mark_unchanged();
+    loop {
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = stop.changed() => return,
+        }
+        let s = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || s.apply_policies()).await;
+    }
+}
+
+/// The first and the longest pause between two tries of the taint's removal.
+const TAINT_RETRY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
+
+/// `--kubernetes`: once the table is in place and the node's pods (and the policies,
+/// when watched) are applied, removes the start-up taint from this node, retrying
+/// with backoff until it is gone (or absent); then ends.
+async fn hand_off_taint(
+    shared: Arc<Shared>,
+    client: imdsguard_kube::Client,
+    node: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut progress = shared.progress.subscribe();
+    while !shared.hand_off_ready() {
+        tokio::select! {
+            changed = progress.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = imdsguard_serve::stopped(&mut stop) => return,
+        }
+    }
+    let mut pause = TAINT_RETRY.0;
+    loop {
+        match imdsguard_kube::taint::remove_taint(&client, &node).await {
+            Ok(outcome) => {
+                let state = match outcome {
+                    imdsguard_kube::taint::TaintOutcome::Removed { removed, attempts } => {
+                        tracing::info!(
+                            node = %node,
+                            taint = STARTUP_TAINT_KEY,
+                            removed,
+                            attempts,
+                            "the table is in place: start-up taint removed from the node (pods may be scheduled here)"
+                        );
+                        TaintHandOff::Removed
+                    }
+                    imdsguard_kube::taint::TaintOutcome::Absent => {
+                        tracing::info!(node = %node, taint = STARTUP_TAINT_KEY, "the node has no start-up taint: nothing to remove");
+                        TaintHandOff::Absent
+                    }
+                };
+                *lock(&shared.taint) = state;
+                shared.own.taint_handoff.set(1);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(node = %node, error = %e, retry_in = ?pause, "could not remove the start-up taint");
+                *lock(&shared.taint) = TaintHandOff::Failed(e.to_string());
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            _ = imdsguard_serve::stopped(&mut stop) => return,
+        }
+        pause = (pause * 2).min(TAINT_RETRY.1);
     }
 }
 

@@ -13,6 +13,7 @@
 //! to the proxy but not to nft: in proxy mode its traffic is dropped (its address cannot
 //! be bound to an interface), which the agent logs.
 
+use imdsguard_core::access::{AccessRules, PodShapeRef};
 use imdsguard_core::nft::SourcePair;
 use imdsguard_core::pods::PodIndex;
 use imdsguard_node::AllowSpec;
@@ -32,6 +33,16 @@ pub fn allowed_pairs(pods: &PodIndex, specs: &[AllowSpec]) -> Vec<SourcePair> {
     out.sort();
     out.dedup();
     out
+}
+
+/// The pairs of the pods a policy rule's subjects select ([`AccessRules::expecting`]: the
+/// core's one reading of subjects, as the audit and the controller read them): expected
+/// to reach the endpoints, so allowlisted in block mode.
+pub fn policy_pairs(pods: &PodIndex, rules: &AccessRules) -> Vec<SourcePair> {
+    if rules.is_empty() {
+        return Vec::new();
+    }
+    pods.pairs_of(|p| !rules.expecting(&PodShapeRef::of(p)).is_empty())
 }
 
 /// Logs what the pod index left out (address conflicts, bad interfaces) and the pods
@@ -97,6 +108,35 @@ mod tests {
         );
         let wrapped = format!("pods:\n{}", FILE.replace("\n-", "\n  -"));
         assert_eq!(PodIndex::parse(&wrapped).unwrap().known_pairs().len(), 4);
+    }
+
+    #[test]
+    fn policy_subjects_select_pods_by_namespace_account_and_labels() {
+        let pods = PodIndex::parse(FILE).unwrap();
+        let rules = AccessRules::parse(
+            "rules:
+  - name: web
+    subjects: [{namespace: shop, podSelector: {matchLabels: {app: web}}}]
+    paths: [/metadata/instance/compute/location]
+  - name: batch
+    subjects: [{namespace: jobs, serviceAccount: default}]
+    paths: [/metadata/instance/compute/location]
+  - name: nobody
+    subjects: [{namespace: platform, serviceAccount: other}]
+    paths: [/metadata/instance/compute/location]
+",
+        )
+        .unwrap();
+        assert_eq!(
+            policy_pairs(&pods, &rules),
+            [
+                pair("azvweb", "10.244.0.11"),
+                pair("cbr0", "10.244.1.10"),
+                pair("cbr0", "fd00::10"),
+            ],
+            "shop/api has no interface; platform/allowed's account is not `other`"
+        );
+        assert!(policy_pairs(&pods, &AccessRules::default()).is_empty());
     }
 
     #[test]

@@ -124,7 +124,22 @@ pub(crate) struct RunArgs {
     #[arg(long, env = "NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
 
-    /// Proxy mode: the access rules (docs/proxy.md); reloaded on change and on SIGHUP
+    /// With --kubernetes: the kubeconfig file [default: the in-cluster service account,
+    /// else KUBECONFIG, else ~/.kube/config]
+    #[arg(long, value_name = "FILE", requires = "kubernetes")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// With --kubernetes: remove the start-up taint imdsguard.io/agent-not-ready:NoSchedule
+    /// from --node-name once the table is in place and the node's pods and the
+    /// MetadataAccessPolicy objects are applied (--remove-taint=false: leave it)
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub remove_taint: bool,
+
+    /// The access rules (docs/proxy.md), proxy mode; reloaded on change and on SIGHUP.
+    /// With --kubernetes and no --rules the rules are the MetadataAccessPolicy objects
+    /// (in block mode the pods they select are allowlisted); with --rules no object is
+    /// watched
     #[arg(long, value_name = "FILE")]
     pub rules: Option<PathBuf>,
 
@@ -172,6 +187,8 @@ impl RunArgs {
             pods: self.pods.clone(),
             kubernetes: self.kubernetes,
             node_name: self.node_name.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+            remove_taint: self.remove_taint,
             rules: self.rules.clone(),
             proxy_listen: self.proxy_listen,
             upstream: Upstream::parse(&self.upstream)?,
@@ -396,5 +413,29 @@ mod tests {
             assert!(parse(&["--kubernetes"]).is_err());
         }
         assert!(parse(&["--kubernetes", "--node-name", "n", "--pods", "p"]).is_err());
+        let c = k.config().unwrap();
+        assert!(c.kubernetes && c.remove_taint && c.kubeconfig.is_none());
+        let c = parse(&[
+            "--kubernetes",
+            "--node-name",
+            "n",
+            "--kubeconfig",
+            "/k",
+            "--remove-taint=false",
+        ])
+        .unwrap()
+        .config()
+        .unwrap();
+        assert_eq!(c.kubeconfig.as_deref(), Some(std::path::Path::new("/k")));
+        assert!(!c.remove_taint);
+        assert!(
+            parse(&["--kubernetes", "--node-name", "n", "--remove-taint"])
+                .unwrap()
+                .remove_taint
+        );
+        assert!(
+            parse(&["--kubeconfig", "/k"]).is_err(),
+            "needs --kubernetes"
+        );
     }
 }
