@@ -512,6 +512,25 @@ spec:
     )
 }
 
+/// Applies the committed MetadataAccessPolicy CRD and waits until it is served.
+fn install_crd(cp: &ControlPlane) {
+    let crd = std::fs::read_to_string(
+        imdsguard_testkit::control_plane::repo_root()
+            .join("deploy/crds/metadataaccesspolicies.imdsguard.io.yaml"),
+    )
+    .expect("the committed CRD reads");
+    cp.apply(&crd);
+    cp.kubectl_ok(
+        &[
+            "wait",
+            "--for=condition=established",
+            "--timeout=30s",
+            "crd/metadataaccesspolicies.imdsguard.io",
+        ],
+        None,
+    );
+}
+
 /// Writes the pod's status (Running, podIP) through the status subresource, as the
 /// kubelet would.
 fn set_pod_status(cp: &ControlPlane, namespace: &str, name: &str, ip: &str) {
@@ -553,6 +572,9 @@ fn kubernetes_mode_takes_the_pods_from_the_api_and_posts_events() {
         // test's network namespace (the node's): the shared one of the test run lives in
         // the machine's namespace, which this one cannot reach.
         let cp = ControlPlane::dedicated(test);
+        // The agent also watches MetadataAccessPolicy objects (none here): without the
+        // CRD /readyz would say it is not installed.
+        install_crd(&cp);
         let pods = [
             ("platform", "allowed", "10.244.0.10"),
             ("shop", "web", "10.244.0.11"),
@@ -916,5 +938,198 @@ fn a_fifo_or_an_empty_file_never_stalls_the_table_check_or_loosens_anything() {
         std::thread::sleep(Duration::from_millis(700));
         agent.signal(rustix::process::Signal::TERM);
         assert!(agent.wait(Duration::from_secs(10)).success());
+    });
+}
+
+/// The node's taints as `key=value:effect`.
+fn node_taints(cp: &ControlPlane, node: &str) -> Vec<String> {
+    let out = cp.kubectl_ok(&["get", "node", node, "-o", "json"], None);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["spec"]["taints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|t| {
+            format!(
+                "{}={}:{}",
+                t["key"].as_str().unwrap_or_default(),
+                t["value"].as_str().unwrap_or_default(),
+                t["effect"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+const STARTUP_TAINT: &str = "imdsguard.io/agent-not-ready=true:NoSchedule";
+
+/// A MetadataAccessPolicy whose one rule selects the pods labelled `imds: "yes"` in
+/// every namespace.
+const LABELLED: &str = "apiVersion: imdsguard.io/v1alpha1
+kind: MetadataAccessPolicy
+metadata: {name: labelled}
+spec:
+  rules:
+  - name: labelled
+    subjects: [{namespace: '*', podSelector: {matchLabels: {imds: 'yes'}}}]
+    paths: [/metadata/instance/compute/location]
+";
+
+#[test]
+#[ignore = "needs netns"]
+fn kubernetes_mode_follows_metadata_access_policies_and_hands_off_the_taint() {
+    let test = "kubernetes_mode_follows_metadata_access_policies_and_hands_off_the_taint";
+    isolated(test, || {
+        let w = World::new(test);
+        let cp = ControlPlane::dedicated(test);
+        install_crd(&cp);
+        // node-a registered with the start-up taint (and a taint of the pool's own);
+        // node-b too: only node-a's agent runs here.
+        for node in ["node-a", "node-b"] {
+            let n = serde_json::json!({
+                "apiVersion": "v1", "kind": "Node", "metadata": {"name": node},
+                "spec": {"taints": [
+                    {"key": "imdsguard.io/agent-not-ready", "value": "true", "effect": "NoSchedule"},
+                    {"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}
+                ]}
+            });
+            cp.kubectl_ok(&["create", "-f", "-"], Some(&n.to_string()));
+        }
+        let pods = [
+            ("platform", "allowed", "10.244.0.10"),
+            ("shop", "web", "10.244.0.11"),
+            ("jobs", "batch", "10.244.1.10"),
+        ];
+        let mut manifests = String::new();
+        for (ns, name, _) in pods {
+            cp.kubectl_ok(&["create", "namespace", ns], None);
+            manifests += &api_pod(ns, name, "node-a");
+        }
+        cp.apply(&manifests);
+        for (ns, name, ip) in pods {
+            set_pod_status(&cp, ns, name, ip);
+        }
+        // A policy already there at start, selecting `allowed` by namespace.
+        cp.apply(
+            "apiVersion: imdsguard.io/v1alpha1
+kind: MetadataAccessPolicy
+metadata: {name: platform}
+spec:
+  rules:
+  - name: all
+    subjects: [{namespace: platform}]
+    paths: [/metadata/instance]
+",
+        );
+        // A long check interval: every change below is applied by the watches' events,
+        // not by the periodic round.
+        let agent = AgentProc::start(&[
+            "--mode",
+            "block",
+            "--kubernetes",
+            "--node-name",
+            "node-a",
+            "--kubeconfig",
+            cp.kubeconfig().to_str().unwrap(),
+            "--check-interval",
+            "10m",
+        ]);
+        // The table went in with the policy's pod allowlisted, then the taint went.
+        assert_eq!(table().allowed, [pair("azvallowed", [10, 244, 0, 10])]);
+        assert!(
+            eventually(Duration::from_secs(10), || !node_taints(&cp, "node-a")
+                .contains(&STARTUP_TAINT.to_owned())),
+            "the start-up taint is still on node-a: {:?}",
+            node_taints(&cp, "node-a")
+        );
+        let taints = node_taints(&cp, "node-a");
+        assert!(
+            taints.contains(&"dedicated=gpu:NoSchedule".to_owned()),
+            "{taints:?}"
+        );
+        let other = node_taints(&cp, "node-b");
+        assert!(
+            other.contains(&STARTUP_TAINT.to_owned()),
+            "node-b is not this agent's: {other:?}"
+        );
+        assert!(eventually(Duration::from_secs(5), || {
+            agent.metric("imdsguard_agent_startup_taint_handoff") == Some(1.0)
+        }));
+        let (status, body) = agent.get("/readyz");
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains("1 MetadataAccessPolicy objects (0 refused), 1 rules"),
+            "{body}"
+        );
+        assert!(
+            body.contains("node taint imdsguard.io/agent-not-ready: removed"),
+            "{body}"
+        );
+        assert_eq!(agent.metric("imdsguard_agent_policies_synced"), Some(1.0));
+        assert!(w.reach("allowed").connected());
+        assert_eq!(w.reach("web"), Reach::Timeout);
+
+        // A policy selecting labelled pods: none yet, so nothing more is allowlisted.
+        cp.apply(LABELLED);
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(table().allowed, [pair("azvallowed", [10, 244, 0, 10])]);
+        // web gains the label: allowlisted within 1 s.
+        cp.kubectl_ok(&["label", "pod", "web", "-n", "shop", "imds=yes"], None);
+        let web = pair("azvweb", [10, 244, 0, 11]);
+        assert!(
+            eventually(Duration::from_secs(1), || table().allowed.contains(&web)),
+            "web labelled: not allowlisted within 1 s: {:?}",
+            table().allowed
+        );
+        assert!(w.reach("web").connected(), "web reaches IMDS");
+        assert_eq!(w.reach("batch"), Reach::Timeout);
+
+        // The policy deleted: web is blocked again within 1 s; `allowed` stays.
+        cp.kubectl_ok(&["delete", "metadataaccesspolicy", "labelled"], None);
+        assert!(
+            eventually(Duration::from_secs(1), || !table().allowed.contains(&web)),
+            "policy deleted: web still allowlisted after 1 s"
+        );
+        assert_eq!(w.reach("web"), Reach::Timeout);
+        assert!(w.reach("allowed").connected());
+
+        // Created again (web still labelled): allowlisted within 1 s.
+        cp.apply(LABELLED);
+        assert!(
+            eventually(Duration::from_secs(1), || table().allowed.contains(&web)),
+            "policy created: web not allowlisted within 1 s"
+        );
+        cp.kubectl_ok(&["delete", "metadataaccesspolicy", "labelled"], None);
+        assert!(eventually(Duration::from_secs(1), || !table()
+            .allowed
+            .contains(&web)));
+
+        // An object the core refuses (a path that is not IMDS's) selecting every pod:
+        // logged, counted, and it allowlists nothing.
+        cp.apply(
+            "apiVersion: imdsguard.io/v1alpha1
+kind: MetadataAccessPolicy
+metadata: {name: careless}
+spec:
+  rules:
+  - name: everyone
+    subjects: [{namespace: '*'}]
+    paths: [/not/imds]
+",
+        );
+        assert!(
+            eventually(Duration::from_secs(2), || {
+                agent.metric(r#"imdsguard_agent_policy_objects{state="refused"}"#) == Some(1.0)
+            }),
+            "{}",
+            agent.get("/metrics").1
+        );
+        assert_eq!(
+            agent.metric("imdsguard_agent_policy_refusals_total"),
+            Some(1.0)
+        );
+        assert_eq!(table().allowed, [pair("azvallowed", [10, 244, 0, 10])]);
+        assert_eq!(w.reach("web"), Reach::Timeout);
+        assert_eq!(w.reach("batch"), Reach::Timeout);
     });
 }
