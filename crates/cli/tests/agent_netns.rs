@@ -575,6 +575,14 @@ fn kubernetes_mode_takes_the_pods_from_the_api_and_posts_events() {
         // The agent also watches MetadataAccessPolicy objects (none here): without the
         // CRD /readyz would say it is not installed.
         install_crd(&cp);
+        // node-a has the start-up taint, which this agent is told to leave.
+        let node = serde_json::json!({
+            "apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
+            "spec": {"taints": [
+                {"key": "imdsguard.io/agent-not-ready", "value": "true", "effect": "NoSchedule"}
+            ]}
+        });
+        cp.kubectl_ok(&["create", "-f", "-"], Some(&node.to_string()));
         let pods = [
             ("platform", "allowed", "10.244.0.10"),
             ("shop", "web", "10.244.0.11"),
@@ -620,6 +628,7 @@ fn kubernetes_mode_takes_the_pods_from_the_api_and_posts_events() {
                 "platform/allowed",
                 "--check-interval",
                 "1s",
+                "--remove-taint=false",
             ],
             &[("KUBECONFIG", cp.kubeconfig().to_str().unwrap())],
         );
@@ -685,6 +694,16 @@ fn kubernetes_mode_takes_the_pods_from_the_api_and_posts_events() {
             !table().known.contains(&pair("azvweb", [10, 244, 0, 11]))
         }));
         assert_eq!(table().known.len(), 2);
+
+        // --remove-taint=false: the taint stays, and /readyz does not speak of it.
+        assert!(node_taints(&cp, "node-a").contains(&STARTUP_TAINT.to_owned()));
+        let (status, body) = agent.get("/readyz");
+        assert_eq!(status, 200, "{body}");
+        assert!(!body.contains("taint"), "{body}");
+        assert_eq!(
+            agent.metric("imdsguard_agent_startup_taint_handoff"),
+            Some(0.0)
+        );
 
         agent.signal(rustix::process::Signal::TERM);
         assert!(agent.wait(Duration::from_secs(10)).success());
@@ -1131,5 +1150,87 @@ spec:
         assert_eq!(table().allowed, [pair("azvallowed", [10, 244, 0, 10])]);
         assert_eq!(w.reach("web"), Reach::Timeout);
         assert_eq!(w.reach("batch"), Reach::Timeout);
+    });
+}
+
+#[test]
+#[ignore = "needs netns"]
+fn kubernetes_proxy_mode_takes_its_rules_from_metadata_access_policies() {
+    let test = "kubernetes_proxy_mode_takes_its_rules_from_metadata_access_policies";
+    isolated(test, || {
+        let w = World::new(test);
+        let cp = ControlPlane::dedicated(test);
+        install_crd(&cp);
+        let pods = [
+            ("platform", "allowed", "10.244.0.10"),
+            ("shop", "web", "10.244.0.11"),
+        ];
+        let mut manifests = String::new();
+        for (ns, name, _) in pods {
+            cp.kubectl_ok(&["create", "namespace", ns], None);
+            manifests += &api_pod(ns, name, "node-a");
+        }
+        cp.apply(&manifests);
+        for (ns, name, ip) in pods {
+            set_pod_status(&cp, ns, name, ip);
+        }
+        let proxy = SocketAddr::new(IpAddr::V4(sandbox::NODE_ADDR), 8169).to_string();
+        let agent = AgentProc::start(&[
+            "--mode",
+            "proxy",
+            "--proxy-address",
+            &proxy,
+            "--kubernetes",
+            "--node-name",
+            "node-a",
+            "--kubeconfig",
+            cp.kubeconfig().to_str().unwrap(),
+            "--allow-empty-rules",
+            "--check-interval",
+            "10m",
+        ]);
+        // No object yet: the proxy denies everything (ready: empty rules were allowed).
+        let (status, body) = agent.get("/readyz");
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("0 access rules"), "{body}");
+        let location = "/metadata/instance/compute/location?api-version=2021-02-01&format=text";
+        assert_eq!(w.imds("web", location).map(|r| r.0), Some(403));
+
+        // An object: its rule is the proxy's within 1 s.
+        cp.apply(&format!(
+            "apiVersion: imdsguard.io/v1alpha1
+kind: MetadataAccessPolicy
+metadata: {{name: shop}}
+spec:
+  rules:
+  - name: location
+    subjects: [{{namespace: shop}}]
+    paths: [/metadata/instance/compute/location]
+"
+        ));
+        assert!(
+            eventually(Duration::from_secs(1), || agent
+                .get("/readyz")
+                .1
+                .contains("1 access rules")),
+            "{:?}",
+            agent.get("/readyz")
+        );
+        let (status, body) = w.imds("web", location).expect("web reaches the proxy");
+        assert_eq!(status, 200, "{body}");
+        // Not for the instance document, nor for another namespace's pod; and no pod is
+        // allowlisted past the proxy in proxy mode.
+        let instance = "/metadata/instance?api-version=2021-02-01";
+        assert_eq!(w.imds("web", instance).map(|r| r.0), Some(403));
+        assert_eq!(w.imds("allowed", location).map(|r| r.0), Some(403));
+        assert!(table().allowed.is_empty());
+
+        // Deleted: denied again within 1 s.
+        cp.kubectl_ok(&["delete", "metadataaccesspolicy", "shop"], None);
+        assert!(eventually(Duration::from_secs(1), || agent
+            .get("/readyz")
+            .1
+            .contains("0 access rules")));
+        assert_eq!(w.imds("web", location).map(|r| r.0), Some(403));
     });
 }
