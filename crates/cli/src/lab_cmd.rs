@@ -13,7 +13,9 @@ use rustix::process::{Pid, Signal};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use imdsguard_lab::{LabConfig, LabError, Phase};
+use std::path::{Path, PathBuf};
+
+use imdsguard_lab::{KubernetesConfig, LabConfig, LabError, Phase};
 use imdsguard_node::netns::{Isolated, current_netns};
 use imdsguard_node::{package_of, which};
 
@@ -40,6 +42,9 @@ pub(crate) enum PhaseArg {
     Observe,
     /// `proxy` mode: IMDS traffic redirected to the filtering proxy, the rest dropped.
     Proxy,
+    /// With --kubernetes: a MetadataAccessPolicy, `imdsguard controller` and `imdsguard
+    /// agent run --kubernetes` (block mode).
+    Controller,
 }
 
 impl From<PhaseArg> for Phase {
@@ -49,6 +54,7 @@ impl From<PhaseArg> for Phase {
             PhaseArg::Block => Phase::Block,
             PhaseArg::Observe => Phase::Observe,
             PhaseArg::Proxy => Phase::Proxy,
+            PhaseArg::Controller => Phase::Controller,
         }
     }
 }
@@ -65,7 +71,8 @@ impl From<PhaseArg> for Phase {
 /// SIGTERM (it cleans up first).
 #[derive(Debug, Clone, Args)]
 pub(crate) struct LabArgs {
-    /// Phases to run, in order (repeatable) [default: before block observe proxy]
+    /// Phases to run, in order (repeatable) [default: before block observe proxy; with
+    /// --kubernetes: before controller]
     #[arg(long = "phase", value_enum)]
     pub phases: Vec<PhaseArg>,
 
@@ -81,16 +88,58 @@ pub(crate) struct LabArgs {
     /// from the change to the pod's first successful connection)
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub bench_allow: u32,
+
+    /// The story on Kubernetes: start the test control plane (etcd, kube-apiserver) in
+    /// the lab's node namespace, register the node and its pods as the kubelet would,
+    /// then protect them with a MetadataAccessPolicy kept by `imdsguard controller` and
+    /// enforced by `imdsguard agent run --kubernetes` (phases before, controller). Needs
+    /// the control plane's binaries: `scripts/control-plane.sh build` (Go)
+    #[arg(long)]
+    pub kubernetes: bool,
+
+    /// With --kubernetes: the test control plane's script
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "IMDSGUARD_CONTROL_PLANE_SCRIPT",
+        default_value = "scripts/control-plane.sh",
+        requires = "kubernetes"
+    )]
+    pub control_plane_script: PathBuf,
+
+    /// With --kubernetes: also write the objects read back from the API server
+    /// (namespaces.yaml, pods.yaml, networkpolicies.yaml) into DIR, for other analyzers
+    #[arg(long, value_name = "DIR", requires = "kubernetes")]
+    pub dump_policies: Option<PathBuf>,
 }
 
 impl LabArgs {
     /// The lab's configuration these flags stand for.
-    pub(crate) fn config(&self) -> LabConfig {
-        LabConfig {
+    pub(crate) fn config(&self) -> Result<LabConfig, LabError> {
+        let kubernetes = if self.kubernetes {
+            let absolute = |p: &Path| -> Result<PathBuf, LabError> {
+                std::path::absolute(p).map_err(|e| LabError::Io {
+                    what: format!("resolving {}", p.display()),
+                    source: e,
+                })
+            };
+            Some(KubernetesConfig {
+                control_plane_script: absolute(&self.control_plane_script)?,
+                imdsguard: std::env::current_exe().map_err(|e| LabError::Io {
+                    what: "finding this program".into(),
+                    source: e,
+                })?,
+                dump_policies: self.dump_policies.as_deref().map(absolute).transpose()?,
+            })
+        } else {
+            None
+        };
+        Ok(LabConfig {
             phases: self.phases.iter().map(|p| (*p).into()).collect(),
             connect_timeout: self.connect_timeout,
             bench_allow: self.bench_allow,
-        }
+            kubernetes,
+        })
     }
 }
 
@@ -119,7 +168,18 @@ impl From<LabExit> for std::process::ExitCode {
 /// the node there, probes every pod in each phase and prints the matrix to standard
 /// output.
 pub(crate) fn run(args: LabArgs) -> Result<LabExit, LabError> {
-    if is_inner() { inner(args) } else { outer() }
+    if is_inner() {
+        return inner(args);
+    }
+    if args.kubernetes && !args.control_plane_script.is_file() {
+        return Err(LabError::Missing(format!(
+            "the test control plane's script {} with --kubernetes: run the lab from the repository's root, \
+             or pass --control-plane-script PATH (or IMDSGUARD_CONTROL_PLANE_SCRIPT); \
+             its binaries are built once with `scripts/control-plane.sh build` (Go)",
+            args.control_plane_script.display()
+        )));
+    }
+    outer()
 }
 
 /// Set (to `inner`) in the environment of the re-executed lab.
@@ -317,7 +377,7 @@ fn inner(args: LabArgs) -> Result<LabExit, LabError> {
     exit_on_interrupt();
     let parent = std::env::var(PARENT_ENV).ok();
     let isolated = Isolated::check(parent.as_deref())?;
-    let report = imdsguard_lab::run(&isolated, &args.config())?;
+    let report = imdsguard_lab::run(&isolated, &args.config()?)?;
     let text = match args.format {
         Format::Text => report.to_text(),
         Format::Json => report.to_json(),

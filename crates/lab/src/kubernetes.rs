@@ -142,7 +142,7 @@ pub struct AuditTarget {
     pub target: String,
     /// The workloads (`namespace/name[Kind]`) the read-back policies let reach it.
     pub reachable: Vec<String>,
-    /// The workloads the rules expect to reach it.
+    /// The workloads the rules expect to reach it (IMDS only: the rules speak of IMDS).
     pub expected: Vec<String>,
 }
 
@@ -641,7 +641,7 @@ impl KubeLab {
                 expected: report
                     .workloads
                     .iter()
-                    .filter(|w| w.expected)
+                    .filter(|w| w.verdicts.get(i).is_some_and(|v| v.expected))
                     .map(|w| w.id())
                     .collect(),
             })
@@ -729,9 +729,15 @@ pub(crate) fn policy_yaml() -> String {
 
 /// `imdsguard controller`: NetworkPolicies (the one kind both analyzers read).
 fn controller_args() -> Vec<String> {
-    ["controller", "--engine", "networkpolicy"]
-        .map(String::from)
-        .to_vec()
+    [
+        "controller",
+        "--engine",
+        "networkpolicy",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// `imdsguard agent run --kubernetes` on the lab node, block mode, its admin listener on
