@@ -1197,17 +1197,17 @@ fn kubernetes_proxy_mode_takes_its_rules_from_metadata_access_policies() {
         assert_eq!(w.imds("web", location).map(|r| r.0), Some(403));
 
         // An object: its rule is the proxy's within 1 s.
-        cp.apply(&format!(
+        cp.apply(
             "apiVersion: imdsguard.io/v1alpha1
 kind: MetadataAccessPolicy
-metadata: {{name: shop}}
+metadata: {name: shop}
 spec:
   rules:
   - name: location
-    subjects: [{{namespace: shop}}]
+    subjects: [{namespace: shop}]
     paths: [/metadata/instance/compute/location]
-"
-        ));
+",
+        );
         assert!(
             eventually(Duration::from_secs(1), || agent
                 .get("/readyz")
