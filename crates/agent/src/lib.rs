@@ -11,7 +11,12 @@
 //!   with `--allow NAMESPACE/NAME`, allowlisted pairs; the proxy gets its pod index;
 //! - or, with `--kubernetes` ([`kube`]), a watch of the pods scheduled on `--node-name`
 //!   gives the same (interfaces from `ip route get`), applied on every change, and drop
-//!   events also become Kubernetes `Warning` Events on the pods;
+//!   events also become Kubernetes `Warning` Events on the pods; without `--rules`, the
+//!   `MetadataAccessPolicy` objects ([`imdsguard_kube::policies`]) are the rules, applied
+//!   on each watch event: the proxy's rules in proxy mode, else the node's pods their
+//!   subjects select are allowlisted beside `--allow` (nothing before the first list or
+//!   without the CRD); and once the table and the first lists are applied the start-up
+//!   taint [`STARTUP_TAINT_KEY`]`:NoSchedule` leaves the node ([`imdsguard_kube::taint`]);
 //! - every check interval (and on each reload request, SIGHUP for `imdsguard agent run`) it compares the listed table with the one
 //!   it builds by content (rules in order, set elements, mode), re-applying the whole
 //!   table in one transaction on any difference (logged, counted in
