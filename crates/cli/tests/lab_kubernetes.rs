@@ -466,3 +466,105 @@ fn the_lab_needs_its_control_plane_script_with_kubernetes() {
         "{stderr}"
     );
 }
+
+/// Set in the signal test's lab's environment, which every process it starts inherits
+/// (the agent, the controller, etcd, kube-apiserver, the control plane's watchdog): how
+/// they are found.
+const MARK: &str = "IMDSGUARD_LAB_KUBERNETES_TEST_MARK";
+const INNER: &str = "IMDSGUARD_LAB_KUBERNETES_TEST_INNER";
+
+/// The processes whose environment holds `MARK=mark`: (pid, command line).
+fn marked(mark: &str) -> Vec<(String, String)> {
+    let needle = format!("{MARK}={mark}\0").into_bytes();
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let is_marked = std::fs::read(format!("/proc/{pid}/environ"))
+            .is_ok_and(|env| env.windows(needle.len()).any(|w| w == needle.as_slice()));
+        if is_marked {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            out.push((pid, cmdline));
+        }
+    }
+    out
+}
+
+#[test]
+#[ignore = "needs netns"]
+fn sigterm_during_the_controller_phase_stops_everything_the_lab_started() {
+    let test = "sigterm_during_the_controller_phase_stops_everything_the_lab_started";
+    imdsguard_testkit::isolated_test(test, INNER, &TOOLS, || {
+        use std::time::{Duration, Instant};
+        let script = repo_root().join("scripts/control-plane.sh");
+        let mark = format!("{}", std::process::id());
+        let mut lab = Command::new(BIN)
+            .args(["lab", "--kubernetes", "--control-plane-script"])
+            .arg(&script)
+            .env(MARK, &mark)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Until the agent runs (the controller phase), with the control plane up.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut folder = None;
+        loop {
+            assert!(lab.try_wait().unwrap().is_none(), "the lab ended first");
+            assert!(Instant::now() < deadline, "the lab never started its agent");
+            let procs = marked(&mark);
+            folder = folder.or_else(|| {
+                procs.iter().find_map(|(_, c)| {
+                    c.split_whitespace()
+                        .skip_while(|a| *a != "--data-dir")
+                        .nth(1)
+                        .and_then(|d| d.strip_suffix("/etcd-data"))
+                        .map(std::path::PathBuf::from)
+                })
+            });
+            let agent = procs
+                .iter()
+                .any(|(_, c)| c.contains(" agent run --kubernetes"));
+            let controller = procs
+                .iter()
+                .any(|(_, c)| c.contains(" controller --engine"));
+            if agent && controller && folder.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let folder = folder.unwrap();
+        assert!(folder.is_dir(), "{}", folder.display());
+        let pid = rustix::process::Pid::from_child(&lab);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let stopped = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(s) = lab.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < stopped, "the lab did not stop within 15 s");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(status.code(), Some(143));
+        // The agent and the controller die with the lab (parent-death signal); the
+        // control plane's watchdog (it polls each second) stops etcd and kube-apiserver
+        // and removes the folder.
+        let gone = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = marked(&mark);
+            if left.is_empty() && !folder.exists() {
+                break;
+            }
+            assert!(
+                Instant::now() < gone,
+                "left behind 20 s after SIGTERM: {left:#?}, folder {} exists: {}",
+                folder.display(),
+                folder.exists()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+}

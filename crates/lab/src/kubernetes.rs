@@ -9,7 +9,9 @@
 //! listens on that namespace's loopback, which the agent reaches as a node reaches its
 //! API server. The control plane is stopped when the lab ends: on drop, and otherwise by
 //! the script's watchdog (`IMDSGUARD_CP_OWNER_PID`, this process); the agent and the
-//! controller are children with a parent-death signal (`setpriv --pdeathsig TERM`).
+//! controller are children with a parent-death signal (`setpriv --pdeathsig TERM`), and
+//! the folder (the control plane's state, the agent's and controller's logs) goes with
+//! the control plane.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
@@ -154,9 +156,9 @@ struct Proc {
 }
 
 impl Proc {
-    /// Starts `program args` with `envs`, its standard error into `log`; under `setpriv
-    /// --pdeathsig TERM` when there is one, so that it ends with the lab however the lab
-    /// ends.
+    /// Starts `program args` with `envs`, its standard error into `log`, under `setpriv
+    /// --pdeathsig TERM`, so that it ends with the lab however the lab ends (the lab
+    /// exits on SIGINT and SIGTERM without unwinding).
     fn spawn(
         what: &'static str,
         program: &Path,
@@ -168,14 +170,10 @@ impl Proc {
             what: format!("creating {}", log.display()),
             source: e,
         })?;
-        let mut cmd = if imdsguard_node::which("setpriv") {
-            let mut c = Command::new("setpriv");
-            c.args(["--pdeathsig", "TERM", "--"]).arg(program);
-            c
-        } else {
-            Command::new(program)
-        };
-        cmd.args(args)
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--pdeathsig", "TERM", "--"])
+            .arg(program)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(err);
@@ -253,9 +251,10 @@ impl Drop for Proc {
 /// on drop.
 pub(crate) struct KubeLab {
     config: KubernetesConfig,
-    /// The lab's own folder (logs, the control plane's state); removed on drop.
+    /// The lab's own folder: the control plane's state folder, also holding the agent's
+    /// and the controller's logs. `control-plane.sh down` removes it whole (`up` made it
+    /// with an owner pid), also when its watchdog runs `down` after the lab is gone.
     dir: PathBuf,
-    cp_dir: PathBuf,
     kubeconfig: PathBuf,
     kubectl: PathBuf,
     api_server: String,
@@ -308,6 +307,16 @@ impl KubeLab {
     /// and its pods, with their status, as the kubelet would.
     pub(crate) fn start(config: &KubernetesConfig, sandbox: &Sandbox) -> Result<KubeLab, LabError> {
         let script = &config.control_plane_script;
+        let missing: Vec<&str> = ["setpriv", "bash"]
+            .into_iter()
+            .filter(|t| !imdsguard_node::which(t))
+            .collect();
+        if !missing.is_empty() {
+            return Err(LabError::Missing(format!(
+                "{} with --kubernetes (apt-get install util-linux bash)",
+                missing.join(", ")
+            )));
+        }
         if !script.is_file() {
             return Err(LabError::Missing(format!(
                 "the test control plane's script {} (run the lab from the repository's root, or pass --control-plane-script PATH / IMDSGUARD_CONTROL_PLANE_SCRIPT)",
@@ -319,7 +328,6 @@ impl KubeLab {
             what: format!("creating {}", dir.display()),
             source: e,
         })?;
-        let cp_dir = dir.join("control-plane");
         // `build` finds the cached binaries (or builds them: minutes, needs Go).
         let bins = run_script(script, &["build"], false).map_err(|e| {
             LabError::Missing(format!(
@@ -331,7 +339,6 @@ impl KubeLab {
         let mut lab = KubeLab {
             config: config.clone(),
             dir,
-            cp_dir: cp_dir.clone(),
             kubeconfig: PathBuf::new(),
             kubectl,
             api_server: String::new(),
@@ -339,7 +346,7 @@ impl KubeLab {
             agent: None,
             controller: None,
         };
-        let up = run_script(script, &["up", &cp_dir.display().to_string()], true)?;
+        let up = run_script(script, &["up", &lab.dir.display().to_string()], true)?;
         lab.kubeconfig = up
             .lines()
             .find_map(|l| l.strip_prefix("export KUBECONFIG="))
@@ -712,7 +719,7 @@ impl Drop for KubeLab {
         self.controller.take();
         let _ = run_script(
             &self.config.control_plane_script,
-            &["down", &self.cp_dir.display().to_string()],
+            &["down", &self.dir.display().to_string()],
             false,
         );
         let _ = std::fs::remove_dir_all(&self.dir);
