@@ -300,21 +300,36 @@ fn probe_all(
     Ok(rows)
 }
 
-fn pod_infos(sandbox: &Sandbox, allowed: &[SourcePair], known: &[SourcePair]) -> Vec<LabPod> {
+fn pod_infos(
+    sandbox: &Sandbox,
+    allowed: &[SourcePair],
+    known: &[SourcePair],
+    kube: bool,
+) -> Vec<LabPod> {
     let mut out: Vec<LabPod> = sandbox
         .pods()
         .iter()
         .map(|p| {
             let s = p.spec();
             let iface = s.ingress_iface();
-            let role = match (s.name.as_str(), s.attach) {
+            let mut role = match (s.name.as_str(), s.attach) {
+                (ALLOWED_POD, _) if kube => format!(
+                    "expected by MetadataAccessPolicy/{}: the agent allowlists its (interface, address) pair",
+                    crate::kubernetes::POLICY_NAME
+                ),
                 (ALLOWED_POD, _) => "allowlisted (interface, address) pair".to_owned(),
+                (SPOOFER_POD, _) if kube => format!(
+                    "borrows {ALLOWED_POD}'s address on its own interface (answers routed back to it); no Pod object"
+                ),
                 (SPOOFER_POD, _) => format!(
                     "borrows {ALLOWED_POD}'s address on its own interface (answers routed back to it); the proxy would take it for {ALLOWED_POD}"
                 ),
                 (_, Attach::Bridged) => format!("kubenet pod on bridge {}", sandbox::BRIDGE),
                 _ => "ordinary pod (Azure CNI)".to_owned(),
             };
+            if kube && let Some(ns) = crate::kubernetes::api_namespace(&s.name) {
+                role = format!("Pod {ns}/{}: {role}", s.name);
+            }
             LabPod {
                 name: s.name.clone(),
                 address: s.addr.to_string(),
@@ -417,7 +432,7 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
         .map(|p| SourcePair::new(&p.spec().ingress_iface(), IpAddr::V4(p.spec().addr)))
         .collect::<Result<_, _>>()
         .map_err(imdsguard_node::NodeError::from)?;
-    let pods = pod_infos(&sandbox, &allowed, &known);
+    let pods = pod_infos(&sandbox, &allowed, &known, kube_mode);
     let mut kube = match &args.kubernetes {
         Some(k) => Some(KubeLab::start(k, &sandbox)?),
         None => None,
