@@ -84,6 +84,14 @@ trap 'bash scripts/control-plane.sh down "$cp_dir" >/dev/null 2>&1 || true' EXIT
 IMDSGUARD_CP_OWNER_PID=$$ bash scripts/control-plane.sh up "$cp_dir" >/dev/null
 export IMDSGUARD_TEST_KUBECONFIG="$cp_dir/kubeconfig"
 
+# helm from its Go module (tests/helm/go.mod), built once into ~/.cache/imdsguard/helm-VERSION/;
+# the chart lints and renders (tests/deploy_chart.rs checks the render and applies it).
+log "helm lint and helm template of charts/imdsguard (scripts/helm.sh)"
+bash scripts/helm.sh build >/dev/null
+bash scripts/helm.sh lint
+bash scripts/helm.sh template >/dev/null
+bash scripts/helm.sh render - | diff -u deploy/imdsguard.yaml - || { echo "deploy/imdsguard.yaml is stale: run scripts/helm.sh render" >&2; exit 1; }
+
 log "tests (ignored ones too: they need netns, root, ../shared or the control plane, and fail without)"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo test --workspace --locked --doc --quiet

@@ -196,6 +196,8 @@ fn the_chart_lints_and_the_plain_manifests_are_its_render() {
             "controller",
             "--exclude-namespace",
             "kube-system",
+            "--metrics-listen",
+            "0.0.0.0:9171",
             "--log-format",
             "json"
         ]
@@ -258,6 +260,8 @@ fn the_values_change_what_is_rendered() {
             "kube-system",
             "--exclude-namespace",
             "monitoring",
+            "--metrics-listen",
+            "0.0.0.0:9171",
             "--log-format",
             "json"
         ]
@@ -345,51 +349,37 @@ fn allowed() -> Vec<Access> {
         "agent watch metadataaccesspolicies.imdsguard.io -",
         "agent create events.events.k8s.io workloads/-",
         "agent patch events.events.k8s.io workloads/web.1",
-        "agent create events workloads/-",
-        "agent patch events workloads/web.1",
         "agent get nodes node-a",
         "agent patch nodes node-a",
-        "controller get metadataaccesspolicies.imdsguard.io any",
         "controller list metadataaccesspolicies.imdsguard.io -",
         "controller watch metadataaccesspolicies.imdsguard.io -",
-        "controller get metadataaccesspolicies.imdsguard.io/status any",
         "controller patch metadataaccesspolicies.imdsguard.io/status any",
-        "controller update metadataaccesspolicies.imdsguard.io/status any",
         "controller list namespaces -",
         "controller watch namespaces -",
         "controller list pods -",
         "controller watch pods -",
         "controller list daemonsets.apps -",
-        "controller list customresourcedefinitions.apiextensions.k8s.io -",
-        "controller get customresourcedefinitions.apiextensions.k8s.io any",
         "controller create events.events.k8s.io workloads/-",
         "controller patch events.events.k8s.io workloads/x.1",
-        "controller create events workloads/-",
-        "controller patch events workloads/x.1",
+        "controller create events.events.k8s.io default/-",
         "controller get leases.coordination.k8s.io imdsguard/imdsguard-controller",
         "controller create leases.coordination.k8s.io imdsguard/-",
-        "controller update leases.coordination.k8s.io imdsguard/imdsguard-controller",
         "controller patch leases.coordination.k8s.io imdsguard/imdsguard-controller",
     ]
     .map(String::from)
     .to_vec();
-    // Every kind an engine's generated policies are (cluster-wide: namespaced kinds in
-    // every namespace), whether or not the cluster serves it.
-    const KINDS: [&str; 9] = [
+    // Every kind an engine's generated policies are (cluster-wide: NetworkPolicies in
+    // every namespace), whether or not this cluster serves it.
+    const KINDS: [&str; 6] = [
         "networkpolicies.networking.k8s.io",
         "clusternetworkpolicies.policy.networking.k8s.io",
         "adminnetworkpolicies.policy.networking.k8s.io",
-        "globalnetworkpolicies.crd.projectcalico.org",
-        "networkpolicies.crd.projectcalico.org",
+        "tiers.projectcalico.org",
         "globalnetworkpolicies.projectcalico.org",
-        "networkpolicies.projectcalico.org",
-        "ciliumnetworkpolicies.cilium.io",
         "ciliumclusterwidenetworkpolicies.cilium.io",
     ];
     for kind in KINDS {
-        for verb in [
-            "get", "list", "watch", "create", "patch", "update", "delete",
-        ] {
+        for verb in ["list", "watch", "create", "patch", "delete"] {
             v.push(format!("controller {verb} {kind} -"));
         }
     }
@@ -450,6 +440,19 @@ fn refused() -> Vec<Access> {
             "controller create customresourcedefinitions.apiextensions.k8s.io -",
             "controller update namespaces workloads",
             "controller patch pods workloads/web",
+            // Least privilege: what neither component's code asks for, though a broader
+            // role would often grant it (no get: caches; no update: server-side apply).
+            "controller get metadataaccesspolicies.imdsguard.io any",
+            "controller update metadataaccesspolicies.imdsguard.io/status any",
+            "controller get networkpolicies.networking.k8s.io workloads/any",
+            "controller update networkpolicies.networking.k8s.io workloads/any",
+            "controller update leases.coordination.k8s.io imdsguard/imdsguard-controller",
+            "controller list customresourcedefinitions.apiextensions.k8s.io -",
+            "controller create globalnetworkpolicies.crd.projectcalico.org -",
+            "controller create ciliumnetworkpolicies.cilium.io workloads/-",
+            "controller create events workloads/-",
+            "agent create events workloads/-",
+            "agent update nodes node-a",
         ]
         .map(String::from),
     );
@@ -989,7 +992,10 @@ async fn each_component_may_do_what_it_needs_and_nothing_of_the_refused_list() {
         ),
     );
 
-    // 3. The controller, with a token of its ServiceAccount.
+    // 3. The controller, with a token of its ServiceAccount: the requests its code
+    // makes (lists and watches, server-side apply patches, deletes, status merge
+    // patches, Events, its Lease), sent the same way (kubectl get/patch would GET first,
+    // which the controller never needs).
     let token = cp.kubectl_ok(
         &["create", "token", CONTROLLER, "-n", NS, "--duration=1h"],
         None,
@@ -999,123 +1005,120 @@ async fn each_component_may_do_what_it_needs_and_nothing_of_the_refused_list() {
     drop(token);
     let ctl = |args: &[&str]| kubectl_with(&cp, &ctl_kc, args, None);
     let ctl_in = |args: &[&str], stdin: &str| kubectl_with(&cp, &ctl_kc, args, Some(stdin));
+    let ctl_client = client(&ctl_kc).await;
+    let watch = |path: &str| format!("{path}?watch=1&timeoutSeconds=1");
     ok(
         "controller lists the policies",
         &ctl(&["get", "metadataaccesspolicies"]),
     );
     ok(
-        "controller gets a policy",
-        &ctl(&["get", "metadataaccesspolicy", "preset-aks"]),
-    );
-    ok(
-        "controller patches a policy's status",
-        &ctl(&[
-            "patch",
-            "metadataaccesspolicy",
-            "preset-aks",
-            "--subresource",
-            "status",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"status":{"engine":"networkpolicy","observedGeneration":1}}"#,
-        ]),
-    );
-    let status = ok(
-        "controller reads a policy's status",
-        &ctl(&[
-            "get",
-            "metadataaccesspolicy",
-            "preset-aks",
-            "--subresource",
-            "status",
-            "-o",
-            "json",
-        ]),
-    );
-    let mut obj: Value = serde_json::from_str(&status).unwrap();
-    assert_eq!(obj["status"]["engine"], "networkpolicy");
-    obj["status"]["engine"] = json!("cilium");
-    ok(
-        "controller updates a policy's status",
-        &ctl_in(
-            &["replace", "--subresource", "status", "-f", "-"],
-            &obj.to_string(),
-        ),
-    );
-    forbidden(
-        "controller edits a policy's spec",
-        &ctl(&[
-            "patch",
-            "metadataaccesspolicy",
-            "preset-aks",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"rules":[]}}"#,
-        ]),
-    );
-    ok("controller lists namespaces", &ctl(&["get", "namespaces"]));
-    ok(
-        "controller watches namespaces",
+        "controller watches the policies",
         &ctl(&[
             "get",
             "--raw",
-            "/api/v1/namespaces?watch=1&timeoutSeconds=1",
+            &watch("/apis/imdsguard.io/v1alpha1/metadataaccesspolicies"),
         ]),
+    );
+    {
+        use kube::api::{Api, Patch, PatchParams};
+        let api: Api<imdsguard_kube::MetadataAccessPolicy> = Api::all(ctl_client.clone());
+        api.patch_status(
+            "preset-aks",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"engine": "networkpolicy", "observedGeneration": 1}})),
+        )
+        .await
+        .expect("the controller patches a policy's status");
+        // Its spec is not the controller's to change.
+        let e = api
+            .patch(
+                "preset-aks",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"rules": []}})),
+            )
+            .await
+            .expect_err("the controller edits no policy's spec");
+        assert!(matches!(&e, kube::Error::Api(s) if s.code == 403), "{e}");
+    }
+    let status = cp.kubectl_ok(
+        &[
+            "get",
+            "metadataaccesspolicy",
+            "preset-aks",
+            "-o",
+            "jsonpath={.status.engine}",
+        ],
+        None,
+    );
+    assert_eq!(status, "networkpolicy");
+    ok("controller lists namespaces", &ctl(&["get", "namespaces"]));
+    ok(
+        "controller watches namespaces",
+        &ctl(&["get", "--raw", &watch("/api/v1/namespaces")]),
     );
     ok("controller lists pods", &ctl(&["get", "pods", "-A"]));
     ok(
         "controller watches pods",
-        &ctl(&["get", "--raw", "/api/v1/pods?watch=1&timeoutSeconds=1"]),
+        &ctl(&["get", "--raw", &watch("/api/v1/pods")]),
+    );
+    let apply = [
+        "apply",
+        "--server-side",
+        "--field-manager=imdsguard",
+        "-f",
+        "-",
+    ];
+    ok(
+        "controller applies a NetworkPolicy (creates it)",
+        &ctl_in(&apply, np),
+    );
+    let np2 = np.replace(
+        r#""name":"x","#,
+        r#""name":"x","labels":{"app.kubernetes.io/managed-by":"imdsguard"},"#,
     );
     ok(
-        "controller applies a NetworkPolicy (field manager imdsguard)",
-        &ctl_in(
-            &[
-                "apply",
-                "--server-side",
-                "--field-manager=imdsguard",
-                "-f",
-                "-",
-            ],
-            np,
-        ),
+        "controller applies it again (patches it)",
+        &ctl_in(&apply, &np2),
+    );
+    let listed = ok(
+        "controller lists NetworkPolicies",
+        &ctl(&["get", "networkpolicies", "-A", "-o", "name"]),
+    );
+    assert!(
+        listed.contains("networkpolicy.networking.k8s.io/x"),
+        "{listed}"
     );
     ok(
-        "controller gets it",
-        &ctl(&["get", "networkpolicy", "-n", "workloads", "x"]),
-    );
-    ok(
-        "controller patches it",
+        "controller watches NetworkPolicies",
         &ctl(&[
-            "patch",
+            "get",
+            "--raw",
+            &watch("/apis/networking.k8s.io/v1/networkpolicies"),
+        ]),
+    );
+    ok(
+        "controller deletes it",
+        &ctl(&[
+            "delete",
             "networkpolicy",
             "-n",
             "workloads",
             "x",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"metadata":{"labels":{"a":"b"}}}"#,
+            "--wait=false",
         ]),
-    );
-    ok(
-        "controller lists them",
-        &ctl(&["get", "networkpolicies", "-A"]),
-    );
-    ok(
-        "controller deletes it",
-        &ctl(&["delete", "networkpolicy", "-n", "workloads", "x"]),
     );
     ok(
         "controller lists DaemonSets",
         &ctl(&["get", "daemonsets", "-A"]),
     );
-    ok("controller lists CRDs", &ctl(&["get", "crds"]));
     ok(
-        "controller gets a CRD",
-        &ctl(&["get", "crd", "metadataaccesspolicies.imdsguard.io"]),
+        "controller discovers the API",
+        &ctl(&["api-resources", "-o", "name"]),
+    );
+    forbidden("controller lists CRDs", &ctl(&["get", "crds"]));
+    forbidden(
+        "controller reads a policy by name",
+        &ctl(&["get", "metadataaccesspolicy", "preset-aks"]),
     );
     let mut event = event;
     event["metadata"]["name"] = json!("preset-aks.imdsguard-test");
@@ -1124,57 +1127,69 @@ async fn each_component_may_do_what_it_needs_and_nothing_of_the_refused_list() {
         "controller creates an Event",
         &ctl_in(&["create", "-f", "-"], &event.to_string()),
     );
-    let core_event = json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"name": "workloads.imdsguard-test", "namespace": "workloads"},
-        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": "workloads", "name": "web"},
-        "reason": "Conflicting", "message": "test", "type": "Warning", "count": 1,
-        "source": {"component": "imdsguard-controller"}
-    });
-    ok(
-        "controller creates a core Event",
-        &ctl_in(&["create", "-f", "-"], &core_event.to_string()),
-    );
     patch_event(
-        &client(&ctl_kc).await,
-        "",
-        "workloads.imdsguard-test",
-        json!({"count": 2}),
+        &ctl_client,
+        "events.k8s.io",
+        "preset-aks.imdsguard-test",
+        json!({"series": {"count": 2, "lastObservedTime": "2026-01-01T00:01:00.000000Z"}}),
     )
     .await
-    .expect("the controller patches its core Event");
+    .expect("the controller patches its Event's series");
+    let core_event = json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": "web.imdsguard-core", "namespace": "workloads"},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": "workloads", "name": "web"},
+        "reason": "Conflicting", "message": "test", "type": "Warning",
+    });
+    forbidden(
+        "controller creates a core/v1 Event",
+        &ctl_in(&["create", "-f", "-"], &core_event.to_string()),
+    );
     // Leader election: the Lease in its own namespace only.
-    let lease = |ns: &str| {
+    let lease = |ns: &str, holder: &str| {
         json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                "metadata": {"name": "imdsguard-controller", "namespace": ns},
-               "spec": {"holderIdentity": "imdsguard-controller-0", "leaseDurationSeconds": 15}})
+               "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15}})
         .to_string()
     };
     ok(
         "controller creates its Lease",
-        &ctl_in(&["create", "-f", "-"], &lease(NS)),
+        &ctl_in(&["create", "-f", "-"], &lease(NS, "replica-0")),
     );
-    let got = ok(
+    ok(
         "controller reads its Lease",
-        &ctl(&[
+        &ctl(&["get", "lease", "-n", NS, "imdsguard-controller"]),
+    );
+    ok(
+        "controller takes its Lease over (server-side apply)",
+        &ctl_in(
+            &[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--field-manager=imdsguard",
+                "-f",
+                "-",
+            ],
+            &lease(NS, "replica-1"),
+        ),
+    );
+    let holder = cp.kubectl_ok(
+        &[
             "get",
             "lease",
             "-n",
             NS,
             "imdsguard-controller",
             "-o",
-            "json",
-        ]),
+            "jsonpath={.spec.holderIdentity}",
+        ],
+        None,
     );
-    let mut got: Value = serde_json::from_str(&got).unwrap();
-    got["spec"]["holderIdentity"] = json!("imdsguard-controller-1");
-    ok(
-        "controller updates its Lease",
-        &ctl_in(&["replace", "-f", "-"], &got.to_string()),
-    );
+    assert_eq!(holder, "replica-1");
     forbidden(
         "controller creates a Lease elsewhere",
-        &ctl_in(&["create", "-f", "-"], &lease("workloads")),
+        &ctl_in(&["create", "-f", "-"], &lease("workloads", "replica-0")),
     );
     forbidden(
         "controller reads a Lease elsewhere",
@@ -1193,6 +1208,6 @@ async fn each_component_may_do_what_it_needs_and_nothing_of_the_refused_list() {
     forbidden("controller reads a node", &ctl(&["get", "node", "node-a"]));
     forbidden(
         "controller deletes a pod",
-        &ctl(&["delete", "pod", "-n", "workloads", "web"]),
+        &ctl(&["delete", "pod", "-n", "workloads", "web", "--wait=false"]),
     );
 }
