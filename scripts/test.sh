@@ -79,6 +79,9 @@ bash scripts/schemas.sh
 # find it through IMDSGUARD_TEST_KUBECONFIG and each uses namespaces of its own.
 log "Kubernetes control plane for the tests (scripts/control-plane.sh)"
 bash scripts/control-plane.sh build >/dev/null
+# np-guard's netpol-analyzer (Go module, cached in ~/.cache/imdsguard): the independent
+# check of the policies `imdsguard lab --kubernetes` reads back (crates/cli/tests/lab_kubernetes.rs).
+bash scripts/netpol-analyzer.sh build >/dev/null
 cp_dir="$PWD/target/control-plane/suite"
 trap 'bash scripts/control-plane.sh down "$cp_dir" >/dev/null 2>&1 || true' EXIT
 IMDSGUARD_CP_OWNER_PID=$$ bash scripts/control-plane.sh up "$cp_dir" >/dev/null
