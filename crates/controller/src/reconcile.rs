@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use imdsguard_core::access::PodShapeRef;
@@ -22,6 +22,7 @@ use imdsguard_kube::crd::{
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -159,6 +160,16 @@ pub(crate) fn watched_kinds(engine: OutputEngine) -> Vec<(ApiResource, bool)> {
     v
 }
 
+/// A write the cache has to show: an object (kind, namespace, name) changed from this
+/// resourceVersion (none: created), or gone (this uid).
+enum Awaited {
+    Changed(ApiResource, String, String, Option<String>),
+    Gone(ApiResource, String, String, Option<String>),
+}
+
+/// How long a reconcile waits for the watches to show its own writes.
+const CATCH_UP: Duration = Duration::from_secs(3);
+
 /// (apiVersion, kind, namespace, name) of an object.
 type Key = (String, String, String, String);
 
@@ -252,6 +263,39 @@ impl Reconciler {
             .find(|k| k.resource.api_version == api_version && k.resource.kind == kind)
     }
 
+    /// Waits (at most [`CATCH_UP`]) until the caches show the writes just made, so that
+    /// the next reconcile does not write them again from a cache a few events behind.
+    async fn caught_up(&self, mut awaited: Vec<Awaited>) {
+        let deadline = Instant::now() + CATCH_UP;
+        loop {
+            awaited.retain(|a| {
+                let (ar, ns, name) = match a {
+                    Awaited::Changed(ar, ns, name, _) | Awaited::Gone(ar, ns, name, _) => {
+                        (ar, ns, name)
+                    }
+                };
+                let Some(k) = self.kind_of(&ar.api_version, &ar.kind) else {
+                    return false;
+                };
+                let mut r = ObjectRef::new_with(name, ar.clone());
+                if !ns.is_empty() {
+                    r = r.within(ns);
+                }
+                let cached = k.store.get(&r);
+                match a {
+                    Awaited::Changed(_, _, _, before) => {
+                        cached.is_none_or(|o| o.resource_version() == *before)
+                    }
+                    Awaited::Gone(_, _, _, uid) => cached.is_some_and(|o| o.uid() == *uid),
+                }
+            });
+            if awaited.is_empty() || Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Runs one reconcile; writes only while `leader` is true.
     pub async fn run(&self, leader: &watch::Receiver<bool>) -> Outcome {
         let t0 = Instant::now();
@@ -312,7 +356,8 @@ impl Reconciler {
             }
         }
 
-        let mut applies: Vec<(Value, ApiResource, bool)> = Vec::new();
+        // Each with the resourceVersion the cache holds (none: missing).
+        let mut applies: Vec<(Value, ApiResource, bool, Option<String>)> = Vec::new();
         let mut in_place: Vec<Value> = Vec::new();
         let mut wanted: BTreeSet<Key> = BTreeSet::new();
         for d in &desired {
@@ -339,13 +384,18 @@ impl Reconciler {
                 }
                 Some((o, k)) => {
                     if !up_to_date(&dynamic_json(o, &k.resource), d) {
-                        applies.push((d.clone(), k.resource.clone(), k.namespaced));
+                        applies.push((
+                            d.clone(),
+                            k.resource.clone(),
+                            k.namespaced,
+                            o.resource_version(),
+                        ));
                     }
                     in_place.push(d.clone());
                 }
                 None => match self.kind_of(&key.0, &key.1) {
                     Some(k) => {
-                        applies.push((d.clone(), k.resource.clone(), k.namespaced));
+                        applies.push((d.clone(), k.resource.clone(), k.namespaced, None));
                         in_place.push(d.clone());
                     }
                     None => out.errors.push(format!(
@@ -363,36 +413,58 @@ impl Reconciler {
             .map(|(_, (o, k))| (o.clone(), k.resource.clone()))
             .collect();
 
+        // What the cache must show before the next reconcile reads it: each applied
+        // object at another resourceVersion than before, each deleted one gone.
+        let mut awaited: Vec<Awaited> = Vec::new();
         // Allows (and Calico's tier) before the denies they make exceptions to.
-        let (first, second): (Vec<_>, Vec<_>) = applies.into_iter().partition(|(d, _, _)| {
+        let (first, second): (Vec<_>, Vec<_>) = applies.into_iter().partition(|(d, ..)| {
             !d.pointer("/metadata/name")
                 .and_then(Value::as_str)
                 .is_some_and(|n| n.starts_with(DENY_NAME))
         });
         for phase in [first, second] {
-            let results: Vec<Result<(), String>> = futures::stream::iter(phase)
-                .map(|(d, ar, namespaced)| self.apply(d, ar, namespaced, leader))
+            let results: Vec<(Awaited, Result<(), String>)> = futures::stream::iter(phase)
+                .map(|(d, ar, namespaced, before)| async move {
+                    let (_, _, ns, name) = key_of(&d);
+                    let r = self.apply(d, ar.clone(), namespaced, leader).await;
+                    (Awaited::Changed(ar, ns, name, before), r)
+                })
                 .buffer_unordered(self.concurrency.max(1))
                 .collect()
                 .await;
-            for r in results {
+            for (a, r) in results {
                 match r {
-                    Ok(()) => out.applied += 1,
+                    Ok(()) => {
+                        out.applied += 1;
+                        awaited.push(a);
+                    }
                     Err(e) => out.errors.push(e),
                 }
             }
         }
-        let results: Vec<Result<(), String>> = futures::stream::iter(deletes)
-            .map(|(o, ar)| self.delete(o, ar, leader))
+        let results: Vec<(Awaited, Result<(), String>)> = futures::stream::iter(deletes)
+            .map(|(o, ar)| async move {
+                let a = Awaited::Gone(
+                    ar.clone(),
+                    o.namespace().unwrap_or_default(),
+                    o.name_any(),
+                    o.uid(),
+                );
+                (a, self.delete(o, ar, leader).await)
+            })
             .buffer_unordered(self.concurrency.max(1))
             .collect()
             .await;
-        for r in results {
+        for (a, r) in results {
             match r {
-                Ok(()) => out.deleted += 1,
+                Ok(()) => {
+                    out.deleted += 1;
+                    awaited.push(a);
+                }
                 Err(e) => out.errors.push(e),
             }
         }
+        self.caught_up(awaited).await;
         self.metrics.set_managed(in_place.len());
 
         // Conflicts: the core's audit of the cluster with the generated objects in place.

@@ -361,8 +361,49 @@ async fn keeps_the_policies_in_every_namespace_and_reports() {
         "{metrics}"
     );
 
+    // An expected workload still blocked (a user's egress isolation, and a subject
+    // NetworkPolicy cannot express): expected-blocked, on the object whose rule expects it.
+    cp.kubectl_ok(&["create", "namespace", "locked"], None);
+    running_pod(&cp, "locked", "svc", "svc");
+    cp.apply(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: lockdown\n  namespace: locked\nspec:\n  podSelector: {}\n  policyTypes: [Egress]\n",
+    );
+    // By service account: NetworkPolicy cannot select by it, so no allow is written
+    // and the user's isolation decides.
+    cp.apply(
+        "apiVersion: imdsguard.io/v1alpha1\nkind: MetadataAccessPolicy\nmetadata:\n  name: locked\nspec:\n  rules:\n  - name: app\n    subjects:\n    - namespace: locked\n      serviceAccount: default\n    paths: [\"/metadata/instance/compute\"]\n",
+    );
+    let m = eventually("Conflicting names the blocked workload", LIMIT, || {
+        let m = get(&cp, &["metadataaccesspolicy", "locked"])?;
+        let msg = condition(&m, "Conflicting")?["message"]
+            .as_str()?
+            .to_string();
+        msg.contains("locked/svc").then_some(msg)
+    })
+    .await;
+    assert!(
+        m.contains("locked/app") && m.contains("locked/lockdown"),
+        "{m}"
+    );
+    let metrics = http_get(admin, "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("imdsguard_controller_conflicts{kind=\"expected-blocked\"} 1")),
+        "{metrics}"
+    );
+
     // Removal: the last MetadataAccessPolicy gone, everything generated goes.
-    cp.kubectl_ok(&["delete", "metadataaccesspolicy", "platform", "bad"], None);
+    cp.kubectl_ok(
+        &[
+            "delete",
+            "metadataaccesspolicy",
+            "platform",
+            "bad",
+            "locked",
+        ],
+        None,
+    );
     eventually("every generated policy removed", LIMIT, || {
         managed_policies(&cp).is_empty().then_some(())
     })
@@ -385,7 +426,16 @@ async fn one_replica_acts_and_the_other_takes_over() {
         "/metadata/instance/compute",
     ));
     let a = controller(&cp, "replica-a", &[]).await;
-    let b = controller(&cp, "replica-b", &[]).await;
+    // The other replica decides its engine as `audit` does: no Calico or Cilium in the
+    // cluster, so NetworkPolicy.
+    let mut config = ControllerConfig::new(client(cp.kubeconfig()).await, "replica-b");
+    config.lease_namespace = "default".into();
+    config.lease_duration = Duration::from_secs(3);
+    config.lease_grace = Duration::from_secs(1);
+    config.debounce = Duration::from_millis(100);
+    assert_eq!(config.engine, None);
+    let b = start(config).await.expect("the controller starts");
+    assert_eq!(b.engine(), OutputEngine::NetworkPolicy);
     eventually("one leader", Duration::from_secs(10), || {
         (a.is_leader() || b.is_leader()).then_some(())
     })
