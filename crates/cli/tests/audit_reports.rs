@@ -81,18 +81,12 @@ fn install_crds(cp: &ControlPlane) {
         &["apply", "--server-side", "-f", &dir.display().to_string()],
         None,
     );
-    cp.kubectl_ok(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/policyreports.wgpolicyk8s.io",
-            "crd/clusterpolicyreports.wgpolicyk8s.io",
-            "crd/reports.openreports.io",
-            "crd/clusterreports.openreports.io",
-        ],
-        None,
-    );
+    cp.wait_established(&[
+        "crd/policyreports.wgpolicyk8s.io",
+        "crd/clusterpolicyreports.wgpolicyk8s.io",
+        "crd/reports.openreports.io",
+        "crd/clusterreports.openreports.io",
+    ]);
 }
 
 /// Creates the example's namespaces.

@@ -674,15 +674,7 @@ async fn each_component_may_do_what_it_needs_and_nothing_of_the_refused_list() {
 
     // Everything the chart renders, then (once the CRD is served) the preset.
     cp.apply(&helm_sh(&["render", "-"]));
-    cp.kubectl_ok(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/metadataaccesspolicies.imdsguard.io",
-            "--timeout=60s",
-        ],
-        None,
-    );
+    cp.wait_established(&["metadataaccesspolicies.imdsguard.io"]);
     cp.apply(&helm_sh(&[
         "template",
         "--set",

@@ -75,15 +75,10 @@ async fn the_cnp_engine_keeps_cluster_scoped_policies() {
     .unwrap();
     cp.apply(&crd);
     cp.apply(CNP_CRD);
-    for c in [
+    cp.wait_established(&[
         "crd/metadataaccesspolicies.imdsguard.io",
         "crd/clusternetworkpolicies.policy.networking.k8s.io",
-    ] {
-        cp.kubectl_ok(
-            &["wait", "--for=condition=Established", c, "--timeout=30s"],
-            None,
-        );
-    }
+    ]);
     cp.kubectl_ok(&["create", "namespace", "shop"], None);
     cp.apply("apiVersion: imdsguard.io/v1alpha1\nkind: MetadataAccessPolicy\nmetadata:\n  name: platform\nspec:\n  rules:\n  - name: app\n    subjects:\n    - namespace: shop\n      podSelector:\n        matchLabels:\n          app: allowed\n    paths: [\"/metadata/instance/compute\"]\n");
     let kc = Kubeconfig::read_from(cp.kubeconfig()).unwrap();

@@ -32,15 +32,7 @@ fn install_crd(cp: &ControlPlane) {
     ))
     .expect("the committed CRD");
     cp.apply(&crd);
-    cp.kubectl_ok(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/metadataaccesspolicies.imdsguard.io",
-            "--timeout=30s",
-        ],
-        None,
-    );
+    cp.wait_established(&["metadataaccesspolicies.imdsguard.io"]);
 }
 
 async fn controller(cp: &ControlPlane, id: &str, exclude: &[&str]) -> ControllerHandle {

@@ -21,15 +21,7 @@ async fn two_thousand_new_namespaces_are_protected_within_a_minute() {
     ))
     .unwrap();
     cp.apply(&crd);
-    cp.kubectl_ok(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/metadataaccesspolicies.imdsguard.io",
-            "--timeout=30s",
-        ],
-        None,
-    );
+    cp.wait_established(&["metadataaccesspolicies.imdsguard.io"]);
     cp.apply("apiVersion: imdsguard.io/v1alpha1\nkind: MetadataAccessPolicy\nmetadata:\n  name: platform\nspec:\n  rules:\n  - name: app\n    subjects:\n    - namespace: ns-0\n      podSelector:\n        matchLabels:\n          app: allowed\n    paths: [\"/metadata/instance/compute\"]\n");
     let kc = Kubeconfig::read_from(cp.kubeconfig()).unwrap();
     let client = Client::try_from(

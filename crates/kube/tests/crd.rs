@@ -70,15 +70,7 @@ fn apply_crd(cp: &ControlPlane) {
     let yaml = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     cp.apply(&yaml);
-    cp.kubectl_ok(
-        &[
-            "wait",
-            "--for=condition=Established",
-            &format!("crd/{CRD_NAME}"),
-            "--timeout=60s",
-        ],
-        None,
-    );
+    cp.wait_established(&[CRD_NAME]);
 }
 
 fn dynamic_api(client: &Client) -> Api<DynamicObject> {

@@ -474,16 +474,32 @@ impl KubeLab {
     /// Returns the phase's description.
     pub(crate) fn protect(&mut self, allowed: &[SourcePair]) -> Result<String, LabError> {
         self.apply(CRD_YAML)?;
-        self.kubectl(
-            &[
-                "wait",
-                "--for",
-                "condition=Established",
-                "--timeout=30s",
-                "crd/metadataaccesspolicies.imdsguard.io",
-            ],
-            None,
-        )?;
+        // Polled rather than `kubectl wait --for=condition=Established`: a CRD created a
+        // moment ago may have no status conditions yet, which kubectl wait reports as an
+        // error instead of waiting.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let established = self.kubectl(
+                &[
+                    "get",
+                    "crd",
+                    "metadataaccesspolicies.imdsguard.io",
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+                ],
+                None,
+            );
+            match established {
+                Ok(status) if status.trim() == "True" => break,
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                _ if Instant::now() >= deadline => {
+                    return Err(LabError::Lab(
+                        "the MetadataAccessPolicy CRD is not Established after 30 s".into(),
+                    ));
+                }
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
         self.apply(&policy_yaml())?;
         let kubeconfig = self.kubeconfig.clone();
         let envs = [("KUBECONFIG", kubeconfig.as_path())];

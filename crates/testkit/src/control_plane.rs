@@ -214,6 +214,38 @@ impl ControlPlane {
         );
     }
 
+    /// Waits (at most 60 s) until each CustomResourceDefinition (`crd/NAME` or `NAME`) is
+    /// `Established`, then panics naming those that are not. Polls instead of `kubectl
+    /// wait`: a CRD created a moment ago may have no `status.conditions` yet, which
+    /// `kubectl wait --for=condition=Established` reports as an error instead of waiting.
+    pub fn wait_established(&self, crds: &[&str]) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        for crd in crds {
+            let name = crd.strip_prefix("crd/").unwrap_or(crd);
+            loop {
+                let out = self.kubectl(
+                    &[
+                        "get",
+                        "crd",
+                        name,
+                        "-o",
+                        "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+                    ],
+                    None,
+                );
+                if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "True" {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the CRD {name} is not Established after 60 s: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
+
     /// Creates a namespace with a name unique to this process and call, starting with
     /// `prefix` (lowercase letters, digits and `-`), and returns its name.
     pub fn namespace(&self, prefix: &str) -> String {
