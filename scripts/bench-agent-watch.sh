@@ -9,13 +9,13 @@
 # node-0), then RUNS times with 50 nodes' (100 pods on each of node-0 .. node-49, 5,000
 # in all), and for each start the script records the time from exec to /readyz
 # answering 200 (the agent answers 200 once both first lists are in, its pods and the
-# policies applied, and its nftables table installed), the bytes the process read
-# (/proc/PID/io rchar: sockets, the nft pipes, files), the pods it took (the
-# imdsguard_agent_known_pairs metric) and its peak RSS (VmHWM). It also prints the size
+# policies applied, and its nftables table installed), the bytes it received from the
+# API server by then (bytes_received of its TCP connections, `ss -ti`), the pods it took
+# (the imdsguard_agent_known_pairs metric) and its peak RSS (VmHWM). It also prints the size
 # of the pod list the agent's field selector returns and of the whole pod list.
 #
 # Everything runs inside a network namespace of its own (`unshare --net`, needs root):
-# loopback, a dummy interface azvbench with a route to the pods' 10.244.0.0/14 (so the
+# loopback, a veth azvbench with a route to the pods' 10.244.0.0/14 (so the
 # agent's `ip route get` finds each pod's interface as on a node), the control plane
 # (etcd + kube-apiserver in target/control-plane/bench-agent, stopped on exit) and the
 # agent, whose nftables table goes away with the namespace. Pods are ~2 KB of JSON each
@@ -40,7 +40,8 @@ fi
 [ "$(readlink /proc/self/ns/net)" != "$(readlink /proc/1/ns/net)" ] \
     || { echo "bench-agent-watch: not in a network namespace of its own" >&2; exit 1; }
 ip link set lo up
-ip link add azvbench type dummy
+ip link add azvbench type veth peer name azvbench-peer
+ip link set azvbench-peer up
 ip link set azvbench up
 ip route add 10.244.0.0/14 dev azvbench
 
@@ -114,7 +115,15 @@ grep -v '"nodeName":"node-0"}' "$data/pods.jsonl" > "$data/pods-rest.jsonl"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 metric() { curl -fsS "http://127.0.0.1:$port/metrics" | awk -v m="$1" '$1 == m { print $NF }'; }
 
-# One start of the agent; appends "label seconds rchar vmhwm_kib known" to the results.
+# Bytes received on the established TCP connections of process $1 (`ss -ti`).
+received() {
+    ss -tinpH state established | awk -v pid="pid=$1," '
+        index($0, pid) { mine = 1; next }
+        mine { if (match($0, /bytes_received:[0-9]+/)) s += substr($0, RSTART + 15, RLENGTH - 15); mine = 0 }
+        END { print s + 0 }'
+}
+
+# One start of the agent; appends "label seconds received vmhwm_kib known" to the results.
 measure() {
     local label=$1 t0 t1 code
     t0=$(date +%s.%N)
@@ -130,14 +139,14 @@ measure() {
     done
     t1=$(date +%s.%N)
     [ "$code" = 200 ] || { echo "bench-agent-watch: agent not ready after 30 s" >&2; tail -n 20 "$data/agent-$label.log" >&2; exit 1; }
-    local rchar hwm known synced
-    rchar=$(awk '$1 == "rchar:" { print $2 }' "/proc/$agent_pid/io")
+    local rcvd hwm known synced
+    rcvd=$(received "$agent_pid")
     hwm=$(awk '$1 == "VmHWM:" { print $2 }' "/proc/$agent_pid/status")
     known=$(metric imdsguard_agent_known_pairs)
     synced=$(metric imdsguard_agent_policies_synced)
     kill "$agent_pid"; wait "$agent_pid" 2>/dev/null || true; agent_pid=
     [ "$synced" = 1 ] || { echo "bench-agent-watch: policies not synced at ready ($synced)" >&2; exit 1; }
-    echo "$label $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }') $rchar $hwm $known" | tee -a "$data/results"
+    echo "$label $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }') $rcvd $hwm $known" | tee -a "$data/results"
 }
 
 list_sizes() {
@@ -149,7 +158,7 @@ $gen status "$data/pods-node0.jsonl" > "$data/status-node0.jsonl"
 in_parallel "$data/status-node0.jsonl" status
 list_sizes "1 node"
 : > "$data/results"
-echo "label seconds_to_ready rchar_bytes vmhwm_kib known_pods"
+echo "label seconds_to_ready bytes_received vmhwm_kib known_pods"
 measure warmup > /dev/null
 for _ in $(seq 1 "$runs"); do measure 1node; done
 echo "$(load)"
@@ -171,7 +180,7 @@ awk '
         return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
     }
     END {
-        for (l in t) printf "%s: median time to ready %.3f s, bytes read %d, peak RSS %.1f MiB, pods taken %d\n", l, median(t[l]), median(r[l]), median(m[l]) / 1024, p[l]
-        printf "ratio 50 nodes / 1 node: time %.2f, bytes read %.2f, peak RSS %.2f\n",
+        for (l in t) printf "%s: median time to ready %.3f s, bytes received %d, peak RSS %.1f MiB, pods taken %d\n", l, median(t[l]), median(r[l]), median(m[l]) / 1024, p[l]
+        printf "ratio 50 nodes / 1 node: time %.2f, bytes received %.2f, peak RSS %.2f\n",
             median(t["50nodes"]) / median(t["1node"]), median(r["50nodes"]) / median(r["1node"]), median(m["50nodes"]) / median(m["1node"])
     }' "$data/results"
