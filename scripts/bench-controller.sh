@@ -123,7 +123,11 @@ create_parallel() {
 }
 
 k apply --server-side -f deploy/crds/metadataaccesspolicies.imdsguard.io.yaml > /dev/null
-k wait --for condition=Established crd/metadataaccesspolicies.imdsguard.io --timeout 60s > /dev/null
+# Polled: `kubectl wait` fails at once while a new CRD has no conditions yet.
+for _ in $(seq 1 300); do
+    [ "$(k get crd metadataaccesspolicies.imdsguard.io -o jsonpath='{.status.conditions[?(@.type=="Established")].status}')" = True ] && break
+    sleep 0.2
+done
 k apply -f - > /dev/null <<'EOF'
 apiVersion: imdsguard.io/v1alpha1
 kind: MetadataAccessPolicy
