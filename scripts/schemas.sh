@@ -5,6 +5,8 @@
 #   networkpolicy.json  Kubernetes OpenAPI v3, networking.k8s.io/v1 (k8s.io/kubernetes)
 #   cnp.yaml            ClusterNetworkPolicy CRD (sigs.k8s.io/network-policy-api v0.3.0)
 #   anp.yaml            AdminNetworkPolicy CRD (sigs.k8s.io/network-policy-api v0.1.1)
+#   anp-experimental.yaml  AdminNetworkPolicy CRD, experimental channel (v0.1.5): the
+#                       first with the `networks` egress peer `--engine anp` writes
 #   calico-gnp.yaml     Calico GlobalNetworkPolicy CRD (github.com/projectcalico/calico)
 #   ccnp.yaml           CiliumClusterwideNetworkPolicy CRD (github.com/cilium/cilium)
 #
@@ -23,13 +25,14 @@ if ! command -v go >/dev/null 2>&1; then
     exit 1
 fi
 
-# module@version of every require line of go.mod, plus the AdminNetworkPolicy release.
+# module@version of every require line of go.mod, plus the AdminNetworkPolicy releases.
 mapfile -t wanted < <(
     sed -n 's/^[[:space:]]*\([a-z0-9.\/-]*\.[a-z]*\/[^ ]*\) \(v[^ ]*\)$/\1@\2/p' "$mods/go.mod"
     echo "sigs.k8s.io/network-policy-api@v0.1.1"
+    echo "sigs.k8s.io/network-policy-api@v0.1.5"
 )
 stamp="$(printf '%s\n' "${wanted[@]}" | sort)"
-files=(networkpolicy.json cnp.yaml anp.yaml calico-gnp.yaml ccnp.yaml)
+files=(networkpolicy.json cnp.yaml anp.yaml anp-experimental.yaml calico-gnp.yaml ccnp.yaml)
 fresh=1
 [ -f "$cache/VERSIONS" ] && [ "$(cat "$cache/VERSIONS")" = "$stamp" ] || fresh=0
 for f in "${files[@]}"; do [ -s "$cache/$f" ] || fresh=0; done
@@ -70,6 +73,7 @@ version_of() { printf '%s\n' "${wanted[@]}" | grep "^$1@" | head -n1; }
 copy "$(version_of k8s.io/kubernetes)" api/openapi-spec/v3/apis__networking.k8s.io__v1_openapi.json networkpolicy.json
 copy "$(version_of sigs.k8s.io/network-policy-api)" config/crd/standard/policy.networking.k8s.io_clusternetworkpolicies.yaml cnp.yaml
 copy sigs.k8s.io/network-policy-api@v0.1.1 config/crd/policy.networking.k8s.io_adminnetworkpolicies.yaml anp.yaml
+copy sigs.k8s.io/network-policy-api@v0.1.5 config/crd/experimental/policy.networking.k8s.io_adminnetworkpolicies.yaml anp-experimental.yaml
 copy "$(version_of github.com/projectcalico/calico)" libcalico-go/config/crd/crd.projectcalico.org_globalnetworkpolicies.yaml calico-gnp.yaml
 copy "$(version_of github.com/cilium/cilium)" pkg/k8s/apis/cilium.io/client/crds/v2/ciliumclusterwidenetworkpolicies.yaml ccnp.yaml
 echo "$stamp" >"$tmp/VERSIONS"
