@@ -9,7 +9,9 @@
 //! - the policy kinds (NetworkPolicies, and the kinds of the chosen engine) as dynamic
 //!   objects: a user's keeps its spec and loses managedFields and annotations; a
 //!   labelled one keeps the names of its field managers (no `fieldsV1`) and the
-//!   `imdsguard.io/` annotations, which ownership and the comparison read.
+//!   `imdsguard.io/` annotations, which ownership and the comparison read, and its
+//!   other fields as JSON text (one generated object per namespace and name: as a
+//!   `serde_json::Value` tree each would weigh about ten times its JSON).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -171,6 +173,26 @@ pub(crate) fn trim_policy(o: &mut DynamicObject) {
     }
     if let Some(obj) = o.data.as_object_mut() {
         obj.remove("status");
+    }
+    if labelled {
+        // Held as its JSON text (a `serde_json::Value` tree is about ten times larger):
+        // there is one such object per namespace and generated name, read only to be
+        // compared, one at a time ([`data_of`]).
+        if let Ok(text) = serde_json::to_string(&o.data) {
+            o.data = serde_json::Value::String(text);
+        }
+    }
+}
+
+/// The fields of a cached policy object besides `metadata` (`spec`, …): a labelled
+/// object's are held as JSON text ([`trim_policy`]) and read back here. An object's
+/// fields are always a JSON object, so a string is that text, never a field value.
+pub(crate) fn data_of(o: &DynamicObject) -> Cow<'_, serde_json::Value> {
+    match &o.data {
+        serde_json::Value::String(text) => {
+            Cow::Owned(serde_json::from_str(text).unwrap_or(serde_json::Value::Null))
+        }
+        v => Cow::Borrowed(v),
     }
 }
 
