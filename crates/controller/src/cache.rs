@@ -6,6 +6,8 @@
 //! - Namespaces: metadata only (`metadata_watcher`): name, labels, deletionTimestamp;
 //! - Pods: [`SlimPod`], a type of its own that deserializes only labels, owners, the
 //!   service account, hostNetwork and the phase (serde skips the rest of the spec);
+//!   labels, controlling owner, service account and hostNetwork are then held once per
+//!   distinct [`PodShape`], shared by the pods that have it (a workload's replicas);
 //! - the policy kinds (NetworkPolicies, and the kinds of the chosen engine) as dynamic
 //!   objects: a user's keeps its spec and loses managedFields and annotations; a
 //!   labelled one keeps the names of its field managers (no `fieldsV1`) and the
@@ -14,7 +16,8 @@
 //!   `serde_json::Value` tree each would weigh about ten times its JSON).
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use futures::StreamExt;
 use imdsguard_core::generate::MANAGED_BY_LABEL;
@@ -33,14 +36,59 @@ use tokio::task::JoinHandle;
 /// A Pod with only what the controller reads.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct SlimPod {
-    /// Name, namespace, labels, ownerReferences (the rest is cleared).
+    /// Name and namespace once stored (labels and owner move into `shape`; the rest is
+    /// cleared).
     pub metadata: ObjectMeta,
-    /// The service account and hostNetwork.
+    /// The service account and hostNetwork as read (moved into `shape` once stored).
     #[serde(default)]
     pub spec: SlimPodSpec,
     /// The phase.
     #[serde(default)]
     pub status: SlimPodStatus,
+    /// Labels, controlling owner, service account and hostNetwork, shared by every
+    /// stored pod that has the same (the replicas of a workload).
+    #[serde(skip)]
+    pub shape: Arc<PodShape>,
+}
+
+/// What the pods of a workload share: labels, controlling owner, service account,
+/// hostNetwork (each distinct one held once, [`intern`]).
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
+pub struct PodShape {
+    /// `metadata.labels`.
+    pub labels: imdsguard_core::model::Labels,
+    /// The controlling ownerReference: apiVersion, kind, name.
+    pub owner: Option<(String, String, String)>,
+    /// The service account, as the API server defaults it.
+    pub service_account: String,
+    /// `spec.hostNetwork`.
+    pub host_network: bool,
+}
+
+/// The one shared copy of a pod shape. Shapes no stored pod holds any more are dropped
+/// whenever the set has doubled since the last sweep.
+fn intern(shape: PodShape) -> Arc<PodShape> {
+    struct Shapes {
+        set: HashSet<Arc<PodShape>>,
+        sweep_at: usize,
+    }
+    static SHAPES: LazyLock<Mutex<Shapes>> = LazyLock::new(|| {
+        Mutex::new(Shapes {
+            set: HashSet::new(),
+            sweep_at: 1024,
+        })
+    });
+    let mut shapes = SHAPES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(s) = shapes.set.get(&shape) {
+        return s.clone();
+    }
+    if shapes.set.len() >= shapes.sweep_at {
+        shapes.set.retain(|s| Arc::strong_count(s) > 1);
+        shapes.sweep_at = (shapes.set.len() * 2).max(1024);
+    }
+    let s = Arc::new(shape);
+    shapes.set.insert(s.clone());
+    s
 }
 
 /// What the controller reads of a pod's spec.
@@ -79,11 +127,8 @@ impl SlimPod {
     }
 
     /// Its service account, as the API server defaults it.
-    pub fn service_account(&self) -> String {
-        imdsguard_core::model::PodTemplate::service_account_of(
-            self.spec.service_account_name.as_deref(),
-            self.spec.service_account.as_deref(),
-        )
+    pub fn service_account(&self) -> &str {
+        &self.shape.service_account
     }
 }
 
@@ -126,13 +171,29 @@ fn trim_pod(p: &mut SlimPod) {
     p.metadata.resource_version = None;
     p.metadata.generation = None;
     p.metadata.deletion_timestamp = None;
-    if let Some(owners) = p.metadata.owner_references.as_mut() {
-        owners.retain(|o| o.controller == Some(true));
-        for o in owners {
-            o.uid = String::new();
-            o.block_owner_deletion = None;
-        }
-    }
+    let owner = p
+        .metadata
+        .owner_references
+        .take()
+        .and_then(|o| o.into_iter().find(|o| o.controller == Some(true)))
+        .map(|o| (o.api_version, o.kind, o.name));
+    let service_account = imdsguard_core::model::PodTemplate::service_account_of(
+        p.spec.service_account_name.as_deref(),
+        p.spec.service_account.as_deref(),
+    );
+    p.shape = intern(PodShape {
+        labels: p
+            .metadata
+            .labels
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        owner,
+        service_account,
+        host_network: p.spec.host_network.unwrap_or(false),
+    });
+    p.spec = SlimPodSpec::default();
 }
 
 fn trim_namespace(n: &mut PartialObjectMeta<Namespace>) {
@@ -329,4 +390,48 @@ pub(crate) fn start(
         },
         tasks,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, app: &str, extra: &str) -> SlimPod {
+        let text = format!(
+            r#"{{"metadata":{{"name":"{name}","namespace":"shop","uid":"u-{name}","labels":{{"app":"{app}"}},
+               "ownerReferences":[{{"apiVersion":"v1","kind":"Node","name":"n","uid":"x"}},
+                                  {{"apiVersion":"apps/v1","kind":"ReplicaSet","name":"web-5d","uid":"u","controller":true}}]}},
+               "spec":{{"containers":[{{"name":"c","image":"i"}}]{extra}}},"status":{{"phase":"Running","podIP":"10.0.0.1"}}}}"#
+        );
+        let mut p: SlimPod = serde_json::from_str(&text).unwrap();
+        trim_pod(&mut p);
+        p
+    }
+
+    #[test]
+    fn replicas_share_one_shape_and_keep_what_the_core_reads() {
+        let a = pod("web-1", "web", "");
+        let b = pod("web-2", "web", "");
+        assert!(Arc::ptr_eq(&a.shape, &b.shape));
+        assert_eq!(a.metadata.name.as_deref(), Some("web-1"));
+        assert_eq!(a.metadata.labels, None);
+        assert_eq!(a.metadata.uid, None);
+        assert_eq!(a.service_account(), "default");
+        assert_eq!(
+            a.shape.owner,
+            Some(("apps/v1".into(), "ReplicaSet".into(), "web-5d".into()))
+        );
+        assert_eq!(a.shape.labels.get("app").map(String::as_str), Some("web"));
+        assert!(a.running());
+        let other_labels = pod("db-1", "db", "");
+        assert!(!Arc::ptr_eq(&a.shape, &other_labels.shape));
+        let other_account = pod(
+            "web-3",
+            "web",
+            r#","serviceAccountName":"web","hostNetwork":true"#,
+        );
+        assert!(!Arc::ptr_eq(&a.shape, &other_account.shape));
+        assert_eq!(other_account.service_account(), "web");
+        assert!(other_account.shape.host_network);
+    }
 }

@@ -219,6 +219,69 @@ struct NamespaceMeta<'a> {
     labels: &'a Option<BTreeMap<String, String>>,
 }
 
+/// A cached pod as the core reads it: name, namespace, labels, controlling owner,
+/// service account, hostNetwork, phase.
+#[derive(serde::Serialize)]
+struct PodItem<'a> {
+    metadata: PodMeta<'a>,
+    spec: PodSpecItem<'a>,
+    status: &'a crate::cache::SlimPodStatus,
+}
+
+#[derive(serde::Serialize)]
+struct PodMeta<'a> {
+    name: Option<&'a str>,
+    namespace: Option<&'a str>,
+    labels: &'a imdsguard_core::model::Labels,
+    #[serde(rename = "ownerReferences")]
+    owner_references: Vec<OwnerItem<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct OwnerItem<'a> {
+    #[serde(rename = "apiVersion")]
+    api_version: &'a str,
+    kind: &'a str,
+    name: &'a str,
+    controller: bool,
+}
+
+#[derive(serde::Serialize)]
+struct PodSpecItem<'a> {
+    #[serde(rename = "serviceAccountName")]
+    service_account_name: &'a str,
+    #[serde(rename = "hostNetwork")]
+    host_network: bool,
+}
+
+impl<'a> PodItem<'a> {
+    fn of(p: &'a SlimPod) -> Self {
+        let s = &p.shape;
+        PodItem {
+            metadata: PodMeta {
+                name: p.metadata.name.as_deref(),
+                namespace: p.metadata.namespace.as_deref(),
+                labels: &s.labels,
+                owner_references: s
+                    .owner
+                    .iter()
+                    .map(|(api_version, kind, name)| OwnerItem {
+                        api_version,
+                        kind,
+                        name,
+                        controller: true,
+                    })
+                    .collect(),
+            },
+            spec: PodSpecItem {
+                service_account_name: &s.service_account,
+                host_network: s.host_network,
+            },
+            status: &p.status,
+        }
+    }
+}
+
 /// A cached dynamic object's metadata and other fields.
 #[derive(serde::Serialize)]
 struct DynamicItem<'a> {
@@ -382,7 +445,7 @@ impl Reconciler {
                 text.push(&Typed {
                     api_version: "v1",
                     kind: "Pod",
-                    object: &**p,
+                    object: PodItem::of(p),
                 });
             }
             for (o, k) in &ns.objects {
@@ -931,14 +994,10 @@ impl Reconciler {
                             .iter()
                             .filter(|p| p.running())
                             .filter(|p| {
-                                let sa = p.service_account();
-                                let labels = p.metadata.labels.clone().unwrap_or_default();
-                                let labels: imdsguard_core::model::Labels =
-                                    labels.into_iter().collect();
                                 rule.selects_shape(&PodShapeRef {
                                     namespace: p.metadata.namespace.as_deref().unwrap_or(""),
-                                    labels: &labels,
-                                    service_account: Some(&sa),
+                                    labels: &p.shape.labels,
+                                    service_account: Some(p.service_account()),
                                 })
                             })
                             .count();
