@@ -197,6 +197,7 @@ fn trim_pod(p: &mut SlimPod) {
 }
 
 fn trim_namespace(n: &mut PartialObjectMeta<Namespace>) {
+    n.types = None;
     trim_meta(&mut n.metadata);
     n.metadata.owner_references = None;
     n.metadata.resource_version = None;
@@ -209,6 +210,7 @@ fn trim_policy_object(p: &mut MetadataAccessPolicy) {
 /// A policy object: a user's keeps its spec only; a labelled one the names of its
 /// field managers and the `imdsguard.io/` annotations (ownership and comparison).
 pub(crate) fn trim_policy(o: &mut DynamicObject) {
+    o.types = None;
     let m = &mut o.metadata;
     let labelled = m
         .labels

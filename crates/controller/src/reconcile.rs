@@ -3,7 +3,7 @@
 //! no longer wants → the core's audit of the result for conflicts → status, Events,
 //! metrics. Every semantic step is the core's; this module compares and writes.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -175,6 +175,9 @@ const CATCH_UP: Duration = Duration::from_secs(3);
 
 /// (apiVersion, kind, namespace, name) of an object.
 type Key = (String, String, String, String);
+
+/// (index of the kind in `Caches::kinds`, namespace, name) of a cached object.
+type LiveKey<'a> = (usize, &'a str, &'a str);
 
 fn key_of(v: &Value) -> Key {
     let s = |p: &str| {
@@ -373,7 +376,7 @@ struct Desired {
 /// How many namespaces one generate, compare and audit round covers when the output is
 /// NetworkPolicies (each namespace's are generated, and audited, from that namespace
 /// alone): the generated objects are held one round at a time.
-const NAMESPACES_PER_ROUND: usize = 200;
+const NAMESPACES_PER_ROUND: usize = 50;
 
 fn now() -> String {
     // RFC 3339 in seconds, as metav1.Time is written.
@@ -458,6 +461,13 @@ impl Reconciler {
         text
     }
 
+    fn kind_index(&self, api_version: &str, kind: &str) -> Option<usize> {
+        self.caches
+            .kinds
+            .iter()
+            .position(|k| k.resource.api_version == api_version && k.resource.kind == kind)
+    }
+
     fn kind_of(&self, api_version: &str, kind: &str) -> Option<&PolicyKind> {
         self.caches
             .kinds
@@ -513,17 +523,16 @@ impl Reconciler {
         let (rules, refused) = combined_rules(maps.iter().map(|m| &**m));
         let input = self.input();
 
-        // The live objects of the generated kinds, by key.
-        let mut live: HashMap<Key, (Arc<DynamicObject>, &PolicyKind)> = HashMap::new();
-        for k in &self.caches.kinds {
-            for o in k.store.state() {
-                let key = (
-                    k.resource.api_version.clone(),
-                    k.resource.kind.clone(),
-                    o.namespace().unwrap_or_default(),
-                    o.name_any(),
-                );
-                live.insert(key, (o, k));
+        // The live objects of the generated kinds, by (kind, namespace, name), borrowed
+        // from the caches' snapshots.
+        let states: Vec<Vec<Arc<DynamicObject>>> =
+            self.caches.kinds.iter().map(|k| k.store.state()).collect();
+        let mut live: HashMap<LiveKey<'_>, &Arc<DynamicObject>> =
+            HashMap::with_capacity(states.iter().map(Vec::len).sum());
+        for (i, objects) in states.iter().enumerate() {
+            for o in objects {
+                let ns = o.metadata.namespace.as_deref().unwrap_or("");
+                live.insert((i, ns, o.metadata.name.as_deref().unwrap_or("")), o);
             }
         }
 
@@ -542,7 +551,11 @@ impl Reconciler {
         } else {
             names.chunks(per_round).collect()
         };
-        let mut wanted: BTreeSet<Key> = BTreeSet::new();
+        // The live objects wanted, by address (the others the controller owns are
+        // deleted), and the
+        // first wanted objects in order for the status.
+        let mut wanted: HashSet<usize> = HashSet::new();
+        let mut listed: BTreeSet<Key> = BTreeSet::new();
         let mut in_place = 0usize;
         // What the cache must show before the next reconcile reads it: each applied
         // object at another resourceVersion than before, each deleted one gone.
@@ -586,9 +599,19 @@ impl Reconciler {
                     continue;
                 }
                 out.desired += 1;
-                wanted.insert(key.clone());
+                listed.insert(key.clone());
+                if listed.len() > STATUS_GENERATED_LIMIT {
+                    listed.pop_last();
+                }
                 let body = || serde_json::value::to_raw_value(&d).ok();
-                match live.get(&key) {
+                let kind = self.kind_index(&key.0, &key.1);
+                let found = kind
+                    .and_then(|i| live.get(&(i, key.2.as_str(), key.3.as_str())))
+                    .map(|o| Arc::clone(o));
+                if let Some(o) = &found {
+                    wanted.insert(Arc::as_ptr(o) as usize);
+                }
+                match found.map(|o| (o, &self.caches.kinds[kind.unwrap_or_default()])) {
                     Some((o, k)) if !owned(&o.metadata) => {
                         let where_ = if key.2.is_empty() {
                             String::new()
@@ -609,7 +632,7 @@ impl Reconciler {
                     }
                     Some((o, k)) => {
                         let Some(body) = body() else { continue };
-                        if !up_to_date(&dynamic_json(o, &k.resource), &d) {
+                        if !up_to_date(&dynamic_json(&o, &k.resource), &d) {
                             applies.push((
                                 Desired {
                                     key,
@@ -685,10 +708,12 @@ impl Reconciler {
 
         let deletes: Vec<(Arc<DynamicObject>, ApiResource)> = live
             .iter()
-            .filter(|(key, (o, _))| {
-                owned(&o.metadata) && !wanted.contains(*key) && !input.terminating.contains(&key.2)
+            .filter(|(key, o)| {
+                owned(&o.metadata)
+                    && !wanted.contains(&(Arc::as_ptr(o) as usize))
+                    && !input.terminating.contains(key.1)
             })
-            .map(|(_, (o, k))| (o.clone(), k.resource.clone()))
+            .map(|(key, o)| ((*o).clone(), self.caches.kinds[key.0].resource.clone()))
             .collect();
         let results: Vec<(Awaited, Result<(), String>)> = futures::stream::iter(deletes)
             .map(|(o, ar)| async move {
@@ -712,7 +737,9 @@ impl Reconciler {
                 Err(e) => out.errors.push(e),
             }
         }
+        drop(wanted);
         drop(live);
+        drop(states);
         drop(input);
         self.caught_up(awaited).await;
         self.metrics.set_managed(in_place);
@@ -727,7 +754,7 @@ impl Reconciler {
         }
 
         if *leader.borrow() {
-            self.write_statuses(&maps, &refused, &wanted, &out, leader)
+            self.write_statuses(&maps, &refused, &listed, &out, leader)
                 .await;
             self.publish_events(&maps, &out.conflicts, leader).await;
         }
@@ -882,11 +909,11 @@ impl Reconciler {
         &self,
         maps: &[Arc<MetadataAccessPolicy>],
         refused: &[(String, imdsguard_core::access::AccessError)],
-        desired: &BTreeSet<Key>,
+        listed: &BTreeSet<Key>,
         out: &Outcome,
         leader: &watch::Receiver<bool>,
     ) {
-        let mut generated: Vec<GeneratedRef> = desired
+        let mut generated: Vec<GeneratedRef> = listed
             .iter()
             .map(|(api_version, kind, ns, name)| GeneratedRef {
                 api_version: api_version.clone(),
@@ -896,7 +923,7 @@ impl Reconciler {
             })
             .collect();
         generated.sort();
-        let total = generated.len();
+        let total = out.desired;
         generated.truncate(STATUS_GENERATED_LIMIT);
         let pods = self.caches.pods.state();
         let api: Api<MetadataAccessPolicy> = Api::all(self.client.clone());
