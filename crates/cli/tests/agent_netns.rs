@@ -512,25 +512,6 @@ spec:
     )
 }
 
-/// Applies the committed MetadataAccessPolicy CRD and waits until it is served.
-fn install_crd(cp: &ControlPlane) {
-    let crd = std::fs::read_to_string(
-        imdsguard_testkit::control_plane::repo_root()
-            .join("deploy/crds/metadataaccesspolicies.imdsguard.io.yaml"),
-    )
-    .expect("the committed CRD reads");
-    cp.apply(&crd);
-    cp.kubectl_ok(
-        &[
-            "wait",
-            "--for=condition=established",
-            "--timeout=30s",
-            "crd/metadataaccesspolicies.imdsguard.io",
-        ],
-        None,
-    );
-}
-
 /// Writes the pod's status (Running, podIP) through the status subresource, as the
 /// kubelet would.
 fn set_pod_status(cp: &ControlPlane, namespace: &str, name: &str, ip: &str) {
@@ -574,7 +555,7 @@ fn kubernetes_mode_takes_the_pods_from_the_api_and_posts_events() {
         let cp = ControlPlane::dedicated(test);
         // The agent also watches MetadataAccessPolicy objects (none here): without the
         // CRD /readyz would say it is not installed.
-        install_crd(&cp);
+        cp.install_imdsguard_crd();
         // node-a has the start-up taint, which this agent is told to leave.
         let node = serde_json::json!({
             "apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
@@ -1001,7 +982,7 @@ fn kubernetes_mode_follows_metadata_access_policies_and_hands_off_the_taint() {
     isolated(test, || {
         let w = World::new(test);
         let cp = ControlPlane::dedicated(test);
-        install_crd(&cp);
+        cp.install_imdsguard_crd();
         // node-a registered with the start-up taint (and a taint of the pool's own);
         // node-b too: only node-a's agent runs here.
         for node in ["node-a", "node-b"] {
@@ -1160,7 +1141,7 @@ fn kubernetes_proxy_mode_takes_its_rules_from_metadata_access_policies() {
     isolated(test, || {
         let w = World::new(test);
         let cp = ControlPlane::dedicated(test);
-        install_crd(&cp);
+        cp.install_imdsguard_crd();
         let pods = [
             ("platform", "allowed", "10.244.0.10"),
             ("shop", "web", "10.244.0.11"),

@@ -131,13 +131,8 @@ async fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Optio
 
 async fn keeps_its_policies(test: &str, e: Engine) {
     let cp = ControlPlane::dedicated(test);
-    let crd = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy/crds/metadataaccesspolicies.imdsguard.io.yaml"
-    ))
-    .expect("the committed CRD");
-    cp.apply(&crd);
-    let mut names = vec!["metadataaccesspolicies.imdsguard.io"];
+    cp.install_imdsguard_crd();
+    let mut names: Vec<&str> = Vec::new();
     for (yaml, crd) in &e.crds {
         cp.apply(yaml);
         names.push(crd);

@@ -25,16 +25,6 @@ async fn client(kubeconfig: &Path) -> Client {
     Client::try_from(config).expect("a client")
 }
 
-fn install_crd(cp: &ControlPlane) {
-    let crd = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy/crds/metadataaccesspolicies.imdsguard.io.yaml"
-    ))
-    .expect("the committed CRD");
-    cp.apply(&crd);
-    cp.wait_established(&["metadataaccesspolicies.imdsguard.io"]);
-}
-
 async fn controller(cp: &ControlPlane, id: &str, exclude: &[&str]) -> ControllerHandle {
     let mut c = ControllerConfig::new(client(cp.kubeconfig()).await, id);
     c.engine = Some(OutputEngine::NetworkPolicy);
@@ -147,7 +137,7 @@ fn managed_policies(cp: &ControlPlane) -> Vec<String> {
 #[ignore = "needs control plane"]
 async fn keeps_the_policies_in_every_namespace_and_reports() {
     let cp = ControlPlane::dedicated("keeps_the_policies_in_every_namespace_and_reports");
-    install_crd(&cp);
+    cp.install_imdsguard_crd();
     for ns in ["shop", "skipme", "taken"] {
         cp.kubectl_ok(&["create", "namespace", ns], None);
     }
@@ -409,7 +399,7 @@ async fn keeps_the_policies_in_every_namespace_and_reports() {
 #[ignore = "needs control plane"]
 async fn one_replica_acts_and_the_other_takes_over() {
     let cp = ControlPlane::dedicated("one_replica_acts_and_the_other_takes_over");
-    install_crd(&cp);
+    cp.install_imdsguard_crd();
     cp.kubectl_ok(&["create", "namespace", "shop"], None);
     cp.apply(&map_yaml(
         "platform",

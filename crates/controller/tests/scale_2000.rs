@@ -15,13 +15,7 @@ const NAMESPACES: usize = 2000;
 #[ignore = "needs control plane"]
 async fn two_thousand_new_namespaces_are_protected_within_a_minute() {
     let cp = ControlPlane::dedicated("two_thousand_new_namespaces_are_protected_within_a_minute");
-    let crd = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy/crds/metadataaccesspolicies.imdsguard.io.yaml"
-    ))
-    .unwrap();
-    cp.apply(&crd);
-    cp.wait_established(&["metadataaccesspolicies.imdsguard.io"]);
+    cp.install_imdsguard_crd();
     cp.apply("apiVersion: imdsguard.io/v1alpha1\nkind: MetadataAccessPolicy\nmetadata:\n  name: platform\nspec:\n  rules:\n  - name: app\n    subjects:\n    - namespace: ns-0\n      podSelector:\n        matchLabels:\n          app: allowed\n    paths: [\"/metadata/instance/compute\"]\n");
     let kc = Kubeconfig::read_from(cp.kubeconfig()).unwrap();
     let client = Client::try_from(

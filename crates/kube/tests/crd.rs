@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use imdsguard_kube::crd::{CRD_FILE, MetadataAccessPolicy};
+use imdsguard_kube::crd::MetadataAccessPolicy;
 use imdsguard_kube::{Client, Config};
 use imdsguard_testkit::ControlPlane;
 use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
@@ -60,17 +60,6 @@ impl Drop for Cleanup<'_> {
         args.extend(self.names.iter().map(String::as_str));
         let _ = self.cp.kubectl(&args, None);
     }
-}
-
-/// Applies the committed CRD (server-side) and waits until the API serves the kind.
-fn apply_crd(cp: &ControlPlane) {
-    let path = imdsguard_testkit::control_plane::repo_root()
-        .join("deploy/crds")
-        .join(CRD_FILE);
-    let yaml = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    cp.apply(&yaml);
-    cp.wait_established(&[CRD_NAME]);
 }
 
 fn dynamic_api(client: &Client) -> Api<DynamicObject> {
@@ -260,7 +249,7 @@ fn invalid_specs() -> Vec<(&'static str, Value, Vec<&'static str>)> {
 #[ignore = "needs control plane"]
 async fn the_committed_crd_applies_and_valid_objects_read_back_as_sent() {
     let cp = ControlPlane::shared("the_committed_crd_applies_and_valid_objects_read_back_as_sent");
-    apply_crd(cp);
+    cp.install_imdsguard_crd();
     // Applying it again (as every test and the chart do) changes nothing.
     let before = cp.kubectl_ok(
         &[
@@ -272,7 +261,7 @@ async fn the_committed_crd_applies_and_valid_objects_read_back_as_sent() {
         ],
         None,
     );
-    apply_crd(cp);
+    cp.install_imdsguard_crd();
     let after = cp.kubectl_ok(
         &[
             "get",
@@ -353,7 +342,7 @@ async fn the_committed_crd_applies_and_valid_objects_read_back_as_sent() {
 #[ignore = "needs control plane"]
 async fn invalid_objects_are_refused_with_the_rules_message() {
     let cp = ControlPlane::shared("invalid_objects_are_refused_with_the_rules_message");
-    apply_crd(cp);
+    cp.install_imdsguard_crd();
     let client = client(cp.kubeconfig()).await;
     let dynamic = dynamic_api(&client);
     let mut cleanup = Cleanup {
@@ -395,7 +384,7 @@ async fn invalid_objects_are_refused_with_the_rules_message() {
 #[ignore = "needs control plane"]
 async fn what_the_schema_lets_through_the_core_refuses_naming_the_rule() {
     let cp = ControlPlane::shared("what_the_schema_lets_through_the_core_refuses_naming_the_rule");
-    apply_crd(cp);
+    cp.install_imdsguard_crd();
     let client = client(cp.kubeconfig()).await;
     let dynamic = dynamic_api(&client);
     let typed: Api<MetadataAccessPolicy> = Api::all(client.clone());

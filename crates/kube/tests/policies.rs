@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use imdsguard_kube::policies::{PolicyState, PolicyWatch};
 use imdsguard_kube::{Client, Config};
 use imdsguard_testkit::ControlPlane;
-use imdsguard_testkit::control_plane::repo_root;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio::sync::watch;
 
@@ -98,20 +97,7 @@ async fn the_watch_follows_the_objects_within_a_second() {
 
     // The CRD installed: picked up at the next retry (kube-runtime's backoff, at most
     // 30 s between tries), without a restart.
-    let crd = std::fs::read_to_string(
-        repo_root().join("deploy/crds/metadataaccesspolicies.imdsguard.io.yaml"),
-    )
-    .expect("the committed CRD reads");
-    cp.apply(&crd);
-    cp.kubectl_ok(
-        &[
-            "wait",
-            "--for=condition=established",
-            "--timeout=30s",
-            "crd/metadataaccesspolicies.imdsguard.io",
-        ],
-        None,
-    );
+    cp.install_imdsguard_crd();
     let state = wait_for(&mut rx, Duration::from_secs(60), "CRD installed", |s| {
         matches!(s, PolicyState::Synced(_))
     })

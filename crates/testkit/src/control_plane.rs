@@ -214,6 +214,17 @@ impl ControlPlane {
         );
     }
 
+    /// Applies imdsguard's committed `MetadataAccessPolicy` CRD
+    /// (`deploy/crds/metadataaccesspolicies.imdsguard.io.yaml`, server-side; applying it
+    /// again changes nothing) and waits until it is `Established`.
+    pub fn install_imdsguard_crd(&self) {
+        let path = repo_root().join("deploy/crds/metadataaccesspolicies.imdsguard.io.yaml");
+        let yaml = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        self.apply(&yaml);
+        self.wait_established(&["metadataaccesspolicies.imdsguard.io"]);
+    }
+
     /// Waits (at most 60 s) until each CustomResourceDefinition (`crd/NAME` or `NAME`) is
     /// `Established`, then panics naming those that are not. Polls instead of `kubectl
     /// wait`: a CRD created a moment ago may have no `status.conditions` yet, which
