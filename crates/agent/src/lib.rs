@@ -1033,17 +1033,23 @@ impl Agent {
             }
         };
         if let Some(rx) = shared.kube_pods.clone() {
-            tasks.push(tokio::spawn(follow_kube_pods(
+            // A change between the first list and now is applied once more: harmless
+            // (the set elements that differ are none).
+            tasks.push(tokio::spawn(follow(
                 shared.clone(),
                 rx,
                 stop_rx.clone(),
+                Shared::apply_kube_pods,
             )));
         }
-        if let Some(rx) = shared.policies.clone() {
-            tasks.push(tokio::spawn(follow_policies(
+        if let Some(mut rx) = shared.policies.clone() {
+            // The state at start was applied by the start itself.
+            rx.mark_unchanged();
+            tasks.push(tokio::spawn(follow(
                 shared.clone(),
                 rx,
                 stop_rx.clone(),
+                Shared::apply_policies,
             )));
         }
         if let Some((client, node)) = kube_client.filter(|_| args.remove_taint) {
@@ -1220,14 +1226,16 @@ impl ReloadTarget for AgentFiles {
 /// How long the agent waits at start for the first list of the node's pods.
 const KUBE_INITIAL_LIST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// `--kubernetes`: applies each new snapshot of the watch as it comes.
-async fn follow_kube_pods(
+/// `--kubernetes`: runs `apply` (on a blocking thread) after each change of a watch's
+/// value as it comes (event-driven: within the watch's latency, not the check
+/// interval), until `stop` or the watch ends. Used for the pods' snapshots and the
+/// policies' state.
+async fn follow<T>(
     shared: Arc<Shared>,
-    mut rx: watch::Receiver<Option<Arc<imdsguard_kube::Snapshot>>>,
+    mut rx: watch::Receiver<T>,
     mut stop: watch::Receiver<bool>,
+    apply: fn(&Shared),
 ) {
-    // A change between the first list and now is applied once more: harmless (the
-    // set elements that differ are none).
     loop {
         tokio::select! {
             changed = rx.changed() => {
@@ -1238,30 +1246,7 @@ async fn follow_kube_pods(
             _ = stop.changed() => return,
         }
         let s = shared.clone();
-        let _ = tokio::task::spawn_blocking(move || s.apply_kube_pods()).await;
-    }
-}
-
-/// `--kubernetes` without `--rules`: applies each new state of the policies' watch as
-/// it comes (event-driven: within the watch's latency, not the check interval).
-async fn follow_policies(
-    shared: Arc<Shared>,
-    mut rx: watch::Receiver<PolicyState>,
-    mut stop: watch::Receiver<bool>,
-) {
-    // The state at start was applied by the start itself.
-    rx.mark_unchanged();
-    loop {
-        tokio::select! {
-            changed = rx.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-            }
-            _ = stop.changed() => return,
-        }
-        let s = shared.clone();
-        let _ = tokio::task::spawn_blocking(move || s.apply_policies()).await;
+        let _ = tokio::task::spawn_blocking(move || apply(&s)).await;
     }
 }
 
