@@ -10,9 +10,9 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use imdsguard_core::access::{AccessRules, Decision, PodInfo, RESERVED_RULE_NAMES};
+use imdsguard_core::access::{AccessRules, Decision, PodInfo};
 use imdsguard_core::canon::Canonicalizer;
-use imdsguard_core::imds::{ImdsApi, ImdsRequest, validate};
+use imdsguard_core::imds::{ImdsRequest, validate};
 use libfuzzer_sys::fuzz_target;
 
 /// Requests the proxy would pass to the rules (canonical and valid).
@@ -113,29 +113,7 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     };
-    assert_eq!(rules.len(), rules.rules().len());
-    for (i, rule) in rules.rules().iter().enumerate() {
-        assert!(!rule.name.is_empty());
-        assert!(
-            !RESERVED_RULE_NAMES.contains(&&*rule.name),
-            "reserved name {}",
-            rule.name
-        );
-        assert!(
-            rules.rules()[..i].iter().all(|o| o.name != rule.name),
-            "name {} used twice",
-            rule.name
-        );
-        assert!(
-            !rule.methods.is_empty() && !rule.paths.is_empty(),
-            "{rule:?}"
-        );
-        let token_path = rule
-            .paths
-            .iter()
-            .any(|g| g.covers(ImdsApi::IdentityToken, &[]));
-        assert_eq!(rule.token.is_some(), token_path, "{rule:?}");
-    }
+    imdsguard_fuzz::check_accepted_rules(&rules);
     for pod in pods(&rules) {
         for req in requests() {
             match rules.evaluate(&pod, req) {

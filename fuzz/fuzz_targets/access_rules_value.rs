@@ -7,8 +7,7 @@
 //! half-read).
 #![no_main]
 
-use imdsguard_core::access::{AccessRules, RESERVED_RULE_NAMES};
-use imdsguard_core::imds::ImdsApi;
+use imdsguard_core::access::AccessRules;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -22,27 +21,5 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     };
-    for (i, rule) in rules.rules().iter().enumerate() {
-        assert!(!rule.name.is_empty());
-        assert!(
-            !RESERVED_RULE_NAMES.contains(&&*rule.name),
-            "reserved name {}",
-            rule.name
-        );
-        assert!(
-            rules.rules()[..i].iter().all(|o| o.name != rule.name),
-            "name {} used twice",
-            rule.name
-        );
-        assert!(
-            !rule.methods.is_empty() && !rule.paths.is_empty(),
-            "{rule:?}"
-        );
-        assert!(!rule.subjects.is_empty(), "{rule:?}");
-        let token_path = rule
-            .paths
-            .iter()
-            .any(|g| g.covers(ImdsApi::IdentityToken, &[]));
-        assert_eq!(rule.token.is_some(), token_path, "{rule:?}");
-    }
+    imdsguard_fuzz::check_accepted_rules(&rules);
 });

@@ -84,3 +84,36 @@ fn trim_ows(v: &[u8]) -> &[u8] {
 pub fn line_count(text: &str) -> usize {
     text.bytes().filter(|&b| b == b'\n').count() + 1
 }
+
+/// The properties every accepted set of access rules has, whichever reader accepted it
+/// (`AccessRules::parse` of a rules file, `AccessRules::from_value` of a
+/// `MetadataAccessPolicy` spec): unique, unreserved, non-empty names; subjects, methods
+/// and paths; a token section exactly when the rule grants the token endpoint.
+pub fn check_accepted_rules(rules: &imdsguard_core::access::AccessRules) {
+    use imdsguard_core::access::RESERVED_RULE_NAMES;
+    use imdsguard_core::imds::ImdsApi;
+    assert_eq!(rules.len(), rules.rules().len());
+    for (i, rule) in rules.rules().iter().enumerate() {
+        assert!(!rule.name.is_empty());
+        assert!(
+            !RESERVED_RULE_NAMES.contains(&&*rule.name),
+            "reserved name {}",
+            rule.name
+        );
+        assert!(
+            rules.rules()[..i].iter().all(|o| o.name != rule.name),
+            "name {} used twice",
+            rule.name
+        );
+        assert!(!rule.subjects.is_empty(), "{rule:?}");
+        assert!(
+            !rule.methods.is_empty() && !rule.paths.is_empty(),
+            "{rule:?}"
+        );
+        let token_path = rule
+            .paths
+            .iter()
+            .any(|g| g.covers(ImdsApi::IdentityToken, &[]));
+        assert_eq!(rule.token.is_some(), token_path, "{rule:?}");
+    }
+}
