@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::listing::{NftParseError, objects, ours, single};
 use super::ruleset::NamedCounter;
 use super::set;
+use crate::target::{Protocol, Target};
 
 /// A named counter's value.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -111,6 +112,95 @@ pub fn parse_dropped(text: &str) -> Result<Vec<DroppedSource>, NftParseError> {
             continue;
         };
         out.extend(elems.iter().filter_map(DroppedSource::from_element));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// One element of `observed_v4` / `observed_v6` (observe mode): connections from one
+/// source pair to one endpoint in the last [`super::DROPPED_TIMEOUT_SECS`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ObservedConnection {
+    /// The interface the packets entered the node on.
+    pub iface: String,
+    /// Their source address.
+    pub addr: IpAddr,
+    /// The endpoint (a protected address, protocol and port), written `IP:PORT/PROTO`.
+    #[serde(serialize_with = "as_text")]
+    pub endpoint: Target,
+    /// New connections since the element was added (it restarts from zero when the
+    /// element expired or the table was rebuilt).
+    pub connections: u64,
+}
+
+impl ObservedConnection {
+    /// `{"elem": {"val": {"concat": [IFACE, SADDR, DADDR, PROTO, PORT]}, "counter": …}}`,
+    /// or a bare concatenation (no counter yet).
+    fn from_element(elem: &Expression<'_>) -> Option<ObservedConnection> {
+        let (val, counter) = match elem {
+            Expression::Named(NamedExpression::Elem(e)) => (&*e.val, e.counter.as_ref()),
+            other => (other, None),
+        };
+        let Expression::Named(NamedExpression::Concat(parts)) = val else {
+            return None;
+        };
+        let [
+            Expression::String(iface),
+            Expression::String(addr),
+            Expression::String(daddr),
+            proto,
+            Expression::Number(port),
+        ] = parts.as_slice()
+        else {
+            return None;
+        };
+        // nft names the protocols it knows (`tcp`) and writes others as numbers.
+        let protocol = match proto {
+            Expression::String(p) => p.parse::<Protocol>().ok()?,
+            Expression::Number(6) => Protocol::Tcp,
+            Expression::Number(17) => Protocol::Udp,
+            Expression::Number(132) => Protocol::Sctp,
+            _ => return None,
+        };
+        let packets = match counter {
+            Some(stmt::Counter::Anonymous(Some(c))) => c.packets.unwrap_or(0),
+            _ => 0,
+        };
+        Some(ObservedConnection {
+            iface: iface.to_string(),
+            addr: addr.parse::<IpAddr>().ok()?.to_canonical(),
+            endpoint: Target {
+                ip: daddr.parse::<IpAddr>().ok()?.to_canonical(),
+                port: u16::try_from(*port).ok()?,
+                protocol,
+            },
+            connections: packets as u64,
+        })
+    }
+}
+
+fn as_text<S: serde::Serializer>(t: &Target, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(t)
+}
+
+/// The elements of the observed-connection sets in the answer to
+/// `nft -j list set inet imdsguard observed_v4` (and `observed_v6`, or a listing of
+/// the whole table), sorted. Other sets and tables are ignored.
+pub fn parse_observed(text: &str) -> Result<Vec<ObservedConnection>, NftParseError> {
+    let mut out = Vec::new();
+    for (kind, body) in objects(text)?.into_iter().filter_map(single) {
+        let name = body.get("name").and_then(Value::as_str);
+        if kind != "set"
+            || !ours(&body, "table")
+            || !matches!(name, Some(set::OBSERVED_V4 | set::OBSERVED_V6))
+        {
+            continue;
+        }
+        let elems = body.get("elem").cloned().unwrap_or(Value::Null);
+        let Ok(elems) = serde_json::from_value::<Vec<Expression<'static>>>(elems) else {
+            continue;
+        };
+        out.extend(elems.iter().filter_map(ObservedConnection::from_element));
     }
     out.sort();
     Ok(out)

@@ -17,6 +17,8 @@
 //!   set known_v6     { type ifname . ipv6_addr }
 //!   set dropped_v4   { type ifname . ipv4_addr; flags dynamic,timeout; timeout 10m; counter }
 //!   set dropped_v6   { type ifname . ipv6_addr; … }                   who was dropped, and how often
+//!   set observed_v4  { type ifname . ipv4_addr . ipv4_addr . inet_proto . inet_service; … }
+//!   set observed_v6  { … }                      observe mode: who connected to which endpoint
 //!   chain forward  (filter, hook forward, priority filter - 10): iifname "azv*" jump pod_egress, …
 //!   chain input    (filter, hook input,   priority filter - 10): the same jumps
 //!   chain pod_egress: ip daddr . meta l4proto . th dport @protected_v4 jump guard_v4 (and v6)
@@ -25,7 +27,8 @@
 //!                     proxy only:  iifname . ip saddr != @known_v4 limit … log group G (spoof)
 //!                                  iifname . ip saddr != @known_v4 counter spoofed drop
 //!                     block/proxy: limit … log group G;  counter blocked drop
-//!                     observe:     ct state new limit … log group G;  counter observed accept
+//!                     observe:     ct state new update @observed_v4 { iifname . ip saddr . ip daddr . meta l4proto . th dport }
+//!                                  ct state new limit … log group G;  counter observed accept
 //!   proxy mode only:
 //!   chain prerouting (nat, hook prerouting, priority dstnat - 10): iifname "azv*" jump pod_redirect, …
 //!   set proxied_v4 { … }   the protected endpoints the proxy serves (IMDS), v6 likewise
@@ -46,7 +49,10 @@
 //! expire 10 minutes after their last packet: the agent reads them
 //! ([`parse_dropped`]) to say which pod was dropped, without parsing NFLOG. The record
 //! is a rule of its own, so a full set (the update fails and ends its rule) never skips
-//! the drop.
+//! the drop. Observe mode records each new connection it lets through the same way, in
+//! `observed_v4` (`observed_v6`), keyed by source pair and endpoint, each element
+//! counting connections ([`parse_observed`]): what block mode would drop, per pod and
+//! endpoint.
 //!
 //! Rules match only the protected (address, protocol, port) triples, so Azure DNS on
 //! 168.63.129.16:53 and node-local DNS (169.254.20.10, 169.254.10.0/24) are never
@@ -79,7 +85,9 @@ pub mod state;
 mod tests;
 
 pub use config::{LogConfig, Mode, NftConfigError, RulesetConfig};
-pub use counters::{CounterValue, DroppedSource, parse_counters, parse_dropped};
+pub use counters::{
+    CounterValue, DroppedSource, ObservedConnection, parse_counters, parse_dropped, parse_observed,
+};
 pub use pairs::{
     PairChanges, PairSet, SourcePair, add_allowed, add_pairs, remove_allowed, remove_pairs,
 };
@@ -165,6 +173,12 @@ pub mod set {
     pub const DROPPED_V4: &str = "dropped_v4";
     /// Dropped IPv6 sources: `ifname . ipv6_addr`.
     pub const DROPPED_V6: &str = "dropped_v6";
+    /// Observed IPv4 connections (observe mode): `ifname . ipv4_addr . ipv4_addr .
+    /// inet_proto . inet_service` (source pair, then the endpoint), dynamic, elements
+    /// counting new connections, expiring like the dropped sources'.
+    pub const OBSERVED_V4: &str = "observed_v4";
+    /// Observed IPv6 connections: `ifname . ipv6_addr . ipv6_addr . inet_proto . inet_service`.
+    pub const OBSERVED_V6: &str = "observed_v6";
     /// Proxy mode: the IPv4 endpoints redirected to the proxy.
     pub const PROXIED_V4: &str = "proxied_v4";
     /// Proxy mode: the IPv6 endpoints redirected to the proxy.

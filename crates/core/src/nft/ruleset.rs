@@ -246,6 +246,7 @@ struct Family {
     allow: &'static str,
     known: &'static str,
     dropped: &'static str,
+    observed: &'static str,
     guard: &'static str,
     redirect: &'static str,
     proxied: &'static str,
@@ -259,6 +260,7 @@ const V4: Family = Family {
     allow: set::ALLOW_V4,
     known: set::KNOWN_V4,
     dropped: set::DROPPED_V4,
+    observed: set::OBSERVED_V4,
     guard: chain::GUARD_V4,
     redirect: chain::REDIRECT_V4,
     proxied: set::PROXIED_V4,
@@ -271,6 +273,7 @@ const V6: Family = Family {
     allow: set::ALLOW_V6,
     known: set::KNOWN_V6,
     dropped: set::DROPPED_V6,
+    observed: set::OBSERVED_V6,
     guard: chain::GUARD_V6,
     redirect: chain::REDIRECT_V6,
     proxied: set::PROXIED_V6,
@@ -363,6 +366,49 @@ impl Family {
             set: format!("@{}", self.dropped).into(),
         })
     }
+
+    /// `set observed_vN { type ifname . ipvN_addr . ipvN_addr . inet_proto .
+    /// inet_service; flags dynamic,timeout; timeout 10m; size …; counter; }`: the source
+    /// pair and the endpoint of each connection observe mode let through.
+    fn observed_set(self) -> CountingSet {
+        CountingSet {
+            set: schema::Set {
+                family: NF_FAMILY,
+                table: TABLE.into(),
+                name: self.observed.into(),
+                set_type: SetTypeValue::Concatenated(
+                    vec![
+                        SetType::Ifname,
+                        self.addr_type,
+                        self.addr_type,
+                        SetType::InetProto,
+                        SetType::InetService,
+                    ]
+                    .into(),
+                ),
+                flags: Some(HashSet::from([SetFlag::Timeout])),
+                timeout: Some(DROPPED_TIMEOUT_SECS as u32),
+                size: Some(DROPPED_SET_SIZE),
+                ..Default::default()
+            },
+            stmt: vec![Statement::Counter(stmt::Counter::Anonymous(None))],
+        }
+    }
+
+    /// `update @observed_vN { iifname . ip saddr . ip daddr . meta l4proto . th dport }`
+    fn record_observed(self) -> Statement<'static> {
+        Statement::Set(stmt::Set {
+            op: stmt::SetOp::Update,
+            elem: concat([
+                meta(MetaKey::Iifname),
+                payload(self.proto, "saddr"),
+                payload(self.proto, "daddr"),
+                meta(MetaKey::L4proto),
+                payload("th", "dport"),
+            ]),
+            set: format!("@{}", self.observed).into(),
+        })
+    }
 }
 
 /// The whole table as one batch: `add table`, `delete table`, then the table rebuilt
@@ -436,6 +482,7 @@ fn build(
             ))));
         }
         b.add_own(OwnObject::Set(fam.dropped_set()));
+        b.add_own(OwnObject::Set(fam.observed_set()));
     }
 
     // Filter: forward (routed pod traffic) and input (an endpoint held by the node).
@@ -530,13 +577,17 @@ fn build(
                     family: None,
                     dir: None,
                 }));
+                let new = matches(Operator::IN, ct_state, text("new"));
+                // Who connected to which endpoint, counted per connection. A rule of
+                // its own, so that a full set never skips the log or the accept.
                 b.rule(
                     fam.guard,
-                    vec![
-                        matches(Operator::IN, ct_state, text("new")),
-                        limit,
-                        log(LOG_PREFIX_OBSERVE, config.log.group),
-                    ],
+                    vec![new.clone(), fam.record_observed()],
+                    Some("imdsguard: record the observed connection".into()),
+                );
+                b.rule(
+                    fam.guard,
+                    vec![new, limit, log(LOG_PREFIX_OBSERVE, config.log.group)],
                     None,
                 );
                 b.rule(

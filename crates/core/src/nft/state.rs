@@ -106,7 +106,12 @@ pub struct ChainState {
 }
 
 /// The sets whose elements the kernel adds (a rule updates them): never compared.
-const DYNAMIC_SETS: &[&str] = &[set::DROPPED_V4, set::DROPPED_V6];
+const DYNAMIC_SETS: &[&str] = &[
+    set::DROPPED_V4,
+    set::DROPPED_V6,
+    set::OBSERVED_V4,
+    set::OBSERVED_V6,
+];
 
 /// What a check found different from the table imdsguard builds, by kind (the agent
 /// counts repairs by kind).
@@ -342,7 +347,8 @@ impl TableState {
     /// Compared: the chains (hook, type, priority, policy), every rule of every chain in
     /// order (statements, that is match expressions and verdicts, and comment), the sets
     /// and their elements (the allow, known, protected and proxied sets; not the
-    /// dropped-source sets, which the kernel fills), the named counters' presence, the
+    /// dropped-source and observed-connection sets, which the kernel fills), the named
+    /// counters' presence, the
     /// mode. Not compared: handles, counter values, element counters and expiry times.
     pub fn differences(&self, expected: &TableState) -> Vec<Difference> {
         use DifferenceKind as K;

@@ -234,16 +234,36 @@ fn observe_mode_logs_new_connections_and_accepts() {
     let config = RulesetConfig::new(Mode::Observe, &[Cloud::Azure]);
     let batch = ruleset(&config, &[], &[]).unwrap();
     let guard = rules_of(&batch, "guard_v4");
+    // Past the allow rule: each new connection recorded with its source pair and
+    // endpoint (a rule of its own), then logged, counted and accepted.
     assert_eq!(
-        guard[1]["expr"][0]["match"]["left"],
+        guard[1]["expr"],
+        json!([
+            {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}},
+            {"set": {"op": "update", "set": "@observed_v4", "elem": {"concat": [
+                {"meta": {"key": "iifname"}},
+                {"payload": {"protocol": "ip", "field": "saddr"}},
+                {"payload": {"protocol": "ip", "field": "daddr"}},
+                {"meta": {"key": "l4proto"}},
+                {"payload": {"protocol": "th", "field": "dport"}}
+            ]}}}
+        ])
+    );
+    assert_eq!(
+        guard[2]["expr"][0]["match"]["left"],
         json!({"ct": {"key": "state"}})
     );
-    assert_eq!(guard[1]["expr"][2]["log"]["prefix"], LOG_PREFIX_OBSERVE);
+    assert_eq!(guard[2]["expr"][2]["log"]["prefix"], LOG_PREFIX_OBSERVE);
     assert_eq!(
-        guard[2]["expr"],
+        guard[3]["expr"],
         json!([{"counter": "observed"}, {"accept": null}])
     );
+    assert_eq!(
+        rules_of(&batch, "guard_v6")[1]["expr"][1]["set"]["elem"]["concat"][2],
+        json!({"payload": {"protocol": "ip6", "field": "daddr"}})
+    );
     assert!(!batch.to_string().contains("\"drop\""));
+    assert!(!batch.to_string().contains("@dropped_v4"));
 }
 
 #[test]
@@ -507,8 +527,9 @@ fn a_batch_describes_the_table_it_builds() {
     assert_eq!(state.mode, Some(Mode::Observe));
     assert_eq!(state.allowed, allowed);
     assert_eq!(state.chain("forward").unwrap().rule_handles.len(), 6);
-    assert_eq!(state.chain("guard_v4").unwrap().rule_handles.len(), 3);
+    assert_eq!(state.chain("guard_v4").unwrap().rule_handles.len(), 4);
     assert_eq!(state.sets["protected_v4"], 3);
+    assert_eq!(state.sets["observed_v4"], 0);
     assert_eq!(state.counters.len(), 5);
 }
 
@@ -644,9 +665,120 @@ fn dropped_sources_are_recorded_in_dynamic_sets_and_read_back() {
     assert!(parse_dropped("nope").is_err());
 }
 
+#[test]
+fn observed_connections_are_recorded_by_source_and_endpoint_and_read_back() {
+    let batch = ruleset(&RulesetConfig::new(Mode::Observe, &[Cloud::Aws]), &[], &[]).unwrap();
+    let sets = find(&batch, "add", "set");
+    let o4 = sets.iter().find(|s| s["name"] == "observed_v4").unwrap();
+    assert_eq!(
+        o4["type"],
+        json!([
+            "ifname",
+            "ipv4_addr",
+            "ipv4_addr",
+            "inet_proto",
+            "inet_service"
+        ])
+    );
+    assert_eq!(o4["flags"], json!(["timeout"]));
+    assert_eq!(o4["timeout"], DROPPED_TIMEOUT_SECS);
+    assert_eq!(o4["size"], DROPPED_SET_SIZE);
+    assert_eq!(o4["stmt"], json!([{"counter": null}]));
+    let o6 = sets.iter().find(|s| s["name"] == "observed_v6").unwrap();
+    assert_eq!(
+        o6["type"],
+        json!([
+            "ifname",
+            "ipv6_addr",
+            "ipv6_addr",
+            "inet_proto",
+            "inet_service"
+        ])
+    );
+    // Block and proxy modes keep the sets (a mode switch keeps the table's shape) but
+    // record nothing in them.
+    for mode in [Mode::Block, Mode::Proxy] {
+        let mut c = RulesetConfig::new(mode, &[Cloud::Aws]);
+        c.proxy_v4 = Some("10.224.0.4:8169".parse().unwrap());
+        let b = ruleset(&c, &[], &[]).unwrap();
+        assert!(!b.to_string().contains("@observed_v4"), "{mode}");
+        assert!(
+            find(&b, "add", "set")
+                .iter()
+                .any(|s| s["name"] == "observed_v6"),
+            "{mode}"
+        );
+    }
+
+    // What nft 1.0.6 answers to `nft -j list set inet imdsguard observed_v4` (the
+    // elements' shape as the kernel recorded them, measured with a 5-part key).
+    let listing = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+      {"set": {"family": "inet", "name": "observed_v4", "table": "imdsguard",
+        "type": ["ifname", "ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"],
+        "handle": 2, "size": 16384, "flags": ["timeout"], "timeout": 600,
+        "elem": [{"elem": {"val": {"concat": ["azvweb", "10.244.0.11", "169.254.169.254", "tcp", 80]}, "expires": 599, "counter": {"packets": 2, "bytes": 120}}},
+                 {"elem": {"val": {"concat": ["azvweb", "10.244.0.11", "168.63.129.16", "tcp", 32526]}, "expires": 12, "counter": {"packets": 1, "bytes": 60}}},
+                 {"elem": {"val": {"concat": ["cbr0", "10.244.1.10", "168.63.129.16", 17, 80]}, "counter": {"packets": 4, "bytes": 60}}},
+                 {"elem": {"val": {"concat": ["cbr0", "10.244.1.10", "168.63.129.16", "tcp"]}, "counter": {"packets": 4, "bytes": 60}}}],
+        "stmt": [{"counter": null}]}},
+      {"set": {"family": "inet", "name": "observed_v6", "table": "imdsguard",
+        "elem": [{"elem": {"val": {"concat": ["azvc", "fd00::3", "fd00:ec2::254", "tcp", 80]}, "counter": {"packets": 5, "bytes": 400}}}]}},
+      {"set": {"family": "inet", "name": "observed_v4", "table": "other",
+        "elem": [{"elem": {"val": {"concat": ["x", "10.0.0.9", "169.254.169.254", "tcp", 80]}, "counter": {"packets": 9, "bytes": 9}}}]}},
+      {"set": {"family": "inet", "name": "dropped_v4", "table": "imdsguard",
+        "elem": [{"elem": {"val": {"concat": ["azvd", "10.0.0.4"]}, "counter": {"packets": 1, "bytes": 60}}}]}}
+    ]}"#;
+    let observed = parse_observed(listing).unwrap();
+    let got: Vec<(&str, String, String, u64)> = observed
+        .iter()
+        .map(|o| {
+            (
+                o.iface.as_str(),
+                o.addr.to_string(),
+                o.endpoint.to_string(),
+                o.connections,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("azvc", "fd00::3".into(), "[fd00:ec2::254]:80/TCP".into(), 5),
+            (
+                "azvweb",
+                "10.244.0.11".into(),
+                "168.63.129.16:32526/TCP".into(),
+                1
+            ),
+            (
+                "azvweb",
+                "10.244.0.11".into(),
+                "169.254.169.254:80/TCP".into(),
+                2
+            ),
+            (
+                "cbr0",
+                "10.244.1.10".into(),
+                "168.63.129.16:80/UDP".into(),
+                4
+            ),
+        ],
+        "a protocol listed by number is read; an element of another shape is left out"
+    );
+    assert_eq!(
+        observed[1].endpoint.service(),
+        Some(crate::target::MetadataService::AzureHostGaPlugin)
+    );
+    assert_eq!(parse_observed(r#"{"nftables": []}"#), Ok(vec![]));
+    assert!(parse_observed("nope").is_err());
+    // Not the dropped sources, nor the other way round.
+    assert_eq!(parse_dropped(listing).unwrap().len(), 1);
+}
+
 // Drift checks against what nft 1.0.6 really lists (testdata/nft/*.json: these
 // batches applied with `nft -j -f -`, then `nft -j list table inet imdsguard`; the
-// block listing also holds a dropped source recorded by the kernel).
+// block listing also holds a dropped source and the observe listing an observed
+// connection, each added with `nft add element` to the dynamic set as the kernel would).
 
 fn drift_config(mode: Mode) -> RulesetConfig {
     let mut c = RulesetConfig::new(mode, &[Cloud::Azure, Cloud::Aws]);
@@ -743,6 +875,14 @@ fn real_listings_match_the_table_they_were_built_from() {
         .unwrap()
         .unwrap();
     assert_eq!(block.elements["dropped_v4"].len(), 1, "the dropped source");
+    let observe = listing(Mode::Observe).to_string();
+    assert_eq!(
+        TableState::parse(&observe).unwrap().unwrap().elements["observed_v4"],
+        ["azvweb . 10.244.0.11 . 169.254.169.254 . tcp . 80".to_owned()].into()
+    );
+    let observed = parse_observed(&observe).unwrap();
+    assert_eq!(observed.len(), 1);
+    assert_eq!(observed[0].endpoint, crate::target::IMDS);
 }
 
 #[test]
