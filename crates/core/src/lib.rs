@@ -20,6 +20,8 @@
 //! - [`pods`] answers "which pod is this?" (an address, or an (interface, address)
 //!   pair) for the proxy and the agent, with one policy for finished, hostNetwork,
 //!   dual-stack and reused-address pods;
+//! - [`decisions`] reads the proxy's decision logs back and adds up what enforcing the
+//!   access rules would break (`imdsguard report`);
 //! - [`nft`] builds the node's nftables table (with the `nftables` crate's schema
 //!   types) and reads `nft -j` listings; [`conntrack`] the flow flushes that go with it.
 //!
@@ -32,6 +34,7 @@ pub mod canon;
 pub mod cilium;
 pub mod cluster;
 pub mod conntrack;
+pub mod decisions;
 pub mod engine;
 pub mod engine_detect;
 pub mod generate;
