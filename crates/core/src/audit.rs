@@ -183,7 +183,7 @@ impl FindingKind {
                 "The workload reaches IMDS and the access rules (--rules, --preset) expect it to: reported for the record, not as an exposure. Check that the rule's subjects select only the pods that need IMDS; the filtering proxy limits them to what the rule grants."
             }
             FindingKind::HostNetwork => {
-                "The workload uses the node's network (hostNetwork: true). NetworkPolicy does not apply to it on a real node, whatever the policies say. Run it on the pod network, or block the endpoint on the node (imdsguard agent)."
+                "The workload uses the node's network (hostNetwork: true). NetworkPolicy cannot cover it: no pod-network policy applies to it on a real node, whatever the policies say, and its traffic leaves with the node's address. The node agent can: `imdsguard agent run` in block or proxy mode matches the pod's cgroup, so its connections to the metadata endpoints are dropped or sent to the filtering proxy unless the access rules expect the pod, and the kubelet and other node processes are untouched (docs/node.md, docs/agent.md). Or run it on the pod network."
             }
             FindingKind::NoPolicyEngine => {
                 "The cluster enforces no NetworkPolicy (e.g. AKS created with --network-plugin azure and no --network-policy): every policy is ignored. Enable a policy engine (Azure NPM, Calico, Cilium) or block on the node."
@@ -1484,7 +1484,7 @@ fn evaluate_workload(
         findings.push(Finding::new(
             FindingKind::HostNetwork,
             format!(
-                "{} uses hostNetwork: no policy applies to it on a real node",
+                "{} uses hostNetwork: NetworkPolicy cannot cover it on a real node; `imdsguard agent run` in block or proxy mode can, by its pod's cgroup (docs/node.md)",
                 w.id()
             ),
             None,
@@ -1858,6 +1858,25 @@ mod tests {
             f[0].objects
         );
         assert!(ids(&r).contains(&"host-network"));
+        // The finding says what can cover it: the node agent, by cgroup.
+        let h = &of(&r, "host-network")[0];
+        assert!(
+            h.message
+                .starts_with("a/d[DaemonSet] uses hostNetwork: NetworkPolicy cannot cover it")
+                && h.message.contains(
+                    "`imdsguard agent run` in block or proxy mode can, by its pod's cgroup"
+                ),
+            "{}",
+            h.message
+        );
+        let help = FindingKind::HostNetwork.help();
+        assert!(
+            help.contains("NetworkPolicy cannot cover it")
+                && help.contains(
+                    "`imdsguard agent run` in block or proxy mode matches the pod's cgroup"
+                ),
+            "{help}"
+        );
         assert!(!ids(&r).contains(&"no-dns-egress"));
         assert!(!ids(&r).contains(&"namespace-unrestricted"));
     }

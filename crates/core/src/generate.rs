@@ -851,7 +851,7 @@ fn host_network_warnings(ctx: &Context<'_>, out: &mut Generated) {
         out.warn(
             WarningKind::HostNetwork,
             format!(
-                "{} hostNetwork workload(s) use the node's network, where no {} applies: {}; block the targets on the node with `imdsguard agent run` (docs/agent.md)",
+                "{} hostNetwork workload(s) use the node's network, where no {} applies: {}; `imdsguard agent run` in block or proxy mode covers them by their pods' cgroups (expected pods keep access; docs/node.md)",
                 host.len(),
                 ctx.opts.engine.policy_kind(),
                 host.join(", ")

@@ -279,9 +279,15 @@ fn reopening_policies_and_host_network_are_warned() {
             && reopen[0].message.contains("shop/open#egress[0]")
     );
     assert!(reopen[1].message.starts_with("shop/<new pod> "));
-    assert!(g.warnings.iter().any(
-        |w| w.kind == WarningKind::HostNetwork && w.message.contains("kube-system/proxy[Pod]")
-    ));
+    assert!(
+        g.warnings.iter().any(|w| w.kind == WarningKind::HostNetwork
+            && w.message.contains("kube-system/proxy[Pod]")
+            && w.message.contains(
+                "`imdsguard agent run` in block or proxy mode covers them by their pods' cgroups"
+            )),
+        "{:?}",
+        g.warnings
+    );
 }
 
 #[test]
