@@ -46,6 +46,7 @@
 
 pub mod drops;
 pub mod kube;
+pub mod observed;
 pub mod pods;
 
 use std::collections::BTreeMap;
@@ -184,6 +185,7 @@ struct AgentMetrics {
     allowed: Gauge,
     nft_packets: Family<Vec<(String, String)>, Gauge>,
     drops: Family<Vec<(String, String)>, Counter>,
+    observed: Family<Vec<(String, String)>, Counter>,
     policies_synced: Gauge,
     policy_objects: Family<Vec<(String, String)>, Gauge>,
     policy_rules: Gauge,
@@ -255,6 +257,11 @@ impl AgentMetrics {
             "Packets to a protected endpoint dropped, by pod of the pod index (pod=\"unknown\" for other sources; a pod's labels leave 15 minutes after its last drop, and past 1000 pods further ones count as pod=\"other\")",
             m.drops.clone(),
         );
+        r.register(
+            "agent_observed_connections",
+            "Observe mode: connections to a protected endpoint let through past the allow rule (what block mode would drop), by pod of the pod index and endpoint (pod=\"unknown\" for other sources; a pod's labels leave with the pod)",
+            m.observed.clone(),
+        );
         m
     }
 }
@@ -273,6 +280,10 @@ struct Shared {
     drops: Mutex<drops::DropTracker>,
     /// The per-pod label sets of the drops metric, kept bounded.
     drop_series: Mutex<drops::PodSeries>,
+    /// Observe mode: the observed connections' counts as last read.
+    observed: Mutex<observed::ObservedTracker>,
+    /// Observe mode: the label sets of the observed-connections metric.
+    observed_series: Mutex<observed::ObservedSeries>,
     sinks: Vec<Arc<dyn EventSink>>,
     /// `--kubernetes`: the watch's snapshots.
     kube_pods: Option<watch::Receiver<Option<Arc<imdsguard_kube::Snapshot>>>>,
@@ -668,6 +679,42 @@ impl Shared {
         }
     }
 
+    /// Observe mode: reads the observed connections; new ones are counted per pod and
+    /// endpoint (metric) and logged, one record per pod and endpoint with new connections.
+    fn report_observed(&self) {
+        if self.mode != Mode::Observe {
+            return;
+        }
+        let seen = match lock(&self.enforcer).observed_connections() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the observed connections");
+                return;
+            }
+        };
+        let label_set = |(namespace, pod, endpoint): (String, String, String)| {
+            vec![
+                ("namespace".to_owned(), namespace),
+                ("pod".to_owned(), pod),
+                ("endpoint".to_owned(), endpoint),
+            ]
+        };
+        let pods = lock(&self.pods).clone();
+        let mut series = lock(&self.observed_series);
+        for gone in series.retain_pods(&pods) {
+            self.own.observed.remove(&label_set(gone));
+        }
+        let new = lock(&self.observed).update(&seen);
+        for o in observed::observations(&pods, &new) {
+            let (labels, first, total) = series.count(&o);
+            self.own
+                .observed
+                .get_or_create(&label_set(labels))
+                .inc_by(o.connections);
+            observed::log(&o, first, total);
+        }
+    }
+
     /// One periodic round (never file IO: the files have a task of their own).
     fn tick(&self, forced: bool) {
         self.ensure_table();
@@ -679,6 +726,7 @@ impl Shared {
         }
         self.read_counters();
         self.report_drops();
+        self.report_observed();
     }
 }
 
@@ -913,6 +961,8 @@ impl Agent {
             pods: Mutex::new(node_pods.clone()),
             drops: Mutex::new(drops::DropTracker::default()),
             drop_series: Mutex::new(drops::PodSeries::default()),
+            observed: Mutex::new(observed::ObservedTracker::default()),
+            observed_series: Mutex::new(observed::ObservedSeries::default()),
             sinks,
             kube_pods: pod_watch.as_ref().map(imdsguard_kube::PodWatch::subscribe),
             kube_retry: AtomicBool::new(false),

@@ -170,12 +170,25 @@ impl AgentProc {
     }
 
     fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> AgentProc {
+        AgentProc::spawn(args, env, Stdio::inherit())
+    }
+
+    /// With its log (`--log-format json`) written to `log`.
+    fn start_logging(args: &[&str], log: &std::path::Path) -> AgentProc {
+        let file = std::fs::File::create(log).unwrap();
+        let mut all = args.to_vec();
+        all.extend(["--log-format", "json"]);
+        AgentProc::spawn(&all, &[], Stdio::from(file))
+    }
+
+    fn spawn(args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> AgentProc {
         let mut child = Command::new(IMDSGUARD)
             .args(["agent", "run"])
             .args(args)
             .envs(env.iter().copied())
             .args(["--admin-listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -494,6 +507,149 @@ fn proxy_mode_end_to_end_with_the_emulator() {
         // The proxy is gone, the rules are not: the spoofer and web stay out.
         assert_eq!(w.reach("spoofer"), Reach::Timeout);
         assert!(!matches!(w.imds("web", location), Some((200, _))));
+    });
+}
+
+/// The JSON log records of `log` whose message is `message`, their `fields`.
+fn log_records(log: &std::path::Path, message: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["fields"]["message"] == message)
+        .map(|r| r["fields"].clone())
+        .collect()
+}
+
+#[test]
+#[ignore = "needs netns"]
+fn observe_mode_counts_connections_per_pod_and_endpoint() {
+    let test = "observe_mode_counts_connections_per_pod_and_endpoint";
+    isolated(test, || {
+        let w = World::new(test);
+        let pods = w.file("pods.yaml", PODS);
+        let log = w.dir.join("agent.log");
+        let agent = AgentProc::start_logging(
+            &[
+                "--mode",
+                "observe",
+                "--pods",
+                pods.to_str().unwrap(),
+                "--allow",
+                "platform/allowed",
+                "--check-interval",
+                "500ms",
+            ],
+            &log,
+        );
+        assert!(agent.ready(), "{:?}", agent.get("/readyz"));
+        assert_eq!(table().mode, Some(Mode::Observe));
+        let wireserver = SocketAddr::new(IpAddr::V4(imdsguard_core::imds::WIRESERVER_ADDRESS), 80);
+        // Observe lets everything through: web twice to IMDS and once to WireServer
+        // (nothing listens there: refused, but the connection was let through and
+        // counted), batch once to IMDS, the allowlisted pod once (not observed: block
+        // mode would not drop it).
+        assert!(w.reach("web").connected());
+        assert!(w.reach("web").connected());
+        let refused = w.sandbox.pod("web").unwrap().tcp(wireserver, WAIT).unwrap();
+        assert!(matches!(refused, Reach::Refused(_)), "{refused:?}");
+        assert!(w.reach("batch").connected());
+        assert!(w.reach("allowed").connected());
+
+        let metric = |ns: &str, pod: &str, endpoint: &str| {
+            agent.metric(&format!(
+                r#"imdsguard_agent_observed_connections_total{{namespace="{ns}",pod="{pod}",endpoint="{endpoint}"}}"#
+            ))
+        };
+        let expected = [
+            ("shop", "web", "Azure IMDS", 2.0),
+            ("shop", "web", "Azure WireServer", 1.0),
+            ("jobs", "batch", "Azure IMDS", 1.0),
+        ];
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                expected
+                    .iter()
+                    .all(|(ns, pod, e, n)| metric(ns, pod, e) == Some(*n))
+            }),
+            "{}",
+            agent.get("/metrics").1
+        );
+        let metrics = agent.get("/metrics").1;
+        assert!(!metrics.contains(r#"pod="allowed""#), "{metrics}");
+        assert!(
+            !metrics.contains(r#"imdsguard_agent_drops_total{"#),
+            "{metrics}"
+        );
+        // The kernel's record: one element per source and endpoint.
+        let seen = imdsguard_node::observed_connections(&Exec::here()).unwrap();
+        let elements: Vec<(String, String, u64)> = seen
+            .iter()
+            .map(|o| (o.iface.clone(), o.endpoint.to_string(), o.connections))
+            .collect();
+        assert_eq!(
+            elements,
+            [
+                ("azvweb".to_owned(), "168.63.129.16:80/TCP".to_owned(), 1),
+                ("azvweb".to_owned(), "169.254.169.254:80/TCP".to_owned(), 2),
+                ("cbr0".to_owned(), "169.254.169.254:80/TCP".to_owned(), 1),
+            ]
+        );
+        // One log record per pod and endpoint, the first time.
+        let records = log_records(&log, "metadata access observed");
+        let web_imds: Vec<&serde_json::Value> = records
+            .iter()
+            .filter(|r| r["pod"] == "web" && r["endpoint"] == "Azure IMDS")
+            .collect();
+        assert!(!web_imds.is_empty(), "{records:?}");
+        assert_eq!(web_imds[0]["first"], true);
+        assert_eq!(web_imds[0]["namespace"], "shop");
+        assert_eq!(web_imds[0]["address"], "10.244.0.11");
+        assert_eq!(
+            web_imds
+                .iter()
+                .map(|r| r["connections"].as_u64().unwrap())
+                .sum::<u64>(),
+            2
+        );
+        assert!(records.iter().any(|r| r["pod"] == "batch"));
+        assert!(records.iter().all(|r| r["pod"] != "allowed"));
+
+        // Another connection: counted on the next check, logged again (not the first).
+        assert!(w.reach("batch").connected());
+        assert!(
+            eventually(Duration::from_secs(10), || metric(
+                "jobs",
+                "batch",
+                "Azure IMDS"
+            ) == Some(2.0)),
+            "{}",
+            agent.get("/metrics").1
+        );
+        assert!(eventually(Duration::from_secs(5), || {
+            log_records(&log, "metadata access observed")
+                .iter()
+                .any(|r| r["pod"] == "batch" && r["first"] == false && r["total"] == 2)
+        }));
+        // batch leaves the node: its label set goes with it.
+        w.file(
+            "pods.yaml",
+            "
+- {ip: 10.244.0.10, namespace: platform, name: allowed, interface: azvallowed}
+- {ip: 10.244.0.11, namespace: shop, name: web, interface: azvweb}
+",
+        );
+        assert!(
+            eventually(Duration::from_secs(10), || metric(
+                "jobs",
+                "batch",
+                "Azure IMDS"
+            )
+            .is_none()),
+            "{}",
+            agent.get("/metrics").1
+        );
+        assert_eq!(metric("shop", "web", "Azure IMDS"), Some(2.0));
     });
 }
 

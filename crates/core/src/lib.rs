@@ -31,6 +31,7 @@ pub mod access;
 pub mod audit;
 pub mod calico;
 pub mod canon;
+pub mod cgroup;
 pub mod cilium;
 pub mod cluster;
 pub mod conntrack;

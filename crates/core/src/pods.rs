@@ -9,7 +9,11 @@
 //!   its address back, and the CNI may already have handed it to another pod (a
 //!   completed Job's pod stays listed for hours);
 //! - **hostNetwork pods own no address**: they share the node's address, which names
-//!   no pod;
+//!   no pod; the index keeps them apart ([`PodIndex::host_network_pods`], found by UID
+//!   with [`PodIndex::host_pod_by_uid`]): the agent guards them by cgroup, which is named
+//!   after the pod's UID (see [`crate::cgroup`]), and the proxy finds them from a
+//!   socket's cgroup; finished ones are left out, and a UID that cannot be a pod's is a
+//!   [`PodIssue`];
 //! - **dual-stack**: every address of a pod (`status.podIPs`, both families, and
 //!   `status.podIP`) is its own, compared in canonical form (`::ffff:10.0.0.5` is
 //!   `10.0.0.5`);
@@ -30,7 +34,11 @@
 //!   name: web
 //!   labels: {app: web}
 //!   serviceAccount: web
+//! - {hostNetwork: true, uid: 0a1b2c3d-0000-4000-8000-00000000000a, namespace: monitoring, name: node-exporter-x2k4p}
 //! ```
+//!
+//! A hostNetwork entry needs no address but its `uid` (the file's only way to name the
+//! pod's cgroup).
 
 use std::fmt;
 use std::net::IpAddr;
@@ -214,6 +222,14 @@ pub enum PodIssue {
         /// The interface as given.
         interface: String,
     },
+    /// A hostNetwork pod's UID cannot be a pod UID (hex digits and dashes): it is kept
+    /// without one, so no cgroup is named after it (its sockets count as an unknown pod's).
+    BadUid {
+        /// The pod (`namespace/name`).
+        pod: String,
+        /// The UID as given.
+        uid: String,
+    },
 }
 
 impl fmt::Display for PodIssue {
@@ -227,6 +243,11 @@ impl fmt::Display for PodIssue {
             PodIssue::BadInterface { pod, interface } => write!(
                 f,
                 "pod {pod}: interface `{interface}` is not an interface name (1 to 15 of a-z A-Z 0-9 . _ - @): the pod is not bound to an interface"
+            ),
+            PodIssue::BadUid { pod, uid } => write!(
+                f,
+                "hostNetwork pod {pod}: UID `{}` is not a pod UID (hex digits and dashes): no cgroup is matched to it, so its sockets count as an unknown pod's",
+                crate::quote::clip(uid)
             ),
         }
     }
@@ -262,6 +283,7 @@ impl Attribution {
 pub struct PodIndex {
     by_ip: FxHashMap<IpAddr, Arc<PodInfo>>,
     pods: Vec<NodePod>,
+    host_pods: Vec<NodePod>,
     issues: Vec<PodIssue>,
 }
 
@@ -277,6 +299,11 @@ impl PodIndex {
     /// fails: what it leaves out is in [`PodIndex::issues`].
     pub fn from_pods(pods: impl IntoIterator<Item = NodePod>) -> PodIndex {
         let mut issues = Vec::new();
+        let (host_pods, pods): (Vec<NodePod>, Vec<NodePod>) = pods
+            .into_iter()
+            .filter(|p| !p.phase.is_finished())
+            .partition(|p| p.host_network);
+        let host_pods = host_network_pods(host_pods, &mut issues);
         let mut pods: Vec<NodePod> = pods
             .into_iter()
             .filter(NodePod::claims_addresses)
@@ -329,7 +356,7 @@ impl PodIndex {
         }
         conflicts.sort_by_key(|c| match c {
             PodIssue::AddressConflict { addr, .. } => Some(*addr),
-            PodIssue::BadInterface { .. } => None,
+            PodIssue::BadInterface { .. } | PodIssue::BadUid { .. } => None,
         });
         issues.extend(conflicts);
 
@@ -343,6 +370,7 @@ impl PodIndex {
         PodIndex {
             by_ip,
             pods,
+            host_pods,
             issues,
         }
     }
@@ -383,9 +411,25 @@ impl PodIndex {
         &self.pods
     }
 
-    /// What was left out: address conflicts, bad interfaces.
+    /// What was left out: address conflicts, bad interfaces, bad hostNetwork UIDs.
     pub fn issues(&self) -> &[PodIssue] {
         &self.issues
+    }
+
+    /// The hostNetwork pods that are not finished (terminating ones included: their
+    /// containers still run), by namespace and name, their UIDs canonical (lowercase;
+    /// `None` when the pod had none, or one that cannot be a pod's: a [`PodIssue`]).
+    /// They own no address (`addrs` is empty).
+    pub fn host_network_pods(&self) -> &[NodePod] {
+        &self.host_pods
+    }
+
+    /// The hostNetwork pod with this UID (any case).
+    pub fn host_pod_by_uid(&self, uid: &str) -> Option<&NodePod> {
+        let uid = crate::cgroup::canonical_uid(uid)?;
+        self.host_pods
+            .iter()
+            .find(|p| p.uid.as_deref() == Some(uid.as_str()))
     }
 
     /// The (interface, address) pairs of the pods `select` picks that have an interface.
@@ -449,6 +493,23 @@ impl PodIndex {
     }
 }
 
+/// The hostNetwork pods as the index keeps them: sorted, no addresses, UIDs canonical
+/// (a bad one reported and dropped).
+fn host_network_pods(mut pods: Vec<NodePod>, issues: &mut Vec<PodIssue>) -> Vec<NodePod> {
+    for p in &mut pods {
+        p.addrs.clear();
+        if let Some(uid) = p.uid.take() {
+            match crate::cgroup::canonical_uid(&uid) {
+                Some(c) => p.uid = Some(c),
+                None => issues.push(PodIssue::BadUid { pod: p.id(), uid }),
+            }
+        }
+    }
+    pods.sort_by(|a, b| (&a.info.namespace, &a.info.name).cmp(&(&b.info.namespace, &b.info.name)));
+    pods.dedup_by(|a, b| a.info == b.info && a.uid == b.uid);
+    pods
+}
+
 fn valid_interface(iface: &str) -> bool {
     SourcePair::new(iface, IpAddr::from([10, 0, 0, 1])).is_ok()
 }
@@ -472,6 +533,10 @@ struct RawPod {
     service_account: Option<String>,
     #[serde(default)]
     interface: Option<String>,
+    #[serde(default)]
+    uid: Option<String>,
+    #[serde(default)]
+    host_network: bool,
 }
 
 const EXPECTED: &str = "expected a list of pods, `pods: [...]`, or a Kubernetes PodList";
@@ -513,15 +578,36 @@ pub fn parse_pods(text: &str) -> Result<Vec<NodePod>, AccessError> {
             ..PodInfo::new(&raw.namespace, &raw.name)
         };
         let ips: Vec<&str> = raw.ip.iter().chain(&raw.ips).map(String::as_str).collect();
-        if ips.is_empty() {
+        if ips.is_empty() && !raw.host_network {
             return Err(AccessError::Pod {
                 pod: info.id(),
-                message: "no `ip` (or `ips`)".into(),
+                message: "no `ip` (or `ips`; a hostNetwork pod says `hostNetwork: true` and its `uid` instead)".into(),
+            });
+        }
+        if let Some(uid) = &raw.uid
+            && crate::cgroup::canonical_uid(uid).is_none()
+        {
+            return Err(AccessError::Pod {
+                pod: info.id(),
+                message: format!(
+                    "`uid: {}` is not a pod UID (hex digits and dashes, as `kubectl get pod -o jsonpath='{{.metadata.uid}}'` prints it)",
+                    crate::quote::clip(uid)
+                ),
+            });
+        }
+        if raw.host_network && raw.uid.is_none() {
+            return Err(AccessError::Pod {
+                pod: info.id(),
+                message: "a hostNetwork pod needs its `uid` (its cgroup is named after it)".into(),
             });
         }
         let mut pod = NodePod::new(info, parse_addrs(&ips, &raw.namespace, &raw.name)?);
         pod.interface = raw.interface;
-        check_interface(&pod)?;
+        pod.uid = raw.uid;
+        pod.host_network = raw.host_network;
+        if pod.claims_addresses() {
+            check_interface(&pod)?;
+        }
         pods.push(pod);
     }
     Ok(pods)
@@ -744,6 +830,118 @@ mod tests {
         let mut ds2 = ds.clone();
         ds2.info = Arc::new(PodInfo::new("kube-system", "ds2"));
         assert!(PodIndex::from_pods([ds, ds2]).issues().is_empty());
+    }
+
+    #[test]
+    fn host_network_pods_are_kept_apart_by_uid() {
+        let mut ds = pod("monitoring", "node-exporter", &["10.224.0.4"]);
+        ds.host_network = true;
+        ds.uid = Some("0A1B2C3D-0000-4000-8000-00000000000A".into());
+        ds.interface = Some("azv*".into()); // never checked: it owns no address
+        let mut debug = pod("debug", "node-debugger", &[]);
+        debug.host_network = true;
+        debug.uid = Some("0a1b2c3d-0000-4000-8000-00000000000b".into());
+        debug.terminating = true;
+        let mut done = pod("debug", "done", &[]);
+        done.host_network = true;
+        done.phase = PodPhase::Succeeded;
+        done.uid = Some("0a1b2c3d-0000-4000-8000-00000000000c".into());
+        let mut bad = pod("x", "bad", &[]);
+        bad.host_network = true;
+        bad.uid = Some("../../system.slice".into());
+        let idx = PodIndex::from_pods([ds, debug, done, bad, pod("shop", "web", &["10.244.0.5"])]);
+        let names: Vec<String> = idx.host_network_pods().iter().map(NodePod::id).collect();
+        assert_eq!(
+            names,
+            ["debug/node-debugger", "monitoring/node-exporter", "x/bad"],
+            "finished ones left out, terminating ones kept"
+        );
+        assert!(idx.host_network_pods().iter().all(|p| p.addrs.is_empty()));
+        assert_eq!(
+            idx.host_network_pods()[1].uid.as_deref(),
+            Some("0a1b2c3d-0000-4000-8000-00000000000a"),
+            "canonical: lowercase"
+        );
+        assert_eq!(idx.host_network_pods()[2].uid, None);
+        assert!(matches!(idx.issues(), [PodIssue::BadUid { pod, .. }] if pod == "x/bad"));
+        assert!(idx.issues()[0].to_string().contains("not a pod UID"));
+        assert_eq!(
+            idx.host_pod_by_uid("0a1b2c3d-0000-4000-8000-00000000000A")
+                .map(NodePod::id),
+            Some("monitoring/node-exporter".into())
+        );
+        assert!(
+            idx.host_pod_by_uid("0a1b2c3d-0000-4000-8000-00000000000c")
+                .is_none()
+        );
+        assert!(idx.host_pod_by_uid("../x").is_none());
+        // Still no address for them, and the other pods as before.
+        assert_eq!(owner(&idx, "10.224.0.4"), None);
+        assert_eq!(idx.pods().len(), 1);
+        assert!(idx.pod("monitoring", "node-exporter").is_none());
+    }
+
+    #[test]
+    fn host_network_entries_in_the_pods_file() {
+        let file = "
+- {hostNetwork: true, uid: 0a1b2c3d-0000-4000-8000-00000000000a, namespace: monitoring, name: node-exporter, labels: {app: node-exporter}}
+- {ip: 10.244.0.5, uid: 0a1b2c3d-0000-4000-8000-00000000000d, namespace: shop, name: web}
+";
+        let idx = PodIndex::parse(file).unwrap();
+        let host = idx.host_network_pods();
+        assert_eq!(host.len(), 1);
+        assert_eq!(
+            host[0].info.labels.get("app").map(String::as_str),
+            Some("node-exporter")
+        );
+        assert_eq!(
+            host[0].uid.as_deref(),
+            Some("0a1b2c3d-0000-4000-8000-00000000000a")
+        );
+        assert_eq!(
+            idx.pods()[0].uid.as_deref(),
+            Some("0a1b2c3d-0000-4000-8000-00000000000d")
+        );
+        assert_eq!(owner(&idx, "10.244.0.5").as_deref(), Some("shop/web"));
+        // A hostNetwork pod's address (the node's) names no pod.
+        let idx = PodIndex::parse(
+            "[{hostNetwork: true, ip: 10.224.0.4, uid: ab12, namespace: a, name: b}]",
+        )
+        .unwrap();
+        assert!(idx.is_empty());
+        assert_eq!(idx.host_network_pods().len(), 1);
+        for (bad, want) in [
+            (
+                "[{hostNetwork: true, namespace: a, name: b}]",
+                "needs its `uid`",
+            ),
+            (
+                "[{hostNetwork: true, uid: 'a;b', namespace: a, name: b}]",
+                "is not a pod UID",
+            ),
+            (
+                "[{ip: 10.0.0.1, uid: 'x y', namespace: a, name: b}]",
+                "is not a pod UID",
+            ),
+            ("[{hostNetwork: false, namespace: a, name: b}]", "no `ip`"),
+            (
+                "[{hostNetwork: yes please, uid: ab, namespace: a, name: b}]",
+                "[0]",
+            ),
+        ] {
+            let e = PodIndex::parse(bad).expect_err(bad).to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+        // A PodList's hostNetwork pods, by their metadata.uid.
+        let list = r#"{"kind":"PodList","items":[
+          {"metadata":{"name":"h","namespace":"kube-system","uid":"0a1b2c3d-0000-4000-8000-00000000000e"},
+           "spec":{"hostNetwork":true},"status":{"phase":"Running","podIP":"10.224.0.4"}}]}"#;
+        let idx = PodIndex::parse(list).unwrap();
+        assert_eq!(
+            idx.host_pod_by_uid("0a1b2c3d-0000-4000-8000-00000000000e")
+                .map(NodePod::id),
+            Some("kube-system/h".into())
+        );
     }
 
     #[test]

@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use imdsguard_core::nft::{
-    self, CounterValue, Difference, DroppedSource, Mode, PairChanges, RulesetConfig, SourcePair,
-    TableState, parse_counters, parse_dropped,
+    self, CounterValue, Difference, DroppedSource, Mode, ObservedConnection, PairChanges,
+    RulesetConfig, SourcePair, TableState, parse_counters, parse_dropped, parse_observed,
 };
 use serde::Serialize;
 
@@ -93,6 +93,29 @@ pub fn dropped_sources(exec: &Exec) -> Result<Vec<DroppedSource>, NodeError> {
             .map_err(nft_error)
         {
             Ok(text) => out.extend(parse_dropped(&text)?),
+            Err(e) if is_missing_table(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The connections observe mode let through in the last 10 minutes, by source pair and
+/// endpoint, with their counts: the elements of `observed_v4` and `observed_v6`, sorted.
+/// Empty when the table or a set is absent (block and proxy modes record nothing).
+pub fn observed_connections(exec: &Exec) -> Result<Vec<ObservedConnection>, NodeError> {
+    let mut out = Vec::new();
+    for name in [nft::set::OBSERVED_V4, nft::set::OBSERVED_V6] {
+        match exec
+            .run(
+                "nft",
+                ["-j", "list", "set", nft::FAMILY, nft::TABLE, name],
+                None,
+            )
+            .map_err(nft_error)
+        {
+            Ok(text) => out.extend(parse_observed(&text)?),
             Err(e) if is_missing_table(&e) => {}
             Err(e) => return Err(e),
         }
@@ -403,5 +426,10 @@ impl Enforcer {
     /// The sources dropped in the last 10 minutes: see [`dropped_sources`].
     pub fn dropped_sources(&self) -> Result<Vec<DroppedSource>, NodeError> {
         dropped_sources(&self.exec)
+    }
+
+    /// The connections observed in the last 10 minutes: see [`observed_connections`].
+    pub fn observed_connections(&self) -> Result<Vec<ObservedConnection>, NodeError> {
+        observed_connections(&self.exec)
     }
 }

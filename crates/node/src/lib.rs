@@ -32,8 +32,8 @@ mod settings;
 
 pub use conntrack::{ConntrackOutcome, flush_conntrack};
 pub use enforce::{
-    Enforcer, InstallReport, Status, apply, dropped_sources, read_counters, read_table, status,
-    uninstall_table,
+    Enforcer, InstallReport, Status, apply, dropped_sources, observed_connections, read_counters,
+    read_table, status, uninstall_table,
 };
 pub use exec::{Exec, package_of, which};
 pub use settings::{AllowSpec, NftSettings, parse_allow, parse_allow_spec};

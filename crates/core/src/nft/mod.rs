@@ -72,10 +72,25 @@
 //! - [`state`]: a listing (or a batch) read into typed values, and what differs from the
 //!   table imdsguard builds.
 //!
+//! - [`host`]: the second table, `inet imdsguard_host`, for hostNetwork pods.
+//!
 //! conntrack flushing is not nftables: see [`crate::conntrack`].
+//!
+//! # The host table
+//!
+//! hostNetwork pods share the node's network namespace: their packets leave through the
+//! node's `output` hook, where the interface and source address say nothing about the
+//! pod. [`host`] builds a second table of ours, `table inet imdsguard_host`, that tells
+//! them apart by the socket's cgroup (`socket cgroupv2 level N "PATH"`, the pod
+//! directories of [`crate::cgroup`]): per hostNetwork pod a rule with a counter of its
+//! own that accepts (expected) or drops (block, proxy) or logs (observe), sockets in
+//! any other pod cgroup dropped, node processes untouched; in proxy mode the pod tree's
+//! connections to the proxied endpoints are DNATed to the proxy. It is nft *text*
+//! ([`host_ruleset`]), not JSON, because nft 1.0.6's JSON cannot say `socket cgroupv2`.
 
 pub mod config;
 pub mod counters;
+pub mod host;
 mod listing;
 pub mod pairs;
 pub mod ruleset;
@@ -87,6 +102,11 @@ mod tests;
 pub use config::{LogConfig, Mode, NftConfigError, RulesetConfig};
 pub use counters::{
     CounterValue, DroppedSource, ObservedConnection, parse_counters, parse_dropped, parse_observed,
+};
+pub use host::{
+    HOST_TABLE, HostCounters, HostGuard, HostListingError, HostPod, HostPodCount, HostRulesetError,
+    delete_host_table, host_counter_name, host_counter_uid, host_differences, host_ruleset,
+    parse_host_counters,
 };
 pub use pairs::{
     PairChanges, PairSet, SourcePair, add_allowed, add_pairs, remove_allowed, remove_pairs,
