@@ -289,6 +289,8 @@ mod tests {
             resource: None,
             identity: None,
             redacted: false,
+            host_network: false,
+            cgroup: None,
         };
         let now = std::time::UNIX_EPOCH + Duration::from_micros(1_795_000_000_123_456);
         let mut line = String::new();

@@ -35,7 +35,8 @@ pub struct DecisionRecord<'a> {
     pub path: &'a str,
     /// The metadata endpoint (`identity-token`, `instance`, ..., `unknown`).
     pub endpoint: &'static str,
-    /// `allow`, `deny`, `invalid`, `throttled` or `upstream-error`.
+    /// `allow`, `deny`, `would-deny` (denied by the rules, forwarded: a dry run),
+    /// `invalid`, `throttled` or `upstream-error`.
     pub decision: &'static str,
     /// The rule that decided (a rule name, or one of the built-in rules).
     pub rule: &'a str,
@@ -51,6 +52,14 @@ pub struct DecisionRecord<'a> {
     pub identity: Option<&'a str>,
     /// Whether the instance document was redacted.
     pub redacted: bool,
+    /// The caller was identified by its socket's cgroup: a hostNetwork pod (`pod`
+    /// names it), or a process in a pod's cgroup no known pod owns (rule
+    /// `unknown-pod-cgroup`). Written only when true.
+    pub host_network: bool,
+    /// The cgroup v2 id of the caller's socket, when it is a socket of the proxy's own
+    /// host (hostNetwork pods and node processes, with host callers on). Written only
+    /// when known.
+    pub cgroup: Option<u64>,
 }
 
 impl DecisionRecord<'_> {
@@ -108,10 +117,17 @@ impl DecisionRecord<'_> {
             }
         }
         out.push_str(if self.redacted {
-            r#","redacted":true}"#
+            r#","redacted":true"#
         } else {
-            r#","redacted":false}"#
+            r#","redacted":false"#
         });
+        if self.host_network {
+            out.push_str(r#","host_network":true"#);
+        }
+        if let Some(id) = self.cgroup {
+            let _ = write!(out, r#","cgroup_id":{id}"#);
+        }
+        out.push('}');
     }
 }
 
@@ -242,6 +258,8 @@ mod tests {
             resource: Some("https://management.azure.com/"),
             identity: None,
             redacted: false,
+            host_network: false,
+            cgroup: None,
         };
         let mut out = String::new();
         rec.write_json_fields(&mut out);
@@ -283,6 +301,20 @@ mod tests {
         assert_eq!(v["service_account"], "-");
         assert_eq!(v["identity"], "client_id=abc");
         assert_eq!(v["redacted"], true);
+        assert!(v.get("host_network").is_none() && v.get("cgroup_id").is_none());
         assert!(rec.is_warning());
+
+        let rec = DecisionRecord {
+            decision: "would-deny",
+            host_network: true,
+            cgroup: Some(u64::MAX),
+            ..rec
+        };
+        let mut out = String::new();
+        rec.write_json_fields(&mut out);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["host_network"], true);
+        assert_eq!(v["cgroup_id"], u64::MAX);
+        assert!(!rec.is_warning());
     }
 }

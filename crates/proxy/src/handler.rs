@@ -2,8 +2,9 @@
 //! log record and the metrics.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -19,11 +20,15 @@ use imdsguard_core::imds::{
 use imdsguard_core::token::IMDSGUARD_DENY_ERROR;
 use serde_json::{Value, json};
 
+use crate::caller::{HostCaller, HostCallers};
 use crate::decision::{DecisionRecord, DecisionSink, push_json_str};
 use crate::fairness::{self, RateLimiter};
 use crate::server::{CloseConnection, Handler, Reply};
 use crate::upstream::{self, UpstreamError};
 use crate::{Limits, Metrics, ProxyControl, Timeouts};
+
+/// Whether a failed socket lookup was logged as a warning yet (once per process).
+static LOOKUP_ERROR_LOGGED: AtomicBool = AtomicBool::new(false);
 
 /// What a request came to, for the log record and the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +43,8 @@ enum Outcome {
     Throttled,
     /// Allowed, but the upstream gave no usable answer (502/504).
     UpstreamError,
+    /// Denied by the rules, but forwarded: a dry run.
+    WouldDeny,
 }
 
 impl Outcome {
@@ -48,13 +55,44 @@ impl Outcome {
             Outcome::Invalid => "invalid",
             Outcome::Throttled => "throttled",
             Outcome::UpstreamError => "upstream-error",
+            Outcome::WouldDeny => "would-deny",
         }
     }
+
+    /// The `outcome` label of the metrics (`would_deny` for a dry run's denial).
+    fn metric(self) -> &'static str {
+        match self {
+            Outcome::WouldDeny => "would_deny",
+            other => other.as_str(),
+        }
+    }
+}
+
+/// The built-in rule that denies a caller in a pod's cgroup that no known hostNetwork
+/// pod owns.
+pub const RULE_UNKNOWN_POD_CGROUP: &str = "unknown-pod-cgroup";
+
+/// The denial of a socket in the pod cgroup tree under no known hostNetwork pod.
+fn unknown_pod_cgroup(peer: IpAddr, cgroup: u64) -> Deny {
+    Deny::new(
+        RULE_UNKNOWN_POD_CGROUP,
+        format!(
+            "the caller at {} is a process in a pod's cgroup (cgroup id {cgroup}) and imdsguard knows no hostNetwork pod there",
+            peer.to_canonical()
+        ),
+        "imdsguard identifies hostNetwork pods by their cgroup; if this pod just started, retry in a few \
+         seconds; otherwise ask the cluster admin to check imdsguard's view of the node's hostNetwork \
+         pods (their uid and hostNetwork: true in the pods file, or the agent's pod watch)",
+    )
 }
 
 /// The facts of one decision. Holds no body and no header value: never a token.
 struct Record {
     pod: Option<Arc<PodInfo>>,
+    /// The caller was found by its socket's cgroup (a hostNetwork pod, known or not).
+    host_network: bool,
+    /// The cgroup id of the caller's socket, when it is a socket of this host.
+    cgroup: Option<u64>,
     path: String,
     endpoint: ImdsApi,
     outcome: Outcome,
@@ -75,6 +113,8 @@ pub(crate) struct State {
     pub(crate) limits: Limits,
     pub(crate) rate: RateLimiter,
     pub(crate) decisions: Option<Arc<dyn DecisionSink>>,
+    pub(crate) host: Option<HostCallers>,
+    pub(crate) dry_run: bool,
 }
 
 impl Handler for State {
@@ -85,14 +125,14 @@ impl Handler for State {
     ) -> Result<Reply, CloseConnection> {
         let start = Instant::now();
         let method = req.method().clone();
-        let (reply, mut rec) = self.decide(req, peer).await;
+        let (reply, mut rec) = self.decide(req, peer, start).await;
         rec.status = reply.status().as_u16();
         let latency = start.elapsed();
         let namespace = rec.pod.as_ref().map_or("-", |p| p.namespace.as_str());
         self.metrics.decision(
             namespace,
             rec.endpoint.as_str(),
-            rec.outcome.as_str(),
+            rec.outcome.metric(),
             latency,
         );
         if rec.redacted {
@@ -112,6 +152,8 @@ impl Handler for State {
             resource: rec.resource.as_deref(),
             identity: rec.identity.as_deref(),
             redacted: rec.redacted,
+            host_network: rec.host_network,
+            cgroup: rec.cgroup,
         };
         match &self.decisions {
             Some(sink) => sink.record(&record),
@@ -122,10 +164,17 @@ impl Handler for State {
 }
 
 impl State {
-    async fn decide(&self, req: Request<Incoming>, peer: SocketAddr) -> (Reply, Record) {
+    async fn decide(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        start: Instant,
+    ) -> (Reply, Record) {
         let pod = self.control.pods.load().get(peer.ip()).cloned();
         let mut rec = Record {
             pod,
+            host_network: false,
+            cgroup: None,
             path: String::new(),
             endpoint: ImdsApi::Unknown,
             outcome: Outcome::Deny,
@@ -136,6 +185,35 @@ impl State {
             redacted: false,
             status: 0,
         };
+        // A caller the pod index does not know may be a process of this host: a
+        // hostNetwork pod shares the node's addresses. Its socket tells.
+        let mut unknown_pod_cgroup_id = None;
+        if rec.pod.is_none()
+            && let Some(host) = &self.host
+        {
+            let caller = host.identify(peer, start).await;
+            self.metrics.host_caller_lookup(caller.result());
+            match caller {
+                HostCaller::Pod { pod, cgroup } => {
+                    rec.pod = Some(pod);
+                    rec.host_network = true;
+                    rec.cgroup = Some(cgroup);
+                }
+                HostCaller::UnknownPodCgroup { cgroup } => {
+                    rec.host_network = true;
+                    rec.cgroup = Some(cgroup);
+                    unknown_pod_cgroup_id = Some(cgroup);
+                }
+                HostCaller::Node { cgroup } => rec.cgroup = Some(cgroup),
+                HostCaller::NoSocket => {}
+                HostCaller::Error(e) => {
+                    tracing::debug!(%peer, error = %e, "looking up a caller's socket failed");
+                    if !LOOKUP_ERROR_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::warn!(%peer, error = %e, "looking up a caller's socket failed; such callers are unknown sources (counted in imdsguard_proxy_host_caller_lookups_total{{result=\"error\"}}; logged once)");
+                    }
+                }
+            }
+        }
 
         // 1. One spelling, or a rejection.
         let uri = req.uri();
@@ -197,23 +275,33 @@ impl State {
             rec.identity = Some(selector_text(t.selector.as_ref()));
         }
 
-        // 3. Who is asking.
-        let Some(pod) = rec.pod.clone() else {
-            return (self.deny(Deny::unknown_source(peer.ip()), &mut rec), rec);
-        };
-
-        // 4. The rules.
-        let rules = self.control.rules.load();
-        let decision = match &*rules {
-            Some(rules) => rules.evaluate(&pod, &valid),
-            None => Decision::Deny(Deny::no_rules()),
+        // 3. Who is asking, and 4. the rules.
+        let decision = match rec.pod.clone() {
+            None => Decision::Deny(match unknown_pod_cgroup_id {
+                Some(cgroup) => unknown_pod_cgroup(peer.ip(), cgroup),
+                None => Deny::unknown_source(peer.ip()),
+            }),
+            Some(pod) => match &*self.control.rules.load() {
+                Some(rules) => rules.evaluate(&pod, &valid),
+                None => Decision::Deny(Deny::no_rules()),
+            },
         };
         let allow = match decision {
+            // A dry run records the denial and goes on as if it were allowed, without
+            // an allowing rule (so without redaction: the answer is the upstream's).
+            Decision::Deny(d) if self.dry_run => {
+                rec.outcome = Outcome::WouldDeny;
+                rec.rule = d.rule;
+                rec.reason = Some(d.reason);
+                None
+            }
             Decision::Deny(d) => return (self.deny(d, &mut rec), rec),
-            Decision::Allow(a) => a,
+            Decision::Allow(a) => {
+                rec.outcome = Outcome::Allow;
+                rec.rule = a.rule.to_string();
+                Some(a)
+            }
         };
-        rec.outcome = Outcome::Allow;
-        rec.rule = allow.rule.to_string();
 
         // 5. Forward the canonical request.
         let (parts, body) = req.into_parts();
@@ -238,9 +326,12 @@ impl State {
         } else {
             Bytes::new()
         };
-        let result = if valid.endpoint == ImdsApi::Instance && !allow.redaction.is_noop() {
+        let redact = allow
+            .as_ref()
+            .filter(|a| valid.endpoint == ImdsApi::Instance && !a.redaction.is_noop());
+        let result = if let Some(allow) = redact {
             rec.redacted = true;
-            self.forward_redacted(&valid, &allow, &parts.headers).await
+            self.forward_redacted(&valid, allow, &parts.headers).await
         } else {
             // Only what was validated and decided on goes upstream.
             self.forward(
@@ -256,9 +347,15 @@ impl State {
             Ok(reply) => (reply, rec),
             Err(e) => {
                 self.metrics.upstream_error(e.kind());
-                rec.outcome = Outcome::UpstreamError;
                 rec.redacted = false;
-                rec.reason = Some(e.to_string());
+                // A dry run's denial stays the record's decision (its status says the
+                // upstream failed); the upstream error is counted and logged.
+                if rec.outcome == Outcome::WouldDeny {
+                    tracing::warn!(%peer, error = %e, "a dry run's forwarded request got no usable answer");
+                } else {
+                    rec.outcome = Outcome::UpstreamError;
+                    rec.reason = Some(e.to_string());
+                }
                 (self.upstream_error(&e), rec)
             }
         }
@@ -493,6 +590,8 @@ fn log(rec: &DecisionRecord<'_>) {
                 resource = rec.resource,
                 identity = rec.identity,
                 redacted = rec.redacted,
+                host_network = rec.host_network.then_some(true),
+                cgroup_id = rec.cgroup,
                 "decision"
             )
         };
@@ -567,6 +666,8 @@ mod tests {
             resource: Some("https://management.azure.com/"),
             identity: Some("client_id=abc"),
             redacted: false,
+            host_network: false,
+            cgroup: None,
         };
         let others = [
             DecisionRecord {
@@ -584,6 +685,21 @@ mod tests {
                 status: 502,
                 reason: Some("connect: refused"),
                 redacted: true,
+                ..rec
+            },
+            DecisionRecord {
+                decision: "would-deny",
+                rule: "default-deny",
+                reason: Some("no rule allows it"),
+                host_network: true,
+                cgroup: Some(4242),
+                ..rec
+            },
+            DecisionRecord {
+                pod: None,
+                decision: "deny",
+                rule: "unknown-source",
+                cgroup: Some(17),
                 ..rec
             },
         ];

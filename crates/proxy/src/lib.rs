@@ -38,6 +38,7 @@
 //! ```
 
 mod admin;
+mod caller;
 mod decision;
 mod fairness;
 pub mod files;
@@ -68,8 +69,10 @@ pub use reload::{
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8170";
 /// The admin listen address when none is given.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9170";
+pub use caller::{HostCallerConfig, HostCallerMap, HostCallerSource, POD_ROOTS};
 pub use decision::{DecisionRecord, DecisionSink};
 pub use fairness::PodRate;
+pub use handler::RULE_UNKNOWN_POD_CGROUP;
 pub use metrics::Metrics;
 
 /// The upstream when none is given: Azure IMDS.
@@ -316,6 +319,13 @@ pub struct ProxyConfig {
     pub shutdown_grace: Duration,
     /// Where decision records go; `None`: `tracing` events (target `imdsguard::decision`).
     pub decisions: Option<Arc<dyn DecisionSink>>,
+    /// Identify callers on the proxy's own host (hostNetwork pods) by their socket's
+    /// cgroup when the pod index does not know their address; `None`: off (they are
+    /// unknown sources). The pods come through [`ProxyControl::set_host_callers`].
+    pub host_callers: Option<HostCallerConfig>,
+    /// Dry run: a request the rules deny is logged and counted as `would-deny` and
+    /// forwarded as if allowed; no 403 is sent for it.
+    pub dry_run: bool,
 }
 
 impl fmt::Debug for ProxyConfig {
@@ -329,6 +339,8 @@ impl fmt::Debug for ProxyConfig {
             .field("timeouts", &self.timeouts)
             .field("limits", &self.limits)
             .field("pod_rate", &self.pod_rate)
+            .field("host_callers", &self.host_callers)
+            .field("dry_run", &self.dry_run)
             .finish_non_exhaustive()
     }
 }
@@ -353,6 +365,8 @@ impl ProxyConfig {
             metrics: None,
             shutdown_grace: Duration::from_secs(5),
             decisions: None,
+            host_callers: None,
+            dry_run: false,
         }
     }
 
@@ -401,8 +415,11 @@ impl ProxyConfig {
 pub struct ProxyControl {
     rules: Snapshot<Option<AccessRules>>,
     pods: Snapshot<PodIndex>,
+    host_callers: Snapshot<HostCallerMap>,
+    host_caller_source: Snapshot<Option<HostCallerSource>>,
     ready_check: Snapshot<Option<ReadyCheck>>,
     allow_empty_rules: bool,
+    dry_run: bool,
     metrics: Metrics,
 }
 
@@ -413,8 +430,11 @@ impl ProxyControl {
         ProxyControl {
             rules: Snapshot::new(None),
             pods: Snapshot::new(PodIndex::new()),
+            host_callers: Snapshot::new(HostCallerMap::new()),
+            host_caller_source: Snapshot::new(None),
             ready_check: Snapshot::new(None),
             allow_empty_rules: false,
+            dry_run: false,
             metrics: Metrics::new(),
         }
     }
@@ -429,6 +449,30 @@ impl ProxyControl {
     pub fn set_pods(&self, pods: PodIndex) {
         self.metrics.set_pods(pods.len());
         self.pods.store(pods);
+    }
+
+    /// Replaces the hostNetwork pods by the cgroup id of their pod-level cgroup
+    /// directory (used when [`ProxyConfig::host_callers`] is on; a socket in a
+    /// container's cgroup below the pod's is the pod's).
+    pub fn set_host_callers(&self, map: HostCallerMap) {
+        self.host_callers.store(map);
+    }
+
+    /// The hostNetwork pods by cgroup id, as last set.
+    pub fn host_callers(&self) -> Arc<HostCallerMap> {
+        self.host_callers.load()
+    }
+
+    /// Where a fresh map comes from when a socket is in a pod cgroup the map does not
+    /// know (called off the runtime's workers, at most once a second); `None`: the map
+    /// changes only through [`Self::set_host_callers`].
+    pub fn set_host_caller_source(&self, source: Option<HostCallerSource>) {
+        self.host_caller_source.store(source);
+    }
+
+    /// Whether denials are only logged (dry run).
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
     }
 
     /// Replaces the extra readiness condition.
@@ -476,13 +520,22 @@ impl ProxyControl {
     }
 
     /// What is loaded, for `/readyz`: `N access rules, M pod addresses` (`no access
-    /// rules loaded` before the first).
+    /// rules loaded` before the first), then the hostNetwork pods known by cgroup
+    /// when there are any, and `dry run: denials are logged and forwarded` in a dry run.
     pub fn summary(&self) -> String {
         let pods = self.pods.load().len();
-        match &*self.rules.load() {
+        let mut out = match &*self.rules.load() {
             Some(r) => format!("{} access rules, {pods} pod addresses", r.len()),
             None => format!("no access rules loaded, {pods} pod addresses"),
+        };
+        let host = self.host_callers.load().len();
+        if host > 0 {
+            out.push_str(&format!(", {host} hostNetwork pods by cgroup"));
         }
+        if self.dry_run {
+            out.push_str("; dry run: denials are logged and forwarded, not enforced");
+        }
+        out
     }
 }
 
@@ -532,8 +585,11 @@ impl Proxy {
         let control = ProxyControl {
             rules: Snapshot::new(None),
             pods: Snapshot::new(PodIndex::new()),
+            host_callers: Snapshot::new(HostCallerMap::new()),
+            host_caller_source: Snapshot::new(None),
             ready_check: Snapshot::new(config.ready_check.clone()),
             allow_empty_rules: config.allow_empty_rules,
+            dry_run: config.dry_run,
             metrics: metrics.clone(),
         };
         if let Some(rules) = config.rules.clone() {
@@ -550,7 +606,28 @@ impl Proxy {
             limits: config.limits,
             rate: fairness::RateLimiter::new(config.pod_rate),
             decisions: config.decisions.clone(),
+            host: config.host_callers.clone().map(|c| {
+                caller::HostCallers::new(
+                    c,
+                    local,
+                    control.host_callers.clone(),
+                    control.host_caller_source.clone(),
+                )
+            }),
+            dry_run: config.dry_run,
         });
+        if let Some(host) = &state.host {
+            if host.cgroup2_mounted() {
+                tracing::info!(cgroup_root = %host.root().display(), "callers on this host are identified by their socket's cgroup");
+            } else {
+                tracing::warn!(cgroup_root = %host.root().display(), "no cgroup v2 at the cgroup root: hostNetwork pods cannot be told from node processes, and callers from this host's addresses are unknown sources");
+            }
+        }
+        if config.dry_run {
+            tracing::warn!(
+                "dry run: requests the rules deny are logged as would-deny and forwarded; nothing is denied"
+            );
+        }
 
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();

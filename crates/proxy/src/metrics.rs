@@ -2,7 +2,7 @@
 //!
 //! | metric | labels | what |
 //! |---|---|---|
-//! | `imdsguard_proxy_decisions_total` | `namespace`, `endpoint`, `outcome` | one per request: `allow`, `deny`, `invalid` (IMDS's own 4xx, answered by the proxy), `throttled` (the pod's rate), `upstream-error` |
+//! | `imdsguard_proxy_decisions_total` | `namespace`, `endpoint`, `outcome` | one per request: `allow`, `deny`, `would_deny` (denied by the rules but forwarded: a dry run), `invalid` (IMDS's own 4xx, answered by the proxy), `throttled` (the pod's rate), `upstream-error` |
 //! | `imdsguard_proxy_request_duration_seconds` | `outcome` | request latency inside the proxy, upstream included |
 //! | `imdsguard_proxy_upstream_duration_seconds` | `endpoint` | upstream exchange latency |
 //! | `imdsguard_proxy_upstream_errors_total` | `kind` | `connect`, `timeout`, `io`, `too-large`, `bad-document`, `bad-error` (an error answer not in IMDS's shapes) |
@@ -13,6 +13,7 @@
 //! | `imdsguard_proxy_open_connections` | | client connections open |
 //! | `imdsguard_proxy_connections_refused_total` | `reason`: `per-source` | connections closed on accept |
 //! | `imdsguard_proxy_throttled_total` | `class`: `general`, `identity` | requests answered 429 for the caller's rate |
+//! | `imdsguard_proxy_host_caller_lookups_total` | `result`: `pod`, `unknown-pod-cgroup`, `node`, `no-socket`, `error` | callers the pod index does not know, looked up by their socket's cgroup |
 //! | `imdsguard_log_dropped_lines_total` | | log lines (decision records included) the log writer had to drop, its queue full (`imdsguard proxy`) |
 //! | `imdsguard_blocked_packets_total` | `destination` | packets the node's nft rules dropped (counted by the agent) |
 
@@ -71,6 +72,11 @@ struct ClassLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DestinationLabels {
     destination: String,
 }
@@ -112,6 +118,7 @@ struct Inner {
     connections: Gauge,
     refused: Family<ReasonLabels, Counter>,
     throttled: Family<ClassLabels, Counter>,
+    host_callers: Family<ResultLabels, Counter>,
     blocked_packets: Family<DestinationLabels, Counter>,
 }
 
@@ -150,9 +157,10 @@ impl Metrics {
         let refused = Family::<ReasonLabels, Counter>::default();
         let throttled = Family::<ClassLabels, Counter>::default();
         let blocked_packets = Family::<DestinationLabels, Counter>::default();
+        let host_callers = Family::<ResultLabels, Counter>::default();
         registry.register(
             "proxy_decisions",
-            "Requests decided by the proxy, by caller namespace, IMDS endpoint and outcome (allow, deny, invalid, upstream-error)",
+            "Requests decided by the proxy, by caller namespace, IMDS endpoint and outcome (allow, deny, would_deny, invalid, throttled, upstream-error)",
             decisions.clone(),
         );
         registry.register(
@@ -202,6 +210,11 @@ impl Metrics {
             throttled.clone(),
         );
         registry.register(
+            "proxy_host_caller_lookups",
+            "Callers from addresses the pod index does not know, looked up by their socket's cgroup, by result (pod: a known hostNetwork pod, unknown-pod-cgroup: a pod cgroup no known pod owns, node: a process outside the pod cgroups, no-socket: not a socket of this host, error)",
+            host_callers.clone(),
+        );
+        registry.register(
             "blocked_packets",
             "Packets to metadata endpoints dropped by imdsguard's nft rules (the table's drop counters, read by the agent), by destination",
             blocked_packets.clone(),
@@ -220,6 +233,7 @@ impl Metrics {
                 connections,
                 refused,
                 throttled,
+                host_callers,
                 blocked_packets,
             }),
         }
@@ -342,6 +356,13 @@ impl Metrics {
             .inc();
     }
 
+    pub(crate) fn host_caller_lookup(&self, result: &'static str) {
+        self.inner
+            .host_callers
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
     pub(crate) fn throttled(&self, class: &'static str) {
         self.inner
             .throttled
@@ -370,6 +391,8 @@ mod tests {
         m.set_rules(4);
         m.connection_refused("per-source");
         m.throttled("identity");
+        m.host_caller_lookup("unknown-pod-cgroup");
+        m.decision("-", "versions", "would_deny", Duration::from_micros(80));
         let text = m.encode();
         for want in [
             r#"imdsguard_proxy_decisions_total{namespace="payments",endpoint="identity-token",outcome="deny"} 1"#,
@@ -380,6 +403,8 @@ mod tests {
             "imdsguard_proxy_rules 4",
             r#"imdsguard_proxy_connections_refused_total{reason="per-source"} 1"#,
             r#"imdsguard_proxy_throttled_total{class="identity"} 1"#,
+            r#"imdsguard_proxy_host_caller_lookups_total{result="unknown-pod-cgroup"} 1"#,
+            r#"imdsguard_proxy_decisions_total{namespace="-",endpoint="versions",outcome="would_deny"} 1"#,
             "# EOF",
         ] {
             assert!(text.contains(want), "{want} missing in\n{text}");
