@@ -17,6 +17,7 @@ mod output;
 mod policy_cmd;
 mod probe_cmd;
 mod proxy_cmd;
+mod report_cmd;
 mod service;
 mod verify_cmd;
 
@@ -68,6 +69,11 @@ enum Command {
     /// Run the probe as a short-lived Job in every namespace and compare what it saw with
     /// what the audit predicts (the seed's validation step); deletes what it created.
     Verify(Box<verify_cmd::VerifyArgs>),
+    /// What enforcing the access rules would break, from the proxy's decision logs (files
+    /// or standard input; `--log-format json` records, e.g. of a `--dry-run`): per
+    /// workload, each denied path, audience and identity, counts, first and last seen, the
+    /// closest rule.
+    Report(report_cmd::ReportArgs),
     /// Print the MetadataAccessPolicy CustomResourceDefinition (imdsguard.io/v1alpha1) as
     /// YAML, for `kubectl apply -f -` (the same as deploy/crds/).
     Crd,
@@ -135,6 +141,7 @@ fn main() -> ExitCode {
             command: PolicyCommand::Generate(args),
         } => policy_cmd::run(*args),
         Command::Verify(args) => verify_cmd::run(*args),
+        Command::Report(args) => report_cmd::run(args),
         Command::Controller(args) => controller_cmd::run(*args).map(|()| ExitCode::SUCCESS),
         Command::Crd => {
             print!("{}", imdsguard_kube::crd::crd_yaml());

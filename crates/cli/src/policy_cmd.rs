@@ -376,6 +376,16 @@ fn print_verify(before: &Report, after: &Report) -> bool {
         }
         ok &= unexpected.is_empty();
     }
+    let host_network = after
+        .workloads
+        .iter()
+        .filter(|w| w.host_network && w.verdicts.iter().any(|v| v.reachable))
+        .count();
+    if host_network > 0 {
+        eprintln!(
+            "imdsguard policy generate --verify: {host_network} hostNetwork workload(s) still reach a target: no policy can cover them; `imdsguard agent run` in block or proxy mode does, by their pods' cgroups (docs/node.md)"
+        );
+    }
     if ok {
         eprintln!(
             "imdsguard policy generate --verify: passed: only expected or hostNetwork workloads reach the targets"

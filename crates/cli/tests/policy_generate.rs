@@ -83,7 +83,8 @@ fn every_engine_writes_labelled_objects_and_warnings_on_stderr() {
         }
         assert!(
             stderr.contains("warning: host-network")
-                && stderr.contains("kube-system/kube-proxy[DaemonSet]"),
+                && stderr.contains("kube-system/kube-proxy[DaemonSet]")
+                && stderr.contains("`imdsguard agent run` in block or proxy mode covers them"),
             "{engine}: {stderr}"
         );
     }
@@ -876,6 +877,17 @@ fn verify_counts_match_the_audit_and_fail_on_reopened_targets() {
             assert!(!r.stderr.contains("still reaches it"), "{what}");
             assert!(r.stderr.contains("--verify: passed"), "{what}");
         }
+        // kube-proxy and the node exporter: what no policy covers, and what does.
+        let host = after
+            .values()
+            .filter(|(host, _, vs)| *host && vs.iter().any(|(_, reach)| *reach))
+            .count();
+        assert!(host > 0, "{what}");
+        assert!(
+            r.stderr.contains(&format!("--verify: {host} hostNetwork workload(s) still reach a target: no policy can cover them; `imdsguard agent run` in block or proxy mode does")),
+            "{what}: {}",
+            r.stderr
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
     // --verify-engine only chooses among NetworkPolicy engines; it needs --verify.
