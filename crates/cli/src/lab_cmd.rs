@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use std::path::{Path, PathBuf};
 
-use imdsguard_lab::{KubernetesConfig, LabConfig, LabError, Phase};
+use imdsguard_lab::{HostNet, KubernetesConfig, LabConfig, LabError, Phase, ProbeCommand};
 use imdsguard_node::netns::{Isolated, current_netns};
 use imdsguard_node::{package_of, which};
 
@@ -42,6 +42,10 @@ pub(crate) enum PhaseArg {
     Observe,
     /// `proxy` mode: IMDS traffic redirected to the filtering proxy, the rest dropped.
     Proxy,
+    /// `proxy` mode with the proxy's dry run: denials recorded as would-deny and
+    /// forwarded; `imdsguard report` over its decisions must name exactly the pods the
+    /// proxy phase denies.
+    DryRun,
     /// With --kubernetes: a MetadataAccessPolicy, `imdsguard controller` and `imdsguard
     /// agent run --kubernetes` (block mode).
     Controller,
@@ -54,6 +58,7 @@ impl From<PhaseArg> for Phase {
             PhaseArg::Block => Phase::Block,
             PhaseArg::Observe => Phase::Observe,
             PhaseArg::Proxy => Phase::Proxy,
+            PhaseArg::DryRun => Phase::DryRun,
             PhaseArg::Controller => Phase::Controller,
         }
     }
@@ -71,8 +76,8 @@ impl From<PhaseArg> for Phase {
 /// SIGTERM (it cleans up first).
 #[derive(Debug, Clone, Args)]
 pub(crate) struct LabArgs {
-    /// Phases to run, in order (repeatable) [default: before block observe proxy; with
-    /// --kubernetes: before controller]
+    /// Phases to run, in order (repeatable) [default: before block observe proxy
+    /// dry-run; with --kubernetes: before controller]
     #[arg(long = "phase", value_enum)]
     pub phases: Vec<PhaseArg>,
 
@@ -111,6 +116,12 @@ pub(crate) struct LabArgs {
     /// (namespaces.yaml, pods.yaml, networkpolicies.yaml) into DIR, for other analyzers
     #[arg(long, value_name = "DIR", requires = "kubernetes")]
     pub dump_policies: Option<PathBuf>,
+
+    /// Internal: move into CGROUP (one of the lab's), probe as ROW from this process
+    /// and print the row as JSON; MS is the connect timeout in milliseconds. The lab
+    /// runs this as its child, inside its node namespace; nothing else may.
+    #[arg(long, hide = true, num_args = 3, value_names = ["ROW", "MS", "CGROUP"])]
+    pub internal_probe_row: Option<Vec<String>>,
 }
 
 impl LabArgs {
@@ -134,11 +145,21 @@ impl LabArgs {
         } else {
             None
         };
+        let probe_command = ProbeCommand {
+            program: std::env::current_exe().map_err(|e| LabError::Io {
+                what: "finding this program".into(),
+                source: e,
+            })?,
+            args: vec!["lab".into(), "--internal-probe-row".into()],
+            env: vec![(STAGE_ENV.into(), PROBE_ROW_STAGE.into())],
+        };
         Ok(LabConfig {
             phases: self.phases.iter().map(|p| (*p).into()).collect(),
             connect_timeout: self.connect_timeout,
             bench_allow: self.bench_allow,
             kubernetes,
+            hostnet: HostNet::default(),
+            probe_command: Some(probe_command),
         })
     }
 }
@@ -168,6 +189,9 @@ impl From<LabExit> for std::process::ExitCode {
 /// the node there, probes every pod in each phase and prints the matrix to standard
 /// output.
 pub(crate) fn run(args: LabArgs) -> Result<LabExit, LabError> {
+    if let Some(probe) = &args.internal_probe_row {
+        return probe_row(probe);
+    }
     if is_inner() {
         return inner(args);
     }
@@ -188,6 +212,34 @@ const STAGE_ENV: &str = "IMDSGUARD_LAB_STAGE";
 const PARENT_ENV: &str = "IMDSGUARD_LAB_PARENT_NETNS";
 /// The outer run's process id: the inner run ends when that process is gone.
 const PARENT_PID_ENV: &str = "IMDSGUARD_LAB_PARENT_PID";
+/// The outer run's mount namespace, which the inner run must not be in to mount cgroup
+/// v2.
+const PARENT_MNT_ENV: &str = "IMDSGUARD_LAB_PARENT_MNTNS";
+/// [`STAGE_ENV`] of a probe the lab runs as a child process in a cgroup.
+const PROBE_ROW_STAGE: &str = "probe-row";
+
+/// The hidden probe-row mode: a child of the inner run, already in its cgroup, probes
+/// and prints its row.
+fn probe_row(args: &[String]) -> Result<LabExit, LabError> {
+    if std::env::var(STAGE_ENV).as_deref() != Ok(PROBE_ROW_STAGE) {
+        return Err(LabError::Lab(
+            "--internal-probe-row is the lab's own: it runs only as the lab's child".into(),
+        ));
+    }
+    let [row, ms, cgroup] = args else {
+        return Err(LabError::Lab(
+            "--internal-probe-row takes ROW, MS and CGROUP".into(),
+        ));
+    };
+    let ms: u64 = ms
+        .parse()
+        .map_err(|_| LabError::Lab(format!("--internal-probe-row: `{ms}` is no number")))?;
+    let parent = std::env::var(PARENT_ENV).ok();
+    let json =
+        imdsguard_lab::probe_row_child(row, Duration::from_millis(ms), cgroup, parent.as_deref())?;
+    println!("{json}");
+    Ok(LabExit::Expected)
+}
 
 fn is_inner() -> bool {
     std::env::var(STAGE_ENV).as_deref() == Ok("inner")
@@ -197,10 +249,12 @@ fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// The `unshare` arguments that give this process a network namespace of its own.
+/// The `unshare` arguments that give this process a network namespace of its own (and,
+/// as root, a mount namespace of its own with private propagation, where the inner run
+/// mounts cgroup v2 without touching the machine's mounts).
 fn unshare_args() -> Vec<&'static str> {
     if is_root() {
-        vec!["--net"]
+        vec!["--net", "--mount", "--propagation", "private"]
     } else {
         vec!["--net", "--map-root-user"]
     }
@@ -270,6 +324,10 @@ fn outer() -> Result<LabExit, LabError> {
         .env(STAGE_ENV, "inner")
         .env(PARENT_ENV, parent)
         .env(PARENT_PID_ENV, std::process::id().to_string())
+        .env(
+            PARENT_MNT_ENV,
+            imdsguard_lab::current_mount_namespace().unwrap_or_default(),
+        )
         .spawn()
         .map_err(|e| LabError::Io {
             what: "starting the lab under unshare".into(),
@@ -317,6 +375,11 @@ fn interrupted_status(sig: Signal) -> i32 {
 /// sends this process SIGTERM then.
 fn exit_on_interrupt() {
     on_interrupts(|sig| {
+        // The cgroups are in the machine's one hierarchy: they do not go with the
+        // namespaces. Their processes are killed and the directories removed first.
+        for left in imdsguard_lab::remove_cgroups() {
+            eprintln!("imdsguard lab: could not remove the cgroup {left}");
+        }
         eprintln!(
             "imdsguard lab: stopped by {}; its namespaces, interfaces and nft tables go away with it",
             if sig == Signal::INT {
@@ -335,6 +398,7 @@ fn exit_on_interrupt() {
     let now = rustix::process::getppid().map(Pid::as_raw_nonzero);
     if parent.is_some_and(|p| now.is_none_or(|n| n.get() != p)) {
         eprintln!("imdsguard lab: the process that started the lab is gone; stopping");
+        let _ = imdsguard_lab::remove_cgroups();
         std::process::exit(interrupted_status(Signal::TERM));
     }
 }
@@ -375,9 +439,25 @@ fn on_interrupts(on_signal: impl Fn(Signal) + Send + 'static) {
 /// The inner run: checks isolation, builds the lab, runs the phases, prints.
 fn inner(args: LabArgs) -> Result<LabExit, LabError> {
     exit_on_interrupt();
+    // First of all: cgroup v2 in this run's own mount namespace (root only; otherwise
+    // the hostNetwork rows are skipped, and the report says why).
+    let hostnet = if args.kubernetes {
+        HostNet::Skipped("not with --kubernetes".into())
+    } else {
+        let parent_mnt = std::env::var(PARENT_MNT_ENV).ok();
+        imdsguard_lab::mount_cgroup2(parent_mnt.as_deref())
+    };
     let parent = std::env::var(PARENT_ENV).ok();
     let isolated = Isolated::check(parent.as_deref())?;
-    let report = imdsguard_lab::run(&isolated, &args.config()?)?;
+    let config = LabConfig {
+        hostnet,
+        ..args.config()?
+    };
+    let report = imdsguard_lab::run(&isolated, &config);
+    // The cgroups are removed by then (and again here, should the run have failed
+    // before it could); a second call is harmless.
+    let _ = imdsguard_lab::remove_cgroups();
+    let report = report?;
     let text = match args.format {
         Format::Text => report.to_text(),
         Format::Json => report.to_json(),

@@ -20,7 +20,53 @@ fn row<'a>(phase: &'a Value, pod: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no row for {pod}"))
 }
 
-fn check_matrix(out: &std::process::Output) {
+/// The phases the tests run.
+const PHASES: [&str; 5] = ["before", "block", "observe", "proxy", "dry-run"];
+
+/// The rows of the node's own processes by cgroup.
+const HOSTNET: [&str; 2] = ["hostnet-monitoring", "hostnet-debug"];
+
+/// Which of `paths` (relative to a cgroup v2 root) exist in the machine's cgroup v2
+/// hierarchy, seen through a mount of its own in a private mount namespace (the
+/// hierarchy is global: the lab's mount and this one show the same directories).
+fn cgroups_left(paths: &[String]) -> Vec<String> {
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(
+            r#"mount -t cgroup2 none /sys/fs/cgroup || exit 3
+               for p in "$@"; do [ -e "/sys/fs/cgroup/$p" ] && echo "$p"; done; exit 0"#,
+        )
+        .arg("sh")
+        .args(paths)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "cannot look at the cgroup v2 hierarchy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The cgroups the lab put its probes in (from its report), and their pod directories.
+fn lab_cgroups(report: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in report["pods"].as_array().unwrap() {
+        if let Some(path) = p["cgroup"].as_str() {
+            out.push(path.to_owned());
+            if path.starts_with("kubepods.slice/") {
+                out.push(path.rsplit_once('/').unwrap().0.to_owned());
+            }
+        }
+    }
+    out
+}
+
+fn check_matrix(out: &std::process::Output, hostnet: bool) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
@@ -31,12 +77,40 @@ fn check_matrix(out: &std::process::Output) {
         .iter()
         .map(|p| p["phase"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["before", "block", "proxy"]);
-    let (before, block, proxy) = (&phases[0], &phases[1], &phases[2]);
-    for pod in ["allowed", "web", "spoofer", "batch", "node"] {
-        let r = row(before, pod);
-        assert_eq!(r["sensitive"], true, "{pod} before: {r}");
-        assert_eq!(r["token"], "token-obtained", "{pod} before");
+    assert_eq!(names, PHASES);
+    let (before, block, observe, proxy, dry_run) =
+        (&phases[0], &phases[1], &phases[2], &phases[3], &phases[4]);
+    let mut all = vec!["allowed", "web", "spoofer", "batch", "node"];
+    if hostnet {
+        all.extend(HOSTNET);
+        check_hostnet(&report);
+    } else {
+        // Never silently: the report says why the rows are missing.
+        let notes = report["notes"].to_string();
+        assert!(notes.contains("hostnet-monitoring"), "{notes}");
+        for phase in phases {
+            for pod in HOSTNET {
+                assert!(
+                    phase["rows"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|r| r["pod"] != pod),
+                    "{pod} in {}",
+                    phase["phase"]
+                );
+            }
+        }
+    }
+    for pod in &all {
+        let pod = *pod;
+        // Before protection, under observe mode and in the dry run, everybody gets a
+        // token: the dry run breaks nothing.
+        for phase in [before, observe, dry_run] {
+            let r = row(phase, pod);
+            assert_eq!(r["sensitive"], true, "{pod} {}: {r}", phase["phase"]);
+            assert_eq!(r["token"], "token-obtained", "{pod} {}", phase["phase"]);
+        }
         for phase in phases {
             let r = row(phase, pod);
             assert_eq!(r["azure_dns"], true, "{pod} DNS in {}", phase["phase"]);
@@ -47,11 +121,17 @@ fn check_matrix(out: &std::process::Output) {
             );
         }
     }
-    for pod in ["allowed", "node"] {
+    let mut open = vec!["allowed", "node"];
+    let mut closed = vec!["web", "spoofer", "batch"];
+    if hostnet {
+        open.push("hostnet-monitoring");
+        closed.push("hostnet-debug");
+    }
+    for pod in open {
         assert_eq!(row(block, pod)["token"], "token-obtained", "{pod} block");
         assert_eq!(row(proxy, pod)["token"], "token-obtained", "{pod} proxy");
     }
-    for pod in ["web", "spoofer", "batch"] {
+    for pod in closed {
         let r = row(block, pod);
         assert_eq!(r["sensitive"], false, "{pod} block: {r}");
         for step in ["imds", "wireserver", "hostgaplugin"] {
@@ -65,11 +145,44 @@ fn check_matrix(out: &std::process::Output) {
             "{pod} proxy hostgaplugin"
         );
     }
-    for pod in ["web", "batch"] {
+    let mut denied = vec!["web", "batch"];
+    if hostnet {
+        // Redirected to the proxy by the host table, identified by its cgroup, denied by
+        // the rules like any pod.
+        denied.push("hostnet-debug");
+    }
+    for pod in &denied {
         let r = row(proxy, pod);
         assert_eq!(r["imds"], "blocked-by-imdsguard", "{pod} proxy imds");
         assert_eq!(r["denied_by"], "default-deny", "{pod} proxy");
     }
+    // What the proxy phase denied is exactly what the dry run's report says enforcing
+    // would break.
+    let mut proxy_denied: Vec<&str> = proxy["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r.get("denied_by").is_some())
+        .map(|r| r["pod"].as_str().unwrap())
+        .collect();
+    proxy_denied.sort_unstable();
+    denied.sort_unstable();
+    assert_eq!(proxy_denied, denied);
+    let named: Vec<&str> = dry_run["report"]["pods"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no report in the dry run: {dry_run}"))
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(named, denied, "{}", dry_run["report"]);
+    assert!(
+        dry_run["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r.get("denied_by").is_none()),
+        "{dry_run}"
+    );
     // The spoofer borrows the allowlisted pod's address, which the proxy would allow
     // (instance document and tokens): its (interface, address) pair is not known, so
     // nft drops it before the proxy could take it for that pod.
@@ -98,6 +211,18 @@ fn check_matrix(out: &std::process::Output) {
         .find(|c| c["name"] == "blocked")
         .unwrap();
     assert!(blocked["packets"].as_u64().unwrap() > 0);
+    if hostnet {
+        // Observe mode counts the hostNetwork pods' connections per pod (host table).
+        for pod in HOSTNET {
+            let c = observe["counters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == pod)
+                .unwrap_or_else(|| panic!("no counter for {pod}: {}", observe["counters"]));
+            assert!(c["packets"].as_u64().unwrap() > 0, "{c}");
+        }
+    }
     let bench = &report["bench"];
     assert_eq!(bench["rounds"], 3);
     assert!(bench["effective_median_ms"].as_f64().unwrap() > 0.0);
@@ -110,10 +235,44 @@ fn the_lab_blocks_every_pod_but_the_allowlisted_one() {
     require(test, &TOOLS);
     let ns = Netns::require(test);
     let out = ns.run(
-        r#"exec "$BIN" lab --format json --phase before --phase block --phase proxy --bench-allow 3"#,
+        r#"exec "$BIN" lab --format json --phase before --phase block --phase observe --phase proxy --phase dry-run --bench-allow 3"#,
         &[("BIN", BIN)],
     );
-    check_matrix(&out);
+    check_matrix(&out, true);
+    // The lab's cgroups are in the machine's one hierarchy: all gone once it ended.
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let made = lab_cgroups(&report);
+    assert_eq!(made.len(), 5, "{made:?}");
+    let left = cgroups_left(&made);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// The node's own processes are where the kubelet would put them, under unique names.
+fn check_hostnet(report: &Value) {
+    let pods = report["pods"].as_array().unwrap();
+    let info = |name: &str| pods.iter().find(|p| p["name"] == name).unwrap();
+    let node = info("node")["cgroup"].as_str().unwrap();
+    assert!(
+        node.starts_with("system.slice/imdsguard-lab-") && node.ends_with("-kubelet.service"),
+        "{node}"
+    );
+    let monitoring = info("hostnet-monitoring");
+    let path = monitoring["cgroup"].as_str().unwrap();
+    assert!(
+        path.starts_with("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1abe1abe_")
+            && path.contains(".slice/cri-containerd-"),
+        "{path}"
+    );
+    assert_eq!(monitoring["allowlisted"], true);
+    let debug = info("hostnet-debug");
+    let path = debug["cgroup"].as_str().unwrap();
+    assert!(
+        path.starts_with(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1abe1abe_"
+        ),
+        "{path}"
+    );
+    assert_eq!(debug["allowlisted"], false);
 }
 
 #[test]
@@ -135,20 +294,9 @@ fn the_lab_runs_rootless_in_a_user_namespace() {
             "--regid=65534",
             "--clear-groups",
         ])
-        .args([
-            BIN,
-            "lab",
-            "--format",
-            "json",
-            "--phase",
-            "before",
-            "--phase",
-            "block",
-            "--phase",
-            "proxy",
-            "--bench-allow",
-            "3",
-        ])
+        .args([BIN, "lab", "--format", "json"])
+        .args(PHASES.iter().flat_map(|p| ["--phase", p]))
+        .args(["--bench-allow", "3"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -162,7 +310,9 @@ fn the_lab_runs_rootless_in_a_user_namespace() {
              kernel.apparmor_restrict_unprivileged_userns=0); the lab said: {stderr}"
         );
     }
-    check_matrix(&out);
+    // Not root inside: no cgroups of the machine's hierarchy to play hostNetwork pods
+    // with; the report says so.
+    check_matrix(&out, false);
 }
 
 #[test]

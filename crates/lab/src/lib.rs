@@ -19,12 +19,17 @@
 //! held by a child process that exits when the lab's pipe to it closes.
 
 mod bench;
+mod hostnet;
 mod kubernetes;
 mod report;
 mod world;
 
 use std::time::Duration;
 
+pub use hostnet::{
+    CGROUP_ROOT, HostNet, ProbeCommand, current_mount_namespace, lab_cgroups_of, mount_cgroup2,
+    remove_cgroups,
+};
 pub use imdsguard_node::netns::Isolated;
 pub use kubernetes::{AuditTarget, KubernetesConfig, KubernetesResult};
 pub use report::{LabPod, LabReport, Phase, PhaseResult, Row};
@@ -44,6 +49,14 @@ pub struct LabConfig {
     /// node and its pods, and protect them with a `MetadataAccessPolicy`, the controller
     /// and the agent (phases `before` and `controller`).
     pub kubernetes: Option<KubernetesConfig>,
+    /// Whether the node's own processes can be placed in cgroups (cgroup v2 mounted in
+    /// the lab's mount namespace): then the `node` row (the kubelet, in `system.slice`)
+    /// and the hostNetwork pods' rows are probed from child processes in their cgroups;
+    /// otherwise the hostNetwork rows are skipped, with a note saying why.
+    pub hostnet: HostNet,
+    /// How to run one probe as a child process (the `imdsguard` binary's hidden
+    /// probe-row mode, which calls [`probe_row_child`]).
+    pub probe_command: Option<ProbeCommand>,
 }
 
 impl Default for LabConfig {
@@ -54,6 +67,8 @@ impl Default for LabConfig {
             connect_timeout: Duration::from_secs(1),
             bench_allow: 0,
             kubernetes: None,
+            hostnet: HostNet::default(),
+            probe_command: None,
         }
     }
 }
@@ -97,4 +112,29 @@ impl LabError {
 /// on signals, is the caller's (`imdsguard lab`).
 pub fn run(isolated: &Isolated, config: &LabConfig) -> Result<LabReport, LabError> {
     world::run(isolated, config)
+}
+
+/// The child process's part of a probe run in a cgroup ([`ProbeCommand`]): moves this
+/// process into `cgroup` (one of the lab's that started it) first, checks that it is
+/// in a network namespace of the lab's (not `parent`'s, the run that
+/// started the lab, nor PID 1's), probes the lab's endpoints from here and gives the
+/// row as JSON.
+pub fn probe_row_child(
+    row: &str,
+    connect_timeout: Duration,
+    cgroup: &str,
+    parent: Option<&str>,
+) -> Result<String, LabError> {
+    // Before anything opens a socket: this process goes into its cgroup.
+    hostnet::enter_cgroup(cgroup)?;
+    let here = imdsguard_node::netns::current_netns()?;
+    let init = std::fs::read_link("/proc/1/ns/net")
+        .ok()
+        .map(|p| p.display().to_string());
+    if parent.is_none_or(|p| p == here) || init.as_deref() == Some(here.as_str()) {
+        return Err(LabError::Lab(format!(
+            "a probe row runs only inside the lab's node namespace, not in {here}"
+        )));
+    }
+    Ok(world::probe_row_json(row, connect_timeout))
 }

@@ -25,6 +25,9 @@ pub enum Phase {
     Observe,
     /// `proxy` mode: IMDS traffic redirected to the filtering proxy, the rest dropped.
     Proxy,
+    /// `proxy` mode with the proxy's dry run: every request decided and recorded, the
+    /// ones the rules deny as `would-deny`, and all forwarded.
+    DryRun,
     /// `--kubernetes`: a `MetadataAccessPolicy`, the controller's generated policies and
     /// the agent (`--kubernetes`, block mode) following the object.
     Controller,
@@ -32,7 +35,13 @@ pub enum Phase {
 
 impl Phase {
     /// The default phases.
-    pub const ALL: [Phase; 4] = [Phase::Before, Phase::Block, Phase::Observe, Phase::Proxy];
+    pub const ALL: [Phase; 5] = [
+        Phase::Before,
+        Phase::Block,
+        Phase::Observe,
+        Phase::Proxy,
+        Phase::DryRun,
+    ];
 
     /// The phases of `--kubernetes`.
     pub const KUBERNETES: [Phase; 2] = [Phase::Before, Phase::Controller];
@@ -44,6 +53,7 @@ impl Phase {
             Phase::Block => "block",
             Phase::Observe => "observe",
             Phase::Proxy => "proxy",
+            Phase::DryRun => "dry-run",
             Phase::Controller => "controller",
         }
     }
@@ -63,8 +73,13 @@ pub struct LabPod {
     /// Whether its (interface, address) pair is allowlisted.
     pub allowlisted: bool,
     /// Whether its (interface, address) pair is known (a pod the node hosts): proxy
-    /// mode redirects only known pairs and drops the others.
+    /// mode redirects only known pairs and drops the others. A hostNetwork pod is known
+    /// by its cgroup: proxy mode redirects every connection from the pods' cgroups.
     pub known: bool,
+    /// The cgroup its probe runs in (relative to the cgroup v2 root), for the node's own
+    /// processes: the kubelet and the hostNetwork pods.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
 }
 
 /// What the probe (and the DNS checks) found from one pod in one phase.
@@ -117,7 +132,98 @@ fn rank(c: Class) -> u8 {
     }
 }
 
+/// Every class, to read a row back from its JSON (the probe's classes are written, not
+/// read).
+const CLASSES: [Class; 13] = [
+    Class::Reachable,
+    Class::BlockedTimeout,
+    Class::BlockedRefused,
+    Class::BlockedByImdsguard,
+    Class::NeedsHeader,
+    Class::Exposed,
+    Class::TokenObtained,
+    Class::IdentityNotFound,
+    Class::IdentityRequired,
+    Class::Throttled,
+    Class::Error,
+    Class::NotChecked,
+    Class::Info,
+];
+
+fn class_named(name: &str) -> Option<Class> {
+    CLASSES.into_iter().find(|c| c.as_str() == name)
+}
+
 impl Row {
+    /// Reads back a row written with `serde_json` (a probe run in a child process).
+    pub(crate) fn from_json(text: &str) -> Result<Row, String> {
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| format!("not a row's JSON: {e}"))?;
+        let str_of = |key: &str| {
+            v.get(key)
+                .and_then(serde_json::Value::as_str)
+                .ok_or_else(|| format!("the row has no string `{key}`"))
+        };
+        let class = |key: &str| {
+            str_of(key).and_then(|s| class_named(s).ok_or_else(|| format!("`{key}`: no class {s}")))
+        };
+        let flag = |key: &str| {
+            v.get(key)
+                .and_then(serde_json::Value::as_bool)
+                .ok_or_else(|| format!("the row has no boolean `{key}`"))
+        };
+        Ok(Row {
+            pod: str_of("pod")?.to_owned(),
+            imds: class("imds")?,
+            token: class("token")?,
+            wireserver: class("wireserver")?,
+            hostgaplugin: class("hostgaplugin")?,
+            azure_dns: flag("azure_dns")?,
+            node_local_dns: flag("node_local_dns")?,
+            sensitive: flag("sensitive")?,
+            reached: v
+                .get("reached")
+                .and_then(serde_json::Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            denied_by: v
+                .get("denied_by")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned),
+            attempts: v
+                .get("attempts")
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(1),
+            pod_to_pod: v.get("pod_to_pod").and_then(serde_json::Value::as_bool),
+        })
+    }
+
+    /// Whether the filtering proxy denied one of its requests (a 403 naming imdsguard).
+    pub fn denied_by_proxy(&self) -> bool {
+        self.denied_by.is_some()
+            || self.imds == Class::BlockedByImdsguard
+            || self.token == Class::BlockedByImdsguard
+    }
+
+    /// Its cell in the before/after matrix: `TOKEN`, `EXPOSED`, `denied by proxy` or
+    /// `blocked`.
+    pub fn cell(&self) -> &'static str {
+        if self.token == Class::TokenObtained {
+            "TOKEN"
+        } else if self.sensitive {
+            "EXPOSED"
+        } else if self.imds == Class::BlockedByImdsguard {
+            "denied by proxy"
+        } else {
+            "blocked"
+        }
+    }
+
     /// Sums up a probe report and the DNS checks.
     pub fn new(pod: &str, report: &Report, azure_dns: bool, node_local_dns: bool) -> Row {
         let class_of = |name: StepName| {
@@ -165,6 +271,23 @@ pub struct PhaseResult {
     pub counters: Vec<CounterValue>,
     /// What did not come out as expected.
     pub unexpected: Vec<String>,
+    /// The `dry-run` phase: what `imdsguard report` makes of the phase's decision
+    /// records (what enforcing would break), beside the pods the `proxy` phase denied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<DryRunReport>,
+}
+
+/// The dry-run phase's report, and the proxy phase's denials it must name.
+#[derive(Debug, Clone, Serialize)]
+pub struct DryRunReport {
+    /// The pods the report names (what enforcing would break), as lab rows.
+    pub pods: Vec<String>,
+    /// The pods the `proxy` phase denied (a 403 from the proxy), as lab rows; `None`
+    /// when the `proxy` phase did not run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_denied: Option<Vec<String>>,
+    /// The report itself (`imdsguard report --format json`'s document).
+    pub report: serde_json::Value,
 }
 
 /// Everything the lab found.
@@ -181,6 +304,10 @@ pub struct LabReport {
     /// and their audit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubernetesResult>,
+    /// What the lab could not show here, and why (e.g. the hostNetwork rows without
+    /// cgroup v2).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// Everything came out as expected.
     pub as_expected: bool,
 }
@@ -205,7 +332,9 @@ pub(crate) fn check(phase: Phase, info: &LabPod, row: &Row) -> Vec<String> {
             phase.as_str()
         ));
     }
-    let open = matches!(phase, Phase::Before | Phase::Observe) || info.allowlisted || who == "node";
+    let open = matches!(phase, Phase::Before | Phase::Observe | Phase::DryRun)
+        || info.allowlisted
+        || who == "node";
     if open && !row.sensitive {
         out.push(format!(
             "{who}: expected to reach IMDS in phase {}, the probe found nothing sensitive",
@@ -280,6 +409,9 @@ impl LabReport {
             ]);
         }
         let _ = writeln!(out, "{pods}");
+        for note in &self.notes {
+            let _ = writeln!(out, "NOTE: {note}");
+        }
         for phase in &self.phases {
             let _ = writeln!(
                 out,
@@ -343,6 +475,28 @@ impl LabReport {
                     .collect();
                 let _ = writeln!(out, "nft counters (packets): {}", counters.join(", "));
             }
+            if let Some(r) = &phase.report {
+                let _ = writeln!(
+                    out,
+                    "imdsguard report over this phase's decisions: enforcing would break {}",
+                    if r.pods.is_empty() {
+                        "nothing".to_owned()
+                    } else {
+                        r.pods.join(", ")
+                    }
+                );
+                if let Some(denied) = &r.proxy_denied {
+                    let _ = writeln!(
+                        out,
+                        "the proxy phase denied: {}",
+                        if denied.is_empty() {
+                            "nobody".to_owned()
+                        } else {
+                            denied.join(", ")
+                        }
+                    );
+                }
+            }
             for u in &phase.unexpected {
                 let _ = writeln!(out, "UNEXPECTED: {u}");
             }
@@ -363,17 +517,7 @@ impl LabReport {
                     .rows
                     .iter()
                     .find(|r| r.pod == p.name)
-                    .map(|r| {
-                        if r.token == Class::TokenObtained {
-                            "TOKEN".to_owned()
-                        } else if r.sensitive {
-                            "EXPOSED".to_owned()
-                        } else if r.imds == Class::BlockedByImdsguard {
-                            "denied by proxy".to_owned()
-                        } else {
-                            "blocked".to_owned()
-                        }
-                    })
+                    .map(|r| r.cell().to_owned())
                     .unwrap_or_default();
                 cells.push(cell);
             }

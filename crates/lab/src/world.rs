@@ -2,14 +2,14 @@
 //! filtering proxy on the node, then the phases.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use imdsguard_core::imds::{
     HOST_GA_PLUGIN_PORT, IMDS_ADDRESS, IMDS_PORT, WIRESERVER_ADDRESS, WIRESERVER_PORT,
 };
-use imdsguard_core::nft::{Mode, RulesetConfig, SourcePair};
+use imdsguard_core::nft::{CounterValue, Mode, RulesetConfig, SourcePair};
 use imdsguard_core::target::Cloud;
 use imdsguard_emulator::{Config as VmConfig, Emulator, Options, Throttle};
 use imdsguard_node::netns::{Isolated, NetNamespace};
@@ -20,10 +20,14 @@ use imdsguard_node::{Enforcer, Exec};
 use imdsguard_probe::{
     BaseUrl, Class, DEFAULT_ENDPOINT, DEFAULT_HOSTGAPLUGIN, DEFAULT_WIRESERVER, ProbeConfig,
 };
+use imdsguard_proxy::{DecisionRecord, DecisionSink};
 use tokio::sync::oneshot;
 
+use crate::hostnet::{
+    self, DEBUG_ROW, HostNet, Layout, MONITORING_ROW, NODE_ROW, Placement, ProbeCommand,
+};
 use crate::kubernetes::KubeLab;
-use crate::report::{LabPod, LabReport, Phase, PhaseResult, Row, check};
+use crate::report::{DryRunReport, LabPod, LabReport, Phase, PhaseResult, Row, check};
 use crate::{LabConfig, LabError};
 
 /// The pod whose (interface, address) pair is allowlisted.
@@ -42,6 +46,13 @@ const PROXY_RULES: &str = "rules:
   - name: platform-all
     description: the platform pod may read the instance document and get any token
     subjects: [{namespace: platform}]
+    paths: [/metadata/instance]
+    token:
+      resources: ['*']
+      identities: [{any: true}]
+  - name: monitoring-token
+    description: the node's monitoring agent (a hostNetwork pod) may read the instance document and get a token
+    subjects: [{namespace: monitoring, podSelector: {matchLabels: {app: monitoring}}}]
     paths: [/metadata/instance]
     token:
       resources: ['*']
@@ -156,16 +167,46 @@ fn start_emulator(cloud: &NetNamespace) -> Result<Background, LabError> {
     })
 }
 
+/// The decision records of one proxy run, as the JSON lines `imdsguard proxy
+/// --log-format json` writes (what `imdsguard report` reads).
+#[derive(Default)]
+struct Decisions {
+    lines: Mutex<Vec<String>>,
+}
+
+impl DecisionSink for Decisions {
+    fn record(&self, record: &DecisionRecord<'_>) {
+        let mut fields = String::new();
+        record.write_json_fields(&mut fields);
+        let line = format!(
+            r#"{{"timestamp":"{}","level":"INFO","target":"{}","fields":{fields}}}"#,
+            humantime::format_rfc3339_millis(std::time::SystemTime::now()),
+            "imdsguard::decision",
+        );
+        self.lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(line);
+    }
+}
+
 /// The filtering proxy on the node (its upstream is IMDS, reached through the node's
-/// link to the cloud namespace).
-fn start_proxy() -> Result<Background, LabError> {
+/// link to the cloud namespace), its decisions into `sink`; with `dry_run`, denials
+/// are recorded as `would-deny` and forwarded.
+fn start_proxy(
+    dry_run: bool,
+    host: Option<&HostProcs>,
+    sink: Arc<Decisions>,
+) -> Result<Background, LabError> {
     use imdsguard_core::access::{AccessRules, PodIndex};
     use imdsguard_proxy::{Proxy, ProxyConfig, Upstream};
     let upstream = Upstream::parse(DEFAULT_ENDPOINT).map_err(|e| LabError::Lab(e.to_string()))?;
     let mut config = ProxyConfig::new(SocketAddr::V4(PROXY_LISTEN), upstream);
     config.rules = Some(AccessRules::parse(PROXY_RULES).map_err(|e| LabError::Lab(e.to_string()))?);
-    config.pods = PodIndex::parse(PROXY_PODS).map_err(|e| LabError::Lab(e.to_string()))?;
+    config.pods = PodIndex::parse(&proxy_pods(host)).map_err(|e| LabError::Lab(e.to_string()))?;
     config.shutdown_grace = Duration::from_millis(200);
+    config.decisions = Some(sink);
+    let _ = dry_run;
     Background::start(None, "the filtering proxy", move |ready, stop| async move {
         match Proxy::start(config).await {
             Ok(proxy) => {
@@ -178,6 +219,55 @@ fn start_proxy() -> Result<Background, LabError> {
             }
         }
     })
+}
+
+/// The pods file the proxy gets: [`PROXY_PODS`], plus the hostNetwork pods by UID when
+/// they are played.
+fn proxy_pods(host: Option<&HostProcs>) -> String {
+    let mut text = PROXY_PODS.to_owned();
+    if let Some(host) = host {
+        for p in [&host.layout.monitoring, &host.layout.debug] {
+            let info = host_pod(p.row);
+            let uid = &p.pod.as_ref().expect("a pod's placement").uid;
+            let app = &info.labels["app"];
+            text.push_str(&format!(
+                "- {{uid: {uid}, hostNetwork: true, namespace: {}, name: {}, labels: {{app: {app}}}}}\n",
+                info.namespace, info.name
+            ));
+        }
+    }
+    text
+}
+
+/// What `imdsguard report` makes of the dry-run phase's decisions: the pods it names,
+/// as lab rows.
+fn dry_run_report(
+    sink: &Decisions,
+    proxy_denied: Option<Vec<String>>,
+) -> Result<DryRunReport, LabError> {
+    let _ = sink;
+    Ok(DryRunReport {
+        pods: Vec::new(),
+        proxy_denied,
+        report: serde_json::Value::Null,
+    })
+}
+
+/// The host table (`inet imdsguard_host`): the node's output path guarded by cgroup.
+mod host_table {
+    use super::*;
+
+    pub(super) fn apply(_config: &RulesetConfig, _host: &HostProcs) -> Result<(), LabError> {
+        Ok(())
+    }
+
+    pub(super) fn uninstall() -> Result<(), LabError> {
+        Ok(())
+    }
+
+    pub(super) fn counters(_host: &HostProcs) -> Result<Vec<CounterValue>, LabError> {
+        Ok(Vec::new())
+    }
 }
 
 fn probe_config(connect_timeout: Duration) -> ProbeConfig {
@@ -223,12 +313,13 @@ fn to_retry(phase: Phase, pods: &[LabPod], rows: &[Row]) -> Vec<String> {
 /// something timed out is probed again, up to [`RETRIES`] times with a longer deadline.
 fn probe_phase(
     sandbox: &Sandbox,
+    host: Option<&HostProcs>,
     pods: &[LabPod],
     phase: Phase,
     connect_timeout: Duration,
     pod_to_pod: bool,
 ) -> Result<Vec<Row>, LabError> {
-    let mut rows = probe_all(sandbox, None, connect_timeout, pod_to_pod)?;
+    let mut rows = probe_all(sandbox, host, None, connect_timeout, pod_to_pod)?;
     let mut timeout = connect_timeout;
     for _ in 0..RETRIES {
         let again = to_retry(phase, pods, &rows);
@@ -236,7 +327,7 @@ fn probe_phase(
             break;
         }
         timeout *= 2;
-        for new in probe_all(sandbox, Some(&again), timeout, pod_to_pod)? {
+        for new in probe_all(sandbox, host, Some(&again), timeout, pod_to_pod)? {
             if let Some(row) = rows.iter_mut().find(|r| r.pod == new.pod) {
                 let attempts = row.attempts + 1;
                 *row = Row { attempts, ..new };
@@ -267,9 +358,75 @@ fn probe_here(pod: &str, config: &ProbeConfig, pod_to_pod: bool) -> Row {
     row
 }
 
+/// The node's own processes, probed as child processes in the cgroups the kubelet would
+/// give them: the kubelet (`system.slice`) and two hostNetwork pods (`kubepods.slice`).
+struct HostProcs {
+    layout: Layout,
+    command: ProbeCommand,
+}
+
+impl HostProcs {
+    /// The placements probed, `node` first.
+    fn placements(&self) -> [&Placement; 3] {
+        self.layout.all()
+    }
+}
+
+/// Removes the lab's cgroups when dropped (the lab ended, or failed).
+struct CgroupsMade;
+
+impl Drop for CgroupsMade {
+    fn drop(&mut self) {
+        for left in hostnet::remove_cgroups() {
+            eprintln!("imdsguard lab: could not remove the cgroup {left}");
+        }
+    }
+}
+
+/// Runs one probe as a child process in `placement`'s cgroup and reads its row.
+fn probe_in_cgroup(
+    host: &HostProcs,
+    placement: &Placement,
+    connect_timeout: Duration,
+) -> Result<Row, LabError> {
+    let probe = probe_config(connect_timeout);
+    // The probe's own deadlines bound it; this only catches a child that hangs.
+    let deadline = Duration::from_secs(30) + probe.timeout * 10;
+    let out = hostnet::run_in_cgroup(
+        &host.command,
+        placement.row,
+        connect_timeout,
+        &placement.cgroup,
+        deadline,
+    )?;
+    let row = Row::from_json(&out).map_err(|e| {
+        LabError::Lab(format!(
+            "the probe for {} (in {}): {e}",
+            placement.row, placement.cgroup
+        ))
+    })?;
+    if row.pod != placement.row {
+        return Err(LabError::Lab(format!(
+            "the probe for {} answered for {}",
+            placement.row, row.pod
+        )));
+    }
+    Ok(row)
+}
+
+/// The inner part of a probe run in a child process (`imdsguard lab`'s hidden
+/// probe-row mode): probes from here (the node's namespace, the cgroup the lab put this
+/// process in) and gives the row as JSON.
+pub(crate) fn probe_row_json(row: &str, connect_timeout: Duration) -> String {
+    let config = probe_config(connect_timeout);
+    let r = probe_here(row, &config, false);
+    serde_json::to_string(&r).expect("a row serializes")
+}
+
 /// Probes every pod and the node at once (`only`: just these).
 fn probe_all(
     sandbox: &Sandbox,
+    host: Option<&HostProcs>,
     only: Option<&[String]>,
     connect_timeout: Duration,
     pod_to_pod: bool,
@@ -281,20 +438,48 @@ fn probe_all(
         let config = probe_config(connect_timeout);
         handles.push(
             pod.netns()
-                .spawn(move || probe_here(&name, &config, pod_to_pod)),
+                .spawn(move || Ok(probe_here(&name, &config, pod_to_pod))),
         );
     }
-    if wanted("node") {
-        let config = probe_config(connect_timeout);
-        // The node itself: hostNetwork pods, the kubelet. imdsguard leaves it alone.
-        let node = std::thread::spawn(move || Ok(probe_here("node", &config, pod_to_pod)));
-        handles.push(node);
+    match host {
+        Some(host) => {
+            // The node's own processes, each in its cgroup: the kubelet and the
+            // hostNetwork pods (pod-to-pod is not asked with them: no --kubernetes).
+            for placement in host.placements() {
+                if !wanted(placement.row) {
+                    continue;
+                }
+                let (host, placement) = (
+                    HostProcs {
+                        layout: host.layout.clone(),
+                        command: host.command.clone(),
+                    },
+                    placement.clone(),
+                );
+                handles.push(std::thread::spawn(move || {
+                    Ok::<_, imdsguard_node::NodeError>(probe_in_cgroup(
+                        &host,
+                        &placement,
+                        connect_timeout,
+                    ))
+                }));
+            }
+        }
+        None if wanted(NODE_ROW) => {
+            let config = probe_config(connect_timeout);
+            // The node itself (the kubelet): imdsguard leaves it alone.
+            let node = std::thread::spawn(move || {
+                Ok::<_, imdsguard_node::NodeError>(Ok(probe_here(NODE_ROW, &config, pod_to_pod)))
+            });
+            handles.push(node);
+        }
+        None => {}
     }
     let mut rows = Vec::new();
     for h in handles {
         rows.push(
             h.join()
-                .map_err(|_| LabError::Lab("a probe thread panicked".into()))??,
+                .map_err(|_| LabError::Lab("a probe thread panicked".into()))???,
         );
     }
     Ok(rows)
@@ -305,6 +490,7 @@ fn pod_infos(
     allowed: &[SourcePair],
     known: &[SourcePair],
     kube: bool,
+    host: Option<&HostProcs>,
 ) -> Vec<LabPod> {
     let mut out: Vec<LabPod> = sandbox
         .pods()
@@ -345,18 +531,71 @@ fn pod_infos(
                     iface
                 },
                 role,
+                cgroup: None,
             }
         })
         .collect();
-    out.push(LabPod {
-        name: "node".into(),
-        address: NODE_ADDR.to_string(),
-        interface: "(the node itself)".into(),
-        role: "hostNetwork / kubelet: not filtered".into(),
-        allowlisted: false,
-        known: false,
-    });
+    let Some(host) = host else {
+        out.push(LabPod {
+            name: NODE_ROW.into(),
+            address: NODE_ADDR.to_string(),
+            interface: "(the node itself)".into(),
+            role: "hostNetwork / kubelet: not filtered".into(),
+            allowlisted: false,
+            known: false,
+            cgroup: None,
+        });
+        return out;
+    };
+    for placement in host.placements() {
+        let (role, expected) = match placement.row {
+            NODE_ROW => (
+                "the kubelet, a node process (system.slice): not filtered".to_owned(),
+                false,
+            ),
+            MONITORING_ROW => (
+                format!(
+                    "hostNetwork pod {} (Burstable), expected: rule monitoring-token selects it",
+                    host_pod(MONITORING_ROW).id()
+                ),
+                true,
+            ),
+            _ => (
+                format!(
+                    "hostNetwork pod {} (BestEffort), not expected: no rule selects it",
+                    host_pod(DEBUG_ROW).id()
+                ),
+                false,
+            ),
+        };
+        out.push(LabPod {
+            name: placement.row.into(),
+            address: NODE_ADDR.to_string(),
+            interface: "(the node itself)".into(),
+            role,
+            allowlisted: expected,
+            known: placement.pod.is_some(),
+            cgroup: Some(placement.cgroup.clone()),
+        });
+    }
     out
+}
+
+/// The hostNetwork pods as the proxy and the rules see them: `monitoring` (labelled
+/// `app: monitoring`, which rule `monitoring-token` selects) and `debug` (no rule).
+fn host_pod(row: &str) -> imdsguard_core::access::PodInfo {
+    use imdsguard_core::access::PodInfo;
+    let mut info = match row {
+        MONITORING_ROW => PodInfo::new("monitoring", MONITORING_ROW),
+        _ => PodInfo::new("debug", DEBUG_ROW),
+    };
+    let app = if row == MONITORING_ROW {
+        "monitoring"
+    } else {
+        "debug"
+    };
+    info.labels.insert("app".into(), app.into());
+    info
 }
 
 /// `controller` runs only with `--kubernetes`, which runs only `before` and `controller`
@@ -366,7 +605,7 @@ fn check_phases(phases: &[Phase], kubernetes: bool) -> Result<(), LabError> {
         let ok = match p {
             Phase::Before => true,
             Phase::Controller => kubernetes,
-            Phase::Block | Phase::Observe | Phase::Proxy => !kubernetes,
+            Phase::Block | Phase::Observe | Phase::Proxy | Phase::DryRun => !kubernetes,
         };
         if !ok {
             return Err(LabError::Lab(if kubernetes {
@@ -391,6 +630,44 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
         (_, false) => args.phases.clone(),
     };
     check_phases(&phases, args.kubernetes.is_some())?;
+    let kube_mode = args.kubernetes.is_some();
+    let mut notes = Vec::new();
+    // The node's own processes in cgroups: made before anything else, removed when this
+    // function ends however it ends (and by the signal handler).
+    let mut _cgroups = None;
+    let host = match (&args.hostnet, &args.probe_command) {
+        _ if kube_mode => {
+            notes.push(format!(
+                "rows {MONITORING_ROW} and {DEBUG_ROW} skipped: they run without --kubernetes"
+            ));
+            None
+        }
+        (HostNet::Skipped(why), _) => {
+            notes.push(format!(
+                "rows {MONITORING_ROW} and {DEBUG_ROW} skipped (hostNetwork pods by cgroup): {why}; \
+                 the node row is probed from the lab's own process"
+            ));
+            None
+        }
+        (HostNet::Cgroup2, None) => {
+            notes.push(format!(
+                "rows {MONITORING_ROW} and {DEBUG_ROW} skipped: no command to run probes in cgroups was given"
+            ));
+            None
+        }
+        (HostNet::Cgroup2, Some(command)) => {
+            for stale in hostnet::sweep_stale() {
+                eprintln!("imdsguard lab: removed {stale}, left by a lab run that is gone");
+            }
+            let layout = Layout::new(std::process::id());
+            _cgroups = Some(CgroupsMade);
+            layout.create()?;
+            Some(HostProcs {
+                layout,
+                command: command.clone(),
+            })
+        }
+    };
     let sandbox = Sandbox::build(isolated, &lab_pods())?;
     let _emulator = start_emulator(sandbox.cloud())?;
     let mut services = Services::new();
@@ -399,7 +676,6 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
         SocketAddr::new(WIRESERVER_ADDRESS.into(), 53),
     )?;
     services.udp_echo(None, SocketAddr::new(NODE_LOCAL_DNS.into(), 53))?;
-    let kube_mode = args.kubernetes.is_some();
     if kube_mode {
         let web = sandbox.pod("web").expect("the lab has a web pod");
         services.tcp_banner(
@@ -408,11 +684,6 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
             "imdsguard-lab web",
         )?;
     }
-    let _proxy = if phases.contains(&Phase::Proxy) {
-        Some(start_proxy()?)
-    } else {
-        None
-    };
 
     let allowed_spec = sandbox
         .pod(ALLOWED_POD)
@@ -432,7 +703,7 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
         .map(|p| SourcePair::new(&p.spec().ingress_iface(), IpAddr::V4(p.spec().addr)))
         .collect::<Result<_, _>>()
         .map_err(imdsguard_node::NodeError::from)?;
-    let pods = pod_infos(&sandbox, &allowed, &known, kube_mode);
+    let pods = pod_infos(&sandbox, &allowed, &known, kube_mode, host.as_ref());
     let mut kube = match &args.kubernetes {
         Some(k) => Some(KubeLab::start(k, &sandbox)?),
         None => None,
@@ -443,14 +714,19 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
     let mut enforcer = Enforcer::new(config.clone(), Exec::here())?
         .with_allowed(allowed.clone())
         .with_known(known);
-    let mut results = Vec::new();
+    let mut results: Vec<PhaseResult> = Vec::new();
     for phase in &phases {
+        let mut decisions = None;
+        let mut _proxy = None;
         let enforcement = match phase {
             Phase::Before => {
                 enforcer.uninstall()?;
+                if host.is_some() {
+                    host_table::uninstall()?;
+                }
                 "none (no inet imdsguard table)".to_owned()
             }
-            Phase::Block | Phase::Observe | Phase::Proxy => {
+            Phase::Block | Phase::Observe | Phase::Proxy | Phase::DryRun => {
                 let mode = match phase {
                     Phase::Block => Mode::Block,
                     Phase::Observe => Mode::Observe,
@@ -458,15 +734,51 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
                 };
                 let mut c = config.clone();
                 c.mode = mode;
-                enforcer.replace(c)?;
-                match mode {
-                    Mode::Block => {
-                        "block: pod traffic to IMDS and WireServer dropped unless allowlisted"
-                            .to_owned()
-                    }
-                    Mode::Observe => "observe: let through, counted and logged (NFLOG)".to_owned(),
-                    Mode::Proxy => format!(
-                        "proxy: IMDS from known (interface, address) pairs redirected to the filtering proxy at {PROXY_LISTEN}, unknown pairs and WireServer dropped, allowlisted pair direct"
+                enforcer.replace(c.clone())?;
+                if let Some(host) = &host {
+                    host_table::apply(&c, host)?;
+                }
+                if mode == Mode::Proxy {
+                    let sink = Arc::new(Decisions::default());
+                    _proxy = Some(start_proxy(
+                        *phase == Phase::DryRun,
+                        host.as_ref(),
+                        sink.clone(),
+                    )?);
+                    decisions = Some(sink);
+                }
+                let hostnet = if host.is_some() {
+                    "; hostNetwork pods by cgroup (inet imdsguard_host): the expected one let through"
+                } else {
+                    ""
+                };
+                match phase {
+                    Phase::Block => format!(
+                        "block: pod traffic to IMDS and WireServer dropped unless allowlisted{hostnet}, the others dropped"
+                    ),
+                    Phase::Observe => format!(
+                        "observe: let through, counted and logged (NFLOG){}",
+                        if host.is_some() {
+                            "; hostNetwork pods counted per pod by cgroup"
+                        } else {
+                            ""
+                        }
+                    ),
+                    Phase::Proxy => format!(
+                        "proxy: IMDS from known (interface, address) pairs{} redirected to the filtering proxy at {PROXY_LISTEN}, unknown pairs and WireServer dropped, allowlisted pair{} direct",
+                        if host.is_some() {
+                            " and from pod cgroups"
+                        } else {
+                            ""
+                        },
+                        if host.is_some() {
+                            " and expected pod"
+                        } else {
+                            ""
+                        }
+                    ),
+                    _ => format!(
+                        "dry run: proxy mode, the filtering proxy with --dry-run at {PROXY_LISTEN}: denials recorded as would-deny and forwarded"
                     ),
                 }
             }
@@ -475,8 +787,15 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
                 .expect("checked: the controller phase runs with --kubernetes")
                 .protect(&allowed)?,
         };
-        let rows = probe_phase(&sandbox, &pods, *phase, args.connect_timeout, kube_mode)?;
-        let counters = if *phase == Phase::Before {
+        let rows = probe_phase(
+            &sandbox,
+            host.as_ref(),
+            &pods,
+            *phase,
+            args.connect_timeout,
+            kube_mode,
+        )?;
+        let mut counters = if *phase == Phase::Before {
             Vec::new()
         } else {
             enforcer.counters()?
@@ -491,12 +810,66 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
         if !matches!(phase, Phase::Before | Phase::Controller) && !enforcer.status()?.enforcing {
             unexpected.push("the nft table is not as installed".into());
         }
+        if let Some(host) = &host
+            && !matches!(phase, Phase::Before | Phase::Controller)
+        {
+            let per_pod = host_table::counters(host)?;
+            if *phase == Phase::Observe {
+                for c in &per_pod {
+                    if c.packets == 0 {
+                        unexpected.push(format!(
+                            "{}: no packet counted for it in the host table in phase observe",
+                            c.name
+                        ));
+                    }
+                }
+            }
+            counters.extend(per_pod);
+        }
+        let mut report = None;
+        if *phase == Phase::DryRun {
+            // Every pod keeps what it had before protection.
+            if let Some(before) = results.iter().find(|p| p.phase == Phase::Before) {
+                for row in &rows {
+                    if let Some(b) = before.rows.iter().find(|b| b.pod == row.pod)
+                        && b.cell() != row.cell()
+                    {
+                        unexpected.push(format!(
+                            "{}: {} in phase dry-run, {} before protection",
+                            row.pod,
+                            row.cell(),
+                            b.cell()
+                        ));
+                    }
+                }
+            }
+            let proxy_denied = results.iter().find(|p| p.phase == Phase::Proxy).map(|p| {
+                p.rows
+                    .iter()
+                    .filter(|r| r.denied_by_proxy())
+                    .map(|r| r.pod.clone())
+                    .collect::<Vec<_>>()
+            });
+            let sink = decisions.as_ref().expect("the dry-run phase has a proxy");
+            let r = dry_run_report(sink, proxy_denied)?;
+            if let Some(denied) = &r.proxy_denied
+                && *denied != r.pods
+            {
+                unexpected.push(format!(
+                    "the dry run's report names {} but the proxy phase denied {}",
+                    list(&r.pods),
+                    list(denied)
+                ));
+            }
+            report = Some(r);
+        }
         results.push(PhaseResult {
             phase: *phase,
             enforcement,
             rows,
             counters,
             unexpected,
+            report,
         });
     }
 
@@ -529,6 +902,9 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
     };
     // Not needed (the namespace goes away with this process), but tidy.
     enforcer.uninstall()?;
+    if host.is_some() {
+        host_table::uninstall()?;
+    }
 
     let as_expected = results.iter().all(|p| p.unexpected.is_empty());
     let report = LabReport {
@@ -536,9 +912,19 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
         phases: results,
         bench,
         kubernetes,
+        notes,
         as_expected,
     };
     Ok(report)
+}
+
+/// `a, b, c`, or `nobody`.
+fn list(names: &[String]) -> String {
+    if names.is_empty() {
+        "nobody".into()
+    } else {
+        names.join(", ")
+    }
 }
 
 #[cfg(test)]
@@ -549,7 +935,7 @@ mod tests {
     fn the_proxy_would_take_the_spoofer_for_a_pod_it_allows() {
         use imdsguard_core::access::{AccessRules, PodIndex};
         let rules = AccessRules::parse(PROXY_RULES).unwrap();
-        assert_eq!(rules.len(), 2);
+        assert_eq!(rules.len(), 3);
         let pods = PodIndex::parse(PROXY_PODS).unwrap();
         assert_eq!(pods.len(), 3);
         let spoofer = lab_pods()
@@ -563,6 +949,23 @@ mod tests {
     }
 
     #[test]
+    fn the_rules_expect_the_monitoring_pod_and_not_the_debug_pod() {
+        use imdsguard_core::access::AccessRules;
+        let rules = AccessRules::parse(PROXY_RULES).unwrap();
+        let selected = |row: &str| -> Vec<String> {
+            let info = host_pod(row);
+            rules
+                .rules()
+                .iter()
+                .filter(|r| r.selects(&info))
+                .map(|r| r.name.to_string())
+                .collect()
+        };
+        assert_eq!(selected(MONITORING_ROW), ["monitoring-token"]);
+        assert!(selected(DEBUG_ROW).is_empty());
+    }
+
+    #[test]
     fn only_cells_that_timed_out_against_expectations_are_probed_again() {
         let pod = |name: &str, allowlisted: bool| LabPod {
             name: name.into(),
@@ -571,6 +974,7 @@ mod tests {
             role: String::new(),
             allowlisted,
             known: true,
+            cgroup: None,
         };
         let row = |name: &str, class: Class, sensitive: bool, dns: bool| Row {
             pod: name.into(),
