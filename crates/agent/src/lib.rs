@@ -109,6 +109,10 @@ pub struct AgentConfig {
     pub proxy_listen: Option<SocketAddr>,
     /// Proxy mode: the metadata service allowed requests are forwarded to.
     pub upstream: Upstream,
+    /// Proxy mode only: decide, log and count every request as usual, but forward the
+    /// ones the rules deny too (decision `would-deny`, outcome `would_deny`); never send
+    /// the 403 ([`ProxyConfig::dry_run`]). The table is the same as without it.
+    pub dry_run: bool,
     /// The admin listener (`/metrics`, `/healthz`, `/readyz`); `None`: none.
     pub admin_listen: Option<SocketAddr>,
     /// Accept a rules file with no rules (every request denied) and be ready with it.
@@ -134,11 +138,26 @@ impl AgentConfig {
             rules: None,
             proxy_listen: None,
             upstream: Upstream::default(),
+            dry_run: false,
             admin_listen: Some(DEFAULT_ADMIN_LISTEN.parse().expect("a valid default")),
             allow_empty_rules: false,
             allow_empty_pods: false,
             check_interval: DEFAULT_CHECK_INTERVAL,
         }
+    }
+}
+
+impl AgentConfig {
+    /// Options that do not go together (checked again by [`Agent::start`]): `dry_run`
+    /// outside proxy mode.
+    pub fn check(&self) -> Result<(), AgentError> {
+        if self.dry_run && self.nft.mode != Mode::Proxy {
+            return Err(AgentError::Usage(format!(
+                "--dry-run is for proxy mode only (the proxy decides each request and forwards the ones it would deny); mode {} has no request to decide: observe mode already lets everything through and counts it per pod and endpoint",
+                self.nft.mode
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -763,6 +782,7 @@ impl Agent {
         args: AgentConfig,
         sinks: Vec<Arc<dyn EventSink>>,
     ) -> Result<Agent, AgentError> {
+        args.check()?;
         if args.kubernetes && args.pods.is_some() {
             return Err(AgentError::Usage(
                 "--kubernetes and --pods do not go together".into(),
@@ -790,6 +810,7 @@ impl Agent {
         client: imdsguard_kube::Client,
     ) -> Result<Agent, AgentError> {
         args.kubernetes = true;
+        args.check()?;
         Agent::start_inner(args, sinks, Some(client)).await
     }
 
@@ -1030,6 +1051,7 @@ impl Agent {
                 pc.pods = node_pods.clone();
                 pc.metrics = Some(metrics.clone());
                 pc.ready_check = Some(nft_ready.clone());
+                pc.dry_run = args.dry_run;
                 let proxy = Proxy::start(pc).await?;
                 *lock(&shared.control) = Some(proxy.control());
                 Some(proxy)
@@ -1151,7 +1173,7 @@ impl Agent {
             interval,
             files_asked,
         );
-        tracing::info!(%mode, allowed = report.allowed, known = report.known, admin = ?admin, "agent running");
+        tracing::info!(%mode, dry_run = args.dry_run, allowed = report.allowed, known = report.known, admin = ?admin, "agent running");
         Ok(Agent {
             shared,
             proxy,
@@ -1397,6 +1419,22 @@ mod tests {
         let names = kube::endpoint_names(&c.nft.config().unwrap());
         assert!(names.contains("Azure IMDS"), "{names}");
         assert!(names.contains("Azure WireServer"), "{names}");
+    }
+
+    #[test]
+    fn dry_run_is_for_proxy_mode_only() {
+        let mut c = AgentConfig::new(NftSettings::default());
+        assert!(!c.dry_run);
+        c.check().unwrap();
+        c.dry_run = true;
+        for mode in [Mode::Block, Mode::Observe] {
+            c.nft.mode = mode;
+            let e = c.check().unwrap_err().to_string();
+            assert!(e.contains("--dry-run is for proxy mode only"), "{e}");
+            assert!(e.contains(&format!("mode {mode}")), "{e}");
+        }
+        c.nft.mode = Mode::Proxy;
+        c.check().unwrap();
     }
 
     #[test]

@@ -151,6 +151,12 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "URL", default_value = imdsguard_proxy::DEFAULT_UPSTREAM)]
     pub upstream: String,
 
+    /// Proxy mode only: decide, log and count every request as usual, but forward the
+    /// ones the rules deny too (decision would-deny, outcome would_deny); never send the
+    /// 403. The nft table is the same as without it
+    #[arg(long)]
+    pub dry_run: bool,
+
     /// The admin listener (/metrics, /healthz, /readyz)
     #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_ADMIN_LISTEN)]
     pub admin_listen: SocketAddr,
@@ -182,7 +188,7 @@ pub(crate) struct RunArgs {
 impl RunArgs {
     /// The library configuration these flags stand for.
     pub(crate) fn config(&self) -> anyhow::Result<AgentConfig> {
-        Ok(AgentConfig {
+        let config = AgentConfig {
             nft: self.nft.settings(),
             pods: self.pods.clone(),
             kubernetes: self.kubernetes,
@@ -192,11 +198,14 @@ impl RunArgs {
             rules: self.rules.clone(),
             proxy_listen: self.proxy_listen,
             upstream: Upstream::parse(&self.upstream)?,
+            dry_run: self.dry_run,
             admin_listen: (!self.no_admin).then_some(self.admin_listen),
             allow_empty_rules: self.allow_empty_rules,
             allow_empty_pods: self.allow_empty_pods,
             check_interval: self.check_interval,
-        })
+        };
+        config.check()?;
+        Ok(config)
     }
 }
 
@@ -355,6 +364,33 @@ mod tests {
                 .is_err()
         );
         assert!(parse(&["--check-interval", "soon"]).is_err());
+        assert!(!c.dry_run);
+    }
+
+    #[test]
+    fn dry_run_is_refused_outside_proxy_mode() {
+        let c = parse(&[
+            "--mode",
+            "proxy",
+            "--proxy-address",
+            "10.224.0.4:8169",
+            "--dry-run",
+        ])
+        .unwrap()
+        .config()
+        .unwrap();
+        assert!(c.dry_run);
+        for mode in ["block", "observe"] {
+            let e = parse(&["--mode", mode, "--dry-run"])
+                .unwrap()
+                .config()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("--dry-run is for proxy mode only"), "{e}");
+            assert!(e.contains(&format!("mode {mode}")), "{e}");
+        }
+        // The default mode is block.
+        assert!(parse(&["--dry-run"]).unwrap().config().is_err());
     }
 
     #[test]

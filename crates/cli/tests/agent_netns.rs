@@ -653,6 +653,87 @@ fn observe_mode_counts_connections_per_pod_and_endpoint() {
     });
 }
 
+#[test]
+#[ignore = "needs netns"]
+fn proxy_mode_dry_run_forwards_what_it_would_deny() {
+    let test = "proxy_mode_dry_run_forwards_what_it_would_deny";
+    isolated(test, || {
+        let w = World::new(test);
+        let pods = w.file("pods.yaml", PODS);
+        let rules = w.file("rules.yaml", RULES);
+        let log = w.dir.join("agent.log");
+        let proxy = SocketAddr::new(IpAddr::V4(sandbox::NODE_ADDR), 8169).to_string();
+        let agent = AgentProc::start_logging(
+            &[
+                "--mode",
+                "proxy",
+                "--dry-run",
+                "--proxy-address",
+                &proxy,
+                "--pods",
+                pods.to_str().unwrap(),
+                "--rules",
+                rules.to_str().unwrap(),
+                "--check-interval",
+                "500ms",
+            ],
+            &log,
+        );
+        assert!(agent.ready(), "{:?}", agent.get("/readyz"));
+        // The same table as without --dry-run.
+        assert_eq!(table().mode, Some(Mode::Proxy));
+
+        let location = "/metadata/instance/compute/location?api-version=2021-02-01&format=text";
+        let instance = "/metadata/instance?api-version=2021-02-01";
+        // Allowed: as always.
+        let (status, body) = w.imds("web", location).expect("web reaches the proxy");
+        assert_eq!(status, 200, "{body}");
+        // Denied by the rules: forwarded all the same, the emulator's answer.
+        let (status, body) = w.imds("web", instance).unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("compute"), "{body}");
+        let (status, body) = w.imds("batch", location).unwrap();
+        assert_eq!(status, 200, "jobs has no rule, forwarded: {body}");
+        // The spoofer is nft's, not the proxy's: still dropped.
+        assert_eq!(w.reach("spoofer"), Reach::Timeout);
+
+        let metric = |ns: &str, endpoint: &str, outcome: &str| {
+            agent.metric(&format!(
+                r#"imdsguard_proxy_decisions_total{{namespace="{ns}",endpoint="{endpoint}",outcome="{outcome}"}}"#
+            ))
+        };
+        assert_eq!(metric("shop", "instance", "would_deny"), Some(1.0));
+        assert_eq!(metric("jobs", "instance", "would_deny"), Some(1.0));
+        assert_eq!(
+            metric("shop", "instance", "allow"),
+            Some(1.0),
+            "the location"
+        );
+        let metrics = agent.get("/metrics").1;
+        assert!(!metrics.contains(r#"outcome="deny""#), "{metrics}");
+        // Each would-deny is logged with the pod, its rule and reason.
+        assert!(
+            eventually(Duration::from_secs(5), || {
+                log_records(&log, "decision")
+                    .iter()
+                    .filter(|r| r["decision"] == "would-deny")
+                    .count()
+                    == 2
+            }),
+            "{:?}",
+            log_records(&log, "decision")
+        );
+        let records = log_records(&log, "decision");
+        let web = records
+            .iter()
+            .find(|r| r["decision"] == "would-deny" && r["pod"] == "shop/web")
+            .unwrap_or_else(|| panic!("{records:?}"));
+        assert_eq!(web["status"], 200, "{web}");
+        assert!(web["rule"].as_str().is_some_and(|r| !r.is_empty()), "{web}");
+        assert!(web["reason"].as_str().is_some(), "{web}");
+    });
+}
+
 /// A pod of `node` for the test API server (one container, as the API requires; no
 /// kubelet will run it).
 fn api_pod(namespace: &str, name: &str, node: &str) -> String {
