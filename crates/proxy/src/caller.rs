@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use imdsguard_core::access::PodInfo;
+use imdsguard_core::cgroup::POD_ROOTS;
 use imdsguard_core::imds::IMDS_ADDRESS;
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType, netlink};
 
@@ -45,9 +46,6 @@ pub type HostCallerMap = HashMap<u64, Arc<PodInfo>>;
 /// second, when a socket is in a pod cgroup the map does not know (a pod that started
 /// after the last scan).
 pub type HostCallerSource = Arc<dyn Fn() -> HostCallerMap + Send + Sync>;
-
-/// The top-level directories of the pod cgroups: the systemd driver's and cgroupfs's.
-pub const POD_ROOTS: [&str; 2] = ["kubepods.slice", "kubepods"];
 
 /// How the proxy identifies callers on its own host; `None` in
 /// [`ProxyConfig::host_callers`](crate::ProxyConfig::host_callers): not at all (a

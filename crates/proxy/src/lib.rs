@@ -69,7 +69,7 @@ pub use reload::{
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8170";
 /// The admin listen address when none is given.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9170";
-pub use caller::{HostCallerConfig, HostCallerMap, HostCallerSource, POD_ROOTS};
+pub use caller::{HostCallerConfig, HostCallerMap, HostCallerSource};
 pub use decision::{DecisionRecord, DecisionSink};
 pub use fairness::PodRate;
 pub use handler::RULE_UNKNOWN_POD_CGROUP;

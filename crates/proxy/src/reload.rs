@@ -145,11 +145,12 @@ impl ProxyFiles {
 
     /// Follows the files from the state `loaded` was read in: every `interval` (0:
     /// never) a file that changed is read again, and every message on `reload_now`
-    /// reads both; good files go to `control`. Runs until the task is aborted.
-    pub fn follow(
+    /// reads both; good files go to `control` (the proxy's [`ProxyControl`], or a
+    /// target that does more with them). Runs until the task is aborted.
+    pub fn follow<T: ReloadTarget>(
         &self,
         loaded: &LoadedFiles,
-        control: ProxyControl,
+        control: T,
         interval: Duration,
         reload_now: mpsc::UnboundedReceiver<()>,
     ) -> JoinHandle<()> {
