@@ -30,7 +30,7 @@
 //!   chain pod_observe: limit … log prefix "imdsguard:observe " group G;  accept
 //!   proxy mode only:
 //!   set proxied_v4 / proxied_v6             the endpoints the proxy serves
-//!   chain nat_output (nat, hook output, priority dstnat - 10):
+//!   chain nat_output (nat, hook output, priority -110, i.e. dstnat - 10):
 //!       ip daddr . meta l4proto . th dport @proxied_v4 jump redirect_v4       (v6 with a v6 proxy)
 //!   chain redirect_v4:
 //!       socket cgroupv2 level L "OWN" return
@@ -87,7 +87,8 @@ pub mod host_chain {
     pub const POD_DROP: &str = "pod_drop";
     /// Log (rate-limited) and accept (observe mode).
     pub const POD_OBSERVE: &str = "pod_observe";
-    /// Proxy mode: base chain on the output hook (nat, `dstnat - 10`).
+    /// Proxy mode: base chain on the output hook (nat, priority -110: `dstnat - 10`,
+    /// written as a number because nft 1.0.6 refuses the name `dstnat` on the output hook).
     pub const NAT_OUTPUT: &str = "nat_output";
     /// Proxy mode: DNAT IPv4 pod-tree connections to the proxy.
     pub const REDIRECT_V4: &str = "redirect_v4";
@@ -539,8 +540,7 @@ fn build(
         chains.push(Chain {
             name: host_chain::NAT_OUTPUT,
             base: Some(format!(
-                "type nat hook output priority dstnat - {}; policy accept;",
-                -DNAT_PRIORITY - 100
+                "type nat hook output priority {DNAT_PRIORITY}; policy accept;"
             )),
             rules: redirects
                 .iter()
@@ -903,7 +903,7 @@ mod tests {
         let mut g = guard();
         g.own = Some(pod_cgroup_paths("feedbeef")[0].clone());
         let text = host_ruleset(&config(Mode::Proxy), &g, &HostCounters::default()).unwrap();
-        assert!(text.contains("\t\ttype nat hook output priority dstnat - 10; policy accept;\n"));
+        assert!(text.contains("\t\ttype nat hook output priority -110; policy accept;\n"));
         // Only the IPv4 proxy is set: IPv6 is not redirected (and is guarded).
         assert_eq!(
             chain(&text, "nat_output"),
