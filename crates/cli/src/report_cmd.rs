@@ -177,6 +177,9 @@ fn caller(w: &Workload) -> String {
         CallerKind::Pod => format!("{}/{}", w.namespace, w.workload),
         CallerKind::Unknown => format!("unknown caller {}", w.workload),
     };
+    if let Some(id) = w.cgroup_id {
+        s.push_str(&format!("\ncgroup {id}"));
+    }
     if w.host_network {
         s.push_str("\n(hostNetwork)");
     }

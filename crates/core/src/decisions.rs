@@ -143,6 +143,10 @@ pub struct Workload {
     /// The workload: the pod name without the suffix its controller generates (see
     /// [`workload_name`]); for an unknown caller its source address.
     pub workload: String,
+    /// For an unknown caller on the proxy's own host, its socket's cgroup v2 id (a
+    /// process in a pod's cgroup that no known pod owns, or a node process); unknown
+    /// callers are grouped by address and cgroup.
+    pub cgroup_id: Option<u64>,
     /// The pods' names seen, sorted (none for an unknown caller).
     pub pods: Vec<String>,
     /// The source addresses seen, sorted.
@@ -190,8 +194,15 @@ pub struct Request {
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum CallerKey {
-    Pod { namespace: String, workload: String },
-    Unknown { addr: Option<IpAddr>, peer: String },
+    Pod {
+        namespace: String,
+        workload: String,
+    },
+    Unknown {
+        addr: Option<IpAddr>,
+        peer: String,
+        cgroup: Option<u64>,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -240,12 +251,7 @@ struct Record<'a> {
     resource: Option<&'a str>,
     identity: Option<&'a str>,
     host_network: bool,
-}
-
-enum Line<'a> {
-    Skipped { text_decision: bool },
-    Malformed(String),
-    Decision(Record<'a>),
+    cgroup: Option<u64>,
 }
 
 impl DecisionLog {
@@ -317,19 +323,20 @@ impl DecisionLog {
             .workloads
             .iter()
             .map(|(key, w)| {
-                let (caller, namespace, workload) = match key {
+                let (caller, namespace, workload, cgroup_id) = match key {
                     CallerKey::Pod {
                         namespace,
                         workload,
-                    } => (CallerKind::Pod, namespace.clone(), workload.clone()),
-                    CallerKey::Unknown { peer, .. } => {
-                        (CallerKind::Unknown, "-".to_string(), peer.clone())
+                    } => (CallerKind::Pod, namespace.clone(), workload.clone(), None),
+                    CallerKey::Unknown { peer, cgroup, .. } => {
+                        (CallerKind::Unknown, "-".to_string(), peer.clone(), *cgroup)
                     }
                 };
                 Workload {
                     caller,
                     namespace,
                     workload,
+                    cgroup_id,
                     pods: w.pods.iter().cloned().collect(),
                     peers: w.peers.iter().cloned().collect(),
                     service_accounts: w.service_accounts.iter().cloned().collect(),
@@ -417,9 +424,9 @@ impl DecisionLog {
             Classified::Object(v) => v,
         };
         match record(&value) {
-            Line::Skipped { text_decision } => self.skipped(text_decision),
-            Line::Malformed(e) => self.malformed(e),
-            Line::Decision(rec) => {
+            Ok(None) => self.skipped(false),
+            Err(e) => self.malformed(e),
+            Ok(Some(rec)) => {
                 self.lines.decisions += 1;
                 self.seq += 1;
                 self.add(&rec);
@@ -463,6 +470,7 @@ impl DecisionLog {
             None => CallerKey::Unknown {
                 addr: rec.peer.parse().ok(),
                 peer: rec.peer.to_string(),
+                cgroup: rec.cgroup,
             },
         };
         let w = self.workloads.entry(key).or_default();
@@ -563,8 +571,9 @@ fn classify(line: &[u8]) -> Classified {
     }
 }
 
-/// The decision record a log line's object holds, if it is one.
-fn record(obj: &Map<String, Value>) -> Line<'_> {
+/// The decision record a log line's object holds, if it is one; an error says what is
+/// wrong with a decision record.
+fn record(obj: &Map<String, Value>) -> Result<Option<Record<'_>>, String> {
     let target = obj.get("target").and_then(Value::as_str);
     let fields = match obj.get("fields") {
         Some(Value::Object(f)) => f,
@@ -573,9 +582,7 @@ fn record(obj: &Map<String, Value>) -> Line<'_> {
     let is_decision = fields.get("message").and_then(Value::as_str) == Some("decision")
         && target.is_none_or(|t| t == DECISION_TARGET);
     if !is_decision {
-        return Line::Skipped {
-            text_decision: false,
-        };
+        return Ok(None);
     }
     let opt = |name: &str| -> Result<Option<&str>, String> {
         match fields.get(name) {
@@ -587,49 +594,50 @@ fn record(obj: &Map<String, Value>) -> Line<'_> {
     let req = |name: &str| -> Result<&str, String> {
         opt(name)?.ok_or_else(|| format!("decision record without `{name}`"))
     };
-    let parsed = (|| {
-        let time = match obj.get("timestamp").or_else(|| fields.get("timestamp")) {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some((
-                parse_rfc3339(s).ok_or_else(|| {
-                    format!("decision record's `timestamp` {s:?} is not an RFC 3339 time")
-                })?,
-                s.as_str(),
-            )),
-            Some(_) => return Err("decision record's `timestamp` is not a string".to_string()),
-        };
-        let host_network = match fields.get("host_network") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => return Err("decision record's `host_network` is not a boolean".into()),
-        };
-        let rec = Record {
-            time,
-            peer: req("peer")?,
-            pod: req("pod")?,
-            namespace: opt("namespace")?,
-            service_account: opt("service_account")?,
-            path: req("path")?,
-            endpoint: req("endpoint")?,
-            decision: req("decision")?,
-            rule: req("rule")?,
-            reason: opt("reason")?,
-            resource: opt("resource")?,
-            identity: opt("identity")?,
-            host_network,
-        };
-        if rec.pod != "-" && !rec.pod.contains('/') && rec.namespace.is_none_or(|n| n == "-") {
-            return Err(format!(
-                "decision record's `pod` {:?} is neither `-` nor NAMESPACE/NAME, and it has no `namespace`",
-                rec.pod
-            ));
-        }
-        Ok(rec)
-    })();
-    match parsed {
-        Ok(rec) => Line::Decision(rec),
-        Err(e) => Line::Malformed(e),
+    let time = match obj.get("timestamp").or_else(|| fields.get("timestamp")) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some((
+            parse_rfc3339(s).ok_or_else(|| {
+                format!("decision record's `timestamp` {s:?} is not an RFC 3339 time")
+            })?,
+            s.as_str(),
+        )),
+        Some(_) => return Err("decision record's `timestamp` is not a string".to_string()),
+    };
+    let host_network = match fields.get("host_network") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err("decision record's `host_network` is not a boolean".into()),
+    };
+    let cgroup = match fields.get("cgroup_id") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| {
+            "decision record's `cgroup_id` is not a cgroup id (an unsigned integer)".to_string()
+        })?),
+    };
+    let rec = Record {
+        time,
+        cgroup,
+        peer: req("peer")?,
+        pod: req("pod")?,
+        namespace: opt("namespace")?,
+        service_account: opt("service_account")?,
+        path: req("path")?,
+        endpoint: req("endpoint")?,
+        decision: req("decision")?,
+        rule: req("rule")?,
+        reason: opt("reason")?,
+        resource: opt("resource")?,
+        identity: opt("identity")?,
+        host_network,
+    };
+    if rec.pod != "-" && !rec.pod.contains('/') && rec.namespace.is_none_or(|n| n == "-") {
+        return Err(format!(
+            "decision record's `pod` {:?} is neither `-` nor NAMESPACE/NAME, and it has no `namespace`",
+            rec.pod
+        ));
     }
+    Ok(Some(rec))
 }
 
 /// The alphabet of the random suffixes Kubernetes generates (`rand.String`, and
@@ -870,17 +878,24 @@ mod tests {
         let mut bad_pod: Value = serde_json::from_str(&good).unwrap();
         bad_pod["fields"]["pod"] = json!("nonamespace");
         bad_pod["fields"]["namespace"] = json!("-");
+        let mut bad_cgroup: Value = serde_json::from_str(&good).unwrap();
+        bad_cgroup["fields"]["cgroup_id"] = json!(-1);
         let text = format!(
-            "{good}\n{{\"timestamp\": 3,\n{no_rule}\r\n{bad_time}\n{good} trailing\n{bad_pod}\n{good}"
+            "{good}\n{{\"timestamp\": 3,\n{no_rule}\r\n{bad_time}\n{good} trailing\n{bad_pod}\n{good}\n{bad_cgroup}"
         );
         let mut log = DecisionLog::new();
         log.read("x.log", text.as_bytes());
         let r = log.report();
-        assert_eq!(r.lines.read, 7);
+        assert_eq!(r.lines.read, 8);
         assert_eq!(r.lines.decisions, 2);
-        assert_eq!(r.lines.malformed, 5);
+        assert_eq!(r.lines.malformed, 6);
         let lines: Vec<u64> = r.malformed.iter().map(|m| m.line).collect();
-        assert_eq!(lines, [2, 3, 4, 5, 6]);
+        assert_eq!(lines, [2, 3, 4, 5, 6, 8]);
+        assert!(
+            r.malformed[5].error.contains("`cgroup_id`"),
+            "{:?}",
+            r.malformed[5]
+        );
         assert!(r.malformed.iter().all(|m| m.source == "x.log"));
         assert!(
             r.malformed[0].error.starts_with("not a JSON object"),
@@ -953,10 +968,20 @@ mod tests {
             json!({"pod": "pay/api-0", "path": "/metadata/instance", "endpoint": "instance",
                 "decision": "deny", "rule": "default-deny"}),
         ));
-        // Unknown callers, by address (numeric order), and a DaemonSet pod.
-        for peer in ["10.0.0.10", "10.0.0.9", "10.0.0.10"] {
+        // Unknown callers, by address (numeric order) then cgroup, and a DaemonSet pod.
+        for (peer, cgroup) in [
+            ("10.0.0.10", None),
+            ("10.0.0.9", None),
+            ("10.0.0.10", None),
+            ("10.0.0.10", Some(4242)),
+        ] {
             let mut d = deny("-", token, "unknown-source");
             d["peer"] = json!(peer);
+            if let Some(id) = cgroup {
+                d["cgroup_id"] = json!(id);
+                d["host_network"] = json!(true);
+                d["rule"] = json!("unknown-pod-cgroup");
+            }
             lines.push(proxy_line("2026-11-18T11:00:00Z", d));
         }
         let mut ds = deny("kube-system/node-agent-k7zq2", token, "default-deny");
@@ -972,10 +997,10 @@ mod tests {
         assert_eq!(
             r.totals,
             Totals {
-                records: 12,
+                records: 13,
                 allow: 1,
                 would_deny: 2,
-                deny: 8,
+                deny: 9,
                 throttled: 1,
                 ..Totals::default()
             }
@@ -992,8 +1017,13 @@ mod tests {
                 (CallerKind::Pod, "pay", "api"),
                 (CallerKind::Unknown, "-", "10.0.0.9"),
                 (CallerKind::Unknown, "-", "10.0.0.10"),
+                (CallerKind::Unknown, "-", "10.0.0.10"),
             ]
         );
+        let cgroups: Vec<Option<u64>> = r.workloads.iter().map(|w| w.cgroup_id).collect();
+        assert_eq!(cgroups, [None, None, None, None, Some(4242)]);
+        assert!(r.workloads[4].host_network);
+        assert_eq!(r.workloads[4].requests[0].rule, "unknown-pod-cgroup");
         assert!(r.workloads[0].host_network);
         let api = &r.workloads[1];
         assert!(!api.host_network);
@@ -1024,6 +1054,7 @@ mod tests {
         assert_eq!(q.other_rules, ["old"]);
         assert_eq!(api.requests[1].would_deny, 1);
         assert_eq!(r.workloads[3].count, 2);
+        assert!(!r.workloads[3].host_network);
         assert!(r.workloads[3].pods.is_empty());
 
         // The same records in another order: the same report.
