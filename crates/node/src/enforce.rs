@@ -124,12 +124,13 @@ pub fn observed_connections(exec: &Exec) -> Result<Vec<ObservedConnection>, Node
     Ok(out)
 }
 
-/// Removes `inet imdsguard` (one transaction, nothing else touched). `true` when it was
-/// there.
+/// Removes `inet imdsguard` and the host table `inet imdsguard_host` (each one
+/// transaction, nothing else touched). `true` when either was there.
 pub fn uninstall_table(exec: &Exec) -> Result<bool, NodeError> {
     let present = read_table(exec)?.is_some();
     apply(exec, &nft::delete_table())?;
-    Ok(present)
+    let host = crate::host::uninstall_host(exec)?;
+    Ok(present || host)
 }
 
 /// What is in place, as `nft` shows it.
@@ -148,6 +149,9 @@ pub struct Status {
     pub known: Vec<SourcePair>,
     /// The named counters.
     pub counters: Vec<CounterValue>,
+    /// The host table (`inet imdsguard_host`, hostNetwork pods by cgroup) exists; its
+    /// content is checked by [`crate::host::host_status`].
+    pub host_table: bool,
     /// What is missing or different.
     pub problems: Vec<String>,
     /// What differs from the table the enforcer builds (chains, rules, set elements,
@@ -165,6 +169,7 @@ impl Status {
                 allowed: Vec::new(),
                 known: Vec::new(),
                 counters: Vec::new(),
+                host_table: false,
                 problems: vec![Difference::missing().to_string()],
                 differences: vec![Difference::missing()],
             },
@@ -185,6 +190,7 @@ impl Status {
                     allowed: t.allowed,
                     known: t.known,
                     counters: t.counters,
+                    host_table: false,
                     problems,
                     differences,
                 }
@@ -195,7 +201,9 @@ impl Status {
 
 /// Whether our table and rules are in place, without knowing the configuration.
 pub fn status(exec: &Exec) -> Result<Status, NodeError> {
-    Ok(Status::from_table(read_table(exec)?, None))
+    let mut s = Status::from_table(read_table(exec)?, None);
+    s.host_table = crate::host::read_host_listing(exec)?.is_some();
+    Ok(s)
 }
 
 /// What [`Enforcer::install`] and [`Enforcer::replace`] did.
@@ -412,10 +420,9 @@ impl Enforcer {
             &known,
             &[],
         )?);
-        Ok(Status::from_table(
-            read_table(&self.exec)?,
-            expected.as_ref(),
-        ))
+        let mut s = Status::from_table(read_table(&self.exec)?, expected.as_ref());
+        s.host_table = crate::host::read_host_listing(&self.exec)?.is_some();
+        Ok(s)
     }
 
     /// The named counters.

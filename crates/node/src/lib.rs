@@ -13,6 +13,13 @@
 //!   last 10 minutes with their packet counts (the `dropped_v4`/`dropped_v6` sets);
 //!   [`Enforcer::uninstall`] removes the table on purpose. Nothing is removed when the
 //!   process exits: enforcement fails closed.
+//! - [`host`] keeps the second table, `inet imdsguard_host` (hostNetwork pods guarded by
+//!   cgroup on the node's output path, built as nft text by
+//!   [`imdsguard_core::nft::host`]): whether cgroup v2 is mounted
+//!   ([`host::cgroup2_mounted`]), the pod cgroups with their ids
+//!   ([`host::scan_pod_cgroups`]), install with counters carried over
+//!   ([`host::install_host`]), counters, status and removal. [`uninstall_table`] removes
+//!   both tables.
 //! - [`NftSettings`] are the agent's enforcement settings (plain data; the `imdsguard`
 //!   binary turns `imdsguard agent run`'s flags into them), checked into a
 //!   [`imdsguard_core::nft::RulesetConfig`] by [`NftSettings::config`]; [`AllowSpec`] is
@@ -26,6 +33,7 @@
 pub mod conntrack;
 mod enforce;
 mod exec;
+pub mod host;
 pub mod netns;
 pub mod sandbox;
 mod settings;
@@ -38,7 +46,7 @@ pub use enforce::{
 pub use exec::{Exec, package_of, which};
 pub use settings::{AllowSpec, NftSettings, parse_allow, parse_allow_spec};
 
-use imdsguard_core::nft::{NftConfigError, NftParseError};
+use imdsguard_core::nft::{HostRulesetError, NftConfigError, NftParseError};
 
 /// Why the node enforcement could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +85,10 @@ pub enum NodeError {
     /// `nft`'s answer could not be read.
     #[error(transparent)]
     Parse(#[from] NftParseError),
+    /// The host table cannot be built (a pod name, cgroup path or root that cannot be
+    /// written, or the configuration).
+    #[error(transparent)]
+    Host(#[from] HostRulesetError),
     /// Settings that cannot be enforced (a proxy address of the wrong family).
     #[error("{0}")]
     Usage(String),
@@ -95,4 +107,13 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl NodeError {
+    /// Whether `nft` refused a table because a file it names is not there: for the host
+    /// table, a cgroup directory that vanished between the scan and the load (rescan and
+    /// apply again; nothing was changed).
+    pub fn is_missing_cgroup(&self) -> bool {
+        matches!(self, NodeError::Nft { stderr, .. } if stderr.contains("No such file or directory"))
+    }
 }
