@@ -1,0 +1,392 @@
+//! Callers on the proxy's own host, identified by their socket's cgroup, on a real
+//! kernel: the test runs again inside a network namespace and a private mount namespace
+//! of its own (`unshare --net --mount --propagation private`, as root) with cgroup v2
+//! mounted at /sys/fs/cgroup, the emulator and the proxy on 127.0.0.1. Clients are
+//! `curl` processes that first move their shell into a cgroup: a Burstable pod's
+//! container, a Guaranteed pod's directory, a pod directory no known pod owns, and a
+//! system service. They reach the proxy directly, and through the nat OUTPUT DNAT the
+//! agent's host table installs (169.254.169.254:80 routed over `lo` inside the
+//! namespace only, then redirected to the proxy).
+//!
+//! The cgroup hierarchy is the machine's (not namespaced): every directory has a name
+//! unique to this run, and is removed at the end, also on failure.
+
+mod support;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use imdsguard_core::access::{AccessRules, PodIndex, PodInfo, RULE_UNKNOWN_SOURCE};
+use imdsguard_emulator::Faults;
+use imdsguard_proxy::{
+    DecisionRecord, DecisionSink, HostCallerConfig, HostCallerMap, PodRate, Proxy, ProxyConfig,
+    RULE_UNKNOWN_POD_CGROUP, Upstream,
+};
+use serde_json::Value;
+
+const INNER: &str = "IMDSGUARD_PROXY_HOST_CALLERS_INNER";
+const CGROUP2: &str = "/sys/fs/cgroup";
+
+/// Runs `body` inside fresh network and mount namespaces (this test binary again,
+/// `--exact test`), failing (never skipping) without root or the tools.
+fn in_namespaces(test: &str, body: impl FnOnce()) {
+    match std::env::var(INNER) {
+        Ok(t) if t == test => return body(),
+        Ok(_) => return,
+        Err(_) => {}
+    }
+    imdsguard_testkit::require_root(test);
+    imdsguard_testkit::require(test, &["unshare", "ip", "nft", "curl", "mount"]);
+    let exe = std::env::current_exe().expect("the test binary");
+    let outer_netns = std::fs::read_link("/proc/self/ns/net").expect("a network namespace");
+    let out = Command::new("unshare")
+        .args(["--net", "--mount", "--propagation", "private", "--"])
+        .arg(exe)
+        .args([
+            test,
+            "--exact",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(INNER, test)
+        .env("OUTER_NETNS", outer_netns)
+        .output()
+        .expect("unshare runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert!(
+        out.status.success(),
+        "{test} failed inside its namespaces:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "{test} did not run inside its namespaces:\n{stdout}"
+    );
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().expect("runs");
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Inside the namespaces: `lo` up, isolated, cgroup v2 at /sys/fs/cgroup (mounted in
+/// this mount namespace when it is not there).
+fn set_up_namespaces() {
+    let outer = std::env::var("OUTER_NETNS").expect("set by the outer run");
+    let here = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert_ne!(
+        here.to_string_lossy(),
+        outer,
+        "not in a namespace of our own"
+    );
+    run("ip", &["link", "set", "lo", "up"]);
+    let links = std::fs::read_to_string("/proc/net/dev").unwrap();
+    assert_eq!(links.lines().skip(2).count(), 1, "only lo: {links}");
+    if !Path::new(CGROUP2).join("cgroup.controllers").is_file() {
+        run("mount", &["-t", "cgroup2", "none", CGROUP2]);
+    }
+}
+
+/// The cgroup directories this test made, removed deepest first on drop (processes in
+/// them killed first; shared parents only when this test made them and they are empty).
+struct Cgroups {
+    made: Vec<PathBuf>,
+}
+
+impl Cgroups {
+    fn make(&mut self, rel: &str) -> PathBuf {
+        let mut dir = PathBuf::from(CGROUP2);
+        for part in rel.split('/') {
+            dir.push(part);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => self.made.push(dir.clone()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => panic!("mkdir {}: {e}", dir.display()),
+            }
+        }
+        dir
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        for dir in self.made.iter().rev() {
+            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+            for _ in 0..50 {
+                match std::fs::remove_dir(dir) {
+                    Ok(()) => break,
+                    // A shared parent another test is using: left in place.
+                    Err(e) if e.raw_os_error() == Some(libc_enotempty()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                }
+            }
+        }
+    }
+}
+
+/// `ENOTEMPTY` on Linux.
+fn libc_enotempty() -> i32 {
+    39
+}
+
+fn cgroup_id(dir: &Path) -> u64 {
+    std::fs::metadata(dir).unwrap().ino()
+}
+
+/// A pod UID unique to this run (`tag` one hex digit).
+fn uid(tag: char) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{:08x}-{tag}{tag}{tag}{tag}-4{tag}{tag}{tag}-8{tag}{tag}{tag}-{:012x}",
+        std::process::id(),
+        nanos
+    )
+}
+
+/// One GET with curl from a shell that first moves itself into `cgroup`: the status
+/// and body.
+fn curl_from(cgroup: &Path, url: &str) -> (u16, String) {
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            r#"echo $$ > "$CG/cgroup.procs" && exec curl -s --max-time 5 -H Metadata:true -w '\n%{http_code}' "$URL""#,
+        ])
+        .env("CG", cgroup)
+        .env("URL", url)
+        .output()
+        .expect("sh runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "curl from {}: {text} {}",
+        cgroup.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (body, status) = text.rsplit_once('\n').expect("status line");
+    (status.trim().parse().expect("a status"), body.to_string())
+}
+
+#[derive(Clone, Default)]
+struct Records(Arc<Mutex<Vec<Value>>>);
+
+impl DecisionSink for Records {
+    fn record(&self, record: &DecisionRecord<'_>) {
+        let mut out = String::new();
+        record.write_json_fields(&mut out);
+        self.0
+            .lock()
+            .unwrap()
+            .push(serde_json::from_str(&out).unwrap());
+    }
+}
+
+impl Records {
+    fn last(&self) -> Value {
+        self.0.lock().unwrap().last().cloned().expect("a record")
+    }
+}
+
+const RULES: &str = r#"
+rules:
+  - name: exporter-instance
+    subjects: [{namespace: monitoring, podSelector: {matchLabels: {app: exporter}}}]
+    paths: [/metadata/instance, /metadata/versions]
+"#;
+
+#[test]
+#[ignore = "needs netns"]
+fn host_network_pods_are_identified_by_their_sockets_cgroup() {
+    let test = "host_network_pods_are_identified_by_their_sockets_cgroup";
+    in_namespaces(test, || {
+        set_up_namespaces();
+        let mut cgroups = Cgroups { made: Vec::new() };
+        let monitoring_uid = uid('a');
+        let debug_uid = uid('b');
+        let stray_uid = uid('c');
+        let monitoring_pod = format!(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
+            monitoring_uid.replace('-', "_")
+        );
+        let monitoring_pod_dir = cgroups.make(&monitoring_pod);
+        let monitoring_ctr = cgroups.make(&format!(
+            "{monitoring_pod}/cri-containerd-{}.scope",
+            std::process::id()
+        ));
+        let debug_pod = cgroups.make(&format!(
+            "kubepods.slice/kubepods-pod{}.slice",
+            debug_uid.replace('-', "_")
+        ));
+        let stray_pod = cgroups.make(&format!(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
+            stray_uid.replace('-', "_")
+        ));
+        let service = cgroups.make(&format!(
+            "system.slice/imdsguard-proxy-test-{}.service",
+            std::process::id()
+        ));
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let records = Records::default();
+        let (proxy, emulator) = runtime.block_on(async {
+            let emulator = support::emulator(Faults::default()).await;
+            let mut c = ProxyConfig::new(
+                "127.0.0.1:0".parse().unwrap(),
+                Upstream::parse(&format!("http://{}", emulator.local_addr())).unwrap(),
+            );
+            c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+            c.rules = Some(AccessRules::parse(RULES).unwrap());
+            c.pods = PodIndex::new();
+            c.pod_rate = PodRate::unlimited();
+            c.decisions = Some(Arc::new(records.clone()));
+            c.host_callers = Some(HostCallerConfig::new(CGROUP2));
+            (Proxy::start(c).await.unwrap(), emulator)
+        });
+        let mut exporter = PodInfo::new("monitoring", "exporter-x1");
+        exporter.labels.insert("app".into(), "exporter".into());
+        let debugger = PodInfo::new("monitoring", "debug-y2");
+        let mut map = HostCallerMap::new();
+        map.insert(cgroup_id(&monitoring_pod_dir), Arc::new(exporter));
+        map.insert(cgroup_id(&debug_pod), Arc::new(debugger));
+        proxy.control().set_host_callers(map);
+        let port = proxy.local_addr().port();
+        let direct = |path: &str| format!("http://127.0.0.1:{port}{path}");
+        let instance = "/metadata/instance/compute/location?api-version=2021-02-01&format=text";
+
+        // The exporter's container (below its pod's cgroup): identified, allowed.
+        let (status, body) = curl_from(&monitoring_ctr, &direct(instance));
+        assert_eq!((status, body.as_str()), (200, "westeurope"));
+        let rec = records.last();
+        assert_eq!(rec["pod"], "monitoring/exporter-x1");
+        assert_eq!(rec["decision"], "allow");
+        assert_eq!(rec["rule"], "exporter-instance");
+        assert_eq!(rec["host_network"], true);
+        assert_eq!(rec["cgroup_id"], cgroup_id(&monitoring_ctr));
+        assert_eq!(rec["peer"], "127.0.0.1");
+
+        // The other hostNetwork pod (a process in its pod directory): identified, and
+        // denied by the rules for its labels.
+        let (status, body) = curl_from(&debug_pod, &direct(instance));
+        assert_eq!(status, 403, "{body}");
+        let deny: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(deny["imdsguard"]["rule"], "default-deny");
+        assert!(body.contains("monitoring/debug-y2"), "{body}");
+        let rec = records.last();
+        assert_eq!(rec["pod"], "monitoring/debug-y2");
+        assert_eq!(rec["host_network"], true);
+
+        // A pod cgroup no known pod owns: denied as such, never as the node.
+        let (status, body) = curl_from(&stray_pod, &direct(instance));
+        assert_eq!(status, 403, "{body}");
+        let deny: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(deny["imdsguard"]["rule"], RULE_UNKNOWN_POD_CGROUP);
+        let rec = records.last();
+        assert_eq!(rec["pod"], "-");
+        assert_eq!(rec["rule"], RULE_UNKNOWN_POD_CGROUP);
+        assert_eq!(rec["host_network"], true);
+        assert_eq!(rec["cgroup_id"], cgroup_id(&stray_pod));
+
+        // A node process (outside the pod tree): today's unknown source.
+        let (status, body) = curl_from(&service, &direct(instance));
+        assert_eq!(status, 403, "{body}");
+        let deny: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(deny["imdsguard"]["rule"], RULE_UNKNOWN_SOURCE);
+        let rec = records.last();
+        assert!(rec.get("host_network").is_none(), "{rec}");
+        assert_eq!(rec["cgroup_id"], cgroup_id(&service));
+
+        // Redirected as the agent's host table does it: the client wrote
+        // 169.254.169.254:80 (routed over lo in this namespace only), nat OUTPUT sent it
+        // to the proxy; the lookup finds the socket by its original destination.
+        run(
+            "ip",
+            &[
+                "route",
+                "add",
+                "169.254.169.254/32",
+                "dev",
+                "lo",
+                "src",
+                "127.0.0.1",
+            ],
+        );
+        let nft = format!(
+            "table ip imdsguard_proxy_test {{\n  chain out {{\n    type nat hook output priority -100;\n    ip daddr 169.254.169.254 tcp dport 80 dnat to 127.0.0.1:{port}\n  }}\n}}\n"
+        );
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), nft.as_bytes()).unwrap();
+        drop(child.stdin.take());
+        assert!(child.wait().unwrap().success(), "nft");
+        let imds = |path: &str| format!("http://169.254.169.254{path}");
+        let (status, body) = curl_from(&monitoring_ctr, &imds(instance));
+        assert_eq!((status, body.as_str()), (200, "westeurope"));
+        assert_eq!(records.last()["pod"], "monitoring/exporter-x1");
+        let (status, body) = curl_from(&stray_pod, &imds(instance));
+        assert_eq!(status, 403, "{body}");
+        assert_eq!(records.last()["rule"], RULE_UNKNOWN_POD_CGROUP);
+
+        // A pod that started after the map was given: its socket is in the pod tree
+        // under no known pod until the program's source names it (asked on the miss).
+        let late_uid = uid('d');
+        let late_pod = cgroups.make(&format!(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
+            late_uid.replace('-', "_")
+        ));
+        let late_ctr = cgroups.make(&format!(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/ctr",
+            late_uid.replace('-', "_")
+        ));
+        let control = proxy.control();
+        let known = control.host_callers();
+        let late_id = cgroup_id(&late_pod);
+        control.set_host_caller_source(Some(Arc::new(move || {
+            let mut m = (*known).clone();
+            let mut pod = PodInfo::new("monitoring", "exporter-late");
+            pod.labels.insert("app".into(), "exporter".into());
+            m.insert(late_id, Arc::new(pod));
+            m
+        })));
+        let (status, _) = curl_from(&late_ctr, &direct(instance));
+        assert_eq!(status, 200);
+        assert_eq!(records.last()["pod"], "monitoring/exporter-late");
+
+        let metrics = runtime.block_on(support::admin_get(proxy.admin_addr().unwrap(), "/metrics"));
+        for want in [
+            r#"imdsguard_proxy_host_caller_lookups_total{result="pod"} 4"#,
+            r#"imdsguard_proxy_host_caller_lookups_total{result="unknown-pod-cgroup"} 2"#,
+            r#"imdsguard_proxy_host_caller_lookups_total{result="node"} 1"#,
+            r#"imdsguard_proxy_decisions_total{namespace="monitoring",endpoint="instance",outcome="allow"} 3"#,
+        ] {
+            assert!(
+                metrics.text().contains(want),
+                "{want} in\n{}",
+                metrics.text()
+            );
+        }
+        runtime.block_on(async {
+            proxy.shutdown().await;
+            emulator.shutdown().await;
+        });
+        // Every curl has exited (output() waited), so the directories can go.
+        drop(cgroups);
+    });
+}
