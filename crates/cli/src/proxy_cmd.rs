@@ -4,13 +4,15 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use imdsguard_core::access::{AccessRules, PodIndex};
 use imdsguard_proxy::{
-    DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, DecisionRecord, DecisionSink, Limits, Metrics, PodRate,
-    Proxy, ProxyConfig, ProxyFiles, Timeouts, Upstream,
+    ApplyError, DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, DecisionRecord, DecisionSink,
+    HostCallerConfig, HostCallerMap, Limits, Metrics, PodRate, Proxy, ProxyConfig, ProxyControl,
+    ProxyFiles, ReloadTarget, Timeouts, Upstream,
 };
 
 use crate::service::{self, LogFormat, StopSignals, parse_duration};
@@ -96,6 +98,29 @@ pub(crate) struct ProxyArgs {
     /// Allow listening on 169.254.169.254 or 168.63.129.16 (where the proxy owns the address).
     #[arg(long)]
     pub allow_metadata_address: bool,
+    /// Dry run: a request the rules deny is logged and counted as would-deny and
+    /// forwarded; nothing is denied but ambiguous targets (invalid and throttled
+    /// requests are answered as usual). See `imdsguard report`.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Identify callers on this host (hostNetwork pods share its addresses) by their
+    /// socket's cgroup: the pods file's entries with `hostNetwork: true` and a `uid`,
+    /// found under the cgroup v2 mount (/sys/fs/cgroup unless --cgroup-root). A
+    /// process in a pod's cgroup that is no such pod is denied (unknown-pod-cgroup).
+    #[arg(long)]
+    pub host_callers: bool,
+    /// The cgroup v2 mount holding the pods' cgroups (kubepods.slice, kubepods);
+    /// implies --host-callers.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_root: Option<PathBuf>,
+    /// A destination host callers connect to (an endpoint redirected to the proxy);
+    /// the proxy's own address is tried after these. Repeatable.
+    #[arg(
+        long = "host-caller-destination",
+        value_name = "ADDR:PORT",
+        default_value = "169.254.169.254:80"
+    )]
+    pub host_caller_destinations: Vec<SocketAddr>,
     /// Log format (standard error).
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -145,8 +170,113 @@ impl ProxyArgs {
             identity: self.pod_identity_rate,
             burst: self.pod_burst,
         };
+        config.dry_run = self.dry_run;
+        config.host_callers = self.host_caller_root().map(|root| HostCallerConfig {
+            cgroup_root: root,
+            destinations: self.host_caller_destinations.clone(),
+        });
         config.check()?;
         Ok(config)
+    }
+
+    /// The cgroup v2 mount when host callers are identified.
+    fn host_caller_root(&self) -> Option<PathBuf> {
+        match &self.cgroup_root {
+            Some(root) => Some(root.clone()),
+            None => self
+                .host_callers
+                .then(|| PathBuf::from(imdsguard_core::cgroup::CGROUP2_MOUNT)),
+        }
+    }
+}
+
+/// The hostNetwork pods of the pods file found by cgroup: a scan of the pod roots
+/// under `root` (`imdsguard_node::host::scan_pod_cgroups`) joined with the pods'
+/// UIDs. A scan that fails is logged and gives no pods (their callers are then
+/// denied as unknown pod cgroups, never let through).
+fn host_caller_map(root: &Path, pods: &PodIndex) -> HostCallerMap {
+    let mut map = HostCallerMap::new();
+    let host_pods = pods.host_network_pods();
+    if host_pods.is_empty() {
+        return map;
+    }
+    let scan = match imdsguard_node::host::scan_pod_cgroups(root) {
+        Ok(scan) => scan,
+        Err(e) => {
+            tracing::warn!(cgroup_root = %root.display(), error = %e, "cannot scan the pod cgroups: hostNetwork pods are not identified until the next scan");
+            return map;
+        }
+    };
+    for pod in host_pods {
+        let Some(uid) = pod.uid.as_deref() else {
+            continue;
+        };
+        for dir in scan.of_uid(uid) {
+            map.insert(dir.id, pod.info.clone());
+        }
+    }
+    map
+}
+
+/// The proxy's control, with the hostNetwork pods' cgroups scanned again whenever the
+/// pods file is (and on a miss, through the control's source).
+#[derive(Clone)]
+struct HostCallerScan {
+    control: ProxyControl,
+    root: PathBuf,
+}
+
+impl HostCallerScan {
+    /// Scans now, hands the map to the proxy and makes the scan its source.
+    fn install(control: ProxyControl, root: PathBuf) -> HostCallerScan {
+        let scan = HostCallerScan { control, root };
+        let pods = scan.control.pods();
+        let without_uid = pods
+            .host_network_pods()
+            .iter()
+            .filter(|p| p.uid.is_none())
+            .count();
+        if without_uid > 0 {
+            tracing::warn!(
+                pods = without_uid,
+                "hostNetwork pods without a uid in the pods file cannot be identified by cgroup; their requests are denied (unknown-pod-cgroup)"
+            );
+        }
+        let map = host_caller_map(&scan.root, &pods);
+        tracing::info!(
+            cgroup_root = %scan.root.display(),
+            host_network_pods = pods.host_network_pods().len(),
+            found = map.len(),
+            "hostNetwork pods identified by cgroup"
+        );
+        scan.control.set_host_callers(map);
+        let source = scan.clone();
+        scan.control
+            .set_host_caller_source(Some(Arc::new(move || source.map())));
+        scan
+    }
+
+    fn map(&self) -> HostCallerMap {
+        host_caller_map(&self.root, &self.control.pods())
+    }
+}
+
+impl ReloadTarget for HostCallerScan {
+    async fn set_rules(&self, rules: AccessRules) -> Result<(), ApplyError> {
+        self.control.set_rules(rules);
+        Ok(())
+    }
+
+    async fn set_pods(&self, pods: PodIndex) -> Result<(), ApplyError> {
+        self.control.set_pods(pods);
+        let scan = self.clone();
+        let map = tokio::task::spawn_blocking(move || scan.map()).await?;
+        self.control.set_host_callers(map);
+        Ok(())
+    }
+
+    fn metrics(&self) -> &Metrics {
+        self.control.metrics()
     }
 }
 
@@ -188,6 +318,7 @@ pub(crate) fn run(args: ProxyArgs) -> anyhow::Result<()> {
     }
     let metrics = config.metrics.get_or_insert_with(Metrics::new);
     metrics.count_log_drops(service::dropped_log_lines);
+    let host_root = args.host_caller_root();
     let runtime = service::server_runtime()?;
     let result = runtime.block_on(async move {
         let mut signals = StopSignals::install()?;
@@ -202,7 +333,16 @@ pub(crate) fn run(args: ProxyArgs) -> anyhow::Result<()> {
         }
         let (reload_now, asked) = tokio::sync::mpsc::unbounded_channel();
         service::forward_hangups(reload_now);
-        let reloader = files.follow(&loaded, proxy.control(), args.reload_interval, asked);
+        let reloader = match host_root {
+            Some(root) => {
+                let control = proxy.control();
+                let scan =
+                    tokio::task::spawn_blocking(move || HostCallerScan::install(control, root))
+                        .await?;
+                files.follow(&loaded, scan, args.reload_interval, asked)
+            }
+            None => files.follow(&loaded, proxy.control(), args.reload_interval, asked),
+        };
         signals.recv().await;
         tracing::info!("stopping");
         reloader.abort();
@@ -357,6 +497,50 @@ mod tests {
         assert_eq!(c.pods.len(), 1);
         assert_eq!(c.timeouts.upstream_connect, Duration::from_millis(250));
         assert_eq!(c.absolute_form_hosts, vec!["169.254.169.254".to_string()]);
+        assert!(
+            !c.dry_run && c.host_callers.is_none(),
+            "both off by default"
+        );
+
+        // Dry run; host callers with their cgroup root and destinations.
+        let cli = Cli::try_parse_from([
+            "proxy",
+            "--rules",
+            rules.to_str().unwrap(),
+            "--dry-run",
+            "--cgroup-root",
+            "/run/cg",
+            "--host-caller-destination",
+            "169.254.169.254:80",
+            "--host-caller-destination",
+            "168.63.129.16:80",
+        ])
+        .unwrap();
+        let c = cli.args.config(&cli.args.files().load().unwrap()).unwrap();
+        assert!(c.dry_run);
+        let host = c.host_callers.expect("--cgroup-root turns host callers on");
+        assert_eq!(host.cgroup_root, PathBuf::from("/run/cg"));
+        assert_eq!(
+            host.destinations,
+            vec![
+                "169.254.169.254:80".parse().unwrap(),
+                "168.63.129.16:80".parse().unwrap()
+            ]
+        );
+        let cli = Cli::try_parse_from([
+            "proxy",
+            "--rules",
+            rules.to_str().unwrap(),
+            "--host-callers",
+        ])
+        .unwrap();
+        let c = cli.args.config(&cli.args.files().load().unwrap()).unwrap();
+        let host = c.host_callers.unwrap();
+        assert_eq!(host.cgroup_root, PathBuf::from("/sys/fs/cgroup"));
+        assert_eq!(
+            host.destinations,
+            vec!["169.254.169.254:80".parse().unwrap()]
+        );
 
         // Defaults: IMDS upstream, admin on loopback.
         let cli = Cli::try_parse_from(["proxy", "--rules", rules.to_str().unwrap()]).unwrap();
