@@ -1,8 +1,9 @@
 //! `imdsguard lab` stopped by SIGTERM or SIGINT sent to the process the user started:
-//! it stops promptly, exits 143 or 130, and leaves no process, network namespace or nft
-//! table behind. Each test re-runs itself inside a fresh isolated namespace
-//! (`imdsguard_testkit::isolated_test`); the lab then makes its own namespaces inside
-//! that one.
+//! it stops promptly, exits 143 or 130, and leaves no process, network namespace, nft
+//! table or cgroup behind. Each test starts the lab as root under `unshare --net` (a
+//! network namespace of its own; the lab then makes its own namespaces inside that
+//! one). Root, not a user namespace: the lab's cgroups are in the machine's one cgroup
+//! v2 hierarchy, and their removal is part of what is tested.
 
 use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
@@ -11,12 +12,14 @@ use std::time::{Duration, Instant};
 use rustix::process::{Pid, Signal};
 
 const BIN: &str = env!("CARGO_BIN_EXE_imdsguard");
-const INNER: &str = "IMDSGUARD_LAB_SIGNAL_TEST_INNER";
 /// Set in the lab's environment, which its processes inherit: how they are found.
 const MARK: &str = "IMDSGUARD_LAB_TEST_MARK";
 
-fn isolated(test: &str, body: impl FnOnce()) {
-    imdsguard_testkit::isolated_test(test, INNER, &["nft", "ip", "nsenter", "unshare"], body);
+/// As root (the lab's cgroups are in the machine's one hierarchy, which only root may
+/// change; in a user namespace the lab skips them), with the tools the lab runs.
+fn as_root(test: &str) {
+    imdsguard_testkit::require_root(test);
+    imdsguard_testkit::require(test, &["nft", "ip", "nsenter", "unshare", "mount"]);
 }
 
 fn netns_of(pid: &str) -> Option<String> {
@@ -48,6 +51,48 @@ fn lab_namespaces(mark: &str, here: &str) -> BTreeSet<String> {
         .into_iter()
         .filter(|(_, ns, marked)| *marked && ns != here)
         .map(|(_, ns, _)| ns)
+        .collect()
+}
+
+/// The process ids of the lab's processes now.
+fn lab_pids(mark: &str) -> BTreeSet<String> {
+    processes(mark)
+        .into_iter()
+        .filter(|(_, _, marked)| *marked)
+        .map(|(pid, _, _)| pid)
+        .collect()
+}
+
+/// The cgroups of lab runs whose process id is one of `pids` (their names carry it:
+/// `system.slice/imdsguard-lab-PID-kubelet.service`, pod UIDs ending in the pid), in
+/// the machine's cgroup v2 hierarchy, seen through a mount of its own in a private
+/// mount namespace (the hierarchy is global: the same directories as the lab's).
+fn lab_cgroups(pids: &BTreeSet<String>) -> Vec<String> {
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(
+            r#"mount -t cgroup2 none /sys/fs/cgroup || exit 3
+               for pid in "$@"; do
+                 uid=$(printf %012d "$pid")
+                 for d in /sys/fs/cgroup/system.slice/imdsguard-lab-"$pid"-kubelet.service                           /sys/fs/cgroup/kubepods.slice/kubepods-*.slice/kubepods-*-pod1abe1abe_*_"$uid".slice; do
+                   [ -e "$d" ] && echo "$d"
+                 done
+               done
+               exit 0"#,
+        )
+        .arg("sh")
+        .args(pids)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "cannot look at the cgroup v2 hierarchy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
         .collect()
 }
 
@@ -90,7 +135,10 @@ fn wait_for(child: &mut Child, within: Duration) -> Option<std::process::ExitSta
 fn stop_the_lab_with(sig: Signal, name: &str, status: i32, when: When) {
     let here = netns_of("self").unwrap();
     let mark = format!("{}-{name}", std::process::id());
-    let mut lab = Command::new(BIN)
+    // In a network namespace of its own (`unshare` becomes the lab: its process id is
+    // the one the user started).
+    let mut lab = Command::new("unshare")
+        .args(["--net", "--", BIN])
         .args([
             "lab", "--format", "json", "--phase", "before", "--phase", "block",
         ])
@@ -99,17 +147,19 @@ fn stop_the_lab_with(sig: Signal, name: &str, status: i32, when: When) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Begun: its processes are in its own namespace and in at least two it made (the
-    // cloud, pods).
+    // Begun: its processes are in the namespace it was started in, its own, and at
+    // least two it made (the cloud, pods).
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen = BTreeSet::new();
-    while seen.len() < 3 {
+    let mut pids = BTreeSet::new();
+    while seen.len() < 4 {
         assert!(Instant::now() < deadline, "the lab did not build its node");
         assert!(
             lab.try_wait().unwrap().is_none(),
             "the lab ended before it was stopped"
         );
         seen.extend(lab_namespaces(&mark, &here));
+        pids.extend(lab_pids(&mark));
         std::thread::sleep(Duration::from_millis(20));
     }
     if when == When::Enforcing {
@@ -123,8 +173,13 @@ fn stop_the_lab_with(sig: Signal, name: &str, status: i32, when: When) {
                 "the lab ended before it was stopped"
             );
             seen.extend(lab_namespaces(&mark, &here));
+            pids.extend(lab_pids(&mark));
             std::thread::sleep(Duration::from_millis(50));
         }
+        // Its cgroups (made before the node) are there: the kubelet's and two pods'.
+        pids.extend(lab_pids(&mark));
+        let made = lab_cgroups(&pids);
+        assert_eq!(made.len(), 3, "the lab's cgroups while it runs: {made:?}");
     }
     let pid = Pid::from_child(&lab);
     rustix::process::kill_process(pid, sig).unwrap();
@@ -171,7 +226,11 @@ fn stop_the_lab_with(sig: Signal, name: &str, status: i32, when: When) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    // And none here, where the user started it.
+    // No cgroup of the lab either: they are in the machine's one hierarchy, not in its
+    // namespaces, so the lab removed them before it exited.
+    let left = lab_cgroups(&pids);
+    assert!(left.is_empty(), "cgroups left after {name}: {left:?}");
+    // And no table here, where the user started it.
     let tables = Command::new("nft")
         .args(["list", "tables"])
         .output()
@@ -181,19 +240,17 @@ fn stop_the_lab_with(sig: Signal, name: &str, status: i32, when: When) {
 }
 
 #[test]
-#[ignore = "needs netns"]
+#[ignore = "needs root"]
 fn sigterm_stops_the_lab_and_cleans_up() {
     let test = "sigterm_stops_the_lab_and_cleans_up";
-    isolated(test, || {
-        stop_the_lab_with(Signal::TERM, "SIGTERM", 143, When::Enforcing)
-    });
+    as_root(test);
+    stop_the_lab_with(Signal::TERM, "SIGTERM", 143, When::Enforcing);
 }
 
 #[test]
-#[ignore = "needs netns"]
+#[ignore = "needs root"]
 fn sigint_stops_the_lab_and_cleans_up() {
     let test = "sigint_stops_the_lab_and_cleans_up";
-    isolated(test, || {
-        stop_the_lab_with(Signal::INT, "SIGINT", 130, When::Building)
-    });
+    as_root(test);
+    stop_the_lab_with(Signal::INT, "SIGINT", 130, When::Building);
 }

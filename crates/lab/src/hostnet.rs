@@ -18,6 +18,8 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use imdsguard_core::cgroup::{CgroupDriver, PodCgroup, QosClass, pod_cgroup_paths};
+
 use crate::LabError;
 
 /// Where the lab mounts cgroup v2 (in its own mount namespace), as on a node.
@@ -198,19 +200,9 @@ pub(crate) struct Placement {
     pub row: &'static str,
     /// The cgroup its processes go in (the container's scope for a pod).
     pub cgroup: String,
-    /// For a pod: its UID and pod-level directory (the one nft matches, by level).
-    pub pod: Option<PodDir>,
-}
-
-/// A hostNetwork pod's own cgroup directory, as the kubelet (systemd driver) makes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct PodDir {
-    /// The pod's UID, with dashes.
-    pub uid: String,
-    /// `kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<UID_>.slice`.
-    pub path: String,
-    /// Its depth from the root (3 for Burstable and BestEffort).
-    pub level: u32,
+    /// For a pod: its UID and pod-level directory (the one nft matches, by level), as
+    /// the kubelet's systemd driver names it (`imdsguard_core::cgroup`).
+    pub pod: Option<PodCgroup>,
 }
 
 /// The lab's cgroups for one run (unique by the lab's process id).
@@ -231,11 +223,14 @@ pub(crate) fn lab_uid(group: u16, pid: u32) -> String {
     format!("{UID_PREFIX}-{group:04x}-4000-8000-{pid:012}")
 }
 
-/// A Burstable or BestEffort pod's directory under the systemd driver (the UID's dashes
-/// become underscores in the slice name) and a container scope below it.
-fn pod_placement(row: &'static str, qos: &str, uid: String, pid: u32) -> Placement {
-    let slice_uid = uid.replace('-', "_");
-    let path = format!("kubepods.slice/kubepods-{qos}.slice/kubepods-{qos}-pod{slice_uid}.slice");
+/// A pod's directory as the kubelet's systemd driver names it for its QoS class (the
+/// core's layout: `kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<UID
+/// with underscores>.slice`) and a containerd container's scope below it.
+fn pod_placement(row: &'static str, qos: QosClass, uid: String, pid: u32) -> Placement {
+    let pod = pod_cgroup_paths(&uid)
+        .into_iter()
+        .find(|c| c.driver == CgroupDriver::Systemd && c.qos == qos)
+        .expect("the lab's UIDs are pod UIDs");
     // A containerd container id: 64 hex digits, unique with the UID.
     let container = format!(
         "{:0>64}",
@@ -243,12 +238,8 @@ fn pod_placement(row: &'static str, qos: &str, uid: String, pid: u32) -> Placeme
     );
     Placement {
         row,
-        cgroup: format!("{path}/cri-containerd-{container}.scope"),
-        pod: Some(PodDir {
-            uid,
-            path,
-            level: 3,
-        }),
+        cgroup: format!("{}/cri-containerd-{container}.scope", pod.path),
+        pod: Some(pod),
     }
 }
 
@@ -261,8 +252,8 @@ impl Layout {
                 cgroup: format!("system.slice/{UNIT_PREFIX}{pid}{UNIT_SUFFIX}"),
                 pod: None,
             },
-            monitoring: pod_placement(MONITORING_ROW, "burstable", lab_uid(1, pid), pid),
-            debug: pod_placement(DEBUG_ROW, "besteffort", lab_uid(2, pid), pid),
+            monitoring: pod_placement(MONITORING_ROW, QosClass::Burstable, lab_uid(1, pid), pid),
+            debug: pod_placement(DEBUG_ROW, QosClass::BestEffort, lab_uid(2, pid), pid),
         }
     }
 

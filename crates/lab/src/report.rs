@@ -312,6 +312,12 @@ pub struct LabReport {
     pub as_expected: bool,
 }
 
+/// Whether `info` is a pod the node hosts (by its (interface, address) pair or its
+/// cgroup), or the node itself: not the spoofer, whose address is another pod's.
+pub(crate) fn hosted(info: &LabPod) -> bool {
+    info.known || info.allowlisted || info.name == "node"
+}
+
 /// What a phase should show for a pod; `None` when nothing is asserted.
 pub(crate) fn check(phase: Phase, info: &LabPod, row: &Row) -> Vec<String> {
     let mut out = Vec::new();
@@ -332,9 +338,14 @@ pub(crate) fn check(phase: Phase, info: &LabPod, row: &Row) -> Vec<String> {
             phase.as_str()
         ));
     }
-    let open = matches!(phase, Phase::Before | Phase::Observe | Phase::DryRun)
-        || info.allowlisted
-        || who == "node";
+    let open = match phase {
+        Phase::Before | Phase::Observe => true,
+        // The dry run enforces none of the proxy's decisions: every pod the node hosts
+        // keeps what it had. The table is proxy mode's: a borrowed address (no pod's)
+        // stays dropped.
+        Phase::DryRun => hosted(info),
+        _ => info.allowlisted || who == "node",
+    };
     if open && !row.sensitive {
         out.push(format!(
             "{who}: expected to reach IMDS in phase {}, the probe found nothing sensitive",
@@ -360,7 +371,8 @@ pub(crate) fn check(phase: Phase, info: &LabPod, row: &Row) -> Vec<String> {
                 ));
             }
         }
-        // Proxy mode: known pods get the proxy's denial, unknown pairs are dropped.
+        // Proxy mode: known pods get the proxy's denial, unknown pairs are dropped (also
+        // in the dry run: nft's, not the proxy's).
         let imds_expected = if phase == Phase::Proxy && info.known {
             Class::BlockedByImdsguard
         } else {

@@ -27,7 +27,7 @@ use crate::hostnet::{
     self, DEBUG_ROW, HostNet, Layout, MONITORING_ROW, NODE_ROW, Placement, ProbeCommand,
 };
 use crate::kubernetes::KubeLab;
-use crate::report::{DryRunReport, LabPod, LabReport, Phase, PhaseResult, Row, check};
+use crate::report::{DryRunReport, LabPod, LabReport, Phase, PhaseResult, Row, check, hosted};
 use crate::{LabConfig, LabError};
 
 /// The pod whose (interface, address) pair is allowlisted.
@@ -51,9 +51,10 @@ const PROXY_RULES: &str = "rules:
       resources: ['*']
       identities: [{any: true}]
   - name: monitoring-token
-    description: the node's monitoring agent (a hostNetwork pod) may read the instance document and get a token
+    description: the node's monitoring agent (a hostNetwork pod) may read the instance document, tags included (they name the identity it uses), and get a token
     subjects: [{namespace: monitoring, podSelector: {matchLabels: {app: monitoring}}}]
     paths: [/metadata/instance]
+    redact: [customData, userData, publicKeys]
     token:
       resources: ['*']
       identities: [{any: true}]
@@ -181,7 +182,7 @@ impl DecisionSink for Decisions {
         let line = format!(
             r#"{{"timestamp":"{}","level":"INFO","target":"{}","fields":{fields}}}"#,
             humantime::format_rfc3339_millis(std::time::SystemTime::now()),
-            "imdsguard::decision",
+            imdsguard_core::decisions::DECISION_TARGET,
         );
         self.lines
             .lock()
@@ -195,7 +196,7 @@ impl DecisionSink for Decisions {
 /// are recorded as `would-deny` and forwarded.
 fn start_proxy(
     dry_run: bool,
-    host: Option<&HostProcs>,
+    host: Option<(&HostProcs, imdsguard_proxy::HostCallerMap)>,
     sink: Arc<Decisions>,
 ) -> Result<Background, LabError> {
     use imdsguard_core::access::{AccessRules, PodIndex};
@@ -203,13 +204,25 @@ fn start_proxy(
     let upstream = Upstream::parse(DEFAULT_ENDPOINT).map_err(|e| LabError::Lab(e.to_string()))?;
     let mut config = ProxyConfig::new(SocketAddr::V4(PROXY_LISTEN), upstream);
     config.rules = Some(AccessRules::parse(PROXY_RULES).map_err(|e| LabError::Lab(e.to_string()))?);
-    config.pods = PodIndex::parse(&proxy_pods(host)).map_err(|e| LabError::Lab(e.to_string()))?;
+    config.pods = PodIndex::parse(&proxy_pods(host.as_ref().map(|h| h.0)))
+        .map_err(|e| LabError::Lab(e.to_string()))?;
     config.shutdown_grace = Duration::from_millis(200);
     config.decisions = Some(sink);
-    let _ = dry_run;
+    config.dry_run = dry_run;
+    let host_callers = host.map(|(_, map)| map);
+    if host_callers.is_some() {
+        // hostNetwork callers come from the node's address: the proxy asks the kernel
+        // for the client socket's cgroup and maps it to the pod.
+        config.host_callers = Some(imdsguard_proxy::HostCallerConfig::new(
+            crate::hostnet::CGROUP_ROOT,
+        ));
+    }
     Background::start(None, "the filtering proxy", move |ready, stop| async move {
         match Proxy::start(config).await {
             Ok(proxy) => {
+                if let Some(map) = host_callers {
+                    proxy.control().set_host_callers(map);
+                }
                 let _ = ready.send(Ok(()));
                 let _ = stop.await;
                 proxy.shutdown().await;
@@ -245,28 +258,137 @@ fn dry_run_report(
     sink: &Decisions,
     proxy_denied: Option<Vec<String>>,
 ) -> Result<DryRunReport, LabError> {
-    let _ = sink;
+    use imdsguard_core::decisions::{CallerKind, DecisionLog};
+    let lines = sink
+        .lines
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .join("\n");
+    let mut log = DecisionLog::new();
+    log.read("the dry-run phase's decisions", lines.as_bytes());
+    let report = log.report();
+    if report.lines.malformed > 0 {
+        return Err(LabError::Lab(format!(
+            "the dry run's decision records did not read back: {:?}",
+            report.malformed
+        )));
+    }
+    // The lab's pods are named as its rows; an unknown caller by its address.
+    let mut pods: Vec<String> = report
+        .workloads
+        .iter()
+        .flat_map(|w| match w.caller {
+            CallerKind::Pod => w.pods.clone(),
+            CallerKind::Unknown => vec![format!("unknown caller {}", w.workload)],
+        })
+        .collect();
+    pods.sort();
+    pods.dedup();
+    let proxy_denied = proxy_denied.map(|mut d| {
+        d.sort();
+        d
+    });
     Ok(DryRunReport {
-        pods: Vec::new(),
+        pods,
         proxy_denied,
-        report: serde_json::Value::Null,
+        report: serde_json::to_value(&report).expect("the report serializes"),
     })
 }
 
-/// The host table (`inet imdsguard_host`): the node's output path guarded by cgroup.
+/// The host table (`inet imdsguard_host`): the node's output path guarded by cgroup,
+/// built by the core from a scan of the pod cgroups, as the agent builds it.
 mod host_table {
-    use super::*;
+    use std::collections::HashMap;
+    use std::path::Path;
 
-    pub(super) fn apply(_config: &RulesetConfig, _host: &HostProcs) -> Result<(), LabError> {
-        Ok(())
+    use imdsguard_core::access::AccessRules;
+    use imdsguard_core::nft::host::{HostGuard, HostPod};
+    use imdsguard_node::host::{install_host, read_host, scan_pod_cgroups, uninstall_host};
+    use imdsguard_proxy::HostCallerMap;
+
+    use super::*;
+    use crate::hostnet::CGROUP_ROOT;
+
+    /// The guard for the lab's two hostNetwork pods as a scan of the pod cgroups finds
+    /// them (expected: the proxy's access rules select the pod), and the proxy's map of
+    /// their cgroup ids.
+    pub(super) fn guard(host: &HostProcs) -> Result<(HostGuard, HostCallerMap), LabError> {
+        let scan = scan_pod_cgroups(Path::new(CGROUP_ROOT)).map_err(|e| LabError::Io {
+            what: format!("scanning the pod cgroups under {CGROUP_ROOT}"),
+            source: e,
+        })?;
+        let rules = AccessRules::parse(PROXY_RULES).map_err(|e| LabError::Lab(e.to_string()))?;
+        let mut pods = Vec::new();
+        let mut map = HashMap::new();
+        for placement in [&host.layout.monitoring, &host.layout.debug] {
+            let uid = &placement.pod.as_ref().expect("a pod's placement").uid;
+            let found = scan.of_uid(uid).next().ok_or_else(|| {
+                LabError::Lab(format!(
+                    "the scan of {CGROUP_ROOT} did not find {}'s pod cgroup (UID {uid})",
+                    placement.row
+                ))
+            })?;
+            let info = host_pod(placement.row);
+            pods.push(HostPod {
+                pod: info.id(),
+                cgroup: found.cgroup.clone(),
+                expected: rules.rules().iter().any(|r| r.selects(&info)),
+            });
+            map.insert(found.id, Arc::new(info));
+        }
+        Ok((
+            HostGuard {
+                roots: scan.roots,
+                pods,
+                own: None,
+            },
+            map,
+        ))
+    }
+
+    /// Installs the host table for `config`'s mode, afresh (its counters start at 0 in
+    /// each phase). The hierarchy is shared: a pod root another program removes between
+    /// the scan and the load fails the transaction, so it is scanned and tried again.
+    pub(super) fn apply(
+        config: &RulesetConfig,
+        host: &HostProcs,
+    ) -> Result<HostCallerMap, LabError> {
+        let exec = Exec::here();
+        uninstall_host(&exec)?;
+        let mut tries = 0;
+        loop {
+            let (guard, map) = guard(host)?;
+            match install_host(&exec, config, &guard) {
+                Ok(()) => return Ok(map),
+                Err(e) if tries < 3 && e.to_string().contains("No such file or directory") => {
+                    tries += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     pub(super) fn uninstall() -> Result<(), LabError> {
+        uninstall_host(&Exec::here())?;
         Ok(())
     }
 
-    pub(super) fn counters(_host: &HostProcs) -> Result<Vec<CounterValue>, LabError> {
-        Ok(Vec::new())
+    /// The hostNetwork pods' counters, named by their rows.
+    pub(super) fn counters(host: &HostProcs) -> Result<Vec<CounterValue>, LabError> {
+        let counters = read_host(&Exec::here())?
+            .ok_or_else(|| LabError::Lab("the host table (inet imdsguard_host) is gone".into()))?;
+        Ok([&host.layout.monitoring, &host.layout.debug]
+            .into_iter()
+            .map(|p| {
+                let uid = &p.pod.as_ref().expect("a pod's placement").uid;
+                let c = counters.pod(uid);
+                CounterValue {
+                    name: p.row.to_owned(),
+                    packets: c.map_or(0, |c| c.packets),
+                    bytes: c.map_or(0, |c| c.bytes),
+                }
+            })
+            .collect())
     }
 }
 
@@ -735,14 +857,15 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
                 let mut c = config.clone();
                 c.mode = mode;
                 enforcer.replace(c.clone())?;
-                if let Some(host) = &host {
-                    host_table::apply(&c, host)?;
-                }
+                let host_callers = match &host {
+                    Some(host) => Some((host, host_table::apply(&c, host)?)),
+                    None => None,
+                };
                 if mode == Mode::Proxy {
                     let sink = Arc::new(Decisions::default());
                     _proxy = Some(start_proxy(
                         *phase == Phase::DryRun,
-                        host.as_ref(),
+                        host_callers,
                         sink.clone(),
                     )?);
                     decisions = Some(sink);
@@ -828,10 +951,11 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
         }
         let mut report = None;
         if *phase == Phase::DryRun {
-            // Every pod keeps what it had before protection.
+            // Every pod the node hosts keeps what it had before protection.
             if let Some(before) = results.iter().find(|p| p.phase == Phase::Before) {
                 for row in &rows {
                     if let Some(b) = before.rows.iter().find(|b| b.pod == row.pod)
+                        && pods.iter().any(|p| p.name == row.pod && hosted(p))
                         && b.cell() != row.cell()
                     {
                         unexpected.push(format!(
