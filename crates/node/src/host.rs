@@ -168,6 +168,48 @@ pub fn scan_pod_cgroups(root: &Path) -> io::Result<CgroupScan> {
     Ok(scan)
 }
 
+/// The pod this process runs in, if any (the agent's own pod: its proxy's upstream
+/// connections must never be dropped or redirected, [`HostGuard::own`]). First from
+/// `/proc/self/cgroup` (right when the process sees the node's cgroup namespace); when
+/// that names no pod (a container has a cgroup namespace of its own, where its cgroup is
+/// `/`), by looking for this process's PID in the `cgroup.procs` of the scanned pod
+/// directories and the cgroups up to two levels below them (containers), under `root`
+/// (the node's hierarchy, e.g. a hostPath mount of `/sys/fs/cgroup`).
+pub fn own_pod_cgroup(root: &Path, scan: &CgroupScan) -> Option<PodCgroup> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    if let Some(p) = imdsguard_core::cgroup::pod_cgroup_of_proc(&text) {
+        return Some(p);
+    }
+    pod_holding(root, scan, std::process::id())
+}
+
+/// The scanned pod whose directory, or a cgroup up to two levels below it, lists `pid`.
+fn pod_holding(root: &Path, scan: &CgroupScan, pid: u32) -> Option<PodCgroup> {
+    let pid = pid.to_string();
+    let lists = |dir: &Path| {
+        std::fs::read_to_string(dir.join("cgroup.procs"))
+            .is_ok_and(|procs| procs.split_whitespace().any(|p| p == pid))
+    };
+    let children = |dir: &Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    scan.pods.iter().find_map(|p| {
+        let dir = root.join(&p.cgroup.path);
+        let found = lists(&dir)
+            || children(&dir)
+                .iter()
+                .any(|c| lists(c) || children(c).iter().any(|g| lists(g)));
+        found.then(|| p.cgroup.clone())
+    })
+}
+
 /// The cgroup id of the cgroup2 directory `dir`: its inode number.
 pub fn cgroup_id(dir: &Path) -> io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
@@ -327,6 +369,28 @@ mod tests {
         assert_eq!(scan.of_uid(uid).count(), 3);
         assert!(scan.pods.iter().all(|p| p.id != 0));
         assert_eq!(scan.by_id(scan.pods[0].id), Some(&scan.pods[0]));
+        // Which pod holds a PID: found in a container two levels down, not elsewhere.
+        let scan2 = {
+            let dir2 = std::env::temp_dir().join(format!("imdsguard-own-{}", std::process::id()));
+            let ctr = dir2.join(format!("kubepods/besteffort/pod{uid}/0123/inner"));
+            std::fs::create_dir_all(&ctr).unwrap();
+            std::fs::create_dir_all(dir2.join(format!("kubepods/pod{uid}0"))).unwrap();
+            std::fs::write(
+                dir2.join(format!("kubepods/pod{uid}0/cgroup.procs")),
+                "1\n2\n",
+            )
+            .unwrap();
+            std::fs::write(ctr.join("cgroup.procs"), "77\n4242\n").unwrap();
+            let scan = scan_pod_cgroups(&dir2).unwrap();
+            let found = pod_holding(&dir2, &scan, 4242).map(|p| p.path);
+            let none = pod_holding(&dir2, &scan, 424);
+            let first = pod_holding(&dir2, &scan, 2).map(|p| p.path);
+            let _ = std::fs::remove_dir_all(&dir2);
+            (found, none, first)
+        };
+        assert_eq!(scan2.0, Some(format!("kubepods/besteffort/pod{uid}")));
+        assert_eq!(scan2.1, None);
+        assert_eq!(scan2.2, Some(format!("kubepods/pod{uid}0")));
         // An empty mount: nothing, no error.
         let empty =
             std::env::temp_dir().join(format!("imdsguard-scan-empty-{}", std::process::id()));

@@ -33,6 +33,7 @@ const CGROUP: &str = "/sys/fs/cgroup";
 const IMDS: &str = "169.254.169.254:80";
 const IMDS6: &str = "[fd00:ec2::254]:80";
 const WIRESERVER: &str = "168.63.129.16:32526";
+const DNS: &str = "168.63.129.16:53";
 const PROXY: &str = "10.99.0.1:8169";
 
 /// Runs `body` as root in a network and mount namespace of its own: this binary again.
@@ -189,6 +190,7 @@ fn host_network_pods_are_guarded_by_cgroup() {
         listen(IMDS, "imds");
         listen(IMDS6, "imds6");
         listen(WIRESERVER, "wireserver");
+        listen(DNS, "dns");
         listen(PROXY, "proxy");
 
         // Three pods (unique UIDs) in three layouts, and a node service.
@@ -302,8 +304,13 @@ fn host_network_pods_are_guarded_by_cgroup() {
         assert!(c4.get(host_counter::UNKNOWN_POD).packets > 0, "{c4:?}");
         assert_eq!(pod_packets(&c4, &other_uid), pod_packets(&c3, &other_uid));
         assert!(c4.pod(&unlisted_uid).is_none());
-        // Not the endpoints' other ports (DNS is never matched): no rule for them.
-        assert_eq!(reach(&node, IMDS).as_deref(), Some("imds"));
+        // The endpoints' other ports are never matched: Azure DNS on 168.63.129.16:53.
+        assert_eq!(reach(&other, DNS).as_deref(), Some("dns"), "DNS stays open");
+        assert_eq!(
+            reach(&unlisted, DNS).as_deref(),
+            Some("dns"),
+            "DNS stays open"
+        );
 
         // Observe mode: all connect, each new connection counted once on its pod; the
         // counters are carried over the rebuild.
