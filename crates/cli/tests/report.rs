@@ -1,7 +1,8 @@
 //! Black-box tests of `imdsguard report`: decision logs written by a real `imdsguard
 //! proxy --log-format json` (with the emulator, both on 127.0.0.1 in a network namespace
 //! of their own; pods played from loopback source addresses by a small python3 client),
-//! and hand-written logs read from files and standard input.
+//! enforcing and with `--dry-run`, and hand-written logs read from files and standard
+//! input.
 
 #[path = "support/run.rs"]
 mod run;
@@ -422,5 +423,43 @@ fn an_unreadable_input_is_an_error_naming_it() {
             r.stderr
         );
         assert!(r.stdout.is_empty(), "{}", r.stdout);
+    }
+}
+
+#[test]
+#[ignore = "needs netns"]
+fn a_dry_run_answers_every_request_and_the_report_lists_what_would_be_denied() {
+    let dir = Scratch::new("dry-run");
+    let (statuses, log) = proxy_run("report_dry_run", &dir, "--dry-run");
+    // The same requests: nothing refused.
+    let want: Vec<(String, u16)> = [
+        "allowed",
+        "versions",
+        "other-audience",
+        "other-pod",
+        "other-pod",
+    ]
+    .iter()
+    .map(|n| (n.to_string(), 200))
+    .collect();
+    assert_eq!(statuses, want);
+    let log = log.to_str().unwrap();
+    let r = report_json(&[log]);
+    check_refusals(&r, "would-deny");
+    assert_eq!(r["totals"]["deny"], 0, "{r:#}");
+    assert_eq!(r["lines"]["malformed"], 0);
+
+    let (table, _) = report(&[log]);
+    assert!(
+        table.starts_with("5 decision record(s): 2 allowed, 3 would be denied (dry run), 0 denied"),
+        "{table}"
+    );
+    for want in [
+        "payments/api",
+        "web/frontend",
+        "payments-api-arm",
+        "2 would-deny",
+    ] {
+        assert!(table.contains(want), "{want} in:\n{table}");
     }
 }
