@@ -44,6 +44,9 @@ pub const RULE_UNKNOWN_SOURCE: &str = "unknown-source";
 pub const RULE_CANONICAL_FORM: &str = "canonical-form";
 /// Rule name of a denial while no rules are loaded yet.
 pub const RULE_NO_RULES: &str = "no-rules-loaded";
+/// Rule name of a denial for a caller on the node in a pod's cgroup that no known
+/// hostNetwork pod owns.
+pub const RULE_UNKNOWN_POD_CGROUP: &str = "unknown-pod-cgroup";
 
 /// Names a rule may not take (they name the built-in outcomes).
 pub const RESERVED_RULE_NAMES: &[&str] = &[
@@ -51,6 +54,7 @@ pub const RESERVED_RULE_NAMES: &[&str] = &[
     RULE_UNKNOWN_SOURCE,
     RULE_CANONICAL_FORM,
     RULE_NO_RULES,
+    RULE_UNKNOWN_POD_CGROUP,
 ];
 
 /// Fields a rule redacts from the instance document when it says nothing: custom and
@@ -1019,6 +1023,21 @@ impl Deny {
             "imdsguard maps callers to pods by source address and has no pod with this one; \
              if this is a new pod, retry in a few seconds; otherwise ask the cluster admin to \
              check imdsguard's pod index (--pods, or the agent's view of the cluster)",
+        )
+    }
+
+    /// The denial of a caller on the node whose socket is in a pod's cgroup (`cgroup`,
+    /// its cgroup v2 id) that no known hostNetwork pod owns.
+    pub fn unknown_pod_cgroup(ip: IpAddr, cgroup: u64) -> Deny {
+        Deny::new(
+            RULE_UNKNOWN_POD_CGROUP,
+            format!(
+                "the caller at {} is a process in a pod's cgroup (cgroup id {cgroup}) and imdsguard knows no hostNetwork pod there",
+                ip.to_canonical()
+            ),
+            "imdsguard identifies hostNetwork pods by their cgroup; if this pod just started, retry in a \
+             few seconds; otherwise ask the cluster admin to check imdsguard's view of the node's \
+             hostNetwork pods (their uid and hostNetwork: true in the pods file, or the agent's pod watch)",
         )
     }
 

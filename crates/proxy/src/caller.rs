@@ -102,7 +102,9 @@ impl HostCaller {
 #[derive(Debug, Default)]
 struct Tree {
     parent: HashMap<u64, u64>,
-    /// When the walk began: a cgroup created before then is in it if it is in the tree.
+    /// When the walk began, if it read the whole pod tree: a cgroup made before then
+    /// that is not in it is outside the pod tree. `None` for a truncated walk (its
+    /// directories are still used, its absences are not).
     walked_at: Option<Instant>,
 }
 
@@ -122,6 +124,8 @@ pub(crate) struct HostCallers {
     pub(crate) map: Snapshot<HostCallerMap>,
     pub(crate) source: Snapshot<Option<HostCallerSource>>,
     tree: Mutex<Arc<Tree>>,
+    /// When the last walk began, whatever came of it (walks are at most a second apart).
+    walk_began: Mutex<Option<Instant>>,
     outside: Mutex<HashSet<u64>>,
     /// Held by the one walk (or refresh) in progress; others wait for it.
     walking: tokio::sync::Mutex<()>,
@@ -145,6 +149,7 @@ impl HostCallers {
             map,
             source,
             tree: Mutex::new(Arc::new(Tree::default())),
+            walk_began: Mutex::new(None),
             outside: Mutex::new(HashSet::new()),
             walking: tokio::sync::Mutex::new(()),
             refreshed_at: Mutex::new(None),
@@ -276,10 +281,12 @@ impl HostCallers {
     async fn walk_after(&self, since: Instant) -> Arc<Tree> {
         let _walking = self.walking.lock().await;
         let current = lock(&self.tree).clone();
-        if current.walked_at.is_some_and(|t| t >= since) {
+        let began = *lock(&self.walk_began);
+        if began.is_some_and(|t| t >= since) {
+            // Another request's walk began after this one: as good as ours.
             return current;
         }
-        if let Some(last) = current.walked_at {
+        if let Some(last) = began {
             let next = last + RESCAN_INTERVAL;
             if next > Instant::now() {
                 tokio::time::sleep_until(next.into()).await;
@@ -287,21 +294,28 @@ impl HostCallers {
         }
         let root = self.config.cgroup_root.clone();
         let started = Instant::now();
+        *lock(&self.walk_began) = Some(started);
         let walked = tokio::task::spawn_blocking(move || walk(&root)).await;
-        let tree = Arc::new(Tree {
-            parent: match walked {
-                Ok(Ok(parent)) => parent,
-                Ok(Err(e)) => {
-                    tracing::warn!(cgroup_root = %self.config.cgroup_root.display(), error = %e, "walking the pod cgroups failed");
-                    HashMap::new()
+        let tree = match walked {
+            Ok(Ok((parent, complete))) => {
+                if !complete {
+                    tracing::warn!(cgroup_root = %self.config.cgroup_root.display(), max = WALK_MAX_DIRS, "the pod cgroups hold more directories than a walk reads: sockets in the rest are unknown");
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "walking the pod cgroups failed");
-                    HashMap::new()
-                }
-            },
-            walked_at: Some(started),
-        });
+                Arc::new(Tree {
+                    parent,
+                    walked_at: complete.then_some(started),
+                })
+            }
+            // The tree as it was: an error proves nothing about a cgroup's place.
+            Ok(Err(e)) => {
+                tracing::warn!(cgroup_root = %self.config.cgroup_root.display(), error = %e, "walking the pod cgroups failed");
+                return current;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "walking the pod cgroups failed");
+                return current;
+            }
+        };
         *lock(&self.tree) = tree.clone();
         tree
     }
@@ -341,8 +355,9 @@ impl HostCallers {
 }
 
 /// The cgroup directories below the pod roots of `root`, each with its parent's id (0
-/// for a pod root). Bounded in depth and count; symlinks are not followed.
-fn walk(root: &Path) -> std::io::Result<HashMap<u64, u64>> {
+/// for a pod root), and whether that is all of them (the walk is bounded in depth and
+/// count). Symlinks are not followed.
+fn walk(root: &Path) -> std::io::Result<(HashMap<u64, u64>, bool)> {
     let mut parent = HashMap::new();
     let mut stack: Vec<(PathBuf, u64, usize)> = Vec::new();
     for name in POD_ROOTS {
@@ -357,8 +372,15 @@ fn walk(root: &Path) -> std::io::Result<HashMap<u64, u64>> {
             Err(e) => return Err(e),
         }
     }
+    let mut complete = true;
     while let Some((dir, id, depth)) = stack.pop() {
         if depth >= WALK_MAX_DEPTH {
+            // Deeper than the kubelet nests: not read, and the walk is incomplete if
+            // there is anything below.
+            let deeper = std::fs::read_dir(&dir).is_ok_and(|mut entries| {
+                entries.any(|e| e.is_ok_and(|e| e.file_type().is_ok_and(|t| t.is_dir())))
+            });
+            complete &= !deeper;
             continue;
         }
         let entries = match std::fs::read_dir(&dir) {
@@ -377,13 +399,13 @@ fn walk(root: &Path) -> std::io::Result<HashMap<u64, u64>> {
             }
             let Ok(meta) = entry.metadata() else { continue };
             if parent.len() >= WALK_MAX_DIRS {
-                return Ok(parent);
+                return Ok((parent, false));
             }
             parent.insert(meta.ino(), id);
             stack.push((entry.path(), meta.ino(), depth + 1));
         }
     }
-    Ok(parent)
+    Ok((parent, complete))
 }
 
 /// Why a socket lookup failed.
@@ -788,13 +810,19 @@ mod tests {
         std::fs::create_dir_all(dir.join("kubepods/besteffort/podcd")).unwrap();
         std::fs::write(pod.join("cgroup.procs"), "").unwrap();
         let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
-        let tree = walk(&dir).unwrap();
+        let (tree, complete) = walk(&dir).unwrap();
+        assert!(complete);
         assert_eq!(tree[&ino(&ctr)], ino(&pod));
         assert_eq!(tree[&ino(&dir.join("kubepods.slice"))], 0);
         assert!(tree.contains_key(&ino(&dir.join("kubepods/besteffort/podcd"))));
         assert!(!tree.contains_key(&ino(&dir.join("system.slice/kubelet.service"))));
         assert!(!tree.contains_key(&ino(&pod.join("cgroup.procs"))));
         assert_eq!(tree.len(), 7);
+        // Deeper than a walk reads: what it read is kept, but it is not the whole tree.
+        std::fs::create_dir_all(ctr.join("a/b/c/d/e/f")).unwrap();
+        let (deep, complete) = walk(&dir).unwrap();
+        assert!(!complete);
+        assert_eq!(deep[&ino(&ctr)], ino(&pod));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -2,7 +2,7 @@
 //! log record and the metrics.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
@@ -66,24 +66,6 @@ impl Outcome {
             other => other.as_str(),
         }
     }
-}
-
-/// The built-in rule that denies a caller in a pod's cgroup that no known hostNetwork
-/// pod owns.
-pub const RULE_UNKNOWN_POD_CGROUP: &str = "unknown-pod-cgroup";
-
-/// The denial of a socket in the pod cgroup tree under no known hostNetwork pod.
-fn unknown_pod_cgroup(peer: IpAddr, cgroup: u64) -> Deny {
-    Deny::new(
-        RULE_UNKNOWN_POD_CGROUP,
-        format!(
-            "the caller at {} is a process in a pod's cgroup (cgroup id {cgroup}) and imdsguard knows no hostNetwork pod there",
-            peer.to_canonical()
-        ),
-        "imdsguard identifies hostNetwork pods by their cgroup; if this pod just started, retry in a few \
-         seconds; otherwise ask the cluster admin to check imdsguard's view of the node's hostNetwork \
-         pods (their uid and hostNetwork: true in the pods file, or the agent's pod watch)",
-    )
 }
 
 /// The facts of one decision. Holds no body and no header value: never a token.
@@ -278,7 +260,7 @@ impl State {
         // 3. Who is asking, and 4. the rules.
         let decision = match rec.pod.clone() {
             None => Decision::Deny(match unknown_pod_cgroup_id {
-                Some(cgroup) => unknown_pod_cgroup(peer.ip(), cgroup),
+                Some(cgroup) => Deny::unknown_pod_cgroup(peer.ip(), cgroup),
                 None => Deny::unknown_source(peer.ip()),
             }),
             Some(pod) => match &*self.control.rules.load() {
@@ -617,6 +599,7 @@ mod tests {
             Deny::unknown_source("127.0.0.9".parse().unwrap()),
             Deny::canonical_form(&rejection),
             Deny::no_rules(),
+            Deny::unknown_pod_cgroup("::ffff:127.0.0.1".parse().unwrap(), 4242),
             Deny::new("r\"1", "why\t", "help\u{7f}😀"),
         ] {
             assert_eq!(deny_body(&deny), deny.body().to_string());

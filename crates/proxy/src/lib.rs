@@ -72,7 +72,7 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9170";
 pub use caller::{HostCallerConfig, HostCallerMap, HostCallerSource};
 pub use decision::{DecisionRecord, DecisionSink};
 pub use fairness::PodRate;
-pub use handler::RULE_UNKNOWN_POD_CGROUP;
+pub use imdsguard_core::access::RULE_UNKNOWN_POD_CGROUP;
 pub use metrics::Metrics;
 
 /// The upstream when none is given: Azure IMDS.
