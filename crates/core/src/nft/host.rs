@@ -497,7 +497,10 @@ fn build(
         rules: vec![
             Rule {
                 text: format!("{limit} log prefix \"{prefix}\" group {group}"),
-                comment: "imdsguard: log".into(),
+                comment: format!(
+                    "imdsguard: log group {group} rate {}/s burst {}",
+                    config.log.rate_per_second, config.log.burst
+                ),
             },
             Rule {
                 text: verdict.into(),
@@ -568,7 +571,7 @@ fn build(
                         cgroup_match(1, root),
                         host_counter::PROXIED
                     ),
-                    comment: format!("{MODE_MARKER}proxy {root}"),
+                    comment: format!("{MODE_MARKER}proxy {root} to {to}"),
                 });
             }
             chains.push(Chain {
@@ -683,11 +686,12 @@ pub fn parse_host_counters(text: &str) -> Result<HostCounters, NftParseError> {
 
 /// What differs between the listing `nft -j list table inet imdsguard_host` and the
 /// table [`host_ruleset`] builds for `config` and `guard`, by rule comment (every rule
-/// has one) chain by chain, in order, and by counter name; counter values are not
-/// compared. `None` when the table is not in the listing. An empty list: in place.
+/// has one) chain by chain, in order, by counter name and by set elements (the protected
+/// and proxied endpoints); counter values are not compared. `None` when the table is not in the listing. An empty list: in place.
 ///
-/// The comments name each pod's UID, verdict and name, the pod roots, the proxy and the
-/// mode, so a changed guard or mode shows as a difference; the cgroup ids the paths were
+/// The comments name each pod's UID, verdict and name, the pod roots, the proxy address,
+/// the log settings and the mode, so a changed guard or configuration shows as a
+/// difference; the cgroup ids the paths were
 /// resolved to are not compared (a pod directory removed and made again with the same
 /// name needs a rebuild the caller decides on).
 pub fn host_differences(
@@ -700,6 +704,7 @@ pub fn host_differences(
     let mut present = false;
     let mut chains: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut counters: Vec<String> = Vec::new();
+    let mut sets: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (kind, body) in items.into_iter().filter_map(single) {
         let table_key = if kind == "table" { "name" } else { "table" };
         if body.get("family").and_then(Value::as_str) != Some(FAMILY)
@@ -714,6 +719,17 @@ pub fn host_differences(
                 chains.entry(name.to_owned()).or_default();
             }
             "counter" => counters.push(name.to_owned()),
+            "set" => {
+                let mut elems: Vec<String> = body
+                    .get("elem")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .map(listed_element)
+                    .collect();
+                elems.sort();
+                sets.insert(name.to_owned(), elems);
+            }
             "rule" => {
                 let chain = body
                     .get("chain")
@@ -745,6 +761,24 @@ pub fn host_differences(
             diffs.push(format!("counter {c} is not ours to have"));
         }
     }
+    for (name, _, elems) in &want.sets {
+        let mut wanted = elems.clone();
+        wanted.sort();
+        match sets.get(*name) {
+            None => diffs.push(format!("set {name} is missing")),
+            Some(have) if *have != wanted => diffs.push(format!(
+                "set {name}: elements [{}], expected [{}]",
+                have.join(", "),
+                wanted.join(", ")
+            )),
+            Some(_) => {}
+        }
+    }
+    for name in sets.keys() {
+        if !want.sets.iter().any(|(n, _, _)| n == name) {
+            diffs.push(format!("set {name} is not ours to have"));
+        }
+    }
     for c in &want.chains {
         let wanted: Vec<&str> = c.rules.iter().map(|r| r.comment.as_str()).collect();
         match chains.get(c.name) {
@@ -766,6 +800,22 @@ pub fn host_differences(
         }
     }
     Ok(Some(diffs))
+}
+
+/// A listed set element as the text writes it: `{"concat": ["169.254.169.254", "tcp", 80]}`
+/// → `169.254.169.254 . tcp . 80`; anything else as its JSON.
+fn listed_element(v: &Value) -> String {
+    match v.get("concat").and_then(Value::as_array) {
+        Some(parts) => parts
+            .iter()
+            .map(|p| match p {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(" . "),
+        None => v.to_string(),
+    }
 }
 
 /// Why [`host_differences`] could not compare.
@@ -870,7 +920,7 @@ mod tests {
         assert_eq!(
             chain(&text, "pod_drop"),
             [
-                "limit rate 10/second burst 20 packets log prefix \"imdsguard:drop \" group 169 comment \"imdsguard: log\"",
+                "limit rate 10/second burst 20 packets log prefix \"imdsguard:drop \" group 169 comment \"imdsguard: log group 169 rate 10/s burst 20\"",
                 "drop comment \"imdsguard mode=block\"",
             ]
         );
@@ -915,8 +965,8 @@ mod tests {
             chain(&text, "redirect_v4"),
             [
                 "socket cgroupv2 level 2 \"kubepods.slice/kubepods-podfeedbeef.slice\" return comment \"imdsguard: imdsguard's own pod feedbeef goes direct\"",
-                "socket cgroupv2 level 1 \"kubepods.slice\" meta l4proto tcp counter name \"proxied\" dnat ip to 10.224.0.4:8169 comment \"imdsguard mode=proxy kubepods.slice\"",
-                "socket cgroupv2 level 1 \"kubepods\" meta l4proto tcp counter name \"proxied\" dnat ip to 10.224.0.4:8169 comment \"imdsguard mode=proxy kubepods\"",
+                "socket cgroupv2 level 1 \"kubepods.slice\" meta l4proto tcp counter name \"proxied\" dnat ip to 10.224.0.4:8169 comment \"imdsguard mode=proxy kubepods.slice to 10.224.0.4:8169\"",
+                "socket cgroupv2 level 1 \"kubepods\" meta l4proto tcp counter name \"proxied\" dnat ip to 10.224.0.4:8169 comment \"imdsguard mode=proxy kubepods to 10.224.0.4:8169\"",
             ]
         );
         assert!(chain(&text, "redirect_v6").is_empty());
@@ -944,7 +994,7 @@ mod tests {
         assert_eq!(chain(&text, "nat_output").len(), 2);
         assert_eq!(
             chain(&text, "redirect_v6")[0],
-            "socket cgroupv2 level 1 \"kubepods.slice\" meta l4proto tcp counter name \"proxied\" dnat ip6 to [fd00::4]:8169 comment \"imdsguard mode=proxy kubepods.slice\""
+            "socket cgroupv2 level 1 \"kubepods.slice\" meta l4proto tcp counter name \"proxied\" dnat ip6 to [fd00::4]:8169 comment \"imdsguard mode=proxy kubepods.slice to [fd00::4]:8169\""
         );
         assert!(text.contains("set proxied_v6 {\n\t\ttype ipv6_addr . inet_proto . inet_service\n\t\telements = { fd00:ec2::254 . tcp . 80 }"));
         // Proxy mode without a proxy is refused like the main table.
@@ -972,7 +1022,7 @@ mod tests {
         assert_eq!(
             chain(&text, "pod_observe"),
             [
-                "limit rate 10/second burst 20 packets log prefix \"imdsguard:observe \" group 169 comment \"imdsguard: log\"",
+                "limit rate 10/second burst 20 packets log prefix \"imdsguard:observe \" group 169 comment \"imdsguard: log group 169 rate 10/s burst 20\"",
                 "accept comment \"imdsguard mode=observe\"",
             ]
         );
@@ -1192,6 +1242,17 @@ mod tests {
         for ctr in &want.counters {
             items.push(serde_json::json!({"counter": {"family": "inet", "table": HOST_TABLE, "name": ctr.name}}));
         }
+        for (name, _, elems) in &want.sets {
+            // As nft lists them: concatenations, the port a number.
+            let elem: Vec<Value> = elems
+                .iter()
+                .map(|e| {
+                    let parts: Vec<&str> = e.split(" . ").collect();
+                    serde_json::json!({"concat": [parts[0], parts[1], parts[2].parse::<u16>().unwrap()]})
+                })
+                .collect();
+            items.push(serde_json::json!({"set": {"family": "inet", "table": HOST_TABLE, "name": name, "elem": elem}}));
+        }
         for ch in &want.chains {
             items.push(serde_json::json!({"chain": {"family": "inet", "table": HOST_TABLE, "name": ch.name}}));
             for r in &ch.rules {
@@ -1230,5 +1291,22 @@ mod tests {
         let d = host_differences(&listing(&fewer), &c, &g).unwrap().unwrap();
         assert_eq!(d.len(), 1, "{d:?}");
         assert!(d[0].starts_with("chain pod_drop:"), "{d:?}");
+        // A changed endpoint, proxy address or log setting shows too.
+        let mut other_targets = config(Mode::Block);
+        other_targets.protected.retain(|t| t.port != 32526);
+        let d = host_differences(&listing(&items), &other_targets, &g)
+            .unwrap()
+            .unwrap();
+        assert!(
+            d.iter()
+                .any(|d| d.starts_with("set protected_v4: elements")),
+            "{d:?}"
+        );
+        let mut log = config(Mode::Block);
+        log.log.group = 170;
+        let d = host_differences(&listing(&items), &log, &g)
+            .unwrap()
+            .unwrap();
+        assert!(d.iter().any(|d| d.starts_with("chain pod_drop:")), "{d:?}");
     }
 }
