@@ -560,3 +560,73 @@ impl LabReport {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(pod: &str, imds: Class, token: Class) -> Row {
+        Row {
+            pod: pod.into(),
+            imds,
+            token,
+            wireserver: Class::BlockedTimeout,
+            hostgaplugin: Class::Exposed,
+            azure_dns: true,
+            node_local_dns: false,
+            sensitive: token == Class::TokenObtained,
+            reached: vec!["a token".into()],
+            denied_by: None,
+            attempts: 2,
+            pod_to_pod: None,
+        }
+    }
+
+    #[test]
+    fn a_row_written_by_a_child_reads_back_the_same() {
+        for class in CLASSES {
+            assert_eq!(class_named(class.as_str()), Some(class));
+            let r = Row {
+                denied_by: Some("default-deny".into()),
+                pod_to_pod: Some(true),
+                ..row("hostnet-debug", class, Class::TokenObtained)
+            };
+            let back = Row::from_json(&serde_json::to_string(&r).unwrap()).unwrap();
+            assert_eq!(
+                serde_json::to_value(&back).unwrap(),
+                serde_json::to_value(&r).unwrap()
+            );
+        }
+        let e = Row::from_json(r#"{"pod":"x","imds":"teleported"}"#).unwrap_err();
+        assert!(e.contains("no class teleported"), "{e}");
+        assert!(Row::from_json("not json").is_err());
+    }
+
+    #[test]
+    fn the_dry_run_keeps_every_hosted_pod_open_and_the_spoofer_dropped() {
+        let pod = |name: &str, known: bool| LabPod {
+            name: name.into(),
+            address: "10.244.0.10".into(),
+            interface: "azvx".into(),
+            role: String::new(),
+            allowlisted: false,
+            known,
+            cgroup: None,
+        };
+        let mut open = row("web", Class::Exposed, Class::TokenObtained);
+        open.node_local_dns = true;
+        assert!(check(Phase::DryRun, &pod("web", true), &open).is_empty());
+        // Denied by the proxy in the dry run: a 403 where the request had to be forwarded.
+        let denied = Row {
+            sensitive: false,
+            ..row("web", Class::BlockedByImdsguard, Class::BlockedByImdsguard)
+        };
+        assert!(!check(Phase::DryRun, &pod("web", true), &denied).is_empty());
+        // The spoofer's borrowed address is still dropped by proxy mode's table.
+        let mut dropped = row("spoofer", Class::BlockedTimeout, Class::BlockedTimeout);
+        dropped.hostgaplugin = Class::BlockedTimeout;
+        dropped.node_local_dns = true;
+        assert!(check(Phase::DryRun, &pod("spoofer", false), &dropped).is_empty());
+        assert!(!check(Phase::DryRun, &pod("spoofer", false), &open).is_empty());
+    }
+}

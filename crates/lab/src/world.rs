@@ -901,7 +901,7 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
                         }
                     ),
                     _ => format!(
-                        "dry run: proxy mode, the filtering proxy with --dry-run at {PROXY_LISTEN}: denials recorded as would-deny and forwarded"
+                        "dry run: proxy mode's tables unchanged (WireServer from pods not expected and unknown pairs still dropped), the filtering proxy at {PROXY_LISTEN} with --dry-run: denials recorded as would-deny and forwarded"
                     ),
                 }
             }
