@@ -27,16 +27,14 @@ const PHASES: [&str; 5] = ["before", "block", "observe", "proxy", "dry-run"];
 /// The rows of the node's own processes by cgroup.
 const HOSTNET: [&str; 2] = ["hostnet-monitoring", "hostnet-debug"];
 
-/// Which of `paths` (relative to a cgroup v2 root) exist in the machine's cgroup v2
-/// hierarchy, seen through a mount of its own in a private mount namespace (the
-/// hierarchy is global: the lab's mount and this one show the same directories).
-fn cgroups_left(paths: &[String]) -> Vec<String> {
+/// Runs `script` (with `paths` as its arguments) where cgroup v2 is mounted at
+/// /sys/fs/cgroup: a private mount namespace of its own.
+fn in_cgroup2(script: &str, paths: &[String]) -> std::process::Output {
     let out = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-        .arg(
-            r#"mount -t cgroup2 none /sys/fs/cgroup || exit 3
-               for p in "$@"; do [ -e "/sys/fs/cgroup/$p" ] && echo "$p"; done; exit 0"#,
-        )
+        .arg(format!(
+            "mount -t cgroup2 none /sys/fs/cgroup || exit 3\n{script}"
+        ))
         .arg("sh")
         .args(paths)
         .output()
@@ -44,8 +42,43 @@ fn cgroups_left(paths: &[String]) -> Vec<String> {
     assert_eq!(
         out.status.code(),
         Some(0),
-        "cannot look at the cgroup v2 hierarchy: {}",
+        "in the cgroup v2 hierarchy: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Makes the cgroups a lab run would leave if it was killed with SIGKILL (its process
+/// gone, its directories there): the next run must sweep them. Gives their paths.
+fn stale_lab_cgroups() -> Vec<String> {
+    // A process id that names no process any more.
+    let mut gone = Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    let paths = vec![
+        format!("system.slice/imdsguard-lab-{pid}-kubelet.service"),
+        format!(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1abe1abe_0002_4000_8000_{pid:012}.slice"
+        ),
+        format!(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1abe1abe_0002_4000_8000_{pid:012}.slice/cri-containerd-0.scope"
+        ),
+    ];
+    in_cgroup2(
+        r#"for p in "$@"; do mkdir -p "/sys/fs/cgroup/$p" || exit 4; done"#,
+        &paths,
+    );
+    assert_eq!(cgroups_left(&paths), paths);
+    paths
+}
+
+/// Which of `paths` (relative to a cgroup v2 root) exist in the machine's cgroup v2
+/// hierarchy, seen through a mount of its own in a private mount namespace (the
+/// hierarchy is global: the lab's mount and this one show the same directories).
+fn cgroups_left(paths: &[String]) -> Vec<String> {
+    let out = in_cgroup2(
+        r#"for p in "$@"; do [ -e "/sys/fs/cgroup/$p" ] && echo "$p"; done; exit 0"#,
+        paths,
     );
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -219,15 +252,19 @@ fn check_matrix(out: &std::process::Output, hostnet: bool) {
         .unwrap();
     assert!(blocked["packets"].as_u64().unwrap() > 0);
     if hostnet {
-        // Observe mode counts the hostNetwork pods' connections per pod (host table).
-        for pod in HOSTNET {
-            let c = observe["counters"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|c| c["name"] == pod)
-                .unwrap_or_else(|| panic!("no counter for {pod}: {}", observe["counters"]));
-            assert!(c["packets"].as_u64().unwrap() > 0, "{c}");
+        // The host table counts per pod, matched by cgroup: observe mode each pod's
+        // connections, block mode what it let through or dropped, proxy mode what it
+        // did not redirect (WireServer).
+        for phase in [block, observe, proxy, dry_run] {
+            for pod in HOSTNET {
+                let c = phase["counters"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|c| c["name"] == pod)
+                    .unwrap_or_else(|| panic!("no counter for {pod}: {}", phase["counters"]));
+                assert!(c["packets"].as_u64().unwrap() > 0, "{} {c}", phase["phase"]);
+            }
         }
     }
     let bench = &report["bench"];
@@ -245,6 +282,7 @@ fn the_lab_blocks_every_pod_but_the_allowlisted_one() {
     require_root(test);
     require(test, &TOOLS);
     require(test, &["mount"]);
+    let stale = stale_lab_cgroups();
     let out = Command::new("unshare")
         .args(["--net", "--", BIN, "lab", "--format", "json"])
         .args(PHASES.iter().flat_map(|p| ["--phase", p]))
@@ -258,6 +296,20 @@ fn the_lab_blocks_every_pod_but_the_allowlisted_one() {
     assert_eq!(made.len(), 5, "{made:?}");
     let left = cgroups_left(&made);
     assert!(left.is_empty(), "left behind: {left:?}");
+    // And the run swept what a run killed earlier had left.
+    let left = cgroups_left(&stale);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(left.is_empty(), "not swept: {left:?}\n{stderr}");
+    assert!(
+        stderr.contains("left by a lab run that is gone"),
+        "{stderr}"
+    );
+    // The shared parent this test may have made for them, when empty (another run's
+    // are not empty, and rmdir leaves them).
+    in_cgroup2(
+        "rmdir /sys/fs/cgroup/kubepods.slice/kubepods-besteffort.slice 2>/dev/null; exit 0",
+        &[],
+    );
 }
 
 /// The node's own processes are where the kubelet would put them, under unique names.

@@ -278,25 +278,37 @@ impl Layout {
 /// Makes `rel`'s directories under the root; parts from index `own_from` on are the
 /// lab's own.
 fn make_dirs(rel: &str, own_from: usize) -> Result<(), LabError> {
-    let mut dir = PathBuf::from(CGROUP_ROOT);
-    for (i, part) in rel.split('/').enumerate() {
-        dir.push(part);
-        let mut reg = registry();
-        if reg.closed {
-            return Err(LabError::Lab("the lab is stopping".into()));
-        }
-        match std::fs::create_dir(&dir) {
-            Ok(()) => reg.made.push((dir.clone(), i >= own_from)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && i < own_from => {}
-            Err(e) => {
-                return Err(LabError::Io {
-                    what: format!("making the cgroup {}", dir.display()),
-                    source: e,
-                });
+    let parts: Vec<&str> = rel.split('/').collect();
+    let mut attempts = 0;
+    'again: loop {
+        let mut dir = PathBuf::from(CGROUP_ROOT);
+        for (i, part) in parts.iter().enumerate() {
+            dir.push(part);
+            let mut reg = registry();
+            if reg.closed {
+                return Err(LabError::Lab("the lab is stopping".into()));
+            }
+            match std::fs::create_dir(&dir) {
+                Ok(()) => reg.made.push((dir.clone(), i >= own_from)),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AlreadyExists
+                        && (i < own_from || reg.made.iter().any(|(d, _)| *d == dir)) => {}
+                // A shared parent another run removed (it was empty) between two steps:
+                // make the path again.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 5 => {
+                    attempts += 1;
+                    continue 'again;
+                }
+                Err(e) => {
+                    return Err(LabError::Io {
+                        what: format!("making the cgroup {}", dir.display()),
+                        source: e,
+                    });
+                }
             }
         }
+        return Ok(());
     }
-    Ok(())
 }
 
 /// The lab run a directory name belongs to, when it is one of the lab's.
@@ -362,23 +374,6 @@ fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
             }
         }
     }
-}
-
-/// The lab's cgroup directories that exist now (for tests and the report).
-pub fn lab_cgroups_of(pid: u32) -> Vec<String> {
-    let root = Path::new(CGROUP_ROOT);
-    Layout::new(pid)
-        .all()
-        .iter()
-        .flat_map(|p| {
-            let mut v = vec![p.cgroup.clone()];
-            if let Some(pod) = &p.pod {
-                v.push(pod.path.clone());
-            }
-            v
-        })
-        .filter(|rel| root.join(rel).exists())
-        .collect()
 }
 
 /// The command the lab runs for one probe in a cgroup: the program and its arguments;

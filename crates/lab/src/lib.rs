@@ -27,8 +27,7 @@ mod world;
 use std::time::Duration;
 
 pub use hostnet::{
-    CGROUP_ROOT, HostNet, ProbeCommand, current_mount_namespace, lab_cgroups_of, mount_cgroup2,
-    remove_cgroups,
+    CGROUP_ROOT, HostNet, ProbeCommand, current_mount_namespace, mount_cgroup2, remove_cgroups,
 };
 pub use imdsguard_node::netns::Isolated;
 pub use kubernetes::{AuditTarget, KubernetesConfig, KubernetesResult};

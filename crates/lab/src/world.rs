@@ -936,15 +936,17 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
         if let Some(host) = &host
             && !matches!(phase, Phase::Before | Phase::Controller)
         {
+            // Each hostNetwork pod's rule matched its sockets by cgroup: its own counter
+            // counts what it sent (observe: its connections; block: what it was let
+            // through or dropped for; proxy: what was not redirected, WireServer).
             let per_pod = host_table::counters(host)?;
-            if *phase == Phase::Observe {
-                for c in &per_pod {
-                    if c.packets == 0 {
-                        unexpected.push(format!(
-                            "{}: no packet counted for it in the host table in phase observe",
-                            c.name
-                        ));
-                    }
+            for c in &per_pod {
+                if c.packets == 0 {
+                    unexpected.push(format!(
+                        "{}: the host table counted nothing for it in phase {}",
+                        c.name,
+                        phase.as_str()
+                    ));
                 }
             }
             counters.extend(per_pod);
