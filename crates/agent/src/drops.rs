@@ -43,6 +43,17 @@ pub struct SourceDrops {
     pub attribution: Attribution,
 }
 
+/// New drops of a hostNetwork pod (or of sockets in an unknown pod cgroup) since the last
+/// read: the host table counts them per pod cgroup, not per address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostDrops {
+    /// The pod's cgroup directory (relative to the cgroup2 mount), or the pod root for
+    /// sockets under it that no pod rule names.
+    pub cgroup: String,
+    /// Packets dropped since the last read.
+    pub packets: u64,
+}
+
 /// New drops of one pod (or of one unknown source) since the last read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DropEvent {
@@ -52,12 +63,33 @@ pub struct DropEvent {
     pub pod: Option<String>,
     /// The sources, one per (interface, address) pair (a dual-stack pod has two).
     pub sources: Vec<SourceDrops>,
+    /// A hostNetwork pod's drops on the node's output path (matched by its sockets'
+    /// cgroup, `sources` empty).
+    pub host: Option<HostDrops>,
 }
 
 impl DropEvent {
     /// Packets dropped, all sources together.
     pub fn packets(&self) -> u64 {
-        self.sources.iter().map(|s| s.packets).sum()
+        self.sources.iter().map(|s| s.packets).sum::<u64>()
+            + self.host.as_ref().map_or(0, |h| h.packets)
+    }
+
+    /// How the event's pod was found: `pair`, `interface`, `unknown` (the weakest of
+    /// its sources), `cgroup` for a hostNetwork pod, `unknown-pod-cgroup` for sockets
+    /// in a pod cgroup no known pod has.
+    pub fn matched_by(&self) -> &'static str {
+        match (&self.host, &self.pod) {
+            (Some(_), Some(_)) => "cgroup",
+            (Some(_), None) => "unknown-pod-cgroup",
+            (None, _) => self
+                .sources
+                .iter()
+                .map(|s| s.attribution)
+                .max()
+                .unwrap_or(Attribution::Unknown)
+                .as_str(),
+        }
     }
 
     /// The interfaces, comma-separated.
@@ -91,22 +123,30 @@ pub struct LogSink;
 
 impl EventSink for LogSink {
     fn drops(&self, e: &DropEvent) {
-        let attribution = e
-            .sources
-            .iter()
-            .map(|s| s.attribution)
-            .max()
-            .unwrap_or(Attribution::Unknown);
-        tracing::warn!(
-            target: "imdsguard::drops",
-            pod = e.pod.as_deref().unwrap_or(UNKNOWN_POD),
-            namespace = e.namespace.as_deref().unwrap_or(""),
-            interface = %e.interfaces(),
-            address = %e.addresses(),
-            packets = e.packets(),
-            matched_by = attribution.as_str(),
-            "metadata access dropped"
-        );
+        let pod = e.pod.as_deref().unwrap_or(UNKNOWN_POD);
+        let namespace = e.namespace.as_deref().unwrap_or("");
+        match &e.host {
+            Some(h) => tracing::warn!(
+                target: "imdsguard::drops",
+                pod,
+                namespace,
+                host_network = true,
+                cgroup = %h.cgroup,
+                packets = e.packets(),
+                matched_by = e.matched_by(),
+                "metadata access dropped"
+            ),
+            None => tracing::warn!(
+                target: "imdsguard::drops",
+                pod,
+                namespace,
+                interface = %e.interfaces(),
+                address = %e.addresses(),
+                packets = e.packets(),
+                matched_by = e.matched_by(),
+                "metadata access dropped"
+            ),
+        }
     }
 }
 
@@ -162,6 +202,7 @@ pub fn events(pods: &PodIndex, new: &[(DroppedSource, u64)]) -> Vec<DropEvent> {
                 namespace: None,
                 pod: None,
                 sources: vec![source],
+                host: None,
             }),
         }
     }
@@ -171,6 +212,7 @@ pub fn events(pods: &PodIndex, new: &[(DroppedSource, u64)]) -> Vec<DropEvent> {
             namespace: Some(namespace),
             pod: Some(pod),
             sources,
+            host: None,
         })
         .chain(unknown)
         .collect()
@@ -314,6 +356,8 @@ mod tests {
             ]
         );
         assert_eq!(ev[0].interfaces(), "azvweb");
+        assert_eq!(ev[0].matched_by(), "pair");
+        assert_eq!(ev[3].matched_by(), "unknown");
         assert_eq!(ev[0].addresses(), "10.244.0.11,fd00::11");
         assert!(events(&lab(), &[]).is_empty());
     }
@@ -323,6 +367,7 @@ mod tests {
             namespace: namespace.map(str::to_owned),
             pod: pod.map(str::to_owned),
             sources: Vec::new(),
+            host: None,
         }
     }
 

@@ -33,6 +33,15 @@
 //!   parsing), maps them to pods of the pods file, and hands one event per pod with new
 //!   drops to the [`EventSink`]s (a structured log record by default) and to
 //!   `imdsguard_agent_drops_total{namespace,pod}`;
+//! - observe mode names its connections by pod and endpoint the same way
+//!   ([`observed`]: the table's `observed_v4`/`observed_v6` sets),
+//!   `imdsguard_agent_observed_connections_total{namespace,pod,endpoint}`;
+//! - hostNetwork pods ([`host`]): a second table, `inet imdsguard_host`, guards the
+//!   node's output path by the sockets' cgroup (cgroup v2 at `--cgroup-root`), kept in
+//!   step with the hostNetwork pods' cgroups at every check; the pods the access rules
+//!   select are expected; drops of the others are attributed to them like other pods';
+//!   in proxy mode the proxy gets the cgroup id → pod map; without cgroup v2 `/readyz`
+//!   says they are not covered and the rest works;
 //! - the admin listener (`imdsguard-serve`'s admin endpoints) serves `/metrics`,
 //!   `/healthz` and `/readyz` in every mode; `/readyz` fails while the table is
 //!   missing, not enforcing or in another mode;
@@ -45,6 +54,7 @@
 //! See `docs/agent.md`.
 
 pub mod drops;
+pub mod host;
 pub mod kube;
 pub mod observed;
 pub mod pods;
@@ -100,15 +110,25 @@ pub struct AgentConfig {
     /// from `node_name` once the table is in place, the node's pods listed and applied,
     /// and the `MetadataAccessPolicy` objects answered (when watched).
     pub remove_taint: bool,
-    /// Proxy mode: the access rules (docs/proxy.md); reloaded on change and on request.
-    /// With `kubernetes` and no file, the rules are the `MetadataAccessPolicy` objects
-    /// (in every mode: in block mode the pods their subjects select are allowlisted);
-    /// with a file, no object is watched.
+    /// The access rules (docs/proxy.md); reloaded on change and on request. The proxy's
+    /// in proxy mode; in every mode the pods their subjects select are expected (block
+    /// and observe modes allowlist them; hostNetwork pods they select are accepted by
+    /// the host table). With `kubernetes` and no file, the rules are the
+    /// `MetadataAccessPolicy` objects; with a file, no object is watched. Proxy mode needs
+    /// one or the other.
     pub rules: Option<PathBuf>,
     /// Proxy mode: where the proxy listens (`None`: the proxy address of `nft`).
     pub proxy_listen: Option<SocketAddr>,
     /// Proxy mode: the metadata service allowed requests are forwarded to.
     pub upstream: Upstream,
+    /// The cgroup v2 mount ([`host::DEFAULT_CGROUP_ROOT`]): hostNetwork pods are guarded
+    /// by their cgroups below it (block and proxy modes; counted in observe mode). Not
+    /// mounted there: logged at start, `/readyz` says so, the rest works.
+    pub cgroup_root: PathBuf,
+    /// The agent's own pod UID (the downward API's `metadata.uid`), when it runs in a
+    /// pod: its sockets (the proxy's upstream connections) are never dropped or
+    /// redirected by the host table.
+    pub pod_uid: Option<String>,
     /// Proxy mode only: decide, log and count every request as usual, but forward the
     /// ones the rules deny too (decision `would-deny`, outcome `would_deny`); never send
     /// the 403 ([`ProxyConfig::dry_run`]). The table is the same as without it.
@@ -139,6 +159,8 @@ impl AgentConfig {
             proxy_listen: None,
             upstream: Upstream::default(),
             dry_run: false,
+            cgroup_root: PathBuf::from(host::DEFAULT_CGROUP_ROOT),
+            pod_uid: None,
             admin_listen: Some(DEFAULT_ADMIN_LISTEN.parse().expect("a valid default")),
             allow_empty_rules: false,
             allow_empty_pods: false,
@@ -205,6 +227,7 @@ struct AgentMetrics {
     nft_packets: Family<Vec<(String, String)>, Gauge>,
     drops: Family<Vec<(String, String)>, Counter>,
     observed: Family<Vec<(String, String)>, Counter>,
+    host_guard: Family<Vec<(String, String)>, Gauge>,
     policies_synced: Gauge,
     policy_objects: Family<Vec<(String, String)>, Gauge>,
     policy_rules: Gauge,
@@ -281,6 +304,11 @@ impl AgentMetrics {
             "Observe mode: connections to a protected endpoint let through past the allow rule (what block mode would drop), by pod of the pod index and endpoint (pod=\"unknown\" for other sources; a pod's labels leave with the pod)",
             m.observed.clone(),
         );
+        r.register(
+            "agent_host_guard",
+            "1 for the state of the hostNetwork pods' coverage by cgroup (starting, guarded: inet imdsguard_host in place; not-covered: no cgroup v2 at --cgroup-root; failed: the last apply failed and the previous table stays), 0 for the others",
+            m.host_guard.clone(),
+        );
         m
     }
 }
@@ -299,6 +327,8 @@ struct Shared {
     drops: Mutex<drops::DropTracker>,
     /// The per-pod label sets of the drops metric, kept bounded.
     drop_series: Mutex<drops::PodSeries>,
+    /// hostNetwork pods by cgroup: the host table's state.
+    host: Mutex<host::Host>,
     /// Observe mode: the observed connections' counts as last read.
     observed: Mutex<observed::ObservedTracker>,
     /// Observe mode: the label sets of the observed-connections metric.
@@ -310,8 +340,10 @@ struct Shared {
     kube_retry: AtomicBool,
     /// `--kubernetes` without `--rules`: the `MetadataAccessPolicy` watch's states.
     policies: Option<watch::Receiver<PolicyState>>,
-    /// The rules of the objects in force (`None`: none, before the first list or
-    /// without the CRD): block mode allowlists the pods their subjects select.
+    /// The access rules in force: the rules file's, else the objects' (`None`: none,
+    /// before the first list or without the CRD). Block and observe modes allowlist the
+    /// pods their subjects select; the host table accepts the hostNetwork pods they
+    /// select.
     policy_rules: Mutex<Option<AccessRules>>,
     /// The refused objects already reported (name, generation).
     refused_seen: Mutex<std::collections::BTreeSet<(String, Option<i64>)>>,
@@ -489,6 +521,8 @@ impl Shared {
                 if let (Some(rules), Some(control)) = (rules, &*lock(&self.control)) {
                     control.set_rules(rules);
                 }
+                // Which hostNetwork pods are expected may have changed.
+                self.ensure_host();
                 Ok(())
             } else {
                 let pods = lock(&self.pods).clone();
@@ -584,7 +618,128 @@ impl Shared {
         if taint != TaintHandOff::Off {
             parts.push(format!("node taint {STARTUP_TAINT_KEY}: {taint}"));
         }
+        parts.push(lock(&self.host).coverage.to_string());
         parts.join(", ")
+    }
+
+    /// Keeps the host table (hostNetwork pods by cgroup) as the pods and rules want it,
+    /// and gives the proxy its cgroup id → pod map when it changed.
+    fn ensure_host(&self) {
+        let (exec, config) = {
+            let e = lock(&self.enforcer);
+            (e.exec().clone(), e.config().clone())
+        };
+        let pods = lock(&self.pods).clone();
+        let rules = lock(&self.policy_rules).clone();
+        let mut host = lock(&self.host);
+        for kind in host.ensure(&exec, &config, &pods, rules.as_ref()) {
+            self.own
+                .repairs
+                .get_or_create(&vec![("difference".to_owned(), format!("host-{kind}"))])
+                .inc();
+        }
+        let state = host.coverage.state();
+        for s in host::Coverage::STATES {
+            self.own
+                .host_guard
+                .get_or_create(&vec![("state".to_owned(), (*s).to_owned())])
+                .set(i64::from(*s == state));
+        }
+        if let Some(map) = host.callers_changed()
+            && let Some(control) = &*lock(&self.control)
+        {
+            tracing::info!(
+                pods = map.len(),
+                "the proxy's hostNetwork pods by cgroup updated"
+            );
+            control.set_host_callers(map);
+        }
+    }
+
+    /// The host table's counters: new packets of pods that are not expected become drops
+    /// (block and proxy modes: the sinks and `imdsguard_agent_drops_total`, like other
+    /// pods') or observations (observe mode).
+    fn report_host(&self) {
+        let exec = lock(&self.enforcer).exec().clone();
+        let counters = match imdsguard_node::host::read_host(&exec) {
+            Ok(Some(c)) => c,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the host table's counters");
+                return;
+            }
+        };
+        let pods = lock(&self.pods).clone();
+        // (new packets, and who: (namespace, name, cgroup) of a pod of the index, or
+        // `None` for the unknown-pod-cgroup counter and a pod no longer in the index),
+        // for counters of pods that are not expected.
+        type Named = Option<(String, String, String)>;
+        let new: Vec<(u64, Named)> = {
+            let mut host = lock(&self.host);
+            let deltas = host.counts.update(&counters);
+            deltas
+                .into_iter()
+                .filter(|(uid, _)| uid.as_deref().is_none_or(|u| !host.expected(u)))
+                .map(|(uid, packets)| {
+                    let who = uid.as_deref().and_then(|uid| {
+                        let p = pods.host_pod_by_uid(uid)?;
+                        let cgroup = host.cgroup_of(uid)?.path.clone();
+                        Some((p.info.namespace.clone(), p.info.name.clone(), cgroup))
+                    });
+                    (packets, who)
+                })
+                .collect()
+        };
+        let roots = lock(&self.host).roots();
+        let now = std::time::Instant::now();
+        for (packets, who) in new {
+            let (namespace, pod, cgroup) = match who {
+                Some((n, p, c)) => (Some(n), Some(p), c),
+                // The unknown-pod-cgroup counter, or a pod no longer in the index.
+                None => (None, None, roots.clone()),
+            };
+            if self.mode == Mode::Observe {
+                let matched_by = if namespace.is_some() {
+                    "cgroup"
+                } else {
+                    "unknown-pod-cgroup"
+                };
+                let o = observed::Observation {
+                    namespace,
+                    pod,
+                    endpoint: None,
+                    sources: Vec::new(),
+                    cgroup: Some(cgroup),
+                    matched_by,
+                    connections: packets,
+                };
+                let (labels, first, total) = lock(&self.observed_series).count(&o);
+                self.own
+                    .observed
+                    .get_or_create(&vec![
+                        ("namespace".to_owned(), labels.0),
+                        ("pod".to_owned(), labels.1),
+                        ("endpoint".to_owned(), labels.2),
+                    ])
+                    .inc_by(packets);
+                observed::log(&o, first, total);
+            } else {
+                let e = DropEvent {
+                    namespace,
+                    pod,
+                    sources: Vec::new(),
+                    host: Some(drops::HostDrops { cgroup, packets }),
+                };
+                let (n, p) = lock(&self.drop_series).labels(&e, now);
+                self.own
+                    .drops
+                    .get_or_create(&vec![("namespace".to_owned(), n), ("pod".to_owned(), p)])
+                    .inc_by(packets);
+                for sink in &self.sinks {
+                    sink.drops(&e);
+                }
+            }
+        }
     }
 
     /// Whether the start-up taint may go: the table is in place (the agent installed
@@ -631,6 +786,8 @@ impl Shared {
         if let Some(control) = &*lock(&self.control) {
             control.set_pods(pods);
         }
+        // hostNetwork pods may have come or gone, or been selected.
+        self.ensure_host();
         Ok(())
     }
 
@@ -743,9 +900,11 @@ impl Shared {
         if forced || self.policy_retry.load(Ordering::Relaxed) {
             self.apply_policies();
         }
+        self.ensure_host();
         self.read_counters();
         self.report_drops();
         self.report_observed();
+        self.report_host();
     }
 }
 
@@ -830,18 +989,12 @@ impl Agent {
             );
         }
         let rules = match (&args.rules, mode) {
-            (Some(path), Mode::Proxy) => {
-                Some(imdsguard_proxy::read_rules(path, args.allow_empty_rules)?)
-            }
+            (Some(path), _) => Some(imdsguard_proxy::read_rules(path, args.allow_empty_rules)?),
             (None, Mode::Proxy) if watch_policies => None,
             (None, Mode::Proxy) => {
                 return Err(AgentError::Usage(
                     "proxy mode needs --rules FILE (the proxy's access rules), or --kubernetes (MetadataAccessPolicy objects)".into(),
                 ));
-            }
-            (Some(_), _) => {
-                tracing::warn!("--rules is only used in proxy mode");
-                None
             }
             (None, _) => None,
         };
@@ -938,7 +1091,11 @@ impl Agent {
         let initial_policies = policy_watch
             .as_ref()
             .map(imdsguard_kube::policies::PolicyWatch::current);
-        let initial_rules = initial_policies.as_ref().and_then(|s| s.rules().cloned());
+        // The rules in force: the file's, else the objects' (once listed).
+        let initial_rules = match &rules {
+            Some((r, _)) => Some(r.clone()),
+            None => initial_policies.as_ref().and_then(|s| s.rules().cloned()),
+        };
         let mut allowed = pods::allowed_pairs(&node_pods, &args.nft.allow);
         if mode != Mode::Proxy
             && let Some(rules) = &initial_rules
@@ -961,6 +1118,10 @@ impl Agent {
             tracing::warn!(warning = %w, "conntrack");
         }
         own.enforcing.set(1);
+        let host_state = host::Host::new(&args.cgroup_root, args.pod_uid.clone());
+        if let Err(why) = &host_state.available {
+            tracing::warn!(root = %args.cgroup_root.display(), reason = %why, "hostNetwork pods are not covered (no cgroup v2): the rest of the enforcement works");
+        }
 
         let kube_pods_applied = pod_watch.as_ref().is_some_and(|w| w.current().is_some());
         let policies_applied = initial_policies.as_ref().is_some_and(PolicyState::answered);
@@ -983,6 +1144,7 @@ impl Agent {
             drops: Mutex::new(drops::DropTracker::default()),
             drop_series: Mutex::new(drops::PodSeries::default()),
             observed: Mutex::new(observed::ObservedTracker::default()),
+            host: Mutex::new(host_state),
             observed_series: Mutex::new(observed::ObservedSeries::default()),
             sinks,
             kube_pods: pod_watch.as_ref().map(imdsguard_kube::PodWatch::subscribe),
@@ -1025,7 +1187,8 @@ impl Agent {
         }
 
         let proxy_rules = match (rules, &initial_policies) {
-            (Some((rules, _)), _) => Some(Some(rules)),
+            (Some((rules, _)), _) if mode == Mode::Proxy => Some(Some(rules)),
+            (Some(_), _) => None,
             (None, Some(state)) if mode == Mode::Proxy => Some(match state {
                 PolicyState::Synced(p) => Some(p.rules.clone()),
                 PolicyState::NotInstalled { .. } => Some(AccessRules::default()),
@@ -1052,12 +1215,50 @@ impl Agent {
                 pc.metrics = Some(metrics.clone());
                 pc.ready_check = Some(nft_ready.clone());
                 pc.dry_run = args.dry_run;
+                if lock(&shared.host).available.is_ok() {
+                    // hostNetwork callers by their socket's cgroup: the endpoints the
+                    // host table redirects, as the client wrote them.
+                    let mut hc = imdsguard_proxy::HostCallerConfig::new(&args.cgroup_root);
+                    hc.destinations = config
+                        .proxied
+                        .iter()
+                        .filter(|t| t.protocol == imdsguard_core::target::Protocol::Tcp)
+                        .filter(|t| {
+                            if t.ip.is_ipv4() {
+                                config.proxy_v4.is_some()
+                            } else {
+                                config.proxy_v6.is_some()
+                            }
+                        })
+                        .map(|t| SocketAddr::new(t.ip, t.port))
+                        .collect();
+                    pc.host_callers = Some(hc);
+                }
                 let proxy = Proxy::start(pc).await?;
-                *lock(&shared.control) = Some(proxy.control());
+                let control = proxy.control();
+                if lock(&shared.host).available.is_ok() {
+                    let weak = Arc::downgrade(&shared);
+                    control.set_host_caller_source(Some(host::callers_source(
+                        args.cgroup_root.clone(),
+                        args.pod_uid.clone(),
+                        move || {
+                            let shared = weak.upgrade()?;
+                            let pods = lock(&shared.pods).clone();
+                            let rules = lock(&shared.policy_rules).clone();
+                            Some((pods, rules))
+                        },
+                    )));
+                }
+                *lock(&shared.control) = Some(control);
                 Some(proxy)
             }
             None => None,
         };
+        // The host table, before anything else runs (the proxy has its map then).
+        {
+            let shared = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || shared.ensure_host()).await;
+        }
         let readiness: Arc<dyn Fn() -> Readiness + Send + Sync> = match &proxy {
             // Proxy mode: the rules too, and how many are loaded.
             Some(p) => {
@@ -1276,9 +1477,27 @@ struct AgentFiles {
 impl ReloadTarget for AgentFiles {
     async fn set_rules(&self, rules: AccessRules) -> Result<(), ApplyError> {
         if let Some(control) = &*lock(&self.shared.control) {
-            control.set_rules(rules);
+            control.set_rules(rules.clone());
         }
-        Ok(())
+        // The pods the rules select are expected: allowlisted (block and observe modes)
+        // and, when hostNetwork, accepted by the host table. Off the runtime: `nft`.
+        let shared = self.shared.clone();
+        let applied = tokio::task::spawn_blocking(move || {
+            let _applying = lock(&shared.applying);
+            *lock(&shared.policy_rules) = Some(rules);
+            if shared.mode == Mode::Proxy {
+                shared.ensure_host();
+                Ok(())
+            } else {
+                let pods = lock(&shared.pods).clone();
+                shared.apply_pods_locked(pods)
+            }
+        })
+        .await;
+        match applied {
+            Ok(applied) => applied.map_err(Into::into),
+            Err(e) => Err(format!("applying the rules failed: {e}").into()),
+        }
     }
 
     async fn set_pods(&self, pods: PodIndex) -> Result<(), ApplyError> {

@@ -16,16 +16,24 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use imdsguard_core::nft::ObservedConnection;
-use imdsguard_core::pods::{Attribution, PodIndex};
+use imdsguard_core::pods::PodIndex;
 use imdsguard_core::target::Target;
 
 use crate::drops::UNKNOWN_POD;
 
+/// The `endpoint` label of a hostNetwork pod's connections: the host table counts them
+/// per pod, not per endpoint.
+pub const ANY_ENDPOINT: &str = "any";
+
 /// An endpoint as the metric and the log name it: the known service's name (`Azure
-/// IMDS`, `Azure WireServer`, …), else `IP:PORT/PROTO`.
-pub fn endpoint_name(t: &Target) -> String {
-    t.service()
-        .map_or_else(|| t.to_string(), |s| s.label().to_owned())
+/// IMDS`, `Azure WireServer`, …), else `IP:PORT/PROTO`; [`ANY_ENDPOINT`] when not known.
+pub fn endpoint_name(t: Option<&Target>) -> String {
+    match t {
+        Some(t) => t
+            .service()
+            .map_or_else(|| t.to_string(), |s| s.label().to_owned()),
+        None => ANY_ENDPOINT.to_owned(),
+    }
 }
 
 /// The connection counts of the observed elements as last read, to tell what is new.
@@ -65,12 +73,17 @@ pub struct Observation {
     pub namespace: Option<String>,
     /// The pod's name; `None` for unknown sources.
     pub pod: Option<String>,
-    /// The endpoint.
-    pub endpoint: Target,
-    /// The (interface, address) pairs the connections came from.
+    /// The endpoint; `None` for a hostNetwork pod's (counted per pod).
+    pub endpoint: Option<Target>,
+    /// The (interface, address) pairs the connections came from (none for a
+    /// hostNetwork pod's).
     pub sources: Vec<(String, IpAddr)>,
-    /// How the sources were matched to the pod (the weakest of them).
-    pub matched_by: Attribution,
+    /// A hostNetwork pod's cgroup directory (or the pod root, for sockets under it no
+    /// pod rule names).
+    pub cgroup: Option<String>,
+    /// How the sources were matched to the pod: `pair`, `interface`, `unknown` (the
+    /// weakest of them), `cgroup`, `unknown-pod-cgroup`.
+    pub matched_by: &'static str,
     /// New connections since the last read.
     pub connections: u64,
 }
@@ -97,19 +110,31 @@ pub fn observations(pods: &PodIndex, new: &[(ObservedConnection, u64)]) -> Vec<O
             .or_insert_with(|| Observation {
                 namespace: id.as_ref().map(|(n, _)| n.clone()),
                 pod: id.as_ref().map(|(_, p)| p.clone()),
-                endpoint: o.endpoint,
+                endpoint: Some(o.endpoint),
                 sources: Vec::new(),
-                matched_by: attribution,
+                cgroup: None,
+                matched_by: attribution.as_str(),
                 connections: 0,
             });
         entry.connections += n;
-        entry.matched_by = entry.matched_by.max(attribution);
+        if rank(attribution.as_str()) > rank(entry.matched_by) {
+            entry.matched_by = attribution.as_str();
+        }
         let source = (o.iface.clone(), o.addr);
         if !entry.sources.contains(&source) {
             entry.sources.push(source);
         }
     }
     by.into_values().collect()
+}
+
+/// The order of `imdsguard_core::pods::Attribution`'s names, weakest last.
+fn rank(matched_by: &str) -> u8 {
+    match matched_by {
+        "pair" => 0,
+        "interface" => 1,
+        _ => 2,
+    }
 }
 
 /// The label sets of `imdsguard_agent_observed_connections_total` and their totals, kept
@@ -124,7 +149,7 @@ impl ObservedSeries {
     /// pod and endpoint are new here, with the total so far.
     pub fn count(&mut self, o: &Observation) -> ((String, String, String), bool, u64) {
         let (namespace, pod) = o.pod_labels();
-        let key = (namespace, pod, endpoint_name(&o.endpoint));
+        let key = (namespace, pod, endpoint_name(o.endpoint.as_ref()));
         let first = !self.totals.contains_key(&key);
         let total = self.totals.entry(key.clone()).or_default();
         *total += o.connections;
@@ -173,20 +198,35 @@ pub fn log(o: &Observation, first: bool, total: u64) {
     let addresses: Vec<String> = o.sources.iter().map(|(_, a)| a.to_string()).collect();
     let mut interfaces = interfaces;
     interfaces.dedup();
-    tracing::info!(
-        target: "imdsguard::observed",
-        pod = %pod,
-        namespace = %namespace,
-        endpoint = %endpoint_name(&o.endpoint),
-        target_address = %o.endpoint,
-        interface = %interfaces.join(","),
-        address = %addresses.join(","),
-        connections = o.connections,
-        total,
-        first,
-        matched_by = o.matched_by.as_str(),
-        "metadata access observed"
-    );
+    match (&o.cgroup, &o.endpoint) {
+        (Some(cgroup), _) => tracing::info!(
+            target: "imdsguard::observed",
+            pod = %pod,
+            namespace = %namespace,
+            endpoint = %endpoint_name(o.endpoint.as_ref()),
+            host_network = true,
+            cgroup = %cgroup,
+            connections = o.connections,
+            total,
+            first,
+            matched_by = o.matched_by,
+            "metadata access observed"
+        ),
+        (None, endpoint) => tracing::info!(
+            target: "imdsguard::observed",
+            pod = %pod,
+            namespace = %namespace,
+            endpoint = %endpoint_name(endpoint.as_ref()),
+            target_address = %endpoint.map_or_else(String::new, |t| t.to_string()),
+            interface = %interfaces.join(","),
+            address = %addresses.join(","),
+            connections = o.connections,
+            total,
+            first,
+            matched_by = o.matched_by,
+            "metadata access observed"
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -258,7 +298,7 @@ mod tests {
             .iter()
             .map(|o| {
                 let (n, p) = o.pod_labels();
-                (n, p, endpoint_name(&o.endpoint), o.connections)
+                (n, p, endpoint_name(o.endpoint.as_ref()), o.connections)
             })
             .collect();
         let row = |n: &str, p: &str, e: &str, c: u64| (n.into(), p.into(), e.into(), c);
@@ -271,9 +311,11 @@ mod tests {
                 row("batch", "a", "Azure IMDS", 3),
             ]
         );
-        assert_eq!(obs[1].matched_by, Attribution::Interface, "the weakest");
+        assert_eq!(obs[1].matched_by, "interface", "the weakest");
         assert_eq!(obs[2].sources.len(), 2, "both of web's addresses");
-        assert_eq!(obs[2].matched_by, Attribution::Pair);
+        assert_eq!(obs[2].matched_by, "pair");
+        assert_eq!(obs[0].matched_by, "unknown");
+        assert_eq!(endpoint_name(None), ANY_ENDPOINT);
         assert!(observations(&lab(), &[]).is_empty());
     }
 

@@ -157,6 +157,17 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// The cgroup v2 mount: hostNetwork pods are guarded by their cgroups below it
+    /// (table inet imdsguard_host); without cgroup v2 there, they are not (said at start
+    /// and in /readyz) and the rest works
+    #[arg(long, value_name = "DIR", default_value = imdsguard_agent::host::DEFAULT_CGROUP_ROOT)]
+    pub cgroup_root: PathBuf,
+
+    /// The agent's own pod UID (downward API metadata.uid), when it runs in a pod: its
+    /// own sockets (the proxy's upstream connections) are never dropped or redirected
+    #[arg(long, env = "POD_UID", value_name = "UID")]
+    pub pod_uid: Option<String>,
+
     /// The admin listener (/metrics, /healthz, /readyz)
     #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_ADMIN_LISTEN)]
     pub admin_listen: SocketAddr,
@@ -199,6 +210,8 @@ impl RunArgs {
             proxy_listen: self.proxy_listen,
             upstream: Upstream::parse(&self.upstream)?,
             dry_run: self.dry_run,
+            cgroup_root: self.cgroup_root.clone(),
+            pod_uid: self.pod_uid.clone().filter(|u| !u.is_empty()),
             admin_listen: (!self.no_admin).then_some(self.admin_listen),
             allow_empty_rules: self.allow_empty_rules,
             allow_empty_pods: self.allow_empty_pods,
@@ -365,6 +378,16 @@ mod tests {
         );
         assert!(parse(&["--check-interval", "soon"]).is_err());
         assert!(!c.dry_run);
+        assert_eq!(
+            d.cgroup_root,
+            std::path::Path::new(imdsguard_agent::host::DEFAULT_CGROUP_ROOT)
+        );
+        let c = parse(&["--cgroup-root", "/x/cg", "--pod-uid", "0a1b"])
+            .unwrap()
+            .config()
+            .unwrap();
+        assert_eq!(c.cgroup_root, std::path::Path::new("/x/cg"));
+        assert_eq!(c.pod_uid.as_deref(), Some("0a1b"));
     }
 
     #[test]

@@ -734,6 +734,418 @@ fn proxy_mode_dry_run_forwards_what_it_would_deny() {
     });
 }
 
+// hostNetwork pods by cgroup. The cgroup v2 hierarchy is the machine's one (a mount in a
+// private mount namespace shows it whole): each test makes directories named after its
+// own process id and removes them when it ends, also on failure; shared parents
+// (`kubepods.slice`, its QoS slices, `system.slice`) go only when the test made them and
+// they are empty.
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Runs `body` in a fresh network namespace AND a private mount namespace with cgroup v2
+/// mounted at /sys/fs/cgroup (as root: the hierarchy is the machine's, which only root
+/// may change): this binary again, `--exact test`.
+fn isolated_cgroup(test: &str, body: impl FnOnce()) {
+    match std::env::var(INNER) {
+        Ok(t) if t == test => {
+            if let Err(why) =
+                imdsguard_node::host::cgroup2_mounted(std::path::Path::new(CGROUP_ROOT))
+            {
+                panic!("{test}: no cgroup v2 inside the test's namespace: {why}");
+            }
+            return body();
+        }
+        Ok(_) => return,
+        Err(_) => {}
+    }
+    imdsguard_testkit::require(
+        test,
+        &[
+            "nft", "ip", "nsenter", "unshare", "mount", "bash", "timeout",
+        ],
+    );
+    imdsguard_testkit::require_root(test);
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = Command::new("unshare")
+        .args(["--net", "--mount", "--propagation", "private", "sh", "-c"])
+        .arg(
+            r#"ip link set lo up && mount -t cgroup2 none /sys/fs/cgroup && exec "$TEST_EXE" "$TEST_NAME" --exact --include-ignored --nocapture --test-threads=1"#,
+        )
+        .env("TEST_EXE", &exe)
+        .env("TEST_NAME", test)
+        .env(INNER, test)
+        .output()
+        .expect("unshare (util-linux) runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert!(
+        out.status.success(),
+        "{test} failed inside its namespaces:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "{test} did not run inside its namespaces:\n{stdout}"
+    );
+}
+
+/// The cgroup directories of one test: pods (systemd driver, a container below each)
+/// and the "kubelet" in system.slice; removed on drop.
+struct Cgroups {
+    /// Made by the test, in order (parents first), and whether it is its own (unique).
+    made: Vec<(PathBuf, bool)>,
+}
+
+impl Cgroups {
+    fn new() -> Cgroups {
+        Cgroups { made: Vec::new() }
+    }
+
+    /// A pod UID of this test run: `a9e17e57-TTTT-4000-8000-<pid>`.
+    fn uid(n: u16) -> String {
+        format!("a9e17e57-{n:04x}-4000-8000-{:012x}", std::process::id())
+    }
+
+    fn mkdir(&mut self, rel: &str, own: bool) -> PathBuf {
+        let path = PathBuf::from(CGROUP_ROOT).join(rel);
+        if !path.is_dir() {
+            std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+            self.made.push((path.clone(), own));
+        }
+        path
+    }
+
+    /// A Burstable (level 3) or Guaranteed (level 2) pod's directory and a container
+    /// below it; the container's directory (where processes go).
+    fn pod(&mut self, uid: &str, burstable: bool) -> PathBuf {
+        let su = uid.replace('-', "_");
+        self.mkdir("kubepods.slice", false);
+        let pod = if burstable {
+            self.mkdir("kubepods.slice/kubepods-burstable.slice", false);
+            format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{su}.slice")
+        } else {
+            format!("kubepods.slice/kubepods-pod{su}.slice")
+        };
+        self.mkdir(&pod, true);
+        self.mkdir(
+            &format!("{pod}/cri-containerd-{:x}.scope", std::process::id()),
+            true,
+        )
+    }
+
+    /// The "kubelet": a service of system.slice.
+    fn node_service(&mut self) -> PathBuf {
+        self.mkdir("system.slice", false);
+        self.mkdir(
+            &format!(
+                "system.slice/imdsguard-test-{}-kubelet.service",
+                std::process::id()
+            ),
+            true,
+        )
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        for (path, own) in self.made.iter().rev() {
+            if *own {
+                let _ = std::fs::write(path.join("cgroup.kill"), "1");
+            }
+            // Processes leave a killed cgroup shortly after.
+            for _ in 0..50 {
+                match std::fs::remove_dir(path) {
+                    Ok(()) => break,
+                    // A shared parent someone else uses now, or gone: leave it.
+                    Err(_) if !own => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+    }
+}
+
+/// A GET from a process of the node's namespace placed in the cgroup `cgroup` before it
+/// opens its socket (bash's /dev/tcp); `None` when no connection was made within 3 s.
+fn get_from_cgroup(cgroup: &std::path::Path, path: &str) -> Option<(u16, String)> {
+    let script = r#"echo $$ > "$CG/cgroup.procs" || exit 99
+exec 3<>/dev/tcp/169.254.169.254/80 || exit 98
+printf 'GET %s HTTP/1.1\r\nHost: 169.254.169.254\r\nMetadata: true\r\nConnection: close\r\n\r\n' "$P" >&3
+cat <&3"#;
+    let out = Command::new("timeout")
+        .args(["3", "bash", "-c", script])
+        .env("CG", cgroup)
+        .env("P", path)
+        .output()
+        .expect("timeout and bash run");
+    assert_ne!(
+        out.status.code(),
+        Some(99),
+        "could not join {}",
+        cgroup.display()
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+const INSTANCE: &str = "/metadata/instance?api-version=2021-02-01";
+/// A token for ARM as the emulated AKS node's first user-assigned identity (the kubelet's;
+/// the VM has no system-assigned one, so a request without a client_id is IMDS's 400).
+fn token_path() -> String {
+    let config = VmConfig::default_aks();
+    let id = &config.identities.user_assigned[0].client_id;
+    format!(
+        "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F&client_id={id}"
+    )
+}
+
+/// The sandbox's pods plus three hostNetwork pods: `monitoring/agent` (selected by the
+/// rules), `debug/shell` (not), and `monitoring/late` (selected; its cgroup is made after
+/// the agent started).
+fn host_pods_file(monitoring: &str, debug: &str, late: &str) -> String {
+    format!(
+        "{PODS}- {{namespace: monitoring, name: agent, hostNetwork: true, uid: {monitoring}, labels: {{app: monitoring}}}}
+- {{namespace: debug, name: shell, hostNetwork: true, uid: {debug}}}
+- {{namespace: monitoring, name: late, hostNetwork: true, uid: {late}, labels: {{app: monitoring}}}}
+"
+    )
+}
+
+const HOST_RULES: &str = "rules:
+  - name: shop-location
+    subjects: [{namespace: shop}]
+    paths: [/metadata/instance/compute/location]
+  - name: monitoring-token
+    subjects: [{namespace: monitoring, podSelector: {matchLabels: {app: monitoring}}}]
+    paths: [/metadata/instance]
+    token:
+      resources: ['*']
+      identities: [{any: true}]
+";
+
+#[test]
+#[ignore = "needs netns"]
+fn block_mode_guards_host_network_pods_by_cgroup() {
+    let test = "block_mode_guards_host_network_pods_by_cgroup";
+    isolated_cgroup(test, || {
+        let w = World::new(test);
+        let mut cg = Cgroups::new();
+        let (mon_uid, dbg_uid, late_uid) = (Cgroups::uid(1), Cgroups::uid(2), Cgroups::uid(3));
+        let monitoring = cg.pod(&mon_uid, true);
+        let debug = cg.pod(&dbg_uid, false);
+        let kubelet = cg.node_service();
+        // Before the agent: everybody reaches IMDS from the node.
+        for (who, dir) in [
+            ("monitoring", &monitoring),
+            ("debug", &debug),
+            ("kubelet", &kubelet),
+        ] {
+            let got = get_from_cgroup(dir, INSTANCE);
+            assert_eq!(
+                got.as_ref().map(|g| g.0),
+                Some(200),
+                "{who} before the agent"
+            );
+        }
+        let pods = w.file("pods.yaml", &host_pods_file(&mon_uid, &dbg_uid, &late_uid));
+        let rules = w.file("rules.yaml", HOST_RULES);
+        let log = w.dir.join("agent.log");
+        let agent = AgentProc::start_logging(
+            &[
+                "--mode",
+                "block",
+                "--pods",
+                pods.to_str().unwrap(),
+                "--rules",
+                rules.to_str().unwrap(),
+                "--check-interval",
+                "30m",
+            ],
+            &log,
+        );
+        let (status, body) = agent.get("/readyz");
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.contains("hostNetwork pods guarded by cgroup: 2 named (1 expected)"),
+            "{body}"
+        );
+        assert_eq!(
+            agent.metric(r#"imdsguard_agent_host_guard{state="guarded"}"#),
+            Some(1.0)
+        );
+
+        // The expected pod and the kubelet reach the emulator; the other pod does not.
+        let (status, body) = get_from_cgroup(&monitoring, INSTANCE).expect("monitoring connects");
+        assert_eq!(status, 200);
+        assert!(body.contains("compute"), "{} bytes", body.len());
+        assert_eq!(get_from_cgroup(&kubelet, INSTANCE).map(|g| g.0), Some(200));
+        assert_eq!(get_from_cgroup(&debug, INSTANCE), None, "debug is dropped");
+        // Ordinary pods are the main table's: the rules file selects shop (allowlisted in
+        // block mode), not jobs.
+        assert!(w.reach("web").connected());
+        assert_eq!(w.reach("batch"), Reach::Timeout);
+
+        // The drop is debug/shell's, in the metric and the log (a check: SIGHUP).
+        agent.signal(rustix::process::Signal::HUP);
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                agent
+                    .metric(r#"imdsguard_agent_drops_total{namespace="debug",pod="shell"}"#)
+                    .is_some_and(|v| v > 0.0)
+            }),
+            "{}",
+            agent.get("/metrics").1
+        );
+        let metrics = agent.get("/metrics").1;
+        assert!(!metrics.contains(r#"namespace="monitoring""#), "{metrics}");
+        // The log is written by a buffer of its own: wait for the record.
+        assert!(eventually(Duration::from_secs(5), || {
+            log_records(&log, "metadata access dropped")
+                .iter()
+                .any(|r| r["pod"] == "shell")
+        }));
+        let dropped = log_records(&log, "metadata access dropped");
+        let shell = dropped
+            .iter()
+            .find(|r| r["pod"] == "shell")
+            .unwrap_or_else(|| panic!("{dropped:?}"));
+        assert_eq!(shell["namespace"], "debug");
+        assert_eq!(shell["host_network"], true);
+        assert_eq!(shell["matched_by"], "cgroup");
+        assert!(
+            shell["cgroup"]
+                .as_str()
+                .is_some_and(|c| c.contains(&dbg_uid.replace('-', "_"))),
+            "{shell}"
+        );
+        assert!(dropped.iter().all(|r| r["pod"] != "agent"), "{dropped:?}");
+
+        // A hostNetwork pod started later: until a check names it, its sockets are in a
+        // pod cgroup no rule names (dropped, unknown); after the next check it is
+        // covered as itself (expected: through).
+        let late = cg.pod(&late_uid, true);
+        assert_eq!(get_from_cgroup(&late, INSTANCE), None, "not named yet");
+        agent.signal(rustix::process::Signal::HUP);
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                agent
+                    .get("/readyz")
+                    .1
+                    .contains("hostNetwork pods guarded by cgroup: 3 named (2 expected)")
+            }),
+            "{:?}",
+            agent.get("/readyz")
+        );
+        assert_eq!(get_from_cgroup(&late, INSTANCE).map(|g| g.0), Some(200));
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                agent
+                    .metric(r#"imdsguard_agent_drops_total{namespace="",pod="unknown"}"#)
+                    .is_some_and(|v| v > 0.0)
+            }),
+            "the late pod's first try counted as unknown: {}",
+            agent.get("/metrics").1
+        );
+        // Still: debug dropped, the kubelet through.
+        assert_eq!(get_from_cgroup(&debug, INSTANCE), None);
+        assert_eq!(get_from_cgroup(&kubelet, INSTANCE).map(|g| g.0), Some(200));
+        drop(agent);
+        // Uninstall removes both tables.
+        let out = Command::new(IMDSGUARD)
+            .args(["agent", "uninstall"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert!(
+            imdsguard_node::host::read_host_listing(&Exec::here())
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(get_from_cgroup(&debug, INSTANCE).map(|g| g.0), Some(200));
+    });
+}
+
+#[test]
+#[ignore = "needs netns"]
+fn proxy_mode_names_host_network_callers_by_cgroup() {
+    let test = "proxy_mode_names_host_network_callers_by_cgroup";
+    isolated_cgroup(test, || {
+        let w = World::new(test);
+        let mut cg = Cgroups::new();
+        let (mon_uid, dbg_uid, late_uid) = (Cgroups::uid(1), Cgroups::uid(2), Cgroups::uid(3));
+        let monitoring = cg.pod(&mon_uid, true);
+        let debug = cg.pod(&dbg_uid, false);
+        let kubelet = cg.node_service();
+        let pods = w.file("pods.yaml", &host_pods_file(&mon_uid, &dbg_uid, &late_uid));
+        let rules = w.file("rules.yaml", HOST_RULES);
+        let log = w.dir.join("agent.log");
+        let proxy = SocketAddr::new(IpAddr::V4(sandbox::NODE_ADDR), 8169).to_string();
+        let agent = AgentProc::start_logging(
+            &[
+                "--mode",
+                "proxy",
+                "--proxy-address",
+                &proxy,
+                "--pods",
+                pods.to_str().unwrap(),
+                "--rules",
+                rules.to_str().unwrap(),
+                "--check-interval",
+                "1s",
+            ],
+            &log,
+        );
+        assert!(agent.ready(), "{:?}", agent.get("/readyz"));
+        // The expected pod gets its token through the proxy (never printed).
+        let (status, body) =
+            get_from_cgroup(&monitoring, &token_path()).expect("monitoring connects");
+        assert_eq!(status, 200, "{} bytes", body.len());
+        assert!(body.contains("access_token"), "{} bytes", body.len());
+        // The other gets the proxy's 403 naming the rule.
+        let (status, body) =
+            get_from_cgroup(&debug, &token_path()).expect("debug reaches the proxy");
+        assert_eq!(status, 403, "{body}");
+        let deny: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            deny["imdsguard"]["rule"]
+                .as_str()
+                .is_some_and(|r| !r.is_empty()),
+            "{body}"
+        );
+        // The kubelet is untouched: straight to the emulator.
+        assert_eq!(get_from_cgroup(&kubelet, INSTANCE).map(|g| g.0), Some(200));
+        // The decisions name the pods, found by their sockets' cgroup.
+        let records = log_records(&log, "decision");
+        let of = |pod: &str| {
+            records
+                .iter()
+                .find(|r| r["pod"] == pod)
+                .unwrap_or_else(|| panic!("no decision for {pod}: {records:?}"))
+                .clone()
+        };
+        let mon = of("monitoring/agent");
+        assert_eq!(
+            (mon["decision"].as_str(), mon["host_network"].as_bool()),
+            (Some("allow"), Some(true))
+        );
+        let dbg = of("debug/shell");
+        assert_eq!(dbg["decision"], "deny");
+        assert_eq!(dbg["rule"], deny["imdsguard"]["rule"]);
+        assert_eq!(
+            agent.metric(r#"imdsguard_proxy_decisions_total{namespace="debug",endpoint="identity-token",outcome="deny"}"#),
+            Some(1.0),
+            "{}",
+            agent.get("/metrics").1
+        );
+        // WireServer is not proxied: the expected pod goes direct (nothing listens:
+        // refused), the other is dropped by the host table.
+        let _ = (&late_uid, &kubelet);
+    });
+}
+
 /// A pod of `node` for the test API server (one container, as the API requires; no
 /// kubelet will run it).
 fn api_pod(namespace: &str, name: &str, node: &str) -> String {

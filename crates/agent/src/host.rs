@@ -1,0 +1,582 @@
+//! hostNetwork pods by cgroup: the host table (`inet imdsguard_host`, built by the core,
+//! [`imdsguard_core::nft::host`], applied by [`imdsguard_node::host`]) kept in step with
+//! the node's hostNetwork pods.
+//!
+//! On start and at every check (and when the pods or the rules change) the agent scans
+//! the pod cgroups under the cgroup v2 mount ([`imdsguard_node::host::scan_pod_cgroups`]),
+//! joins them with the pod index's hostNetwork pods by UID ([`guard`]: a pod is
+//! *expected* when the access rules, the rules file or the `MetadataAccessPolicy`
+//! objects, select it) and applies the host table when the guard changed, a pod
+//! directory's cgroup id changed, or the listing differs from what it builds. A load that
+//! fails because a pod directory vanished between the scan and the load is retried once
+//! after a rescan; any other failure keeps the table in place (never looser: a pod not
+//! named yet is caught by the table's unknown-pod-cgroup rule in block and proxy modes).
+//!
+//! The table's per-pod counters are read every check ([`HostCounts`]): what a pod that is
+//! not expected sent becomes drops (block and proxy modes) or observations (observe
+//! mode), named by the pod, like other pods'. In proxy mode the proxy gets the cgroup id
+//! → pod map ([`imdsguard_proxy::ProxyControl::set_host_callers`]) on every change.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use imdsguard_core::access::{AccessRules, PodShapeRef};
+use imdsguard_core::cgroup::PodCgroup;
+use imdsguard_core::nft::RulesetConfig;
+use imdsguard_core::nft::host::{HostCounters, HostGuard, HostPod, host_counter, valid_pod_name};
+use imdsguard_core::pods::PodIndex;
+use imdsguard_node::host::{CgroupScan, scan_pod_cgroups};
+use imdsguard_node::{Exec, NodeError};
+use imdsguard_proxy::HostCallerMap;
+
+/// The cgroup v2 mount when none is given.
+pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// What the host table is built from, and the proxy's map, from one scan.
+#[derive(Debug, Clone, Default)]
+pub struct Built {
+    /// The guard.
+    pub guard: HostGuard,
+    /// Each named pod directory's cgroup id (a directory made again under the same name
+    /// has another id: the table must be loaded again to match it).
+    pub ids: Vec<(String, u64)>,
+    /// cgroup id of each hostNetwork pod's directory → the pod (the proxy's map).
+    pub callers: HostCallerMap,
+    /// hostNetwork pods left out, and why (no UID, a name the table cannot write).
+    pub skipped: Vec<String>,
+}
+
+/// Joins a scan with the hostNetwork pods of `pods` by UID: one [`HostPod`] per pod
+/// directory found, expected when `rules` select the pod; `own` (the agent's own pod,
+/// when it runs in one) is never dropped or redirected.
+pub fn guard(
+    scan: &CgroupScan,
+    pods: &PodIndex,
+    rules: Option<&AccessRules>,
+    own_uid: Option<&str>,
+) -> Built {
+    let mut built = Built {
+        guard: HostGuard {
+            roots: scan.roots.clone(),
+            pods: Vec::new(),
+            own: None,
+        },
+        ..Built::default()
+    };
+    if let Some(uid) = own_uid {
+        built.guard.own = scan.of_uid(uid).next().map(|s| s.cgroup.clone());
+    }
+    for p in pods.host_network_pods() {
+        let id = format!("{}/{}", p.info.namespace, p.info.name);
+        let Some(uid) = p.uid.as_deref() else {
+            built
+                .skipped
+                .push(format!("{id}: no UID (its cgroup cannot be found)"));
+            continue;
+        };
+        if !valid_pod_name(&id) {
+            built
+                .skipped
+                .push(format!("{id}: a name the host table cannot write"));
+            continue;
+        }
+        if built.guard.own.as_ref().is_some_and(|o| o.uid == uid) {
+            continue;
+        }
+        let expected = rules.is_some_and(|r| !r.expecting(&PodShapeRef::of(&p.info)).is_empty());
+        for s in scan.of_uid(uid) {
+            built.guard.pods.push(HostPod {
+                pod: id.clone(),
+                cgroup: s.cgroup.clone(),
+                expected,
+            });
+            built.ids.push((s.cgroup.path.clone(), s.id));
+            built.callers.insert(s.id, p.info.clone());
+        }
+    }
+    built
+}
+
+/// Where the hostNetwork coverage stands, for `/readyz`, the log and
+/// `imdsguard_agent_host_guard{state}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Coverage {
+    /// Not looked at yet.
+    Starting,
+    /// The host table is in place: `pods` pod directories named, `expected` of them
+    /// expected.
+    Guarded {
+        /// Pod directories named.
+        pods: usize,
+        /// Expected ones.
+        expected: usize,
+    },
+    /// No cgroup v2 at the root: hostNetwork pods are not covered (the rest works).
+    NotCovered(String),
+    /// The last apply failed; the table in place (if any) stays.
+    Failed(String),
+}
+
+impl Coverage {
+    /// The metric's `state` label.
+    pub fn state(&self) -> &'static str {
+        match self {
+            Coverage::Starting => "starting",
+            Coverage::Guarded { .. } => "guarded",
+            Coverage::NotCovered(_) => "not-covered",
+            Coverage::Failed(_) => "failed",
+        }
+    }
+
+    /// Every state, for the gauge.
+    pub const STATES: &'static [&'static str] = &["starting", "guarded", "not-covered", "failed"];
+}
+
+impl std::fmt::Display for Coverage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Coverage::Starting => write!(f, "hostNetwork pods: not looked at yet"),
+            Coverage::Guarded { pods, expected } => write!(
+                f,
+                "hostNetwork pods guarded by cgroup: {pods} named ({expected} expected)"
+            ),
+            Coverage::NotCovered(why) => write!(f, "hostNetwork pods are not covered: {why}"),
+            Coverage::Failed(why) => write!(
+                f,
+                "hostNetwork pods: the host table could not be applied (the previous one stays): {why}"
+            ),
+        }
+    }
+}
+
+/// The host table's counters as last read, to tell what is new: by pod UID, and the
+/// unknown-pod-cgroup counter.
+#[derive(Debug, Clone, Default)]
+pub struct HostCounts {
+    last: BTreeMap<String, u64>,
+}
+
+/// The key of the unknown-pod-cgroup counter in [`HostCounts`].
+const UNKNOWN_KEY: &str = "";
+
+impl HostCounts {
+    /// The packets each counter counted since the previous call (UID, or `None` for the
+    /// unknown-pod-cgroup counter), for those with new ones. A counter below its last
+    /// value (the table rebuilt without it) counts in full; counters no longer listed are
+    /// forgotten.
+    pub fn update(&mut self, now: &HostCounters) -> Vec<(Option<String>, u64)> {
+        let mut next = BTreeMap::new();
+        let mut out = Vec::new();
+        let unknown = now.get(host_counter::UNKNOWN_POD).packets;
+        let all = now
+            .pods
+            .iter()
+            .map(|p| (p.uid.clone(), p.packets))
+            .chain(std::iter::once((UNKNOWN_KEY.to_owned(), unknown)));
+        for (key, packets) in all {
+            let delta = match self.last.get(&key) {
+                Some(&l) if packets >= l => packets - l,
+                _ => packets,
+            };
+            next.insert(key.clone(), packets);
+            if delta > 0 {
+                out.push(((!key.is_empty()).then_some(key), delta));
+            }
+        }
+        self.last = next;
+        out
+    }
+}
+
+/// The hostNetwork coverage's state: the mount, what was applied, the counters.
+#[derive(Debug)]
+pub struct Host {
+    /// The cgroup v2 mount.
+    pub root: PathBuf,
+    /// Whether cgroup v2 is mounted there (checked at start, and again while it is not).
+    pub available: Result<(), String>,
+    /// The agent's own pod UID (never dropped or redirected), when it runs in a pod.
+    pub own_uid: Option<String>,
+    /// What the table in place was built from (`None`: none applied by this agent yet).
+    pub applied: Option<Built>,
+    /// Where things stand.
+    pub coverage: Coverage,
+    /// The counters as last read.
+    pub counts: HostCounts,
+    /// The proxy's map as last given (to give it only on change).
+    pub callers_given: Option<BTreeMap<u64, String>>,
+}
+
+impl Host {
+    /// The coverage at `root`, checked now.
+    pub fn new(root: &Path, own_uid: Option<String>) -> Host {
+        let available = imdsguard_node::host::cgroup2_mounted(root);
+        Host {
+            root: root.to_path_buf(),
+            coverage: match &available {
+                Ok(()) => Coverage::Starting,
+                Err(why) => Coverage::NotCovered(why.clone()),
+            },
+            available,
+            own_uid,
+            applied: None,
+            counts: HostCounts::default(),
+            callers_given: None,
+        }
+    }
+
+    /// Scans and builds.
+    fn scan(&self, pods: &PodIndex, rules: Option<&AccessRules>) -> Result<Built, String> {
+        let scan = scan_pod_cgroups(&self.root).map_err(|e| {
+            format!(
+                "scanning the pod cgroups under {}: {e}",
+                self.root.display()
+            )
+        })?;
+        Ok(guard(&scan, pods, rules, self.own_uid.as_deref()))
+    }
+
+    /// Keeps the host table as `pods` and `rules` want it (see the module): applies it
+    /// when what it is built from changed or the listing differs, retrying once after a
+    /// rescan when a pod directory vanished. Returns the kinds of repair made (for the
+    /// metric), empty when nothing was applied.
+    pub fn ensure(
+        &mut self,
+        exec: &Exec,
+        config: &RulesetConfig,
+        pods: &PodIndex,
+        rules: Option<&AccessRules>,
+    ) -> Vec<&'static str> {
+        if self.available.is_err() {
+            self.available = imdsguard_node::host::cgroup2_mounted(&self.root);
+            match &self.available {
+                Ok(()) => {
+                    tracing::info!(root = %self.root.display(), "cgroup v2 is mounted now: guarding hostNetwork pods")
+                }
+                Err(why) => {
+                    self.coverage = Coverage::NotCovered(why.clone());
+                    return Vec::new();
+                }
+            }
+        }
+        for attempt in 0..2 {
+            let built = match self.scan(pods, rules) {
+                Ok(b) => b,
+                Err(why) => {
+                    tracing::error!(error = %why, "hostNetwork pods: keeping the host table in place");
+                    self.coverage = Coverage::Failed(why);
+                    return Vec::new();
+                }
+            };
+            let same = self
+                .applied
+                .as_ref()
+                .is_some_and(|a| a.guard == built.guard && a.ids == built.ids);
+            let why: Option<(&'static str, String)> = if !same {
+                let what = if self.applied.is_none() {
+                    "first"
+                } else {
+                    "pods"
+                };
+                Some((
+                    what,
+                    "the hostNetwork pods, their cgroups or the rules changed".into(),
+                ))
+            } else {
+                match imdsguard_node::host::host_status(exec, config, &built.guard) {
+                    Ok(Some(d)) if d.is_empty() => None,
+                    Ok(Some(d)) => Some(("rule", d.join("; "))),
+                    Ok(None) => Some((
+                        "missing",
+                        "table inet imdsguard_host is not installed".into(),
+                    )),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot list inet imdsguard_host");
+                        return Vec::new();
+                    }
+                }
+            };
+            let Some((kind, reason)) = why else {
+                self.set_guarded(&built);
+                return Vec::new();
+            };
+            for s in &built.skipped {
+                tracing::warn!(pod = %s, "hostNetwork pod left out of the host table");
+            }
+            match imdsguard_node::host::install_host(exec, config, &built.guard) {
+                Ok(()) => {
+                    if kind != "first" && kind != "pods" {
+                        tracing::warn!(differences = %reason, "inet imdsguard_host is not as the agent built it: putting it back");
+                    }
+                    tracing::info!(
+                        pods = built.guard.pods.len(),
+                        expected = built.guard.pods.iter().filter(|p| p.expected).count(),
+                        roots = %built.guard.roots.join(","),
+                        "inet imdsguard_host applied (hostNetwork pods by cgroup)"
+                    );
+                    self.set_guarded(&built);
+                    self.applied = Some(built);
+                    return match kind {
+                        "rule" | "missing" => vec![kind],
+                        _ => Vec::new(),
+                    };
+                }
+                Err(e) if e.is_missing_cgroup() && attempt == 0 => {
+                    tracing::info!(error = %e, "a pod cgroup went away while the host table was loaded: scanning again");
+                }
+                Err(e) => {
+                    let why = host_error(&e);
+                    tracing::error!(error = %why, "inet imdsguard_host not applied: the table in place stays");
+                    self.coverage = Coverage::Failed(why);
+                    return Vec::new();
+                }
+            }
+        }
+        Vec::new()
+    }
+
+    fn set_guarded(&mut self, built: &Built) {
+        self.coverage = if built.guard.roots.is_empty() {
+            // A container's own cgroup namespace, or a node without a kubelet.
+            Coverage::NotCovered(format!(
+                "no pod root (kubepods.slice, kubepods) under {}: not the node's cgroup hierarchy (mount the host's /sys/fs/cgroup there), or no kubelet has made one yet",
+                self.root.display()
+            ))
+        } else {
+            Coverage::Guarded {
+                pods: built.guard.pods.len(),
+                expected: built.guard.pods.iter().filter(|p| p.expected).count(),
+            }
+        };
+    }
+
+    /// The proxy's map, when it differs from the one last given.
+    pub fn callers_changed(&mut self) -> Option<HostCallerMap> {
+        let built = self.applied.as_ref()?;
+        let key: BTreeMap<u64, String> = built
+            .callers
+            .iter()
+            .map(|(id, p)| (*id, format!("{}/{}", p.namespace, p.name)))
+            .collect();
+        if self.callers_given.as_ref() == Some(&key) {
+            return None;
+        }
+        self.callers_given = Some(key);
+        Some(built.callers.clone())
+    }
+
+    /// Whether the pod `uid` is expected in the table in place.
+    pub fn expected(&self, uid: &str) -> bool {
+        self.applied.as_ref().is_some_and(|a| {
+            a.guard
+                .pods
+                .iter()
+                .any(|p| p.cgroup.uid == uid && p.expected)
+        })
+    }
+
+    /// The cgroup directory of the pod `uid` in the table in place.
+    pub fn cgroup_of(&self, uid: &str) -> Option<&PodCgroup> {
+        self.applied
+            .as_ref()?
+            .guard
+            .pods
+            .iter()
+            .find(|p| p.cgroup.uid == uid)
+            .map(|p| &p.cgroup)
+    }
+
+    /// The pod roots of the table in place, for unknown-pod-cgroup drops.
+    pub fn roots(&self) -> String {
+        self.applied
+            .as_ref()
+            .map(|a| a.guard.roots.join(","))
+            .unwrap_or_default()
+    }
+}
+
+/// The proxy's map as a source it may call on a miss: a scan now, joined with the pods
+/// and rules `current` gives.
+pub fn callers_source(
+    root: PathBuf,
+    own_uid: Option<String>,
+    current: impl Fn() -> Option<(PodIndex, Option<AccessRules>)> + Send + Sync + 'static,
+) -> imdsguard_proxy::HostCallerSource {
+    Arc::new(move || {
+        let Some((pods, rules)) = current() else {
+            return HostCallerMap::new();
+        };
+        match scan_pod_cgroups(&root) {
+            Ok(scan) => guard(&scan, &pods, rules.as_ref(), own_uid.as_deref()).callers,
+            Err(e) => {
+                tracing::warn!(error = %e, "scanning the pod cgroups for the proxy");
+                HostCallerMap::new()
+            }
+        }
+    })
+}
+
+fn host_error(e: &NodeError) -> String {
+    e.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imdsguard_core::cgroup::pod_cgroup_paths;
+    use imdsguard_core::nft::CounterValue;
+    use imdsguard_core::nft::host::HostPodCount;
+    use imdsguard_node::host::ScannedPod;
+
+    const MON: &str = "0a1b2c3d-0000-4000-8000-0000000000a1";
+    const DBG: &str = "0a1b2c3d-0000-4000-8000-0000000000b2";
+    const OWN: &str = "0a1b2c3d-0000-4000-8000-0000000000c3";
+
+    fn pods() -> PodIndex {
+        PodIndex::parse(&format!(
+            "
+- {{namespace: monitoring, name: agent, hostNetwork: true, uid: {MON}, labels: {{app: monitoring}}}}
+- {{namespace: debug, name: shell, hostNetwork: true, uid: {}}}
+- {{namespace: kube-system, name: imdsguard, hostNetwork: true, uid: {OWN}}}
+- {{ip: 10.244.0.11, namespace: shop, name: web, interface: azvweb}}
+",
+            DBG.to_uppercase()
+        ))
+        .unwrap()
+    }
+
+    fn scanned(uid: &str, class: usize, id: u64) -> ScannedPod {
+        ScannedPod {
+            cgroup: pod_cgroup_paths(uid)[class].clone(),
+            id,
+        }
+    }
+
+    fn scan() -> CgroupScan {
+        CgroupScan {
+            roots: vec!["kubepods.slice".into()],
+            pods: vec![
+                scanned(MON, 1, 11),
+                scanned(DBG, 0, 22),
+                scanned(OWN, 2, 33),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_scan_joined_with_the_host_network_pods_by_uid() {
+        let rules = AccessRules::parse(
+            "rules:
+  - name: monitoring
+    subjects: [{namespace: monitoring, podSelector: {matchLabels: {app: monitoring}}}]
+    paths: [/metadata/instance]
+",
+        )
+        .unwrap();
+        let b = guard(&scan(), &pods(), Some(&rules), Some(OWN));
+        let named: Vec<(&str, bool, &str)> = b
+            .guard
+            .pods
+            .iter()
+            .map(|p| (p.pod.as_str(), p.expected, p.cgroup.uid.as_str()))
+            .collect();
+        assert_eq!(
+            named,
+            [("debug/shell", false, DBG), ("monitoring/agent", true, MON)],
+            "the own pod is not named; a UID in capitals is found"
+        );
+        assert_eq!(b.guard.own.as_ref().map(|o| o.uid.as_str()), Some(OWN));
+        assert_eq!(b.guard.roots, ["kubepods.slice"]);
+        assert_eq!(
+            b.ids,
+            [
+                (b.guard.pods[0].cgroup.path.clone(), 22),
+                (b.guard.pods[1].cgroup.path.clone(), 11)
+            ]
+        );
+        assert_eq!(b.callers.len(), 2);
+        assert_eq!(b.callers[&11].name, "agent");
+        assert!(b.skipped.is_empty(), "{:?}", b.skipped);
+        // A hostNetwork pod without a UID (from the API, never a pods file) is left out.
+        let mut nouid = imdsguard_core::pods::NodePod::new(
+            imdsguard_core::pods::PodInfo::new("debug", "nouid"),
+            std::iter::empty(),
+        );
+        nouid.host_network = true;
+        let with_nouid = PodIndex::from_pods(vec![nouid]);
+        let b = guard(&scan(), &with_nouid, Some(&rules), None);
+        assert!(b.guard.pods.is_empty());
+        assert_eq!(b.skipped.len(), 1, "{:?}", b.skipped);
+        assert!(
+            b.skipped[0].starts_with("debug/nouid: no UID"),
+            "{:?}",
+            b.skipped
+        );
+        // No rules: nobody is expected; no own pod: the agent's pod is an ordinary one.
+        let none = guard(&scan(), &pods(), None, None);
+        assert!(none.guard.pods.iter().all(|p| !p.expected));
+        assert_eq!(none.guard.pods.len(), 3);
+        // A pod whose directory is not there (not started yet) is not named.
+        let empty = guard(&CgroupScan::default(), &pods(), Some(&rules), None);
+        assert!(empty.guard.pods.is_empty() && empty.guard.roots.is_empty());
+    }
+
+    fn counters(unknown: u64, pods: &[(&str, u64)]) -> HostCounters {
+        HostCounters {
+            counters: vec![CounterValue {
+                name: host_counter::UNKNOWN_POD.into(),
+                packets: unknown,
+                bytes: 0,
+            }],
+            pods: pods
+                .iter()
+                .map(|(uid, n)| HostPodCount {
+                    uid: (*uid).into(),
+                    pod: None,
+                    packets: *n,
+                    bytes: 0,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn only_new_packets_per_pod_counter() {
+        let mut c = HostCounts::default();
+        assert_eq!(
+            c.update(&counters(0, &[(MON, 2), (DBG, 0)])),
+            [(Some(MON.to_owned()), 2)]
+        );
+        assert!(c.update(&counters(0, &[(MON, 2), (DBG, 0)])).is_empty());
+        assert_eq!(
+            c.update(&counters(3, &[(MON, 2), (DBG, 5)])),
+            [(Some(DBG.to_owned()), 5), (None, 3)]
+        );
+        // Rebuilt from zero: all new; gone: forgotten.
+        assert_eq!(
+            c.update(&counters(3, &[(DBG, 1)])),
+            [(Some(DBG.to_owned()), 1)]
+        );
+        assert_eq!(
+            c.update(&counters(3, &[(MON, 1)])),
+            [(Some(MON.to_owned()), 1)]
+        );
+    }
+
+    #[test]
+    fn coverage_words() {
+        assert_eq!(
+            Coverage::Guarded {
+                pods: 2,
+                expected: 1
+            }
+            .to_string(),
+            "hostNetwork pods guarded by cgroup: 2 named (1 expected)"
+        );
+        let c = Coverage::NotCovered("nothing is mounted at /x".into());
+        assert_eq!(c.state(), "not-covered");
+        assert!(c.to_string().contains("not covered: nothing is mounted"));
+        assert!(Coverage::STATES.contains(&Coverage::Starting.state()));
+    }
+}
