@@ -1070,6 +1070,68 @@ fn block_mode_guards_host_network_pods_by_cgroup() {
 
 #[test]
 #[ignore = "needs netns"]
+fn observe_mode_counts_host_network_pods_connections_by_cgroup() {
+    let test = "observe_mode_counts_host_network_pods_connections_by_cgroup";
+    isolated_cgroup(test, || {
+        let w = World::new(test);
+        let mut cg = Cgroups::new();
+        let (mon_uid, dbg_uid, late_uid) = (Cgroups::uid(1), Cgroups::uid(2), Cgroups::uid(3));
+        let monitoring = cg.pod(&mon_uid, true);
+        let debug = cg.pod(&dbg_uid, false);
+        let kubelet = cg.node_service();
+        let pods = w.file("pods.yaml", &host_pods_file(&mon_uid, &dbg_uid, &late_uid));
+        let rules = w.file("rules.yaml", HOST_RULES);
+        let log = w.dir.join("agent.log");
+        let agent = AgentProc::start_logging(
+            &[
+                "--mode",
+                "observe",
+                "--pods",
+                pods.to_str().unwrap(),
+                "--rules",
+                rules.to_str().unwrap(),
+                "--check-interval",
+                "500ms",
+            ],
+            &log,
+        );
+        assert!(agent.ready(), "{:?}", agent.get("/readyz"));
+        // Nothing is dropped: all three get the instance document.
+        for (who, dir) in [
+            ("monitoring", &monitoring),
+            ("debug", &debug),
+            ("debug", &debug),
+            ("kubelet", &kubelet),
+        ] {
+            let got = get_from_cgroup(dir, INSTANCE);
+            assert_eq!(got.as_ref().map(|g| g.0), Some(200), "{who}");
+        }
+        // debug/shell's two connections are what block mode would drop: counted as its
+        // own (per pod: endpoint "any"); the expected pod and the kubelet are not.
+        let shell = r#"imdsguard_agent_observed_connections_total{namespace="debug",pod="shell",endpoint="any"}"#;
+        assert!(
+            eventually(Duration::from_secs(10), || agent.metric(shell) == Some(2.0)),
+            "{}",
+            agent.get("/metrics").1
+        );
+        let metrics = agent.get("/metrics").1;
+        let observed: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("imdsguard_agent_observed_connections_total{"))
+            .collect();
+        assert_eq!(observed, [format!("{shell} 2")], "{metrics}");
+        assert!(eventually(Duration::from_secs(5), || {
+            log_records(&log, "metadata access observed")
+                .iter()
+                .any(|r| {
+                    r["pod"] == "shell" && r["host_network"] == true && r["matched_by"] == "cgroup"
+                })
+        }));
+    });
+}
+
+#[test]
+#[ignore = "needs netns"]
 fn proxy_mode_names_host_network_callers_by_cgroup() {
     let test = "proxy_mode_names_host_network_callers_by_cgroup";
     isolated_cgroup(test, || {
