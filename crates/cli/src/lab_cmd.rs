@@ -65,15 +65,18 @@ impl From<PhaseArg> for Phase {
 }
 
 /// Build a node from network namespaces (emulated IMDS and WireServer on their real
-/// addresses, pods on veths and a bridge) and show, pod by pod, what the attacker's path
-/// reaches before protection and under each imdsguard mode. Needs root or unprivileged
-/// user namespaces, and nft, ip, unshare and nsenter; touches nothing outside its own
-/// network namespaces.
+/// addresses, pods on veths and a bridge; as root also the kubelet and two hostNetwork
+/// pods as processes in their cgroups, with cgroup v2 mounted in the lab's own mount
+/// namespace) and show, pod by pod, what the attacker's path reaches before protection
+/// and under each imdsguard mode. Needs root or unprivileged user namespaces, and nft,
+/// ip, unshare and nsenter; touches nothing outside its own namespaces but the cgroups
+/// it makes (unique names, removed when it ends).
 ///
-/// Exit status: 0 when every phase came out as expected (only the allowlisted pod and
-/// the node reach the endpoints under block and proxy mode, DNS always answers), 1 when
-/// one did not, 2 when the lab could not run, 130 or 143 when stopped by SIGINT or
-/// SIGTERM (it cleans up first).
+/// Exit status: 0 when every phase came out as expected (only the allowlisted pod, the
+/// node and the expected hostNetwork pod get tokens under block and proxy mode, the dry
+/// run keeps every pod's access and its report names the pods proxy mode denies, DNS
+/// always answers), 1 when one did not, 2 when the lab could not run, 130 or 143 when
+/// stopped by SIGINT or SIGTERM (it cleans up first).
 #[derive(Debug, Clone, Args)]
 pub(crate) struct LabArgs {
     /// Phases to run, in order (repeatable) [default: before block observe proxy
