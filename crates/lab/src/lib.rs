@@ -4,9 +4,13 @@
 //! namespace answering as Azure IMDS and WireServer on their real addresses (the
 //! emulator) and as Azure DNS (a UDP echo on 168.63.129.16:53), a node namespace routing
 //! for pods on routed veths (Azure CNI) and on a bridge (kubenet), one of them
-//! allowlisted and one borrowing its address. It then runs the attacker-path probe from
-//! every pod and from the node, before protection and under each enforcement mode
-//! (block, observe, proxy with the filtering proxy), and prints the before/after matrix.
+//! allowlisted and one borrowing its address; as root, the node's own processes too: the
+//! kubelet and two hostNetwork pods, probes run as child processes in the cgroups the
+//! kubelet would give them (cgroup v2 mounted in the lab's own mount namespace; see
+//! `hostnet`). It then runs the attacker-path probe from every pod and from the node,
+//! before protection and under each enforcement mode (block, observe, proxy with the
+//! filtering proxy, and proxy with the proxy's dry run, whose decisions `imdsguard
+//! report`'s aggregation reads back), and prints the before/after matrix.
 //!
 //! **Safety.** [`run`] takes an [`Isolated`]: proof that this process runs in a network
 //! namespace of its own (another than its parent's, nothing but `lo`), which
@@ -16,7 +20,9 @@
 //! 168.63.129.16) are only ever contacted from inside those namespaces, where they are
 //! the lab's emulator. When the lab ends (normally, on error, on SIGINT or SIGTERM sent
 //! to the process the user started, or killed), its namespaces end with it: each is
-//! held by a child process that exits when the lab's pipe to it closes.
+//! held by a child process that exits when the lab's pipe to it closes. Its cgroups are
+//! in the machine's one hierarchy: it removes them itself ([`remove_cgroups`]), and a
+//! run sweeps those of runs killed before they could.
 
 mod bench;
 mod hostnet;
