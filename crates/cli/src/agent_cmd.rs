@@ -267,8 +267,9 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<()> {
     result
 }
 
-/// Remove imdsguard's nftables table (`inet imdsguard`) from this node: pods can reach
-/// the metadata endpoints again. Other tables are not touched.
+/// Remove imdsguard's nftables tables (`inet imdsguard`, and `inet imdsguard_host` for
+/// hostNetwork pods) from this node: pods can reach the metadata endpoints again. Other
+/// tables are not touched.
 #[derive(Debug, Clone, Default, Args)]
 pub(crate) struct UninstallArgs {
     /// Print the nft batch that would be applied, change nothing
@@ -281,17 +282,25 @@ pub(crate) struct UninstallArgs {
 /// `nft`, not permitted, exit 2).
 pub(crate) fn uninstall(args: UninstallArgs) -> anyhow::Result<ExitCode> {
     let exec = Exec::here();
-    let table = format!("table {} {}", nft::FAMILY, nft::TABLE);
+    let table = format!(
+        "table {} {} (and {} {})",
+        nft::FAMILY,
+        nft::TABLE,
+        nft::FAMILY,
+        nft::host::HOST_TABLE
+    );
     let text = if args.dry_run {
-        let present = imdsguard_node::read_table(&exec)?.is_some();
+        let present = imdsguard_node::read_table(&exec)?.is_some()
+            || imdsguard_node::host::read_host_listing(&exec)?.is_some();
         format!(
-            "{table} is {}; would apply:\n{}",
+            "{table} is {}; would apply:\n{}\nand with nft -f -:\n{}",
             if present {
                 "installed"
             } else {
                 "not installed"
             },
-            nft::delete_table()
+            nft::delete_table(),
+            nft::host::delete_host_table()
         )
     } else if imdsguard_node::uninstall_table(&exec)? {
         format!("removed {table}: pods can reach the metadata endpoints again")

@@ -1054,11 +1054,31 @@ fn block_mode_guards_host_network_pods_by_cgroup() {
         assert_eq!(get_from_cgroup(&kubelet, INSTANCE).map(|g| g.0), Some(200));
         drop(agent);
         // Uninstall removes both tables.
+        let dry = Command::new(IMDSGUARD)
+            .args(["agent", "uninstall", "--dry-run"])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&dry.stdout);
+        assert!(
+            said.contains("is installed") && said.contains("delete table inet imdsguard_host"),
+            "{said}"
+        );
+        assert!(
+            imdsguard_node::host::read_host_listing(&Exec::here())
+                .unwrap()
+                .is_some()
+        );
         let out = Command::new(IMDSGUARD)
             .args(["agent", "uninstall"])
             .output()
             .unwrap();
         assert!(out.status.success());
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.starts_with("removed table inet imdsguard (and inet imdsguard_host)"),
+            "{said}"
+        );
+        assert!(read_table(&Exec::here()).unwrap().is_none());
         assert!(
             imdsguard_node::host::read_host_listing(&Exec::here())
                 .unwrap()
