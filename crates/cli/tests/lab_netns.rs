@@ -213,6 +213,14 @@ fn check_matrix(out: &std::process::Output, hostnet: bool) {
         .map(|p| p.as_str().unwrap())
         .collect();
     assert_eq!(named, denied, "{}", dry_run["report"]);
+    // The report attributes each one to its pod; the hostNetwork one, identified by its
+    // socket's cgroup, as such.
+    for w in dry_run["report"]["report"]["workloads"].as_array().unwrap() {
+        let pod = w["pods"][0].as_str().unwrap();
+        assert_eq!(w["caller"], "pod", "{w}");
+        assert_eq!(w["host_network"], pod.starts_with("hostnet-"), "{w}");
+        assert!(w["count"].as_u64().unwrap() > 0, "{w}");
+    }
     assert!(
         dry_run["rows"]
             .as_array()
