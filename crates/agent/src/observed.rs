@@ -157,12 +157,14 @@ impl ObservedSeries {
         (key, first, total)
     }
 
-    /// Forgets the label sets of pods no longer in `pods` (unknown sources stay); the
-    /// caller removes them from the metric.
+    /// Forgets the label sets of pods no longer in `pods` (its pods with addresses and
+    /// its hostNetwork pods; unknown sources stay); the caller removes them from the
+    /// metric.
     pub fn retain_pods(&mut self, pods: &PodIndex) -> Vec<(String, String, String)> {
         let present: BTreeSet<(&str, &str)> = pods
             .pods()
             .iter()
+            .chain(pods.host_network_pods())
             .map(|p| (p.info.namespace.as_str(), p.info.name.as_str()))
             .collect();
         let gone: Vec<(String, String, String)> = self
@@ -347,5 +349,30 @@ mod tests {
         );
         assert_eq!(series.len(), 2);
         assert!(series.retain_pods(&without_a).is_empty());
+        // A hostNetwork pod's label set (counted from the host table) stays while the
+        // pod does.
+        let host = Observation {
+            namespace: Some("debug".into()),
+            pod: Some("shell".into()),
+            endpoint: None,
+            sources: Vec::new(),
+            cgroup: Some("kubepods.slice/kubepods-podx.slice".into()),
+            matched_by: "cgroup",
+            connections: 2,
+        };
+        assert_eq!(
+            series.count(&host).0,
+            ("debug".into(), "shell".into(), ANY_ENDPOINT.into())
+        );
+        let with_shell = PodIndex::parse(
+            "- {ips: [10.244.0.11], namespace: apps, name: web, interface: azvweb}
+- {namespace: debug, name: shell, hostNetwork: true, uid: 0a1b2c3d-0000-4000-8000-0000000000b2}",
+        )
+        .unwrap();
+        assert!(series.retain_pods(&with_shell).is_empty());
+        assert_eq!(
+            series.retain_pods(&without_a),
+            [("debug".into(), "shell".into(), ANY_ENDPOINT.into())]
+        );
     }
 }

@@ -1147,6 +1147,14 @@ fn observe_mode_counts_host_network_pods_connections_by_cgroup() {
                     r["pod"] == "shell" && r["host_network"] == true && r["matched_by"] == "cgroup"
                 })
         }));
+        // The series stays across later checks (the pod is still on the node).
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(
+            agent.metric(shell),
+            Some(2.0),
+            "{}",
+            agent.get("/metrics").1
+        );
     });
 }
 
