@@ -155,12 +155,26 @@ impl std::fmt::Display for Coverage {
 #[derive(Debug, Clone, Default)]
 pub struct HostCounts {
     last: BTreeMap<String, u64>,
+    primed: bool,
 }
 
 /// The key of the unknown-pod-cgroup counter in [`HostCounts`].
 const UNKNOWN_KEY: &str = "";
 
 impl HostCounts {
+    /// Whether a first reading was taken ([`HostCounts::prime`]).
+    pub fn primed(&self) -> bool {
+        self.primed
+    }
+
+    /// Takes `now` as the starting point without reporting it: the counters of a table
+    /// the agent found in place (carried over across its restart) were reported by the
+    /// agent before.
+    pub fn prime(&mut self, now: &HostCounters) {
+        self.update(now);
+        self.primed = true;
+    }
+
     /// The packets each counter counted since the previous call (UID, or `None` for the
     /// unknown-pod-cgroup counter), for those with new ones. A counter below its last
     /// value (the table rebuilt without it) counts in full; counters no longer listed are
@@ -561,6 +575,15 @@ mod tests {
         assert_eq!(
             c.update(&counters(3, &[(MON, 1)])),
             [(Some(MON.to_owned()), 1)]
+        );
+        assert!(!c.primed());
+        // A table found in place at start: its counts are the starting point.
+        let mut c = HostCounts::default();
+        c.prime(&counters(7, &[(DBG, 40)]));
+        assert!(c.primed());
+        assert_eq!(
+            c.update(&counters(7, &[(DBG, 41)])),
+            [(Some(DBG.to_owned()), 1)]
         );
     }
 

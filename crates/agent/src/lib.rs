@@ -669,6 +669,15 @@ impl Shared {
                 return;
             }
         };
+        {
+            let mut host = lock(&self.host);
+            if !host.counts.primed() {
+                // At start: what the table counted before (it was carried over from a
+                // previous run) is not new.
+                host.counts.prime(&counters);
+                return;
+            }
+        }
         let pods = lock(&self.pods).clone();
         // (new packets, and who: (namespace, name, cgroup) of a pod of the index, or
         // `None` for the unknown-pod-cgroup counter and a pod no longer in the index),
@@ -1257,7 +1266,12 @@ impl Agent {
         // The host table, before anything else runs (the proxy has its map then).
         {
             let shared = shared.clone();
-            let _ = tokio::task::spawn_blocking(move || shared.ensure_host()).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                shared.ensure_host();
+                // The counters' starting point.
+                shared.report_host();
+            })
+            .await;
         }
         let readiness: Arc<dyn Fn() -> Readiness + Send + Sync> = match &proxy {
             // Proxy mode: the rules too, and how many are loaded.

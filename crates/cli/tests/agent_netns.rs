@@ -595,7 +595,17 @@ fn observe_mode_counts_connections_per_pod_and_endpoint() {
                 ("cbr0".to_owned(), "169.254.169.254:80/TCP".to_owned(), 1),
             ]
         );
-        // One log record per pod and endpoint, the first time.
+        // One log record per pod and endpoint, the first time (the log is written by a
+        // buffer of its own: wait for them).
+        assert!(eventually(Duration::from_secs(5), || {
+            let records = log_records(&log, "metadata access observed");
+            let web: u64 = records
+                .iter()
+                .filter(|r| r["pod"] == "web" && r["endpoint"] == "Azure IMDS")
+                .filter_map(|r| r["connections"].as_u64())
+                .sum();
+            web == 2 && records.iter().any(|r| r["pod"] == "batch")
+        }));
         let records = log_records(&log, "metadata access observed");
         let web_imds: Vec<&serde_json::Value> = records
             .iter()
@@ -1207,7 +1217,14 @@ fn proxy_mode_names_host_network_callers_by_cgroup() {
         );
         // The kubelet is untouched: straight to the emulator.
         assert_eq!(get_from_cgroup(&kubelet, INSTANCE).map(|g| g.0), Some(200));
-        // The decisions name the pods, found by their sockets' cgroup.
+        // The decisions name the pods, found by their sockets' cgroup (the log is
+        // written by a buffer of its own: wait for both records).
+        assert!(eventually(Duration::from_secs(5), || {
+            let records = log_records(&log, "decision");
+            ["monitoring/agent", "debug/shell"]
+                .iter()
+                .all(|p| records.iter().any(|r| r["pod"] == *p))
+        }));
         let records = log_records(&log, "decision");
         let of = |pod: &str| {
             records
