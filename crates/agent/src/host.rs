@@ -47,26 +47,37 @@ pub struct Built {
     pub skipped: Vec<String>,
 }
 
+/// The agent's own pod: the scanned directory of `own_uid` (`--pod-uid`) when given, else
+/// what [`imdsguard_node::host::own_pod_cgroup`] finds (`/proc/self/cgroup`, or this
+/// process's PID in the scanned pods' `cgroup.procs`).
+pub fn own_pod(root: &Path, scan: &CgroupScan, own_uid: Option<&str>) -> Option<PodCgroup> {
+    match own_uid {
+        Some(uid) => {
+            let uid = imdsguard_core::cgroup::canonical_uid(uid)?;
+            scan.of_uid(&uid).next().map(|s| s.cgroup.clone())
+        }
+        None => imdsguard_node::host::own_pod_cgroup(root, scan)
+            .filter(|own| scan.pods.iter().any(|s| s.cgroup == *own)),
+    }
+}
+
 /// Joins a scan with the hostNetwork pods of `pods` by UID: one [`HostPod`] per pod
 /// directory found, expected when `rules` select the pod; `own` (the agent's own pod,
-/// when it runs in one) is never dropped or redirected.
+/// when it runs in one: [`own_pod`]) is never dropped or redirected.
 pub fn guard(
     scan: &CgroupScan,
     pods: &PodIndex,
     rules: Option<&AccessRules>,
-    own_uid: Option<&str>,
+    own: Option<PodCgroup>,
 ) -> Built {
     let mut built = Built {
         guard: HostGuard {
             roots: scan.roots.clone(),
             pods: Vec::new(),
-            own: None,
+            own,
         },
         ..Built::default()
     };
-    if let Some(uid) = own_uid {
-        built.guard.own = scan.of_uid(uid).next().map(|s| s.cgroup.clone());
-    }
     for p in pods.host_network_pods() {
         let id = format!("{}/{}", p.info.namespace, p.info.name);
         let Some(uid) = p.uid.as_deref() else {
@@ -248,7 +259,8 @@ impl Host {
                 self.root.display()
             )
         })?;
-        Ok(guard(&scan, pods, rules, self.own_uid.as_deref()))
+        let own = own_pod(&self.root, &scan, self.own_uid.as_deref());
+        Ok(guard(&scan, pods, rules, own))
     }
 
     /// Keeps the host table as `pods` and `rules` want it (see the module): applies it
@@ -422,7 +434,10 @@ pub fn callers_source(
             return HostCallerMap::new();
         };
         match scan_pod_cgroups(&root) {
-            Ok(scan) => guard(&scan, &pods, rules.as_ref(), own_uid.as_deref()).callers,
+            Ok(scan) => {
+                let own = own_pod(&root, &scan, own_uid.as_deref());
+                guard(&scan, &pods, rules.as_ref(), own).callers
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "scanning the pod cgroups for the proxy");
                 HostCallerMap::new()
@@ -488,7 +503,13 @@ mod tests {
 ",
         )
         .unwrap();
-        let b = guard(&scan(), &pods(), Some(&rules), Some(OWN));
+        let own = own_pod(
+            Path::new("/nonexistent"),
+            &scan(),
+            Some(&OWN.to_uppercase()),
+        );
+        assert_eq!(own.as_ref().map(|o| o.uid.as_str()), Some(OWN));
+        let b = guard(&scan(), &pods(), Some(&rules), own);
         let named: Vec<(&str, bool, &str)> = b
             .guard
             .pods
@@ -520,6 +541,8 @@ mod tests {
         nouid.host_network = true;
         let with_nouid = PodIndex::from_pods(vec![nouid]);
         let b = guard(&scan(), &with_nouid, Some(&rules), None);
+        // The test process is in no pod: no own pod found.
+        assert_eq!(own_pod(Path::new("/nonexistent"), &scan(), None), None);
         assert!(b.guard.pods.is_empty());
         assert_eq!(b.skipped.len(), 1, "{:?}", b.skipped);
         assert!(
