@@ -214,6 +214,38 @@ impl HostCounts {
     }
 }
 
+/// The IO of [`Host::ensure`]: the scan and `nft` ([`NftIo`]), or a stand-in in tests.
+pub trait HostIo {
+    /// The pod cgroups under `root` ([`scan_pod_cgroups`]).
+    fn scan(&self, root: &Path) -> std::io::Result<CgroupScan>;
+    /// What differs from the table `guard` gives ([`imdsguard_node::host::host_status`]).
+    fn status(&self, guard: &HostGuard) -> Result<Option<Vec<String>>, NodeError>;
+    /// Applies the table `guard` gives ([`imdsguard_node::host::install_host`]).
+    fn install(&self, guard: &HostGuard) -> Result<(), NodeError>;
+}
+
+/// The real [`HostIo`]: the cgroup tree and `nft` through `exec`.
+pub struct NftIo<'a> {
+    /// Where `nft` runs.
+    pub exec: &'a Exec,
+    /// The agent's table configuration.
+    pub config: &'a RulesetConfig,
+}
+
+impl HostIo for NftIo<'_> {
+    fn scan(&self, root: &Path) -> std::io::Result<CgroupScan> {
+        scan_pod_cgroups(root)
+    }
+
+    fn status(&self, guard: &HostGuard) -> Result<Option<Vec<String>>, NodeError> {
+        imdsguard_node::host::host_status(self.exec, self.config, guard)
+    }
+
+    fn install(&self, guard: &HostGuard) -> Result<(), NodeError> {
+        imdsguard_node::host::install_host(self.exec, self.config, guard)
+    }
+}
+
 /// The hostNetwork coverage's state: the mount, what was applied, the counters.
 #[derive(Debug)]
 pub struct Host {
@@ -252,8 +284,13 @@ impl Host {
     }
 
     /// Scans and builds.
-    fn scan(&self, pods: &PodIndex, rules: Option<&AccessRules>) -> Result<Built, String> {
-        let scan = scan_pod_cgroups(&self.root).map_err(|e| {
+    fn scan(
+        &self,
+        io: &impl HostIo,
+        pods: &PodIndex,
+        rules: Option<&AccessRules>,
+    ) -> Result<Built, String> {
+        let scan = io.scan(&self.root).map_err(|e| {
             format!(
                 "scanning the pod cgroups under {}: {e}",
                 self.root.display()
@@ -274,6 +311,16 @@ impl Host {
         pods: &PodIndex,
         rules: Option<&AccessRules>,
     ) -> Vec<&'static str> {
+        self.ensure_with(&NftIo { exec, config }, pods, rules)
+    }
+
+    /// [`Host::ensure`] through `io`.
+    pub fn ensure_with(
+        &mut self,
+        io: &impl HostIo,
+        pods: &PodIndex,
+        rules: Option<&AccessRules>,
+    ) -> Vec<&'static str> {
         if self.available.is_err() {
             self.available = imdsguard_node::host::cgroup2_mounted(&self.root);
             match &self.available {
@@ -287,7 +334,7 @@ impl Host {
             }
         }
         for attempt in 0..2 {
-            let built = match self.scan(pods, rules) {
+            let built = match self.scan(io, pods, rules) {
                 Ok(b) => b,
                 Err(why) => {
                     tracing::error!(error = %why, "hostNetwork pods: keeping the host table in place");
@@ -310,7 +357,7 @@ impl Host {
                     "the hostNetwork pods, their cgroups or the rules changed".into(),
                 ))
             } else {
-                match imdsguard_node::host::host_status(exec, config, &built.guard) {
+                match io.status(&built.guard) {
                     Ok(Some(d)) if d.is_empty() => None,
                     Ok(Some(d)) => Some(("rule", d.join("; "))),
                     Ok(None) => Some((
@@ -330,7 +377,7 @@ impl Host {
             for s in &built.skipped {
                 tracing::warn!(pod = %s, "hostNetwork pod left out of the host table");
             }
-            match imdsguard_node::host::install_host(exec, config, &built.guard) {
+            match io.install(&built.guard) {
                 Ok(()) => {
                     if kind != "first" && kind != "pods" {
                         tracing::warn!(differences = %reason, "inet imdsguard_host is not as the agent built it: putting it back");
@@ -608,6 +655,151 @@ mod tests {
             c.update(&counters(7, &[(DBG, 41)])),
             [(Some(DBG.to_owned()), 1)]
         );
+    }
+
+    /// A node whose pod directories are `dirs` scan after scan (one list per scan; the
+    /// last one stays) and whose `nft` fails with `failures` in turn (`None`: applied).
+    struct FakeIo {
+        scans: std::cell::RefCell<Vec<CgroupScan>>,
+        failures: std::cell::RefCell<Vec<Option<&'static str>>>,
+        installed: std::cell::RefCell<Vec<HostGuard>>,
+    }
+
+    impl FakeIo {
+        fn new(scans: Vec<CgroupScan>, failures: Vec<Option<&'static str>>) -> FakeIo {
+            FakeIo {
+                scans: std::cell::RefCell::new(scans),
+                failures: std::cell::RefCell::new(failures),
+                installed: std::cell::RefCell::default(),
+            }
+        }
+    }
+
+    impl HostIo for FakeIo {
+        fn scan(&self, _root: &Path) -> std::io::Result<CgroupScan> {
+            let mut scans = self.scans.borrow_mut();
+            Ok(if scans.len() > 1 {
+                scans.remove(0)
+            } else {
+                scans[0].clone()
+            })
+        }
+
+        fn status(&self, guard: &HostGuard) -> Result<Option<Vec<String>>, NodeError> {
+            let installed = self.installed.borrow();
+            Ok(installed.last().map(|g| {
+                if g == guard {
+                    Vec::new()
+                } else {
+                    vec!["differs".into()]
+                }
+            }))
+        }
+
+        fn install(&self, guard: &HostGuard) -> Result<(), NodeError> {
+            let mut failures = self.failures.borrow_mut();
+            match (!failures.is_empty()).then(|| failures.remove(0)).flatten() {
+                Some(stderr) => Err(NodeError::Nft {
+                    command: "nft -f -".into(),
+                    status: Some(1),
+                    stderr: stderr.into(),
+                }),
+                None => {
+                    self.installed.borrow_mut().push(guard.clone());
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    fn host() -> Host {
+        Host {
+            root: PathBuf::from("/nonexistent"),
+            available: Ok(()),
+            own_uid: None,
+            applied: None,
+            coverage: Coverage::Starting,
+            counts: HostCounts::default(),
+            callers_given: None,
+        }
+    }
+
+    const VANISHED: &str = "Error: Could not process rule: No such file or directory";
+
+    #[test]
+    fn a_pod_directory_vanishing_during_the_load_is_rescanned_once() {
+        let both = scan();
+        let mut without_dbg = scan();
+        without_dbg.pods.retain(|p| p.cgroup.uid != DBG);
+        // debug/shell's directory is gone when nft loads the table: scanned again,
+        // applied without it.
+        let io = FakeIo::new(
+            vec![both.clone(), without_dbg.clone()],
+            vec![Some(VANISHED)],
+        );
+        let mut h = host();
+        assert!(h.ensure_with(&io, &pods(), None).is_empty());
+        let installed = io.installed.borrow().clone();
+        assert_eq!(installed.len(), 1);
+        assert!(installed[0].pods.iter().all(|p| p.cgroup.uid != DBG));
+        assert_eq!(
+            h.coverage,
+            Coverage::Guarded {
+                pods: 2,
+                expected: 0
+            }
+        );
+        // Nothing changed: nothing applied.
+        h.ensure_with(&io, &pods(), None);
+        assert_eq!(io.installed.borrow().len(), 1);
+
+        // Vanishing twice in a row, or any other failure: the table in place stays and
+        // the coverage says why.
+        let io2 = FakeIo::new(vec![both.clone()], vec![Some(VANISHED), Some(VANISHED)]);
+        *io2.installed.borrow_mut() = installed.clone();
+        h.ensure_with(&io2, &pods(), None);
+        assert!(matches!(&h.coverage, Coverage::Failed(why) if why.contains("No such file")));
+        assert_eq!(
+            *io2.installed.borrow(),
+            installed,
+            "the previous table stays"
+        );
+        assert_eq!(h.applied.as_ref().unwrap().guard, installed[0]);
+        let io3 = FakeIo::new(vec![both.clone()], vec![Some("Error: syntax error")]);
+        h.ensure_with(&io3, &pods(), None);
+        assert!(matches!(&h.coverage, Coverage::Failed(why) if why.contains("syntax error")));
+        assert!(
+            io3.installed.borrow().is_empty(),
+            "no retry for another failure"
+        );
+        // Then it works: applied, with debug/shell.
+        let io4 = FakeIo::new(vec![both], vec![]);
+        h.ensure_with(&io4, &pods(), None);
+        assert_eq!(io4.installed.borrow()[0].pods.len(), 3);
+        assert_eq!(
+            h.coverage,
+            Coverage::Guarded {
+                pods: 3,
+                expected: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_table_changed_by_hand_is_put_back() {
+        let io = FakeIo::new(vec![scan()], vec![]);
+        let mut h = host();
+        assert!(
+            h.ensure_with(&io, &pods(), None).is_empty(),
+            "the first apply"
+        );
+        // Someone edits the table: the listing differs from what the agent builds.
+        io.installed.borrow_mut()[0].pods.pop();
+        assert_eq!(h.ensure_with(&io, &pods(), None), ["rule"]);
+        assert_eq!(io.installed.borrow().len(), 2);
+        // Someone deletes it.
+        io.installed.borrow_mut().clear();
+        assert_eq!(h.ensure_with(&io, &pods(), None), ["missing"]);
     }
 
     #[test]
