@@ -186,6 +186,31 @@ fn the_chart_lints_and_the_plain_manifests_are_its_render() {
         c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
         "spec.nodeName"
     );
+    // hostNetwork pods: the node's cgroup v2 hierarchy where nft resolves `socket
+    // cgroupv2` paths, read-only, and the agent's own pod UID (never guarded against).
+    let uid = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "POD_UID")
+        .expect("POD_UID in the agent's env");
+    assert_eq!(uid["valueFrom"]["fieldRef"]["fieldPath"], "metadata.uid");
+    assert_eq!(
+        c["volumeMounts"],
+        json!([{"name": "cgroup", "mountPath": "/sys/fs/cgroup", "readOnly": true}])
+    );
+    assert_eq!(
+        pod["volumes"],
+        json!([{"name": "cgroup", "hostPath": {"path": "/sys/fs/cgroup", "type": "Directory"}}])
+    );
+    let without = docs(&helm_sh(&[
+        "template",
+        "--set",
+        "agent.hostNetworkPods=false",
+    ]));
+    let spec = &find(&without, "DaemonSet", AGENT)["spec"]["template"]["spec"];
+    assert!(spec.get("volumes").is_none(), "{spec}");
+    assert!(spec["containers"][0].get("volumeMounts").is_none());
 
     let dep = find(&d, "Deployment", CONTROLLER);
     assert_eq!(dep["spec"]["replicas"], 2);
