@@ -90,6 +90,11 @@ pub enum NftConfigError {
     /// A zero log rate.
     #[error("the log rate must be at least 1 packet a second")]
     LogRate,
+    /// A dry run in observe mode, which drops nothing to begin with.
+    #[error(
+        "a dry run is for block and proxy modes (it lets through what they would drop, counted as would_drop); observe mode drops nothing already"
+    )]
+    DryRunObserve,
 }
 
 /// NFLOG settings.
@@ -133,9 +138,24 @@ pub struct RulesetConfig {
     pub proxy_v6: Option<SocketAddrV6>,
     /// NFLOG settings.
     pub log: LogConfig,
+    /// Block and proxy modes: drop nothing. Every packet the mode would drop is
+    /// accepted instead, counted in `would_drop` (never `blocked` or `spoofed`), logged
+    /// with [`super::LOG_PREFIX_WOULD_DROP`] (or [`super::LOG_PREFIX_WOULD_SPOOF`]) and
+    /// still recorded in `dropped_v4`/`dropped_v6` (the host table: on its pod counter),
+    /// so the agent names the pods enforcing would cut off. The redirect to the proxy is
+    /// as in proxy mode. The verdict rules' mode marker says it (`imdsguard mode=proxy
+    /// dry-run`), so a switch between a dry run and enforcing is a difference.
+    pub dry_run: bool,
 }
 
 impl RulesetConfig {
+    /// The comment that marks the verdict rules: `imdsguard mode=block`, with
+    /// ` dry-run` after the mode in a dry run.
+    pub fn mode_marker(&self) -> String {
+        let dry = if self.dry_run { DRY_RUN_MARKER } else { "" };
+        format!("{}{}{dry}", super::MODE_MARKER, self.mode)
+    }
+
     /// `mode` for the endpoints of `clouds` (duplicates removed), default interface
     /// patterns and logging, no proxy address.
     pub fn new(mode: Mode, clouds: &[Cloud]) -> RulesetConfig {
@@ -158,6 +178,7 @@ impl RulesetConfig {
             proxy_v4: None,
             proxy_v6: None,
             log: LogConfig::default(),
+            dry_run: false,
         }
     }
 
@@ -203,9 +224,15 @@ impl RulesetConfig {
         if self.log.rate_per_second == 0 {
             return Err(NftConfigError::LogRate);
         }
+        if self.dry_run && self.mode == Mode::Observe {
+            return Err(NftConfigError::DryRunObserve);
+        }
         Ok(())
     }
 }
+
+/// What follows the mode in a dry run's mode marker ([`RulesetConfig::mode_marker`]).
+pub(crate) const DRY_RUN_MARKER: &str = " dry-run";
 
 /// Whether `ip` is an instance metadata address (169.254.169.254, fd00:ec2::254).
 pub(crate) fn is_imds_address(ip: IpAddr) -> bool {

@@ -15,6 +15,7 @@
 //! table inet imdsguard_host
 //!   counter unknown_pod                     sockets in a pod root matched by no pod rule
 //!   counter proxied                         proxy mode: pod-tree connections redirected
+//!   counter would_drop                      dry run: what pod_drop would have dropped
 //!   counter pod_<UID, _ for ->              one per hostNetwork pod (comment: namespace/name)
 //!   set protected_v4 / protected_v6         the main table's protected endpoints
 //!   chain output (filter, hook output, priority filter - 10):
@@ -28,6 +29,8 @@
 //!       (anything else: a node process, untouched)
 //!   chain pod_drop:    limit … log prefix "imdsguard:drop " group G;  drop
 //!   chain pod_observe: limit … log prefix "imdsguard:observe " group G;  accept
+//!   dry run (block, proxy): chain pod_would_drop in place of pod_drop:
+//!                      limit … log prefix "imdsguard:would-drop " group G;  counter name would_drop accept
 //!   proxy mode only:
 //!   set proxied_v4 / proxied_v6             the endpoints the proxy serves
 //!   chain nat_output (nat, hook output, priority -110, i.e. dstnat - 10):
@@ -48,6 +51,11 @@
 //!   decided as in block mode.
 //! - **observe**: only new connections go to `guard`, so the pod counters count
 //!   connections; nothing is dropped, what block mode would drop is logged.
+//! - **dry run** ([`RulesetConfig::dry_run`], block and proxy modes): the same rules, but
+//!   what would go to `pod_drop` goes to `pod_would_drop`, which logs it as a would-drop,
+//!   counts it in `would_drop` and accepts it; the pod counters count it as before, so
+//!   the agent attributes each would-drop to its pod. Nothing is dropped; the DNAT to the
+//!   proxy is as in proxy mode.
 //!
 //! Port 53 is never matched (the same [`RulesetConfig::validate`] as the main table).
 //! Cgroup paths are resolved to cgroup ids by nft when the text is loaded: a path that
@@ -69,7 +77,8 @@ use super::config::{Mode, NftConfigError, RulesetConfig};
 use super::counters::CounterValue;
 use super::listing::{NftParseError, objects, single};
 use super::{
-    DNAT_PRIORITY, FAMILY, FILTER_PRIORITY, LOG_PREFIX_DROP, LOG_PREFIX_OBSERVE, MODE_MARKER,
+    DNAT_PRIORITY, FAMILY, FILTER_PRIORITY, LOG_PREFIX_DROP, LOG_PREFIX_OBSERVE,
+    LOG_PREFIX_WOULD_DROP, MODE_MARKER,
 };
 use crate::cgroup::{POD_ROOTS, PodCgroup};
 use crate::target::{Protocol, Target};
@@ -87,6 +96,9 @@ pub mod host_chain {
     pub const POD_DROP: &str = "pod_drop";
     /// Log (rate-limited) and accept (observe mode).
     pub const POD_OBSERVE: &str = "pod_observe";
+    /// A dry run (block and proxy modes): log (rate-limited), count `would_drop` and
+    /// accept what `pod_drop` would drop.
+    pub const POD_WOULD_DROP: &str = "pod_would_drop";
     /// Proxy mode: base chain on the output hook (nat, priority -110: `dstnat - 10`,
     /// written as a number because nft 1.0.6 refuses the name `dstnat` on the output hook).
     pub const NAT_OUTPUT: &str = "nat_output";
@@ -102,8 +114,11 @@ pub mod host_counter {
     pub const UNKNOWN_POD: &str = "unknown_pod";
     /// Proxy mode: pod-tree connections redirected to the proxy.
     pub const PROXIED: &str = "proxied";
+    /// A dry run: packets let through that block or proxy mode would have dropped (all
+    /// pods and the unknown pod cgroups together; per pod, the pod's counter).
+    pub const WOULD_DROP: &str = "would_drop";
     /// The fixed counters, in the order they are created.
-    pub const ALL: &[&str] = &[UNKNOWN_POD, PROXIED];
+    pub const ALL: &[&str] = &[UNKNOWN_POD, PROXIED, WOULD_DROP];
 }
 
 /// The prefix of a pod's counter name.
@@ -437,6 +452,8 @@ fn build(
     // guard: the agent itself, each pod, then what is left under a pod root.
     let not_expected = if mode == Mode::Observe {
         host_chain::POD_OBSERVE
+    } else if config.dry_run {
+        host_chain::POD_WOULD_DROP
     } else {
         host_chain::POD_DROP
     };
@@ -486,8 +503,15 @@ fn build(
         base: None,
         rules,
     });
+    let would_drop = format!("counter name \"{}\" accept", host_counter::WOULD_DROP);
     let (last, prefix, verdict) = if mode == Mode::Observe {
         (host_chain::POD_OBSERVE, LOG_PREFIX_OBSERVE, "accept")
+    } else if config.dry_run {
+        (
+            host_chain::POD_WOULD_DROP,
+            LOG_PREFIX_WOULD_DROP,
+            would_drop.as_str(),
+        )
     } else {
         (host_chain::POD_DROP, LOG_PREFIX_DROP, "drop")
     };
@@ -504,7 +528,7 @@ fn build(
             },
             Rule {
                 text: verdict.into(),
-                comment: format!("{MODE_MARKER}{mode}"),
+                comment: config.mode_marker(),
             },
         ],
     });
@@ -1026,8 +1050,81 @@ mod tests {
                 "accept comment \"imdsguard mode=observe\"",
             ]
         );
-        assert!(!text.contains("drop"));
+        assert!(verdicts(&text, "drop").is_empty(), "{text}");
+        assert!(!text.contains("pod_drop"));
         assert!(!text.contains("dnat"));
+    }
+
+    /// Every rule line of every chain of `text` that has `word` as a word of its own
+    /// (before its comment): `drop` finds drop verdicts, not `pod_drop` or `would_drop`.
+    fn verdicts<'a>(text: &'a str, word: &str) -> Vec<&'a str> {
+        text.lines()
+            .filter(|l| l.starts_with("\t\t") && !l.trim_start().starts_with("type "))
+            .filter(|l| {
+                let body = l.split(" comment \"").next().unwrap_or(l);
+                body.split_whitespace().any(|w| w == word)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_dry_run_drops_nothing_and_counts_what_it_would_drop() {
+        for mode in [Mode::Block, Mode::Proxy] {
+            let enforcing =
+                host_ruleset(&config(mode), &guard(), &HostCounters::default()).unwrap();
+            let mut c = config(mode);
+            c.dry_run = true;
+            let text = host_ruleset(&c, &guard(), &HostCounters::default()).unwrap();
+            // Enforcing drops; the dry run has no drop verdict anywhere.
+            assert_eq!(verdicts(&enforcing, "drop").len(), 1, "{mode}");
+            assert_eq!(
+                verdicts(&text, "drop"),
+                Vec::<&str>::new(),
+                "{mode}: {text}"
+            );
+            assert!(chain(&text, "pod_drop").is_empty(), "{mode}");
+            // What would go to pod_drop goes to pod_would_drop: the same rules, each pod
+            // still counted on its own counter (the agent's attribution).
+            let guard_rules = chain(&text, "guard");
+            assert_eq!(
+                guard_rules,
+                chain(&enforcing, "guard")
+                    .iter()
+                    .map(|r| r.replace("jump pod_drop", "jump pod_would_drop"))
+                    .collect::<Vec<_>>(),
+                "{mode}"
+            );
+            assert!(guard_rules[1].contains(
+                "counter name \"pod_0a1b2c3d_0000_4000_8000_00000000000b\" jump pod_would_drop"
+            ));
+            assert!(guard_rules[2].contains("counter name \"unknown_pod\" jump pod_would_drop"));
+            assert_eq!(
+                chain(&text, "pod_would_drop"),
+                [
+                    "limit rate 10/second burst 20 packets log prefix \"imdsguard:would-drop \" group 169 comment \"imdsguard: log group 169 rate 10/s burst 20\"".to_owned(),
+                    format!("counter name \"would_drop\" accept comment \"imdsguard mode={mode} dry-run\""),
+                ]
+            );
+            assert!(text.contains("\tcounter would_drop {\n\t\tpackets 0 bytes 0\n\t}\n"));
+            // The redirect to the proxy is proxy mode's.
+            assert_eq!(
+                chain(&text, "redirect_v4"),
+                chain(&enforcing, "redirect_v4"),
+                "{mode}"
+            );
+            assert_eq!(chain(&text, "nat_output"), chain(&enforcing, "nat_output"));
+        }
+        let mut c = config(Mode::Proxy);
+        c.dry_run = true;
+        let text = host_ruleset(&c, &guard(), &HostCounters::default()).unwrap();
+        assert_eq!(verdicts(&text, "dnat").len(), 2, "{text}");
+        // Observe mode drops nothing to begin with: a dry run of it is refused.
+        let mut c = config(Mode::Observe);
+        c.dry_run = true;
+        assert_eq!(
+            host_ruleset(&c, &guard(), &HostCounters::default()),
+            Err(HostRulesetError::Config(NftConfigError::DryRunObserve))
+        );
     }
 
     #[test]
@@ -1308,5 +1405,60 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(d.iter().any(|d| d.starts_with("chain pod_drop:")), "{d:?}");
+        // A dry run of the same mode is not this table, and the other way round.
+        let mut dry = config(Mode::Block);
+        dry.dry_run = true;
+        let d = host_differences(&listing(&items), &dry, &g)
+            .unwrap()
+            .unwrap();
+        assert!(
+            d.iter()
+                .any(|d| d.contains("chain pod_would_drop is missing")),
+            "{d:?}"
+        );
+        assert!(
+            d.iter().any(|d| d.contains("chain pod_drop is not ours")),
+            "{d:?}"
+        );
+        let mut dry_items = items.clone();
+        for i in &mut dry_items {
+            if i["rule"]["chain"] == "pod_drop" || i["chain"]["name"] == "pod_drop" {
+                let kind = if i.get("rule").is_some() {
+                    "rule"
+                } else {
+                    "chain"
+                };
+                let key = if kind == "rule" { "chain" } else { "name" };
+                i[kind][key] = "pod_would_drop".into();
+            }
+            if i["rule"]["comment"] == "imdsguard mode=block" {
+                i["rule"]["comment"] = "imdsguard mode=block dry-run".into();
+            }
+        }
+        assert_eq!(
+            host_differences(&listing(&dry_items), &dry, &g).unwrap(),
+            Some(vec![])
+        );
+        let d = host_differences(&listing(&dry_items), &c, &g)
+            .unwrap()
+            .unwrap();
+        assert!(
+            d.iter().any(|d| d.contains("chain pod_drop is missing")),
+            "{d:?}"
+        );
+        // Only the marker says dry run (a chain renamed by hand): still a difference.
+        let mut renamed = dry_items.clone();
+        for i in &mut renamed {
+            if i["rule"]["comment"] == "imdsguard mode=block dry-run" {
+                i["rule"]["comment"] = "imdsguard mode=block".into();
+            }
+        }
+        let d = host_differences(&listing(&renamed), &dry, &g)
+            .unwrap()
+            .unwrap();
+        assert!(
+            d.iter().any(|d| d.starts_with("chain pod_would_drop:")),
+            "{d:?}"
+        );
     }
 }

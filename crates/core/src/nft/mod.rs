@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! table inet imdsguard
-//!   counter allowed | blocked | observed | proxied
+//!   counter allowed | blocked | observed | proxied | spoofed | would_drop
 //!   set protected_v4 { type ipv4_addr . inet_proto . inet_service }   169.254.169.254 . tcp . 80, …
 //!   set protected_v6 { type ipv6_addr . inet_proto . inet_service }   fd00:ec2::254 . tcp . 80 (AWS)
 //!   set allow_v4     { type ifname . ipv4_addr }                       "azvabc" . 10.244.0.10, …
@@ -27,6 +27,8 @@
 //!                     proxy only:  iifname . ip saddr != @known_v4 limit … log group G (spoof)
 //!                                  iifname . ip saddr != @known_v4 counter spoofed drop
 //!                     block/proxy: limit … log group G;  counter blocked drop
+//!                     dry run (block/proxy): the same rules, each `drop` an `accept`, counted
+//!                                  would_drop, logged "imdsguard:would-drop " ("…would-spoof ")
 //!                     observe:     ct state new update @observed_v4 { iifname . ip saddr . ip daddr . meta l4proto . th dport }
 //!                                  ct state new limit … log group G;  counter observed accept
 //!   proxy mode only:
@@ -43,8 +45,15 @@
 //! interface) is not redirected; the forward (or input) guard then drops it, counted as
 //! `spoofed` and logged with [`LOG_PREFIX_SPOOF`].
 //!
+//! A dry run ([`RulesetConfig::dry_run`], block and proxy modes) drops nothing: every
+//! verdict that would drop accepts instead, counted in `would_drop` (`blocked` and
+//! `spoofed` stay at zero) and logged with [`LOG_PREFIX_WOULD_DROP`] /
+//! [`LOG_PREFIX_WOULD_SPOOF`]; the source is still recorded in `dropped_v4`, so the
+//! agent names the pods enforcing would cut off. Its mode marker is `imdsguard
+//! mode=proxy dry-run`.
+//!
 //! In block and proxy modes every packet that reaches the guard past the allow rule is
-//! dropped, so one rule there records its (interface, source address) pair in the
+//! dropped (a dry run: accepted), so one rule there records its (interface, source address) pair in the
 //! dynamic set `dropped_v4` (`dropped_v6`), whose elements carry a packet counter and
 //! expire 10 minutes after their last packet: the agent reads them
 //! ([`parse_dropped`]) to say which pod was dropped, without parsing NFLOG. The record
@@ -139,6 +148,12 @@ pub const LOG_PREFIX_DROP: &str = "imdsguard:drop ";
 /// The prefix of the NFLOG messages for packets dropped because their (interface,
 /// address) pair is not a known pod's (proxy mode).
 pub const LOG_PREFIX_SPOOF: &str = "imdsguard:spoof ";
+/// The prefix of the NFLOG messages for packets a dry run lets through that block or
+/// proxy mode would drop ([`RulesetConfig::dry_run`]).
+pub const LOG_PREFIX_WOULD_DROP: &str = "imdsguard:would-drop ";
+/// The prefix of the NFLOG messages for packets a dry run lets through that proxy mode
+/// would drop because their (interface, address) pair is not a known pod's.
+pub const LOG_PREFIX_WOULD_SPOOF: &str = "imdsguard:would-spoof ";
 /// The prefix of the NFLOG messages for observed (allowed, `observe` mode) connections.
 pub const LOG_PREFIX_OBSERVE: &str = "imdsguard:observe ";
 /// A dropped source's element leaves `dropped_v4` / `dropped_v6` this many seconds
@@ -218,8 +233,11 @@ pub mod counter {
     /// Packets dropped because their (interface, address) pair is not a known pod's
     /// (proxy mode: a source the proxy would misidentify).
     pub const SPOOFED: &str = "spoofed";
+    /// Packets a dry run let through that block or proxy mode would have dropped
+    /// (`blocked` and `spoofed` together); zero outside a dry run.
+    pub const WOULD_DROP: &str = "would_drop";
     /// Every counter, in the order they are created.
-    pub const ALL: &[&str] = &[ALLOWED, BLOCKED, OBSERVED, PROXIED, SPOOFED];
+    pub const ALL: &[&str] = &[ALLOWED, BLOCKED, OBSERVED, PROXIED, SPOOFED, WOULD_DROP];
     /// The counters of dropped packets.
     pub const DROPS: &[&str] = &[BLOCKED, SPOOFED];
 }

@@ -22,7 +22,8 @@ use super::counters::CounterValue;
 use super::pairs::{PairSet, SourcePair};
 use super::{
     DNAT_PRIORITY, DROPPED_SET_SIZE, DROPPED_TIMEOUT_SECS, FILTER_PRIORITY, LOG_PREFIX_DROP,
-    LOG_PREFIX_OBSERVE, LOG_PREFIX_SPOOF, MODE_MARKER, TABLE, chain, counter, set,
+    LOG_PREFIX_OBSERVE, LOG_PREFIX_SPOOF, LOG_PREFIX_WOULD_DROP, LOG_PREFIX_WOULD_SPOOF, TABLE,
+    chain, counter, set,
 };
 use crate::target::{Protocol, Target};
 
@@ -526,10 +527,29 @@ fn build(
             burst_unit: None,
             inv: None,
         });
-        let marker = Some(format!("{MODE_MARKER}{}", config.mode));
+        let marker = Some(config.mode_marker());
+        // A dry run accepts what the mode would drop, counted apart and logged as such.
+        let (drop_verdict, blocked, spoofed, drop_prefix, spoof_prefix) = if config.dry_run {
+            (
+                Statement::Accept(None),
+                counter::WOULD_DROP,
+                counter::WOULD_DROP,
+                LOG_PREFIX_WOULD_DROP,
+                LOG_PREFIX_WOULD_SPOOF,
+            )
+        } else {
+            (
+                Statement::Drop(None),
+                counter::BLOCKED,
+                counter::SPOOFED,
+                LOG_PREFIX_DROP,
+                LOG_PREFIX_SPOOF,
+            )
+        };
         if config.mode != Mode::Observe {
-            // Everything past the allow rule is dropped: record who. A rule of its own,
-            // so that a failed update (full set) cannot skip the drop.
+            // Everything past the allow rule is dropped (a dry run: would be): record
+            // who. A rule of its own, so that a failed update (full set) cannot skip the
+            // verdict.
             b.rule(
                 fam.guard,
                 vec![fam.record_dropped()],
@@ -544,7 +564,7 @@ fn build(
                 vec![
                     fam.unknown_match(),
                     limit.clone(),
-                    log(LOG_PREFIX_SPOOF, config.log.group),
+                    log(spoof_prefix, config.log.group),
                 ],
                 None,
             );
@@ -552,22 +572,26 @@ fn build(
                 fam.guard,
                 vec![
                     fam.unknown_match(),
-                    named_counter(counter::SPOOFED),
-                    Statement::Drop(None),
+                    named_counter(spoofed),
+                    drop_verdict.clone(),
                 ],
-                Some("imdsguard: unknown interface and address".into()),
+                Some(if config.dry_run {
+                    "imdsguard: unknown interface and address (dry run: let through)".into()
+                } else {
+                    "imdsguard: unknown interface and address".into()
+                }),
             );
         }
         match config.mode {
             Mode::Block | Mode::Proxy => {
                 b.rule(
                     fam.guard,
-                    vec![limit, log(LOG_PREFIX_DROP, config.log.group)],
+                    vec![limit, log(drop_prefix, config.log.group)],
                     None,
                 );
                 b.rule(
                     fam.guard,
-                    vec![named_counter(counter::BLOCKED), Statement::Drop(None)],
+                    vec![named_counter(blocked), drop_verdict],
                     marker,
                 );
             }
@@ -653,7 +677,7 @@ fn build(
                         flags: None,
                     })),
                 ],
-                Some(format!("{MODE_MARKER}proxy")),
+                Some(config.mode_marker()),
             );
         }
     }

@@ -14,7 +14,7 @@ use nftables::types::{NfChainPolicy, NfChainType, NfHook};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::config::Mode;
+use super::config::{DRY_RUN_MARKER, Mode};
 use super::counters::CounterValue;
 pub use super::listing::NftParseError;
 use super::listing::{objects, ours, single};
@@ -194,6 +194,9 @@ pub struct TableState {
     pub counters: Vec<CounterValue>,
     /// The mode named by the verdict rules' comments (`imdsguard mode=…`).
     pub mode: Option<Mode>,
+    /// The verdict rules' comments say a dry run (`imdsguard mode=proxy dry-run`): what
+    /// the mode would drop is let through.
+    pub dry_run: bool,
 }
 
 impl TableState {
@@ -214,7 +217,7 @@ impl TableState {
     /// missing and repairs it.
     fn from_objects(items: Vec<Value>, batch: bool) -> Result<Option<TableState>, NftParseError> {
         let mut state: Option<TableState> = None;
-        let mut modes: Vec<Mode> = Vec::new();
+        let mut modes: Vec<(Mode, bool)> = Vec::new();
         for item in items {
             let (verb, inner) = if batch {
                 match single(item) {
@@ -265,12 +268,7 @@ impl TableState {
                     let handle = body.get("handle").and_then(Value::as_u64).unwrap_or(0);
                     let chain = chain.to_owned();
                     let rule = RuleState::from_body(body);
-                    if let Some(m) = rule
-                        .comment
-                        .as_deref()
-                        .and_then(|c| c.strip_prefix(MODE_MARKER))
-                        .and_then(|m| m.parse().ok())
-                    {
+                    if let Some(m) = rule.comment.as_deref().and_then(parse_marker) {
                         modes.push(m);
                     }
                     if let Some(c) = s.chains.iter_mut().find(|c| c.name == chain) {
@@ -321,9 +319,9 @@ impl TableState {
             // Proxy mode marks its redirect rules `proxy` and its filter rules `proxy` too.
             modes.sort();
             modes.dedup();
-            s.mode = match modes.as_slice() {
-                [m] => Some(*m),
-                _ => None,
+            (s.mode, s.dry_run) = match modes.as_slice() {
+                [(m, dry)] => (Some(*m), *dry),
+                _ => (None, false),
             };
             s.allowed.sort();
             s.known.sort();
@@ -418,13 +416,17 @@ impl TableState {
                 ));
             }
         }
-        if self.mode != expected.mode {
+        if (self.mode, self.dry_run) != (expected.mode, expected.dry_run) {
+            let describe = |mode: Option<Mode>, dry: bool| {
+                let m = mode.map_or("unknown".into(), |m| m.to_string());
+                if dry { format!("{m} (dry run)") } else { m }
+            };
             out.push(Difference::new(
                 K::Mode,
                 format!(
                     "mode is {}, expected {}",
-                    self.mode.map_or("unknown".into(), |m| m.to_string()),
-                    expected.mode.map_or("unknown".into(), |m| m.to_string())
+                    describe(self.mode, self.dry_run),
+                    describe(expected.mode, expected.dry_run)
                 ),
             ));
         }
@@ -447,6 +449,16 @@ impl TableState {
             && guards
             && nat
             && self.mode.is_some()
+    }
+}
+
+/// A mode marker's mode and whether it says a dry run: `imdsguard mode=proxy` →
+/// (proxy, false), `imdsguard mode=proxy dry-run` → (proxy, true); anything else, `None`.
+fn parse_marker(comment: &str) -> Option<(Mode, bool)> {
+    let rest = comment.strip_prefix(MODE_MARKER)?;
+    match rest.strip_suffix(DRY_RUN_MARKER) {
+        Some(m) => Some((m.parse().ok()?, true)),
+        None => Some((rest.parse().ok()?, false)),
     }
 }
 

@@ -530,7 +530,7 @@ fn a_batch_describes_the_table_it_builds() {
     assert_eq!(state.chain("guard_v4").unwrap().rule_handles.len(), 4);
     assert_eq!(state.sets["protected_v4"], 3);
     assert_eq!(state.sets["observed_v4"], 0);
-    assert_eq!(state.counters.len(), 5);
+    assert_eq!(state.counters.len(), 6);
 }
 
 #[test]
@@ -1056,4 +1056,176 @@ fn set_elements_added_or_removed_are_differences() {
                        "type": "ipv4_addr", "handle": 77}}),
     );
     assert_eq!(kinds(&drift(Mode::Block, &l)), [DifferenceKind::Object]);
+}
+
+/// Every JSON object anywhere in `v` that has the key `key` (`drop`, `counter`, …).
+fn objects_with<'a>(v: &'a Value, key: &str, out: &mut Vec<&'a Value>) {
+    match v {
+        Value::Object(m) => {
+            if m.contains_key(key) {
+                out.push(v);
+            }
+            for x in m.values() {
+                objects_with(x, key, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| objects_with(x, key, out)),
+        _ => {}
+    }
+}
+
+fn verdicts(batch: &Value, verdict: &str) -> usize {
+    let mut found = Vec::new();
+    for r in find(batch, "add", "rule") {
+        objects_with(&r["expr"], verdict, &mut found);
+    }
+    found.len()
+}
+
+fn dry_run(mode: Mode) -> RulesetConfig {
+    let mut c = drift_config(mode);
+    c.dry_run = true;
+    c
+}
+
+#[test]
+fn a_dry_run_drops_nothing_and_counts_what_it_would_drop() {
+    let known = [pair("azvweb", "10.244.0.11")];
+    let allowed = [pair("azvallowed", "10.244.0.10")];
+    for mode in [Mode::Block, Mode::Proxy] {
+        let enforcing = ruleset_with_known(&drift_config(mode), &allowed, &known, &[]).unwrap();
+        let batch = ruleset_with_known(&dry_run(mode), &allowed, &known, &[]).unwrap();
+        // Enforcing has drop verdicts; the dry run has none, anywhere in the batch.
+        assert!(verdicts(&enforcing, "drop") >= 2, "{mode}");
+        assert_eq!(verdicts(&batch, "drop"), 0, "{mode}: {batch}");
+        let mut drops = Vec::new();
+        objects_with(&batch, "drop", &mut drops);
+        assert!(drops.is_empty(), "{mode}: {drops:?}");
+        // Each of enforcing's drops is an accept counted would_drop; blocked and
+        // spoofed are declared (a switch keeps them) but never counted.
+        let counted = |b: &Value, name: &str| {
+            let mut c = Vec::new();
+            for r in find(b, "add", "rule") {
+                objects_with(&r["expr"], "counter", &mut c);
+            }
+            c.iter().filter(|c| c["counter"] == name).count()
+        };
+        assert_eq!(
+            counted(&batch, counter::WOULD_DROP),
+            verdicts(&enforcing, "drop"),
+            "{mode}"
+        );
+        assert_eq!(counted(&batch, counter::BLOCKED), 0, "{mode}");
+        assert_eq!(counted(&batch, counter::SPOOFED), 0, "{mode}");
+        assert_eq!(counted(&enforcing, counter::WOULD_DROP), 0, "{mode}");
+        let names: Vec<&str> = find(&batch, "add", "counter")
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, counter::ALL, "{mode}");
+        for guard in ["guard_v4", "guard_v6"] {
+            let rules = rules_of(&batch, guard);
+            let want = rules_of(&enforcing, guard);
+            assert_eq!(rules.len(), want.len(), "{mode} {guard}: the same rules");
+            // The source is still recorded, so the agent names the pod.
+            assert!(
+                rules[1]["expr"][0]["set"]["set"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("@dropped_v"),
+                "{mode} {guard}"
+            );
+            let last = rules.last().unwrap();
+            assert_eq!(
+                last["expr"],
+                json!([{"counter": "would_drop"}, {"accept": null}]),
+                "{mode} {guard}"
+            );
+            assert_eq!(last["comment"], format!("imdsguard mode={mode} dry-run"));
+            assert_eq!(
+                rules[rules.len() - 2]["expr"][1]["log"]["prefix"],
+                LOG_PREFIX_WOULD_DROP
+            );
+        }
+        let state = TableState::from_batch(&batch).unwrap();
+        assert_eq!((state.mode, state.dry_run), (Some(mode), true));
+        assert!(state.is_enforcing(), "{mode}: the shape is the mode's");
+        let enforcing_state = TableState::from_batch(&enforcing).unwrap();
+        assert_eq!(
+            (enforcing_state.mode, enforcing_state.dry_run),
+            (Some(mode), false)
+        );
+    }
+    // Proxy mode: unknown pairs are logged as would-spoof and let through; the
+    // redirect to the proxy is as enforcing's, marked as the dry run.
+    let batch = ruleset_with_known(&dry_run(Mode::Proxy), &allowed, &known, &[]).unwrap();
+    let guard = rules_of(&batch, "guard_v4");
+    assert_eq!(guard[2]["expr"][2]["log"]["prefix"], LOG_PREFIX_WOULD_SPOOF);
+    assert_eq!(guard[3]["expr"][1], json!({"counter": "would_drop"}));
+    assert_eq!(guard[3]["expr"][2], json!({"accept": null}));
+    let redirect = rules_of(&batch, "redirect_v4");
+    assert_eq!(redirect[1]["expr"][2], json!({"counter": "proxied"}));
+    assert_eq!(
+        redirect[1]["expr"][3]["dnat"]["addr"], "10.224.0.4",
+        "{redirect:?}"
+    );
+    assert_eq!(redirect[1]["comment"], "imdsguard mode=proxy dry-run");
+    // Observe mode drops nothing to begin with: a dry run of it is refused.
+    let mut observe = drift_config(Mode::Observe);
+    observe.dry_run = true;
+    assert_eq!(
+        ruleset(&observe, &[], &[]),
+        Err(NftConfigError::DryRunObserve)
+    );
+}
+
+#[test]
+fn a_switch_between_a_dry_run_and_enforcing_is_a_mode_difference() {
+    let allowed = [pair("azvallowed", "10.244.0.10")];
+    let known = [
+        pair("azvallowed", "10.244.0.10"),
+        pair("azvweb", "10.244.0.11"),
+        pair("cbr0", "fd00::5"),
+    ];
+    let expected = |c: &RulesetConfig| {
+        TableState::from_batch(&ruleset_with_known(c, &allowed, &known, &[]).unwrap()).unwrap()
+    };
+    // What nft 1.0.6 lists for the proxy mode dry run's batch (testdata/nft/proxy-dry-run.json,
+    // made like the others, a dropped source added).
+    let l: Value =
+        serde_json::from_str(include_str!("../../testdata/nft/proxy-dry-run.json")).unwrap();
+    let listed = TableState::parse(&l.to_string()).unwrap().unwrap();
+    assert_eq!((listed.mode, listed.dry_run), (Some(Mode::Proxy), true));
+    assert!(listed.is_enforcing());
+    assert_eq!(listed.differences(&expected(&dry_run(Mode::Proxy))), []);
+    assert_eq!(listed.elements["dropped_v4"].len(), 1);
+    assert_eq!(listed.counter(counter::WOULD_DROP).unwrap().packets, 0);
+    // Enforcing expected, the dry run listed: a mode difference (and the verdicts).
+    let d = listed.differences(&expected(&drift_config(Mode::Proxy)));
+    assert!(kinds(&d).contains(&DifferenceKind::Mode), "{d:?}");
+    let mode = d.iter().find(|d| d.kind == DifferenceKind::Mode).unwrap();
+    assert_eq!(mode.detail, "mode is proxy (dry run), expected proxy");
+    // The other way round: enforcing listed, the dry run expected.
+    let enforcing = TableState::parse(&listing(Mode::Proxy).to_string())
+        .unwrap()
+        .unwrap();
+    assert!(!enforcing.dry_run);
+    let d = enforcing.differences(&expected(&dry_run(Mode::Proxy)));
+    assert!(kinds(&d).contains(&DifferenceKind::Mode), "{d:?}");
+    // Only the marker changed (the verdict rules kept, `dry-run` dropped from their
+    // comments): still a difference.
+    let mut l2 = l.clone();
+    for r in objects_mut(&mut l2, "rule", |r| {
+        r["comment"] == "imdsguard mode=proxy dry-run"
+    }) {
+        r["comment"] = "imdsguard mode=proxy".into();
+    }
+    let d = TableState::parse(&l2.to_string())
+        .unwrap()
+        .unwrap()
+        .differences(&expected(&dry_run(Mode::Proxy)));
+    assert!(kinds(&d).contains(&DifferenceKind::Mode), "{d:?}");
+    // A block-mode dry run is not a proxy-mode one.
+    let d = listed.differences(&expected(&dry_run(Mode::Block)));
+    assert!(kinds(&d).contains(&DifferenceKind::Mode), "{d:?}");
 }
