@@ -66,6 +66,9 @@ pub struct DropEvent {
     /// A hostNetwork pod's drops on the node's output path (matched by its sockets'
     /// cgroup, `sources` empty).
     pub host: Option<HostDrops>,
+    /// A dry run: the table let these packets through; enforcing would have dropped
+    /// them. Logged as a would-drop, never a Kubernetes Event.
+    pub would_drop: bool,
 }
 
 impl DropEvent {
@@ -125,6 +128,26 @@ impl EventSink for LogSink {
     fn drops(&self, e: &DropEvent) {
         let pod = e.pod.as_deref().unwrap_or(UNKNOWN_POD);
         let namespace = e.namespace.as_deref().unwrap_or("");
+        if e.would_drop {
+            let (cgroup, interface, address) = match &e.host {
+                Some(h) => (Some(h.cgroup.as_str()), None, None),
+                None => (None, Some(e.interfaces()), Some(e.addresses())),
+            };
+            tracing::info!(
+                target: "imdsguard::drops",
+                pod,
+                namespace,
+                host_network = e.host.is_some(),
+                cgroup,
+                interface,
+                address,
+                packets = e.packets(),
+                matched_by = e.matched_by(),
+                would_drop = true,
+                "metadata access would be dropped (dry run: let through)"
+            );
+            return;
+        }
         match &e.host {
             Some(h) => tracing::warn!(
                 target: "imdsguard::drops",
@@ -181,8 +204,9 @@ impl DropTracker {
 }
 
 /// Groups new drops into events: one per pod (attributed sources of a pod together),
-/// one per unknown source. Ordered by pod, unknown sources last.
-pub fn events(pods: &PodIndex, new: &[(DroppedSource, u64)]) -> Vec<DropEvent> {
+/// one per unknown source. Ordered by pod, unknown sources last. `would_drop`: a dry
+/// run's (the table let them through).
+pub fn events(pods: &PodIndex, new: &[(DroppedSource, u64)], would_drop: bool) -> Vec<DropEvent> {
     let mut by_pod: BTreeMap<(String, String), Vec<SourceDrops>> = BTreeMap::new();
     let mut unknown = Vec::new();
     for (d, packets) in new {
@@ -203,6 +227,7 @@ pub fn events(pods: &PodIndex, new: &[(DroppedSource, u64)]) -> Vec<DropEvent> {
                 pod: None,
                 sources: vec![source],
                 host: None,
+                would_drop,
             }),
         }
     }
@@ -213,6 +238,7 @@ pub fn events(pods: &PodIndex, new: &[(DroppedSource, u64)]) -> Vec<DropEvent> {
             pod: Some(pod),
             sources,
             host: None,
+            would_drop,
         })
         .chain(unknown)
         .collect()
@@ -340,7 +366,7 @@ mod tests {
             (src("azvgone", "10.244.0.99", 1), 1),
             (src("cbr0", "10.244.0.10", 7), 7),
         ];
-        let ev = events(&lab(), &new);
+        let ev = events(&lab(), &new, false);
         let pod_id = |e: &DropEvent| match (&e.namespace, &e.pod) {
             (Some(ns), Some(name)) => format!("{ns}/{name}"),
             _ => UNKNOWN_POD.to_owned(),
@@ -359,7 +385,20 @@ mod tests {
         assert_eq!(ev[0].matched_by(), "pair");
         assert_eq!(ev[3].matched_by(), "unknown");
         assert_eq!(ev[0].addresses(), "10.244.0.11,fd00::11");
-        assert!(events(&lab(), &[]).is_empty());
+        assert!(events(&lab(), &[], false).is_empty());
+        assert!(ev.iter().all(|e| !e.would_drop));
+        // A dry run's are the same events, each a would-drop.
+        let dry = events(&lab(), &new, true);
+        assert!(dry.iter().all(|e| e.would_drop));
+        let strip = |v: Vec<DropEvent>| {
+            v.into_iter()
+                .map(|mut e| {
+                    e.would_drop = false;
+                    e
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(dry), ev);
     }
 
     fn event(namespace: Option<&str>, pod: Option<&str>) -> DropEvent {
@@ -368,6 +407,7 @@ mod tests {
             pod: pod.map(str::to_owned),
             sources: Vec::new(),
             host: None,
+            would_drop: false,
         }
     }
 

@@ -35,7 +35,8 @@ pub fn endpoint_names(config: &RulesetConfig) -> String {
 
 /// Drop events as Kubernetes `Warning` Events (`MetadataAccessBlocked`) on the pods
 /// ([`EventReporter`]: kube-runtime's Recorder, at most one publish per pod per
-/// period); sources no pod has are left to the log.
+/// period); sources no pod has are left to the log, and so are a dry run's
+/// would-drops ([`DropEvent::would_drop`]: nothing was blocked).
 pub struct KubeEventSink {
     reporter: EventReporter,
     pods: watch::Receiver<Option<Arc<Snapshot>>>,
@@ -50,6 +51,9 @@ impl KubeEventSink {
 
 impl EventSink for KubeEventSink {
     fn drops(&self, e: &DropEvent) {
+        if e.would_drop {
+            return;
+        }
         let (Some(namespace), Some(pod)) = (&e.namespace, &e.pod) else {
             return;
         };

@@ -129,9 +129,13 @@ pub struct AgentConfig {
     /// pod: its sockets (the proxy's upstream connections) are never dropped or
     /// redirected by the host table.
     pub pod_uid: Option<String>,
-    /// Proxy mode only: decide, log and count every request as usual, but forward the
-    /// ones the rules deny too (decision `would-deny`, outcome `would_deny`); never send
-    /// the 403 ([`ProxyConfig::dry_run`]). The table is the same as without it.
+    /// Block and proxy modes: enforce nothing, show what enforcing would break. The
+    /// tables drop nothing ([`nft::RulesetConfig::dry_run`]): what the mode would drop is
+    /// let through, counted (`would_drop`) and attributed to its pod as a would-drop
+    /// (log, `imdsguard_agent_would_drops_total`; no Kubernetes Event). In proxy mode the
+    /// proxy also decides, logs and counts every request as usual, but forwards the ones
+    /// the rules deny (decision `would-deny`, outcome `would_deny`), never sending the
+    /// 403 ([`ProxyConfig::dry_run`]). Observe mode refuses it (it drops nothing anyway).
     pub dry_run: bool,
     /// The admin listener (`/metrics`, `/healthz`, `/readyz`); `None`: none.
     pub admin_listen: Option<SocketAddr>,
@@ -171,13 +175,12 @@ impl AgentConfig {
 
 impl AgentConfig {
     /// Options that do not go together (checked again by [`Agent::start`]): `dry_run`
-    /// outside proxy mode.
+    /// in observe mode.
     pub fn check(&self) -> Result<(), AgentError> {
-        if self.dry_run && self.nft.mode != Mode::Proxy {
-            return Err(AgentError::Usage(format!(
-                "--dry-run is for proxy mode only (the proxy decides each request and forwards the ones it would deny); mode {} has no request to decide: observe mode already lets everything through and counts it per pod and endpoint",
-                self.nft.mode
-            )));
+        if self.dry_run && self.nft.mode == Mode::Observe {
+            return Err(AgentError::Usage(
+                "--dry-run is for block and proxy modes (it lets through what they would drop or deny, and names the pods); observe mode already lets everything through and counts it per pod and endpoint".into(),
+            ));
         }
         Ok(())
     }
@@ -226,6 +229,7 @@ struct AgentMetrics {
     allowed: Gauge,
     nft_packets: Family<Vec<(String, String)>, Gauge>,
     drops: Family<Vec<(String, String)>, Counter>,
+    would_drops: Family<Vec<(String, String)>, Counter>,
     observed: Family<Vec<(String, String)>, Counter>,
     host_guard: Family<Vec<(String, String)>, Gauge>,
     policies_synced: Gauge,
@@ -300,6 +304,11 @@ impl AgentMetrics {
             m.drops.clone(),
         );
         r.register(
+            "agent_would_drops",
+            "Dry run: packets to a protected endpoint the mode would have dropped and let through instead, by pod of the pod index (labels as agent_drops_total's)",
+            m.would_drops.clone(),
+        );
+        r.register(
             "agent_observed_connections",
             "Observe mode: connections to a protected endpoint let through past the allow rule (what block mode would drop), by pod of the pod index and endpoint (pod=\"unknown\" for other sources; a pod's labels leave with the pod)",
             m.observed.clone(),
@@ -317,6 +326,8 @@ impl AgentMetrics {
 struct Shared {
     enforcer: Mutex<Enforcer>,
     mode: Mode,
+    /// A dry run: the tables drop nothing; what they would drop is a would-drop.
+    dry_run: bool,
     allow: Vec<AllowSpec>,
     control: Mutex<Option<ProxyControl>>,
     metrics: Metrics,
@@ -619,6 +630,12 @@ impl Shared {
             parts.push(format!("node taint {STARTUP_TAINT_KEY}: {taint}"));
         }
         parts.push(lock(&self.host).coverage.to_string());
+        if self.dry_run {
+            parts.push(format!(
+                "dry run: {} mode's tables drop nothing (would-drops counted per pod)",
+                self.mode
+            ));
+        }
         parts.join(", ")
     }
 
@@ -738,10 +755,10 @@ impl Shared {
                     pod,
                     sources: Vec::new(),
                     host: Some(drops::HostDrops { cgroup, packets }),
+                    would_drop: self.dry_run,
                 };
                 let (n, p) = lock(&self.drop_series).labels(&e, now);
-                self.own
-                    .drops
+                self.drops_family()
                     .get_or_create(&vec![("namespace".to_owned(), n), ("pod".to_owned(), p)])
                     .inc_by(packets);
                 for sink in &self.sinks {
@@ -830,7 +847,18 @@ impl Shared {
         }
     }
 
-    /// Reads the dropped sources; new drops become one event per pod (sinks, metric).
+    /// The per-pod drops metric: `imdsguard_agent_drops_total`, or in a dry run
+    /// `imdsguard_agent_would_drops_total` (nothing was dropped).
+    fn drops_family(&self) -> &Family<Vec<(String, String)>, Counter> {
+        if self.dry_run {
+            &self.own.would_drops
+        } else {
+            &self.own.drops
+        }
+    }
+
+    /// Reads the dropped sources; new drops (a dry run: would-drops) become one event per
+    /// pod (sinks, metric).
     fn report_drops(&self) {
         if self.mode == Mode::Observe {
             return;
@@ -848,16 +876,18 @@ impl Shared {
         };
         let mut series = lock(&self.drop_series);
         for gone in series.expire(now) {
-            self.own.drops.remove(&label_set(gone));
+            self.drops_family().remove(&label_set(gone));
         }
         let new = lock(&self.drops).update(&sources);
         if new.is_empty() {
             return;
         }
-        let events = drops::events(&lock(&self.pods), &new);
+        let events = drops::events(&lock(&self.pods), &new, self.dry_run);
         for e in &events {
             let labels = label_set(series.labels(e, now));
-            self.own.drops.get_or_create(&labels).inc_by(e.packets());
+            self.drops_family()
+                .get_or_create(&labels)
+                .inc_by(e.packets());
             for sink in &self.sinks {
                 sink.drops(e);
             }
@@ -987,8 +1017,21 @@ impl Agent {
         mut sinks: Vec<Arc<dyn EventSink>>,
         client: Option<imdsguard_kube::Client>,
     ) -> Result<Agent, AgentError> {
-        let config = args.nft.config()?;
+        let mut config = args.nft.config()?;
+        config.dry_run = args.dry_run;
+        config.validate().map_err(NodeError::from)?;
         let mode = config.mode;
+        if config.dry_run {
+            tracing::warn!(
+                %mode,
+                "dry run: the tables drop nothing; what {mode} mode would drop is let through and logged as a would-drop per pod{}",
+                if mode == Mode::Proxy {
+                    ", and the proxy forwards what it would deny (would-deny)"
+                } else {
+                    ""
+                }
+            );
+        }
         // With --kubernetes the rules are the MetadataAccessPolicy objects, unless a
         // rules file is given (then no object is watched).
         let watch_policies = client.is_some() && args.rules.is_none();
@@ -1142,6 +1185,7 @@ impl Agent {
         let shared = Arc::new(Shared {
             enforcer: Mutex::new(enforcer),
             mode,
+            dry_run: config.dry_run,
             allow: args.nft.allow.clone(),
             control: Mutex::new(None),
             metrics: metrics.clone(),
@@ -1655,19 +1699,22 @@ mod tests {
     }
 
     #[test]
-    fn dry_run_is_for_proxy_mode_only() {
+    fn dry_run_is_for_block_and_proxy_modes() {
         let mut c = AgentConfig::new(NftSettings::default());
         assert!(!c.dry_run);
         c.check().unwrap();
         c.dry_run = true;
-        for mode in [Mode::Block, Mode::Observe] {
+        c.nft.mode = Mode::Observe;
+        let e = c.check().unwrap_err().to_string();
+        assert!(e.contains("--dry-run is for block and proxy modes"), "{e}");
+        assert!(
+            e.contains("observe mode already lets everything through"),
+            "{e}"
+        );
+        for mode in [Mode::Block, Mode::Proxy] {
             c.nft.mode = mode;
-            let e = c.check().unwrap_err().to_string();
-            assert!(e.contains("--dry-run is for proxy mode only"), "{e}");
-            assert!(e.contains(&format!("mode {mode}")), "{e}");
+            c.check().unwrap();
         }
-        c.nft.mode = Mode::Proxy;
-        c.check().unwrap();
     }
 
     #[test]

@@ -151,9 +151,12 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "URL", default_value = imdsguard_proxy::DEFAULT_UPSTREAM)]
     pub upstream: String,
 
-    /// Proxy mode only: decide, log and count every request as usual, but forward the
-    /// ones the rules deny too (decision would-deny, outcome would_deny); never send the
-    /// 403. The nft table is the same as without it
+    /// Block and proxy modes: enforce nothing, show what enforcing would break. The nft
+    /// tables drop nothing: what the mode would drop is let through, counted
+    /// (would_drop) and logged per pod as a would-drop (no Kubernetes Event); in proxy
+    /// mode the proxy also decides, logs and counts every request as usual but forwards
+    /// the ones the rules deny (decision would-deny, outcome would_deny), never sending
+    /// the 403. Refused in observe mode, which drops nothing anyway
     #[arg(long)]
     pub dry_run: bool,
 
@@ -400,7 +403,7 @@ mod tests {
     }
 
     #[test]
-    fn dry_run_is_refused_outside_proxy_mode() {
+    fn dry_run_is_refused_in_observe_mode_only() {
         let c = parse(&[
             "--mode",
             "proxy",
@@ -412,17 +415,16 @@ mod tests {
         .config()
         .unwrap();
         assert!(c.dry_run);
-        for mode in ["block", "observe"] {
-            let e = parse(&["--mode", mode, "--dry-run"])
-                .unwrap()
-                .config()
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains("--dry-run is for proxy mode only"), "{e}");
-            assert!(e.contains(&format!("mode {mode}")), "{e}");
-        }
-        // The default mode is block.
-        assert!(parse(&["--dry-run"]).unwrap().config().is_err());
+        // The default mode is block: a dry run of it counts what block mode would drop.
+        let c = parse(&["--dry-run"]).unwrap().config().unwrap();
+        assert!(c.dry_run);
+        assert_eq!(c.nft.mode, Mode::Block);
+        let e = parse(&["--mode", "observe", "--dry-run"])
+            .unwrap()
+            .config()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--dry-run is for block and proxy modes"), "{e}");
     }
 
     #[test]
