@@ -689,9 +689,16 @@ fn proxy_mode_dry_run_forwards_what_it_would_deny() {
             ],
             &log,
         );
-        assert!(agent.ready(), "{:?}", agent.get("/readyz"));
-        // The same table as without --dry-run.
-        assert_eq!(table().mode, Some(Mode::Proxy));
+        let (status, ready) = agent.get("/readyz");
+        assert_eq!(status, 200, "{ready}");
+        assert!(
+            ready.contains("dry run: proxy mode's tables drop nothing"),
+            "{ready}"
+        );
+        // Proxy mode's table, marked as a dry run: it drops nothing.
+        let t = table();
+        assert_eq!((t.mode, t.dry_run), (Some(Mode::Proxy), true));
+        assert!(t.is_enforcing());
 
         let location = "/metadata/instance/compute/location?api-version=2021-02-01&format=text";
         let instance = "/metadata/instance?api-version=2021-02-01";
@@ -704,8 +711,13 @@ fn proxy_mode_dry_run_forwards_what_it_would_deny() {
         assert!(body.contains("compute"), "{body}");
         let (status, body) = w.imds("batch", location).unwrap();
         assert_eq!(status, 200, "jobs has no rule, forwarded: {body}");
-        // The spoofer is nft's, not the proxy's: still dropped.
-        assert_eq!(w.reach("spoofer"), Reach::Timeout);
+        // What proxy mode's table would drop is let through: web to WireServer (not
+        // proxied; nothing listens there, so refused, not timed out) and the spoofer
+        // (an unknown pair) to IMDS directly; every pod keeps what it had before.
+        let wireserver = SocketAddr::new(IpAddr::V4(imdsguard_core::imds::WIRESERVER_ADDRESS), 80);
+        let web_wire = w.sandbox.pod("web").unwrap().tcp(wireserver, WAIT).unwrap();
+        assert!(matches!(web_wire, Reach::Refused(_)), "{web_wire:?}");
+        assert!(w.reach("spoofer").connected());
 
         let metric = |ns: &str, endpoint: &str, outcome: &str| {
             agent.metric(&format!(
@@ -741,6 +753,66 @@ fn proxy_mode_dry_run_forwards_what_it_would_deny() {
         assert_eq!(web["status"], 200, "{web}");
         assert!(web["rule"].as_str().is_some_and(|r| !r.is_empty()), "{web}");
         assert!(web["reason"].as_str().is_some(), "{web}");
+
+        // The table's would-drops: counted apart (nothing blocked or spoofed), and
+        // attributed like drops, web's to web and the spoofer's to no pod, as would-drops.
+        let would = |ns: &str, pod: &str| {
+            agent.metric(&format!(
+                r#"imdsguard_agent_would_drops_total{{namespace="{ns}",pod="{pod}"}}"#
+            ))
+        };
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                would("shop", "web").is_some_and(|v| v > 0.0)
+                    && would("", "unknown").is_some_and(|v| v > 0.0)
+            }),
+            "{}",
+            agent.get("/metrics").1
+        );
+        let nft = |counter: &str| {
+            agent.metric(&format!(
+                r#"imdsguard_agent_nft_packets{{counter="{counter}"}}"#
+            ))
+        };
+        assert!(nft("would_drop").is_some_and(|v| v > 0.0));
+        assert_eq!(nft("blocked"), Some(0.0));
+        assert_eq!(nft("spoofed"), Some(0.0));
+        let metrics = agent.get("/metrics").1;
+        assert!(
+            !metrics.contains("imdsguard_agent_drops_total{"),
+            "{metrics}"
+        );
+        for destination in ["protected", "protected-unknown-source"] {
+            assert!(
+                agent
+                    .metric(&format!(
+                        r#"imdsguard_blocked_packets_total{{destination="{destination}"}}"#
+                    ))
+                    .is_none_or(|v| v == 0.0),
+                "{metrics}"
+            );
+        }
+        assert!(eventually(Duration::from_secs(5), || {
+            let r = log_records(
+                &log,
+                "metadata access would be dropped (dry run: let through)",
+            );
+            r.iter().any(|r| r["pod"] == "web") && r.iter().any(|r| r["pod"] == "unknown")
+        }));
+        let would_log = log_records(
+            &log,
+            "metadata access would be dropped (dry run: let through)",
+        );
+        let web = would_log.iter().find(|r| r["pod"] == "web").unwrap();
+        assert_eq!(web["namespace"], "shop");
+        assert_eq!(web["would_drop"], true);
+        assert_eq!(web["interface"], "azvweb");
+        assert_eq!(web["address"], "10.244.0.11");
+        assert_eq!(web["matched_by"], "pair");
+        assert!(
+            log_records(&log, "metadata access dropped").is_empty(),
+            "nothing was dropped"
+        );
     });
 }
 
