@@ -9,7 +9,8 @@
 //! there, and clients are `curl` processes whose shell first moves into a pod's
 //! container cgroup, an unknown pod's cgroup or a system service. The cgroup hierarchy
 //! is the machine's: names are unique to the run and removed at the end, also on
-//! failure; the processes started are killed on drop.
+//! failure (`imdsguard_node::cgroups::CgroupTree`, which leaves shared parents to the
+//! last run); the processes started are killed on drop.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
@@ -17,48 +18,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use imdsguard_node::cgroups::{CgroupTree, command_in_cgroup, isolated_cgroup_test};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_imdsguard");
 const INNER: &str = "IMDSGUARD_PROXY_HOST_CALLERS_CLI_INNER";
 const CGROUP2: &str = "/sys/fs/cgroup";
-
-fn in_namespaces(test: &str, body: impl FnOnce()) {
-    match std::env::var(INNER) {
-        Ok(t) if t == test => return body(),
-        Ok(_) => return,
-        Err(_) => {}
-    }
-    imdsguard_testkit::require_root(test);
-    imdsguard_testkit::require(test, &["unshare", "ip", "curl", "mount", "kill"]);
-    let exe = std::env::current_exe().expect("the test binary");
-    let outer_netns = std::fs::read_link("/proc/self/ns/net").expect("a network namespace");
-    let out = Command::new("unshare")
-        .args(["--net", "--mount", "--propagation", "private", "--"])
-        .arg(exe)
-        .args([
-            test,
-            "--exact",
-            "--include-ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(INNER, test)
-        .env("OUTER_NETNS", outer_netns)
-        .output()
-        .expect("unshare runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stderr}");
-    assert!(
-        out.status.success(),
-        "{test} failed inside its namespaces:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "{test} did not run inside its namespaces:\n{stdout}"
-    );
-}
 
 fn run(cmd: &str, args: &[&str]) {
     let out = Command::new(cmd).args(args).output().expect("runs");
@@ -67,58 +32,6 @@ fn run(cmd: &str, args: &[&str]) {
         "{cmd} {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn set_up_namespaces() {
-    let outer = std::env::var("OUTER_NETNS").expect("set by the outer run");
-    let here = std::fs::read_link("/proc/self/ns/net").unwrap();
-    assert_ne!(
-        here.to_string_lossy(),
-        outer,
-        "not in a namespace of our own"
-    );
-    run("ip", &["link", "set", "lo", "up"]);
-    let links = std::fs::read_to_string("/proc/net/dev").unwrap();
-    assert_eq!(links.lines().skip(2).count(), 1, "only lo: {links}");
-    if !Path::new(CGROUP2).join("cgroup.controllers").is_file() {
-        run("mount", &["-t", "cgroup2", "none", CGROUP2]);
-    }
-}
-
-/// Cgroup directories made here, removed deepest first on drop (shared parents only
-/// when made here and empty).
-struct Cgroups(Vec<PathBuf>);
-
-impl Cgroups {
-    fn make(&mut self, rel: &str) -> PathBuf {
-        let mut dir = PathBuf::from(CGROUP2);
-        for part in rel.split('/') {
-            dir.push(part);
-            match std::fs::create_dir(&dir) {
-                Ok(()) => self.0.push(dir.clone()),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => panic!("mkdir {}: {e}", dir.display()),
-            }
-        }
-        dir
-    }
-}
-
-impl Drop for Cgroups {
-    fn drop(&mut self) {
-        for dir in self.0.iter().rev() {
-            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
-            for _ in 0..50 {
-                match std::fs::remove_dir(dir) {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                    // ENOTEMPTY: a shared parent another test uses.
-                    Err(e) if e.raw_os_error() == Some(39) => break,
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        }
-    }
 }
 
 /// A process killed on drop.
@@ -180,22 +93,27 @@ fn start(args: &[&str], ready: &str, stderr: &Path) -> Proc {
     }
 }
 
-/// GET from a shell that first moves into `cgroup`: status and body.
+/// GET from curl placed in `cgroup` before it opens its socket: status and body.
 fn curl_from(cgroup: &Path, url: &str) -> (u16, String) {
-    let out = Command::new("sh")
+    let out = command_in_cgroup(cgroup, "curl")
         .args([
-            "-c",
-            r#"echo $$ > "$CG/cgroup.procs" && exec curl -s --max-time 5 -H Metadata:true -w '\n%{http_code}' "$URL""#,
+            "-s",
+            "--max-time",
+            "5",
+            "-H",
+            "Metadata:true",
+            "-w",
+            "\n%{http_code}",
+            url,
         ])
-        .env("CG", cgroup)
-        .env("URL", url)
         .output()
         .expect("sh runs");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "curl from {}: {text}",
-        cgroup.display()
+        "curl from {}: {text} {}",
+        cgroup.display(),
+        String::from_utf8_lossy(&out.stderr)
     );
     let (body, status) = text.rsplit_once('\n').expect("status line");
     (status.trim().parse().expect("a status"), body.to_string())
@@ -247,8 +165,7 @@ fn pods_file(entries: &[(&str, &str)]) -> String {
 #[ignore = "needs netns"]
 fn the_binary_finds_host_network_pods_by_cgroup_and_rescans_on_reload() {
     let test = "the_binary_finds_host_network_pods_by_cgroup_and_rescans_on_reload";
-    in_namespaces(test, || {
-        set_up_namespaces();
+    isolated_cgroup_test(test, INNER, &["curl", "kill"], || {
         let dir = std::env::temp_dir().join(format!(
             "imdsguard-proxy-hostcallers-{}",
             std::process::id()
@@ -261,15 +178,16 @@ fn the_binary_finds_host_network_pods_by_cgroup_and_rescans_on_reload() {
             }
         }
         let _cleanup = Cleanup(dir.clone());
-        let mut cgroups = Cgroups(Vec::new());
+        let mut cgroups = CgroupTree::open(CGROUP2).unwrap();
         let exporter_uid = uid('a');
         let late_uid = uid('b');
-        let exporter = cgroups.make(&format!(
+        let mut make = |rel: String| cgroups.make(&rel).unwrap();
+        let exporter = make(format!(
             "{}/cri-containerd-1.scope",
             burstable(&exporter_uid)
         ));
-        let late = cgroups.make(&format!("{}/cri-containerd-2.scope", burstable(&late_uid)));
-        let service = cgroups.make(&format!(
+        let late = make(format!("{}/cri-containerd-2.scope", burstable(&late_uid)));
+        let service = make(format!(
             "system.slice/imdsguard-cli-test-{}.service",
             std::process::id()
         ));
@@ -412,6 +330,6 @@ fn the_binary_finds_host_network_pods_by_cgroup_and_rescans_on_reload() {
             (Some("would-deny"), Some("unknown-pod-cgroup"), Some(200))
         );
         assert_eq!(rec["host_network"], true);
-        drop(cgroups);
+        assert_eq!(cgroups.close(), Vec::<String>::new());
     });
 }

@@ -20,6 +20,11 @@
 //!   ([`host::scan_pod_cgroups`]), install with counters carried over
 //!   ([`host::install_host`]), counters, status and removal. [`uninstall_table`] removes
 //!   both tables.
+//! - [`cgroups`]: the cgroups the lab and the tests make in the machine's one cgroup v2
+//!   hierarchy ([`cgroups::CgroupTree`]: a shared lock for its life, its own directories
+//!   removed on drop, shared parents such as `kubepods.slice` only by the last tree, under
+//!   the exclusive lock), child processes placed in a cgroup before they open a socket,
+//!   and the tests' namespaces with cgroup v2 mounted.
 //! - [`NftSettings`] are the agent's enforcement settings (plain data; the `imdsguard`
 //!   binary turns `imdsguard agent run`'s flags into them), checked into a
 //!   [`imdsguard_core::nft::RulesetConfig`] by [`NftSettings::config`]; [`AllowSpec`] is
@@ -30,6 +35,7 @@
 //!
 //! See `docs/node.md` for the ruleset and why its hooks are where they are.
 
+pub mod cgroups;
 pub mod conntrack;
 mod enforce;
 mod exec;

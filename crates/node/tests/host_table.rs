@@ -8,13 +8,14 @@
 //! addresses live on that namespace's `lo`, each with a TCP listener that answers its
 //! name. The cgroup hierarchy is the machine's (it is not namespaced): the pod UIDs and
 //! the node service's name are unique to the run, and every directory the test made is
-//! removed when it ends, also on a panic (a Drop guard moves stray processes out first).
-//! Client processes are `sh` moving itself into a cgroup (`echo $$ > …/cgroup.procs`)
-//! and then `exec`ing bash's `/dev/tcp`, so the socket is created in that cgroup.
+//! removed when it ends, also on a panic (`imdsguard_node::cgroups::CgroupTree`: stray
+//! processes killed first; shared parents only by the last run, under its lock). Client
+//! processes are `sh` moving itself into a cgroup and then `exec`ing bash's `/dev/tcp`
+//! (`command_in_cgroup`), so the socket is created in that cgroup.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,10 +24,10 @@ use imdsguard_core::nft::host::{HostCounters, HostGuard, HostPod, host_counter};
 use imdsguard_core::nft::{Mode, RulesetConfig};
 use imdsguard_core::target::Cloud;
 use imdsguard_node::Exec;
+use imdsguard_node::cgroups::{CgroupTree, ENTER_FAILED, command_in_cgroup, isolated_cgroup_test};
 use imdsguard_node::host::{
-    cgroup2_mounted, host_status, install_host, read_host, scan_pod_cgroups, uninstall_host,
+    host_status, install_host, read_host, scan_pod_cgroups, uninstall_host,
 };
-use imdsguard_node::netns::Isolated;
 
 const INNER: &str = "IMDSGUARD_HOST_TABLE_INNER";
 const CGROUP: &str = "/sys/fs/cgroup";
@@ -35,42 +36,6 @@ const IMDS6: &str = "[fd00:ec2::254]:80";
 const WIRESERVER: &str = "168.63.129.16:32526";
 const DNS: &str = "168.63.129.16:53";
 const PROXY: &str = "10.99.0.1:8169";
-
-/// Runs `body` as root in a network and mount namespace of its own: this binary again.
-fn isolated(test: &str, body: impl FnOnce()) {
-    match std::env::var(INNER) {
-        Ok(t) if t == test => return body(),
-        Ok(_) => return,
-        Err(_) => {}
-    }
-    imdsguard_testkit::require(test, &["nft", "ip", "unshare", "mount", "bash", "timeout"]);
-    imdsguard_testkit::require_root(test);
-    let exe = std::env::current_exe().expect("the test binary");
-    let out = Command::new("unshare")
-        .args(["--net", "--mount", "--propagation", "private", "--"])
-        .arg(exe)
-        .args([
-            test,
-            "--exact",
-            "--include-ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(INNER, test)
-        .output()
-        .expect("unshare runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stderr}");
-    assert!(
-        out.status.success(),
-        "{test} failed inside its namespaces:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "{test} did not run inside its namespaces:\n{stdout}"
-    );
-}
 
 fn sh(script: &str) {
     let out = Command::new("sh").args(["-c", script]).output().unwrap();
@@ -93,42 +58,6 @@ fn listen(addr: &str, name: &'static str) {
     });
 }
 
-/// The cgroup directories the test made, removed deepest first on drop (processes still
-/// in one are moved to the root first; a shared parent is removed only when empty).
-struct Cgroups {
-    made: Vec<PathBuf>,
-}
-
-impl Cgroups {
-    /// Makes `rel` (and its missing parents) under the cgroup2 mount.
-    fn make(&mut self, rel: &str) -> String {
-        let mut path = PathBuf::from(CGROUP);
-        for part in rel.split('/') {
-            path.push(part);
-            if !path.exists() {
-                std::fs::create_dir(&path)
-                    .unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-                self.made.push(path.clone());
-            }
-        }
-        rel.to_owned()
-    }
-}
-
-impl Drop for Cgroups {
-    fn drop(&mut self) {
-        for dir in self.made.iter().rev() {
-            if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-                for pid in procs.split_whitespace() {
-                    let _ = std::fs::write(Path::new(CGROUP).join("cgroup.procs"), pid);
-                }
-            }
-            // EBUSY / ENOTEMPTY: another test's pods under a shared parent; leave it.
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
-}
-
 /// Removes the host table on drop (the namespace would take it anyway).
 struct Table;
 
@@ -143,13 +72,14 @@ impl Drop for Table {
 fn reach(cg: &str, addr: &str) -> Option<String> {
     let (host, port) = addr.rsplit_once(':').unwrap();
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let script = format!(
-        "echo $$ > {CGROUP}/{cg}/cgroup.procs || exit 99; exec timeout 1 bash -c 'exec 3<>/dev/tcp/{host}/{port} && head -c 32 <&3'"
-    );
-    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    let out = command_in_cgroup(&Path::new(CGROUP).join(cg), "timeout")
+        .args(["1", "bash", "-c"])
+        .arg(format!("exec 3<>/dev/tcp/{host}/{port} && head -c 32 <&3"))
+        .output()
+        .unwrap();
     assert_ne!(
         out.status.code(),
-        Some(99),
+        Some(ENTER_FAILED),
         "cannot move into {cg}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -179,12 +109,10 @@ fn unique() -> String {
 #[test]
 #[ignore = "needs netns"]
 fn host_network_pods_are_guarded_by_cgroup() {
-    isolated("host_network_pods_are_guarded_by_cgroup", || {
-        Isolated::check(None).expect("a network namespace holding only lo");
-        sh(&format!("mount -t cgroup2 none {CGROUP}"));
-        cgroup2_mounted(Path::new(CGROUP)).expect("cgroup v2 at /sys/fs/cgroup now");
+    let test = "host_network_pods_are_guarded_by_cgroup";
+    isolated_cgroup_test(test, INNER, &["nft", "bash", "timeout"], || {
         sh(
-            "ip link set lo up && ip addr add 169.254.169.254/32 dev lo && ip addr add 168.63.129.16/32 dev lo \
+            "ip addr add 169.254.169.254/32 dev lo && ip addr add 168.63.129.16/32 dev lo \
             && ip addr add 10.99.0.1/32 dev lo && ip -6 addr add fd00:ec2::254/128 dev lo nodad",
         );
         listen(IMDS, "imds");
@@ -201,11 +129,15 @@ fn host_network_pods_are_guarded_by_cgroup() {
         let expected_cg: PodCgroup = pod_cgroup_paths(&expected_uid)[1].clone(); // systemd, Burstable
         let other_cg: PodCgroup = pod_cgroup_paths(&other_uid)[3].clone(); // cgroupfs, Guaranteed
         let unlisted_cg: PodCgroup = pod_cgroup_paths(&unlisted_uid)[0].clone(); // systemd, Guaranteed
-        let mut cgroups = Cgroups { made: Vec::new() };
-        let expected = cgroups.make(&format!("{}/cri-containerd-{u}.scope", expected_cg.path));
-        let other = cgroups.make(&format!("{}/{u}", other_cg.path));
-        let unlisted = cgroups.make(&format!("{}/crio-{u}.scope", unlisted_cg.path));
-        let node = cgroups.make(&format!("system.slice/imdsguard-test-{u}.service"));
+        let mut cgroups = CgroupTree::open(CGROUP).unwrap();
+        let mut make = |rel: String| {
+            cgroups.make(&rel).unwrap();
+            rel
+        };
+        let expected = make(format!("{}/cri-containerd-{u}.scope", expected_cg.path));
+        let other = make(format!("{}/{u}", other_cg.path));
+        let unlisted = make(format!("{}/crio-{u}.scope", unlisted_cg.path));
+        let node = make(format!("system.slice/imdsguard-test-{u}.service"));
 
         // Before: everyone reaches everything.
         for cg in [&expected, &other, &unlisted, &node] {
@@ -405,7 +337,7 @@ fn host_network_pods_are_guarded_by_cgroup() {
         assert!(!uninstall_host(&exec).unwrap());
         assert_eq!(read_host(&exec).unwrap(), None);
         assert_eq!(reach(&other, IMDS).as_deref(), Some("imds"));
-        drop(cgroups);
+        assert_eq!(cgroups.close(), Vec::<String>::new());
         for cg in [&expected_cg, &other_cg, &unlisted_cg] {
             assert!(
                 !Path::new(CGROUP).join(&cg.path).exists(),

@@ -9,7 +9,8 @@
 //! namespace only, then redirected to the proxy).
 //!
 //! The cgroup hierarchy is the machine's (not namespaced): every directory has a name
-//! unique to this run, and is removed at the end, also on failure.
+//! unique to this run, and is removed at the end, also on failure
+//! (`imdsguard_node::cgroups::CgroupTree`, which leaves shared parents to the last run).
 
 mod support;
 
@@ -20,6 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use imdsguard_core::access::{AccessRules, PodIndex, PodInfo, RULE_UNKNOWN_SOURCE};
 use imdsguard_emulator::Faults;
+use imdsguard_node::cgroups::{CgroupTree, command_in_cgroup, isolated_cgroup_test};
 use imdsguard_proxy::{
     DecisionRecord, DecisionSink, HostCallerConfig, HostCallerMap, PodRate, Proxy, ProxyConfig,
     RULE_UNKNOWN_POD_CGROUP, Upstream,
@@ -28,45 +30,6 @@ use serde_json::Value;
 
 const INNER: &str = "IMDSGUARD_PROXY_HOST_CALLERS_INNER";
 const CGROUP2: &str = "/sys/fs/cgroup";
-
-/// Runs `body` inside fresh network and mount namespaces (this test binary again,
-/// `--exact test`), failing (never skipping) without root or the tools.
-fn in_namespaces(test: &str, body: impl FnOnce()) {
-    match std::env::var(INNER) {
-        Ok(t) if t == test => return body(),
-        Ok(_) => return,
-        Err(_) => {}
-    }
-    imdsguard_testkit::require_root(test);
-    imdsguard_testkit::require(test, &["unshare", "ip", "nft", "curl", "mount"]);
-    let exe = std::env::current_exe().expect("the test binary");
-    let outer_netns = std::fs::read_link("/proc/self/ns/net").expect("a network namespace");
-    let out = Command::new("unshare")
-        .args(["--net", "--mount", "--propagation", "private", "--"])
-        .arg(exe)
-        .args([
-            test,
-            "--exact",
-            "--include-ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(INNER, test)
-        .env("OUTER_NETNS", outer_netns)
-        .output()
-        .expect("unshare runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stderr}");
-    assert!(
-        out.status.success(),
-        "{test} failed inside its namespaces:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "{test} did not run inside its namespaces:\n{stdout}"
-    );
-}
 
 fn run(cmd: &str, args: &[&str]) {
     let out = Command::new(cmd).args(args).output().expect("runs");
@@ -77,65 +40,8 @@ fn run(cmd: &str, args: &[&str]) {
     );
 }
 
-/// Inside the namespaces: `lo` up, isolated, cgroup v2 at /sys/fs/cgroup (mounted in
-/// this mount namespace when it is not there).
-fn set_up_namespaces() {
-    let outer = std::env::var("OUTER_NETNS").expect("set by the outer run");
-    let here = std::fs::read_link("/proc/self/ns/net").unwrap();
-    assert_ne!(
-        here.to_string_lossy(),
-        outer,
-        "not in a namespace of our own"
-    );
-    run("ip", &["link", "set", "lo", "up"]);
-    let links = std::fs::read_to_string("/proc/net/dev").unwrap();
-    assert_eq!(links.lines().skip(2).count(), 1, "only lo: {links}");
-    if !Path::new(CGROUP2).join("cgroup.controllers").is_file() {
-        run("mount", &["-t", "cgroup2", "none", CGROUP2]);
-    }
-}
-
-/// The cgroup directories this test made, removed deepest first on drop (processes in
-/// them killed first; shared parents only when this test made them and they are empty).
-struct Cgroups {
-    made: Vec<PathBuf>,
-}
-
-impl Cgroups {
-    fn make(&mut self, rel: &str) -> PathBuf {
-        let mut dir = PathBuf::from(CGROUP2);
-        for part in rel.split('/') {
-            dir.push(part);
-            match std::fs::create_dir(&dir) {
-                Ok(()) => self.made.push(dir.clone()),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => panic!("mkdir {}: {e}", dir.display()),
-            }
-        }
-        dir
-    }
-}
-
-impl Drop for Cgroups {
-    fn drop(&mut self) {
-        for dir in self.made.iter().rev() {
-            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
-            for _ in 0..50 {
-                match std::fs::remove_dir(dir) {
-                    Ok(()) => break,
-                    // A shared parent another test is using: left in place.
-                    Err(e) if e.raw_os_error() == Some(libc_enotempty()) => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
-                }
-            }
-        }
-    }
-}
-
-/// `ENOTEMPTY` on Linux.
-fn libc_enotempty() -> i32 {
-    39
+fn make(cgroups: &mut CgroupTree, rel: &str) -> PathBuf {
+    cgroups.make(rel).unwrap()
 }
 
 fn cgroup_id(dir: &Path) -> u64 {
@@ -155,16 +61,19 @@ fn uid(tag: char) -> String {
     )
 }
 
-/// One GET with curl from a shell that first moves itself into `cgroup`: the status
-/// and body.
+/// One GET with curl placed in `cgroup` before it opens its socket: the status and body.
 fn curl_from(cgroup: &Path, url: &str) -> (u16, String) {
-    let out = Command::new("sh")
+    let out = command_in_cgroup(cgroup, "curl")
         .args([
-            "-c",
-            r#"echo $$ > "$CG/cgroup.procs" && exec curl -s --max-time 5 -H Metadata:true -w '\n%{http_code}' "$URL""#,
+            "-s",
+            "--max-time",
+            "5",
+            "-H",
+            "Metadata:true",
+            "-w",
+            "\n%{http_code}",
+            url,
         ])
-        .env("CG", cgroup)
-        .env("URL", url)
         .output()
         .expect("sh runs");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -209,9 +118,8 @@ rules:
 #[ignore = "needs netns"]
 fn host_network_pods_are_identified_by_their_sockets_cgroup() {
     let test = "host_network_pods_are_identified_by_their_sockets_cgroup";
-    in_namespaces(test, || {
-        set_up_namespaces();
-        let mut cgroups = Cgroups { made: Vec::new() };
+    isolated_cgroup_test(test, INNER, &["nft", "curl"], || {
+        let mut cgroups = CgroupTree::open(CGROUP2).unwrap();
         let monitoring_uid = uid('a');
         let debug_uid = uid('b');
         let stray_uid = uid('c');
@@ -219,23 +127,35 @@ fn host_network_pods_are_identified_by_their_sockets_cgroup() {
             "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
             monitoring_uid.replace('-', "_")
         );
-        let monitoring_pod_dir = cgroups.make(&monitoring_pod);
-        let monitoring_ctr = cgroups.make(&format!(
-            "{monitoring_pod}/cri-containerd-{}.scope",
-            std::process::id()
-        ));
-        let debug_pod = cgroups.make(&format!(
-            "kubepods.slice/kubepods-pod{}.slice",
-            debug_uid.replace('-', "_")
-        ));
-        let stray_pod = cgroups.make(&format!(
-            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
-            stray_uid.replace('-', "_")
-        ));
-        let service = cgroups.make(&format!(
-            "system.slice/imdsguard-proxy-test-{}.service",
-            std::process::id()
-        ));
+        let monitoring_pod_dir = make(&mut cgroups, &monitoring_pod);
+        let monitoring_ctr = make(
+            &mut cgroups,
+            &format!(
+                "{monitoring_pod}/cri-containerd-{}.scope",
+                std::process::id()
+            ),
+        );
+        let debug_pod = make(
+            &mut cgroups,
+            &format!(
+                "kubepods.slice/kubepods-pod{}.slice",
+                debug_uid.replace('-', "_")
+            ),
+        );
+        let stray_pod = make(
+            &mut cgroups,
+            &format!(
+                "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
+                stray_uid.replace('-', "_")
+            ),
+        );
+        let service = make(
+            &mut cgroups,
+            &format!(
+                "system.slice/imdsguard-proxy-test-{}.service",
+                std::process::id()
+            ),
+        );
 
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -347,14 +267,20 @@ fn host_network_pods_are_identified_by_their_sockets_cgroup() {
         // A pod that started after the map was given: its socket is in the pod tree
         // under no known pod until the program's source names it (asked on the miss).
         let late_uid = uid('d');
-        let late_pod = cgroups.make(&format!(
-            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
-            late_uid.replace('-', "_")
-        ));
-        let late_ctr = cgroups.make(&format!(
-            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/ctr",
-            late_uid.replace('-', "_")
-        ));
+        let late_pod = make(
+            &mut cgroups,
+            &format!(
+                "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
+                late_uid.replace('-', "_")
+            ),
+        );
+        let late_ctr = make(
+            &mut cgroups,
+            &format!(
+                "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/ctr",
+                late_uid.replace('-', "_")
+            ),
+        );
         let control = proxy.control();
         let known = control.host_callers();
         let late_id = cgroup_id(&late_pod);
@@ -387,6 +313,6 @@ fn host_network_pods_are_identified_by_their_sockets_cgroup() {
             emulator.shutdown().await;
         });
         // Every curl has exited (output() waited), so the directories can go.
-        drop(cgroups);
+        assert_eq!(cgroups.close(), Vec::<String>::new());
     });
 }
