@@ -8,17 +8,21 @@
 //! the lab's pod UIDs and unit names carry its process id ([`Layout::new`]), it removes
 //! every directory it made when it ends (normally, on an error, and from the signal
 //! handler through [`remove_cgroups`]: processes killed first with `cgroup.kill`, then
-//! `rmdir` deepest first), it never kills in or removes a directory it did not make
-//! (shared parents such as `kubepods.slice` are removed only when it made them and they
-//! are empty), and it sweeps, when it starts, the directories of lab runs whose process
-//! is gone (killed with SIGKILL: nothing could clean up then).
+//! `rmdir` deepest first), it never kills in or removes a directory of its own kind it
+//! did not make, and it sweeps, when it starts, the directories of lab runs whose
+//! process is gone (killed with SIGKILL: nothing could clean up then). All of it goes
+//! through [`imdsguard_node::cgroups::CgroupTree`], which holds the shared cgroups lock
+//! while the lab runs: shared parents such as `kubepods.slice` are removed only by the
+//! last lab run or test to end (exclusive lock), when they are empty, so a parallel test
+//! is never between its `mkdir` of a parent and of its child when the parent goes.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use imdsguard_core::cgroup::{CgroupDriver, PodCgroup, QosClass, pod_cgroup_paths};
+use imdsguard_node::cgroups::CgroupTree;
 
 use crate::LabError;
 
@@ -112,18 +116,17 @@ fn try_mount(parent: Option<&str>) -> Result<(), String> {
     Ok(())
 }
 
-/// What the lab made in the hierarchy, to be removed.
-#[derive(Debug, Default)]
+/// The lab's cgroups: a [`CgroupTree`] (holding the shared cgroups lock while it
+/// lives), opened when the lab first needs it.
+#[derive(Debug)]
 struct Registry {
-    /// Directories made, in order (parents before children); `true` for the lab's own
-    /// (unique) ones, where it may kill, `false` for shared parents it happened to make.
-    made: Vec<(PathBuf, bool)>,
+    tree: Option<CgroupTree>,
     /// Set once removed: nothing more is made or spawned.
     closed: bool,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
-    made: Vec::new(),
+    tree: None,
     closed: false,
 });
 
@@ -131,66 +134,29 @@ fn registry() -> std::sync::MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Runs `f` on the lab's tree (opened on [`CGROUP_ROOT`] the first time), unless the lab
+/// is stopping.
+fn with_tree<T>(f: impl FnOnce(&mut CgroupTree) -> Result<T, LabError>) -> Result<T, LabError> {
+    let mut reg = registry();
+    if reg.closed {
+        return Err(LabError::Lab("the lab is stopping".into()));
+    }
+    if reg.tree.is_none() {
+        reg.tree = Some(CgroupTree::open(CGROUP_ROOT)?);
+    }
+    f(reg.tree.as_mut().expect("opened above"))
+}
+
 /// Removes every cgroup the lab made: kills the processes in its own ones
 /// (`cgroup.kill`), waits for them to go, and removes the directories deepest first;
-/// shared parents it made go only when empty. Safe to call several times, from the
+/// shared parents (`kubepods.slice`, …) only when no other run or test holds the cgroups
+/// lock and they are empty ([`CgroupTree::close`]). Safe to call several times, from the
 /// signal handler too (it waits for a spawn in progress, then no more are made).
 /// Gives the directories it could not remove.
 pub fn remove_cgroups() -> Vec<String> {
     let mut reg = registry();
     reg.closed = true;
-    let made = std::mem::take(&mut reg.made);
-    drop_dirs(made)
-}
-
-fn drop_dirs(made: Vec<(PathBuf, bool)>) -> Vec<String> {
-    for (dir, own) in made.iter().rev() {
-        if *own {
-            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
-        }
-    }
-    let mut left = Vec::new();
-    for (dir, own) in made.into_iter().rev() {
-        if own {
-            if let Err(e) = remove_when_empty(&dir, Duration::from_secs(3)) {
-                left.push(format!("{}: {e}", dir.display()));
-            }
-        } else if let Err(e) = std::fs::remove_dir(&dir) {
-            // Another run (or test) may have put something in it meanwhile: theirs.
-            if !matches!(e.raw_os_error(), Some(n) if n == busy() || n == not_empty())
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                left.push(format!("{}: {e}", dir.display()));
-            }
-        }
-    }
-    left
-}
-
-/// EBUSY: a cgroup with processes in it.
-fn busy() -> i32 {
-    rustix::io::Errno::BUSY.raw_os_error()
-}
-
-/// ENOTEMPTY: a cgroup with children.
-fn not_empty() -> i32 {
-    rustix::io::Errno::NOTEMPTY.raw_os_error()
-}
-
-/// `rmdir` once the cgroup has no process left (killed ones take a moment).
-fn remove_when_empty(dir: &Path, within: Duration) -> std::io::Result<()> {
-    let deadline = Instant::now() + within;
-    loop {
-        match std::fs::remove_dir(dir) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(busy()) && Instant::now() < deadline => {
-                let _ = std::fs::write(dir.join("cgroup.kill"), "1");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    reg.tree.take().map(CgroupTree::close).unwrap_or_default()
 }
 
 /// Where a process of the lab runs: a cgroup path relative to [`CGROUP_ROOT`].
@@ -261,53 +227,16 @@ impl Layout {
         [&self.kubelet, &self.monitoring, &self.debug]
     }
 
-    /// Makes every directory (parents as needed), recorded for [`remove_cgroups`].
+    /// Makes every directory (parents as needed), recorded for [`remove_cgroups`]: the
+    /// shared parents (`system.slice`, `kubepods.slice`, its QoS slices) and the lab's
+    /// own below them, which must not exist yet.
     pub(crate) fn create(&self) -> Result<(), LabError> {
-        for p in self.all() {
-            // Everything from the first part that names the lab's run is its own.
-            let own_from = match &p.pod {
-                Some(pod) => pod.path.matches('/').count(),
-                None => 1,
-            };
-            make_dirs(&p.cgroup, own_from)?;
-        }
-        Ok(())
-    }
-}
-
-/// Makes `rel`'s directories under the root; parts from index `own_from` on are the
-/// lab's own.
-fn make_dirs(rel: &str, own_from: usize) -> Result<(), LabError> {
-    let parts: Vec<&str> = rel.split('/').collect();
-    let mut attempts = 0;
-    'again: loop {
-        let mut dir = PathBuf::from(CGROUP_ROOT);
-        for (i, part) in parts.iter().enumerate() {
-            dir.push(part);
-            let mut reg = registry();
-            if reg.closed {
-                return Err(LabError::Lab("the lab is stopping".into()));
+        with_tree(|tree| {
+            for p in self.all() {
+                tree.make(&p.cgroup)?;
             }
-            match std::fs::create_dir(&dir) {
-                Ok(()) => reg.made.push((dir.clone(), i >= own_from)),
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::AlreadyExists
-                        && (i < own_from || reg.made.iter().any(|(d, _)| *d == dir)) => {}
-                // A shared parent another run removed (it was empty) between two steps:
-                // make the path again.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 5 => {
-                    attempts += 1;
-                    continue 'again;
-                }
-                Err(e) => {
-                    return Err(LabError::Io {
-                        what: format!("making the cgroup {}", dir.display()),
-                        source: e,
-                    });
-                }
-            }
-        }
-        return Ok(());
+            Ok(())
+        })
     }
 }
 
@@ -332,48 +261,37 @@ fn owner_pid(name: &str) -> Option<u32> {
 }
 
 /// Removes the cgroups of lab runs that are gone (their process id names no process):
-/// their processes killed, their directories removed deepest first. Gives what was
+/// their processes killed, their directories removed deepest first; the shared parents
+/// they leave empty go when the last run holding the cgroups lock ends. Gives what was
 /// removed.
 pub(crate) fn sweep_stale() -> Vec<String> {
-    let root = Path::new(CGROUP_ROOT);
-    let mut parents = vec![root.join("system.slice")];
+    with_tree(|tree| Ok(sweep_with(tree))).unwrap_or_default()
+}
+
+fn sweep_with(tree: &CgroupTree) -> Vec<String> {
+    let mut parents = vec!["system.slice".to_owned()];
     for qos in ["burstable", "besteffort"] {
-        parents.push(root.join(format!("kubepods.slice/kubepods-{qos}.slice")));
+        parents.push(format!("kubepods.slice/kubepods-{qos}.slice"));
     }
     let mut removed = Vec::new();
     for parent in parents {
-        let Ok(entries) = std::fs::read_dir(&parent) else {
+        let Ok(entries) = std::fs::read_dir(tree.root().join(&parent)) else {
             continue;
         };
         for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(pid) = owner_pid(&name.to_string_lossy()) else {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = owner_pid(&name) else {
                 continue;
             };
             if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
                 continue;
             }
-            let mut dirs = Vec::new();
-            collect_dirs(&entry.path(), &mut dirs);
-            let made: Vec<(PathBuf, bool)> = dirs.into_iter().map(|d| (d, true)).collect();
-            if drop_dirs(made).is_empty() {
+            if tree.remove_stale(&format!("{parent}/{name}")).is_empty() {
                 removed.push(entry.path().display().to_string());
             }
         }
     }
     removed
-}
-
-/// `dir` then every directory below it, parents first.
-fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
-    out.push(dir.to_owned());
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                collect_dirs(&e.path(), out);
-            }
-        }
-    }
 }
 
 /// The command the lab runs for one probe in a cgroup: the program and its arguments;
