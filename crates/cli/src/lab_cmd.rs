@@ -42,9 +42,10 @@ pub(crate) enum PhaseArg {
     Observe,
     /// `proxy` mode: IMDS traffic redirected to the filtering proxy, the rest dropped.
     Proxy,
-    /// `proxy` mode with the proxy's dry run: denials recorded as would-deny and
-    /// forwarded; `imdsguard report` over its decisions must name exactly the pods the
-    /// proxy phase denies.
+    /// `proxy` mode's dry run: the tables drop nothing (what they would drop is counted
+    /// would_drop) and the proxy records denials as would-deny and forwards them; every
+    /// row keeps its `before` cell, and `imdsguard report` over its decisions must name
+    /// exactly the pods the proxy phase denies.
     DryRun,
     /// With --kubernetes: a MetadataAccessPolicy, `imdsguard controller` and `imdsguard
     /// agent run --kubernetes` (block mode).
@@ -74,7 +75,8 @@ impl From<PhaseArg> for Phase {
 ///
 /// Exit status: 0 when every phase came out as expected (only the allowlisted pod, the
 /// node and the expected hostNetwork pod get tokens under block and proxy mode, the dry
-/// run keeps every pod's access and its report names the pods proxy mode denies, DNS
+/// run keeps every row's access (the spoofer's too: it drops nothing) and its report
+/// names the pods proxy mode denies, DNS
 /// always answers), 1 when one did not, 2 when the lab could not run, 130 or 143 when
 /// stopped by SIGINT or SIGTERM (it cleans up first).
 #[derive(Debug, Clone, Args)]

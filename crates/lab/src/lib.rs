@@ -9,8 +9,9 @@
 //! kubelet would give them (cgroup v2 mounted in the lab's own mount namespace; see
 //! `hostnet`). It then runs the attacker-path probe from every pod and from the node,
 //! before protection and under each enforcement mode (block, observe, proxy with the
-//! filtering proxy, and proxy with the proxy's dry run, whose decisions `imdsguard
-//! report`'s aggregation reads back), and prints the before/after matrix.
+//! filtering proxy, and proxy mode's dry run: tables that drop nothing and a proxy that
+//! forwards what it would deny, whose decisions `imdsguard report`'s aggregation reads
+//! back), and prints the before/after matrix.
 //!
 //! **Safety.** [`run`] takes an [`Isolated`]: proof that this process runs in a network
 //! namespace of its own (another than its parent's, nothing but `lo`), which

@@ -9,7 +9,7 @@ use std::time::Duration;
 use imdsguard_core::imds::{
     HOST_GA_PLUGIN_PORT, IMDS_ADDRESS, IMDS_PORT, WIRESERVER_ADDRESS, WIRESERVER_PORT,
 };
-use imdsguard_core::nft::{CounterValue, Mode, RulesetConfig, SourcePair};
+use imdsguard_core::nft::{self, CounterValue, Mode, RulesetConfig, SourcePair};
 use imdsguard_core::target::Cloud;
 use imdsguard_emulator::{Config as VmConfig, Emulator, Options, Throttle};
 use imdsguard_node::netns::{Isolated, NetNamespace};
@@ -27,7 +27,7 @@ use crate::hostnet::{
     self, DEBUG_ROW, HostNet, Layout, MONITORING_ROW, NODE_ROW, Placement, ProbeCommand,
 };
 use crate::kubernetes::KubeLab;
-use crate::report::{DryRunReport, LabPod, LabReport, Phase, PhaseResult, Row, check, hosted};
+use crate::report::{DryRunReport, LabPod, LabReport, Phase, PhaseResult, Row, check};
 use crate::{LabConfig, LabError};
 
 /// The pod whose (interface, address) pair is allowlisted.
@@ -840,6 +840,8 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
     for phase in &phases {
         let mut decisions = None;
         let mut _proxy = None;
+        // The dry run's counters as it starts (carried over from the phases before).
+        let mut counters_at_start = Vec::new();
         let enforcement = match phase {
             Phase::Before => {
                 enforcer.uninstall()?;
@@ -856,7 +858,13 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
                 };
                 let mut c = config.clone();
                 c.mode = mode;
+                // The dry run: the tables count and log what proxy mode would drop and
+                // let it through (the agent's --dry-run).
+                c.dry_run = *phase == Phase::DryRun;
                 enforcer.replace(c.clone())?;
+                if c.dry_run {
+                    counters_at_start = enforcer.counters()?;
+                }
                 let host_callers = match &host {
                     Some(host) => Some((host, host_table::apply(&c, host)?)),
                     None => None,
@@ -901,7 +909,7 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
                         }
                     ),
                     _ => format!(
-                        "dry run: proxy mode's tables unchanged (WireServer from pods not expected and unknown pairs still dropped), the filtering proxy at {PROXY_LISTEN} with --dry-run: denials recorded as would-deny and forwarded"
+                        "dry run: proxy mode's tables dropping nothing (WireServer from pods not expected and unknown pairs let through, counted would_drop), the filtering proxy at {PROXY_LISTEN} with --dry-run: denials recorded as would-deny and forwarded"
                     ),
                 }
             }
@@ -953,11 +961,11 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
         }
         let mut report = None;
         if *phase == Phase::DryRun {
-            // Every pod the node hosts keeps what it had before protection.
+            // Every row keeps what it had before protection: nothing is enforced, neither
+            // the proxy's denials nor the tables' drops (the spoofer's too).
             if let Some(before) = results.iter().find(|p| p.phase == Phase::Before) {
                 for row in &rows {
                     if let Some(b) = before.rows.iter().find(|b| b.pod == row.pod)
-                        && pods.iter().any(|p| p.name == row.pod && hosted(p))
                         && b.cell() != row.cell()
                     {
                         unexpected.push(format!(
@@ -968,6 +976,27 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
                         ));
                     }
                 }
+            }
+            // What proxy mode would drop was counted, never dropped: the phase's own
+            // packets (the counters are carried over from the phases before).
+            let counter = |name: &str| {
+                let of = |cs: &[CounterValue]| {
+                    cs.iter().find(|c| c.name == name).map_or(0, |c| c.packets)
+                };
+                of(&counters).saturating_sub(of(&counters_at_start))
+            };
+            for name in [nft::counter::BLOCKED, nft::counter::SPOOFED] {
+                if counter(name) != 0 {
+                    unexpected.push(format!(
+                        "the nft counter {name} counted {} packets in the dry run, which drops nothing",
+                        counter(name)
+                    ));
+                }
+            }
+            if counter(nft::counter::WOULD_DROP) == 0 {
+                unexpected.push(
+                    "the nft counter would_drop counted nothing in the dry run (the spoofer's packets would be dropped in proxy mode)".into(),
+                );
             }
             let proxy_denied = results.iter().find(|p| p.phase == Phase::Proxy).map(|p| {
                 p.rows
