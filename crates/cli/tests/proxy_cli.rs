@@ -3,37 +3,15 @@
 //! distinct loopback source addresses (127.0.0.2, 127.0.0.3) by a small python3 client.
 //! The proxy's upstream is always the emulator on loopback, never 169.254.169.254.
 
+#[path = "support/proxy_setup.rs"]
+mod proxy_setup;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use imdsguard_testkit::Netns;
+use proxy_setup::{ARM, BIN, KUBELET_CLIENT_ID, START_EMULATOR, VAULT, rules, token_path};
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_imdsguard");
-
-/// The default emulator config's kubelet identity (crates/emulator/src/default-config.yaml).
-const KUBELET_CLIENT_ID: &str = "2d7b9c41-6e83-4f1a-b5c2-8a9e0f3d1c67";
-
-const ARM: &str = "https%3A%2F%2Fmanagement.azure.com%2F";
-const VAULT: &str = "https%3A%2F%2Fvault.azure.net";
-
-fn rules() -> String {
-    format!(
-        r#"rules:
-  - name: payments-api-arm
-    subjects:
-      - namespace: payments
-        serviceAccount: api
-    token:
-      resources: [https://management.azure.com/]
-      identities:
-        - clientId: {KUBELET_CLIENT_ID}
-  - name: basics
-    subjects: [{{namespace: "*"}}]
-    paths: [/metadata/versions]
-"#
-    )
-}
 
 const PODS: &str = "- ip: 127.0.0.2
   namespace: payments
@@ -64,24 +42,17 @@ except ValueError:
 print(json.dumps({"status": r.status, "body": doc}))
 "#;
 
-/// Starts the emulator (127.0.0.1:8169) and the proxy (127.0.0.1:8170, admin :9170) in
-/// front of it, waits for both, runs `body`, then stops the proxy with SIGTERM and
-/// prints `proxy-exit N`. `$DIR` holds rules.yaml, pods.yaml and client.py.
+/// After [`START_EMULATOR`]: starts the proxy (127.0.0.1:8170, admin :9170) in front of
+/// the emulator and waits for it; then the test's script runs, and [`EPILOGUE`] stops
+/// the proxy with SIGTERM and prints `proxy-exit N`. `$DIR` holds rules.yaml, pods.yaml
+/// and client.py.
 const PRELUDE: &str = r#"
-set -u
-emu_out="$DIR/emulate.out"; px_out="$DIR/proxy.out"; px_err="$DIR/proxy.err"
-"$BIN" emulate --listen 127.0.0.1:8169 --seed 7 --no-throttle >"$emu_out" 2>/dev/null &
-emu=$!
-px=
-trap 'kill $emu $px 2>/dev/null' EXIT
-for _ in $(seq 100); do grep -q imds "$emu_out" && break; sleep 0.05; done
-grep -q imds "$emu_out" || { echo "emulator did not start" >&2; exit 97; }
+px_out="$DIR/proxy.out"; px_err="$DIR/proxy.err"
 "$BIN" proxy --listen 127.0.0.1:8170 --admin-listen 127.0.0.1:9170 \
     --upstream http://127.0.0.1:8169 --rules "$DIR/rules.yaml" --pods "$DIR/pods.yaml" \
     --log-format json >"$px_out" 2>"$px_err" &
 px=$!
-for _ in $(seq 100); do grep -q admin "$px_out" && break; sleep 0.05; done
-grep -q admin "$px_out" || { echo "proxy did not start" >&2; cat "$px_err" >&2; exit 97; }
+started "$px_out" admin proxy "$px_err"
 req() { python3 "$DIR/client.py" "$1" 8170 "$2"; }
 "#;
 
@@ -152,7 +123,7 @@ fn run(test: &str, script: &str) -> Run {
     let ns = Netns::require(test);
     let files = Files::new(test);
     let out = ns.run(
-        &format!("{PRELUDE}{script}{EPILOGUE}"),
+        &format!("{START_EMULATOR}{PRELUDE}{script}{EPILOGUE}"),
         &[
             ("BIN", BIN),
             ("DIR", files.path().to_str().expect("UTF-8 temp dir")),
@@ -166,12 +137,6 @@ fn run(test: &str, script: &str) -> Run {
     assert_ne!(run.code, 97, "{}", run.stderr);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     run
-}
-
-fn token_path(resource: &str) -> String {
-    format!(
-        "/metadata/identity/oauth2/token?api-version=2018-02-01&resource={resource}&client_id={KUBELET_CLIENT_ID}"
-    )
 }
 
 #[test]

@@ -4,6 +4,8 @@
 //! enforcing and with `--dry-run`, and hand-written logs read from files and standard
 //! input.
 
+#[path = "support/proxy_setup.rs"]
+mod proxy_setup;
 #[path = "support/run.rs"]
 mod run;
 
@@ -11,34 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use imdsguard_testkit::Netns;
+use proxy_setup::{ARM, BIN, KUBELET_CLIENT_ID, START_EMULATOR, VAULT, rules, token_path};
 use run::run_with_stdin;
 use serde_json::{Value, json};
-
-const BIN: &str = env!("CARGO_BIN_EXE_imdsguard");
-
-/// The default emulator config's kubelet identity (crates/emulator/src/default-config.yaml).
-const KUBELET_CLIENT_ID: &str = "2d7b9c41-6e83-4f1a-b5c2-8a9e0f3d1c67";
-
-const ARM: &str = "https%3A%2F%2Fmanagement.azure.com%2F";
-const VAULT: &str = "https%3A%2F%2Fvault.azure.net";
-
-fn rules() -> String {
-    format!(
-        r#"rules:
-  - name: payments-api-arm
-    subjects:
-      - namespace: payments
-        serviceAccount: api
-    token:
-      resources: [https://management.azure.com/]
-      identities:
-        - clientId: {KUBELET_CLIENT_ID}
-  - name: basics
-    subjects: [{{namespace: "*"}}]
-    paths: [/metadata/versions]
-"#
-    )
-}
 
 const PODS: &str = "- ip: 127.0.0.2
   namespace: payments
@@ -61,23 +38,15 @@ r.read()
 print(r.status)
 "#;
 
-/// Starts the emulator and the proxy (with `$PROXY_FLAGS`) writing its log to
+/// After [`START_EMULATOR`]: starts the proxy (with `$PROXY_FLAGS`) writing its log to
 /// `$DIR/decisions.log`, sends the requests, stops the proxy with SIGTERM (its log is
 /// flushed) and prints `== NAME STATUS` per request.
 const SCRIPT: &str = r#"
-set -u
-"$BIN" emulate --listen 127.0.0.1:8169 --seed 7 --no-throttle >"$DIR/emulate.out" 2>/dev/null &
-emu=$!
-px=
-trap 'kill $emu $px 2>/dev/null' EXIT
-for _ in $(seq 100); do grep -q imds "$DIR/emulate.out" && break; sleep 0.05; done
-grep -q imds "$DIR/emulate.out" || { echo "emulator did not start" >&2; exit 97; }
 "$BIN" proxy --listen 127.0.0.1:8170 --no-admin --upstream http://127.0.0.1:8169 \
     --rules "$DIR/rules.yaml" --pods "$DIR/pods.yaml" --log-format json $PROXY_FLAGS \
     >"$DIR/proxy.out" 2>"$DIR/decisions.log" &
 px=$!
-for _ in $(seq 100); do grep -q proxy "$DIR/proxy.out" && break; sleep 0.05; done
-grep -q proxy "$DIR/proxy.out" || { echo "proxy did not start" >&2; cat "$DIR/decisions.log" >&2; exit 97; }
+started "$DIR/proxy.out" proxy proxy "$DIR/decisions.log"
 req() { echo "== $1 $(python3 "$DIR/client.py" "$2" 8170 "$3")"; }
 req allowed 127.0.0.2 "$ARM_PATH"
 req versions 127.0.0.3 /metadata/versions
@@ -119,12 +88,6 @@ impl Drop for Scratch {
     }
 }
 
-fn token_path(resource: &str) -> String {
-    format!(
-        "/metadata/identity/oauth2/token?api-version=2018-02-01&resource={resource}&client_id={KUBELET_CLIENT_ID}"
-    )
-}
-
 /// Runs the proxy with `flags` in a namespace of its own; the statuses by request name,
 /// and the decision log.
 fn proxy_run(test: &str, dir: &Scratch, flags: &str) -> (Vec<(String, u16)>, PathBuf) {
@@ -133,7 +96,7 @@ fn proxy_run(test: &str, dir: &Scratch, flags: &str) -> (Vec<(String, u16)>, Pat
     dir.write("pods.yaml", PODS);
     dir.write("client.py", CLIENT);
     let out = ns.run(
-        SCRIPT,
+        &format!("{START_EMULATOR}{SCRIPT}"),
         &[
             ("BIN", BIN),
             ("DIR", dir.path().to_str().expect("UTF-8 temp dir")),
