@@ -5,8 +5,9 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use imdsguard_core::nft::{
-    self, CounterValue, Difference, DroppedSource, Mode, ObservedConnection, PairChanges,
-    RulesetConfig, SourcePair, TableState, parse_counters, parse_dropped, parse_observed,
+    self, CounterValue, Difference, DroppedSource, Mode, NftParseError, ObservedConnection,
+    PairChanges, RulesetConfig, SourcePair, TableState, parse_counters, parse_dropped,
+    parse_observed,
 };
 use serde::Serialize;
 
@@ -26,7 +27,8 @@ pub fn apply(exec: &Exec, batch: &Value) -> Result<(), NodeError> {
         .map_err(nft_error)
 }
 
-fn nft_error(e: NodeError) -> NodeError {
+/// A failed `nft` run as [`NodeError::Nft`].
+pub(crate) fn nft_error(e: NodeError) -> NodeError {
     match e {
         NodeError::Command {
             command,
@@ -41,87 +43,72 @@ fn nft_error(e: NodeError) -> NodeError {
     }
 }
 
-fn is_missing_table(e: &NodeError) -> bool {
-    matches!(e, NodeError::Nft { stderr, .. } if stderr.contains("No such file or directory"))
+/// What `nft ARGS` (a listing) prints, or `None` when the table or set it names is not
+/// there ("No such file or directory").
+pub(crate) fn nft_listing(exec: &Exec, args: &[&str]) -> Result<Option<String>, NodeError> {
+    match exec.run("nft", args, None).map_err(nft_error) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.names_missing_file() => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Reads `inet imdsguard` (`nft -j list table inet imdsguard`); `None` when it is absent.
 pub fn read_table(exec: &Exec) -> Result<Option<TableState>, NodeError> {
-    match exec
-        .run(
-            "nft",
-            ["-j", "list", "table", nft::FAMILY, nft::TABLE],
-            None,
-        )
-        .map_err(nft_error)
-    {
-        Ok(text) => Ok(TableState::parse(&text)?),
-        Err(e) if is_missing_table(&e) => Ok(None),
-        Err(e) => Err(e),
+    match nft_listing(exec, &["-j", "list", "table", nft::FAMILY, nft::TABLE])? {
+        Some(text) => Ok(TableState::parse(&text)?),
+        None => Ok(None),
     }
 }
 
 /// The named counters (`nft -j list counters table inet imdsguard`); empty when the
 /// table is absent.
 pub fn read_counters(exec: &Exec) -> Result<Vec<CounterValue>, NodeError> {
-    match exec
-        .run(
-            "nft",
-            ["-j", "list", "counters", "table", nft::FAMILY, nft::TABLE],
-            None,
-        )
-        .map_err(nft_error)
-    {
-        Ok(text) => Ok(parse_counters(&text)?),
-        Err(e) if is_missing_table(&e) => Ok(Vec::new()),
-        Err(e) => Err(e),
+    let args = ["-j", "list", "counters", "table", nft::FAMILY, nft::TABLE];
+    match nft_listing(exec, &args)? {
+        Some(text) => Ok(parse_counters(&text)?),
+        None => Ok(Vec::new()),
     }
+}
+
+/// The elements of the sets `names` of `inet imdsguard` read with `parse`, sorted; a set
+/// (or the table) that is absent adds none.
+fn set_elements<T: Ord>(
+    exec: &Exec,
+    names: [&str; 2],
+    parse: fn(&str) -> Result<Vec<T>, NftParseError>,
+) -> Result<Vec<T>, NodeError> {
+    let mut out = Vec::new();
+    for name in names {
+        let args = ["-j", "list", "set", nft::FAMILY, nft::TABLE, name];
+        if let Some(text) = nft_listing(exec, &args)? {
+            out.extend(parse(&text)?);
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// The sources dropped in the last 10 minutes, with their packet counts: the elements
 /// of `dropped_v4` and `dropped_v6` (`nft -j list set inet imdsguard dropped_v4`, then
 /// v6), sorted. Empty when the table or a set is absent (observe mode records nothing).
 pub fn dropped_sources(exec: &Exec) -> Result<Vec<DroppedSource>, NodeError> {
-    let mut out = Vec::new();
-    for name in [nft::set::DROPPED_V4, nft::set::DROPPED_V6] {
-        match exec
-            .run(
-                "nft",
-                ["-j", "list", "set", nft::FAMILY, nft::TABLE, name],
-                None,
-            )
-            .map_err(nft_error)
-        {
-            Ok(text) => out.extend(parse_dropped(&text)?),
-            Err(e) if is_missing_table(&e) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    out.sort();
-    Ok(out)
+    set_elements(
+        exec,
+        [nft::set::DROPPED_V4, nft::set::DROPPED_V6],
+        parse_dropped,
+    )
 }
 
 /// The connections observe mode let through in the last 10 minutes, by source pair and
 /// endpoint, with their counts: the elements of `observed_v4` and `observed_v6`, sorted.
 /// Empty when the table or a set is absent (block and proxy modes record nothing).
 pub fn observed_connections(exec: &Exec) -> Result<Vec<ObservedConnection>, NodeError> {
-    let mut out = Vec::new();
-    for name in [nft::set::OBSERVED_V4, nft::set::OBSERVED_V6] {
-        match exec
-            .run(
-                "nft",
-                ["-j", "list", "set", nft::FAMILY, nft::TABLE, name],
-                None,
-            )
-            .map_err(nft_error)
-        {
-            Ok(text) => out.extend(parse_observed(&text)?),
-            Err(e) if is_missing_table(&e) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    out.sort();
-    Ok(out)
+    set_elements(
+        exec,
+        [nft::set::OBSERVED_V4, nft::set::OBSERVED_V6],
+        parse_observed,
+    )
 }
 
 /// Removes `inet imdsguard` and the host table `inet imdsguard_host` (each one

@@ -22,6 +22,7 @@ use imdsguard_core::nft::{FAMILY, RulesetConfig};
 use serde::Serialize;
 
 use crate::NodeError;
+use crate::enforce::{nft_error, nft_listing};
 use crate::exec::Exec;
 
 /// `CGROUP2_SUPER_MAGIC`, for reference: the mount check reads `/proc/self/mountinfo`
@@ -223,25 +224,6 @@ pub fn cgroup_id(dir: &Path) -> io::Result<u64> {
     Ok(m.ino())
 }
 
-fn nft_error(e: NodeError) -> NodeError {
-    match e {
-        NodeError::Command {
-            command,
-            status,
-            stderr,
-        } => NodeError::Nft {
-            command,
-            status,
-            stderr,
-        },
-        other => other,
-    }
-}
-
-fn is_missing(e: &NodeError) -> bool {
-    matches!(e, NodeError::Nft { stderr, .. } if stderr.contains("No such file or directory"))
-}
-
 /// Applies host-table text with `nft -f -`: one transaction, all or nothing. A cgroup
 /// path that does not exist fails it with "No such file or directory" (see
 /// [`NodeError::is_missing_cgroup`]).
@@ -253,14 +235,7 @@ pub fn apply_host(exec: &Exec, text: &str) -> Result<(), NodeError> {
 
 /// `nft -j list table inet imdsguard_host`, or `None` when it is absent.
 pub fn read_host_listing(exec: &Exec) -> Result<Option<String>, NodeError> {
-    match exec
-        .run("nft", ["-j", "list", "table", FAMILY, HOST_TABLE], None)
-        .map_err(nft_error)
-    {
-        Ok(text) => Ok(Some(text)),
-        Err(e) if is_missing(&e) => Ok(None),
-        Err(e) => Err(e),
-    }
+    nft_listing(exec, &["-j", "list", "table", FAMILY, HOST_TABLE])
 }
 
 /// The host table's counters (the fixed ones and one per pod), or `None` when the table

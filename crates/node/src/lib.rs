@@ -120,6 +120,12 @@ impl NodeError {
     /// table, a cgroup directory that vanished between the scan and the load (rescan and
     /// apply again; nothing was changed).
     pub fn is_missing_cgroup(&self) -> bool {
+        self.names_missing_file()
+    }
+
+    /// `nft` said "No such file or directory": a table or set that is not there (a
+    /// listing), or a cgroup path (a load).
+    pub(crate) fn names_missing_file(&self) -> bool {
         matches!(self, NodeError::Nft { stderr, .. } if stderr.contains("No such file or directory"))
     }
 }
