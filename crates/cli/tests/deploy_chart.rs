@@ -203,6 +203,18 @@ fn the_chart_lints_and_the_plain_manifests_are_its_render() {
         pod["volumes"],
         json!([{"name": "cgroup", "hostPath": {"path": "/sys/fs/cgroup", "type": "Directory"}}])
     );
+    // The dry run: only when asked, and never with observe (which drops nothing).
+    assert!(!strings(&c["args"]).contains(&"--dry-run".to_owned()));
+    let dry = docs(&helm_sh(&["template", "--set", "mode=proxy,dryRun=true"]));
+    let args = strings(
+        &find(&dry, "DaemonSet", AGENT)["spec"]["template"]["spec"]["containers"][0]["args"],
+    );
+    assert!(
+        args.contains(&"--dry-run".to_owned()) && args.contains(&"proxy".to_owned()),
+        "{args:?}"
+    );
+    let err = helm_template_err(&["--set", "mode=observe,dryRun=true"]);
+    assert!(err.contains("observe mode drops nothing already"), "{err}");
     let without = docs(&helm_sh(&[
         "template",
         "--set",
