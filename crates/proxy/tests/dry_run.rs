@@ -5,40 +5,13 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use imdsguard_core::access::{RULE_CANONICAL_FORM, RULE_DEFAULT_DENY, RULE_UNKNOWN_SOURCE};
 use imdsguard_core::token::TokenSummary;
 use imdsguard_emulator::Faults;
-use imdsguard_proxy::{DecisionRecord, DecisionSink, PodRate};
-use serde_json::Value;
+use imdsguard_proxy::PodRate;
 use support::*;
-
-/// Keeps every decision record as the JSON the log would hold.
-#[derive(Clone, Default)]
-struct Records(Arc<Mutex<Vec<Value>>>);
-
-impl DecisionSink for Records {
-    fn record(&self, record: &DecisionRecord<'_>) {
-        let mut out = String::new();
-        record.write_json_fields(&mut out);
-        let v = serde_json::from_str(&out).expect("a JSON record");
-        self.0.lock().unwrap().push(v);
-    }
-}
-
-impl Records {
-    fn take(&self) -> Vec<Value> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-
-    /// The one record taken since the last call.
-    fn one(&self) -> Value {
-        let mut all = self.take();
-        assert_eq!(all.len(), 1, "{all:?}");
-        all.remove(0)
-    }
-}
 
 async fn start_dry(dry_run: bool) -> (Env, Records) {
     let records = Records::default();
@@ -164,16 +137,10 @@ async fn a_dry_run_forwards_what_the_rules_deny_and_records_would_deny() {
 
     // Counted as would_deny; /readyz says it is a dry run.
     let m = admin_get(env.admin(), "/metrics").await;
-    assert!(
-        m.text().contains(
-            r#"imdsguard_proxy_decisions_total{namespace="shop",endpoint="identity-token",outcome="would_deny"} 1"#
-        ),
-        "{}",
-        m.text()
-    );
-    assert!(m.text().contains(
-        r#"imdsguard_proxy_decisions_total{namespace="-",endpoint="versions",outcome="would_deny"} 1"#
-    ));
+    m.assert_has(&[
+        r#"imdsguard_proxy_decisions_total{namespace="shop",endpoint="identity-token",outcome="would_deny"} 1"#,
+        r#"imdsguard_proxy_decisions_total{namespace="-",endpoint="versions",outcome="would_deny"} 1"#,
+    ]);
     let ready = admin_get(env.admin(), "/readyz").await;
     assert_eq!(ready.status, 200);
     assert!(ready.text().contains("dry run"), "{}", ready.text());
@@ -247,11 +214,6 @@ async fn a_dry_run_denial_the_upstream_fails_stays_would_deny() {
         (Some("would-deny"), Some(RULE_UNKNOWN_SOURCE), Some(502))
     );
     let m = admin_get(env.admin(), "/metrics").await;
-    assert!(
-        m.text()
-            .contains(r#"imdsguard_proxy_upstream_errors_total{kind="connect"} 1"#),
-        "{}",
-        m.text()
-    );
+    m.assert_has(&[r#"imdsguard_proxy_upstream_errors_total{kind="connect"} 1"#]);
     env.shutdown().await;
 }

@@ -17,16 +17,16 @@ mod support;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use imdsguard_core::access::{AccessRules, PodIndex, PodInfo, RULE_UNKNOWN_SOURCE};
 use imdsguard_emulator::Faults;
 use imdsguard_node::cgroups::{CgroupTree, command_in_cgroup, isolated_cgroup_test};
 use imdsguard_proxy::{
-    DecisionRecord, DecisionSink, HostCallerConfig, HostCallerMap, PodRate, Proxy, ProxyConfig,
-    RULE_UNKNOWN_POD_CGROUP, Upstream,
+    HostCallerConfig, HostCallerMap, PodRate, Proxy, ProxyConfig, RULE_UNKNOWN_POD_CGROUP, Upstream,
 };
 use serde_json::Value;
+use support::Records;
 
 const INNER: &str = "IMDSGUARD_PROXY_HOST_CALLERS_INNER";
 const CGROUP2: &str = "/sys/fs/cgroup";
@@ -85,26 +85,6 @@ fn curl_from(cgroup: &Path, url: &str) -> (u16, String) {
     );
     let (body, status) = text.rsplit_once('\n').expect("status line");
     (status.trim().parse().expect("a status"), body.to_string())
-}
-
-#[derive(Clone, Default)]
-struct Records(Arc<Mutex<Vec<Value>>>);
-
-impl DecisionSink for Records {
-    fn record(&self, record: &DecisionRecord<'_>) {
-        let mut out = String::new();
-        record.write_json_fields(&mut out);
-        self.0
-            .lock()
-            .unwrap()
-            .push(serde_json::from_str(&out).unwrap());
-    }
-}
-
-impl Records {
-    fn last(&self) -> Value {
-        self.0.lock().unwrap().last().cloned().expect("a record")
-    }
 }
 
 const RULES: &str = r#"
@@ -296,18 +276,12 @@ fn host_network_pods_are_identified_by_their_sockets_cgroup() {
         assert_eq!(records.last()["pod"], "monitoring/exporter-late");
 
         let metrics = runtime.block_on(support::admin_get(proxy.admin_addr().unwrap(), "/metrics"));
-        for want in [
+        metrics.assert_has(&[
             r#"imdsguard_proxy_host_caller_lookups_total{result="pod"} 4"#,
             r#"imdsguard_proxy_host_caller_lookups_total{result="unknown-pod-cgroup"} 2"#,
             r#"imdsguard_proxy_host_caller_lookups_total{result="node"} 1"#,
             r#"imdsguard_proxy_decisions_total{namespace="monitoring",endpoint="instance",outcome="allow"} 3"#,
-        ] {
-            assert!(
-                metrics.text().contains(want),
-                "{want} in\n{}",
-                metrics.text()
-            );
-        }
+        ]);
         runtime.block_on(async {
             proxy.shutdown().await;
             emulator.shutdown().await;

@@ -160,6 +160,13 @@ impl Reply {
         std::str::from_utf8(&self.body).expect("UTF-8 body")
     }
 
+    /// Fails the test unless the body holds every line of `want` (e.g. metric samples).
+    pub fn assert_has(&self, want: &[&str]) {
+        for w in want {
+            assert!(self.text().contains(w), "{w} in\n{}", self.text());
+        }
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("JSON body ({e}): {}", self.text()))
@@ -327,4 +334,36 @@ pub async fn admin_get(addr: SocketAddr, path: &str) -> Reply {
     send_from(UNKNOWN, addr, "GET", path, &[], b"")
         .await
         .expect("admin answers")
+}
+
+/// Keeps every decision record as the JSON the log would hold.
+#[derive(Clone, Default)]
+pub struct Records(Arc<std::sync::Mutex<Vec<Value>>>);
+
+impl imdsguard_proxy::DecisionSink for Records {
+    fn record(&self, record: &imdsguard_proxy::DecisionRecord<'_>) {
+        let mut out = String::new();
+        record.write_json_fields(&mut out);
+        let v = serde_json::from_str(&out).expect("a JSON record");
+        self.0.lock().unwrap().push(v);
+    }
+}
+
+impl Records {
+    /// The records since the last call.
+    pub fn take(&self) -> Vec<Value> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+
+    /// The one record taken since the last call.
+    pub fn one(&self) -> Value {
+        let mut all = self.take();
+        assert_eq!(all.len(), 1, "{all:?}");
+        all.remove(0)
+    }
+
+    /// The latest record.
+    pub fn last(&self) -> Value {
+        self.0.lock().unwrap().last().cloned().expect("a record")
+    }
 }
