@@ -14,9 +14,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use imdsguard_core::cgroup::{CGROUP2_MOUNT, CgroupDriver, QosClass, pod_cgroup_paths};
 use imdsguard_core::imds::IMDS_ADDRESS;
 use imdsguard_core::nft::{Mode, SourcePair, TableState};
 use imdsguard_emulator::{Config as VmConfig, Emulator, Options, Throttle};
+use imdsguard_node::cgroups::{CgroupTree, ENTER_FAILED, command_in_cgroup, isolated_cgroup_test};
 use imdsguard_node::netns::{Isolated, NetNamespace};
 use imdsguard_node::sandbox::{self, Reach, Sandbox, lab_pods};
 use imdsguard_node::{Exec, read_table};
@@ -114,6 +116,24 @@ impl World {
         path
     }
 
+    /// The agent's JSON log ([`World::agent`]).
+    fn log(&self) -> PathBuf {
+        self.dir.join("agent.log")
+    }
+
+    /// `imdsguard agent run ARGS --pods pods.yaml [--rules rules.yaml]`, the files (in
+    /// the test's directory) holding `pods` and `rules`, its JSON log in [`World::log`].
+    fn agent(&self, args: &[&str], pods: &str, rules: Option<&str>) -> AgentProc {
+        let pods = self.file("pods.yaml", pods);
+        let rules = rules.map(|r| self.file("rules.yaml", r));
+        let mut all = args.to_vec();
+        all.extend(["--pods", pods.to_str().unwrap()]);
+        if let Some(rules) = &rules {
+            all.extend(["--rules", rules.to_str().unwrap()]);
+        }
+        AgentProc::start_logging(&all, &self.log())
+    }
+
     fn reach(&self, pod: &str) -> Reach {
         self.sandbox
             .pod(pod)
@@ -136,6 +156,12 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
+        // A failing test shows the agent's log (the tests keep it in a file).
+        if std::thread::panicking()
+            && let Ok(log) = std::fs::read_to_string(self.log())
+        {
+            eprintln!("the agent's log:\n{log}");
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -257,6 +283,20 @@ fn pair(iface: &str, addr: [u8; 4]) -> SourcePair {
     SourcePair::new(iface, IpAddr::V4(Ipv4Addr::from(addr))).unwrap()
 }
 
+/// The agent is ready and says its tables drop nothing; the table is `mode`'s, marked
+/// as a dry run.
+fn assert_dry_run(agent: &AgentProc, mode: Mode) {
+    let (status, ready) = agent.get("/readyz");
+    assert_eq!(status, 200, "{ready}");
+    assert!(
+        ready.contains(&format!("dry run: {mode} mode's tables drop nothing")),
+        "{ready}"
+    );
+    let t = table();
+    assert_eq!((t.mode, t.dry_run), (Some(mode), true));
+    assert!(t.is_enforcing());
+}
+
 /// Polls `check` every 50 ms for up to `within`.
 fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
@@ -268,6 +308,19 @@ fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
     check()
 }
+
+/// Where the tests' proxy mode listens: the node's address, port 8169.
+fn proxy_address() -> String {
+    SocketAddr::new(IpAddr::V4(sandbox::NODE_ADDR), 8169).to_string()
+}
+
+/// The pods the sandbox node hosts (the spoofer's address is not its own: not listed),
+/// as the API server's pods (namespace, name, podIP).
+const SANDBOX_API_PODS: [(&str, &str, &str); 3] = [
+    ("platform", "allowed", "10.244.0.10"),
+    ("shop", "web", "10.244.0.11"),
+    ("jobs", "batch", "10.244.1.10"),
+];
 
 /// The pods the sandbox node hosts (the spoofer's address is not its own: not listed).
 const PODS: &str = "
@@ -291,17 +344,18 @@ fn the_agent_installs_restores_and_follows_the_pods_file() {
     let test = "the_agent_installs_restores_and_follows_the_pods_file";
     isolated(test, || {
         let w = World::new(test);
-        let pods = w.file("pods.yaml", PODS);
-        let mut agent = AgentProc::start(&[
-            "--mode",
-            "block",
-            "--pods",
-            pods.to_str().unwrap(),
-            "--allow",
-            "platform/allowed",
-            "--check-interval",
-            "2s",
-        ]);
+        let mut agent = w.agent(
+            &[
+                "--mode",
+                "block",
+                "--allow",
+                "platform/allowed",
+                "--check-interval",
+                "2s",
+            ],
+            PODS,
+            None,
+        );
         let t = table();
         assert_eq!(t.mode, Some(Mode::Block));
         assert_eq!(t.allowed, [pair("azvallowed", [10, 244, 0, 10])]);
@@ -397,20 +451,18 @@ fn sighup_reloads_and_killing_the_agent_leaves_the_table() {
     isolated(test, || {
         let w = World::new(test);
         // `web` is allowlisted by name but not in the file yet.
-        let pods = w.file(
-            "pods.yaml",
+        let mut agent = w.agent(
+            &[
+                "--mode",
+                "block",
+                "--allow",
+                "shop/web",
+                "--check-interval",
+                "30m",
+            ],
             "- {ip: 10.244.0.10, namespace: platform, name: allowed, interface: azvallowed}\n",
+            None,
         );
-        let mut agent = AgentProc::start(&[
-            "--mode",
-            "block",
-            "--pods",
-            pods.to_str().unwrap(),
-            "--allow",
-            "shop/web",
-            "--check-interval",
-            "30m",
-        ]);
         assert!(table().allowed.is_empty());
         assert_eq!(w.reach("web"), Reach::Timeout);
         let before = table();
@@ -440,23 +492,21 @@ fn proxy_mode_end_to_end_with_the_emulator() {
     let test = "proxy_mode_end_to_end_with_the_emulator";
     isolated(test, || {
         let w = World::new(test);
-        let pods = w.file("pods.yaml", PODS);
-        let rules = w.file("rules.yaml", RULES);
-        let proxy = SocketAddr::new(IpAddr::V4(sandbox::NODE_ADDR), 8169).to_string();
-        let mut agent = AgentProc::start(&[
-            "--mode",
-            "proxy",
-            "--proxy-address",
-            &proxy,
-            "--pods",
-            pods.to_str().unwrap(),
-            "--rules",
-            rules.to_str().unwrap(),
-            "--allow",
-            "platform/allowed",
-            "--check-interval",
-            "500ms",
-        ]);
+        let proxy = proxy_address();
+        let mut agent = w.agent(
+            &[
+                "--mode",
+                "proxy",
+                "--proxy-address",
+                &proxy,
+                "--allow",
+                "platform/allowed",
+                "--check-interval",
+                "500ms",
+            ],
+            PODS,
+            Some(RULES),
+        );
         assert!(agent.ready(), "{:?}", agent.get("/readyz"));
         assert_eq!(table().mode, Some(Mode::Proxy));
 
@@ -527,20 +577,18 @@ fn observe_mode_counts_connections_per_pod_and_endpoint() {
     let test = "observe_mode_counts_connections_per_pod_and_endpoint";
     isolated(test, || {
         let w = World::new(test);
-        let pods = w.file("pods.yaml", PODS);
-        let log = w.dir.join("agent.log");
-        let agent = AgentProc::start_logging(
+        let log = w.log();
+        let agent = w.agent(
             &[
                 "--mode",
                 "observe",
-                "--pods",
-                pods.to_str().unwrap(),
                 "--allow",
                 "platform/allowed",
                 "--check-interval",
                 "500ms",
             ],
-            &log,
+            PODS,
+            None,
         );
         assert!(agent.ready(), "{:?}", agent.get("/readyz"));
         assert_eq!(table().mode, Some(Mode::Observe));
@@ -669,36 +717,23 @@ fn proxy_mode_dry_run_forwards_what_it_would_deny() {
     let test = "proxy_mode_dry_run_forwards_what_it_would_deny";
     isolated(test, || {
         let w = World::new(test);
-        let pods = w.file("pods.yaml", PODS);
-        let rules = w.file("rules.yaml", RULES);
-        let log = w.dir.join("agent.log");
-        let proxy = SocketAddr::new(IpAddr::V4(sandbox::NODE_ADDR), 8169).to_string();
-        let agent = AgentProc::start_logging(
+        let log = w.log();
+        let proxy = proxy_address();
+        let agent = w.agent(
             &[
                 "--mode",
                 "proxy",
                 "--dry-run",
                 "--proxy-address",
                 &proxy,
-                "--pods",
-                pods.to_str().unwrap(),
-                "--rules",
-                rules.to_str().unwrap(),
                 "--check-interval",
                 "500ms",
             ],
-            &log,
-        );
-        let (status, ready) = agent.get("/readyz");
-        assert_eq!(status, 200, "{ready}");
-        assert!(
-            ready.contains("dry run: proxy mode's tables drop nothing"),
-            "{ready}"
+            PODS,
+            Some(RULES),
         );
         // Proxy mode's table, marked as a dry run: it drops nothing.
-        let t = table();
-        assert_eq!((t.mode, t.dry_run), (Some(Mode::Proxy), true));
-        assert!(t.is_enforcing());
+        assert_dry_run(&agent, Mode::Proxy);
 
         let location = "/metadata/instance/compute/location?api-version=2021-02-01&format=text";
         let instance = "/metadata/instance?api-version=2021-02-01";
@@ -817,160 +852,143 @@ fn proxy_mode_dry_run_forwards_what_it_would_deny() {
 }
 
 // hostNetwork pods by cgroup. The cgroup v2 hierarchy is the machine's one (a mount in a
-// private mount namespace shows it whole): each test makes directories named after its
-// own process id and removes them when it ends, also on failure; shared parents
-// (`kubepods.slice`, its QoS slices, `system.slice`) go only when the test made them and
-// they are empty.
-
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+// private mount namespace shows it whole): each test's cgroups are made and removed
+// through `imdsguard_node::cgroups::CgroupTree` (names unique to the run; its own
+// directories removed when it ends, also on failure; the shared parents, `kubepods.slice`,
+// its QoS slices and `system.slice`, by the last tree, under the shared cgroups lock).
 
 /// Runs `body` in a fresh network namespace AND a private mount namespace with cgroup v2
 /// mounted at /sys/fs/cgroup (as root: the hierarchy is the machine's, which only root
 /// may change): this binary again, `--exact test`.
 fn isolated_cgroup(test: &str, body: impl FnOnce()) {
-    match std::env::var(INNER) {
-        Ok(t) if t == test => {
-            if let Err(why) =
-                imdsguard_node::host::cgroup2_mounted(std::path::Path::new(CGROUP_ROOT))
-            {
-                panic!("{test}: no cgroup v2 inside the test's namespace: {why}");
-            }
-            return body();
-        }
-        Ok(_) => return,
-        Err(_) => {}
-    }
-    imdsguard_testkit::require(
-        test,
-        &[
-            "nft", "ip", "nsenter", "unshare", "mount", "bash", "timeout",
-        ],
-    );
-    imdsguard_testkit::require_root(test);
-    let exe = std::env::current_exe().expect("the test binary");
-    let out = Command::new("unshare")
-        .args(["--net", "--mount", "--propagation", "private", "sh", "-c"])
-        .arg(
-            r#"ip link set lo up && mount -t cgroup2 none /sys/fs/cgroup && exec "$TEST_EXE" "$TEST_NAME" --exact --include-ignored --nocapture --test-threads=1"#,
-        )
-        .env("TEST_EXE", &exe)
-        .env("TEST_NAME", test)
-        .env(INNER, test)
-        .output()
-        .expect("unshare (util-linux) runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stderr}");
-    assert!(
-        out.status.success(),
-        "{test} failed inside its namespaces:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.contains("1 passed"),
-        "{test} did not run inside its namespaces:\n{stdout}"
-    );
+    isolated_cgroup_test(test, INNER, &["nft", "nsenter", "bash", "timeout"], body);
 }
 
-/// The cgroup directories of one test: pods (systemd driver, a container below each)
-/// and the "kubelet" in system.slice; removed on drop.
-struct Cgroups {
-    /// Made by the test, in order (parents first), and whether it is its own (unique).
-    made: Vec<(PathBuf, bool)>,
+/// A pod UID of this test run: `a9e17e57-000N-4000-8000-<pid>`.
+fn test_uid(n: u16) -> String {
+    format!("a9e17e57-{n:04x}-4000-8000-{:012x}", std::process::id())
 }
 
-impl Cgroups {
-    fn new() -> Cgroups {
-        Cgroups { made: Vec::new() }
-    }
+/// The sandbox node with cgroups: the "kubelet" (a service of system.slice) and the
+/// hostNetwork pods' directories [`HostNode::pod`] makes; all removed on drop.
+struct HostNode {
+    w: World,
+    cgroups: CgroupTree,
+    kubelet: PathBuf,
+}
 
-    /// A pod UID of this test run: `a9e17e57-TTTT-4000-8000-<pid>`.
-    fn uid(n: u16) -> String {
-        format!("a9e17e57-{n:04x}-4000-8000-{:012x}", std::process::id())
-    }
-
-    fn mkdir(&mut self, rel: &str, own: bool) -> PathBuf {
-        let path = PathBuf::from(CGROUP_ROOT).join(rel);
-        if !path.is_dir() {
-            std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-            self.made.push((path.clone(), own));
-        }
-        path
-    }
-
-    /// A Burstable (level 3) or Guaranteed (level 2) pod's directory and a container
-    /// below it; the container's directory (where processes go).
-    fn pod(&mut self, uid: &str, burstable: bool) -> PathBuf {
-        let su = uid.replace('-', "_");
-        self.mkdir("kubepods.slice", false);
-        let pod = if burstable {
-            self.mkdir("kubepods.slice/kubepods-burstable.slice", false);
-            format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{su}.slice")
-        } else {
-            format!("kubepods.slice/kubepods-pod{su}.slice")
-        };
-        self.mkdir(&pod, true);
-        self.mkdir(
-            &format!("{pod}/cri-containerd-{:x}.scope", std::process::id()),
-            true,
-        )
-    }
-
-    /// The "kubelet": a service of system.slice.
-    fn node_service(&mut self) -> PathBuf {
-        self.mkdir("system.slice", false);
-        self.mkdir(
-            &format!(
+impl HostNode {
+    fn new(test: &str) -> HostNode {
+        let w = World::new(test);
+        let mut cgroups = CgroupTree::open(CGROUP2_MOUNT).expect("the cgroups lock");
+        let kubelet = cgroups
+            .make(&format!(
                 "system.slice/imdsguard-test-{}-kubelet.service",
                 std::process::id()
-            ),
-            true,
-        )
+            ))
+            .unwrap();
+        HostNode {
+            w,
+            cgroups,
+            kubelet,
+        }
+    }
+
+    /// The pod `uid`'s directory as the kubelet's systemd driver names it for class
+    /// `qos`, and a container below it; the container's (where its processes go).
+    fn pod(&mut self, uid: &str, qos: QosClass) -> PathBuf {
+        let pod = pod_cgroup_paths(uid)
+            .into_iter()
+            .find(|c| c.driver == CgroupDriver::Systemd && c.qos == qos)
+            .unwrap_or_else(|| panic!("{uid} is no pod UID"));
+        self.cgroups
+            .make(&format!(
+                "{}/cri-containerd-{:x}.scope",
+                pod.path,
+                std::process::id()
+            ))
+            .unwrap()
     }
 }
 
-impl Drop for Cgroups {
-    fn drop(&mut self) {
-        for (path, own) in self.made.iter().rev() {
-            if *own {
-                let _ = std::fs::write(path.join("cgroup.kill"), "1");
-            }
-            // Processes leave a killed cgroup shortly after.
-            for _ in 0..50 {
-                match std::fs::remove_dir(path) {
-                    Ok(()) => break,
-                    // A shared parent someone else uses now, or gone: leave it.
-                    Err(_) if !own => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
+/// The file-driven hostNetwork tests' node: [`host_pods_file`]'s three pods,
+/// `monitoring/agent` (Burstable) and `debug/shell` (Guaranteed) with their cgroups, and
+/// `monitoring/late`, whose cgroup [`HostPods::late`] makes.
+struct HostPods {
+    node: HostNode,
+    mon_uid: String,
+    dbg_uid: String,
+    late_uid: String,
+    monitoring: PathBuf,
+    debug: PathBuf,
+}
+
+impl HostPods {
+    fn new(test: &str) -> HostPods {
+        let mut node = HostNode::new(test);
+        let (mon_uid, dbg_uid, late_uid) = (test_uid(1), test_uid(2), test_uid(3));
+        let monitoring = node.pod(&mon_uid, QosClass::Burstable);
+        let debug = node.pod(&dbg_uid, QosClass::Guaranteed);
+        HostPods {
+            node,
+            mon_uid,
+            dbg_uid,
+            late_uid,
+            monitoring,
+            debug,
         }
+    }
+
+    /// The agent with `args`, the pods file ([`host_pods_file`]) and [`HOST_RULES`].
+    fn agent(&self, args: &[&str]) -> AgentProc {
+        let pods = host_pods_file(&self.mon_uid, &self.dbg_uid, &self.late_uid);
+        self.node.w.agent(args, &pods, Some(HOST_RULES))
+    }
+
+    /// `monitoring/late`'s cgroup (Burstable), made now.
+    fn late(&mut self) -> PathBuf {
+        self.node.pod(&self.late_uid, QosClass::Burstable)
     }
 }
 
 /// A GET from a process of the node's namespace placed in the cgroup `cgroup` before it
 /// opens its socket (bash's /dev/tcp); `None` when no connection was made within 3 s.
 fn get_from_cgroup(cgroup: &std::path::Path, path: &str) -> Option<(u16, String)> {
-    let script = r#"echo $$ > "$CG/cgroup.procs" || exit 99
-exec 3<>/dev/tcp/169.254.169.254/80 || exit 98
+    let script = r#"exec 3<>/dev/tcp/169.254.169.254/80 || exit 98
 printf 'GET %s HTTP/1.1\r\nHost: 169.254.169.254\r\nMetadata: true\r\nConnection: close\r\n\r\n' "$P" >&3
 cat <&3"#;
-    let out = Command::new("timeout")
+    let out = command_in_cgroup(cgroup, "timeout")
         .args(["3", "bash", "-c", script])
-        .env("CG", cgroup)
         .env("P", path)
         .output()
         .expect("timeout and bash run");
     assert_ne!(
         out.status.code(),
-        Some(99),
-        "could not join {}",
-        cgroup.display()
+        Some(ENTER_FAILED),
+        "could not join {}: {}",
+        cgroup.display(),
+        String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
     Some((status, body))
+}
+
+/// A TCP connection to WireServer (168.63.129.16:80; nothing listens there in the
+/// sandbox) from a process placed in `cgroup`: refused, or no answer within 2 s.
+fn wireserver_from_cgroup(cgroup: &std::path::Path) -> Reach {
+    let out = command_in_cgroup(cgroup, "timeout")
+        .args(["2", "bash", "-c", "exec 3<>/dev/tcp/168.63.129.16/80"])
+        .output()
+        .expect("timeout and bash run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match out.status.code() {
+        Some(0) => Reach::Connected,
+        Some(124) => Reach::Timeout,
+        _ if stderr.contains("refused") => Reach::Refused(stderr.trim().to_owned()),
+        other => panic!("a connection from {}: {other:?} {stderr}", cgroup.display()),
+    }
 }
 
 const INSTANCE: &str = "/metadata/instance?api-version=2021-02-01";
@@ -1013,12 +1031,10 @@ const HOST_RULES: &str = "rules:
 fn block_mode_guards_host_network_pods_by_cgroup() {
     let test = "block_mode_guards_host_network_pods_by_cgroup";
     isolated_cgroup(test, || {
-        let w = World::new(test);
-        let mut cg = Cgroups::new();
-        let (mon_uid, dbg_uid, late_uid) = (Cgroups::uid(1), Cgroups::uid(2), Cgroups::uid(3));
-        let monitoring = cg.pod(&mon_uid, true);
-        let debug = cg.pod(&dbg_uid, false);
-        let kubelet = cg.node_service();
+        let mut h = HostPods::new(test);
+        let (monitoring, debug) = (h.monitoring.clone(), h.debug.clone());
+        let kubelet = h.node.kubelet.clone();
+        let log = h.node.w.log();
         // Before the agent: everybody reaches IMDS from the node.
         for (who, dir) in [
             ("monitoring", &monitoring),
@@ -1032,22 +1048,7 @@ fn block_mode_guards_host_network_pods_by_cgroup() {
                 "{who} before the agent"
             );
         }
-        let pods = w.file("pods.yaml", &host_pods_file(&mon_uid, &dbg_uid, &late_uid));
-        let rules = w.file("rules.yaml", HOST_RULES);
-        let log = w.dir.join("agent.log");
-        let agent = AgentProc::start_logging(
-            &[
-                "--mode",
-                "block",
-                "--pods",
-                pods.to_str().unwrap(),
-                "--rules",
-                rules.to_str().unwrap(),
-                "--check-interval",
-                "30m",
-            ],
-            &log,
-        );
+        let agent = h.agent(&["--mode", "block", "--check-interval", "30m"]);
         let (status, body) = agent.get("/readyz");
         assert_eq!(status, 200, "{body}");
         assert!(
@@ -1067,8 +1068,8 @@ fn block_mode_guards_host_network_pods_by_cgroup() {
         assert_eq!(get_from_cgroup(&debug, INSTANCE), None, "debug is dropped");
         // Ordinary pods are the main table's: the rules file selects shop (allowlisted in
         // block mode), not jobs.
-        assert!(w.reach("web").connected());
-        assert_eq!(w.reach("batch"), Reach::Timeout);
+        assert!(h.node.w.reach("web").connected());
+        assert_eq!(h.node.w.reach("batch"), Reach::Timeout);
 
         // The drop is debug/shell's, in the metric and the log (a check: SIGHUP).
         agent.signal(rustix::process::Signal::HUP);
@@ -1100,7 +1101,7 @@ fn block_mode_guards_host_network_pods_by_cgroup() {
         assert!(
             shell["cgroup"]
                 .as_str()
-                .is_some_and(|c| c.contains(&dbg_uid.replace('-', "_"))),
+                .is_some_and(|c| c.contains(&h.dbg_uid.replace('-', "_"))),
             "{shell}"
         );
         assert!(dropped.iter().all(|r| r["pod"] != "agent"), "{dropped:?}");
@@ -1108,7 +1109,7 @@ fn block_mode_guards_host_network_pods_by_cgroup() {
         // A hostNetwork pod started later: until a check names it, its sockets are in a
         // pod cgroup no rule names (dropped, unknown); after the next check it is
         // covered as itself (expected: through).
-        let late = cg.pod(&late_uid, true);
+        let late = h.late();
         assert_eq!(get_from_cgroup(&late, INSTANCE), None, "not named yet");
         agent.signal(rustix::process::Signal::HUP);
         assert!(
@@ -1175,35 +1176,17 @@ fn block_mode_guards_host_network_pods_by_cgroup() {
 fn observe_mode_counts_host_network_pods_connections_by_cgroup() {
     let test = "observe_mode_counts_host_network_pods_connections_by_cgroup";
     isolated_cgroup(test, || {
-        let w = World::new(test);
-        let mut cg = Cgroups::new();
-        let (mon_uid, dbg_uid, late_uid) = (Cgroups::uid(1), Cgroups::uid(2), Cgroups::uid(3));
-        let monitoring = cg.pod(&mon_uid, true);
-        let debug = cg.pod(&dbg_uid, false);
-        let kubelet = cg.node_service();
-        let pods = w.file("pods.yaml", &host_pods_file(&mon_uid, &dbg_uid, &late_uid));
-        let rules = w.file("rules.yaml", HOST_RULES);
-        let log = w.dir.join("agent.log");
-        let agent = AgentProc::start_logging(
-            &[
-                "--mode",
-                "observe",
-                "--pods",
-                pods.to_str().unwrap(),
-                "--rules",
-                rules.to_str().unwrap(),
-                "--check-interval",
-                "500ms",
-            ],
-            &log,
-        );
+        let h = HostPods::new(test);
+        let (monitoring, debug, kubelet) = (&h.monitoring, &h.debug, &h.node.kubelet);
+        let log = h.node.w.log();
+        let agent = h.agent(&["--mode", "observe", "--check-interval", "500ms"]);
         assert!(agent.ready(), "{:?}", agent.get("/readyz"));
         // Nothing is dropped: all three get the instance document.
         for (who, dir) in [
-            ("monitoring", &monitoring),
-            ("debug", &debug),
-            ("debug", &debug),
-            ("kubelet", &kubelet),
+            ("monitoring", monitoring),
+            ("debug", debug),
+            ("debug", debug),
+            ("kubelet", kubelet),
         ] {
             let got = get_from_cgroup(dir, INSTANCE);
             assert_eq!(got.as_ref().map(|g| g.0), Some(200), "{who}");
@@ -1245,40 +1228,27 @@ fn observe_mode_counts_host_network_pods_connections_by_cgroup() {
 fn proxy_mode_names_host_network_callers_by_cgroup() {
     let test = "proxy_mode_names_host_network_callers_by_cgroup";
     isolated_cgroup(test, || {
-        let w = World::new(test);
-        let mut cg = Cgroups::new();
-        let (mon_uid, dbg_uid, late_uid) = (Cgroups::uid(1), Cgroups::uid(2), Cgroups::uid(3));
-        let monitoring = cg.pod(&mon_uid, true);
-        let debug = cg.pod(&dbg_uid, false);
-        let kubelet = cg.node_service();
-        let pods = w.file("pods.yaml", &host_pods_file(&mon_uid, &dbg_uid, &late_uid));
-        let rules = w.file("rules.yaml", HOST_RULES);
-        let log = w.dir.join("agent.log");
-        let proxy = SocketAddr::new(IpAddr::V4(sandbox::NODE_ADDR), 8169).to_string();
-        let agent = AgentProc::start_logging(
-            &[
-                "--mode",
-                "proxy",
-                "--proxy-address",
-                &proxy,
-                "--pods",
-                pods.to_str().unwrap(),
-                "--rules",
-                rules.to_str().unwrap(),
-                "--check-interval",
-                "1s",
-            ],
-            &log,
-        );
+        let h = HostPods::new(test);
+        let (monitoring, debug, kubelet) = (&h.monitoring, &h.debug, &h.node.kubelet);
+        let log = h.node.w.log();
+        let proxy = proxy_address();
+        let agent = h.agent(&[
+            "--mode",
+            "proxy",
+            "--proxy-address",
+            &proxy,
+            "--check-interval",
+            "1s",
+        ]);
         assert!(agent.ready(), "{:?}", agent.get("/readyz"));
         // The expected pod gets its token through the proxy (never printed).
         let (status, body) =
-            get_from_cgroup(&monitoring, &token_path()).expect("monitoring connects");
+            get_from_cgroup(monitoring, &token_path()).expect("monitoring connects");
         assert_eq!(status, 200, "{} bytes", body.len());
         assert!(body.contains("access_token"), "{} bytes", body.len());
         // The other gets the proxy's 403 naming the rule.
         let (status, body) =
-            get_from_cgroup(&debug, &token_path()).expect("debug reaches the proxy");
+            get_from_cgroup(debug, &token_path()).expect("debug reaches the proxy");
         assert_eq!(status, 403, "{body}");
         let deny: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert!(
@@ -1288,7 +1258,7 @@ fn proxy_mode_names_host_network_callers_by_cgroup() {
             "{body}"
         );
         // The kubelet is untouched: straight to the emulator.
-        assert_eq!(get_from_cgroup(&kubelet, INSTANCE).map(|g| g.0), Some(200));
+        assert_eq!(get_from_cgroup(kubelet, INSTANCE).map(|g| g.0), Some(200));
         // The decisions name the pods, found by their sockets' cgroup (the log is
         // written by a buffer of its own: wait for both records).
         assert!(eventually(Duration::from_secs(5), || {
@@ -1321,22 +1291,60 @@ fn proxy_mode_names_host_network_callers_by_cgroup() {
         );
         // WireServer is not proxied: the expected pod goes direct (nothing listens:
         // refused), the other is dropped by the host table.
-        let _ = (&late_uid, &kubelet);
+        let direct = wireserver_from_cgroup(monitoring);
+        assert!(matches!(direct, Reach::Refused(_)), "{direct:?}");
+        assert_eq!(wireserver_from_cgroup(debug), Reach::Timeout);
     });
 }
 
 /// A pod of `node` for the test API server (one container, as the API requires; no
 /// kubelet will run it).
-fn api_pod(namespace: &str, name: &str, node: &str) -> String {
+fn api_pod(namespace: &str, name: &str, node: &str, host_network: bool) -> String {
     format!(
         "apiVersion: v1
 kind: Pod
 metadata: {{name: {name}, namespace: {namespace}}}
 spec:
   nodeName: {node}
+  hostNetwork: {host_network}
   containers: [{{name: c, image: registry.invalid/none:1}}]
 ---
 "
+    )
+}
+
+/// Writes `pods` (namespace, name, podIP) of `node` to the API server, their namespaces
+/// first, then their status as the kubelet would: Running on that address.
+fn create_api_pods(cp: &ControlPlane, node: &str, host_network: bool, pods: &[(&str, &str, &str)]) {
+    let mut manifests = String::new();
+    let mut namespaces: Vec<&str> = pods.iter().map(|p| p.0).collect();
+    namespaces.sort();
+    namespaces.dedup();
+    for ns in namespaces {
+        cp.kubectl_ok(&["create", "namespace", ns], None);
+    }
+    for (ns, name, _) in pods {
+        manifests += &api_pod(ns, name, node, host_network);
+    }
+    cp.apply(&manifests);
+    for (ns, name, ip) in pods {
+        set_pod_status(cp, ns, name, ip);
+    }
+}
+
+/// The pod's `metadata.uid`, as the API server gave it.
+fn api_pod_uid(cp: &ControlPlane, namespace: &str, name: &str) -> String {
+    cp.kubectl_ok(
+        &[
+            "get",
+            "pod",
+            name,
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ],
+        None,
     )
 }
 
@@ -1363,12 +1371,312 @@ fn set_pod_status(cp: &ControlPlane, namespace: &str, name: &str, ip: &str) {
 
 /// The events.k8s.io/v1 Events of `namespace`, as JSON.
 fn api_events(cp: &ControlPlane, namespace: &str) -> Vec<serde_json::Value> {
-    let out = cp.kubectl_ok(
-        &["get", "events.events.k8s.io", "-n", namespace, "-o", "json"],
-        None,
-    );
+    events_of(cp, &["-n", namespace])
+}
+
+/// The events.k8s.io/v1 Events of every namespace whose `regarding` is the object `uid`.
+fn api_events_regarding(cp: &ControlPlane, uid: &str) -> Vec<serde_json::Value> {
+    events_of(cp, &["-A"])
+        .into_iter()
+        .filter(|e| e["regarding"]["uid"] == uid)
+        .collect()
+}
+
+/// The Events of every namespace the agent posted (the API server posts some of its own).
+fn agent_events(cp: &ControlPlane) -> Vec<serde_json::Value> {
+    events_of(cp, &["-A"])
+        .into_iter()
+        .filter(|e| e["reportingController"] == "imdsguard-agent")
+        .collect()
+}
+
+fn events_of(cp: &ControlPlane, which: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec!["get", "events.events.k8s.io", "-o", "json"];
+    args.extend(which);
+    let out = cp.kubectl_ok(&args, None);
     let list: serde_json::Value = serde_json::from_str(&out).expect("an Event list");
     list["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// The Kubernetes hostNetwork tests' node: a dedicated API server (in the test's
+/// namespace) with the CRD and Node `node-a`; two hostNetwork pods on it, written by the
+/// test and Running on the node's address, `monitoring/agent` (labelled
+/// `app: monitoring`) and `debug/shell`; their Burstable pod cgroups made with the UIDs
+/// the API server gave them (read back); and the MetadataAccessPolicy `monitoring`,
+/// whose rule selects `app: monitoring` pods (so `debug/shell` is not expected).
+struct KubeHostPods {
+    node: HostNode,
+    cp: ControlPlane,
+    mon_uid: String,
+    dbg_uid: String,
+    monitoring: PathBuf,
+    debug: PathBuf,
+}
+
+impl KubeHostPods {
+    fn new(test: &str) -> KubeHostPods {
+        let mut node = HostNode::new(test);
+        let cp = ControlPlane::dedicated(test);
+        cp.install_imdsguard_crd();
+        let n =
+            serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"}});
+        cp.kubectl_ok(&["create", "-f", "-"], Some(&n.to_string()));
+        let node_addr = sandbox::NODE_ADDR.to_string();
+        create_api_pods(
+            &cp,
+            "node-a",
+            true,
+            &[
+                ("monitoring", "agent", &node_addr),
+                ("debug", "shell", &node_addr),
+            ],
+        );
+        cp.kubectl_ok(
+            &[
+                "label",
+                "pod",
+                "agent",
+                "-n",
+                "monitoring",
+                "app=monitoring",
+            ],
+            None,
+        );
+        cp.apply(
+            "apiVersion: imdsguard.io/v1alpha1
+kind: MetadataAccessPolicy
+metadata: {name: monitoring}
+spec:
+  rules:
+  - name: token
+    subjects: [{namespace: monitoring, podSelector: {matchLabels: {app: monitoring}}}]
+    paths: [/metadata/instance]
+",
+        );
+        let mon_uid = api_pod_uid(&cp, "monitoring", "agent");
+        let dbg_uid = api_pod_uid(&cp, "debug", "shell");
+        assert!(
+            !mon_uid.is_empty() && !dbg_uid.is_empty() && mon_uid != dbg_uid,
+            "{mon_uid:?} {dbg_uid:?}"
+        );
+        let monitoring = node.pod(&mon_uid, QosClass::Burstable);
+        let debug = node.pod(&dbg_uid, QosClass::Burstable);
+        KubeHostPods {
+            node,
+            cp,
+            mon_uid,
+            dbg_uid,
+            monitoring,
+            debug,
+        }
+    }
+
+    /// `imdsguard agent run --kubernetes` for node-a with `args`, its JSON log in
+    /// [`World::log`]; returned once the host table names both pods.
+    fn agent(&self, args: &[&str]) -> AgentProc {
+        let kubeconfig = self.cp.kubeconfig();
+        let mut all = vec![
+            "--kubernetes",
+            "--node-name",
+            "node-a",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--check-interval",
+            "1s",
+        ];
+        all.extend(args);
+        let agent = AgentProc::start_logging(&all, &self.node.w.log());
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                agent
+                    .get("/readyz")
+                    .1
+                    .contains("hostNetwork pods guarded by cgroup: 2 named (1 expected)")
+            }),
+            "{:?}",
+            agent.get("/readyz")
+        );
+        agent
+    }
+}
+
+#[test]
+#[ignore = "needs netns"]
+fn kubernetes_block_mode_posts_events_on_host_network_pods() {
+    let test = "kubernetes_block_mode_posts_events_on_host_network_pods";
+    isolated_cgroup(test, || {
+        let k = KubeHostPods::new(test);
+        let agent = k.agent(&["--mode", "block"]);
+        assert!(agent.ready(), "{:?}", agent.get("/readyz"));
+
+        // The pod the policy selects gets through, and the kubelet (a node process) is
+        // untouched; the other pod is dropped.
+        let (status, body) = get_from_cgroup(&k.monitoring, INSTANCE).expect("monitoring connects");
+        assert_eq!(status, 200, "{} bytes", body.len());
+        assert_eq!(
+            get_from_cgroup(&k.node.kubelet, INSTANCE).map(|g| g.0),
+            Some(200)
+        );
+        assert_eq!(
+            get_from_cgroup(&k.debug, INSTANCE),
+            None,
+            "debug is dropped"
+        );
+
+        // The drop becomes a Warning Event on THAT Pod object (its UID), within seconds.
+        let started = Instant::now();
+        assert!(
+            eventually(Duration::from_secs(5), || !api_events_regarding(
+                &k.cp, &k.dbg_uid
+            )
+            .is_empty()),
+            "no Event on debug/shell within 5 s; the agent's: {:?}",
+            agent_events(&k.cp)
+        );
+        eprintln!("the Event came after {:?}", started.elapsed());
+        let events = api_events(&k.cp, "debug");
+        assert_eq!(events.len(), 1, "{events:?}");
+        let e = &events[0];
+        assert_eq!(e["type"], "Warning");
+        assert_eq!(e["reason"], "MetadataAccessBlocked");
+        assert_eq!(e["reportingController"], "imdsguard-agent");
+        assert_eq!(e["reportingInstance"], "node-a");
+        assert_eq!(e["regarding"]["kind"], "Pod");
+        assert_eq!(e["regarding"]["namespace"], "debug");
+        assert_eq!(e["regarding"]["name"], "shell");
+        assert_eq!(e["regarding"]["uid"], k.dbg_uid.as_str());
+        assert!(
+            agent
+                .metric(r#"imdsguard_agent_drops_total{namespace="debug",pod="shell"}"#)
+                .is_some_and(|v| v > 0.0)
+        );
+        let dropped = log_records(&k.node.w.log(), "metadata access dropped");
+        assert!(
+            dropped.iter().any(|r| r["pod"] == "shell"
+                && r["namespace"] == "debug"
+                && r["host_network"] == true
+                && r["matched_by"] == "cgroup"),
+            "{dropped:?}"
+        );
+
+        // The selected pod: through again, and after two more checks still no Event or
+        // drop names it (nor anything of the node's own).
+        assert_eq!(
+            get_from_cgroup(&k.monitoring, INSTANCE).map(|g| g.0),
+            Some(200)
+        );
+        std::thread::sleep(Duration::from_millis(2500));
+        assert_eq!(
+            api_events_regarding(&k.cp, &k.mon_uid),
+            Vec::<serde_json::Value>::new()
+        );
+        assert_eq!(
+            api_events(&k.cp, "monitoring"),
+            Vec::<serde_json::Value>::new()
+        );
+        let all = agent_events(&k.cp);
+        assert_eq!(all.len(), 1, "only debug/shell's Event: {all:?}");
+        let metrics = agent.get("/metrics").1;
+        assert!(!metrics.contains(r#"namespace="monitoring""#), "{metrics}");
+        assert_eq!(
+            agent.metric(r#"imdsguard_agent_drops_total{namespace="",pod="unknown"}"#),
+            None,
+            "{metrics}"
+        );
+        assert_eq!(
+            get_from_cgroup(&k.node.kubelet, INSTANCE).map(|g| g.0),
+            Some(200)
+        );
+    });
+}
+
+#[test]
+#[ignore = "needs netns"]
+fn kubernetes_block_mode_dry_run_attributes_host_network_would_drops() {
+    let test = "kubernetes_block_mode_dry_run_attributes_host_network_would_drops";
+    isolated_cgroup(test, || {
+        let k = KubeHostPods::new(test);
+        let log = k.node.w.log();
+        let agent = k.agent(&["--mode", "block", "--dry-run"]);
+        assert_dry_run(&agent, Mode::Block);
+
+        // The pod block mode would drop reaches IMDS: nothing is dropped.
+        let (status, body) = get_from_cgroup(&k.debug, INSTANCE).expect("debug connects");
+        assert_eq!(status, 200, "{} bytes", body.len());
+        assert!(body.contains("compute"), "{} bytes", body.len());
+        assert_eq!(
+            get_from_cgroup(&k.monitoring, INSTANCE).map(|g| g.0),
+            Some(200)
+        );
+        assert_eq!(
+            get_from_cgroup(&k.node.kubelet, INSTANCE).map(|g| g.0),
+            Some(200)
+        );
+
+        // ... but it is attributed to debug/shell as a would-drop: the metric and the
+        // log record, from the host table's own counter.
+        let would = r#"imdsguard_agent_would_drops_total{namespace="debug",pod="shell"}"#;
+        assert!(
+            eventually(Duration::from_secs(5), || agent
+                .metric(would)
+                .is_some_and(|v| v > 0.0)),
+            "{}",
+            agent.get("/metrics").1
+        );
+        assert!(eventually(Duration::from_secs(5), || {
+            log_records(
+                &log,
+                "metadata access would be dropped (dry run: let through)",
+            )
+            .iter()
+            .any(|r| r["pod"] == "shell")
+        }));
+        let records = log_records(
+            &log,
+            "metadata access would be dropped (dry run: let through)",
+        );
+        let shell = records.iter().find(|r| r["pod"] == "shell").unwrap();
+        assert_eq!(shell["namespace"], "debug");
+        assert_eq!(shell["host_network"], true);
+        assert_eq!(shell["matched_by"], "cgroup");
+        assert_eq!(shell["would_drop"], true);
+        assert!(
+            shell["cgroup"]
+                .as_str()
+                .is_some_and(|c| c.contains(&k.dbg_uid.replace('-', "_"))),
+            "{shell}"
+        );
+        assert!(records.iter().all(|r| r["pod"] != "agent"), "{records:?}");
+        let host = imdsguard_node::host::read_host(&Exec::here())
+            .unwrap()
+            .expect("the host table");
+        assert!(host.get("would_drop").packets > 0, "{host:?}");
+        assert!(
+            host.pod(&k.dbg_uid).is_some_and(|p| p.packets > 0),
+            "{host:?}"
+        );
+
+        // Nothing was blocked: no drop counted, logged, or posted as an Event (waited
+        // past the time an enforcing agent takes to post one).
+        let nft = |counter: &str| {
+            agent.metric(&format!(
+                r#"imdsguard_agent_nft_packets{{counter="{counter}"}}"#
+            ))
+        };
+        assert_eq!(nft("blocked"), Some(0.0));
+        assert_eq!(nft("spoofed"), Some(0.0));
+        std::thread::sleep(Duration::from_secs(3));
+        let metrics = agent.get("/metrics").1;
+        assert!(
+            !metrics.contains("imdsguard_agent_drops_total{"),
+            "{metrics}"
+        );
+        assert!(
+            log_records(&log, "metadata access dropped").is_empty(),
+            "nothing was dropped"
+        );
+        assert_eq!(agent_events(&k.cp), Vec::<serde_json::Value>::new());
+    });
 }
 
 #[test]
@@ -1392,38 +1700,10 @@ fn kubernetes_mode_takes_the_pods_from_the_api_and_posts_events() {
             ]}
         });
         cp.kubectl_ok(&["create", "-f", "-"], Some(&node.to_string()));
-        let pods = [
-            ("platform", "allowed", "10.244.0.10"),
-            ("shop", "web", "10.244.0.11"),
-            ("jobs", "batch", "10.244.1.10"),
-        ];
-        let mut manifests = String::new();
-        for (ns, name, _) in pods {
-            cp.kubectl_ok(&["create", "namespace", ns], None);
-            manifests += &api_pod(ns, name, "node-a");
-        }
+        create_api_pods(&cp, "node-a", false, &SANDBOX_API_PODS);
         // A pod of another node on an address of this one: never this node's.
-        cp.kubectl_ok(&["create", "namespace", "elsewhere"], None);
-        manifests += &api_pod("elsewhere", "far", "node-b");
-        cp.apply(&manifests);
-        for (ns, name, ip) in pods
-            .into_iter()
-            .chain([("elsewhere", "far", "10.244.0.12")])
-        {
-            set_pod_status(&cp, ns, name, ip);
-        }
-        let web_uid = cp.kubectl_ok(
-            &[
-                "get",
-                "pod",
-                "web",
-                "-n",
-                "shop",
-                "-o",
-                "jsonpath={.metadata.uid}",
-            ],
-            None,
-        );
+        create_api_pods(&cp, "node-b", false, &[("elsewhere", "far", "10.244.0.12")]);
+        let web_uid = api_pod_uid(&cp, "shop", "web");
         // No interface given: the agent finds each pod's by `ip route get` (the veths,
         // the bridge).
         let mut agent = AgentProc::start_with_env(
@@ -1543,17 +1823,18 @@ fn the_agent_repairs_tampered_rules_and_set_elements() {
     let test = "the_agent_repairs_tampered_rules_and_set_elements";
     isolated(test, || {
         let w = World::new(test);
-        let pods = w.file("pods.yaml", PODS);
-        let agent = AgentProc::start(&[
-            "--mode",
-            "block",
-            "--pods",
-            pods.to_str().unwrap(),
-            "--allow",
-            "platform/allowed",
-            "--check-interval",
-            "1s",
-        ]);
+        let agent = w.agent(
+            &[
+                "--mode",
+                "block",
+                "--allow",
+                "platform/allowed",
+                "--check-interval",
+                "1s",
+            ],
+            PODS,
+            None,
+        );
         assert!(agent.ready(), "{:?}", agent.get("/readyz"));
         let built = table();
         assert_eq!(w.reach("web"), Reach::Timeout);
@@ -1669,21 +1950,20 @@ fn a_fifo_or_an_empty_file_never_stalls_the_table_check_or_loosens_anything() {
     let test = "a_fifo_or_an_empty_file_never_stalls_the_table_check_or_loosens_anything";
     isolated(test, || {
         let w = World::new(test);
-        let pods = w.file("pods.yaml", PODS);
-        let rules = w.file("rules.yaml", RULES);
-        let proxy = SocketAddr::new(IpAddr::V4(sandbox::NODE_ADDR), 8169).to_string();
-        let mut agent = AgentProc::start(&[
-            "--mode",
-            "proxy",
-            "--proxy-address",
-            &proxy,
-            "--pods",
-            pods.to_str().unwrap(),
-            "--rules",
-            rules.to_str().unwrap(),
-            "--check-interval",
-            "500ms",
-        ]);
+        let proxy = proxy_address();
+        let mut agent = w.agent(
+            &[
+                "--mode",
+                "proxy",
+                "--proxy-address",
+                &proxy,
+                "--check-interval",
+                "500ms",
+            ],
+            PODS,
+            Some(RULES),
+        );
+        let (pods, rules) = (w.dir.join("pods.yaml"), w.dir.join("rules.yaml"));
         let (status, body) = agent.get("/readyz");
         assert_eq!(status, 200, "{body}");
         assert!(body.contains("2 access rules"), "{body}");
@@ -1823,20 +2103,7 @@ fn kubernetes_mode_follows_metadata_access_policies_and_hands_off_the_taint() {
             });
             cp.kubectl_ok(&["create", "-f", "-"], Some(&n.to_string()));
         }
-        let pods = [
-            ("platform", "allowed", "10.244.0.10"),
-            ("shop", "web", "10.244.0.11"),
-            ("jobs", "batch", "10.244.1.10"),
-        ];
-        let mut manifests = String::new();
-        for (ns, name, _) in pods {
-            cp.kubectl_ok(&["create", "namespace", ns], None);
-            manifests += &api_pod(ns, name, "node-a");
-        }
-        cp.apply(&manifests);
-        for (ns, name, ip) in pods {
-            set_pod_status(&cp, ns, name, ip);
-        }
+        create_api_pods(&cp, "node-a", false, &SANDBOX_API_PODS);
         // A policy already there at start, selecting `allowed` by namespace.
         cp.apply(
             "apiVersion: imdsguard.io/v1alpha1
@@ -1968,20 +2235,8 @@ fn kubernetes_proxy_mode_takes_its_rules_from_metadata_access_policies() {
         let w = World::new(test);
         let cp = ControlPlane::dedicated(test);
         cp.install_imdsguard_crd();
-        let pods = [
-            ("platform", "allowed", "10.244.0.10"),
-            ("shop", "web", "10.244.0.11"),
-        ];
-        let mut manifests = String::new();
-        for (ns, name, _) in pods {
-            cp.kubectl_ok(&["create", "namespace", ns], None);
-            manifests += &api_pod(ns, name, "node-a");
-        }
-        cp.apply(&manifests);
-        for (ns, name, ip) in pods {
-            set_pod_status(&cp, ns, name, ip);
-        }
-        let proxy = SocketAddr::new(IpAddr::V4(sandbox::NODE_ADDR), 8169).to_string();
+        create_api_pods(&cp, "node-a", false, &SANDBOX_API_PODS[..2]);
+        let proxy = proxy_address();
         let agent = AgentProc::start(&[
             "--mode",
             "proxy",
