@@ -1,10 +1,11 @@
 //! `imdsguard_core::decisions::DecisionLog` (what `imdsguard report` reads: the proxy's
-//! decision logs) on arbitrary bytes. The first byte chooses the size of the chunks the
-//! rest is fed in (0: all at once). Properties: it never panics; every line is counted
-//! exactly once, as a decision record, a skipped line or a malformed one, and the lines
-//! are those of the input; the decisions add up (totals, per workload, per request);
-//! malformed lines are kept in order with line numbers inside the input; the report
-//! does not depend on how the input was cut into chunks.
+//! decision logs and the agent's drop records) on arbitrary bytes. The first byte
+//! chooses the size of the chunks the rest is fed in (0: all at once). Properties: it
+//! never panics; every line is counted exactly once, as a decision record, a drop
+//! record, a skipped line or a malformed one, and the lines are those of the input; the
+//! decisions add up (totals, per workload, per request), and so do the drops (totals,
+//! per workload, packets); malformed lines are kept in order with line numbers inside
+//! the input; the report does not depend on how the input was cut into chunks.
 #![no_main]
 
 use imdsguard_core::decisions::{DecisionLog, MAX_MALFORMED_KEPT};
@@ -34,8 +35,12 @@ fuzz_target!(|data: &[u8]| {
         .is_some_and(|t| !t.is_empty());
     let l = r.lines;
     assert_eq!(l.read, newlines + u64::from(tail));
-    assert_eq!(l.read, l.decisions + l.skipped + l.malformed, "{l:?}");
-    assert!(l.text_decisions <= l.skipped);
+    assert_eq!(
+        l.read,
+        l.decisions + l.drops + l.skipped + l.malformed,
+        "{l:?}"
+    );
+    assert!(l.text_decisions + l.text_drops <= l.skipped);
 
     // Decisions add up.
     let t = r.totals;
@@ -44,7 +49,10 @@ fuzz_target!(|data: &[u8]| {
         t.records,
         t.allow + t.would_deny + t.deny + t.invalid + t.throttled + t.upstream_error + t.other
     );
-    assert_eq!(r.nothing_would_break, t.deny + t.would_deny == 0);
+    assert_eq!(
+        r.nothing_would_break,
+        t.deny + t.would_deny == 0 && r.drop_totals.records == 0
+    );
     assert_eq!(
         r.workloads.iter().map(|w| w.count).sum::<u64>(),
         t.deny + t.would_deny
@@ -58,6 +66,23 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(q.first_seen.is_some(), q.last_seen.is_some());
             assert!(!q.other_rules.contains(&q.rule));
         }
+    }
+
+    // Drops add up (packet counts stop at u64::MAX, whatever the order).
+    let d = r.drop_totals;
+    assert_eq!(d.records, l.drops);
+    assert_eq!(d.records, d.dropped_records + d.would_drop_records);
+    assert_eq!(r.drops.iter().map(|w| w.records).sum::<u64>(), d.records);
+    let sum = |f: fn(&imdsguard_core::decisions::Drops) -> u64| {
+        r.drops.iter().fold(0u64, |a, w| a.saturating_add(f(w)))
+    };
+    assert_eq!(sum(|w| w.dropped), d.dropped_packets);
+    assert_eq!(sum(|w| w.would_drop), d.would_drop_packets);
+    for w in &r.drops {
+        assert!(w.records > 0);
+        assert_eq!(w.packets, w.dropped.saturating_add(w.would_drop));
+        assert_eq!(w.first_seen.is_some(), w.last_seen.is_some());
+        assert_eq!(w.pods.is_empty(), w.namespace == "-");
     }
 
     // Malformed lines: the first ones, in order, inside the input.

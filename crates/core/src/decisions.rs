@@ -8,10 +8,21 @@
 //! how often, first and last seen, and the rule that came closest (the one the deny
 //! body names). `imdsguard report` prints the result.
 //!
+//! The node agent's logs are read too: its table drops packets (block mode; proxy mode
+//! for what it does not proxy, such as WireServer, and for unknown sources), and in a
+//! dry run lets them through, and it names them per pod in a drop record (target
+//! [`DROP_TARGET`], message [`DROP_MESSAGE`] or, in a dry run, [`WOULD_DROP_MESSAGE`];
+//! fields `pod`, `namespace`, `packets`, `matched_by`, and `interface` and `address`,
+//! or `host_network` and `cgroup` for a hostNetwork pod). They are added up per workload
+//! as well, apart from the requests ([`Report::drops`]): packets dropped and that would
+//! be dropped, first and last seen, how the pod was matched; sources no pod has by
+//! interface and address (or pod cgroup).
+//!
 //! Two line shapes are read (both JSON objects, one a line):
 //!
 //! - what `imdsguard proxy --log-format json` writes, which is also what
-//!   `tracing-subscriber`'s JSON formatter writes for the `tracing` event:
+//!   `tracing-subscriber`'s JSON formatter writes for the `tracing` event (so what
+//!   `imdsguard agent run --log-format json` writes):
 //!   `{"timestamp":"…","level":"INFO","fields":{"message":"decision",…},"target":"imdsguard::decision"}`;
 //! - the same with the event's fields at the top level (the formatter's
 //!   `flatten_event`).
@@ -20,9 +31,9 @@
 //! `kubectl logs --timestamps`' time or a container runtime's log file's
 //! `TIME stderr F`. Every other line (text log lines, JSON log lines of other events)
 //! is skipped and counted; a line that starts like a JSON object but is not one, or a
-//! decision record that lacks a field, is malformed: counted, kept with its line number
-//! (the first [`MAX_MALFORMED_KEPT`]), never fatal. A line longer than [`MAX_LINE`]
-//! bytes is malformed and never held whole in memory.
+//! decision or drop record that lacks a field, is malformed: counted, kept with its line
+//! number (the first [`MAX_MALFORMED_KEPT`]), never fatal. A line longer than
+//! [`MAX_LINE`] bytes is malformed and never held whole in memory.
 //!
 //! Nothing here does IO: the caller hands the bytes of each input to [`DecisionLog`]
 //! in chunks of any size ([`DecisionLog::begin`], [`DecisionLog::feed`],
@@ -36,6 +47,16 @@ use serde_json::{Map, Value};
 
 /// The `tracing` target of decision records.
 pub const DECISION_TARGET: &str = "imdsguard::decision";
+
+/// The `tracing` target of the node agent's drop records.
+pub const DROP_TARGET: &str = "imdsguard::drops";
+
+/// The message of a drop record: the agent's table dropped the packets.
+pub const DROP_MESSAGE: &str = "metadata access dropped";
+
+/// The message of a dry run's would-drop record: the agent's table let the packets
+/// through; enforcing would have dropped them.
+pub const WOULD_DROP_MESSAGE: &str = "metadata access would be dropped (dry run: let through)";
 
 /// Longest line read, in bytes (a decision record is well under 2 KiB); a longer line
 /// is malformed and its bytes are dropped as they come.
@@ -55,24 +76,33 @@ pub struct DecisionLog {
     lines: LineCounts,
     totals: Totals,
     workloads: BTreeMap<CallerKey, WorkloadAcc>,
+    drop_totals: DropTotals,
+    drops: BTreeMap<DropKey, DropsAcc>,
     malformed: Vec<Malformed>,
 }
 
-/// How the lines read were classified. `read` = `decisions` + `skipped` + `malformed`.
+/// How the lines read were classified. `read` = `decisions` + `drops` + `skipped` +
+/// `malformed`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct LineCounts {
     /// Lines read.
     pub read: u64,
     /// Decision records.
     pub decisions: u64,
+    /// The agent's drop and would-drop records.
+    pub drops: u64,
     /// Other lines: blank, text, JSON log lines of other events.
     pub skipped: u64,
-    /// Lines that are not what they start as (JSON objects), decision records without a
-    /// field, and lines over [`MAX_LINE`] bytes.
+    /// Lines that are not what they start as (JSON objects), decision and drop records
+    /// without a field, and lines over [`MAX_LINE`] bytes.
     pub malformed: u64,
     /// Of the skipped lines, those that look like text-format decision records (they name
     /// `imdsguard::decision`): the proxy was not run with `--log-format json`.
     pub text_decisions: u64,
+    /// Of the skipped lines, those that look like text-format drop records (they name
+    /// `imdsguard::drops` and no decision): the agent was not run with `--log-format
+    /// json`.
+    pub text_drops: u64,
 }
 
 /// Decision records by decision. `records` is the sum of the others.
@@ -96,6 +126,22 @@ pub struct Totals {
     pub other: u64,
 }
 
+/// The agent's drop records. `records` = `dropped_records` + `would_drop_records`;
+/// packet counts stop at `u64::MAX`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DropTotals {
+    /// Drop and would-drop records read.
+    pub records: u64,
+    /// Records of packets the table dropped ([`DROP_MESSAGE`]).
+    pub dropped_records: u64,
+    /// Records of packets a dry run let through ([`WOULD_DROP_MESSAGE`]).
+    pub would_drop_records: u64,
+    /// Packets dropped.
+    pub dropped_packets: u64,
+    /// Packets that would have been dropped (dry run).
+    pub would_drop_packets: u64,
+}
+
 /// A malformed line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Malformed {
@@ -110,7 +156,7 @@ pub struct Malformed {
 /// What enforcing would break, and what was read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {
-    /// No `deny` or `would-deny` record was read.
+    /// No `deny` or `would-deny` record, and no drop or would-drop record, was read.
     pub nothing_would_break: bool,
     /// The lines read.
     pub lines: LineCounts,
@@ -119,6 +165,12 @@ pub struct Report {
     /// Callers with refused requests: pods by namespace and workload, then unknown
     /// callers by address.
     pub workloads: Vec<Workload>,
+    /// The agent's drop and would-drop records.
+    pub drop_totals: DropTotals,
+    /// What the agent's table dropped or would drop: pods by namespace and workload
+    /// (grouped as [`Report::workloads`]), then sources no pod has by address and
+    /// interface, then sockets in pod cgroups no pod has by cgroup.
+    pub drops: Vec<Drops>,
     /// The first [`MAX_MALFORMED_KEPT`] malformed lines, in input order.
     pub malformed: Vec<Malformed>,
 }
@@ -159,6 +211,47 @@ pub struct Workload {
     pub count: u64,
     /// Per endpoint, path, audience and identity, sorted by them.
     pub requests: Vec<Request>,
+}
+
+/// What the agent's table dropped, or would drop in a dry run, of one workload or one
+/// unknown source. The agent's records name no endpoint and count packets (a refused
+/// connection is one or more SYNs), not requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Drops {
+    /// A pod, or a source no pod has.
+    pub caller: CallerKind,
+    /// The pods' namespace (`-` for an unknown source).
+    pub namespace: String,
+    /// The workload, as in [`Workload::workload`]; for an unknown source its address
+    /// (as the record wrote it), or for sockets in a pod cgroup no known pod has, the
+    /// cgroup.
+    pub workload: String,
+    /// The pods' names seen, sorted (none for an unknown source).
+    pub pods: Vec<String>,
+    /// Whether the packets came from the node's network (a hostNetwork pod, or a
+    /// socket in a pod cgroup), matched by their sockets' cgroup.
+    pub host_network: bool,
+    /// The interfaces the packets entered the node on, sorted.
+    pub interfaces: Vec<String>,
+    /// The source addresses, sorted.
+    pub addresses: Vec<String>,
+    /// The pod cgroups (hostNetwork pods), sorted.
+    pub cgroups: Vec<String>,
+    /// How the agent matched the packets to the pod (`pair`, `interface`, `unknown`,
+    /// `cgroup`, `unknown-pod-cgroup`), sorted.
+    pub matched_by: Vec<String>,
+    /// Drop records read.
+    pub records: u64,
+    /// Packets, `dropped` + `would_drop` (stops at `u64::MAX`).
+    pub packets: u64,
+    /// Packets the table dropped.
+    pub dropped: u64,
+    /// Packets a dry run let through that enforcing would drop.
+    pub would_drop: u64,
+    /// The earliest record's timestamp, as written (none when no record had one).
+    pub first_seen: Option<String>,
+    /// The latest record's timestamp, as written.
+    pub last_seen: Option<String>,
 }
 
 /// The refused requests of one caller for one endpoint, path, audience and identity.
@@ -203,6 +296,38 @@ enum CallerKey {
         peer: String,
         cgroup: Option<u64>,
     },
+}
+
+/// Who the agent's packets came from. Unknown sources are ordered by address.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum DropKey {
+    Pod {
+        namespace: String,
+        workload: String,
+    },
+    UnknownSource {
+        addr: Option<IpAddr>,
+        address: String,
+        interface: String,
+    },
+    UnknownCgroup {
+        cgroup: String,
+    },
+}
+
+#[derive(Debug, Default)]
+struct DropsAcc {
+    pods: BTreeSet<String>,
+    host_network: bool,
+    interfaces: BTreeSet<String>,
+    addresses: BTreeSet<String>,
+    cgroups: BTreeSet<String>,
+    matched_by: BTreeSet<String>,
+    records: u64,
+    dropped: u64,
+    would_drop: u64,
+    first: Option<(i128, String)>,
+    last: Option<(i128, String)>,
 }
 
 #[derive(Debug, Default)]
@@ -252,6 +377,26 @@ struct Record<'a> {
     identity: Option<&'a str>,
     host_network: bool,
     cgroup: Option<u64>,
+}
+
+/// One drop record's fields.
+struct DropRecord<'a> {
+    time: Option<(i128, &'a str)>,
+    would_drop: bool,
+    pod: &'a str,
+    namespace: &'a str,
+    packets: u64,
+    host_network: bool,
+    cgroup: Option<&'a str>,
+    interface: Option<&'a str>,
+    address: Option<&'a str>,
+    matched_by: Option<&'a str>,
+}
+
+/// A record a log line holds.
+enum Entry<'a> {
+    Decision(Record<'a>),
+    Drop(DropRecord<'a>),
 }
 
 impl DecisionLog {
@@ -368,11 +513,51 @@ impl DecisionLog {
                 }
             })
             .collect();
+        let drops = self
+            .drops
+            .iter()
+            .map(|(key, d)| {
+                let (caller, namespace, workload) = match key {
+                    DropKey::Pod {
+                        namespace,
+                        workload,
+                    } => (CallerKind::Pod, namespace.clone(), workload.clone()),
+                    DropKey::UnknownSource { address, .. } => {
+                        (CallerKind::Unknown, "-".to_string(), address.clone())
+                    }
+                    DropKey::UnknownCgroup { cgroup } => {
+                        (CallerKind::Unknown, "-".to_string(), cgroup.clone())
+                    }
+                };
+                let list = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>();
+                Drops {
+                    caller,
+                    namespace,
+                    workload,
+                    pods: list(&d.pods),
+                    host_network: d.host_network,
+                    interfaces: list(&d.interfaces),
+                    addresses: list(&d.addresses),
+                    cgroups: list(&d.cgroups),
+                    matched_by: list(&d.matched_by),
+                    records: d.records,
+                    packets: d.dropped.saturating_add(d.would_drop),
+                    dropped: d.dropped,
+                    would_drop: d.would_drop,
+                    first_seen: d.first.as_ref().map(|f| f.1.clone()),
+                    last_seen: d.last.as_ref().map(|l| l.1.clone()),
+                }
+            })
+            .collect();
         Report {
-            nothing_would_break: self.totals.deny == 0 && self.totals.would_deny == 0,
+            nothing_would_break: self.totals.deny == 0
+                && self.totals.would_deny == 0
+                && self.drop_totals.records == 0,
             lines: self.lines,
             totals: self.totals,
             workloads,
+            drop_totals: self.drop_totals,
+            drops,
             malformed: self.malformed.clone(),
         }
     }
@@ -419,25 +604,98 @@ impl DecisionLog {
         self.line_no += 1;
         self.lines.read += 1;
         let value = match classify(line) {
-            Classified::Skipped { text_decision } => return self.skipped(text_decision),
+            Classified::Skipped(text) => return self.skipped(text),
             Classified::Malformed(e) => return self.malformed(e),
             Classified::Object(v) => v,
         };
-        match record(&value) {
-            Ok(None) => self.skipped(false),
+        match entry(&value) {
+            Ok(None) => self.skipped(None),
             Err(e) => self.malformed(e),
-            Ok(Some(rec)) => {
+            Ok(Some(Entry::Decision(rec))) => {
                 self.lines.decisions += 1;
                 self.seq += 1;
                 self.add(&rec);
             }
+            Ok(Some(Entry::Drop(rec))) => {
+                self.lines.drops += 1;
+                self.add_drop(&rec);
+            }
         }
     }
 
-    fn skipped(&mut self, text_decision: bool) {
+    fn skipped(&mut self, text: Option<TextRecord>) {
         self.lines.skipped += 1;
-        if text_decision {
-            self.lines.text_decisions += 1;
+        match text {
+            Some(TextRecord::Decision) => self.lines.text_decisions += 1,
+            Some(TextRecord::Drop) => self.lines.text_drops += 1,
+            None => {}
+        }
+    }
+
+    fn add_drop(&mut self, rec: &DropRecord<'_>) {
+        let t = &mut self.drop_totals;
+        t.records += 1;
+        if rec.would_drop {
+            t.would_drop_records += 1;
+            t.would_drop_packets = t.would_drop_packets.saturating_add(rec.packets);
+        } else {
+            t.dropped_records += 1;
+            t.dropped_packets = t.dropped_packets.saturating_add(rec.packets);
+        }
+        // The agent names a pod's namespace; a source no pod has has none.
+        let key = if !rec.namespace.is_empty() {
+            DropKey::Pod {
+                namespace: rec.namespace.to_string(),
+                workload: workload_name(rec.pod).to_string(),
+            }
+        } else if let Some(cgroup) = rec.cgroup {
+            DropKey::UnknownCgroup {
+                cgroup: cgroup.to_string(),
+            }
+        } else {
+            let address = rec.address.unwrap_or("-");
+            DropKey::UnknownSource {
+                addr: list(address).next().and_then(|a| a.parse().ok()),
+                address: address.to_string(),
+                interface: rec.interface.unwrap_or("-").to_string(),
+            }
+        };
+        let pod = !rec.namespace.is_empty();
+        let d = self.drops.entry(key).or_default();
+        d.records += 1;
+        if rec.would_drop {
+            d.would_drop = d.would_drop.saturating_add(rec.packets);
+        } else {
+            d.dropped = d.dropped.saturating_add(rec.packets);
+        }
+        d.host_network |= rec.host_network || rec.cgroup.is_some();
+        let insert = |set: &mut BTreeSet<String>, item: &str| {
+            if !set.contains(item) {
+                set.insert(item.to_string());
+            }
+        };
+        if pod {
+            insert(&mut d.pods, rec.pod);
+        }
+        for i in rec.interface.into_iter().flat_map(list) {
+            insert(&mut d.interfaces, i);
+        }
+        for a in rec.address.into_iter().flat_map(list) {
+            insert(&mut d.addresses, a);
+        }
+        if let Some(c) = rec.cgroup {
+            insert(&mut d.cgroups, c);
+        }
+        if let Some(m) = rec.matched_by {
+            insert(&mut d.matched_by, m);
+        }
+        if let Some((at, text)) = rec.time {
+            if d.first.as_ref().is_none_or(|f| at < f.0) {
+                d.first = Some((at, text.to_string()));
+            }
+            if d.last.as_ref().is_none_or(|l| at >= l.0) {
+                d.last = Some((at, text.to_string()));
+            }
         }
     }
 
@@ -532,8 +790,23 @@ impl DecisionLog {
     }
 }
 
+/// The items of a comma-separated field (the agent's `interface` and `address` of a
+/// pod with several sources), without empty ones.
+fn list(field: &str) -> impl Iterator<Item = &str> {
+    field.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// What a skipped text line looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TextRecord {
+    /// It names `imdsguard::decision`.
+    Decision,
+    /// It names `imdsguard::drops` (and not `imdsguard::decision`).
+    Drop,
+}
+
 enum Classified {
-    Skipped { text_decision: bool },
+    Skipped(Option<TextRecord>),
     Malformed(String),
     Object(Map<String, Value>),
 }
@@ -541,11 +814,18 @@ enum Classified {
 /// A line as a JSON object, or why it is not one.
 fn classify(line: &[u8]) -> Classified {
     let line = line.trim_ascii();
-    let text_decision = || memchr::memmem::find(line, DECISION_TARGET.as_bytes()).is_some();
+    let text = || {
+        let names = |target: &str| memchr::memmem::find(line, target.as_bytes()).is_some();
+        if names(DECISION_TARGET) {
+            Some(TextRecord::Decision)
+        } else if names(DROP_TARGET) {
+            Some(TextRecord::Drop)
+        } else {
+            None
+        }
+    };
     if line.is_empty() {
-        return Classified::Skipped {
-            text_decision: false,
-        };
+        return Classified::Skipped(None);
     }
     // The JSON object: the whole line, or what follows one prefix that ends with a
     // space or tab (a time, a container runtime's `TIME stream tag`).
@@ -554,61 +834,97 @@ fn classify(line: &[u8]) -> Classified {
     } else {
         match memchr::memchr(b'{', line) {
             Some(at) if matches!(line[at - 1], b' ' | b'\t') => (&line[at..], true),
-            _ => {
-                return Classified::Skipped {
-                    text_decision: text_decision(),
-                };
-            }
+            _ => return Classified::Skipped(text()),
         }
     };
     match serde_json::from_slice::<Map<String, Value>>(json) {
         Ok(map) => Classified::Object(map),
         // A text line with a brace in it.
-        Err(_) if prefixed => Classified::Skipped {
-            text_decision: text_decision(),
-        },
+        Err(_) if prefixed => Classified::Skipped(text()),
         Err(e) => Classified::Malformed(format!("not a JSON object: {e}")),
     }
 }
 
-/// The decision record a log line's object holds, if it is one; an error says what is
-/// wrong with a decision record.
-fn record(obj: &Map<String, Value>) -> Result<Option<Record<'_>>, String> {
+/// The record a log line's object holds, if it is a decision or drop record; an error
+/// says what is wrong with one.
+fn entry(obj: &Map<String, Value>) -> Result<Option<Entry<'_>>, String> {
     let target = obj.get("target").and_then(Value::as_str);
     let fields = match obj.get("fields") {
         Some(Value::Object(f)) => f,
         _ => obj,
     };
-    let is_decision = fields.get("message").and_then(Value::as_str) == Some("decision")
-        && target.is_none_or(|t| t == DECISION_TARGET);
-    if !is_decision {
-        return Ok(None);
+    match fields.get("message").and_then(Value::as_str) {
+        Some("decision") if target.is_none_or(|t| t == DECISION_TARGET) => {
+            record(obj, fields).map(|r| Some(Entry::Decision(r)))
+        }
+        Some(m @ (DROP_MESSAGE | WOULD_DROP_MESSAGE))
+            if target.is_none_or(|t| t == DROP_TARGET) =>
+        {
+            drop_record(obj, fields, m == WOULD_DROP_MESSAGE).map(|r| Some(Entry::Drop(r)))
+        }
+        _ => Ok(None),
     }
-    let opt = |name: &str| -> Result<Option<&str>, String> {
-        match fields.get(name) {
+}
+
+/// A record's fields read by name; `what` names the record in errors.
+struct Fields<'a> {
+    obj: &'a Map<String, Value>,
+    fields: &'a Map<String, Value>,
+    what: &'static str,
+}
+
+impl<'a> Fields<'a> {
+    fn opt(&self, name: &str) -> Result<Option<&'a str>, String> {
+        match self.fields.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(format!("decision record's `{name}` is not a string")),
+            Some(_) => Err(format!("{}'s `{name}` is not a string", self.what)),
         }
+    }
+
+    fn req(&self, name: &str) -> Result<&'a str, String> {
+        self.opt(name)?
+            .ok_or_else(|| format!("{} without `{name}`", self.what))
+    }
+
+    fn flag(&self, name: &str) -> Result<bool, String> {
+        match self.fields.get(name) {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(format!("{}'s `{name}` is not a boolean", self.what)),
+        }
+    }
+
+    fn time(&self) -> Result<Option<(i128, &'a str)>, String> {
+        match self
+            .obj
+            .get("timestamp")
+            .or_else(|| self.fields.get("timestamp"))
+        {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some((
+                parse_rfc3339(s).ok_or_else(|| {
+                    format!("{}'s `timestamp` {s:?} is not an RFC 3339 time", self.what)
+                })?,
+                s.as_str(),
+            ))),
+            Some(_) => Err(format!("{}'s `timestamp` is not a string", self.what)),
+        }
+    }
+}
+
+/// A decision record's fields; an error says what is wrong with it.
+fn record<'a>(
+    obj: &'a Map<String, Value>,
+    fields: &'a Map<String, Value>,
+) -> Result<Record<'a>, String> {
+    let f = Fields {
+        obj,
+        fields,
+        what: "decision record",
     };
-    let req = |name: &str| -> Result<&str, String> {
-        opt(name)?.ok_or_else(|| format!("decision record without `{name}`"))
-    };
-    let time = match obj.get("timestamp").or_else(|| fields.get("timestamp")) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some((
-            parse_rfc3339(s).ok_or_else(|| {
-                format!("decision record's `timestamp` {s:?} is not an RFC 3339 time")
-            })?,
-            s.as_str(),
-        )),
-        Some(_) => return Err("decision record's `timestamp` is not a string".to_string()),
-    };
-    let host_network = match fields.get("host_network") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err("decision record's `host_network` is not a boolean".into()),
-    };
+    let time = f.time()?;
+    let host_network = f.flag("host_network")?;
     let cgroup = match fields.get("cgroup_id") {
         None | Some(Value::Null) => None,
         Some(v) => Some(v.as_u64().ok_or_else(|| {
@@ -618,17 +934,17 @@ fn record(obj: &Map<String, Value>) -> Result<Option<Record<'_>>, String> {
     let rec = Record {
         time,
         cgroup,
-        peer: req("peer")?,
-        pod: req("pod")?,
-        namespace: opt("namespace")?,
-        service_account: opt("service_account")?,
-        path: req("path")?,
-        endpoint: req("endpoint")?,
-        decision: req("decision")?,
-        rule: req("rule")?,
-        reason: opt("reason")?,
-        resource: opt("resource")?,
-        identity: opt("identity")?,
+        peer: f.req("peer")?,
+        pod: f.req("pod")?,
+        namespace: f.opt("namespace")?,
+        service_account: f.opt("service_account")?,
+        path: f.req("path")?,
+        endpoint: f.req("endpoint")?,
+        decision: f.req("decision")?,
+        rule: f.req("rule")?,
+        reason: f.opt("reason")?,
+        resource: f.opt("resource")?,
+        identity: f.opt("identity")?,
         host_network,
     };
     if rec.pod != "-" && !rec.pod.contains('/') && rec.namespace.is_none_or(|n| n == "-") {
@@ -637,7 +953,41 @@ fn record(obj: &Map<String, Value>) -> Result<Option<Record<'_>>, String> {
             rec.pod
         ));
     }
-    Ok(Some(rec))
+    Ok(rec)
+}
+
+/// A drop record's fields (`would_drop`: its message is [`WOULD_DROP_MESSAGE`]); an
+/// error says what is wrong with it.
+fn drop_record<'a>(
+    obj: &'a Map<String, Value>,
+    fields: &'a Map<String, Value>,
+    would_drop: bool,
+) -> Result<DropRecord<'a>, String> {
+    let f = Fields {
+        obj,
+        fields,
+        what: "drop record",
+    };
+    let time = f.time()?;
+    let packets = match fields.get("packets") {
+        None | Some(Value::Null) => return Err("drop record without `packets`".to_string()),
+        Some(v) => v.as_u64().ok_or_else(|| {
+            "drop record's `packets` is not a packet count (an unsigned integer)".to_string()
+        })?,
+    };
+    let non_empty = |name: &str| f.opt(name).map(|v| v.filter(|s| !s.is_empty()));
+    Ok(DropRecord {
+        time,
+        would_drop,
+        pod: f.req("pod")?,
+        namespace: f.req("namespace")?,
+        packets,
+        host_network: f.flag("host_network")?,
+        cgroup: non_empty("cgroup")?,
+        interface: non_empty("interface")?,
+        address: non_empty("address")?,
+        matched_by: non_empty("matched_by")?,
+    })
 }
 
 /// The alphabet of the random suffixes Kubernetes generates (`rand.String`, and
@@ -1060,6 +1410,214 @@ mod tests {
         // The same records in another order: the same report.
         lines.reverse();
         assert_eq!(report(&lines.join("\n")), r);
+    }
+
+    /// An agent's drop record as `tracing-subscriber`'s JSON formatter writes it
+    /// (`imdsguard agent run --log-format json`; `crates/cli`'s `report_cmd` tests it
+    /// with the agent's own log records).
+    fn agent_line(ts: &str, would: bool, fields: Value) -> String {
+        let (level, message) = if would {
+            ("INFO", WOULD_DROP_MESSAGE)
+        } else {
+            ("WARN", DROP_MESSAGE)
+        };
+        let mut f = json!({"message": message});
+        f.as_object_mut()
+            .unwrap()
+            .extend(fields.as_object().unwrap().clone());
+        if would {
+            f["would_drop"] = json!(true);
+        }
+        format!(r#"{{"timestamp":"{ts}","level":"{level}","fields":{f},"target":"{DROP_TARGET}"}}"#)
+    }
+
+    #[test]
+    fn the_agents_drops_and_would_drops_add_up_per_workload() {
+        let web = |packets: u64| {
+            json!({"pod": "web-7d9f8c6b5d-x2x4q", "namespace": "shop",
+                "interface": "azvweb", "address": "10.244.0.11,fd00::11",
+                "packets": packets, "matched_by": "pair"})
+        };
+        let mut lines = vec![
+            agent_line("2026-11-18T12:00:00Z", true, web(3)),
+            agent_line("2026-11-18T10:00:00Z", false, web(2)),
+            // Another pod of the workload, on another interface, matched by interface.
+            agent_line(
+                "2026-11-18T11:00:00Z",
+                true,
+                json!({"pod": "web-7d9f8c6b5d-q8w2z", "namespace": "shop",
+                    "interface": "azvweb2", "address": "10.244.0.12", "packets": 1,
+                    "matched_by": "interface"}),
+            ),
+            // A hostNetwork pod, by cgroup (a would-drop names no interface).
+            agent_line(
+                "2026-11-18T11:00:00Z",
+                true,
+                json!({"pod": "debug-k7zq2", "namespace": "monitoring", "host_network": true,
+                    "cgroup": "kubepods.slice/kubepods-podabc.slice", "packets": 4,
+                    "matched_by": "cgroup"}),
+            ),
+            // Sources no pod has: by address, then interface; sockets in a pod cgroup
+            // no pod has: by cgroup.
+            agent_line(
+                "2026-11-18T11:00:00Z",
+                false,
+                json!({"pod": "unknown", "namespace": "", "interface": "azvspoof",
+                    "address": "10.244.0.10", "packets": 7, "matched_by": "unknown"}),
+            ),
+            agent_line(
+                "2026-11-18T11:00:00Z",
+                false,
+                json!({"pod": "unknown", "namespace": "", "interface": "azvx",
+                    "address": "10.244.0.9", "packets": 1, "matched_by": "unknown"}),
+            ),
+            agent_line(
+                "2026-11-18T11:00:01Z",
+                false,
+                json!({"pod": "unknown", "namespace": "", "interface": "azvspoof",
+                    "address": "10.244.0.10", "packets": 1, "matched_by": "unknown"}),
+            ),
+            agent_line(
+                "2026-11-18T11:00:00Z",
+                false,
+                json!({"pod": "unknown", "namespace": "", "host_network": true,
+                    "cgroup": "kubepods.slice", "packets": 2,
+                    "matched_by": "unknown-pod-cgroup"}),
+            ),
+        ];
+        // flatten_event: the fields at the top level.
+        let mut flat = web(5);
+        flat["message"] = json!(WOULD_DROP_MESSAGE);
+        flat["timestamp"] = json!("2026-11-18T11:30:00Z");
+        flat["target"] = json!(DROP_TARGET);
+        lines.push(flat.to_string());
+        // The proxy's decisions in the same log: both read.
+        lines.push(proxy_line(
+            "2026-11-18T11:00:00Z",
+            deny("shop/web-0", "/metadata/instance", "default-deny"),
+        ));
+        let r = report(&lines.join("\n"));
+        assert_eq!(r.lines.read, 10);
+        assert_eq!((r.lines.drops, r.lines.decisions), (9, 1), "{r:?}");
+        assert_eq!(r.lines.malformed + r.lines.skipped, 0, "{r:?}");
+        assert_eq!(
+            r.drop_totals,
+            DropTotals {
+                records: 9,
+                dropped_records: 5,
+                would_drop_records: 4,
+                dropped_packets: 2 + 7 + 1 + 1 + 2,
+                would_drop_packets: 3 + 1 + 4 + 5,
+            }
+        );
+        assert_eq!(r.totals.deny, 1);
+        assert_eq!(r.workloads.len(), 1);
+        let names: Vec<(CallerKind, &str, &str)> = r
+            .drops
+            .iter()
+            .map(|d| (d.caller, &*d.namespace, &*d.workload))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (CallerKind::Pod, "monitoring", "debug"),
+                (CallerKind::Pod, "shop", "web"),
+                (CallerKind::Unknown, "-", "10.244.0.9"),
+                (CallerKind::Unknown, "-", "10.244.0.10"),
+                (CallerKind::Unknown, "-", "kubepods.slice"),
+            ]
+        );
+        let debug = &r.drops[0];
+        assert!(debug.host_network);
+        assert_eq!(debug.cgroups, ["kubepods.slice/kubepods-podabc.slice"]);
+        assert!(debug.interfaces.is_empty() && debug.addresses.is_empty());
+        assert_eq!(debug.matched_by, ["cgroup"]);
+        assert_eq!((debug.would_drop, debug.dropped), (4, 0));
+        let web = &r.drops[1];
+        assert!(!web.host_network);
+        assert_eq!(web.pods, ["web-7d9f8c6b5d-q8w2z", "web-7d9f8c6b5d-x2x4q"]);
+        assert_eq!(web.interfaces, ["azvweb", "azvweb2"]);
+        assert_eq!(web.addresses, ["10.244.0.11", "10.244.0.12", "fd00::11"]);
+        assert_eq!(web.matched_by, ["interface", "pair"]);
+        assert_eq!(
+            (web.records, web.packets, web.dropped, web.would_drop),
+            (4, 11, 2, 9)
+        );
+        assert_eq!(web.first_seen.as_deref(), Some("2026-11-18T10:00:00Z"));
+        assert_eq!(web.last_seen.as_deref(), Some("2026-11-18T12:00:00Z"));
+        let spoof = &r.drops[3];
+        assert!(spoof.pods.is_empty());
+        assert_eq!(spoof.interfaces, ["azvspoof"]);
+        assert_eq!((spoof.records, spoof.dropped), (2, 8));
+        assert_eq!(spoof.last_seen.as_deref(), Some("2026-11-18T11:00:01Z"));
+        let cgroup = &r.drops[4];
+        assert!(cgroup.host_network);
+        assert_eq!(cgroup.matched_by, ["unknown-pod-cgroup"]);
+        assert!(!r.nothing_would_break);
+
+        // The same records in another order: the same report.
+        lines.reverse();
+        let again = report(&lines.join("\n"));
+        assert_eq!(again.drops, r.drops);
+        assert_eq!(again, r);
+    }
+
+    #[test]
+    fn a_would_drop_alone_breaks_something_and_bad_drop_records_are_malformed() {
+        let one = agent_line(
+            "2026-11-18T11:00:00Z",
+            true,
+            json!({"pod": "batch", "namespace": "jobs", "interface": "cbr0",
+                "address": "10.244.1.10", "packets": 1, "matched_by": "pair"}),
+        );
+        let r = report(&one);
+        assert!(!r.nothing_would_break);
+        assert_eq!(r.totals.records, 0);
+        assert!(r.workloads.is_empty());
+        assert_eq!(r.drops[0].workload, "batch");
+        assert_eq!(r.drops[0].would_drop, 1);
+
+        let good: Value = serde_json::from_str(&one).unwrap();
+        let with = |edit: &dyn Fn(&mut Value)| {
+            let mut v = good.clone();
+            edit(&mut v);
+            v.to_string()
+        };
+        let text = [
+            with(&|v| {
+                v["fields"].as_object_mut().unwrap().remove("packets");
+            }),
+            with(&|v| v["fields"]["packets"] = json!(-1)),
+            with(&|v| {
+                v["fields"].as_object_mut().unwrap().remove("namespace");
+            }),
+            with(&|v| v["fields"]["cgroup"] = json!(12)),
+            with(&|v| v["timestamp"] = json!("now")),
+            // Another target's record with the same message; the observe mode's record.
+            with(&|v| v["target"] = json!("elsewhere")),
+            with(&|v| v["fields"]["message"] = json!("metadata access observed")),
+            // The agent's text format.
+            "2026-11-18T11:00:00.5Z  WARN imdsguard::drops: metadata access dropped pod=web namespace=shop packets=2".to_string(),
+        ]
+        .join("\n");
+        let r = report(&text);
+        assert_eq!(r.lines.malformed, 5, "{r:?}");
+        assert_eq!(r.lines.skipped, 3);
+        assert_eq!((r.lines.text_drops, r.lines.text_decisions), (1, 0));
+        assert_eq!(r.lines.drops, 0);
+        assert!(r.nothing_would_break);
+        let errors: Vec<&str> = r.malformed.iter().map(|m| &*m.error).collect();
+        assert_eq!(errors[0], "drop record without `packets`");
+        assert!(
+            errors[1].contains("`packets` is not a packet count"),
+            "{errors:?}"
+        );
+        assert_eq!(errors[2], "drop record without `namespace`");
+        assert_eq!(errors[3], "drop record's `cgroup` is not a string");
+        assert!(
+            errors[4].contains("\"now\" is not an RFC 3339 time"),
+            "{errors:?}"
+        );
     }
 
     #[test]
