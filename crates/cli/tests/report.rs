@@ -1,17 +1,25 @@
 //! Black-box tests of `imdsguard report`: decision logs written by a real `imdsguard
 //! proxy --log-format json` (with the emulator, both on 127.0.0.1 in a network namespace
 //! of their own; pods played from loopback source addresses by a small python3 client),
-//! enforcing and with `--dry-run`, and hand-written logs read from files and standard
-//! input.
+//! enforcing and with `--dry-run`; the log of a real `imdsguard agent run --mode block
+//! --dry-run --log-format json` on the sandbox node (`imdsguard_node::sandbox`, in a
+//! network namespace of its own, the emulator on the real IMDS address in its cloud
+//! namespace); and hand-written logs read from files and standard input.
 
 #[path = "support/proxy_setup.rs"]
 mod proxy_setup;
 #[path = "support/run.rs"]
 mod run;
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
+use imdsguard_core::imds::IMDS_ADDRESS;
+use imdsguard_node::netns::Isolated;
+use imdsguard_node::sandbox::{Sandbox, lab_pods};
 use imdsguard_testkit::Netns;
 use proxy_setup::{ARM, BIN, KUBELET_CLIENT_ID, START_EMULATOR, VAULT, rules, token_path};
 use run::run_with_stdin;
@@ -425,4 +433,246 @@ fn a_dry_run_answers_every_request_and_the_report_lists_what_would_be_denied() {
     ] {
         assert!(table.contains(want), "{want} in:\n{table}");
     }
+}
+
+// The agent's would-drops: `agent run --mode block --dry-run` on the sandbox node.
+
+const INNER: &str = "IMDSGUARD_REPORT_TEST_INNER";
+
+/// The sandbox node's pods (the spoofer borrows `allowed`'s address on its own
+/// interface: no pod of the file).
+const AGENT_PODS: &str = "
+- {ip: 10.244.0.10, namespace: platform, name: allowed, interface: azvallowed}
+- {ip: 10.244.0.11, namespace: shop, name: web-7d9f8c6b5d-x2x4q, interface: azvweb}
+- {ip: 10.244.1.10, namespace: jobs, name: batch, interface: cbr0}
+";
+
+/// The emulator in the sandbox's cloud namespace, on the real IMDS address; stopped on
+/// drop.
+struct Cloud {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), imdsguard_node::NodeError>>>,
+}
+
+impl Cloud {
+    fn start(cloud: &imdsguard_node::netns::NetNamespace) -> Cloud {
+        use imdsguard_emulator::{Config, Emulator, Options, Throttle};
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = cloud.spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async move {
+                let options = Options {
+                    imds: vec![SocketAddr::new(IMDS_ADDRESS.into(), 80)],
+                    allow_metadata_address: true,
+                    throttle: Throttle::disabled(),
+                    shutdown_grace: Duration::from_millis(100),
+                    ..Options::default()
+                };
+                let emulator = Emulator::start(Config::default_aks(), options)
+                    .await
+                    .expect("the emulator starts");
+                ready_tx.send(()).expect("the test waits");
+                let _ = stop_rx.await;
+                emulator.shutdown().await;
+            });
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the emulator is ready");
+        Cloud {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `imdsguard agent run`, killed on drop.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A plain HTTP/1.1 GET with `Metadata: true`; the status, `None` when no connection
+/// was made. Never prints the body.
+fn imds_status(path: &str) -> Option<u16> {
+    let addr = SocketAddr::new(IMDS_ADDRESS.into(), 80);
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nMetadata: true\r\nConnection: close\r\n\r\n",
+        addr.ip()
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The drops `imdsguard report` reads from `log` so far, as `namespace/workload`.
+fn would_dropped(log: &Path) -> Vec<String> {
+    let text = std::fs::read(log).unwrap_or_default();
+    let mut d = imdsguard_core::decisions::DecisionLog::new();
+    d.read("agent.log", &text);
+    d.report()
+        .drops
+        .iter()
+        .map(|w| format!("{}/{}", w.namespace, w.workload))
+        .collect()
+}
+
+#[test]
+#[ignore = "needs netns"]
+fn an_agent_dry_run_log_names_the_pods_block_mode_would_cut_off() {
+    let test = "an_agent_dry_run_log_names_the_pods_block_mode_would_cut_off";
+    imdsguard_testkit::isolated_test(test, INNER, &["nft", "ip", "nsenter", "unshare"], || {
+        let isolated = Isolated::check(None).expect("an isolated namespace");
+        let node = Sandbox::build(&isolated, &lab_pods()).expect("the sandbox node");
+        let _cloud = Cloud::start(node.cloud());
+        let dir = Scratch::new("agent-dry-run");
+        let pods = dir.write("pods.yaml", AGENT_PODS);
+        let log = dir.path().join("agent.log");
+        let mut agent = Agent(
+            Command::new(BIN)
+                .args(["agent", "run", "--mode", "block", "--dry-run"])
+                .args(["--pods", pods.to_str().unwrap()])
+                .args(["--allow", "platform/allowed"])
+                .args(["--check-interval", "300ms", "--log-format", "json"])
+                .args(["--admin-listen", "127.0.0.1:0"])
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(&log).expect("the log file"))
+                .spawn()
+                .expect("run imdsguard agent run"),
+        );
+        let started = BufReader::new(agent.0.stdout.take().expect("stdout"))
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l == "enforcing block");
+        let show = || std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(started, "the agent did not start:\n{}", show());
+
+        // Every pod reaches IMDS (a dry run drops nothing): the allowlisted one as
+        // always, the others let through and recorded as would-drops.
+        let path = "/metadata/instance?api-version=2021-02-01";
+        for pod in ["allowed", "web", "batch", "spoofer"] {
+            let status = node
+                .pod(pod)
+                .expect("a sandbox pod")
+                .netns()
+                .run(|| imds_status(path))
+                .expect("run in the pod");
+            assert_eq!(status, Some(200), "{pod} to IMDS:\n{}", show());
+        }
+        let want = ["jobs/batch", "shop/web", "-/10.244.0.10"];
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while want
+            .iter()
+            .any(|w| !would_dropped(&log).iter().any(|d| d == w))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no would-drops of {want:?}:\n{}",
+                show()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Stopped: its log is complete.
+        rustix::process::kill_process(
+            rustix::process::Pid::from_child(&agent.0),
+            rustix::process::Signal::TERM,
+        )
+        .expect("SIGTERM");
+        let status = agent.0.wait().expect("the agent exits");
+        assert!(status.success(), "{status}:\n{}", show());
+        let text = show();
+
+        // The log, piped into `imdsguard report`.
+        let r = run_with_stdin(&["report", "--format", "json"], &text);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let v = r.json();
+        assert_eq!(v["nothing_would_break"], false, "{v:#}");
+        assert_eq!(v["lines"]["malformed"], 0, "{v:#}");
+        assert_eq!(v["totals"]["records"], 0, "no proxy in block mode: {v:#}");
+        assert_eq!(v["drop_totals"]["dropped_packets"], 0, "a dry run: {v:#}");
+        assert!(
+            v["drop_totals"]["would_drop_packets"].as_u64() > Some(0),
+            "{v:#}"
+        );
+        let drops = v["drops"].as_array().expect("drops");
+        let named: Vec<String> = drops
+            .iter()
+            .map(|w| {
+                format!(
+                    "{}/{}",
+                    w["namespace"].as_str().unwrap(),
+                    w["workload"].as_str().unwrap()
+                )
+            })
+            .collect();
+        // The allowlisted pod is not named; the others are, the spoofer as a source no
+        // pod has.
+        assert_eq!(named, want, "{v:#}");
+        for w in drops {
+            assert!(w["would_drop"].as_u64() > Some(0), "{w:#}");
+            assert_eq!(w["dropped"], 0, "{w:#}");
+            assert_eq!(w["host_network"], false, "{w:#}");
+            assert!(w["first_seen"].as_str() <= w["last_seen"].as_str(), "{w:#}");
+        }
+        let web = &drops[1];
+        assert_eq!(web["caller"], "pod");
+        assert_eq!(web["pods"], json!(["web-7d9f8c6b5d-x2x4q"]));
+        assert_eq!(web["interfaces"], json!(["azvweb"]));
+        assert_eq!(web["addresses"], json!(["10.244.0.11"]));
+        assert_eq!(web["matched_by"], json!(["pair"]));
+        assert_eq!(drops[0]["interfaces"], json!(["cbr0"]));
+        let spoofer = &drops[2];
+        assert_eq!(spoofer["caller"], "unknown");
+        assert_eq!(spoofer["pods"], json!([]));
+        assert_eq!(spoofer["addresses"], json!(["10.244.0.10"]));
+        assert_eq!(spoofer["matched_by"], json!(["unknown"]));
+        // Its own interface, not the one of the pod whose address it borrows.
+        let spoofer_iface = node
+            .pod("spoofer")
+            .expect("the spoofer")
+            .spec()
+            .host_iface();
+        assert_eq!(spoofer["interfaces"], json!([spoofer_iface]), "{spoofer:#}");
+
+        // The table says the same.
+        let r = run_with_stdin(&["report"], &text);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        for want in [
+            "agent drop record(s): 0 packet(s) dropped,",
+            "What the agent's table dropped or would drop:",
+            "jobs/batch",
+            "shop/web",
+            "web-7d9f8c6b5d-x2x4q",
+            "interface azvweb",
+            "unknown source 10.244.0.10",
+            "would-drop",
+        ] {
+            assert!(r.stdout.contains(want), "{want} in:\n{}", r.stdout);
+        }
+        assert!(!r.stdout.contains("platform/allowed"), "{}", r.stdout);
+        assert!(!r.stdout.contains("Nothing would break"), "{}", r.stdout);
+    });
 }
