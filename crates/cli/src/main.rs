@@ -69,10 +69,10 @@ enum Command {
     /// Run the probe as a short-lived Job in every namespace and compare what it saw with
     /// what the audit predicts (the seed's validation step); deletes what it created.
     Verify(Box<verify_cmd::VerifyArgs>),
-    /// What enforcing the access rules would break, from the proxy's decision logs (files
-    /// or standard input; `--log-format json` records, e.g. of a `--dry-run`): per
-    /// workload, each denied path, audience and identity, counts, first and last seen, the
-    /// closest rule.
+    /// What enforcing the access rules would break, from the proxy's decision logs and the
+    /// agent's drop records (files or standard input; `--log-format json` records, e.g. of
+    /// a `--dry-run`): per workload, each denied path, audience and identity, counts, first
+    /// and last seen, the closest rule; packets the agent dropped or would drop.
     Report(report_cmd::ReportArgs),
     /// Print the MetadataAccessPolicy CustomResourceDefinition (imdsguard.io/v1alpha1) as
     /// YAML, for `kubectl apply -f -` (the same as deploy/crds/).
