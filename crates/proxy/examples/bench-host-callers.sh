@@ -94,9 +94,12 @@ if [ -z "${IMDSGUARD_BENCH_NETNS:-}" ]; then
     echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(uname -sr)"
     free -g | sed 's/^/  /'
     echo "load before: $(cat /proc/loadavg)"
+    dir=$(mktemp -d /tmp/imdsguard-bench-host-callers.XXXXXX)
     rc=0
     unshare --net --pid --fork --kill-child --mount --mount-proc --propagation private \
-        env IMDSGUARD_BENCH_NETNS=1 IMDSGUARD_BENCH_RUN="$run_id" bash "$0" "$@" || rc=$?
+        env IMDSGUARD_BENCH_NETNS=1 IMDSGUARD_BENCH_RUN="$run_id" IMDSGUARD_BENCH_DIR="$dir" \
+        bash "$0" "$@" || rc=$?
+    rm -rf "$dir"
     # Every process of the inner run has ended with its PID namespace; what it could not
     # remove (killed before its own clean-up) is removed here, in a mount namespace of
     # its own again.
@@ -129,7 +132,7 @@ read -r pod_ctr _ unknown_ctr _ <<<"$(own_cgroups "$run_id")"
 pod_uid=${run_id}a
 unknown_uid=${run_id}b
 
-dir=$(mktemp -d /tmp/imdsguard-bench-host-callers.XXXXXX)
+dir=$IMDSGUARD_BENCH_DIR
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
