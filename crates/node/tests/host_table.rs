@@ -20,7 +20,9 @@ use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use imdsguard_core::cgroup::{PodCgroup, pod_cgroup_paths};
-use imdsguard_core::nft::host::{HostCounters, HostGuard, HostPod, host_counter};
+use imdsguard_core::nft::host::{
+    COMMENT_MAX, HostCounters, HostGuard, HostPod, clip_pod, host_counter,
+};
 use imdsguard_core::nft::{Mode, RulesetConfig};
 use imdsguard_core::target::Cloud;
 use imdsguard_node::Exec;
@@ -158,11 +160,20 @@ fn host_network_pods_are_guarded_by_cgroup() {
         assert!(scan.roots.iter().any(|r| r == "kubepods.slice"));
         assert!(scan.roots.iter().any(|r| r == "kubepods"));
 
+        // The expected pod has the longest name the table takes (253 characters each
+        // side): its comments are clipped to the 128 bytes nft takes (one byte more and
+        // nft refuses the whole transaction), exactly 128 here.
+        let long_pod = format!(
+            "{}/{}-x7k2p",
+            "monitoring".repeat(26).split_at(253).0,
+            "node-exporter".repeat(19).split_at(247).0
+        );
+        assert_eq!(long_pod.len(), 253 + 1 + 253);
         let guard = HostGuard {
             roots: scan.roots.clone(),
             pods: vec![
                 HostPod {
-                    pod: "monitoring/node-exporter".into(),
+                    pod: long_pod.clone(),
                     cgroup: expected_cg.clone(),
                     expected: true,
                 },
@@ -207,6 +218,10 @@ fn host_network_pods_are_guarded_by_cgroup() {
         );
         let c2 = counters();
         assert!(pod_packets(&c2, &expected_uid) > 0, "{c2:?}");
+        let listed = c2.pod(&expected_uid).and_then(|p| p.pod.clone()).unwrap();
+        assert_eq!(listed, clip_pod(&long_pod, COMMENT_MAX));
+        assert_eq!(listed.len(), COMMENT_MAX);
+        assert!(listed.ends_with("-x7k2p"), "{listed}");
         assert_eq!(pod_packets(&c2, &other_uid), 0, "{c2:?}");
         assert_eq!(c2.get(host_counter::UNKNOWN_POD).packets, 0, "{c2:?}");
         assert_eq!(reach(&other, IMDS), None, "unexpected pod dropped");

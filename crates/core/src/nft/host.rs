@@ -65,7 +65,10 @@
 //! Only validated text is written: UIDs and cgroup paths come from [`PodCgroup`] and are
 //! checked with [`PodCgroup::is_canonical`], roots must be [`POD_ROOTS`], pod names are
 //! `namespace/name` of `A-Z a-z 0-9 . _ -`; anything else is refused
-//! ([`HostRulesetError`]).
+//! ([`HostRulesetError`]). Every comment is at most [`COMMENT_MAX`] (128) bytes, the
+//! most nft takes: the UID and the verdict are written whole, a pod name that does not
+//! fit is clipped in the middle ([`clip_pod`]: `observability/kube-prometheus-...exporter-x7k2p`),
+//! the same way every time, so the listing still compares by comment.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -124,6 +127,43 @@ pub mod host_counter {
 /// The prefix of a pod's counter name.
 const POD_COUNTER_PREFIX: &str = "pod_";
 
+/// The longest comment nft takes, in bytes (nft 1.0.6: "comment too long, 128
+/// characters maximum allowed", for rules and counters alike); one longer fails the whole
+/// transaction.
+pub const COMMENT_MAX: usize = 128;
+
+/// What stands for the middle of a pod name clipped to fit a comment ([`clip_pod`]).
+pub const CLIP_MARKER: &str = "...";
+
+/// `pod` (`namespace/name`, ASCII: [`valid_pod_name`]) in at most `max` bytes: as it is
+/// when it fits, else its beginning and its end (where the kubelet's and the
+/// controllers' random suffixes are) around [`CLIP_MARKER`]. The same input always gives
+/// the same text, so a listing's comments compare with what is built.
+pub fn clip_pod(pod: &str, max: usize) -> String {
+    if pod.len() <= max {
+        return pod.to_owned();
+    }
+    let Some(keep) = max.checked_sub(CLIP_MARKER.len()) else {
+        return CLIP_MARKER[..max].to_owned();
+    };
+    let head = keep / 2;
+    let tail = keep - head;
+    // ASCII only (validated), so every index is a character boundary; `get` keeps this
+    // from panicking on anything else.
+    match (pod.get(..head), pod.get(pod.len() - tail..)) {
+        (Some(h), Some(t)) => format!("{h}{CLIP_MARKER}{t}"),
+        _ => CLIP_MARKER.to_owned(),
+    }
+}
+
+/// `prefix` followed by the pod name, clipped so that the whole is at most
+/// [`COMMENT_MAX`] bytes (`prefix` is ours and short: at most ~95 bytes with the longest
+/// UID).
+fn pod_comment(prefix: &str, pod: &str) -> String {
+    let room = COMMENT_MAX.saturating_sub(prefix.len());
+    format!("{prefix}{}", clip_pod(pod, room))
+}
+
 /// The name of the counter of the pod `uid` (canonical, [`crate::cgroup::canonical_uid`]):
 /// `pod_` and the UID with underscores for dashes.
 pub fn host_counter_name(uid: &str) -> String {
@@ -140,7 +180,8 @@ pub fn host_counter_uid(name: &str) -> Option<String> {
 /// One hostNetwork pod the host table names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HostPod {
-    /// `namespace/name` (written as the pod counter's comment).
+    /// `namespace/name` (written as the pod counter's comment, clipped to
+    /// [`COMMENT_MAX`] bytes by [`clip_pod`]).
     pub pod: String,
     /// Its cgroup directory (as [`crate::cgroup::pod_cgroup`] gives it, e.g. from a scan).
     pub cgroup: PodCgroup,
@@ -235,7 +276,8 @@ impl HostCounters {
 pub struct HostPodCount {
     /// The pod's UID.
     pub uid: String,
-    /// `namespace/name`, from the counter's comment.
+    /// `namespace/name`, from the counter's comment (a long name clipped in the middle:
+    /// [`clip_pod`]; the UID is what identifies the pod).
     pub pod: Option<String>,
     /// Packets (observe mode: connections).
     pub packets: u64,
@@ -389,7 +431,7 @@ fn build(
             .map_or((0, 0), |c| (c.packets, c.bytes));
         counters.push(Counter {
             name: host_counter_name(uid),
-            comment: Some((*pod).to_owned()),
+            comment: Some(clip_pod(pod, COMMENT_MAX)),
             packets,
             bytes,
         });
@@ -476,15 +518,17 @@ fn build(
                 cgroup_match(p.cgroup.level, &p.cgroup.path),
                 host_counter_name(&p.cgroup.uid)
             ),
-            comment: format!(
-                "imdsguard: pod {} {} {}",
-                p.cgroup.uid,
-                if p.expected {
-                    "expected"
-                } else {
-                    "not-expected"
-                },
-                p.pod
+            comment: pod_comment(
+                &format!(
+                    "imdsguard: pod {} {} ",
+                    p.cgroup.uid,
+                    if p.expected {
+                        "expected"
+                    } else {
+                        "not-expected"
+                    }
+                ),
+                &p.pod,
             ),
         });
     }
@@ -605,6 +649,18 @@ fn build(
             });
         }
     }
+    debug_assert!(
+        counters
+            .iter()
+            .filter_map(|c| c.comment.as_deref())
+            .chain(
+                chains
+                    .iter()
+                    .flat_map(|c| c.rules.iter().map(|r| r.comment.as_str()))
+            )
+            .all(|c| c.len() <= COMMENT_MAX),
+        "a comment over {COMMENT_MAX} bytes"
+    );
     Ok(HostTable {
         counters,
         sets,
@@ -900,6 +956,105 @@ mod tests {
             .map(str::trim)
             .filter(|l| !l.starts_with("type "))
             .collect()
+    }
+
+    /// Every `comment "…"` of `text`.
+    fn comments(text: &str) -> Vec<&str> {
+        text.split("comment \"")
+            .skip(1)
+            .map(|rest| rest.split('"').next().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn every_comment_fits_in_128_bytes() {
+        // The longest names the table takes (253 characters each side), the longest UID,
+        // in every mode, with the agent's own pod and an IPv6 proxy.
+        let ns = format!("o{}", "b".repeat(252));
+        let name = format!("{}-x7k2p", "n".repeat(247));
+        let long = format!("{ns}/{name}");
+        assert!(valid_pod_name(&long));
+        let uid = format!("{}-{}", "a".repeat(31), "b".repeat(32));
+        assert_eq!(uid.len(), crate::cgroup::MAX_UID_LEN);
+        let mut g = guard();
+        for p in &mut g.pods {
+            p.pod = long.clone();
+        }
+        g.pods.push(HostPod {
+            pod: long.clone(),
+            cgroup: pod_cgroup_paths(&uid)[2].clone(),
+            expected: false,
+        });
+        g.own = Some(pod_cgroup_paths(&format!("{}c", "c".repeat(63)))[1].clone());
+        let carried = HostCounters::default();
+        for mode in [Mode::Block, Mode::Proxy, Mode::Observe] {
+            for dry_run in [false, true] {
+                if dry_run && mode == Mode::Observe {
+                    continue;
+                }
+                let mut c = config(mode);
+                c.dry_run = dry_run;
+                c.proxy_v6 = Some(
+                    "[fd00:ec2:ffff:ffff:ffff:ffff:ffff:fffe]:65535"
+                        .parse()
+                        .unwrap(),
+                );
+                let text = host_ruleset(&c, &g, &carried).unwrap();
+                let all = comments(&text);
+                assert!(all.len() > 10, "{text}");
+                for comment in &all {
+                    assert!(
+                        comment.len() <= COMMENT_MAX,
+                        "{mode} dry_run={dry_run}: {} bytes: {comment}",
+                        comment.len()
+                    );
+                }
+                // The UID and the verdict are whole; the name keeps its two ends.
+                for (u, verdict) in [
+                    (EXPECTED_UID, "expected"),
+                    (OTHER_UID, "not-expected"),
+                    (uid.as_str(), "not-expected"),
+                ] {
+                    let rule = all
+                        .iter()
+                        .find(|c| c.starts_with(&format!("imdsguard: pod {u} {verdict} ")))
+                        .unwrap_or_else(|| panic!("{u}: {all:?}"));
+                    assert!(
+                        rule.contains(CLIP_MARKER) && rule.ends_with("-x7k2p"),
+                        "{rule}"
+                    );
+                    assert!(rule.contains(" ob"), "{rule}");
+                }
+                // The counters' comments: the name clipped to 128 bytes.
+                let counter = clip_pod(&long, COMMENT_MAX);
+                assert_eq!(counter.len(), COMMENT_MAX);
+                assert!(text.contains(&format!("comment \"{counter}\"\n\t\tpackets 0")));
+            }
+        }
+        // A name that fits is written whole.
+        let text = host_ruleset(&config(Mode::Block), &guard(), &carried).unwrap();
+        assert!(!text.contains(CLIP_MARKER), "{text}");
+        assert!(comments(&text).contains(
+            &format!("imdsguard: pod {OTHER_UID} not-expected debug/node-debugger-abc").as_str()
+        ));
+    }
+
+    #[test]
+    fn clipping_a_pod_name() {
+        let pod = "observability/kube-prometheus-stack-prometheus-node-exporter-x7k2p";
+        assert_eq!(clip_pod(pod, 200), pod);
+        assert_eq!(clip_pod(pod, pod.len()), pod);
+        let c = clip_pod(pod, 40);
+        assert_eq!(c, "observability/kube...node-exporter-x7k2p");
+        assert_eq!(c.len(), 40);
+        assert_eq!(
+            clip_pod(pod, 41),
+            "observability/kube-...node-exporter-x7k2p"
+        );
+        assert_eq!(clip_pod(pod, 4), "...p");
+        assert_eq!(clip_pod(pod, 3), "...");
+        assert_eq!(clip_pod(pod, 2), "..");
+        assert_eq!(clip_pod(pod, 0), "");
     }
 
     #[test]

@@ -692,3 +692,66 @@ pub fn delete_table() -> Value {
     b.cmd(NfCmd::Delete(NfListObject::Table(table())));
     b.to_json()
 }
+
+#[cfg(test)]
+mod comment_tests {
+    use super::*;
+    use crate::nft::host::COMMENT_MAX;
+    use crate::target::Cloud;
+
+    /// Every `"comment"` string anywhere in `v`.
+    fn comments<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("comment", Value::String(s)) => out.push(s),
+                        _ => comments(v, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|v| comments(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_comment_fits_in_128_bytes() {
+        // nft refuses comments over 128 characters (as in the host table); the main
+        // table's are fixed words and the interface patterns (at most 15 characters).
+        for mode in [Mode::Block, Mode::Proxy, Mode::Observe] {
+            for dry_run in [false, true] {
+                if dry_run && mode == Mode::Observe {
+                    continue;
+                }
+                let mut c = RulesetConfig::new(mode, &[Cloud::Azure, Cloud::Aws, Cloud::Gcp]);
+                c.dry_run = dry_run;
+                c.pod_interfaces = vec!["abcdefghijklmn*".into(), "abcdefghijklmno".into()];
+                c.proxy_v4 = Some("10.224.0.4:8169".parse().unwrap());
+                c.proxy_v6 = Some(
+                    "[fd00:ec2:ffff:ffff:ffff:ffff:ffff:fffe]:65535"
+                        .parse()
+                        .unwrap(),
+                );
+                let pair =
+                    SourcePair::new("abcdefghijklmno", "10.244.0.7".parse().unwrap()).unwrap();
+                let batch = ruleset_with_known(
+                    &c,
+                    std::slice::from_ref(&pair),
+                    std::slice::from_ref(&pair),
+                    &[],
+                )
+                .unwrap();
+                let mut all = Vec::new();
+                comments(&batch, &mut all);
+                assert!(all.len() > 5, "{mode}: {all:?}");
+                for comment in all {
+                    assert!(
+                        comment.len() <= COMMENT_MAX,
+                        "{mode} dry_run={dry_run}: {comment}"
+                    );
+                }
+            }
+        }
+    }
+}
