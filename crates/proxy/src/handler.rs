@@ -210,23 +210,34 @@ impl State {
             Ok(c) => c,
             Err(rejection) => {
                 rec.path = shorten(raw.split('?').next().unwrap_or(raw), 200);
+                if self.dry_run {
+                    let raw = raw.to_string();
+                    return self.as_received(req, raw, &rejection, peer, rec).await;
+                }
                 return (self.reject(&rejection, &mut rec), rec);
             }
         };
         rec.path.clone_from(&canon.path);
         rec.endpoint = canon.endpoint;
         let headers = req.headers();
-        if let Err(rejection) = self
+        let rejection = match self
             .canon
             .check_headers(headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())))
         {
-            return (self.reject(&rejection, &mut rec), rec);
-        }
-        if req.method() != http::Method::POST && !req.body().is_end_stream() {
-            let rejection = Rejection {
-                kind: RejectKind::BadTargetForm,
-                detail: format!("a {} request with a body", req.method()),
-            };
+            Err(rejection) => Some(rejection),
+            Ok(()) if req.method() != http::Method::POST && !req.body().is_end_stream() => {
+                Some(Rejection {
+                    kind: RejectKind::BadTargetForm,
+                    detail: format!("a {} request with a body", req.method()),
+                })
+            }
+            Ok(()) => None,
+        };
+        if let Some(rejection) = rejection {
+            if self.dry_run {
+                let raw = raw.to_string();
+                return self.as_received(req, raw, &rejection, peer, rec).await;
+            }
             return (self.reject(&rejection, &mut rec), rec);
         }
 
@@ -325,6 +336,16 @@ impl State {
             )
             .await
         };
+        self.answered(result, peer, rec)
+    }
+
+    /// The upstream's answer to a forwarded request, or the proxy's own 502/504.
+    fn answered(
+        &self,
+        result: Result<Reply, UpstreamError>,
+        peer: SocketAddr,
+        mut rec: Record,
+    ) -> (Reply, Record) {
         match result {
             Ok(reply) => (reply, rec),
             Err(e) => {
@@ -348,6 +369,115 @@ impl State {
         rec.rule = RULE_CANONICAL_FORM.into();
         rec.reason = Some(format!("{}: {}", rejection.kind, rejection.detail));
         deny_reply(&Deny::canonical_form(rejection))
+    }
+
+    /// A dry run's `canonical-form` denial (an ambiguous target, a malformed header, a
+    /// body where none belongs): recorded as `would-deny` and sent upstream as received
+    /// (the raw target, the method, the body), since that is what would reach IMDS
+    /// without the proxy; never re-spelled, because a re-spelled target may mean what
+    /// IMDS would not have read. Like any forwarded request it counts against the
+    /// caller's rate and passes IMDS's header checks first (`X-Forwarded-For`,
+    /// `Metadata: true`: the upstream client always adds `Metadata: true`, so a request
+    /// without it must not go). A target the upstream client cannot send as received
+    /// (asterisk-form `*`, authority-form, `CONNECT`) is answered as IMDS would answer
+    /// it: its own error, recorded `invalid`. Nothing the rules say is evaluated: the
+    /// decision is the canonical-form denial.
+    async fn as_received(
+        &self,
+        req: Request<Incoming>,
+        target: String,
+        rejection: &Rejection,
+        peer: SocketAddr,
+        mut rec: Record,
+    ) -> (Reply, Record) {
+        let uri = req.uri();
+        let sendable = req.method() != http::Method::CONNECT
+            && uri.path().starts_with('/')
+            && uri.scheme().is_some() == uri.authority().is_some();
+        let (path, query) = if sendable {
+            (uri.path(), uri.query())
+        } else {
+            (target.as_str(), None)
+        };
+        // IMDS's own checks, headers first (`imds::validate`'s order); on a target the
+        // canonicaliser refused only the header checks count, the rest is IMDS's to
+        // read. The endpoint, read as leniently as IMDS reads paths, gives the rate
+        // class and the shape of an error answer.
+        let checked = imds::validate(req.method().as_str(), path, query, req.headers().iter());
+        let endpoint = match rec.endpoint {
+            ImdsApi::Unknown => ImdsApi::classify(path),
+            known => known,
+        };
+        let class = endpoint.rate_class();
+        let rated = self
+            .rate
+            .check(rec.pod.as_deref(), peer.ip(), class, Instant::now());
+        if let Err(wait) = rated {
+            return (self.throttled(endpoint, class, wait, &mut rec), rec);
+        }
+        let refused = match checked {
+            Err(e)
+                if !sendable
+                    || matches!(
+                        e.kind,
+                        ImdsErrorKind::ForwardedFor | ImdsErrorKind::MissingMetadataHeader
+                    ) =>
+            {
+                Some(e)
+            }
+            Ok(_) if !sendable => Some(ImdsError::new(
+                ImdsApi::Unknown,
+                ImdsErrorKind::UnknownPath {
+                    path: shorten(&target, 200),
+                    method: req.method().to_string(),
+                },
+            )),
+            _ => None,
+        };
+        if let Some(e) = refused {
+            rec.outcome = Outcome::Invalid;
+            rec.rule = "imds-validation".into();
+            rec.reason = Some(if sendable {
+                e.kind.to_string()
+            } else {
+                format!(
+                    "{} (a dry run cannot forward this request as received)",
+                    e.kind
+                )
+            });
+            return (imds_error(&e), rec);
+        }
+        rec.outcome = Outcome::WouldDeny;
+        rec.rule = RULE_CANONICAL_FORM.into();
+        rec.reason = Some(format!("{}: {}", rejection.kind, rejection.detail));
+
+        let (parts, body) = req.into_parts();
+        let body = if body.is_end_stream() {
+            Bytes::new()
+        } else {
+            let read = tokio::time::timeout(
+                self.timeouts.request_body,
+                Limited::new(body, self.limits.max_request_body).collect(),
+            )
+            .await;
+            match read {
+                Ok(Ok(collected)) => collected.to_bytes(),
+                _ => {
+                    rec.outcome = Outcome::Invalid;
+                    rec.rule = "imds-validation".into();
+                    rec.reason = Some("request body unreadable, too large or too slow".into());
+                    let e = ImdsError::new(
+                        endpoint,
+                        ImdsErrorKind::InvalidBody("unreadable, too large or too slow".into()),
+                    );
+                    return (imds_error(&e), rec);
+                }
+            }
+        };
+        let result = self
+            .forward(parts.method, &target, &parts.headers, body, endpoint)
+            .await;
+        self.answered(result, peer, rec)
     }
 
     /// IMDS's own throttling answer (429, its body for the endpoint) with `Retry-After`.
