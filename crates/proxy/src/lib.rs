@@ -323,8 +323,10 @@ pub struct ProxyConfig {
     /// cgroup when the pod index does not know their address; `None`: off (they are
     /// unknown sources). The pods come through [`ProxyControl::set_host_callers`].
     pub host_callers: Option<HostCallerConfig>,
-    /// Dry run: a request the rules deny is logged and counted as `would-deny` and
-    /// forwarded as if allowed; no 403 is sent for it.
+    /// Dry run: a request the rules (or a built-in rule) deny is logged and counted as
+    /// `would-deny` and forwarded as if allowed; an ambiguous one (`canonical-form`) is
+    /// forwarded as received. No 403 is ever sent; IMDS's own refusals (400, 404) and
+    /// throttling (429) stay (docs/proxy.md, "Dry run").
     pub dry_run: bool,
 }
 
