@@ -5,8 +5,10 @@
 //! On start and at every check (and when the pods or the rules change) the agent scans
 //! the pod cgroups under the cgroup v2 mount ([`imdsguard_node::host::scan_pod_cgroups`]),
 //! joins them with the pod index's hostNetwork pods by UID ([`guard`]: a pod is
-//! *expected* when the access rules, the rules file or the `MetadataAccessPolicy`
-//! objects, select it) and applies the host table when the guard changed, a pod
+//! *expected*, [`Expecting`], when `--allow NAMESPACE/NAME` names it or, in block and
+//! observe modes, the access rules, the rules file or the `MetadataAccessPolicy`
+//! objects, select it; in proxy mode the rules are the proxy's, as for other pods) and
+//! applies the host table when the guard changed, a pod
 //! directory's cgroup id changed, or the listing differs from what it builds. A load that
 //! fails because a pod directory vanished between the scan and the load is retried once
 //! after a rescan; any other failure keeps the table in place (never looser: a pod not
@@ -23,11 +25,12 @@ use std::sync::Arc;
 
 use imdsguard_core::access::{AccessRules, PodShapeRef};
 use imdsguard_core::cgroup::PodCgroup;
-use imdsguard_core::nft::RulesetConfig;
 use imdsguard_core::nft::host::{HostCounters, HostGuard, HostPod, host_counter, valid_pod_name};
+use imdsguard_core::nft::{Mode, RulesetConfig};
 use imdsguard_core::pods::PodIndex;
+use imdsguard_core::pods::PodInfo;
 use imdsguard_node::host::{CgroupScan, scan_pod_cgroups};
-use imdsguard_node::{Exec, NodeError};
+use imdsguard_node::{AllowSpec, Exec, NodeError};
 use imdsguard_proxy::HostCallerMap;
 
 /// The cgroup v2 mount when none is given.
@@ -61,13 +64,49 @@ pub fn own_pod(root: &Path, scan: &CgroupScan, own_uid: Option<&str>) -> Option<
     }
 }
 
+/// Which hostNetwork pods are expected: their sockets reach the endpoints the host
+/// table guards directly (accepted; in proxy mode not redirected to the proxy either).
+/// The same as for other pods: `--allow NAMESPACE/NAME` in every mode; the pods the
+/// access rules select in block and observe modes (they are allowlisted there), never
+/// in proxy mode (the rules are the proxy's: those pods reach IMDS through it, and
+/// what it does not serve, WireServer, is dropped for them).
+#[derive(Debug, Clone, Copy)]
+pub struct Expecting<'a> {
+    /// The agent's mode.
+    pub mode: Mode,
+    /// The access rules (the rules file or the `MetadataAccessPolicy` objects), if any.
+    pub rules: Option<&'a AccessRules>,
+    /// The agent's `--allow` entries (`IFACE=ADDR` ones name no pod).
+    pub allow: &'a [AllowSpec],
+}
+
+impl Expecting<'_> {
+    /// Nobody is expected (the proxy's map, which does not depend on it).
+    pub const NOBODY: Expecting<'static> = Expecting {
+        mode: Mode::Proxy,
+        rules: None,
+        allow: &[],
+    };
+
+    /// Whether `pod` is expected.
+    pub fn expects(&self, pod: &PodInfo) -> bool {
+        self.allow
+            .iter()
+            .any(|a| a.names_pod(&pod.namespace, &pod.name))
+            || (self.mode != Mode::Proxy
+                && self
+                    .rules
+                    .is_some_and(|r| !r.expecting(&PodShapeRef::of(pod)).is_empty()))
+    }
+}
+
 /// Joins a scan with the hostNetwork pods of `pods` by UID: one [`HostPod`] per pod
-/// directory found, expected when `rules` select the pod; `own` (the agent's own pod,
+/// directory found, expected as `expecting` says; `own` (the agent's own pod,
 /// when it runs in one: [`own_pod`]) is never dropped or redirected.
 pub fn guard(
     scan: &CgroupScan,
     pods: &PodIndex,
-    rules: Option<&AccessRules>,
+    expecting: Expecting<'_>,
     own: Option<PodCgroup>,
 ) -> Built {
     let mut built = Built {
@@ -95,7 +134,7 @@ pub fn guard(
         if built.guard.own.as_ref().is_some_and(|o| o.uid == uid) {
             continue;
         }
-        let expected = rules.is_some_and(|r| !r.expecting(&PodShapeRef::of(&p.info)).is_empty());
+        let expected = expecting.expects(&p.info);
         for s in scan.of_uid(uid) {
             built.guard.pods.push(HostPod {
                 pod: id.clone(),
@@ -288,7 +327,7 @@ impl Host {
         &self,
         io: &impl HostIo,
         pods: &PodIndex,
-        rules: Option<&AccessRules>,
+        expecting: Expecting<'_>,
     ) -> Result<Built, String> {
         let scan = io.scan(&self.root).map_err(|e| {
             format!(
@@ -297,10 +336,10 @@ impl Host {
             )
         })?;
         let own = own_pod(&self.root, &scan, self.own_uid.as_deref());
-        Ok(guard(&scan, pods, rules, own))
+        Ok(guard(&scan, pods, expecting, own))
     }
 
-    /// Keeps the host table as `pods` and `rules` want it (see the module): applies it
+    /// Keeps the host table as `pods` and `expecting` want it (see the module): applies it
     /// when what it is built from changed or the listing differs, retrying once after a
     /// rescan when a pod directory vanished. Returns the kinds of repair made (for the
     /// metric), empty when nothing was applied.
@@ -309,9 +348,9 @@ impl Host {
         exec: &Exec,
         config: &RulesetConfig,
         pods: &PodIndex,
-        rules: Option<&AccessRules>,
+        expecting: Expecting<'_>,
     ) -> Vec<&'static str> {
-        self.ensure_with(&NftIo { exec, config }, pods, rules)
+        self.ensure_with(&NftIo { exec, config }, pods, expecting)
     }
 
     /// [`Host::ensure`] through `io`.
@@ -319,7 +358,7 @@ impl Host {
         &mut self,
         io: &impl HostIo,
         pods: &PodIndex,
-        rules: Option<&AccessRules>,
+        expecting: Expecting<'_>,
     ) -> Vec<&'static str> {
         if self.available.is_err() {
             self.available = imdsguard_node::host::cgroup2_mounted(&self.root);
@@ -334,7 +373,7 @@ impl Host {
             }
         }
         for attempt in 0..2 {
-            let built = match self.scan(io, pods, rules) {
+            let built = match self.scan(io, pods, expecting) {
                 Ok(b) => b,
                 Err(why) => {
                     tracing::error!(error = %why, "hostNetwork pods: keeping the host table in place");
@@ -470,20 +509,20 @@ impl Host {
 }
 
 /// The proxy's map as a source it may call on a miss: a scan now, joined with the pods
-/// and rules `current` gives.
+/// `current` gives.
 pub fn callers_source(
     root: PathBuf,
     own_uid: Option<String>,
-    current: impl Fn() -> Option<(PodIndex, Option<AccessRules>)> + Send + Sync + 'static,
+    current: impl Fn() -> Option<PodIndex> + Send + Sync + 'static,
 ) -> imdsguard_proxy::HostCallerSource {
     Arc::new(move || {
-        let Some((pods, rules)) = current() else {
+        let Some(pods) = current() else {
             return HostCallerMap::new();
         };
         match scan_pod_cgroups(&root) {
             Ok(scan) => {
                 let own = own_pod(&root, &scan, own_uid.as_deref());
-                guard(&scan, &pods, rules.as_ref(), own).callers
+                guard(&scan, &pods, Expecting::NOBODY, own).callers
             }
             Err(e) => {
                 tracing::warn!(error = %e, "scanning the pod cgroups for the proxy");
@@ -540,6 +579,66 @@ mod tests {
         }
     }
 
+    fn block(rules: &AccessRules) -> Expecting<'_> {
+        Expecting {
+            mode: Mode::Block,
+            rules: Some(rules),
+            allow: &[],
+        }
+    }
+
+    #[test]
+    fn expected_as_other_pods_are_allowlisted() {
+        let rules = AccessRules::parse(
+            "rules:
+  - name: monitoring
+    subjects: [{namespace: monitoring}]
+    paths: [/metadata/instance]
+",
+        )
+        .unwrap();
+        let allow = [
+            imdsguard_node::parse_allow_spec("debug/shell").unwrap(),
+            imdsguard_node::parse_allow_spec("azvx=10.244.0.9").unwrap(),
+        ];
+        let expected = |mode: Mode, allow: &[AllowSpec]| -> Vec<String> {
+            let e = Expecting {
+                mode,
+                rules: Some(&rules),
+                allow,
+            };
+            let b = guard(&scan(), &pods(), e, None);
+            b.guard
+                .pods
+                .iter()
+                .filter(|p| p.expected)
+                .map(|p| p.pod.clone())
+                .collect()
+        };
+        // Block and observe modes: the rules' pods and the --allow'ed ones.
+        for mode in [Mode::Block, Mode::Observe] {
+            assert_eq!(expected(mode, &[]), ["monitoring/agent"], "{mode}");
+            assert_eq!(
+                expected(mode, &allow),
+                ["debug/shell", "monitoring/agent"],
+                "{mode}"
+            );
+        }
+        // Proxy mode: the rules are the proxy's (the monitoring pod reaches IMDS through
+        // it, WireServer is dropped for it); only --allow sends a pod direct.
+        assert!(expected(Mode::Proxy, &[]).is_empty());
+        assert_eq!(expected(Mode::Proxy, &allow), ["debug/shell"]);
+        let everyone = [imdsguard_node::parse_allow_spec("kube-system/*").unwrap()];
+        assert_eq!(expected(Mode::Proxy, &everyone), ["kube-system/imdsguard"]);
+        // The proxy's map does not depend on it.
+        let nobody = guard(&scan(), &pods(), Expecting::NOBODY, None);
+        assert_eq!(
+            nobody.callers.len(),
+            guard(&scan(), &pods(), block(&rules), None).callers.len()
+        );
+        assert!(nobody.guard.pods.iter().all(|p| !p.expected));
+    }
+
     #[test]
     fn a_scan_joined_with_the_host_network_pods_by_uid() {
         let rules = AccessRules::parse(
@@ -556,7 +655,7 @@ mod tests {
             Some(&OWN.to_uppercase()),
         );
         assert_eq!(own.as_ref().map(|o| o.uid.as_str()), Some(OWN));
-        let b = guard(&scan(), &pods(), Some(&rules), own);
+        let b = guard(&scan(), &pods(), block(&rules), own);
         let named: Vec<(&str, bool, &str)> = b
             .guard
             .pods
@@ -587,7 +686,7 @@ mod tests {
         );
         nouid.host_network = true;
         let with_nouid = PodIndex::from_pods(vec![nouid]);
-        let b = guard(&scan(), &with_nouid, Some(&rules), None);
+        let b = guard(&scan(), &with_nouid, block(&rules), None);
         // The test process is in no pod: no own pod found.
         assert_eq!(own_pod(Path::new("/nonexistent"), &scan(), None), None);
         assert!(b.guard.pods.is_empty());
@@ -598,11 +697,11 @@ mod tests {
             b.skipped
         );
         // No rules: nobody is expected; no own pod: the agent's pod is an ordinary one.
-        let none = guard(&scan(), &pods(), None, None);
+        let none = guard(&scan(), &pods(), Expecting::NOBODY, None);
         assert!(none.guard.pods.iter().all(|p| !p.expected));
         assert_eq!(none.guard.pods.len(), 3);
         // A pod whose directory is not there (not started yet) is not named.
-        let empty = guard(&CgroupScan::default(), &pods(), Some(&rules), None);
+        let empty = guard(&CgroupScan::default(), &pods(), block(&rules), None);
         assert!(empty.guard.pods.is_empty() && empty.guard.roots.is_empty());
     }
 
@@ -738,7 +837,7 @@ mod tests {
             vec![Some(VANISHED)],
         );
         let mut h = host();
-        assert!(h.ensure_with(&io, &pods(), None).is_empty());
+        assert!(h.ensure_with(&io, &pods(), Expecting::NOBODY).is_empty());
         let installed = io.installed.borrow().clone();
         assert_eq!(installed.len(), 1);
         assert!(installed[0].pods.iter().all(|p| p.cgroup.uid != DBG));
@@ -750,14 +849,14 @@ mod tests {
             }
         );
         // Nothing changed: nothing applied.
-        h.ensure_with(&io, &pods(), None);
+        h.ensure_with(&io, &pods(), Expecting::NOBODY);
         assert_eq!(io.installed.borrow().len(), 1);
 
         // Vanishing twice in a row, or any other failure: the table in place stays and
         // the coverage says why.
         let io2 = FakeIo::new(vec![both.clone()], vec![Some(VANISHED), Some(VANISHED)]);
         *io2.installed.borrow_mut() = installed.clone();
-        h.ensure_with(&io2, &pods(), None);
+        h.ensure_with(&io2, &pods(), Expecting::NOBODY);
         assert!(matches!(&h.coverage, Coverage::Failed(why) if why.contains("No such file")));
         assert_eq!(
             *io2.installed.borrow(),
@@ -766,7 +865,7 @@ mod tests {
         );
         assert_eq!(h.applied.as_ref().unwrap().guard, installed[0]);
         let io3 = FakeIo::new(vec![both.clone()], vec![Some("Error: syntax error")]);
-        h.ensure_with(&io3, &pods(), None);
+        h.ensure_with(&io3, &pods(), Expecting::NOBODY);
         assert!(matches!(&h.coverage, Coverage::Failed(why) if why.contains("syntax error")));
         assert!(
             io3.installed.borrow().is_empty(),
@@ -774,7 +873,7 @@ mod tests {
         );
         // Then it works: applied, with debug/shell.
         let io4 = FakeIo::new(vec![both], vec![]);
-        h.ensure_with(&io4, &pods(), None);
+        h.ensure_with(&io4, &pods(), Expecting::NOBODY);
         assert_eq!(io4.installed.borrow()[0].pods.len(), 3);
         assert_eq!(
             h.coverage,
@@ -790,16 +889,16 @@ mod tests {
         let io = FakeIo::new(vec![scan()], vec![]);
         let mut h = host();
         assert!(
-            h.ensure_with(&io, &pods(), None).is_empty(),
+            h.ensure_with(&io, &pods(), Expecting::NOBODY).is_empty(),
             "the first apply"
         );
         // Someone edits the table: the listing differs from what the agent builds.
         io.installed.borrow_mut()[0].pods.pop();
-        assert_eq!(h.ensure_with(&io, &pods(), None), ["rule"]);
+        assert_eq!(h.ensure_with(&io, &pods(), Expecting::NOBODY), ["rule"]);
         assert_eq!(io.installed.borrow().len(), 2);
         // Someone deletes it.
         io.installed.borrow_mut().clear();
-        assert_eq!(h.ensure_with(&io, &pods(), None), ["missing"]);
+        assert_eq!(h.ensure_with(&io, &pods(), Expecting::NOBODY), ["missing"]);
     }
 
     #[test]

@@ -38,8 +38,10 @@
 //!   `imdsguard_agent_observed_connections_total{namespace,pod,endpoint}`;
 //! - hostNetwork pods ([`host`]): a second table, `inet imdsguard_host`, guards the
 //!   node's output path by the sockets' cgroup (cgroup v2 at `--cgroup-root`), kept in
-//!   step with the hostNetwork pods' cgroups at every check; the pods the access rules
-//!   select are expected; drops of the others are attributed to them like other pods';
+//!   step with the hostNetwork pods' cgroups at every check; expected (direct) are the
+//!   pods `--allow NAMESPACE/NAME` names and, in block and observe modes, those the
+//!   access rules select (as other pods are allowlisted; in proxy mode the rules'
+//!   pods go through the proxy); drops of the others are attributed to them like other pods';
 //!   in proxy mode the proxy gets the cgroup id → pod map; without cgroup v2 `/readyz`
 //!   says they are not covered and the rest works;
 //! - the admin listener (`imdsguard-serve`'s admin endpoints) serves `/metrics`,
@@ -111,9 +113,9 @@ pub struct AgentConfig {
     /// and the `MetadataAccessPolicy` objects answered (when watched).
     pub remove_taint: bool,
     /// The access rules (docs/proxy.md); reloaded on change and on request. The proxy's
-    /// in proxy mode; in every mode the pods their subjects select are expected (block
-    /// and observe modes allowlist them; hostNetwork pods they select are accepted by
-    /// the host table). With `kubernetes` and no file, the rules are the
+    /// in proxy mode; in block and observe modes the pods their subjects select are
+    /// expected: allowlisted, and when hostNetwork accepted by the host table (in proxy
+    /// mode only `--allow` sends a pod direct). With `kubernetes` and no file, the rules are the
     /// `MetadataAccessPolicy` objects; with a file, no object is watched. Proxy mode needs
     /// one or the other.
     pub rules: Option<PathBuf>,
@@ -409,6 +411,31 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The proxy's lookup of hostNetwork callers by their socket's cgroup under `root`:
+/// the endpoints the host table redirects to it (TCP, of a family with a proxy
+/// address), as the client wrote them. Given in proxy mode whether or not cgroup v2 is
+/// mounted at `root` yet (it may be later, and the host table then redirects here).
+fn host_caller_config(
+    root: &std::path::Path,
+    config: &nft::RulesetConfig,
+) -> imdsguard_proxy::HostCallerConfig {
+    let mut hc = imdsguard_proxy::HostCallerConfig::new(root);
+    hc.destinations = config
+        .proxied
+        .iter()
+        .filter(|t| t.protocol == imdsguard_core::target::Protocol::Tcp)
+        .filter(|t| {
+            if t.ip.is_ipv4() {
+                config.proxy_v4.is_some()
+            } else {
+                config.proxy_v6.is_some()
+            }
+        })
+        .map(|t| SocketAddr::new(t.ip, t.port))
+        .collect();
+    hc
+}
+
 /// The label of `imdsguard_blocked_packets_total` for a drop counter of the table (which
 /// counts per reason, not per endpoint).
 fn drop_destination(counter: &str) -> &'static str {
@@ -532,7 +559,7 @@ impl Shared {
                 if let (Some(rules), Some(control)) = (rules, &*lock(&self.control)) {
                     control.set_rules(rules);
                 }
-                // Which hostNetwork pods are expected may have changed.
+                // The proxy's map (its pods) is kept current with the host table.
                 self.ensure_host();
                 Ok(())
             } else {
@@ -648,8 +675,13 @@ impl Shared {
         };
         let pods = lock(&self.pods).clone();
         let rules = lock(&self.policy_rules).clone();
+        let expecting = host::Expecting {
+            mode: self.mode,
+            rules: rules.as_ref(),
+            allow: &self.allow,
+        };
         let mut host = lock(&self.host);
-        for kind in host.ensure(&exec, &config, &pods, rules.as_ref()) {
+        for kind in host.ensure(&exec, &config, &pods, expecting) {
             self.own
                 .repairs
                 .get_or_create(&vec![("difference".to_owned(), format!("host-{kind}"))])
@@ -1268,40 +1300,24 @@ impl Agent {
                 pc.metrics = Some(metrics.clone());
                 pc.ready_check = Some(nft_ready.clone());
                 pc.dry_run = args.dry_run;
-                if lock(&shared.host).available.is_ok() {
-                    // hostNetwork callers by their socket's cgroup: the endpoints the
-                    // host table redirects, as the client wrote them.
-                    let mut hc = imdsguard_proxy::HostCallerConfig::new(&args.cgroup_root);
-                    hc.destinations = config
-                        .proxied
-                        .iter()
-                        .filter(|t| t.protocol == imdsguard_core::target::Protocol::Tcp)
-                        .filter(|t| {
-                            if t.ip.is_ipv4() {
-                                config.proxy_v4.is_some()
-                            } else {
-                                config.proxy_v6.is_some()
-                            }
-                        })
-                        .map(|t| SocketAddr::new(t.ip, t.port))
-                        .collect();
-                    pc.host_callers = Some(hc);
-                }
+                // hostNetwork callers by their socket's cgroup, whether or not cgroup
+                // v2 is there now: it may be mounted later, and the host table then
+                // redirects pod-tree sockets here. Without it no socket is in a pod
+                // cgroup: no caller is named a pod (fails closed), and only callers
+                // from this host's addresses cost a lookup.
+                pc.host_callers = Some(host_caller_config(&args.cgroup_root, &config));
                 let proxy = Proxy::start(pc).await?;
                 let control = proxy.control();
-                if lock(&shared.host).available.is_ok() {
-                    let weak = Arc::downgrade(&shared);
-                    control.set_host_caller_source(Some(host::callers_source(
-                        args.cgroup_root.clone(),
-                        args.pod_uid.clone(),
-                        move || {
-                            let shared = weak.upgrade()?;
-                            let pods = lock(&shared.pods).clone();
-                            let rules = lock(&shared.policy_rules).clone();
-                            Some((pods, rules))
-                        },
-                    )));
-                }
+                let weak = Arc::downgrade(&shared);
+                control.set_host_caller_source(Some(host::callers_source(
+                    args.cgroup_root.clone(),
+                    args.pod_uid.clone(),
+                    move || {
+                        let shared = weak.upgrade()?;
+                        let pods = lock(&shared.pods).clone();
+                        Some(pods)
+                    },
+                )));
                 *lock(&shared.control) = Some(control);
                 Some(proxy)
             }
@@ -1537,8 +1553,9 @@ impl ReloadTarget for AgentFiles {
         if let Some(control) = &*lock(&self.shared.control) {
             control.set_rules(rules.clone());
         }
-        // The pods the rules select are expected: allowlisted (block and observe modes)
-        // and, when hostNetwork, accepted by the host table. Off the runtime: `nft`.
+        // Block and observe modes: the pods the rules select are expected, allowlisted
+        // and, when hostNetwork, accepted by the host table. Proxy mode: the proxy's map
+        // is kept current. Off the runtime: `nft`.
         let shared = self.shared.clone();
         let applied = tokio::task::spawn_blocking(move || {
             let _applying = lock(&shared.applying);
@@ -1724,6 +1741,37 @@ mod tests {
         assert_eq!(connect("http://127.0.0.1:8169/"), "127.0.0.1:8169");
         assert_eq!(connect("http://[fd00:ec2::254]"), "[fd00:ec2::254]:80");
         assert!(Upstream::parse("https://x").is_err());
+    }
+
+    #[test]
+    fn the_proxy_looks_up_host_callers_at_the_redirected_endpoints() {
+        let mut c = nft::RulesetConfig::new(
+            Mode::Proxy,
+            &[
+                imdsguard_core::target::Cloud::Azure,
+                imdsguard_core::target::Cloud::Aws,
+            ],
+        );
+        c.proxy_v4 = Some("10.224.0.4:8169".parse().unwrap());
+        // No cgroup v2 there (yet): the lookup is configured all the same.
+        let root = std::path::Path::new("/nonexistent/cgroup");
+        let hc = host_caller_config(root, &c);
+        assert_eq!(hc.cgroup_root, root);
+        let v4: SocketAddr = "169.254.169.254:80".parse().unwrap();
+        let v6: SocketAddr = "[fd00:ec2::254]:80".parse().unwrap();
+        assert_eq!(
+            hc.destinations,
+            [v4],
+            "no IPv6 proxy: IPv6 is not redirected"
+        );
+        c.proxy_v6 = Some("[fd00::4]:8169".parse().unwrap());
+        let hc = host_caller_config(root, &c);
+        assert!(hc.destinations.contains(&v4) && hc.destinations.contains(&v6));
+        assert!(
+            hc.destinations.iter().all(|d| d.port() == 80),
+            "{:?}",
+            hc.destinations
+        );
     }
 
     #[test]

@@ -70,7 +70,9 @@ pub(crate) struct AgentNftArgs {
     pub proxy_address6: Option<SocketAddr>,
 
     /// Allowlist a pod (repeatable): its node-side interface and address, or (for the
-    /// agent, with a pods file) its NAMESPACE/NAME, NAMESPACE/* for a whole namespace
+    /// agent, with a pods file or --kubernetes) its NAMESPACE/NAME, NAMESPACE/* for a
+    /// whole namespace; a hostNetwork pod so named goes direct too (the host table
+    /// expects it), in every mode
     #[arg(long = "allow", value_name = "IFACE=ADDR|NAMESPACE/NAME", value_parser = parse_allow_spec)]
     pub allow: Vec<AllowSpec>,
 
@@ -136,10 +138,11 @@ pub(crate) struct RunArgs {
           num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub remove_taint: bool,
 
-    /// The access rules (docs/proxy.md), proxy mode; reloaded on change and on SIGHUP.
-    /// With --kubernetes and no --rules the rules are the MetadataAccessPolicy objects
-    /// (in block mode the pods they select are allowlisted); with --rules no object is
-    /// watched
+    /// The access rules (docs/proxy.md); reloaded on change and on SIGHUP. Proxy mode:
+    /// the proxy's (the pods they select reach IMDS through it). Block and observe
+    /// modes: the pods they select are expected (allowlisted; hostNetwork ones accepted
+    /// by the host table). With --kubernetes and no --rules the rules are the
+    /// MetadataAccessPolicy objects; with --rules no object is watched
     #[arg(long, value_name = "FILE")]
     pub rules: Option<PathBuf>,
 

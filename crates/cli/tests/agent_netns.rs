@@ -1289,11 +1289,56 @@ fn proxy_mode_names_host_network_callers_by_cgroup() {
             "{}",
             agent.get("/metrics").1
         );
-        // WireServer is not proxied: the expected pod goes direct (nothing listens:
-        // refused), the other is dropped by the host table.
+        // In proxy mode the rules are the proxy's, as for other pods: the pod they
+        // select is not expected by the host table (only --allow would make it so), so
+        // what the proxy does not serve (WireServer) is dropped for it as for the other.
+        let (_, body) = agent.get("/readyz");
+        assert!(
+            body.contains("hostNetwork pods guarded by cgroup: 2 named (0 expected)"),
+            "{body}"
+        );
+        assert_eq!(wireserver_from_cgroup(monitoring), Reach::Timeout);
+        assert_eq!(wireserver_from_cgroup(debug), Reach::Timeout);
+        drop(agent);
+
+        // `--allow monitoring/agent`: that pod goes direct, like an allowlisted pair:
+        // WireServer (nothing listens: refused) and IMDS, which the proxy never sees.
+        let agent = h.agent(&[
+            "--mode",
+            "proxy",
+            "--proxy-address",
+            &proxy,
+            "--check-interval",
+            "1s",
+            "--allow",
+            "monitoring/agent",
+        ]);
+        assert!(agent.ready(), "{:?}", agent.get("/readyz"));
+        let (_, body) = agent.get("/readyz");
+        assert!(
+            body.contains("hostNetwork pods guarded by cgroup: 2 named (1 expected)"),
+            "{body}"
+        );
         let direct = wireserver_from_cgroup(monitoring);
         assert!(matches!(direct, Reach::Refused(_)), "{direct:?}");
         assert_eq!(wireserver_from_cgroup(debug), Reach::Timeout);
+        let (status, body) =
+            get_from_cgroup(monitoring, &token_path()).expect("monitoring connects");
+        assert_eq!(status, 200, "{} bytes", body.len());
+        // debug/shell still gets the proxy's 403; once its decision is logged, none
+        // names monitoring/agent (it went straight to the emulator).
+        let (status, _) = get_from_cgroup(debug, &token_path()).expect("debug reaches the proxy");
+        assert_eq!(status, 403);
+        assert!(eventually(Duration::from_secs(5), || {
+            log_records(&log, "decision")
+                .iter()
+                .any(|r| r["pod"] == "debug/shell")
+        }));
+        let records = log_records(&log, "decision");
+        assert!(
+            records.iter().all(|r| r["pod"] != "monitoring/agent"),
+            "{records:?}"
+        );
     });
 }
 

@@ -305,16 +305,38 @@ fn host_network_pods_are_guarded_by_cgroup() {
             );
         }
 
-        // Proxy mode: the pod tree's IMDS connections go to the proxy, the node's to
-        // IMDS; what the proxy does not serve (WireServer) stays guarded.
+        // Proxy mode: the pod tree's IMDS connections go to the proxy, the node's and
+        // the expected pod's (the agent's --allow) to IMDS; what the proxy does not
+        // serve (WireServer) stays guarded.
         let proxy = config(Mode::Proxy);
         install_host(&exec, &proxy, &guard).unwrap();
         assert_eq!(host_status(&exec, &proxy, &guard).unwrap(), Some(vec![]));
         assert_eq!(reach(&node, IMDS).as_deref(), Some("imds"), "node process");
-        for cg in [&expected, &other, &unlisted] {
+        assert_eq!(
+            reach(&expected, IMDS).as_deref(),
+            Some("imds"),
+            "expected pod direct"
+        );
+        for cg in [&other, &unlisted] {
             assert_eq!(reach(cg, IMDS).as_deref(), Some("proxy"), "{cg} redirected");
         }
-        assert!(counters().get(host_counter::PROXIED).packets >= 3);
+        assert!(counters().get(host_counter::PROXIED).packets >= 2);
+        // Not expected: redirected like the others.
+        let none_expected = HostGuard {
+            pods: guard
+                .pods
+                .iter()
+                .map(|p| HostPod {
+                    expected: false,
+                    ..p.clone()
+                })
+                .collect(),
+            ..guard.clone()
+        };
+        install_host(&exec, &proxy, &none_expected).unwrap();
+        assert_eq!(reach(&expected, IMDS).as_deref(), Some("proxy"));
+        assert_eq!(reach(&expected, WIRESERVER), None);
+        install_host(&exec, &proxy, &guard).unwrap();
         assert_eq!(reach(&expected, WIRESERVER).as_deref(), Some("wireserver"));
         assert_eq!(reach(&other, WIRESERVER), None);
         assert_eq!(reach(&unlisted, WIRESERVER), None);

@@ -37,18 +37,24 @@
 //!       ip daddr . meta l4proto . th dport @proxied_v4 jump redirect_v4       (v6 with a v6 proxy)
 //!   chain redirect_v4:
 //!       socket cgroupv2 level L "OWN" return
+//!       socket cgroupv2 level L "POD" return                                  expected pod
 //!       socket cgroupv2 level 1 "ROOT" meta l4proto tcp counter name proxied dnat ip to PROXY
 //! ```
 //!
-//! - **block**: an expected pod (the access rules select it) is accepted, any other
+//! An *expected* pod ([`HostPod::expected`]) goes direct: the agent expects the pods
+//! its `--allow` names and, in block and observe modes, the pods the access rules select
+//! (in proxy mode the rules are the proxy's: those pods reach IMDS through it).
+//!
+//! - **block**: an expected pod is accepted, any other
 //!   pod's packet is counted on its pod counter, logged and dropped; a socket under a pod
 //!   root that no pod rule names (a pod the agent does not know yet, or not as
 //!   hostNetwork) is counted `unknown_pod` and dropped: fail closed.
-//! - **proxy**: every pod-tree TCP connection to a proxied endpoint, expected or not, is
+//! - **proxy**: every other pod-tree TCP connection to a proxied endpoint is
 //!   DNATed to the proxy, which decides by its rules (it finds the caller's pod from
-//!   the socket's cgroup id); the nat chain runs before the filter chain, so what reaches
+//!   the socket's cgroup id); an expected pod's is not (like an allowlisted pair in the
+//!   main table). The nat chain runs before the filter chain, so what reaches
 //!   `guard` is what the proxy does not serve (WireServer, IPv6 without an IPv6 proxy),
-//!   decided as in block mode.
+//!   decided as in block mode: an expected pod accepted, the others dropped.
 //! - **observe**: only new connections go to `guard`, so the pod counters count
 //!   connections; nothing is dropped, what block mode would drop is logged.
 //! - **dry run** ([`RulesetConfig::dry_run`], block and proxy modes): the same rules, but
@@ -185,7 +191,9 @@ pub struct HostPod {
     pub pod: String,
     /// Its cgroup directory (as [`crate::cgroup::pod_cgroup`] gives it, e.g. from a scan).
     pub cgroup: PodCgroup,
-    /// The access rules select it: its sockets may reach the endpoints directly.
+    /// Its sockets may reach the endpoints directly (accepted, and in proxy mode not
+    /// redirected to the proxy): the agent's `--allow` names it or, in block and observe
+    /// modes, the access rules select it.
     pub expected: bool,
 }
 
@@ -630,6 +638,17 @@ fn build(
                 rules.push(Rule {
                     text: format!("{} return", cgroup_match(own.level, &own.path)),
                     comment: format!("imdsguard: imdsguard's own pod {} goes direct", own.uid),
+                });
+            }
+            // Expected pods go direct in proxy mode (the agent's `--allow`, as its
+            // allowlisted pairs skip the proxy in the main table).
+            for pod in pods.iter().filter(|p| p.expected) {
+                rules.push(Rule {
+                    text: format!(
+                        "{} return",
+                        cgroup_match(pod.cgroup.level, &pod.cgroup.path)
+                    ),
+                    comment: format!("imdsguard: pod {} expected goes direct", pod.cgroup.uid),
                 });
             }
             for root in &roots {
@@ -1140,10 +1159,16 @@ mod tests {
                 "ip daddr . meta l4proto . th dport @proxied_v4 jump redirect_v4 comment \"imdsguard: proxied IPv4 endpoints\""
             ]
         );
+        // The agent's own pod and the expected pod go direct; every other pod-tree
+        // connection goes to the proxy.
         assert_eq!(
             chain(&text, "redirect_v4"),
             [
                 "socket cgroupv2 level 2 \"kubepods.slice/kubepods-podfeedbeef.slice\" return comment \"imdsguard: imdsguard's own pod feedbeef goes direct\"",
+                &format!(
+                    "socket cgroupv2 level 3 \"{}\" return comment \"imdsguard: pod {EXPECTED_UID} expected goes direct\"",
+                    g.pods[0].cgroup.path
+                ),
                 "socket cgroupv2 level 1 \"kubepods.slice\" meta l4proto tcp counter name \"proxied\" dnat ip to 10.224.0.4:8169 comment \"imdsguard mode=proxy kubepods.slice to 10.224.0.4:8169\"",
                 "socket cgroupv2 level 1 \"kubepods\" meta l4proto tcp counter name \"proxied\" dnat ip to 10.224.0.4:8169 comment \"imdsguard mode=proxy kubepods to 10.224.0.4:8169\"",
             ]
@@ -1172,7 +1197,7 @@ mod tests {
         let text = host_ruleset(&c, &guard(), &HostCounters::default()).unwrap();
         assert_eq!(chain(&text, "nat_output").len(), 2);
         assert_eq!(
-            chain(&text, "redirect_v6")[0],
+            chain(&text, "redirect_v6")[1],
             "socket cgroupv2 level 1 \"kubepods.slice\" meta l4proto tcp counter name \"proxied\" dnat ip6 to [fd00::4]:8169 comment \"imdsguard mode=proxy kubepods.slice to [fd00::4]:8169\""
         );
         assert!(text.contains("set proxied_v6 {\n\t\ttype ipv6_addr . inet_proto . inet_service\n\t\telements = { fd00:ec2::254 . tcp . 80 }"));
