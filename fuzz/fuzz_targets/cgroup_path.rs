@@ -7,12 +7,14 @@
 //! `pod_cgroup_paths` lists for the UID, and holds only `a-z 0-9 . _ - /`; the UID only
 //! lowercase hex digits and dashes; the host table built with the pod either refuses the
 //! pod name or writes only printable ASCII, with the name exactly `namespace/name` of
-//! `A-Z a-z 0-9 . _ -`.
+//! `A-Z a-z 0-9 . _ -`, and every comment at most `COMMENT_MAX` (128) bytes, the most
+//! nft takes.
 #![no_main]
 
 use imdsguard_core::cgroup::{PodCgroup, pod_cgroup, pod_cgroup_of_proc, pod_cgroup_paths};
 use imdsguard_core::nft::host::{
-    HostCounters, HostGuard, HostPod, HostRulesetError, host_ruleset, valid_pod_name,
+    COMMENT_MAX, HostCounters, HostGuard, HostPod, HostRulesetError, host_ruleset,
+    valid_pod_name,
 };
 use imdsguard_core::nft::{Mode, RulesetConfig};
 use imdsguard_core::target::Cloud;
@@ -85,6 +87,11 @@ fuzz_target!(|data: &[u8]| {
                 "{out:?}"
             );
             assert!(out.contains(&format!("\"{}\"", p.path)));
+            // Every comment fits in what nft takes (a longer one fails the transaction).
+            for comment in out.split("comment \"").skip(1) {
+                let comment = comment.split('"').next().unwrap_or_default();
+                assert!(comment.len() <= COMMENT_MAX, "{comment:?}");
+            }
             // Quotes pair up: every quoted string ends on its own line.
             assert!(
                 out.lines().all(|l| l.matches('"').count() % 2 == 0),
