@@ -178,6 +178,27 @@ fn check_matrix(out: &std::process::Output, hostnet: bool) {
         assert_eq!(row(block, pod)["token"], "token-obtained", "{pod} block");
         assert_eq!(row(proxy, pod)["token"], "token-obtained", "{pod} proxy");
     }
+    if hostnet {
+        // Expected in block mode (the rules select it: accepted by the host table) ...
+        let r = row(block, "hostnet-monitoring");
+        for step in ["wireserver", "hostgaplugin"] {
+            assert_ne!(
+                r[step], "blocked-timeout",
+                "hostnet-monitoring block {step}: {r}"
+            );
+        }
+        // ... but in proxy mode the rules are the proxy's, as for any pod: its token
+        // comes through the proxy, and what the proxy does not serve is dropped (no
+        // --allow names it).
+        let r = row(proxy, "hostnet-monitoring");
+        assert!(r.get("denied_by").is_none(), "{r}");
+        for step in ["wireserver", "hostgaplugin"] {
+            assert_eq!(
+                r[step], "blocked-timeout",
+                "hostnet-monitoring proxy {step}: {r}"
+            );
+        }
+    }
     for pod in closed {
         let r = row(block, pod);
         assert_eq!(r["sensitive"], false, "{pod} block: {r}");
@@ -380,6 +401,7 @@ fn check_hostnet(report: &Value) {
         "{path}"
     );
     assert_eq!(monitoring["allowlisted"], true);
+    assert_eq!(monitoring["through_proxy"], true);
     let debug = info("hostnet-debug");
     let path = debug["cgroup"].as_str().unwrap();
     assert!(
@@ -389,6 +411,7 @@ fn check_hostnet(report: &Value) {
         "{path}"
     );
     assert_eq!(debug["allowlisted"], false);
+    assert!(debug.get("through_proxy").is_none(), "{debug}");
 }
 
 #[test]

@@ -71,8 +71,16 @@ pub struct LabPod {
     pub interface: String,
     /// What it stands for.
     pub role: String,
-    /// Whether its (interface, address) pair is allowlisted.
+    /// Whether its (interface, address) pair is allowlisted (a hostNetwork pod: whether
+    /// it is expected in block and observe modes, where the access rules that select it
+    /// let it through).
     pub allowlisted: bool,
+    /// In proxy mode it reaches IMDS only through the proxy, whose rules allow it, and
+    /// the endpoints the proxy does not serve (WireServer, HostGAPlugin) are dropped: a
+    /// hostNetwork pod the rules select that no `--allow` names (the agent expects it
+    /// in block and observe modes only, as it allowlists other pods).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub through_proxy: bool,
     /// Whether its (interface, address) pair is known (a pod the node hosts): proxy
     /// mode redirects only known pairs and drops the others. A hostNetwork pod is known
     /// by its cgroup: proxy mode redirects every connection from the pods' cgroups.
@@ -333,17 +341,19 @@ pub(crate) fn check(phase: Phase, info: &LabPod, row: &Row) -> Vec<String> {
             phase.as_str()
         ));
     }
+    // Proxy mode: the proxy gives it a token, WireServer and HostGAPlugin are dropped.
+    let through_proxy = phase == Phase::Proxy && info.through_proxy;
     let open = match phase {
         // The dry run enforces nothing: neither the proxy's decisions nor the tables'
         // drops (they count what proxy mode would drop, and let it through), so every
         // row keeps what it had before, the spoofer's borrowed address too.
         Phase::Before | Phase::Observe | Phase::DryRun => true,
-        _ => info.allowlisted || who == "node",
+        _ => (info.allowlisted && !through_proxy) || who == "node",
     };
     // Whoever reaches IMDS gets a token (the emulated node's identities answer): a
     // row that does not (a connection that timed out under load, say) is not as
     // expected, so it is probed again.
-    if open && row.token != Class::TokenObtained {
+    if (open || through_proxy) && row.token != Class::TokenObtained {
         out.push(format!(
             "{who}: expected to get a token in phase {}, the token step ended {}{}",
             phase.as_str(),
@@ -356,7 +366,7 @@ pub(crate) fn check(phase: Phase, info: &LabPod, row: &Row) -> Vec<String> {
         ));
     }
     if !open {
-        if row.sensitive {
+        if row.sensitive && !through_proxy {
             out.push(format!(
                 "{who}: reached {} in phase {}",
                 row.reached.join(", "),
@@ -380,7 +390,7 @@ pub(crate) fn check(phase: Phase, info: &LabPod, row: &Row) -> Vec<String> {
         } else {
             Class::BlockedTimeout
         };
-        if row.imds != imds_expected {
+        if row.imds != imds_expected && !through_proxy {
             out.push(format!(
                 "{who}: IMDS ended {} in phase {}, expected {imds_expected}",
                 row.imds,
@@ -612,6 +622,7 @@ mod tests {
             interface: "azvx".into(),
             role: String::new(),
             allowlisted: false,
+            through_proxy: false,
             known,
             cgroup: None,
         };
@@ -641,5 +652,46 @@ mod tests {
         assert!(check(Phase::DryRun, &pod("spoofer", false), &spoofer_open).is_empty());
         // In the proxy phase the same spoofer is dropped, as expected.
         assert!(check(Phase::Proxy, &pod("spoofer", false), &dropped).is_empty());
+    }
+
+    #[test]
+    fn a_host_network_pod_the_rules_select_gets_only_imds_through_the_proxy() {
+        let monitoring = LabPod {
+            name: "hostnet-monitoring".into(),
+            address: "10.224.0.4".into(),
+            interface: "(the node itself)".into(),
+            role: String::new(),
+            allowlisted: true,
+            through_proxy: true,
+            known: true,
+            cgroup: None,
+        };
+        let mut through = row("hostnet-monitoring", Class::Exposed, Class::TokenObtained);
+        through.node_local_dns = true;
+        through.hostgaplugin = Class::BlockedTimeout;
+        // Proxy mode: a token from the proxy, WireServer and HostGAPlugin dropped.
+        assert!(check(Phase::Proxy, &monitoring, &through).is_empty());
+        let direct = Row {
+            wireserver: Class::Exposed,
+            hostgaplugin: Class::Exposed,
+            ..through.clone()
+        };
+        let e = check(Phase::Proxy, &monitoring, &direct);
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].contains("WireServer ended exposed in phase proxy"),
+            "{e:?}"
+        );
+        let denied = Row {
+            token: Class::BlockedByImdsguard,
+            sensitive: false,
+            ..through.clone()
+        };
+        assert!(
+            check(Phase::Proxy, &monitoring, &denied)[0]
+                .contains("expected to get a token in phase proxy")
+        );
+        // Block mode: expected, so everything is open to it.
+        assert!(check(Phase::Block, &monitoring, &direct).is_empty());
     }
 }

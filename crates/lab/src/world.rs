@@ -310,9 +310,14 @@ mod host_table {
     use crate::hostnet::CGROUP_ROOT;
 
     /// The guard for the lab's two hostNetwork pods as a scan of the pod cgroups finds
-    /// them (expected: the proxy's access rules select the pod), and the proxy's map of
-    /// their cgroup ids.
-    pub(super) fn guard(host: &HostProcs) -> Result<(HostGuard, HostCallerMap), LabError> {
+    /// them, and the proxy's map of their cgroup ids. Expected as the agent expects them
+    /// (`imdsguard_agent::host::Expecting`): in block and observe modes when the access
+    /// rules select the pod; in proxy mode only an `--allow` would, and the lab gives
+    /// none (the rules' pods reach IMDS through the proxy, WireServer is dropped).
+    pub(super) fn guard(
+        host: &HostProcs,
+        mode: Mode,
+    ) -> Result<(HostGuard, HostCallerMap), LabError> {
         let scan = scan_pod_cgroups(Path::new(CGROUP_ROOT)).map_err(|e| LabError::Io {
             what: format!("scanning the pod cgroups under {CGROUP_ROOT}"),
             source: e,
@@ -332,7 +337,7 @@ mod host_table {
             pods.push(HostPod {
                 pod: info.id(),
                 cgroup: found.cgroup.clone(),
-                expected: rules.rules().iter().any(|r| r.selects(&info)),
+                expected: mode != Mode::Proxy && rules.rules().iter().any(|r| r.selects(&info)),
             });
             map.insert(found.id, Arc::new(info));
         }
@@ -357,7 +362,7 @@ mod host_table {
         uninstall_host(&exec)?;
         let mut tries = 0;
         loop {
-            let (guard, map) = guard(host)?;
+            let (guard, map) = guard(host, config.mode)?;
             match install_host(&exec, config, &guard) {
                 Ok(()) => return Ok(map),
                 Err(e) if tries < 3 && e.to_string().contains("No such file or directory") => {
@@ -644,6 +649,7 @@ fn pod_infos(
                 allowlisted: allowed
                     .iter()
                     .any(|a| a.iface == iface && a.addr == IpAddr::V4(s.addr)),
+                through_proxy: false,
                 known: known
                     .iter()
                     .any(|a| a.iface == iface && a.addr == IpAddr::V4(s.addr)),
@@ -664,6 +670,7 @@ fn pod_infos(
             interface: "(the node itself)".into(),
             role: "hostNetwork / kubelet: not filtered".into(),
             allowlisted: false,
+            through_proxy: false,
             known: false,
             cgroup: None,
         });
@@ -677,7 +684,7 @@ fn pod_infos(
             ),
             MONITORING_ROW => (
                 format!(
-                    "hostNetwork pod {} (Burstable), expected: rule monitoring-token selects it",
+                    "hostNetwork pod {} (Burstable), expected in block and observe modes: rule monitoring-token selects it; proxy mode: IMDS through the proxy (allowed), WireServer dropped",
                     host_pod(MONITORING_ROW).id()
                 ),
                 true,
@@ -696,6 +703,8 @@ fn pod_infos(
             interface: "(the node itself)".into(),
             role,
             allowlisted: expected,
+            // Selected by the rules, named by no --allow: the proxy's in proxy mode.
+            through_proxy: expected,
             known: placement.pod.is_some(),
             cgroup: Some(placement.cgroup.clone()),
         });
@@ -896,14 +905,14 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
                         }
                     ),
                     Phase::Proxy => format!(
-                        "proxy: IMDS from known (interface, address) pairs{} redirected to the filtering proxy at {PROXY_LISTEN}, unknown pairs and WireServer dropped, allowlisted pair{} direct",
+                        "proxy: IMDS from known (interface, address) pairs{} redirected to the filtering proxy at {PROXY_LISTEN}, unknown pairs and WireServer dropped{}, allowlisted pair direct",
                         if host.is_some() {
                             " and from pod cgroups"
                         } else {
                             ""
                         },
                         if host.is_some() {
-                            " and expected pod"
+                            " (hostNetwork pods' too: no --allow names them)"
                         } else {
                             ""
                         }
@@ -1128,6 +1137,7 @@ mod tests {
             interface: "azvx".into(),
             role: String::new(),
             allowlisted,
+            through_proxy: false,
             known: true,
             cgroup: None,
         };
