@@ -198,10 +198,12 @@ impl HostCallers {
         out
     }
 
-    /// Who owns the client socket of a connection from `peer` (a request that began at
-    /// `since`). Walks the pod tree on a blocking thread (at most once a second) when
-    /// the socket's cgroup is not known yet.
-    pub(crate) async fn identify(&self, peer: SocketAddr, since: Instant) -> HostCaller {
+    /// The cgroup v2 id of this host's client socket of a connection from `peer` (the
+    /// socket's own cgroup, a container's, not mapped to its pod), `None` when no
+    /// socket of this host is that client. Synchronous, no walk: one sock_diag round
+    /// trip per candidate destination (the per-source connection limit asks it at
+    /// accept).
+    pub(crate) fn client_cgroup(&self, peer: SocketAddr) -> Result<Option<u64>, LookupError> {
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         // Inline: each lookup is a few microseconds (the kernel answers within the
         // send, and the receive never waits), cheaper than a hop to a blocking thread.
@@ -212,7 +214,14 @@ impl HostCallers {
                 break;
             }
         }
-        let cgroup = match found {
+        found
+    }
+
+    /// Who owns the client socket of a connection from `peer` (a request that began at
+    /// `since`). Walks the pod tree on a blocking thread (at most once a second) when
+    /// the socket's cgroup is not known yet.
+    pub(crate) async fn identify(&self, peer: SocketAddr, since: Instant) -> HostCaller {
+        let cgroup = match self.client_cgroup(peer) {
             Ok(Some(id)) => id,
             Ok(None) => return HostCaller::NoSocket,
             Err(e) => return HostCaller::Error(e.to_string()),

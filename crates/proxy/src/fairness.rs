@@ -1,6 +1,11 @@
-//! One caller's abuse costs only that caller: connections per source address, and a
-//! request rate per pod (a token bucket per pod and IMDS rate class; per source
-//! address for callers the pod index does not know).
+//! One caller's abuse costs only that caller: connections per source, and a request
+//! rate per pod (a token bucket per pod and IMDS rate class; per source for callers the
+//! pod index does not know).
+//!
+//! A source is an address, or, for a caller on the proxy's own host (a hostNetwork pod,
+//! a node process: they all share the node's addresses), the address and its socket's
+//! cgroup v2 id ([`SourceKey`]): one hostNetwork pod holding its maximum of connections
+//! leaves the other pods and the kubelet theirs.
 //!
 //! Both tables hold only callers that are active: a source's entry goes with its last
 //! connection, a bucket goes once it has refilled (an idle caller costs nothing).
@@ -76,16 +81,57 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Counts open connections per source address.
+/// Whose connections (and, for callers the pod index does not know, requests) count
+/// together: a source address, or the sockets of one cgroup at that address (a caller
+/// on the proxy's own host, found by its socket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct SourceKey {
+    ip: IpAddr,
+    cgroup: Option<u64>,
+}
+
+impl SourceKey {
+    /// The sockets of cgroup `cgroup` (when known) at `ip`, else all of `ip`.
+    pub(crate) fn new(ip: IpAddr, cgroup: Option<u64>) -> SourceKey {
+        SourceKey {
+            ip: ip.to_canonical(),
+            cgroup,
+        }
+    }
+
+    /// The key of a connection from `ip`: by address for a known pod's address (no
+    /// lookup) or when `lookup` finds no socket of this host or fails; else by address
+    /// and the client socket's cgroup id, as `lookup` gives it.
+    pub(crate) fn of_connection<E>(
+        ip: IpAddr,
+        known_pod: bool,
+        lookup: impl FnOnce() -> Result<Option<u64>, E>,
+    ) -> (SourceKey, Option<E>) {
+        if known_pod {
+            return (SourceKey::new(ip, None), None);
+        }
+        match lookup() {
+            Ok(cgroup) => (SourceKey::new(ip, cgroup), None),
+            Err(e) => (SourceKey::new(ip, None), Some(e)),
+        }
+    }
+
+    /// The socket's cgroup id, when the key has one.
+    pub(crate) fn cgroup(&self) -> Option<u64> {
+        self.cgroup
+    }
+}
+
+/// Counts open connections per source.
 pub(crate) struct SourceLimiter {
     max: usize,
-    open: Mutex<HashMap<IpAddr, usize>>,
+    open: Mutex<HashMap<SourceKey, usize>>,
 }
 
 /// One counted connection; dropping it gives the slot back.
 pub(crate) struct SourceSlot {
     limiter: Arc<SourceLimiter>,
-    ip: IpAddr,
+    key: SourceKey,
 }
 
 impl SourceLimiter {
@@ -96,18 +142,17 @@ impl SourceLimiter {
         })
     }
 
-    /// A slot for a new connection from `ip`, or `None` when `ip` holds its maximum.
-    pub(crate) fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
-        let ip = ip.to_canonical();
+    /// A slot for a new connection from `key`, or `None` when `key` holds its maximum.
+    pub(crate) fn try_acquire(self: &Arc<Self>, key: SourceKey) -> Option<SourceSlot> {
         let mut open = lock(&self.open);
-        let n = open.entry(ip).or_insert(0);
+        let n = open.entry(key).or_insert(0);
         if *n >= self.max {
             return None;
         }
         *n += 1;
         Some(SourceSlot {
             limiter: self.clone(),
-            ip,
+            key,
         })
     }
 
@@ -121,10 +166,10 @@ impl SourceLimiter {
 impl Drop for SourceSlot {
     fn drop(&mut self) {
         let mut open = lock(&self.limiter.open);
-        if let Some(n) = open.get_mut(&self.ip) {
+        if let Some(n) = open.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                open.remove(&self.ip);
+                open.remove(&self.key);
             }
         }
     }
@@ -134,7 +179,7 @@ impl Drop for SourceSlot {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Caller {
     Pod { namespace: String, name: String },
-    Source(IpAddr),
+    Source(SourceKey),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -160,12 +205,13 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one request from the caller's bucket for `class`: `Ok`, or `Err` with the
-    /// time until the next request would be accepted.
+    /// Takes one request from the caller's bucket for `class` (the pod's, else the
+    /// source's: its address, or its address and socket cgroup): `Ok`, or `Err` with
+    /// the time until the next request would be accepted.
     pub(crate) fn check(
         &self,
         pod: Option<&PodInfo>,
-        source: IpAddr,
+        source: SourceKey,
         class: RateClass,
         now: Instant,
     ) -> Result<(), Duration> {
@@ -179,7 +225,7 @@ impl RateLimiter {
                 namespace: p.namespace.clone(),
                 name: p.name.clone(),
             },
-            None => Caller::Source(source.to_canonical()),
+            None => Caller::Source(source),
         };
         let mut buckets = lock(&self.buckets);
         if buckets.len() >= self.sweep_above {
@@ -223,16 +269,20 @@ mod tests {
         PodInfo::new(ns, name)
     }
 
+    fn addr(ip: &str) -> SourceKey {
+        SourceKey::new(ip.parse().unwrap(), None)
+    }
+
     #[test]
     fn sources_hold_at_most_their_maximum_and_get_slots_back() {
         let l = SourceLimiter::new(2);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let a = addr("10.0.0.1");
+        let b = addr("10.0.0.2");
         let s1 = l.try_acquire(a).unwrap();
         let _s2 = l.try_acquire(a).unwrap();
         assert!(l.try_acquire(a).is_none(), "a third from a");
         assert!(
-            l.try_acquire("::ffff:10.0.0.1".parse().unwrap()).is_none(),
+            l.try_acquire(addr("::ffff:10.0.0.1")).is_none(),
             "the mapped form is the same source"
         );
         let _b1 = l.try_acquire(b).expect("another source is not affected");
@@ -243,6 +293,44 @@ mod tests {
     }
 
     #[test]
+    fn callers_on_this_host_count_by_their_sockets_cgroup() {
+        let node: IpAddr = "10.0.0.4".parse().unwrap();
+        let found = |id: u64| move || Ok::<_, &str>(Some(id));
+        // A known pod's address: no lookup at all, the address is the key.
+        let (key, err) = SourceKey::of_connection(node, true, || -> Result<_, &str> {
+            panic!("no lookup for a known pod's address")
+        });
+        assert_eq!((key, err), (addr("10.0.0.4"), None));
+        // Another address: the client socket's cgroup joins the key.
+        let (pod_a, _) = SourceKey::of_connection(node, false, found(101));
+        let (pod_b, _) = SourceKey::of_connection(node, false, found(202));
+        assert_eq!(pod_a, SourceKey::new(node, Some(101)));
+        assert_eq!(pod_a.cgroup(), Some(101));
+        assert_ne!(pod_a, pod_b);
+        assert_eq!(
+            SourceKey::of_connection("::ffff:10.0.0.4".parse().unwrap(), false, found(101)).0,
+            pod_a,
+            "the mapped form is the same address"
+        );
+        // No socket of this host (a caller elsewhere), or a failed lookup: the address.
+        let (none, err) = SourceKey::of_connection(node, false, || Ok::<_, &str>(None));
+        assert_eq!((none, err), (addr("10.0.0.4"), None));
+        let (failed, err) = SourceKey::of_connection(node, false, || Err("refused"));
+        assert_eq!((failed, err), (addr("10.0.0.4"), Some("refused")));
+
+        // One cgroup at its maximum leaves the others at the same address theirs.
+        let l = SourceLimiter::new(2);
+        let held = [l.try_acquire(pod_a).unwrap(), l.try_acquire(pod_a).unwrap()];
+        assert!(l.try_acquire(pod_a).is_none(), "a third from pod a");
+        let _b = l.try_acquire(pod_b).expect("pod b has its own slots");
+        let _node = l
+            .try_acquire(none)
+            .expect("the address key has its own slots");
+        drop(held);
+        assert_eq!(l.sources(), 2);
+    }
+
+    #[test]
     fn buckets_are_per_pod_and_class_and_refill() {
         let r = RateLimiter::new(PodRate {
             general: 2.0,
@@ -250,7 +338,7 @@ mod tests {
             burst: 3,
         });
         let t0 = Instant::now();
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let ip = addr("10.0.0.1");
         let p = pod("a", "p");
         for _ in 0..3 {
             assert!(r.check(Some(&p), ip, RateClass::General, t0).is_ok());
@@ -266,7 +354,7 @@ mod tests {
             r.check(Some(&pod("a", "q")), ip, RateClass::General, t0)
                 .is_ok()
         );
-        let other_ip: IpAddr = "fd00::1".parse().unwrap();
+        let other_ip = addr("fd00::1");
         assert!(
             r.check(Some(&p), other_ip, RateClass::General, t0).is_err(),
             "a pod's addresses share its bucket"
@@ -277,6 +365,23 @@ mod tests {
         }
         assert!(r.check(None, ip, RateClass::General, t0).is_err());
         assert!(r.check(None, other_ip, RateClass::General, t0).is_ok());
+        // Callers on this host: by address and socket cgroup.
+        let node: IpAddr = "10.0.0.4".parse().unwrap();
+        for _ in 0..3 {
+            let key = SourceKey::new(node, Some(7));
+            assert!(r.check(None, key, RateClass::General, t0).is_ok());
+        }
+        let cgroup_7 = SourceKey::new(node, Some(7));
+        assert!(r.check(None, cgroup_7, RateClass::General, t0).is_err());
+        let cgroup_8 = SourceKey::new(node, Some(8));
+        assert!(
+            r.check(None, cgroup_8, RateClass::General, t0).is_ok(),
+            "another cgroup at the same address has its own bucket"
+        );
+        assert!(
+            r.check(None, SourceKey::new(node, None), RateClass::General, t0)
+                .is_ok()
+        );
         // Half a second later one more request.
         let t1 = t0 + Duration::from_millis(500);
         assert!(r.check(Some(&p), ip, RateClass::General, t1).is_ok());
@@ -293,18 +398,18 @@ mod tests {
         r.sweep_above = 8;
         let t0 = Instant::now();
         for i in 0..8u8 {
-            let ip = IpAddr::from([10, 0, 0, i]);
+            let ip = SourceKey::new(IpAddr::from([10, 0, 0, i]), None);
             assert!(r.check(None, ip, RateClass::General, t0).is_ok());
         }
         assert_eq!(r.len(), 8);
         assert!(
-            r.check(None, "10.0.1.1".parse().unwrap(), RateClass::Identity, t0)
+            r.check(None, addr("10.0.1.1"), RateClass::Identity, t0)
                 .is_ok(),
             "rate 0: no limit and no bucket"
         );
         let later = t0 + Duration::from_secs(1);
         assert!(
-            r.check(None, "10.0.1.1".parse().unwrap(), RateClass::General, later)
+            r.check(None, addr("10.0.1.1"), RateClass::General, later)
                 .is_ok()
         );
         assert_eq!(r.len(), 1, "the refilled buckets went");

@@ -241,12 +241,16 @@ impl State {
             return (self.reject(&rejection, &mut rec), rec);
         }
 
-        // The caller's rate (per pod, or per source address for unknown callers): from
-        // here on a request costs work, and for allowed ones IMDS's budget for the VM.
+        // The caller's rate (per pod, or per source for unknown callers: the address,
+        // and the socket's cgroup for a caller on this host): from here on a request
+        // costs work, and for allowed ones IMDS's budget for the VM.
         let class = canon.endpoint.rate_class();
-        let rated = self
-            .rate
-            .check(rec.pod.as_deref(), peer.ip(), class, Instant::now());
+        let rated = self.rate.check(
+            rec.pod.as_deref(),
+            fairness::SourceKey::new(peer.ip(), rec.cgroup),
+            class,
+            Instant::now(),
+        );
         if let Err(wait) = rated {
             return (self.throttled(canon.endpoint, class, wait, &mut rec), rec);
         }
@@ -409,9 +413,12 @@ impl State {
             known => known,
         };
         let class = endpoint.rate_class();
-        let rated = self
-            .rate
-            .check(rec.pod.as_deref(), peer.ip(), class, Instant::now());
+        let rated = self.rate.check(
+            rec.pod.as_deref(),
+            fairness::SourceKey::new(peer.ip(), rec.cgroup),
+            class,
+            Instant::now(),
+        );
         if let Err(wait) = rated {
             return (self.throttled(endpoint, class, wait, &mut rec), rec);
         }

@@ -1,7 +1,10 @@
 //! The proxy listener on the shared serve loop of `imdsguard-serve`: its options
 //! (header-read timeout, header size limit, connection limit, grace) and its gate (at
-//! most `max_connections_per_source` connections from one source address, counted in
-//! the metrics; further ones are closed at once).
+//! most `max_connections_per_source` connections from one source, counted in the
+//! metrics; further ones are closed at once). A source is an address, except for a
+//! caller on the proxy's own host when host callers are looked up: its address and its
+//! client socket's cgroup, so that hostNetwork pods and node processes, which all
+//! share the node's addresses, do not share one budget.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::Metrics;
-use crate::fairness::{SourceLimiter, SourceSlot};
+use crate::fairness::{SourceKey, SourceLimiter, SourceSlot};
 use crate::handler::State;
 
 /// Admits a connection unless its source holds its maximum; counts open and refused
@@ -21,6 +24,28 @@ use crate::handler::State;
 struct ProxyGate {
     per_source: Arc<SourceLimiter>,
     metrics: Metrics,
+    /// The pod index and the host-caller lookup.
+    state: Arc<State>,
+}
+
+impl ProxyGate {
+    /// The source `peer` counts as: a known pod's address as it is (no lookup); another
+    /// address, when host callers are looked up, with its client socket's cgroup (a
+    /// process of this host: a hostNetwork pod's container, the kubelet), else as it is.
+    fn source(&self, peer: SocketAddr) -> SourceKey {
+        let Some(host) = self.state.host.as_ref() else {
+            return SourceKey::new(peer.ip(), None);
+        };
+        let known_pod = self.state.control.pods.load().get(peer.ip()).is_some();
+        let (key, failed) =
+            SourceKey::of_connection(peer.ip(), known_pod, || host.client_cgroup(peer));
+        if let Some(e) = failed {
+            // Counted by address, as without the lookup; the request's own lookup logs
+            // and counts the failure.
+            tracing::debug!(%peer, error = %e, "looking up a connection's socket failed; it counts against its address");
+        }
+        key
+    }
 }
 
 /// Held while a proxy connection is open.
@@ -41,9 +66,10 @@ impl Gate for ProxyGate {
     fn admit(&self, peer: SocketAddr) -> Option<OpenConnection> {
         // A source at its maximum loses this connection (closed now, before anything
         // is read) and keeps the ones it has; nobody else waits.
-        let Some(slot) = self.per_source.try_acquire(peer.ip()) else {
+        let source = self.source(peer);
+        let Some(slot) = self.per_source.try_acquire(source) else {
             self.metrics.connection_refused("per-source");
-            tracing::debug!(%peer, "connection closed: its source holds its maximum of connections");
+            tracing::debug!(%peer, cgroup_id = source.cgroup(), "connection closed: its source holds its maximum of connections");
             return None;
         };
         self.metrics.connection_opened();
@@ -73,6 +99,7 @@ pub(crate) async fn serve_proxy(
     let gate = ProxyGate {
         per_source: SourceLimiter::new(state.limits.max_connections_per_source),
         metrics: state.metrics.clone(),
+        state: state.clone(),
     };
     imdsguard_serve::serve(listener, state, gate, options, shutdown).await;
 }

@@ -290,3 +290,178 @@ fn host_network_pods_are_identified_by_their_sockets_cgroup() {
         assert_eq!(cgroups.close(), Vec::<String>::new());
     });
 }
+
+/// One request with curl in `cgroup`: `Some(status)`, or `None` when the proxy closed
+/// the connection without an answer.
+fn try_curl_from(cgroup: &Path, url: &str) -> Option<u16> {
+    let out = command_in_cgroup(cgroup, "curl")
+        .args([
+            "-s",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-H",
+            "Metadata:true",
+            "-w",
+            "%{http_code}",
+            url,
+        ])
+        .output()
+        .expect("sh runs");
+    let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    match out.status.code() {
+        Some(0) => Some(code.parse().expect("a status")),
+        // 52: empty reply, 56: connection reset: closed on accept.
+        Some(52 | 56) => None,
+        other => panic!(
+            "curl from {}: exit {other:?}, {code}: {}",
+            cgroup.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// A process in `cgroup` holding `n` connections to `port` open (bash's /dev/tcp),
+/// until its stdin closes.
+struct Holder(std::process::Child);
+
+impl Holder {
+    fn start(cgroup: &Path, port: u16, n: usize) -> Holder {
+        use std::io::BufRead;
+        let fds: Vec<String> = (3..3 + n).map(|fd| fd.to_string()).collect();
+        let script = format!(
+            "for fd in {}; do eval \"exec $fd<>/dev/tcp/127.0.0.1/{port}\" || exit 1; done; echo held; read -r _",
+            fds.join(" ")
+        );
+        let mut child = command_in_cgroup(cgroup, "bash")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("bash runs");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let holder = Holder(child);
+        assert_eq!(
+            line.trim(),
+            "held",
+            "the holder could not open its connections"
+        );
+        holder
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        if !matches!(self.0.try_wait(), Ok(Some(_))) {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+#[ignore = "needs netns"]
+fn one_host_network_pod_at_its_connection_limit_leaves_the_others_theirs() {
+    let test = "one_host_network_pod_at_its_connection_limit_leaves_the_others_theirs";
+    isolated_cgroup_test(test, INNER, &["bash", "curl"], || {
+        let mut cgroups = CgroupTree::open(CGROUP2).unwrap();
+        let pod_dir = |uid: &str| {
+            format!(
+                "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
+                uid.replace('-', "_")
+            )
+        };
+        let hog_pod = pod_dir(&uid('e'));
+        let hog_pod_dir = make(&mut cgroups, &hog_pod);
+        let hog_ctr = make(&mut cgroups, &format!("{hog_pod}/cri-containerd-e.scope"));
+        let exporter_pod = pod_dir(&uid('f'));
+        let exporter_pod_dir = make(&mut cgroups, &exporter_pod);
+        let exporter_ctr = make(
+            &mut cgroups,
+            &format!("{exporter_pod}/cri-containerd-f.scope"),
+        );
+        let kubelet = make(
+            &mut cgroups,
+            &format!(
+                "system.slice/imdsguard-proxy-fair-{}.service",
+                std::process::id()
+            ),
+        );
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (proxy, emulator) = runtime.block_on(async {
+            let emulator = support::emulator(Faults::default()).await;
+            let mut c = ProxyConfig::new(
+                "127.0.0.1:0".parse().unwrap(),
+                Upstream::parse(&format!("http://{}", emulator.local_addr())).unwrap(),
+            );
+            c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+            c.rules = Some(AccessRules::parse(RULES).unwrap());
+            c.pods = PodIndex::new();
+            c.pod_rate = PodRate::unlimited();
+            c.limits.max_connections_per_source = 4;
+            c.host_callers = Some(HostCallerConfig::new(CGROUP2));
+            (Proxy::start(c).await.unwrap(), emulator)
+        });
+        let mut map = HostCallerMap::new();
+        for (dir, name) in [(&hog_pod_dir, "hog-e1"), (&exporter_pod_dir, "exporter-f1")] {
+            let mut pod = PodInfo::new("monitoring", name);
+            pod.labels.insert("app".into(), "exporter".into());
+            map.insert(cgroup_id(dir), Arc::new(pod));
+        }
+        proxy.control().set_host_callers(map);
+        let port = proxy.local_addr().port();
+        let admin = proxy.admin_addr().unwrap();
+        let url = format!(
+            "http://127.0.0.1:{port}/metadata/instance/compute/location?api-version=2021-02-01&format=text"
+        );
+
+        // Every caller here comes from 127.0.0.1. The hog holds its maximum open.
+        let holder = Holder::start(&hog_ctr, port, 4);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let m = runtime.block_on(support::admin_get(admin, "/metrics"));
+            if m.text().contains("imdsguard_proxy_open_connections 4") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the holder's 4 connections are not open at the proxy: {}",
+                m.text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // Its fifth is closed on accept; the other pod and the node's processes, at
+        // the same address, are served.
+        assert_eq!(try_curl_from(&hog_ctr, &url), None, "the hog's fifth");
+        assert_eq!(try_curl_from(&exporter_ctr, &url), Some(200));
+        assert_eq!(try_curl_from(&kubelet, &url), Some(403), "unknown source");
+        let m = runtime.block_on(support::admin_get(admin, "/metrics"));
+        m.assert_has(&[r#"imdsguard_proxy_connections_refused_total{reason="per-source"} 1"#]);
+
+        // Its connections closed, the hog has its slots back.
+        drop(holder);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while try_curl_from(&hog_ctr, &url).is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the hog's slots did not come back"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        runtime.block_on(async {
+            proxy.shutdown().await;
+            emulator.shutdown().await;
+        });
+        assert_eq!(cgroups.close(), Vec::<String>::new());
+    });
+}
