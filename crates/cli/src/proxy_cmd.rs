@@ -74,8 +74,10 @@ pub(crate) struct ProxyArgs {
     /// Most client connections at once.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_connections: usize,
-    /// Most client connections at once from one source address (more are closed on
-    /// accept); at most --max-connections.
+    /// Most client connections at once from one source (more are closed on accept): an
+    /// address, or with --host-callers a caller on this host by address and socket
+    /// cgroup, so hostNetwork pods do not share the node address's; at most
+    /// --max-connections.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub max_connections_per_source: usize,
     /// Requests per second each pod (or unknown source address) may send to the
