@@ -13,8 +13,7 @@
 
 use imdsguard_core::cgroup::{PodCgroup, pod_cgroup, pod_cgroup_of_proc, pod_cgroup_paths};
 use imdsguard_core::nft::host::{
-    COMMENT_MAX, HostCounters, HostGuard, HostPod, HostRulesetError, host_ruleset,
-    valid_pod_name,
+    COMMENT_MAX, HostCounters, HostGuard, HostPod, HostRulesetError, host_ruleset, valid_pod_name,
 };
 use imdsguard_core::nft::{Mode, RulesetConfig};
 use imdsguard_core::target::Cloud;
