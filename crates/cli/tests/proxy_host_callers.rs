@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use imdsguard_node::cgroups::{CgroupTree, command_in_cgroup, isolated_cgroup_test};
+use imdsguard_node::cgroups::{CgroupTree, curl_in_cgroup, isolated_cgroup_test};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_imdsguard");
@@ -91,32 +91,6 @@ fn start(args: &[&str], ready: &str, stderr: &Path) -> Proc {
             ),
         }
     }
-}
-
-/// GET from curl placed in `cgroup` before it opens its socket: status and body.
-fn curl_from(cgroup: &Path, url: &str) -> (u16, String) {
-    let out = command_in_cgroup(cgroup, "curl")
-        .args([
-            "-s",
-            "--max-time",
-            "5",
-            "-H",
-            "Metadata:true",
-            "-w",
-            "\n%{http_code}",
-            url,
-        ])
-        .output()
-        .expect("sh runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "curl from {}: {text} {}",
-        cgroup.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (body, status) = text.rsplit_once('\n').expect("status line");
-    (status.trim().parse().expect("a status"), body.to_string())
 }
 
 fn rule_of(body: &str) -> String {
@@ -239,14 +213,17 @@ fn the_binary_finds_host_network_pods_by_cgroup_and_rescans_on_reload() {
         let args = proxy_args(&[]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let proxy = start(&args, "admin", &log);
-        assert_eq!(curl_from(&exporter, url), (200, "westeurope".to_string()));
-        let (status, body) = curl_from(&late, url);
+        assert_eq!(
+            curl_in_cgroup(&exporter, url),
+            (200, "westeurope".to_string())
+        );
+        let (status, body) = curl_in_cgroup(&late, url);
         assert_eq!(
             (status, rule_of(&body).as_str()),
             (403, "unknown-pod-cgroup"),
             "{body}"
         );
-        let (status, body) = curl_from(&service, url);
+        let (status, body) = curl_in_cgroup(&service, url);
         assert_eq!(
             (status, rule_of(&body).as_str()),
             (403, "unknown-source"),
@@ -264,7 +241,7 @@ fn the_binary_finds_host_network_pods_by_cgroup_and_rescans_on_reload() {
         std::fs::rename(&tmp, &pods).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let (status, body) = curl_from(&late, url);
+            let (status, body) = curl_in_cgroup(&late, url);
             if status == 200 {
                 assert_eq!(body, "westeurope");
                 break;
@@ -309,7 +286,7 @@ fn the_binary_finds_host_network_pods_by_cgroup_and_rescans_on_reload() {
         let args = proxy_args(&["--dry-run"]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let proxy = start(&args, "admin", &log);
-        assert_eq!(curl_from(&late, url), (200, "westeurope".to_string()));
+        assert_eq!(curl_in_cgroup(&late, url), (200, "westeurope".to_string()));
         let ready = Command::new("curl")
             .args(["-s", "http://127.0.0.1:9170/readyz"])
             .output()

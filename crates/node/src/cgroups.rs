@@ -375,6 +375,34 @@ pub fn command_in_cgroup(cgroup: &Path, program: impl AsRef<OsStr>) -> Command {
     c
 }
 
+/// Test support: one `curl` request (header `Metadata: true`, 5 s at most) run in the
+/// cgroup directory `cgroup` ([`command_in_cgroup`]): the answer's status and body.
+/// Panics when curl fails (no answer, or the move into the cgroup failed).
+pub fn curl_in_cgroup(cgroup: &Path, url: &str) -> (u16, String) {
+    let out = command_in_cgroup(cgroup, "curl")
+        .args([
+            "-s",
+            "--max-time",
+            "5",
+            "-H",
+            "Metadata:true",
+            "-w",
+            "\n%{http_code}",
+            url,
+        ])
+        .output()
+        .expect("sh runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "curl from {}: {text} {}",
+        cgroup.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (body, status) = text.rsplit_once('\n').expect("status line");
+    (status.trim().parse().expect("a status"), body.to_string())
+}
+
 /// The environment variable by which the outer run of [`isolated_cgroup_test`] hands its
 /// network namespace to the inner one.
 const OUTER_NETNS_ENV: &str = "IMDSGUARD_OUTER_NETNS";

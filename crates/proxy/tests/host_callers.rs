@@ -21,7 +21,9 @@ use std::sync::Arc;
 
 use imdsguard_core::access::{AccessRules, PodIndex, PodInfo, RULE_UNKNOWN_SOURCE};
 use imdsguard_emulator::Faults;
-use imdsguard_node::cgroups::{CgroupTree, command_in_cgroup, isolated_cgroup_test};
+use imdsguard_node::cgroups::{
+    CgroupTree, command_in_cgroup, curl_in_cgroup, isolated_cgroup_test,
+};
 use imdsguard_proxy::{
     HostCallerConfig, HostCallerMap, PodRate, Proxy, ProxyConfig, RULE_UNKNOWN_POD_CGROUP, Upstream,
 };
@@ -59,32 +61,6 @@ fn uid(tag: char) -> String {
         std::process::id(),
         nanos
     )
-}
-
-/// One GET with curl placed in `cgroup` before it opens its socket: the status and body.
-fn curl_from(cgroup: &Path, url: &str) -> (u16, String) {
-    let out = command_in_cgroup(cgroup, "curl")
-        .args([
-            "-s",
-            "--max-time",
-            "5",
-            "-H",
-            "Metadata:true",
-            "-w",
-            "\n%{http_code}",
-            url,
-        ])
-        .output()
-        .expect("sh runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "curl from {}: {text} {}",
-        cgroup.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (body, status) = text.rsplit_once('\n').expect("status line");
-    (status.trim().parse().expect("a status"), body.to_string())
 }
 
 const RULES: &str = r#"
@@ -169,7 +145,7 @@ fn host_network_pods_are_identified_by_their_sockets_cgroup() {
         let instance = "/metadata/instance/compute/location?api-version=2021-02-01&format=text";
 
         // The exporter's container (below its pod's cgroup): identified, allowed.
-        let (status, body) = curl_from(&monitoring_ctr, &direct(instance));
+        let (status, body) = curl_in_cgroup(&monitoring_ctr, &direct(instance));
         assert_eq!((status, body.as_str()), (200, "westeurope"));
         let rec = records.last();
         assert_eq!(rec["pod"], "monitoring/exporter-x1");
@@ -181,7 +157,7 @@ fn host_network_pods_are_identified_by_their_sockets_cgroup() {
 
         // The other hostNetwork pod (a process in its pod directory): identified, and
         // denied by the rules for its labels.
-        let (status, body) = curl_from(&debug_pod, &direct(instance));
+        let (status, body) = curl_in_cgroup(&debug_pod, &direct(instance));
         assert_eq!(status, 403, "{body}");
         let deny: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(deny["imdsguard"]["rule"], "default-deny");
@@ -191,7 +167,7 @@ fn host_network_pods_are_identified_by_their_sockets_cgroup() {
         assert_eq!(rec["host_network"], true);
 
         // A pod cgroup no known pod owns: denied as such, never as the node.
-        let (status, body) = curl_from(&stray_pod, &direct(instance));
+        let (status, body) = curl_in_cgroup(&stray_pod, &direct(instance));
         assert_eq!(status, 403, "{body}");
         let deny: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(deny["imdsguard"]["rule"], RULE_UNKNOWN_POD_CGROUP);
@@ -202,7 +178,7 @@ fn host_network_pods_are_identified_by_their_sockets_cgroup() {
         assert_eq!(rec["cgroup_id"], cgroup_id(&stray_pod));
 
         // A node process (outside the pod tree): today's unknown source.
-        let (status, body) = curl_from(&service, &direct(instance));
+        let (status, body) = curl_in_cgroup(&service, &direct(instance));
         assert_eq!(status, 403, "{body}");
         let deny: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(deny["imdsguard"]["rule"], RULE_UNKNOWN_SOURCE);
@@ -237,10 +213,10 @@ fn host_network_pods_are_identified_by_their_sockets_cgroup() {
         drop(child.stdin.take());
         assert!(child.wait().unwrap().success(), "nft");
         let imds = |path: &str| format!("http://169.254.169.254{path}");
-        let (status, body) = curl_from(&monitoring_ctr, &imds(instance));
+        let (status, body) = curl_in_cgroup(&monitoring_ctr, &imds(instance));
         assert_eq!((status, body.as_str()), (200, "westeurope"));
         assert_eq!(records.last()["pod"], "monitoring/exporter-x1");
-        let (status, body) = curl_from(&stray_pod, &imds(instance));
+        let (status, body) = curl_in_cgroup(&stray_pod, &imds(instance));
         assert_eq!(status, 403, "{body}");
         assert_eq!(records.last()["rule"], RULE_UNKNOWN_POD_CGROUP);
 
@@ -271,7 +247,7 @@ fn host_network_pods_are_identified_by_their_sockets_cgroup() {
             m.insert(late_id, Arc::new(pod));
             m
         })));
-        let (status, _) = curl_from(&late_ctr, &direct(instance));
+        let (status, _) = curl_in_cgroup(&late_ctr, &direct(instance));
         assert_eq!(status, 200);
         assert_eq!(records.last()["pod"], "monitoring/exporter-late");
 
@@ -293,7 +269,7 @@ fn host_network_pods_are_identified_by_their_sockets_cgroup() {
 
 /// One request with curl in `cgroup`: `Some(status)`, or `None` when the proxy closed
 /// the connection without an answer.
-fn try_curl_from(cgroup: &Path, url: &str) -> Option<u16> {
+fn try_curl_in_cgroup(cgroup: &Path, url: &str) -> Option<u16> {
     let out = command_in_cgroup(cgroup, "curl")
         .args([
             "-s",
@@ -442,16 +418,20 @@ fn one_host_network_pod_at_its_connection_limit_leaves_the_others_theirs() {
         }
         // Its fifth is closed on accept; the other pod and the node's processes, at
         // the same address, are served.
-        assert_eq!(try_curl_from(&hog_ctr, &url), None, "the hog's fifth");
-        assert_eq!(try_curl_from(&exporter_ctr, &url), Some(200));
-        assert_eq!(try_curl_from(&kubelet, &url), Some(403), "unknown source");
+        assert_eq!(try_curl_in_cgroup(&hog_ctr, &url), None, "the hog's fifth");
+        assert_eq!(try_curl_in_cgroup(&exporter_ctr, &url), Some(200));
+        assert_eq!(
+            try_curl_in_cgroup(&kubelet, &url),
+            Some(403),
+            "unknown source"
+        );
         let m = runtime.block_on(support::admin_get(admin, "/metrics"));
         m.assert_has(&[r#"imdsguard_proxy_connections_refused_total{reason="per-source"} 1"#]);
 
         // Its connections closed, the hog has its slots back.
         drop(holder);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while try_curl_from(&hog_ctr, &url).is_none() {
+        while try_curl_in_cgroup(&hog_ctr, &url).is_none() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the hog's slots did not come back"
