@@ -8,6 +8,9 @@
 //! with the inner process, taking their interfaces and nft tables with them. The pods
 //! and rules files live in a temporary directory removed at the end.
 
+#[path = "support/sandbox_cloud.rs"]
+mod sandbox_cloud;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -17,12 +20,13 @@ use std::time::{Duration, Instant};
 use imdsguard_core::cgroup::{CGROUP2_MOUNT, CgroupDriver, QosClass, pod_cgroup_paths};
 use imdsguard_core::imds::IMDS_ADDRESS;
 use imdsguard_core::nft::{Mode, SourcePair, TableState};
-use imdsguard_emulator::{Config as VmConfig, Emulator, Options, Throttle};
+use imdsguard_emulator::Config as VmConfig;
 use imdsguard_node::cgroups::{CgroupTree, ENTER_FAILED, command_in_cgroup, isolated_cgroup_test};
-use imdsguard_node::netns::{Isolated, NetNamespace};
+use imdsguard_node::netns::Isolated;
 use imdsguard_node::sandbox::{self, Reach, Sandbox, lab_pods};
 use imdsguard_node::{Exec, read_table};
 use imdsguard_testkit::ControlPlane;
+use sandbox_cloud::Cloud;
 
 const IMDSGUARD: &str = env!("CARGO_BIN_EXE_imdsguard");
 const INNER: &str = "IMDSGUARD_AGENT_TEST_INNER";
@@ -31,59 +35,6 @@ const WAIT: Duration = Duration::from_millis(300);
 /// Runs `body` inside a fresh isolated namespace: this binary again, `--exact test`.
 fn isolated(test: &str, body: impl FnOnce()) {
     imdsguard_testkit::isolated_test(test, INNER, &["nft", "ip", "nsenter", "unshare"], body);
-}
-
-/// The emulator in the cloud namespace, on the real IMDS address.
-struct Cloud {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<(), imdsguard_node::NodeError>>>,
-}
-
-impl Cloud {
-    fn start(cloud: &NetNamespace) -> Cloud {
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = cloud.spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let options = Options {
-                    imds: vec![SocketAddr::new(IMDS_ADDRESS.into(), 80)],
-                    allow_metadata_address: true,
-                    throttle: Throttle::disabled(),
-                    seed: Some(4),
-                    shutdown_grace: Duration::from_millis(100),
-                    ..Options::default()
-                };
-                let emulator = Emulator::start(VmConfig::default_aks(), options)
-                    .await
-                    .expect("the emulator starts");
-                ready_tx.send(()).unwrap();
-                let _ = stop_rx.await;
-                emulator.shutdown().await;
-            });
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the emulator is ready");
-        Cloud {
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Cloud {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 struct World {

@@ -10,6 +10,8 @@
 mod proxy_setup;
 #[path = "support/run.rs"]
 mod run;
+#[path = "support/sandbox_cloud.rs"]
+mod sandbox_cloud;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -23,6 +25,7 @@ use imdsguard_node::sandbox::{Sandbox, lab_pods};
 use imdsguard_testkit::Netns;
 use proxy_setup::{ARM, BIN, KUBELET_CLIENT_ID, START_EMULATOR, VAULT, rules, token_path};
 use run::run_with_stdin;
+use sandbox_cloud::Cloud;
 use serde_json::{Value, json};
 
 const PODS: &str = "- ip: 127.0.0.2
@@ -446,60 +449,6 @@ const AGENT_PODS: &str = "
 - {ip: 10.244.0.11, namespace: shop, name: web-7d9f8c6b5d-x2x4q, interface: azvweb}
 - {ip: 10.244.1.10, namespace: jobs, name: batch, interface: cbr0}
 ";
-
-/// The emulator in the sandbox's cloud namespace, on the real IMDS address; stopped on
-/// drop.
-struct Cloud {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<(), imdsguard_node::NodeError>>>,
-}
-
-impl Cloud {
-    fn start(cloud: &imdsguard_node::netns::NetNamespace) -> Cloud {
-        use imdsguard_emulator::{Config, Emulator, Options, Throttle};
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = cloud.spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            rt.block_on(async move {
-                let options = Options {
-                    imds: vec![SocketAddr::new(IMDS_ADDRESS.into(), 80)],
-                    allow_metadata_address: true,
-                    throttle: Throttle::disabled(),
-                    shutdown_grace: Duration::from_millis(100),
-                    ..Options::default()
-                };
-                let emulator = Emulator::start(Config::default_aks(), options)
-                    .await
-                    .expect("the emulator starts");
-                ready_tx.send(()).expect("the test waits");
-                let _ = stop_rx.await;
-                emulator.shutdown().await;
-            });
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the emulator is ready");
-        Cloud {
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Cloud {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 /// `imdsguard agent run`, killed on drop.
 struct Agent(Child);
