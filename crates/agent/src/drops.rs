@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use imdsguard_core::decisions::{DROP_MESSAGE, DROP_TARGET, WOULD_DROP_MESSAGE};
 use imdsguard_core::nft::DroppedSource;
 pub use imdsguard_core::pods::Attribution;
 use imdsguard_core::pods::PodIndex;
@@ -134,7 +135,7 @@ impl EventSink for LogSink {
                 None => (None, Some(e.interfaces()), Some(e.addresses())),
             };
             tracing::info!(
-                target: "imdsguard::drops",
+                target: DROP_TARGET,
                 pod,
                 namespace,
                 host_network = e.host.is_some(),
@@ -144,30 +145,33 @@ impl EventSink for LogSink {
                 packets = e.packets(),
                 matched_by = e.matched_by(),
                 would_drop = true,
-                "metadata access would be dropped (dry run: let through)"
+                "{}",
+                WOULD_DROP_MESSAGE
             );
             return;
         }
         match &e.host {
             Some(h) => tracing::warn!(
-                target: "imdsguard::drops",
+                target: DROP_TARGET,
                 pod,
                 namespace,
                 host_network = true,
                 cgroup = %h.cgroup,
                 packets = e.packets(),
                 matched_by = e.matched_by(),
-                "metadata access dropped"
+                "{}",
+                DROP_MESSAGE
             ),
             None => tracing::warn!(
-                target: "imdsguard::drops",
+                target: DROP_TARGET,
                 pod,
                 namespace,
                 interface = %e.interfaces(),
                 address = %e.addresses(),
                 packets = e.packets(),
                 matched_by = e.matched_by(),
-                "metadata access dropped"
+                "{}",
+                DROP_MESSAGE
             ),
         }
     }
