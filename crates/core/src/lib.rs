@@ -29,15 +29,18 @@
 
 pub mod access;
 pub mod audit;
+pub mod aws;
 pub mod calico;
 pub mod canon;
 pub mod cgroup;
 pub mod cilium;
+pub mod cloud_access;
 pub mod cluster;
 pub mod conntrack;
 pub mod decisions;
 pub mod engine;
 pub mod engine_detect;
+pub mod gcp;
 pub mod generate;
 pub mod imds;
 pub mod manifest;

@@ -20,7 +20,9 @@
 //! # Ok(()) }
 //! ```
 
+pub mod aws;
 mod config;
+pub mod gcp;
 mod imds_service;
 mod jwt;
 mod limits;

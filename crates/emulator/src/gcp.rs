@@ -1,0 +1,1 @@
+//! A GCE metadata server emulator, built on [`imdsguard_core::gcp`].
