@@ -8,9 +8,10 @@ use imdsguard_core::target::{Cloud, Target, parse_targets_file};
 pub(crate) enum CloudArg {
     /// IMDS 169.254.169.254:80, WireServer 168.63.129.16:80 and :32526.
     Azure,
-    /// 169.254.169.254:80 and [fd00:ec2::254]:80.
+    /// IMDS 169.254.169.254:80 and [fd00:ec2::254]:80, the EKS Pod Identity agent
+    /// 169.254.170.23:80 and [fd00:ec2::23]:80, ECS task metadata 169.254.170.2:80.
     Aws,
-    /// 169.254.169.254:80.
+    /// The metadata server 169.254.169.254:80 and [fd20:ce::254]:80.
     Gcp,
 }
 

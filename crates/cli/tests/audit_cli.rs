@@ -1007,9 +1007,18 @@ fn explicit_targets_are_echoed_canonically_and_replace_the_default_set() {
 fn cloud_sets_add_their_targets_after_explicit_ones() {
     assert_eq!(
         targets_of(&["--cloud", "aws"]),
-        ["169.254.169.254:80/TCP", "[fd00:ec2::254]:80/TCP"]
+        [
+            "169.254.169.254:80/TCP",
+            "[fd00:ec2::254]:80/TCP",
+            "169.254.170.23:80/TCP",
+            "[fd00:ec2::23]:80/TCP",
+            "169.254.170.2:80/TCP"
+        ]
     );
-    assert_eq!(targets_of(&["--cloud", "gcp"]), ["169.254.169.254:80/TCP"]);
+    assert_eq!(
+        targets_of(&["--cloud", "gcp"]),
+        ["169.254.169.254:80/TCP", "[fd20:ce::254]:80/TCP"]
+    );
     let mut want = vec!["1.2.3.4:5/UDP"];
     want.extend(AZURE_TARGETS);
     assert_eq!(

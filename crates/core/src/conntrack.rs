@@ -79,7 +79,9 @@ mod tests {
         );
         assert_eq!(args[1][2], "ipv6");
         let from = conntrack_flush_args(&targets, Some("10.244.0.10".parse().unwrap()));
-        assert_eq!(from.len(), 1, "IPv4 source: IPv4 targets only");
+        // AWS's IPv4 targets: IMDS, the Pod Identity agent, ECS task metadata.
+        assert_eq!(from.len(), 3, "IPv4 source: IPv4 targets only");
+        assert!(from.iter().all(|a| a[2] == "ipv4"));
         assert_eq!(from[0][5..7], ["-s", "10.244.0.10"]);
         assert_eq!(
             parse_conntrack_deleted(

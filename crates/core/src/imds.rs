@@ -55,17 +55,18 @@ pub const WIRESERVER_URL: &str = "http://168.63.129.16";
 /// The host GA plugin's base URL, `http://` [`WIRESERVER_ADDRESS`] `:` [`HOST_GA_PLUGIN_PORT`].
 pub const HOST_GA_PLUGIN_URL: &str = "http://168.63.129.16:32526";
 
-/// Whether `ip` is a cloud metadata address ([`IMDS_ADDRESS`], [`WIRESERVER_ADDRESS`],
-/// [`AWS_IMDS_IPV6_ADDRESS`]), also in its IPv4-mapped IPv6 form (`::ffff:169.254.169.254`).
+/// Whether `ip` is a cloud metadata address of any cloud (the address of a target of
+/// [`crate::target::Cloud::targets`] for Azure, AWS or GCP: [`IMDS_ADDRESS`],
+/// [`WIRESERVER_ADDRESS`], [`AWS_IMDS_IPV6_ADDRESS`], the EKS Pod Identity agent's
+/// 169.254.170.23 and fd00:ec2::23, ECS task metadata's 169.254.170.2, GCP's
+/// fd20:ce::254), also in its IPv4-mapped IPv6 form (`::ffff:169.254.169.254`, folded by
+/// [`crate::target::canonical_ip`]).
 pub fn is_metadata_address(ip: IpAddr) -> bool {
-    let v4 = match ip {
-        IpAddr::V4(v4) => Some(v4),
-        IpAddr::V6(v6) => v6.to_ipv4_mapped(),
-    };
-    match v4 {
-        Some(v4) => v4 == IMDS_ADDRESS || v4 == WIRESERVER_ADDRESS,
-        None => ip == IpAddr::V6(AWS_IMDS_IPV6_ADDRESS),
-    }
+    let ip = crate::target::canonical_ip(ip);
+    crate::target::Cloud::ALL
+        .iter()
+        .flat_map(|c| c.targets())
+        .any(|t| t.ip == ip)
 }
 
 /// The api-versions IMDS documents, newest first.
@@ -1402,6 +1403,21 @@ mod tests {
             "::ffff:169.254.169.254".parse().unwrap()
         ));
         assert!(is_metadata_address("fd00:ec2::254".parse().unwrap()));
+        for other_cloud in [
+            "169.254.170.23",
+            "::ffff:169.254.170.23",
+            "fd00:ec2::23",
+            "169.254.170.2",
+            "fd20:ce::254",
+            "::ffff:a83f:8110",
+        ] {
+            assert!(
+                is_metadata_address(other_cloud.parse().unwrap()),
+                "{other_cloud}"
+            );
+        }
+        assert!(!is_metadata_address("169.254.20.10".parse().unwrap()));
+        assert!(!is_metadata_address("::169.254.169.254".parse().unwrap()));
         assert!(!is_metadata_address("127.0.0.1".parse().unwrap()));
         assert!(!is_metadata_address("::1".parse().unwrap()));
     }

@@ -1,8 +1,13 @@
 //! Audit targets: an address, a port and a protocol (`169.254.169.254:80/TCP`), and the
-//! built-in sets of metadata endpoints per cloud.
+//! built-in sets of metadata endpoints per cloud ([`Cloud`]: Azure, AWS, GCP), each
+//! endpoint named by the cloud's meaning of it ([`Cloud::service`]).
+//!
+//! Every address read here is folded by [`canonical_ip`]: an IPv4-mapped IPv6 address
+//! (`::ffff:169.254.169.254`) is the IPv4 address it maps, so a target, a CIDR or a pod
+//! address written in mapped form is never a different destination from the IPv4 one.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
 use serde::Serialize;
@@ -87,6 +92,50 @@ pub const HOST_GA_PLUGIN: Target = Target::new(
 /// AWS instance metadata on IPv6: `[fd00:ec2::254]:80/TCP`.
 pub const AWS_IMDS_IPV6: Target =
     Target::new(IpAddr::V6(AWS_IMDS_IPV6_ADDRESS), IMDS_PORT, Protocol::Tcp);
+/// The EKS Pod Identity agent's IPv4 address (`169.254.170.23`), a hostNetwork
+/// DaemonSet on every node (AWS EKS user guide, "EKS Pod Identity agent").
+pub const AWS_POD_IDENTITY_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 170, 23);
+/// The EKS Pod Identity agent's IPv6 address (`fd00:ec2::23`).
+pub const AWS_POD_IDENTITY_IPV6_ADDRESS: Ipv6Addr =
+    Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23);
+/// The ECS task metadata (and container credentials) address (`169.254.170.2`).
+pub const AWS_ECS_TASK_METADATA_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 170, 2);
+/// The GCE metadata server's IPv6 address on IPv6-enabled VMs (`fd20:ce::254`). Not in
+/// Google's public documentation that we could find: unverified.
+pub const GCP_METADATA_IPV6_ADDRESS: Ipv6Addr = Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254);
+/// The EKS Pod Identity agent on IPv4: `169.254.170.23:80/TCP`.
+pub const AWS_POD_IDENTITY: Target = Target::new(
+    IpAddr::V4(AWS_POD_IDENTITY_ADDRESS),
+    IMDS_PORT,
+    Protocol::Tcp,
+);
+/// The EKS Pod Identity agent on IPv6: `[fd00:ec2::23]:80/TCP`.
+pub const AWS_POD_IDENTITY_IPV6: Target = Target::new(
+    IpAddr::V6(AWS_POD_IDENTITY_IPV6_ADDRESS),
+    IMDS_PORT,
+    Protocol::Tcp,
+);
+/// ECS task metadata and container credentials: `169.254.170.2:80/TCP`.
+pub const AWS_ECS_TASK_METADATA: Target = Target::new(
+    IpAddr::V4(AWS_ECS_TASK_METADATA_ADDRESS),
+    IMDS_PORT,
+    Protocol::Tcp,
+);
+/// The GCE metadata server on IPv6: `[fd20:ce::254]:80/TCP` (unverified address).
+pub const GCP_METADATA_IPV6: Target = Target::new(
+    IpAddr::V6(GCP_METADATA_IPV6_ADDRESS),
+    IMDS_PORT,
+    Protocol::Tcp,
+);
+
+/// `ip` with an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) folded to the IPv4 address
+/// it maps (std's [`IpAddr::to_canonical`]); every other address unchanged. A socket
+/// for `::ffff:169.254.169.254` sends IPv4 packets to 169.254.169.254, so every reader
+/// of an address (targets, CIDRs, pods files, callers) folds with this one function.
+/// IPv4-compatible addresses (`::a.b.c.d`, deprecated) are real IPv6 addresses and stay.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
+}
 
 /// The metadata service a target is, when it is a known one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -100,6 +149,10 @@ pub enum MetadataService {
     AzureHostGaPlugin,
     /// AWS EC2 instance metadata (IPv4 or IPv6).
     AwsImds,
+    /// The EKS Pod Identity agent (169.254.170.23, fd00:ec2::23).
+    AwsPodIdentity,
+    /// ECS task metadata and container credentials (169.254.170.2).
+    AwsEcsTaskMetadata,
     /// GCP metadata server.
     GcpMetadata,
 }
@@ -112,6 +165,8 @@ impl MetadataService {
             MetadataService::AzureWireServer => "Azure WireServer",
             MetadataService::AzureHostGaPlugin => "Azure WireServer HostGAPlugin",
             MetadataService::AwsImds => "AWS IMDS",
+            MetadataService::AwsPodIdentity => "EKS Pod Identity agent",
+            MetadataService::AwsEcsTaskMetadata => "ECS task metadata",
             MetadataService::GcpMetadata => "GCP metadata",
         }
     }
@@ -134,16 +189,28 @@ impl Target {
         Target { ip, port, protocol }
     }
 
-    /// The metadata service this target is, if it is one of the known ones.
+    /// The metadata service this target is, if it is one of the known ones, when no
+    /// cloud is named: 169.254.169.254:80 is Azure IMDS (the default cloud); the
+    /// addresses only one cloud uses name that cloud's service. [`Cloud::service`] gives
+    /// a named cloud's meaning.
     pub fn service(&self) -> Option<MetadataService> {
         [
             (IMDS, MetadataService::AzureImds),
             (WIRESERVER, MetadataService::AzureWireServer),
             (HOST_GA_PLUGIN, MetadataService::AzureHostGaPlugin),
             (AWS_IMDS_IPV6, MetadataService::AwsImds),
+            (AWS_POD_IDENTITY, MetadataService::AwsPodIdentity),
+            (AWS_POD_IDENTITY_IPV6, MetadataService::AwsPodIdentity),
+            (AWS_ECS_TASK_METADATA, MetadataService::AwsEcsTaskMetadata),
+            (GCP_METADATA_IPV6, MetadataService::GcpMetadata),
         ]
         .into_iter()
-        .find_map(|(t, s)| (t == *self).then_some(s))
+        .find_map(|(t, s)| (t == self.canonical()).then_some(s))
+    }
+
+    /// The same target with its address folded by [`canonical_ip`].
+    pub fn canonical(&self) -> Target {
+        Target::new(canonical_ip(self.ip), self.port, self.protocol)
     }
 }
 
@@ -190,29 +257,114 @@ impl FromStr for Target {
         if sock.port() == 0 {
             return Err(TargetError::Port(text.to_string()));
         }
-        Ok(Target::new(sock.ip(), sock.port(), proto))
+        Ok(Target::new(canonical_ip(sock.ip()), sock.port(), proto))
     }
 }
 
 /// A cloud whose metadata endpoints form a built-in target set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Cloud {
     /// Azure: IMDS and WireServer (80, 32526).
     Azure,
-    /// AWS: IMDS on IPv4 and IPv6.
+    /// AWS: IMDS on IPv4 and IPv6, the EKS Pod Identity agent on both, ECS task metadata.
     Aws,
-    /// GCP: the metadata server.
+    /// GCP: the metadata server on IPv4 and IPv6.
     Gcp,
 }
 
+/// A cloud name that is not `azure`, `aws` or `gcp`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a cloud: use azure, aws or gcp")]
+pub struct UnknownCloud(pub String);
+
 impl Cloud {
-    /// The built-in targets of this cloud.
+    /// Every cloud, the default (Azure) first.
+    pub const ALL: [Cloud; 3] = [Cloud::Azure, Cloud::Aws, Cloud::Gcp];
+
+    /// The name on the command line and in JSON: `azure`, `aws`, `gcp`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cloud::Azure => "azure",
+            Cloud::Aws => "aws",
+            Cloud::Gcp => "gcp",
+        }
+    }
+
+    /// The built-in targets of this cloud, IPv4 before IPv6 of each service.
+    ///
+    /// - azure: IMDS 169.254.169.254:80, WireServer 168.63.129.16:80 and :32526 (Azure
+    ///   DNS on port 53 is never a target).
+    /// - aws: IMDS 169.254.169.254:80 and `[fd00:ec2::254]:80`, the EKS Pod Identity
+    ///   agent 169.254.170.23:80 and `[fd00:ec2::23]:80`, ECS task metadata
+    ///   169.254.170.2:80.
+    /// - gcp: the metadata server 169.254.169.254:80 and `[fd20:ce::254]:80`
+    ///   (unverified IPv6 address).
     pub fn targets(self) -> Vec<Target> {
         match self {
             Cloud::Azure => vec![IMDS, WIRESERVER, HOST_GA_PLUGIN],
-            Cloud::Aws => vec![IMDS, AWS_IMDS_IPV6],
-            Cloud::Gcp => vec![IMDS],
+            Cloud::Aws => vec![
+                IMDS,
+                AWS_IMDS_IPV6,
+                AWS_POD_IDENTITY,
+                AWS_POD_IDENTITY_IPV6,
+                AWS_ECS_TASK_METADATA,
+            ],
+            Cloud::Gcp => vec![IMDS, GCP_METADATA_IPV6],
         }
+    }
+
+    /// What `target` is in this cloud, when it is one of its endpoints (the address
+    /// folded by [`canonical_ip`]; port and protocol must match): 169.254.169.254:80 is
+    /// [`MetadataService::AzureImds`] under azure, [`MetadataService::AwsImds`] under
+    /// aws and [`MetadataService::GcpMetadata`] under gcp.
+    pub fn service(self, target: &Target) -> Option<MetadataService> {
+        let t = target.canonical();
+        match self {
+            Cloud::Azure => match t {
+                IMDS => Some(MetadataService::AzureImds),
+                WIRESERVER => Some(MetadataService::AzureWireServer),
+                HOST_GA_PLUGIN => Some(MetadataService::AzureHostGaPlugin),
+                _ => None,
+            },
+            Cloud::Aws => match t {
+                IMDS | AWS_IMDS_IPV6 => Some(MetadataService::AwsImds),
+                AWS_POD_IDENTITY | AWS_POD_IDENTITY_IPV6 => Some(MetadataService::AwsPodIdentity),
+                AWS_ECS_TASK_METADATA => Some(MetadataService::AwsEcsTaskMetadata),
+                _ => None,
+            },
+            Cloud::Gcp => match t {
+                IMDS | GCP_METADATA_IPV6 => Some(MetadataService::GcpMetadata),
+                _ => None,
+            },
+        }
+    }
+
+    /// The cloud's instance metadata service proper (the one the access rules' pods are
+    /// expected to reach): Azure IMDS, AWS IMDS, GCP metadata.
+    pub fn metadata_service(self) -> MetadataService {
+        match self {
+            Cloud::Azure => MetadataService::AzureImds,
+            Cloud::Aws => MetadataService::AwsImds,
+            Cloud::Gcp => MetadataService::GcpMetadata,
+        }
+    }
+}
+
+impl fmt::Display for Cloud {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Cloud {
+    type Err = UnknownCloud;
+    /// `azure`, `aws` or `gcp`, in any case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Cloud::ALL
+            .into_iter()
+            .find(|c| c.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| UnknownCloud(s.to_string()))
     }
 }
 
@@ -291,6 +443,118 @@ mod tests {
                 .targets()
                 .iter()
                 .any(|t| t.service() == Some(MetadataService::AwsImds) && t.ip.is_ipv6())
+        );
+    }
+
+    #[test]
+    fn mapped_targets_are_the_ipv4_target() {
+        for input in [
+            "[::ffff:169.254.169.254]:80",
+            "[::ffff:a9fe:a9fe]:80/tcp",
+            "[0:0:0:0:0:ffff:169.254.169.254]:80",
+        ] {
+            let t: Target = input.parse().unwrap();
+            assert_eq!(t, IMDS, "{input}");
+            assert_eq!(t.to_string(), "169.254.169.254:80/TCP");
+        }
+        // IPv4-compatible (deprecated) and NAT64 forms are real IPv6 destinations.
+        let compat: Target = "[::169.254.169.254]:80".parse().unwrap();
+        assert!(compat.ip.is_ipv6());
+        let nat64: Target = "[64:ff9b::a9fe:a9fe]:80".parse().unwrap();
+        assert!(nat64.ip.is_ipv6());
+        assert_eq!(
+            canonical_ip("::ffff:168.63.129.16".parse().unwrap()),
+            IpAddr::V4(WIRESERVER_ADDRESS)
+        );
+        assert_eq!(
+            canonical_ip("fd00:ec2::254".parse().unwrap()),
+            IpAddr::V6(AWS_IMDS_IPV6_ADDRESS)
+        );
+        // A Target built with a mapped address is still named by its service.
+        let mapped = Target::new(
+            IpAddr::V6(IMDS_ADDRESS.to_ipv6_mapped()),
+            IMDS_PORT,
+            Protocol::Tcp,
+        );
+        assert_eq!(mapped.service(), Some(MetadataService::AzureImds));
+        assert_eq!(
+            Cloud::Gcp.service(&mapped),
+            Some(MetadataService::GcpMetadata)
+        );
+    }
+
+    #[test]
+    fn clouds_by_name_and_their_sets() {
+        for c in Cloud::ALL {
+            assert_eq!(c.name().parse::<Cloud>().unwrap(), c);
+            assert_eq!(c.to_string().to_uppercase().parse::<Cloud>().unwrap(), c);
+            assert_eq!(
+                serde_json::to_value(c).unwrap(),
+                serde_json::json!(c.name())
+            );
+            // Every target of a cloud is one of its services, and the cloud's metadata
+            // service proper is among them on both families where it has two.
+            for t in c.targets() {
+                assert!(c.service(&t).is_some(), "{c} {t}");
+            }
+            assert!(
+                c.targets()
+                    .iter()
+                    .any(|t| c.service(t) == Some(c.metadata_service()))
+            );
+        }
+        assert_eq!(
+            "azure-stack".parse::<Cloud>().unwrap_err().to_string(),
+            "`azure-stack` is not a cloud: use azure, aws or gcp"
+        );
+        let shown = |c: Cloud| -> Vec<String> {
+            c.targets()
+                .iter()
+                .map(|t| format!("{t} {}", c.service(t).unwrap().label()))
+                .collect()
+        };
+        assert_eq!(
+            shown(Cloud::Aws),
+            [
+                "169.254.169.254:80/TCP AWS IMDS",
+                "[fd00:ec2::254]:80/TCP AWS IMDS",
+                "169.254.170.23:80/TCP EKS Pod Identity agent",
+                "[fd00:ec2::23]:80/TCP EKS Pod Identity agent",
+                "169.254.170.2:80/TCP ECS task metadata",
+            ]
+        );
+        assert_eq!(
+            shown(Cloud::Gcp),
+            [
+                "169.254.169.254:80/TCP GCP metadata",
+                "[fd20:ce::254]:80/TCP GCP metadata",
+            ]
+        );
+        assert_eq!(
+            shown(Cloud::Azure),
+            [
+                "169.254.169.254:80/TCP Azure IMDS",
+                "168.63.129.16:80/TCP Azure WireServer",
+                "168.63.129.16:32526/TCP Azure WireServer HostGAPlugin",
+            ]
+        );
+        // Another cloud's endpoint, another port or protocol: not this cloud's service.
+        assert_eq!(Cloud::Azure.service(&AWS_POD_IDENTITY), None);
+        assert_eq!(Cloud::Gcp.service(&AWS_IMDS_IPV6), None);
+        assert_eq!(Cloud::Aws.service(&WIRESERVER), None);
+        assert_eq!(
+            Cloud::Aws.service(&"169.254.169.254:80/UDP".parse().unwrap()),
+            None
+        );
+        assert_eq!(
+            Cloud::Aws.service(&"169.254.170.23:2703".parse().unwrap()),
+            None
+        );
+        // With no cloud named, 169.254.169.254 keeps Azure's meaning.
+        assert_eq!(IMDS.service(), Some(MetadataService::AzureImds));
+        assert_eq!(
+            AWS_POD_IDENTITY_IPV6.service(),
+            Some(MetadataService::AwsPodIdentity)
         );
     }
 

@@ -131,12 +131,17 @@ fn protected_set_holds_only_the_protected_ports() {
             json!({"concat": ["168.63.129.16", "tcp", 32526]}),
             json!({"concat": ["168.63.129.16", "tcp", 80]}),
             json!({"concat": ["169.254.169.254", "tcp", 80]}),
+            json!({"concat": ["169.254.170.2", "tcp", 80]}),
+            json!({"concat": ["169.254.170.23", "tcp", 80]}),
         ]
     );
     let v6 = sets.iter().find(|s| s["name"] == "protected_v6").unwrap();
     assert_eq!(
         v6["elem"],
-        json!([{"concat": ["fd00:ec2::254", "tcp", 80]}])
+        json!([
+            {"concat": ["fd00:ec2::23", "tcp", 80]},
+            {"concat": ["fd00:ec2::254", "tcp", 80]}
+        ])
     );
     // Nothing for port 53 anywhere, and a DNS target is refused.
     assert!(!batch.to_string().contains("53]"));
@@ -782,6 +787,15 @@ fn observed_connections_are_recorded_by_source_and_endpoint_and_read_back() {
 
 fn drift_config(mode: Mode) -> RulesetConfig {
     let mut c = RulesetConfig::new(mode, &[Cloud::Azure, Cloud::Aws]);
+    // The endpoints the listings were recorded with (Azure's and AWS IMDS v4/v6, before
+    // AWS's set grew the Pod Identity agent and ECS task metadata).
+    c.protected = vec![
+        crate::target::IMDS,
+        crate::target::WIRESERVER,
+        crate::target::HOST_GA_PLUGIN,
+        crate::target::AWS_IMDS_IPV6,
+    ];
+    c.protected.sort();
     c.proxy_v4 = Some("10.224.0.4:8169".parse().unwrap());
     c
 }

@@ -60,7 +60,10 @@ impl ProbeEndpoint {
             MetadataService::AzureImds => Some(ProbeEndpoint::Imds),
             MetadataService::AzureWireServer => Some(ProbeEndpoint::Wireserver),
             MetadataService::AzureHostGaPlugin => Some(ProbeEndpoint::Hostgaplugin),
-            MetadataService::AwsImds | MetadataService::GcpMetadata => None,
+            MetadataService::AwsImds
+            | MetadataService::AwsPodIdentity
+            | MetadataService::AwsEcsTaskMetadata
+            | MetadataService::GcpMetadata => None,
         }
     }
 
