@@ -34,6 +34,7 @@ use serde_json::{Value, json};
 use crate::canon::Rejection;
 use crate::imds::{IdentitySelector, ImdsApi, ImdsRequest, Method, is_valid_resource, route};
 use crate::model::{LabelSelector, Labels};
+use crate::target::Cloud;
 use crate::token::IMDSGUARD_DENY_ERROR;
 
 /// Rule name of a denial when no rule allows the request.
@@ -47,6 +48,9 @@ pub const RULE_NO_RULES: &str = "no-rules-loaded";
 /// Rule name of a denial for a caller on the node in a pod's cgroup that no known
 /// hostNetwork pod owns.
 pub const RULE_UNKNOWN_POD_CGROUP: &str = "unknown-pod-cgroup";
+/// Rule name of a denial for an AWS IMDSv2 token the proxy did not hand to this pod
+/// (see [`crate::cloud_access`]).
+pub const RULE_TOKEN_NOT_ISSUED: &str = "token-not-issued-to-caller";
 
 /// Names a rule may not take (they name the built-in outcomes).
 pub const RESERVED_RULE_NAMES: &[&str] = &[
@@ -55,6 +59,7 @@ pub const RESERVED_RULE_NAMES: &[&str] = &[
     RULE_CANONICAL_FORM,
     RULE_NO_RULES,
     RULE_UNKNOWN_POD_CGROUP,
+    RULE_TOKEN_NOT_ISSUED,
 ];
 
 /// Fields a rule redacts from the instance document when it says nothing: custom and
@@ -364,6 +369,10 @@ pub struct Rule {
     pub token: Option<TokenGrant>,
     /// Fields hidden from the instance document.
     pub redact: Arc<RedactSet>,
+    /// For an AWS or GCP rules file (`cloud: aws|gcp`), what the rule grants there
+    /// (then `methods` and `paths` are empty and `token` is `None`: Azure requests are
+    /// never granted by it). See [`crate::cloud_access`].
+    pub cloud: Option<Arc<crate::cloud_access::CloudGrant>>,
 }
 
 impl Rule {
@@ -387,6 +396,8 @@ impl Rule {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawRules {
+    #[serde(default)]
+    cloud: Option<String>,
     #[serde(default)]
     #[allow(dead_code)]
     api_version: Option<String>,
@@ -415,6 +426,8 @@ struct RawRule {
     token: Option<RawToken>,
     #[serde(default)]
     redact: Option<Vec<String>>,
+    #[serde(default)]
+    audiences: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -478,11 +491,15 @@ struct RawIdentity {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AccessRules {
     rules: Vec<Rule>,
+    /// The cloud the file said (`cloud:`); `None`: not said (Azure).
+    cloud: Option<Cloud>,
 }
 
 impl AccessRules {
-    /// Rules from a checked list; names must be unique and not reserved.
+    /// Rules from a checked list; names must be unique and not reserved, and every rule
+    /// of one cloud (the cloud of their grants; Azure without).
     pub fn new(rules: Vec<Rule>) -> Result<AccessRules, AccessError> {
+        let cloud = rules.iter().find_map(|r| r.cloud.as_ref().map(|g| g.cloud));
         for (i, r) in rules.iter().enumerate() {
             check_name(&r.name, i)?;
             if rules[..i].iter().any(|o| o.name == r.name) {
@@ -491,8 +508,25 @@ impl AccessRules {
                     message: "the name is used by another rule".into(),
                 });
             }
+            if r.cloud.as_ref().map(|g| g.cloud) != cloud {
+                return Err(AccessError::Rule {
+                    rule: r.name.to_string(),
+                    message: "rules of different clouds cannot be in one set".into(),
+                });
+            }
         }
-        Ok(AccessRules { rules })
+        Ok(AccessRules { rules, cloud })
+    }
+
+    /// The cloud the rules are for: the rules file's top-level `cloud:` (`azure` when it
+    /// says none).
+    pub fn cloud(&self) -> Cloud {
+        self.cloud.unwrap_or(Cloud::Azure)
+    }
+
+    /// The cloud the rules file named, if it named one (an empty set names none).
+    pub fn declared_cloud(&self) -> Option<Cloud> {
+        self.cloud
     }
 
     /// Reads a rules file (YAML or JSON; see `docs/proxy.md`). Unknown fields are errors,
@@ -512,13 +546,19 @@ impl AccessRules {
     }
 
     fn from_raw(raw: RawRules) -> Result<AccessRules, AccessError> {
+        let cloud = match raw.cloud.as_deref() {
+            None => None,
+            Some(name) => Some(crate::cloud_access::parse_cloud(name).map_err(AccessError::Parse)?),
+        };
         let rules = raw
             .rules
             .into_iter()
             .enumerate()
-            .map(|(i, r)| convert_rule(r, i))
+            .map(|(i, r)| convert_rule(r, i, cloud.unwrap_or(Cloud::Azure)))
             .collect::<Result<Vec<_>, _>>()?;
-        AccessRules::new(rules)
+        let mut rules = AccessRules::new(rules)?;
+        rules.cloud = rules.cloud.or(cloud);
+        Ok(rules)
     }
 
     /// The rules, in file order.
@@ -540,6 +580,23 @@ impl AccessRules {
     /// Adds the rules of `other` (rules add up, as in one file); a name both use is an
     /// error naming the rule.
     pub fn extend(&mut self, other: AccessRules) -> Result<(), AccessError> {
+        if let (Some(mine), Some(theirs)) = (self.cloud, other.cloud)
+            && mine != theirs
+        {
+            let rule = other
+                .rules
+                .first()
+                .map_or_else(String::new, |r| r.name.to_string());
+            return Err(AccessError::Rule {
+                rule,
+                message: format!(
+                    "rules for cloud {} cannot add up with rules for cloud {}",
+                    crate::cloud_access::cloud_name(theirs),
+                    crate::cloud_access::cloud_name(mine)
+                ),
+            });
+        }
+        self.cloud = self.cloud.or(other.cloud);
         for r in &other.rules {
             if self.rules.iter().any(|o| o.name == r.name) {
                 return Err(AccessError::Rule {
@@ -700,7 +757,7 @@ fn check_name(name: &str, i: usize) -> Result<(), AccessError> {
     Ok(())
 }
 
-fn convert_rule(raw: RawRule, i: usize) -> Result<Rule, AccessError> {
+fn convert_rule(raw: RawRule, i: usize, cloud: Cloud) -> Result<Rule, AccessError> {
     let label = if raw.name.is_empty() {
         format!("rules[{i}]")
     } else {
@@ -744,6 +801,36 @@ fn convert_rule(raw: RawRule, i: usize) -> Result<Rule, AccessError> {
             service_accounts,
             pod_selector,
         });
+    }
+    if cloud != Cloud::Azure {
+        if raw.token.is_some() {
+            return Err(err(format!(
+                "`token` is Azure's (managed-identity tokens); under cloud {} grant the token paths in `paths` (and `audiences` for GCP identity tokens)",
+                crate::cloud_access::cloud_name(cloud)
+            )));
+        }
+        let grant = crate::cloud_access::CloudGrant::new(
+            cloud,
+            raw.methods.as_deref(),
+            &raw.paths,
+            raw.redact.as_deref(),
+            raw.audiences.as_deref(),
+        )
+        .map_err(&err)?;
+        return Ok(Rule {
+            name: Arc::from(raw.name.as_str()),
+            subjects,
+            methods: Vec::new(),
+            paths: Vec::new(),
+            token: None,
+            redact: Arc::new(RedactSet::default()),
+            cloud: Some(Arc::new(grant)),
+        });
+    }
+    if raw.audiences.is_some() {
+        return Err(err(
+            "`audiences` is for GCP identity tokens (`cloud: gcp`); Azure token audiences go in `token.resources`".into(),
+        ));
     }
     let methods = match raw.methods {
         None => vec![Method::Get],
@@ -798,6 +885,7 @@ fn convert_rule(raw: RawRule, i: usize) -> Result<Rule, AccessError> {
         paths,
         token,
         redact: Arc::new(redact),
+        cloud: None,
     })
 }
 

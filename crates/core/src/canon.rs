@@ -35,6 +35,20 @@
 //! | empty query pieces (`a=1&&b=2`) | dropped |
 //! | target, path, query, segment or parameter counts over [`Limits`] | rejected |
 //!
+//! AWS and GCP ([`Canonicalizer::for_cloud`]) read the same way, with these differences:
+//!
+//! | input | outcome |
+//! |---|---|
+//! | case of any segment (`/latest/Meta-Data`) | kept: their paths are case-sensitive, and an upper-case variant is another path (the service answers 404), compared exactly by the rules |
+//! | `.`, `@`, `+`, `=`, `,` inside a segment (`my.role`, `sa@p.iam.gserviceaccount.com`) | kept (escapes of `@+=,` decoded; `%2e` rejected); an all-dot segment is rejected |
+//! | one trailing `/` | kept ([`CanonicalTarget::directory`]): a listing there |
+//! | any query parameter on AWS | rejected ([`RejectKind::UnknownParameter`]) |
+//! | a GCP parameter outside [`GCP_PARAMETERS`], or a value outside its set (`recursive=yes`) | rejected; values canonical (`recursive=TRUE` → `recursive=true`) |
+//! | a metadata header given twice, or named by `Connection` | rejected ([`Canonicalizer::check_cloud_headers`]) |
+//!
+//! Absolute-form hosts compare after folding: `[::ffff:169.254.169.254]` and
+//! `[::ffff:a9fe:a9fe]` are `169.254.169.254` ([`default_hosts`] per cloud).
+//!
 //! Headers: at most [`Limits::max_headers`] fields and [`Limits::max_header_bytes`]
 //! bytes, names of token characters, values of printable ASCII (no tab, no control, no
 //! obs-text) — see [`Canonicalizer::check_headers`]. The `Metadata` and
@@ -45,6 +59,7 @@
 use std::fmt;
 
 use crate::imds::{IMDS_ADDRESS, ImdsApi};
+pub use crate::target::Cloud;
 
 /// Size limits of a request, checked before anything else is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +141,12 @@ pub enum RejectKind {
     BadParameterValue,
     /// A header field that is malformed, or too many or too large header fields.
     BadHeader,
+    /// A query parameter the cloud's metadata service does not take (AWS takes none;
+    /// GCP the ones [`GCP_PARAMETERS`] lists).
+    UnknownParameter,
+    /// A metadata header given twice, or named by `Connection` (a hop-by-hop trick that
+    /// makes a proxy drop it), or a request header another cloud's service reads.
+    HeaderTrick,
 }
 
 impl RejectKind {
@@ -152,6 +173,8 @@ impl RejectKind {
             RejectKind::BadParameterName => "bad-parameter-name",
             RejectKind::BadParameterValue => "bad-parameter-value",
             RejectKind::BadHeader => "bad-header",
+            RejectKind::UnknownParameter => "unknown-parameter",
+            RejectKind::HeaderTrick => "header-trick",
         }
     }
 }
@@ -198,6 +221,12 @@ pub struct CanonicalTarget {
     pub endpoint: ImdsApi,
     /// For the instance document, the sub-path segments as sent (case kept).
     pub instance_path: Vec<String>,
+    /// AWS and GCP: every path segment, decoded, case kept (their paths are
+    /// case-sensitive: compared exactly). Empty for Azure.
+    pub segments: Vec<String>,
+    /// AWS and GCP: the path ended in `/` (a directory listing; kept in
+    /// [`Self::path`], since it is another request there). Always `false` for Azure.
+    pub directory: bool,
 }
 
 impl CanonicalTarget {
@@ -214,8 +243,11 @@ impl CanonicalTarget {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Canonicalizer {
     limits: Limits,
-    /// Accepted hosts of absolute-form targets, lower-case, `:80` removed.
+    /// Accepted hosts of absolute-form targets, lower-case, `:80` removed, IPv4-mapped
+    /// IPv6 addresses folded to IPv4.
     hosts: Vec<String>,
+    /// Whose metadata service the requests are for: its path and query rules.
+    cloud: Cloud,
 }
 
 impl Default for Canonicalizer {
@@ -233,7 +265,32 @@ impl Canonicalizer {
             .into_iter()
             .map(|h| normalize_host(h.as_ref()))
             .collect();
-        Canonicalizer { limits, hosts }
+        Canonicalizer {
+            limits,
+            hosts,
+            cloud: Cloud::Azure,
+        }
+    }
+
+    /// A canonicaliser for `cloud`'s metadata service (see the module documentation:
+    /// AWS and GCP keep the case of every segment, allow the characters of role and
+    /// service-account names, keep a trailing `/`, and take only their own query
+    /// parameters), accepting absolute-form targets for these hosts
+    /// ([`default_hosts`] gives each cloud's).
+    pub fn for_cloud(
+        cloud: Cloud,
+        limits: Limits,
+        hosts: impl IntoIterator<Item = impl AsRef<str>>,
+    ) -> Self {
+        Canonicalizer {
+            cloud,
+            ..Canonicalizer::new(limits, hosts)
+        }
+    }
+
+    /// The cloud whose rules this canonicaliser applies.
+    pub fn cloud(&self) -> Cloud {
+        self.cloud
     }
 
     /// The limits.
@@ -276,6 +333,9 @@ impl Canonicalizer {
                 ),
             );
         }
+        if self.cloud != Cloud::Azure {
+            return self.canonicalize_cloud(raw_path, raw_query);
+        }
         let segments = self.path_segments(raw_path)?;
         let (query, params) = match raw_query {
             Some(q) => self.query(q)?,
@@ -304,9 +364,23 @@ impl Canonicalizer {
             Some(base) => base.to_string(),
             None => format!("/{}", segments.join("/")),
         };
-        // Re-encoding can lengthen the query (`@` becomes `%40`): the limits hold for
-        // what goes upstream too, so that the canonical form is itself accepted.
-        let query_len = query.as_ref().map_or(0, String::len);
+        // Re-encoding can lengthen the query (`@` becomes `%40`).
+        self.check_canonical_len(&path, query.as_deref())?;
+        Ok(CanonicalTarget {
+            path,
+            query,
+            params,
+            endpoint,
+            instance_path,
+            segments: Vec::new(),
+            directory: false,
+        })
+    }
+
+    /// The limits hold for what goes upstream too (re-encoding can lengthen a query),
+    /// so that the canonical form is itself accepted.
+    fn check_canonical_len(&self, path: &str, query: Option<&str>) -> Result<(), Rejection> {
+        let query_len = query.map_or(0, str::len);
         if query_len > self.limits.max_query {
             return reject(
                 RejectKind::TooLong,
@@ -316,7 +390,7 @@ impl Canonicalizer {
                 ),
             );
         }
-        let target_len = path.len() + query.as_ref().map_or(0, |q| q.len() + 1);
+        let target_len = path.len() + query.map_or(0, |q| q.len() + 1);
         if target_len > self.limits.max_target {
             return reject(
                 RejectKind::TooLong,
@@ -326,13 +400,161 @@ impl Canonicalizer {
                 ),
             );
         }
+        Ok(())
+    }
+
+    /// AWS and GCP: segments decoded with case kept, a trailing `/` kept as
+    /// [`CanonicalTarget::directory`], the cloud's own query parameters.
+    fn canonicalize_cloud(
+        &self,
+        raw_path: &str,
+        raw_query: Option<&str>,
+    ) -> Result<CanonicalTarget, Rejection> {
+        let Some(body) = raw_path.strip_prefix('/') else {
+            return reject(RejectKind::BadTargetForm, "the path does not start with /");
+        };
+        let (body, directory) = match body.strip_suffix('/') {
+            Some(b) => (b, true),
+            None => (body, false),
+        };
+        let mut segments = Vec::with_capacity(8);
+        if !body.is_empty() {
+            for raw_seg in body.split('/') {
+                if segments.len() == self.limits.max_segments {
+                    return reject(
+                        RejectKind::TooLong,
+                        format!(
+                            "the path has more than {} segments",
+                            self.limits.max_segments
+                        ),
+                    );
+                }
+                segments.push(decode_cloud_segment(raw_seg)?);
+            }
+        }
+        let directory = directory && !segments.is_empty();
+        let (query, params) = match raw_query {
+            None => (None, Vec::new()),
+            Some(q) => {
+                let (query, params) = self.query(q)?;
+                self.cloud_params(query, params)?
+            }
+        };
+        let mut path = String::with_capacity(raw_path.len());
+        for s in &segments {
+            path.push('/');
+            path.push_str(s);
+        }
+        if directory || segments.is_empty() {
+            path.push('/');
+        }
+        self.check_canonical_len(&path, query.as_deref())?;
         Ok(CanonicalTarget {
             path,
             query,
             params,
-            endpoint,
-            instance_path,
+            endpoint: ImdsApi::Unknown,
+            instance_path: Vec::new(),
+            segments,
+            directory,
         })
+    }
+
+    /// The cloud's query parameters only, with canonical values: AWS takes none; GCP
+    /// the [`GCP_PARAMETERS`] (booleans `true`/`false`, `alt` `json`/`text`, `format`
+    /// `standard`/`full`, `licenses` `TRUE`/`FALSE`, `timeout_sec` digits, `last_etag`
+    /// letters and digits; `audience` and `scopes` as any value).
+    #[allow(clippy::type_complexity)]
+    fn cloud_params(
+        &self,
+        query: Option<String>,
+        params: Vec<(String, String)>,
+    ) -> Result<(Option<String>, Vec<(String, String)>), Rejection> {
+        if query.is_none() {
+            return Ok((None, params));
+        }
+        if self.cloud == Cloud::Aws {
+            return reject(
+                RejectKind::UnknownParameter,
+                format!(
+                    "AWS instance metadata takes no query parameters (got `{}`)",
+                    shorten(&params[0].0, 32)
+                ),
+            );
+        }
+        let mut out_params = Vec::with_capacity(params.len());
+        let mut out = String::with_capacity(query.as_ref().map_or(0, String::len));
+        for (name, value) in params {
+            if !GCP_PARAMETERS.contains(&name.as_str()) {
+                return reject(
+                    RejectKind::UnknownParameter,
+                    format!(
+                        "query parameter `{}` is not one the GCP metadata server takes",
+                        shorten(&name, 32)
+                    ),
+                );
+            }
+            let bad = |want: &str| {
+                reject(
+                    RejectKind::BadParameterValue,
+                    format!(
+                        "query parameter `{name}` is `{}`, not {want}",
+                        shorten(&value, 32)
+                    ),
+                )
+            };
+            let lower = value.to_ascii_lowercase();
+            let value = match name.as_str() {
+                "recursive" | "wait_for_change" => match lower.as_str() {
+                    "true" | "false" => lower,
+                    _ => return bad("true or false"),
+                },
+                "alt" => match lower.as_str() {
+                    "json" | "text" => lower,
+                    _ => return bad("json or text"),
+                },
+                "format" => match lower.as_str() {
+                    "standard" | "full" => lower,
+                    _ => return bad("standard or full"),
+                },
+                "licenses" => match lower.as_str() {
+                    "true" | "false" => lower.to_ascii_uppercase(),
+                    _ => return bad("TRUE or FALSE"),
+                },
+                "timeout_sec" => {
+                    if value.is_empty()
+                        || value.len() > 6
+                        || !value.bytes().all(|b| b.is_ascii_digit())
+                    {
+                        return bad("a number of seconds");
+                    }
+                    value
+                }
+                "last_etag" => {
+                    if value.is_empty()
+                        || value.len() > 64
+                        || !value.bytes().all(|b| b.is_ascii_alphanumeric())
+                    {
+                        return bad("an ETag (letters and digits)");
+                    }
+                    value
+                }
+                _ => {
+                    if value.is_empty() {
+                        return bad("a value");
+                    }
+                    value
+                }
+            };
+            if !out.is_empty() {
+                out.push('&');
+            }
+            out.push_str(&name);
+            out.push('=');
+            encode_value(&value, &mut out);
+            out_params.push((name, value));
+        }
+        Ok((Some(out), out_params))
     }
 
     /// The origin-form part of `target`: itself, or the path and query of an accepted
@@ -553,14 +775,118 @@ impl Canonicalizer {
         }
         Ok(())
     }
+
+    /// AWS and GCP header tricks, after [`Self::check_headers`]: one of the cloud's
+    /// metadata headers ([`metadata_headers`]) given twice (which copy counts is the
+    /// reader's choice) or named by `Connection` (a hop-by-hop header a proxy on the
+    /// way drops), and any `X-Forwarded-For` named by `Connection`. Names compare
+    /// ignoring case, as HTTP does (`metadata-flavor` is `Metadata-Flavor`).
+    pub fn check_cloud_headers<K, V>(
+        &self,
+        headers: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<(), Rejection>
+    where
+        K: AsRef<str>,
+        V: AsRef<[u8]>,
+    {
+        let watched = metadata_headers(self.cloud);
+        let mut seen = [0usize; 2];
+        let mut connection: Vec<String> = Vec::new();
+        for (name, value) in headers {
+            let name = name.as_ref();
+            if let Some(i) = watched.iter().position(|w| name.eq_ignore_ascii_case(w)) {
+                seen[i] += 1;
+                if seen[i] > 1 {
+                    return reject(
+                        RejectKind::HeaderTrick,
+                        format!("header `{}` is given more than once", watched[i]),
+                    );
+                }
+            }
+            if name.eq_ignore_ascii_case("connection") {
+                connection.extend(
+                    String::from_utf8_lossy(value.as_ref())
+                        .split(',')
+                        .map(|s| s.trim().to_ascii_lowercase()),
+                );
+            }
+        }
+        if let Some(named) = connection
+            .iter()
+            .find(|c| watched.contains(&c.as_str()) || *c == "x-forwarded-for")
+        {
+            return reject(
+                RejectKind::HeaderTrick,
+                format!(
+                    "the Connection header names `{}` (a hop-by-hop trick)",
+                    shorten(named, 40)
+                ),
+            );
+        }
+        Ok(())
+    }
 }
 
-/// Lower-case, `:80` dropped.
+/// Lower-case, `:80` dropped, an IPv6 literal written in its one canonical form and an
+/// IPv4-mapped one (`[::ffff:169.254.169.254]`, `[::ffff:a9fe:a9fe]`) folded to its IPv4
+/// address ([`crate::target::canonical_ip`]'s rule), so that every spelling of an
+/// accepted host is that host and no spelling of another one is.
 fn normalize_host(authority: &str) -> String {
     let lower = authority.to_ascii_lowercase();
-    match lower.strip_suffix(":80") {
-        Some(h) => h.to_string(),
-        None => lower,
+    let host = lower.strip_suffix(":80").unwrap_or(&lower);
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'))
+        && let Ok(v6) = inner.parse::<std::net::Ipv6Addr>()
+    {
+        return match std::net::IpAddr::V6(v6).to_canonical() {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        };
+    }
+    host.to_string()
+}
+
+/// The query parameters the GCP metadata server takes (names as canonicalised:
+/// lower-case); any other is refused ([`RejectKind::UnknownParameter`]).
+pub const GCP_PARAMETERS: &[&str] = &[
+    "recursive",
+    "alt",
+    "wait_for_change",
+    "timeout_sec",
+    "last_etag",
+    "audience",
+    "format",
+    "licenses",
+    "scopes",
+];
+
+/// The hosts each cloud's clients name in absolute-form targets: Azure
+/// `169.254.169.254`; AWS that and `[fd00:ec2::254]`; GCP that,
+/// `metadata.google.internal`, `metadata` and `[fd20:ce::254]` (IPv4-mapped forms of
+/// the addresses are folded, so they are the same hosts).
+pub fn default_hosts(cloud: Cloud) -> Vec<String> {
+    let v4 = IMDS_ADDRESS.to_string();
+    match cloud {
+        Cloud::Azure => vec![v4],
+        Cloud::Aws => vec![v4, "[fd00:ec2::254]".into()],
+        Cloud::Gcp => vec![
+            v4,
+            "metadata.google.internal".into(),
+            "metadata".into(),
+            "[fd20:ce::254]".into(),
+        ],
+    }
+}
+
+/// The request headers each cloud's metadata service reads (lower-case): given twice or
+/// named by `Connection`, they are refused ([`Canonicalizer::check_cloud_headers`]).
+pub fn metadata_headers(cloud: Cloud) -> &'static [&'static str] {
+    match cloud {
+        Cloud::Azure => &["metadata"],
+        Cloud::Aws => &[
+            "x-aws-ec2-metadata-token",
+            "x-aws-ec2-metadata-token-ttl-seconds",
+        ],
+        Cloud::Gcp => &["metadata-flavor"],
     }
 }
 
@@ -660,6 +986,81 @@ fn decode_segment(raw: &str) -> Result<String, Rejection> {
                 out.push(b as char);
             }
         }
+    }
+    Ok(out)
+}
+
+/// An AWS or GCP path segment decoded, case kept: letters, digits and `-_.@+=,` (the
+/// characters of IAM role names and service-account e-mail addresses), raw or escaped
+/// (but `.` only raw); `.`/`..` (any all-dot segment), `%2e`, `%2f`, `%25`, `;` and the
+/// rest rejected as for Azure.
+fn decode_cloud_segment(raw: &str) -> Result<String, Rejection> {
+    if raw.is_empty() {
+        return reject(RejectKind::EmptySegment, "an empty path segment (//)");
+    }
+    if raw.bytes().all(|b| b == b'.') {
+        return reject(
+            RejectKind::DotSegment,
+            format!("a `{}` path segment", shorten(raw, 8)),
+        );
+    }
+    let allowed = |b: u8| is_segment_byte(b) || matches!(b, b'@' | b'+' | b'=' | b',');
+    let mut out = String::with_capacity(raw.len());
+    for piece in pieces(raw, false) {
+        match piece {
+            Piece::BadEscape(_) => {
+                return reject(
+                    RejectKind::BadEscape,
+                    format!("an invalid escape in path segment `{}`", shorten(raw, 32)),
+                );
+            }
+            Piece::Escaped(d, at) => {
+                let kind = match d {
+                    b'/' => RejectKind::EncodedSlash,
+                    b'\\' => RejectKind::Backslash,
+                    b'.' => RejectKind::EncodedDot,
+                    b'%' => RejectKind::DoubleEncoding,
+                    0x00..=0x1f | 0x7f => RejectKind::ControlChar,
+                    0x80.. => RejectKind::NonAscii,
+                    b';' => RejectKind::Semicolon,
+                    b'#' => RejectKind::Fragment,
+                    d if allowed(d) => {
+                        out.push(d as char);
+                        continue;
+                    }
+                    _ => RejectKind::DisallowedEscape,
+                };
+                return reject(
+                    kind,
+                    format!(
+                        "escape {} ({kind}) in path segment `{}`",
+                        &raw[at..at + 3],
+                        shorten(raw, 32)
+                    ),
+                );
+            }
+            Piece::Raw(b) => {
+                if !(allowed(b) || b == b'.') {
+                    let kind = match b {
+                        b';' => RejectKind::Semicolon,
+                        b'#' => RejectKind::Fragment,
+                        _ => RejectKind::DisallowedChar,
+                    };
+                    return reject(
+                        kind,
+                        format!(
+                            "character `{}` in path segment `{}`",
+                            b as char,
+                            shorten(raw, 32)
+                        ),
+                    );
+                }
+                out.push(b as char);
+            }
+        }
+    }
+    if out.bytes().all(|b| b == b'.') {
+        return reject(RejectKind::DotSegment, "a segment of dots");
     }
     Ok(out)
 }
@@ -1113,6 +1514,154 @@ pub(crate) mod tests {
                 .unwrap_err()
                 .kind,
             RejectKind::BadTargetForm
+        );
+    }
+
+    fn cloud(c: Cloud, t: &str) -> Result<CanonicalTarget, Rejection> {
+        Canonicalizer::for_cloud(c, Limits::default(), default_hosts(c)).canonicalize(t)
+    }
+
+    /// AWS and GCP: the same rejections as Azure, case kept, their own names and query.
+    #[test]
+    fn cloud_bypass_table() {
+        use Cloud::{Aws, Gcp};
+        use RejectKind as K;
+        let creds = "/latest/meta-data/iam/security-credentials/my.role";
+        let token =
+            "/computeMetadata/v1/instance/service-accounts/sa@p.iam.gserviceaccount.com/token";
+        // (cloud, attempt, canonical target or rejection)
+        let table: Vec<(Cloud, String, Result<&str, K>)> = vec![
+            (Aws, creds.into(), Ok(creds)),
+            (Aws, "/latest/meta-data/iam/security-credentials/My.Role".into(), Ok("/latest/meta-data/iam/security-credentials/My.Role")),
+            (Aws, "/latest/Meta-Data/".into(), Ok("/latest/Meta-Data/")),
+            (Aws, "/latest/meta%2ddata/iam".into(), Ok("/latest/meta-data/iam")),
+            (Aws, "/latest/meta-data/iam/security-credentials/a%2bb%40c".into(), Ok("/latest/meta-data/iam/security-credentials/a+b@c")),
+            (Aws, "/latest//meta-data/iam".into(), Err(K::EmptySegment)),
+            (Aws, "/latest/meta-data/./iam".into(), Err(K::DotSegment)),
+            (Aws, "/latest/meta-data/placement/../iam/security-credentials/r".into(), Err(K::DotSegment)),
+            (Aws, "/latest/meta-data/.../iam".into(), Err(K::DotSegment)),
+            (Aws, "/latest/meta-data/%2e%2e/iam".into(), Err(K::EncodedDot)),
+            (Aws, "/latest/meta-data/my%2erole".into(), Err(K::EncodedDot)),
+            (Aws, "/latest/meta-data%2fiam".into(), Err(K::EncodedSlash)),
+            (Aws, "/latest/meta-data%252fiam".into(), Err(K::DoubleEncoding)),
+            (Aws, "/latest/meta-data\\iam".into(), Err(K::Backslash)),
+            (Aws, "/latest/meta-data;/iam".into(), Err(K::Semicolon)),
+            (Aws, "/latest/meta-data/iam%00".into(), Err(K::ControlChar)),
+            (Aws, "/latest/meta-data/i%c3%a9".into(), Err(K::NonAscii)),
+            (Aws, "/latest/meta-data/iam?x=1".into(), Err(K::UnknownParameter)),
+            (Aws, "/latest/meta-data/iam?".into(), Ok("/latest/meta-data/iam")),
+            (Aws, format!("http://169.254.169.254{creds}"), Ok(creds)),
+            (Aws, format!("http://[fd00:ec2::254]{creds}"), Ok(creds)),
+            (Aws, format!("http://[FD00:EC2:0::254]:80{creds}"), Ok(creds)),
+            (Aws, format!("http://[::ffff:169.254.169.254]{creds}"), Ok(creds)),
+            (Aws, format!("http://[::ffff:a9fe:a9fe]:80{creds}"), Ok(creds)),
+            (Aws, format!("http://[::169.254.169.254]{creds}"), Err(K::OtherHost)),
+            (Aws, format!("http://metadata.google.internal{creds}"), Err(K::OtherHost)),
+            (Aws, format!("http://evil.example{creds}"), Err(K::OtherHost)),
+            (Aws, format!("http://169.254.169.254@evil{creds}"), Err(K::BadTargetForm)),
+            (Gcp, token.into(), Ok(token)),
+            (Gcp, "/computeMetadata/v1/instance/service-accounts/sa%40p.iam.gserviceaccount.com/token".into(), Ok(token)),
+            (Gcp, "/computeMetadata/v1/instance/?recursive=TRUE&alt=Json".into(), Ok("/computeMetadata/v1/instance/?recursive=true&alt=json")),
+            (Gcp, "/computeMetadata/v1/instance/?Recursive=true".into(), Ok("/computeMetadata/v1/instance/?recursive=true")),
+            (Gcp, "/computeMetadata/v1/instance?recursive=true&recursive=false".into(), Err(K::RepeatedParameter)),
+            (Gcp, "/computeMetadata/v1/instance?recursive=true&RECURSIVE=false".into(), Err(K::RepeatedParameter)),
+            (Gcp, "/computeMetadata/v1/instance?recursive=yes".into(), Err(K::BadParameterValue)),
+            (Gcp, "/computeMetadata/v1/instance?recursive".into(), Err(K::BadParameterValue)),
+            (Gcp, "/computeMetadata/v1/instance?foo=1".into(), Err(K::UnknownParameter)),
+            (Gcp, "/computeMetadata/v1/instance?alt=xml".into(), Err(K::BadParameterValue)),
+            (Gcp, "/computeMetadata/v1/instance?timeout_sec=1e3".into(), Err(K::BadParameterValue)),
+            (Gcp, "/computeMetadata/v1/instance?recursive=true;alt=text".into(), Err(K::Semicolon)),
+            (Gcp, "/computeMetadata/v1/instance/id?wait_for_change=true&timeout_sec=30&last_etag=ab12".into(), Ok("/computeMetadata/v1/instance/id?wait_for_change=true&timeout_sec=30&last_etag=ab12")),
+            (Gcp, "/computeMetadata/v1/instance/service-accounts/default/identity?audience=https://a.example/x&format=FULL&licenses=true".into(), Ok("/computeMetadata/v1/instance/service-accounts/default/identity?audience=https%3A%2F%2Fa.example%2Fx&format=full&licenses=TRUE")),
+            (Gcp, "/computeMetadata/v1/instance/service-accounts/default/identity?audience=https%253A".into(), Err(K::BadParameterValue)),
+            (Gcp, "/computeMetadata/V1/Instance/Zone".into(), Ok("/computeMetadata/V1/Instance/Zone")),
+            (Gcp, "/computeMetadata/v1/instance/attributes/kube%2denv".into(), Ok("/computeMetadata/v1/instance/attributes/kube-env")),
+            (Gcp, "http://metadata.google.internal/computeMetadata/v1/instance/zone".into(), Ok("/computeMetadata/v1/instance/zone")),
+            (Gcp, "http://METADATA/computeMetadata/v1/instance/zone".into(), Ok("/computeMetadata/v1/instance/zone")),
+            (Gcp, "http://[fd20:ce::254]/computeMetadata/v1/instance/zone".into(), Ok("/computeMetadata/v1/instance/zone")),
+            (Gcp, "http://[::ffff:a9fe:a9fe]/computeMetadata/v1/instance/zone".into(), Ok("/computeMetadata/v1/instance/zone")),
+            (Gcp, "http://metadata.google.internal./computeMetadata/v1/instance/zone".into(), Err(K::OtherHost)),
+            (Gcp, "http://metadata.google.internal.evil/computeMetadata/v1/instance/zone".into(), Err(K::OtherHost)),
+            (Gcp, "http://[fd00:ec2::254]/computeMetadata/v1/instance/zone".into(), Err(K::OtherHost)),
+            (Gcp, "/".into(), Ok("/")),
+        ];
+        for (c, attempt, want) in table {
+            match (cloud(c, &attempt), want) {
+                (Ok(got), Ok(clean)) => {
+                    assert_eq!(got.target(), clean, "{attempt}");
+                    // The canonical form is a fixed point.
+                    assert_eq!(cloud(c, &got.target()).as_ref(), Ok(&got), "{attempt}");
+                    assert_eq!(got.endpoint, ImdsApi::Unknown);
+                }
+                (Err(e), Err(kind)) => {
+                    assert_eq!(e.kind, kind, "{attempt}: {e}");
+                    assert!(!e.detail.is_empty());
+                }
+                (got, want) => panic!("{attempt}: got {got:?}, want {want:?}"),
+            }
+        }
+        let c = cloud(Aws, "/latest/Meta-Data/").unwrap();
+        assert_eq!(
+            (c.segments.as_slice(), c.directory),
+            (&["latest".to_string(), "Meta-Data".to_string()][..], true)
+        );
+        // Azure is unchanged: no segments, lower-cased endpoint names.
+        let c = canon("/Metadata/Versions").unwrap();
+        assert!(c.segments.is_empty() && !c.directory);
+        // The mapped form of an accepted host is that host for Azure too.
+        assert!(canon("http://[::ffff:169.254.169.254]/metadata/versions").is_ok());
+    }
+
+    #[test]
+    fn cloud_header_tricks() {
+        let aws =
+            Canonicalizer::for_cloud(Cloud::Aws, Limits::default(), default_hosts(Cloud::Aws));
+        let gcp =
+            Canonicalizer::for_cloud(Cloud::Gcp, Limits::default(), default_hosts(Cloud::Gcp));
+        assert_eq!(
+            aws.check_cloud_headers([
+                ("X-aws-ec2-metadata-token", "t"),
+                ("x-aws-ec2-metadata-token-ttl-seconds", "60")
+            ]),
+            Ok(())
+        );
+        assert_eq!(
+            gcp.check_cloud_headers([("metadata-flavor", "Google"), ("Connection", "keep-alive")]),
+            Ok(())
+        );
+        let kind =
+            |c: &Canonicalizer, h: Vec<(&str, &str)>| c.check_cloud_headers(h).unwrap_err().kind;
+        assert_eq!(
+            kind(
+                &aws,
+                vec![
+                    ("X-aws-ec2-metadata-token", "a"),
+                    ("x-AWS-ec2-metadata-token", "b")
+                ]
+            ),
+            RejectKind::HeaderTrick
+        );
+        assert_eq!(
+            kind(
+                &aws,
+                vec![("Connection", "close, X-aws-ec2-metadata-token")]
+            ),
+            RejectKind::HeaderTrick
+        );
+        assert_eq!(
+            kind(&aws, vec![("Connection", "x-forwarded-for")]),
+            RejectKind::HeaderTrick
+        );
+        assert_eq!(
+            kind(
+                &gcp,
+                vec![("Metadata-Flavor", "Google"), ("metadata-flavor", "Google")]
+            ),
+            RejectKind::HeaderTrick
+        );
+        assert_eq!(
+            kind(&gcp, vec![("Connection", "Metadata-Flavor")]),
+            RejectKind::HeaderTrick
         );
     }
 
