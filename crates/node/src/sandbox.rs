@@ -29,17 +29,30 @@
 //! - `rp_filter` is off on the node, so that nothing but imdsguard's rules stops a spoofed
 //!   source.
 //!
+//! - **IPv6** (AWS and GCP labs, [`Sandbox::build_for`] with an IPv6 cloud address or
+//!   pods with [`PodSpec::addr6`]): the node and the cloud namespace also talk over
+//!   `fd00:10:224::/64` (node `::4`, cloud `::1`, the node's IPv6 default route), the
+//!   cloud namespace holds the cloud's IPv6 metadata addresses (`fd00:ec2::254`,
+//!   `fd00:ec2::23`, `fd20:ce::254`) and routes the pods' `fd00:10:244::/48` back to
+//!   the node. A routed pod gets its `/128` and a default route via `fe80::1`, which the
+//!   node side of its veth holds (Calico's way: no proxy NDP needed); a bridged pod its
+//!   `/64` of the bridge's `fd00:10:244:1::/64`, the bridge `::1`. Duplicate address
+//!   detection is skipped (`nodad`), so the addresses work at once. The spoofer borrows
+//!   both of its victim's addresses, and its answers come back by interface in both
+//!   families.
+//!
 //! Nothing is linked to any other namespace; dropping the [`Sandbox`] removes the pod
 //! and cloud namespaces (and with them every veth), and the node's own namespace
 //! disappears when the process that owns it exits.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use imdsguard_core::target::Cloud;
 use serde::Serialize;
 
 use crate::NodeError;
@@ -64,6 +77,48 @@ pub const CLOUD_ADDRESSES: [Ipv4Addr; 2] = [
     imdsguard_core::imds::WIRESERVER_ADDRESS,
 ];
 
+/// The node's IPv6 address on its link to the cloud namespace (IPv6 sandboxes).
+pub const NODE_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x224, 0, 0, 0, 0, 4);
+/// The cloud namespace's IPv6 address (the node's IPv6 default gateway).
+pub const CLOUD_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x224, 0, 0, 0, 0, 1);
+/// The gateway routed pods use over IPv6: a link-local address the node side of each
+/// routed veth holds.
+pub const POD_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+/// The bridge's IPv6 address (bridged pods' IPv6 gateway), in a /64.
+pub const BRIDGE_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 1);
+/// The pods' IPv6 prefix (a /48), routed by the cloud namespace to the node.
+pub const POD_PREFIX6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 0, 0, 0, 0, 0);
+/// Amazon's DNS resolver on its link-local address (the VPC's `.2` answers too):
+/// `169.254.169.253:53`, what the AWS sandbox's cloud namespace answers DNS on.
+pub const AWS_DNS: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 253);
+
+/// The addresses the cloud namespace holds for `cloud`: every address of its metadata
+/// endpoints ([`Cloud::targets`], both families) and its DNS resolver's ([`cloud_dns`]).
+pub fn cloud_addresses(cloud: Cloud) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = cloud.targets().iter().map(|t| t.ip).collect();
+    out.push(cloud_dns(cloud).ip());
+    let mut seen = Vec::new();
+    out.retain(|a| {
+        let new = !seen.contains(a);
+        seen.push(*a);
+        new
+    });
+    out
+}
+
+/// Where `cloud`'s DNS resolver answers, as the node's pods reach it: Azure DNS
+/// 168.63.129.16:53, Amazon DNS 169.254.169.253:53, GCP's metadata server
+/// 169.254.169.254:53 (the metadata address itself: port 53 must stay open while port
+/// 80 is guarded).
+pub fn cloud_dns(cloud: Cloud) -> SocketAddr {
+    let ip = match cloud {
+        Cloud::Azure => imdsguard_core::imds::WIRESERVER_ADDRESS,
+        Cloud::Aws => AWS_DNS,
+        _ => imdsguard_core::imds::IMDS_ADDRESS,
+    };
+    SocketAddr::new(IpAddr::V4(ip), 53)
+}
+
 /// How a pod is attached to the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -83,6 +138,8 @@ pub struct PodSpec {
     pub attach: Attach,
     /// Its address.
     pub addr: Ipv4Addr,
+    /// Its IPv6 address, for a dual-stack pod.
+    pub addr6: Option<Ipv6Addr>,
     /// Route answers to its connections back through its own interface, even when its
     /// address belongs to another pod (see the module documentation).
     pub replies_by_interface: bool,
@@ -95,6 +152,7 @@ impl PodSpec {
             name: name.into(),
             attach: Attach::Routed,
             addr,
+            addr6: None,
             replies_by_interface: false,
         }
     }
@@ -105,6 +163,21 @@ impl PodSpec {
             attach: Attach::Bridged,
             ..PodSpec::routed(name, addr)
         }
+    }
+
+    /// The same pod, dual-stack with `addr6`.
+    pub fn with_ipv6(self, addr6: Ipv6Addr) -> PodSpec {
+        PodSpec {
+            addr6: Some(addr6),
+            ..self
+        }
+    }
+
+    /// Its addresses: the IPv4 one, then the IPv6 one when it has one.
+    pub fn addrs(&self) -> Vec<IpAddr> {
+        std::iter::once(IpAddr::V4(self.addr))
+            .chain(self.addr6.map(IpAddr::V6))
+            .collect()
     }
 
     /// The node-side interface: `azv<name>` or `veth<name>`.
@@ -137,6 +210,23 @@ pub fn lab_pods() -> Vec<PodSpec> {
         },
         PodSpec::bridged("batch", Ipv4Addr::new(10, 244, 1, 10)),
     ]
+}
+
+/// [`lab_pods`], dual-stack: each pod also has an IPv6 address, `fd00:10:244::N` for
+/// `10.244.0.N` and `fd00:10:244:1::N` for `10.244.1.N` (the spoofer borrows
+/// `allowed`'s in both families). The AWS and GCP labs use them.
+pub fn dual_stack_lab_pods() -> Vec<PodSpec> {
+    lab_pods()
+        .into_iter()
+        .map(|p| {
+            // The IPv4 address's last two numbers, written alike: 10.244.1.10 is
+            // fd00:10:244:1::10.
+            let [_, _, subnet, host] = p.addr.octets();
+            let hex = |n: u8| u16::from_str_radix(&n.to_string(), 16).unwrap_or(0);
+            let v6 = Ipv6Addr::new(0xfd00, 0x10, 0x244, hex(subnet), 0, 0, 0, hex(host));
+            p.with_ipv6(v6)
+        })
+        .collect()
 }
 
 /// A pod of the sandbox.
@@ -182,9 +272,23 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Builds the node in this (checked) namespace: the cloud namespace with the
-    /// metadata addresses, routing, node-local DNS's address, then each pod.
-    pub fn build(_isolated: &Isolated, pods: &[PodSpec]) -> Result<Sandbox, NodeError> {
+    /// Builds the node in this (checked) namespace: the cloud namespace with Azure's
+    /// addresses ([`CLOUD_ADDRESSES`]), routing, node-local DNS's address, then each pod.
+    pub fn build(isolated: &Isolated, pods: &[PodSpec]) -> Result<Sandbox, NodeError> {
+        let azure: Vec<IpAddr> = CLOUD_ADDRESSES.iter().map(|a| IpAddr::V4(*a)).collect();
+        Sandbox::build_for(isolated, pods, &azure)
+    }
+
+    /// Builds the node with a cloud namespace holding `cloud_addresses` (e.g.
+    /// [`cloud_addresses`]`(Cloud::Aws)`). IPv6 is set up (see the module
+    /// documentation) when one of them or a pod's address is IPv6.
+    pub fn build_for(
+        _isolated: &Isolated,
+        pods: &[PodSpec],
+        cloud_addresses: &[IpAddr],
+    ) -> Result<Sandbox, NodeError> {
+        let ipv6 =
+            cloud_addresses.iter().any(IpAddr::is_ipv6) || pods.iter().any(|p| p.addr6.is_some());
         for p in pods {
             if p.name.is_empty()
                 || p.name.len() > 11
@@ -206,8 +310,21 @@ impl Sandbox {
         ] {
             sysctl(key, value)?;
         }
+        if ipv6 {
+            for (key, value) in [
+                ("net/ipv6/conf/all/forwarding", "1"),
+                ("net/ipv6/conf/default/forwarding", "1"),
+                ("net/ipv6/conf/all/accept_dad", "0"),
+                ("net/ipv6/conf/default/accept_dad", "0"),
+            ] {
+                sysctl(key, value)?;
+            }
+        }
 
         let cloud = NetNamespace::create("cloud")?;
+        if ipv6 {
+            no_dad(&cloud)?;
+        }
         ip(&format!(
             "link add eth0 type veth peer name host0 netns {}",
             cloud.pid()
@@ -220,22 +337,38 @@ impl Sandbox {
         let cip = |args: String| c.run("ip", args.split_whitespace(), None).map(drop);
         cip(format!("addr add {CLOUD_GATEWAY}/16 dev host0"))?;
         cip("link set host0 up".into())?;
-        for a in CLOUD_ADDRESSES {
-            cip(format!("addr add {a}/32 dev lo"))?;
+        for a in cloud_addresses {
+            match a {
+                IpAddr::V4(a) => cip(format!("addr add {a}/32 dev lo"))?,
+                IpAddr::V6(a) => cip(format!("-6 addr add {a}/128 dev lo"))?,
+            }
         }
         cip(format!("route add 10.244.0.0/16 via {NODE_ADDR}"))?;
+        if ipv6 {
+            ip(&format!("-6 addr add {NODE_ADDR6}/64 dev eth0 nodad"))?;
+            ip(&format!("-6 route add default via {CLOUD_GATEWAY6}"))?;
+            cip(format!("-6 addr add {CLOUD_GATEWAY6}/64 dev host0 nodad"))?;
+            cip(format!("-6 route add {POD_PREFIX6}/48 via {NODE_ADDR6}"))?;
+        }
 
         if pods.iter().any(|p| p.attach == Attach::Bridged) {
             ip(&format!("link add {BRIDGE} type bridge"))?;
             ip(&format!("addr add {BRIDGE_ADDR}/24 dev {BRIDGE}"))?;
+            if ipv6 {
+                ip(&format!("-6 addr add {BRIDGE_ADDR6}/64 dev {BRIDGE} nodad"))?;
+            }
             ip(&format!("link set {BRIDGE} up"))?;
         }
+        let mut routed_addrs6: Vec<Ipv6Addr> = Vec::new();
 
         let mut built = Vec::new();
         let mut routed_addrs: Vec<Ipv4Addr> = Vec::new();
         let mut marks = Vec::new();
         for (i, spec) in pods.iter().enumerate() {
             let ns = NetNamespace::create(&spec.name)?;
+            if ipv6 {
+                no_dad(&ns)?;
+            }
             let hi = spec.host_iface();
             ip(&format!(
                 "link add {hi} type veth peer name eth0 netns {}",
@@ -258,12 +391,25 @@ impl Sandbox {
                     pip("link set eth0 up".into())?;
                     pip(format!("route add {POD_GATEWAY} dev eth0 scope link"))?;
                     pip(format!("route add default via {POD_GATEWAY} dev eth0"))?;
+                    if let Some(a6) = spec.addr6 {
+                        ip(&format!("-6 addr add {POD_GATEWAY6}/64 dev {hi} nodad"))?;
+                        if !routed_addrs6.contains(&a6) {
+                            ip(&format!("-6 route add {a6}/128 dev {hi}"))?;
+                            routed_addrs6.push(a6);
+                        }
+                        pip(format!("-6 addr add {a6}/128 dev eth0 nodad"))?;
+                        pip(format!("-6 route add default via {POD_GATEWAY6} dev eth0"))?;
+                    }
                 }
                 Attach::Bridged => {
                     ip(&format!("link set {hi} master {BRIDGE} up"))?;
                     pip(format!("addr add {}/24 dev eth0", spec.addr))?;
                     pip("link set eth0 up".into())?;
                     pip(format!("route add default via {BRIDGE_ADDR}"))?;
+                    if let Some(a6) = spec.addr6 {
+                        pip(format!("-6 addr add {a6}/64 dev eth0 nodad"))?;
+                        pip(format!("-6 route add default via {BRIDGE_ADDR6}"))?;
+                    }
                 }
             }
             if spec.replies_by_interface {
@@ -272,6 +418,12 @@ impl Sandbox {
                     "rule add fwmark {mark:#x} lookup {mark} priority {mark}"
                 ))?;
                 ip(&format!("route add {}/32 dev {hi} table {mark}", spec.addr))?;
+                if let Some(a6) = spec.addr6 {
+                    ip(&format!(
+                        "-6 rule add fwmark {mark:#x} lookup {mark} priority {mark}"
+                    ))?;
+                    ip(&format!("-6 route add {a6}/128 dev {hi} table {mark}"))?;
+                }
                 marks.push((hi.clone(), mark));
             }
             built.push(Pod {
@@ -312,6 +464,16 @@ impl Sandbox {
     pub fn pod(&self, name: &str) -> Option<&Pod> {
         self.pods.iter().find(|p| p.spec.name == name)
     }
+}
+
+/// No duplicate address detection in `ns` (for the interfaces it gets from now on): a
+/// tentative link-local address would leave a namespace whose traffic comes from an
+/// address on `lo` (the cloud's metadata addresses) soliciting neighbours from `::`.
+fn no_dad(ns: &NetNamespace) -> Result<(), NodeError> {
+    ns.run(|| {
+        sysctl("net/ipv6/conf/all/accept_dad", "0")?;
+        sysctl("net/ipv6/conf/default/accept_dad", "0")
+    })?
 }
 
 fn sysctl(key: &str, value: &str) -> Result<(), NodeError> {

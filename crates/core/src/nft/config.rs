@@ -128,8 +128,10 @@ pub struct RulesetConfig {
     /// The protected endpoints (address, port, protocol).
     pub protected: Vec<Target>,
     /// Proxy mode: the protected endpoints the proxy serves, redirected to it (by
-    /// default the IMDS ones, `169.254.169.254:80` and `[fd00:ec2::254]:80`: the filtering
-    /// proxy speaks IMDS). The other protected endpoints (WireServer) are dropped.
+    /// default each cloud's metadata service: `169.254.169.254:80`, and for aws
+    /// `[fd00:ec2::254]:80`, for gcp `[fd20:ce::254]:80`: the filtering proxy speaks
+    /// IMDS). The other protected endpoints (WireServer, the EKS Pod Identity agent, ECS
+    /// task metadata) are dropped.
     pub proxied: Vec<Target>,
     /// Proxy mode: where IPv4 traffic is redirected.
     pub proxy_v4: Option<SocketAddrV4>,
@@ -162,9 +164,12 @@ impl RulesetConfig {
         let mut protected: Vec<Target> = clouds.iter().flat_map(|c| c.targets()).collect();
         protected.sort();
         protected.dedup();
+        // Each cloud's metadata service proper, both families: what the filtering proxy
+        // speaks. The others (WireServer, the Pod Identity agent, ECS task metadata)
+        // are dropped in proxy mode.
         let proxied = protected
             .iter()
-            .filter(|t| t.port == 80 && t.protocol == Protocol::Tcp && is_imds_address(t.ip))
+            .filter(|t| t.protocol == Protocol::Tcp && is_proxied_service(clouds, t))
             .copied()
             .collect();
         RulesetConfig {
@@ -234,10 +239,13 @@ impl RulesetConfig {
 /// What follows the mode in a dry run's mode marker ([`RulesetConfig::mode_marker`]).
 pub(crate) const DRY_RUN_MARKER: &str = " dry-run";
 
-/// Whether `ip` is an instance metadata address (169.254.169.254, fd00:ec2::254).
-pub(crate) fn is_imds_address(ip: IpAddr) -> bool {
-    ip == IpAddr::V4(crate::imds::IMDS_ADDRESS)
-        || ip == IpAddr::V6(crate::imds::AWS_IMDS_IPV6_ADDRESS)
+/// Whether `target` is the instance metadata service proper of one of `clouds`
+/// ([`Cloud::metadata_service`]: 169.254.169.254:80 for each, `[fd00:ec2::254]:80` for
+/// aws, `[fd20:ce::254]:80` for gcp).
+fn is_proxied_service(clouds: &[Cloud], target: &Target) -> bool {
+    clouds
+        .iter()
+        .any(|c| c.service(target) == Some(c.metadata_service()))
 }
 
 pub(crate) fn valid_name_chars(s: &str) -> bool {

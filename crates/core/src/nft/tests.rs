@@ -1243,3 +1243,35 @@ fn a_switch_between_a_dry_run_and_enforcing_is_a_mode_difference() {
     let d = listed.differences(&expected(&dry_run(Mode::Block)));
     assert!(kinds(&d).contains(&DifferenceKind::Mode), "{d:?}");
 }
+
+#[test]
+fn proxy_mode_redirects_each_clouds_metadata_service_in_both_families() {
+    let proxied = |clouds: &[Cloud]| -> Vec<String> {
+        RulesetConfig::new(Mode::Proxy, clouds)
+            .proxied
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    assert_eq!(proxied(&[Cloud::Azure]), ["169.254.169.254:80/TCP"]);
+    // AWS: IMDS in both families; the Pod Identity agent and ECS task metadata are
+    // protected (dropped in proxy mode), never sent to the proxy, which speaks IMDS.
+    assert_eq!(
+        proxied(&[Cloud::Aws]),
+        ["169.254.169.254:80/TCP", "[fd00:ec2::254]:80/TCP"]
+    );
+    let aws = RulesetConfig::new(Mode::Proxy, &[Cloud::Aws]);
+    for t in ["169.254.170.23:80", "[fd00:ec2::23]:80", "169.254.170.2:80"] {
+        let t: crate::target::Target = t.parse().unwrap();
+        assert!(
+            aws.protected.contains(&t) && !aws.proxied.contains(&t),
+            "{t}"
+        );
+    }
+    assert_eq!(
+        proxied(&[Cloud::Gcp]),
+        ["169.254.169.254:80/TCP", "[fd20:ce::254]:80/TCP"]
+    );
+    // All three: each address once.
+    assert_eq!(proxied(&Cloud::ALL).len(), 3);
+}
