@@ -65,12 +65,22 @@ pub trait Gate: Send + Sync + 'static {
     type Guard: Send + 'static;
     /// `None` closes the connection at once, before anything is read.
     fn admit(&self, peer: SocketAddr) -> Option<Self::Guard>;
+    /// [`Gate::admit`] with the accepted socket, for a gate that keeps a handle on it
+    /// (the AWS emulator sets a connection's IP TTL per answer); the default calls
+    /// `admit`.
+    fn admit_stream(&self, stream: &TcpStream, peer: SocketAddr) -> Option<Self::Guard> {
+        let _ = stream;
+        self.admit(peer)
+    }
 }
 
 impl<G: Gate> Gate for Arc<G> {
     type Guard = G::Guard;
     fn admit(&self, peer: SocketAddr) -> Option<G::Guard> {
         (**self).admit(peer)
+    }
+    fn admit_stream(&self, stream: &TcpStream, peer: SocketAddr) -> Option<G::Guard> {
+        (**self).admit_stream(stream, peer)
     }
 }
 
@@ -149,7 +159,7 @@ pub async fn serve<H: Handler, G: Gate>(
                 Ok((stream, peer, permit)) => {
                     // A refused connection is closed now, before anything is read;
                     // nobody else waits for it.
-                    let Some(guard) = gate.admit(peer) else {
+                    let Some(guard) = gate.admit_stream(&stream, peer) else {
                         drop(stream);
                         continue;
                     };
