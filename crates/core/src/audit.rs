@@ -1716,7 +1716,9 @@ fn node_local_dns_cut(p: &NetworkPolicy) -> Option<(ipnet::IpNet, &'static str)>
                 for e in except {
                     for dns in NODE_LOCAL_DNS {
                         let ip: IpAddr = dns.parse().expect("constant address");
-                        if e.contains(&ip) {
+                        // An except in IPv4-mapped form cuts it where the engine reads
+                        // it as IPv4 (Go's net package): worth the warning.
+                        if crate::netpol::fold_mapped_net(*e).contains(&ip) {
                             return Some((*e, dns));
                         }
                     }
@@ -2244,6 +2246,127 @@ mod tests {
                 signals: ClusterSignals::default(),
             },
         )
+    }
+
+    /// What a pod of namespace `a` reaches among AWS's targets, per engine.
+    fn aws_reach(text: &str, engine: Engine) -> Vec<(String, bool)> {
+        let l = parse("t.yaml", text);
+        assert!(l.errors.is_empty(), "{:?}", l.errors);
+        let c = Cluster::build(l.objects);
+        let r = audit(
+            &c,
+            &AuditOptions {
+                targets: Cloud::Aws.targets(),
+                engine: Some(EngineSettings::new(engine)),
+                list_limit: Some(DEFAULT_LIST_LIMIT),
+                expected: None,
+                signals: ClusterSignals::default(),
+            },
+        );
+        let w = r.workloads.iter().find(|w| w.name == "p").unwrap();
+        w.verdicts
+            .iter()
+            .map(|v| (v.target.to_string(), v.reachable))
+            .collect()
+    }
+
+    fn reach_of(reach: &[(String, bool)], target: &str) -> bool {
+        reach.iter().find(|(t, _)| t == target).unwrap().1
+    }
+
+    const V4: &str = "169.254.169.254:80/TCP";
+    const V6: &str = "[fd00:ec2::254]:80/TCP";
+    const POD_IDENTITY: &str = "169.254.170.23:80/TCP";
+    const POD_IDENTITY_V6: &str = "[fd00:ec2::23]:80/TCP";
+
+    /// IPv6 targets are decided exactly, and an except written in IPv4-mapped form
+    /// blocks IPv4 IMDS only where the engine reads it as IPv4 (Go's net.ParseCIDR:
+    /// kube-network-policies' evaluateIPBlocks, libcalico-go); under Cilium (netip) and
+    /// an unknown engine it blocks nothing, so the audit never reports it blocking.
+    #[test]
+    fn ipv6_and_mapped_ip_blocks_per_engine() {
+        let text = format!(
+            "{POD}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: deny, namespace: a}}\nspec:\n  podSelector: {{}}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - ipBlock: {{cidr: 0.0.0.0/0, except: ['::ffff:169.254.169.254/128']}}\n    - ipBlock: {{cidr: '::/0', except: ['fd00:ec2::254/128']}}\n"
+        );
+        for (engine, v4_blocked) in [
+            (Engine::Generic, false),
+            (Engine::AzureNpm, false),
+            (Engine::OvnKubernetes, false),
+            (Engine::Cilium, false),
+            (Engine::Calico, true),
+            (Engine::KubeNetworkPolicies, true),
+        ] {
+            let reach = aws_reach(&text, engine);
+            assert_eq!(reach_of(&reach, V4), !v4_blocked, "{engine}");
+            // `::/0` except fd00:ec2::254/128: exactly that IPv6 address is cut.
+            assert!(!reach_of(&reach, V6), "{engine}");
+            assert!(reach_of(&reach, POD_IDENTITY_V6), "{engine}");
+            assert!(reach_of(&reach, POD_IDENTITY), "{engine}");
+        }
+        // An IPv4-only allow never admits an IPv6 target, nor an IPv6 one an IPv4 target.
+        let v4_only = format!(
+            "{POD}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: v4, namespace: a}}\nspec:\n  podSelector: {{}}\n  policyTypes: [Egress]\n  egress: [{{to: [{{ipBlock: {{cidr: 0.0.0.0/0, except: [169.254.169.254/32]}}}}]}}]\n"
+        );
+        let reach = aws_reach(&v4_only, Engine::Generic);
+        assert!(!reach_of(&reach, V4));
+        assert!(!reach_of(&reach, V6));
+        assert!(!reach_of(&reach, POD_IDENTITY_V6));
+        assert!(reach_of(&reach, POD_IDENTITY));
+        let v6_only = v4_only
+            .replace("0.0.0.0/0", "'::/0'")
+            .replace("169.254.169.254/32", "'fd00:ec2::254/128'");
+        let reach = aws_reach(&v6_only, Engine::Generic);
+        assert!(!reach_of(&reach, V4));
+        assert!(!reach_of(&reach, POD_IDENTITY));
+        assert!(!reach_of(&reach, V6));
+        assert!(reach_of(&reach, POD_IDENTITY_V6));
+        // A mapped allow grants IPv4 where it may: an unknown engine counts it.
+        let mapped_allow = format!(
+            "{POD}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: m, namespace: a}}\nspec:\n  podSelector: {{}}\n  policyTypes: [Egress]\n  egress: [{{to: [{{ipBlock: {{cidr: '::ffff:0:0/96'}}}}]}}]\n"
+        );
+        for (engine, v4) in [
+            (Engine::Generic, true),
+            (Engine::Calico, true),
+            (Engine::Cilium, false),
+        ] {
+            let reach = aws_reach(&mapped_allow, engine);
+            assert_eq!(reach_of(&reach, V4), v4, "{engine}");
+            assert!(!reach_of(&reach, V6), "{engine}");
+        }
+    }
+
+    /// Calico's nets, Cilium's CIDRs and the cluster-scoped policies' networks in IPv4-mapped
+    /// and IPv6 forms.
+    #[test]
+    fn mapped_and_ipv6_nets_of_each_engine_kind() {
+        // Calico reads `::ffff:169.254.169.254/128` as 169.254.169.254/32: denied (and
+        // as IPv4 when it checks that a rule holds one IP version).
+        let calico = format!(
+            "{POD}---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: deny}}\nspec:\n  selector: all()\n  types: [Egress]\n  egress:\n  - {{action: Deny, destination: {{nets: ['::ffff:169.254.169.254/128']}}}}\n  - {{action: Deny, destination: {{nets: ['fd00:ec2::254/128']}}}}\n  - {{action: Allow}}\n"
+        );
+        let reach = aws_reach(&calico, Engine::Calico);
+        assert!(!reach_of(&reach, V4));
+        assert!(!reach_of(&reach, V6));
+        assert!(reach_of(&reach, POD_IDENTITY));
+        assert!(reach_of(&reach, POD_IDENTITY_V6));
+        // Cilium keeps it IPv6: its deny denies nothing IPv4.
+        let cilium = format!(
+            "{POD}---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: deny, namespace: a}}\nspec:\n  endpointSelector: {{}}\n  egressDeny: [{{toCIDR: ['::ffff:169.254.169.254/128', 'fd00:ec2::254/128']}}]\n  egress: [{{toCIDR: [0.0.0.0/0, '::/0']}}]\n"
+        );
+        let reach = aws_reach(&cilium, Engine::Cilium);
+        assert!(reach_of(&reach, V4));
+        assert!(!reach_of(&reach, V6));
+        assert!(reach_of(&reach, POD_IDENTITY_V6));
+        // ClusterNetworkPolicy networks: the CRD refuses the dotted mapped form but not
+        // the hex one, which implementations read with net.ParseCIDR (IPv4).
+        let cnp = format!(
+            "{POD}---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: deny}}\nspec:\n  tier: Admin\n  priority: 5\n  subject: {{namespaces: {{}}}}\n  egress: [{{name: imds, action: Deny, to: [{{networks: ['::ffff:a9fe:a9fe/128', 'fd00:ec2::/32']}}]}}]\n"
+        );
+        let reach = aws_reach(&cnp, Engine::KubeNetworkPolicies);
+        assert!(!reach_of(&reach, V4));
+        assert!(!reach_of(&reach, V6));
+        assert!(!reach_of(&reach, POD_IDENTITY_V6));
+        assert!(reach_of(&reach, POD_IDENTITY));
     }
 
     const CALICO_DENY: &str = "---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: deny-imds}\nspec:\n  selector: all()\n  egress: [{action: Deny, destination: {nets: [169.254.169.254/32]}}]\n---\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: ns-deny, namespace: a}\nspec:\n  egress: [{action: Deny}]\n";

@@ -204,6 +204,14 @@ impl EngineSettings {
             ignore_end_port: self.engine == Engine::AzureNpm,
             // Cilium: "CIDR rules never match Cilium-managed pods or nodes".
             ip_block_matches_pods: self.engine != Engine::Cilium,
+            // An ipBlock in IPv4-mapped form (docs/audit.md, "IPv4-mapped CIDRs"): Go's
+            // net.ParseCIDR reads it as IPv4 (kube-network-policies' evaluateIPBlocks,
+            // libcalico-go), netip as IPv6 (Cilium); elsewhere nothing hides access.
+            mapped: match self.engine {
+                Engine::Calico | Engine::KubeNetworkPolicies => netpol::MappedCidrs::AsIpv4,
+                Engine::Cilium => netpol::MappedCidrs::AsIpv6,
+                _ => netpol::MappedCidrs::Unknown,
+            },
         }
     }
 }

@@ -1393,7 +1393,8 @@ fn convert(
                 .and_then(serde_json::Value::as_array)
                 .map(|a| {
                     a.iter()
-                        .filter_map(|x| x.get("address")?.as_str()?.parse().ok())
+                        .filter_map(|x| x.get("address")?.as_str()?.trim().parse().ok())
+                        .map(crate::target::canonical_ip)
                         .collect()
                 })
                 .unwrap_or_default(),

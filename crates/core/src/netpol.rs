@@ -24,6 +24,9 @@ pub struct NetpolOptions {
     /// An ipBlock matches pod addresses too (the upstream e2e tests expect it; Cilium and
     /// netpol-analyzer do not). Only read for pod destinations.
     pub ip_block_matches_pods: bool,
+    /// How the engine reads an ipBlock CIDR written in IPv4-mapped IPv6 form
+    /// (`::ffff:169.254.169.254/128`, `::ffff:0:0/96`).
+    pub mapped: MappedCidrs,
 }
 
 impl Default for NetpolOptions {
@@ -31,7 +34,68 @@ impl Default for NetpolOptions {
         NetpolOptions {
             ignore_end_port: false,
             ip_block_matches_pods: true,
+            mapped: MappedCidrs::Unknown,
         }
+    }
+}
+
+/// How an engine reads a CIDR written in IPv4-mapped IPv6 form (`::ffff:a.b.c.d/N`,
+/// N >= 96) when it decides an IPv4 packet. Kubernetes accepts such ipBlocks (with a
+/// warning; refused for new objects only under the `StrictIPCIDRValidation` gate of
+/// KEP-4858), and engines differ (docs/audit.md, "IPv4-mapped CIDRs").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MappedCidrs {
+    /// As the IPv4 prefix it maps (`::ffff:169.254.169.254/128` is 169.254.169.254/32,
+    /// `::ffff:0:0/96` is 0.0.0.0/0): Go's `net.ParseCIDR` and `IPNet.Contains`, used by
+    /// kube-network-policies and Calico (libcalico-go's `IPNet.Version()` is 4 for it).
+    AsIpv4,
+    /// As an IPv6 prefix, which no IPv4 packet matches: Go's `netip.ParsePrefix`, used by
+    /// Cilium (`labels.IPStringToLabel`).
+    AsIpv6,
+    /// Not known for this engine: read so that no access is hidden. A CIDR that grants
+    /// access when it matches (an ipBlock's `cidr`) matches as [`MappedCidrs::AsIpv4`];
+    /// one that withholds access when it matches (an `except`) matches nothing IPv4, so
+    /// an except written in mapped form is never reported as blocking IPv4.
+    #[default]
+    Unknown,
+}
+
+/// The IPv4 prefix a CIDR written in IPv4-mapped IPv6 form stands for, as Go's `net`
+/// package reads it: an IPv6 prefix of length >= 96 whose network lies in
+/// `::ffff:0:0/96` is the IPv4 prefix of its last 32 bits with length - 96. Any other
+/// prefix is returned as it is (host bits cleared for the mapped ones only).
+pub fn fold_mapped_net(net: ipnet::IpNet) -> ipnet::IpNet {
+    match net {
+        ipnet::IpNet::V6(n) if n.prefix_len() >= 96 => match n.network().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, n.prefix_len() - 96)
+                .map(|v| ipnet::IpNet::V4(v.trunc()))
+                .unwrap_or(net),
+            None => net,
+        },
+        _ => net,
+    }
+}
+
+/// Whether a CIDR is written in IPv4-mapped IPv6 form ([`fold_mapped_net`] changes it).
+pub fn is_mapped_net(net: &ipnet::IpNet) -> bool {
+    fold_mapped_net(*net) != *net
+}
+
+/// Whether `net` contains `ip` (folded by [`crate::target::canonical_ip`]) as an engine
+/// reading mapped CIDRs as `mapped` sees it; `grants`: a match grants access (an
+/// ipBlock's `cidr`, an allow rule's peer) rather than withholding it (an `except`, a
+/// deny), which decides [`MappedCidrs::Unknown`]. Families never mix otherwise: an IPv4
+/// CIDR never contains an IPv6 address, nor `::/0` an IPv4 one.
+pub fn net_contains(net: &ipnet::IpNet, ip: IpAddr, mapped: MappedCidrs, grants: bool) -> bool {
+    let ip = crate::target::canonical_ip(ip);
+    let folded = fold_mapped_net(*net);
+    if folded == *net {
+        return net.contains(&ip);
+    }
+    match mapped {
+        MappedCidrs::AsIpv4 => folded.contains(&ip),
+        MappedCidrs::AsIpv6 => net.contains(&ip),
+        MappedCidrs::Unknown => grants && folded.contains(&ip),
     }
 }
 
@@ -74,9 +138,22 @@ impl Decision {
     }
 }
 
-/// Whether an ipBlock peer contains the address.
+/// Whether an ipBlock peer contains the address, CIDRs in IPv4-mapped form read as
+/// IPv6 prefixes ([`MappedCidrs::AsIpv6`], Cilium's reading).
 pub fn ip_block_contains(cidr: &ipnet::IpNet, except: &[ipnet::IpNet], ip: IpAddr) -> bool {
-    cidr.contains(&ip) && !except.iter().any(|e| e.contains(&ip))
+    ip_block_contains_with(cidr, except, ip, MappedCidrs::AsIpv6)
+}
+
+/// Whether an ipBlock peer contains the address, CIDRs in IPv4-mapped form read as
+/// `mapped` says ([`net_contains`]: the `cidr` grants, the excepts withhold).
+pub fn ip_block_contains_with(
+    cidr: &ipnet::IpNet,
+    except: &[ipnet::IpNet],
+    ip: IpAddr,
+    mapped: MappedCidrs,
+) -> bool {
+    net_contains(cidr, ip, mapped, true)
+        && !except.iter().any(|e| net_contains(e, ip, mapped, false))
 }
 
 /// Whether an egress rule admits an external target.
@@ -96,7 +173,9 @@ pub fn rule_allows_with(rule: &EgressRule, target: &Target, opts: NetpolOptions)
     }
     rule.to.is_empty()
         || rule.to.iter().any(|peer| match peer {
-            Peer::IpBlock { cidr, except } => ip_block_contains(cidr, except, target.ip),
+            Peer::IpBlock { cidr, except } => {
+                ip_block_contains_with(cidr, except, target.ip, opts.mapped)
+            }
             Peer::Selector { .. } => false,
         })
 }
@@ -147,7 +226,7 @@ pub fn rule_admits(
         || rule.to.iter().any(|peer| match peer {
             Peer::IpBlock { cidr, except } => {
                 (!is_pod || opts.ip_block_matches_pods)
-                    && ip.is_some_and(|ip| ip_block_contains(cidr, except, ip))
+                    && ip.is_some_and(|ip| ip_block_contains_with(cidr, except, ip, opts.mapped))
             }
             Peer::Selector {
                 namespace_selector,
@@ -475,5 +554,123 @@ mod tests {
             "{}",
             e.reason
         );
+    }
+
+    /// How each reading of an IPv4-mapped CIDR decides IPv4 and IPv6 addresses: Go's
+    /// net.IPNet.Contains (kube-network-policies' evaluateIPBlocks, libcalico-go) folds a
+    /// mapped prefix of length >= 96 into IPv4; netip (Cilium) keeps it IPv6; the
+    /// unknown reading lets a granting CIDR match and an excepting one match nothing.
+    #[test]
+    fn mapped_cidrs_per_reading() {
+        use MappedCidrs::{AsIpv4, AsIpv6, Unknown};
+        let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            fold_mapped_net(net("::ffff:169.254.169.254/128")),
+            net("169.254.169.254/32")
+        );
+        assert_eq!(fold_mapped_net(net("::ffff:0:0/96")), net("0.0.0.0/0"));
+        assert_eq!(
+            fold_mapped_net(net("::ffff:a9fe:0/112")),
+            net("169.254.0.0/16")
+        );
+        // Host bits are cleared as Go's ParseCIDR does.
+        assert_eq!(
+            fold_mapped_net(net("::ffff:169.254.169.254/104")),
+            net("169.0.0.0/8")
+        );
+        for not_mapped in [
+            "::/0",
+            "::/64",
+            "::ffff:0:0/95",
+            "64:ff9b::/96",
+            "fd00:ec2::254/128",
+        ] {
+            assert!(!is_mapped_net(&net(not_mapped)), "{not_mapped}");
+        }
+        for (cidr, addr, grants, as4, as6, unknown) in [
+            // A mapped /128 is IMDS for Go's net package only.
+            (
+                "::ffff:169.254.169.254/128",
+                "169.254.169.254",
+                true,
+                true,
+                false,
+                true,
+            ),
+            (
+                "::ffff:169.254.169.254/128",
+                "169.254.169.254",
+                false,
+                true,
+                false,
+                false,
+            ),
+            (
+                "::ffff:169.254.169.254/128",
+                "::ffff:169.254.169.254",
+                false,
+                true,
+                false,
+                false,
+            ),
+            ("::ffff:0:0/96", "169.254.170.23", false, true, false, false),
+            ("::ffff:0:0/96", "10.0.0.1", true, true, false, true),
+            (
+                "::ffff:169.254.169.254/128",
+                "169.254.169.253",
+                true,
+                false,
+                false,
+                false,
+            ),
+            // Never an IPv6 address, nor an IPv4 one from an IPv6 prefix below /96.
+            ("::ffff:0:0/96", "fd00:ec2::254", true, false, false, false),
+            ("::/0", "169.254.169.254", true, false, false, false),
+            ("::/0", "fd00:ec2::254", true, true, true, true),
+            ("0.0.0.0/0", "fd00:ec2::254", true, false, false, false),
+            (
+                "0.0.0.0/0",
+                "::ffff:169.254.169.254",
+                true,
+                true,
+                true,
+                true,
+            ),
+            ("fd00::/8", "fd00:ec2::254", false, true, true, true),
+            ("fd00::/16", "fd20:ce::254", false, false, false, false),
+        ] {
+            for (reading, want) in [(AsIpv4, as4), (AsIpv6, as6), (Unknown, unknown)] {
+                assert_eq!(
+                    net_contains(&net(cidr), ip(addr), reading, grants),
+                    want,
+                    "{cidr} {addr} grants={grants} {reading:?}"
+                );
+            }
+        }
+        // An ipBlock: 0.0.0.0/0 except the mapped IMDS.
+        let cidr = net("0.0.0.0/0");
+        let except = [net("::ffff:169.254.169.254/128")];
+        let imds = ip("169.254.169.254");
+        assert!(!ip_block_contains_with(&cidr, &except, imds, AsIpv4));
+        assert!(ip_block_contains_with(&cidr, &except, imds, AsIpv6));
+        assert!(ip_block_contains_with(&cidr, &except, imds, Unknown));
+        // And `::/0` except fd00:ec2::254/128: exact on IPv6, nothing IPv4.
+        let (cidr, except) = (net("::/0"), [net("fd00:ec2::254/128")]);
+        for reading in [AsIpv4, AsIpv6, Unknown] {
+            assert!(!ip_block_contains_with(
+                &cidr,
+                &except,
+                ip("fd00:ec2::254"),
+                reading
+            ));
+            assert!(ip_block_contains_with(
+                &cidr,
+                &except,
+                ip("fd00:ec2::23"),
+                reading
+            ));
+            assert!(!ip_block_contains_with(&cidr, &except, imds, reading));
+        }
     }
 }

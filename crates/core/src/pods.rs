@@ -196,7 +196,7 @@ impl NodePod {
 pub fn canonical_addrs(addrs: impl IntoIterator<Item = IpAddr>) -> Vec<IpAddr> {
     let mut out: Vec<IpAddr> = Vec::new();
     for a in addrs {
-        let a = a.to_canonical();
+        let a = crate::target::canonical_ip(a);
         if !out.contains(&a) {
             out.push(a);
         }
@@ -387,7 +387,7 @@ impl PodIndex {
 
     /// The pod with this source address.
     pub fn get(&self, ip: IpAddr) -> Option<&Arc<PodInfo>> {
-        self.by_ip.get(&ip.to_canonical())
+        self.by_ip.get(&crate::target::canonical_ip(ip))
     }
 
     /// How many addresses name a pod.
@@ -469,7 +469,7 @@ impl PodIndex {
     /// it, whatever the address), else none (a shared bridge, or no such pod). A pod
     /// without an interface is never named.
     pub fn attribute(&self, iface: &str, addr: IpAddr) -> (Option<&NodePod>, Attribution) {
-        let addr = addr.to_canonical();
+        let addr = crate::target::canonical_ip(addr);
         let on_iface = || {
             self.pods
                 .iter()
@@ -616,10 +616,13 @@ pub fn parse_pods(text: &str) -> Result<Vec<NodePod>, AccessError> {
 fn parse_addrs(ips: &[&str], namespace: &str, name: &str) -> Result<Vec<IpAddr>, AccessError> {
     ips.iter()
         .map(|ip| {
-            ip.trim().parse().map_err(|_| AccessError::Pod {
-                pod: format!("{namespace}/{name}"),
-                message: format!("`{ip}` is not an IP address"),
-            })
+            ip.trim()
+                .parse()
+                .map(crate::target::canonical_ip)
+                .map_err(|_| AccessError::Pod {
+                    pod: format!("{namespace}/{name}"),
+                    message: format!("`{ip}` is not an IP address"),
+                })
         })
         .collect()
 }

@@ -18,6 +18,7 @@ use serde_json::{Map, Value};
 use super::selector::{Selector, SelectorError};
 use super::{DEFAULT_TIER, KUBE_ADMIN_TIER, KUBE_BASELINE_TIER};
 use crate::model::{Labels, NetworkPolicy, Peer, PortSpec, Source};
+use crate::netpol::fold_mapped_net;
 use crate::quote::{clip, quoted};
 use crate::target::Protocol;
 use crate::tiered::{
@@ -364,8 +365,11 @@ impl CalicoPolicy {
                     match peer {
                         None => {}
                         Some(Peer::IpBlock { cidr, except }) => {
-                            destination.nets = vec![cidr.trunc()];
-                            destination.not_nets = except.iter().map(IpNet::trunc).collect();
+                            // libcalico-go reads a CIDR in IPv4-mapped form as the IPv4
+                            // prefix it maps (its IPNet.Version() is 4).
+                            destination.nets = vec![fold_mapped_net(cidr.trunc())];
+                            destination.not_nets =
+                                except.iter().map(|e| fold_mapped_net(e.trunc())).collect();
                         }
                         Some(Peer::Selector {
                             namespace_selector,
@@ -534,7 +538,9 @@ impl CalicoPolicy {
                             &Selector::from_label_selector(pod_selector),
                         ));
                     }
-                    TieredPeer::Networks(nets) => d.nets = nets.iter().map(IpNet::trunc).collect(),
+                    TieredPeer::Networks(nets) => {
+                        d.nets = nets.iter().map(|n| fold_mapped_net(n.trunc())).collect()
+                    }
                     TieredPeer::Nodes(_) => bad = Some("a nodes peer"),
                     TieredPeer::DomainNames(_) => bad = Some("a domainNames peer"),
                     TieredPeer::Unknown(_) => bad = Some("a peer of unknown shape"),
@@ -1276,11 +1282,13 @@ fn parse_net(cx: &Ctx, v: &Value, field: &str) -> Result<IpNet, CalicoError> {
             format!("expected a CIDR string, found {}", type_name(v)),
         ));
     };
+    // IPv4-mapped forms are the IPv4 prefix they map, as libcalico-go reads them
+    // (`::ffff:169.254.169.254/128` is 169.254.169.254/32).
     if let Ok(n) = s.parse::<IpNet>() {
-        return Ok(n.trunc());
+        return Ok(fold_mapped_net(n.trunc()));
     }
     if let Ok(ip) = s.parse::<IpAddr>() {
-        return Ok(IpNet::from(ip));
+        return Ok(IpNet::from(crate::target::canonical_ip(ip)));
     }
     Err(cx.err(
         field,
