@@ -196,6 +196,7 @@ impl GcpState {
         if !req.directory && !req.segments.is_empty() {
             // A directory asked without its `/`: sent to the listing.
             let mut location = req.path();
+            location.push('/');
             if let Some(q) = query {
                 location.push('?');
                 location.push_str(q);
