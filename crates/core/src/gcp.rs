@@ -53,7 +53,7 @@ pub const METADATA_ADDRESS: Ipv4Addr = IMDS_ADDRESS;
 /// The metadata server's IPv6 address on IPv6-enabled VMs, `fd20:ce::254`. Unverified:
 /// not in Google's public documentation that we could find (the shared reference notes
 /// it from client code); treat it as a metadata address anyway.
-pub const METADATA_IPV6_ADDRESS: Ipv6Addr = Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254);
+pub const METADATA_IPV6_ADDRESS: Ipv6Addr = crate::target::GCP_METADATA_IPV6_ADDRESS;
 /// The metadata server's port (plain HTTP).
 pub const METADATA_PORT: u16 = 80;
 /// The metadata server's fully qualified host name.
