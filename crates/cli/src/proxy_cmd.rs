@@ -15,11 +15,17 @@ use imdsguard_proxy::{
     ProxyFiles, ReloadTarget, Timeouts, Upstream,
 };
 
+use crate::cloud_arg::CloudArg;
 use crate::service::{self, LogFormat, StopSignals, parse_duration};
 
 /// `imdsguard proxy`: the filtering metadata proxy.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct ProxyArgs {
+    /// Whose metadata service the proxy stands in front of: its paths, headers, query
+    /// parameters and errors, and the rules file's `cloud:` (see docs/proxy.md). The
+    /// upstream is 169.254.169.254 for each.
+    #[arg(long, value_enum, default_value = "azure")]
+    pub cloud: CloudArg,
     /// Address to listen on for pods' IMDS requests.
     #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
@@ -53,11 +59,10 @@ pub(crate) struct ProxyArgs {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub reload_interval: Duration,
     /// Host accepted in absolute-form request targets (http://HOST/...); repeatable.
-    #[arg(
-        long = "absolute-form-host",
-        value_name = "HOST[:PORT]",
-        default_value = "169.254.169.254"
-    )]
+    /// Default: the cloud's (azure 169.254.169.254; aws also [fd00:ec2::254]; gcp also
+    /// metadata.google.internal, metadata and [fd20:ce::254]); IPv4-mapped forms of an
+    /// address are that address.
+    #[arg(long = "absolute-form-host", value_name = "HOST[:PORT]")]
     pub absolute_form_hosts: Vec<String>,
     /// Time for a client to send its request headers (also the idle keep-alive time).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
@@ -147,13 +152,19 @@ impl ProxyArgs {
         &self,
         loaded: &imdsguard_proxy::LoadedFiles,
     ) -> anyhow::Result<ProxyConfig> {
-        let mut config = ProxyConfig::new(self.listen, Upstream::parse(&self.upstream)?);
+        let mut config = ProxyConfig::for_cloud(
+            self.cloud.into(),
+            self.listen,
+            Upstream::parse(&self.upstream)?,
+        );
         config.admin_listen = (!self.no_admin).then_some(self.admin_listen);
         config.allow_metadata_address = self.allow_metadata_address;
         config.allow_empty_rules = self.allow_empty_rules;
         config.rules = Some(loaded.rules.clone());
         config.pods = loaded.pods.clone();
-        config.absolute_form_hosts = self.absolute_form_hosts.clone();
+        if !self.absolute_form_hosts.is_empty() {
+            config.absolute_form_hosts = self.absolute_form_hosts.clone();
+        }
         config.timeouts = Timeouts {
             header_read: self.header_timeout,
             request_body: self.body_timeout,
@@ -265,6 +276,7 @@ impl HostCallerScan {
 
 impl ReloadTarget for HostCallerScan {
     async fn set_rules(&self, rules: AccessRules) -> Result<(), ApplyError> {
+        self.control.check_rules(&rules)?;
         self.control.set_rules(rules);
         Ok(())
     }
@@ -302,6 +314,14 @@ pub(crate) fn run(args: ProxyArgs) -> anyhow::Result<()> {
             rules.len(),
             names.join(", ")
         );
+        if config.cloud != imdsguard_proxy::Cloud::Azure {
+            let _ = writeln!(
+                out,
+                "{}: cloud {}",
+                args.rules.display(),
+                imdsguard_core::cloud_access::cloud_name(config.cloud)
+            );
+        }
         if let Some(p) = &args.pods {
             let _ = writeln!(out, "{}: {} address(es)", p.display(), config.pods.len());
             for issue in config.pods.issues() {

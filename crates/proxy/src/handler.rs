@@ -12,7 +12,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Incoming};
 use imdsguard_core::access::{Allow, Decision, Deny, PodInfo, RULE_CANONICAL_FORM};
-use imdsguard_core::canon::{CanonicalTarget, Canonicalizer, RejectKind, Rejection};
+use imdsguard_core::canon::{CanonicalTarget, Canonicalizer, Cloud, RejectKind, Rejection};
 use imdsguard_core::imds::{
     self, CONTENT_TYPE_JSON, IdentitySelector, ImdsApi, ImdsError, ImdsErrorKind, ImdsRequest,
     Method, RateClass,
@@ -32,7 +32,7 @@ static LOOKUP_ERROR_LOGGED: AtomicBool = AtomicBool::new(false);
 
 /// What a request came to, for the log record and the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
+pub(crate) enum Outcome {
     /// Forwarded (the upstream answered, whatever its status).
     Allow,
     /// Denied by imdsguard (403).
@@ -48,7 +48,7 @@ enum Outcome {
 }
 
 impl Outcome {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Outcome::Allow => "allow",
             Outcome::Deny => "deny",
@@ -69,21 +69,31 @@ impl Outcome {
 }
 
 /// The facts of one decision. Holds no body and no header value: never a token.
-struct Record {
-    pod: Option<Arc<PodInfo>>,
+pub(crate) struct Record {
+    pub(crate) pod: Option<Arc<PodInfo>>,
     /// The caller was found by its socket's cgroup (a hostNetwork pod, known or not).
-    host_network: bool,
+    pub(crate) host_network: bool,
     /// The cgroup id of the caller's socket, when it is a socket of this host.
-    cgroup: Option<u64>,
-    path: String,
-    endpoint: ImdsApi,
-    outcome: Outcome,
-    rule: String,
-    reason: Option<String>,
-    resource: Option<String>,
-    identity: Option<String>,
-    redacted: bool,
-    status: u16,
+    pub(crate) cgroup: Option<u64>,
+    pub(crate) path: String,
+    pub(crate) endpoint: ImdsApi,
+    /// AWS and GCP: the kind of request (`credentials`, `token`, ...), the record's
+    /// and the metrics' `endpoint` in place of the Azure endpoint's name.
+    pub(crate) label: Option<&'static str>,
+    pub(crate) outcome: Outcome,
+    pub(crate) rule: String,
+    pub(crate) reason: Option<String>,
+    pub(crate) resource: Option<String>,
+    pub(crate) identity: Option<String>,
+    pub(crate) redacted: bool,
+    pub(crate) status: u16,
+}
+
+impl Record {
+    /// The `endpoint` of the record and the metrics.
+    fn endpoint_label(&self) -> &'static str {
+        self.label.unwrap_or(self.endpoint.as_str())
+    }
 }
 
 pub(crate) struct State {
@@ -97,6 +107,11 @@ pub(crate) struct State {
     pub(crate) decisions: Option<Arc<dyn DecisionSink>>,
     pub(crate) host: Option<HostCallers>,
     pub(crate) dry_run: bool,
+    /// Whose metadata service this is: Azure's requests go through `decide` below, AWS
+    /// and GCP's through `crate::cloud`.
+    pub(crate) cloud: Cloud,
+    /// AWS: the IMDSv2 tokens handed out through this proxy, by hash.
+    pub(crate) tokens: crate::tokens::TokenBook,
 }
 
 impl Handler for State {
@@ -113,7 +128,7 @@ impl Handler for State {
         let namespace = rec.pod.as_ref().map_or("-", |p| p.namespace.as_str());
         self.metrics.decision(
             namespace,
-            rec.endpoint.as_str(),
+            rec.endpoint_label(),
             rec.outcome.metric(),
             latency,
         );
@@ -125,7 +140,7 @@ impl Handler for State {
             pod: rec.pod.as_deref(),
             method: method.as_str(),
             path: &rec.path,
-            endpoint: rec.endpoint.as_str(),
+            endpoint: rec.endpoint_label(),
             decision: rec.outcome.as_str(),
             rule: &rec.rule,
             status: rec.status,
@@ -159,6 +174,7 @@ impl State {
             cgroup: None,
             path: String::new(),
             endpoint: ImdsApi::Unknown,
+            label: None,
             outcome: Outcome::Deny,
             rule: String::new(),
             reason: None,
@@ -195,6 +211,12 @@ impl State {
                     }
                 }
             }
+        }
+
+        if self.cloud != Cloud::Azure {
+            return self
+                .decide_cloud(req, peer, rec, unknown_pod_cgroup_id)
+                .await;
         }
 
         // 1. One spelling, or a rejection.
@@ -344,7 +366,7 @@ impl State {
     }
 
     /// The upstream's answer to a forwarded request, or the proxy's own 502/504.
-    fn answered(
+    pub(crate) fn answered(
         &self,
         result: Result<Reply, UpstreamError>,
         peer: SocketAddr,
@@ -368,7 +390,7 @@ impl State {
         }
     }
 
-    fn reject(&self, rejection: &Rejection, rec: &mut Record) -> Reply {
+    pub(crate) fn reject(&self, rejection: &Rejection, rec: &mut Record) -> Reply {
         rec.outcome = Outcome::Deny;
         rec.rule = RULE_CANONICAL_FORM.into();
         rec.reason = Some(format!("{}: {}", rejection.kind, rejection.detail));
@@ -514,7 +536,7 @@ impl State {
         reply
     }
 
-    fn deny(&self, deny: Deny, rec: &mut Record) -> Reply {
+    pub(crate) fn deny(&self, deny: Deny, rec: &mut Record) -> Reply {
         rec.outcome = Outcome::Deny;
         let reply = deny_reply(&deny);
         rec.rule = deny.rule;
@@ -616,7 +638,11 @@ fn upstream_error_answer(
     Ok(reply)
 }
 
-fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
+pub(crate) fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Reply {
     let mut reply = Response::new(Full::new(body.into()));
     *reply.status_mut() = status;
     reply
@@ -662,7 +688,7 @@ fn selector_text(s: Option<&IdentitySelector>) -> String {
     }
 }
 
-fn shorten(s: &str, max: usize) -> String {
+pub(crate) fn shorten(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }

@@ -39,6 +39,7 @@
 
 mod admin;
 mod caller;
+mod cloud;
 mod decision;
 mod fairness;
 pub mod files;
@@ -46,6 +47,7 @@ mod handler;
 mod metrics;
 mod reload;
 mod server;
+mod tokens;
 mod upstream;
 
 use std::fmt;
@@ -57,6 +59,7 @@ use std::time::Duration;
 use imdsguard_core::access::{AccessError, AccessRules, PodIndex};
 use imdsguard_core::canon::{self, Canonicalizer};
 use imdsguard_core::imds::{IMDS_ADDRESS, is_metadata_address};
+pub use imdsguard_core::target::Cloud;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -328,6 +331,11 @@ pub struct ProxyConfig {
     /// forwarded as received. No 403 is ever sent; IMDS's own refusals (400, 404) and
     /// throttling (429) stay (docs/proxy.md, "Dry run").
     pub dry_run: bool,
+    /// Whose metadata service the proxy stands in front of (Azure unless told): its
+    /// canonicalisation, validation and rules. The rules must be for this cloud
+    /// (a rules file's `cloud:`); [`ProxyConfig::for_cloud`] also sets the cloud's
+    /// absolute-form hosts.
+    pub cloud: Cloud,
 }
 
 impl fmt::Debug for ProxyConfig {
@@ -343,6 +351,7 @@ impl fmt::Debug for ProxyConfig {
             .field("pod_rate", &self.pod_rate)
             .field("host_callers", &self.host_callers)
             .field("dry_run", &self.dry_run)
+            .field("cloud", &self.cloud)
             .finish_non_exhaustive()
     }
 }
@@ -369,6 +378,18 @@ impl ProxyConfig {
             decisions: None,
             host_callers: None,
             dry_run: false,
+            cloud: Cloud::Azure,
+        }
+    }
+
+    /// [`ProxyConfig::new`] for `cloud`'s metadata service, accepting its hosts in
+    /// absolute-form targets ([`canon::default_hosts`]: AWS `169.254.169.254` and
+    /// `[fd00:ec2::254]`; GCP also `metadata.google.internal` and `metadata`).
+    pub fn for_cloud(cloud: Cloud, listen: SocketAddr, upstream: Upstream) -> ProxyConfig {
+        ProxyConfig {
+            cloud,
+            absolute_form_hosts: canon::default_hosts(cloud),
+            ..ProxyConfig::new(listen, upstream)
         }
     }
 
@@ -407,7 +428,29 @@ impl ProxyConfig {
             )));
         }
         self.pod_rate.check().map_err(ProxyError::Option)?;
+        if let Some(rules) = &self.rules {
+            check_rules_cloud(self.cloud, rules).map_err(ProxyError::Option)?;
+        }
         Ok(())
+    }
+}
+
+/// Rules for `cloud`: a rules file naming another cloud is refused (an empty one, or
+/// Azure's without `cloud:` under Azure, is fine).
+pub fn check_rules_cloud(cloud: Cloud, rules: &AccessRules) -> Result<(), String> {
+    let name = imdsguard_core::cloud_access::cloud_name;
+    match rules.declared_cloud() {
+        Some(c) if c != cloud => Err(format!(
+            "the access rules are for cloud {} (their `cloud:`), and the proxy runs with --cloud {}",
+            name(c),
+            name(cloud)
+        )),
+        None if cloud != Cloud::Azure && !rules.is_empty() => Err(format!(
+            "the access rules say no `cloud:` (Azure rules) and the proxy runs with --cloud {}: write `cloud: {}` at the top of the rules file",
+            name(cloud),
+            name(cloud)
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -423,6 +466,7 @@ pub struct ProxyControl {
     allow_empty_rules: bool,
     dry_run: bool,
     metrics: Metrics,
+    cloud: Cloud,
 }
 
 impl ProxyControl {
@@ -438,7 +482,19 @@ impl ProxyControl {
             allow_empty_rules: false,
             dry_run: false,
             metrics: Metrics::new(),
+            cloud: Cloud::Azure,
         }
+    }
+
+    /// The cloud the proxy serves.
+    pub fn cloud(&self) -> Cloud {
+        self.cloud
+    }
+
+    /// Whether `rules` are for the proxy's cloud ([`check_rules_cloud`]); reloads of
+    /// another cloud's rules are refused and the rules in force kept.
+    pub fn check_rules(&self, rules: &AccessRules) -> Result<(), String> {
+        check_rules_cloud(self.cloud, rules)
     }
 
     /// Replaces the access rules (requests in flight finish with the old ones).
@@ -593,16 +649,25 @@ impl Proxy {
             allow_empty_rules: config.allow_empty_rules,
             dry_run: config.dry_run,
             metrics: metrics.clone(),
+            cloud: config.cloud,
         };
         if let Some(rules) = config.rules.clone() {
             control.set_rules(rules);
         }
         control.set_pods(config.pods.clone());
 
+        let upstream = upstream::Client::new(&config.upstream, &config.timeouts, &config.limits);
         let state = Arc::new(handler::State {
-            canon: Canonicalizer::new(config.limits.request, &config.absolute_form_hosts),
+            canon: Canonicalizer::for_cloud(
+                config.cloud,
+                config.limits.request,
+                &config.absolute_form_hosts,
+            ),
             control: control.clone(),
-            upstream: upstream::Client::new(&config.upstream, &config.timeouts, &config.limits),
+            upstream: match config.cloud {
+                Cloud::Azure => upstream,
+                _ => upstream.for_other_cloud(),
+            },
             metrics,
             timeouts: config.timeouts,
             limits: config.limits,
@@ -617,6 +682,8 @@ impl Proxy {
                 )
             }),
             dry_run: config.dry_run,
+            cloud: config.cloud,
+            tokens: tokens::TokenBook::default(),
         });
         if let Some(host) = &state.host {
             if host.cgroup2_mounted() {
@@ -633,7 +700,7 @@ impl Proxy {
 
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        tracing::info!(addr = %local, upstream = %config.upstream, "proxy listening");
+        tracing::info!(addr = %local, upstream = %config.upstream, cloud = imdsguard_core::cloud_access::cloud_name(config.cloud), "proxy listening");
         tasks.spawn(server::serve_proxy(
             listener,
             state,

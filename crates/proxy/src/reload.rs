@@ -33,6 +33,7 @@ pub trait ReloadTarget: Send + Sync + 'static {
 
 impl ReloadTarget for ProxyControl {
     async fn set_rules(&self, rules: AccessRules) -> Result<(), ApplyError> {
+        self.check_rules(&rules)?;
         ProxyControl::set_rules(self, rules);
         Ok(())
     }

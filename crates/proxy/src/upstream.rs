@@ -56,6 +56,8 @@ pub(crate) enum UpstreamError {
     TooLarge(usize),
     /// The instance document could not be read for redaction.
     BadDocument(String),
+    /// An AWS or GCP answer a rule redacts is not a JSON object: withheld.
+    NotRedactable(String),
     /// An error answer (this status) not in one of IMDS's documented error shapes:
     /// not passed on, whatever it holds.
     NotImdsError(u16),
@@ -70,6 +72,7 @@ impl UpstreamError {
             UpstreamError::Io(_) => "io",
             UpstreamError::TooLarge(_) => "too-large",
             UpstreamError::BadDocument(_) => "bad-document",
+            UpstreamError::NotRedactable(_) => "not-redactable",
             UpstreamError::NotImdsError(_) => "bad-error",
         }
     }
@@ -90,6 +93,10 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::Timeout(d) => write!(f, "no answer within {} ms", d.as_millis()),
             UpstreamError::Io(e) => write!(f, "the exchange failed: {e}"),
             UpstreamError::TooLarge(n) => write!(f, "the answer is over {n} bytes"),
+            UpstreamError::NotRedactable(e) => write!(
+                f,
+                "the answer has fields to redact but is not a JSON object ({e}): withheld"
+            ),
             UpstreamError::BadDocument(e) => {
                 write!(f, "the instance document could not be read: {e}")
             }
@@ -133,6 +140,9 @@ pub(crate) struct Client {
     connect_timeout: Duration,
     timeout: Duration,
     max_body: usize,
+    /// Azure: every request carries `Metadata: true`. AWS and GCP requests carry the
+    /// headers their caller gives (`send_with`) instead.
+    azure: bool,
 }
 
 impl Client {
@@ -147,7 +157,15 @@ impl Client {
             connect_timeout: timeouts.upstream_connect,
             timeout: timeouts.upstream_response,
             max_body: limits.max_response_body,
+            azure: true,
         }
+    }
+
+    /// A client for AWS or GCP: no `Metadata: true`; each request's metadata headers
+    /// come from [`Self::send_with`].
+    pub(crate) fn for_other_cloud(mut self) -> Client {
+        self.azure = false;
+        self
     }
 
     /// The base URL (`http://host:port`), for messages.
@@ -212,13 +230,27 @@ impl Client {
         client_headers: &HeaderMap,
         body: Bytes,
     ) -> Result<Answer, UpstreamError> {
+        self.send_with(method, target, client_headers, &[], body)
+            .await
+    }
+
+    /// [`Self::send`] with these headers added (the AWS token headers, GCP's
+    /// `Metadata-Flavor`), each once.
+    pub(crate) async fn send_with(
+        &self,
+        method: http::Method,
+        target: &str,
+        client_headers: &HeaderMap,
+        extra: &[(header::HeaderName, HeaderValue)],
+        body: Bytes,
+    ) -> Result<Answer, UpstreamError> {
         let exchange = async {
             let mut attempt = 0;
             loop {
                 attempt += 1;
                 let conn = self.checkout().await?;
                 let reused = conn.reused;
-                let req = self.request(&method, target, client_headers, body.clone())?;
+                let req = self.request(&method, target, client_headers, extra, body.clone())?;
                 match self.exchange(conn, req).await {
                     Err(Exchange::BeforeAnswer(_))
                         if reused && attempt == 1 && method == http::Method::GET =>
@@ -241,6 +273,7 @@ impl Client {
         method: &http::Method,
         target: &str,
         client_headers: &HeaderMap,
+        extra: &[(header::HeaderName, HeaderValue)],
         body: Bytes,
     ) -> Result<Request<Full<Bytes>>, UpstreamError> {
         let mut req = Request::builder()
@@ -250,7 +283,12 @@ impl Client {
             .map_err(|e| UpstreamError::Io(format!("cannot build the request: {e}")))?;
         let headers = req.headers_mut();
         headers.insert(header::HOST, self.host.clone());
-        headers.insert("metadata", HeaderValue::from_static("true"));
+        if self.azure {
+            headers.insert("metadata", HeaderValue::from_static("true"));
+        }
+        for (name, value) in extra {
+            headers.insert(name.clone(), value.clone());
+        }
         for name in FORWARDED_REQUEST_HEADERS {
             if let Some(v) = client_headers.get(name) {
                 headers.insert(name.clone(), v.clone());
