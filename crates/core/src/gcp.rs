@@ -783,6 +783,10 @@ where
         return err(GcpErrorKind::ForwardedFor);
     }
 
+    if !path.starts_with('/') {
+        // `*` (OPTIONS) or a target that is not origin-form: no path of the API.
+        return err(GcpErrorKind::NotFound);
+    }
     let Some((segs, directory)) = segments(path) else {
         return err(GcpErrorKind::NotFound);
     };
@@ -1428,6 +1432,49 @@ mod tests {
             let r = get(target).unwrap();
             let again = get(&r.upstream_target()).unwrap();
             assert_eq!(again, r, "{target}");
+        }
+    }
+
+    #[test]
+    fn odd_targets_are_answered_never_a_panic() {
+        for target in [
+            "",
+            "*",
+            "computeMetadata/v1/instance/",
+            "http://metadata.google.internal/computeMetadata/v1/",
+            "/%",
+            "/%zz/%4",
+            "/computeMetadata/v1/%ff%fe/",
+            "/computeMetadata/v1/instance/attributes/\u{e9}t\u{e9}",
+            "/computeMetadata/v1/../../../..",
+            "/computeMetadata/v1/instance/?&&=&a&=b&recursive",
+            "/computeMetadata/v1/instance/service-accounts/default/identity?audience=%",
+            "/computeMetadata/v1/instance/?timeout_sec=99999999999999999999999",
+        ] {
+            let (path, query) = match target.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (target, None),
+            };
+            match validate("GET", path, query, FLAVOR) {
+                Ok(r) => {
+                    // Whatever is accepted rebuilds into a target read the same way.
+                    let t = r.upstream_target();
+                    let (p, q) = match t.split_once('?') {
+                        Some((p, q)) => (p, Some(q)),
+                        None => (t.as_str(), None),
+                    };
+                    let again = validate("GET", p, q, FLAVOR).unwrap();
+                    assert_eq!(
+                        (again.kind, again.segments),
+                        (r.kind, r.segments),
+                        "{target}"
+                    );
+                }
+                Err(e) => assert!((400..=405).contains(&e.status()), "{target}: {e}"),
+            }
+        }
+        for not_origin_form in ["", "*", "computeMetadata/v1/instance/"] {
+            assert_eq!(status(not_origin_form), 404, "{not_origin_form:?}");
         }
     }
 
