@@ -9,10 +9,11 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use imdsguard_kube::verify::{EndpointResult, ProbeEndpoint, ProbeResult};
 use imdsguard_probe::{
-    DEFAULT_API_VERSION, DEFAULT_TOKEN_API_VERSION, ExitStatusCode, ProbeConfig, ProbeSettings,
-    Report,
+    Cloud, DEFAULT_API_VERSION, DEFAULT_GCP_AUDIENCE, DEFAULT_TOKEN_API_VERSION, ExitStatusCode,
+    ProbeConfig, ProbeSettings, Report,
 };
 
+use crate::cloud_arg::CloudArg;
 use crate::service::parse_positive_duration;
 
 /// How the report is printed.
@@ -25,17 +26,38 @@ pub(crate) enum Format {
     Json,
 }
 
-/// Walk the attacker's path against Azure IMDS (and WireServer) from where this runs,
-/// and report each step: reachability, the instance document, identities, tokens.
+/// Walk the attacker's path against a cloud's metadata endpoints from where this runs,
+/// and report each step. Azure (default): reachability, the instance document,
+/// identities, tokens, WireServer. AWS: IMDSv1 open?, an IMDSv2 token from here?, the
+/// identity document, the role and its credentials, user data. GCP: the header check,
+/// project and instance values, kube-env, service accounts, tokens, legacy endpoints.
 ///
 /// Exit status: 0 when nothing sensitive is reachable, 1 when something is (instance
-/// data, a token, WireServer data), 2 on usage errors.
+/// data, a token, credentials, kube-env, user data, WireServer data), 2 on usage errors.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ProbeArgs {
-    /// IMDS base URL (plain HTTP). When given, WireServer and HostGAPlugin are only
+    /// Whose metadata endpoints to probe
+    #[arg(long, value_enum, default_value = "azure")]
+    pub cloud: CloudArg,
+
+    /// Metadata endpoint base URL (plain HTTP, IPv6 in brackets) [default:
+    /// http://169.254.169.254]. Azure: when given, WireServer and HostGAPlugin are only
     /// checked if their URLs are given too.
     #[arg(long, value_name = "URL")]
     pub endpoint: Option<String>,
+
+    /// AWS, GCP: also check TCP reachability of the cloud's IPv6 metadata address
+    /// ([fd00:ec2::254], [fd20:ce::254]; with --pod-identity, [fd00:ec2::23] too)
+    #[arg(long)]
+    pub ipv6: bool,
+
+    /// AWS: also check TCP reachability of the EKS Pod Identity agent (169.254.170.23:80)
+    #[arg(long)]
+    pub pod_identity: bool,
+
+    /// GCP: the audience of the identity token asked for
+    #[arg(long, value_name = "URI", default_value = DEFAULT_GCP_AUDIENCE)]
+    pub audience: String,
 
     /// WireServer base URL [default: http://168.63.129.16 unless --endpoint is given]
     #[arg(long, value_name = "URL")]
@@ -94,6 +116,10 @@ impl ProbeArgs {
             resources: self.resources.clone(),
             api_version: self.api_version.clone(),
             token_api_version: self.token_api_version.clone(),
+            cloud: self.cloud.into(),
+            ipv6: self.ipv6,
+            pod_identity: self.pod_identity,
+            audience: self.audience.clone(),
         }
     }
 }
@@ -137,7 +163,40 @@ pub(crate) fn run(args: ProbeArgs) -> anyhow::Result<ExitStatusCode> {
 /// The probe's result as `imdsguard verify` reads it from a pod's termination message:
 /// per endpoint (IMDS, WireServer, HostGAPlugin) the address, what the probe saw at the
 /// network level, the classes of its steps, and whether something sensitive came back.
+/// AWS and GCP: the metadata endpoint is the IMDS entry (its steps, the extra TCP
+/// checks of the IPv6 address and the Pod Identity agent left out), the others are
+/// `not-checked`.
 pub(crate) fn termination_message(config: &ProbeConfig, report: &Report) -> ProbeResult {
+    if config.cloud != Cloud::Azure {
+        let endpoints = ProbeEndpoint::ALL
+            .iter()
+            .map(|&endpoint| {
+                let (address, steps): (String, Vec<_>) = match endpoint {
+                    ProbeEndpoint::Imds => (
+                        config.endpoint.authority(),
+                        report
+                            .steps
+                            .iter()
+                            .filter(|s| {
+                                !matches!(
+                                    s.name,
+                                    imdsguard_probe::StepName::TcpConnectIpv6
+                                        | imdsguard_probe::StepName::PodIdentityTcp
+                                )
+                            })
+                            .map(|s| (s.class.as_str(), s.http_status, s.class.is_sensitive()))
+                            .collect(),
+                    ),
+                    _ => (
+                        format!("not checked (--cloud {})", config.cloud.name()),
+                        Vec::new(),
+                    ),
+                };
+                EndpointResult::from_steps(endpoint, address, steps)
+            })
+            .collect();
+        return ProbeResult::new(endpoints, report.summary.reachable.clone());
+    }
     let endpoints = ProbeEndpoint::ALL
         .iter()
         .map(|&endpoint| {
@@ -243,6 +302,8 @@ mod tests {
             token: None,
             instance: None,
             denial: None,
+            facts: Vec::new(),
+            credentials: None,
         }
     }
 
@@ -250,11 +311,12 @@ mod tests {
     fn termination_message_summarises_each_endpoint() {
         let config = ProbeConfig::from_settings(&parse(&[]).unwrap().settings()).unwrap();
         let report = Report {
+            cloud: Cloud::Azure,
             endpoint: config.endpoint.to_string(),
             wireserver: None,
             hostgaplugin: None,
-            api_version: DEFAULT_API_VERSION.into(),
-            token_api_version: DEFAULT_TOKEN_API_VERSION.into(),
+            api_version: Some(DEFAULT_API_VERSION.into()),
+            token_api_version: Some(DEFAULT_TOKEN_API_VERSION.into()),
             identities: Vec::new(),
             steps: vec![
                 step(StepName::TcpConnect, Class::Reachable, None),
@@ -315,5 +377,67 @@ mod tests {
             Some(std::path::Path::new("/dev/termination-log"))
         );
         assert!(parse(&[]).unwrap().termination_log.is_none());
+    }
+
+    #[test]
+    fn cloud_flags() {
+        let s = parse(&["--cloud", "aws", "--ipv6", "--pod-identity"])
+            .unwrap()
+            .settings();
+        assert_eq!((s.cloud, s.ipv6, s.pod_identity), (Cloud::Aws, true, true));
+        let s = parse(&["--cloud", "gcp", "--audience", "https://a.example"])
+            .unwrap()
+            .settings();
+        assert_eq!(
+            (s.cloud, s.audience.as_str()),
+            (Cloud::Gcp, "https://a.example")
+        );
+        assert_eq!(parse(&[]).unwrap().settings().cloud, Cloud::Azure);
+        assert!(parse(&["--cloud", "oracle"]).is_err());
+        // Azure's flags are refused under another cloud (exit status 2).
+        let s = parse(&["--cloud", "aws", "--wireserver", "http://127.0.0.1:1"])
+            .unwrap()
+            .settings();
+        assert!(ProbeConfig::from_settings(&s).is_err());
+    }
+
+    #[test]
+    fn termination_message_of_another_cloud() {
+        let settings = parse(&["--cloud", "aws", "--ipv6"]).unwrap().settings();
+        let config = ProbeConfig::from_settings(&settings).unwrap();
+        let report = Report {
+            cloud: Cloud::Aws,
+            endpoint: config.endpoint.to_string(),
+            wireserver: None,
+            hostgaplugin: None,
+            api_version: None,
+            token_api_version: None,
+            identities: Vec::new(),
+            steps: vec![
+                step(StepName::TcpConnect, Class::Reachable, None),
+                step(StepName::TcpConnectIpv6, Class::BlockedTimeout, None),
+                step(StepName::Imdsv1, Class::NeedsHeader, Some(401)),
+                step(StepName::Credentials, Class::CredentialsObtained, Some(200)),
+            ],
+            summary: Summary {
+                sensitive: true,
+                reachable: vec!["the credentials of role r".into()],
+                counts: Default::default(),
+                exit_code: 1,
+            },
+        };
+        let back =
+            ProbeResult::from_message(&termination_message(&config, &report).to_message()).unwrap();
+        assert_eq!((back.exit_code, back.sensitive), (1, true));
+        let imds = back.endpoint(ProbeEndpoint::Imds).unwrap();
+        assert_eq!(imds.address, "169.254.169.254:80");
+        assert_eq!(imds.seen, Seen::Reachable);
+        assert_eq!(
+            imds.classes,
+            ["reachable", "needs-header", "credentials-obtained"]
+        );
+        let ws = back.endpoint(ProbeEndpoint::Wireserver).unwrap();
+        assert_eq!(ws.address, "not checked (--cloud aws)");
+        assert!(ws.classes.is_empty() && !ws.sensitive);
     }
 }

@@ -7,8 +7,10 @@ use imdsguard_core::token::{IMDSGUARD_DENY_ERROR, TokenSummary, fingerprint, red
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::aws::AwsCredentials;
 use crate::http::{Failure, Response};
 use crate::instance::{self, Identity, InstanceExposure};
+use crate::report::Fact;
 
 /// What a step found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -22,9 +24,13 @@ pub enum Class {
     BlockedRefused,
     /// The imdsguard filtering proxy denied the request (HTTP 403 naming imdsguard).
     BlockedByImdsguard,
-    /// The endpoint refused a request without `Metadata: true` (HTTP 400), as IMDS does.
+    /// The endpoint refused a request without `Metadata: true` (HTTP 400), as IMDS does;
+    /// AWS: without an IMDSv2 session token (HTTP 401, IMDSv2 required); GCP: without
+    /// `Metadata-Flavor: Google` (HTTP 403).
     NeedsHeader,
-    /// Instance or WireServer data was readable.
+    /// Instance or WireServer data was readable; AWS: user data; GCP: `kube-env`, or
+    /// metadata answering without `Metadata-Flavor` (a legacy endpoint, or something in
+    /// front adding the header).
     Exposed,
     /// An access token was obtained.
     TokenObtained,
@@ -42,6 +48,22 @@ pub enum Class {
     NotChecked,
     /// Not a request: what the probe derived (the identities to try).
     Info,
+    /// AWS, GCP: metadata that is no credential answered (the IMDSv1 tree, the identity
+    /// document, the role name, the project id, the service accounts' emails). Not
+    /// sensitive by itself: the steps after it say what it leads to.
+    Readable,
+    /// AWS: an IMDSv2 session token was issued (`PUT /latest/api/token`). Not sensitive
+    /// by itself: it reads what IMDSv1 would, and the steps after it say what that is.
+    SessionToken,
+    /// AWS: the instance role's credentials (AccessKeyId, SecretAccessKey, Token) were
+    /// issued.
+    CredentialsObtained,
+    /// AWS, GCP: HTTP 404: nothing there (no instance profile, no user data, no such
+    /// attribute).
+    NotFound,
+    /// GCP: a legacy endpoint (`/0.1/`, `/computeMetadata/v1beta1/`) answered that it is
+    /// disabled or absent (HTTP 403 or 404), as on GKE since 1.12.
+    Disabled,
 }
 
 impl Class {
@@ -61,12 +83,47 @@ impl Class {
             Class::Error => "error",
             Class::NotChecked => "not-checked",
             Class::Info => "info",
+            Class::Readable => "readable",
+            Class::SessionToken => "session-token",
+            Class::CredentialsObtained => "credentials-obtained",
+            Class::NotFound => "not-found",
+            Class::Disabled => "disabled",
         }
+    }
+
+    /// Every class, in declaration order (to read a class back from its name).
+    pub const ALL: [Class; 18] = [
+        Class::Reachable,
+        Class::BlockedTimeout,
+        Class::BlockedRefused,
+        Class::BlockedByImdsguard,
+        Class::NeedsHeader,
+        Class::Exposed,
+        Class::TokenObtained,
+        Class::IdentityNotFound,
+        Class::IdentityRequired,
+        Class::Throttled,
+        Class::Error,
+        Class::NotChecked,
+        Class::Info,
+        Class::Readable,
+        Class::SessionToken,
+        Class::CredentialsObtained,
+        Class::NotFound,
+        Class::Disabled,
+    ];
+
+    /// The class named `name` (as [`Class::as_str`] writes it).
+    pub fn named(name: &str) -> Option<Class> {
+        Class::ALL.into_iter().find(|c| c.as_str() == name)
     }
 
     /// Whether the step reached something sensitive (sets exit status 1).
     pub fn is_sensitive(self) -> bool {
-        matches!(self, Class::Exposed | Class::TokenObtained)
+        matches!(
+            self,
+            Class::Exposed | Class::TokenObtained | Class::CredentialsObtained
+        )
     }
 }
 
@@ -102,15 +159,23 @@ pub(crate) struct Outcome {
     pub denial: Option<Denial>,
     pub token: Option<TokenSummary>,
     pub instance: Option<(InstanceExposure, Vec<Identity>)>,
+    pub facts: Vec<Fact>,
+    pub credentials: Option<AwsCredentials>,
 }
 
 impl Outcome {
-    fn new(class: Class, detail: impl Into<String>) -> Outcome {
+    pub(crate) fn new(class: Class, detail: impl Into<String>) -> Outcome {
         Outcome {
             class: Some(class),
             detail: detail.into(),
             ..Outcome::default()
         }
+    }
+
+    /// The same outcome with `facts`.
+    pub(crate) fn with_facts(mut self, facts: Vec<Fact>) -> Outcome {
+        self.facts = facts;
+        self
     }
 }
 
@@ -148,11 +213,20 @@ pub(crate) fn tcp(result: &Result<Response, Failure>) -> Outcome {
 
 /// What every HTTP step shares: no answer, an imdsguard denial, throttling.
 fn common(result: &Result<Response, Failure>) -> Result<&Response, Box<Outcome>> {
+    common_as(result, "denied by imdsguard")
+}
+
+/// [`common`], an imdsguard denial's detail starting with `denied` (AWS and GCP: `denied
+/// by proxy (imdsguard)`).
+pub(crate) fn common_as<'a>(
+    result: &'a Result<Response, Failure>,
+    denied: &str,
+) -> Result<&'a Response, Box<Outcome>> {
     let response = result.as_ref().map_err(|f| Box::new(failure(f)))?;
     if response.status == 403
         && let Some(denial) = denial(&response.body)
     {
-        let mut detail = "denied by imdsguard".to_owned();
+        let mut detail = denied.to_owned();
         if let Some(rule) = &denial.rule {
             detail.push_str(&format!(" (rule {rule})"));
         }
@@ -306,7 +380,7 @@ pub(crate) fn vmsettings(result: &Result<Response, Failure>) -> Outcome {
     }
 }
 
-fn unexpected(response: &Response) -> Outcome {
+pub(crate) fn unexpected(response: &Response) -> Outcome {
     let reason = http::StatusCode::from_u16(response.status)
         .ok()
         .and_then(|s| s.canonical_reason())
@@ -427,7 +501,7 @@ fn mask_token_fields(value: &mut Value) -> bool {
     masked
 }
 
-fn clip(text: &str, max: usize) -> String {
+pub(crate) fn clip(text: &str, max: usize) -> String {
     let cleaned: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })

@@ -100,10 +100,33 @@ pub(crate) async fn get(
     connect_timeout: Duration,
     timeout: Duration,
 ) -> Exchange {
+    request(
+        http::Method::GET,
+        endpoint,
+        path_and_query,
+        headers,
+        connect_timeout,
+        timeout,
+    )
+    .await
+}
+
+/// `method path_and_query` on `endpoint` with `headers` and an empty body, within
+/// `timeout` in all (the connection within `connect_timeout`). A `PUT` carries
+/// `Content-Length: 0`.
+pub(crate) async fn request(
+    method: http::Method,
+    endpoint: &BaseUrl,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+    connect_timeout: Duration,
+    timeout: Duration,
+) -> Exchange {
     let start = Instant::now();
     let result = match tokio::time::timeout(
         timeout,
         exchange(
+            method,
             endpoint,
             path_and_query,
             headers,
@@ -122,6 +145,7 @@ pub(crate) async fn get(
 }
 
 async fn exchange(
+    method: http::Method,
     endpoint: &BaseUrl,
     path_and_query: &str,
     headers: &[(&str, &str)],
@@ -139,10 +163,16 @@ async fn exchange(
     } else {
         endpoint.authority()
     };
-    let mut request = http::Request::get(path_and_query)
+    let with_length = method != http::Method::GET;
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(path_and_query)
         .header(http::header::HOST, host)
         .header(http::header::USER_AGENT, USER_AGENT)
         .header(http::header::CONNECTION, "close");
+    if with_length {
+        request = request.header(http::header::CONTENT_LENGTH, "0");
+    }
     for (name, value) in headers {
         request = request.header(*name, *value);
     }

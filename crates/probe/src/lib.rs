@@ -20,23 +20,31 @@
 //! Pointed at another endpoint (`--endpoint`, or [`ProbeConfig::new`]), the probe never
 //! sends anything to the real WireServer unless its URLs are given too.
 
+mod aws;
 mod classify;
+mod cloud;
 mod config;
+mod gcp;
 mod http;
 mod instance;
 mod report;
+#[cfg(test)]
+mod walk_tests;
 
 use std::time::Duration;
 
+pub use aws::AwsCredentials;
 pub use classify::{Class, Denial};
 pub use config::{
-    ARM_RESOURCE, BaseUrl, DEFAULT_API_VERSION, DEFAULT_ENDPOINT, DEFAULT_HOSTGAPLUGIN,
-    DEFAULT_TOKEN_API_VERSION, DEFAULT_WIRESERVER, KEY_VAULT_RESOURCE, ProbeConfig, ProbeSettings,
+    ARM_RESOURCE, AWS_TOKEN_TTL_SECONDS, BaseUrl, DEFAULT_API_VERSION, DEFAULT_CLOUD_ENDPOINT,
+    DEFAULT_ENDPOINT, DEFAULT_GCP_AUDIENCE, DEFAULT_HOSTGAPLUGIN, DEFAULT_TOKEN_API_VERSION,
+    DEFAULT_WIRESERVER, KEY_VAULT_RESOURCE, ProbeConfig, ProbeSettings,
 };
+pub use imdsguard_core::target::Cloud;
 pub use instance::{
     IMDS_RESTRICTION_TAG, Identity, IdentitySelector, InstanceExposure, KUBELET_IDENTITY_TAG, Tag,
 };
-pub use report::{Report, Step, StepName, Summary};
+pub use report::{Fact, Report, Step, StepName, Summary};
 
 use classify::Outcome;
 use http::Exchange;
@@ -90,11 +98,33 @@ impl ProbeError {
     }
 }
 
-/// Walks the attacker's path as `config` says and returns every step. Needs a Tokio
-/// runtime with IO and time enabled. Requests run one after the other, token requests
-/// at most one per [`TOKEN_REQUEST_SPACING`] (IMDS throttles per VM, and the identity
-/// endpoint allows 5 concurrent requests).
+/// Walks the attacker's path of `config.cloud` as `config` says and returns every step.
+/// Needs a Tokio runtime with IO and time enabled. Requests run one after the other;
+/// Azure token requests at most one per [`TOKEN_REQUEST_SPACING`] (IMDS throttles per
+/// VM, and the identity endpoint allows 5 concurrent requests).
 pub async fn probe(config: &ProbeConfig) -> Report {
+    let steps = match config.cloud {
+        Cloud::Azure => return azure(config).await,
+        Cloud::Aws => aws::walk(config).await,
+        Cloud::Gcp => gcp::walk(config).await,
+    };
+    let mut report = Report {
+        cloud: config.cloud,
+        endpoint: config.endpoint.to_string(),
+        wireserver: None,
+        hostgaplugin: None,
+        api_version: None,
+        token_api_version: None,
+        identities: Vec::new(),
+        steps,
+        summary: Summary::default(),
+    };
+    report.summarise();
+    report
+}
+
+/// Azure's walk: IMDS, identities, tokens, WireServer and HostGAPlugin.
+async fn azure(config: &ProbeConfig) -> Report {
     let mut steps = Vec::new();
     let endpoint = &config.endpoint;
 
@@ -269,19 +299,15 @@ pub async fn probe(config: &ProbeConfig) -> Report {
     });
 
     let mut report = Report {
+        cloud: Cloud::Azure,
         endpoint: endpoint.to_string(),
         wireserver: config.wireserver.as_ref().map(BaseUrl::to_string),
         hostgaplugin: config.hostgaplugin.as_ref().map(BaseUrl::to_string),
-        api_version: config.api_version.clone(),
-        token_api_version: config.token_api_version.clone(),
+        api_version: Some(config.api_version.clone()),
+        token_api_version: Some(config.token_api_version.clone()),
         identities,
         steps,
-        summary: Summary {
-            sensitive: false,
-            reachable: Vec::new(),
-            counts: Default::default(),
-            exit_code: 0,
-        },
+        summary: Summary::default(),
     };
     report.summarise();
     report
@@ -303,7 +329,7 @@ async fn get(
     .await
 }
 
-fn step(name: StepName, target: String, exchange: &Exchange, outcome: Outcome) -> Step {
+pub(crate) fn step(name: StepName, target: String, exchange: &Exchange, outcome: Outcome) -> Step {
     let mut step = Step::bare(
         name,
         target,
@@ -318,6 +344,9 @@ fn step(name: StepName, target: String, exchange: &Exchange, outcome: Outcome) -
         .filter(|s| *s != 0);
     step.latency_ms = Some(millis(exchange.latency));
     step.denial = outcome.denial;
+    step.token = outcome.token;
+    step.facts = outcome.facts;
+    step.credentials = outcome.credentials;
     step
 }
 
@@ -326,7 +355,7 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// Percent-encodes a query value (everything but RFC 3986 unreserved characters).
-fn encode(value: &str) -> String {
+pub(crate) fn encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for byte in value.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
@@ -366,11 +395,12 @@ mod tests {
 
     fn report_with(classes: &[(StepName, Class)]) -> Report {
         let mut report = Report {
+            cloud: Cloud::Azure,
             endpoint: "http://127.0.0.1:1".into(),
             wireserver: None,
             hostgaplugin: None,
-            api_version: DEFAULT_API_VERSION.into(),
-            token_api_version: DEFAULT_TOKEN_API_VERSION.into(),
+            api_version: Some(DEFAULT_API_VERSION.into()),
+            token_api_version: Some(DEFAULT_TOKEN_API_VERSION.into()),
             identities: Vec::new(),
             steps: classes
                 .iter()
@@ -386,12 +416,7 @@ mod tests {
                     step
                 })
                 .collect(),
-            summary: Summary {
-                sensitive: false,
-                reachable: Vec::new(),
-                counts: Default::default(),
-                exit_code: 0,
-            },
+            summary: Summary::default(),
         };
         report.summarise();
         report

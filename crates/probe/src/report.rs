@@ -4,10 +4,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use imdsguard_core::target::Cloud;
 use imdsguard_core::token::TokenSummary;
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use crate::ExitStatusCode;
+use crate::aws::AwsCredentials;
 use crate::classify::{Class, Denial};
 use crate::instance::{Identity, InstanceExposure};
 
@@ -29,6 +31,48 @@ pub enum StepName {
     WireserverGoalstate,
     /// 5b. HostGAPlugin's vmSettings (port 32526).
     HostgapluginVmsettings,
+    /// AWS, GCP: TCP connection to the cloud's IPv6 metadata address.
+    TcpConnectIpv6,
+    /// AWS: TCP connection to the EKS Pod Identity agent.
+    PodIdentityTcp,
+    /// AWS: `GET /latest/meta-data/` without a session token (IMDSv1 open?).
+    Imdsv1,
+    /// AWS: `PUT /latest/api/token` (an IMDSv2 session token from here?).
+    Imdsv2Token,
+    /// AWS: `/latest/dynamic/instance-identity/document`.
+    IdentityDocument,
+    /// AWS: `/latest/meta-data/iam/info` (the instance profile).
+    IamInfo,
+    /// AWS: `/latest/meta-data/iam/security-credentials/` (the role name).
+    IamRole,
+    /// AWS: `/latest/meta-data/iam/security-credentials/ROLE`.
+    Credentials,
+    /// AWS: `/latest/user-data`.
+    UserData,
+    /// GCP: a metadata value without `Metadata-Flavor: Google`.
+    MetadataWithoutHeader,
+    /// GCP: `project/project-id`.
+    ProjectId,
+    /// GCP: `project/numeric-project-id`.
+    NumericProjectId,
+    /// GCP: `instance/zone`.
+    Zone,
+    /// GCP: `instance/name`.
+    InstanceName,
+    /// GCP: `instance/attributes/cluster-name`.
+    ClusterName,
+    /// GCP: `instance/attributes/` (the attribute names).
+    Attributes,
+    /// GCP: `instance/attributes/kube-env`.
+    KubeEnv,
+    /// GCP: `instance/service-accounts/?recursive=true` (emails and scopes).
+    ServiceAccounts,
+    /// GCP: `instance/service-accounts/default/identity?audience=…` (an ID token).
+    IdentityToken,
+    /// GCP: the legacy `/0.1/meta-data/` endpoint.
+    LegacyV01,
+    /// GCP: the legacy `/computeMetadata/v1beta1/` endpoint.
+    LegacyV1beta1,
 }
 
 impl StepName {
@@ -42,6 +86,70 @@ impl StepName {
             StepName::Token => "token",
             StepName::WireserverGoalstate => "wireserver-goalstate",
             StepName::HostgapluginVmsettings => "hostgaplugin-vmsettings",
+            StepName::TcpConnectIpv6 => "tcp-connect-ipv6",
+            StepName::PodIdentityTcp => "pod-identity-tcp",
+            StepName::Imdsv1 => "imdsv1",
+            StepName::Imdsv2Token => "imdsv2-token",
+            StepName::IdentityDocument => "identity-document",
+            StepName::IamInfo => "iam-info",
+            StepName::IamRole => "iam-role",
+            StepName::Credentials => "credentials",
+            StepName::UserData => "user-data",
+            StepName::MetadataWithoutHeader => "metadata-without-header",
+            StepName::ProjectId => "project-id",
+            StepName::NumericProjectId => "numeric-project-id",
+            StepName::Zone => "zone",
+            StepName::InstanceName => "instance-name",
+            StepName::ClusterName => "cluster-name",
+            StepName::Attributes => "attributes",
+            StepName::KubeEnv => "kube-env",
+            StepName::ServiceAccounts => "service-accounts",
+            StepName::IdentityToken => "identity-token",
+            StepName::LegacyV01 => "legacy-v0.1",
+            StepName::LegacyV1beta1 => "legacy-v1beta1",
+        }
+    }
+
+    /// What a sensitive step reached, in the summary's words (`None`: the step is never
+    /// sensitive, or it is a token step, summed up apart).
+    fn reached(self) -> Option<&'static str> {
+        Some(match self {
+            StepName::InstanceWithoutHeader => "the instance document without the Metadata header",
+            StepName::Instance => "the instance document",
+            StepName::WireserverGoalstate => "the WireServer goal state",
+            StepName::HostgapluginVmsettings => "HostGAPlugin vmSettings",
+            StepName::Credentials => "the instance role's credentials",
+            StepName::UserData => "the user data",
+            StepName::MetadataWithoutHeader => "metadata without the Metadata-Flavor header",
+            StepName::KubeEnv => "kube-env (the kubelet's bootstrap settings)",
+            StepName::LegacyV01 => "the legacy v0.1 metadata endpoint (no header needed)",
+            StepName::LegacyV1beta1 => "the legacy v1beta1 metadata endpoint (no header needed)",
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for StepName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One thing a step read that may be shown (a region, a project id, a role name, a
+/// size, the names of kube-env's keys), never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Fact {
+    /// What it is (`region`, `account_id`, `project_id`, `kube_env_keys`, …).
+    pub name: String,
+    /// Its value.
+    pub value: String,
+}
+
+impl Fact {
+    pub(crate) fn new(name: &str, value: impl Into<String>) -> Fact {
+        Fact {
+            name: name.to_owned(),
+            value: value.into(),
         }
     }
 }
@@ -76,6 +184,13 @@ pub struct Step {
     /// For a request imdsguard denied: its decision.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub denial: Option<Denial>,
+    /// AWS, GCP: what the answer held that may be shown.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub facts: Vec<Fact>,
+    /// AWS: the credentials obtained, as far as they may be shown (AccessKeyId's first
+    /// four characters and fingerprint, Expiration; never the secret or the token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<AwsCredentials>,
 }
 
 impl Step {
@@ -93,12 +208,14 @@ impl Step {
             token: None,
             instance: None,
             denial: None,
+            facts: Vec::new(),
+            credentials: None,
         }
     }
 }
 
 /// The probe's verdict.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Summary {
     /// Whether anything sensitive was reachable (exit status 1).
     pub sensitive: bool,
@@ -110,19 +227,28 @@ pub struct Summary {
     pub exit_code: u8,
 }
 
+fn cloud_name<S: Serializer>(cloud: &Cloud, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(cloud.name())
+}
+
 /// Everything one probe run found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    /// The IMDS endpoint.
+    /// Whose attacker path was walked: `azure`, `aws` or `gcp`.
+    #[serde(serialize_with = "cloud_name")]
+    pub cloud: Cloud,
+    /// The metadata endpoint (IMDS).
     pub endpoint: String,
     /// The WireServer endpoint, when checked.
     pub wireserver: Option<String>,
     /// The HostGAPlugin endpoint, when checked.
     pub hostgaplugin: Option<String>,
-    /// api-version used for the instance document.
-    pub api_version: String,
-    /// api-version used for the token endpoint.
-    pub token_api_version: String,
+    /// Azure: api-version used for the instance document.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// Azure: api-version used for the token endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_api_version: Option<String>,
     /// The identities tried besides the default one (from the instance document's tags
     /// and `--client-id`).
     pub identities: Vec<Identity>,
@@ -153,22 +279,27 @@ impl Report {
                 continue;
             }
             match step.name {
-                StepName::InstanceWithoutHeader => {
-                    reachable.push("the instance document without the Metadata header".into())
-                }
-                StepName::Instance => reachable.push("the instance document".into()),
-                StepName::Token => tokens.push(format!(
+                StepName::Token if self.cloud == Cloud::Azure => tokens.push(format!(
                     "{} for {}",
                     step.identity
                         .as_ref()
                         .map_or_else(|| "?".to_owned(), |i| i.selector.to_string()),
                     step.resource.as_deref().unwrap_or("?")
                 )),
-                StepName::WireserverGoalstate => reachable.push("the WireServer goal state".into()),
-                StepName::HostgapluginVmsettings => {
-                    reachable.push("HostGAPlugin vmSettings".into())
+                StepName::Token => tokens.push("the default service account's access token".into()),
+                StepName::Credentials => reachable.push(format!(
+                    "the credentials of role {}",
+                    step.resource.as_deref().unwrap_or("?")
+                )),
+                StepName::IdentityToken => tokens.push(format!(
+                    "an identity token for {}",
+                    step.resource.as_deref().unwrap_or("?")
+                )),
+                name => {
+                    if let Some(what) = name.reached() {
+                        reachable.push(what.to_owned());
+                    }
                 }
-                StepName::TcpConnect | StepName::Identities => {}
             }
         }
         if !tokens.is_empty() {
@@ -201,26 +332,42 @@ impl Report {
     /// The readable rendering.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "imdsguard probe");
-        let _ = writeln!(
-            out,
-            "  endpoint      {}  (instance api-version {}, token api-version {})",
-            self.endpoint, self.api_version, self.token_api_version
-        );
-        let or_unchecked = |v: &Option<String>, flag: &str| {
-            v.clone()
-                .unwrap_or_else(|| format!("not checked (--endpoint given without --{flag})"))
-        };
-        let _ = writeln!(
-            out,
-            "  wireserver    {}",
-            or_unchecked(&self.wireserver, "wireserver")
-        );
-        let _ = writeln!(
-            out,
-            "  hostgaplugin  {}",
-            or_unchecked(&self.hostgaplugin, "hostgaplugin")
-        );
+        if self.cloud == Cloud::Azure {
+            let _ = writeln!(out, "imdsguard probe");
+            let _ = writeln!(
+                out,
+                "  endpoint      {}  (instance api-version {}, token api-version {})",
+                self.endpoint,
+                self.api_version.as_deref().unwrap_or("-"),
+                self.token_api_version.as_deref().unwrap_or("-")
+            );
+            let or_unchecked = |v: &Option<String>, flag: &str| {
+                v.clone()
+                    .unwrap_or_else(|| format!("not checked (--endpoint given without --{flag})"))
+            };
+            let _ = writeln!(
+                out,
+                "  wireserver    {}",
+                or_unchecked(&self.wireserver, "wireserver")
+            );
+            let _ = writeln!(
+                out,
+                "  hostgaplugin  {}",
+                or_unchecked(&self.hostgaplugin, "hostgaplugin")
+            );
+        } else {
+            let _ = writeln!(out, "imdsguard probe --cloud {}", self.cloud.name());
+            let _ = writeln!(out, "  endpoint      {}", self.endpoint);
+            let also: Vec<&str> = self
+                .steps
+                .iter()
+                .filter(|s| matches!(s.name, StepName::TcpConnectIpv6 | StepName::PodIdentityTcp))
+                .map(|s| s.target.as_str())
+                .collect();
+            if !also.is_empty() {
+                let _ = writeln!(out, "  also (TCP)    {}", also.join(", "));
+            }
+        }
         let _ = writeln!(out);
         for (i, step) in self.steps.iter().enumerate() {
             let class = if step.class.is_sensitive() {
@@ -245,6 +392,7 @@ impl Report {
                 step.target
             );
             if let (Some(identity), Some(resource)) = (&step.identity, &step.resource) {
+                // Azure token steps: which identity, which resource.
                 let _ = writeln!(
                     out,
                     "      {} ({}) -> {resource}",
