@@ -46,8 +46,8 @@ enum Command {
     /// Walk the attacker's path from here (run it in a pod): instance data, identities,
     /// tokens, WireServer; never prints a token.
     Probe(probe_cmd::ProbeArgs),
-    /// A faithful Azure IMDS (and WireServer) emulator for tests and demos; listens on
-    /// loopback by default.
+    /// A faithful cloud metadata emulator for tests and demos: Azure IMDS and WireServer
+    /// (default), AWS EC2 IMDS (--cloud aws), GCE metadata (--cloud gcp); loopback by default.
     Emulate(emulate_cmd::EmulateArgs),
     /// The filtering metadata proxy: per pod, per path, per token audience and identity;
     /// default deny.
