@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use imdsguard_core::audit::{
-    AuditOptions, DEFAULT_LIST_LIMIT, FindingKind, Report, Severity, audit,
+    AuditOptions, DEFAULT_LIST_LIMIT, FindingKind, Report, Severity, audit_in,
 };
 use imdsguard_core::cilium::LinkLocalAs;
 use imdsguard_core::cluster::Cluster;
 use imdsguard_core::engine::{Engine, EngineSettings};
 use imdsguard_core::engine_detect::{AksCluster, ClusterSignals};
 use imdsguard_core::report_objects::ReportFormat;
-use imdsguard_core::target::Target;
+use imdsguard_core::target::{Cloud, Target};
 
 use crate::cloud_arg::{CloudArg, read_targets_file, with_cloud};
 use crate::expected_arg::ExpectedArgs;
@@ -46,7 +46,9 @@ pub struct AuditArgs {
     #[arg(long, value_name = "FILE")]
     targets_file: Option<PathBuf>,
 
-    /// Built-in target set; the default (azure) applies when no target is given.
+    /// Built-in target set, added after --target/--targets-file; the default (azure)
+    /// applies when no target is given. Given once: it also names the targets in every
+    /// output by that cloud's services (169.254.169.254:80 is "AWS IMDS" under aws).
     #[arg(long, value_enum)]
     cloud: Option<CloudArg>,
 
@@ -336,7 +338,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let cluster = Cluster::build(loaded.objects);
     let t_build = t1.elapsed();
     let t2 = Instant::now();
-    let report = audit(
+    let report = audit_in(
         &cluster,
         &AuditOptions {
             targets,
@@ -345,6 +347,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
             expected,
             signals,
         },
+        args.cloud.map(Cloud::from),
     );
 
     let t_eval = t2.elapsed();

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use imdsguard_core::audit::{AuditOptions, DEFAULT_LIST_LIMIT, Report, audit};
+use imdsguard_core::audit::{AuditOptions, DEFAULT_LIST_LIMIT, Report, audit_in};
 use imdsguard_core::cilium::LinkLocalAs;
 use imdsguard_core::cluster::Cluster;
 use imdsguard_core::engine::{Engine, EngineSettings};
 use imdsguard_core::generate::{GenerateOptions, OutputEngine, generate, is_generated};
-use imdsguard_core::target::Target;
+use imdsguard_core::target::{Cloud, Target};
 use serde_json::Value;
 
 use crate::cloud_arg::{CloudArg, read_targets_file, with_cloud};
@@ -55,7 +55,10 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "FILE")]
     targets_file: Option<PathBuf>,
 
-    /// Built-in target set; the default (azure) applies when no target is given.
+    /// Built-in target set, added after --target/--targets-file; the default (azure)
+    /// applies when no target is given. aws and gcp deny IPv4 and IPv6 endpoints
+    /// (IPv4 and IPv6 ipBlocks or CIDRs); the rules' pods are excepted for the
+    /// instance metadata service only (169.254.169.254:80 and its IPv6 address).
     #[arg(long, value_enum)]
     cloud: Option<CloudArg>,
 
@@ -270,12 +273,13 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     let t4 = Instant::now();
     let mut code = ExitCode::SUCCESS;
     if let (Some(options), Some(mut input)) = (audit_options, input_copy) {
+        let cloud = args.cloud.map(Cloud::from);
         let (before, after) = rayon::join(
-            || audit(&cluster, &options),
+            || audit_in(&cluster, &options, cloud),
             || -> anyhow::Result<Report> {
                 input.extend(parse_generated(&generated.objects)?);
                 let after_cluster = Cluster::build(input);
-                let report = audit(&after_cluster, &options);
+                let report = audit_in(&after_cluster, &options, cloud);
                 std::mem::forget(after_cluster);
                 Ok(report)
             },
@@ -354,8 +358,12 @@ fn print_verify(before: &Report, after: &Report) -> bool {
                 unexpected.push((w, v));
             }
         }
+        let named = match after.cloud.and_then(|c| c.service(target)) {
+            Some(s) => format!("{target} ({})", s.label()),
+            None => target.to_string(),
+        };
         eprintln!(
-            "  {target}: {} workload(s) reach it before, {} after ({expected} expected, {host_network} hostNetwork, {} unexpected)",
+            "  {named}: {} workload(s) reach it before, {} after ({expected} expected, {host_network} hostNetwork, {} unexpected)",
             reaching(before, i),
             reaching(after, i),
             unexpected.len()

@@ -16,7 +16,7 @@ use crate::engine::{
 use crate::engine_detect::{ClusterSignals, DecisionSource, EngineDecision};
 use crate::model::{Labels, NetworkPolicy, Peer, PortSpec, Source};
 use crate::netpol::{Decision, first_names, join_names};
-use crate::target::{MetadataService, Protocol, Target};
+use crate::target::{Cloud, MetadataService, Protocol, Target};
 use crate::tiered::{
     Action, Peer as TieredPeer, PortMatch, Rule as TieredRule, TierLevel, TieredKind, TieredPolicy,
 };
@@ -331,10 +331,19 @@ impl Finding {
 /// Placeholder for the list of targets in a finding message, filled in by [`merge`].
 const TARGETS: &str = "{targets}";
 
-/// Merges findings that differ only by target into one listing all their targets.
-/// Findings about different subjects never merge, so callers merge per workload or
-/// namespace: small vectors, a linear scan.
-fn merge(findings: Vec<Finding>) -> Vec<Finding> {
+/// A target as findings list it: `IP:PORT/PROTO`, followed by the cloud's name for it
+/// when a cloud was named (`169.254.169.254:80/TCP (AWS IMDS)`).
+fn target_name(t: &Target, cloud: Option<Cloud>) -> String {
+    match cloud.and_then(|c| c.service(t)) {
+        Some(s) => format!("{t} ({})", s.label()),
+        None => t.to_string(),
+    }
+}
+
+/// Merges findings that differ only by target into one listing all their targets (named
+/// by `cloud`, [`target_name`]). Findings about different subjects never merge, so
+/// callers merge per workload or namespace: small vectors, a linear scan.
+fn merge(findings: Vec<Finding>, cloud: Option<Cloud>) -> Vec<Finding> {
     let mut out: Vec<Finding> = Vec::with_capacity(findings.len());
     for f in findings {
         match out
@@ -347,7 +356,7 @@ fn merge(findings: Vec<Finding>) -> Vec<Finding> {
     }
     for f in &mut out {
         if f.message.contains(TARGETS) {
-            let list: Vec<String> = f.targets.iter().map(Target::to_string).collect();
+            let list: Vec<String> = f.targets.iter().map(|t| target_name(t, cloud)).collect();
             f.message = f.message.replace(TARGETS, &list.join(", "));
         }
     }
@@ -385,8 +394,13 @@ pub struct Verdict {
     /// (isolation, no rule) or when nothing decided.
     pub rule: Option<String>,
     /// Whether the access rules expect this (reaching or being blocked): the target is
-    /// Azure IMDS and the verdict is of a pod shape a rule selects.
+    /// the instance metadata service ([`Target::is_instance_metadata`]) and the verdict is
+    /// of a pod shape a rule selects.
     pub expected: bool,
+    /// The named cloud's service this target is ([`Cloud::service`]); only when a cloud
+    /// was named ([`audit_in`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<MetadataService>,
 }
 
 /// A workload and its verdicts.
@@ -448,6 +462,9 @@ pub struct TargetCount {
     pub workloads: usize,
     /// Of those, how many the access rules expect to (IMDS only; 0 for other targets).
     pub expected: usize,
+    /// The named cloud's service this target is; only when a cloud was named.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<MetadataService>,
 }
 
 /// Audit settings.
@@ -479,6 +496,10 @@ pub const DEFAULT_LIST_LIMIT: usize = 5;
 /// The audit's result.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The cloud whose endpoints were audited, when one was named ([`audit_in`]): it
+    /// names each target's service ([`Report::service`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<Cloud>,
     /// The targets, as `IP:PORT/PROTO`.
     pub targets: Vec<Target>,
     /// The engine whose semantics decided.
@@ -565,8 +586,27 @@ impl ImdsRestricted {
     }
 }
 
-/// Runs the audit over a cluster.
+impl Report {
+    /// The service a target is: the named cloud's meaning ([`Cloud::service`]), else
+    /// [`Target::service`] (169.254.169.254 is Azure IMDS, the default cloud).
+    pub fn service(&self, t: &Target) -> Option<MetadataService> {
+        match self.cloud {
+            Some(c) => c.service(t),
+            None => t.service(),
+        }
+    }
+}
+
+/// Runs the audit over a cluster, no cloud named ([`audit_in`] with `None`).
 pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
+    audit_in(cluster, opts, None)
+}
+
+/// Runs the audit over a cluster whose metadata endpoints are `cloud`'s (`--cloud`):
+/// verdicts, per-target totals and findings name each target by that cloud's service
+/// (`169.254.169.254:80/TCP (AWS IMDS)`); `None` names none (the report as before
+/// clouds were named), the table still calls 169.254.169.254 Azure IMDS.
+pub fn audit_in(cluster: &Cluster, opts: &AuditOptions, cloud: Option<Cloud>) -> Report {
     let targets = &opts.targets;
     let (settings, decision) = settings(cluster, opts);
     let detected = !matches!(
@@ -597,7 +637,10 @@ pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
     let mut workloads = Vec::with_capacity(evaluated.len());
     let mut findings = Vec::new();
     let mut ties: BTreeMap<TieKey, TieSeen> = BTreeMap::new();
-    for e in evaluated {
+    for mut e in evaluated {
+        for v in &mut e.report.verdicts {
+            v.service = cloud.and_then(|c| c.service(&v.target));
+        }
         for i in e.netpol {
             used[i] = true;
         }
@@ -619,7 +662,7 @@ pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
             entry.1 += 1;
         }
         workloads.push(e.report);
-        findings.extend(e.findings);
+        findings.extend(merge(e.findings, cloud));
     }
 
     if no_engine {
@@ -720,7 +763,7 @@ pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
                 ));
             }
         }
-        findings.extend(merge(found));
+        findings.extend(merge(found, cloud));
     }
 
     for (i, p) in cluster.policies.iter().enumerate() {
@@ -871,12 +914,14 @@ pub fn audit(cluster: &Cluster, opts: &AuditOptions) -> Report {
             target: *t,
             workloads: n,
             expected,
+            service: cloud.and_then(|c| c.service(t)),
         });
     }
     for f in &findings {
         *summary.findings.entry(f.severity.to_string()).or_default() += 1;
     }
     Report {
+        cloud,
         targets: targets.clone(),
         engine: settings.engine,
         engine_detected: detected,
@@ -1287,8 +1332,9 @@ fn evaluate_workload(
             .zip(&sources)
             .map(|(sel, src)| view.decide(sel, src, &dst))
             .collect();
-        // Expected access concerns Azure IMDS only (the rules file is about IMDS).
-        let expected_here = expected && t.service() == Some(MetadataService::AzureImds);
+        // Expected access concerns the instance metadata service only (the rules file is
+        // about IMDS): 169.254.169.254:80 and each cloud's IPv6 address of it.
+        let expected_here = expected && t.is_instance_metadata();
         // The workload is allowed when any of its pod shapes is; when rules expect some
         // shapes, an unexpected shape that reaches the target is the one shown.
         let pick = if expected_here {
@@ -1477,6 +1523,7 @@ fn evaluate_workload(
             object: decided.1,
             rule: decided.2,
             expected: shown_expected,
+            service: None,
         });
     }
 
@@ -1536,7 +1583,7 @@ fn evaluate_workload(
     };
     Evaluated {
         report,
-        findings: merge(findings),
+        findings,
         netpol: all_selecting,
         tiered: all_tiered,
         ties,

@@ -26,9 +26,11 @@
 //! audit's composition): every pod shape that is not expected yet still reaches a
 //! target is a `reopens-target` warning naming the deciding object and tier.
 //!
-//! The exceptions cover Azure IMDS only ([`is_expected_target`]): the rules file says
-//! who may reach IMDS, and the audit counts only that as expected access, so WireServer
-//! (and any other target) is denied to every pod, the expected ones included.
+//! The exceptions cover the instance metadata service only ([`is_expected_target`]:
+//! 169.254.169.254:80 and AWS's and GCP's IPv6 addresses of it): the rules file says who
+//! may reach IMDS, and the audit counts only that as expected access, so WireServer, the
+//! EKS Pod Identity agent, ECS task metadata (and any other target) are denied to every
+//! pod, the expected ones included.
 //!
 //! Objects come out in a stable order (allows before the denies they make exceptions
 //! to, so that applying them in order never blocks an expected pod).
@@ -52,7 +54,7 @@ use crate::calico::CalicoObject;
 use crate::cluster::Cluster;
 use crate::engine::{Destination, Engine, EngineSettings, Prepared, Source};
 use crate::model::{LabelSelector, Object, Operator, PodTemplate};
-use crate::target::{MetadataService, Protocol, Target};
+use crate::target::{Protocol, Target};
 
 /// The label every generated object carries.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -245,11 +247,14 @@ impl Generated {
 }
 
 /// Whether expected pods get an exception for this target: the rules file says who may
-/// reach Azure IMDS (169.254.169.254:80/TCP, `docs/expected-access.md`), so only that
-/// target is excepted, as the audit counts only it as expected access; WireServer and
-/// every other target stay denied to every pod.
+/// reach the instance metadata service (`docs/expected-access.md`): 169.254.169.254:80/TCP
+/// (Azure IMDS, AWS IMDS, the GCE metadata server) and its IPv6 addresses on AWS
+/// (`[fd00:ec2::254]:80`) and GCP (`[fd20:ce::254]:80`) ([`Target::is_instance_metadata`]),
+/// so only those are excepted, as the audit counts only them as expected access;
+/// WireServer, the EKS Pod Identity agent, ECS task metadata and every other target stay
+/// denied to every pod.
 pub fn is_expected_target(t: &Target) -> bool {
-    t.service() == Some(MetadataService::AzureImds)
+    t.is_instance_metadata()
 }
 
 /// Generates the objects for `opts.engine`.

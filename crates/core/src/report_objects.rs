@@ -451,7 +451,8 @@ fn put_source(properties: &mut BTreeMap<String, String>, s: &Source) {
 /// The result of one verdict.
 fn verdict_result(w: &WorkloadReport, v: &Verdict, timestamp: Timestamp) -> ReportResult {
     let target = v.target.to_string();
-    let service = v.target.service().map(|s| s.label());
+    // The named cloud's service (`--cloud`), else the one the address alone names.
+    let service = v.service.or_else(|| v.target.service()).map(|s| s.label());
     let named = match service {
         Some(s) => format!("{target} ({s})"),
         None => target.clone(),

@@ -208,6 +208,21 @@ impl Target {
         .find_map(|(t, s)| (t == self.canonical()).then_some(s))
     }
 
+    /// Whether this is the instance metadata service proper, the endpoint the access rules
+    /// (`--rules`, `--preset`) say who may reach: 169.254.169.254:80/TCP (Azure IMDS, AWS
+    /// IMDS and the GCE metadata server alike), AWS's `[fd00:ec2::254]:80` and GCP's
+    /// `[fd20:ce::254]:80`. Not WireServer, the Pod Identity agent or ECS task metadata.
+    pub fn is_instance_metadata(&self) -> bool {
+        matches!(
+            self.service(),
+            Some(
+                MetadataService::AzureImds
+                    | MetadataService::AwsImds
+                    | MetadataService::GcpMetadata
+            )
+        )
+    }
+
     /// The same target with its address folded by [`canonical_ip`].
     pub fn canonical(&self) -> Target {
         Target::new(canonical_ip(self.ip), self.port, self.protocol)

@@ -16,8 +16,9 @@ use imdsguard_core::target::{MetadataService, Target};
 /// More targets than this and the table shows counts instead of a column per target.
 const MAX_TARGET_COLUMNS: usize = 6;
 
-fn header(t: &Target) -> String {
-    match t.service() {
+fn header(report: &Report, t: &Target) -> String {
+    // The named cloud's service (`--cloud aws`: "AWS IMDS"), else Azure's short names.
+    match report.service(t) {
         Some(MetadataService::AzureImds) => "IMDS\n:80".into(),
         Some(MetadataService::AzureWireServer) => "WireServer\n:80".into(),
         Some(MetadataService::AzureHostGaPlugin) => "WireServer\n:32526".into(),
@@ -195,9 +196,8 @@ pub fn write(
         s.workloads, s.namespaces, s.pods, s.network_policies
     )?;
     for c in &s.reachable {
-        let name = c
-            .target
-            .service()
+        let name = report
+            .service(&c.target)
             .map(|e| format!(" ({})", e.label()))
             .unwrap_or_default();
         let line = format!(
@@ -231,7 +231,7 @@ pub fn write(
         let mut t = new_table(color);
         let mut head = vec![Cell::new("Workload")];
         if per_target {
-            head.extend(report.targets.iter().map(|t| Cell::new(header(t))));
+            head.extend(report.targets.iter().map(|t| Cell::new(header(report, t))));
             head.push(Cell::new("Why"));
         } else {
             head.push(Cell::new(format!("Reaches (of {})", report.targets.len())));
@@ -301,9 +301,14 @@ pub fn write(
 
     writeln!(out)?;
     for c in &s.reachable {
+        // Named by the cloud's service only when a cloud was named (`--cloud`).
+        let name = c
+            .service
+            .map(|e| format!(" ({})", e.label()))
+            .unwrap_or_default();
         writeln!(
             out,
-            "{} of {} workloads reach {}{}",
+            "{} of {} workloads reach {}{name}{}",
             c.workloads,
             s.workloads,
             c.target,
