@@ -105,7 +105,7 @@ pub(crate) struct EmulateArgs {
     #[arg(long, value_enum)]
     pub http_tokens: Option<HttpTokensArg>,
     /// AWS only: the IMDSv2 token answer's IP TTL / hop limit, 1 to 64 (HttpPutResponseHopLimit)
-    /// [default: the configuration's, 2 as on EKS managed node groups].
+    /// [default: the configuration's, 2 on the built-in EKS node].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=i64::from(MAX_HOP_LIMIT)))]
     pub hop_limit: Option<u8>,
     /// GCP only: the longest a wait_for_change request waits (the values never change) [default: 1s].

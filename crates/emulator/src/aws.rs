@@ -50,8 +50,11 @@ pub const HOP_LIMIT_HEADER: &str = "X-Imdsguard-Hop-Limit";
 /// no metadata options.
 pub const EC2_DEFAULT_HOP_LIMIT: u8 = 1;
 
-/// The hop limit of [`AwsConfig::default_eks`]: EKS managed node groups' launch template
-/// sets 2, so a pod one hop behind the node can obtain an IMDSv2 token.
+/// The hop limit of [`AwsConfig::default_eks`]: 2, what EC2 sets for instances of an AMI
+/// marked `ImdsSupport: v2.0` and what EKS clusters commonly set so that pods (one hop
+/// behind the node) obtain IMDSv2 tokens; with it a pod reaches IMDSv2 as well as IMDSv1,
+/// the exposure the emulator exists to show. EC2's API default is
+/// [`EC2_DEFAULT_HOP_LIMIT`].
 pub const EKS_DEFAULT_HOP_LIMIT: u8 = 2;
 
 /// The largest hop limit EC2 accepts.
@@ -158,11 +161,11 @@ impl Default for AwsConfig {
 }
 
 impl AwsConfig {
-    /// An EKS managed node group's node with made-up ids: a node role with credentials,
-    /// a bootstrap user-data script (fake cluster CA), IMDSv1 and IMDSv2 both answering
-    /// ([`HttpTokens::Optional`], EC2's default) and hop limit
-    /// [`EKS_DEFAULT_HOP_LIMIT`] (2, the node group launch template's: pods reach
-    /// IMDSv2 too).
+    /// An EKS node with made-up ids: a node role with credentials, a bootstrap user-data
+    /// script (fake cluster CA), IMDSv1 and IMDSv2 both answering
+    /// ([`HttpTokens::Optional`], EC2's API default) and hop limit
+    /// [`EKS_DEFAULT_HOP_LIMIT`] (2: pods reach IMDSv2 too). The exposed node, by choice;
+    /// `http_tokens: required` and `hop_limit: 1` make the hardened one.
     pub fn default_eks() -> AwsConfig {
         let cluster = "imdsguard-demo";
         AwsConfig {
