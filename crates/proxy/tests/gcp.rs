@@ -1,0 +1,507 @@
+//! The proxy with `cloud: gcp` in front of the GCE metadata server emulator (loopback):
+//! the bypass table (case, encodings, dot segments, legacy endpoints, query parameters,
+//! `Metadata-Flavor` and `X-Forwarded-For` tricks, absolute-form and IPv4-mapped hosts,
+//! recursive reads of the attributes), identity-token audiences, redaction of recursive
+//! answers, and the headers that go upstream.
+
+mod support;
+
+use std::net::IpAddr;
+
+use imdsguard_core::access::{AccessRules, PodIndex};
+use imdsguard_emulator::gcp::{GcpConfig, GcpEmulator, GcpOptions};
+use imdsguard_proxy::{Cloud, PodRate, Proxy, ProxyConfig, Upstream};
+use support::*;
+
+const GCP_RULES: &str = r#"
+cloud: gcp
+rules:
+  - name: everyone-basics
+    subjects: [{namespace: "*"}]
+    paths: [/computeMetadata/v1/instance/zone, /computeMetadata/v1/project/project-id]
+  - name: payments-sa
+    subjects: [{namespace: payments, serviceAccount: api}]
+    paths:
+      - /computeMetadata/v1/instance/service-accounts/default/token
+      - /computeMetadata/v1/instance/service-accounts/default/identity
+    audiences: [https://payments.example]
+  - name: monitoring-instance
+    subjects: [{namespace: monitoring}]
+    paths: [/computeMetadata/v1/instance]
+  - name: ops-everything
+    subjects: [{namespace: ops}]
+    paths: [/computeMetadata/v1]
+    redact: []
+"#;
+
+const FLAVOR: (&str, &str) = ("Metadata-Flavor", "Google");
+
+fn gcp_config(upstream: std::net::SocketAddr) -> ProxyConfig {
+    assert!(upstream.ip().is_loopback());
+    let mut c = ProxyConfig::for_cloud(
+        Cloud::Gcp,
+        "127.0.0.1:0".parse().unwrap(),
+        Upstream::parse(&format!("http://{upstream}")).unwrap(),
+    );
+    c.rules = Some(AccessRules::parse(GCP_RULES).unwrap());
+    c.pods = PodIndex::parse(PODS).unwrap();
+    c.pod_rate = PodRate::unlimited();
+    c
+}
+
+async fn start() -> (GcpEmulator, Proxy) {
+    let emulator = GcpEmulator::start(
+        GcpConfig::default_gke(),
+        GcpOptions {
+            seed: Some(12),
+            ..GcpOptions::default()
+        },
+    )
+    .await
+    .expect("GCP emulator on loopback");
+    let proxy = Proxy::start(gcp_config(emulator.local_addr()))
+        .await
+        .expect("proxy on loopback");
+    (emulator, proxy)
+}
+
+#[derive(Debug)]
+enum Want {
+    /// 200, the body holding this.
+    Ok(&'static str),
+    /// imdsguard's 403 by this rule.
+    Denied(&'static str),
+    /// The server's own answer with this status (not imdsguard's).
+    Service(u16),
+}
+
+/// From, target, headers, outcome.
+type Row = (IpAddr, String, Vec<(&'static str, &'static str)>, Want);
+
+#[tokio::test]
+async fn gcp_bypass_table() {
+    let (emulator, proxy) = start().await;
+    let zone = "/computeMetadata/v1/instance/zone";
+    let token = "/computeMetadata/v1/instance/service-accounts/default/token";
+    let kube_env = "/computeMetadata/v1/instance/attributes/kube-env";
+    let identity = "/computeMetadata/v1/instance/service-accounts/default/identity";
+    let rows: Vec<Row> = vec![
+        (
+            SHOP_WEB,
+            zone.into(),
+            vec![FLAVOR],
+            Want::Ok("us-central1-c"),
+        ),
+        // Metadata-Flavor: the name in any case, the value exactly `Google`, once.
+        (
+            SHOP_WEB,
+            zone.into(),
+            vec![("metadata-flavor", "Google")],
+            Want::Ok("us-central1-c"),
+        ),
+        (SHOP_WEB, zone.into(), vec![], Want::Service(403)),
+        (
+            SHOP_WEB,
+            zone.into(),
+            vec![("Metadata-Flavor", "google")],
+            Want::Service(403),
+        ),
+        (
+            SHOP_WEB,
+            zone.into(),
+            vec![FLAVOR, FLAVOR],
+            Want::Denied("canonical-form"),
+        ),
+        (
+            SHOP_WEB,
+            zone.into(),
+            vec![FLAVOR, ("Connection", "Metadata-Flavor")],
+            Want::Denied("canonical-form"),
+        ),
+        (
+            SHOP_WEB,
+            zone.into(),
+            vec![FLAVOR, ("X-Forwarded-For", "10.0.0.1")],
+            Want::Service(403),
+        ),
+        // The token: only the rule naming it.
+        (PAYMENTS_API, token.into(), vec![FLAVOR], Want::Ok("ya29.")),
+        (
+            PAYMENTS_API,
+            format!("{token}?scopes=https://www.googleapis.com/auth/cloud-platform"),
+            vec![FLAVOR],
+            Want::Ok("ya29."),
+        ),
+        (
+            MONITORING,
+            token.into(),
+            vec![FLAVOR],
+            Want::Denied("monitoring-instance"),
+        ),
+        (
+            OPS,
+            token.into(),
+            vec![FLAVOR],
+            Want::Denied("ops-everything"),
+        ),
+        (
+            SHOP_WEB,
+            token.into(),
+            vec![FLAVOR],
+            Want::Denied("default-deny"),
+        ),
+        // Encodings and dot segments.
+        (
+            MONITORING,
+            token.replace("token", "%74oken"),
+            vec![FLAVOR],
+            Want::Denied("monitoring-instance"),
+        ),
+        (
+            PAYMENTS_API,
+            token.replace("token", "%74oken"),
+            vec![FLAVOR],
+            Want::Ok("ya29."),
+        ),
+        (
+            MONITORING,
+            token.replace("/default/", "/default%2f"),
+            vec![FLAVOR],
+            Want::Denied("canonical-form"),
+        ),
+        (
+            MONITORING,
+            token.replace("/default/", "/default/../default/"),
+            vec![FLAVOR],
+            Want::Denied("canonical-form"),
+        ),
+        (
+            MONITORING,
+            token.replace("/default/", "/default/%2e/"),
+            vec![FLAVOR],
+            Want::Denied("canonical-form"),
+        ),
+        (
+            MONITORING,
+            token.replace("/default/", "/default//"),
+            vec![FLAVOR],
+            Want::Denied("canonical-form"),
+        ),
+        (
+            MONITORING,
+            token.replace("/default/", "/default%252f"),
+            vec![FLAVOR],
+            Want::Denied("canonical-form"),
+        ),
+        // Case: another path (the server refuses a case variant of a secret outright).
+        (
+            MONITORING,
+            kube_env.replace("kube-env", "KUBE-ENV"),
+            vec![FLAVOR],
+            Want::Service(404),
+        ),
+        (
+            SHOP_WEB,
+            zone.replace("instance", "Instance"),
+            vec![FLAVOR],
+            Want::Service(404),
+        ),
+        (
+            PAYMENTS_API,
+            token.replace("token", "Token"),
+            vec![FLAVOR],
+            Want::Service(404),
+        ),
+        // kube-env and the recursive reads of its ancestors.
+        (
+            MONITORING,
+            kube_env.into(),
+            vec![FLAVOR],
+            Want::Denied("monitoring-instance"),
+        ),
+        (
+            MONITORING,
+            kube_env.replace("kube-env", "kube%2denv"),
+            vec![FLAVOR],
+            Want::Denied("monitoring-instance"),
+        ),
+        (
+            OPS,
+            kube_env.into(),
+            vec![FLAVOR],
+            Want::Denied("ops-everything"),
+        ),
+        (
+            MONITORING,
+            "/computeMetadata/v1/instance/attributes/cluster-name".into(),
+            vec![FLAVOR],
+            Want::Ok("imdsguard-gke"),
+        ),
+        (
+            MONITORING,
+            "/computeMetadata/v1/instance/?recursive=true".into(),
+            vec![FLAVOR],
+            Want::Ok("cluster-name"),
+        ),
+        (
+            MONITORING,
+            "/computeMetadata/v1/instance/attributes/?recursive=TRUE".into(),
+            vec![FLAVOR],
+            Want::Ok("cluster-name"),
+        ),
+        (
+            MONITORING,
+            "/computeMetadata/v1/instance/?recursive=true&alt=text".into(),
+            vec![FLAVOR],
+            Want::Denied("monitoring-instance"),
+        ),
+        (
+            OPS,
+            "/computeMetadata/v1/?recursive=true".into(),
+            vec![FLAVOR],
+            Want::Denied("ops-everything"),
+        ),
+        (
+            OPS,
+            "/computeMetadata/v1/project/?recursive=true".into(),
+            vec![FLAVOR],
+            Want::Denied("ops-everything"),
+        ),
+        (
+            OPS,
+            "/computeMetadata/v1/instance/network-interfaces/?recursive=true&alt=text".into(),
+            vec![FLAVOR],
+            Want::Ok("10.128.0.17"),
+        ),
+        // The legacy endpoints are gone (the server's 404), whoever asks.
+        (
+            OPS,
+            "/computeMetadata/v1beta1/instance/attributes/kube-env".into(),
+            vec![],
+            Want::Service(404),
+        ),
+        (
+            OPS,
+            "/0.1/meta-data/attributes/kube-env".into(),
+            vec![],
+            Want::Service(404),
+        ),
+        // Query parameters: the server's own, once, with their values.
+        (
+            SHOP_WEB,
+            format!("{zone}?foo=bar"),
+            vec![FLAVOR],
+            Want::Denied("canonical-form"),
+        ),
+        (
+            SHOP_WEB,
+            format!("{zone}?nonrecursive=true"),
+            vec![FLAVOR],
+            Want::Denied("canonical-form"),
+        ),
+        (
+            MONITORING,
+            "/computeMetadata/v1/instance/?recursive=true&recursive=false".into(),
+            vec![FLAVOR],
+            Want::Denied("canonical-form"),
+        ),
+        (
+            MONITORING,
+            "/computeMetadata/v1/instance/?recursive=true&Recursive=false".into(),
+            vec![FLAVOR],
+            Want::Denied("canonical-form"),
+        ),
+        (
+            MONITORING,
+            "/computeMetadata/v1/instance/?recursive=1".into(),
+            vec![FLAVOR],
+            Want::Denied("canonical-form"),
+        ),
+        (
+            SHOP_WEB,
+            format!("{zone}?audience=x"),
+            vec![FLAVOR],
+            Want::Denied("canonical-form"),
+        ),
+        (
+            SHOP_WEB,
+            format!("{zone}?wait_for_change=true&timeout_sec=1"),
+            vec![FLAVOR],
+            Want::Ok("us-central1-c"),
+        ),
+        // Identity tokens: the audiences allowed only.
+        (
+            PAYMENTS_API,
+            format!("{identity}?audience=https://payments.example"),
+            vec![FLAVOR],
+            Want::Ok("eyJ"),
+        ),
+        (
+            PAYMENTS_API,
+            format!("{identity}?audience=https://evil.example"),
+            vec![FLAVOR],
+            Want::Denied("payments-sa"),
+        ),
+        (
+            PAYMENTS_API,
+            identity.into(),
+            vec![FLAVOR],
+            Want::Service(400),
+        ),
+        // Absolute-form: the metadata host names and addresses, nothing else.
+        (
+            SHOP_WEB,
+            format!("http://metadata.google.internal{zone}"),
+            vec![FLAVOR],
+            Want::Ok("us-central1-c"),
+        ),
+        (
+            SHOP_WEB,
+            format!("http://metadata{zone}"),
+            vec![FLAVOR],
+            Want::Ok("us-central1-c"),
+        ),
+        (
+            SHOP_WEB,
+            format!("http://[::ffff:a9fe:a9fe]{zone}"),
+            vec![FLAVOR],
+            Want::Ok("us-central1-c"),
+        ),
+        (
+            SHOP_WEB,
+            format!("http://[::ffff:169.254.169.254]{token}"),
+            vec![FLAVOR],
+            Want::Denied("default-deny"),
+        ),
+        (
+            SHOP_WEB,
+            format!("http://evil.example{zone}"),
+            vec![FLAVOR],
+            Want::Denied("canonical-form"),
+        ),
+        (
+            SHOP_WEB,
+            format!("http://metadata.google.internal.evil.example{zone}"),
+            vec![FLAVOR],
+            Want::Denied("canonical-form"),
+        ),
+        (
+            UNKNOWN,
+            zone.into(),
+            vec![FLAVOR],
+            Want::Denied("unknown-source"),
+        ),
+    ];
+    for (from, target, headers, want) in rows {
+        let r = send_from(from, proxy.local_addr(), "GET", &target, &headers, b"")
+            .await
+            .expect("an answer");
+        let what = format!("{from} {target} {headers:?}: {} {}", r.status, r.text());
+        match want {
+            Want::Ok(has) => {
+                assert_eq!(r.status, 200, "{what}");
+                assert!(r.text().contains(has), "{what}");
+                assert!(!r.text().contains("KUBELET_KEY"), "{what}");
+            }
+            Want::Denied(rule) => {
+                assert_eq!(r.status, 403, "{what}");
+                assert_eq!(r.denied_by(), rule, "{what}");
+            }
+            Want::Service(status) => {
+                assert_eq!(r.status, status, "{what}");
+                assert!(!r.text().contains("imdsguard"), "{what}");
+            }
+        }
+    }
+    proxy.shutdown().await;
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn recursive_answers_lose_the_secret_attributes() {
+    let (emulator, proxy) = start().await;
+    let target = "/computeMetadata/v1/instance/?recursive=true";
+    let direct = send_from(
+        UNKNOWN,
+        emulator.local_addr(),
+        "GET",
+        target,
+        &[FLAVOR],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert!(
+        direct.text().contains("KUBELET_KEY"),
+        "the emulator's tree has kube-env"
+    );
+    let r = send_from(
+        MONITORING,
+        proxy.local_addr(),
+        "GET",
+        target,
+        &[FLAVOR],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let doc = r.json();
+    let attrs = &doc["attributes"];
+    assert_eq!(attrs["cluster-name"], "imdsguard-gke", "{doc}");
+    assert!(attrs.get("kube-env").is_none(), "{doc}");
+    assert!(!r.text().contains("KUBELET"), "{doc}");
+    assert_eq!(r.header("metadata-flavor"), Some("Google"));
+    // Everything else is the server's answer.
+    let mut want = direct.json();
+    want["attributes"]
+        .as_object_mut()
+        .unwrap()
+        .remove("kube-env");
+    assert_eq!(doc, want);
+    // The project's SSH keys likewise.
+    let r = send_from(
+        MONITORING,
+        proxy.local_addr(),
+        "GET",
+        "/computeMetadata/v1/instance/attributes/?recursive=true",
+        &[FLAVOR],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert!(r.json().get("kube-env").is_none(), "{}", r.text());
+    proxy.shutdown().await;
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn only_the_clouds_headers_go_upstream() {
+    let echo = echo_upstream().await;
+    let proxy = Proxy::start(gcp_config(echo.addr)).await.unwrap();
+    let r = send_from(
+        PAYMENTS_API,
+        proxy.local_addr(),
+        "GET",
+        "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/identity?format=FULL&audience=https://payments.example",
+        &[
+            ("metadata-flavor", "Google"),
+            ("Metadata", "true"),
+            ("Authorization", "Bearer x"),
+        ],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = r.json();
+    assert_eq!(
+        seen["(target)"],
+        "/computeMetadata/v1/instance/service-accounts/default/identity?audience=https%3A%2F%2Fpayments.example&format=full"
+    );
+    assert_eq!(seen["metadata-flavor"], "Google");
+    for absent in ["metadata", "authorization", "x-forwarded-for"] {
+        assert!(seen.get(absent).is_none(), "{absent}: {seen}");
+    }
+    proxy.shutdown().await;
+}
