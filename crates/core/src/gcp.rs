@@ -932,7 +932,9 @@ where
                 _ => return err(GcpErrorKind::MissingAudience),
             }
             *f = format;
-            *l = licenses;
+            // `licenses` means something in the `full` format only (and is sent upstream
+            // only then): a standard token never carries them.
+            *l = licenses && format == IdentityFormat::Full;
         }
         _ => {}
     }
@@ -1428,6 +1430,8 @@ mod tests {
             "/computeMetadata/v1/instance/attributes/kube-env",
             "/computeMetadata/v1/instance/service-accounts/default/identity?audience=a%26b&format=full",
             "/computeMetadata/v1/project/?recursive=true&alt=json",
+            // `licenses` without `format=full` means nothing and is not sent on.
+            "/computeMetadata/v1/instance/service-accounts/default/identity?audience=a&licenses=TRUE",
         ] {
             let r = get(target).unwrap();
             let again = get(&r.upstream_target()).unwrap();
