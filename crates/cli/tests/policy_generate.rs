@@ -919,3 +919,167 @@ fn verify_counts_match_the_audit_and_fail_on_reopened_targets() {
     ]);
     assert_eq!(r.code, 2, "{}", r.stderr);
 }
+
+const CLOUD_AWS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/cloud-aws");
+const CLOUD_GCP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/cloud-gcp");
+
+/// The `--verify` line of one target: (before, after, expected, hostNetwork, unexpected).
+fn verify_line(stderr: &str, target: &str) -> (u32, u32, u32, u32, u32) {
+    let line = stderr
+        .lines()
+        .find(|l| l.trim_start().starts_with(target))
+        .unwrap_or_else(|| panic!("no --verify line for {target}:\n{stderr}"));
+    let numbers: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    // The numbers after the target's own (address and port digits).
+    let n = numbers.len();
+    (
+        numbers[n - 5],
+        numbers[n - 4],
+        numbers[n - 3],
+        numbers[n - 2],
+        numbers[n - 1],
+    )
+}
+
+/// `--cloud aws` and `--cloud gcp`: every cluster-scoped engine writes a deny for the
+/// cloud's targets on both families (IPv4 and IPv6 CIDRs), the rules' pods excepted for
+/// the instance metadata service on both families only, and `--verify` (the core audit
+/// of the input plus the objects) proves it: the allowlisted api pod reaches AWS IMDS on
+/// IPv4 and IPv6 and nothing else does but the hostNetwork DaemonSet.
+#[test]
+fn cloud_sets_deny_both_families_for_every_engine_and_verify() {
+    let dir = scratch("cloud-rules");
+    let rules = dir.join("rules.yaml");
+    std::fs::write(
+        &rules,
+        "cloud: aws\nrules:\n- name: payments-api\n  subjects:\n  - {namespace: payments, podSelector: {matchLabels: {app: api}}}\n  paths: [/latest/meta-data/placement/region]\n",
+    )
+    .unwrap();
+    let rules = rules.to_str().unwrap();
+    let aws_cidrs = [
+        "169.254.169.254/32",
+        "fd00:ec2::254/128",
+        "169.254.170.23/32",
+        "fd00:ec2::23/128",
+        "169.254.170.2/32",
+    ];
+    for engine in ["cnp", "anp", "calico", "cilium"] {
+        let r = run(&[
+            "policy", "generate", CLOUD_AWS, "--cloud", "aws", "--engine", engine, "--rules",
+            rules, "--verify",
+        ]);
+        assert_eq!(r.code, 0, "{engine}: {}", r.stderr);
+        for cidr in aws_cidrs {
+            assert!(
+                r.stdout.contains(cidr),
+                "{engine}: no {cidr}:\n{}",
+                r.stdout
+            );
+        }
+        assert!(
+            r.stderr.contains("--verify: passed"),
+            "{engine}: {}",
+            r.stderr
+        );
+        // IMDS on both families: debug loses it, api (the rules' pod) gains it.
+        for target in [
+            "169.254.169.254:80/TCP (AWS IMDS)",
+            "[fd00:ec2::254]:80/TCP (AWS IMDS)",
+        ] {
+            let (_, _, expected, host, unexpected) = verify_line(&r.stderr, target);
+            assert_eq!((expected, host, unexpected), (1, 1, 0), "{engine} {target}");
+        }
+        // The Pod Identity agent and ECS: every pod but the hostNetwork one is denied,
+        // api included (the rules grant IMDS, not the agent).
+        for target in [
+            "169.254.170.23:80/TCP (EKS Pod Identity agent)",
+            "[fd00:ec2::23]:80/TCP (EKS Pod Identity agent)",
+            "169.254.170.2:80/TCP (ECS task metadata)",
+        ] {
+            let (_, after, expected, host, unexpected) = verify_line(&r.stderr, target);
+            assert_eq!(
+                (after, expected, host, unexpected),
+                (1, 0, 1, 0),
+                "{engine} {target}"
+            );
+        }
+    }
+    // NetworkPolicies add up: shop's IPv4-only deny and payments' Pod Identity allow
+    // still admit their pods, and --verify says so.
+    let r = run(&[
+        "policy",
+        "generate",
+        CLOUD_AWS,
+        "--cloud",
+        "aws",
+        "--engine",
+        "networkpolicy",
+        "--verify",
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    for cidr in aws_cidrs {
+        assert!(r.stdout.contains(cidr), "no {cidr}:\n{}", r.stdout);
+    }
+    assert!(
+        r.stderr.contains(
+            "  [fd00:ec2::254]:80/TCP (AWS IMDS): 3 workload(s) reach it before, 2 after (0 expected, 1 hostNetwork, 1 unexpected)\n    still reaches it: shop/frontend[Deployment], decided by shop/deny-imds-ipv4 egress[0] (tier networkpolicy)"
+        ),
+        "{}",
+        r.stderr
+    );
+
+    // GCP: IPv4 and IPv6 on every engine.
+    for engine in ENGINES {
+        let r = run(&[
+            "policy", "generate", CLOUD_GCP, "--cloud", "gcp", "--engine", engine, "--verify",
+        ]);
+        assert_eq!(r.code, 0, "{engine}: {}", r.stderr);
+        for cidr in ["169.254.169.254/32", "fd20:ce::254/128"] {
+            assert!(
+                r.stdout.contains(cidr),
+                "{engine}: no {cidr}:\n{}",
+                r.stdout
+            );
+        }
+        for target in [
+            "169.254.169.254:80/TCP (GCP metadata)",
+            "[fd20:ce::254]:80/TCP (GCP metadata)",
+        ] {
+            let (_, after, _, host, unexpected) = verify_line(&r.stderr, target);
+            assert_eq!((after, host, unexpected), (1, 1, 0), "{engine} {target}");
+        }
+    }
+    // web's existing policy excepts IMDS in IPv4-mapped form. NetworkPolicy output
+    // leaves that namespace to its own policies: verified under Calico (which reads the
+    // except as 169.254.169.254/32) it passes; under Cilium (GKE Dataplane V2, which
+    // reads it as an IPv6 prefix) storefront still reaches the metadata server.
+    let verify_under = |engine: &str| {
+        run(&[
+            "policy",
+            "generate",
+            CLOUD_GCP,
+            "--cloud",
+            "gcp",
+            "--engine",
+            "networkpolicy",
+            "--verify",
+            "--verify-engine",
+            engine,
+        ])
+    };
+    let calico = verify_under("calico");
+    assert_eq!(calico.code, 0, "{}", calico.stderr);
+    let cilium = verify_under("cilium");
+    assert_eq!(cilium.code, 1, "{}", cilium.stderr);
+    assert!(
+        cilium
+            .stderr
+            .contains("still reaches it: web/storefront[Deployment], decided by web/deny-metadata-mapped egress[0]"),
+        "{}",
+        cilium.stderr
+    );
+}
