@@ -465,6 +465,22 @@ mod tests {
     }
 
     #[test]
+    fn names_in_json_are_the_names_in_text() {
+        for name in StepName::ALL {
+            assert_eq!(
+                serde_json::to_value(name).unwrap(),
+                name.as_str(),
+                "{name:?}"
+            );
+            assert_eq!(StepName::named(name.as_str()), Some(name));
+        }
+        for class in Class::ALL {
+            assert_eq!(serde_json::to_value(class).unwrap(), class.as_str());
+            assert_eq!(Class::named(class.as_str()), Some(class));
+        }
+    }
+
+    #[test]
     fn json_shape() {
         let report = report_with(&[(StepName::TcpConnect, Class::BlockedTimeout)]);
         let value: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();

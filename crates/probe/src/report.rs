@@ -70,12 +70,50 @@ pub enum StepName {
     /// GCP: `instance/service-accounts/default/identity?audience=…` (an ID token).
     IdentityToken,
     /// GCP: the legacy `/0.1/meta-data/` endpoint.
+    #[serde(rename = "legacy-v0.1")]
     LegacyV01,
     /// GCP: the legacy `/computeMetadata/v1beta1/` endpoint.
     LegacyV1beta1,
 }
 
 impl StepName {
+    /// Every step name, Azure's first, then AWS's, then GCP's.
+    pub const ALL: [StepName; 28] = [
+        StepName::TcpConnect,
+        StepName::InstanceWithoutHeader,
+        StepName::Instance,
+        StepName::Identities,
+        StepName::Token,
+        StepName::WireserverGoalstate,
+        StepName::HostgapluginVmsettings,
+        StepName::TcpConnectIpv6,
+        StepName::PodIdentityTcp,
+        StepName::Imdsv1,
+        StepName::Imdsv2Token,
+        StepName::IdentityDocument,
+        StepName::IamInfo,
+        StepName::IamRole,
+        StepName::Credentials,
+        StepName::UserData,
+        StepName::MetadataWithoutHeader,
+        StepName::ProjectId,
+        StepName::NumericProjectId,
+        StepName::Zone,
+        StepName::InstanceName,
+        StepName::ClusterName,
+        StepName::Attributes,
+        StepName::KubeEnv,
+        StepName::ServiceAccounts,
+        StepName::IdentityToken,
+        StepName::LegacyV01,
+        StepName::LegacyV1beta1,
+    ];
+
+    /// The step named `name` (as [`StepName::as_str`] writes it).
+    pub fn named(name: &str) -> Option<StepName> {
+        StepName::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
     /// The name used in reports.
     pub fn as_str(self) -> &'static str {
         match self {
