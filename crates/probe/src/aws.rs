@@ -523,7 +523,7 @@ mod tests {
         assert_eq!(o.class, Some(Class::BlockedByImdsguard));
         assert_eq!(
             o.detail,
-            "denied by proxy (imdsguard) (rule r1): credentials are not allowed"
+            "denied by proxy (imdsguard rule r1): credentials are not allowed"
         );
         assert_eq!(o.denial.unwrap().rule.as_deref(), Some("r1"));
     }

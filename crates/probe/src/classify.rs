@@ -213,14 +213,15 @@ pub(crate) fn tcp(result: &Result<Response, Failure>) -> Outcome {
 
 /// What every HTTP step shares: no answer, an imdsguard denial, throttling.
 fn common(result: &Result<Response, Failure>) -> Result<&Response, Box<Outcome>> {
-    common_as(result, "denied by imdsguard")
+    common_as(result, "denied by imdsguard", "rule")
 }
 
-/// [`common`], an imdsguard denial's detail starting with `denied` (AWS and GCP: `denied
-/// by proxy (imdsguard)`).
+/// [`common`], an imdsguard denial's detail reading `DENIED (RULE_WORD R): REASON` (Azure:
+/// `denied by imdsguard (rule R)`, AWS and GCP: `denied by proxy (imdsguard rule R)`).
 pub(crate) fn common_as<'a>(
     result: &'a Result<Response, Failure>,
     denied: &str,
+    rule_word: &str,
 ) -> Result<&'a Response, Box<Outcome>> {
     let response = result.as_ref().map_err(|f| Box::new(failure(f)))?;
     if response.status == 403
@@ -228,7 +229,7 @@ pub(crate) fn common_as<'a>(
     {
         let mut detail = denied.to_owned();
         if let Some(rule) = &denial.rule {
-            detail.push_str(&format!(" (rule {rule})"));
+            detail.push_str(&format!(" ({rule_word} {rule})"));
         }
         if let Some(reason) = &denial.reason {
             detail.push_str(&format!(": {reason}"));

@@ -12,8 +12,9 @@ use crate::config::{BaseUrl, ProbeConfig};
 use crate::http::{self as client, Failure, Response};
 use crate::report::{Step, StepName};
 
-/// How an imdsguard denial reads in the AWS and GCP walks.
-pub(crate) const DENIED_BY_PROXY: &str = "denied by proxy (imdsguard)";
+/// How an imdsguard denial reads in the AWS and GCP walks: `denied by proxy (imdsguard
+/// rule R): REASON`.
+pub(crate) const DENIED_BY_PROXY: &str = "denied by proxy";
 
 /// One walk's steps so far, and whether the endpoint answers TCP.
 pub(crate) struct Walk<'a> {
@@ -108,10 +109,10 @@ impl<'a> Walk<'a> {
     }
 }
 
-/// The answer, unless it is no answer, an imdsguard denial (`denied by proxy`) or
+/// The answer, unless it is no answer, an imdsguard denial (`denied by proxy …`) or
 /// throttling (then the outcome saying so).
 pub(crate) fn answer(result: &Result<Response, Failure>) -> Result<&Response, Box<Outcome>> {
-    classify::common_as(result, DENIED_BY_PROXY)
+    classify::common_as(result, DENIED_BY_PROXY, "imdsguard rule")
 }
 
 /// An answer no rule expected. The body is quoted (clipped, credentials masked) only
