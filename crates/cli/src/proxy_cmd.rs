@@ -487,6 +487,44 @@ mod tests {
     }
 
     #[test]
+    fn cloud_sets_the_hosts_and_the_rules_must_say_it() {
+        let dir =
+            std::env::temp_dir().join(format!("imdsguard-proxy-cli-cloud-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rules = dir.join("rules.yaml");
+        std::fs::write(
+            &rules,
+            "cloud: gcp\nrules: [{name: z, subjects: [{namespace: '*'}], paths: [/computeMetadata/v1/instance/zone]}]",
+        )
+        .unwrap();
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["proxy", "--rules", rules.to_str().unwrap()];
+            argv.extend_from_slice(extra);
+            let cli = Cli::try_parse_from(argv).unwrap();
+            cli.args.config(&cli.args.files().load().unwrap())
+        };
+        let c = parse(&["--cloud", "gcp"]).unwrap();
+        assert_eq!(c.cloud, imdsguard_proxy::Cloud::Gcp);
+        assert!(
+            c.absolute_form_hosts
+                .contains(&"metadata.google.internal".to_string()),
+            "{:?}",
+            c.absolute_form_hosts
+        );
+        assert_eq!(c.upstream, Upstream::default());
+        let c = parse(&["--cloud", "gcp", "--absolute-form-host", "metadata"]).unwrap();
+        assert_eq!(c.absolute_form_hosts, vec!["metadata".to_string()]);
+        // The default cloud is Azure's, and GCP rules are refused there.
+        let e = parse(&[]).unwrap_err().to_string();
+        assert!(
+            e.contains("cloud gcp") && e.contains("--cloud azure"),
+            "{e}"
+        );
+        assert!(Cli::try_parse_from(["proxy", "--rules", "r", "--cloud", "ibm"]).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn arguments_map_to_the_configuration() {
         let dir = std::env::temp_dir().join(format!("imdsguard-proxy-cli-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
