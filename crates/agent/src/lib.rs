@@ -70,6 +70,7 @@ use std::time::Duration;
 
 use imdsguard_core::access::AccessRules;
 use imdsguard_core::nft::{self, Mode};
+use imdsguard_core::target::Cloud;
 use imdsguard_node::{AllowSpec, Enforcer, Exec, NftSettings, NodeError};
 use imdsguard_proxy::{
     ApplyError, FileFollower, Metrics, Proxy, ProxyConfig, ProxyControl, ProxyError, ReloadTarget,
@@ -184,7 +185,26 @@ impl AgentConfig {
                 "--dry-run is for block and proxy modes (it lets through what they would drop or deny, and names the pods); observe mode already lets everything through and counts it per pod and endpoint".into(),
             ));
         }
+        if self.nft.mode == Mode::Proxy {
+            self.proxy_cloud()?;
+        }
         Ok(())
+    }
+
+    /// Proxy mode: the cloud whose metadata service the proxy speaks, the one
+    /// `--cloud` names (Azure when none); several clouds are refused, as the proxy
+    /// validates and decides requests by one cloud's rules.
+    pub fn proxy_cloud(&self) -> Result<Cloud, AgentError> {
+        let mut clouds = self.nft.clouds.clone();
+        clouds.dedup();
+        match clouds.as_slice() {
+            [] => Ok(Cloud::Azure),
+            [one] => Ok(*one),
+            many => Err(AgentError::Usage(format!(
+                "proxy mode serves one cloud's metadata service, and --cloud names {}: give one --cloud (block and observe modes take several)",
+                many.iter().map(|c| c.name()).collect::<Vec<_>>().join(", ")
+            ))),
+        }
     }
 }
 
@@ -1293,7 +1313,8 @@ impl Agent {
                         ));
                     }
                 };
-                let mut pc = ProxyConfig::new(listen, args.upstream.clone());
+                let mut pc =
+                    ProxyConfig::for_cloud(args.proxy_cloud()?, listen, args.upstream.clone());
                 pc.rules = rules;
                 pc.allow_empty_rules = args.allow_empty_rules;
                 pc.pods = node_pods.clone();
@@ -1732,6 +1753,36 @@ mod tests {
             c.nft.mode = mode;
             c.check().unwrap();
         }
+    }
+
+    #[test]
+    fn proxy_mode_serves_the_one_cloud_named() {
+        let config = |mode: Mode, clouds: &[Cloud]| {
+            AgentConfig::new(NftSettings {
+                mode,
+                clouds: clouds.to_vec(),
+                proxy_address: Some("10.224.0.4:8169".parse().unwrap()),
+                ..NftSettings::default()
+            })
+        };
+        assert_eq!(
+            config(Mode::Proxy, &[]).proxy_cloud().unwrap(),
+            Cloud::Azure
+        );
+        for c in Cloud::ALL {
+            let one = config(Mode::Proxy, &[c]);
+            assert!(one.check().is_ok());
+            assert_eq!(one.proxy_cloud().unwrap(), c);
+        }
+        let two = config(Mode::Proxy, &[Cloud::Aws, Cloud::Gcp]);
+        let e = two.check().unwrap_err().to_string();
+        assert!(e.contains("aws, gcp") && e.contains("one --cloud"), "{e}");
+        // Block mode protects several clouds' endpoints at once.
+        assert!(
+            config(Mode::Block, &[Cloud::Aws, Cloud::Gcp])
+                .check()
+                .is_ok()
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ use imdsguard_lab::{HostNet, KubernetesConfig, LabConfig, LabError, Phase, Probe
 use imdsguard_node::netns::{Isolated, current_netns};
 use imdsguard_node::{package_of, which};
 
+use crate::cloud_arg::CloudArg;
 use crate::service::parse_positive_duration;
 
 /// Output format.
@@ -90,6 +91,15 @@ pub(crate) struct LabArgs {
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 
+    /// The cloud the node stands in: azure (IMDS, WireServer, Azure DNS; IPv4 pods),
+    /// aws (IMDS on 169.254.169.254 and [fd00:ec2::254], the EKS Pod Identity agent on
+    /// 169.254.170.23 and [fd00:ec2::23], ECS task metadata 169.254.170.2, Amazon DNS;
+    /// dual-stack pods) or gcp (the metadata server on 169.254.169.254 and
+    /// [fd20:ce::254], its DNS on 169.254.169.254:53; dual-stack pods): that cloud's
+    /// emulator on its real addresses, its probe, table and proxy
+    #[arg(long, value_enum, default_value_t = CloudArg::Azure)]
+    pub cloud: CloudArg,
+
     /// The probe's TCP connect timeout (a dropped connection costs this much)
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_positive_duration)]
     pub connect_timeout: Duration,
@@ -132,6 +142,13 @@ pub(crate) struct LabArgs {
 impl LabArgs {
     /// The lab's configuration these flags stand for.
     pub(crate) fn config(&self) -> Result<LabConfig, LabError> {
+        let cloud: imdsguard_core::target::Cloud = self.cloud.into();
+        if self.kubernetes && cloud != imdsguard_core::target::Cloud::Azure {
+            return Err(LabError::Lab(format!(
+                "--kubernetes runs with --cloud azure only (its controller phase checks Azure's table), not --cloud {}",
+                cloud_name(self.cloud)
+            )));
+        }
         let kubernetes = if self.kubernetes {
             let absolute = |p: &Path| -> Result<PathBuf, LabError> {
                 std::path::absolute(p).map_err(|e| LabError::Io {
@@ -155,7 +172,12 @@ impl LabArgs {
                 what: "finding this program".into(),
                 source: e,
             })?,
-            args: vec!["lab".into(), "--internal-probe-row".into()],
+            args: vec![
+                "lab".into(),
+                "--cloud".into(),
+                cloud_name(self.cloud).into(),
+                "--internal-probe-row".into(),
+            ],
             env: vec![(STAGE_ENV.into(), PROBE_ROW_STAGE.into())],
         };
         Ok(LabConfig {
@@ -165,7 +187,17 @@ impl LabArgs {
             kubernetes,
             hostnet: HostNet::default(),
             probe_command: Some(probe_command),
+            cloud,
         })
+    }
+}
+
+/// `--cloud`'s value as written.
+fn cloud_name(cloud: CloudArg) -> &'static str {
+    match cloud {
+        CloudArg::Azure => "azure",
+        CloudArg::Aws => "aws",
+        CloudArg::Gcp => "gcp",
     }
 }
 
@@ -195,7 +227,7 @@ impl From<LabExit> for std::process::ExitCode {
 /// output.
 pub(crate) fn run(args: LabArgs) -> Result<LabExit, LabError> {
     if let Some(probe) = &args.internal_probe_row {
-        return probe_row(probe);
+        return probe_row(probe, args.cloud.into());
     }
     if is_inner() {
         return inner(args);
@@ -225,7 +257,7 @@ const PROBE_ROW_STAGE: &str = "probe-row";
 
 /// The hidden probe-row mode: a child of the inner run, already in its cgroup, probes
 /// and prints its row.
-fn probe_row(args: &[String]) -> Result<LabExit, LabError> {
+fn probe_row(args: &[String], cloud: imdsguard_core::target::Cloud) -> Result<LabExit, LabError> {
     if std::env::var(STAGE_ENV).as_deref() != Ok(PROBE_ROW_STAGE) {
         return Err(LabError::Lab(
             "--internal-probe-row is the lab's own: it runs only as the lab's child".into(),
@@ -240,8 +272,13 @@ fn probe_row(args: &[String]) -> Result<LabExit, LabError> {
         .parse()
         .map_err(|_| LabError::Lab(format!("--internal-probe-row: `{ms}` is no number")))?;
     let parent = std::env::var(PARENT_ENV).ok();
-    let json =
-        imdsguard_lab::probe_row_child(row, Duration::from_millis(ms), cgroup, parent.as_deref())?;
+    let json = imdsguard_lab::probe_row_child(
+        cloud,
+        row,
+        Duration::from_millis(ms),
+        cgroup,
+        parent.as_deref(),
+    )?;
     println!("{json}");
     Ok(LabExit::Expected)
 }

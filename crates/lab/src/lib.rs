@@ -26,12 +26,15 @@
 //! run sweeps those of runs killed before they could.
 
 mod bench;
+mod cloud;
 mod hostnet;
 mod kubernetes;
 mod report;
 mod world;
 
 use std::time::Duration;
+
+use imdsguard_core::target::Cloud;
 
 pub use hostnet::{
     CGROUP_ROOT, HostNet, ProbeCommand, current_mount_namespace, mount_cgroup2, remove_cgroups,
@@ -63,6 +66,10 @@ pub struct LabConfig {
     /// How to run one probe as a child process (the `imdsguard` binary's hidden
     /// probe-row mode, which calls [`probe_row_child`]).
     pub probe_command: Option<ProbeCommand>,
+    /// The cloud the node stands in (`--cloud`): its endpoints in the cloud namespace
+    /// (both families for AWS and GCP, whose pods are dual-stack), its emulator, probe,
+    /// table and proxy rules. Azure by default.
+    pub cloud: Cloud,
 }
 
 impl Default for LabConfig {
@@ -75,6 +82,7 @@ impl Default for LabConfig {
             kubernetes: None,
             hostnet: HostNet::default(),
             probe_command: None,
+            cloud: Cloud::Azure,
         }
     }
 }
@@ -126,6 +134,7 @@ pub fn run(isolated: &Isolated, config: &LabConfig) -> Result<LabReport, LabErro
 /// started the lab, nor PID 1's), probes the lab's endpoints from here and gives the
 /// row as JSON.
 pub fn probe_row_child(
+    cloud: Cloud,
     row: &str,
     connect_timeout: Duration,
     cgroup: &str,
@@ -142,5 +151,5 @@ pub fn probe_row_child(
             "a probe row runs only inside the lab's node namespace, not in {here}"
         )));
     }
-    Ok(world::probe_row_json(row, connect_timeout))
+    Ok(world::probe_row_json(cloud, row, connect_timeout))
 }

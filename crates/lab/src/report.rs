@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{Cell, ContentArrangement, Table};
 use imdsguard_core::nft::CounterValue;
+use imdsguard_core::target::Cloud;
 use imdsguard_probe::{Class, Report, StepName};
 use serde::Serialize;
 
@@ -122,45 +123,79 @@ pub struct Row {
     /// answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_to_pod: Option<bool>,
+    /// AWS and GCP: the cloud's other endpoints, one cell each (IMDS over IPv6, the EKS
+    /// Pod Identity agent in both families, ECS task metadata); `imds` and `token` are
+    /// then the IPv4 metadata service's. Empty (and left out of the JSON) for Azure.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<EndpointCell>,
+}
+
+/// What one more endpoint of the cloud gave a pod (AWS and GCP rows).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EndpointCell {
+    /// Which endpoint: `imds-ipv6`, `pod-identity`, `pod-identity-ipv6`,
+    /// `ecs-task-metadata`.
+    pub endpoint: String,
+    /// Its address, `host:port`.
+    pub target: String,
+    /// What was found there: the token step's class when a token or credentials were
+    /// obtained, else the most telling class of its steps (`blocked-timeout` when the
+    /// connection was dropped; `reachable` for an endpoint only connected to).
+    pub class: Class,
+    /// Credentials, a token or other sensitive data were obtained there.
+    pub sensitive: bool,
+}
+
+impl EndpointCell {
+    /// Reads a cell back from its JSON.
+    fn from_json(v: &serde_json::Value) -> Result<EndpointCell, String> {
+        let s = |k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_str)
+                .ok_or_else(|| format!("an endpoint cell has no string `{k}`"))
+        };
+        Ok(EndpointCell {
+            endpoint: s("endpoint")?.to_owned(),
+            target: s("target")?.to_owned(),
+            class: class_named(s("class")?)
+                .ok_or_else(|| format!("no class {}", s("class").unwrap_or("")))?,
+            sensitive: v
+                .get("sensitive")
+                .and_then(serde_json::Value::as_bool)
+                .ok_or("an endpoint cell has no boolean `sensitive`")?,
+        })
+    }
 }
 
 /// How telling a class is when several steps are summed up (higher first).
-fn rank(c: Class) -> u8 {
+pub(crate) fn rank(c: Class) -> u8 {
     match c {
-        Class::TokenObtained => 10,
-        Class::Exposed => 9,
-        Class::BlockedByImdsguard => 8,
-        Class::IdentityNotFound => 7,
-        Class::NeedsHeader => 6,
-        Class::Throttled => 5,
-        Class::Error => 4,
-        Class::BlockedRefused => 3,
-        Class::BlockedTimeout => 2,
-        Class::Reachable => 1,
+        Class::TokenObtained | Class::CredentialsObtained => 14,
+        Class::Exposed => 13,
+        Class::BlockedByImdsguard => 12,
+        Class::IdentityNotFound => 11,
+        Class::SessionToken => 10,
+        Class::Readable => 9,
+        Class::NeedsHeader => 8,
+        Class::Throttled => 7,
+        Class::Error => 6,
+        Class::NotFound | Class::Disabled => 5,
+        Class::BlockedRefused => 4,
+        Class::BlockedTimeout => 3,
+        Class::Reachable => 2,
         _ => 0,
     }
 }
 
-/// Every class, to read a row back from its JSON (the probe's classes are written, not
-/// read).
-const CLASSES: [Class; 13] = [
-    Class::Reachable,
-    Class::BlockedTimeout,
-    Class::BlockedRefused,
-    Class::BlockedByImdsguard,
-    Class::NeedsHeader,
-    Class::Exposed,
-    Class::TokenObtained,
-    Class::IdentityNotFound,
-    Class::IdentityRequired,
-    Class::Throttled,
-    Class::Error,
-    Class::NotChecked,
-    Class::Info,
-];
+/// Whether `c` says a token or credentials were obtained (Azure and GCP tokens, AWS
+/// role credentials).
+pub(crate) fn obtained(c: Class) -> bool {
+    matches!(c, Class::TokenObtained | Class::CredentialsObtained)
+}
 
+/// Reads a class back from its name (the probe's classes are written, not read).
 fn class_named(name: &str) -> Option<Class> {
-    CLASSES.into_iter().find(|c| c.as_str() == name)
+    Class::ALL.into_iter().find(|c| c.as_str() == name)
 }
 
 impl Row {
@@ -209,6 +244,12 @@ impl Row {
                 .and_then(|n| u32::try_from(n).ok())
                 .unwrap_or(1),
             pod_to_pod: v.get("pod_to_pod").and_then(serde_json::Value::as_bool),
+            endpoints: v
+                .get("endpoints")
+                .and_then(serde_json::Value::as_array)
+                .map(|a| a.iter().map(EndpointCell::from_json).collect())
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 
@@ -220,13 +261,15 @@ impl Row {
     }
 
     /// Its cell in the before/after matrix: `TOKEN`, `EXPOSED`, `denied by proxy` or
-    /// `blocked`.
+    /// `blocked` (a token or credentials obtained on any endpoint, IPv6 included, is
+    /// `TOKEN`).
     pub fn cell(&self) -> &'static str {
-        if self.token == Class::TokenObtained {
+        if obtained(self.token) || self.endpoints.iter().any(|e| obtained(e.class)) {
             "TOKEN"
         } else if self.sensitive {
             "EXPOSED"
-        } else if self.imds == Class::BlockedByImdsguard {
+        } else if self.imds == Class::BlockedByImdsguard || self.token == Class::BlockedByImdsguard
+        {
             "denied by proxy"
         } else {
             "blocked"
@@ -263,6 +306,7 @@ impl Row {
             denied_by,
             attempts: 1,
             pod_to_pod: None,
+            endpoints: Vec::new(),
         }
     }
 }
@@ -302,6 +346,8 @@ pub struct DryRunReport {
 /// Everything the lab found.
 #[derive(Debug, Clone, Serialize)]
 pub struct LabReport {
+    /// The cloud the node stood in (`azure`, `aws`, `gcp`).
+    pub cloud: Cloud,
     /// The pods (and the node).
     pub pods: Vec<LabPod>,
     /// The phases, in the order run.
@@ -321,14 +367,23 @@ pub struct LabReport {
     pub as_expected: bool,
 }
 
-/// What a phase should show for a pod; `None` when nothing is asserted.
-pub(crate) fn check(phase: Phase, info: &LabPod, row: &Row) -> Vec<String> {
+/// The cloud's DNS resolver as the checks name it.
+pub(crate) fn dns_name(cloud: Cloud) -> &'static str {
+    match cloud {
+        Cloud::Azure => "Azure DNS (168.63.129.16:53/udp)",
+        Cloud::Aws => "Amazon DNS (169.254.169.253:53/udp)",
+        _ => "GCP DNS (169.254.169.254:53/udp)",
+    }
+}
+
+/// What a phase should show for a pod of a lab standing in `cloud`; empty when all is
+/// as expected.
+pub(crate) fn check(cloud: Cloud, phase: Phase, info: &LabPod, row: &Row) -> Vec<String> {
     let mut out = Vec::new();
     let who = &info.name;
+    let azure = cloud == Cloud::Azure;
     if !row.azure_dns {
-        out.push(format!(
-            "{who}: Azure DNS (168.63.129.16:53/udp) did not answer"
-        ));
+        out.push(format!("{who}: {} did not answer", dns_name(cloud)));
     }
     if !row.node_local_dns {
         out.push(format!(
@@ -341,7 +396,9 @@ pub(crate) fn check(phase: Phase, info: &LabPod, row: &Row) -> Vec<String> {
             phase.as_str()
         ));
     }
-    // Proxy mode: the proxy gives it a token, WireServer and HostGAPlugin are dropped.
+    // Proxy mode: the proxy decides by its rules; the endpoints it does not serve are
+    // dropped. Azure's rules give the pod a token; AWS's and GCP's give it its region or
+    // zone and no credentials (only the allowlisted pod, which goes direct, gets them).
     let through_proxy = phase == Phase::Proxy && info.through_proxy;
     let open = match phase {
         // The dry run enforces nothing: neither the proxy's decisions nor the tables'
@@ -350,13 +407,13 @@ pub(crate) fn check(phase: Phase, info: &LabPod, row: &Row) -> Vec<String> {
         Phase::Before | Phase::Observe | Phase::DryRun => true,
         _ => (info.allowlisted && !through_proxy) || who == "node",
     };
+    let phase_name = phase.as_str();
     // Whoever reaches IMDS gets a token (the emulated node's identities answer): a
     // row that does not (a connection that timed out under load, say) is not as
     // expected, so it is probed again.
-    if (open || through_proxy) && row.token != Class::TokenObtained {
+    if (open || (through_proxy && azure)) && !obtained(row.token) {
         out.push(format!(
-            "{who}: expected to get a token in phase {}, the token step ended {}{}",
-            phase.as_str(),
+            "{who}: expected to get a token in phase {phase_name}, the token step ended {}{}",
             row.token,
             if row.sensitive {
                 ""
@@ -365,41 +422,98 @@ pub(crate) fn check(phase: Phase, info: &LabPod, row: &Row) -> Vec<String> {
             }
         ));
     }
-    if !open {
-        if row.sensitive && !through_proxy {
-            out.push(format!(
-                "{who}: reached {} in phase {}",
-                row.reached.join(", "),
-                phase.as_str()
-            ));
-        }
-        for (what, class) in [
-            ("WireServer", row.wireserver),
-            ("HostGAPlugin", row.hostgaplugin),
-        ] {
-            if class != Class::BlockedTimeout {
+    if open {
+        // Every endpoint answers: IMDS over IPv6 gives credentials too.
+        for e in &row.endpoints {
+            let ok = if e.endpoint == IMDS_IPV6 {
+                obtained(e.class)
+            } else {
+                !matches!(e.class, Class::BlockedTimeout | Class::BlockedRefused)
+            };
+            if !ok {
                 out.push(format!(
-                    "{who}: {what} ended {class} in phase {}, expected blocked-timeout",
-                    phase.as_str()
+                    "{who}: {} ({}) ended {} in phase {phase_name}, expected it answered{}",
+                    e.endpoint,
+                    e.target,
+                    e.class,
+                    if e.endpoint == IMDS_IPV6 {
+                        " with credentials or a token"
+                    } else {
+                        ""
+                    }
                 ));
             }
         }
-        // Proxy mode: known pods get the proxy's denial, unknown pairs are dropped.
-        let imds_expected = if phase == Phase::Proxy && info.known {
-            Class::BlockedByImdsguard
-        } else {
-            Class::BlockedTimeout
-        };
-        if row.imds != imds_expected && !through_proxy {
+        return out;
+    }
+    if through_proxy && !azure {
+        // The proxy's rules give it no credentials: denied by the proxy, nothing
+        // sensitive, over IPv4 (IPv6 has no proxy here: dropped).
+        if row.token != Class::BlockedByImdsguard || row.sensitive {
             out.push(format!(
-                "{who}: IMDS ended {} in phase {}, expected {imds_expected}",
-                row.imds,
-                phase.as_str()
+                "{who}: the token step ended {} in phase {phase_name}{}, expected the proxy's denial",
+                row.token,
+                if row.sensitive {
+                    format!(" and it reached {}", row.reached.join(", "))
+                } else {
+                    String::new()
+                }
+            ));
+        }
+    } else if row.sensitive && !through_proxy {
+        out.push(format!(
+            "{who}: reached {} in phase {phase_name}",
+            row.reached.join(", "),
+        ));
+    }
+    let dropped: Vec<(String, Class)> = if azure {
+        vec![
+            ("WireServer".to_owned(), row.wireserver),
+            ("HostGAPlugin".to_owned(), row.hostgaplugin),
+        ]
+    } else {
+        // Every other endpoint is dropped, IPv6 IMDS too (no IPv6 proxy in the lab).
+        row.endpoints
+            .iter()
+            .map(|e| (format!("{} ({})", e.endpoint, e.target), e.class))
+            .collect()
+    };
+    for (what, class) in dropped {
+        if class != Class::BlockedTimeout {
+            out.push(format!(
+                "{who}: {what} ended {class} in phase {phase_name}, expected blocked-timeout"
             ));
         }
     }
+    // Proxy mode: known pods get the proxy's denial, unknown pairs are dropped.
+    let imds_expected = if phase == Phase::Proxy && info.known {
+        Class::BlockedByImdsguard
+    } else {
+        Class::BlockedTimeout
+    };
+    if through_proxy {
+        return out;
+    }
+    if azure {
+        if row.imds != imds_expected {
+            out.push(format!(
+                "{who}: IMDS ended {} in phase {phase_name}, expected {imds_expected}",
+                row.imds,
+            ));
+        }
+    } else if row.token != imds_expected {
+        // AWS and GCP: the rules may let a known pod read a harmless path (its region,
+        // its zone), never credentials.
+        out.push(format!(
+            "{who}: the credentials step ended {} in phase {phase_name}, expected {imds_expected}",
+            row.token,
+        ));
+    }
     out
 }
+
+/// The endpoint cell of IMDS (or GCP's metadata server) over IPv6.
+pub(crate) const IMDS_IPV6: &str = "imds-ipv6";
 
 fn mark(ok: bool) -> &'static str {
     if ok { "answers" } else { "NO ANSWER" }
@@ -418,7 +532,11 @@ impl LabReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "imdsguard lab: a node in network namespaces (nothing linked to this machine's network)"
+            "imdsguard lab{}: a node in network namespaces (nothing linked to this machine's network)",
+            match self.cloud {
+                Cloud::Azure => String::new(),
+                c => format!(" --cloud {c}"),
+            }
         );
         let mut pods = Table::new();
         pods.load_preset(UTF8_FULL_CONDENSED)
@@ -444,19 +562,37 @@ impl LabReport {
                 phase.enforcement
             );
             let pod_to_pod = phase.rows.iter().any(|r| r.pod_to_pod.is_some());
-            let mut header = vec![
-                "from",
-                "IMDS instance",
-                "IMDS token",
-                "WireServer :80",
-                "HostGAPlugin :32526",
-                "Azure DNS :53",
-                "node-local DNS",
-            ];
-            if pod_to_pod {
-                header.push("pod-to-pod");
+            let azure = self.cloud == Cloud::Azure;
+            // AWS and GCP: a column per further endpoint, named by the first row's cells.
+            let extra: Vec<String> = phase
+                .rows
+                .first()
+                .map(|r| {
+                    r.endpoints
+                        .iter()
+                        .map(|e| format!("{} {}", e.endpoint, e.target))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let (imds_header, token_header, dns_header) = match self.cloud {
+                Cloud::Azure => ("IMDS instance", "IMDS token", "Azure DNS :53"),
+                Cloud::Aws => ("IMDS (IPv4)", "credentials", "Amazon DNS :53"),
+                _ => ("metadata (IPv4)", "token", "GCP DNS :53"),
+            };
+            let mut header: Vec<String> =
+                vec!["from".into(), imds_header.into(), token_header.into()];
+            if azure {
+                header.push("WireServer :80".into());
+                header.push("HostGAPlugin :32526".into());
+            } else {
+                header.extend(extra.iter().cloned());
             }
-            header.push("verdict");
+            header.push(dns_header.into());
+            header.push("node-local DNS".into());
+            if pod_to_pod {
+                header.push("pod-to-pod".into());
+            }
+            header.push("verdict".into());
             let mut t = Table::new();
             t.load_preset(UTF8_FULL_CONDENSED)
                 .set_content_arrangement(ContentArrangement::Dynamic)
@@ -472,11 +608,15 @@ impl LabReport {
                     Cell::new(&r.pod),
                     Cell::new(imds),
                     Cell::new(r.token.to_string()),
-                    Cell::new(r.wireserver.to_string()),
-                    Cell::new(r.hostgaplugin.to_string()),
-                    Cell::new(mark(r.azure_dns)),
-                    Cell::new(mark(r.node_local_dns)),
                 ];
+                if azure {
+                    cells.push(Cell::new(r.wireserver.to_string()));
+                    cells.push(Cell::new(r.hostgaplugin.to_string()));
+                } else {
+                    cells.extend(r.endpoints.iter().map(|e| Cell::new(e.class.to_string())));
+                }
+                cells.push(Cell::new(mark(r.azure_dns)));
+                cells.push(Cell::new(mark(r.node_local_dns)));
                 if pod_to_pod {
                     cells.push(Cell::new(match r.pod_to_pod {
                         Some(ok) => mark(ok),
@@ -552,7 +692,13 @@ impl LabReport {
         }
         let _ = writeln!(
             out,
-            "\nbefore/after (TOKEN: an access token was obtained; EXPOSED: instance or WireServer data):\n{t}"
+            "\nbefore/after ({}):\n{t}",
+            match self.cloud {
+                Cloud::Azure =>
+                    "TOKEN: an access token was obtained; EXPOSED: instance or WireServer data",
+                _ =>
+                    "TOKEN: credentials or a token were obtained, over IPv4 or IPv6; EXPOSED: other sensitive data",
+            }
         );
         if let Some(b) = &self.bench {
             let _ = writeln!(out, "\n{}", b.to_text());
@@ -591,12 +737,13 @@ mod tests {
             denied_by: None,
             attempts: 2,
             pod_to_pod: None,
+            endpoints: Vec::new(),
         }
     }
 
     #[test]
     fn a_row_written_by_a_child_reads_back_the_same() {
-        for class in CLASSES {
+        for class in Class::ALL {
             assert_eq!(class_named(class.as_str()), Some(class));
             let r = Row {
                 denied_by: Some("default-deny".into()),
@@ -628,18 +775,23 @@ mod tests {
         };
         let mut open = row("web", Class::Exposed, Class::TokenObtained);
         open.node_local_dns = true;
-        assert!(check(Phase::DryRun, &pod("web", true), &open).is_empty());
+        assert!(check(Cloud::Azure, Phase::DryRun, &pod("web", true), &open).is_empty());
         // Denied by the proxy in the dry run: a 403 where the request had to be forwarded.
         let denied = Row {
             sensitive: false,
             ..row("web", Class::BlockedByImdsguard, Class::BlockedByImdsguard)
         };
-        assert!(!check(Phase::DryRun, &pod("web", true), &denied).is_empty());
+        assert!(!check(Cloud::Azure, Phase::DryRun, &pod("web", true), &denied).is_empty());
         // The spoofer's borrowed address is not dropped either: the tables drop nothing.
         let mut dropped = row("spoofer", Class::BlockedTimeout, Class::BlockedTimeout);
         dropped.hostgaplugin = Class::BlockedTimeout;
         dropped.node_local_dns = true;
-        let e = check(Phase::DryRun, &pod("spoofer", false), &dropped);
+        let e = check(
+            Cloud::Azure,
+            Phase::DryRun,
+            &pod("spoofer", false),
+            &dropped,
+        );
         assert!(
             e.iter()
                 .any(|e| e.contains("expected to get a token in phase dry-run")),
@@ -649,9 +801,17 @@ mod tests {
             pod: "spoofer".into(),
             ..open.clone()
         };
-        assert!(check(Phase::DryRun, &pod("spoofer", false), &spoofer_open).is_empty());
+        assert!(
+            check(
+                Cloud::Azure,
+                Phase::DryRun,
+                &pod("spoofer", false),
+                &spoofer_open
+            )
+            .is_empty()
+        );
         // In the proxy phase the same spoofer is dropped, as expected.
-        assert!(check(Phase::Proxy, &pod("spoofer", false), &dropped).is_empty());
+        assert!(check(Cloud::Azure, Phase::Proxy, &pod("spoofer", false), &dropped).is_empty());
     }
 
     #[test]
@@ -670,13 +830,13 @@ mod tests {
         through.node_local_dns = true;
         through.hostgaplugin = Class::BlockedTimeout;
         // Proxy mode: a token from the proxy, WireServer and HostGAPlugin dropped.
-        assert!(check(Phase::Proxy, &monitoring, &through).is_empty());
+        assert!(check(Cloud::Azure, Phase::Proxy, &monitoring, &through).is_empty());
         let direct = Row {
             wireserver: Class::Exposed,
             hostgaplugin: Class::Exposed,
             ..through.clone()
         };
-        let e = check(Phase::Proxy, &monitoring, &direct);
+        let e = check(Cloud::Azure, Phase::Proxy, &monitoring, &direct);
         assert_eq!(e.len(), 2, "{e:?}");
         assert!(
             e[0].contains("WireServer ended exposed in phase proxy"),
@@ -688,10 +848,10 @@ mod tests {
             ..through.clone()
         };
         assert!(
-            check(Phase::Proxy, &monitoring, &denied)[0]
+            check(Cloud::Azure, Phase::Proxy, &monitoring, &denied)[0]
                 .contains("expected to get a token in phase proxy")
         );
         // Block mode: expected, so everything is open to it.
-        assert!(check(Phase::Block, &monitoring, &direct).is_empty());
+        assert!(check(Cloud::Azure, Phase::Block, &monitoring, &direct).is_empty());
     }
 }

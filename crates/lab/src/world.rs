@@ -14,12 +14,10 @@ use imdsguard_core::target::Cloud;
 use imdsguard_emulator::{Config as VmConfig, Emulator, Options, Throttle};
 use imdsguard_node::netns::{Isolated, NetNamespace};
 use imdsguard_node::sandbox::{
-    self, Attach, NODE_ADDR, NODE_LOCAL_DNS, Sandbox, Services, lab_pods, tcp_check, udp_echo_check,
+    self, Attach, NODE_ADDR, NODE_LOCAL_DNS, Sandbox, Services, tcp_check, udp_echo_check,
 };
 use imdsguard_node::{Enforcer, Exec};
-use imdsguard_probe::{
-    BaseUrl, Class, DEFAULT_ENDPOINT, DEFAULT_HOSTGAPLUGIN, DEFAULT_WIRESERVER, ProbeConfig,
-};
+use imdsguard_probe::{Class, DEFAULT_ENDPOINT, ProbeConfig};
 use imdsguard_proxy::{DecisionRecord, DecisionSink};
 use tokio::sync::oneshot;
 
@@ -35,43 +33,9 @@ const ALLOWED_POD: &str = "allowed";
 /// Where the filtering proxy listens on the node (proxy mode redirects IMDS there).
 const PROXY_LISTEN: SocketAddrV4 = SocketAddrV4::new(NODE_ADDR, 8169);
 
-/// The proxy's access rules in the lab: the `shop` namespace may read its VM's location,
-/// nothing else; the `platform` namespace (the allowlisted pod) may read the instance
-/// document and get tokens; every other request is denied (default deny).
-const PROXY_RULES: &str = "rules:
-  - name: shop-location
-    description: the web shop may read the VM's location, and nothing else
-    subjects: [{namespace: shop}]
-    paths: [/metadata/instance/compute/location]
-  - name: platform-all
-    description: the platform pod may read the instance document and get any token
-    subjects: [{namespace: platform}]
-    paths: [/metadata/instance]
-    token:
-      resources: ['*']
-      identities: [{any: true}]
-  - name: monitoring-token
-    description: the node's monitoring agent (a hostNetwork pod) may read the instance document, tags included (they name the identity it uses), and get a token
-    subjects: [{namespace: monitoring, podSelector: {matchLabels: {app: monitoring}}}]
-    paths: [/metadata/instance]
-    redact: [customData, userData, publicKeys]
-    token:
-      resources: ['*']
-      identities: [{any: true}]
-";
-
-/// The pods the proxy knows (by source address), the allowlisted pod included: its own
-/// traffic goes straight to IMDS, but a connection from its address that reached the
-/// proxy would be taken for it and allowed. The spoofer borrows that address; only the
-/// node's known (interface, address) set keeps it from the proxy.
-const PROXY_PODS: &str = "- {ip: 10.244.0.10, namespace: platform, name: allowed}
-- {ip: 10.244.0.11, namespace: shop, name: web}
-- {ip: 10.244.1.10, namespace: jobs, name: batch}
-";
-
 /// The pod that borrows the allowlisted pod's address; not a pod the node hosts at that
 /// address, so its (interface, address) pair is not known.
-const SPOOFER_POD: &str = "spoofer";
+pub(crate) const SPOOFER_POD: &str = "spoofer";
 
 /// A Tokio runtime on a thread (inside a namespace or in the node's), holding a server
 /// until dropped.
@@ -137,9 +101,18 @@ impl Drop for Background {
     }
 }
 
+/// The cloud's emulator on its real addresses inside the cloud namespace.
+fn start_emulator(cloud: Cloud, ns: &NetNamespace) -> Result<Background, LabError> {
+    match cloud {
+        Cloud::Azure => start_azure_emulator(ns),
+        Cloud::Aws => start_aws_emulator(ns),
+        _ => start_gcp_emulator(ns),
+    }
+}
+
 /// The emulator, answering as IMDS, WireServer and HostGAPlugin on their real addresses
 /// inside the cloud namespace.
-fn start_emulator(cloud: &NetNamespace) -> Result<Background, LabError> {
+fn start_azure_emulator(cloud: &NetNamespace) -> Result<Background, LabError> {
     let options = Options {
         imds: vec![SocketAddr::new(IMDS_ADDRESS.into(), IMDS_PORT)],
         wireserver: Some(SocketAddr::new(WIRESERVER_ADDRESS.into(), WIRESERVER_PORT)),
@@ -166,6 +139,76 @@ fn start_emulator(cloud: &NetNamespace) -> Result<Background, LabError> {
             }
         }
     })
+}
+
+/// The AWS emulator (IMDSv1 and IMDSv2, EKS's hop limit 2) on IMDS's real addresses in
+/// both families inside the cloud namespace.
+fn start_aws_emulator(ns: &NetNamespace) -> Result<Background, LabError> {
+    use imdsguard_emulator::aws::{AwsConfig, AwsEmulator, AwsOptions};
+    let options = AwsOptions {
+        listen: [
+            imdsguard_core::target::IMDS,
+            imdsguard_core::target::AWS_IMDS_IPV6,
+        ]
+        .iter()
+        .map(|t| SocketAddr::new(t.ip, t.port))
+        .collect(),
+        // The cloud namespace owns these addresses; nothing links it to the machine.
+        allow_metadata_address: true,
+        seed: Some(4),
+        shutdown_grace: Duration::from_millis(200),
+    };
+    Background::start(
+        Some(ns),
+        "the AWS emulator",
+        move |ready, stop| async move {
+            match AwsEmulator::start(AwsConfig::default_eks(), options).await {
+                Ok(emulator) => {
+                    let _ = ready.send(Ok(()));
+                    let _ = stop.await;
+                    emulator.shutdown().await;
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e.to_string()));
+                }
+            }
+        },
+    )
+}
+
+/// The GCP metadata server emulator (a GKE node) on its real addresses in both families
+/// inside the cloud namespace.
+fn start_gcp_emulator(ns: &NetNamespace) -> Result<Background, LabError> {
+    use imdsguard_emulator::gcp::{GcpConfig, GcpEmulator, GcpOptions};
+    let options = GcpOptions {
+        listen: [
+            imdsguard_core::target::IMDS,
+            imdsguard_core::target::GCP_METADATA_IPV6,
+        ]
+        .iter()
+        .map(|t| SocketAddr::new(t.ip, t.port))
+        .collect(),
+        allow_metadata_address: true,
+        seed: Some(4),
+        shutdown_grace: Duration::from_millis(200),
+        ..GcpOptions::default()
+    };
+    Background::start(
+        Some(ns),
+        "the GCP emulator",
+        move |ready, stop| async move {
+            match GcpEmulator::start(GcpConfig::default_gke(), options).await {
+                Ok(emulator) => {
+                    let _ = ready.send(Ok(()));
+                    let _ = stop.await;
+                    emulator.shutdown().await;
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e.to_string()));
+                }
+            }
+        },
+    )
 }
 
 /// The decision records of one proxy run, as the JSON lines `imdsguard proxy
@@ -195,6 +238,7 @@ impl DecisionSink for Decisions {
 /// link to the cloud namespace), its decisions into `sink`; with `dry_run`, denials
 /// are recorded as `would-deny` and forwarded.
 fn start_proxy(
+    cloud: Cloud,
     dry_run: bool,
     host: Option<(&HostProcs, imdsguard_proxy::HostCallerMap)>,
     sink: Arc<Decisions>,
@@ -202,9 +246,12 @@ fn start_proxy(
     use imdsguard_core::access::{AccessRules, PodIndex};
     use imdsguard_proxy::{Proxy, ProxyConfig, Upstream};
     let upstream = Upstream::parse(DEFAULT_ENDPOINT).map_err(|e| LabError::Lab(e.to_string()))?;
-    let mut config = ProxyConfig::new(SocketAddr::V4(PROXY_LISTEN), upstream);
-    config.rules = Some(AccessRules::parse(PROXY_RULES).map_err(|e| LabError::Lab(e.to_string()))?);
-    config.pods = PodIndex::parse(&proxy_pods(host.as_ref().map(|h| h.0)))
+    let mut config = ProxyConfig::for_cloud(cloud, SocketAddr::V4(PROXY_LISTEN), upstream);
+    config.rules = Some(
+        AccessRules::parse(crate::cloud::proxy_rules(cloud))
+            .map_err(|e| LabError::Lab(e.to_string()))?,
+    );
+    config.pods = PodIndex::parse(&proxy_pods(cloud, host.as_ref().map(|h| h.0)))
         .map_err(|e| LabError::Lab(e.to_string()))?;
     config.shutdown_grace = Duration::from_millis(200);
     config.decisions = Some(sink);
@@ -234,10 +281,10 @@ fn start_proxy(
     })
 }
 
-/// The pods file the proxy gets: [`PROXY_PODS`], plus the hostNetwork pods by UID when
-/// they are played.
-fn proxy_pods(host: Option<&HostProcs>) -> String {
-    let mut text = PROXY_PODS.to_owned();
+/// The pods file the proxy gets: the cloud's pods ([`crate::cloud::proxy_pods`]), plus
+/// the hostNetwork pods by UID when they are played.
+fn proxy_pods(cloud: Cloud, host: Option<&HostProcs>) -> String {
+    let mut text = crate::cloud::proxy_pods(cloud);
     if let Some(host) = host {
         for p in [&host.layout.monitoring, &host.layout.debug] {
             let info = host_pod(p.row);
@@ -315,6 +362,7 @@ mod host_table {
     /// rules select the pod; in proxy mode only an `--allow` would, and the lab gives
     /// none (the rules' pods reach IMDS through the proxy, WireServer is dropped).
     pub(super) fn guard(
+        cloud: Cloud,
         host: &HostProcs,
         mode: Mode,
     ) -> Result<(HostGuard, HostCallerMap), LabError> {
@@ -322,7 +370,8 @@ mod host_table {
             what: format!("scanning the pod cgroups under {CGROUP_ROOT}"),
             source: e,
         })?;
-        let rules = AccessRules::parse(PROXY_RULES).map_err(|e| LabError::Lab(e.to_string()))?;
+        let rules = AccessRules::parse(crate::cloud::proxy_rules(cloud))
+            .map_err(|e| LabError::Lab(e.to_string()))?;
         let mut pods = Vec::new();
         let mut map = HashMap::new();
         for placement in [&host.layout.monitoring, &host.layout.debug] {
@@ -355,6 +404,7 @@ mod host_table {
     /// each phase). The hierarchy is shared: a pod root another program removes between
     /// the scan and the load fails the transaction, so it is scanned and tried again.
     pub(super) fn apply(
+        cloud: Cloud,
         config: &RulesetConfig,
         host: &HostProcs,
     ) -> Result<HostCallerMap, LabError> {
@@ -362,7 +412,7 @@ mod host_table {
         uninstall_host(&exec)?;
         let mut tries = 0;
         loop {
-            let (guard, map) = guard(host, config.mode)?;
+            let (guard, map) = guard(cloud, host, config.mode)?;
             match install_host(&exec, config, &guard) {
                 Ok(()) => return Ok(map),
                 Err(e) if tries < 3 && e.to_string().contains("No such file or directory") => {
@@ -397,15 +447,10 @@ mod host_table {
     }
 }
 
+/// The probe of an Azure row (inside the lab's namespaces the real addresses are the
+/// lab's emulator).
 fn probe_config(connect_timeout: Duration) -> ProbeConfig {
-    let endpoint = |url: &str| BaseUrl::parse(url).expect("a built-in endpoint");
-    let mut config = ProbeConfig::new(endpoint(DEFAULT_ENDPOINT));
-    // Inside the lab's namespaces the real addresses are the lab's emulator.
-    config.wireserver = Some(endpoint(DEFAULT_WIRESERVER));
-    config.hostgaplugin = Some(endpoint(DEFAULT_HOSTGAPLUGIN));
-    config.connect_timeout = connect_timeout;
-    config.timeout = Duration::from_secs(3).max(connect_timeout * 3);
-    config
+    crate::cloud::azure_probe_config(connect_timeout)
 }
 
 /// How many times a cell that timed out where it should not have is probed again
@@ -416,6 +461,10 @@ const RETRIES: u32 = 2;
 /// Whether something in `row` timed out or went unanswered (a TCP connect, a DNS echo).
 fn timed_out(row: &Row) -> bool {
     [row.imds, row.token, row.wireserver, row.hostgaplugin].contains(&Class::BlockedTimeout)
+        || row
+            .endpoints
+            .iter()
+            .any(|e| e.class == Class::BlockedTimeout)
         || !row.azure_dns
         || !row.node_local_dns
         || row.pod_to_pod == Some(false)
@@ -425,12 +474,12 @@ fn timed_out(row: &Row) -> bool {
 const POD_TO_POD: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 11), 8080);
 
 /// The pods whose rows are not as expected in `phase` because something timed out.
-fn to_retry(phase: Phase, pods: &[LabPod], rows: &[Row]) -> Vec<String> {
+fn to_retry(cloud: Cloud, phase: Phase, pods: &[LabPod], rows: &[Row]) -> Vec<String> {
     pods.iter()
         .filter(|info| {
             rows.iter()
                 .find(|r| r.pod == info.name)
-                .is_some_and(|row| timed_out(row) && !check(phase, info, row).is_empty())
+                .is_some_and(|row| timed_out(row) && !check(cloud, phase, info, row).is_empty())
         })
         .map(|info| info.name.clone())
         .collect()
@@ -439,6 +488,7 @@ fn to_retry(phase: Phase, pods: &[LabPod], rows: &[Row]) -> Vec<String> {
 /// Probes every pod and the node; a row that is not as expected in `phase` because
 /// something timed out is probed again, up to [`RETRIES`] times with a longer deadline.
 fn probe_phase(
+    cloud: Cloud,
     sandbox: &Sandbox,
     host: Option<&HostProcs>,
     pods: &[LabPod],
@@ -446,15 +496,15 @@ fn probe_phase(
     connect_timeout: Duration,
     pod_to_pod: bool,
 ) -> Result<Vec<Row>, LabError> {
-    let mut rows = probe_all(sandbox, host, None, connect_timeout, pod_to_pod)?;
+    let mut rows = probe_all(cloud, sandbox, host, None, connect_timeout, pod_to_pod)?;
     let mut timeout = connect_timeout;
     for _ in 0..RETRIES {
-        let again = to_retry(phase, pods, &rows);
+        let again = to_retry(cloud, phase, pods, &rows);
         if again.is_empty() {
             break;
         }
         timeout *= 2;
-        for new in probe_all(sandbox, host, Some(&again), timeout, pod_to_pod)? {
+        for new in probe_all(cloud, sandbox, host, Some(&again), timeout, pod_to_pod)? {
             if let Some(row) = rows.iter_mut().find(|r| r.pod == new.pod) {
                 let attempts = row.attempts + 1;
                 *row = Row { attempts, ..new };
@@ -465,21 +515,41 @@ fn probe_phase(
 }
 
 /// The probe and the DNS checks (and pod-to-pod traffic when asked), from wherever the
-/// calling thread's namespace is.
-fn probe_here(pod: &str, config: &ProbeConfig, pod_to_pod: bool) -> Row {
-    let report = match tokio::runtime::Builder::new_current_thread()
+/// calling thread's namespace is: Azure's probe, or the cloud's over IPv4 and IPv6 and
+/// the checks of its other endpoints.
+fn probe_here(cloud: Cloud, pod: &str, connect_timeout: Duration, pod_to_pod: bool) -> Row {
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(imdsguard_probe::probe(config)),
+        Ok(rt) => rt,
         Err(e) => panic!("cannot start a runtime: {e}"),
     };
     let wait = Duration::from_millis(500);
-    let azure_dns = udp_echo_check(SocketAddr::new(WIRESERVER_ADDRESS.into(), 53), wait);
+    let dns = udp_echo_check(sandbox::cloud_dns(cloud), wait);
     let node_local_dns = udp_echo_check(SocketAddr::new(NODE_LOCAL_DNS.into(), 53), wait);
-    let mut row = Row::new(pod, &report, azure_dns, node_local_dns);
+    let mut row = if cloud == Cloud::Azure {
+        let config = probe_config(connect_timeout);
+        let report = rt.block_on(imdsguard_probe::probe(&config));
+        Row::new(pod, &report, dns, node_local_dns)
+    } else {
+        let reports: Vec<_> = crate::cloud::cloud_probe_configs(cloud, connect_timeout)
+            .iter()
+            .map(|c| rt.block_on(imdsguard_probe::probe(c)))
+            .collect();
+        // ECS task metadata: a connection is all the lab asks of it.
+        let ecs = (cloud == Cloud::Aws).then(|| {
+            let t = imdsguard_core::target::AWS_ECS_TASK_METADATA;
+            if tcp_check(SocketAddr::new(t.ip, t.port), connect_timeout).connected() {
+                Class::Reachable
+            } else {
+                Class::BlockedTimeout
+            }
+        });
+        crate::cloud::cloud_row(cloud, pod, &reports, ecs, dns, node_local_dns)
+    };
     if pod_to_pod {
-        let timeout = config.connect_timeout.max(Duration::from_millis(500));
+        let timeout = connect_timeout.max(Duration::from_millis(500));
         row.pod_to_pod = Some(tcp_check(SocketAddr::V4(POD_TO_POD), timeout).connected());
     }
     row
@@ -544,14 +614,14 @@ fn probe_in_cgroup(
 /// The inner part of a probe run in a child process (`imdsguard lab`'s hidden
 /// probe-row mode): probes from here (the node's namespace, the cgroup the lab put this
 /// process in) and gives the row as JSON.
-pub(crate) fn probe_row_json(row: &str, connect_timeout: Duration) -> String {
-    let config = probe_config(connect_timeout);
-    let r = probe_here(row, &config, false);
+pub(crate) fn probe_row_json(cloud: Cloud, row: &str, connect_timeout: Duration) -> String {
+    let r = probe_here(cloud, row, connect_timeout, false);
     serde_json::to_string(&r).expect("a row serializes")
 }
 
 /// Probes every pod and the node at once (`only`: just these).
 fn probe_all(
+    cloud: Cloud,
     sandbox: &Sandbox,
     host: Option<&HostProcs>,
     only: Option<&[String]>,
@@ -562,10 +632,9 @@ fn probe_all(
     let mut handles = Vec::new();
     for pod in sandbox.pods().iter().filter(|p| wanted(p.name())) {
         let name = pod.name().to_owned();
-        let config = probe_config(connect_timeout);
         handles.push(
             pod.netns()
-                .spawn(move || Ok(probe_here(&name, &config, pod_to_pod))),
+                .spawn(move || Ok(probe_here(cloud, &name, connect_timeout, pod_to_pod))),
         );
     }
     match host {
@@ -593,10 +662,14 @@ fn probe_all(
             }
         }
         None if wanted(NODE_ROW) => {
-            let config = probe_config(connect_timeout);
             // The node itself (the kubelet): imdsguard leaves it alone.
             let node = std::thread::spawn(move || {
-                Ok::<_, imdsguard_node::NodeError>(Ok(probe_here(NODE_ROW, &config, pod_to_pod)))
+                Ok::<_, imdsguard_node::NodeError>(Ok(probe_here(
+                    cloud,
+                    NODE_ROW,
+                    connect_timeout,
+                    pod_to_pod,
+                )))
             });
             handles.push(node);
         }
@@ -613,6 +686,7 @@ fn probe_all(
 }
 
 fn pod_infos(
+    cloud: Cloud,
     sandbox: &Sandbox,
     allowed: &[SourcePair],
     known: &[SourcePair],
@@ -638,14 +712,21 @@ fn pod_infos(
                     "borrows {ALLOWED_POD}'s address on its own interface (answers routed back to it); the proxy would take it for {ALLOWED_POD}"
                 ),
                 (_, Attach::Bridged) => format!("kubenet pod on bridge {}", sandbox::BRIDGE),
-                _ => "ordinary pod (Azure CNI)".to_owned(),
+                _ if cloud == Cloud::Azure => "ordinary pod (Azure CNI)".to_owned(),
+                _ => "ordinary pod (a routed veth, as the VPC CNI and GKE's dataplane wire pods)"
+                    .to_owned(),
             };
             if kube && let Some(ns) = crate::kubernetes::api_namespace(&s.name) {
                 role = format!("Pod {ns}/{}: {role}", s.name);
             }
             LabPod {
                 name: s.name.clone(),
-                address: s.addr.to_string(),
+                address: s
+                    .addrs()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 allowlisted: allowed
                     .iter()
                     .any(|a| a.iface == iface && a.addr == IpAddr::V4(s.addr)),
@@ -663,10 +744,14 @@ fn pod_infos(
             }
         })
         .collect();
+    let node_address = match cloud {
+        Cloud::Azure => NODE_ADDR.to_string(),
+        _ => format!("{NODE_ADDR}, {}", sandbox::NODE_ADDR6),
+    };
     let Some(host) = host else {
         out.push(LabPod {
             name: NODE_ROW.into(),
-            address: NODE_ADDR.to_string(),
+            address: node_address,
             interface: "(the node itself)".into(),
             role: "hostNetwork / kubelet: not filtered".into(),
             allowlisted: false,
@@ -684,8 +769,20 @@ fn pod_infos(
             ),
             MONITORING_ROW => (
                 format!(
-                    "hostNetwork pod {} (Burstable), expected in block and observe modes: rule monitoring-token selects it; proxy mode: IMDS through the proxy (allowed), WireServer dropped",
-                    host_pod(MONITORING_ROW).id()
+                    "hostNetwork pod {} (Burstable), expected in block and observe modes: rule {} selects it; proxy mode: {}",
+                    host_pod(MONITORING_ROW).id(),
+                    match cloud {
+                        Cloud::Azure => "monitoring-token",
+                        Cloud::Aws => "monitoring-placement",
+                        _ => "monitoring-zone",
+                    },
+                    match cloud {
+                        Cloud::Azure => "IMDS through the proxy (allowed), WireServer dropped",
+                        Cloud::Aws =>
+                            "IMDS through the proxy (its placement only: the credentials denied), IPv6 and the other endpoints dropped",
+                        _ =>
+                            "the metadata server through the proxy (project and zone only: the token denied), IPv6 dropped",
+                    }
                 ),
                 true,
             ),
@@ -699,7 +796,7 @@ fn pod_infos(
         };
         out.push(LabPod {
             name: placement.row.into(),
-            address: NODE_ADDR.to_string(),
+            address: node_address.clone(),
             interface: "(the node itself)".into(),
             role,
             allowlisted: expected,
@@ -799,13 +896,18 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
             })
         }
     };
-    let sandbox = Sandbox::build(isolated, &lab_pods())?;
-    let _emulator = start_emulator(sandbox.cloud())?;
-    let mut services = Services::new();
-    services.udp_echo(
-        Some(sandbox.cloud()),
-        SocketAddr::new(WIRESERVER_ADDRESS.into(), 53),
+    let cloud = args.cloud;
+    let sandbox = Sandbox::build_for(
+        isolated,
+        &crate::cloud::pods(cloud),
+        &crate::cloud::addresses(cloud),
     )?;
+    let _emulator = start_emulator(cloud, sandbox.cloud())?;
+    let mut services = Services::new();
+    services.udp_echo(Some(sandbox.cloud()), sandbox::cloud_dns(cloud))?;
+    for (t, banner) in crate::cloud::stand_ins(cloud) {
+        services.tcp_banner(Some(sandbox.cloud()), SocketAddr::new(t.ip, t.port), banner)?;
+    }
     services.udp_echo(None, SocketAddr::new(NODE_LOCAL_DNS.into(), 53))?;
     if kube_mode {
         let web = sandbox.pod("web").expect("the lab has a web pod");
@@ -821,26 +923,35 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
         .expect("the lab has an allowlisted pod")
         .spec()
         .clone();
-    let allowed = vec![
-        SourcePair::new(&allowed_spec.ingress_iface(), IpAddr::V4(allowed_spec.addr))
-            .map_err(imdsguard_node::NodeError::from)?,
-    ];
+    // Its pair in each family (AWS and GCP pods are dual-stack).
+    let allowed: Vec<SourcePair> = allowed_spec
+        .addrs()
+        .into_iter()
+        .map(|a| SourcePair::new(&allowed_spec.ingress_iface(), a))
+        .collect::<Result<_, _>>()
+        .map_err(imdsguard_node::NodeError::from)?;
     // Every pod the node hosts, with the interface its traffic enters on; the spoofer's
     // borrowed address is not its own.
     let known: Vec<SourcePair> = sandbox
         .pods()
         .iter()
         .filter(|p| p.name() != SPOOFER_POD)
-        .map(|p| SourcePair::new(&p.spec().ingress_iface(), IpAddr::V4(p.spec().addr)))
+        .flat_map(|p| {
+            let iface = p.spec().ingress_iface();
+            p.spec()
+                .addrs()
+                .into_iter()
+                .map(move |a| SourcePair::new(&iface, a))
+        })
         .collect::<Result<_, _>>()
         .map_err(imdsguard_node::NodeError::from)?;
-    let pods = pod_infos(&sandbox, &allowed, &known, kube_mode, host.as_ref());
+    let pods = pod_infos(cloud, &sandbox, &allowed, &known, kube_mode, host.as_ref());
     let mut kube = match &args.kubernetes {
         Some(k) => Some(KubeLab::start(k, &sandbox)?),
         None => None,
     };
 
-    let mut config = RulesetConfig::new(Mode::Block, &[Cloud::Azure]);
+    let mut config = RulesetConfig::new(Mode::Block, &[cloud]);
     config.proxy_v4 = Some(PROXY_LISTEN);
     let mut enforcer = Enforcer::new(config.clone(), Exec::here())?
         .with_allowed(allowed.clone())
@@ -875,12 +986,13 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
                     counters_at_start = enforcer.counters()?;
                 }
                 let host_callers = match &host {
-                    Some(host) => Some((host, host_table::apply(&c, host)?)),
+                    Some(host) => Some((host, host_table::apply(cloud, &c, host)?)),
                     None => None,
                 };
                 if mode == Mode::Proxy {
                     let sink = Arc::new(Decisions::default());
                     _proxy = Some(start_proxy(
+                        cloud,
                         *phase == Phase::DryRun,
                         host_callers,
                         sink.clone(),
@@ -892,9 +1004,20 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
                 } else {
                     ""
                 };
+                let (endpoints, not_proxied) = match cloud {
+                    Cloud::Azure => ("IMDS and WireServer", "WireServer"),
+                    Cloud::Aws => (
+                        "IMDS (IPv4 and IPv6), the EKS Pod Identity agent and ECS task metadata",
+                        "IPv6 IMDS (no IPv6 proxy here), the Pod Identity agent and ECS task metadata",
+                    ),
+                    _ => (
+                        "the metadata server (IPv4 and IPv6)",
+                        "the IPv6 metadata server (no IPv6 proxy here)",
+                    ),
+                };
                 match phase {
                     Phase::Block => format!(
-                        "block: pod traffic to IMDS and WireServer dropped unless allowlisted{hostnet}, the others dropped"
+                        "block: pod traffic to {endpoints} dropped unless allowlisted{hostnet}, the others dropped"
                     ),
                     Phase::Observe => format!(
                         "observe: let through, counted and logged (NFLOG){}",
@@ -905,7 +1028,12 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
                         }
                     ),
                     Phase::Proxy => format!(
-                        "proxy: IMDS from known (interface, address) pairs{} redirected to the filtering proxy at {PROXY_LISTEN}, unknown pairs and WireServer dropped{}, allowlisted pair direct",
+                        "proxy: {} from known (interface, address) pairs{} redirected to the filtering proxy at {PROXY_LISTEN}, unknown pairs and {not_proxied} dropped{}, allowlisted pair direct",
+                        if cloud == Cloud::Azure {
+                            "IMDS"
+                        } else {
+                            "IPv4 metadata"
+                        },
                         if host.is_some() {
                             " and from pod cgroups"
                         } else {
@@ -918,7 +1046,7 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
                         }
                     ),
                     _ => format!(
-                        "dry run: proxy mode's tables dropping nothing (WireServer from pods not expected and unknown pairs let through, counted would_drop), the filtering proxy at {PROXY_LISTEN} with --dry-run: denials recorded as would-deny and forwarded"
+                        "dry run: proxy mode's tables dropping nothing ({not_proxied} from pods not expected and unknown pairs let through, counted would_drop), the filtering proxy at {PROXY_LISTEN} with --dry-run: denials recorded as would-deny and forwarded"
                     ),
                 }
             }
@@ -928,6 +1056,7 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
                 .protect(&allowed)?,
         };
         let rows = probe_phase(
+            cloud,
             &sandbox,
             host.as_ref(),
             &pods,
@@ -943,7 +1072,7 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
         let mut unexpected = Vec::new();
         for info in &pods {
             if let Some(row) = rows.iter().find(|r| r.pod == info.name) {
-                unexpected.extend(check(*phase, info, row));
+                unexpected.extend(check(cloud, *phase, info, row));
             }
         }
         // The controller phase's table is the agent's (checked by its allow set).
@@ -1072,6 +1201,7 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
 
     let as_expected = results.iter().all(|p| p.unexpected.is_empty());
     let report = LabReport {
+        cloud,
         pods,
         phases: results,
         bench,
@@ -1098,11 +1228,11 @@ mod tests {
     #[test]
     fn the_proxy_would_take_the_spoofer_for_a_pod_it_allows() {
         use imdsguard_core::access::{AccessRules, PodIndex};
-        let rules = AccessRules::parse(PROXY_RULES).unwrap();
+        let rules = AccessRules::parse(crate::cloud::proxy_rules(Cloud::Azure)).unwrap();
         assert_eq!(rules.len(), 3);
-        let pods = PodIndex::parse(PROXY_PODS).unwrap();
+        let pods = PodIndex::parse(&crate::cloud::proxy_pods(Cloud::Azure)).unwrap();
         assert_eq!(pods.len(), 3);
-        let spoofer = lab_pods()
+        let spoofer = sandbox::lab_pods()
             .into_iter()
             .find(|p| p.name == SPOOFER_POD)
             .unwrap();
@@ -1115,7 +1245,7 @@ mod tests {
     #[test]
     fn the_rules_expect_the_monitoring_pod_and_not_the_debug_pod() {
         use imdsguard_core::access::AccessRules;
-        let rules = AccessRules::parse(PROXY_RULES).unwrap();
+        let rules = AccessRules::parse(crate::cloud::proxy_rules(Cloud::Azure)).unwrap();
         let selected = |row: &str| -> Vec<String> {
             let info = host_pod(row);
             rules
@@ -1154,6 +1284,7 @@ mod tests {
             denied_by: None,
             attempts: 1,
             pod_to_pod: None,
+            endpoints: Vec::new(),
         };
         let pods = [
             pod("allowed", true),
@@ -1173,12 +1304,12 @@ mod tests {
             row("slow-dns", timeout, false, false),
         ];
         assert_eq!(
-            to_retry(Phase::Block, &pods, &rows),
+            to_retry(Cloud::Azure, Phase::Block, &pods, &rows),
             ["allowed", "slow-dns"]
         );
         // Before protection everything should be reached: every timeout is retried.
         assert_eq!(
-            to_retry(Phase::Before, &pods, &rows),
+            to_retry(Cloud::Azure, Phase::Before, &pods, &rows),
             ["allowed", "web", "slow-dns"]
         );
     }
@@ -1197,8 +1328,14 @@ mod tests {
     fn the_probe_targets_the_default_endpoints() {
         let c = probe_config(Duration::from_millis(300));
         assert_eq!(c.endpoint.to_string(), DEFAULT_ENDPOINT);
-        assert_eq!(c.wireserver.unwrap().to_string(), DEFAULT_WIRESERVER);
-        assert_eq!(c.hostgaplugin.unwrap().to_string(), DEFAULT_HOSTGAPLUGIN);
+        assert_eq!(
+            c.wireserver.unwrap().to_string(),
+            imdsguard_probe::DEFAULT_WIRESERVER
+        );
+        assert_eq!(
+            c.hostgaplugin.unwrap().to_string(),
+            imdsguard_probe::DEFAULT_HOSTGAPLUGIN
+        );
         assert_eq!(c.connect_timeout, Duration::from_millis(300));
     }
 }
