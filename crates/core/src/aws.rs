@@ -31,6 +31,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::canon;
 use crate::imds;
+use crate::target;
 
 /// IMDS on IPv4 (`169.254.169.254`, the same address as Azure's and GCP's).
 pub const IMDS_ADDRESS_V4: Ipv4Addr = imds::IMDS_ADDRESS;
@@ -38,14 +39,15 @@ pub const IMDS_ADDRESS_V4: Ipv4Addr = imds::IMDS_ADDRESS;
 pub const IMDS_ADDRESS_V6: Ipv6Addr = imds::AWS_IMDS_IPV6_ADDRESS;
 /// IMDS's port (plain HTTP).
 pub const IMDS_PORT: u16 = 80;
-/// The EKS Pod Identity agent on IPv4 (`169.254.170.23`, a hostNetwork DaemonSet).
-pub const POD_IDENTITY_ADDRESS_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 170, 23);
+/// The EKS Pod Identity agent on IPv4 (`169.254.170.23`, a hostNetwork DaemonSet); the
+/// address of [`crate::target::AWS_POD_IDENTITY`].
+pub const POD_IDENTITY_ADDRESS_V4: Ipv4Addr = target::AWS_POD_IDENTITY_ADDRESS;
 /// The EKS Pod Identity agent on IPv6 (`fd00:ec2::23`).
-pub const POD_IDENTITY_ADDRESS_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23);
+pub const POD_IDENTITY_ADDRESS_V6: Ipv6Addr = target::AWS_POD_IDENTITY_IPV6_ADDRESS;
 /// The EKS Pod Identity agent's port.
 pub const POD_IDENTITY_PORT: u16 = 80;
 /// ECS task metadata and container credentials (`169.254.170.2`).
-pub const ECS_TASK_METADATA_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 170, 2);
+pub const ECS_TASK_METADATA_ADDRESS: Ipv4Addr = target::AWS_ECS_TASK_METADATA_ADDRESS;
 /// ECS task metadata's port.
 pub const ECS_TASK_METADATA_PORT: u16 = 80;
 
@@ -639,6 +641,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
 
     fn get(path: &str) -> Result<AwsRequest, AwsError> {
         validate("GET", path, None, Vec::<(&str, &str)>::new())
@@ -667,6 +670,27 @@ mod tests {
         assert_eq!(IMDS_ADDRESS_V6.to_string(), "fd00:ec2::254");
         assert_eq!(POD_IDENTITY_ADDRESS_V6.to_string(), "fd00:ec2::23");
         assert_eq!(IMDS_PORT, imds::IMDS_PORT);
+        // The cloud's targets are these addresses and ports.
+        let aws: Vec<std::net::SocketAddr> = target::Cloud::Aws
+            .targets()
+            .iter()
+            .map(|t| std::net::SocketAddr::new(t.ip, t.port))
+            .collect();
+        for (ip, port) in [
+            (IpAddr::V4(IMDS_ADDRESS_V4), IMDS_PORT),
+            (IpAddr::V6(IMDS_ADDRESS_V6), IMDS_PORT),
+            (IpAddr::V4(POD_IDENTITY_ADDRESS_V4), POD_IDENTITY_PORT),
+            (IpAddr::V6(POD_IDENTITY_ADDRESS_V6), POD_IDENTITY_PORT),
+            (
+                IpAddr::V4(ECS_TASK_METADATA_ADDRESS),
+                ECS_TASK_METADATA_PORT,
+            ),
+        ] {
+            assert!(
+                aws.contains(&std::net::SocketAddr::new(ip, port)),
+                "{ip} {port}"
+            );
+        }
     }
 
     #[test]
