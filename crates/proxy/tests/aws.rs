@@ -707,3 +707,89 @@ async fn rules_of_another_cloud_are_refused() {
     );
     proxy.shutdown().await;
 }
+
+/// The `cloud: aws` example of docs/proxy.md parses, for its cloud.
+#[test]
+fn the_documented_aws_example_parses() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/proxy.md"))
+        .expect("docs/proxy.md");
+    let block = doc
+        .split("```yaml\n")
+        .map(|b| b.split("```").next().unwrap())
+        .find(|b| b.starts_with("cloud: aws\n"))
+        .expect("a cloud: aws example");
+    let rules = AccessRules::parse(block).expect("the example parses");
+    assert_eq!(rules.cloud(), Cloud::Aws);
+    let names: Vec<&str> = rules.rules().iter().map(|r| &*r.name).collect();
+    assert_eq!(
+        names,
+        [
+            "everyone-placement",
+            "imdsv2-token",
+            "aws-node-role",
+            "payments-role"
+        ]
+    );
+}
+
+/// A dry run denies nothing: rule, token-binding and canonical-form denials are
+/// recorded `would-deny` and forwarded (the last as received).
+#[tokio::test]
+async fn a_dry_run_records_would_deny_and_forwards() {
+    let emulator = AwsEmulator::start(AwsConfig::default_eks(), AwsOptions::default())
+        .await
+        .unwrap();
+    let (mut config, records) = aws_config(emulator.local_addrs()[0], Arc::default());
+    config.dry_run = true;
+    let proxy = Proxy::start(config).await.unwrap();
+    let last = || records.0.lock().unwrap().last().cloned().unwrap();
+    let creds = format!("/latest/meta-data/iam/security-credentials/{ROLE}");
+    let send = |from, target: String, headers: Vec<(&'static str, String)>| {
+        let addr = proxy.local_addr();
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            send_from(from, addr, "GET", &target, &h, b"")
+                .await
+                .unwrap()
+        }
+    };
+    let r = send(SHOP_WEB, creds.clone(), vec![]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        (last().1.as_str(), last().2.as_str()),
+        ("would-deny", "everyone-basics")
+    );
+    let dotted = creds.replace("/iam/", "/placement/../iam/");
+    let r = send(SHOP_WEB, dotted.clone(), vec![]).await;
+    assert_eq!(r.status, 200, "forwarded as received: {}", r.text());
+    assert_eq!(
+        (last().1.as_str(), last().2.as_str()),
+        ("would-deny", "canonical-form")
+    );
+    let token = send_from(
+        PAYMENTS_API,
+        proxy.local_addr(),
+        "PUT",
+        "/latest/api/token",
+        &[("X-aws-ec2-metadata-token-ttl-seconds", "60")],
+        b"",
+    )
+    .await
+    .unwrap()
+    .text()
+    .to_string();
+    let r = send(
+        SHOP_WEB,
+        "/latest/meta-data/placement/region".into(),
+        vec![("X-aws-ec2-metadata-token", token.clone())],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        (last().1.as_str(), last().2.as_str()),
+        ("would-deny", "token-not-issued-to-caller")
+    );
+    assert!(!last().3.contains(&token));
+    proxy.shutdown().await;
+    emulator.shutdown().await;
+}

@@ -505,3 +505,22 @@ async fn only_the_clouds_headers_go_upstream() {
     }
     proxy.shutdown().await;
 }
+
+/// The `cloud: gcp` example of docs/proxy.md parses, for its cloud.
+#[test]
+fn the_documented_gcp_example_parses() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/proxy.md"))
+        .expect("docs/proxy.md");
+    let block = doc
+        .split("```yaml\n")
+        .map(|b| b.split("```").next().unwrap())
+        .find(|b| b.starts_with("cloud: gcp\n"))
+        .expect("a cloud: gcp example");
+    let rules = AccessRules::parse(block).expect("the example parses");
+    assert_eq!(rules.cloud(), Cloud::Gcp);
+    let names: Vec<&str> = rules.rules().iter().map(|r| &*r.name).collect();
+    assert_eq!(
+        names,
+        ["everyone-basics", "payments-token", "monitoring-instance"]
+    );
+}
