@@ -39,7 +39,18 @@ struct World {
 }
 
 impl World {
+    /// Banners on every endpoint.
     fn new(test: &str, cloud: Cloud) -> World {
+        World::build(test, cloud, true)
+    }
+
+    /// Banners on the endpoints but the metadata service's, where the test starts the
+    /// emulator.
+    fn new_with_emulator(test: &str, cloud: Cloud) -> World {
+        World::build(test, cloud, false)
+    }
+
+    fn build(test: &str, cloud: Cloud, banner_on_imds: bool) -> World {
         let isolated = Isolated::check(None).expect("an isolated namespace");
         let sandbox = Sandbox::build_for(
             &isolated,
@@ -49,6 +60,9 @@ impl World {
         .expect("the sandbox node");
         let mut services = Services::new();
         for t in endpoints(cloud) {
+            if !banner_on_imds && is_imds(cloud, t) {
+                continue;
+            }
             services
                 .tcp_banner(Some(sandbox.cloud()), t, BANNER)
                 .unwrap();
@@ -89,6 +103,16 @@ impl Drop for World {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Whether `addr` is `cloud`'s metadata service proper (IMDS, GCP's metadata server).
+fn is_imds(cloud: Cloud, addr: SocketAddr) -> bool {
+    let t = imdsguard_core::target::Target::new(
+        addr.ip(),
+        addr.port(),
+        imdsguard_core::target::Protocol::Tcp,
+    );
+    cloud.service(&t) == Some(cloud.metadata_service())
 }
 
 /// Every endpoint of `cloud` as an address to connect to.
@@ -335,5 +359,216 @@ fn aws_block_mode_guards_host_network_pods_in_both_families() {
         ] {
             assert!(listing.contains(needle), "{needle} in\n{listing}");
         }
+    });
+}
+
+/// The cloud's emulator on its metadata service's real addresses (both families) in
+/// the sandbox's cloud namespace; stopped on drop.
+struct Emulator {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), imdsguard_node::NodeError>>>,
+}
+
+impl Emulator {
+    fn start(sandbox: &Sandbox, cloud: Cloud) -> Emulator {
+        use imdsguard_emulator::aws::{AwsConfig, AwsEmulator, AwsOptions};
+        use imdsguard_emulator::gcp::{GcpConfig, GcpEmulator, GcpOptions};
+        let listen: Vec<SocketAddr> = endpoints(cloud)
+            .into_iter()
+            .filter(|a| is_imds(cloud, *a))
+            .collect();
+        assert_eq!(listen.len(), 2, "{listen:?}");
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = sandbox.cloud().spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async move {
+                let grace = Duration::from_millis(100);
+                if cloud == Cloud::Aws {
+                    let options = AwsOptions {
+                        listen,
+                        allow_metadata_address: true,
+                        seed: Some(4),
+                        shutdown_grace: grace,
+                    };
+                    let e = AwsEmulator::start(AwsConfig::default_eks(), options)
+                        .await
+                        .expect("the AWS emulator starts");
+                    ready_tx.send(()).unwrap();
+                    let _ = stop_rx.await;
+                    e.shutdown().await;
+                } else {
+                    let options = GcpOptions {
+                        listen,
+                        allow_metadata_address: true,
+                        seed: Some(4),
+                        shutdown_grace: grace,
+                        ..GcpOptions::default()
+                    };
+                    let e = GcpEmulator::start(GcpConfig::default_gke(), options)
+                        .await
+                        .expect("the GCP emulator starts");
+                    ready_tx.send(()).unwrap();
+                    let _ = stop_rx.await;
+                    e.shutdown().await;
+                }
+            });
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the emulator is ready");
+        Emulator {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET of `path` at `addr` from `pod` with `headers`; `None` when no
+/// connection was made in time.
+fn get(
+    sandbox: &Sandbox,
+    pod: &str,
+    addr: SocketAddr,
+    path: &str,
+    headers: &str,
+) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let (path, headers) = (path.to_owned(), headers.to_owned());
+    sandbox
+        .pod(pod)
+        .unwrap()
+        .netns()
+        .run(move || {
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            let host = match addr {
+                SocketAddr::V4(a) => a.ip().to_string(),
+                SocketAddr::V6(a) => format!("[{}]", a.ip()),
+            };
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n"
+            )
+            .ok()?;
+            let mut text = String::new();
+            s.read_to_string(&mut text).ok()?;
+            let status = text.split_whitespace().nth(1)?.parse().ok()?;
+            let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+            Some((status, body))
+        })
+        .unwrap()
+}
+
+/// Proxy mode for `cloud`: the agent's proxy listens on both families (`[::]:8169`),
+/// IPv4 and IPv6 metadata traffic of the known pods is redirected to it and decided by
+/// the cloud's rules (`harmless` allowed to `shop`, `secret` to nobody); the
+/// allowlisted pod goes direct and gets the secret; the endpoints the proxy does not
+/// serve stay dropped.
+fn proxy_mode(test: &str, cloud: Cloud, rules: &str, harmless: &str, secret: &str, headers: &str) {
+    let w = World::new_with_emulator(test, cloud);
+    let _emulator = Emulator::start(&w.sandbox, cloud);
+    let rules_file = w.dir.join("rules.yaml");
+    std::fs::write(&rules_file, rules).unwrap();
+    let v4 = SocketAddr::new(sandbox::NODE_ADDR.into(), 8169).to_string();
+    let v6 = SocketAddr::new(sandbox::NODE_ADDR6.into(), 8169).to_string();
+    let _agent = w.agent(
+        &[
+            "--mode",
+            "proxy",
+            "--proxy-address",
+            &v4,
+            "--proxy-address6",
+            &v6,
+            "--proxy-listen",
+            "[::]:8169",
+            "--allow",
+            "platform/allowed",
+            "--rules",
+            rules_file.to_str().unwrap(),
+        ],
+        "",
+    );
+    let imds: Vec<SocketAddr> = endpoints(cloud)
+        .into_iter()
+        .filter(|a| is_imds(cloud, *a))
+        .collect();
+    for addr in &imds {
+        let (status, body) = get(&w.sandbox, "web", *addr, harmless, headers)
+            .unwrap_or_else(|| panic!("web → {addr}{harmless}: no answer"));
+        assert_eq!(status, 200, "web → {addr}{harmless}: {body}");
+        let (status, body) = get(&w.sandbox, "web", *addr, secret, headers)
+            .unwrap_or_else(|| panic!("web → {addr}{secret}: no answer"));
+        assert_eq!(status, 403, "web → {addr}{secret}: {body}");
+        assert!(body.contains("imdsguard"), "{body}");
+        let (status, _) = get(&w.sandbox, "batch", *addr, harmless, headers)
+            .unwrap_or_else(|| panic!("batch → {addr}: no answer"));
+        assert_eq!(status, 403, "batch → {addr}{harmless}");
+        // The allowlisted pod goes straight to the metadata service.
+        let (status, body) = get(&w.sandbox, "allowed", *addr, secret, headers)
+            .unwrap_or_else(|| panic!("allowed → {addr}: no answer"));
+        assert_eq!(status, 200, "allowed → {addr}{secret}: {body}");
+        // The spoofer's pairs are unknown: dropped, never taken for `allowed`.
+        assert_eq!(get(&w.sandbox, "spoofer", *addr, harmless, headers), None);
+    }
+    // What the proxy does not serve (AWS: the Pod Identity agent, ECS) stays dropped.
+    for addr in endpoints(cloud).iter().filter(|a| !imds.contains(a)) {
+        assert_eq!(w.reach("web", *addr), Reach::Timeout, "web → {addr}");
+    }
+}
+
+#[test]
+#[ignore = "needs netns"]
+fn aws_proxy_mode_decides_both_families_by_the_aws_rules() {
+    let test = "aws_proxy_mode_decides_both_families_by_the_aws_rules";
+    isolated(test, || {
+        proxy_mode(
+            test,
+            Cloud::Aws,
+            "cloud: aws
+rules:
+  - name: shop-region
+    subjects: [{namespace: shop}]
+    paths: [/latest/meta-data/placement/region]
+",
+            "/latest/meta-data/placement/region",
+            "/latest/meta-data/iam/security-credentials/imdsguard-demo-node-role",
+            "",
+        );
+    });
+}
+
+#[test]
+#[ignore = "needs netns"]
+fn gcp_proxy_mode_decides_both_families_by_the_gcp_rules() {
+    let test = "gcp_proxy_mode_decides_both_families_by_the_gcp_rules";
+    isolated(test, || {
+        proxy_mode(
+            test,
+            Cloud::Gcp,
+            "cloud: gcp
+rules:
+  - name: shop-zone
+    subjects: [{namespace: shop}]
+    paths: [/computeMetadata/v1/instance/zone]
+",
+            "/computeMetadata/v1/instance/zone",
+            "/computeMetadata/v1/instance/service-accounts/default/token",
+            "Metadata-Flavor: Google\r\n",
+        );
     });
 }
