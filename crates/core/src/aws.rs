@@ -487,7 +487,9 @@ fn decode_segment(raw: &str) -> Option<String> {
     Some(s)
 }
 
-/// Classifies decoded segments; `None` for a path IMDS does not serve (404).
+/// Classifies decoded segments; `None` for a path IMDS does not serve (404). The token
+/// path gives `Token { ttl: 0 }`: the lifetime is the request's header, which [`validate`]
+/// reads.
 pub fn classify(segments: &[String]) -> Option<AwsKind> {
     let s: Vec<&str> = segments.iter().map(String::as_str).collect();
     let Some((version, rest)) = s.split_first() else {
