@@ -434,7 +434,19 @@ impl State {
         mut rec: Record,
     ) -> (Reply, Record) {
         if !self.dry_run {
-            return (self.reject(rejection, &mut rec), rec);
+            let example = match self.cloud {
+                Cloud::Gcp => {
+                    "GET /computeMetadata/v1/instance/zone with Metadata-Flavor: Google once"
+                }
+                _ => "GET /latest/meta-data/placement/region, the token header once",
+            };
+            let mut deny = Deny::canonical_form(rejection);
+            deny.help = format!(
+                "send the request in its plain form, as the metadata service's documentation writes it (e.g. {example}), without encoded, repeated or dot segments, unknown or repeated query parameters, or repeated metadata headers"
+            );
+            let reply = self.deny(deny, &mut rec);
+            rec.reason = Some(format!("{}: {}", rejection.kind, rejection.detail));
+            return (reply, rec);
         }
         let method = req.method().as_str().to_string();
         let uri = req.uri();
