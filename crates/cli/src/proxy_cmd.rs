@@ -121,12 +121,10 @@ pub(crate) struct ProxyArgs {
     #[arg(long, value_name = "PATH")]
     pub cgroup_root: Option<PathBuf>,
     /// A destination host callers connect to (an endpoint redirected to the proxy);
-    /// the proxy's own address is tried after these. Repeatable.
-    #[arg(
-        long = "host-caller-destination",
-        value_name = "ADDR:PORT",
-        default_value = "169.254.169.254:80"
-    )]
+    /// the proxy's own address is tried after these. Repeatable. Default: the cloud's
+    /// metadata service, 169.254.169.254:80 (aws also [fd00:ec2::254]:80, gcp also
+    /// [fd20:ce::254]:80).
+    #[arg(long = "host-caller-destination", value_name = "ADDR:PORT")]
     pub host_caller_destinations: Vec<SocketAddr>,
     /// Log format (standard error).
     #[arg(long, value_enum, default_value = "text")]
@@ -186,7 +184,11 @@ impl ProxyArgs {
         config.dry_run = self.dry_run;
         config.host_callers = self.host_caller_root().map(|root| HostCallerConfig {
             cgroup_root: root,
-            destinations: self.host_caller_destinations.clone(),
+            destinations: if self.host_caller_destinations.is_empty() {
+                default_host_caller_destinations(self.cloud.into())
+            } else {
+                self.host_caller_destinations.clone()
+            },
         });
         config.check()?;
         Ok(config)
@@ -200,6 +202,24 @@ impl ProxyArgs {
                 .host_callers
                 .then(|| PathBuf::from(imdsguard_core::cgroup::CGROUP2_MOUNT)),
         }
+    }
+}
+
+/// Where host callers connect when no --host-caller-destination is given: the cloud's
+/// metadata service (IPv4, and IPv6 for AWS and GCP).
+fn default_host_caller_destinations(cloud: imdsguard_proxy::Cloud) -> Vec<SocketAddr> {
+    use imdsguard_proxy::Cloud;
+    let v4 = SocketAddr::from((imdsguard_core::imds::IMDS_ADDRESS, 80));
+    match cloud {
+        Cloud::Azure => vec![v4],
+        Cloud::Aws => vec![
+            v4,
+            SocketAddr::from((imdsguard_core::aws::IMDS_ADDRESS_V6, 80)),
+        ],
+        Cloud::Gcp => vec![
+            v4,
+            SocketAddr::from((imdsguard_core::gcp::METADATA_IPV6_ADDRESS, 80)),
+        ],
     }
 }
 
@@ -521,6 +541,14 @@ mod tests {
             "{e}"
         );
         assert!(Cli::try_parse_from(["proxy", "--rules", "r", "--cloud", "ibm"]).is_err());
+        let c = parse(&["--cloud", "gcp", "--host-callers"]).unwrap();
+        assert_eq!(
+            c.host_callers.unwrap().destinations,
+            vec![
+                "169.254.169.254:80".parse().unwrap(),
+                "[fd20:ce::254]:80".parse().unwrap()
+            ]
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
