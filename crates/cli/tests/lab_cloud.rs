@@ -166,9 +166,22 @@ fn check_matrix(report: &Value, v6: &str, secret: &str) {
         let r = row(proxy, pod);
         assert_eq!(r["token"], "blocked-by-imdsguard", "{pod} in proxy: {r}");
         assert_eq!(r["sensitive"], false, "{pod} in proxy: {r}");
-        assert_eq!(cell(r, "imds-ipv6")["class"], "blocked-timeout", "{r}");
+        assert_eq!(cell(r, "imds-ipv6")["class"], "blocked-by-imdsguard", "{r}");
     }
-    assert_eq!(row(proxy, "spoofer")["token"], "blocked-timeout");
+    let spoofer = row(proxy, "spoofer");
+    assert_eq!(spoofer["token"], "blocked-timeout", "{spoofer}");
+    assert_eq!(
+        cell(spoofer, "imds-ipv6")["class"],
+        "blocked-timeout",
+        "{spoofer}"
+    );
+    // The hostNetwork pods (root: played by processes in their cgroups) reach the proxy
+    // by the host table's redirect in both families; the rules' pod gets no token.
+    for pod in ["hostnet-monitoring", "hostnet-debug"] {
+        let r = row(proxy, pod);
+        assert_eq!(r["token"], "blocked-by-imdsguard", "{pod} in proxy: {r}");
+        assert_eq!(cell(r, "imds-ipv6")["class"], "blocked-by-imdsguard", "{r}");
+    }
     assert_eq!(row(proxy, "allowed")["token"], secret);
     // The dry run enforces nothing: every row as before protection.
     for r in before["rows"].as_array().unwrap() {

@@ -448,7 +448,7 @@ pub(crate) fn check(cloud: Cloud, phase: Phase, info: &LabPod, row: &Row) -> Vec
     }
     if through_proxy && !azure {
         // The proxy's rules give it no credentials: denied by the proxy, nothing
-        // sensitive, over IPv4 (IPv6 has no proxy here: dropped).
+        // sensitive, over IPv4 and IPv6.
         if row.token != Class::BlockedByImdsguard || row.sensitive {
             out.push(format!(
                 "{who}: the token step ended {} in phase {phase_name}{}, expected the proxy's denial",
@@ -466,31 +466,47 @@ pub(crate) fn check(cloud: Cloud, phase: Phase, info: &LabPod, row: &Row) -> Vec
             row.reached.join(", "),
         ));
     }
-    let dropped: Vec<(String, Class)> = if azure {
-        vec![
-            ("WireServer".to_owned(), row.wireserver),
-            ("HostGAPlugin".to_owned(), row.hostgaplugin),
-        ]
-    } else {
-        // Every other endpoint is dropped, IPv6 IMDS too (no IPv6 proxy in the lab).
-        row.endpoints
-            .iter()
-            .map(|e| (format!("{} ({})", e.endpoint, e.target), e.class))
-            .collect()
-    };
-    for (what, class) in dropped {
-        if class != Class::BlockedTimeout {
-            out.push(format!(
-                "{who}: {what} ended {class} in phase {phase_name}, expected blocked-timeout"
-            ));
-        }
-    }
     // Proxy mode: known pods get the proxy's denial, unknown pairs are dropped.
     let imds_expected = if phase == Phase::Proxy && info.known {
         Class::BlockedByImdsguard
     } else {
         Class::BlockedTimeout
     };
+    let dropped: Vec<(String, Class, Class)> = if azure {
+        vec![
+            (
+                "WireServer".to_owned(),
+                row.wireserver,
+                Class::BlockedTimeout,
+            ),
+            (
+                "HostGAPlugin".to_owned(),
+                row.hostgaplugin,
+                Class::BlockedTimeout,
+            ),
+        ]
+    } else {
+        // IMDS over IPv6 as over IPv4 (the proxy listens on both families); every other
+        // endpoint dropped.
+        row.endpoints
+            .iter()
+            .map(|e| {
+                let expected = if e.endpoint == IMDS_IPV6 {
+                    imds_expected
+                } else {
+                    Class::BlockedTimeout
+                };
+                (format!("{} ({})", e.endpoint, e.target), e.class, expected)
+            })
+            .collect()
+    };
+    for (what, class, expected) in dropped {
+        if class != expected {
+            out.push(format!(
+                "{who}: {what} ended {class} in phase {phase_name}, expected {expected}"
+            ));
+        }
+    }
     if through_proxy {
         return out;
     }

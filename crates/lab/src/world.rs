@@ -1,7 +1,7 @@
 //! The inner run: the sandbox node, the emulator in the cloud namespace, DNS echoes, the
 //! filtering proxy on the node, then the phases.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -32,6 +32,18 @@ use crate::{LabConfig, LabError};
 const ALLOWED_POD: &str = "allowed";
 /// Where the filtering proxy listens on the node (proxy mode redirects IMDS there).
 const PROXY_LISTEN: SocketAddrV4 = SocketAddrV4::new(NODE_ADDR, 8169);
+/// Where proxy mode redirects IPv6 metadata traffic (AWS and GCP labs, dual-stack): the
+/// node's IPv6 address, the same port; the proxy then listens on both families.
+const PROXY_LISTEN6: SocketAddrV6 = SocketAddrV6::new(sandbox::NODE_ADDR6, 8169, 0, 0);
+
+/// Where the proxy listens: the node's IPv4 address for Azure, every address of both
+/// families (`[::]:8169`) for the dual-stack labs.
+fn proxy_listen(cloud: Cloud) -> SocketAddr {
+    match cloud {
+        Cloud::Azure => SocketAddr::V4(PROXY_LISTEN),
+        _ => SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), PROXY_LISTEN.port()),
+    }
+}
 
 /// The pod that borrows the allowlisted pod's address; not a pod the node hosts at that
 /// address, so its (interface, address) pair is not known.
@@ -246,7 +258,7 @@ fn start_proxy(
     use imdsguard_core::access::{AccessRules, PodIndex};
     use imdsguard_proxy::{Proxy, ProxyConfig, Upstream};
     let upstream = Upstream::parse(DEFAULT_ENDPOINT).map_err(|e| LabError::Lab(e.to_string()))?;
-    let mut config = ProxyConfig::for_cloud(cloud, SocketAddr::V4(PROXY_LISTEN), upstream);
+    let mut config = ProxyConfig::for_cloud(cloud, proxy_listen(cloud), upstream);
     config.rules = Some(
         AccessRules::parse(crate::cloud::proxy_rules(cloud))
             .map_err(|e| LabError::Lab(e.to_string()))?,
@@ -260,9 +272,12 @@ fn start_proxy(
     if host_callers.is_some() {
         // hostNetwork callers come from the node's address: the proxy asks the kernel
         // for the client socket's cgroup and maps it to the pod.
-        config.host_callers = Some(imdsguard_proxy::HostCallerConfig::new(
-            crate::hostnet::CGROUP_ROOT,
-        ));
+        let mut callers = imdsguard_proxy::HostCallerConfig::new(crate::hostnet::CGROUP_ROOT);
+        // The host table redirects IPv6 metadata traffic too (dual-stack labs).
+        if let Some(v6) = crate::cloud::imds_ipv6(cloud) {
+            callers.destinations.push(SocketAddr::new(v6.ip, v6.port));
+        }
+        config.host_callers = Some(callers);
     }
     Background::start(None, "the filtering proxy", move |ready, stop| async move {
         match Proxy::start(config).await {
@@ -953,6 +968,9 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
 
     let mut config = RulesetConfig::new(Mode::Block, &[cloud]);
     config.proxy_v4 = Some(PROXY_LISTEN);
+    if cloud != Cloud::Azure {
+        config.proxy_v6 = Some(PROXY_LISTEN6);
+    }
     let mut enforcer = Enforcer::new(config.clone(), Exec::here())?
         .with_allowed(allowed.clone())
         .with_known(known);
@@ -1008,12 +1026,9 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
                     Cloud::Azure => ("IMDS and WireServer", "WireServer"),
                     Cloud::Aws => (
                         "IMDS (IPv4 and IPv6), the EKS Pod Identity agent and ECS task metadata",
-                        "IPv6 IMDS (no IPv6 proxy here), the Pod Identity agent and ECS task metadata",
+                        "the Pod Identity agent and ECS task metadata",
                     ),
-                    _ => (
-                        "the metadata server (IPv4 and IPv6)",
-                        "the IPv6 metadata server (no IPv6 proxy here)",
-                    ),
+                    _ => ("the metadata server (IPv4 and IPv6)", "nothing else"),
                 };
                 match phase {
                     Phase::Block => format!(
@@ -1029,10 +1044,9 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
                     ),
                     Phase::Proxy => format!(
                         "proxy: {} from known (interface, address) pairs{} redirected to the filtering proxy at {PROXY_LISTEN}, unknown pairs and {not_proxied} dropped{}, allowlisted pair direct",
-                        if cloud == Cloud::Azure {
-                            "IMDS"
-                        } else {
-                            "IPv4 metadata"
+                        match cloud {
+                            Cloud::Azure => "IMDS".to_owned(),
+                            _ => format!("IPv4 and IPv6 metadata (IPv6 to {PROXY_LISTEN6})"),
                         },
                         if host.is_some() {
                             " and from pod cgroups"
@@ -1086,7 +1100,11 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
             // counts what it sent (observe: its connections; block: what it was let
             // through or dropped for; proxy: what was not redirected, WireServer).
             let per_pod = host_table::counters(host)?;
-            for c in &per_pod {
+            // In proxy mode (and its dry run) they count only what is not redirected:
+            // nothing when the proxy serves every protected endpoint (GCP).
+            let counted = !matches!(phase, Phase::Proxy | Phase::DryRun)
+                || config.protected.iter().any(|t| !config.proxied.contains(t));
+            for c in per_pod.iter().filter(|_| counted) {
                 if c.packets == 0 {
                     unexpected.push(format!(
                         "{}: the host table counted nothing for it in phase {}",
