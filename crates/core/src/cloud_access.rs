@@ -10,7 +10,9 @@
 //!   case-sensitive: `/latest/Meta-Data` is another path, which the service answers
 //!   with 404, and never one a `/latest/meta-data` grant covers). A path grants itself
 //!   and everything below it; `*` stands for any one segment
-//!   (`/latest/meta-data/placement/*`, `/computeMetadata/v1/instance/zone`).
+//!   (`/latest/meta-data/placement/*`, `/computeMetadata/v1/instance/zone`). `/` grants
+//!   the root listing alone (Google's client libraries ask it, with
+//!   `Metadata-Flavor: Google`, to tell whether they run on GCE).
 //! - `methods`: `GET` unless told; AWS's IMDSv2 token step `PUT /latest/api/token` is
 //!   a grant of its own (`methods: [PUT]`, that path only), apart from what the token
 //!   then reads.
@@ -241,7 +243,8 @@ pub fn secret_path(cloud: Cloud, segments: &[String]) -> Option<SecretPath> {
     }
 }
 
-/// A path a cloud rule grants: segments, `*` for any one.
+/// A path a cloud rule grants: segments, `*` for any one. No segment (`/`) is the root
+/// listing alone (GCP's client libraries ask it to tell whether they run on GCE).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloudPath {
     /// The segments (exact, or `*`).
@@ -250,8 +253,11 @@ pub struct CloudPath {
 
 impl CloudPath {
     /// Whether the grant covers `path`: the path is at or below it, segments compared
-    /// exactly. Says nothing of secrets ([`Self::names`]).
+    /// exactly (`/` covers the root only). Says nothing of secrets ([`Self::names`]).
     pub fn covers(&self, path: &[String]) -> bool {
+        if self.segments.is_empty() {
+            return path.is_empty();
+        }
         path.len() >= self.segments.len()
             && self
                 .segments
@@ -420,10 +426,13 @@ pub fn parse_cloud_path(cloud: Cloud, path: &str) -> Result<CloudPath, String> {
     if body.contains('?') {
         return bad("a path grant has no query");
     }
-    let body = body.strip_suffix('/').unwrap_or(body);
     if body.is_empty() {
-        return bad("grants the whole service: name a tree");
+        // The root listing alone.
+        return Ok(CloudPath {
+            segments: Vec::new(),
+        });
     }
+    let body = body.strip_suffix('/').unwrap_or(body);
     let segments: Vec<String> = body.split('/').map(String::from).collect();
     if segments.iter().any(|s| {
         s.is_empty()
@@ -832,7 +841,7 @@ rules:
             ("aws", "    paths: [/latest/../meta-data]\n", "segments"),
             ("aws", "    paths: [/latest//meta-data]\n", "segments"),
             ("aws", "    paths: [/latest/meta-data?x=1]\n", "query"),
-            ("aws", "    paths: [\"/\"]\n", "whole service"),
+            ("aws", "    paths: [\"//\"]\n", "segments"),
             (
                 "aws",
                 "    paths: [/latest/meta-data]\n    audiences: [x]\n",
@@ -1190,6 +1199,27 @@ rules:
             &request(Cloud::Aws, "GET", "/latest/meta-data/placement/region"),
         );
         assert_eq!(denied_by(&d), RULE_DEFAULT_DENY);
+    }
+
+    #[test]
+    fn the_root_grant_is_the_root_listing_alone() {
+        let rules = "cloud: gcp\nrules: [{name: ping, subjects: [{namespace: '*'}], paths: [/]}]";
+        let p = pod("web", "default");
+        assert_eq!(
+            allowed(&decide(rules, Cloud::Gcp, &p, "GET", "/")),
+            Some("ping")
+        );
+        for other in [
+            "/computeMetadata/",
+            "/computeMetadata/v1/instance/zone",
+            "/computeMetadata/v1/instance/service-accounts/default/token",
+        ] {
+            assert_eq!(
+                denied_by(&decide(rules, Cloud::Gcp, &p, "GET", other)),
+                RULE_DEFAULT_DENY,
+                "{other}"
+            );
+        }
     }
 
     #[test]

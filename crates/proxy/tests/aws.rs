@@ -367,6 +367,14 @@ async fn aws_bypass_table() {
             vec![],
             Want::Denied("canonical-form"),
         ),
+        // Another version of the same secret is not the path the rule names.
+        (
+            PAYMENTS_API,
+            "GET",
+            creds.replace("/latest/", "/2016-09-02/"),
+            vec![],
+            Want::Denied("default-deny"),
+        ),
         // User data: not even `/latest/meta-data` gives it.
         (
             OPS,

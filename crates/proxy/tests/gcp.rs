@@ -18,7 +18,7 @@ cloud: gcp
 rules:
   - name: everyone-basics
     subjects: [{namespace: "*"}]
-    paths: [/computeMetadata/v1/instance/zone, /computeMetadata/v1/project/project-id]
+    paths: ["/", /computeMetadata/v1/instance/zone, /computeMetadata/v1/project/project-id]
   - name: payments-sa
     subjects: [{namespace: payments, serviceAccount: api}]
     paths:
@@ -91,6 +91,25 @@ async fn gcp_bypass_table() {
             zone.into(),
             vec![FLAVOR],
             Want::Ok("us-central1-c"),
+        ),
+        // The root listing (client libraries' GCE check) is granted by `/` alone.
+        (
+            SHOP_WEB,
+            "/".into(),
+            vec![FLAVOR],
+            Want::Ok("computeMetadata/"),
+        ),
+        (
+            SHOP_WEB,
+            "/computeMetadata/".into(),
+            vec![FLAVOR],
+            Want::Denied("default-deny"),
+        ),
+        (
+            SHOP_WEB,
+            "/computeMetadata/v1/".into(),
+            vec![FLAVOR],
+            Want::Denied("default-deny"),
         ),
         // Metadata-Flavor: the name in any case, the value exactly `Google`, once.
         (
