@@ -366,6 +366,36 @@ impl State {
         method: &str,
         path: &str,
     ) -> Result<Reply, UpstreamError> {
+        if answer.status.is_redirection() {
+            // GCE sends a directory asked without its `/` to the path with it: passed on
+            // when the target is a path on the same server, nothing else of the answer.
+            let location = answer
+                .headers
+                .get(header::LOCATION)
+                .filter(|l| {
+                    let l = l.as_bytes();
+                    l.starts_with(b"/")
+                        && !l.starts_with(b"//")
+                        && l.len() <= 2048
+                        && l.iter().all(|b| b.is_ascii_graphic() && *b != b'\\')
+                })
+                .cloned();
+            if let Some(location) = location {
+                let mut reply = respond(
+                    answer.status,
+                    "text/plain; charset=utf-8",
+                    format!("{}\n", location.to_str().unwrap_or_default()),
+                );
+                reply.headers_mut().insert(header::LOCATION, location);
+                if self.cloud == Cloud::Gcp {
+                    reply.headers_mut().insert(
+                        HeaderName::from_static("metadata-flavor"),
+                        HeaderValue::from_static(gcp::METADATA_FLAVOR_VALUE),
+                    );
+                }
+                return Ok(reply);
+            }
+        }
         if !answer.status.is_success() {
             let mut reply = cloud_error(self.cloud, answer.status.as_u16(), method, path);
             if let Some(v) = answer.headers.get(header::RETRY_AFTER)

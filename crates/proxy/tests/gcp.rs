@@ -92,6 +92,13 @@ async fn gcp_bypass_table() {
             vec![FLAVOR],
             Want::Ok("us-central1-c"),
         ),
+        // A directory without its `/`: the server's redirect to it, passed on.
+        (
+            MONITORING,
+            "/computeMetadata/v1/instance/attributes".into(),
+            vec![FLAVOR],
+            Want::Service(301),
+        ),
         // The root listing (client libraries' GCE check) is granted by `/` alone.
         (
             SHOP_WEB,
@@ -429,6 +436,13 @@ async fn gcp_bypass_table() {
             Want::Service(status) => {
                 assert_eq!(r.status, status, "{what}");
                 assert!(!r.text().contains("imdsguard"), "{what}");
+                if status == 301 {
+                    assert_eq!(
+                        r.header("location"),
+                        Some("/computeMetadata/v1/instance/attributes/"),
+                        "{what}"
+                    );
+                }
             }
         }
     }
