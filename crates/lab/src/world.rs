@@ -1028,7 +1028,18 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
                         "IMDS (IPv4 and IPv6), the EKS Pod Identity agent and ECS task metadata",
                         "the Pod Identity agent and ECS task metadata",
                     ),
-                    _ => ("the metadata server (IPv4 and IPv6)", "nothing else"),
+                    _ => ("the metadata server (IPv4 and IPv6)", ""),
+                };
+                // " and WireServer" after "unknown pairs"; "WireServer from pods not
+                // expected and " before it in the dry run; nothing when the proxy serves
+                // every protected endpoint (GCP).
+                let (and_others, others_and) = if not_proxied.is_empty() {
+                    (String::new(), String::new())
+                } else {
+                    (
+                        format!(" and {not_proxied}"),
+                        format!("{not_proxied} from pods not expected and "),
+                    )
                 };
                 match phase {
                     Phase::Block => format!(
@@ -1043,7 +1054,7 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
                         }
                     ),
                     Phase::Proxy => format!(
-                        "proxy: {} from known (interface, address) pairs{} redirected to the filtering proxy at {PROXY_LISTEN}, unknown pairs and {not_proxied} dropped{}, allowlisted pair direct",
+                        "proxy: {} from known (interface, address) pairs{} redirected to the filtering proxy at {PROXY_LISTEN}, unknown pairs{} dropped{}, allowlisted pair direct",
                         match cloud {
                             Cloud::Azure => "IMDS".to_owned(),
                             _ => format!("IPv4 and IPv6 metadata (IPv6 to {PROXY_LISTEN6})"),
@@ -1053,6 +1064,7 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
                         } else {
                             ""
                         },
+                        and_others,
                         if host.is_some() {
                             " (hostNetwork pods' too: no --allow names them)"
                         } else {
@@ -1060,7 +1072,7 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
                         }
                     ),
                     _ => format!(
-                        "dry run: proxy mode's tables dropping nothing ({not_proxied} from pods not expected and unknown pairs let through, counted would_drop), the filtering proxy at {PROXY_LISTEN} with --dry-run: denials recorded as would-deny and forwarded"
+                        "dry run: proxy mode's tables dropping nothing ({others_and}unknown pairs let through, counted would_drop), the filtering proxy at {PROXY_LISTEN} with --dry-run: denials recorded as would-deny and forwarded"
                     ),
                 }
             }
