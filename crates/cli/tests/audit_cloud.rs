@@ -249,6 +249,15 @@ fn gcp_mapped_except_blocks_only_where_the_engine_reads_it_as_ipv4() {
             verdict(workload(&r, "web", "storefront"), IMDS)["service"],
             "gcp-metadata"
         );
+        // And the except itself is a finding saying how the engine reads it.
+        let mapped = findings(&r, "mapped-cidr");
+        assert_eq!(mapped.len(), 1, "{engine:?}: {mapped:#?}");
+        assert!(
+            mapped[0].starts_with("NetworkPolicy web/deny-metadata-mapped egress[0].to[0].ipBlock.except[0] `::ffff:169.254.169.254/128` is written in IPv4-mapped IPv6 form: ")
+                && mapped[0].ends_with("write 169.254.169.254/32"),
+            "{}",
+            mapped[0]
+        );
         if !blocked {
             // Allowed by the rule whose except does not apply (Cilium words it its way).
             assert!(

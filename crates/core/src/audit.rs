@@ -95,11 +95,14 @@ pub enum FindingKind {
     /// and neither `--engine` nor an AKS cluster file names one: the audit evaluates the
     /// policies as enforced (generic), which nothing may do.
     EngineUnknown,
+    /// An ipBlock or Cilium CIDR written in IPv4-mapped IPv6 form
+    /// (`::ffff:169.254.169.254/128`): engines read it differently.
+    MappedCidr,
 }
 
 impl FindingKind {
     /// Every kind, in report order.
-    pub const ALL: [FindingKind; 19] = [
+    pub const ALL: [FindingKind; 20] = [
         FindingKind::WorkloadReachesTarget,
         FindingKind::ExpectedBlocked,
         FindingKind::ExpectedAccess,
@@ -119,6 +122,7 @@ impl FindingKind {
         FindingKind::UnresolvedReference,
         FindingKind::NamedPortWithNetworks,
         FindingKind::EngineUnknown,
+        FindingKind::MappedCidr,
     ];
 
     /// The stable id, e.g. `workload-reaches-target`.
@@ -143,6 +147,7 @@ impl FindingKind {
             FindingKind::UnresolvedReference => "unresolved-reference",
             FindingKind::NamedPortWithNetworks => "named-port-with-networks",
             FindingKind::EngineUnknown => "engine-unknown",
+            FindingKind::MappedCidr => "mapped-cidr",
         }
     }
 
@@ -163,6 +168,7 @@ impl FindingKind {
             | FindingKind::BanpNotDefault
             | FindingKind::EngineAmbiguous
             | FindingKind::EngineUnknown
+            | FindingKind::MappedCidr
             | FindingKind::UnresolvedReference
             | FindingKind::ExpectedBlocked => Severity::Medium,
             FindingKind::PolicySelectsNothing | FindingKind::NamedPortWithNetworks => Severity::Low,
@@ -226,6 +232,9 @@ impl FindingKind {
             }
             FindingKind::NamedPortWithNetworks => {
                 "A rule of a cluster-scoped policy names a destination port by name (destinationNamedPort, namedPort) beside a networks, nodes or domainNames peer. Named ports are container ports: they resolve on destination pods only, so for those peers' addresses (a metadata endpoint included) the rule matches nothing; the experimental CRD refuses the combination. Write the port number for those peers, or put them in a rule of their own."
+            }
+            FindingKind::MappedCidr => {
+                "A CIDR is written in IPv4-mapped IPv6 form (::ffff:169.254.169.254/128, ::ffff:0:0/96). The API server accepts it in a NetworkPolicy (with a warning; with the StrictIPCIDRValidation gate of KEP-4858 it refuses new objects holding one), and engines disagree on what it means for IPv4 traffic: Go's net.ParseCIDR (kube-network-policies, Calico) reads it as the IPv4 prefix it maps, netip (Cilium) as an IPv6 prefix that no IPv4 packet matches, so an except or deny written this way may block nothing. Where the engine's reading is not known the audit reads it so that no access is hidden. Write the IPv4 form (169.254.169.254/32)."
             }
             FindingKind::BanpNotDefault => {
                 "A BaselineAdminNetworkPolicy must be named `default` (it is a singleton): the API server refuses any other name, so this object is never enforced. Rename it to default."
@@ -819,6 +828,7 @@ pub fn audit_in(cluster: &Cluster, opts: &AuditOptions, cloud: Option<Cloud>) ->
     }
     findings.extend(tiered_findings(cluster, &settings, &used_tiered));
     findings.extend(cilium_findings(cluster, &settings));
+    findings.extend(mapped_cidr_findings(cluster, &settings));
     findings.extend(calico_findings(cluster, &settings));
     if decision.source == DecisionSource::Cluster && decision.candidates.len() > 1 {
         findings.push(Finding::new(
@@ -986,6 +996,106 @@ fn cilium_findings(cluster: &Cluster, settings: &EngineSettings) -> Vec<Finding>
             None,
             vec![me],
         ));
+    }
+    out
+}
+
+/// CIDRs written in IPv4-mapped IPv6 form in NetworkPolicy ipBlocks and Cilium's
+/// `toCIDR`/`toCIDRSet` (Calico's nets and the cluster-scoped policies' networks are read
+/// as their engines read them, IPv4, when parsed): how the audit's engine reads each,
+/// and the IPv4 form to write instead.
+fn mapped_cidr_findings(cluster: &Cluster, settings: &EngineSettings) -> Vec<Finding> {
+    use crate::netpol::{MappedCidrs, fold_mapped_net, is_mapped_net};
+    let reading = |net: &ipnet::IpNet, mapped: MappedCidrs, grants: bool| {
+        let v4 = fold_mapped_net(*net);
+        match mapped {
+            MappedCidrs::AsIpv4 => format!("engine {} reads it as {v4}", settings.engine),
+            MappedCidrs::AsIpv6 => format!(
+                "engine {} reads it as an IPv6 prefix, which no IPv4 packet matches",
+                settings.engine
+            ),
+            MappedCidrs::Unknown if grants => format!(
+                "how engine {} reads it is not known: the audit takes it as {v4}, so that no access is hidden",
+                settings.engine
+            ),
+            MappedCidrs::Unknown => format!(
+                "how engine {} reads it is not known: the audit takes it as excepting nothing, so that no access is hidden",
+                settings.engine
+            ),
+        }
+    };
+    let message = |what: String, net: &ipnet::IpNet, how: String| {
+        format!(
+            "{what} `{net}` is written in IPv4-mapped IPv6 form: {how}; engines disagree (Go's net.ParseCIDR, in kube-network-policies and Calico, reads it as {}; Cilium's netip as IPv6) and API servers with StrictIPCIDRValidation refuse it in new objects: write {}",
+            fold_mapped_net(*net),
+            fold_mapped_net(*net)
+        )
+    };
+    let mut out = Vec::new();
+    let mapped = settings.netpol_options().mapped;
+    for p in &cluster.policies {
+        for (ri, r) in p.egress.iter().enumerate() {
+            for (pi, peer) in r.to.iter().enumerate() {
+                let Peer::IpBlock { cidr, except } = peer else {
+                    continue;
+                };
+                let at = format!("NetworkPolicy {} egress[{ri}].to[{pi}].ipBlock", p.id());
+                let nets = std::iter::once((format!("{at}.cidr"), cidr, true)).chain(
+                    except
+                        .iter()
+                        .enumerate()
+                        .map(|(ei, e)| (format!("{at}.except[{ei}]"), e, false)),
+                );
+                for (what, net, grants) in nets {
+                    if is_mapped_net(net) {
+                        out.push(Finding::new(
+                            FindingKind::MappedCidr,
+                            message(what, net, reading(net, mapped, grants)),
+                            None,
+                            vec![ObjectRef::policy(p)],
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for p in cluster.cilium.iter() {
+        use crate::cilium::{CidrRule, Peer as CiliumPeer};
+        let me = ObjectRef {
+            kind: p.id.kind.as_str().into(),
+            namespace: p.id.namespace.clone().unwrap_or_default(),
+            name: p.id.name.clone(),
+            source: Some(p.source.clone()),
+        };
+        for spec in &p.specs {
+            for (field, rules) in [("egress", &spec.egress), ("egressDeny", &spec.egress_deny)] {
+                for (i, r) in rules.iter().enumerate() {
+                    let Some(CiliumPeer::Cidr(cidrs)) = &r.peer else {
+                        continue;
+                    };
+                    for c in cidrs {
+                        let CidrRule::Cidr { cidr, except } = c else {
+                            continue;
+                        };
+                        for net in std::iter::once(cidr).chain(except) {
+                            if is_mapped_net(net) {
+                                out.push(Finding::new(
+                                    FindingKind::MappedCidr,
+                                    message(
+                                        format!("{}#{}{field}[{i}]", p.id, spec.at),
+                                        net,
+                                        "Cilium reads it as an IPv6 prefix, which no IPv4 packet matches"
+                                            .into(),
+                                    ),
+                                    None,
+                                    vec![me.clone()],
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
     out
 }
@@ -2380,6 +2490,46 @@ mod tests {
             assert_eq!(reach_of(&reach, V4), v4, "{engine}");
             assert!(!reach_of(&reach, V6), "{engine}");
         }
+    }
+
+    /// A mapped CIDR is a `mapped-cidr` finding saying how the engine reads it and what
+    /// to write instead; canonical CIDRs are none.
+    #[test]
+    fn mapped_cidrs_are_reported_with_the_engines_reading() {
+        let text = format!(
+            "{POD}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: deny, namespace: a}}\nspec:\n  podSelector: {{}}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - ipBlock: {{cidr: 0.0.0.0/0, except: ['::ffff:169.254.169.254/128', 10.0.0.0/8]}}\n    - ipBlock: {{cidr: '::ffff:0:0/96'}}\n    - ipBlock: {{cidr: '::/0', except: ['fd00:ec2::254/128']}}\n"
+        );
+        let messages = |engine: Engine| -> Vec<String> {
+            run_engine(&text, Some(EngineSettings::new(engine)))
+                .findings
+                .into_iter()
+                .filter(|f| f.kind == FindingKind::MappedCidr)
+                .map(|f| {
+                    assert_eq!(f.severity, Severity::Medium);
+                    assert_eq!(f.objects[0].name, "deny");
+                    f.message
+                })
+                .collect()
+        };
+        let generic = messages(Engine::Generic);
+        assert_eq!(generic.len(), 2, "{generic:#?}");
+        assert_eq!(
+            generic[0],
+            "NetworkPolicy a/deny egress[0].to[0].ipBlock.except[0] `::ffff:169.254.169.254/128` is written in IPv4-mapped IPv6 form: how engine generic reads it is not known: the audit takes it as excepting nothing, so that no access is hidden; engines disagree (Go's net.ParseCIDR, in kube-network-policies and Calico, reads it as 169.254.169.254/32; Cilium's netip as IPv6) and API servers with StrictIPCIDRValidation refuse it in new objects: write 169.254.169.254/32"
+        );
+        assert!(
+            generic[1].starts_with("NetworkPolicy a/deny egress[0].to[1].ipBlock.cidr `::ffff:0.0.0.0/96` is written in IPv4-mapped IPv6 form: how engine generic reads it is not known: the audit takes it as 0.0.0.0/0, so that no access is hidden"),
+            "{}",
+            generic[1]
+        );
+        assert!(
+            messages(Engine::Calico)[0].contains(": engine calico reads it as 169.254.169.254/32;")
+        );
+        assert!(
+            messages(Engine::Cilium)[0].contains(
+                ": engine cilium reads it as an IPv6 prefix, which no IPv4 packet matches;"
+            )
+        );
     }
 
     /// Calico's nets, Cilium's CIDRs and the cluster-scoped policies' networks in IPv4-mapped

@@ -435,6 +435,7 @@ fn category(kind: FindingKind) -> &'static str {
         | FindingKind::EngineAmbiguous
         | FindingKind::EngineUnknown
         | FindingKind::UnresolvedReference
+        | FindingKind::MappedCidr
         | FindingKind::NamedPortWithNetworks => "Network policy",
     }
 }
