@@ -312,7 +312,14 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let targets = targets(&args)?;
     let engine = engine_settings(&args)?;
     let mut signals = cluster_signals(&args, ClusterSignals::default())?;
-    let expected = args.expected.load()?.map(|e| e.rules);
+    let expected = args.expected.load()?;
+    crate::cloud_arg::check_rules_cloud(
+        expected.as_ref().map(|e| &e.rules),
+        expected.as_ref().map_or("", |e| e.source.as_str()),
+        args.cloud,
+        !args.targets.is_empty() || args.targets_file.is_some(),
+    )?;
+    let expected = expected.map(|e| e.rules);
     let t0 = Instant::now();
     let (loaded, read_time, live) = if live {
         let mut read = args.kube.read_cluster().map_err(|e| {

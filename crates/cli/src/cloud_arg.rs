@@ -34,6 +34,29 @@ pub(crate) fn read_targets_file(file: &std::path::Path) -> anyhow::Result<Vec<Ta
     parse_targets_file(&text).map_err(|(line, e)| anyhow::anyhow!("{}:{line}: {e}", file.display()))
 }
 
+/// Refuses access rules written for another cloud than the one audited: a rules file
+/// saying `cloud: aws` with `--cloud gcp`, or with no `--cloud` (and no `--target`), where
+/// the targets would be Azure's. `source`: the presets and files, for the message.
+pub(crate) fn check_rules_cloud(
+    rules: Option<&imdsguard_core::access::AccessRules>,
+    source: &str,
+    cloud: Option<CloudArg>,
+    targets_given: bool,
+) -> anyhow::Result<()> {
+    let Some(declared) = rules.and_then(|r| r.declared_cloud()) else {
+        return Ok(());
+    };
+    match cloud.map(Cloud::from) {
+        Some(c) if c != declared => anyhow::bail!(
+            "the rules ({source}) are written for cloud {declared} (`cloud: {declared}`), but --cloud is {c}: give --cloud {declared}, or rules for {c}"
+        ),
+        None if !targets_given && declared != Cloud::Azure => anyhow::bail!(
+            "the rules ({source}) are written for cloud {declared} (`cloud: {declared}`), but no --cloud is given, so the targets would be Azure's: add --cloud {declared}"
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// `--target`s and `--targets-file` targets completed with the `--cloud` set (azure when
 /// nothing else is given), duplicates dropped: how `audit` and `policy generate` resolve
 /// their targets.

@@ -201,6 +201,12 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         Some(e) => (Some(e.rules), Some(e.source)),
         None => (None, None),
     };
+    crate::cloud_arg::check_rules_cloud(
+        expected.as_ref(),
+        rules_source.as_deref().unwrap_or(""),
+        args.cloud,
+        !args.targets.is_empty() || args.targets_file.is_some(),
+    )?;
     let t0 = Instant::now();
     let (loaded, read_time) = inputs::load(&paths);
     let t_load = t0.elapsed();

@@ -333,3 +333,69 @@ fn mapped_targets_are_the_ipv4_targets() {
     );
     assert!(!reaches(&r, "shop", "frontend", IMDS));
 }
+
+/// Access rules say their cloud (`cloud: aws`): with `--cloud aws` their pods are
+/// expected to reach AWS IMDS on both families (and payments' deny blocks api: an
+/// `expected-blocked` finding naming the service); with another cloud, or none, they
+/// are refused.
+#[test]
+fn aws_rules_expect_imds_on_both_families_and_another_cloud_is_refused() {
+    let dir = std::env::temp_dir().join(format!("imdsguard-audit-cloud-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rules = dir.join("aws-rules.yaml");
+    std::fs::write(
+        &rules,
+        "cloud: aws\nrules:\n- name: payments-api\n  subjects:\n  - {namespace: payments, podSelector: {matchLabels: {app: api}}}\n  paths: [/latest/meta-data/placement/region]\n",
+    )
+    .unwrap();
+    let rules = rules.to_str().unwrap();
+    let r = json(&[AWS, "--cloud", "aws", "--rules", rules]);
+    let api = workload(&r, "payments", "api");
+    assert_eq!(api["expected_by"], serde_json::json!(["payments-api"]));
+    for t in [IMDS, AWS_IMDS_V6] {
+        assert_eq!(verdict(api, t)["expected"], true, "{t}");
+    }
+    for t in [POD_IDENTITY, POD_IDENTITY_V6, ECS] {
+        assert_eq!(verdict(api, t)["expected"], false, "{t}");
+    }
+    let blocked = findings(&r, "expected-blocked");
+    assert_eq!(blocked.len(), 1, "{blocked:#?}");
+    assert!(
+        blocked[0].starts_with(
+            "payments/api[Deployment] is expected to reach 169.254.169.254:80/TCP (AWS IMDS), [fd00:ec2::254]:80/TCP (AWS IMDS) (rule(s) payments-api) but is blocked by "
+        ),
+        "{}",
+        blocked[0]
+    );
+
+    for (args, says) in [
+        (
+            vec!["--cloud", "gcp"],
+            "are written for cloud aws (`cloud: aws`), but --cloud is gcp",
+        ),
+        (
+            vec![],
+            "are written for cloud aws (`cloud: aws`), but no --cloud is given, so the targets would be Azure's: add --cloud aws",
+        ),
+    ] {
+        let mut all = vec!["audit", AWS, "--rules", rules];
+        all.extend(args.iter().copied());
+        let run_ = run(&all);
+        assert_eq!(run_.code, 2, "{args:?}: {}", run_.stdout);
+        assert!(run_.stderr.contains(says), "{args:?}: {}", run_.stderr);
+        let mut generate = vec![
+            "policy", "generate", AWS, "--engine", "cnp", "--rules", rules,
+        ];
+        generate.extend(args.iter().copied());
+        let g = run(&generate);
+        assert_eq!(g.code, 2, "{args:?}: {}", g.stdout);
+        assert!(g.stderr.contains(says), "{args:?}: {}", g.stderr);
+    }
+    // Explicit targets without --cloud: the rules apply to them as written.
+    let r = json(&[AWS, "--rules", rules, "--target", "[fd00:ec2::254]:80"]);
+    assert_eq!(
+        verdict(workload(&r, "payments", "api"), AWS_IMDS_V6)["expected"],
+        true
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
