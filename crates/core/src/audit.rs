@@ -2554,12 +2554,13 @@ mod tests {
         assert!(reach_of(&reach, V4));
         assert!(!reach_of(&reach, V6));
         assert!(reach_of(&reach, POD_IDENTITY_V6));
-        // ClusterNetworkPolicy networks: the CRD refuses the dotted mapped form but not
-        // the hex one, which implementations read with net.ParseCIDR (IPv4).
+        // AdminNetworkPolicy networks: v1alpha1's CRD refuses the dotted mapped form but
+        // not the hex one, and tells implementations to read it with net.ParseCIDR (IPv4).
+        // (ClusterNetworkPolicy v1alpha2's isCIDR refuses both.)
         let cnp = format!(
-            "{POD}---\napiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {{name: deny}}\nspec:\n  tier: Admin\n  priority: 5\n  subject: {{namespaces: {{}}}}\n  egress: [{{name: imds, action: Deny, to: [{{networks: ['::ffff:a9fe:a9fe/128', 'fd00:ec2::/32']}}]}}]\n"
+            "{POD}---\napiVersion: policy.networking.k8s.io/v1alpha1\nkind: AdminNetworkPolicy\nmetadata: {{name: deny}}\nspec:\n  priority: 5\n  subject: {{namespaces: {{}}}}\n  egress: [{{name: imds, action: Deny, to: [{{networks: ['::ffff:a9fe:a9fe/128', 'fd00:ec2::/32']}}]}}]\n"
         );
-        let reach = aws_reach(&cnp, Engine::KubeNetworkPolicies);
+        let reach = aws_reach(&cnp, Engine::Generic);
         assert!(!reach_of(&reach, V4));
         assert!(!reach_of(&reach, V6));
         assert!(!reach_of(&reach, POD_IDENTITY_V6));

@@ -589,10 +589,11 @@ fn cidr(s: &Value, at: &str) -> Result<IpNet, String> {
         )
     })?;
     // The current CRDs accept only the masked form; older ones did not check, and a
-    // CIDR with host bits set covers its network (`ff06::/3` is `e000::/3`). The CRD
-    // refuses the dotted IPv4-mapped form (`self.contains(':') != self.contains('.')`)
-    // but not the hex one (`::ffff:a9fe:a9fe/128`), and says implementations read it
-    // with Go's net.ParseCIDR, which takes it as the IPv4 prefix it maps.
+    // CIDR with host bits set covers its network (`ff06::/3` is `e000::/3`). An
+    // IPv4-mapped CIDR: v1alpha2's `isCIDR` (Kubernetes CEL, netip) refuses it; v1alpha1's
+    // CRD refuses only the dotted form (`self.contains(':') != self.contains('.')`), not
+    // the hex one (`::ffff:a9fe:a9fe/128`), and tells implementations to read it with Go's
+    // net.ParseCIDR, which takes it as the IPv4 prefix it maps.
     Ok(crate::netpol::fold_mapped_net(net.trunc()))
 }
 
