@@ -183,6 +183,26 @@ fn check_matrix(report: &Value, v6: &str, secret: &str) {
         assert_eq!(cell(r, "imds-ipv6")["class"], "blocked-by-imdsguard", "{r}");
     }
     assert_eq!(row(proxy, "allowed")["token"], secret);
+    // The path the rules let shop and the monitoring pod read (region, zone): through
+    // the proxy for them, the proxy's 403 for batch and the debug pod, direct for the
+    // allowlisted pod; open to all before, to none but the expected in block mode.
+    let harmless =
+        |phase: &Value, pod: &str| cell(row(phase, pod), "harmless-path")["class"].clone();
+    for pod in ["web", "hostnet-monitoring", "allowed"] {
+        assert_eq!(harmless(proxy, pod), "readable", "{pod} in proxy");
+    }
+    for pod in ["batch", "hostnet-debug"] {
+        assert_eq!(
+            harmless(proxy, pod),
+            "blocked-by-imdsguard",
+            "{pod} in proxy"
+        );
+    }
+    assert_eq!(harmless(proxy, "spoofer"), "blocked-timeout");
+    for pod in ATTACKERS {
+        assert_eq!(harmless(before, pod), "readable", "{pod} before");
+        assert_eq!(harmless(block, pod), "blocked-timeout", "{pod} in block");
+    }
     // The dry run enforces nothing: every row as before protection.
     for r in before["rows"].as_array().unwrap() {
         let pod = r["pod"].as_str().unwrap();
@@ -229,7 +249,13 @@ fn the_gcp_lab_blocks_the_metadata_server_in_both_families() {
         "gcp",
     );
     check_matrix(&report, "fd20:ce::254", "token-obtained");
-    // GCP has no Pod Identity agent or ECS: IPv6 is its only further endpoint.
+    // GCP has no Pod Identity agent or ECS: IPv6 and the harmless path are its cells.
     let before = &report["phases"][0];
-    assert_eq!(row(before, "web")["endpoints"].as_array().unwrap().len(), 1);
+    let cells: Vec<&str> = row(before, "web")["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["endpoint"].as_str().unwrap())
+        .collect();
+    assert_eq!(cells, ["imds-ipv6", "harmless-path"]);
 }

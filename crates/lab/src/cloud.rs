@@ -244,6 +244,95 @@ pub(crate) fn cloud_row(
     row
 }
 
+/// The endpoint cell of the path the rules let `shop` and the monitoring pod read.
+pub(crate) const HARMLESS_PATH: &str = "harmless-path";
+
+/// The harmless path of `cloud` the proxy's rules let `shop` (`web`) and the monitoring
+/// hostNetwork pod read, and the header its metadata service needs.
+pub(crate) fn harmless_path(cloud: Cloud) -> Option<(&'static str, &'static str)> {
+    match cloud {
+        Cloud::Aws => Some(("/latest/meta-data/placement/region", "")),
+        Cloud::Gcp => Some((
+            "/computeMetadata/v1/instance/zone",
+            "Metadata-Flavor: Google\r\n",
+        )),
+        _ => None,
+    }
+}
+
+/// One GET of the cloud's harmless path over IPv4, from wherever the calling thread's
+/// namespace is: `readable` (200), `blocked-by-imdsguard` (imdsguard's 403),
+/// `blocked-timeout` (no connection within `timeout`), `error` otherwise.
+pub(crate) fn harmless_cell(cloud: Cloud, timeout: Duration) -> Option<EndpointCell> {
+    use std::io::{Read, Write};
+    let (path, header) = harmless_path(cloud)?;
+    let t = imdsguard_core::target::IMDS;
+    let addr = SocketAddr::new(t.ip, t.port);
+    let class = match std::net::TcpStream::connect_timeout(&addr, timeout) {
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Class::BlockedTimeout,
+        Err(_) => Class::BlockedRefused,
+        Ok(mut s) => {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5).max(timeout * 3)));
+            let mut text = String::new();
+            let sent = write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: {}\r\n{header}Connection: close\r\n\r\n",
+                t.ip
+            );
+            match sent.and_then(|()| s.read_to_string(&mut text)) {
+                Ok(_) => match text.split_whitespace().nth(1) {
+                    Some("200") => Class::Readable,
+                    Some("403") if text.contains(imdsguard_core::token::IMDSGUARD_DENY_ERROR) => {
+                        Class::BlockedByImdsguard
+                    }
+                    Some("429") => Class::Throttled,
+                    _ => Class::Error,
+                },
+                Err(_) => Class::Error,
+            }
+        }
+    };
+    Some(EndpointCell {
+        endpoint: HARMLESS_PATH.into(),
+        target: format!("http://{}{path}", t.ip),
+        class,
+        sensitive: false,
+    })
+}
+
+/// Whether the proxy's rules let the lab's pod (or hostNetwork row) `row` read the
+/// harmless path: the core's decision for the pod as the proxy knows it.
+pub(crate) fn rules_allow_harmless(cloud: Cloud, row: &str) -> bool {
+    use imdsguard_core::access::{AccessRules, Decision, PodInfo};
+    use imdsguard_core::canon::{Canonicalizer, Limits, default_hosts};
+    use imdsguard_core::cloud_access::{CloudRequest, evaluate};
+    let Some((path, _)) = harmless_path(cloud) else {
+        return false;
+    };
+    let (namespace, app) = match row {
+        "allowed" => ("platform", ""),
+        "web" => ("shop", ""),
+        "batch" => ("jobs", ""),
+        "hostnet-monitoring" => ("monitoring", "monitoring"),
+        "hostnet-debug" => ("debug", "debug"),
+        _ => return false,
+    };
+    let mut pod = PodInfo::new(namespace, row);
+    if !app.is_empty() {
+        pod.labels.insert("app".into(), app.into());
+    }
+    let Ok(rules) = AccessRules::parse(proxy_rules(cloud)) else {
+        return false;
+    };
+    let Ok(target) =
+        Canonicalizer::for_cloud(cloud, Limits::default(), default_hosts(cloud)).canonicalize(path)
+    else {
+        return false;
+    };
+    CloudRequest::new(cloud, "GET", &target)
+        .is_some_and(|req| matches!(evaluate(&rules, &pod, &req), Decision::Allow(_)))
+}
+
 /// `host:port`, IPv6 in brackets.
 fn target_text(t: Target) -> String {
     SocketAddr::new(t.ip, t.port).to_string()
@@ -382,6 +471,25 @@ mod tests {
             // WireServer is Azure's.
             assert!(!a.contains(&IpAddr::V4(imdsguard_core::imds::WIRESERVER_ADDRESS)));
         }
+    }
+
+    #[test]
+    fn the_rules_let_web_and_monitoring_read_the_harmless_path_only() {
+        for cloud in [Cloud::Aws, Cloud::Gcp] {
+            let allowed: Vec<&str> = [
+                "allowed",
+                "web",
+                "batch",
+                "hostnet-monitoring",
+                "hostnet-debug",
+                "spoofer",
+            ]
+            .into_iter()
+            .filter(|r| rules_allow_harmless(cloud, r))
+            .collect();
+            assert_eq!(allowed, ["allowed", "web", "hostnet-monitoring"], "{cloud}");
+        }
+        assert!(!rules_allow_harmless(Cloud::Azure, "web"));
     }
 
     #[test]

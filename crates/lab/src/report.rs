@@ -493,6 +493,16 @@ pub(crate) fn check(cloud: Cloud, phase: Phase, info: &LabPod, row: &Row) -> Vec
             .map(|e| {
                 let expected = if e.endpoint == IMDS_IPV6 {
                     imds_expected
+                } else if e.endpoint == crate::cloud::HARMLESS_PATH
+                    && phase == Phase::Proxy
+                    && info.known
+                {
+                    // Through the proxy: what its rules say for this pod.
+                    if crate::cloud::rules_allow_harmless(cloud, who) {
+                        Class::Readable
+                    } else {
+                        Class::BlockedByImdsguard
+                    }
                 } else {
                     Class::BlockedTimeout
                 };

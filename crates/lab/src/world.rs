@@ -548,6 +548,11 @@ fn probe_here(cloud: Cloud, pod: &str, connect_timeout: Duration, pod_to_pod: bo
         let report = rt.block_on(imdsguard_probe::probe(&config));
         Row::new(pod, &report, dns, node_local_dns)
     } else {
+        // The path the rules let `shop` and the monitoring pod read: through the proxy
+        // in proxy mode, which the probe's own steps (all denied there) do not show.
+        // First, before the probe spends the pod's request budget at the proxy (2
+        // requests a second after a burst of 10).
+        let harmless = crate::cloud::harmless_cell(cloud, connect_timeout);
         let reports: Vec<_> = crate::cloud::cloud_probe_configs(cloud, connect_timeout)
             .iter()
             .map(|c| rt.block_on(imdsguard_probe::probe(c)))
@@ -561,7 +566,9 @@ fn probe_here(cloud: Cloud, pod: &str, connect_timeout: Duration, pod_to_pod: bo
                 Class::BlockedTimeout
             }
         });
-        crate::cloud::cloud_row(cloud, pod, &reports, ecs, dns, node_local_dns)
+        let mut row = crate::cloud::cloud_row(cloud, pod, &reports, ecs, dns, node_local_dns);
+        row.endpoints.extend(harmless);
+        row
     };
     if pod_to_pod {
         let timeout = connect_timeout.max(Duration::from_millis(500));
