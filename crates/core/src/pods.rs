@@ -963,6 +963,11 @@ mod tests {
            "podIP":"10.1.0.1","podIPs":[{"ip":"10.1.0.1"},{"ip":"fd00::1"}]}}]}"#;
         let idx = PodIndex::parse(list).unwrap();
         assert_eq!(idx.pods()[0].addrs, [ip("10.1.0.1"), ip("fd00::1")]);
+        // A pods file that writes the address in IPv4-mapped form: the IPv4 address.
+        let mapped = list.replace(r#"{"ip":"10.1.0.1"}"#, r#"{"ip":"::ffff:10.1.0.1"}"#);
+        let idx = PodIndex::parse(&mapped).unwrap();
+        assert_eq!(idx.pods()[0].addrs, [ip("10.1.0.1"), ip("fd00::1")]);
+        assert!(idx.get(ip("10.1.0.1")).is_some());
     }
 
     #[test]
