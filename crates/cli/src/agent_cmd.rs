@@ -53,7 +53,10 @@ pub(crate) struct AgentNftArgs {
     #[arg(long = "pod-interface", value_name = "PATTERN")]
     pub pod_interfaces: Vec<String>,
 
-    /// Protect this cloud's metadata endpoints (repeatable) [default: azure]
+    /// Protect this cloud's metadata endpoints, both address families (repeatable):
+    /// azure: IMDS, WireServer :80 and :32526; aws: IMDS v4/v6, the EKS Pod Identity
+    /// agent v4/v6, ECS task metadata; gcp: the metadata server v4/v6. Proxy mode takes
+    /// one: its proxy speaks that cloud's metadata service [default: azure]
     #[arg(long = "cloud", value_enum)]
     pub clouds: Vec<CloudArg>,
 
@@ -475,6 +478,56 @@ mod tests {
         assert!(e.to_string().contains("53"), "{e}");
         assert!(parse(&["--allow", "shop"]).is_err());
         assert!(parse(&["--mode", "nope"]).is_err());
+    }
+
+    #[test]
+    fn one_cloud_in_proxy_mode_several_in_block_mode() {
+        let c = parse(&[
+            "--cloud",
+            "gcp",
+            "--mode",
+            "proxy",
+            "--proxy-address",
+            "10.224.0.4:8169",
+            "--proxy-address6",
+            "[fd00::4]:8169",
+            "--proxy-listen",
+            "[::]:8169",
+        ])
+        .unwrap()
+        .config()
+        .unwrap();
+        assert_eq!(c.proxy_cloud().unwrap(), Cloud::Gcp);
+        let nft = c.nft.config().unwrap();
+        // GCP's IPv6 metadata address is redirected to the IPv6 proxy address.
+        assert!(
+            nft.proxied
+                .iter()
+                .any(|t| t.to_string() == "[fd20:ce::254]:80/TCP"),
+            "{:?}",
+            nft.proxied
+        );
+        assert_eq!(nft.proxy_v6.unwrap().to_string(), "[fd00::4]:8169");
+        let e = parse(&[
+            "--cloud",
+            "aws",
+            "--cloud",
+            "gcp",
+            "--mode",
+            "proxy",
+            "--proxy-address",
+            "10.224.0.4:8169",
+        ])
+        .unwrap()
+        .config()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("one --cloud"), "{e}");
+        let block = parse(&["--cloud", "aws", "--cloud", "gcp"])
+            .unwrap()
+            .config()
+            .unwrap();
+        assert_eq!(block.nft.clouds, [Cloud::Aws, Cloud::Gcp]);
     }
 
     #[test]

@@ -524,3 +524,41 @@ fn inner(args: LabArgs) -> Result<LabExit, LabError> {
         LabExit::Unexpected
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use imdsguard_core::target::Cloud;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: LabArgs,
+    }
+
+    fn parse(args: &[&str]) -> LabArgs {
+        Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    #[test]
+    fn the_cloud_reaches_the_lab_and_its_probe_children() {
+        let c = parse(&[]).config().unwrap();
+        assert_eq!(c.cloud, Cloud::Azure);
+        let c = parse(&["--cloud", "aws"]).config().unwrap();
+        assert_eq!(c.cloud, Cloud::Aws);
+        // The probe rows run in cgroups are the same program, told the cloud.
+        let probe = c.probe_command.unwrap();
+        assert_eq!(
+            probe.args,
+            ["lab", "--cloud", "aws", "--internal-probe-row"]
+        );
+        let e = parse(&["--cloud", "gcp", "--kubernetes"])
+            .config()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--cloud azure only"), "{e}");
+    }
+}
