@@ -195,7 +195,8 @@ pub enum WarningKind {
     EverythingExpected,
     /// What an engine does differently (Azure NPM and `endPort`, priority limits).
     EngineLimit,
-    /// Rules were given but Azure IMDS is not among the targets: nobody is excepted.
+    /// Rules were given but the instance metadata service is not among the targets:
+    /// nobody is excepted.
     NoExpectedTarget,
 }
 
@@ -271,7 +272,7 @@ pub fn generate(cluster: &Cluster, opts: &GenerateOptions) -> Generated {
     if !ctx.subjects.is_empty() && ctx.excepted.is_empty() {
         out.warn(
             WarningKind::NoExpectedTarget,
-            "the rules say who may reach Azure IMDS (169.254.169.254:80/TCP), which is not among the targets: every pod is denied every target, no exception written".into(),
+            "the rules say who may reach the instance metadata service (169.254.169.254:80/TCP, or [fd00:ec2::254]:80 or [fd20:ce::254]:80), which is not among the targets: every pod is denied every target, no exception written".into(),
         );
     }
     match opts.engine {
