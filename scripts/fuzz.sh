@@ -16,7 +16,7 @@ seconds=${1:-20}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(manifest_parse canon_request imds_validate pod_index_parse access_rules_parse access_rules_value calico_selector api_response_parse aks_cluster_parse decision_log cgroup_path aws_validate gcp_validate)
+    targets=(manifest_parse canon_request imds_validate pod_index_parse access_rules_parse access_rules_value calico_selector api_response_parse aks_cluster_parse decision_log cgroup_path aws_validate gcp_validate canon_cloud)
 fi
 # -jobs runs workers in the background, logging to fuzz-N.log; only when asked for.
 parallel=()

@@ -43,7 +43,7 @@
 //! | `.`, `@`, `+`, `=`, `,` inside a segment (`my.role`, `sa@p.iam.gserviceaccount.com`) | kept (escapes of `@+=,` decoded; `%2e` rejected); an all-dot segment is rejected |
 //! | one trailing `/` | kept ([`CanonicalTarget::directory`]): a listing there |
 //! | any query parameter on AWS | rejected ([`RejectKind::UnknownParameter`]) |
-//! | a GCP parameter outside [`GCP_PARAMETERS`], or a value outside its set (`recursive=yes`) | rejected; values canonical (`recursive=TRUE` → `recursive=true`) |
+//! | a GCP parameter outside [`GCP_PARAMETERS`] (names compared exactly: `Recursive` is refused, the server would ignore it), or a value outside its set (`recursive=yes`) | rejected; values canonical (`recursive=TRUE` → `recursive=true`) |
 //! | a metadata header given twice, or named by `Connection` | rejected ([`Canonicalizer::check_cloud_headers`]) |
 //!
 //! Absolute-form hosts compare after folding: `[::ffff:169.254.169.254]` and
@@ -683,7 +683,13 @@ impl Canonicalizer {
                     ),
                 );
             }
-            let name = name.to_ascii_lowercase();
+            // IMDS compares parameter names ignoring case, so Azure's are lower-cased; the
+            // GCP metadata server reads them exactly (`Recursive` is not `recursive`), so
+            // their case is kept and any name not spelt as documented is refused below.
+            let name = match self.cloud {
+                Cloud::Azure => name.to_ascii_lowercase(),
+                Cloud::Aws | Cloud::Gcp => name,
+            };
             if pairs.iter().any(|(n, _)| *n == name) {
                 return reject(
                     RejectKind::RepeatedParameter,
@@ -1562,9 +1568,9 @@ pub(crate) mod tests {
             (Gcp, token.into(), Ok(token)),
             (Gcp, "/computeMetadata/v1/instance/service-accounts/sa%40p.iam.gserviceaccount.com/token".into(), Ok(token)),
             (Gcp, "/computeMetadata/v1/instance/?recursive=TRUE&alt=Json".into(), Ok("/computeMetadata/v1/instance/?recursive=true&alt=json")),
-            (Gcp, "/computeMetadata/v1/instance/?Recursive=true".into(), Ok("/computeMetadata/v1/instance/?recursive=true")),
+            (Gcp, "/computeMetadata/v1/instance/?Recursive=true".into(), Err(K::UnknownParameter)),
             (Gcp, "/computeMetadata/v1/instance?recursive=true&recursive=false".into(), Err(K::RepeatedParameter)),
-            (Gcp, "/computeMetadata/v1/instance?recursive=true&RECURSIVE=false".into(), Err(K::RepeatedParameter)),
+            (Gcp, "/computeMetadata/v1/instance?recursive=true&RECURSIVE=false".into(), Err(K::UnknownParameter)),
             (Gcp, "/computeMetadata/v1/instance?recursive=yes".into(), Err(K::BadParameterValue)),
             (Gcp, "/computeMetadata/v1/instance?recursive".into(), Err(K::BadParameterValue)),
             (Gcp, "/computeMetadata/v1/instance?foo=1".into(), Err(K::UnknownParameter)),
