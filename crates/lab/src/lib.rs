@@ -13,6 +13,13 @@
 //! forwards what it would deny, whose decisions `imdsguard report`'s aggregation reads
 //! back), and prints the before/after matrix.
 //!
+//! With [`LabConfig::cloud`] AWS or GCP (`imdsguard lab --cloud aws|gcp`, the `cloud`
+//! module) the node is an EKS or GKE one: the cloud namespace holds that cloud's
+//! addresses in both families with its emulator on the metadata service's, the pods are
+//! dual-stack, the probe walks the cloud's attacker path over IPv4 and IPv6, and the
+//! table, the proxy and its rules are that cloud's; rows gain one cell per further
+//! endpoint ([`Row::endpoints`]).
+//!
 //! **Safety.** [`run`] takes an [`Isolated`]: proof that this process runs in a network
 //! namespace of its own (another than its parent's, nothing but `lo`), which
 //! `imdsguard lab` gets by re-executing itself under `unshare --net` (plus
@@ -41,7 +48,7 @@ pub use hostnet::{
 };
 pub use imdsguard_node::netns::Isolated;
 pub use kubernetes::{AuditTarget, KubernetesConfig, KubernetesResult};
-pub use report::{LabPod, LabReport, Phase, PhaseResult, Row};
+pub use report::{EndpointCell, LabPod, LabReport, Phase, PhaseResult, Row};
 
 /// What a lab run does.
 #[derive(Debug, Clone)]
