@@ -13,6 +13,7 @@ use imdsguard_controller::{
 };
 use imdsguard_core::generate::OutputEngine;
 
+use crate::cloud_arg::CloudArg;
 use crate::service::{self, LogFormat, StopSignals, parse_positive_duration};
 
 /// The service account's namespace file in a pod.
@@ -29,6 +30,13 @@ pub(crate) struct ControllerArgs {
     /// The kubeconfig context (default: its current context)
     #[arg(long, value_name = "NAME", help_heading = "Cluster")]
     pub context: Option<String>,
+
+    /// Whose metadata endpoints the generated policies deny (azure: IMDS and WireServer;
+    /// aws: IMDS, the EKS Pod Identity agent and ECS task metadata; gcp: the metadata
+    /// server; IPv4 and IPv6). MetadataAccessPolicy objects whose spec.cloud names
+    /// another cloud are refused (status Ready false, reason OtherCloud)
+    #[arg(long, value_enum, default_value = "azure")]
+    pub cloud: CloudArg,
 
     /// The policies to write: networkpolicy, cnp, anp, calico or cilium (default:
     /// decided from the cluster's engine as `audit` does; NetworkPolicy unless Calico
@@ -109,7 +117,8 @@ pub(crate) fn run(args: ControllerArgs) -> anyhow::Result<()> {
             imdsguard_kube::live::connect(args.kubeconfig.as_deref(), args.context.as_deref())
                 .await
                 .context("imdsguard controller needs a cluster")?;
-        let mut config = ControllerConfig::new(conn.client, identity());
+        let mut config =
+            ControllerConfig::new(conn.client, identity()).for_cloud(args.cloud.into());
         config.engine = args.engine;
         config.exclude_namespaces = if args.exclude_namespace.is_empty() {
             DEFAULT_EXCLUDED.iter().map(|s| s.to_string()).collect()
@@ -127,6 +136,11 @@ pub(crate) fn run(args: ControllerArgs) -> anyhow::Result<()> {
                 let _ = writeln!(out, "admin http://{a}");
             }
             let _ = writeln!(out, "engine {}", controller.engine());
+            let _ = writeln!(
+                out,
+                "cloud {}",
+                imdsguard_core::target::Cloud::from(args.cloud)
+            );
             let _ = out.flush();
         }
         signals.recv().await;

@@ -82,7 +82,12 @@ pub struct ControllerConfig {
     pub debounce: Duration,
     /// Writes in flight at once.
     pub concurrency: usize,
-    /// The targets denied (default: Azure's, as `audit` defaults).
+    /// The cloud whose metadata endpoints are protected (`--cloud`): objects whose
+    /// `spec.cloud` names another are refused (status `Ready` false, reason
+    /// `OtherCloud`). Default Azure.
+    pub cloud: Cloud,
+    /// The targets denied: the cloud's ([`Cloud::targets`], both families), as
+    /// [`ControllerConfig::for_cloud`] sets them.
     pub targets: Vec<Target>,
 }
 
@@ -96,6 +101,7 @@ impl std::fmt::Debug for ControllerConfig {
             .field("identity", &self.identity)
             .field("metrics_listen", &self.metrics_listen)
             .field("resync", &self.resync)
+            .field("cloud", &self.cloud)
             .finish_non_exhaustive()
     }
 }
@@ -118,8 +124,16 @@ impl ControllerConfig {
             resync: DEFAULT_RESYNC,
             debounce: DEFAULT_DEBOUNCE,
             concurrency: DEFAULT_CONCURRENCY,
+            cloud: Cloud::Azure,
             targets: Cloud::Azure.targets(),
         }
+    }
+
+    /// The same for `cloud`: its objects only, its targets (IPv6 ones included).
+    pub fn for_cloud(mut self, cloud: Cloud) -> ControllerConfig {
+        self.cloud = cloud;
+        self.targets = cloud.targets();
+        self
     }
 }
 
@@ -350,6 +364,7 @@ pub async fn start(config: ControllerConfig) -> Result<ControllerHandle, Control
         caches,
         engine,
         audit_engine: reconcile::audit_engine(engine),
+        cloud: config.cloud,
         targets: config.targets.clone(),
         exclude: config
             .exclude_namespaces

@@ -9,15 +9,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use imdsguard_core::access::PodShapeRef;
-use imdsguard_core::audit::{AuditOptions, audit};
+use imdsguard_core::audit::{AuditOptions, audit_in};
 use imdsguard_core::cluster::Cluster;
 use imdsguard_core::engine::{Engine, EngineSettings};
 use imdsguard_core::generate::{DENY_NAME, GenerateOptions, OutputEngine, generate};
 use imdsguard_core::manifest::parse_api_response;
-use imdsguard_core::target::Target;
+use imdsguard_core::target::{Cloud, Target};
 use imdsguard_kube::MetadataAccessPolicy;
 use imdsguard_kube::crd::{
-    Condition, GeneratedRef, MetadataAccessPolicyStatus, RuleStatus, combined_rules,
+    Condition, GeneratedRef, MetadataAccessPolicyStatus, Refusal, RuleStatus, combined_rules,
 };
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -76,6 +76,8 @@ pub(crate) struct Reconciler {
     pub caches: Caches,
     pub engine: OutputEngine,
     pub audit_engine: EngineSettings,
+    /// The cloud protected: objects of another are refused.
+    pub cloud: Cloud,
     pub targets: Vec<Target>,
     pub exclude: BTreeSet<String>,
     pub concurrency: usize,
@@ -520,7 +522,7 @@ impl Reconciler {
     async fn run_inner(&self, leader: &watch::Receiver<bool>) -> Outcome {
         let mut out = Outcome::default();
         let maps: Vec<Arc<MetadataAccessPolicy>> = self.caches.policies.state();
-        let (rules, refused) = combined_rules(maps.iter().map(|m| &**m));
+        let (rules, refused) = combined_rules(self.cloud, maps.iter().map(|m| &**m));
         let input = self.input();
 
         // The live objects of the generated kinds, by (kind, namespace, name), borrowed
@@ -766,7 +768,8 @@ impl Reconciler {
         after: &Cluster,
         rules: &imdsguard_core::access::AccessRules,
     ) -> Vec<Conflict> {
-        let report = audit(
+        // Azure's wording as before clouds were named; AWS and GCP name their services.
+        let report = audit_in(
             after,
             &AuditOptions {
                 targets: self.targets.clone(),
@@ -775,6 +778,7 @@ impl Reconciler {
                 expected: Some(rules.clone()),
                 signals: Default::default(),
             },
+            (self.cloud != Cloud::Azure).then_some(self.cloud),
         );
         let mut out = Vec::new();
         for w in &report.workloads {
@@ -908,7 +912,7 @@ impl Reconciler {
     async fn write_statuses(
         &self,
         maps: &[Arc<MetadataAccessPolicy>],
-        refused: &[(String, imdsguard_core::access::AccessError)],
+        refused: &[(String, Refusal)],
         listed: &BTreeSet<Key>,
         out: &Outcome,
         leader: &watch::Receiver<bool>,
@@ -953,7 +957,7 @@ impl Reconciler {
                 (Some((_, e)), _) => condition(
                     "Ready",
                     false,
-                    "InvalidRules",
+                    e.reason(),
                     format!(
                         "the rules were refused (they add no access; the pods they name stay denied): {e}"
                     ),
@@ -1164,9 +1168,9 @@ mod tests {
 
     use super::*;
     use imdsguard_core::access::AccessRules;
+    use imdsguard_core::audit::audit;
     use imdsguard_core::manifest::parse;
     use imdsguard_core::model::Object;
-    use imdsguard_core::target::Cloud;
 
     const CLUSTER: &str = "\
 apiVersion: v1

@@ -6,8 +6,10 @@
 //! the proxy's rules in proxy mode).
 //!
 //! What the objects mean is the core's ([`MetadataAccessPolicy::access_rules`], the same
-//! reader as a rules file); an object the core refuses adds nothing (never widens
-//! access) and is listed in [`Policies::refused`] with the core's error. Before the
+//! reader as a rules file); an object the core refuses, or one written for another
+//! cloud than the watch's ([`PolicyWatch::start_for`]: the agent's `--cloud`; Azure for
+//! [`PolicyWatch::start`]), adds nothing (never widens access) and is listed in
+//! [`Policies::refused`] with why. Before the
 //! first full list the state is [`PolicyState::Pending`]: nothing is granted by
 //! policies (fail closed). When the API answers 404 to the list (the CRD
 //! `metadataaccesspolicies.imdsguard.io` is not installed) the state is
@@ -18,6 +20,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use imdsguard_core::access::AccessRules;
+use imdsguard_core::target::Cloud;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::watcher::{self, Event};
@@ -31,15 +34,18 @@ use crate::crd::{MetadataAccessPolicy, combined_rules};
 /// The CRD's name, as the API server knows it.
 pub const CRD_NAME: &str = "metadataaccesspolicies.imdsguard.io";
 
-/// One object the core refused: it adds no rule.
+/// One object refused: it adds no rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
     /// The object's name.
     pub name: String,
     /// Its `metadata.generation` (which edit was refused).
     pub generation: Option<i64>,
-    /// The core's error, naming the rule (`OBJECT/RULE`).
+    /// Why: the core's error, naming the rule (`OBJECT/RULE`), or the clouds that
+    /// differ.
     pub error: String,
+    /// `InvalidRules` or `OtherCloud` ([`crate::crd::Refusal::reason`]).
+    pub reason: &'static str,
 }
 
 /// The objects as last listed and watched, added up.
@@ -54,10 +60,14 @@ pub struct Policies {
 }
 
 impl Policies {
-    /// The objects (as the store holds them) added up by [`combined_rules`].
-    pub fn of<'a>(objects: impl IntoIterator<Item = &'a MetadataAccessPolicy>) -> Policies {
+    /// The objects (as the store holds them) written for `cloud`, added up by
+    /// [`combined_rules`]; the others refused.
+    pub fn of<'a>(
+        cloud: Cloud,
+        objects: impl IntoIterator<Item = &'a MetadataAccessPolicy>,
+    ) -> Policies {
         let objects: Vec<&MetadataAccessPolicy> = objects.into_iter().collect();
-        let (rules, refused) = combined_rules(objects.iter().copied());
+        let (rules, refused) = combined_rules(cloud, objects.iter().copied());
         let mut names: Vec<String> = objects.iter().map(|o| o.name_any()).collect();
         names.sort();
         let mut refused: Vec<Refused> = refused
@@ -69,6 +79,7 @@ impl Policies {
                     .and_then(|o| o.metadata.generation),
                 name,
                 error: e.to_string(),
+                reason: e.reason(),
             })
             .collect();
         refused.sort_by(|a, b| a.name.cmp(&b.name));
@@ -164,11 +175,20 @@ impl PolicyWatch {
     /// published at once; API errors are logged and retried with kube-runtime's default
     /// backoff (0.8 s doubling to 30 s), the last state staying meanwhile (but a 404
     /// on the list, the CRD gone, is [`PolicyState::NotInstalled`]).
+    /// Objects of another cloud than Azure are refused: [`PolicyWatch::start_for`]
+    /// takes the cloud.
     pub fn start(client: Client) -> PolicyWatch {
+        PolicyWatch::start_for(client, Cloud::Azure)
+    }
+
+    /// [`PolicyWatch::start`] for `cloud` (the agent's `--cloud`): objects whose
+    /// `spec.cloud` names another cloud are refused (listed in [`Policies::refused`],
+    /// reason `OtherCloud`), and the rules published are `cloud`'s.
+    pub fn start_for(client: Client, cloud: Cloud) -> PolicyWatch {
         let (tx, rx) = watch::channel(PolicyState::Pending { last_error: None });
         let api: Api<MetadataAccessPolicy> = Api::all(client);
         let (store, writer) = reflector::store();
-        let task = tokio::spawn(run(api, writer, store.clone(), tx));
+        let task = tokio::spawn(run(cloud, api, writer, store.clone(), tx));
         PolicyWatch { rx, store, task }
     }
 
@@ -225,6 +245,7 @@ fn not_found(e: &watcher::Error) -> Option<String> {
 }
 
 async fn run(
+    cloud: Cloud,
     api: Api<MetadataAccessPolicy>,
     writer: Writer<MetadataAccessPolicy>,
     store: Store<MetadataAccessPolicy>,
@@ -240,9 +261,9 @@ async fn run(
         match event {
             Ok(Event::InitDone) => {
                 listed = true;
-                publish(&tx, &store);
+                publish(cloud, &tx, &store);
             }
-            Ok(Event::Apply(_) | Event::Delete(_)) if listed => publish(&tx, &store),
+            Ok(Event::Apply(_) | Event::Delete(_)) if listed => publish(cloud, &tx, &store),
             // A (re)list in progress: the store keeps the previous list meanwhile.
             Ok(_) => {}
             Err(e) => {
@@ -282,9 +303,9 @@ async fn run(
 }
 
 /// Adds up the store's objects and publishes them if they changed.
-fn publish(tx: &watch::Sender<PolicyState>, store: &Store<MetadataAccessPolicy>) {
+fn publish(cloud: Cloud, tx: &watch::Sender<PolicyState>, store: &Store<MetadataAccessPolicy>) {
     let state = store.state();
-    let policies = Policies::of(state.iter().map(|o| o.as_ref()));
+    let policies = Policies::of(cloud, state.iter().map(|o| o.as_ref()));
     tx.send_if_modified(|old| match old {
         PolicyState::Synced(p) if **p == policies => false,
         _ => {
@@ -320,7 +341,7 @@ mod tests {
             3,
             serde_json::json!([{"name": "r", "subjects": [{"namespace": "a"}], "paths": ["/nope"]}]),
         );
-        let p = Policies::of([&good, &bad]);
+        let p = Policies::of(Cloud::Azure, [&good, &bad]);
         assert_eq!(p.objects, ["bad", "good"]);
         assert_eq!(p.rules.len(), 1);
         assert_eq!(&*p.rules.rules()[0].name, "good/r");
@@ -328,6 +349,7 @@ mod tests {
         assert_eq!(p.refused[0].name, "bad");
         assert_eq!(p.refused[0].generation, Some(3));
         assert!(p.refused[0].error.contains("bad/r"), "{:?}", p.refused);
+        assert_eq!(p.refused[0].reason, "InvalidRules");
         assert_eq!(
             p.summary(),
             "2 MetadataAccessPolicy objects (1 refused), 1 rules"

@@ -150,13 +150,14 @@ fn invalid_specs() -> Vec<(&'static str, Value, Vec<&'static str>)> {
     vec![
         // The OpenAPI schema.
         (
-            "a method that is neither GET nor POST",
-            json!({"rules": [with(rule(), |r| r["methods"] = json!(["PUT"]))]}),
+            "a method that is neither GET, POST nor PUT",
+            json!({"rules": [with(rule(), |r| r["methods"] = json!(["DELETE"]))]}),
             vec![
                 "spec.rules[0].methods[0]",
-                "Unsupported value: \"PUT\"",
+                "Unsupported value: \"DELETE\"",
                 "\"GET\"",
                 "\"POST\"",
+                "\"PUT\"",
             ],
         ),
         (
