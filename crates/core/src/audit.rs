@@ -2554,6 +2554,25 @@ mod tests {
         assert!(reach_of(&reach, V4));
         assert!(!reach_of(&reach, V6));
         assert!(reach_of(&reach, POD_IDENTITY_V6));
+        // toCIDRSet `::/0` except fd00:ec2::254/128 beside 0.0.0.0/0: exactly that IPv6
+        // address is left out of the allow.
+        let cidr_set = format!(
+            "{POD}---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: allow, namespace: a}}\nspec:\n  endpointSelector: {{}}\n  egress: [{{toCIDRSet: [{{cidr: '::/0', except: ['fd00:ec2::254/128']}}, {{cidr: 0.0.0.0/0, except: [169.254.170.0/24]}}]}}]\n"
+        );
+        let reach = aws_reach(&cidr_set, Engine::Cilium);
+        assert!(!reach_of(&reach, V6));
+        assert!(reach_of(&reach, POD_IDENTITY_V6));
+        assert!(reach_of(&reach, V4));
+        assert!(!reach_of(&reach, POD_IDENTITY));
+        // Calico notNets on IPv6: everything IPv6 but the excluded address is allowed.
+        let not_nets = format!(
+            "{POD}---\napiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: allow}}\nspec:\n  selector: all()\n  types: [Egress]\n  egress:\n  - {{action: Allow, destination: {{nets: ['::/0'], notNets: ['fd00:ec2::23/128']}}}}\n"
+        );
+        let reach = aws_reach(&not_nets, Engine::Calico);
+        assert!(reach_of(&reach, V6));
+        assert!(!reach_of(&reach, POD_IDENTITY_V6));
+        assert!(!reach_of(&reach, V4));
+        assert!(!reach_of(&reach, POD_IDENTITY));
         // AdminNetworkPolicy networks: v1alpha1's CRD refuses the dotted mapped form but
         // not the hex one, and tells implementations to read it with net.ParseCIDR (IPv4).
         // (ClusterNetworkPolicy v1alpha2's isCIDR refuses both.)
