@@ -19,7 +19,7 @@ use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{Cell, ContentArrangement, Table};
 use imdsguard_core::engine::{Engine, EngineSettings};
 use imdsguard_core::engine_detect::{AksCluster, ClusterSignals};
-use imdsguard_core::target::{Cloud, Target};
+use imdsguard_core::target::Target;
 use imdsguard_kube::verify::{
     self, Agreement, CleanConfig, CleanReport, Namespaces, Outcome, Seen, Verify, VerifyConfig,
     VerifyReport, WorkloadRef,
@@ -27,6 +27,7 @@ use imdsguard_kube::verify::{
 
 use imdsguard_kube::live;
 
+use crate::cloud_arg::CloudArg;
 use crate::kube_arg::{KubeArgs, skipped_lines};
 use crate::service::{Stop, StopSignals, parse_positive_duration};
 
@@ -73,9 +74,17 @@ pub(crate) struct VerifyArgs {
     #[arg(long, requires = "clean")]
     pub include_unexpired: bool,
 
-    /// A target to verify, IP:PORT[/PROTO] (repeatable; default: Azure IMDS
-    /// 169.254.169.254:80, WireServer 168.63.129.16:80 and :32526, the endpoints the
-    /// probe walks)
+    /// Whose metadata endpoints the probe walks (imdsguard probe --cloud): azure IMDS,
+    /// WireServer and HostGAPlugin; aws (IMDSv1/v2, role credentials) and gcp (the
+    /// metadata server, tokens, kube-env) on 169.254.169.254:80 (their IPv6 addresses,
+    /// the EKS Pod Identity agent and ECS task metadata are for `imdsguard audit
+    /// --cloud`)
+    #[arg(long, value_enum, default_value = "azure")]
+    pub cloud: CloudArg,
+
+    /// A target to verify, IP:PORT[/PROTO] (repeatable; default: the endpoints the
+    /// probe walks for --cloud: Azure IMDS 169.254.169.254:80, WireServer
+    /// 168.63.129.16:80 and :32526; AWS and GCP 169.254.169.254:80)
     #[arg(long = "target", value_name = "IP:PORT[/PROTO]")]
     pub targets: Vec<Target>,
 
@@ -128,14 +137,12 @@ pub(crate) fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         (None, Some(ns)) => Namespaces::Only(vec![ns.clone()]),
         (None, None) => Namespaces::All,
     };
-    let mut config = VerifyConfig::new(namespaces.clone());
+    let mut config = VerifyConfig::new(namespaces.clone()).for_cloud(args.cloud.into());
     if let Some(image) = &args.image {
         config.image = image.clone();
     }
     if !args.targets.is_empty() {
         config.targets = args.targets.clone();
-    } else {
-        config.targets = Cloud::Azure.targets();
     }
     config.as_workload = as_workload;
     config.deadline = args.deadline;

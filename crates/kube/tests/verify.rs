@@ -720,6 +720,7 @@ async fn plant(client: &Client, ns: &str, run_id: &str, expires_at: SystemTime) 
         run_id,
         namespace: ns,
         image: "ghcr.io/imdsguard/imdsguard:test",
+        cloud: imdsguard_core::target::Cloud::Azure,
         targets: &targets,
         deadline: Duration::from_secs(60),
         expires_at,

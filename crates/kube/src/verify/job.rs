@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use imdsguard_core::imds::{HOST_GA_PLUGIN_URL, IMDS_URL, WIRESERVER_URL};
-use imdsguard_core::target::Target;
+use imdsguard_core::target::{Cloud, Target};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, PodReadinessGate, PodSecurityContext, PodSpec, PodTemplateSpec,
@@ -130,8 +130,24 @@ pub fn expired(annotation: Option<&str>, now: SystemTime) -> bool {
 }
 
 /// The probe's command-line arguments for these targets: JSON to the termination log,
-/// the IMDS endpoint always, WireServer and HostGAPlugin when a target names them.
-pub fn probe_args(targets: &[Target]) -> Vec<String> {
+/// the IMDS endpoint always, WireServer and HostGAPlugin when a target names them;
+/// `--cloud aws|gcp` for those clouds (whose probe walks the metadata service alone).
+pub fn probe_args(cloud: Cloud, targets: &[Target]) -> Vec<String> {
+    if cloud != Cloud::Azure {
+        return [
+            "probe",
+            "--cloud",
+            cloud.name(),
+            "--format",
+            "json",
+            "--termination-log",
+            TERMINATION_LOG,
+            "--endpoint",
+            IMDS_URL,
+        ]
+        .map(String::from)
+        .to_vec();
+    }
     let endpoints: Vec<ProbeEndpoint> = targets
         .iter()
         .filter_map(ProbeEndpoint::for_target)
@@ -166,6 +182,8 @@ pub struct JobParams<'a> {
     /// The container image (an imdsguard image: its entrypoint is ignored, the command is
     /// `imdsguard`).
     pub image: &'a str,
+    /// The cloud the probe walks (`imdsguard probe --cloud`).
+    pub cloud: Cloud,
     /// The targets the probe observes.
     pub targets: &'a [Target],
     /// The deadline: the Job's `activeDeadlineSeconds` (rounded up).
@@ -223,7 +241,7 @@ pub fn build(p: &JobParams<'_>) -> Job {
         image: Some(p.image.to_owned()),
         image_pull_policy: Some("IfNotPresent".to_owned()),
         command: Some(vec!["imdsguard".to_owned()]),
-        args: Some(probe_args(p.targets)),
+        args: Some(probe_args(p.cloud, p.targets)),
         termination_message_path: Some(TERMINATION_LOG.to_owned()),
         termination_message_policy: Some("File".to_owned()),
         security_context: Some(SecurityContext {
@@ -306,13 +324,14 @@ pub fn build(p: &JobParams<'_>) -> Job {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use imdsguard_core::target::{Cloud, IMDS};
+    use imdsguard_core::target::IMDS;
 
     fn params<'a>(identity: Option<&'a PodIdentity>, targets: &'a [Target]) -> JobParams<'a> {
         JobParams {
             run_id: "abc123",
             namespace: "payments",
             image: "example.invalid/imdsguard:1",
+            cloud: Cloud::Azure,
             targets,
             deadline: Duration::from_millis(2500),
             expires_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
@@ -433,6 +452,28 @@ mod tests {
         assert_eq!(pod.service_account_name.as_deref(), Some("web-sa"));
         assert_eq!(pod.automount_service_account_token, None);
         assert_eq!(job.metadata.labels.unwrap()[MANAGED_BY_LABEL], MANAGED_BY);
+    }
+
+    #[test]
+    fn aws_and_gcp_probes_walk_their_cloud_on_the_metadata_address() {
+        for cloud in [Cloud::Aws, Cloud::Gcp] {
+            let targets = [IMDS];
+            let mut p = params(None, &targets);
+            p.cloud = cloud;
+            let job = build(&p);
+            let pod = job.spec.unwrap().template.spec.unwrap();
+            let args = pod.containers[0].args.as_ref().unwrap().join(" ");
+            assert_eq!(
+                args,
+                format!(
+                    "probe --cloud {} --format json --termination-log /dev/termination-log --endpoint http://169.254.169.254",
+                    cloud.name()
+                )
+            );
+        }
+        // Azure's command line is as before: no --cloud.
+        let targets = Cloud::Azure.targets();
+        assert!(!probe_args(Cloud::Azure, &targets).contains(&"--cloud".to_owned()));
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 use std::fmt;
 
-use imdsguard_core::target::{HOST_GA_PLUGIN, IMDS, MetadataService, Target, WIRESERVER};
+use imdsguard_core::target::{Cloud, HOST_GA_PLUGIN, IMDS, MetadataService, Target, WIRESERVER};
 use serde::{Deserialize, Serialize};
 
 /// The `format` field of every result this version writes.
@@ -64,6 +64,19 @@ impl ProbeEndpoint {
             | MetadataService::AwsPodIdentity
             | MetadataService::AwsEcsTaskMetadata
             | MetadataService::GcpMetadata => None,
+        }
+    }
+
+    /// The endpoint of `imdsguard probe --cloud CLOUD` that observes `target`: Azure's
+    /// three ([`ProbeEndpoint::for_target`]); under AWS and GCP the metadata service on
+    /// 169.254.169.254:80 (the probe's IMDS entry: IMDSv1/v2 and credentials, or the GCE
+    /// metadata server's values, tokens and kube-env). The other targets of those clouds
+    /// (IPv6 addresses, the EKS Pod Identity agent, ECS task metadata) are not in the
+    /// probe's result: `None`.
+    pub fn for_cloud_target(cloud: Cloud, target: &Target) -> Option<ProbeEndpoint> {
+        match cloud {
+            Cloud::Azure => ProbeEndpoint::for_target(target),
+            Cloud::Aws | Cloud::Gcp => (*target == IMDS).then_some(ProbeEndpoint::Imds),
         }
     }
 

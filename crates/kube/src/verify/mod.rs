@@ -87,8 +87,11 @@ pub struct VerifyConfig {
     pub namespaces: Namespaces,
     /// The probe's image (an imdsguard image; the command is `imdsguard probe`).
     pub image: String,
+    /// The cloud the probe walks (`imdsguard probe --cloud`); default Azure.
+    pub cloud: Cloud,
     /// The targets to verify: each must be one the probe observes
-    /// ([`ProbeEndpoint::for_target`]: Azure IMDS, WireServer :80 and :32526).
+    /// ([`ProbeEndpoint::for_cloud_target`]: Azure IMDS, WireServer :80 and :32526;
+    /// under AWS and GCP 169.254.169.254:80).
     pub targets: Vec<Target>,
     /// Probe as this workload's pods (its labels and service account); the namespaces
     /// must then be exactly the workload's.
@@ -112,6 +115,7 @@ impl VerifyConfig {
         VerifyConfig {
             namespaces,
             image: default_image(),
+            cloud: Cloud::Azure,
             targets: Cloud::Azure.targets(),
             as_workload: None,
             deadline: DEFAULT_DEADLINE,
@@ -119,6 +123,14 @@ impl VerifyConfig {
             signals: ClusterSignals::default(),
             poll_interval: DEFAULT_POLL_INTERVAL,
         }
+    }
+
+    /// The same for `cloud`: the probe walks that cloud, and the targets are those of
+    /// its targets the probe observes ([`verifiable_targets`]).
+    pub fn for_cloud(mut self, cloud: Cloud) -> VerifyConfig {
+        self.cloud = cloud;
+        self.targets = verifiable_targets(cloud);
+        self
     }
 
     /// Checks the settings (what is wrong, and what to do).
@@ -132,12 +144,18 @@ impl VerifyConfig {
         if let Some(t) = self
             .targets
             .iter()
-            .find(|t| ProbeEndpoint::for_target(t).is_none())
+            .find(|t| ProbeEndpoint::for_cloud_target(self.cloud, t).is_none())
         {
+            let walked: Vec<String> = verifiable_targets(self.cloud)
+                .iter()
+                .map(ToString::to_string)
+                .collect();
             return Err(VerifyError::Config(format!(
-                "the probe cannot observe {t}: verify checks the endpoints the probe walks \
-                 (169.254.169.254:80/TCP, 168.63.129.16:80/TCP, 168.63.129.16:32526/TCP); \
-                 audit the others with `imdsguard audit`"
+                "the probe cannot observe {t}: verify --cloud {} checks the endpoints the \
+                 probe walks ({}); audit the others with `imdsguard audit --cloud {}`",
+                self.cloud,
+                walked.join(", "),
+                self.cloud
             )));
         }
         if self.deadline.is_zero() {
@@ -159,6 +177,18 @@ impl VerifyConfig {
         }
         Ok(())
     }
+}
+
+/// The targets of `cloud` whose reachability `imdsguard probe --cloud CLOUD` reports
+/// ([`ProbeEndpoint::for_cloud_target`]): Azure's three; AWS's and GCP's metadata service
+/// on 169.254.169.254:80 (their IPv6 addresses, the EKS Pod Identity agent and ECS task
+/// metadata are audited, not probed, by `verify`).
+pub fn verifiable_targets(cloud: Cloud) -> Vec<Target> {
+    cloud
+        .targets()
+        .into_iter()
+        .filter(|t| ProbeEndpoint::for_cloud_target(cloud, t).is_some())
+        .collect()
 }
 
 /// Why a run could not start, or a clean-up could not list what to delete.
@@ -343,6 +373,8 @@ pub struct VerifyReport {
     pub run_id: String,
     /// The probe's image.
     pub image: String,
+    /// The cloud the probe walked.
+    pub cloud: Cloud,
     /// The targets verified.
     pub targets: Vec<Target>,
     /// The engine the prediction assumed.
@@ -664,6 +696,7 @@ impl Run<'_> {
                             run_id: self.run_id,
                             namespace: &ns,
                             image: &config.image,
+                            cloud: config.cloud,
                             targets: &config.targets,
                             deadline: config.deadline,
                             expires_at,
@@ -898,6 +931,7 @@ impl Run<'_> {
         let mut report = VerifyReport {
             run_id: self.run_id.to_owned(),
             image: config.image.clone(),
+            cloud: config.cloud,
             targets: config.targets.clone(),
             engine: prediction.engine,
             engine_detected: prediction.engine_detected,
@@ -1130,6 +1164,29 @@ mod tests {
                 .to_string()
                 .contains("cannot observe 10.0.0.1:443/TCP")
         );
+        // AWS and GCP: the metadata service on 169.254.169.254:80 is what the probe
+        // walks; WireServer is no target there, and the IPv6 address is audited only.
+        for cloud in [Cloud::Aws, Cloud::Gcp] {
+            let c = VerifyConfig::new(Namespaces::All).for_cloud(cloud);
+            assert_eq!(c.targets, [imdsguard_core::target::IMDS], "{cloud}");
+            assert!(c.check().is_ok());
+            for other in [
+                "168.63.129.16:80",
+                "[fd00:ec2::254]:80",
+                "[fd20:ce::254]:80",
+            ] {
+                let mut c = c.clone();
+                c.targets = vec![other.parse().unwrap()];
+                let e = c.check().unwrap_err().to_string();
+                assert!(
+                    e.contains("cannot observe")
+                        && e.contains(&format!("verify --cloud {cloud}"))
+                        && e.contains("169.254.169.254:80/TCP"),
+                    "{e}"
+                );
+            }
+        }
+        assert_eq!(verifiable_targets(Cloud::Azure), Cloud::Azure.targets());
         let mut c = VerifyConfig::new(Namespaces::All);
         c.as_workload = Some("shop/deploy/web".parse().unwrap());
         assert!(c.check().unwrap_err().to_string().contains("-n shop"));
