@@ -188,6 +188,9 @@ impl AgentConfig {
         if self.nft.mode == Mode::Proxy {
             self.proxy_cloud()?;
         }
+        if self.kubernetes && self.rules.is_none() {
+            self.one_cloud("the MetadataAccessPolicy objects followed")?;
+        }
         Ok(())
     }
 
@@ -195,13 +198,22 @@ impl AgentConfig {
     /// `--cloud` names (Azure when none); several clouds are refused, as the proxy
     /// validates and decides requests by one cloud's rules.
     pub fn proxy_cloud(&self) -> Result<Cloud, AgentError> {
+        self.one_cloud("proxy mode's proxy")
+    }
+
+    /// The one cloud `--cloud` names (Azure when none), for `what` that follows one
+    /// cloud's rules: proxy mode's proxy, and with `--kubernetes` and no `--rules` the
+    /// `MetadataAccessPolicy` objects (those written for another cloud are refused,
+    /// `OtherCloud`). Several clouds are refused there.
+    pub fn one_cloud(&self, what: &str) -> Result<Cloud, AgentError> {
         let mut clouds = self.nft.clouds.clone();
+        clouds.sort_by_key(|c| c.name());
         clouds.dedup();
         match clouds.as_slice() {
             [] => Ok(Cloud::Azure),
             [one] => Ok(*one),
             many => Err(AgentError::Usage(format!(
-                "proxy mode serves one cloud's metadata service, and --cloud names {}: give one --cloud (block and observe modes take several)",
+                "{what} follow one cloud's rules, and --cloud names {}: give one --cloud (block and observe modes with a --rules file take several)",
                 many.iter().map(|c| c.name()).collect::<Vec<_>>().join(", ")
             ))),
         }
@@ -1130,8 +1142,10 @@ impl Agent {
                     &node,
                     imdsguard_kube::InterfaceResolver::ip_route(),
                 );
-                let mut pw = watch_policies
-                    .then(|| imdsguard_kube::policies::PolicyWatch::start(client.clone()));
+                let cloud = args.one_cloud("the MetadataAccessPolicy objects followed")?;
+                let mut pw = watch_policies.then(|| {
+                    imdsguard_kube::policies::PolicyWatch::start_for(client.clone(), cloud)
+                });
                 // Both first lists at once, each waited for up to the same time.
                 let (first, _) = tokio::join!(
                     tokio::time::timeout(KUBE_INITIAL_LIST_TIMEOUT, w.initial()),
@@ -1777,11 +1791,30 @@ mod tests {
         let two = config(Mode::Proxy, &[Cloud::Aws, Cloud::Gcp]);
         let e = two.check().unwrap_err().to_string();
         assert!(e.contains("aws, gcp") && e.contains("one --cloud"), "{e}");
-        // Block mode protects several clouds' endpoints at once.
+        // The same cloud twice is one.
+        let again = config(Mode::Proxy, &[Cloud::Aws, Cloud::Gcp, Cloud::Aws]);
+        assert!(again.check().is_err());
         assert!(
-            config(Mode::Block, &[Cloud::Aws, Cloud::Gcp])
+            config(Mode::Proxy, &[Cloud::Gcp, Cloud::Gcp])
                 .check()
                 .is_ok()
+        );
+        // Block mode protects several clouds' endpoints at once, with a rules file...
+        let mut block = config(Mode::Block, &[Cloud::Aws, Cloud::Gcp]);
+        assert!(block.check().is_ok());
+        // ...but the MetadataAccessPolicy objects are one cloud's.
+        block.kubernetes = true;
+        block.node_name = Some("n".into());
+        let e = block.check().unwrap_err().to_string();
+        assert!(e.contains("MetadataAccessPolicy"), "{e}");
+        block.rules = Some("rules.yaml".into());
+        assert!(block.check().is_ok());
+        let mut aws = config(Mode::Block, &[Cloud::Aws]);
+        aws.kubernetes = true;
+        assert_eq!(
+            aws.one_cloud("the MetadataAccessPolicy objects followed")
+                .unwrap(),
+            Cloud::Aws
         );
     }
 
