@@ -572,3 +572,130 @@ rules:
         );
     });
 }
+
+/// The sandbox's pods (the spoofer's borrowed addresses are not its own) as the API
+/// server's pods on `node`, with both addresses in `status.podIPs` (the test plays the
+/// kubelet).
+fn create_dual_stack_api_pods(cp: &imdsguard_testkit::ControlPlane, node: &str) {
+    let pods: Vec<PodSpec> = dual_stack_lab_pods()
+        .into_iter()
+        .filter(|p| p.name != "spoofer")
+        .collect();
+    let ns = |p: &PodSpec| match p.name.as_str() {
+        "allowed" => "platform",
+        "web" => "shop",
+        _ => "jobs",
+    };
+    for p in &pods {
+        cp.kubectl_ok(&["create", "namespace", ns(p)], None);
+        cp.apply(&format!(
+            "apiVersion: v1
+kind: Pod
+metadata: {{name: {}, namespace: {}}}
+spec:
+  nodeName: {node}
+  containers: [{{name: c, image: registry.invalid/none:1}}]
+",
+            p.name,
+            ns(p)
+        ));
+        let ips: Vec<serde_json::Value> = p
+            .addrs()
+            .iter()
+            .map(|a| serde_json::json!({"ip": a.to_string()}))
+            .collect();
+        let status = serde_json::json!({"status": {
+            "phase": "Running", "podIP": p.addr.to_string(), "podIPs": ips}});
+        cp.kubectl_ok(
+            &[
+                "patch",
+                "pod",
+                &p.name,
+                "-n",
+                ns(p),
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &status.to_string(),
+            ],
+            None,
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs netns"]
+fn aws_kubernetes_mode_follows_the_aws_policies_in_both_families() {
+    let test = "aws_kubernetes_mode_follows_the_aws_policies_in_both_families";
+    isolated(test, || {
+        let w = World::new(test, Cloud::Aws);
+        // The agent follows every MetadataAccessPolicy object: a control plane of its own.
+        let cp = imdsguard_testkit::ControlPlane::dedicated(test);
+        cp.install_imdsguard_crd();
+        cp.kubectl_ok(
+            &["create", "-f", "-"],
+            Some(r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"}}"#),
+        );
+        create_dual_stack_api_pods(&cp, "node-a");
+        // An EKS object selecting platform, and an Azure one (no spec.cloud) selecting
+        // shop: the latter is another cloud's, refused, and allowlists nobody.
+        cp.apply(
+            "apiVersion: imdsguard.io/v1alpha1
+kind: MetadataAccessPolicy
+metadata: {name: platform-eks}
+spec:
+  cloud: aws
+  rules:
+  - name: credentials
+    subjects: [{namespace: platform}]
+    paths: [/latest/meta-data/iam/security-credentials/*]
+---
+apiVersion: imdsguard.io/v1alpha1
+kind: MetadataAccessPolicy
+metadata: {name: shop-azure}
+spec:
+  rules:
+  - name: location
+    subjects: [{namespace: shop}]
+    paths: [/metadata/instance/compute/location]
+",
+        );
+        let _agent = AgentProc::start(&[
+            "--cloud",
+            "aws",
+            "--mode",
+            "block",
+            "--kubernetes",
+            "--node-name",
+            "node-a",
+            "--kubeconfig",
+            cp.kubeconfig().to_str().unwrap(),
+            "--remove-taint=false",
+        ]);
+        let table = read_table(&Exec::here()).unwrap().expect("inet imdsguard");
+        // `allowed` by both of its addresses, on the interface `ip route get` names.
+        let mut allowed: Vec<String> = table.allowed.iter().map(|p| p.to_string()).collect();
+        allowed.sort();
+        let mut expected: Vec<String> = dual_stack_lab_pods()
+            .into_iter()
+            .find(|p| p.name == "allowed")
+            .unwrap()
+            .addrs()
+            .into_iter()
+            .map(|a| {
+                imdsguard_core::nft::SourcePair::new("azvallowed", a)
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        expected.sort();
+        assert_eq!(allowed, expected);
+        let answered = Reach::Answered(BANNER.into());
+        for t in endpoints(Cloud::Aws) {
+            assert_eq!(w.reach("allowed", t), answered, "allowed → {t}");
+            for pod in ["web", "batch", "spoofer"] {
+                assert_eq!(w.reach(pod, t), Reach::Timeout, "{pod} → {t}");
+            }
+        }
+    });
+}
