@@ -37,3 +37,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
 {{- end -}}
+
+{{/* Fails unless `cloud` is azure, aws or gcp. */}}
+{{- define "imdsguard.checkCloud" -}}
+{{- if not (has .Values.cloud (list "azure" "aws" "gcp")) -}}
+{{- fail (printf "cloud %q: use azure, aws or gcp" .Values.cloud) -}}
+{{- end -}}
+{{- end -}}

@@ -163,6 +163,8 @@ fn the_chart_lints_and_the_plain_manifests_are_its_render() {
             "--kubernetes",
             "--node-name",
             "$(NODE_NAME)",
+            "--cloud",
+            "azure",
             "--mode",
             "block",
             "--admin-listen",
@@ -231,6 +233,8 @@ fn the_chart_lints_and_the_plain_manifests_are_its_render() {
         strings(&c["args"]),
         [
             "controller",
+            "--cloud",
+            "azure",
             "--exclude-namespace",
             "kube-system",
             "--metrics-listen",
@@ -291,6 +295,8 @@ fn the_values_change_what_is_rendered() {
         strings(&dep["spec"]["template"]["spec"]["containers"][0]["args"]),
         [
             "controller",
+            "--cloud",
+            "azure",
             "--engine",
             "calico",
             "--exclude-namespace",
@@ -332,6 +338,82 @@ fn the_values_change_what_is_rendered() {
     );
     let e = helm_template_err(&["--set", "preset=gke"]);
     assert!(e.contains("preset \"gke\""), "{e}");
+}
+
+#[test]
+#[ignore = "needs helm"]
+fn the_cloud_value_reaches_the_agent_the_controller_the_policy_and_the_probe_test() {
+    for cloud in ["aws", "gcp"] {
+        let d = docs(&helm_sh(&[
+            "template",
+            "--set",
+            &format!("cloud={cloud},probeTest.enabled=true"),
+            "--set-json",
+            r#"policy.rules=[{"name":"token","subjects":[{"namespace":"*"}],"methods":["PUT"],"paths":["/latest/api/token"]}]"#,
+        ]));
+        let agent = strings(
+            &find(&d, "DaemonSet", AGENT)["spec"]["template"]["spec"]["containers"][0]["args"],
+        )
+        .join(" ");
+        assert!(
+            agent.contains(&format!("--cloud {cloud} --mode block")),
+            "{agent}"
+        );
+        let controller = strings(
+            &find(&d, "Deployment", CONTROLLER)["spec"]["template"]["spec"]["containers"][0]
+                ["args"],
+        )
+        .join(" ");
+        assert!(
+            controller.starts_with(&format!("controller --cloud {cloud} ")),
+            "{controller}"
+        );
+        // The release's own policy is written for the cloud (spec.cloud), rules as given.
+        let own = find(&d, "MetadataAccessPolicy", "imdsguard");
+        assert_eq!(own["spec"]["cloud"], cloud);
+        assert_eq!(own["spec"]["rules"][0]["methods"], json!(["PUT"]));
+        // The probe test: a Helm test hook walking the cloud, hardened, no token.
+        let probe = find(&d, "Pod", "imdsguard-probe-test");
+        assert_eq!(probe["metadata"]["annotations"]["helm.sh/hook"], "test");
+        let spec = &probe["spec"];
+        assert_eq!(spec["restartPolicy"], "Never");
+        assert_eq!(spec["automountServiceAccountToken"], false);
+        assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+        let c = &spec["containers"][0];
+        assert_eq!(
+            strings(&c["args"]),
+            [
+                "probe",
+                "--cloud",
+                cloud,
+                "--termination-log",
+                "/dev/termination-log"
+            ]
+        );
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(
+            c["securityContext"]["capabilities"],
+            json!({"drop": ["ALL"]})
+        );
+    }
+    // Azure's policy says no cloud (absent is azure), and the probe test is off by
+    // default (the plain manifests never create a probe pod).
+    let d = docs(&helm_sh(&[
+        "template",
+        "--set-json",
+        r#"policy.rules=[{"name":"web","subjects":[{"namespace":"web"}],"paths":["/metadata/instance/compute/*"]}]"#,
+    ]));
+    let own = find(&d, "MetadataAccessPolicy", "imdsguard");
+    assert!(own["spec"].get("cloud").is_none(), "{own}");
+    assert!(!d.iter().any(|o| o["kind"] == "Pod"));
+    // Bad values are refused, saying what to use.
+    let e = helm_template_err(&["--set", "cloud=oci"]);
+    assert!(e.contains("cloud \"oci\": use azure, aws or gcp"), "{e}");
+    let e = helm_template_err(&["--set", "cloud=aws,preset=aks"]);
+    assert!(
+        e.contains("preset \"aks\" is for cloud azure, not aws"),
+        "{e}"
+    );
 }
 
 // --- RBAC on the API server ---------------------------------------------------------
