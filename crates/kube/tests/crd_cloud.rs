@@ -93,6 +93,54 @@ async fn create(
     }
 }
 
+/// The `MetadataAccessPolicy` examples of docs/controller.md (its ```yaml blocks of
+/// that kind), as JSON.
+fn documented() -> Vec<Value> {
+    let path = imdsguard_testkit::control_plane::repo_root().join("docs/controller.md");
+    let text = std::fs::read_to_string(&path).expect("docs/controller.md reads");
+    let mut out = Vec::new();
+    let mut block: Option<String> = None;
+    for line in text.lines() {
+        match (&mut block, line.trim_end()) {
+            (None, "```yaml") => block = Some(String::new()),
+            (Some(b), "```") => {
+                if b.contains("kind: MetadataAccessPolicy") {
+                    out.push(serde_norway::from_str(b).expect("the example is YAML"));
+                }
+                block = None;
+            }
+            (Some(b), l) => {
+                b.push_str(l);
+                b.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn the_documented_eks_and_gke_objects_read_as_their_clouds_rules() {
+    let docs = documented();
+    let clouds: Vec<Cloud> = docs
+        .iter()
+        .map(|d| {
+            let o: MetadataAccessPolicy =
+                serde_json::from_value(d.clone()).expect("the example is the Rust type");
+            let rules = o
+                .access_rules()
+                .unwrap_or_else(|e| panic!("the core refuses the documented example: {e}"));
+            assert_eq!(rules.declared_cloud(), Some(o.spec.cloud()));
+            o.spec.cloud()
+        })
+        .collect();
+    assert_eq!(
+        clouds,
+        [Cloud::Aws, Cloud::Gcp],
+        "docs/controller.md's examples"
+    );
+}
+
 fn eks() -> Value {
     json!({"cloud": "aws", "rules": [
         {"name": "everyone-placement", "subjects": [{"namespace": "*"}],
@@ -187,6 +235,17 @@ async fn eks_and_gke_objects_are_stored_and_read_as_their_clouds_rules() {
     );
     let (rules, refused) = combined_rules(Cloud::Azure, [eks, gke]);
     assert!(rules.is_empty() && refused.len() == 2);
+
+    // The documented objects pass the schema too.
+    for mut doc in documented() {
+        let name = unique("cloud-doc");
+        cleanup.names.push(name.clone());
+        doc["metadata"]["name"] = json!(name);
+        let obj: DynamicObject = serde_json::from_value(doc).unwrap();
+        if let Err(e) = create(&dynamic, &obj).await {
+            panic!("docs/controller.md's example is refused by the API server: {e}");
+        }
+    }
 }
 
 #[tokio::test]
