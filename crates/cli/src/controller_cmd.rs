@@ -151,3 +151,33 @@ pub(crate) fn run(args: ControllerArgs) -> anyhow::Result<()> {
     service::flush_logs();
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ControllerArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<ControllerArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("controller").chain(argv.iter().copied()))
+            .map(|c| c.args)
+    }
+
+    #[test]
+    fn cloud_defaults_to_azure_and_takes_aws_and_gcp() {
+        assert_eq!(parse(&[]).unwrap().cloud, CloudArg::Azure);
+        for (name, cloud) in [("aws", CloudArg::Aws), ("gcp", CloudArg::Gcp)] {
+            assert_eq!(parse(&["--cloud", name]).unwrap().cloud, cloud);
+        }
+        let e = parse(&["--cloud", "oci"]).unwrap_err().to_string();
+        assert!(
+            e.contains("azure") && e.contains("aws") && e.contains("gcp"),
+            "{e}"
+        );
+    }
+}

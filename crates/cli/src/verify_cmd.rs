@@ -529,5 +529,8 @@ mod tests {
         assert!(parse(&["--engine", "bogus"]).is_err());
         assert!(parse(&["--deadline", "0s"]).is_err());
         assert!(parse(&["-n", "a", "-A"]).is_err());
+        assert_eq!(a.cloud, CloudArg::Azure);
+        assert_eq!(parse(&["--cloud", "gcp"]).unwrap().cloud, CloudArg::Gcp);
+        assert!(parse(&["--cloud", "oci"]).is_err());
     }
 }
