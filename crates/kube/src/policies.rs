@@ -357,6 +357,44 @@ mod tests {
     }
 
     #[test]
+    fn objects_of_another_cloud_than_the_watchs_are_refused_as_other_cloud() {
+        let azure = policy(
+            "azure",
+            1,
+            serde_json::json!([{"name": "r", "subjects": [{"namespace": "a"}], "paths": ["/metadata/instance/compute"]}]),
+        );
+        let spec: MetadataAccessPolicySpec = serde_json::from_value(serde_json::json!({
+            "cloud": "gcp",
+            "rules": [{"name": "zone", "subjects": [{"namespace": "a"}], "paths": ["/computeMetadata/v1/instance/zone"]}]
+        }))
+        .unwrap();
+        let mut gke = MetadataAccessPolicy::new("gke", spec);
+        gke.metadata.generation = Some(2);
+        let p = Policies::of(Cloud::Gcp, [&azure, &gke]);
+        assert_eq!(p.rules.cloud(), Cloud::Gcp);
+        assert_eq!(p.rules.len(), 1);
+        assert_eq!(&*p.rules.rules()[0].name, "gke/zone");
+        assert_eq!(p.refused.len(), 1);
+        assert_eq!(
+            (
+                p.refused[0].name.as_str(),
+                p.refused[0].reason,
+                p.refused[0].generation
+            ),
+            ("azure", "OtherCloud", Some(1))
+        );
+        assert!(
+            p.refused[0].error.contains("--cloud gcp"),
+            "{}",
+            p.refused[0].error
+        );
+        // The Azure watch (PolicyWatch::start) refuses the GKE object the same way.
+        let p = Policies::of(Cloud::Azure, [&azure, &gke]);
+        assert_eq!(p.refused[0].name, "gke");
+        assert_eq!(p.refused[0].reason, "OtherCloud");
+    }
+
+    #[test]
     fn only_a_synced_state_grants_rules_and_each_state_says_why() {
         let pending = PolicyState::Pending { last_error: None };
         assert!(pending.rules().is_none() && !pending.answered());
