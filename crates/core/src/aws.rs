@@ -261,13 +261,15 @@ impl AwsRequest {
     }
 
     /// The path in canonical form: `/` and the segments, each percent-encoded except
-    /// RFC 3986 unreserved characters, and the trailing `/` when there was one. This is
+    /// RFC 3986 unreserved characters and `@+,=:`, and the trailing `/` when there was one. This is
     /// what the proxy sends upstream (the query is never sent: IMDS reads none).
     pub fn canonical_path(&self) -> String {
         let mut out = String::with_capacity(64);
         for seg in &self.segments {
             out.push('/');
-            canon::encode_value(seg, &mut out);
+            // Role names may hold `+=,.@-_`: written as they are (as the GCP path's
+            // segments), never as escapes IMDS might not decode.
+            crate::gcp::encode_segment(seg, &mut out);
         }
         if self.trailing_slash || self.segments.is_empty() {
             out.push('/');
@@ -644,6 +646,23 @@ where
 mod tests {
     use super::*;
     use std::net::IpAddr;
+
+    #[test]
+    fn role_names_are_forwarded_as_written() {
+        // Found in review: `a+b@c` was forwarded as `a%2Bb%40c`, which IMDS may not
+        // decode back to the role the rules decided on.
+        let r = get("/latest/meta-data/iam/security-credentials/a+b@c=d,e.f").unwrap();
+        assert_eq!(
+            r.canonical_path(),
+            "/latest/meta-data/iam/security-credentials/a+b@c=d,e.f"
+        );
+        assert_eq!(get(&r.canonical_path()).unwrap().kind, r.kind);
+        let r = get("/latest/meta-data/iam/security-credentials/a%20b").unwrap();
+        assert_eq!(
+            r.canonical_path(),
+            "/latest/meta-data/iam/security-credentials/a%20b"
+        );
+    }
 
     fn get(path: &str) -> Result<AwsRequest, AwsError> {
         validate("GET", path, None, Vec::<(&str, &str)>::new())

@@ -135,6 +135,10 @@ pub enum SecretKind {
     IdentityToken,
     /// User data (bootstrap scripts, often with secrets).
     UserData,
+    /// AWS's signed instance identity (`dynamic/instance-identity/pkcs7`, `signature`,
+    /// `rsa2048`): a login credential wherever signed node identity is trusted (Vault's
+    /// aws-ec2 auth method, for one).
+    SignedIdentity,
     /// A GCP secret attribute (`kube-env`, `startup-script`, SSH keys...).
     Attribute,
     /// A legacy metadata API (`/computeMetadata/v1beta1`, `/0.1`) that bypasses
@@ -153,6 +157,7 @@ impl SecretKind {
             SecretKind::Token => "token",
             SecretKind::IdentityToken => "identity-token",
             SecretKind::UserData => "user-data",
+            SecretKind::SignedIdentity => "signed-identity",
             SecretKind::Attribute => "secret-attribute",
             SecretKind::LegacyApi => "legacy-api",
             SecretKind::Other => "secret",
@@ -207,6 +212,13 @@ pub fn secret_path(cloud: Cloud, segments: &[String]) -> Option<SecretPath> {
                 secret(SecretKind::Credentials, &[5])
             }
             [_, ud, ..] if ci(ud, "user-data") => secret(SecretKind::UserData, &[]),
+            [_, dy, ii, sig, ..]
+                if ci(dy, "dynamic")
+                    && ci(ii, "instance-identity")
+                    && ["pkcs7", "signature", "rsa2048"].iter().any(|k| ci(k, sig)) =>
+            {
+                secret(SecretKind::SignedIdentity, &[])
+            }
             [_, api, token, ..] if ci(api, "api") && ci(token, "token") => {
                 secret(SecretKind::Token, &[])
             }
@@ -308,15 +320,9 @@ fn is_cloud_segment_byte(b: u8) -> bool {
 }
 
 fn is_aws_version(s: &str) -> bool {
-    s == "latest"
-        || (s.len() == 10
-            && s.bytes().enumerate().all(|(i, b)| {
-                if i == 4 || i == 7 {
-                    b == b'-'
-                } else {
-                    b.is_ascii_digit()
-                }
-            }))
+    // Only the versions IMDS lists (`core::aws::VERSIONS`): the proxy answers 404 for
+    // any other, so a grant of one would grant nothing.
+    crate::aws::VERSIONS.contains(&s)
 }
 
 impl CloudGrant {
@@ -445,7 +451,7 @@ pub fn parse_cloud_path(cloud: Cloud, path: &str) -> Result<CloudPath, String> {
         Cloud::Aws => {
             if !is_aws_version(&segments[0]) {
                 return bad(
-                    "AWS paths start with /latest (or a dated version such as /2021-07-15); they are case-sensitive",
+                    "AWS paths start with /latest (or a version IMDS lists, such as /2016-09-02); they are case-sensitive",
                 );
             }
             if let Some(tree) = segments.get(1)
@@ -582,7 +588,12 @@ pub fn evaluate(rules: &AccessRules, pod: &PodInfo, req: &CloudRequest) -> Decis
             continue;
         }
         let covered = match &req.secret {
-            None => g.paths.iter().any(|p| p.covers(&req.segments)),
+            // A grant of `/` is the root listing alone: never a recursive read of the
+            // whole tree from there (which would hold every attribute).
+            None => g
+                .paths
+                .iter()
+                .any(|p| p.covers(&req.segments) && !(p.segments.is_empty() && req.recursive)),
             Some(secret) => {
                 let named = g.paths.iter().any(|p| p.names(&req.segments, secret));
                 if !named && let Some(p) = g.paths.iter().find(|p| p.covers(&req.segments)) {
@@ -1209,7 +1220,11 @@ rules:
             allowed(&decide(rules, Cloud::Gcp, &p, "GET", "/")),
             Some("ping")
         );
+        // Found in review: `/?recursive=true` was covered by the root grant, a read of
+        // the whole tree (every attribute) for any pod the rule selects.
         for other in [
+            "/?recursive=true",
+            "/?recursive=true&wait_for_change=true",
             "/computeMetadata/",
             "/computeMetadata/v1/instance/zone",
             "/computeMetadata/v1/instance/service-accounts/default/token",
@@ -1227,6 +1242,21 @@ rules:
         let seg =
             |p: &str| -> Vec<String> { p.trim_matches('/').split('/').map(String::from).collect() };
         for (cloud, path, kind) in [
+            (
+                Cloud::Aws,
+                "/latest/dynamic/instance-identity/pkcs7",
+                Some(SecretKind::SignedIdentity),
+            ),
+            (
+                Cloud::Aws,
+                "/latest/dynamic/instance-identity/signature",
+                Some(SecretKind::SignedIdentity),
+            ),
+            (
+                Cloud::Aws,
+                "/2016-09-02/dynamic/instance-identity/RSA2048",
+                Some(SecretKind::SignedIdentity),
+            ),
             (
                 Cloud::Aws,
                 "/latest/meta-data/iam/security-credentials/r",

@@ -603,7 +603,7 @@ fn html_escape(s: &str) -> String {
 
 /// A path segment percent-encoded: letters, digits and `-._~@+,=:` as they are, every
 /// other byte as `%XX`.
-fn encode_segment(seg: &str, out: &mut String) {
+pub(crate) fn encode_segment(seg: &str, out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for b in seg.bytes() {
         if b.is_ascii_alphanumeric()

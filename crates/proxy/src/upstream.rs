@@ -290,6 +290,11 @@ impl Client {
             headers.insert(name.clone(), value.clone());
         }
         for name in FORWARDED_REQUEST_HEADERS {
+            // The GCE metadata server may read `Accept` as the answer's format, which the
+            // proxy decided (and redacts) as `alt` says: AWS and GCP get no `Accept`.
+            if !self.azure && *name == header::ACCEPT {
+                continue;
+            }
             if let Some(v) = client_headers.get(name) {
                 headers.insert(name.clone(), v.clone());
             }
@@ -417,5 +422,32 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("content-type"));
+    }
+
+    #[test]
+    fn accept_reaches_azure_only() {
+        // Found in review: GCE may answer in the format `Accept` asks for, bypassing the
+        // `alt` the proxy decided and redacts by.
+        let upstream = Upstream::parse("http://127.0.0.1:8169").unwrap();
+        let azure = Client::new(&upstream, &Timeouts::default(), &Limits::default());
+        let other = Client::new(&upstream, &Timeouts::default(), &Limits::default())
+            .for_other_cloud();
+        let mut client = HeaderMap::new();
+        client.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        client.insert(header::USER_AGENT, HeaderValue::from_static("sdk/1"));
+        let method = http::Method::GET;
+        let sent = |c: &Client| {
+            c.request(&method, "/x", &client, &[], Bytes::new())
+                .unwrap()
+                .headers()
+                .clone()
+        };
+        let a = sent(&azure);
+        assert_eq!(a.get(header::ACCEPT).unwrap(), "application/json");
+        assert_eq!(a.get("metadata").unwrap(), "true");
+        let g = sent(&other);
+        assert!(g.get(header::ACCEPT).is_none(), "{g:?}");
+        assert!(g.get("metadata").is_none(), "{g:?}");
+        assert_eq!(g.get(header::USER_AGENT).unwrap(), "sdk/1");
     }
 }
