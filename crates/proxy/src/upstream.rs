@@ -430,8 +430,8 @@ mod tests {
         // `alt` the proxy decided and redacts by.
         let upstream = Upstream::parse("http://127.0.0.1:8169").unwrap();
         let azure = Client::new(&upstream, &Timeouts::default(), &Limits::default());
-        let other = Client::new(&upstream, &Timeouts::default(), &Limits::default())
-            .for_other_cloud();
+        let other =
+            Client::new(&upstream, &Timeouts::default(), &Limits::default()).for_other_cloud();
         let mut client = HeaderMap::new();
         client.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         client.insert(header::USER_AGENT, HeaderValue::from_static("sdk/1"));
