@@ -278,8 +278,9 @@ impl AwsRequest {
     }
 }
 
-/// Which answers bear credentials or secrets (the proxy redacts them, the probe and the
-/// lab count them as sensitive).
+/// Which answers bear credentials or secrets: the proxy grants them only by a path naming
+/// them; the probe and the lab count credentials and user data as sensitive, and report a
+/// session token alone as `session-token` (it opens IMDSv2's other paths, no cloud API).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SecretKind {
     /// An instance profile role's temporary credentials (`iam/security-credentials/ROLE`).
