@@ -159,7 +159,7 @@ impl EmulateArgs {
     pub(crate) fn check_cloud(&self) -> anyhow::Result<()> {
         let wrong = self.inapplicable();
         if !wrong.is_empty() {
-            let cloud = cloud_name(self.cloud);
+            let cloud = imdsguard_core::target::Cloud::from(self.cloud).name();
             let owners: Vec<String> = wrong
                 .iter()
                 .map(|f| format!("{f} ({} only)", flag_cloud(f)))
@@ -240,14 +240,6 @@ impl EmulateArgs {
             max_wait: self.max_wait.unwrap_or(d.max_wait),
             ..d
         }
-    }
-}
-
-fn cloud_name(c: CloudArg) -> &'static str {
-    match c {
-        CloudArg::Azure => "azure",
-        CloudArg::Aws => "aws",
-        CloudArg::Gcp => "gcp",
     }
 }
 

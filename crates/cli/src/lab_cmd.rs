@@ -146,7 +146,7 @@ impl LabArgs {
         if self.kubernetes && cloud != imdsguard_core::target::Cloud::Azure {
             return Err(LabError::Lab(format!(
                 "--kubernetes runs with --cloud azure only (its controller phase checks Azure's table), not --cloud {}",
-                cloud_name(self.cloud)
+                cloud.name()
             )));
         }
         let kubernetes = if self.kubernetes {
@@ -175,7 +175,7 @@ impl LabArgs {
             args: vec![
                 "lab".into(),
                 "--cloud".into(),
-                cloud_name(self.cloud).into(),
+                cloud.name().into(),
                 "--internal-probe-row".into(),
             ],
             env: vec![(STAGE_ENV.into(), PROBE_ROW_STAGE.into())],
@@ -189,15 +189,6 @@ impl LabArgs {
             probe_command: Some(probe_command),
             cloud,
         })
-    }
-}
-
-/// `--cloud`'s value as written.
-fn cloud_name(cloud: CloudArg) -> &'static str {
-    match cloud {
-        CloudArg::Azure => "azure",
-        CloudArg::Aws => "aws",
-        CloudArg::Gcp => "gcp",
     }
 }
 

@@ -339,7 +339,7 @@ pub(crate) fn run(args: ProxyArgs) -> anyhow::Result<()> {
                 out,
                 "{}: cloud {}",
                 args.rules.display(),
-                imdsguard_core::cloud_access::cloud_name(config.cloud)
+                config.cloud.name()
             );
         }
         if let Some(p) = &args.pods {

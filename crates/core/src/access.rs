@@ -548,7 +548,15 @@ impl AccessRules {
     fn from_raw(raw: RawRules) -> Result<AccessRules, AccessError> {
         let cloud = match raw.cloud.as_deref() {
             None => None,
-            Some(name) => Some(crate::cloud_access::parse_cloud(name).map_err(AccessError::Parse)?),
+            // As written (lower case), unlike `Cloud`'s `FromStr`, which ignores case.
+            Some(name) => Some(
+                Cloud::ALL
+                    .into_iter()
+                    .find(|c| c.name() == name)
+                    .ok_or_else(|| {
+                        AccessError::Parse(format!("`cloud: {name}` is not azure, aws or gcp"))
+                    })?,
+            ),
         };
         let rules = raw
             .rules
@@ -591,8 +599,8 @@ impl AccessRules {
                 rule,
                 message: format!(
                     "rules for cloud {} cannot add up with rules for cloud {}",
-                    crate::cloud_access::cloud_name(theirs),
-                    crate::cloud_access::cloud_name(mine)
+                    theirs.name(),
+                    mine.name()
                 ),
             });
         }
@@ -806,7 +814,7 @@ fn convert_rule(raw: RawRule, i: usize, cloud: Cloud) -> Result<Rule, AccessErro
         if raw.token.is_some() {
             return Err(err(format!(
                 "`token` is Azure's (managed-identity tokens); under cloud {} grant the token paths in `paths` (and `audiences` for GCP identity tokens)",
-                crate::cloud_access::cloud_name(cloud)
+                cloud.name()
             )));
         }
         let grant = crate::cloud_access::CloudGrant::new(

@@ -77,25 +77,6 @@ pub const GCP_DEFAULT_REDACT: &[&str] = &[
     "identity",
 ];
 
-/// Reads a cloud name (`azure`, `aws`, `gcp`).
-pub fn parse_cloud(name: &str) -> Result<Cloud, String> {
-    match name {
-        "azure" => Ok(Cloud::Azure),
-        "aws" => Ok(Cloud::Aws),
-        "gcp" => Ok(Cloud::Gcp),
-        other => Err(format!("`cloud: {other}` is not azure, aws or gcp")),
-    }
-}
-
-/// `azure`, `aws`, `gcp`.
-pub fn cloud_name(cloud: Cloud) -> &'static str {
-    match cloud {
-        Cloud::Azure => "azure",
-        Cloud::Aws => "aws",
-        Cloud::Gcp => "gcp",
-    }
-}
-
 /// The methods a cloud rule grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CloudMethod {
@@ -561,7 +542,7 @@ impl CloudRequest {
 fn help(pod: &PodInfo, req: &CloudRequest) -> String {
     format!(
         "ask the cluster admin to add an access rule (cloud: {}) to imdsguard's rules for namespace {}, service account {} allowing {} (see docs/proxy.md)",
-        cloud_name(req.cloud),
+        req.cloud.name(),
         pod.namespace,
         pod.service_account,
         req.describe()

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use imdsguard_core::target::Cloud;
 use imdsguard_core::token::TokenSummary;
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 
 use crate::ExitStatusCode;
 use crate::aws::AwsCredentials;
@@ -265,15 +265,10 @@ pub struct Summary {
     pub exit_code: u8,
 }
 
-fn cloud_name<S: Serializer>(cloud: &Cloud, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(cloud.name())
-}
-
 /// Everything one probe run found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     /// Whose attacker path was walked: `azure`, `aws` or `gcp`.
-    #[serde(serialize_with = "cloud_name")]
     pub cloud: Cloud,
     /// The metadata endpoint (IMDS).
     pub endpoint: String,

@@ -438,7 +438,7 @@ impl ProxyConfig {
 /// Rules for `cloud`: a rules file naming another cloud is refused (an empty one, or
 /// Azure's without `cloud:` under Azure, is fine).
 pub fn check_rules_cloud(cloud: Cloud, rules: &AccessRules) -> Result<(), String> {
-    let name = imdsguard_core::cloud_access::cloud_name;
+    let name = Cloud::name;
     match rules.declared_cloud() {
         Some(c) if c != cloud => Err(format!(
             "the access rules are for cloud {} (their `cloud:`), and the proxy runs with --cloud {}",
@@ -700,7 +700,7 @@ impl Proxy {
 
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        tracing::info!(addr = %local, upstream = %config.upstream, cloud = imdsguard_core::cloud_access::cloud_name(config.cloud), "proxy listening");
+        tracing::info!(addr = %local, upstream = %config.upstream, cloud = config.cloud.name(), "proxy listening");
         tasks.spawn(server::serve_proxy(
             listener,
             state,
