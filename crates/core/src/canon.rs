@@ -43,7 +43,7 @@
 //! | `.`, `@`, `+`, `=`, `,` inside a segment (`my.role`, `sa@p.iam.gserviceaccount.com`) | kept (escapes of `@+=,` decoded; `%2e` rejected); an all-dot segment is rejected |
 //! | one trailing `/` | kept ([`CanonicalTarget::directory`]): a listing there |
 //! | any query parameter on AWS | rejected ([`RejectKind::UnknownParameter`]) |
-//! | a GCP parameter outside [`GCP_PARAMETERS`] (names compared exactly: `Recursive` is refused, the server would ignore it), or a value outside its set (`recursive=yes`) | rejected; values canonical (`recursive=TRUE` → `recursive=true`) |
+//! | a GCP parameter outside [`crate::gcp::KNOWN_PARAMS`] (names compared exactly: `Recursive` is refused, the server would ignore it), or a value outside its set (`recursive=yes`) | rejected; values canonical (`recursive=TRUE` → `recursive=true`) |
 //! | a metadata header given twice, or named by `Connection` | rejected ([`Canonicalizer::check_cloud_headers`]) |
 //!
 //! Absolute-form hosts compare after folding: `[::ffff:169.254.169.254]` and
@@ -142,7 +142,7 @@ pub enum RejectKind {
     /// A header field that is malformed, or too many or too large header fields.
     BadHeader,
     /// A query parameter the cloud's metadata service does not take (AWS takes none;
-    /// GCP the ones [`GCP_PARAMETERS`] lists).
+    /// GCP the ones [`crate::gcp::KNOWN_PARAMS`] lists).
     UnknownParameter,
     /// A metadata header given twice, or named by `Connection` (a hop-by-hop trick that
     /// makes a proxy drop it), or a request header another cloud's service reads.
@@ -461,7 +461,7 @@ impl Canonicalizer {
     }
 
     /// The cloud's query parameters only, with canonical values: AWS takes none; GCP
-    /// the [`GCP_PARAMETERS`] (booleans `true`/`false`, `alt` `json`/`text`, `format`
+    /// the [`crate::gcp::KNOWN_PARAMS`] (booleans `true`/`false`, `alt` `json`/`text`, `format`
     /// `standard`/`full`, `licenses` `TRUE`/`FALSE`, `timeout_sec` digits, `last_etag`
     /// letters and digits; `audience` and `scopes` as any value).
     #[allow(clippy::type_complexity)]
@@ -485,7 +485,7 @@ impl Canonicalizer {
         let mut out_params = Vec::with_capacity(params.len());
         let mut out = String::with_capacity(query.as_ref().map_or(0, String::len));
         for (name, value) in params {
-            if !GCP_PARAMETERS.contains(&name.as_str()) {
+            if !crate::gcp::KNOWN_PARAMS.contains(&name.as_str()) {
                 return reject(
                     RejectKind::UnknownParameter,
                     format!(
@@ -850,20 +850,6 @@ fn normalize_host(authority: &str) -> String {
     }
     host.to_string()
 }
-
-/// The query parameters the GCP metadata server takes (names as canonicalised:
-/// lower-case); any other is refused ([`RejectKind::UnknownParameter`]).
-pub const GCP_PARAMETERS: &[&str] = &[
-    "recursive",
-    "alt",
-    "wait_for_change",
-    "timeout_sec",
-    "last_etag",
-    "audience",
-    "format",
-    "licenses",
-    "scopes",
-];
 
 /// The hosts each cloud's clients name in absolute-form targets: Azure
 /// `169.254.169.254`; AWS that and `[fd00:ec2::254]`; GCP that,

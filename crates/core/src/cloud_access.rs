@@ -44,13 +44,11 @@ use std::sync::Arc;
 use crate::access::{
     AccessRules, Allow, Decision, Deny, PodInfo, RULE_DEFAULT_DENY, RedactSet, Redaction, Rule,
 };
+use crate::aws::TOKEN_PATH as AWS_TOKEN_PATH;
 use crate::canon::CanonicalTarget;
 use crate::target::Cloud;
 
 pub use crate::access::RULE_TOKEN_NOT_ISSUED;
-
-/// AWS's IMDSv2 token path (`PUT`).
-pub const AWS_TOKEN_PATH: &str = "/latest/api/token";
 
 /// GCP attributes that hold secrets (kubelet credentials in `kube-env` on older GKE
 /// nodes, bootstrap scripts, SSH keys): never in a recursive answer unless redacted,

@@ -82,7 +82,8 @@ pub const CONTENT_TYPE_PLAIN: &str = "text/plain; charset=utf-8";
 /// Attributes whose value holds credentials: `kube-env` (a GKE node's kubelet bootstrap
 /// settings, with `KUBELET_CERT` / `KUBELET_KEY` on older nodes).
 pub const SECRET_ATTRIBUTES: &[&str] = &["kube-env"];
-/// Every query parameter the metadata server documents.
+/// Every query parameter the metadata server documents (names compared exactly, all
+/// lower-case); the canonicaliser refuses any other ([`crate::canon::RejectKind::UnknownParameter`]).
 pub const KNOWN_PARAMS: &[&str] = &[
     "recursive",
     "alt",
