@@ -925,61 +925,7 @@ fn decode_segment(raw: &str) -> Result<String, Rejection> {
     if raw == "." || raw == ".." {
         return reject(RejectKind::DotSegment, format!("a `{raw}` path segment"));
     }
-    let mut out = String::with_capacity(raw.len());
-    for piece in pieces(raw, false) {
-        match piece {
-            Piece::BadEscape(_) => {
-                return reject(
-                    RejectKind::BadEscape,
-                    format!("an invalid escape in path segment `{}`", shorten(raw, 32)),
-                );
-            }
-            Piece::Escaped(d, at) => {
-                let kind = match d {
-                    b'/' => RejectKind::EncodedSlash,
-                    b'\\' => RejectKind::Backslash,
-                    b'.' => RejectKind::EncodedDot,
-                    b'%' => RejectKind::DoubleEncoding,
-                    0x00..=0x1f | 0x7f => RejectKind::ControlChar,
-                    0x80.. => RejectKind::NonAscii,
-                    b';' => RejectKind::Semicolon,
-                    b'#' => RejectKind::Fragment,
-                    d if is_segment_byte(d) => {
-                        out.push(d as char);
-                        continue;
-                    }
-                    _ => RejectKind::DisallowedEscape,
-                };
-                return reject(
-                    kind,
-                    format!(
-                        "escape {} ({kind}) in path segment `{}`",
-                        &raw[at..at + 3],
-                        shorten(raw, 32)
-                    ),
-                );
-            }
-            Piece::Raw(b) => {
-                if !is_segment_byte(b) {
-                    let kind = match b {
-                        b';' => RejectKind::Semicolon,
-                        b'#' => RejectKind::Fragment,
-                        _ => RejectKind::DisallowedChar,
-                    };
-                    return reject(
-                        kind,
-                        format!(
-                            "character `{}` in path segment `{}`",
-                            b as char,
-                            shorten(raw, 32)
-                        ),
-                    );
-                }
-                out.push(b as char);
-            }
-        }
-    }
-    Ok(out)
+    decode_pieces(raw, is_segment_byte, is_segment_byte)
 }
 
 /// An AWS or GCP path segment decoded, case kept: letters, digits and `-_.@+=,` (the
@@ -997,6 +943,21 @@ fn decode_cloud_segment(raw: &str) -> Result<String, Rejection> {
         );
     }
     let allowed = |b: u8| is_segment_byte(b) || matches!(b, b'@' | b'+' | b'=' | b',');
+    let out = decode_pieces(raw, allowed, |b| allowed(b) || b == b'.')?;
+    if out.bytes().all(|b| b == b'.') {
+        return reject(RejectKind::DotSegment, "a segment of dots");
+    }
+    Ok(out)
+}
+
+/// The pieces of path segment `raw` decoded: bytes `escaped` accepts may be written as
+/// escapes, bytes `plain` accepts as they are; anything else is rejected with the reason
+/// (`%2f`, `%5c`, `%2e`, `%25`, control and non-ASCII escapes always).
+fn decode_pieces(
+    raw: &str,
+    escaped: impl Fn(u8) -> bool,
+    plain: impl Fn(u8) -> bool,
+) -> Result<String, Rejection> {
     let mut out = String::with_capacity(raw.len());
     for piece in pieces(raw, false) {
         match piece {
@@ -1016,7 +977,7 @@ fn decode_cloud_segment(raw: &str) -> Result<String, Rejection> {
                     0x80.. => RejectKind::NonAscii,
                     b';' => RejectKind::Semicolon,
                     b'#' => RejectKind::Fragment,
-                    d if allowed(d) => {
+                    d if escaped(d) => {
                         out.push(d as char);
                         continue;
                     }
@@ -1032,7 +993,7 @@ fn decode_cloud_segment(raw: &str) -> Result<String, Rejection> {
                 );
             }
             Piece::Raw(b) => {
-                if !(allowed(b) || b == b'.') {
+                if !plain(b) {
                     let kind = match b {
                         b';' => RejectKind::Semicolon,
                         b'#' => RejectKind::Fragment,
@@ -1050,9 +1011,6 @@ fn decode_cloud_segment(raw: &str) -> Result<String, Rejection> {
                 out.push(b as char);
             }
         }
-    }
-    if out.bytes().all(|b| b == b'.') {
-        return reject(RejectKind::DotSegment, "a segment of dots");
     }
     Ok(out)
 }
