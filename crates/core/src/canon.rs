@@ -1045,6 +1045,20 @@ pub(crate) enum Piece {
     BadEscape(usize),
 }
 
+/// Decodes `%XX` escapes (and `+` as a space when `plus_is_space`) leniently, as IMDS
+/// and the GCP metadata server do: invalid escapes are kept as written, invalid UTF-8
+/// becomes U+FFFD ([`crate::imds`]'s and [`crate::gcp`]'s reading of a request).
+pub(crate) fn percent_decode(s: &str, plus_is_space: bool) -> String {
+    let mut out = Vec::with_capacity(s.len());
+    for piece in pieces(s, plus_is_space) {
+        match piece {
+            Piece::Raw(b) | Piece::Escaped(b, _) => out.push(b),
+            Piece::BadEscape(_) => out.push(b'%'),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The one percent-decoder of the crate: `raw` read as escapes and raw bytes (with
 /// `form`, `+` is a space, as in `application/x-www-form-urlencoded`). Callers decide
 /// what an invalid escape means: the proxy's canonicaliser rejects it, the emulator's
@@ -1113,6 +1127,15 @@ fn shorten(s: &str, max: usize) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn percent_decoding_edges() {
+        assert_eq!(percent_decode("%", false), "%");
+        assert_eq!(percent_decode("a%4", false), "a%4");
+        assert_eq!(percent_decode("%41%42", false), "AB");
+        assert_eq!(percent_decode("a+b", false), "a+b");
+        assert_eq!(percent_decode("a+b%2", true), "a b%2");
+    }
 
     const TOKEN: &str = "/metadata/identity/oauth2/token";
     const Q: &str = "api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F";

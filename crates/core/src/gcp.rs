@@ -622,26 +622,13 @@ pub(crate) fn encode_segment(seg: &str, out: &mut String) {
     }
 }
 
-/// Decodes `%XX` escapes (invalid escapes kept as written, invalid UTF-8 as U+FFFD),
-/// with [`crate::canon`]'s decoder.
-fn percent_decode(s: &str, plus_is_space: bool) -> String {
-    let mut out = Vec::with_capacity(s.len());
-    for piece in canon::pieces(s, plus_is_space) {
-        match piece {
-            canon::Piece::Raw(b) | canon::Piece::Escaped(b, _) => out.push(b),
-            canon::Piece::BadEscape(_) => out.push(b'%'),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The path's decoded segments (empty ones dropped, `.` and `..` resolved) and whether
 /// it ends with `/`; `None` when a decoded segment holds `/`, `\` or a control
 /// character.
 fn segments(path: &str) -> Option<(Vec<String>, bool)> {
     let mut out: Vec<String> = Vec::new();
     for raw in path.split('/') {
-        let seg = percent_decode(raw, false);
+        let seg = canon::percent_decode(raw, false);
         if seg.chars().any(|c| c == '/' || c == '\\' || c.is_control()) {
             return None;
         }

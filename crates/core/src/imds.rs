@@ -30,7 +30,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde_json::{Map, Value, json};
 
-use crate::canon::{self, CanonicalTarget};
+use crate::canon::{self, CanonicalTarget, percent_decode};
 
 /// The address of Azure IMDS (and of AWS and GCP metadata services).
 pub const IMDS_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
@@ -367,20 +367,6 @@ pub fn route(path: &str) -> Route {
         endpoint,
         instance_path: Vec::new(),
     }
-}
-
-/// Decodes `%XX` escapes (and `+` as a space when `plus_is_space`) as IMDS is lenient:
-/// invalid escapes are kept as written, invalid UTF-8 becomes U+FFFD. The decoding
-/// itself is [`crate::canon`]'s, the crate's one percent-decoder.
-fn percent_decode(s: &str, plus_is_space: bool) -> String {
-    let mut out = Vec::with_capacity(s.len());
-    for piece in canon::pieces(s, plus_is_space) {
-        match piece {
-            canon::Piece::Raw(b) | canon::Piece::Escaped(b, _) => out.push(b),
-            canon::Piece::BadEscape(_) => out.push(b'%'),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A decoded query string (`application/x-www-form-urlencoded`), in order, repeats kept.
@@ -1966,15 +1952,6 @@ mod tests {
         let e = ImdsError::for_status(ImdsApi::Instance, 429);
         assert_eq!(e.body(), json!({"error": "Too many requests"}));
         assert_eq!(ImdsError::for_status(ImdsApi::Instance, 503).status(), 503);
-    }
-
-    #[test]
-    fn percent_decoding_edges() {
-        assert_eq!(percent_decode("%", false), "%");
-        assert_eq!(percent_decode("a%4", false), "a%4");
-        assert_eq!(percent_decode("%41%42", false), "AB");
-        assert_eq!(percent_decode("a+b", false), "a+b");
-        assert_eq!(percent_decode("a+b%2", true), "a b%2");
     }
 
     const TOKEN: &str = "/metadata/identity/oauth2/token";
