@@ -24,7 +24,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::{Body, Incoming};
-use imdsguard_core::access::{Decision, Deny, RULE_TOKEN_NOT_ISSUED};
+use imdsguard_core::access::{Deny, RULE_TOKEN_NOT_ISSUED};
 use imdsguard_core::canon::{Cloud, RejectKind, Rejection};
 use imdsguard_core::cloud_access::{self, CloudRequest};
 use imdsguard_core::imds::RateClass;
@@ -272,29 +272,11 @@ impl State {
         if valid.secret() {
             creq.mark_secret();
         }
-        let decision = match rec.pod.clone() {
-            None => Decision::Deny(match unknown_pod_cgroup {
-                Some(cgroup) => Deny::unknown_pod_cgroup(peer.ip(), cgroup),
-                None => Deny::unknown_source(peer.ip()),
-            }),
-            Some(pod) => match &*self.control.rules.load() {
-                Some(rules) => cloud_access::evaluate(rules, &pod, &creq),
-                None => Decision::Deny(Deny::no_rules()),
-            },
-        };
-        let allow = match decision {
-            Decision::Deny(d) if self.dry_run => {
-                rec.outcome = Outcome::WouldDeny;
-                rec.rule = d.rule;
-                rec.reason = Some(d.reason);
-                None
-            }
-            Decision::Deny(d) => return (self.deny(d, &mut rec), rec),
-            Decision::Allow(a) => {
-                rec.outcome = Outcome::Allow;
-                rec.rule = a.rule.to_string();
-                Some(a)
-            }
+        let allow = match self.apply_rules(&mut rec, peer, unknown_pod_cgroup, |rules, pod| {
+            cloud_access::evaluate(rules, pod, &creq)
+        }) {
+            Ok(allow) => allow,
+            Err(d) => return (self.deny(d, &mut rec), rec),
         };
 
         // 4. An IMDSv2 token is good only for the pod it was handed to here.

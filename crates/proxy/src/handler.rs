@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Incoming};
-use imdsguard_core::access::{Allow, Decision, Deny, PodInfo, RULE_CANONICAL_FORM};
+use imdsguard_core::access::{AccessRules, Allow, Decision, Deny, PodInfo, RULE_CANONICAL_FORM};
 use imdsguard_core::canon::{CanonicalTarget, Canonicalizer, Cloud, RejectKind, Rejection};
 use imdsguard_core::imds::{
     self, CONTENT_TYPE_JSON, IdentitySelector, ImdsApi, ImdsError, ImdsErrorKind, ImdsRequest,
@@ -295,31 +295,11 @@ impl State {
         }
 
         // 3. Who is asking, and 4. the rules.
-        let decision = match rec.pod.clone() {
-            None => Decision::Deny(match unknown_pod_cgroup_id {
-                Some(cgroup) => Deny::unknown_pod_cgroup(peer.ip(), cgroup),
-                None => Deny::unknown_source(peer.ip()),
-            }),
-            Some(pod) => match &*self.control.rules.load() {
-                Some(rules) => rules.evaluate(&pod, &valid),
-                None => Decision::Deny(Deny::no_rules()),
-            },
-        };
-        let allow = match decision {
-            // A dry run records the denial and goes on as if it were allowed, without
-            // an allowing rule (so without redaction: the answer is the upstream's).
-            Decision::Deny(d) if self.dry_run => {
-                rec.outcome = Outcome::WouldDeny;
-                rec.rule = d.rule;
-                rec.reason = Some(d.reason);
-                None
-            }
-            Decision::Deny(d) => return (self.deny(d, &mut rec), rec),
-            Decision::Allow(a) => {
-                rec.outcome = Outcome::Allow;
-                rec.rule = a.rule.to_string();
-                Some(a)
-            }
+        let allow = match self.apply_rules(&mut rec, peer, unknown_pod_cgroup_id, |rules, pod| {
+            rules.evaluate(pod, &valid)
+        }) {
+            Ok(allow) => allow,
+            Err(d) => return (self.deny(d, &mut rec), rec),
         };
 
         // 5. Forward the canonical request.
@@ -534,6 +514,45 @@ impl State {
             HeaderValue::from(fairness::retry_after_secs(wait)),
         );
         reply
+    }
+
+    /// The rules' decision on the caller (`rec.pod`, asking what `evaluate` checks),
+    /// recorded in `rec`: a source that is no known pod (or a pod cgroup the index does
+    /// not know yet) is denied, and so is everyone while no rules are loaded.
+    /// `Ok(Some(allow))` when allowed; `Err` the denial, for [`State::deny`]. A dry run
+    /// records a denial and goes on as if it were allowed, without an allowing rule
+    /// (`Ok(None)`, so without redaction: the answer is the upstream's).
+    pub(crate) fn apply_rules(
+        &self,
+        rec: &mut Record,
+        peer: SocketAddr,
+        unknown_pod_cgroup: Option<u64>,
+        evaluate: impl FnOnce(&AccessRules, &PodInfo) -> Decision,
+    ) -> Result<Option<Allow>, Deny> {
+        let decision = match &rec.pod {
+            None => Decision::Deny(match unknown_pod_cgroup {
+                Some(cgroup) => Deny::unknown_pod_cgroup(peer.ip(), cgroup),
+                None => Deny::unknown_source(peer.ip()),
+            }),
+            Some(pod) => match &*self.control.rules.load() {
+                Some(rules) => evaluate(rules, pod),
+                None => Decision::Deny(Deny::no_rules()),
+            },
+        };
+        match decision {
+            Decision::Deny(d) if self.dry_run => {
+                rec.outcome = Outcome::WouldDeny;
+                rec.rule = d.rule;
+                rec.reason = Some(d.reason);
+                Ok(None)
+            }
+            Decision::Deny(d) => Err(d),
+            Decision::Allow(a) => {
+                rec.outcome = Outcome::Allow;
+                rec.rule = a.rule.to_string();
+                Ok(Some(a))
+            }
+        }
     }
 
     pub(crate) fn deny(&self, deny: Deny, rec: &mut Record) -> Reply {
