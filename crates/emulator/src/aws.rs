@@ -36,11 +36,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
 
-use crate::{EmulatorError, check_listen_addr};
+use crate::EmulatorError;
+use crate::listeners::{self, Listeners};
 
 /// The response header of a token answer saying the hop limit it was sent with (the
 /// emulator also sets the connection's IP TTL to it where the system lets it).
@@ -283,24 +281,14 @@ impl Default for AwsOptions {
 impl AwsOptions {
     /// Refuses an empty listen list and metadata addresses (see [`check_listen_addr`]).
     pub fn check(&self) -> Result<(), EmulatorError> {
-        if self.listen.is_empty() {
-            return Err(EmulatorError::Option(
-                "at least one listen address is needed".into(),
-            ));
-        }
-        for addr in &self.listen {
-            check_listen_addr(*addr, self.allow_metadata_address)?;
-        }
-        Ok(())
+        listeners::check_listen(&self.listen, self.allow_metadata_address, |_| false)
     }
 }
 
 /// A running AWS emulator. Dropping it stops the listeners; [`AwsEmulator::shutdown`]
 /// also waits for them.
 pub struct AwsEmulator {
-    addrs: Vec<SocketAddr>,
-    stop: watch::Sender<bool>,
-    tasks: JoinSet<()>,
+    listeners: Listeners,
 }
 
 impl AwsEmulator {
@@ -313,67 +301,29 @@ impl AwsEmulator {
     ) -> Result<AwsEmulator, EmulatorError> {
         options.check()?;
         config.check().map_err(EmulatorError::Option)?;
-        let mut listeners = Vec::new();
-        for addr in &options.listen {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|source| EmulatorError::Bind {
-                    addr: *addr,
-                    source,
-                })?;
-            listeners.push(l);
-        }
+        let bound = listeners::bind_all(&options.listen).await?;
         let state = Arc::new(service::AwsState::new(config, options.seed));
-        let (stop, stop_rx) = watch::channel(false);
-        let mut tasks = JoinSet::new();
-        let mut addrs = Vec::new();
-        for listener in listeners {
-            let addr = listener
-                .local_addr()
-                .expect("a bound listener has an address");
-            if addr.ip().is_unspecified() {
-                tracing::warn!(%addr, "listening on every interface");
-            }
-            tracing::info!(%addr, listener = "aws-imds", "listening");
-            addrs.push(addr);
+        let mut listeners = Listeners::new(options.shutdown_grace);
+        for listener in bound {
             let conns = Arc::new(conn::Conns::default());
             let handler = Arc::new(service::AwsListener {
                 state: state.clone(),
                 conns: conns.clone(),
             });
-            let options = imdsguard_serve::ServeOptions {
-                header_read: Duration::from_secs(30),
-                max_header_size: None,
-                max_connections: usize::MAX,
-                grace: options.shutdown_grace,
-            };
-            tasks.spawn(imdsguard_serve::serve(
-                listener,
-                handler,
-                conn::ConnGate(conns),
-                options,
-                stop_rx.clone(),
-            ));
+            listeners.serve("aws-imds", listener, handler, conn::ConnGate(conns));
         }
-        Ok(AwsEmulator { addrs, stop, tasks })
+        Ok(AwsEmulator { listeners })
     }
 
     /// Every listen address (with the real port when `:0` was asked for).
     pub fn local_addrs(&self) -> &[SocketAddr] {
-        &self.addrs
+        self.listeners.addrs()
     }
 
     /// Stops accepting, lets requests in flight finish (within the grace period), and
     /// waits for every listener to end.
-    pub async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
-        while self.tasks.join_next().await.is_some() {}
-    }
-}
-
-impl Drop for AwsEmulator {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
+    pub async fn shutdown(self) {
+        self.listeners.shutdown().await
     }
 }
 

@@ -32,14 +32,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use imdsguard_serve::{Open, ServeOptions};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use imdsguard_serve::Open;
 
 pub use config::{FAKE_SECRET_PLACEHOLDER, GcpConfig, NetworkInterface, ServiceAccount};
 
-use crate::{EmulatorError, check_listen_addr};
+use crate::EmulatorError;
+use crate::listeners::{self, Listeners};
 use service::GcpState;
 
 /// The listen address of `imdsguard emulate --cloud gcp` when none is given.
@@ -80,27 +78,18 @@ impl GcpOptions {
     /// Checks the options: at least one listen address, and no metadata address
     /// (Azure's, AWS's, GCE's, also IPv4-mapped) unless allowed.
     pub fn check(&self) -> Result<(), EmulatorError> {
-        if self.listen.is_empty() {
-            return Err(EmulatorError::Option(
-                "at least one listen address is needed".into(),
-            ));
-        }
-        for addr in &self.listen {
-            check_listen_addr(*addr, self.allow_metadata_address)?;
-            if imdsguard_core::gcp::is_metadata_ip(addr.ip()) && !self.allow_metadata_address {
-                return Err(EmulatorError::MetadataAddress(*addr));
-            }
-        }
-        Ok(())
+        listeners::check_listen(
+            &self.listen,
+            self.allow_metadata_address,
+            imdsguard_core::gcp::is_metadata_ip,
+        )
     }
 }
 
 /// A running GCE metadata server emulator. Dropping it stops the listeners;
 /// [`GcpEmulator::shutdown`] also waits for them.
 pub struct GcpEmulator {
-    addrs: Vec<SocketAddr>,
-    stop: watch::Sender<bool>,
-    tasks: JoinSet<()>,
+    listeners: Listeners,
 }
 
 impl GcpEmulator {
@@ -115,17 +104,7 @@ impl GcpEmulator {
         config
             .check()
             .map_err(|m| EmulatorError::Option(format!("invalid GCP configuration: {m}")))?;
-        let mut listeners = Vec::new();
-        for addr in &options.listen {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|source| EmulatorError::Bind {
-                    addr: *addr,
-                    source,
-                })?;
-            listeners.push(l);
-        }
-        let local = |l: &TcpListener| l.local_addr().expect("a bound listener has an address");
+        let bound = listeners::bind_all(&options.listen).await?;
         let rng = Arc::new(crate::rng::Rng::new(options.seed));
         let tree = tree::build(&config, &rng);
         let state = Arc::new(GcpState {
@@ -134,53 +113,27 @@ impl GcpEmulator {
             rng,
             max_wait: options.max_wait,
         });
-        let addrs: Vec<SocketAddr> = listeners.iter().map(local).collect();
-        let (stop, stop_rx) = watch::channel(false);
-        let serve_options = ServeOptions {
-            header_read: Duration::from_secs(30),
-            max_header_size: None,
-            max_connections: usize::MAX,
-            grace: options.shutdown_grace,
-        };
-        let mut tasks = JoinSet::new();
-        for l in listeners {
-            let addr = local(&l);
-            if addr.ip().is_unspecified() {
-                tracing::warn!(%addr, "listening on every interface");
-            }
-            tracing::info!(%addr, listener = "gcp", "listening");
-            tasks.spawn(imdsguard_serve::serve(
-                l,
-                state.clone(),
-                Open,
-                serve_options,
-                stop_rx.clone(),
-            ));
+        let mut listeners = Listeners::new(options.shutdown_grace);
+        for l in bound {
+            listeners.serve("gcp", l, state.clone(), Open);
         }
-        Ok(GcpEmulator { addrs, stop, tasks })
+        Ok(GcpEmulator { listeners })
     }
 
     /// The first listen address (with the real port when `:0` was asked for).
     pub fn local_addr(&self) -> SocketAddr {
-        self.addrs[0]
+        self.listeners.addrs()[0]
     }
 
     /// Every listen address, in the order of [`GcpOptions::listen`].
     pub fn local_addrs(&self) -> &[SocketAddr] {
-        &self.addrs
+        self.listeners.addrs()
     }
 
     /// Stops accepting, lets requests in flight finish (within the grace period), and
     /// waits for every listener to end.
-    pub async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
-        while self.tasks.join_next().await.is_some() {}
-    }
-}
-
-impl Drop for GcpEmulator {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
+    pub async fn shutdown(self) {
+        self.listeners.shutdown().await
     }
 }
 

@@ -1,7 +1,6 @@
 //! The IMDS listener: faults and throttling, then [`imds::validate`], then the answer.
 
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -18,6 +17,7 @@ use serde_json::{Value, json};
 use crate::config::Config;
 use crate::jwt;
 use crate::limits::{Faults, Limiter};
+use crate::now_secs;
 use crate::rng::Rng;
 use crate::server::{Answer, Dropped};
 
@@ -30,13 +30,6 @@ pub(crate) struct ImdsState {
     pub(crate) limiter: Limiter,
     pub(crate) faults: Faults,
     pub(crate) scheduled: Mutex<Value>,
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 pub(crate) fn respond(status: u16, content_type: &str, body: impl Into<Bytes>) -> Answer {

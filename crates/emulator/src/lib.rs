@@ -26,6 +26,7 @@ pub mod gcp;
 mod imds_service;
 mod jwt;
 mod limits;
+mod listeners;
 mod rng;
 mod server;
 mod wire;
@@ -91,6 +92,14 @@ pub enum EmulatorError {
     /// An option is out of range.
     #[error("invalid option: {0}")]
     Option(String),
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Refuses a metadata address (169.254.169.254, 168.63.129.16, fd00:ec2::254, also

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 
 use super::conn::Conns;
 use super::{AwsConfig, HOP_LIMIT_HEADER, HttpTokens};
+use crate::now_secs;
 use crate::rng::Rng;
 use crate::server::Answer;
 
@@ -53,13 +54,6 @@ pub(crate) struct AwsState {
 pub(crate) struct AwsListener {
     pub(crate) state: Arc<AwsState>,
     pub(crate) conns: Arc<Conns>,
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn respond(status: u16, content_type: &str) -> http::response::Builder {

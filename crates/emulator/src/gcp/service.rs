@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 use super::config::{GcpConfig, ServiceAccount};
 use super::tree::{self, Dir, Leaf, Node};
+use crate::now_secs;
 use crate::rng::Rng;
 
 pub(crate) struct GcpState {
@@ -28,13 +29,6 @@ pub(crate) struct GcpState {
     pub(crate) tree: Dir,
     pub(crate) rng: Arc<Rng>,
     pub(crate) max_wait: Duration,
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// An answer with the headers GCE puts on every answer.
