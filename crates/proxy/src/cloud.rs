@@ -514,22 +514,7 @@ impl State {
         method: &str,
         rec: &mut Record,
     ) -> Reply {
-        let class = match class {
-            RateClass::General => "general",
-            RateClass::Identity => "identity",
-        };
-        self.metrics.throttled(class);
-        rec.outcome = Outcome::Throttled;
-        rec.rule = "pod-rate".into();
-        rec.reason = Some(format!(
-            "over the caller's {class} request rate; next request in {} ms",
-            wait.as_millis()
-        ));
-        let mut reply = cloud_error(self.cloud, 429, method, &rec.path);
-        reply.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(fairness::retry_after_secs(wait)),
-        );
-        reply
+        let reply = cloud_error(self.cloud, 429, method, &rec.path);
+        self.throttled_reply(reply, class, wait, rec)
     }
 }

@@ -497,6 +497,19 @@ impl State {
         wait: std::time::Duration,
         rec: &mut Record,
     ) -> Reply {
+        let reply = imds_error(&ImdsError::new(endpoint, ImdsErrorKind::Throttled));
+        self.throttled_reply(reply, class, wait, rec)
+    }
+
+    /// `reply`, the service's own 429, with `Retry-After`; the throttling counted and
+    /// recorded in `rec`.
+    pub(crate) fn throttled_reply(
+        &self,
+        mut reply: Reply,
+        class: RateClass,
+        wait: std::time::Duration,
+        rec: &mut Record,
+    ) -> Reply {
         let class = match class {
             RateClass::General => "general",
             RateClass::Identity => "identity",
@@ -508,7 +521,6 @@ impl State {
             "over the caller's {class} request rate; next request in {} ms",
             wait.as_millis()
         ));
-        let mut reply = imds_error(&ImdsError::new(endpoint, ImdsErrorKind::Throttled));
         reply.headers_mut().insert(
             header::RETRY_AFTER,
             HeaderValue::from(fairness::retry_after_secs(wait)),
