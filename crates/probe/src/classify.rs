@@ -382,18 +382,23 @@ pub(crate) fn vmsettings(result: &Result<Response, Failure>) -> Outcome {
 }
 
 pub(crate) fn unexpected(response: &Response) -> Outcome {
-    let reason = http::StatusCode::from_u16(response.status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("");
     Outcome::new(
         Class::Error,
         format!(
-            "HTTP {} {reason}: {}",
-            response.status,
+            "{}: {}",
+            status_line(response.status),
             summary(&response.body)
         ),
     )
+}
+
+/// `HTTP 404 Not Found`: how an unexpected answer's detail starts.
+pub(crate) fn status_line(status: u16) -> String {
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    format!("HTTP {status} {reason}")
 }
 
 /// The imdsguard denial in a 403 body, if the body names imdsguard.

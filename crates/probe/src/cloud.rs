@@ -118,26 +118,17 @@ pub(crate) fn answer(result: &Result<Response, Failure>) -> Result<&Response, Bo
 /// An answer no rule expected. The body is quoted (clipped, credentials masked) only
 /// when the path cannot answer credentials: `secret_bearing` says it can.
 pub(crate) fn unexpected(response: &Response, secret_bearing: bool) -> Outcome {
-    if !secret_bearing {
-        let mut outcome = classify::unexpected(response);
-        outcome.detail = outcome
-            .detail
-            .split_once(": ")
-            .map(|(status, _)| format!("{status}: {}", quote(&response.body)))
-            .unwrap_or(outcome.detail);
-        return outcome;
-    }
-    let reason = http::StatusCode::from_u16(response.status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("");
+    let body = if secret_bearing {
+        format!(
+            "{} bytes, not quoted (this path answers credentials)",
+            response.body.len()
+        )
+    } else {
+        quote(&response.body)
+    };
     Outcome::new(
         Class::Error,
-        format!(
-            "HTTP {} {reason}: {} bytes, not quoted (this path answers credentials)",
-            response.status,
-            response.body.len()
-        ),
+        format!("{}: {body}", classify::status_line(response.status)),
     )
 }
 
