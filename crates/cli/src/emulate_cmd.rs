@@ -16,7 +16,8 @@ use anyhow::bail;
 use imdsguard_emulator::aws::{AwsConfig, AwsEmulator, AwsOptions, HttpTokens, MAX_HOP_LIMIT};
 use imdsguard_emulator::gcp::{GcpConfig, GcpEmulator, GcpOptions};
 use imdsguard_emulator::{
-    Config, DEFAULT_CONFIG_YAML, DEFAULT_IMDS_LISTEN, Emulator, Faults, Options, Throttle,
+    Config, DEFAULT_CONFIG_YAML, DEFAULT_IMDS_LISTEN, Emulator, EmulatorError, Faults, Options,
+    Throttle,
 };
 
 use crate::cloud_arg::CloudArg;
@@ -321,19 +322,13 @@ fn run_aws(args: EmulateArgs) -> anyhow::Result<()> {
     config
         .check()
         .map_err(|m| anyhow::anyhow!("invalid AWS instance configuration: {m}"))?;
-    service::init_logging(args.log_format);
-    let runtime = service::server_runtime()?;
-    let result = runtime.block_on(async move {
-        let mut signals = StopSignals::install()?;
-        let emulator = AwsEmulator::start(config, options).await?;
-        print_addrs("imds", emulator.local_addrs());
-        signals.recv().await;
-        tracing::info!("stopping");
-        emulator.shutdown().await;
-        Ok(())
-    });
-    service::flush_logs();
-    result
+    serve_until_signal(
+        args.log_format,
+        "imds",
+        AwsEmulator::start(config, options),
+        AwsEmulator::local_addrs,
+        AwsEmulator::shutdown,
+    )
 }
 
 fn run_gcp(args: EmulateArgs) -> anyhow::Result<()> {
@@ -347,15 +342,36 @@ fn run_gcp(args: EmulateArgs) -> anyhow::Result<()> {
     }
     let options = args.gcp_options();
     options.check()?;
-    service::init_logging(args.log_format);
+    serve_until_signal(
+        args.log_format,
+        "metadata",
+        GcpEmulator::start(config, options),
+        GcpEmulator::local_addrs,
+        GcpEmulator::shutdown,
+    )
+}
+
+/// Runs an AWS or GCP emulator (`start`, not yet polled) until SIGINT or SIGTERM: logging
+/// and runtime set up, one `NAME http://ADDR` line per listener, then a graceful stop.
+fn serve_until_signal<E, D>(
+    log_format: LogFormat,
+    name: &str,
+    start: impl Future<Output = Result<E, EmulatorError>>,
+    addrs: fn(&E) -> &[SocketAddr],
+    shutdown: impl FnOnce(E) -> D,
+) -> anyhow::Result<()>
+where
+    D: Future<Output = ()>,
+{
+    service::init_logging(log_format);
     let runtime = service::server_runtime()?;
     let result = runtime.block_on(async move {
         let mut signals = StopSignals::install()?;
-        let emulator = GcpEmulator::start(config, options).await?;
-        print_addrs("metadata", emulator.local_addrs());
+        let emulator = start.await?;
+        print_addrs(name, addrs(&emulator));
         signals.recv().await;
         tracing::info!("stopping");
-        emulator.shutdown().await;
+        shutdown(emulator).await;
         Ok(())
     });
     service::flush_logs();
@@ -366,7 +382,6 @@ fn run_gcp(args: EmulateArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use clap::Parser;
-    use imdsguard_emulator::EmulatorError;
 
     #[derive(Parser)]
     struct Cli {
