@@ -139,12 +139,35 @@ fn start_azure_emulator(cloud: &NetNamespace) -> Result<Background, LabError> {
         shutdown_grace: Duration::from_millis(200),
         ..Options::default()
     };
-    Background::start(Some(cloud), "the emulator", move |ready, stop| async move {
-        match Emulator::start(VmConfig::default_aks(), options).await {
+    serve_emulator(
+        cloud,
+        "the emulator",
+        move || Emulator::start(VmConfig::default_aks(), options),
+        Emulator::shutdown,
+    )
+}
+
+/// Serves an emulator in `ns` until the lab stops it: `start` runs on the background
+/// thread's runtime, its error (or readiness) is reported, `shutdown` stops it.
+fn serve_emulator<E, Er, S, SFut, D, DFut>(
+    ns: &NetNamespace,
+    what: &str,
+    start: S,
+    shutdown: D,
+) -> Result<Background, LabError>
+where
+    Er: std::fmt::Display,
+    S: FnOnce() -> SFut + Send + 'static,
+    SFut: std::future::Future<Output = Result<E, Er>>,
+    D: FnOnce(E) -> DFut + Send + 'static,
+    DFut: std::future::Future<Output = ()>,
+{
+    Background::start(Some(ns), what, move |ready, stop| async move {
+        match start().await {
             Ok(emulator) => {
                 let _ = ready.send(Ok(()));
                 let _ = stop.await;
-                emulator.shutdown().await;
+                shutdown(emulator).await;
             }
             Err(e) => {
                 let _ = ready.send(Err(e.to_string()));
@@ -170,21 +193,11 @@ fn start_aws_emulator(ns: &NetNamespace) -> Result<Background, LabError> {
         seed: Some(4),
         shutdown_grace: Duration::from_millis(200),
     };
-    Background::start(
-        Some(ns),
+    serve_emulator(
+        ns,
         "the AWS emulator",
-        move |ready, stop| async move {
-            match AwsEmulator::start(AwsConfig::default_eks(), options).await {
-                Ok(emulator) => {
-                    let _ = ready.send(Ok(()));
-                    let _ = stop.await;
-                    emulator.shutdown().await;
-                }
-                Err(e) => {
-                    let _ = ready.send(Err(e.to_string()));
-                }
-            }
-        },
+        move || AwsEmulator::start(AwsConfig::default_eks(), options),
+        AwsEmulator::shutdown,
     )
 }
 
@@ -205,21 +218,11 @@ fn start_gcp_emulator(ns: &NetNamespace) -> Result<Background, LabError> {
         shutdown_grace: Duration::from_millis(200),
         ..GcpOptions::default()
     };
-    Background::start(
-        Some(ns),
+    serve_emulator(
+        ns,
         "the GCP emulator",
-        move |ready, stop| async move {
-            match GcpEmulator::start(GcpConfig::default_gke(), options).await {
-                Ok(emulator) => {
-                    let _ = ready.send(Ok(()));
-                    let _ = stop.await;
-                    emulator.shutdown().await;
-                }
-                Err(e) => {
-                    let _ = ready.send(Err(e.to_string()));
-                }
-            }
-        },
+        move || GcpEmulator::start(GcpConfig::default_gke(), options),
+        GcpEmulator::shutdown,
     )
 }
 
