@@ -305,14 +305,9 @@ impl State {
         // 5. Forward the canonical request.
         let (parts, body) = req.into_parts();
         let body = if valid.method == Method::Post {
-            let read = tokio::time::timeout(
-                self.timeouts.request_body,
-                Limited::new(body, self.limits.max_request_body).collect(),
-            )
-            .await;
-            match read {
-                Ok(Ok(collected)) => collected.to_bytes(),
-                _ => {
+            match self.read_body(body).await {
+                Some(bytes) => bytes,
+                None => {
                     rec.outcome = Outcome::Invalid;
                     rec.reason = Some("request body unreadable, too large or too slow".into());
                     let e = ImdsError::new(
@@ -464,14 +459,9 @@ impl State {
         let body = if body.is_end_stream() {
             Bytes::new()
         } else {
-            let read = tokio::time::timeout(
-                self.timeouts.request_body,
-                Limited::new(body, self.limits.max_request_body).collect(),
-            )
-            .await;
-            match read {
-                Ok(Ok(collected)) => collected.to_bytes(),
-                _ => {
+            match self.read_body(body).await {
+                Some(bytes) => bytes,
+                None => {
                     rec.outcome = Outcome::Invalid;
                     rec.rule = "imds-validation".into();
                     rec.reason = Some("request body unreadable, too large or too slow".into());
@@ -487,6 +477,20 @@ impl State {
             .forward(parts.method, &target, &parts.headers, body, endpoint)
             .await;
         self.answered(result, peer, rec)
+    }
+
+    /// A request body read whole, within the body timeout and size limit; `None` when it
+    /// is unreadable, too large or too slow.
+    async fn read_body(&self, body: Incoming) -> Option<Bytes> {
+        let read = tokio::time::timeout(
+            self.timeouts.request_body,
+            Limited::new(body, self.limits.max_request_body).collect(),
+        )
+        .await;
+        match read {
+            Ok(Ok(collected)) => Some(collected.to_bytes()),
+            _ => None,
+        }
     }
 
     /// IMDS's own throttling answer (429, its body for the endpoint) with `Retry-After`.
