@@ -43,7 +43,7 @@
 //! | `.`, `@`, `+`, `=`, `,` inside a segment (`my.role`, `sa@p.iam.gserviceaccount.com`) | kept (escapes of `@+=,` decoded; `%2e` rejected); an all-dot segment is rejected |
 //! | one trailing `/` | kept ([`CanonicalTarget::directory`]): a listing there |
 //! | any query parameter on AWS | rejected ([`RejectKind::UnknownParameter`]) |
-//! | a GCP parameter outside [`crate::gcp::KNOWN_PARAMS`] (names compared exactly: `Recursive` is refused, the server would ignore it), or a value outside its set (`recursive=yes`) | rejected; values canonical (`recursive=TRUE` → `recursive=true`) |
+//! | a GCP parameter outside [`crate::gcp::KNOWN_PARAMS`] (names compared exactly: `Recursive` is refused, the server would ignore it), or a value outside its set (`recursive=yes`) | rejected; booleans canonical (`recursive=TRUE` → `recursive=true`); `alt` and `format` exact, as the server reads them (`alt=Text` rejected) |
 //! | a metadata header given twice, or named by `Connection` | rejected ([`Canonicalizer::check_cloud_headers`]) |
 //!
 //! Absolute-form hosts compare after folding: `[::ffff:169.254.169.254]` and
@@ -509,12 +509,14 @@ impl Canonicalizer {
                     "true" | "false" => lower,
                     _ => return bad("true or false"),
                 },
-                "alt" => match lower.as_str() {
-                    "json" | "text" => lower,
+                // The server reads `alt` and `format` exactly (`alt=Text` is a 400), so
+                // their values are never folded into an accepted spelling.
+                "alt" => match value.as_str() {
+                    "json" | "text" => value,
                     _ => return bad("json or text"),
                 },
-                "format" => match lower.as_str() {
-                    "standard" | "full" => lower,
+                "format" => match value.as_str() {
+                    "standard" | "full" => value,
                     _ => return bad("standard or full"),
                 },
                 "licenses" => match lower.as_str() {
@@ -1534,7 +1536,9 @@ pub(crate) mod tests {
             (Aws, format!("http://169.254.169.254@evil{creds}"), Err(K::BadTargetForm)),
             (Gcp, token.into(), Ok(token)),
             (Gcp, "/computeMetadata/v1/instance/service-accounts/sa%40p.iam.gserviceaccount.com/token".into(), Ok(token)),
-            (Gcp, "/computeMetadata/v1/instance/?recursive=TRUE&alt=Json".into(), Ok("/computeMetadata/v1/instance/?recursive=true&alt=json")),
+            (Gcp, "/computeMetadata/v1/instance/?recursive=TRUE&alt=json".into(), Ok("/computeMetadata/v1/instance/?recursive=true&alt=json")),
+            (Gcp, "/computeMetadata/v1/instance/?recursive=true&alt=Json".into(), Err(K::BadParameterValue)),
+            (Gcp, "/computeMetadata/v1/instance/service-accounts/default/identity?audience=a&format=FULL".into(), Err(K::BadParameterValue)),
             (Gcp, "/computeMetadata/v1/instance/?Recursive=true".into(), Err(K::UnknownParameter)),
             (Gcp, "/computeMetadata/v1/instance?recursive=true&recursive=false".into(), Err(K::RepeatedParameter)),
             (Gcp, "/computeMetadata/v1/instance?recursive=true&RECURSIVE=false".into(), Err(K::UnknownParameter)),
@@ -1545,7 +1549,7 @@ pub(crate) mod tests {
             (Gcp, "/computeMetadata/v1/instance?timeout_sec=1e3".into(), Err(K::BadParameterValue)),
             (Gcp, "/computeMetadata/v1/instance?recursive=true;alt=text".into(), Err(K::Semicolon)),
             (Gcp, "/computeMetadata/v1/instance/id?wait_for_change=true&timeout_sec=30&last_etag=ab12".into(), Ok("/computeMetadata/v1/instance/id?wait_for_change=true&timeout_sec=30&last_etag=ab12")),
-            (Gcp, "/computeMetadata/v1/instance/service-accounts/default/identity?audience=https://a.example/x&format=FULL&licenses=true".into(), Ok("/computeMetadata/v1/instance/service-accounts/default/identity?audience=https%3A%2F%2Fa.example%2Fx&format=full&licenses=TRUE")),
+            (Gcp, "/computeMetadata/v1/instance/service-accounts/default/identity?audience=https://a.example/x&format=full&licenses=true".into(), Ok("/computeMetadata/v1/instance/service-accounts/default/identity?audience=https%3A%2F%2Fa.example%2Fx&format=full&licenses=TRUE")),
             (Gcp, "/computeMetadata/v1/instance/service-accounts/default/identity?audience=https%253A".into(), Err(K::BadParameterValue)),
             (Gcp, "/computeMetadata/V1/Instance/Zone".into(), Ok("/computeMetadata/V1/Instance/Zone")),
             (Gcp, "/computeMetadata/v1/instance/attributes/kube%2denv".into(), Ok("/computeMetadata/v1/instance/attributes/kube-env")),

@@ -516,7 +516,7 @@ async fn only_the_clouds_headers_go_upstream() {
         PAYMENTS_API,
         proxy.local_addr(),
         "GET",
-        "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/identity?format=FULL&audience=https://payments.example",
+        "http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/identity?format=full&audience=https://payments.example",
         &[
             ("metadata-flavor", "Google"),
             ("Metadata", "true"),
