@@ -40,6 +40,14 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
+# A clean clone gains nothing from incremental artifacts (GBs under target/debug), and
+# CI's disk is limited: a run once failed linking with "No space left on device".
+if [ "${CI:-}" = true ]; then
+    export CARGO_INCREMENTAL=0
+fi
+disk() { df -h . | awk 'NR==2 {print "disk: " $4 " free of " $2 " (" $5 " used)"}'; }
+disk
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -95,6 +103,7 @@ bash scripts/helm.sh lint
 bash scripts/helm.sh template >/dev/null
 bash scripts/helm.sh render - | diff -u deploy/imdsguard.yaml - || { echo "deploy/imdsguard.yaml is stale: run scripts/helm.sh render" >&2; exit 1; }
 
+disk
 log "tests (ignored ones too: they need netns, root, ../shared or the control plane, and fail without)"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo test --workspace --locked --doc --quiet
@@ -105,5 +114,7 @@ fi
 
 # Fuzzing (docs/fuzzing.md): each cargo-fuzz target of fuzz/ for 20 s from the
 # committed seeds; installs cargo-fuzz when missing. Longer runs: scripts/fuzz.sh.
+disk
 log "fuzz targets (20 s each)"
 bash scripts/fuzz.sh 20
+disk
