@@ -740,6 +740,57 @@ fn the_documented_aws_example_parses() {
     );
 }
 
+/// Over its rate a pod gets IMDS's own 429 page with `Retry-After`; credentials count in
+/// the identity class, and one pod's rate is not another's.
+#[tokio::test]
+async fn over_its_rate_a_pod_gets_imds_429() {
+    let emulator = AwsEmulator::start(AwsConfig::default_eks(), AwsOptions::default())
+        .await
+        .unwrap();
+    let (mut config, records) = aws_config(emulator.local_addrs()[0], Arc::default());
+    config.pod_rate = PodRate {
+        general: 0.5,
+        identity: 0.5,
+        burst: 1,
+    };
+    let proxy = Proxy::start(config).await.unwrap();
+    let get = |from, target: String| {
+        let addr = proxy.local_addr();
+        async move {
+            send_from(from, addr, "GET", &target, &[], b"")
+                .await
+                .unwrap()
+        }
+    };
+    let region = "/latest/meta-data/placement/region".to_string();
+    let creds = format!("/latest/meta-data/iam/security-credentials/{ROLE}");
+    assert_eq!(get(SHOP_WEB, region.clone()).await.status, 200);
+    let r = get(SHOP_WEB, region.clone()).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.text(), imdsguard_core::aws::error_page(429));
+    assert_eq!(
+        r.header("content-type"),
+        Some(imdsguard_core::aws::CONTENT_TYPE_HTML)
+    );
+    let wait: u64 = r
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&wait), "{wait}");
+    let last = records.0.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last.1, "throttled", "{last:?}");
+    // Another pod's budget is its own; credentials have a budget of their own.
+    assert_eq!(get(PAYMENTS_API, region.clone()).await.status, 200);
+    let r = get(PAYMENTS_API, creds.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = get(PAYMENTS_API, creds).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(!r.text().contains("SecretAccessKey"), "{}", r.text());
+    proxy.shutdown().await;
+    emulator.shutdown().await;
+}
+
 /// A dry run denies nothing: rule, token-binding and canonical-form denials are
 /// recorded `would-deny` and forwarded (the last as received).
 #[tokio::test]

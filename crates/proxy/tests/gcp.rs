@@ -539,6 +539,139 @@ async fn only_the_clouds_headers_go_upstream() {
     proxy.shutdown().await;
 }
 
+async fn start_with(tweak: impl FnOnce(&mut ProxyConfig)) -> (GcpEmulator, Proxy) {
+    let emulator = GcpEmulator::start(
+        GcpConfig::default_gke(),
+        GcpOptions {
+            seed: Some(12),
+            ..GcpOptions::default()
+        },
+    )
+    .await
+    .expect("GCP emulator on loopback");
+    let mut config = gcp_config(emulator.local_addr());
+    tweak(&mut config);
+    let proxy = Proxy::start(config).await.expect("proxy on loopback");
+    (emulator, proxy)
+}
+
+/// Over its rate a pod gets the server's own 429 (its line of text, with
+/// `Metadata-Flavor: Google`) and `Retry-After`; tokens count in the identity class, and
+/// one pod's rate is not another's.
+#[tokio::test]
+async fn over_its_rate_a_pod_gets_the_servers_429() {
+    let records = Records::default();
+    let sink = records.clone();
+    let (emulator, proxy) = start_with(|c| {
+        c.decisions = Some(std::sync::Arc::new(sink));
+        c.pod_rate = PodRate {
+            general: 0.5,
+            identity: 0.5,
+            burst: 1,
+        };
+    })
+    .await;
+    let get = |from, target: &'static str| {
+        let addr = proxy.local_addr();
+        async move {
+            send_from(from, addr, "GET", target, &[FLAVOR], b"")
+                .await
+                .unwrap()
+        }
+    };
+    let zone = "/computeMetadata/v1/instance/zone";
+    let token = "/computeMetadata/v1/instance/service-accounts/default/token";
+    assert_eq!(get(SHOP_WEB, zone).await.status, 200);
+    let r = get(SHOP_WEB, zone).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.text(), "Too many requests\n");
+    assert_eq!(r.header("metadata-flavor"), Some("Google"));
+    let wait: u64 = r
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&wait), "{wait}");
+    let last = records.last();
+    assert_eq!(last["decision"], "throttled", "{last}");
+    // Another pod's budget is its own.
+    assert_eq!(get(PAYMENTS_API, zone).await.status, 200);
+    // The token is in the identity class: a budget of its own, then 429 too.
+    let r = get(PAYMENTS_API, token).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = get(PAYMENTS_API, token).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(!r.text().contains("access_token"), "{}", r.text());
+    proxy.shutdown().await;
+    emulator.shutdown().await;
+}
+
+/// A dry run denies nothing the rules decide: a denied token read and an ambiguous
+/// target are forwarded (the second as received) and recorded `would-deny`; an allowed
+/// recursive read is still redacted, and the server's own header check still answers.
+#[tokio::test]
+async fn a_dry_run_records_would_deny_and_forwards() {
+    let records = Records::default();
+    let sink = records.clone();
+    let (emulator, proxy) = start_with(|c| {
+        c.dry_run = true;
+        c.decisions = Some(std::sync::Arc::new(sink));
+    })
+    .await;
+    let send = |from, target: &'static str, headers: &'static [(&'static str, &'static str)]| {
+        let addr = proxy.local_addr();
+        async move {
+            send_from(from, addr, "GET", target, headers, b"")
+                .await
+                .unwrap()
+        }
+    };
+    let token = "/computeMetadata/v1/instance/service-accounts/default/token";
+    let r = send(SHOP_WEB, token, &[FLAVOR]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["access_token"].is_string(), "forwarded untouched");
+    let rec = records.one();
+    assert_eq!(
+        (rec["decision"].as_str(), rec["rule"].as_str()),
+        (Some("would-deny"), Some("default-deny")),
+        "{rec}"
+    );
+    assert!(
+        !rec.to_string()
+            .contains(r.json()["access_token"].as_str().unwrap()),
+        "{rec}"
+    );
+    // Forwarded as received: the server resolves the dot segment itself.
+    let r = send(SHOP_WEB, "/computeMetadata/v1/instance/./zone", &[FLAVOR]).await;
+    assert_ne!(r.status, 403, "{}", r.text());
+    let rec = records.one();
+    assert_eq!(
+        (rec["decision"].as_str(), rec["rule"].as_str()),
+        (Some("would-deny"), Some("canonical-form")),
+        "{rec}"
+    );
+    // Allowed: redacted as always.
+    let r = send(
+        MONITORING,
+        "/computeMetadata/v1/instance/?recursive=true",
+        &[FLAVOR],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.json()["attributes"].get("kube-env").is_none(),
+        "{}",
+        r.text()
+    );
+    assert_eq!(records.one()["decision"], "allow");
+    // The server's header check is the proxy's, and still answers.
+    let r = send(SHOP_WEB, "/computeMetadata/v1/instance/zone", &[]).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(records.one()["decision"], "invalid");
+    proxy.shutdown().await;
+    emulator.shutdown().await;
+}
+
 /// The `cloud: gcp` example of docs/proxy.md parses, for its cloud.
 #[test]
 fn the_documented_gcp_example_parses() {
