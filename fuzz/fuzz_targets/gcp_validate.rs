@@ -54,9 +54,13 @@ fuzz_target!(|data: &[u8]| {
                 GcpKind::Identity { .. } => {
                     assert_eq!(secret_kind(&ok), Some(GcpSecret::IdentityToken))
                 }
-                ref k if k.is_secret_attribute() => {
-                    assert_eq!(secret_kind(&ok), Some(GcpSecret::KubeEnv))
-                }
+                ref k if k.is_secret_attribute() => assert!(
+                    matches!(
+                        secret_kind(&ok),
+                        Some(GcpSecret::KubeEnv | GcpSecret::SecretAttribute)
+                    ),
+                    "{target:?}"
+                ),
                 _ => {}
             }
         }

@@ -313,6 +313,11 @@ impl fmt::Display for SecretKind {
     }
 }
 
+/// The signed forms of the instance identity document under
+/// `dynamic/instance-identity/` (PKCS7, signature, RSA-2048): proof of the instance's
+/// identity that another service may accept as the node's.
+pub const SIGNED_IDENTITY: &[&str] = &["pkcs7", "signature", "rsa2048"];
+
 /// Which secret the answer to `request` bears, if any.
 pub fn secret_kind(request: &AwsRequest) -> Option<SecretKind> {
     match request.kind {

@@ -30,7 +30,7 @@
 //!   any); a rule naming `…/identity` needs them.
 //! - `redact`: fields removed from JSON answers, by name at any depth or by path, as
 //!   for Azure's instance document ([`RedactSet`]). GCP's default hides the secret
-//!   attributes ([`GCP_DEFAULT_REDACT`]) from recursive reads; AWS's default hides
+//!   attributes ([`gcp_default_redact`]) from recursive reads; AWS's default hides
 //!   nothing (a rule may name fields of the identity document, `accountId`). A
 //!   recursive GCP read that would hold a secret attribute the redaction does not
 //!   hide, or a recursive `alt=text` read with anything to hide (text cannot be
@@ -47,33 +47,20 @@ use crate::access::{
 use crate::aws::TOKEN_PATH as AWS_TOKEN_PATH;
 use crate::canon::CanonicalTarget;
 use crate::target::Cloud;
+use crate::{aws, gcp};
 
 pub use crate::access::RULE_TOKEN_NOT_ISSUED;
 
-/// GCP attributes that hold secrets (kubelet credentials in `kube-env` on older GKE
-/// nodes, bootstrap scripts, SSH keys): never in a recursive answer unless redacted,
-/// and read directly only through a grant naming them.
-pub const GCP_SECRET_ATTRIBUTES: &[&str] = &[
-    "kube-env",
-    "user-data",
-    "startup-script",
-    "ssh-keys",
-    "sshKeys",
-    "windows-keys",
-];
-
-/// What a GCP rule redacts when it says nothing: the secret attributes, and any
-/// `token` or `identity` key a recursive answer might carry.
-pub const GCP_DEFAULT_REDACT: &[&str] = &[
-    "kube-env",
-    "user-data",
-    "startup-script",
-    "ssh-keys",
-    "sshKeys",
-    "windows-keys",
-    "token",
-    "identity",
-];
+/// What a GCP rule redacts when it says nothing: the secret attributes
+/// ([`gcp::SECRET_ATTRIBUTES`]), and any `token` or `identity` key a recursive answer
+/// might carry.
+pub fn gcp_default_redact() -> Vec<&'static str> {
+    gcp::SECRET_ATTRIBUTES
+        .iter()
+        .copied()
+        .chain(["token", "identity"])
+        .collect()
+}
 
 /// The methods a cloud rule grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -194,7 +181,7 @@ pub fn secret_path(cloud: Cloud, segments: &[String]) -> Option<SecretPath> {
             [_, dy, ii, sig, ..]
                 if ci(dy, "dynamic")
                     && ci(ii, "instance-identity")
-                    && ["pkcs7", "signature", "rsa2048"].iter().any(|k| ci(k, sig)) =>
+                    && aws::SIGNED_IDENTITY.iter().any(|k| ci(k, sig)) =>
             {
                 secret(SecretKind::SignedIdentity, &[])
             }
@@ -223,7 +210,7 @@ pub fn secret_path(cloud: Cloud, segments: &[String]) -> Option<SecretPath> {
                 [_, scope, attrs, name, ..]
                     if (ci(scope, "instance") || ci(scope, "project"))
                         && ci(attrs, "attributes")
-                        && GCP_SECRET_ATTRIBUTES.iter().any(|a| ci(a, name)) =>
+                        && gcp::SECRET_ATTRIBUTES.iter().any(|a| ci(a, name)) =>
                 {
                     secret(SecretKind::Attribute, &[])
                 }
@@ -380,7 +367,7 @@ impl CloudGrant {
         }
         let redact = match (redact, cloud) {
             (Some(list), _) => RedactSet::new(list)?,
-            (None, Cloud::Gcp) => RedactSet::new(GCP_DEFAULT_REDACT)?,
+            (None, Cloud::Gcp) => RedactSet::new(&gcp_default_redact())?,
             (None, _) => RedactSet::default(),
         };
         Ok(CloudGrant {
@@ -643,7 +630,7 @@ pub fn evaluate(rules: &AccessRules, pod: &PodInfo, req: &CloudRequest) -> Decis
             .collect(),
     );
     if req.recursive_over_secrets()
-        && let Some(name) = GCP_SECRET_ATTRIBUTES
+        && let Some(name) = gcp::SECRET_ATTRIBUTES
             .iter()
             .find(|a| !redaction.hides(&[a.to_string()]))
     {
@@ -681,6 +668,37 @@ mod tests {
     use super::*;
     use crate::access::AccessError;
     use crate::canon::{Canonicalizer, Limits};
+
+    fn segs(path: &[&str]) -> Vec<String> {
+        path.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_secret_lists_are_the_protocol_modules_in_any_case() {
+        for name in gcp::SECRET_ATTRIBUTES {
+            for spelled in [name.to_string(), name.to_uppercase()] {
+                for scope in ["instance", "project"] {
+                    let path = segs(&["computeMetadata", "v1", scope, "attributes", &spelled]);
+                    assert_eq!(
+                        secret_path(Cloud::Gcp, &path).map(|s| s.kind),
+                        Some(SecretKind::Attribute),
+                        "{path:?}"
+                    );
+                }
+            }
+            assert!(gcp_default_redact().contains(name), "{name}");
+        }
+        for form in aws::SIGNED_IDENTITY {
+            let path = segs(&["latest", "dynamic", "instance-identity", form]);
+            assert_eq!(
+                secret_path(Cloud::Aws, &path).map(|s| s.kind),
+                Some(SecretKind::SignedIdentity),
+                "{path:?}"
+            );
+        }
+        let document = segs(&["latest", "dynamic", "instance-identity", "document"]);
+        assert_eq!(secret_path(Cloud::Aws, &document), None);
+    }
 
     const AWS_RULES: &str = r#"
 cloud: aws

@@ -79,9 +79,19 @@ pub const CONTENT_TYPE_JSON: &str = "application/json";
 pub const CONTENT_TYPE_HTML: &str = "text/html; charset=UTF-8";
 /// The content type of plain-text errors (400).
 pub const CONTENT_TYPE_PLAIN: &str = "text/plain; charset=utf-8";
-/// Attributes whose value holds credentials: `kube-env` (a GKE node's kubelet bootstrap
-/// settings, with `KUBELET_CERT` / `KUBELET_KEY` on older nodes).
-pub const SECRET_ATTRIBUTES: &[&str] = &["kube-env"];
+/// Attributes whose value holds credentials or what leads to them: `kube-env` (a GKE
+/// node's kubelet bootstrap settings, with `KUBELET_CERT` / `KUBELET_KEY` on older
+/// nodes), `user-data` and `startup-script` (bootstrap scripts), and the SSH and Windows
+/// keys (`ssh-keys`, the legacy `sshKeys`, `windows-keys`). The one list: the proxy's
+/// rules ([`crate::cloud_access`]) and [`secret_kind`] both read it.
+pub const SECRET_ATTRIBUTES: &[&str] = &[
+    "kube-env",
+    "user-data",
+    "startup-script",
+    "ssh-keys",
+    "sshKeys",
+    "windows-keys",
+];
 /// Every query parameter the metadata server documents (names compared exactly, all
 /// lower-case); the canonicaliser refuses any other ([`crate::canon::RejectKind::UnknownParameter`]).
 pub const KNOWN_PARAMS: &[&str] = &[
@@ -301,8 +311,10 @@ pub enum GcpSecret {
     AccessToken,
     /// A service account's OIDC identity token (`.../identity`).
     IdentityToken,
-    /// A secret attribute (`attributes/kube-env`: kubelet credentials on GKE nodes).
+    /// `attributes/kube-env`: kubelet credentials on GKE nodes.
     KubeEnv,
+    /// Another of [`SECRET_ATTRIBUTES`] (bootstrap scripts, SSH and Windows keys).
+    SecretAttribute,
     /// A `recursive=true` read of a directory whose tree holds the attributes (`/`,
     /// `instance/`, `instance/attributes/`, and the same for `project/`): its JSON holds
     /// kube-env when the node has it. A recursive read of `service-accounts/` holds no
@@ -318,6 +330,7 @@ impl GcpSecret {
             GcpSecret::AccessToken => "access-token",
             GcpSecret::IdentityToken => "identity-token",
             GcpSecret::KubeEnv => "kube-env",
+            GcpSecret::SecretAttribute => "secret-attribute",
             GcpSecret::RecursiveAttributes => "recursive-attributes",
         }
     }
@@ -718,7 +731,8 @@ fn secret_of(kind: &GcpKind, segments: &[String], recursive: bool) -> Option<Gcp
     match kind {
         GcpKind::Token { .. } => Some(GcpSecret::AccessToken),
         GcpKind::Identity { .. } => Some(GcpSecret::IdentityToken),
-        k if k.is_secret_attribute() => Some(GcpSecret::KubeEnv),
+        GcpKind::Attribute { name, .. } if name == "kube-env" => Some(GcpSecret::KubeEnv),
+        k if k.is_secret_attribute() => Some(GcpSecret::SecretAttribute),
         GcpKind::Discovery | GcpKind::Versions | GcpKind::Root | GcpKind::Attributes { .. }
             if recursive =>
         {
@@ -1077,6 +1091,23 @@ mod tests {
             .as_str(),
             "token"
         );
+    }
+
+    #[test]
+    fn every_secret_attribute_is_a_secret_and_kube_env_is_named() {
+        for name in SECRET_ATTRIBUTES {
+            for scope in ["instance", "project"] {
+                let r = get(&format!("/computeMetadata/v1/{scope}/attributes/{name}")).unwrap();
+                let want = if *name == "kube-env" {
+                    GcpSecret::KubeEnv
+                } else {
+                    GcpSecret::SecretAttribute
+                };
+                assert_eq!(secret_kind(&r), Some(want), "{scope}/{name}");
+            }
+        }
+        let r = get("/computeMetadata/v1/instance/attributes/cluster-name").unwrap();
+        assert_eq!(secret_kind(&r), None);
     }
 
     #[test]

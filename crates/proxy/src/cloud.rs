@@ -73,6 +73,7 @@ impl Valid {
                     gcp::GcpSecret::AccessToken
                         | gcp::GcpSecret::IdentityToken
                         | gcp::GcpSecret::KubeEnv
+                        | gcp::GcpSecret::SecretAttribute
                 )
             ),
         }
