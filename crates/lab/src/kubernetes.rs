@@ -42,8 +42,9 @@ pub const POLICY_NAME: &str = "lab";
 const CRD_YAML: &str =
     include_str!("../../../deploy/crds/metadataaccesspolicies.imdsguard.io.yaml");
 
-/// The rules of the lab's `MetadataAccessPolicy`: the `platform` namespace's `allowed`
-/// pod may read the instance document and get tokens; nobody else is expected.
+/// The rules of the lab's `MetadataAccessPolicy` under Azure: the `platform`
+/// namespace's `allowed` pod may read the instance document and get tokens; nobody else
+/// is expected.
 pub(crate) const RULES: &str = "rules:
   - name: platform-allowed
     description: the platform pod may read the instance document and get any token
@@ -56,6 +57,50 @@ pub(crate) const RULES: &str = "rules:
       resources: ['*']
       identities: [{any: true}]
 ";
+
+/// The same under AWS (`spec.cloud: aws`): `allowed` may get the IMDSv2 session token
+/// (`PUT`, a grant of its own) and its role's credentials. No `token:` (Azure's: the
+/// CRD's CEL rules refuse it under aws).
+pub(crate) const AWS_RULES: &str = "cloud: aws
+rules:
+  - name: platform-allowed
+    description: the platform pod may read its role's credentials
+    subjects:
+      - namespace: platform
+        podSelector:
+          matchLabels: {app: allowed}
+    paths: [/latest/meta-data/iam/security-credentials/*]
+  - name: platform-allowed-token
+    description: the platform pod may get an IMDSv2 session token
+    subjects:
+      - namespace: platform
+        podSelector:
+          matchLabels: {app: allowed}
+    methods: [PUT]
+    paths: [/latest/api/token]
+";
+
+/// The same under GCP (`spec.cloud: gcp`): `allowed` may get the default service
+/// account's access token.
+pub(crate) const GCP_RULES: &str = "cloud: gcp
+rules:
+  - name: platform-allowed
+    description: the platform pod may get the default service account's access token
+    subjects:
+      - namespace: platform
+        podSelector:
+          matchLabels: {app: allowed}
+    paths: [/computeMetadata/v1/instance/service-accounts/default/token]
+";
+
+/// The rules of the lab's `MetadataAccessPolicy` for `cloud` (its `spec`).
+pub(crate) fn rules(cloud: Cloud) -> &'static str {
+    match cloud {
+        Cloud::Azure => RULES,
+        Cloud::Aws => AWS_RULES,
+        Cloud::Gcp => GCP_RULES,
+    }
+}
 
 /// The API namespace of each lab pod that has a Pod object (the spoofer has none: it
 /// borrows `allowed`'s address and is no pod the node hosts at it).
@@ -251,6 +296,9 @@ impl Drop for Proc {
 /// on drop.
 pub(crate) struct KubeLab {
     config: KubernetesConfig,
+    /// The cloud the node stands in: the policy's `spec.cloud`, the controller's and the
+    /// agent's `--cloud`, the targets of the read-back audit.
+    cloud: Cloud,
     /// The lab's own folder: the control plane's state folder, also holding the agent's
     /// and the controller's logs. `control-plane.sh down` removes it whole (`up` made it
     /// with an owner pid), also when its watchdog runs `down` after the lab is gone.
@@ -305,7 +353,11 @@ fn run_script(script: &Path, args: &[&str], owner: bool) -> Result<String, LabEr
 impl KubeLab {
     /// Starts the control plane in this (the node's) namespace and registers the node
     /// and its pods, with their status, as the kubelet would.
-    pub(crate) fn start(config: &KubernetesConfig, sandbox: &Sandbox) -> Result<KubeLab, LabError> {
+    pub(crate) fn start(
+        config: &KubernetesConfig,
+        sandbox: &Sandbox,
+        cloud: Cloud,
+    ) -> Result<KubeLab, LabError> {
         let script = &config.control_plane_script;
         let missing: Vec<&str> = ["setpriv", "bash"]
             .into_iter()
@@ -338,6 +390,7 @@ impl KubeLab {
         let kubectl = PathBuf::from(bins.trim()).join("kubectl");
         let mut lab = KubeLab {
             config: config.clone(),
+            cloud,
             dir,
             kubeconfig: PathBuf::new(),
             kubectl,
@@ -417,7 +470,7 @@ impl KubeLab {
 
     /// The kubelet's part: the Node (Ready, its InternalIP), then each pod the node hosts
     /// (not the spoofer) as a Pod bound to it, labelled `app: <name>`, with its status
-    /// (Running, `podIP`/`podIPs`). The agent finds each pod's interface by `ip route
+    /// (Running, `podIP`/`podIPs`: both addresses of a dual-stack pod). The agent finds each pod's interface by `ip route
     /// get`, as on a node whose CNI writes no annotation.
     fn register(&mut self, sandbox: &Sandbox) -> Result<(), LabError> {
         self.apply(&format!(
@@ -441,7 +494,7 @@ impl KubeLab {
                 continue;
             };
             namespaces.insert(ns);
-            pods.push((ns, pod.name().to_owned(), pod.spec().addr));
+            pods.push((ns, pod.name().to_owned(), pod.spec().addrs()));
         }
         for ns in &namespaces {
             manifests +=
@@ -453,12 +506,17 @@ impl KubeLab {
             );
         }
         self.apply(&manifests)?;
-        for (ns, name, addr) in &pods {
+        for (ns, name, addrs) in &pods {
+            // `podIP` is the first of `podIPs` (IPv4 first, as the API server requires
+            // of a dual-stack pod: one address per family).
+            let addr = addrs[0];
+            let ips: Vec<String> = addrs.iter().map(|a| format!(r#"{{"ip":"{a}"}}"#)).collect();
+            let ips = ips.join(",");
             self.kubectl(
                 &[
                     "patch", "pod", name, "-n", ns, "--subresource=status", "--type=merge", "-p",
                     &format!(
-                        r#"{{"status":{{"phase":"Running","hostIP":"{NODE_ADDR}","podIP":"{addr}","podIPs":[{{"ip":"{addr}"}}],"conditions":[{{"type":"Ready","status":"True"}}]}}}}"#
+                        r#"{{"status":{{"phase":"Running","hostIP":"{NODE_ADDR}","podIP":"{addr}","podIPs":[{ips}],"conditions":[{{"type":"Ready","status":"True"}}]}}}}"#
                     ),
                 ],
                 None,
@@ -470,7 +528,8 @@ impl KubeLab {
 
     /// Applies the CRD and the lab's `MetadataAccessPolicy`, starts the controller and the
     /// agent (block mode, `--kubernetes`), and waits until the generated policies are in
-    /// every lab namespace and the agent's allow set holds exactly `allowed`'s pair.
+    /// every lab namespace and the agent's allow set holds exactly `allowed`'s pairs (one
+    /// per family: AWS and GCP pods are dual-stack).
     /// Returns the phase's description.
     pub(crate) fn protect(&mut self, allowed: &[SourcePair]) -> Result<String, LabError> {
         self.apply(CRD_YAML)?;
@@ -500,13 +559,13 @@ impl KubeLab {
                 _ => std::thread::sleep(Duration::from_millis(100)),
             }
         }
-        self.apply(&policy_yaml())?;
+        self.apply(&policy_yaml(self.cloud))?;
         let kubeconfig = self.kubeconfig.clone();
         let envs = [("KUBECONFIG", kubeconfig.as_path())];
         let mut controller = Proc::spawn(
             "imdsguard controller",
             &self.config.imdsguard,
-            &controller_args(),
+            &controller_args(self.cloud),
             &envs,
             self.dir.join("controller.log"),
         )?;
@@ -520,14 +579,15 @@ impl KubeLab {
         let mut agent = Proc::spawn(
             "imdsguard agent",
             &self.config.imdsguard,
-            &agent_args(),
+            &agent_args(self.cloud),
             &envs,
             self.dir.join("agent.log"),
         )?;
         agent.wait_for_line("enforcing ", Duration::from_secs(30))?;
         self.agent = Some(agent);
 
-        // The agent picks the object up: exactly `allowed`'s pair allowlisted.
+        // The agent picks the object up: exactly `allowed`'s pairs allowlisted (both
+        // families for a dual-stack pod, from its `status.podIPs`).
         let want: BTreeSet<SourcePair> = allowed.iter().cloned().collect();
         let exec = Exec::here();
         let mut last = None;
@@ -575,15 +635,21 @@ impl KubeLab {
             );
             return Err(self.controller.as_mut().expect("started").failed(&why));
         }
+        let cloud = self.cloud.name();
         Ok(format!(
-            "MetadataAccessPolicy/{POLICY_NAME} (platform/allowed expected) on the API server {}: imdsguard controller keeps the generated NetworkPolicies, imdsguard agent run --kubernetes --mode block allowlists the pods it selects on {NODE_NAME}",
-            self.api_server
+            "MetadataAccessPolicy/{POLICY_NAME} (spec.cloud {cloud}, platform/allowed expected) on the API server {}: imdsguard controller --cloud {cloud} keeps the generated NetworkPolicies, imdsguard agent run --kubernetes --cloud {cloud} --mode block allowlists the pods it selects on {NODE_NAME}{}",
+            self.api_server,
+            match self.cloud {
+                Cloud::Azure => "",
+                _ => " by both addresses (IPv4 and IPv6)",
+            }
         ))
     }
 
     /// Reads the namespaces, pods and NetworkPolicies back from the API server, writes
     /// them to `--dump-policies` when given, and audits them with the core: what may
-    /// reach each Azure target, and what the rules expect.
+    /// reach each of the cloud's targets (both families for AWS and GCP), and what the
+    /// rules expect.
     pub(crate) fn read_back(&self) -> Result<KubernetesResult, LabError> {
         let mut texts = Vec::new();
         for (file, kind) in [
@@ -639,8 +705,9 @@ impl KubeLab {
             })
             .collect();
         let cluster = Cluster::build(objects);
-        let rules = AccessRules::parse(RULES).map_err(|e| LabError::Lab(e.to_string()))?;
-        let targets = Cloud::Azure.targets();
+        let rules =
+            AccessRules::parse(rules(self.cloud)).map_err(|e| LabError::Lab(e.to_string()))?;
+        let targets = self.cloud.targets();
         let options = AuditOptions {
             targets: targets.clone(),
             // The NetworkPolicy API's own semantics: no engine runs here (docs/lab.md).
@@ -696,12 +763,19 @@ impl KubeLab {
     }
 
     /// What the read-back audit shows that it should not: a workload other than the
-    /// expected one reaching a target, or the expected one not reaching IMDS.
+    /// expected one reaching a target, or the expected one not reaching the instance
+    /// metadata service (IMDS, over IPv4 and, for AWS and GCP, IPv6). The other targets
+    /// (WireServer; AWS's Pod Identity agent and ECS task metadata) are reachable by no
+    /// pod: the generated policies except the expected pods for the instance metadata
+    /// service only (`core::generate::is_expected_target`).
     pub(crate) fn unexpected(result: &KubernetesResult) -> Vec<String> {
         let mut out = Vec::new();
-        let imds = imdsguard_core::target::IMDS.to_string();
         for t in &result.audit {
-            let allowed: &[&str] = if t.target == imds {
+            let imds = t
+                .target
+                .parse::<imdsguard_core::target::Target>()
+                .is_ok_and(|t| t.is_instance_metadata());
+            let allowed: &[&str] = if imds {
                 &["platform/allowed[Pod]"]
             } else {
                 &[]
@@ -742,30 +816,33 @@ impl Drop for KubeLab {
     }
 }
 
-/// The lab's `MetadataAccessPolicy` ([`RULES`] as its spec).
-pub(crate) fn policy_yaml() -> String {
-    let spec: String = RULES.lines().map(|l| format!("  {l}\n")).collect();
+/// The lab's `MetadataAccessPolicy` for `cloud` ([`rules`] as its spec).
+pub(crate) fn policy_yaml(cloud: Cloud) -> String {
+    let spec: String = rules(cloud).lines().map(|l| format!("  {l}\n")).collect();
     format!(
         "apiVersion: imdsguard.io/v1alpha1\nkind: MetadataAccessPolicy\nmetadata:\n  name: {POLICY_NAME}\nspec:\n{spec}"
     )
 }
 
-/// `imdsguard controller`: NetworkPolicies (the one kind both analyzers read).
-fn controller_args() -> Vec<String> {
+/// `imdsguard controller`: NetworkPolicies (the one kind both analyzers read), for the
+/// lab's cloud.
+fn controller_args(cloud: Cloud) -> Vec<String> {
     [
         "controller",
         "--engine",
         "networkpolicy",
         "--metrics-listen",
         "127.0.0.1:0",
+        "--cloud",
+        cloud.name(),
     ]
     .map(String::from)
     .to_vec()
 }
 
 /// `imdsguard agent run --kubernetes` on the lab node, block mode, its admin listener on
-/// the node's loopback.
-fn agent_args() -> Vec<String> {
+/// the node's loopback, for the lab's cloud.
+fn agent_args(cloud: Cloud) -> Vec<String> {
     [
         "agent",
         "run",
@@ -778,6 +855,8 @@ fn agent_args() -> Vec<String> {
         "127.0.0.1:0",
         "--check-interval",
         "1s",
+        "--cloud",
+        cloud.name(),
     ]
     .map(String::from)
     .to_vec()
@@ -789,7 +868,7 @@ mod tests {
 
     #[test]
     fn the_policy_object_carries_the_rules_and_selects_allowed() {
-        let yaml = policy_yaml();
+        let yaml = policy_yaml(Cloud::Azure);
         let value: serde_json::Value = serde_norway::from_str(&yaml).unwrap();
         assert_eq!(value["kind"], "MetadataAccessPolicy");
         assert_eq!(value["metadata"]["name"], POLICY_NAME);
@@ -848,6 +927,114 @@ mod tests {
             found[2].contains("platform/allowed[Pod] may reach 168.63.129.16"),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn each_clouds_policy_is_of_its_cloud_and_gives_secrets_to_allowed_alone() {
+        use imdsguard_core::access::{Decision, PodInfo};
+        use imdsguard_core::canon::{Canonicalizer, Limits, default_hosts};
+        use imdsguard_core::cloud_access::{CloudRequest, evaluate};
+        let pod = |ns: &str, name: &str| {
+            let mut p = PodInfo::new(ns, name);
+            p.labels.insert("app".into(), name.into());
+            p
+        };
+        let (allowed, web, batch) = (
+            pod("platform", "allowed"),
+            pod("shop", "web"),
+            pod("jobs", "batch"),
+        );
+        for (cloud, method, secret) in [
+            (
+                Cloud::Aws,
+                "GET",
+                "/latest/meta-data/iam/security-credentials/imdsguard-demo-node-role",
+            ),
+            (Cloud::Aws, "PUT", "/latest/api/token"),
+            (
+                Cloud::Gcp,
+                "GET",
+                "/computeMetadata/v1/instance/service-accounts/default/token",
+            ),
+        ] {
+            let value: serde_json::Value = serde_norway::from_str(&policy_yaml(cloud)).unwrap();
+            assert_eq!(value["spec"]["cloud"], cloud.name());
+            // The spec as the CRD's reader takes it (`AccessRules::from_value`).
+            let rules = AccessRules::from_value(value["spec"].clone()).unwrap();
+            assert_eq!(rules.cloud(), cloud);
+            let t = Canonicalizer::for_cloud(cloud, Limits::default(), default_hosts(cloud))
+                .canonicalize(secret)
+                .unwrap();
+            let req = CloudRequest::new(cloud, method, &t).unwrap();
+            let grants = |p: &PodInfo| matches!(evaluate(&rules, p, &req), Decision::Allow(_));
+            assert!(grants(&allowed), "{cloud}: {method} {secret}");
+            assert!(
+                !grants(&web) && !grants(&batch),
+                "{cloud}: {method} {secret}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_read_back_audit_expects_allowed_on_imds_in_both_families_alone() {
+        use imdsguard_core::target::{AWS_IMDS_IPV6, AWS_POD_IDENTITY, GCP_METADATA_IPV6, IMDS};
+        let audit = |reach: &[(imdsguard_core::target::Target, &[&str])]| KubernetesResult {
+            api_server: String::new(),
+            node: NODE_NAME.into(),
+            pods: Vec::new(),
+            policy: String::new(),
+            network_policies: Vec::new(),
+            audit: reach
+                .iter()
+                .map(|(t, r)| AuditTarget {
+                    target: t.to_string(),
+                    reachable: r.iter().map(|s| s.to_string()).collect(),
+                    expected: Vec::new(),
+                })
+                .collect(),
+            dump: None,
+            policy_status: None,
+        };
+        let allowed: &[&str] = &["platform/allowed[Pod]"];
+        let good = audit(&[
+            (IMDS, allowed),
+            (AWS_IMDS_IPV6, allowed),
+            (AWS_POD_IDENTITY, &[]),
+        ]);
+        assert!(KubeLab::unexpected(&good).is_empty());
+        // IPv6 left open to another pod, or closed to allowed; Pod Identity open to it.
+        let bad = audit(&[
+            (
+                GCP_METADATA_IPV6,
+                &["platform/allowed[Pod]", "shop/web[Pod]"],
+            ),
+            (AWS_IMDS_IPV6, &[]),
+            (AWS_POD_IDENTITY, allowed),
+        ]);
+        let found = KubeLab::unexpected(&bad);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(
+            found[0].contains("shop/web[Pod] may reach [fd20:ce::254]:80"),
+            "{found:?}"
+        );
+        assert!(
+            found[1].contains("may not reach [fd00:ec2::254]:80"),
+            "{found:?}"
+        );
+        assert!(
+            found[2].contains("may reach 169.254.170.23:80"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn the_controller_and_the_agent_run_for_the_labs_cloud() {
+        for cloud in Cloud::ALL {
+            for args in [controller_args(cloud), agent_args(cloud)] {
+                let at = args.iter().position(|a| a == "--cloud").unwrap();
+                assert_eq!(args[at + 1], cloud.name());
+            }
+        }
     }
 
     #[test]

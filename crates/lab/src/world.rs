@@ -972,7 +972,7 @@ pub(crate) fn run(isolated: &Isolated, args: &LabConfig) -> Result<LabReport, La
         .map_err(imdsguard_node::NodeError::from)?;
     let pods = pod_infos(cloud, &sandbox, &allowed, &known, kube_mode, host.as_ref());
     let mut kube = match &args.kubernetes {
-        Some(k) => Some(KubeLab::start(k, &sandbox)?),
+        Some(k) => Some(KubeLab::start(k, &sandbox, cloud)?),
         None => None,
     };
 
