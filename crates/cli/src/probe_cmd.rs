@@ -164,46 +164,27 @@ pub(crate) fn run(args: ProbeArgs) -> anyhow::Result<ExitStatusCode> {
 /// per endpoint (IMDS, WireServer, HostGAPlugin) the address, what the probe saw at the
 /// network level, the classes of its steps, and whether something sensitive came back.
 /// AWS and GCP: the metadata endpoint is the IMDS entry (its steps, the extra TCP
-/// checks of the IPv6 address and the Pod Identity agent left out), the others are
-/// `not-checked`.
+/// checks left out), WireServer and HostGAPlugin are `not-checked`, and each extra TCP
+/// check is an endpoint of its own: `imds-ipv6` (`--ipv6`), `pod-identity` and
+/// `pod-identity-ipv6` (`--pod-identity`, the latter with `--ipv6`). An extra check the
+/// probe was not asked for is left out of the message (`verify` reads a missing
+/// endpoint as not checked): a `verify` older than these endpoints, which never asks
+/// for them, reads the message of a newer probe image as before.
 pub(crate) fn termination_message(config: &ProbeConfig, report: &Report) -> ProbeResult {
     if config.cloud != Cloud::Azure {
-        let endpoints = ProbeEndpoint::ALL
-            .iter()
-            .map(|&endpoint| {
-                let (address, steps): (String, Vec<_>) = match endpoint {
-                    ProbeEndpoint::Imds => (
-                        config.endpoint.authority(),
-                        report
-                            .steps
-                            .iter()
-                            .filter(|s| {
-                                !matches!(
-                                    s.name,
-                                    imdsguard_probe::StepName::TcpConnectIpv6
-                                        | imdsguard_probe::StepName::PodIdentityTcp
-                                )
-                            })
-                            .map(|s| (s.class.as_str(), s.http_status, s.class.is_sensitive()))
-                            .collect(),
-                    ),
-                    _ => (
-                        format!("not checked (--cloud {})", config.cloud.name()),
-                        Vec::new(),
-                    ),
-                };
-                EndpointResult::from_steps(endpoint, address, steps)
-            })
-            .collect();
-        return ProbeResult::new(endpoints, report.summary.reachable.clone());
+        return cloud_termination_message(config, report);
     }
-    let endpoints = ProbeEndpoint::ALL
+    let endpoints = ProbeEndpoint::of_cloud(Cloud::Azure)
         .iter()
         .map(|&endpoint| {
             let address = match endpoint {
                 ProbeEndpoint::Imds => Some(config.endpoint.authority()),
                 ProbeEndpoint::Wireserver => config.wireserver.as_ref().map(|u| u.authority()),
                 ProbeEndpoint::Hostgaplugin => config.hostgaplugin.as_ref().map(|u| u.authority()),
+                // Not Azure's endpoints.
+                ProbeEndpoint::ImdsIpv6
+                | ProbeEndpoint::PodIdentity
+                | ProbeEndpoint::PodIdentityIpv6 => None,
             };
             let steps = report
                 .steps
@@ -217,6 +198,58 @@ pub(crate) fn termination_message(config: &ProbeConfig, report: &Report) -> Prob
             )
         })
         .collect();
+    ProbeResult::new(endpoints, report.summary.reachable.clone())
+}
+
+/// [`termination_message`] under `--cloud aws|gcp`.
+fn cloud_termination_message(config: &ProbeConfig, report: &Report) -> ProbeResult {
+    use imdsguard_probe::StepName;
+    let steps = |endpoint: ProbeEndpoint| -> Vec<(&str, Option<u16>, bool)> {
+        report
+            .steps
+            .iter()
+            .filter(|s| {
+                let extra = matches!(s.name, StepName::TcpConnectIpv6 | StepName::PodIdentityTcp);
+                if endpoint == ProbeEndpoint::Imds {
+                    !extra
+                } else {
+                    extra && ProbeEndpoint::of_step_to(s.name.as_str(), &s.target) == Some(endpoint)
+                }
+            })
+            .map(|s| (s.class.as_str(), s.http_status, s.class.is_sensitive()))
+            .collect()
+    };
+    let not_checked = format!("not checked (--cloud {})", config.cloud.name());
+    let mut endpoints: Vec<EndpointResult> = vec![
+        EndpointResult::from_steps(
+            ProbeEndpoint::Imds,
+            config.endpoint.authority(),
+            steps(ProbeEndpoint::Imds),
+        ),
+        EndpointResult::from_steps(ProbeEndpoint::Wireserver, not_checked.clone(), Vec::new()),
+        EndpointResult::from_steps(ProbeEndpoint::Hostgaplugin, not_checked, Vec::new()),
+    ];
+    // The extra TCP checks asked for, each at the address the probe went to.
+    let extra = config
+        .ipv6_endpoint
+        .iter()
+        .map(|url| (StepName::TcpConnectIpv6, url))
+        .chain(
+            config
+                .pod_identity
+                .iter()
+                .map(|url| (StepName::PodIdentityTcp, url)),
+        );
+    for (name, url) in extra {
+        let address = url.authority();
+        if let Some(endpoint) = ProbeEndpoint::of_step_to(name.as_str(), &address) {
+            endpoints.push(EndpointResult::from_steps(
+                endpoint,
+                address,
+                steps(endpoint),
+            ));
+        }
+    }
     ProbeResult::new(endpoints, report.summary.reachable.clone())
 }
 
@@ -439,5 +472,225 @@ mod tests {
         let ws = back.endpoint(ProbeEndpoint::Wireserver).unwrap();
         assert_eq!(ws.address, "not checked (--cloud aws)");
         assert!(ws.classes.is_empty() && !ws.sensitive);
+    }
+
+    fn step_to(name: StepName, target: &str, class: Class) -> Step {
+        Step {
+            target: target.into(),
+            ..step(name, class, None)
+        }
+    }
+
+    fn cloud_report(cloud: Cloud, config: &ProbeConfig, steps: Vec<Step>) -> Report {
+        Report {
+            cloud,
+            endpoint: config.endpoint.to_string(),
+            wireserver: None,
+            hostgaplugin: None,
+            api_version: None,
+            token_api_version: None,
+            identities: Vec::new(),
+            steps,
+            summary: Summary {
+                sensitive: true,
+                reachable: vec!["the credentials of role r, and a long sentence".repeat(8); 60],
+                counts: Default::default(),
+                exit_code: 1,
+            },
+        }
+    }
+
+    /// The dual-stack bypass: IMDS blocked on IPv4, open on IPv6; the Pod Identity
+    /// agent open on IPv4, blocked on IPv6. Each TCP check is its own endpoint, and the
+    /// IMDS entry keeps its own steps only.
+    #[test]
+    fn termination_message_of_the_extra_tcp_checks() {
+        let settings = parse(&["--cloud", "aws", "--ipv6", "--pod-identity"])
+            .unwrap()
+            .settings();
+        let config = ProbeConfig::from_settings(&settings).unwrap();
+        let report = cloud_report(
+            Cloud::Aws,
+            &config,
+            vec![
+                step_to(
+                    StepName::TcpConnect,
+                    "169.254.169.254:80",
+                    Class::BlockedTimeout,
+                ),
+                step_to(
+                    StepName::TcpConnectIpv6,
+                    "[fd00:ec2::254]:80",
+                    Class::Reachable,
+                ),
+                step_to(
+                    StepName::PodIdentityTcp,
+                    "169.254.170.23:80",
+                    Class::Reachable,
+                ),
+                step_to(
+                    StepName::PodIdentityTcp,
+                    "[fd00:ec2::23]:80",
+                    Class::BlockedRefused,
+                ),
+                step(StepName::Imdsv1, Class::NotChecked, None),
+                step(StepName::Credentials, Class::NotChecked, None),
+            ],
+        );
+        let text = termination_message(&config, &report).to_message();
+        assert!(text.len() <= imdsguard_kube::verify::message::MAX_MESSAGE_BYTES);
+        let back = ProbeResult::from_message(&text).unwrap();
+        let got: Vec<(ProbeEndpoint, &str, Seen, Vec<String>)> = back
+            .endpoints
+            .iter()
+            .map(|e| (e.endpoint, e.address.as_str(), e.seen, e.classes.clone()))
+            .collect();
+        let classes = |c: &[&str]| c.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            got,
+            [
+                (
+                    ProbeEndpoint::Imds,
+                    "169.254.169.254:80",
+                    Seen::Blocked,
+                    classes(&["blocked-timeout", "not-checked"])
+                ),
+                (
+                    ProbeEndpoint::Wireserver,
+                    "not checked (--cloud aws)",
+                    Seen::Unknown,
+                    Vec::new()
+                ),
+                (
+                    ProbeEndpoint::Hostgaplugin,
+                    "not checked (--cloud aws)",
+                    Seen::Unknown,
+                    Vec::new()
+                ),
+                (
+                    ProbeEndpoint::ImdsIpv6,
+                    "[fd00:ec2::254]:80",
+                    Seen::Reachable,
+                    classes(&["reachable"])
+                ),
+                (
+                    ProbeEndpoint::PodIdentity,
+                    "169.254.170.23:80",
+                    Seen::Reachable,
+                    classes(&["reachable"])
+                ),
+                (
+                    ProbeEndpoint::PodIdentityIpv6,
+                    "[fd00:ec2::23]:80",
+                    Seen::Blocked,
+                    classes(&["blocked-refused"])
+                ),
+            ]
+        );
+        // The endpoints stay whole; the sentences are what gives way.
+        assert!(back.reachable.len() < 60);
+
+        // GCP: its own IPv6 address, no Pod Identity agent.
+        let settings = parse(&["--cloud", "gcp", "--ipv6"]).unwrap().settings();
+        let config = ProbeConfig::from_settings(&settings).unwrap();
+        let report = cloud_report(
+            Cloud::Gcp,
+            &config,
+            vec![
+                step_to(StepName::TcpConnect, "169.254.169.254:80", Class::Reachable),
+                step_to(
+                    StepName::TcpConnectIpv6,
+                    "[fd20:ce::254]:80",
+                    Class::BlockedTimeout,
+                ),
+                step(StepName::ProjectId, Class::Readable, Some(200)),
+            ],
+        );
+        let back =
+            ProbeResult::from_message(&termination_message(&config, &report).to_message()).unwrap();
+        assert_eq!(
+            back.endpoints
+                .iter()
+                .map(|e| e.endpoint)
+                .collect::<Vec<_>>(),
+            [
+                ProbeEndpoint::Imds,
+                ProbeEndpoint::Wireserver,
+                ProbeEndpoint::Hostgaplugin,
+                ProbeEndpoint::ImdsIpv6
+            ]
+        );
+        let imds = back.endpoint(ProbeEndpoint::Imds).unwrap();
+        assert_eq!(imds.classes, ["reachable", "readable"]);
+        let v6 = back.endpoint(ProbeEndpoint::ImdsIpv6).unwrap();
+        assert_eq!(
+            (v6.address.as_str(), v6.seen),
+            ("[fd20:ce::254]:80", Seen::Blocked)
+        );
+    }
+
+    /// Without --ipv6 and --pod-identity the message is the one verify read before
+    /// these endpoints: IMDS, WireServer and HostGAPlugin only.
+    #[test]
+    fn termination_message_without_the_extra_checks_lists_none_of_them() {
+        let settings = parse(&["--cloud", "aws"]).unwrap().settings();
+        let config = ProbeConfig::from_settings(&settings).unwrap();
+        let report = cloud_report(
+            Cloud::Aws,
+            &config,
+            vec![step_to(
+                StepName::TcpConnect,
+                "169.254.169.254:80",
+                Class::Reachable,
+            )],
+        );
+        let back =
+            ProbeResult::from_message(&termination_message(&config, &report).to_message()).unwrap();
+        assert_eq!(
+            back.endpoints
+                .iter()
+                .map(|e| e.endpoint)
+                .collect::<Vec<_>>(),
+            [
+                ProbeEndpoint::Imds,
+                ProbeEndpoint::Wireserver,
+                ProbeEndpoint::Hostgaplugin
+            ]
+        );
+        // --pod-identity alone: the agent on IPv4 only.
+        let settings = parse(&["--cloud", "aws", "--pod-identity"])
+            .unwrap()
+            .settings();
+        let config = ProbeConfig::from_settings(&settings).unwrap();
+        let report = cloud_report(
+            Cloud::Aws,
+            &config,
+            vec![
+                step_to(StepName::TcpConnect, "169.254.169.254:80", Class::Reachable),
+                step_to(
+                    StepName::PodIdentityTcp,
+                    "169.254.170.23:80",
+                    Class::BlockedTimeout,
+                ),
+            ],
+        );
+        let back =
+            ProbeResult::from_message(&termination_message(&config, &report).to_message()).unwrap();
+        assert_eq!(
+            back.endpoints
+                .iter()
+                .map(|e| e.endpoint)
+                .collect::<Vec<_>>(),
+            [
+                ProbeEndpoint::Imds,
+                ProbeEndpoint::Wireserver,
+                ProbeEndpoint::Hostgaplugin,
+                ProbeEndpoint::PodIdentity
+            ]
+        );
+        assert_eq!(
+            back.endpoint(ProbeEndpoint::Imds).unwrap().classes,
+            ["reachable"]
+        );
     }
 }

@@ -16,7 +16,7 @@ use imdsguard_core::engine::{Engine, EngineSettings};
 use imdsguard_core::engine_detect::{ClusterSignals, EngineDecision};
 use imdsguard_core::manifest::Loaded;
 use imdsguard_core::model::{Controller, ControllerKind, Object, PodTemplate, Source};
-use imdsguard_core::target::Target;
+use imdsguard_core::target::{Cloud, Target};
 use serde::Serialize;
 
 use super::message::{EndpointResult, ProbeEndpoint, Seen};
@@ -224,8 +224,11 @@ pub fn compare(
 }
 
 /// [`compare`] for every target, the probe's endpoint for each found by
-/// [`ProbeEndpoint::for_target`].
+/// [`ProbeEndpoint::for_cloud_target`] (`cloud` is the one the probe walked). A target
+/// whose endpoint the result does not list (an older probe, or a check it was not
+/// asked for) is [`Seen::Unknown`].
 pub fn compare_all(
+    cloud: Cloud,
     targets: &[Target],
     predicted: Option<&[Predicted]>,
     observed: Option<&super::message::ProbeResult>,
@@ -234,7 +237,7 @@ pub fn compare_all(
         .iter()
         .enumerate()
         .map(|(i, t)| {
-            let endpoint = ProbeEndpoint::for_target(t);
+            let endpoint = ProbeEndpoint::for_cloud_target(cloud, t);
             let seen = observed.and_then(|r| endpoint.and_then(|e| r.endpoint(e)));
             compare(*t, predicted.and_then(|p| p.get(i)), seen)
         })
@@ -243,6 +246,7 @@ pub fn compare_all(
 
 #[cfg(test)]
 mod tests {
+    use super::super::message::ProbeResult;
     use super::*;
     use imdsguard_core::target::IMDS;
 
@@ -287,5 +291,228 @@ mod tests {
             (none.agreement, none.seen),
             (Agreement::Unknown, Seen::Unknown)
         );
+    }
+
+    /// The audit's verdicts for a probe pod in namespace `payments` of a cluster made of
+    /// `yaml`, for `cloud`'s targets the probe observes.
+    fn predict_cloud(cloud: Cloud, yaml: &str) -> (Vec<Target>, Vec<Predicted>) {
+        let targets: Vec<Target> = cloud
+            .targets()
+            .into_iter()
+            .filter(|t| ProbeEndpoint::for_cloud_target(cloud, t).is_some())
+            .collect();
+        let snapshot = imdsguard_core::manifest::parse("cluster.yaml", yaml);
+        assert!(snapshot.errors.is_empty(), "{:?}", snapshot.errors);
+        let pod = PodToPredict {
+            namespace: "payments".into(),
+            job: "imdsguard-verify-abc".into(),
+            template: PodTemplate {
+                labels: BTreeMap::from([("app".into(), "probe".into())]),
+                host_network: false,
+                service_account: "default".into(),
+            },
+        };
+        let prediction = predict(
+            &snapshot,
+            &[pod],
+            &targets,
+            Some(EngineSettings::new(Engine::Generic)),
+            &ClusterSignals::default(),
+        );
+        let verdicts = prediction.verdicts["payments"].clone();
+        assert_eq!(verdicts.len(), targets.len());
+        (targets, verdicts)
+    }
+
+    /// What `imdsguard probe --cloud CLOUD --ipv6 [--pod-identity] --termination-log`
+    /// writes when each endpoint's TCP step ended `class`.
+    fn probe_saw(cloud: Cloud, classes: &[(ProbeEndpoint, &str)]) -> ProbeResult {
+        ProbeResult::new(
+            classes
+                .iter()
+                .map(|(e, class)| {
+                    EndpointResult::from_steps(
+                        *e,
+                        e.target_in(cloud).unwrap().to_string(),
+                        [(*class, None, false)],
+                    )
+                })
+                .collect(),
+            Vec::new(),
+        )
+    }
+
+    const NS: &str = "apiVersion: v1
+kind: Namespace
+metadata: {name: payments}
+";
+
+    /// The IPv4-only deny: every address but 169.254.169.254 on IPv4, and all of IPv6.
+    const DENY_IMDS_V4_ONLY: &str = "---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-imds-v4, namespace: payments}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+  - to:
+    - ipBlock: {cidr: 0.0.0.0/0, except: [169.254.169.254/32]}
+    - ipBlock: {cidr: '::/0'}
+";
+
+    const DENY_ALL_EGRESS: &str = "---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-egress, namespace: payments}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+";
+
+    fn by_target(results: &[TargetResult], target: Target) -> &TargetResult {
+        results.iter().find(|r| r.target == target).unwrap()
+    }
+
+    #[test]
+    fn an_ipv4_only_deny_leaves_ipv6_open_and_the_probe_agrees() {
+        use imdsguard_core::target::{
+            AWS_IMDS_IPV6, AWS_POD_IDENTITY, AWS_POD_IDENTITY_IPV6, GCP_METADATA_IPV6,
+        };
+        let yaml = format!("{NS}{DENY_IMDS_V4_ONLY}");
+        let (targets, verdicts) = predict_cloud(Cloud::Aws, &yaml);
+        assert_eq!(
+            targets,
+            [IMDS, AWS_IMDS_IPV6, AWS_POD_IDENTITY, AWS_POD_IDENTITY_IPV6]
+        );
+        assert_eq!(
+            verdicts.iter().map(|v| v.reachable).collect::<Vec<_>>(),
+            [false, true, true, true],
+            "{verdicts:#?}"
+        );
+        let observed = probe_saw(
+            Cloud::Aws,
+            &[
+                (ProbeEndpoint::Imds, "blocked-timeout"),
+                (ProbeEndpoint::ImdsIpv6, "reachable"),
+                (ProbeEndpoint::PodIdentity, "reachable"),
+                // Something besides the policies drops the agent's IPv6 address.
+                (ProbeEndpoint::PodIdentityIpv6, "blocked-refused"),
+            ],
+        );
+        let results = compare_all(Cloud::Aws, &targets, Some(&verdicts), Some(&observed));
+        let v4 = by_target(&results, IMDS);
+        assert_eq!((v4.seen, v4.agreement), (Seen::Blocked, Agreement::Agree));
+        let v6 = by_target(&results, AWS_IMDS_IPV6);
+        assert_eq!((v6.seen, v6.agreement), (Seen::Reachable, Agreement::Agree));
+        assert!(v6.reached());
+        let agent = by_target(&results, AWS_POD_IDENTITY);
+        assert_eq!(agent.agreement, Agreement::Agree);
+        let agent6 = by_target(&results, AWS_POD_IDENTITY_IPV6);
+        assert_eq!(
+            (agent6.agreement, agent6.severity),
+            (Agreement::Disagree, Some(Severity::Medium))
+        );
+
+        // GCP: the same policy, its own IPv6 address.
+        let (targets, verdicts) = predict_cloud(Cloud::Gcp, &yaml);
+        assert_eq!(targets, [IMDS, GCP_METADATA_IPV6]);
+        let observed = probe_saw(
+            Cloud::Gcp,
+            &[
+                (ProbeEndpoint::Imds, "blocked-timeout"),
+                (ProbeEndpoint::ImdsIpv6, "reachable"),
+            ],
+        );
+        let results = compare_all(Cloud::Gcp, &targets, Some(&verdicts), Some(&observed));
+        assert_eq!(
+            results
+                .iter()
+                .map(|r| (r.seen, r.agreement))
+                .collect::<Vec<_>>(),
+            [
+                (Seen::Blocked, Agreement::Agree),
+                (Seen::Reachable, Agreement::Agree)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_probe_reaching_ipv6_where_the_audit_says_blocked_disagrees() {
+        use imdsguard_core::target::{AWS_IMDS_IPV6, AWS_POD_IDENTITY, AWS_POD_IDENTITY_IPV6};
+        let (targets, verdicts) = predict_cloud(Cloud::Aws, &format!("{NS}{DENY_ALL_EGRESS}"));
+        assert!(verdicts.iter().all(|v| !v.reachable), "{verdicts:#?}");
+        // The engine enforces IPv4 only: the IPv6 addresses answer.
+        let observed = probe_saw(
+            Cloud::Aws,
+            &[
+                (ProbeEndpoint::Imds, "blocked-timeout"),
+                (ProbeEndpoint::ImdsIpv6, "reachable"),
+                (ProbeEndpoint::PodIdentity, "blocked-timeout"),
+                (ProbeEndpoint::PodIdentityIpv6, "reachable"),
+            ],
+        );
+        let results = compare_all(Cloud::Aws, &targets, Some(&verdicts), Some(&observed));
+        assert_eq!(by_target(&results, IMDS).agreement, Agreement::Agree);
+        assert_eq!(
+            by_target(&results, AWS_POD_IDENTITY).agreement,
+            Agreement::Agree
+        );
+        for t in [AWS_IMDS_IPV6, AWS_POD_IDENTITY_IPV6] {
+            let r = by_target(&results, t);
+            assert_eq!(
+                (r.agreement, r.severity),
+                (Agreement::Disagree, Some(Severity::High)),
+                "{r:#?}"
+            );
+            assert!(
+                r.message.as_deref().unwrap().contains(&t.to_string()),
+                "{r:#?}"
+            );
+        }
+
+        // A probe that was not asked for the IPv6 checks (or an older image): the IPv6
+        // targets are unknown, never taken for blocked.
+        let imds_only = probe_saw(Cloud::Aws, &[(ProbeEndpoint::Imds, "blocked-timeout")]);
+        let results = compare_all(Cloud::Aws, &targets, Some(&verdicts), Some(&imds_only));
+        assert_eq!(
+            results.iter().map(|r| r.agreement).collect::<Vec<_>>(),
+            [
+                Agreement::Agree,
+                Agreement::Unknown,
+                Agreement::Unknown,
+                Agreement::Unknown
+            ]
+        );
+        // No result at all: every target unknown.
+        let results = compare_all(Cloud::Aws, &targets, Some(&verdicts), None);
+        assert!(results.iter().all(|r| r.agreement == Agreement::Unknown));
+    }
+
+    /// Under Azure the Azure endpoints are found as before, and an AWS endpoint in a
+    /// result is never taken for an Azure target.
+    #[test]
+    fn azure_targets_keep_their_endpoints() {
+        let targets = Cloud::Azure.targets();
+        let observed = ProbeResult::new(
+            ProbeEndpoint::of_cloud(Cloud::Azure)
+                .iter()
+                .map(|&e| EndpointResult::from_steps(e, "x", [("reachable", None, false)]))
+                .collect(),
+            Vec::new(),
+        );
+        let predicted = vec![predicted(true); 3];
+        let results = compare_all(Cloud::Azure, &targets, Some(&predicted), Some(&observed));
+        assert!(results.iter().all(|r| r.agreement == Agreement::Agree));
+        let v6 = compare_all(
+            Cloud::Azure,
+            &[imdsguard_core::target::AWS_IMDS_IPV6],
+            Some(&predicted),
+            Some(&probe_saw(
+                Cloud::Aws,
+                &[(ProbeEndpoint::ImdsIpv6, "reachable")],
+            )),
+        );
+        assert_eq!(v6[0].seen, Seen::Unknown);
     }
 }

@@ -131,10 +131,20 @@ pub fn expired(annotation: Option<&str>, now: SystemTime) -> bool {
 
 /// The probe's command-line arguments for these targets: JSON to the termination log,
 /// the IMDS endpoint always, WireServer and HostGAPlugin when a target names them;
-/// `--cloud aws|gcp` for those clouds (whose probe walks the metadata service alone).
+/// `--cloud aws|gcp` for those clouds, whose probe walks the metadata service on
+/// 169.254.169.254 and checks TCP reachability of what else a target names: `--ipv6`
+/// for the cloud's IPv6 metadata address (or the Pod Identity agent's IPv6 address),
+/// `--pod-identity` (aws) for the EKS Pod Identity agent on either family. The probe's
+/// `--pod-identity --ipv6` checks the agent on both families, so one family's target
+/// makes the probe check the other too; `verify` compares only the targets asked.
 pub fn probe_args(cloud: Cloud, targets: &[Target]) -> Vec<String> {
     if cloud != Cloud::Azure {
-        return [
+        let endpoints: Vec<ProbeEndpoint> = targets
+            .iter()
+            .filter_map(|t| ProbeEndpoint::for_cloud_target(cloud, t))
+            .collect();
+        let has = |e: ProbeEndpoint| endpoints.contains(&e);
+        let mut args: Vec<String> = [
             "probe",
             "--cloud",
             cloud.name(),
@@ -147,6 +157,15 @@ pub fn probe_args(cloud: Cloud, targets: &[Target]) -> Vec<String> {
         ]
         .map(String::from)
         .to_vec();
+        if has(ProbeEndpoint::ImdsIpv6) || has(ProbeEndpoint::PodIdentityIpv6) {
+            args.push("--ipv6".into());
+        }
+        if cloud == Cloud::Aws
+            && (has(ProbeEndpoint::PodIdentity) || has(ProbeEndpoint::PodIdentityIpv6))
+        {
+            args.push("--pod-identity".into());
+        }
+        return args;
     }
     let endpoints: Vec<ProbeEndpoint> = targets
         .iter()
@@ -474,6 +493,71 @@ mod tests {
         // Azure's command line is as before: no --cloud.
         let targets = Cloud::Azure.targets();
         assert!(!probe_args(Cloud::Azure, &targets).contains(&"--cloud".to_owned()));
+    }
+
+    #[test]
+    fn aws_and_gcp_probes_check_the_ipv6_address_and_the_pod_identity_agent_when_asked() {
+        use imdsguard_core::target::{
+            AWS_ECS_TASK_METADATA, AWS_IMDS_IPV6, AWS_POD_IDENTITY, AWS_POD_IDENTITY_IPV6,
+            GCP_METADATA_IPV6,
+        };
+        let base = |cloud: Cloud| {
+            format!(
+                "probe --cloud {} --format json --termination-log /dev/termination-log --endpoint http://169.254.169.254",
+                cloud.name()
+            )
+        };
+        let args = |cloud: Cloud, targets: &[Target]| probe_args(cloud, targets).join(" ");
+        let aws = base(Cloud::Aws);
+        let gcp = base(Cloud::Gcp);
+        for (cloud, targets, want) in [
+            (Cloud::Aws, vec![IMDS], aws.clone()),
+            (
+                Cloud::Aws,
+                Cloud::Aws.targets(),
+                format!("{aws} --ipv6 --pod-identity"),
+            ),
+            (
+                Cloud::Aws,
+                vec![IMDS, AWS_IMDS_IPV6],
+                format!("{aws} --ipv6"),
+            ),
+            (
+                Cloud::Aws,
+                vec![IMDS, AWS_POD_IDENTITY],
+                format!("{aws} --pod-identity"),
+            ),
+            // The agent's IPv6 address needs both flags (the probe's --pod-identity
+            // checks it only with --ipv6).
+            (
+                Cloud::Aws,
+                vec![AWS_POD_IDENTITY_IPV6],
+                format!("{aws} --ipv6 --pod-identity"),
+            ),
+            // ECS task metadata is not probed; the other cloud's IPv6 address is none
+            // of this one's.
+            (Cloud::Aws, vec![IMDS, AWS_ECS_TASK_METADATA], aws.clone()),
+            (Cloud::Aws, vec![IMDS, GCP_METADATA_IPV6], aws.clone()),
+            (Cloud::Gcp, vec![IMDS], gcp.clone()),
+            (Cloud::Gcp, Cloud::Gcp.targets(), format!("{gcp} --ipv6")),
+            // No --pod-identity under gcp: the probe refuses it there.
+            (
+                Cloud::Gcp,
+                vec![IMDS, AWS_POD_IDENTITY, AWS_POD_IDENTITY_IPV6, AWS_IMDS_IPV6],
+                gcp.clone(),
+            ),
+        ] {
+            assert_eq!(args(cloud, &targets), want, "{cloud} {targets:?}");
+        }
+        // Azure's command line ignores the other clouds' targets.
+        let mut targets = Cloud::Azure.targets();
+        targets.extend([AWS_IMDS_IPV6, AWS_POD_IDENTITY]);
+        let azure = args(Cloud::Azure, &targets);
+        assert!(
+            !azure.contains("--ipv6") && !azure.contains("--pod-identity"),
+            "{azure}"
+        );
+        assert_eq!(azure, args(Cloud::Azure, &Cloud::Azure.targets()));
     }
 
     #[test]

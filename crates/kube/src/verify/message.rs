@@ -11,7 +11,10 @@
 
 use std::fmt;
 
-use imdsguard_core::target::{Cloud, HOST_GA_PLUGIN, IMDS, MetadataService, Target, WIRESERVER};
+use imdsguard_core::target::{
+    AWS_IMDS_IPV6, AWS_POD_IDENTITY, AWS_POD_IDENTITY_IPV6, Cloud, GCP_METADATA_IPV6,
+    HOST_GA_PLUGIN, IMDS, MetadataService, Target, WIRESERVER,
+};
 use serde::{Deserialize, Serialize};
 
 /// The `format` field of every result this version writes.
@@ -34,22 +37,62 @@ pub enum ProbeEndpoint {
     Wireserver,
     /// HostGAPlugin's vmSettings (port 32526).
     Hostgaplugin,
+    /// AWS, GCP: the cloud's IPv6 metadata address (`[fd00:ec2::254]:80`,
+    /// `[fd20:ce::254]:80`), the probe's `tcp-connect-ipv6` step (`--ipv6`).
+    ImdsIpv6,
+    /// AWS: the EKS Pod Identity agent on IPv4 (`169.254.170.23:80`), the probe's
+    /// `pod-identity-tcp` step to that address (`--pod-identity`).
+    PodIdentity,
+    /// AWS: the EKS Pod Identity agent on IPv6 (`[fd00:ec2::23]:80`), the probe's
+    /// `pod-identity-tcp` step to that address (`--pod-identity --ipv6`). An endpoint of
+    /// its own, not folded into [`ProbeEndpoint::PodIdentity`]: the audit decides the
+    /// two addresses apart, and an IPv4-only deny leaving the IPv6 address open is the
+    /// very case to observe.
+    PodIdentityIpv6,
 }
 
 impl ProbeEndpoint {
-    /// Every endpoint, in the probe's order.
-    pub const ALL: [ProbeEndpoint; 3] = [
+    /// Every endpoint: Azure's in the probe's order, then those of AWS and GCP in the
+    /// probe's order (the IPv6 address, the Pod Identity agent on IPv4 then IPv6).
+    pub const ALL: [ProbeEndpoint; 6] = [
         ProbeEndpoint::Imds,
         ProbeEndpoint::Wireserver,
         ProbeEndpoint::Hostgaplugin,
+        ProbeEndpoint::ImdsIpv6,
+        ProbeEndpoint::PodIdentity,
+        ProbeEndpoint::PodIdentityIpv6,
     ];
 
-    /// The name used in results and flags (`imds`, `wireserver`, `hostgaplugin`).
+    /// The endpoints `imdsguard probe --cloud CLOUD` can observe, in the probe's order:
+    /// Azure IMDS, WireServer, HostGAPlugin; AWS the metadata service on IPv4 and IPv6
+    /// and the Pod Identity agent on both; GCP the metadata server on both.
+    pub fn of_cloud(cloud: Cloud) -> &'static [ProbeEndpoint] {
+        match cloud {
+            Cloud::Azure => &[
+                ProbeEndpoint::Imds,
+                ProbeEndpoint::Wireserver,
+                ProbeEndpoint::Hostgaplugin,
+            ],
+            Cloud::Aws => &[
+                ProbeEndpoint::Imds,
+                ProbeEndpoint::ImdsIpv6,
+                ProbeEndpoint::PodIdentity,
+                ProbeEndpoint::PodIdentityIpv6,
+            ],
+            Cloud::Gcp => &[ProbeEndpoint::Imds, ProbeEndpoint::ImdsIpv6],
+        }
+    }
+
+    /// The name used in results and flags (`imds`, `wireserver`, `hostgaplugin`,
+    /// `imds-ipv6`, `pod-identity`, `pod-identity-ipv6`).
     pub fn as_str(self) -> &'static str {
         match self {
             ProbeEndpoint::Imds => "imds",
             ProbeEndpoint::Wireserver => "wireserver",
             ProbeEndpoint::Hostgaplugin => "hostgaplugin",
+            ProbeEndpoint::ImdsIpv6 => "imds-ipv6",
+            ProbeEndpoint::PodIdentity => "pod-identity",
+            ProbeEndpoint::PodIdentityIpv6 => "pod-identity-ipv6",
         }
     }
 
@@ -70,27 +113,54 @@ impl ProbeEndpoint {
     /// The endpoint of `imdsguard probe --cloud CLOUD` that observes `target`: Azure's
     /// three ([`ProbeEndpoint::for_target`]); under AWS and GCP the metadata service on
     /// 169.254.169.254:80 (the probe's IMDS entry: IMDSv1/v2 and credentials, or the GCE
-    /// metadata server's values, tokens and kube-env). The other targets of those clouds
-    /// (IPv6 addresses, the EKS Pod Identity agent, ECS task metadata) are not in the
-    /// probe's result: `None`.
+    /// metadata server's values, tokens and kube-env) and on the cloud's IPv6 address
+    /// (`imds-ipv6`, TCP only); under AWS also the EKS Pod Identity agent on each family
+    /// (`pod-identity`, `pod-identity-ipv6`, TCP only). ECS task metadata is not in the
+    /// probe's result: `None`. The address is folded by
+    /// [`imdsguard_core::target::canonical_ip`] first.
     pub fn for_cloud_target(cloud: Cloud, target: &Target) -> Option<ProbeEndpoint> {
         match cloud {
             Cloud::Azure => ProbeEndpoint::for_target(target),
-            Cloud::Aws | Cloud::Gcp => (*target == IMDS).then_some(ProbeEndpoint::Imds),
+            Cloud::Aws | Cloud::Gcp => {
+                let t = target.canonical();
+                ProbeEndpoint::of_cloud(cloud)
+                    .iter()
+                    .copied()
+                    .find(|e| e.target_in(cloud) == Some(t))
+            }
         }
     }
 
-    /// The real target this endpoint is when the probe runs with its defaults.
+    /// The real target this endpoint is when the probe runs with its defaults (for
+    /// `imds-ipv6` AWS's address; [`ProbeEndpoint::target_in`] gives each cloud's).
     pub fn target(self) -> Target {
         match self {
             ProbeEndpoint::Imds => IMDS,
             ProbeEndpoint::Wireserver => WIRESERVER,
             ProbeEndpoint::Hostgaplugin => HOST_GA_PLUGIN,
+            ProbeEndpoint::ImdsIpv6 => AWS_IMDS_IPV6,
+            ProbeEndpoint::PodIdentity => AWS_POD_IDENTITY,
+            ProbeEndpoint::PodIdentityIpv6 => AWS_POD_IDENTITY_IPV6,
         }
     }
 
+    /// The real target this endpoint is under `imdsguard probe --cloud CLOUD`, when it
+    /// is one of that cloud's ([`ProbeEndpoint::of_cloud`]): `imds-ipv6` is
+    /// `[fd00:ec2::254]:80` under aws and `[fd20:ce::254]:80` under gcp.
+    pub fn target_in(self, cloud: Cloud) -> Option<Target> {
+        if !ProbeEndpoint::of_cloud(cloud).contains(&self) {
+            return None;
+        }
+        Some(match (self, cloud) {
+            (ProbeEndpoint::ImdsIpv6, Cloud::Gcp) => GCP_METADATA_IPV6,
+            _ => self.target(),
+        })
+    }
+
     /// The endpoint a step of the probe's report (its `name`) went to; `None` for a step
-    /// that went nowhere (`identities`) or an unknown name.
+    /// that went nowhere (`identities`) or an unknown name. `pod-identity-tcp` names the
+    /// agent on both families: this gives [`ProbeEndpoint::PodIdentity`], and
+    /// [`ProbeEndpoint::of_step_to`] tells the IPv6 one apart by the step's address.
     pub fn of_step(step_name: &str) -> Option<ProbeEndpoint> {
         match step_name {
             "tcp-connect" | "instance-without-header" | "instance" | "token" => {
@@ -98,7 +168,21 @@ impl ProbeEndpoint {
             }
             "wireserver-goalstate" => Some(ProbeEndpoint::Wireserver),
             "hostgaplugin-vmsettings" => Some(ProbeEndpoint::Hostgaplugin),
+            "tcp-connect-ipv6" => Some(ProbeEndpoint::ImdsIpv6),
+            "pod-identity-tcp" => Some(ProbeEndpoint::PodIdentity),
             _ => None,
+        }
+    }
+
+    /// [`ProbeEndpoint::of_step`] for a step that went to `address` (the step's
+    /// `target`, `host:port` for the TCP steps): `pod-identity-tcp` to an IPv6 address
+    /// (`[fd00:ec2::23]:80`) is [`ProbeEndpoint::PodIdentityIpv6`].
+    pub fn of_step_to(step_name: &str, address: &str) -> Option<ProbeEndpoint> {
+        match ProbeEndpoint::of_step(step_name)? {
+            ProbeEndpoint::PodIdentity if address.starts_with('[') => {
+                Some(ProbeEndpoint::PodIdentityIpv6)
+            }
+            e => Some(e),
         }
     }
 }
@@ -222,7 +306,8 @@ pub struct ProbeResult {
     pub exit_code: u8,
     /// Whether anything sensitive was reachable.
     pub sensitive: bool,
-    /// Per endpoint, in the probe's order (IMDS, WireServer, HostGAPlugin).
+    /// Per endpoint, in the probe's order (IMDS, WireServer, HostGAPlugin; under AWS and
+    /// GCP then the IPv6 address and the Pod Identity agent, when the probe checked them).
     pub endpoints: Vec<EndpointResult>,
     /// What was reachable, in the probe's words (clipped to fit the message).
     #[serde(default)]
@@ -393,7 +478,7 @@ mod tests {
 
     #[test]
     fn targets_map_to_endpoints() {
-        for e in ProbeEndpoint::ALL {
+        for &e in ProbeEndpoint::of_cloud(Cloud::Azure) {
             assert_eq!(ProbeEndpoint::for_target(&e.target()), Some(e));
         }
         assert_eq!(
@@ -402,5 +487,163 @@ mod tests {
         );
         assert_eq!(ProbeEndpoint::of_step("token"), Some(ProbeEndpoint::Imds));
         assert_eq!(ProbeEndpoint::of_step("identities"), None);
+    }
+
+    #[test]
+    fn cloud_targets_map_to_endpoints() {
+        use imdsguard_core::target::AWS_ECS_TASK_METADATA;
+        for cloud in Cloud::ALL {
+            let endpoints = ProbeEndpoint::of_cloud(cloud);
+            for &e in endpoints {
+                let t = e.target_in(cloud).unwrap();
+                assert_eq!(
+                    ProbeEndpoint::for_cloud_target(cloud, &t),
+                    Some(e),
+                    "{cloud} {e}"
+                );
+                assert!(cloud.service(&t).is_some(), "{cloud} {t}");
+            }
+            // Every target of the cloud but ECS task metadata is observed, in the
+            // cloud's target order.
+            let observed: Vec<ProbeEndpoint> = cloud
+                .targets()
+                .iter()
+                .filter_map(|t| ProbeEndpoint::for_cloud_target(cloud, t))
+                .collect();
+            assert_eq!(observed, endpoints, "{cloud}");
+        }
+        for (cloud, text, endpoint) in [
+            (Cloud::Aws, "169.254.169.254:80", Some(ProbeEndpoint::Imds)),
+            (
+                Cloud::Aws,
+                "[fd00:ec2::254]:80",
+                Some(ProbeEndpoint::ImdsIpv6),
+            ),
+            (
+                Cloud::Aws,
+                "169.254.170.23:80",
+                Some(ProbeEndpoint::PodIdentity),
+            ),
+            (
+                Cloud::Aws,
+                "[::ffff:169.254.170.23]:80",
+                Some(ProbeEndpoint::PodIdentity),
+            ),
+            (
+                Cloud::Aws,
+                "[fd00:ec2::23]:80",
+                Some(ProbeEndpoint::PodIdentityIpv6),
+            ),
+            (Cloud::Aws, "[fd20:ce::254]:80", None),
+            (Cloud::Aws, "169.254.170.2:80", None),
+            (Cloud::Aws, "168.63.129.16:80", None),
+            (
+                Cloud::Gcp,
+                "[fd20:ce::254]:80",
+                Some(ProbeEndpoint::ImdsIpv6),
+            ),
+            (Cloud::Gcp, "[fd00:ec2::254]:80", None),
+            (Cloud::Gcp, "169.254.170.23:80", None),
+            (Cloud::Gcp, "169.254.169.254:443", None),
+            (Cloud::Azure, "[fd00:ec2::254]:80", None),
+            (Cloud::Azure, "169.254.170.23:80", None),
+        ] {
+            let t: Target = text.parse().unwrap();
+            assert_eq!(
+                ProbeEndpoint::for_cloud_target(cloud, &t),
+                endpoint,
+                "{cloud} {text}"
+            );
+        }
+        assert_eq!(ProbeEndpoint::for_target(&AWS_ECS_TASK_METADATA), None);
+        // Azure's endpoints are no other cloud's, and the other clouds' no Azure's.
+        assert_eq!(ProbeEndpoint::Wireserver.target_in(Cloud::Aws), None);
+        assert_eq!(ProbeEndpoint::ImdsIpv6.target_in(Cloud::Azure), None);
+        assert_eq!(ProbeEndpoint::PodIdentity.target_in(Cloud::Gcp), None);
+        assert_eq!(
+            ProbeEndpoint::ImdsIpv6.target_in(Cloud::Gcp),
+            Some(GCP_METADATA_IPV6)
+        );
+    }
+
+    #[test]
+    fn cloud_steps_map_to_endpoints() {
+        assert_eq!(
+            ProbeEndpoint::of_step("tcp-connect-ipv6"),
+            Some(ProbeEndpoint::ImdsIpv6)
+        );
+        assert_eq!(
+            ProbeEndpoint::of_step_to("pod-identity-tcp", "169.254.170.23:80"),
+            Some(ProbeEndpoint::PodIdentity)
+        );
+        assert_eq!(
+            ProbeEndpoint::of_step_to("pod-identity-tcp", "[fd00:ec2::23]:80"),
+            Some(ProbeEndpoint::PodIdentityIpv6)
+        );
+        assert_eq!(
+            ProbeEndpoint::of_step_to("tcp-connect-ipv6", "[fd20:ce::254]:80"),
+            Some(ProbeEndpoint::ImdsIpv6)
+        );
+        assert_eq!(
+            ProbeEndpoint::of_step_to("tcp-connect", "[fd00:ec2::254]:80"),
+            Some(ProbeEndpoint::Imds)
+        );
+        assert_eq!(ProbeEndpoint::of_step_to("identities", "x"), None);
+    }
+
+    #[test]
+    fn endpoint_names_are_kebab_case_and_read_back() {
+        for e in ProbeEndpoint::ALL {
+            let json = serde_json::to_string(&e).unwrap();
+            assert_eq!(json, format!("\"{}\"", e.as_str()));
+            assert_eq!(serde_json::from_str::<ProbeEndpoint>(&json).unwrap(), e);
+            assert_eq!(e.to_string(), e.as_str());
+        }
+        assert_eq!(
+            ProbeEndpoint::ALL.map(ProbeEndpoint::as_str),
+            [
+                "imds",
+                "wireserver",
+                "hostgaplugin",
+                "imds-ipv6",
+                "pod-identity",
+                "pod-identity-ipv6"
+            ]
+        );
+    }
+
+    /// An AWS result with every endpoint, each with many distinct classes, and as many
+    /// sentences as the probe can write stays under the limit with its endpoints whole.
+    #[test]
+    fn a_full_aws_message_fits() {
+        let classes = [
+            "reachable",
+            "session-token",
+            "readable",
+            "needs-header",
+            "credentials-obtained",
+            "exposed",
+            "not-found",
+            "blocked-by-imdsguard",
+            "throttled",
+            "error",
+        ];
+        let mut endpoints: Vec<EndpointResult> = ProbeEndpoint::ALL
+            .iter()
+            .map(|&e| {
+                EndpointResult::from_steps(
+                    e,
+                    e.target().to_string(),
+                    classes.iter().map(|c| (*c, Some(200), true)),
+                )
+            })
+            .collect();
+        endpoints[1].address = "not checked (--cloud aws)".into();
+        let result = ProbeResult::new(endpoints, vec!["y".repeat(300); 40]);
+        let text = result.to_message();
+        assert!(text.len() <= MAX_MESSAGE_BYTES, "{}", text.len());
+        let back = ProbeResult::from_message(&text).unwrap();
+        assert_eq!(back.endpoints, result.endpoints);
+        assert!(!back.reachable.is_empty());
     }
 }

@@ -91,7 +91,8 @@ pub struct VerifyConfig {
     pub cloud: Cloud,
     /// The targets to verify: each must be one the probe observes
     /// ([`ProbeEndpoint::for_cloud_target`]: Azure IMDS, WireServer :80 and :32526;
-    /// under AWS and GCP 169.254.169.254:80).
+    /// under AWS and GCP the metadata service on IPv4 and IPv6, under AWS also the EKS
+    /// Pod Identity agent on both).
     pub targets: Vec<Target>,
     /// Probe as this workload's pods (its labels and service account); the namespaces
     /// must then be exactly the workload's.
@@ -181,8 +182,8 @@ impl VerifyConfig {
 
 /// The targets of `cloud` whose reachability `imdsguard probe --cloud CLOUD` reports
 /// ([`ProbeEndpoint::for_cloud_target`]): Azure's three; AWS's and GCP's metadata service
-/// on 169.254.169.254:80 (their IPv6 addresses, the EKS Pod Identity agent and ECS task
-/// metadata are audited, not probed, by `verify`).
+/// on 169.254.169.254:80 and on the cloud's IPv6 address, and AWS's EKS Pod Identity
+/// agent on both families (ECS task metadata is audited, not probed, by `verify`).
 pub fn verifiable_targets(cloud: Cloud) -> Vec<Target> {
     cloud
         .targets()
@@ -967,7 +968,12 @@ impl Run<'_> {
             exit_code: None,
             sensitive: observed.is_some_and(|o| o.sensitive),
             reachable: observed.map(|o| o.reachable.clone()).unwrap_or_default(),
-            targets: compare::compare_all(&self.config.targets, verdicts, observed),
+            targets: compare::compare_all(
+                self.config.cloud,
+                &self.config.targets,
+                verdicts,
+                observed,
+            ),
         }
     }
 
@@ -982,7 +988,7 @@ impl Run<'_> {
             exit_code: None,
             sensitive: false,
             reachable: Vec::new(),
-            targets: compare::compare_all(&self.config.targets, None, None),
+            targets: compare::compare_all(self.config.cloud, &self.config.targets, None, None),
         }
     }
 
@@ -1165,16 +1171,32 @@ mod tests {
                 .contains("cannot observe 10.0.0.1:443/TCP")
         );
         // AWS and GCP: the metadata service on 169.254.169.254:80 is what the probe
-        // walks; WireServer is no target there, and the IPv6 address is audited only.
-        for cloud in [Cloud::Aws, Cloud::Gcp] {
+        // walks, its IPv6 address (and AWS's Pod Identity agent) what it checks over
+        // TCP; WireServer is no target there, the other cloud's IPv6 address neither,
+        // and ECS task metadata is audited only.
+        use imdsguard_core::target::{
+            AWS_IMDS_IPV6, AWS_POD_IDENTITY, AWS_POD_IDENTITY_IPV6, GCP_METADATA_IPV6, IMDS,
+        };
+        for (cloud, targets, others) in [
+            (
+                Cloud::Aws,
+                vec![IMDS, AWS_IMDS_IPV6, AWS_POD_IDENTITY, AWS_POD_IDENTITY_IPV6],
+                ["168.63.129.16:80", "[fd20:ce::254]:80", "169.254.170.2:80"],
+            ),
+            (
+                Cloud::Gcp,
+                vec![IMDS, GCP_METADATA_IPV6],
+                [
+                    "168.63.129.16:80",
+                    "[fd00:ec2::254]:80",
+                    "169.254.170.23:80",
+                ],
+            ),
+        ] {
             let c = VerifyConfig::new(Namespaces::All).for_cloud(cloud);
-            assert_eq!(c.targets, [imdsguard_core::target::IMDS], "{cloud}");
+            assert_eq!(c.targets, targets, "{cloud}");
             assert!(c.check().is_ok());
-            for other in [
-                "168.63.129.16:80",
-                "[fd00:ec2::254]:80",
-                "[fd20:ce::254]:80",
-            ] {
+            for other in others {
                 let mut c = c.clone();
                 c.targets = vec![other.parse().unwrap()];
                 let e = c.check().unwrap_err().to_string();
