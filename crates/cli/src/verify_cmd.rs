@@ -76,15 +76,18 @@ pub(crate) struct VerifyArgs {
 
     /// Whose metadata endpoints the probe walks (imdsguard probe --cloud): azure IMDS,
     /// WireServer and HostGAPlugin; aws (IMDSv1/v2, role credentials) and gcp (the
-    /// metadata server, tokens, kube-env) on 169.254.169.254:80 (their IPv6 addresses,
-    /// the EKS Pod Identity agent and ECS task metadata are for `imdsguard audit
-    /// --cloud`)
+    /// metadata server, tokens, kube-env) on 169.254.169.254:80, plus TCP reachability
+    /// of the cloud's IPv6 address ([fd00:ec2::254], [fd20:ce::254]) and, aws, of the
+    /// EKS Pod Identity agent (169.254.170.23, [fd00:ec2::23]); ECS task metadata is for
+    /// `imdsguard audit --cloud aws`
     #[arg(long, value_enum, default_value = "azure")]
     pub cloud: CloudArg,
 
     /// A target to verify, IP:PORT[/PROTO] (repeatable; default: the endpoints the
     /// probe walks for --cloud: Azure IMDS 169.254.169.254:80, WireServer
-    /// 168.63.129.16:80 and :32526; AWS and GCP 169.254.169.254:80)
+    /// 168.63.129.16:80 and :32526; AWS 169.254.169.254:80, [fd00:ec2::254]:80 and the
+    /// Pod Identity agent 169.254.170.23:80 and [fd00:ec2::23]:80; GCP
+    /// 169.254.169.254:80 and [fd20:ce::254]:80)
     #[arg(long = "target", value_name = "IP:PORT[/PROTO]")]
     pub targets: Vec<Target>,
 

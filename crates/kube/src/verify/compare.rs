@@ -16,7 +16,7 @@ use imdsguard_core::engine::{Engine, EngineSettings};
 use imdsguard_core::engine_detect::{ClusterSignals, EngineDecision};
 use imdsguard_core::manifest::Loaded;
 use imdsguard_core::model::{Controller, ControllerKind, Object, PodTemplate, Source};
-use imdsguard_core::target::{Cloud, Target};
+use imdsguard_core::target::{Cloud, MetadataService, Target};
 use serde::Serialize;
 
 use super::message::{EndpointResult, ProbeEndpoint, Seen};
@@ -204,9 +204,10 @@ pub fn compare(
             Some(format!(
                 "the audit says {target} is reachable ({}), but the probe was blocked ({}): \
                  something besides the policies blocks it (the imdsguard agent, the AKS IMDS \
-                 restriction, a node firewall) or the engine is not the one assumed",
+                 restriction, a node firewall) or the engine is not the one assumed{}",
                 p.reason,
-                classes.join(", ")
+                classes.join(", "),
+                not_there(&target)
             )),
         ),
         (Some(_), _) => (Agreement::Agree, None, None),
@@ -220,6 +221,26 @@ pub fn compare(
         agreement,
         severity,
         message,
+    }
+}
+
+/// Why a target the policies allow may not answer without anything blocking it, for
+/// the targets where that is common: a pod or node without IPv6 (a single-stack cluster)
+/// for the IPv6 addresses, a node without the EKS Pod Identity agent for its addresses.
+/// Empty for the others (Azure's, AWS's and GCP's IPv4 metadata address).
+fn not_there(target: &Target) -> &'static str {
+    match target.service() {
+        Some(MetadataService::AwsPodIdentity) if target.ip.is_ipv6() => {
+            "; or the node runs no EKS Pod Identity agent (the add-on is not installed), or \
+             the pod has no IPv6 route (a single-stack cluster)"
+        }
+        Some(MetadataService::AwsPodIdentity) => {
+            "; or the node runs no EKS Pod Identity agent (the add-on is not installed)"
+        }
+        Some(_) if target.ip.is_ipv6() => {
+            "; or the pod has no IPv6 route (a single-stack cluster or node)"
+        }
+        _ => "",
     }
 }
 
@@ -284,6 +305,33 @@ mod tests {
         assert!(high.message.unwrap().contains("probe got through"));
         let medium = compare(IMDS, Some(&predicted(true)), Some(&seen("blocked-refused")));
         assert_eq!(medium.severity, Some(Severity::Medium));
+        assert!(
+            medium
+                .message
+                .as_deref()
+                .unwrap()
+                .ends_with("or the engine is not the one assumed")
+        );
+        let v6 = compare(
+            imdsguard_core::target::GCP_METADATA_IPV6,
+            Some(&predicted(true)),
+            Some(&seen("blocked-refused")),
+        );
+        let why = v6.message.unwrap();
+        assert!(
+            why.contains("no IPv6 route") && !why.contains("Pod Identity"),
+            "{why}"
+        );
+        let agent = compare(
+            imdsguard_core::target::AWS_POD_IDENTITY,
+            Some(&predicted(true)),
+            Some(&seen("blocked-timeout")),
+        );
+        let why = agent.message.unwrap();
+        assert!(
+            why.contains("no EKS Pod Identity agent") && !why.contains("IPv6"),
+            "{why}"
+        );
         let unknown = compare(IMDS, Some(&predicted(true)), Some(&seen("not-checked")));
         assert_eq!(unknown.agreement, Agreement::Unknown);
         let none = compare(IMDS, Some(&predicted(true)), None);
@@ -412,6 +460,14 @@ spec:
         assert_eq!(
             (agent6.agreement, agent6.severity),
             (Agreement::Disagree, Some(Severity::Medium))
+        );
+        // The common innocent causes are named: no agent on the node, no IPv6 route.
+        let why = agent6.message.as_deref().unwrap();
+        assert!(
+            why.contains("[fd00:ec2::23]:80/TCP")
+                && why.contains("no EKS Pod Identity agent")
+                && why.contains("no IPv6 route"),
+            "{why}"
         );
 
         // GCP: the same policy, its own IPv6 address.
