@@ -24,11 +24,22 @@ const V6: &str = "fd20:ce::254";
 /// Runs `body` inside a fresh namespace with the metadata addresses on `lo`.
 fn isolated(test: &str, body: impl FnOnce()) {
     imdsguard_testkit::isolated_test(test, INNER, &["unshare", "ip", "nft"], || {
-        for (family, addr) in [("-4", format!("{V4}/32")), ("-6", format!("{V6}/128"))] {
-            let out = Command::new("ip")
-                .args([family, "addr", "add", &addr, "dev", "lo"])
-                .output()
-                .expect("ip runs");
+        // `nodad`: an IPv6 address is tentative (bind fails, EADDRNOTAVAIL) until
+        // duplicate address detection has run, even on `lo` (CI once lost that race).
+        for args in [
+            vec!["-4", "addr", "add", &format!("{V4}/32"), "dev", "lo"],
+            vec![
+                "-6",
+                "addr",
+                "add",
+                &format!("{V6}/128"),
+                "dev",
+                "lo",
+                "nodad",
+            ],
+        ] {
+            let addr = args[3];
+            let out = Command::new("ip").args(&args).output().expect("ip runs");
             assert!(
                 out.status.success(),
                 "ip addr add {addr}: {}",

@@ -340,7 +340,7 @@ impl Sandbox {
         for a in cloud_addresses {
             match a {
                 IpAddr::V4(a) => cip(format!("addr add {a}/32 dev lo"))?,
-                IpAddr::V6(a) => cip(format!("-6 addr add {a}/128 dev lo"))?,
+                IpAddr::V6(a) => cip(format!("-6 addr add {a}/128 dev lo nodad"))?,
             }
         }
         cip(format!("route add 10.244.0.0/16 via {NODE_ADDR}"))?;
