@@ -85,9 +85,9 @@ pub(crate) struct VerifyArgs {
 
     /// A target to verify, IP:PORT[/PROTO] (repeatable; default: the endpoints the
     /// probe walks for --cloud: Azure IMDS 169.254.169.254:80, WireServer
-    /// 168.63.129.16:80 and :32526; AWS 169.254.169.254:80, [fd00:ec2::254]:80 and the
-    /// Pod Identity agent 169.254.170.23:80 and [fd00:ec2::23]:80; GCP
-    /// 169.254.169.254:80 and [fd20:ce::254]:80)
+    /// 168.63.129.16:80 and :32526; AWS 169.254.169.254:80 and [fd00:ec2::254]:80; GCP
+    /// 169.254.169.254:80 and [fd20:ce::254]:80. AWS's Pod Identity agent,
+    /// 169.254.170.23:80 and [fd00:ec2::23]:80, only when named)
     #[arg(long = "target", value_name = "IP:PORT[/PROTO]")]
     pub targets: Vec<Target>,
 

@@ -90,7 +90,8 @@ fn cloud_result(
     ProbeResult::new(endpoints, reached.iter().map(|s| (*s).to_owned()).collect()).to_message()
 }
 
-/// The targets `verify --cloud CLOUD` checks by default.
+/// The targets these tests verify: the defaults of `verify --cloud CLOUD` and, under
+/// AWS, the Pod Identity agent named with `--target` (not checked by default).
 fn cloud_targets(cloud: Cloud) -> Vec<Target> {
     match cloud {
         Cloud::Aws => vec![IMDS, AWS_IMDS_IPV6, AWS_POD_IDENTITY, AWS_POD_IDENTITY_IPV6],
@@ -217,6 +218,11 @@ async fn verify(client: &Client, cloud: Cloud, namespaces: &[&str]) -> VerifyRep
         namespaces.iter().map(|s| (*s).to_owned()).collect(),
     ))
     .for_cloud(cloud);
+    for t in cloud_targets(cloud) {
+        if !c.targets.contains(&t) {
+            c.targets.push(t);
+        }
+    }
     c.image = "ghcr.io/imdsguard/imdsguard:test".into();
     c.deadline = Duration::from_secs(20);
     c.poll_interval = Duration::from_millis(100);

@@ -39,7 +39,7 @@ use imdsguard_core::engine::{Engine, EngineSettings};
 use imdsguard_core::engine_detect::{ClusterSignals, EngineDecision};
 use imdsguard_core::manifest::Loaded;
 use imdsguard_core::model::PodTemplate;
-use imdsguard_core::target::{Cloud, Target};
+use imdsguard_core::target::{Cloud, MetadataService, Target};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -126,11 +126,11 @@ impl VerifyConfig {
         }
     }
 
-    /// The same for `cloud`: the probe walks that cloud, and the targets are those of
-    /// its targets the probe observes ([`verifiable_targets`]).
+    /// The same for `cloud`: the probe walks that cloud, and the targets are
+    /// [`default_targets`] (`targets` may then name any of [`verifiable_targets`]).
     pub fn for_cloud(mut self, cloud: Cloud) -> VerifyConfig {
         self.cloud = cloud;
-        self.targets = verifiable_targets(cloud);
+        self.targets = default_targets(cloud);
         self
     }
 
@@ -189,6 +189,19 @@ pub fn verifiable_targets(cloud: Cloud) -> Vec<Target> {
         .targets()
         .into_iter()
         .filter(|t| ProbeEndpoint::for_cloud_target(cloud, t).is_some())
+        .collect()
+}
+
+/// The targets `verify --cloud CLOUD` checks when none is named: the
+/// [`verifiable_targets`] but the EKS Pod Identity agent. The agent is an add-on that
+/// hands a pod its own role's credentials, for the pod's own service-account token, never
+/// the node's: reaching it is no metadata exposure, and on the many clusters without the
+/// add-on (or whose policies leave it open on purpose) it would only add disagreements.
+/// `--target 169.254.170.23:80` checks it.
+pub fn default_targets(cloud: Cloud) -> Vec<Target> {
+    verifiable_targets(cloud)
+        .into_iter()
+        .filter(|t| cloud.service(t) != Some(MetadataService::AwsPodIdentity))
         .collect()
 }
 
@@ -1180,7 +1193,7 @@ mod tests {
         for (cloud, targets, others) in [
             (
                 Cloud::Aws,
-                vec![IMDS, AWS_IMDS_IPV6, AWS_POD_IDENTITY, AWS_POD_IDENTITY_IPV6],
+                vec![IMDS, AWS_IMDS_IPV6],
                 ["168.63.129.16:80", "[fd20:ce::254]:80", "169.254.170.2:80"],
             ),
             (
@@ -1196,6 +1209,19 @@ mod tests {
             let c = VerifyConfig::new(Namespaces::All).for_cloud(cloud);
             assert_eq!(c.targets, targets, "{cloud}");
             assert!(c.check().is_ok());
+            // The Pod Identity agent is verifiable when named, not checked by default.
+            let pod_identity = [AWS_POD_IDENTITY, AWS_POD_IDENTITY_IPV6];
+            assert_eq!(
+                verifiable_targets(cloud)
+                    .iter()
+                    .filter(|t| pod_identity.contains(t))
+                    .count(),
+                if cloud == Cloud::Aws { 2 } else { 0 },
+                "{cloud}"
+            );
+            let mut named = c.clone();
+            named.targets.extend(pod_identity);
+            assert_eq!(named.check().is_ok(), cloud == Cloud::Aws, "{cloud}");
             for other in others {
                 let mut c = c.clone();
                 c.targets = vec![other.parse().unwrap()];
