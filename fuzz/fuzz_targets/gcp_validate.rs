@@ -54,13 +54,14 @@ fuzz_target!(|data: &[u8]| {
                 GcpKind::Identity { .. } => {
                     assert_eq!(secret_kind(&ok), Some(GcpSecret::IdentityToken))
                 }
-                ref k if k.is_secret_attribute() => assert!(
-                    matches!(
-                        secret_kind(&ok),
-                        Some(GcpSecret::KubeEnv | GcpSecret::SecretAttribute)
-                    ),
-                    "{target:?}"
-                ),
+                GcpKind::Attribute { ref name, .. } if ok.kind.is_secret_attribute() => {
+                    let want = if name == "kube-env" {
+                        GcpSecret::KubeEnv
+                    } else {
+                        GcpSecret::SecretAttribute
+                    };
+                    assert_eq!(secret_kind(&ok), Some(want), "{target:?}")
+                }
                 _ => {}
             }
         }

@@ -315,7 +315,9 @@ impl fmt::Display for SecretKind {
 
 /// The signed forms of the instance identity document under
 /// `dynamic/instance-identity/` (PKCS7, signature, RSA-2048): proof of the instance's
-/// identity that another service may accept as the node's.
+/// identity that another service may accept as the node's. The proxy's rules treat them
+/// as secrets ([`crate::cloud_access::secret_path`]); [`secret_kind`] does not name
+/// them, as the probe never reads them.
 pub const SIGNED_IDENTITY: &[&str] = &["pkcs7", "signature", "rsa2048"];
 
 /// Which secret the answer to `request` bears, if any.

@@ -69,7 +69,9 @@ rules:
       - namespace: platform
         podSelector:
           matchLabels: {app: allowed}
-    paths: [/latest/meta-data/iam/security-credentials/*]
+    paths:
+      - /latest/meta-data/iam/security-credentials
+      - /latest/meta-data/iam/security-credentials/*
   - name: platform-allowed-token
     description: the platform pod may get an IMDSv2 session token
     subjects:
@@ -949,6 +951,12 @@ mod tests {
                 Cloud::Aws,
                 "GET",
                 "/latest/meta-data/iam/security-credentials/imdsguard-demo-node-role",
+            ),
+            // The listing SDKs read to learn the role's name.
+            (
+                Cloud::Aws,
+                "GET",
+                "/latest/meta-data/iam/security-credentials/",
             ),
             (Cloud::Aws, "PUT", "/latest/api/token"),
             (

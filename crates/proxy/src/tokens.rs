@@ -11,8 +11,8 @@
 //!
 //! The book is bounded twice. Each pod keeps at most [`MAX_PER_POD`] live tokens (a
 //! new one pushes out that pod's own token expiring soonest), so that a pod asking for
-//! tokens in a loop cannot push other pods' tokens out: with the kubelet's default of
-//! 110 pods per node the whole book never fills. If it does fill ([`MAX_TOKENS`]), the
+//! tokens in a loop cannot push other pods' tokens out: with up to 256 pods (the
+//! kubelet's default is 110 per node) the whole book never fills. If it does fill ([`MAX_TOKENS`]), the
 //! expired go first, then the ones expiring soonest (their pods get a 401 and ask
 //! again). Issuing and checking cost O(log n); nothing scans the book.
 
