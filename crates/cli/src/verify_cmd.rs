@@ -4,7 +4,8 @@
 //! the output.
 //!
 //! Exit status: 0 every namespace observed and every target agrees and is blocked; 1 a
-//! disagreement, or a target the probe reached; 2 incomplete (a namespace without a
+//! disagreement, or a target the probe reached; a target not applicable (an IPv6 target
+//! of a probe pod without IPv6) counts towards neither; 2 incomplete (a namespace without a
 //! result, an inconclusive target, an API error, objects left behind) or a usage error;
 //! 130/143 interrupted by SIGINT/SIGTERM (after the clean-up).
 
@@ -83,11 +84,12 @@ pub(crate) struct VerifyArgs {
     #[arg(long, value_enum, default_value = "azure")]
     pub cloud: CloudArg,
 
-    /// A target to verify, IP:PORT[/PROTO] (repeatable; default: the endpoints the
-    /// probe walks for --cloud: Azure IMDS 169.254.169.254:80, WireServer
-    /// 168.63.129.16:80 and :32526; AWS 169.254.169.254:80 and [fd00:ec2::254]:80; GCP
-    /// 169.254.169.254:80 and [fd20:ce::254]:80. AWS's Pod Identity agent,
-    /// 169.254.170.23:80 and [fd00:ec2::23]:80, only when named)
+    /// A target to verify, IP:PORT[/PROTO] (repeatable; replaces the defaults, which are
+    /// per cloud: Azure IMDS 169.254.169.254:80, WireServer 168.63.129.16:80 and :32526;
+    /// AWS 169.254.169.254:80 and [fd00:ec2::254]:80; GCP 169.254.169.254:80 and
+    /// [fd20:ce::254]:80. AWS's Pod Identity agent, 169.254.170.23:80 and
+    /// [fd00:ec2::23]:80, only when named. An IPv6 target of a probe pod without an IPv6
+    /// address is "not applicable")
     #[arg(long = "target", value_name = "IP:PORT[/PROTO]")]
     pub targets: Vec<Target>,
 
@@ -356,6 +358,7 @@ fn agree(t: &verify::TargetResult) -> String {
         (Agreement::Disagree, None) => "NO".to_owned(),
         (Agreement::Agree, _) => "yes".to_owned(),
         (Agreement::Unknown, _) => "unknown".to_owned(),
+        (Agreement::NotApplicable, _) => "not applicable".to_owned(),
     }
 }
 
@@ -374,11 +377,19 @@ fn write_table(out: &mut impl io::Write, r: &VerifyReport) -> io::Result<()> {
     if let Some(w) = &r.as_workload {
         writeln!(out, "probing as {w} (its pod labels and service account)")?;
     }
-    writeln!(
+    write!(
         out,
         "{} observed, {} agree; {} high and {} medium disagreement(s); {} target(s) reached",
         s.observed, s.agree, s.high, s.medium, s.reached
     )?;
+    if s.not_applicable > 0 {
+        write!(
+            out,
+            "; {} not applicable (IPv6 target(s) of a probe pod without IPv6)",
+            s.not_applicable
+        )?;
+    }
+    writeln!(out)?;
     if !r.namespaces.is_empty() {
         let mut t = Table::new();
         t.load_preset(UTF8_FULL_CONDENSED)
@@ -422,6 +433,15 @@ fn write_table(out: &mut impl io::Write, r: &VerifyReport) -> io::Result<()> {
         for d in disagreements {
             writeln!(out, "  {d}")?;
         }
+    }
+    if s.not_applicable > 0 {
+        writeln!(
+            out,
+            "\nnot applicable: {} IPv6 target(s) of probe pods with no IPv6 address (a \
+             single-stack cluster): no pod there reaches IPv6, whatever the policies say, so \
+             the audit's verdicts for them are not verified (they count towards no exit status)",
+            s.not_applicable
+        )?;
     }
     let unresolved: Vec<&verify::NamespaceResult> = r
         .namespaces
@@ -535,5 +555,125 @@ mod tests {
         assert_eq!(a.cloud, CloudArg::Azure);
         assert_eq!(parse(&["--cloud", "gcp"]).unwrap().cloud, CloudArg::Gcp);
         assert!(parse(&["--cloud", "oci"]).is_err());
+    }
+
+    /// A report of one observed namespace with these targets and totals.
+    fn report(targets: Vec<verify::TargetResult>, summary: verify::Summary) -> VerifyReport {
+        let decision = verify::compare::predict(
+            &imdsguard_core::manifest::Loaded::default(),
+            &[],
+            &[],
+            Some(EngineSettings::new(Engine::Generic)),
+            &ClusterSignals::default(),
+        );
+        VerifyReport {
+            run_id: "abc".into(),
+            image: "i".into(),
+            cloud: imdsguard_core::target::Cloud::Aws,
+            targets: targets.iter().map(|t| t.target).collect(),
+            engine: decision.engine,
+            engine_detected: false,
+            engine_decision: decision.engine_decision,
+            as_workload: None,
+            deadline_seconds: 60.0,
+            namespaces: vec![verify::NamespaceResult {
+                namespace: "payments".into(),
+                outcome: Outcome::Observed,
+                job: None,
+                pod: None,
+                detail: None,
+                exit_code: Some(0),
+                pod_ips: vec!["10.0.0.5".parse().unwrap()],
+                sensitive: false,
+                reachable: Vec::new(),
+                targets,
+            }],
+            skipped: Vec::new(),
+            errors: Vec::new(),
+            interrupted: false,
+            cleanup: verify::Cleanup::default(),
+            summary,
+            status: verify::Status::Agree,
+        }
+    }
+
+    fn table(r: &VerifyReport) -> String {
+        let mut out = Vec::new();
+        write_table(&mut out, r).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_target_not_applicable_is_shown_and_counted_apart() {
+        use imdsguard_core::target::{AWS_IMDS_IPV6, IMDS};
+        use verify::{EndpointResult, PodIpv6, Predicted, ProbeEndpoint, compare::compare};
+        let denied = Predicted {
+            reachable: false,
+            policy_allowed: false,
+            reason: "denied".into(),
+        };
+        let allowed = Predicted {
+            reachable: true,
+            policy_allowed: true,
+            reason: "allowed".into(),
+        };
+        let v4 = EndpointResult::from_steps(
+            ProbeEndpoint::Imds,
+            "169.254.169.254:80",
+            [("blocked-timeout", None, false)],
+        );
+        let v6 = EndpointResult::from_steps(
+            ProbeEndpoint::ImdsIpv6,
+            "[fd00:ec2::254]:80",
+            [("blocked-refused", None, false)],
+        );
+        let targets = vec![
+            compare(IMDS, Some(&denied), Some(&v4), PodIpv6::No),
+            compare(AWS_IMDS_IPV6, Some(&allowed), Some(&v6), PodIpv6::No),
+        ];
+        let summary = verify::Summary {
+            namespaces: 1,
+            observed: 1,
+            agree: 1,
+            not_applicable: 1,
+            ..verify::Summary::default()
+        };
+        let text = table(&report(targets.clone(), summary.clone()));
+        assert!(
+            text.contains(
+                "1 observed, 1 agree; 0 high and 0 medium disagreement(s); 0 target(s) \
+                 reached; 1 not applicable (IPv6 target(s) of a probe pod without IPv6)\n"
+            ),
+            "{text}"
+        );
+        let row = text
+            .lines()
+            .find(|l| l.contains("[fd00:ec2::254]:80/TCP"))
+            .unwrap();
+        assert!(
+            row.contains("blocked (blocked-refused)") && row.contains("not applicable"),
+            "{row}"
+        );
+        assert!(
+            text.contains("\nnot applicable: 1 IPv6 target(s)"),
+            "{text}"
+        );
+        assert!(!text.contains("disagreements:"), "{text}");
+
+        // Nothing not applicable (Azure, or a pod with IPv6): the summary line as ever.
+        let text = table(&report(
+            targets[..1].to_vec(),
+            verify::Summary {
+                not_applicable: 0,
+                ..summary
+            },
+        ));
+        assert!(
+            text.contains(
+                "1 observed, 1 agree; 0 high and 0 medium disagreement(s); 0 target(s) reached\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("not applicable"), "{text}");
     }
 }

@@ -7,11 +7,14 @@
 //! reachable and is sensitive (credentials obtained), and nothing of the run is left.
 //! On a dual-stack cluster, policies that deny 169.254.169.254/32 only leave the IPv6
 //! address open: the audit says so, the probe sees so, and they agree; where the audit
-//! says blocked and the probe got through on IPv6, they disagree (high).
+//! says blocked and the probe got through on IPv6, they disagree (high). On a
+//! single-stack cluster (the probe pod's status names an IPv4 address alone) the IPv6
+//! targets are not applicable: the same IPv4-only deny and the probe's refused IPv6
+//! connect give no disagreement, where a dual-stack pod's give a medium one.
 //!
 //! As in `verify.rs`, the test plays the job controller and the kubelet: it creates
-//! each Job's pod and writes its status with the probe's result as the termination
-//! message, built with the probe result's own types in the shape
+//! each Job's pod and writes its status (its addresses, `podIP` and `podIPs`: dual-stack
+//! unless said otherwise) with the probe's result as the termination message, built with the probe result's own types in the shape
 //! `imdsguard probe --cloud aws|gcp --termination-log` writes (the metadata service as
 //! the IMDS entry, WireServer and HostGAPlugin not checked, each extra TCP check an
 //! endpoint of its own).
@@ -32,6 +35,11 @@ use imdsguard_kube::verify::{
     Agreement, EndpointResult, Namespaces, ProbeEndpoint, ProbeResult, Seen, Status, Verify,
     VerifyConfig, VerifyReport,
 };
+
+/// A dual-stack pod's addresses, as the kubelet writes them (`podIPs`, IPv4 first).
+const DUAL_STACK: &[&str] = &["10.244.1.7", "fd00:10:244:1::7"];
+/// A single-stack (IPv4-only) pod's address.
+const SINGLE_STACK: &[&str] = &["10.244.1.7"];
 use imdsguard_kube::{Client, Config};
 use imdsguard_testkit::ControlPlane;
 use k8s_openapi::api::batch::v1::Job;
@@ -108,8 +116,8 @@ fn extra_flags(cloud: Cloud) -> &'static str {
     }
 }
 
-/// The job controller and kubelet of one namespace: each Job's pod, terminated with
-/// `message` and `code`.
+/// The job controller and kubelet of one namespace: each Job's pod, with the addresses
+/// `pod_ips`, terminated with `message` and `code`.
 struct Kubelet {
     task: JoinHandle<()>,
     jobs: Arc<Mutex<Vec<Job>>>,
@@ -123,6 +131,16 @@ impl Drop for Kubelet {
 
 impl Kubelet {
     fn start(client: &Client, ns: &str, code: i32, message: String) -> Kubelet {
+        Kubelet::start_with_ips(client, ns, DUAL_STACK, code, message)
+    }
+
+    fn start_with_ips(
+        client: &Client,
+        ns: &str,
+        pod_ips: &'static [&'static str],
+        code: i32,
+        message: String,
+    ) -> Kubelet {
         let jobs = Arc::new(Mutex::new(Vec::new()));
         let seen = jobs.clone();
         let client = client.clone();
@@ -137,7 +155,7 @@ impl Kubelet {
                         if j.metadata.deletion_timestamp.is_none() && done.insert(j.uid().unwrap())
                         {
                             seen.lock().unwrap().push(j.clone());
-                            run_pod(&client, &ns, &j, code, &message).await;
+                            run_pod(&client, &ns, &j, pod_ips, code, &message).await;
                         }
                     }
                 }
@@ -152,7 +170,7 @@ impl Kubelet {
     }
 }
 
-async fn run_pod(client: &Client, ns: &str, job: &Job, code: i32, message: &str) {
+async fn run_pod(client: &Client, ns: &str, job: &Job, pod_ips: &[&str], code: i32, message: &str) {
     let template = job.spec.as_ref().unwrap().template.clone();
     let meta = template.metadata.unwrap_or_default();
     let pod = Pod {
@@ -182,6 +200,8 @@ async fn run_pod(client: &Client, ns: &str, job: &Job, code: i32, message: &str)
     let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let status = json!({"status": {
         "phase": if code == 0 { "Succeeded" } else { "Failed" },
+        "podIP": pod_ips[0],
+        "podIPs": pod_ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>(),
         "containerStatuses": [{"name": "probe", "ready": false, "restartCount": 0,
             "image": "ghcr.io/imdsguard/imdsguard:test", "imageID": "",
             "state": {"terminated": {"exitCode": code,
@@ -214,13 +234,23 @@ async fn snapshot(client: &Client, namespaces: &[&str]) -> Loaded {
 }
 
 async fn verify(client: &Client, cloud: Cloud, namespaces: &[&str]) -> VerifyReport {
+    verify_targets(client, cloud, namespaces, &cloud_targets(cloud)).await
+}
+
+/// A run over `namespaces` verifying the defaults of `--cloud CLOUD` and `targets`.
+async fn verify_targets(
+    client: &Client,
+    cloud: Cloud,
+    namespaces: &[&str],
+    targets: &[Target],
+) -> VerifyReport {
     let mut c = VerifyConfig::new(Namespaces::Only(
         namespaces.iter().map(|s| (*s).to_owned()).collect(),
     ))
     .for_cloud(cloud);
-    for t in cloud_targets(cloud) {
-        if !c.targets.contains(&t) {
-            c.targets.push(t);
+    for t in targets {
+        if !c.targets.contains(t) {
+            c.targets.push(*t);
         }
     }
     c.image = "ghcr.io/imdsguard/imdsguard:test".into();
@@ -495,6 +525,175 @@ async fn run_dual_stack(cloud: Cloud) {
     assert_eq!(ipv6_json["agreement"], "agree", "{ipv6_json:#}");
     drop(k);
     assert_nothing_left(&client, &all).await;
+}
+
+/// What `imdsguard probe --cloud CLOUD --ipv6 --termination-log` writes in a pod
+/// without IPv6 under an IPv4-only deny: the metadata service dropped on IPv4, the IPv6
+/// connect refused at once (no IPv6 address, no route).
+fn single_stack_result(cloud: Cloud) -> String {
+    let not_checked =
+        |e| EndpointResult::from_steps(e, format!("not checked (--cloud {cloud})"), Vec::new());
+    let ipv6 = ProbeEndpoint::ImdsIpv6
+        .target_in(cloud)
+        .unwrap()
+        .to_string();
+    ProbeResult::new(
+        vec![
+            EndpointResult::from_steps(
+                ProbeEndpoint::Imds,
+                "169.254.169.254:80",
+                [
+                    ("blocked-timeout", None, false),
+                    ("not-checked", None, false),
+                ],
+            ),
+            not_checked(ProbeEndpoint::Wireserver),
+            not_checked(ProbeEndpoint::Hostgaplugin),
+            EndpointResult::from_steps(
+                ProbeEndpoint::ImdsIpv6,
+                ipv6.trim_end_matches("/TCP"),
+                [("blocked-refused", None, false)],
+            ),
+        ],
+        Vec::new(),
+    )
+    .to_message()
+}
+
+/// A single-stack cluster under the usual IPv4-only deny, with `verify --cloud CLOUD`'s
+/// defaults (the metadata service on both families): the probe pod's status names an
+/// IPv4 address alone, its IPv6 connect is refused at once, and the IPv6 target is not
+/// applicable: no disagreement, exit status 0, the IPv4 target agreeing on blocked. The
+/// same probe result from a dual-stack pod (the policies allow IPv6, the probe was
+/// refused there) stays a medium disagreement: the pod's addresses decide.
+async fn run_single_stack(cloud: Cloud) {
+    let cp = ControlPlane::shared(&format!("verify_cloud_single_stack_{cloud}"));
+    let client = client_for(cp.kubeconfig()).await;
+    let single_ns = cp.namespace(&format!("vfy-{cloud}-v4pod"));
+    let dual_ns = cp.namespace(&format!("vfy-{cloud}-v6pod"));
+    for ns in [&single_ns, &dual_ns] {
+        cp.apply(&DENY_IMDS_IPV4_ONLY.replace("NS", ns));
+    }
+    let defaults = VerifyConfig::new(Namespaces::All).for_cloud(cloud).targets;
+    let ipv6 = defaults[1];
+    assert_eq!(
+        (defaults.len(), ipv6.ip.is_ipv6()),
+        (2, true),
+        "{defaults:?}"
+    );
+
+    let k = Kubelet::start_with_ips(
+        &client,
+        &single_ns,
+        SINGLE_STACK,
+        0,
+        single_stack_result(cloud),
+    );
+    let report = verify_targets(&client, cloud, &[single_ns.as_str()], &[]).await;
+    let jobs = k.jobs();
+    assert_eq!(jobs.len(), 1);
+    assert!(
+        probe_command(&jobs[0]).ends_with("http://169.254.169.254 --ipv6"),
+        "{}",
+        probe_command(&jobs[0])
+    );
+    assert_eq!(report.targets, defaults);
+    let r = &report.namespaces[0];
+    assert_eq!(
+        r.pod_ips,
+        vec!["10.244.1.7".parse::<std::net::IpAddr>().unwrap()],
+        "{r:#?}"
+    );
+    let got: Vec<_> = r
+        .targets
+        .iter()
+        .map(|t| {
+            (
+                t.target,
+                t.seen,
+                t.predicted.as_ref().map(|p| p.reachable),
+                t.agreement,
+                t.severity,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (IMDS, Seen::Blocked, Some(false), Agreement::Agree, None),
+            // The audit says reachable (IPv6 is allowed), the probe was refused: not a
+            // disagreement, the pod has no IPv6.
+            (
+                ipv6,
+                Seen::Blocked,
+                Some(true),
+                Agreement::NotApplicable,
+                None
+            ),
+        ],
+        "{r:#?}"
+    );
+    assert!(
+        r.targets[1]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("no IPv6 address"),
+        "{r:#?}"
+    );
+    let s = &report.summary;
+    assert_eq!(
+        (
+            s.agree,
+            s.high,
+            s.medium,
+            s.reached,
+            s.unknown,
+            s.not_applicable
+        ),
+        (1, 0, 0, 0, 0, 1),
+        "{s:#?}"
+    );
+    assert_eq!(report.status, Status::Agree);
+    assert_eq!(report.status.code(), 0);
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["namespaces"][0]["pod_ips"], json!(["10.244.1.7"]));
+    assert_eq!(
+        json["namespaces"][0]["targets"][1]["agreement"],
+        "not-applicable"
+    );
+    assert_eq!(json["summary"]["not_applicable"], 1);
+    drop(k);
+
+    // The same result from a dual-stack pod: a medium disagreement, exit status 1.
+    let k = Kubelet::start_with_ips(&client, &dual_ns, DUAL_STACK, 0, single_stack_result(cloud));
+    let report = verify_targets(&client, cloud, &[dual_ns.as_str()], &[]).await;
+    let r = &report.namespaces[0];
+    assert_eq!(r.pod_ips.len(), 2, "{r:#?}");
+    assert_eq!(
+        (r.targets[1].agreement, r.targets[1].severity),
+        (Agreement::Disagree, Some(Severity::Medium)),
+        "{r:#?}"
+    );
+    assert_eq!(
+        (report.summary.medium, report.summary.not_applicable),
+        (1, 0)
+    );
+    assert_eq!(report.status, Status::Finding);
+    drop(k);
+    assert_nothing_left(&client, &[single_ns.as_str(), dual_ns.as_str()]).await;
+}
+
+#[tokio::test]
+#[ignore = "needs control plane"]
+async fn verify_aws_single_stack_ipv6_targets_are_not_applicable() {
+    run_single_stack(Cloud::Aws).await;
+}
+
+#[tokio::test]
+#[ignore = "needs control plane"]
+async fn verify_gcp_single_stack_ipv6_targets_are_not_applicable() {
+    run_single_stack(Cloud::Gcp).await;
 }
 
 #[tokio::test]

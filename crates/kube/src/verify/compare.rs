@@ -8,6 +8,7 @@
 //! left out of that audit.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use imdsguard_core::audit::{AuditOptions, Severity, audit};
@@ -16,7 +17,7 @@ use imdsguard_core::engine::{Engine, EngineSettings};
 use imdsguard_core::engine_detect::{ClusterSignals, EngineDecision};
 use imdsguard_core::manifest::Loaded;
 use imdsguard_core::model::{Controller, ControllerKind, Object, PodTemplate, Source};
-use imdsguard_core::target::{Cloud, MetadataService, Target};
+use imdsguard_core::target::{Cloud, MetadataService, Target, canonical_ip};
 use serde::Serialize;
 
 use super::message::{EndpointResult, ProbeEndpoint, Seen};
@@ -135,6 +136,10 @@ pub enum Agreement {
     Disagree,
     /// The probe's answer is unknown (no result, not checked, or inconclusive).
     Unknown,
+    /// The target cannot be verified from the probe pod: an IPv6 target, and the pod has
+    /// no IPv6 address (a single-stack cluster). Neither agree nor disagree; it counts
+    /// towards no exit status.
+    NotApplicable,
 }
 
 impl Agreement {
@@ -144,6 +149,7 @@ impl Agreement {
             Agreement::Agree => "agree",
             Agreement::Disagree => "disagree",
             Agreement::Unknown => "unknown",
+            Agreement::NotApplicable => "not-applicable",
         }
     }
 }
@@ -166,7 +172,8 @@ pub struct TargetResult {
     /// For a disagreement: high when the policies deny and the probe got through,
     /// medium when they allow and the probe was blocked.
     pub severity: Option<Severity>,
-    /// For a disagreement: what differs and where to look.
+    /// For a disagreement: what differs and where to look; for a target not applicable:
+    /// why.
     pub message: Option<String>,
 }
 
@@ -177,15 +184,55 @@ impl TargetResult {
     }
 }
 
-/// The probe's observation of `target` (`None`: no result) next to the prediction.
+/// Whether the probe pod has an IPv6 address, from the addresses its status gives
+/// (`status.podIPs`, or `status.podIP`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PodIpv6 {
+    /// Its status names no address (no status, or none assigned yet): every target is
+    /// compared.
+    Unknown,
+    /// One of its addresses is IPv6: every target is compared.
+    Yes,
+    /// Every address is IPv4: its IPv6 targets are [`Agreement::NotApplicable`].
+    No,
+}
+
+impl PodIpv6 {
+    /// From the pod's addresses (an IPv4-mapped IPv6 address is IPv4); none: unknown.
+    pub fn of_addresses(ips: &[IpAddr]) -> PodIpv6 {
+        if ips.is_empty() {
+            PodIpv6::Unknown
+        } else if ips.iter().any(|ip| canonical_ip(*ip).is_ipv6()) {
+            PodIpv6::Yes
+        } else {
+            PodIpv6::No
+        }
+    }
+}
+
+/// The probe's observation of `target` (`None`: no result) next to the prediction, from
+/// a probe pod with (or without) IPv6: an IPv6 target of a pod without an IPv6 address is
+/// [`Agreement::NotApplicable`], whatever the prediction and the observation (the probe's
+/// connect there fails at once, which says nothing of the policies).
 pub fn compare(
     target: Target,
     predicted: Option<&Predicted>,
     observed: Option<&EndpointResult>,
+    pod_ipv6: PodIpv6,
 ) -> TargetResult {
     let seen = observed.map_or(Seen::Unknown, |o| o.seen);
     let classes = observed.map(|o| o.classes.clone()).unwrap_or_default();
     let (agreement, severity, message) = match (predicted, seen) {
+        _ if pod_ipv6 == PodIpv6::No && canonical_ip(target.ip).is_ipv6() => (
+            Agreement::NotApplicable,
+            None,
+            Some(format!(
+                "the probe pod has no IPv6 address (a single-stack cluster): {target} cannot \
+                 be reached from it whatever the policies say, so the audit's verdict for it \
+                 is not verified"
+            )),
+        ),
         (_, Seen::Unknown) | (None, _) => (Agreement::Unknown, None, None),
         (Some(p), Seen::Reachable) if !p.reachable => (
             Agreement::Disagree,
@@ -253,6 +300,7 @@ pub fn compare_all(
     targets: &[Target],
     predicted: Option<&[Predicted]>,
     observed: Option<&super::message::ProbeResult>,
+    pod_ipv6: PodIpv6,
 ) -> Vec<TargetResult> {
     targets
         .iter()
@@ -260,7 +308,7 @@ pub fn compare_all(
         .map(|(i, t)| {
             let endpoint = ProbeEndpoint::for_cloud_target(cloud, t);
             let seen = observed.and_then(|r| endpoint.and_then(|e| r.endpoint(e)));
-            compare(*t, predicted.and_then(|p| p.get(i)), seen)
+            compare(*t, predicted.and_then(|p| p.get(i)), seen, pod_ipv6)
         })
         .collect()
 }
@@ -289,21 +337,37 @@ mod tests {
 
     #[test]
     fn every_verdict_path() {
-        let agree = compare(IMDS, Some(&predicted(true)), Some(&seen("reachable")));
+        let agree = compare(
+            IMDS,
+            Some(&predicted(true)),
+            Some(&seen("reachable")),
+            PodIpv6::Unknown,
+        );
         assert_eq!((agree.agreement, agree.severity), (Agreement::Agree, None));
         let agree = compare(
             IMDS,
             Some(&predicted(false)),
             Some(&seen("blocked-timeout")),
+            PodIpv6::Unknown,
         );
         assert_eq!(agree.agreement, Agreement::Agree);
-        let high = compare(IMDS, Some(&predicted(false)), Some(&seen("reachable")));
+        let high = compare(
+            IMDS,
+            Some(&predicted(false)),
+            Some(&seen("reachable")),
+            PodIpv6::Unknown,
+        );
         assert_eq!(
             (high.agreement, high.severity),
             (Agreement::Disagree, Some(Severity::High))
         );
         assert!(high.message.unwrap().contains("probe got through"));
-        let medium = compare(IMDS, Some(&predicted(true)), Some(&seen("blocked-refused")));
+        let medium = compare(
+            IMDS,
+            Some(&predicted(true)),
+            Some(&seen("blocked-refused")),
+            PodIpv6::Unknown,
+        );
         assert_eq!(medium.severity, Some(Severity::Medium));
         assert!(
             medium
@@ -316,6 +380,7 @@ mod tests {
             imdsguard_core::target::GCP_METADATA_IPV6,
             Some(&predicted(true)),
             Some(&seen("blocked-refused")),
+            PodIpv6::Unknown,
         );
         let why = v6.message.unwrap();
         assert!(
@@ -326,15 +391,21 @@ mod tests {
             imdsguard_core::target::AWS_POD_IDENTITY,
             Some(&predicted(true)),
             Some(&seen("blocked-timeout")),
+            PodIpv6::Unknown,
         );
         let why = agent.message.unwrap();
         assert!(
             why.contains("no EKS Pod Identity agent") && !why.contains("IPv6"),
             "{why}"
         );
-        let unknown = compare(IMDS, Some(&predicted(true)), Some(&seen("not-checked")));
+        let unknown = compare(
+            IMDS,
+            Some(&predicted(true)),
+            Some(&seen("not-checked")),
+            PodIpv6::Unknown,
+        );
         assert_eq!(unknown.agreement, Agreement::Unknown);
-        let none = compare(IMDS, Some(&predicted(true)), None);
+        let none = compare(IMDS, Some(&predicted(true)), None, PodIpv6::Unknown);
         assert_eq!(
             (none.agreement, none.seen),
             (Agreement::Unknown, Seen::Unknown)
@@ -448,7 +519,13 @@ spec:
                 (ProbeEndpoint::PodIdentityIpv6, "blocked-refused"),
             ],
         );
-        let results = compare_all(Cloud::Aws, &targets, Some(&verdicts), Some(&observed));
+        let results = compare_all(
+            Cloud::Aws,
+            &targets,
+            Some(&verdicts),
+            Some(&observed),
+            PodIpv6::Yes,
+        );
         let v4 = by_target(&results, IMDS);
         assert_eq!((v4.seen, v4.agreement), (Seen::Blocked, Agreement::Agree));
         let v6 = by_target(&results, AWS_IMDS_IPV6);
@@ -480,7 +557,13 @@ spec:
                 (ProbeEndpoint::ImdsIpv6, "reachable"),
             ],
         );
-        let results = compare_all(Cloud::Gcp, &targets, Some(&verdicts), Some(&observed));
+        let results = compare_all(
+            Cloud::Gcp,
+            &targets,
+            Some(&verdicts),
+            Some(&observed),
+            PodIpv6::Yes,
+        );
         assert_eq!(
             results
                 .iter()
@@ -508,7 +591,13 @@ spec:
                 (ProbeEndpoint::PodIdentityIpv6, "reachable"),
             ],
         );
-        let results = compare_all(Cloud::Aws, &targets, Some(&verdicts), Some(&observed));
+        let results = compare_all(
+            Cloud::Aws,
+            &targets,
+            Some(&verdicts),
+            Some(&observed),
+            PodIpv6::Yes,
+        );
         assert_eq!(by_target(&results, IMDS).agreement, Agreement::Agree);
         assert_eq!(
             by_target(&results, AWS_POD_IDENTITY).agreement,
@@ -530,7 +619,13 @@ spec:
         // A probe that was not asked for the IPv6 checks (or an older image): the IPv6
         // targets are unknown, never taken for blocked.
         let imds_only = probe_saw(Cloud::Aws, &[(ProbeEndpoint::Imds, "blocked-timeout")]);
-        let results = compare_all(Cloud::Aws, &targets, Some(&verdicts), Some(&imds_only));
+        let results = compare_all(
+            Cloud::Aws,
+            &targets,
+            Some(&verdicts),
+            Some(&imds_only),
+            PodIpv6::Yes,
+        );
         assert_eq!(
             results.iter().map(|r| r.agreement).collect::<Vec<_>>(),
             [
@@ -541,7 +636,7 @@ spec:
             ]
         );
         // No result at all: every target unknown.
-        let results = compare_all(Cloud::Aws, &targets, Some(&verdicts), None);
+        let results = compare_all(Cloud::Aws, &targets, Some(&verdicts), None, PodIpv6::Yes);
         assert!(results.iter().all(|r| r.agreement == Agreement::Unknown));
     }
 
@@ -558,7 +653,14 @@ spec:
             Vec::new(),
         );
         let predicted = vec![predicted(true); 3];
-        let results = compare_all(Cloud::Azure, &targets, Some(&predicted), Some(&observed));
+        // Azure's targets are IPv4: a probe pod without IPv6 changes nothing.
+        let results = compare_all(
+            Cloud::Azure,
+            &targets,
+            Some(&predicted),
+            Some(&observed),
+            PodIpv6::No,
+        );
         assert!(results.iter().all(|r| r.agreement == Agreement::Agree));
         let v6 = compare_all(
             Cloud::Azure,
@@ -568,7 +670,147 @@ spec:
                 Cloud::Aws,
                 &[(ProbeEndpoint::ImdsIpv6, "reachable")],
             )),
+            PodIpv6::Unknown,
         );
         assert_eq!(v6[0].seen, Seen::Unknown);
+    }
+
+    #[test]
+    fn a_pod_has_ipv6_when_one_of_its_addresses_is_ipv6() {
+        let ips =
+            |list: &[&str]| -> Vec<IpAddr> { list.iter().map(|s| s.parse().unwrap()).collect() };
+        assert_eq!(PodIpv6::of_addresses(&[]), PodIpv6::Unknown);
+        assert_eq!(PodIpv6::of_addresses(&ips(&["10.0.0.5"])), PodIpv6::No);
+        // An IPv4-mapped IPv6 address is the IPv4 address.
+        assert_eq!(
+            PodIpv6::of_addresses(&ips(&["::ffff:10.0.0.5"])),
+            PodIpv6::No
+        );
+        assert_eq!(
+            PodIpv6::of_addresses(&ips(&["10.0.0.5", "fd00:10:244::5"])),
+            PodIpv6::Yes
+        );
+        assert_eq!(
+            PodIpv6::of_addresses(&ips(&["fd00:10:244::5"])),
+            PodIpv6::Yes
+        );
+    }
+
+    /// Every prediction and observation: an IPv6 target of a pod without IPv6 is not
+    /// applicable; with IPv6 (or unknown) it is compared; an IPv4 target never changes.
+    #[test]
+    fn ipv6_targets_of_a_pod_without_ipv6_are_not_applicable() {
+        use imdsguard_core::target::{
+            AWS_IMDS_IPV6, AWS_POD_IDENTITY, AWS_POD_IDENTITY_IPV6, GCP_METADATA_IPV6, WIRESERVER,
+        };
+        let predictions = [Some(predicted(true)), Some(predicted(false)), None];
+        let classes = [
+            Some("reachable"),
+            Some("blocked-refused"),
+            Some("blocked-timeout"),
+            Some("not-checked"),
+            None,
+        ];
+        let mut compared = BTreeMap::new();
+        for p in &predictions {
+            for class in classes {
+                let observed = class.map(seen);
+                let observed = observed.as_ref();
+                for t in [AWS_IMDS_IPV6, GCP_METADATA_IPV6, AWS_POD_IDENTITY_IPV6] {
+                    let r = compare(t, p.as_ref(), observed, PodIpv6::No);
+                    assert_eq!(
+                        (r.agreement, r.severity),
+                        (Agreement::NotApplicable, None),
+                        "{r:#?}"
+                    );
+                    let why = r.message.unwrap();
+                    assert!(
+                        why.contains("no IPv6 address") && why.contains(&t.to_string()),
+                        "{why}"
+                    );
+                    // The observation and the prediction stay in the report.
+                    assert_eq!(r.seen, observed.map_or(Seen::Unknown, |o| o.seen));
+                    assert_eq!(r.predicted, p.clone());
+                    // With IPv6, or not known: compared as ever.
+                    let with = compare(t, p.as_ref(), observed, PodIpv6::Yes);
+                    let unknown = compare(t, p.as_ref(), observed, PodIpv6::Unknown);
+                    assert_ne!(with.agreement, Agreement::NotApplicable);
+                    assert_eq!(
+                        (with.agreement, with.severity, &with.message),
+                        (unknown.agreement, unknown.severity, &unknown.message)
+                    );
+                    *compared.entry(format!("{:?}", with.agreement)).or_insert(0) += 1;
+                }
+                for t in [IMDS, AWS_POD_IDENTITY, WIRESERVER] {
+                    let without = compare(t, p.as_ref(), observed, PodIpv6::No);
+                    let with = compare(t, p.as_ref(), observed, PodIpv6::Yes);
+                    assert_ne!(without.agreement, Agreement::NotApplicable);
+                    assert_eq!(
+                        (without.agreement, without.severity, without.message),
+                        (with.agreement, with.severity, with.message),
+                        "{t}"
+                    );
+                }
+            }
+        }
+        // The grid went through every other verdict.
+        assert_eq!(
+            compared.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["Agree", "Disagree", "Unknown"]
+        );
+    }
+
+    /// A single-stack EKS/GKE cluster under the usual IPv4-only deny: the probe's IPv6
+    /// connects fail at once. With the pod's IPv4 address alone, those targets are not
+    /// applicable (no medium disagreement, no unknown), IPv4 still agrees.
+    #[test]
+    fn a_single_stack_pod_under_an_ipv4_only_deny_has_no_disagreement() {
+        use imdsguard_core::target::{AWS_IMDS_IPV6, AWS_POD_IDENTITY, AWS_POD_IDENTITY_IPV6};
+        let (targets, verdicts) = predict_cloud(Cloud::Aws, &format!("{NS}{DENY_IMDS_V4_ONLY}"));
+        let observed = probe_saw(
+            Cloud::Aws,
+            &[
+                (ProbeEndpoint::Imds, "blocked-timeout"),
+                (ProbeEndpoint::ImdsIpv6, "blocked-refused"),
+                (ProbeEndpoint::PodIdentity, "reachable"),
+                (ProbeEndpoint::PodIdentityIpv6, "blocked-refused"),
+            ],
+        );
+        let v4_only = PodIpv6::of_addresses(&["10.0.3.7".parse().unwrap()]);
+        let results = compare_all(
+            Cloud::Aws,
+            &targets,
+            Some(&verdicts),
+            Some(&observed),
+            v4_only,
+        );
+        assert_eq!(
+            results
+                .iter()
+                .map(|r| (r.target, r.agreement, r.severity))
+                .collect::<Vec<_>>(),
+            [
+                (IMDS, Agreement::Agree, None),
+                (AWS_IMDS_IPV6, Agreement::NotApplicable, None),
+                (AWS_POD_IDENTITY, Agreement::Agree, None),
+                (AWS_POD_IDENTITY_IPV6, Agreement::NotApplicable, None),
+            ]
+        );
+        // The same pod with an IPv6 address: the policies allow IPv6 and the probe was
+        // refused there, a medium disagreement as before.
+        let results = compare_all(
+            Cloud::Aws,
+            &targets,
+            Some(&verdicts),
+            Some(&observed),
+            PodIpv6::Yes,
+        );
+        for t in [AWS_IMDS_IPV6, AWS_POD_IDENTITY_IPV6] {
+            assert_eq!(
+                by_target(&results, t).severity,
+                Some(Severity::Medium),
+                "{t}"
+            );
+        }
     }
 }

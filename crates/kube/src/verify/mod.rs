@@ -7,7 +7,9 @@
 //! `pods/log` permission is needed; [`message::ProbeResult`]), and compares what the
 //! probe saw with what the core audit predicts for that very pod
 //! ([`compare::predict`]): a disagreement is high when the policies deny and the probe
-//! got through, medium the other way round.
+//! got through, medium the other way round. An IPv6 target of a probe pod whose status
+//! names no IPv6 address (a single-stack cluster) is not applicable
+//! ([`Agreement::NotApplicable`]): neither agree nor disagree.
 //!
 //! Clean-up: every object a run creates carries [`job::MANAGED_BY_LABEL`]`=`
 //! [`job::MANAGED_BY`], the run label [`job::RUN_LABEL`] and the expiry annotation
@@ -29,6 +31,7 @@ pub mod state;
 mod workload;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -52,7 +55,7 @@ use tokio::time::Instant;
 use crate::Client;
 
 pub use clean::{CleanConfig, CleanReport, clean};
-pub use compare::{Agreement, Predicted, TargetResult};
+pub use compare::{Agreement, PodIpv6, Predicted, TargetResult};
 pub use job::PodIdentity;
 pub use message::{EndpointResult, ProbeEndpoint, ProbeResult, Seen};
 pub use workload::{WorkloadRef, read_identity};
@@ -302,6 +305,9 @@ pub struct NamespaceResult {
     pub detail: Option<String>,
     /// The probe container's exit code, when it terminated.
     pub exit_code: Option<i32>,
+    /// The probe pod's addresses (`status.podIPs`), when its status names them: without
+    /// an IPv6 address among them, the IPv6 targets are not applicable.
+    pub pod_ips: Vec<IpAddr>,
     /// Whether the probe reached something sensitive (instance data, a token, WireServer
     /// data).
     pub sensitive: bool,
@@ -312,10 +318,13 @@ pub struct NamespaceResult {
 }
 
 impl NamespaceResult {
-    /// Whether every target agrees.
+    /// Whether every target agrees (a target not applicable aside).
     pub fn agrees(&self) -> bool {
         self.outcome == Outcome::Observed
-            && self.targets.iter().all(|t| t.agreement == Agreement::Agree)
+            && self
+                .targets
+                .iter()
+                .all(|t| matches!(t.agreement, Agreement::Agree | Agreement::NotApplicable))
     }
 }
 
@@ -338,9 +347,11 @@ pub struct Cleanup {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Status {
-    /// 0: every namespace observed, every target agrees and is blocked.
+    /// 0: every namespace observed, every target agrees and is blocked (or is not
+    /// applicable).
     Agree,
-    /// 1: a disagreement, or a target the probe reached.
+    /// 1: a disagreement, or a target the probe reached (a target not applicable never
+    /// counts).
     Finding,
     /// 2: incomplete: a namespace without a result (timeout, failed to start, error,
     /// cancelled), a target the probe could not conclude on, a run error, or objects the
@@ -366,7 +377,7 @@ pub struct Summary {
     pub namespaces: usize,
     /// Namespaces whose probe result was read.
     pub observed: usize,
-    /// Namespaces where every target agrees.
+    /// Namespaces where every target agrees (targets not applicable aside).
     pub agree: usize,
     /// Disagreements where the policies deny and the probe got through.
     pub high: usize,
@@ -376,6 +387,9 @@ pub struct Summary {
     pub reached: usize,
     /// Targets whose answer is unknown (no result or inconclusive).
     pub unknown: usize,
+    /// Targets not applicable (namespace × target): IPv6 targets of a probe pod without
+    /// an IPv6 address. They count towards no exit status.
+    pub not_applicable: usize,
     /// Namespaces per outcome.
     pub outcomes: BTreeMap<&'static str, usize>,
 }
@@ -437,7 +451,9 @@ impl VerifyReport {
                     Some(Severity::Medium) => s.medium += 1,
                     _ => {}
                 }
-                s.reached += usize::from(t.reached());
+                let not_applicable = t.agreement == Agreement::NotApplicable;
+                s.not_applicable += usize::from(not_applicable);
+                s.reached += usize::from(t.reached() && !not_applicable);
                 s.unknown += usize::from(t.agreement == Agreement::Unknown);
             }
         }
@@ -833,7 +849,7 @@ impl Run<'_> {
                                 Progress::Waiting(Some((pod_name, what)))
                             }
                             state::PodState::FailedToStart(why) => {
-                                let mut r = self.result(&ns, job, verdicts, None);
+                                let mut r = self.result(&ns, job, verdicts, Some(&pod), None);
                                 r.outcome = Outcome::FailedToStart;
                                 r.pod = Some(pod_name.clone());
                                 r.detail = Some(format!("pod {pod_name} did not start: {why}"));
@@ -849,9 +865,12 @@ impl Run<'_> {
                                     ProbeResult::from_message,
                                 );
                                 let mut r = match parsed {
-                                    Ok(result) => self.result(&ns, job, verdicts, Some(&result)),
+                                    Ok(result) => {
+                                        self.result(&ns, job, verdicts, Some(&pod), Some(&result))
+                                    }
                                     Err(e) => {
-                                        let mut r = self.result(&ns, job, verdicts, None);
+                                        let mut r =
+                                            self.result(&ns, job, verdicts, Some(&pod), None);
                                         r.outcome = Outcome::Error;
                                         r.detail = Some(format!(
                                             "pod {pod_name} ended with exit code {exit_code}{}: {e}",
@@ -895,7 +914,7 @@ impl Run<'_> {
             let r = match p {
                 Progress::Done(r) => *r,
                 Progress::Waiting(seen) => {
-                    let mut r = self.result(&ns, job, verdicts, None);
+                    let mut r = self.result(&ns, job, verdicts, None, None);
                     let (outcome, mut detail) = if let Some(f) = &fatal {
                         (Outcome::Error, f.clone())
                     } else if interrupted && !timed_out {
@@ -964,14 +983,18 @@ impl Run<'_> {
         report
     }
 
-    /// The result of a namespace whose probe pod ran (or not: `observed` `None`).
+    /// The result of a namespace whose probe pod ran (or not: `observed` `None`); `pod`,
+    /// when seen, gives its addresses (whether the IPv6 targets apply).
     fn result(
         &self,
         ns: &str,
         job: &Created,
         verdicts: Option<&[Predicted]>,
+        pod: Option<&Pod>,
         observed: Option<&ProbeResult>,
     ) -> NamespaceResult {
+        let pod_ips = pod.map(state::pod_ips).unwrap_or_default();
+        let pod_ipv6 = PodIpv6::of_addresses(&pod_ips);
         NamespaceResult {
             namespace: ns.to_owned(),
             outcome: Outcome::Observed,
@@ -979,6 +1002,7 @@ impl Run<'_> {
             pod: None,
             detail: None,
             exit_code: None,
+            pod_ips,
             sensitive: observed.is_some_and(|o| o.sensitive),
             reachable: observed.map(|o| o.reachable.clone()).unwrap_or_default(),
             targets: compare::compare_all(
@@ -986,6 +1010,7 @@ impl Run<'_> {
                 &self.config.targets,
                 verdicts,
                 observed,
+                pod_ipv6,
             ),
         }
     }
@@ -999,9 +1024,16 @@ impl Run<'_> {
             pod: None,
             detail: Some(detail),
             exit_code: None,
+            pod_ips: Vec::new(),
             sensitive: false,
             reachable: Vec::new(),
-            targets: compare::compare_all(self.config.cloud, &self.config.targets, None, None),
+            targets: compare::compare_all(
+                self.config.cloud,
+                &self.config.targets,
+                None,
+                None,
+                PodIpv6::Unknown,
+            ),
         }
     }
 
@@ -1243,5 +1275,130 @@ mod tests {
         c.deadline = Duration::ZERO;
         assert!(c.check().is_err());
         assert!(default_image().starts_with("ghcr.io/imdsguard/imdsguard:"));
+    }
+
+    /// A finished report over `namespaces`, each observed with these target results.
+    fn report(namespaces: Vec<Vec<TargetResult>>) -> VerifyReport {
+        let decision = compare::predict(
+            &Loaded::default(),
+            &[],
+            &[],
+            Some(EngineSettings::new(Engine::Generic)),
+            &ClusterSignals::default(),
+        );
+        let mut r = VerifyReport {
+            run_id: "r".into(),
+            image: "i".into(),
+            cloud: Cloud::Aws,
+            targets: Vec::new(),
+            engine: decision.engine,
+            engine_detected: false,
+            engine_decision: decision.engine_decision,
+            as_workload: None,
+            deadline_seconds: 1.0,
+            namespaces: namespaces
+                .into_iter()
+                .enumerate()
+                .map(|(i, targets)| NamespaceResult {
+                    namespace: format!("ns{i}"),
+                    outcome: Outcome::Observed,
+                    job: None,
+                    pod: None,
+                    detail: None,
+                    exit_code: Some(0),
+                    pod_ips: Vec::new(),
+                    sensitive: false,
+                    reachable: Vec::new(),
+                    targets,
+                })
+                .collect(),
+            skipped: Vec::new(),
+            errors: Vec::new(),
+            interrupted: false,
+            cleanup: Cleanup::default(),
+            summary: Summary::default(),
+            status: Status::Incomplete,
+        };
+        r.finish();
+        r
+    }
+
+    /// Targets not applicable are counted apart and count towards no exit status: not
+    /// 1 (even one the probe claims to have reached), not 2 (even without an answer).
+    #[test]
+    fn targets_not_applicable_count_towards_no_exit_status() {
+        use imdsguard_core::target::{AWS_IMDS_IPV6, IMDS};
+        let predicted = Predicted {
+            reachable: true,
+            policy_allowed: true,
+            reason: "allowed".into(),
+        };
+        let denied = Predicted {
+            reachable: false,
+            policy_allowed: false,
+            reason: "denied".into(),
+        };
+        let saw = |endpoint, address: &str, class: &str| {
+            EndpointResult::from_steps(endpoint, address, [(class, None, false)])
+        };
+        let v4 = saw(ProbeEndpoint::Imds, "169.254.169.254:80", "blocked-timeout");
+        let v6_refused = saw(
+            ProbeEndpoint::ImdsIpv6,
+            "[fd00:ec2::254]:80",
+            "blocked-refused",
+        );
+        let v6_reached = saw(ProbeEndpoint::ImdsIpv6, "[fd00:ec2::254]:80", "reachable");
+        let no_ipv6 = PodIpv6::No;
+        let r = report(vec![
+            vec![
+                compare::compare(IMDS, Some(&denied), Some(&v4), no_ipv6),
+                compare::compare(AWS_IMDS_IPV6, Some(&predicted), Some(&v6_refused), no_ipv6),
+            ],
+            vec![
+                compare::compare(IMDS, Some(&denied), Some(&v4), no_ipv6),
+                compare::compare(AWS_IMDS_IPV6, Some(&predicted), Some(&v6_reached), no_ipv6),
+            ],
+            vec![
+                compare::compare(IMDS, Some(&denied), Some(&v4), no_ipv6),
+                compare::compare(AWS_IMDS_IPV6, Some(&predicted), None, no_ipv6),
+            ],
+        ]);
+        let s = &r.summary;
+        assert_eq!(
+            (
+                s.observed,
+                s.agree,
+                s.high,
+                s.medium,
+                s.reached,
+                s.unknown,
+                s.not_applicable
+            ),
+            (3, 3, 0, 0, 0, 0, 3),
+            "{s:#?}"
+        );
+        assert_eq!(r.status, Status::Agree);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["summary"]["not_applicable"], 3);
+        assert_eq!(
+            json["namespaces"][0]["targets"][1]["agreement"],
+            "not-applicable"
+        );
+
+        // With IPv6, the same observation is a medium disagreement: exit 1.
+        let r = report(vec![vec![
+            compare::compare(IMDS, Some(&denied), Some(&v4), PodIpv6::Yes),
+            compare::compare(
+                AWS_IMDS_IPV6,
+                Some(&predicted),
+                Some(&v6_refused),
+                PodIpv6::Yes,
+            ),
+        ]]);
+        assert_eq!(
+            (r.summary.medium, r.summary.not_applicable, r.summary.agree),
+            (1, 0, 0)
+        );
+        assert_eq!(r.status, Status::Finding);
     }
 }
