@@ -213,8 +213,9 @@ impl PodIpv6 {
 
 /// The probe's observation of `target` (`None`: no result) next to the prediction, from
 /// a probe pod with (or without) IPv6: an IPv6 target of a pod without an IPv6 address is
-/// [`Agreement::NotApplicable`], whatever the prediction and the observation (the probe's
-/// connect there fails at once, which says nothing of the policies).
+/// [`Agreement::NotApplicable`], whatever the prediction (the probe's connect there fails
+/// at once, which says nothing of the policies), unless the probe got through: a
+/// connection made is evidence, compared as ever.
 pub fn compare(
     target: Target,
     predicted: Option<&Predicted>,
@@ -224,15 +225,22 @@ pub fn compare(
     let seen = observed.map_or(Seen::Unknown, |o| o.seen);
     let classes = observed.map(|o| o.classes.clone()).unwrap_or_default();
     let (agreement, severity, message) = match (predicted, seen) {
-        _ if pod_ipv6 == PodIpv6::No && canonical_ip(target.ip).is_ipv6() => (
-            Agreement::NotApplicable,
-            None,
-            Some(format!(
-                "the probe pod has no IPv6 address (a single-stack cluster): {target} cannot \
+        // A connection made is evidence whatever the pod's status says (a status without
+        // its IPv6 address, NAT64): compared as ever.
+        _ if pod_ipv6 == PodIpv6::No
+            && canonical_ip(target.ip).is_ipv6()
+            && seen != Seen::Reachable =>
+        {
+            (
+                Agreement::NotApplicable,
+                None,
+                Some(format!(
+                    "the probe pod has no IPv6 address (a single-stack cluster): {target} cannot \
                  be reached from it whatever the policies say, so the audit's verdict for it \
                  is not verified"
-            )),
-        ),
+                )),
+            )
+        }
         (_, Seen::Unknown) | (None, _) => (Agreement::Unknown, None, None),
         (Some(p), Seen::Reachable) if !p.reachable => (
             Agreement::Disagree,
@@ -718,6 +726,15 @@ spec:
                 let observed = observed.as_ref();
                 for t in [AWS_IMDS_IPV6, GCP_METADATA_IPV6, AWS_POD_IDENTITY_IPV6] {
                     let r = compare(t, p.as_ref(), observed, PodIpv6::No);
+                    let with = compare(t, p.as_ref(), observed, PodIpv6::Yes);
+                    if observed.is_some_and(|o| o.seen == Seen::Reachable) {
+                        // The probe got through: evidence, compared as ever.
+                        assert_eq!(
+                            (r.agreement, r.severity, &r.message),
+                            (with.agreement, with.severity, &with.message)
+                        );
+                        continue;
+                    }
                     assert_eq!(
                         (r.agreement, r.severity),
                         (Agreement::NotApplicable, None),
@@ -732,7 +749,6 @@ spec:
                     assert_eq!(r.seen, observed.map_or(Seen::Unknown, |o| o.seen));
                     assert_eq!(r.predicted, p.clone());
                     // With IPv6, or not known: compared as ever.
-                    let with = compare(t, p.as_ref(), observed, PodIpv6::Yes);
                     let unknown = compare(t, p.as_ref(), observed, PodIpv6::Unknown);
                     assert_ne!(with.agreement, Agreement::NotApplicable);
                     assert_eq!(

@@ -1324,7 +1324,8 @@ mod tests {
     }
 
     /// Targets not applicable are counted apart and count towards no exit status: not
-    /// 1 (even one the probe claims to have reached), not 2 (even without an answer).
+    /// 1, not 2 (even without an answer). A target the probe reached is compared as
+    /// ever, whatever the pod's status says: a connection made is evidence.
     #[test]
     fn targets_not_applicable_count_towards_no_exit_status() {
         use imdsguard_core::target::{AWS_IMDS_IPV6, IMDS};
@@ -1374,12 +1375,17 @@ mod tests {
                 s.unknown,
                 s.not_applicable
             ),
-            (3, 3, 0, 0, 0, 0, 3),
+            (3, 3, 0, 0, 1, 0, 2),
             "{s:#?}"
         );
-        assert_eq!(r.status, Status::Agree);
+        // The reached one: exit 1.
+        assert_eq!(r.status, Status::Finding);
+        assert_eq!(
+            r.namespaces[1].targets[1].agreement,
+            compare::Agreement::Agree
+        );
         let json = serde_json::to_value(&r).unwrap();
-        assert_eq!(json["summary"]["not_applicable"], 3);
+        assert_eq!(json["summary"]["not_applicable"], 2);
         assert_eq!(
             json["namespaces"][0]["targets"][1]["agreement"],
             "not-applicable"
