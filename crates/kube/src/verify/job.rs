@@ -138,16 +138,17 @@ pub fn expired(annotation: Option<&str>, now: SystemTime) -> bool {
 /// `--pod-identity --ipv6` checks the agent on both families, so one family's target
 /// makes the probe check the other too; `verify` compares only the targets asked.
 pub fn probe_args(cloud: Cloud, targets: &[Target]) -> Vec<String> {
+    let endpoints: Vec<ProbeEndpoint> = targets
+        .iter()
+        .filter_map(|t| ProbeEndpoint::for_cloud_target(cloud, t))
+        .collect();
+    let has = |e: ProbeEndpoint| endpoints.contains(&e);
+    let mut args = vec!["probe".to_owned()];
     if cloud != Cloud::Azure {
-        let endpoints: Vec<ProbeEndpoint> = targets
-            .iter()
-            .filter_map(|t| ProbeEndpoint::for_cloud_target(cloud, t))
-            .collect();
-        let has = |e: ProbeEndpoint| endpoints.contains(&e);
-        let mut args: Vec<String> = [
-            "probe",
-            "--cloud",
-            cloud.name(),
+        args.extend(["--cloud".to_owned(), cloud.name().to_owned()]);
+    }
+    args.extend(
+        [
             "--format",
             "json",
             "--termination-log",
@@ -155,38 +156,21 @@ pub fn probe_args(cloud: Cloud, targets: &[Target]) -> Vec<String> {
             "--endpoint",
             IMDS_URL,
         ]
-        .map(String::from)
-        .to_vec();
-        if has(ProbeEndpoint::ImdsIpv6) || has(ProbeEndpoint::PodIdentityIpv6) {
-            args.push("--ipv6".into());
-        }
-        if cloud == Cloud::Aws
-            && (has(ProbeEndpoint::PodIdentity) || has(ProbeEndpoint::PodIdentityIpv6))
-        {
-            args.push("--pod-identity".into());
-        }
-        return args;
-    }
-    let endpoints: Vec<ProbeEndpoint> = targets
-        .iter()
-        .filter_map(ProbeEndpoint::for_target)
-        .collect();
-    let mut args: Vec<String> = [
-        "probe",
-        "--format",
-        "json",
-        "--termination-log",
-        TERMINATION_LOG,
-        "--endpoint",
-        IMDS_URL,
-    ]
-    .map(String::from)
-    .to_vec();
-    if endpoints.contains(&ProbeEndpoint::Wireserver) {
+        .map(String::from),
+    );
+    // Azure's endpoints: only Azure's targets map to them.
+    if has(ProbeEndpoint::Wireserver) {
         args.extend(["--wireserver".into(), WIRESERVER_URL.into()]);
     }
-    if endpoints.contains(&ProbeEndpoint::Hostgaplugin) {
+    if has(ProbeEndpoint::Hostgaplugin) {
         args.extend(["--hostgaplugin".into(), HOST_GA_PLUGIN_URL.into()]);
+    }
+    // AWS's and GCP's extra checks (the Pod Identity agent: AWS's targets only).
+    if has(ProbeEndpoint::ImdsIpv6) || has(ProbeEndpoint::PodIdentityIpv6) {
+        args.push("--ipv6".into());
+    }
+    if has(ProbeEndpoint::PodIdentity) || has(ProbeEndpoint::PodIdentityIpv6) {
+        args.push("--pod-identity".into());
     }
     args
 }
