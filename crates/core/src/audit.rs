@@ -282,6 +282,14 @@ impl ObjectRef {
             source: Some(p.source.clone()),
         }
     }
+    fn cilium(p: &crate::cilium::CiliumPolicy) -> Self {
+        ObjectRef {
+            kind: p.id.kind.as_str().into(),
+            namespace: p.id.namespace.clone().unwrap_or_default(),
+            name: p.id.name.clone(),
+            source: Some(p.source.clone()),
+        }
+    }
 }
 
 /// One finding.
@@ -968,12 +976,7 @@ fn tie_objects(cluster: &Cluster, policy: usize, _targets: &[Target]) -> Vec<Obj
 fn cilium_findings(cluster: &Cluster, settings: &EngineSettings) -> Vec<Finding> {
     let mut out = Vec::new();
     for p in cluster.cilium.iter() {
-        let me = ObjectRef {
-            kind: p.id.kind.as_str().into(),
-            namespace: p.id.namespace.clone().unwrap_or_default(),
-            name: p.id.name.clone(),
-            source: Some(p.source.clone()),
-        };
+        let me = ObjectRef::cilium(p);
         let message = match (settings.engine, &p.rejected) {
             // `--engine none` is reported once, as no-policy-engine.
             (Engine::None, _) => continue,
@@ -1061,12 +1064,7 @@ fn mapped_cidr_findings(cluster: &Cluster, settings: &EngineSettings) -> Vec<Fin
     }
     for p in cluster.cilium.iter() {
         use crate::cilium::{CidrRule, Peer as CiliumPeer};
-        let me = ObjectRef {
-            kind: p.id.kind.as_str().into(),
-            namespace: p.id.namespace.clone().unwrap_or_default(),
-            name: p.id.name.clone(),
-            source: Some(p.source.clone()),
-        };
+        let me = ObjectRef::cilium(p);
         for spec in &p.specs {
             for (field, rules) in [("egress", &spec.egress), ("egressDeny", &spec.egress_deny)] {
                 for (i, r) in rules.iter().enumerate() {
