@@ -31,21 +31,7 @@ pub fn pod_to_node_pod(pod: &Pod) -> Option<NodePod> {
         ),
         ..PodInfo::new(namespace, name)
     };
-    let listed = status
-        .and_then(|s| s.pod_ips.as_ref())
-        .into_iter()
-        .flatten()
-        .map(|p| p.ip.as_str());
-    let single = status.and_then(|s| s.pod_ip.as_deref());
-    let mut addrs: Vec<IpAddr> = Vec::new();
-    for ip in listed.chain(single).filter(|s| !s.is_empty()) {
-        match ip.trim().parse() {
-            Ok(a) => addrs.push(a),
-            Err(_) => {
-                tracing::warn!(pod = %info.id(), address = ip, "not an IP address: left out");
-            }
-        }
-    }
+    let addrs = pod_addresses(pod);
     let mut out = NodePod::new(info, addrs);
     out.uid = meta.uid.clone();
     out.phase = PodPhase::parse(status.and_then(|s| s.phase.as_deref()));
@@ -58,6 +44,40 @@ pub fn pod_to_node_pod(pod: &Pod) -> Option<NodePod> {
         .filter(|s| !s.is_empty())
         .cloned();
     Some(out)
+}
+
+/// The pod's addresses as its status gives them: `status.podIPs`, then `status.podIP`
+/// when not already listed (a status written before dual-stack has it alone), each once,
+/// in that order. One that does not read as an IP address is logged and left out; no
+/// status or no address yet gives none.
+pub fn pod_addresses(pod: &Pod) -> Vec<IpAddr> {
+    let status = pod.status.as_ref();
+    let listed = status
+        .and_then(|s| s.pod_ips.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|p| p.ip.as_str());
+    let single = status.and_then(|s| s.pod_ip.as_deref());
+    let mut addrs: Vec<IpAddr> = Vec::new();
+    for ip in listed.chain(single).filter(|s| !s.is_empty()) {
+        match ip.trim().parse() {
+            Ok(a) if !addrs.contains(&a) => addrs.push(a),
+            Ok(_) => {}
+            Err(_) => {
+                let pod = format!(
+                    "{}/{}",
+                    pod.metadata
+                        .namespace
+                        .as_deref()
+                        .filter(|n| !n.is_empty())
+                        .unwrap_or("default"),
+                    pod.metadata.name.as_deref().unwrap_or_default()
+                );
+                tracing::warn!(%pod, address = ip, "not an IP address: left out");
+            }
+        }
+    }
+    addrs
 }
 
 #[cfg(test)]
@@ -171,5 +191,39 @@ mod tests {
         let idx = PodIndex::from_pods([&job, &api].into_iter().filter_map(pod_to_node_pod));
         assert_eq!(idx.get(ip("10.244.1.7")).unwrap().id(), "payments/api");
         assert!(idx.issues().is_empty());
+    }
+
+    #[test]
+    fn addresses_from_the_status() {
+        use k8s_openapi::api::core::v1::{PodIP, PodStatus};
+        let with = |pod_ip: Option<&str>, pod_ips: Option<&[&str]>| Pod {
+            status: Some(PodStatus {
+                pod_ip: pod_ip.map(Into::into),
+                pod_ips: pod_ips.map(|l| l.iter().map(|ip| PodIP { ip: (*ip).into() }).collect()),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        };
+        let ips = |l: &[&str]| -> Vec<std::net::IpAddr> {
+            l.iter().map(|s| s.parse().unwrap()).collect()
+        };
+        assert!(pod_addresses(&Pod::default()).is_empty());
+        assert!(pod_addresses(&with(None, None)).is_empty());
+        assert_eq!(
+            pod_addresses(&with(
+                Some("10.0.0.5"),
+                Some(&["10.0.0.5", "fd00:10:244::5"])
+            )),
+            ips(&["10.0.0.5", "fd00:10:244::5"])
+        );
+        // podIP alone (an empty podIPs), and an address that does not read left out.
+        assert_eq!(
+            pod_addresses(&with(Some("10.0.0.5"), Some(&[]))),
+            ips(&["10.0.0.5"])
+        );
+        assert_eq!(
+            pod_addresses(&with(None, Some(&["not-an-ip", "fd00::5"]))),
+            ips(&["fd00::5"])
+        );
     }
 }

@@ -451,9 +451,10 @@ impl VerifyReport {
                     Some(Severity::Medium) => s.medium += 1,
                     _ => {}
                 }
-                let not_applicable = t.agreement == Agreement::NotApplicable;
-                s.not_applicable += usize::from(not_applicable);
-                s.reached += usize::from(t.reached() && !not_applicable);
+                // A target not applicable was not reached (compare::compare), so it
+                // counts towards no exit status.
+                s.not_applicable += usize::from(t.agreement == Agreement::NotApplicable);
+                s.reached += usize::from(t.reached());
                 s.unknown += usize::from(t.agreement == Agreement::Unknown);
             }
         }
@@ -993,7 +994,7 @@ impl Run<'_> {
         pod: Option<&Pod>,
         observed: Option<&ProbeResult>,
     ) -> NamespaceResult {
-        let pod_ips = pod.map(state::pod_ips).unwrap_or_default();
+        let pod_ips = pod.map(crate::pod::pod_addresses).unwrap_or_default();
         let pod_ipv6 = PodIpv6::of_addresses(&pod_ips);
         NamespaceResult {
             namespace: ns.to_owned(),

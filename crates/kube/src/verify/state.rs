@@ -1,8 +1,6 @@
 //! Where a probe pod is, from its status: still on its way, failed to start, or
-//! terminated with the probe's result in its termination message; and its addresses.
-//! Pure.
-
-use std::net::IpAddr;
+//! terminated with the probe's result in its termination message (its addresses:
+//! [`crate::pod::pod_addresses`]). Pure.
 
 use k8s_openapi::api::core::v1::Pod;
 
@@ -44,30 +42,6 @@ pub fn owned_by(pod: &Pod, job_uid: &str) -> bool {
         .owner_references
         .as_ref()
         .is_some_and(|refs| refs.iter().any(|r| r.kind == "Job" && r.uid == job_uid))
-}
-
-/// The pod's addresses: `status.podIPs`, or `status.podIP` when that list is empty (a
-/// status written before dual-stack). Empty when there is no status, no address yet, or
-/// none that reads as an IP address (those are left out).
-pub fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
-    let Some(status) = pod.status.as_ref() else {
-        return Vec::new();
-    };
-    let listed: Vec<&str> = status
-        .pod_ips
-        .iter()
-        .flatten()
-        .map(|p| p.ip.as_str())
-        .collect();
-    let texts = if listed.is_empty() {
-        status.pod_ip.as_deref().into_iter().collect()
-    } else {
-        listed
-    };
-    texts
-        .into_iter()
-        .filter_map(|t| t.trim().parse().ok())
-        .collect()
 }
 
 /// The pod's state, from its phase and the probe container's status.
@@ -204,38 +178,6 @@ mod tests {
         assert_eq!(
             pod_state(&evicted),
             PodState::FailedToStart("the pod is Failed: Evicted".into())
-        );
-    }
-
-    #[test]
-    fn addresses() {
-        use k8s_openapi::api::core::v1::PodIP;
-        let with = |pod_ip: Option<&str>, pod_ips: Option<&[&str]>| Pod {
-            status: Some(PodStatus {
-                pod_ip: pod_ip.map(Into::into),
-                pod_ips: pod_ips.map(|l| l.iter().map(|ip| PodIP { ip: (*ip).into() }).collect()),
-                ..PodStatus::default()
-            }),
-            ..Pod::default()
-        };
-        let ips = |l: &[&str]| -> Vec<IpAddr> { l.iter().map(|s| s.parse().unwrap()).collect() };
-        assert!(pod_ips(&Pod::default()).is_empty());
-        assert!(pod_ips(&with(None, None)).is_empty());
-        assert_eq!(
-            pod_ips(&with(
-                Some("10.0.0.5"),
-                Some(&["10.0.0.5", "fd00:10:244::5"])
-            )),
-            ips(&["10.0.0.5", "fd00:10:244::5"])
-        );
-        // podIP alone (an empty podIPs), and an address that does not read left out.
-        assert_eq!(
-            pod_ips(&with(Some("10.0.0.5"), Some(&[]))),
-            ips(&["10.0.0.5"])
-        );
-        assert_eq!(
-            pod_ips(&with(None, Some(&["not-an-ip", "fd00::5"]))),
-            ips(&["fd00::5"])
         );
     }
 }
